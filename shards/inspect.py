@@ -1,0 +1,106 @@
+"""Summarise WebDataset shards and check that every sample decodes.
+
+    python -m shards.inspect 'OUT/train-{000000..000003}.tar' [--manifest OUT/manifest.json]
+
+Reads the shards with webdataset, probes every sample the way the writer does
+(``trainer.data.probe_sample``) and prints shards, samples and seconds, then one line per bad member
+with its reason. Bad means: a member that does not decode, a required member that is missing or empty,
+a member the stream never reads (e.g. ``.pyd``: it is reported, never unpickled), an unreadable tar,
+or a shard whose sample count differs from the manifest (``manifest.json`` next to the shards is used
+when present). Exits 1 if anything is bad, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import webdataset as wds
+
+from trainer.data.decode import CorruptSample, probe_sample, unknown_members
+from trainer.data.stream import MANIFEST_NAME, shard_name
+
+
+@dataclass
+class BadMember:
+    where: str  # shard:KEY.member, or the shard alone
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}: {self.detail}"
+
+
+@dataclass
+class Report:
+    samples_per_shard: dict[str, int] = field(default_factory=dict)
+    good: int = 0
+    seconds: float = 0.0
+    bad: list[BadMember] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        return sum(self.samples_per_shard.values())
+
+
+def _manifest_counts(urls: list[str], manifest: str | None) -> tuple[str | None, dict[str, int]]:
+    path = Path(manifest) if manifest else Path(urls[0]).parent / MANIFEST_NAME
+    if not path.is_file():
+        if manifest:
+            raise FileNotFoundError(f"manifest {manifest} not found")
+        return None, {}
+    entries = json.loads(path.read_text(encoding="utf-8"))["shards"]
+    return str(path), {entry["name"]: int(entry["samples"]) for entry in entries}
+
+
+def inspect_shards(urls: list[str], manifest: str | None = None) -> Report:
+    report = Report()
+    manifest_path, expected = _manifest_counts(urls, manifest)
+    for url in urls:
+        def unreadable(exn: Exception, url: str = url) -> bool:
+            report.bad.append(BadMember(url, "unreadable", repr(exn)))
+            return True
+
+        count = 0
+        for sample in wds.tarfile_to_samples(handler=unreadable)(iter([{"url": url}])):
+            count += 1
+            for member in unknown_members(sample):
+                report.bad.append(BadMember(f"{url}:{sample['__key__']}.{member}", "unexpected_member",
+                                            "not a member the stream reads; never decoded"))
+            try:
+                report.seconds += probe_sample(sample).seconds
+                report.good += 1
+            except CorruptSample as err:
+                report.bad.append(BadMember(err.where, err.reason, err.detail))
+        report.samples_per_shard[url] = count
+        name = shard_name(url)
+        if manifest_path and expected.get(name) != count:
+            report.bad.append(BadMember(url, "manifest_mismatch",
+                                        f"{count} samples, {manifest_path} lists {expected.get(name)}"))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m shards.inspect", description=__doc__.split("\n\n")[0])
+    p.add_argument("urls", help="shard URLs, brace-expanded, e.g. 'OUT/train-{000000..000003}.tar'")
+    p.add_argument("--manifest", default=None,
+                   help="manifest.json to check counts against (default: next to the shards)")
+    a = p.parse_args(argv)
+    urls = wds.shardlists.expand_urls(a.urls)
+    report = inspect_shards(urls, a.manifest)
+    print(f"shards   {len(urls)}")
+    print(f"samples  {report.samples} ({report.good} good, {report.samples - report.good} bad)")
+    print(f"seconds  {report.seconds:.1f}")
+    for url, count in report.samples_per_shard.items():
+        print(f"  {url}: {count} samples")
+    print(f"bad members: {len(report.bad) or 'none'}")
+    for bad in report.bad:
+        print(f"  {bad}")
+    return 1 if report.bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

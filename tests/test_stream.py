@@ -1,0 +1,389 @@
+"""The streaming pipeline in one process: decoders, corrupt samples, batch format, epoch plan, resume --
+for clip shards and (DataConfig.kind="features") feature shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from decord import AudioReader
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from shards import inspect as shard_inspect  # noqa: E402
+from shards.media import encode_mp4, encode_wav  # noqa: E402
+from shards.synth import SynthConfig, synthesise  # noqa: E402
+from shards.write import write_shards  # noqa: E402
+from trainer.data import (  # noqa: E402
+    COUNTER_NAMES,
+    ClipStream,
+    CorruptSample,
+    DataConfig,
+    DecodeConfig,
+    batches_per_rank,
+    decode_sample,
+)
+from trainer.data.decode import decode_audio  # noqa: E402
+from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy  # noqa: E402
+
+SECONDS, SIZE, SR = 2, 32, 16000
+DECODE = DecodeConfig(seconds=SECONDS, frames_per_segment=2, frame_size=SIZE, sample_rate=SR)
+
+
+class _OpensAFileWhenUnpickled:
+    """Pickles to ``open(path, "w")``: if anything ever unpickled a member, ``path`` would exist."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _members(src: Path, key: str) -> dict[str, bytes]:
+    return {"__key__": key, **{m: (src / f"{key}.{m}").read_bytes() for m in ("mp4", "json", "txt")}}
+
+
+def _pack(path: Path, samples: list[dict]) -> None:
+    with wds.TarWriter(str(path), encoder=False) as sink:
+        for sample in samples:
+            sink.write(sample)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> tuple[Path, list[str]]:
+    out = tmp_path_factory.mktemp("clips")
+    cfg = SynthConfig(num_clips=10, classes=3, seconds=SECONDS, size=SIZE, seed=7)
+    return out, synthesise(cfg, out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def good_shards(clips, tmp_path_factory) -> tuple[str, list[str]]:
+    src, keys = clips
+    out = tmp_path_factory.mktemp("good")
+    write_shards(src, f"{out}/train-%06d.tar", max_count=3, progress=False)  # 3 + 3 + 3 + 1 samples
+    return f"{out}/train-{{000000..000003}}.tar", keys
+
+
+@pytest.fixture(scope="module")
+def bad_shards(clips, tmp_path_factory) -> dict:
+    """Shard 0: good, truncated mp4, good + .pyd member, unparsable json, a .pyd-only sample, good.
+    Shard 1: three good samples. Both listed with their raw sample counts in the manifest."""
+    src, keys = clips
+    out = tmp_path_factory.mktemp("bad")
+    marker = out / "UNPICKLED"
+    trap = pickle.dumps(_OpensAFileWhenUnpickled(str(marker)))
+    truncated = _members(src, keys[1]) | {"__key__": "truncated"}
+    truncated["mp4"] = truncated["mp4"][: len(truncated["mp4"]) // 2]
+    bad_json = _members(src, keys[3]) | {"__key__": "badjson", "json": b'{"clip_label": 1, "video_labels": [0,'}
+    _pack(out / "train-000000.tar", [
+        _members(src, keys[0]), truncated, _members(src, keys[2]) | {"pyd": trap}, bad_json,
+        {"__key__": "onlypyd", "pyd": trap}, _members(src, keys[4]),
+    ])
+    _pack(out / "train-000001.tar", [_members(src, k) for k in keys[5:8]])
+    manifest = {"shards": [{"name": "train-000000.tar", "samples": 6}, {"name": "train-000001.tar", "samples": 3}]}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return {
+        "urls": f"{out}/train-{{000000..000001}}.tar",
+        "good": [keys[0], keys[2], keys[4], *keys[5:8]],
+        "marker": marker,
+        "skips": {"bad_video": 1, "bad_json": 1, "missing_member": 1, "ignored_member": 1},
+        "kind": "clips",
+    }
+
+
+FEATURE_SHAPES = {"video": [3, 4], "audio": [4], "text": [4]}
+
+
+def _feature_members(src: Path, key: str, index: int) -> dict[str, bytes]:
+    """Feature-shard sample of clip ``key``: its json and txt, and features whose values encode ``index``
+    (video all ``index``; audio ``arange + 100 index``; text ``1 + index mod 3`` tokens of ``-index``)."""
+    return {
+        "__key__": key, "json": (src / f"{key}.json").read_bytes(), "txt": (src / f"{key}.txt").read_bytes(),
+        "video.npy": encode_npy(np.full((SECONDS, *FEATURE_SHAPES["video"]), index, np.float16)),
+        "audio.npy": encode_npy(np.arange(SECONDS * 4, dtype=np.float32).reshape(SECONDS, 4) + 100 * index),
+        "text.npy": encode_npy(np.full((1 + index % 3, 4), -index, np.float32)),
+    }
+
+
+def _feature_manifest(counts: dict[str, int]) -> str:
+    """What ``shards.extract`` writes, as far as the stream reads it."""
+    shards = [{"name": name, "samples": count} for name, count in counts.items()]
+    return json.dumps({"format": FEATURE_MANIFEST_FORMAT, "feature_shapes": FEATURE_SHAPES,
+                       "decode": {"seconds": SECONDS}, "shards": shards})
+
+
+@pytest.fixture(scope="module")
+def bad_feature_shards(clips, tmp_path_factory) -> dict:
+    """Shard 0: good, truncated audio.npy, good + .pyd member, unparsable json, a .pyd-only sample, good,
+    text.npy holding a pickled object array. Shard 1: three good samples. The manifest counts them all."""
+    src, keys = clips
+    out = tmp_path_factory.mktemp("badfeat")
+    marker = out / "UNPICKLED"
+    trap = pickle.dumps(_OpensAFileWhenUnpickled(str(marker)))
+    truncated = _feature_members(src, keys[1], 1) | {"__key__": "truncated"}
+    truncated["audio.npy"] = truncated["audio.npy"][: len(truncated["audio.npy"]) // 2]
+    bad_json = _feature_members(src, keys[3], 3) | {"__key__": "badjson", "json": b'{"clip_label": 1, "video_l'}
+    buf = io.BytesIO()
+    np.save(buf, np.array([_OpensAFileWhenUnpickled(str(marker))], dtype=object), allow_pickle=True)
+    pickled = _feature_members(src, keys[8], 8) | {"__key__": "pickled", "text.npy": buf.getvalue()}
+    _pack(out / "feat-000000.tar", [
+        _feature_members(src, keys[0], 0), truncated, _feature_members(src, keys[2], 2) | {"pyd": trap}, bad_json,
+        {"__key__": "onlypyd", "pyd": trap}, _feature_members(src, keys[4], 4), pickled,
+    ])
+    _pack(out / "feat-000001.tar", [_feature_members(src, k, i) for i, k in enumerate(keys[5:8], start=5)])
+    (out / "manifest.json").write_text(_feature_manifest({"feat-000000.tar": 7, "feat-000001.tar": 3}))
+    return {
+        "urls": f"{out}/feat-{{000000..000001}}.tar",
+        "good": [keys[0], keys[2], keys[4], *keys[5:8]],
+        "index": {k: i for i, k in enumerate(keys)},
+        "marker": marker,
+        "skips": {"bad_feature": 2, "bad_json": 1, "missing_member": 1, "ignored_member": 1},
+        "kind": "features",
+    }
+
+
+@pytest.fixture(params=["clips", "features"])
+def bad_shards_of_each_kind(request, bad_shards, bad_feature_shards) -> dict:
+    return {"clips": bad_shards, "features": bad_feature_shards}[request.param]
+
+
+def _epoch(stream: ClipStream, stop: int | None = None) -> list[dict]:
+    out = []
+    for batch in stream:
+        out.append(batch)
+        if stop is not None and len(out) == stop:
+            break
+    return out
+
+
+def _non_pad_keys(batches: list[dict]) -> list[str]:
+    return [k for b in batches for k, pad in zip(b["key"], b["is_pad"].tolist()) if not pad]
+
+
+def test_batches_per_rank_hand_computed():
+    # ceil(n/2) = [[3, 2], [2, 1]] -> N >= 2·(k−1) + l + 1 = [[5, 4], [3, 2]] -> N = 5, and indeed worker 0
+    # gets len(range(0, 5, 2)) = 3 batches and worker 1 gets len(range(1, 5, 2)) = 2
+    assert batches_per_rank([[5, 3], [4, 2]], batch_size=2) == 5
+    assert batches_per_rank([[4]], batch_size=4) == 1
+    assert batches_per_rank([[1, 1, 9]], batch_size=4) == 3 * 2 + 2 + 1  # worker 2 needs 3 batches: 2, 5, 8
+    with pytest.raises(ValueError, match="no samples"):
+        batches_per_rank([[3, 0]], batch_size=2)
+
+
+def test_decoders_reject_each_kind_of_corruption(clips):
+    src, keys = clips
+    good = _members(src, keys[0])
+    frames = np.zeros((SECONDS * 8, SIZE, SIZE, 3), np.uint8)
+    cases = {
+        "bad_video": good | {"mp4": good["mp4"][: len(good["mp4"]) // 2]},
+        "bad_audio": good | {"mp4": encode_mp4(frames, None, 8, SR)},  # no audio track at all
+        "bad_json": good | {"json": b"[1, 2"},
+        "empty_member": good | {"txt": b""},
+        "missing_member": {k: v for k, v in good.items() if k != "mp4"},
+    }
+    for reason, sample in cases.items():
+        with pytest.raises(CorruptSample) as info:
+            decode_sample(sample, DECODE)
+        assert info.value.reason == reason and keys[0] in str(info.value)
+    with pytest.raises(CorruptSample, match="key 'audio_labels'"):
+        decode_sample(good | {"json": b'{"clip_label": 0, "video_labels": [0, 0]}'}, DECODE)
+    three_s = json.loads(good["json"])
+    three_s.update(video_labels=three_s["video_labels"] + [-1], audio_labels=three_s["audio_labels"] + [-1])
+    with pytest.raises(CorruptSample, match="16 frames, need frame 22"):  # 2 s of video asked for 3 s
+        decode_sample(good | {"json": json.dumps(three_s).encode()}, DecodeConfig(seconds=3, frames_per_segment=2))
+    with pytest.raises(CorruptSample, match="labels cover 2 s, need 3 s"):
+        decode_sample(good, DecodeConfig(seconds=3))
+
+
+def test_fast_audio_read_equals_decords_public_api(clips):
+    src, keys = clips
+    data = (src / f"{keys[0]}.mp4").read_bytes()
+    public = AudioReader(io.BytesIO(data), sample_rate=SR, mono=True)[:].asnumpy()[0]
+    assert len(public) >= SECONDS * SR
+    assert np.array_equal(decode_audio(data, DECODE, keys[0]).reshape(-1), public[: SECONDS * SR])
+
+
+def test_separate_wav_member_is_preferred_over_the_mp4_track(clips):
+    src, keys = clips
+    t = np.arange(SECONDS * SR) / SR
+    wav = encode_wav(0.5 * np.sin(2 * np.pi * 3000 * t), SR)
+    clip = decode_sample(_members(src, keys[0]) | {"wav": wav}, DECODE)
+    spectrum = np.abs(np.fft.rfft(clip.audio[0]))  # 1 s: bins are 1 Hz apart
+    assert np.argmax(spectrum) == 3000
+
+
+def test_batch_format_matches_the_files(good_shards, clips):
+    urls, keys = good_shards
+    src, _ = clips
+    cfg = DataConfig(urls=urls, batch_size=3, num_workers=0, shuffle_buffer=0, shuffle_shards=False, decode=DECODE)
+    batches = _epoch(ClipStream(cfg))
+    assert len(batches) == 4  # 10 samples, one worker: ceil(10/3)
+    b = batches[0]
+    assert b["video"].dtype == torch.uint8 and b["video"].shape == (3, SECONDS, 2, SIZE, SIZE, 3)
+    assert b["audio"].dtype == torch.float32 and b["audio"].shape == (3, SECONDS, SR)
+    assert b["skipped"].dtype == torch.int64 and b["skipped"].shape == (len(COUNTER_NAMES),)
+    assert b["key"] == keys[:3] and b["is_pad"].tolist() == [False] * 3
+    for i, key in enumerate(b["key"]):
+        meta = json.loads((src / f"{key}.json").read_text())
+        assert b["video_labels"][i].tolist() == meta["video_labels"]
+        assert b["audio_labels"][i].tolist() == meta["audio_labels"]
+        assert b["clip_label"][i].item() == meta["clip_label"]
+        assert b["caption"][i] == (src / f"{key}.txt").read_text().strip()
+    # the last batch: sample 10, then two repeats of this worker's data flagged as padding
+    assert batches[-1]["is_pad"].tolist() == [False, True, True]
+    assert _non_pad_keys(batches) == keys
+
+
+def test_corrupt_samples_skipped_and_counted_nothing_unpickled(bad_shards, capsys):
+    cfg = DataConfig(urls=bad_shards["urls"], batch_size=2, num_workers=2, shuffle_buffer=4, decode=DECODE)
+    stream = ClipStream(cfg)
+    planned = len(stream)  # the epoch's batch count (len() after the epoch is the next epoch's)
+    batches = _epoch(stream)
+    assert len(batches) == planned
+    assert sorted(_non_pad_keys(batches)) == sorted(bad_shards["good"])  # every good sample exactly once
+    expected = {name: bad_shards["skips"].get(name, 0) for name in COUNTER_NAMES}
+    assert stream.skip_totals() == expected
+    assert sum(b["skipped"] for b in batches).tolist() == [expected[n] for n in COUNTER_NAMES]
+    assert not bad_shards["marker"].exists()
+    # the inspector reports the same shard as bad, member by member, and unpickles nothing either
+    capsys.readouterr()
+    assert shard_inspect.main([bad_shards["urls"]]) == 1
+    printed = capsys.readouterr().out
+    assert "samples  9 (6 good, 3 bad)" in printed
+    for line in ("truncated.mp4: bad_video", "badjson.json: bad_json", "onlypyd.mp4: missing_member",
+                 "onlypyd.pyd: unexpected_member", ".pyd: unexpected_member"):
+        assert line in printed, line
+    assert not bad_shards["marker"].exists()
+
+
+def test_truncated_shard_loses_only_its_tail_and_every_sample_is_accounted_for(good_shards, tmp_path, capfd):
+    urls, keys = good_shards
+    shard_dir = Path(wds.shardlists.expand_urls(urls)[0]).parent
+    for path in shard_dir.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    cut = tmp_path / "train-000001.tar"  # 3 samples; keep the bytes of about the first one and a half
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    cfg = DataConfig(urls=f"{tmp_path}/train-{{000000..000003}}.tar", batch_size=2, num_workers=2, decode=DECODE)
+    stream = ClipStream(cfg)
+    planned = len(stream)
+    batches = _epoch(stream)
+    assert len(batches) == planned
+    delivered = _non_pad_keys(batches)
+    totals = stream.skip_totals()
+    assert totals["unreadable"] >= 1 and "unreadable shard data" in capfd.readouterr().err
+    lost = sum(totals[name] for name in COUNTER_NAMES if name != "ignored_member")
+    assert len(delivered) + lost == len(keys)  # the manifest's 10: each delivered once or counted once
+    assert len(set(delivered)) == len(delivered) and len(delivered) >= 7  # the other shards' 7 all arrive
+
+
+def test_feature_shards_stream_like_clip_shards(bad_feature_shards, clips):
+    src, keys = clips
+    shards = bad_feature_shards
+    cfg = DataConfig(urls=shards["urls"], kind="features", batch_size=2, num_workers=2, shuffle_buffer=4,
+                     shuffle_shards=False)
+    stream = ClipStream(cfg)
+    planned = len(stream)
+    batches = _epoch(stream)
+    # the plan counts the manifest's raw samples: worker 0 has 7 -> 4 batches (0, 2, 4, 6), so N = 7 and
+    # worker 1 (3 samples) yields batches 1, 3, 5; 14 slots hold the 6 good samples and 8 marked repeats
+    assert len(batches) == planned == 7 and {len(b["key"]) for b in batches} == {2}
+    assert sorted(_non_pad_keys(batches)) == sorted(shards["good"])  # every good sample exactly once
+    assert sum(int(b["is_pad"].sum()) for b in batches) == 8
+    # each skipped sample counted once by its reason; the pickled object array was refused, not loaded
+    expected = {name: shards["skips"].get(name, 0) for name in COUNTER_NAMES}
+    assert stream.skip_totals() == expected
+    assert sum(b["skipped"] for b in batches).tolist() == [expected[n] for n in COUNTER_NAMES]
+    assert not shards["marker"].exists()
+    for b in batches:
+        assert b["video"].dtype == b["audio"].dtype == b["text"].dtype == torch.float32
+        assert b["video"].shape == (2, SECONDS, 3, 4) and b["audio"].shape == (2, SECONDS, 4)
+        for i, key in enumerate(b["key"]):
+            index = shards["index"][key]
+            meta = json.loads((src / f"{key}.json").read_text())
+            assert b["video"][i].unique().tolist() == [index]
+            assert b["audio"][i].tolist() == (np.arange(SECONDS * 4).reshape(SECONDS, 4) + 100 * index).tolist()
+            tokens = 1 + index % 3
+            assert b["text_mask"][i].tolist() == [True] * tokens + [False] * (b["text"].shape[1] - tokens)
+            assert (b["text"][i, :tokens] == -index).all() and (b["text"][i, tokens:] == 0).all()
+            assert b["video_labels"][i].tolist() == meta["video_labels"] and b["clip_label"][i] == meta["clip_label"]
+            assert b["caption"][i] == (src / f"{key}.txt").read_text().strip()
+
+
+@pytest.mark.parametrize("stop", [1, 2, 4])
+def test_resume_from_state_dict_is_exact(bad_shards_of_each_kind, stop):
+    bad_shards = bad_shards_of_each_kind
+    cfg = DataConfig(urls=bad_shards["urls"], kind=bad_shards["kind"], batch_size=2, num_workers=2, shuffle_buffer=4,
+                     seed=3, decode=DECODE)
+    reference = _epoch(ClipStream(cfg))
+    first = ClipStream(cfg)
+    head = _epoch(first, stop=stop)
+    state = first.state_dict()
+    assert state["position"] == stop and state["epoch"] == 0
+    resumed = ClipStream(cfg)
+    resumed.load_state_dict(state)
+    tail = _epoch(resumed)
+    assert len(head) + len(tail) == len(reference)
+    for got, want in zip(head + tail, reference):
+        assert got.keys() == want.keys()
+        for name, value in want.items():  # media or features, labels, is_pad and the batch's skip counters
+            assert torch.equal(got[name], value) if torch.is_tensor(value) else got[name] == value, name
+    reference_totals = sum(b["skipped"] for b in reference).tolist()
+    assert resumed.skip_totals() == dict(zip(COUNTER_NAMES, reference_totals))  # head's counts came with the state
+    assert resumed.state_dict()["epoch"] == 1 and resumed.state_dict()["position"] == 0
+
+
+def test_epochs_reshuffle_but_cover_the_same_samples(good_shards):
+    urls, keys = good_shards
+    stream = ClipStream(DataConfig(urls=urls, batch_size=2, num_workers=2, shuffle_buffer=4, decode=DECODE))
+    epochs = [_non_pad_keys(_epoch(stream)) for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(keys)
+    assert epochs[0] != epochs[1]
+    assert stream.state_dict()["epoch"] == 2
+
+
+def test_pipe_urls_stream_through_a_shell_command(good_shards):
+    urls, keys = good_shards
+    shard_dir = Path(wds.shardlists.expand_urls(urls)[0]).parent
+    piped = f"pipe:cat {shard_dir}/train-{{000000..000003}}.tar"
+    with pytest.raises(ValueError, match="set DataConfig.manifest"):
+        ClipStream(DataConfig(urls=piped, num_workers=0))
+    cfg = DataConfig(urls=piped, manifest=str(shard_dir / "manifest.json"), batch_size=5, num_workers=0, decode=DECODE)
+    assert sorted(_non_pad_keys(_epoch(ClipStream(cfg)))) == sorted(keys)
+
+
+def test_resampled_mode_has_a_fixed_epoch_length(good_shards):
+    urls, keys = good_shards
+    cfg = DataConfig(urls=urls, batch_size=2, num_workers=2, resampled=True, epoch_batches=3, decode=DECODE)
+    stream = ClipStream(cfg)
+    epoch0, epoch1 = _epoch(stream), _epoch(stream)
+    assert len(epoch0) == len(epoch1) == 3 and len(stream) == 3
+    assert not any(b["is_pad"].any() for b in epoch0 + epoch1)
+    assert set(_non_pad_keys(epoch0)) <= set(keys)
+    assert _non_pad_keys(_epoch(ClipStream(cfg))) == _non_pad_keys(epoch0)  # seeded: reproducible
+    assert _non_pad_keys(epoch1) != _non_pad_keys(epoch0)
+
+
+def test_configuration_errors_are_clear(good_shards, tmp_path):
+    urls, _ = good_shards
+    with pytest.raises(ValueError, match="4 shards cannot give each of 2 ranks x 4 workers"):
+        ClipStream(DataConfig(urls=urls, num_workers=4), rank=0, world_size=2)
+    (tmp_path / "x-000000.tar").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"manifest {tmp_path}/manifest.json not found"):
+        ClipStream(DataConfig(urls=f"{tmp_path}/x-000000.tar", num_workers=0))
+    with pytest.raises(ValueError, match="epoch_batches"):
+        ClipStream(DataConfig(urls=urls, resampled=True))
+    stream = ClipStream(DataConfig(urls=urls, num_workers=2))
+    state = stream.state_dict() | {"num_workers": 1}
+    with pytest.raises(ValueError, match="num_workers=1 but this stream has 2"):
+        stream.load_state_dict(state)
+    other_shards = ClipStream(DataConfig(urls=urls.replace("000003", "000002"), num_workers=2))
+    with pytest.raises(ValueError, match="shards_fingerprint"):
+        other_shards.load_state_dict(stream.state_dict())

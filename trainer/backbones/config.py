@@ -1,0 +1,159 @@
+"""Typed configuration of the frozen backbones (one ``BackboneConfig`` per modality).
+
+A backbone is either loaded with ``from_pretrained`` (``name_or_path``: a hub id or a local directory,
+``revision`` pins the hub commit; ``HF_HUB_OFFLINE=1`` is honoured by transformers itself) or built
+with random weights from ``config`` (a transformers config dict, seeded so every rank and every run
+gets the same weights; nothing is downloaded). Exactly one of the two must be given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# family -> modality; the family picks the transformers class and the preprocessing recipe.
+FAMILY_MODALITY: dict[str, str] = {
+    "clip_vision": "video",
+    "vit": "video",
+    "ast": "audio",
+    "wav2vec2": "audio",
+    "hubert": "audio",
+    "whisper": "audio",
+    "bert": "text",
+    "clip_text": "text",
+}
+
+POOLINGS: dict[str, tuple[str, ...]] = {
+    # video: one vector per frame from the CLS token or the mean of patch tokens, or keep the patch grid
+    "video": ("cls", "mean", "patch"),
+    # audio: mean of the tokens that fall inside each 1-s segment, or the CLS token (AST, segment window)
+    "audio": ("mean", "cls"),
+    # text: token features (b l d), or one sentence vector kept as a length-1 sequence (b 1 d)
+    "text": ("tokens", "mean", "cls"),
+}
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+AUDIO_WINDOWS = ("segment", "clip")
+
+
+@dataclass
+class BackboneConfig:
+    family: str = ""
+    name_or_path: str | None = None   # hub id or local dir; "package:<module>" calls <module>.get_model_path()
+    config: dict[str, Any] | None = None   # transformers config dict -> random-init model (no download)
+    revision: str | None = None       # hub revision (branch, tag or commit) for name_or_path
+    seed: int = 0                     # seed of the random init when built from ``config``
+    layer: int | None = None          # None: the model's final output; k: hidden_states[k] (0 = embeddings)
+    pooling: str = ""                 # "" -> the modality's first entry in POOLINGS
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"   # auto: bfloat16 on CUDA, float32 on CPU
+    processor: dict[str, Any] = field(default_factory=dict)   # overrides of the model's processor settings
+    max_batch: int = 256              # most images / audio windows / captions per encoder forward
+    # video
+    frames_per_segment: int | None = None   # frames encoded per 1-s segment (evenly picked); None: all decoded
+    # audio
+    sample_rate: int = 16000          # rate of the decoded audio; must match the feature extractor's
+    # segment: encode each 1-s segment alone; clip: encode the whole clip once, split tokens by time
+    audio_window: Literal["segment", "clip"] = "segment"
+    # text
+    tokenizer: str | None = None      # dir / hub id (AutoTokenizer) or a WordPiece vocab .txt; None: name_or_path
+    max_text_length: int = 64
+
+    @property
+    def modality(self) -> str:
+        return FAMILY_MODALITY[self.family]
+
+    @property
+    def resolved_pooling(self) -> str:
+        return self.pooling or POOLINGS[self.modality][0]
+
+    def validate(self, where: str = "backbone") -> None:
+        if self.family not in FAMILY_MODALITY:
+            raise ValueError(f"{where}: unknown family {self.family!r}; known: {sorted(FAMILY_MODALITY)}")
+        if (self.name_or_path is None) == (self.config is None):
+            raise ValueError(f"{where}: give exactly one of name_or_path (pretrained) or config (random init)")
+        if self.resolved_pooling not in POOLINGS[self.modality]:
+            raise ValueError(f"{where}: pooling {self.pooling!r} is not one of {POOLINGS[self.modality]} "
+                             f"for a {self.modality} backbone")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"{where}: dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.audio_window not in AUDIO_WINDOWS:
+            raise ValueError(f"{where}: audio_window {self.audio_window!r} is not one of {AUDIO_WINDOWS}")
+        if self.modality == "audio" and self.audio_window == "clip" and self.resolved_pooling == "cls":
+            raise ValueError(f"{where}: pooling 'cls' needs audio_window 'segment' (one CLS per segment)")
+        if self.frames_per_segment is not None and self.frames_per_segment < 1:
+            raise ValueError(f"{where}: frames_per_segment must be >= 1 or null")
+        if self.max_batch < 1 or self.max_text_length < 2:
+            raise ValueError(f"{where}: max_batch must be >= 1 and max_text_length >= 2")
+
+
+@dataclass
+class BackbonesConfig:
+    """The frozen encoders of a run, keyed by modality; a missing modality is not encoded."""
+
+    video: BackboneConfig | None = None
+    audio: BackboneConfig | None = None
+    text: BackboneConfig | None = None
+
+    def items(self) -> list[tuple[str, BackboneConfig]]:
+        return [(m, c) for m in ("video", "audio", "text") if (c := getattr(self, m)) is not None]
+
+    def validate(self, where: str = "backbones") -> None:
+        for modality, cfg in self.items():
+            cfg.validate(f"{where}.{modality}")
+            if cfg.modality != modality:
+                raise ValueError(f"{where}.{modality}: family {cfg.family!r} encodes {cfg.modality}, "
+                                 f"not {modality}")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``package:<module>`` -> ``<module>.get_model_path()`` (models shipped inside a PyPI package)."""
+    if name_or_path.startswith("package:"):
+        module = importlib.import_module(name_or_path.removeprefix("package:"))
+        return str(module.get_model_path())
+    return name_or_path
+
+
+def backbone_config_from_dict(d: dict[str, Any], where: str, base_dir: Path | None = None) -> BackboneConfig:
+    known = {f.name for f in dataclasses.fields(BackboneConfig)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    cfg = BackboneConfig(**d)
+    if base_dir is not None:
+        # "./x" and "../x" are relative to the YAML file; anything else is a hub id or an absolute path
+        for key in ("name_or_path", "tokenizer"):
+            value = getattr(cfg, key)
+            if isinstance(value, str) and value.startswith(("./", "../")):
+                setattr(cfg, key, str((base_dir / value).resolve()))
+    cfg.validate(where)
+    return cfg
+
+
+def backbones_config_from_dict(d: dict[str, Any], where: str = "backbones",
+                               base_dir: Path | None = None) -> BackbonesConfig:
+    unknown = set(d) - {"video", "audio", "text"}
+    if unknown:
+        raise ValueError(f"{where}: unknown modalities {sorted(unknown)}; known: video, audio, text")
+    cfg = BackbonesConfig(**{m: backbone_config_from_dict(v, f"{where}.{m}", base_dir)
+                             for m, v in d.items() if v is not None})
+    cfg.validate(where)
+    return cfg
+
+
+def load_backbones_config(path: str | Path) -> BackbonesConfig:
+    """Read a backbones YAML file (top-level keys: video, audio, text)."""
+    path = Path(path)
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with keys video/audio/text, got {type(data).__name__}")
+    return backbones_config_from_dict(data, where=str(path), base_dir=path.parent)
+
+
+def config_to_dict(cfg: BackbonesConfig) -> dict[str, Any]:
+    return {m: dataclasses.asdict(c) for m, c in cfg.items()}

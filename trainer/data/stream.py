@@ -1,0 +1,400 @@
+"""WebDataset shards -> decoded batches, split over ranks and DataLoader workers, resumable.
+
+One stream for both kinds of shards (``DataConfig.kind``): "clips" (mp4/wav + json + txt, decoded by
+``decode.decode_sample`` and stacked by ``collate.collate_clips``) and "features" (the ``.npy`` feature
+shards that ``python -m shards.extract`` writes, decoded by ``features.decode_feature_sample`` with the
+shapes their manifest lists and stacked by ``features.collate_feature_clips``). Everything below holds
+for both: only the per-sample decoder and the collate function differ.
+
+Epoch plan (identical on every rank, computed without communication):
+- non-resampled: the shard list is shuffled with a seed of (seed, epoch); rank r takes shards
+  ``[r::world]`` and its logical worker l takes ``[r::world][l::W]`` (W = max(1, num_workers)): shards
+  are disjoint across ranks and workers and together cover the list. The manifest's per-shard sample
+  counts give every (rank, worker) its sample count n.
+- every rank yields the same number N of batches, all of exactly ``batch_size`` clips. Batch i of a
+  rank comes from its logical worker i mod W, so worker l yields ``len(range(l, N, W))`` batches; N is
+  the smallest number that lets every worker of every rank deliver all of its samples (``batches_per_rank``).
+  A worker whose own samples run out first fills the rest of its batches by reading its shards again;
+  those repeated clips have ``is_pad = True``. So each epoch delivers every good sample exactly once with
+  ``is_pad = False`` on exactly one rank (the DistributedSampler policy, with the repeats marked), and no
+  rank waits for another at the end of an epoch.
+- resampled: every worker draws shards with replacement from the whole list (``wds.ResampledShards``,
+  seeded by seed, epoch, rank and logical worker); an epoch is ``epoch_batches`` batches per rank.
+
+Inside a worker, webdataset reads the tars (``tarfile_to_samples``: local paths or ``pipe:`` URLs) and
+shuffles raw samples in a buffer with a seeded RNG; decoding comes after the shuffle, so skipping a
+consumed prefix needs no decoding.
+
+Resumption: each batch carries its logical worker and that worker's cursor (pass over its shards, raw
+samples consumed in that pass). ``ClipStream`` keeps, per logical worker, the cursor of the last batch it
+handed out, plus (seed, epoch, position). A restored stream restarts its workers with logical roles
+rotated by ``position`` (physical worker k plays logical worker (k + position) mod W, so the DataLoader's
+round-robin, which starts at worker 0, yields batch ``position`` first), and each worker skips its raw
+prefix. The batches that follow are exactly those the uninterrupted stream would have yielded.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import random
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from trainer import distributed
+from trainer.data.collate import COUNTER_INDEX, COUNTER_NAMES, collate_clips
+from trainer.data.decode import CorruptSample, DecodeConfig, decode_sample
+from trainer.data.features import (
+    FEATURE_MANIFEST_FORMAT, FEATURE_MODALITIES, collate_feature_clips, decode_feature_sample, feature_layout,
+)
+
+if TYPE_CHECKING:
+    from trainer.backbones import FrozenBackbones
+
+MANIFEST_NAME = "manifest.json"
+DATA_KINDS = ("clips", "features")
+
+
+@dataclass
+class DataConfig:
+    urls: str = ""  # brace pattern(s), '::'-separated: local paths or webdataset 'pipe:' URLs
+    # "clips": mp4/wav + json + txt shards (shards.write); "features": feature shards (shards.extract)
+    kind: Literal["clips", "features"] = "clips"
+    # kind "features": the modalities whose {modality}.npy members are read (and batched under that key)
+    feature_modalities: list[str] = field(default_factory=lambda: list(FEATURE_MODALITIES))
+    # the shards' manifest.json (per-shard counts; feature shapes for kind "features"); default: next to
+    # the first local shard. Not read for kind "clips" in resampled mode.
+    manifest: str = ""
+    batch_size: int = 8  # clips per batch on each rank
+    num_workers: int = 2  # DataLoader worker processes per rank (0 = decode in the training process)
+    shuffle_buffer: int = 64  # raw samples in each worker's shuffle buffer; 0 or 1 keeps shard order
+    shuffle_shards: bool = True  # reshuffle the shard list every epoch (non-resampled)
+    resampled: bool = False  # draw shards with replacement; an epoch is epoch_batches batches
+    epoch_batches: int = 0  # batches per rank per epoch in resampled mode
+    seed: int = 0
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # kind "clips" only
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the key of the first bad setting."""
+        if self.kind not in DATA_KINDS:
+            raise ValueError(f"DataConfig.kind: {self.kind!r} is not one of {list(DATA_KINDS)}")
+        if not self.urls:
+            raise ValueError("DataConfig.urls is empty: give shard URLs, e.g. 'data/train-{000000..000009}.tar'")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ValueError(f"DataConfig.batch_size must be >= 1 and DataConfig.num_workers >= 0, got "
+                             f"{self.batch_size}, {self.num_workers}")
+        if self.resampled and self.epoch_batches < 1:
+            raise ValueError("resampled mode needs DataConfig.epoch_batches >= 1 (batches per rank per epoch)")
+        if self.kind == "features":
+            names = self.feature_modalities
+            if not names or len(set(names)) < len(names) or any(m not in FEATURE_MODALITIES for m in names):
+                raise ValueError(f"DataConfig.feature_modalities: {self.feature_modalities} must be distinct "
+                                 f"names from {list(FEATURE_MODALITIES)}, at least one")
+
+
+@dataclass
+class WorkerPlan:
+    shards: list[str]  # this logical worker's shards (resampled: the pool it draws from)
+    samples: int  # samples the manifest lists for them (-1 in resampled mode)
+    batches: int  # batches it yields in the epoch
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` that is the same in every process and Python run (fits an int64)."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def shard_name(url: str) -> str:
+    """The ``*.tar`` file name inside a local path or a ``pipe:`` command (the manifest's key)."""
+    names = re.findall(r"[^/\s'\"]+\.tar\b", url)
+    if not names:
+        raise ValueError(f"shard URL {url!r} names no .tar file")
+    return names[-1]
+
+
+def read_manifest(urls: list[str], manifest: str) -> tuple[str, dict[str, Any]]:
+    """(path, parsed contents) of ``manifest``, or of manifest.json next to the first local shard of ``urls``."""
+    if not manifest:
+        if ":" in urls[0].split("/")[0]:
+            raise ValueError(f"cannot locate a manifest for {urls[0]!r}: set DataConfig.manifest")
+        manifest = str(Path(urls[0]).parent / MANIFEST_NAME)
+    try:
+        contents = json.loads(Path(manifest).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ValueError(f"manifest {manifest} not found (it gives the per-shard sample counts and, for feature "
+                         "shards, their shapes: write shards with `python -m shards.write` or `python -m "
+                         "shards.extract`, or set DataConfig.manifest)") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"manifest {manifest}: not valid JSON ({err!r})") from err
+    if not isinstance(contents, dict):
+        raise ValueError(f"manifest {manifest}: expected a JSON object, got {type(contents).__name__}")
+    return manifest, contents
+
+
+def manifest_counts(urls: list[str], manifest: str, contents: Mapping[str, Any]) -> list[int]:
+    """Samples per shard of ``urls`` from the parsed manifest ``contents`` (read from ``manifest``)."""
+    try:
+        counts = {entry["name"]: int(entry["samples"]) for entry in contents["shards"]}
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"manifest {manifest}: expected {{'shards': [{{'name', 'samples'}}, ...]}} ({err!r})") from err
+    missing = [url for url in urls if shard_name(url) not in counts]
+    if missing:
+        raise ValueError(f"manifest {manifest} lists no sample count for {missing[:3]} ({len(missing)} shards)")
+    return [counts[shard_name(url)] for url in urls]
+
+
+def load_manifest_counts(urls: list[str], manifest: str) -> list[int]:
+    """Samples per shard of ``urls`` from the manifest written by ``shards.write`` / ``shards.extract``."""
+    return manifest_counts(urls, *read_manifest(urls, manifest))
+
+
+def batches_per_rank(samples: list[list[int]], batch_size: int) -> int:
+    """Smallest N with len(range(l, N, W)) >= ceil(n[r][l] / B) for every rank r and logical worker l.
+
+    ``samples[r][l]`` is n, the samples of worker l on rank r; W = len(samples[r]). Worker l yields
+    the batches i < N with i mod W == l, and len(range(l, N, W)) >= k  <=>  N >= W·(k − 1) + l + 1.
+    """
+    need = 0
+    for row in samples:
+        workers = len(row)
+        for logical, n in enumerate(row):
+            if n <= 0:
+                raise ValueError(f"worker {logical} of a rank has no samples (manifest counts {row})")
+            need = max(need, workers * (-(-n // batch_size) - 1) + logical + 1)
+    return need
+
+
+class _EpochSource(IterableDataset):
+    """One rank's batches for one epoch from ``position`` on; runs inside each DataLoader worker."""
+
+    def __init__(self, cfg: DataConfig, decode: Callable[[dict], Any], collate: Callable[[list, list[bool]], dict],
+                 seed: int, epoch: int, rank: int, plans: list[WorkerPlan], total: int, position: int,
+                 cursors: list[list[int]]):
+        super().__init__()
+        self.cfg, self.decode, self.collate = cfg, decode, collate
+        self.seed, self.epoch, self.rank, self.plans = seed, epoch, rank, plans
+        self.total, self.position, self.cursors = total, position, cursors
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        workers = len(self.plans)
+        logical = (physical + self.position) % workers
+        consumed = len(range(logical, self.position, workers))  # this worker's batches already handed out
+        return self._batches(logical, consumed, tuple(self.cursors[logical]))
+
+    def _raw_samples(self, logical: int, pass_index: int) -> Iterator[dict]:
+        cfg, plan = self.cfg, self.plans[logical]
+        seed = stable_seed(self.seed, self.epoch, self.rank, logical, pass_index)
+        if cfg.resampled:
+            shards = iter(wds.ResampledShards(plan.shards, seed=seed, deterministic=True, worker_seed=lambda: 0))
+        else:
+            shards = iter([{"url": url} for url in plan.shards])
+        samples = wds.tarfile_to_samples(handler=_warn_and_continue)(shards)
+        if cfg.shuffle_buffer > 1:
+            samples = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=random.Random(seed))(samples)
+        return samples
+
+    def _batches(self, logical: int, consumed: int, cursor: tuple[int, int]) -> Iterator[dict]:
+        cfg, plan = self.cfg, self.plans[logical]
+        todo = plan.batches - consumed
+        pass_index, raw_index = cursor
+        skipped = np.zeros(len(COUNTER_NAMES), np.int64)
+        clips: list = []  # DecodedClip (kind clips) or FeatureClip (kind features)
+        pads: list[bool] = []
+        while todo > 0:
+            # Pass 0 is the epoch's real data; later passes (non-resampled only) re-read it as padding,
+            # whose clips are flagged and whose skips are not counted again.
+            real = cfg.resampled or pass_index == 0
+            samples = itertools.islice(self._raw_samples(logical, pass_index), raw_index, None)
+            whole_pass, good_in_pass = raw_index == 0, 0
+            for raw in samples:
+                raw_index += 1
+                if real and not cfg.resampled and raw_index > plan.samples:
+                    raise RuntimeError(_more_than_manifest(plan))
+                try:
+                    clip = self.decode(raw)
+                except CorruptSample as err:
+                    if real:
+                        skipped[COUNTER_INDEX[err.reason]] += 1
+                    continue
+                good_in_pass += 1
+                if real:
+                    skipped[COUNTER_INDEX["ignored_member"]] += clip.ignored_members
+                clips.append(clip)
+                pads.append(not real)
+                if len(clips) < cfg.batch_size:
+                    continue
+                todo -= 1
+                if todo == 0 and real and not cfg.resampled and next(samples, None) is not None:
+                    raise RuntimeError(_more_than_manifest(plan))
+                batch = self.collate(clips, pads)
+                batch["skipped"] = torch.from_numpy(skipped)
+                batch["_worker"], batch["_cursor"] = logical, (pass_index, raw_index)
+                yield batch
+                clips, pads, skipped = [], [], np.zeros_like(skipped)
+                if todo == 0:
+                    return
+            # Only a finite pass gets here: the manifest's count minus what the reader produced is what
+            # a missing or truncated shard lost.
+            if real:
+                skipped[COUNTER_INDEX["unreadable"]] += plan.samples - raw_index
+            elif whole_pass and good_in_pass == 0:
+                raise RuntimeError(f"no decodable sample in shards {plan.shards} to fill the epoch's last batches")
+            pass_index, raw_index = pass_index + 1, 0
+
+
+def _more_than_manifest(plan: WorkerPlan) -> str:
+    return f"shards {plan.shards} hold more than the {plan.samples} samples their manifest lists; rewrite it"
+
+
+def _warn_and_continue(exn: Exception) -> bool:
+    """webdataset handler: report an unreadable shard or tar member and go on (the non-resampled stream
+    counts the samples it lost as "unreadable", from the manifest)."""
+    print(f"[trainer.data] skipping unreadable shard data: {exn!r}", file=sys.stderr)
+    return True
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class ClipStream:
+    """The rank's batches, one epoch per ``iter()``; stateful (seed, epoch, position) and resumable.
+
+    ``cfg.kind`` picks the shards' decoder and collate function (clip or feature batches, see
+    ``trainer/data/__init__.py``). ``transform``, if given, maps each batch in this process after the
+    stream's bookkeeping (e.g. frozen backbones on the GPU, see ``feature_batches``).
+
+    Iterating to the end of an epoch advances ``epoch``; stopping early (``break``) keeps the position,
+    and the next ``iter()`` continues from the next unconsumed batch (a state saved after the last batch
+    of an epoch resumes as an empty iteration that rolls over to the next epoch). ``len()`` is the
+    current epoch's batch count; epochs differ when the shard order changes which worker reads what.
+    """
+
+    def __init__(self, cfg: DataConfig, rank: int | None = None, world_size: int | None = None,
+                 transform: Callable[[dict], dict] | None = None):
+        cfg.validate()
+        self.cfg, self.transform = cfg, transform
+        self.rank = distributed.rank() if rank is None else rank
+        self.world_size = distributed.world_size() if world_size is None else world_size
+        self.workers = max(1, cfg.num_workers)
+        self.urls = wds.shardlists.expand_urls(cfg.urls)
+        if not self.urls:
+            raise ValueError(f"DataConfig.urls {cfg.urls!r} expands to no shard")
+        if not cfg.resampled and len(self.urls) < self.world_size * self.workers:
+            raise ValueError(f"{len(self.urls)} shards cannot give each of {self.world_size} ranks x "
+                             f"{self.workers} workers its own shard: write smaller shards (--max-count) "
+                             "or use fewer workers")
+        # counts for the epoch plan (non-resampled); feature shapes for kind "features" (any mode)
+        needs_manifest = cfg.kind == "features" or not cfg.resampled
+        manifest, contents = read_manifest(self.urls, cfg.manifest) if needs_manifest else ("", {})
+        self.counts = None if cfg.resampled else manifest_counts(self.urls, manifest, contents)
+        # picklable (module-level functions and partials), should a DataLoader ever spawn its workers
+        if cfg.kind == "features":
+            layout = feature_layout(contents, cfg.feature_modalities, manifest)
+            self.decode, self.collate = functools.partial(decode_feature_sample, layout=layout), collate_feature_clips
+        else:
+            if contents.get("format") == FEATURE_MANIFEST_FORMAT:
+                raise ValueError(f"manifest {manifest} describes feature shards (format {FEATURE_MANIFEST_FORMAT!r}), "
+                                 "but DataConfig.kind is 'clips': set DataConfig.kind='features'")
+            self.decode, self.collate = functools.partial(decode_sample, cfg=cfg.decode), collate_clips
+        self.seed, self.epoch, self.position = cfg.seed, 0, 0
+        self.cursors = self._fresh_cursors()
+        self.skipped = np.zeros(len(COUNTER_NAMES), np.int64)  # this rank's totals over all batches handed out
+
+    def _fresh_cursors(self) -> list[list[int]]:
+        return [[0, 0] for _ in range(self.workers)]
+
+    def plan(self, epoch: int) -> tuple[int, list[WorkerPlan]]:
+        """(batches per rank N, this rank's per-logical-worker plans) for ``epoch``."""
+        cfg, w = self.cfg, self.workers
+        if cfg.resampled:
+            total = cfg.epoch_batches
+            return total, [WorkerPlan(list(self.urls), -1, len(range(worker, total, w))) for worker in range(w)]
+        order = list(range(len(self.urls)))
+        if cfg.shuffle_shards:
+            random.Random(stable_seed(self.seed, epoch)).shuffle(order)
+        split = [[order[r::self.world_size][worker::w] for worker in range(w)] for r in range(self.world_size)]
+        samples = [[sum(self.counts[i] for i in shard_ids) for shard_ids in row] for row in split]
+        total = batches_per_rank(samples, cfg.batch_size)
+        plans = [WorkerPlan([self.urls[i] for i in split[self.rank][worker]], samples[self.rank][worker],
+                            len(range(worker, total, w))) for worker in range(w)]
+        return total, plans
+
+    def __len__(self) -> int:
+        return self.plan(self.epoch)[0]
+
+    def __iter__(self) -> Iterator[dict]:
+        total, plans = self.plan(self.epoch)
+        source = _EpochSource(self.cfg, self.decode, self.collate, self.seed, self.epoch, self.rank, plans, total,
+                              self.position, [list(c) for c in self.cursors])
+        loader = DataLoader(source, batch_size=None, num_workers=self.cfg.num_workers, worker_init_fn=_worker_init)
+        for batch in loader:
+            self.cursors[batch.pop("_worker")] = [int(v) for v in batch.pop("_cursor")]
+            self.position += 1
+            self.skipped += batch["skipped"].numpy()
+            yield batch if self.transform is None else self.transform(batch)
+        if self.position != total:
+            raise RuntimeError(f"epoch {self.epoch} ended after {self.position} of {total} batches")
+        self.epoch, self.position, self.cursors = self.epoch + 1, 0, self._fresh_cursors()
+
+    def skip_totals(self, all_reduce_fn: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict[str, int]:
+        """Counters summed over the batches handed out; pass ``distributed.all_reduce_sum_`` for all ranks."""
+        totals = all_reduce_fn(torch.from_numpy(self.skipped.copy()))
+        return {name: int(v) for name, v in zip(COUNTER_NAMES, totals.tolist())}
+
+    def _layout(self) -> dict[str, int]:
+        """What the cursors and position mean only together with: a resumed stream must match it."""
+        cfg = self.cfg
+        return {"rank": self.rank, "world_size": self.world_size, "num_workers": cfg.num_workers,
+                "batch_size": cfg.batch_size,
+                "shards_fingerprint": stable_seed(*self.urls, cfg.shuffle_buffer, cfg.shuffle_shards, cfg.resampled,
+                                                  cfg.epoch_batches)}
+
+    def state_dict(self) -> dict:
+        return {
+            "seed": self.seed, "epoch": self.epoch, "position": self.position,
+            "cursors": [list(c) for c in self.cursors], "skipped": self.skipped.tolist(), **self._layout(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, ours in self._layout().items():
+            if state[name] != ours:
+                raise ValueError(f"stream state has {name}={state[name]} but this stream has {ours}: "
+                                 "the saved position cannot be resumed exactly")
+        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
+        self.cursors = [[int(p), int(r)] for p, r in state["cursors"]]
+        self.skipped = np.array(state["skipped"], np.int64)
+        if len(self.cursors) != self.workers or len(self.skipped) != len(COUNTER_NAMES):
+            raise ValueError(f"stream state has {len(self.cursors)} cursors / {len(self.skipped)} counters, "
+                             f"expected {self.workers} / {len(COUNTER_NAMES)}")
+
+
+def _media_to_features(backbones: FrozenBackbones, batch: dict) -> dict:
+    """A clip batch with its decoded media replaced by the backbones' features (the feature-shard keys)."""
+    features = backbones.encode(batch)
+    return {name: value for name, value in batch.items() if name not in ("video", "audio")} | features
+
+
+def feature_batches(cfg: DataConfig, backbones: FrozenBackbones | None = None, rank: int | None = None,
+                    world_size: int | None = None) -> ClipStream:
+    """This rank's feature batches (``video``/``audio``/``text`` + ``text_mask`` features, labels, ``is_pad``,
+    ``skipped``): feature shards as they are (kind "features"), or clip shards through ``backbones``,
+    applied in this process on their device (kind "clips")."""
+    if (cfg.kind == "clips") != (backbones is not None):
+        raise ValueError(f"DataConfig.kind={cfg.kind!r}: clip shards need the frozen backbones to become features, "
+                         "feature shards already hold them (pass backbones exactly for kind 'clips')")
+    transform = None if backbones is None else functools.partial(_media_to_features, backbones)
+    return ClipStream(cfg, rank, world_size, transform)

@@ -1,0 +1,101 @@
+"""Parameter-free loss math of Uni-Code (seed 001 §4; ALGORITHMS.md §1).
+
+Every function takes modality-keyed tensors or plain score matrices and returns scalars; nothing here
+owns state. Conventions: ``||a - b||²`` in the paper's equations is the element mean of the squared
+difference (``F.mse_loss``), as in VQ-VAE implementations and the §6 commitment check.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def reconstruction_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
+    """MSE between the decoder output and the frozen backbone feature (never a trainable tensor).
+
+    ``reconstruction``, ``target``: identical shapes, e.g. ``(b t d)`` or ``(b t h w c)``.
+    """
+    if reconstruction.shape != target.shape:
+        raise ValueError(f"reconstruction shape {tuple(reconstruction.shape)} != target {tuple(target.shape)}")
+    return F.mse_loss(reconstruction, target.detach())
+
+
+def commitment_losses(
+    semantic: Mapping[str, Tensor],
+    codewords: Mapping[str, Tensor],
+    self_weight: float,
+    partner_weight: float,
+) -> dict[str, Tensor]:
+    """Modified commitment loss (CMG eq. 8) for any number of modalities, one scalar per modality.
+
+    For modality a with partners P(a) (all other modalities):
+        self_weight · ||z^a − sg e^a||² + partner_weight · mean_{b∈P(a)} ||z^a − sg e^b||²
+    where e^b is the code modality b chose at the same (clip, segment). Paper: self_weight = β = 0.25,
+    partner_weight = β/2. Authors' code: 2β and β (AV), 2β and β/2 per partner (AVT) — the same form
+    with self_weight = 2β, partner_weight = β. partner_weight = 0 is the plain VQ-VAE commitment (eq. 3).
+
+    semantic[m], codewords[m]: ``(b t d)``; codewords are the pre-update codes (stop-gradient here).
+    """
+    losses = {}
+    for a, z in semantic.items():
+        loss = self_weight * F.mse_loss(z, codewords[a].detach())
+        partners = [b for b in semantic if b != a]
+        if partners and partner_weight != 0.0:
+            teachers = torch.stack([codewords[b].detach() for b in partners])  # (n_partners b t d)
+            loss = loss + partner_weight * (z.unsqueeze(0) - teachers).pow(2).mean()
+        losses[a] = loss
+    return losses
+
+
+def diagonal_cross_entropy(scores: Tensor, normalize_over: str = "targets") -> Tensor:
+    """InfoNCE on a score matrix whose positives sit on the diagonal.
+
+    ``scores``: ``(... i j)`` with rows i = contexts (queries) and columns j = candidate targets.
+    ``normalize_over="targets"``: softmax over each row's candidates (CMG eq. 6: the denominator runs
+    over z_j ∈ Z_b). ``"contexts"``: softmax over each column (what the authors' CPC code computed).
+    Returns the mean over leading dims and over the diagonal entries. Stable: uses logsumexp.
+    """
+    if scores.shape[-1] != scores.shape[-2]:
+        raise ValueError(f"score matrix must be square in its last two dims, got {tuple(scores.shape)}")
+    if normalize_over == "targets":
+        dim = -1
+    elif normalize_over == "contexts":
+        dim = -2
+    else:
+        raise ValueError(f"normalize_over must be 'targets' or 'contexts', got {normalize_over!r}")
+    positives = scores.diagonal(dim1=-2, dim2=-1)  # (... n)
+    return (torch.logsumexp(scores, dim=dim) - positives).mean()
+
+
+def code_log_distribution(squared_distances: Tensor) -> Tensor:
+    """log P_b of the CMCM clip-level code distribution: P_b = mean_t softmax_k(−||z_{b,t} − e_k||).
+
+    ``squared_distances``: ``(b t m)`` squared Euclidean distances to the M codes (may carry tiny
+    negative rounding from the ||z||² − 2z·e + ||e||² expansion). Returns ``(b m)`` log-probabilities.
+
+    Distances are clamped before the square root. The floor is 1e-12 rather than exactly 0: a vector
+    sitting on a code (data init copies batch vectors into the codebook) would otherwise hit sqrt'(0) = ∞,
+    and ∞ · 0 (the clamp's gradient) is NaN.
+    """
+    distances = squared_distances.clamp_min(1e-12).sqrt()
+    log_p_segments = torch.log_softmax(-distances, dim=-1)  # (b t m)
+    # log mean_t p = logsumexp_t log p − log T, computed without leaving log space
+    return torch.logsumexp(log_p_segments, dim=1) - math.log(squared_distances.shape[1])
+
+
+def cmcm_loss(log_p_a: Tensor, log_p_b: Tensor) -> Tensor:
+    """Cross-modal code matching (Liu et al. 2021, ALGORITHMS.md §1), symmetric form.
+
+    ``log_p_a``, ``log_p_b``: ``(b m)`` clip code log-distributions of two modalities (same clips in the
+    same order). S_ij = Σ_k P^a_i[k] log P^b_j[k] + Σ_k P^b_j[k] log P^a_i[k]; the loss is the
+    cross-entropy of S against the diagonal over rows plus over columns (clip i of a must pick clip i of
+    b among the batch and vice versa).
+    """
+    p_a, p_b = log_p_a.exp(), log_p_b.exp()
+    scores = p_a @ log_p_b.T + log_p_a @ p_b.T  # (b_a b_b)
+    return diagonal_cross_entropy(scores, "targets") + diagonal_cross_entropy(scores, "contexts")

@@ -1,0 +1,209 @@
+"""The Uni-Code model (CMG seed 001 §4): Φ^m, Ψ^m, the shared MM-EMA codebook, D^m and Cross-CPC.
+
+``UniCodeModel`` is the module a DeepSpeed engine wraps: every trainable parameter of the main loss is
+in it (encoders, decoders, the CPC LSTMs and W_k), and the quantizer is a submodule holding buffers only.
+The CLUB estimators are deliberately NOT part of it: they have their own optimiser and are owned by the
+task (``trainer.tasks.unicode``).
+
+Features come as a dict keyed by modality name: ``(b t c)`` vectors, or for modalities listed in
+``spatial_patches`` a map ``(b t h w c)`` / ``(b t p c)`` (e.g. VGG-19 pool5, 7×7×512); an optional
+``"<modality>_mask"`` ``(b t)`` bool marks real tokens (text) and only masks attention keys: every
+position, padding included, is a segment for the losses and the codebook, as in the paper's AVT setting
+where a caption is a fixed 10-token sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import Tensor, nn
+
+from trainer import distributed
+from trainer.models.club import CLUBConfig
+from trainer.models.cpc import CPCConfig, CrossCPC
+from trainer.models.encoders import Decoder, EncoderConfig, SemanticEncoder, SpecificEncoder
+from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
+
+
+@dataclass
+class LossConfig:
+    """Weights of L = L_recon + L_commit + L_cpc + L_cmcm + L_MI (CMG §4.4: all 1) and of eq. 8."""
+
+    recon: float = 1.0
+    commit: float = 1.0
+    cpc: float = 1.0
+    cmcm: float = 1.0
+    mi: float = 1.0
+    commit_self: float = 0.25       # β (eq. 8); authors' code: 2β = 0.5
+    commit_partner: float = 0.125   # β/2, spread as a mean over partners; authors' code: β = 0.25
+
+
+def _default_feature_dims() -> dict[str, int]:
+    return {"audio": 128, "video": 512, "text": 768}
+
+
+def _default_spatial_patches() -> dict[str, int]:
+    return {"video": 49}
+
+
+@dataclass
+class UniCodeConfig:
+    """Model and task configuration of Uni-Code pretraining.
+
+    Ablation switches (CMG Table 2): ``use_club``, ``use_cpc``, ``quantizer.ema_mode="plain"`` (w/o MM-EMA),
+    ``quantizer.reset=False``, ``use_cmcm``. ``variant="baseline"`` is seed 001 §4.1: reconstruction + EMA VQ
+    + plain commitment β||z − sg e||², with no CLUB, Cross-CPC, CMCM, MM-EMA or reset (it overrides those
+    fields; see ``effective``). A switched-off term is absent from the loss and its parameters are never built.
+
+    Negatives of CPC, CLUB and CMCM come from the local (per-rank) batch.
+    """
+
+    modalities: tuple[str, ...] = ("audio", "video")
+    variant: Literal["full", "baseline"] = "full"
+    feature_dims: dict[str, int] = field(default_factory=_default_feature_dims)       # channel dim c per modality
+    spatial_patches: dict[str, int] = field(default_factory=_default_spatial_patches)  # p for spatial-map inputs
+    use_club: bool = True
+    use_cpc: bool = True
+    use_cmcm: bool = True
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    cpc: CPCConfig = field(default_factory=CPCConfig)
+    club: CLUBConfig = field(default_factory=CLUBConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        if len(self.modalities) < 1 or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities must be distinct names, got {list(self.modalities)}")
+        missing = [m for m in self.modalities if m not in self.feature_dims]
+        if missing:
+            raise ValueError(f"feature_dims has no entry for modalities {missing}")
+        if self.variant not in ("full", "baseline"):
+            raise ValueError(f"variant must be 'full' or 'baseline', got {self.variant!r}")
+        if self.quantizer.dim != self.encoder.semantic_dim:
+            raise ValueError(f"quantizer.dim {self.quantizer.dim} must equal encoder.semantic_dim "
+                             f"{self.encoder.semantic_dim}")
+        if self.variant == "full" and (self.use_cpc or self.use_cmcm) and len(self.modalities) < 2:
+            raise ValueError("Cross-CPC and CMCM pair modalities: they need at least two")
+
+    def effective(self) -> UniCodeConfig:
+        """The config with ``variant`` applied: "full" unchanged, "baseline" = seed 001 §4.1."""
+        if self.variant == "full":
+            return self
+        return dataclasses.replace(
+            self,
+            use_club=False, use_cpc=False, use_cmcm=False,
+            quantizer=dataclasses.replace(self.quantizer, ema_mode="plain", reset=False),
+            loss=dataclasses.replace(self.loss, commit_partner=0.0),
+        )
+
+
+def mask_key(modality: str) -> str:
+    """Feature key of a modality's token mask, ``(b t)`` bool, True = real token."""
+    return f"{modality}_mask"
+
+
+class UniCodeModel(nn.Module):
+    """Encoders, shared codebook, decoders and Cross-CPC, keyed by modality name.
+
+    ``forward(features)`` returns a dict of modality-keyed dicts:
+        semantic        z^m        (b t D)
+        specific        z̄^m        (b t d̄)
+        quantized       ẑ^m        (b t D), straight-through
+        codes                      (b t) int64
+        codewords       sg e^m     (b t D), pre-update codebook
+        distances                  (b t M) squared distances to every code (carry z's gradient)
+        reconstruction  x̂^m        shape of features[m]
+        cpc_predictions W_k c_t    (b s K D), s = T − K   (only with use_cpc)
+    In training mode it also initialises the codebook on the first call and accumulates this
+    micro-batch's MM-EMA statistics; the codebook itself changes only in ``quantizer.step_()``.
+    """
+
+    def __init__(
+        self,
+        cfg: UniCodeConfig,
+        all_reduce_fn: Callable[[Tensor], Tensor] = distributed.all_reduce_sum_,
+        all_gather_fn: Callable[[Tensor], Tensor] = distributed.all_gather_cat,
+    ):
+        super().__init__()
+        cfg = cfg.effective()
+        self.cfg = cfg
+        self.modalities = cfg.modalities
+        enc = cfg.encoder
+        self.semantic = nn.ModuleDict(
+            {m: SemanticEncoder(cfg.feature_dims[m], enc, self._patches(m) > 0) for m in cfg.modalities})
+        self.specific = nn.ModuleDict(
+            {m: SpecificEncoder(cfg.feature_dims[m], enc, self._patches(m) > 0) for m in cfg.modalities})
+        self.decoder = nn.ModuleDict(
+            {m: Decoder(cfg.feature_dims[m], enc, self._patches(m)) for m in cfg.modalities})
+        self.quantizer = MMEMAQuantizer(cfg.quantizer, cfg.modalities, all_reduce_fn, all_gather_fn)
+        self.cpc_steps = cfg.cpc.steps_for(len(cfg.modalities))
+        if cfg.use_cpc:
+            self.cpc = CrossCPC(cfg.modalities, enc.semantic_dim, self.cpc_steps, cfg.cpc.lstm_layers)
+        else:
+            self.cpc = None
+
+    def _patches(self, modality: str) -> int:
+        return self.cfg.spatial_patches.get(modality, 0)
+
+    def _input(self, features: Mapping[str, Tensor], modality: str) -> Tensor:
+        """features[modality] checked and viewed as ``(b t c)`` or ``(b t p c)``."""
+        if modality not in features:
+            raise KeyError(f"features lack modality '{modality}' (got keys {sorted(features)})")
+        x = features[modality]
+        channels, patches = self.cfg.feature_dims[modality], self._patches(modality)
+        if patches:
+            if x.ndim == 5:
+                x = x.flatten(2, 3)
+            if x.ndim != 4 or x.shape[2] != patches or x.shape[3] != channels:
+                raise ValueError(f"features['{modality}'] must be (b t {patches} {channels}) or (b t h w {channels}) "
+                                 f"with h·w = {patches}, got {tuple(features[modality].shape)}")
+        elif x.ndim != 3 or x.shape[2] != channels:
+            raise ValueError(f"features['{modality}'] must be (b t {channels}), got {tuple(x.shape)}")
+        return x
+
+    def _check_keys(self, features: Mapping[str, Tensor]) -> None:
+        allowed = set(self.modalities) | {mask_key(m) for m in self.modalities}
+        unexpected = sorted(set(features) - allowed)
+        if unexpected:
+            raise KeyError(f"unexpected feature keys {unexpected}; expected modalities {list(self.modalities)} "
+                           f"and optional masks {[mask_key(m) for m in self.modalities]}")
+
+    def forward(self, features: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+        self._check_keys(features)
+        inputs = {m: self._input(features, m) for m in self.modalities}
+        lengths = {m: x.shape[:2] for m, x in inputs.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"modalities must share (batch, segments); got {dict(lengths)}")
+        masks = {}
+        for m in self.modalities:
+            mask = features.get(mask_key(m))
+            if mask is not None and mask.shape != lengths[m]:
+                raise ValueError(f"features['{mask_key(m)}'] must be {tuple(lengths[m])}, got {tuple(mask.shape)}")
+            masks[m] = mask
+
+        semantic = {m: self.semantic[m](inputs[m], masks[m]) for m in self.modalities}   # CMG eq. 1
+        specific = {m: self.specific[m](inputs[m]) for m in self.modalities}
+        if self.training:
+            self.quantizer.maybe_init_(semantic)
+        quantized = {m: self.quantizer.quantize(semantic[m]) for m in self.modalities}     # CMG eq. 2
+        codes = {m: q.codes for m, q in quantized.items()}
+        if self.training:
+            self.quantizer.accumulate_(semantic, codes)
+        out = {
+            "semantic": semantic,
+            "specific": specific,
+            "quantized": {m: q.quantized for m, q in quantized.items()},
+            "codes": codes,
+            "codewords": {m: q.codewords for m, q in quantized.items()},
+            "distances": {m: q.distances for m, q in quantized.items()},
+            "reconstruction": {
+                m: self.decoder[m](quantized[m].quantized, specific[m]).reshape(features[m].shape)
+                for m in self.modalities},
+        }
+        if self.cpc is not None:
+            out["cpc_predictions"] = self.cpc(semantic)
+        return out

@@ -1,0 +1,97 @@
+"""Process-level plumbing of the main job: accelerator creation, stop signals, clean exit.
+
+Handles the known CPU traps (shared/notes/env_feasibility.md §2) in the product, not only in tests:
+- accelerate finds no CUDA/XPU device and would leave the backend unset, so every process believes it is
+  rank 0: we pass ``InitProcessGroupKwargs(backend="gloo")`` on CPU (``nccl`` on GPU);
+- DeepSpeed's CPU accelerator JIT-compiles a shared-memory comm op (~40 s on 2 cores) that only inference
+  all-reduce uses: we skip building it; the optimizer is a torch one, so no FusedAdam/CPUAdam JIT either;
+- gloo's run-loop thread can abort the interpreter at exit if the process group dies while an engine still
+  references it: ``shutdown`` drops every engine reference, collects, ends the accelerator (which destroys
+  the group) and leaves through ``os._exit`` with the intended exit code.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from trainer import distributed as dist
+
+# Exit code that means "checkpoint written after a stop request: requeue/resume me" (sysexits EX_TEMPFAIL).
+EXIT_RESUME = 75
+
+
+def prepare_process_environment() -> None:
+    """Environment defaults; must run before deepspeed/accelerate create a process group."""
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        ds_comm = importlib.import_module("deepspeed.comm.torch")
+        # `import deepspeed.comm.torch as m` would resolve to the torch package attribute; go through sys.modules.
+        sys.modules[ds_comm.__name__].build_shm_op = lambda: None
+
+
+def create_accelerator(gradient_accumulation_steps: int, micro_batch_size: int, gradient_clipping: float):
+    """An ``Accelerator`` with the right process-group backend and the DeepSpeed batch fields filled in.
+
+    The DeepSpeed JSONs in launch/deepspeed/ leave batch sizes and clipping as "auto"; accelerate can only
+    infer them from a prepared DataLoader, and our stream is an iterable we keep out of ``prepare``, so the
+    job config is the single source of truth and is written into the plugin here.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    accelerator = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps,
+                              kwargs_handlers=[InitProcessGroupKwargs(backend=backend)])
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = micro_batch_size
+        ds["gradient_accumulation_steps"] = gradient_accumulation_steps
+        ds["train_batch_size"] = micro_batch_size * gradient_accumulation_steps * accelerator.num_processes
+        ds["gradient_clipping"] = gradient_clipping
+        if ds.get("bf16", {}).get("enabled") == "auto":
+            ds["bf16"]["enabled"] = accelerator.mixed_precision == "bf16"
+    return accelerator
+
+
+@dataclass
+class StopRequest:
+    """Set by SIGUSR1/SIGTERM; all ranks agree on it (any rank asked -> everyone stops at the same step)."""
+
+    requested: bool = False
+    signal_name: str = ""
+
+    def install(self) -> "StopRequest":
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def agreed(self, device: torch.device | str = "cpu") -> bool:
+        """Collective: every rank must call it at the same step."""
+        return dist.any_rank(self.requested, device)
+
+
+def shutdown(accelerator, exit_code: int) -> None:
+    """Release engines before the process group, then leave without interpreter finalisation."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+        accelerator.free_memory()  # drops accelerate's references to models/optimizers/DeepSpeed engines
+        gc.collect()
+        accelerator.end_training()  # ends trackers and destroys the process group
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

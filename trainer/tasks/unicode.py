@@ -1,0 +1,212 @@
+"""Uni-Code pretraining as a task object: a batch of features in, ``(loss, metrics)`` out.
+
+The loop stays generic::
+
+    features = task.prepare_batch(batch, device)
+    loss, metrics = task.compute_loss(features, step)
+    engine.backward(loss); engine.step()           # or loss.backward(); optimizer.step()
+    metrics |= task.after_optimizer_step_()        # MM-EMA update + code reset + codebook statistics
+
+What the task owns besides the model:
+- the CLUB estimators q_θ (one per modality, ``nn.ModuleDict``) and their own Adam optimiser. They are not
+  submodules of ``UniCodeModel``, so no engine partitions or steps them. Each ``compute_loss`` in training
+  mode first runs ``club.inner_steps`` estimator updates on DETACHED (z, z̄) that maximise the
+  log-likelihood, averaging gradients across ranks (``average_gradients_fn``) before every optimiser step
+  so the replicas stay identical; then it evaluates the MI bound (eq. 5) for the main loss with the
+  estimator's parameters detached, so the main loss neither moves nor even grads them. With gradient
+  accumulation every micro-batch's ``compute_loss`` runs its own inner updates;
+- the generator that draws the Cross-CPC context end t, seeded from ``cpc.seed`` and advanced once per
+  training-mode ``compute_loss`` on every rank alike, so all ranks use the same t (a per-rank t would also
+  be a valid estimator; a shared one keeps runs reproducible for any world size). Eval mode averages the
+  CPC loss over every t instead and leaves the generator alone.
+
+Negatives of CPC, CLUB and CMCM are the local (per-rank) batch. With data parallelism this is the mean of
+per-rank contrastive objectives, not the global-batch objective; the per-sample terms (reconstruction,
+commitment, the CLUB estimator's likelihood) and the codebook statistics are exact.
+
+``state_dict`` holds the CLUB estimators, their optimiser state and the CPC generator state. The model
+(and with it the quantizer buffers) is saved by the engine, not here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from trainer import distributed
+from trainer.models.club import CLUBEstimator, club_upper_bound
+from trainer.models.cpc import cross_cpc_losses
+from trainer.models.losses import cmcm_loss, code_log_distribution, commitment_losses, reconstruction_loss
+from trainer.models.unicode import UniCodeConfig, UniCodeModel, mask_key
+
+
+class UniCodeTask:
+    def __init__(
+        self,
+        cfg: UniCodeConfig,
+        all_reduce_fn: Callable[[Tensor], Tensor] = distributed.all_reduce_sum_,
+        all_gather_fn: Callable[[Tensor], Tensor] = distributed.all_gather_cat,
+        average_gradients_fn: Callable[[Iterable[nn.Parameter]], None] = distributed.average_gradients_,
+    ):
+        self.cfg = cfg.effective()
+        self.model = UniCodeModel(self.cfg, all_reduce_fn, all_gather_fn)
+        # What compute_loss calls for the forward; a trainer may point it at the engine wrapping self.model.
+        self.forward_module: Callable[[Mapping[str, Tensor]], dict] = self.model
+        self.average_gradients_fn = average_gradients_fn
+        self.modalities = self.cfg.modalities
+        if self.cfg.use_club:
+            enc = self.cfg.encoder
+            self.club = nn.ModuleDict({m: CLUBEstimator(enc.semantic_dim, enc.specific_dim, self.cfg.club.hidden_dim)
+                                       for m in self.modalities})
+            self.club_optimizer = torch.optim.Adam(self.club.parameters(), lr=self.cfg.club.lr)
+        else:
+            self.club = None
+            self.club_optimizer = None
+        self.cpc_generator = torch.Generator().manual_seed(self.cfg.cpc.seed) if self.cfg.use_cpc else None
+
+    # ------------------------------------------------------------------ plumbing
+    def to(self, device: torch.device | str) -> UniCodeTask:
+        """Move model and CLUB estimators (in place, so optimiser references stay valid)."""
+        self.model.to(device)
+        if self.club is not None:
+            self.club.to(device)
+        return self
+
+    def prepare_batch(self, batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """Pick this task's features (and optional masks) from a loader batch, checked, fp32/bool, on ``device``.
+
+        Runs before the training step, on the loader's (CPU) tensors, so it may inspect values: a mask row
+        without any real token is an error here (attention over no keys would give NaN later).
+        """
+        features = {}
+        for m in self.modalities:
+            if m not in batch:
+                raise KeyError(f"batch lacks modality '{m}' (got keys {sorted(batch)})")
+            value = batch[m]
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                raise TypeError(f"batch['{m}'] must be a floating-point tensor, got "
+                                f"{getattr(value, 'dtype', type(value).__name__)}")
+            features[m] = value.to(device=device, dtype=torch.float32, non_blocking=True)
+            key = mask_key(m)
+            if key in batch:
+                mask = batch[key]
+                if not isinstance(mask, Tensor) or mask.ndim != 2:
+                    raise ValueError(f"batch['{key}'] must be a (b t) tensor, got {getattr(mask, 'shape', mask)}")
+                mask = mask.bool()
+                empty = (~mask.any(dim=1)).nonzero().flatten()
+                if empty.numel():
+                    raise ValueError(f"batch['{key}'] has rows without any real token: {empty.tolist()[:8]}")
+                features[key] = mask.to(device=device, non_blocking=True)
+        return features
+
+    # ------------------------------------------------------------------ CLUB
+    def _train_estimators_(self, semantic: Mapping[str, Tensor], specific: Mapping[str, Tensor]) -> Tensor:
+        """``club.inner_steps`` updates of q_θ maximising log q_θ(z̄ | z) on detached inputs.
+
+        Returns the summed log-likelihood of the last inner step (before its update), detached.
+        Called only with ``club.inner_steps >= 1``.
+        """
+        x = {m: semantic[m].detach() for m in self.modalities}
+        y = {m: specific[m].detach() for m in self.modalities}
+        for _ in range(self.cfg.club.inner_steps):
+            self.club_optimizer.zero_grad(set_to_none=True)
+            log_likelihood = sum(self.club[m].log_likelihood(x[m], y[m]) for m in self.modalities)
+            (-log_likelihood).backward()
+            self.average_gradients_fn(self.club.parameters())
+            self.club_optimizer.step()
+        # leave no estimator gradient behind: the main backward must find them untouched (None)
+        self.club_optimizer.zero_grad(set_to_none=True)
+        return log_likelihood.detach()
+
+    def _mi_upper_bounds(self, semantic: Mapping[str, Tensor], specific: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """CMG eq. 5 per modality, with q_θ evaluated on detached parameters (gradients reach z and z̄ only)."""
+        bounds = {}
+        for m in self.modalities:
+            frozen = {name: p.detach() for name, p in self.club[m].named_parameters()}
+            mu, logvar = functional_call(self.club[m], frozen, (semantic[m],))
+            bounds[m] = club_upper_bound(mu, logvar, specific[m])
+        return bounds
+
+    # ------------------------------------------------------------------ the step
+    def _draw_cpc_time(self, valid: int) -> int:
+        """Context end t ~ U{0, …, valid − 1} from the task's CPU generator (host-side: no device sync)."""
+        return int(torch.randint(valid, (), generator=self.cpc_generator))
+
+    def compute_loss(self, features: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Forward + every loss term. ``metrics``: detached 0-dim tensors (unweighted terms, and ``loss``).
+
+        ``step`` is part of the generic task interface; no Uni-Code term is scheduled by it.
+        """
+        del step
+        out = self.forward_module(features)
+        weights = self.cfg.loss
+        metrics: dict[str, Tensor] = {}
+        terms: dict[str, Tensor] = {}
+
+        recon = {m: reconstruction_loss(out["reconstruction"][m], features[m]) for m in self.modalities}
+        commit = commitment_losses(out["semantic"], out["codewords"], weights.commit_self, weights.commit_partner)
+        terms["recon"] = sum(recon.values())
+        terms["commit"] = sum(commit.values())
+        metrics.update({f"recon_{m}": v for m, v in recon.items()})
+        metrics.update({f"commit_{m}": v for m, v in commit.items()})
+
+        if self.cfg.use_cpc:
+            predictions = out["cpc_predictions"]
+            # training: one random context end per step (CMG §4.2); evaluation: the mean over all of them,
+            # which is the random-t loss's expectation and leaves the training generator untouched
+            t = self._draw_cpc_time(next(iter(predictions.values())).shape[1]) if self.model.training else None
+            same_weight = self.cfg.cpc.same_modality_weight
+            pairs = cross_cpc_losses(predictions, out["semantic"], t, self.cfg.cpc.normalize_over,
+                                     include_same_modality=same_weight != 0.0)
+            terms["cpc"] = sum(v if a != n else same_weight * v for (a, n), v in pairs.items())
+            metrics.update({f"cpc_{a}2{n}": v for (a, n), v in pairs.items()})
+
+        if self.cfg.use_cmcm:
+            log_p = {m: code_log_distribution(out["distances"][m]) for m in self.modalities}
+            cmcm = {(a, b): cmcm_loss(log_p[a], log_p[b]) for a, b in itertools.combinations(self.modalities, 2)}
+            terms["cmcm"] = sum(cmcm.values())
+            metrics.update({f"cmcm_{a}_{b}": v for (a, b), v in cmcm.items()})
+
+        if self.cfg.use_club:
+            if self.model.training and self.cfg.club.inner_steps:
+                metrics["club_log_likelihood"] = self._train_estimators_(out["semantic"], out["specific"])
+            mi = self._mi_upper_bounds(out["semantic"], out["specific"])
+            terms["mi"] = sum(mi.values())
+            metrics.update({f"mi_{m}": v for m, v in mi.items()})
+
+        loss = sum(getattr(weights, name) * value for name, value in terms.items())
+        metrics.update(terms)
+        metrics["loss"] = loss
+        return loss, {k: v.detach() for k, v in metrics.items()}
+
+    def after_optimizer_step_(self) -> dict[str, Tensor]:
+        """Once per optimizer step: MM-EMA update, usage and code reset; returns ``codebook/*`` statistics."""
+        stats = self.model.quantizer.step_()
+        return {f"codebook/{k}": v for k, v in stats.items()}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """CLUB estimators + their optimiser + the CPC generator (the engine saves the model itself)."""
+        state: dict[str, Any] = {}
+        if self.club is not None:
+            state["club"] = self.club.state_dict()
+            state["club_optimizer"] = self.club_optimizer.state_dict()
+        if self.cpc_generator is not None:
+            state["cpc_generator"] = self.cpc_generator.get_state()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            raise KeyError(f"UniCodeTask state has keys {sorted(state)}, expected {sorted(expected)} "
+                           "(was it saved with different use_club / use_cpc switches?)")
+        if self.club is not None:
+            self.club.load_state_dict(state["club"])
+            self.club_optimizer.load_state_dict(state["club_optimizer"])
+        if self.cpc_generator is not None:
+            self.cpc_generator.set_state(state["cpc_generator"].cpu())
