@@ -471,3 +471,13 @@ def test_backbones_identical_on_two_ranks(vocab_file):
     from dist_utils import run_ranks
 
     run_ranks(_rank_features, 2, vocab_file, timeout=90)
+
+
+def test_text_max_length_padding_gives_a_fixed_token_axis(vocab_file):
+    # the AVT setting pairs a fixed number of tokens with the clip's segments: every batch is l = 10 long
+    enc = TextBackbone(tiny_config("bert", vocab_file, max_text_length=10, text_padding="max_length"))
+    tokens, mask = enc(["a dog", "a dog barks in the park"])
+    assert tokens.shape[:2] == (2, 10) and mask.shape == (2, 10)
+    assert mask.sum(1).tolist()[0] < mask.sum(1).tolist()[1] <= 10
+    longest, _ = TextBackbone(tiny_config("bert", vocab_file, max_text_length=10))(["a dog"])
+    assert longest.shape[1] < 10

@@ -481,3 +481,15 @@ def test_bad_config_and_inputs_fail_with_clear_messages():
         q.quantize(torch.zeros(3, 2))
     with pytest.raises(TypeError, match="fp32"):
         q.step_()
+
+
+def test_usage_window_sums_reduced_counts_until_taken():
+    q = MMEMAQuantizer(QuantizerConfig(num_codes=4, dim=2, init="uniform", reset=False), ["audio", "video"]).train()
+    z = {"audio": torch.zeros(1, 4, 2), "video": torch.zeros(1, 4, 2)}
+    for codes_a, codes_v in ([[0, 0, 0, 1]], [[1, 1, 0, 1]]), ([[2, 2, 2, 2]], [[3, 3, 3, 3]]):
+        q.accumulate_(z, {"audio": torch.tensor(codes_a), "video": torch.tensor(codes_v)})
+        q.step_()
+    usage = q.take_usage_()
+    assert usage["audio"].tolist() == [3, 1, 4, 0] and usage["video"].tolist() == [1, 3, 0, 4]
+    assert q.take_usage_()["audio"].sum() == 0                        # the window was cleared
+    assert "usage_window" not in q.state_dict()                       # monitoring only, not training state

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -47,9 +48,10 @@ def create_accelerator(gradient_accumulation_steps: int, micro_batch_size: int, 
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    accelerator = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps,
-                              kwargs_handlers=[InitProcessGroupKwargs(backend=backend)])
+    handlers = []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # launched as several processes (accelerate/torchrun/srun)
+        handlers.append(InitProcessGroupKwargs(backend="nccl" if torch.cuda.is_available() else "gloo"))
+    accelerator = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=handlers)
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         ds = plugin.deepspeed_config
@@ -57,8 +59,8 @@ def create_accelerator(gradient_accumulation_steps: int, micro_batch_size: int, 
         ds["gradient_accumulation_steps"] = gradient_accumulation_steps
         ds["train_batch_size"] = micro_batch_size * gradient_accumulation_steps * accelerator.num_processes
         ds["gradient_clipping"] = gradient_clipping
-        if ds.get("bf16", {}).get("enabled") == "auto":
-            ds["bf16"]["enabled"] = accelerator.mixed_precision == "bf16"
+        if ds.get("bf16", {}).get("enabled") == "auto":   # launch/deepspeed/*.json: bf16 on GPU, fp32 on CPU
+            ds["bf16"]["enabled"] = torch.cuda.is_available()
     return accelerator
 
 
@@ -78,9 +80,13 @@ class StopRequest:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
-    def agreed(self, device: torch.device | str = "cpu") -> bool:
-        """Collective: every rank must call it at the same step."""
-        return dist.any_rank(self.requested, device)
+    def agreed_or_file(self, stop_file: Path, device: torch.device | str = "cpu") -> bool:
+        """Collective (every rank calls it at the same step): a signal or ``stop_file`` on any rank.
+
+        The file is how a batch script stops a job started through launchers that do not forward
+        signals to their workers (``accelerate launch``/torchrun handle only INT/TERM/HUP/QUIT themselves).
+        """
+        return dist.any_rank(self.requested or stop_file.exists(), device)
 
 
 def shutdown(accelerator, exit_code: int) -> None:

@@ -62,6 +62,9 @@ class BackboneConfig:
     # text
     tokenizer: str | None = None      # dir / hub id (AutoTokenizer) or a WordPiece vocab .txt; None: name_or_path
     max_text_length: int = 64
+    # "longest": pad to the batch's longest caption; "max_length": always max_text_length tokens, so text
+    # has a fixed time axis (the AVT setting pairs 10 tokens with 10 one-second segments)
+    text_padding: Literal["longest", "max_length"] = "longest"
 
     @property
     def modality(self) -> str:

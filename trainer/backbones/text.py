@@ -52,7 +52,7 @@ class TextBackbone(FrozenEncoder):
     def tokenize(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
         if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
             raise ValueError("text: expected a list of caption strings")
-        enc = self.tokenizer(list(captions), padding="longest", truncation=True, max_length=self.max_length,
+        enc = self.tokenizer(list(captions), padding=self.cfg.text_padding, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 

@@ -123,6 +123,11 @@ def shard_name(url: str) -> str:
     return names[-1]
 
 
+def expand_shard_urls(urls: str) -> list[str]:
+    """Brace patterns (``'::'``-separated) -> the list of shard URLs."""
+    return wds.shardlists.expand_urls(urls)
+
+
 def read_manifest(urls: list[str], manifest: str) -> tuple[str, dict[str, Any]]:
     """(path, parsed contents) of ``manifest``, or of manifest.json next to the first local shard of ``urls``."""
     if not manifest:
@@ -290,7 +295,7 @@ class ClipStream:
         self.rank = distributed.rank() if rank is None else rank
         self.world_size = distributed.world_size() if world_size is None else world_size
         self.workers = max(1, cfg.num_workers)
-        self.urls = wds.shardlists.expand_urls(cfg.urls)
+        self.urls = expand_shard_urls(cfg.urls)
         if not self.urls:
             raise ValueError(f"DataConfig.urls {cfg.urls!r} expands to no shard")
         if not cfg.resampled and len(self.urls) < self.world_size * self.workers:
@@ -340,7 +345,11 @@ class ClipStream:
         total, plans = self.plan(self.epoch)
         source = _EpochSource(self.cfg, self.decode, self.collate, self.seed, self.epoch, self.rank, plans, total,
                               self.position, [list(c) for c in self.cursors])
-        loader = DataLoader(source, batch_size=None, num_workers=self.cfg.num_workers, worker_init_fn=_worker_init)
+        # A private generator: DataLoader draws its workers' base seed from it, so starting an epoch (or a
+        # resumed one) never advances the global torch RNG that dropout uses: resume stays bit-exact.
+        generator = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch, self.rank, "loader"))
+        loader = DataLoader(source, batch_size=None, num_workers=self.cfg.num_workers, worker_init_fn=_worker_init,
+                            generator=generator)
         for batch in loader:
             self.cursors[batch.pop("_worker")] = [int(v) for v in batch.pop("_cursor")]
             self.position += 1

@@ -143,6 +143,9 @@ class MMEMAQuantizer(nn.Module):
         # sequential mode needs one sum per modality (g = k) and the others only their total (g = 1).
         sum_groups = k if cfg.ema_mode == "sequential" else 1
         self.register_buffer("stats_accumulator", torch.zeros(k * m + sum_groups * m * d), persistent=False)
+        # Globally reduced per-modality code counts summed since the last ``take_usage_`` (for the
+        # code-usage plots of CMG Fig. 4); monitoring only, so not part of the checkpointed state.
+        self.register_buffer("usage_window", torch.zeros(k, m), persistent=False)
         # Host-side memo of `initialized`, so maybe_init_ reads the buffer (a device sync) once, not per forward.
         self._known_initialized = False
         self.register_load_state_dict_post_hook(_forget_initialized_memo)
@@ -347,6 +350,7 @@ class MMEMAQuantizer(nn.Module):
         if reduced is not self.stats_accumulator:
             self.stats_accumulator.copy_(reduced)
         counts, sums = self._accumulated()
+        self.usage_window.add_(counts)
         self._ema_update_(counts, sums)
         step = self.step.add_(1)
         used = counts > 0                                                   # (k m)
@@ -355,6 +359,13 @@ class MMEMAQuantizer(nn.Module):
         stats = self._usage_stats(counts, used, resets)
         self.stats_accumulator.zero_()
         return stats
+
+    @torch.no_grad()
+    def take_usage_(self) -> dict[str, Tensor]:
+        """Per-modality global code counts ``(m)`` summed since the previous call; clears the window."""
+        usage = {name: self.usage_window[i].clone() for i, name in enumerate(self.modalities)}
+        self.usage_window.zero_()
+        return usage
 
     def _ema_update_(self, counts: Tensor, sums: Tensor) -> None:
         """MM-EMA on the globally reduced counts ``(k m)`` and sums ``(g m d)``."""

@@ -189,6 +189,10 @@ class UniCodeTask:
         stats = self.model.quantizer.step_()
         return {f"codebook/{k}": v for k, v in stats.items()}
 
+    def code_usage_(self) -> dict[str, Tensor]:
+        """Per-modality code counts since the previous call (CMG Fig. 4 plots); clears the window."""
+        return self.model.quantizer.take_usage_()
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """CLUB estimators + their optimiser + the CPC generator (the engine saves the model itself)."""

@@ -1,0 +1,228 @@
+"""The training loop of the main job (one function, read top to bottom).
+
+Per rank: shard stream -> decode (DataLoader workers) -> frozen backbones (this process, its device) ->
+Uni-Code task -> DeepSpeed engine (or plain torch). Every rank runs the same steps; collectives are:
+the engine's gradient reduction, the quantizer's one all_reduce per step, the CLUB estimators' gradient
+averaging, one tiny all_reduce per step for the agreed stop flag, and at logging steps one all_reduce of
+the packed metrics and one of the data-skip counters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from trainer import distributed as dist
+from trainer.backbones import FrozenBackbones, load_backbones_config
+from trainer.checkpoint import CheckpointManager, load_rank_state, rng_state, save_rank_state, set_rng_state
+from trainer.config import to_dict
+from trainer.data.stream import feature_batches
+from trainer.engine import TrainEngine
+from trainer.job import JobConfig, feature_shapes_of_source, resolve_model_config
+from trainer.runtime import EXIT_RESUME, StopRequest
+from trainer.tasks.unicode import UniCodeTask
+from trainer.tracking import create_tracker
+
+STOP_FILE = "STOP"            # `touch <run_dir>/STOP` asks a running job to checkpoint and exit (Slurm uses it)
+STATUS_FILE = "status.json"   # rank 0 writes {"state": "finished"|"stopped", "step": N} on the way out
+MODEL_FILE = "model.pt"       # consolidated fp32 model state in every checkpoint (evaluation, next phase)
+
+
+def lr_lambda(cfg: JobConfig):
+    """Multiplier of optim.lr at an optimizer step: linear warmup, then constant or cosine to min_lr_ratio."""
+    warmup, total, floor = cfg.optim.warmup_steps, cfg.run.max_steps, cfg.optim.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.optim.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def load_model_weights(task: UniCodeTask, source: str) -> Path:
+    """Start the model from ``model.pt`` of a checkpoint (or the latest one under a checkpoints dir)."""
+    path = Path(source)
+    ckpt = CheckpointManager(path).latest() if not (path / MODEL_FILE).is_file() else path
+    if ckpt is None or not (ckpt / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"run.init_from={source!r}: no checkpoint with {MODEL_FILE} there")
+    state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
+    task.model.load_state_dict(state)
+    return ckpt
+
+
+def endless(stream):
+    """Batches across epochs (the stream knows its epoch and position, so this needs no state)."""
+    while True:
+        yield from stream
+
+
+def pack_mean(metrics: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """Mean over ranks of scalar metrics with one all_reduce (only at logging steps: it syncs the host)."""
+    keys = sorted(metrics)
+    flat = torch.stack([metrics[k].detach().float().reshape(()) for k in keys])
+    dist.all_reduce_sum_(flat)
+    return dict(zip(keys, (flat / world).tolist()))
+
+
+def train(cfg: JobConfig, accelerator) -> int:
+    rank, world = accelerator.process_index, accelerator.num_processes
+    device = accelerator.device
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    is_main = accelerator.is_main_process
+    if is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (run_dir / STOP_FILE).unlink(missing_ok=True)   # a stale request from a previous job must not stop this one
+        (run_dir / STATUS_FILE).unlink(missing_ok=True)
+    dist.barrier()
+
+    # ---- data and frozen backbones (never trained, never checkpointed)
+    backbones = None
+    if cfg.data.kind == "clips":
+        backbones = FrozenBackbones(load_backbones_config(cfg.backbones), device)
+    stream = feature_batches(cfg.data, backbones, rank, world)
+    model_cfg = resolve_model_config(cfg, feature_shapes_of_source(cfg))
+
+    # ---- model: identical initial weights on every rank (the seed), then per-rank RNG streams
+    torch.manual_seed(cfg.run.seed)
+    task = UniCodeTask(model_cfg).to(device)
+    if cfg.run.init_from:
+        load_model_weights(task, cfg.run.init_from)
+    optimizer = torch.optim.AdamW(task.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    model, optimizer = accelerator.prepare(task.model, optimizer)
+    task.model.quantizer.float()   # a bf16 engine casts the whole module; the codebook and EMA stay fp32
+    task.forward_module = model
+    engine = TrainEngine(accelerator, model, optimizer, scheduler, task.model, cfg.optim.grad_clip)
+    torch.manual_seed(cfg.run.seed + 1 + rank)
+
+    # ---- resume
+    ckpts = CheckpointManager(run_dir / "checkpoints", cfg.run.keep_last)
+    ckpts.clean_partial()
+    tracker = create_tracker(cfg.tracking, run_dir, is_main=is_main)
+    step, samples_seen = 0, 0
+    resume_from = ckpts.resolve(cfg.run.resume)
+    if resume_from is not None:
+        engine.load(resume_from)
+        state = load_rank_state(resume_from)
+        task.load_state_dict(state["task"])
+        engine.scheduler.load_state_dict(state["scheduler"])
+        stream.load_state_dict(state["stream"])
+        tracker.load_state_dict(state["tracker"])
+        set_rng_state(state["rng"])
+        step, samples_seen = int(state["step"]), int(state["samples_seen"])
+        if backbones is not None:
+            backbones.load_state_dict(state["backbones"])
+    tracker.start(tags={"phase": cfg.run.phase, "world_size": world,
+                        "resumed_from_step": step if resume_from is not None else None})
+    tracker.log_config(cfg)
+
+    def save_checkpoint() -> Path:
+        def write(tmp: Path) -> None:
+            engine.save(tmp)
+            model_state = engine.model_state_dict()
+            if model_state is not None:
+                torch.save(model_state, tmp / MODEL_FILE)
+            save_rank_state(tmp, {
+                "step": step, "samples_seen": samples_seen, "task": task.state_dict(),
+                "scheduler": engine.scheduler.state_dict(),
+                "stream": stream.state_dict(), "rng": rng_state(), "tracker": tracker.state_dict(),
+                "backbones": backbones.state_dict() if backbones is not None else {},
+            })
+        meta = {"phase": cfg.run.phase, "mlflow_run_id": tracker.run_id, "samples_seen": samples_seen,
+                "model_config": to_dict(model_cfg), "data_kind": cfg.data.kind,
+                "backbones": backbones.describe() if backbones is not None else None}
+        return ckpts.save(step, write, meta)
+
+    def finish(state: str, status: str) -> None:
+        if is_main:
+            (run_dir / STATUS_FILE).write_text(json.dumps({"state": state, "step": step}) + "\n")
+        tracker.end(status)
+
+    # ---- the loop
+    stop = StopRequest().install()
+    global_batch = cfg.data.batch_size * world * cfg.run.grad_accum
+    batches = endless(stream)
+    window: dict[str, torch.Tensor] = {}
+    window_steps, window_start = 0, time.perf_counter()
+    progress = None
+    if is_main and cfg.run.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=cfg.run.max_steps, initial=step, desc=cfg.run.phase, unit="step", dynamic_ncols=True)
+    try:
+        while step < cfg.run.max_steps:
+            for _ in range(cfg.run.grad_accum):
+                features = task.prepare_batch(next(batches), device)
+                with accelerator.accumulate(model):
+                    loss, metrics = task.compute_loss(features, step)
+                    engine.backward_step(loss)
+                for k, v in metrics.items():   # mean over the step's micro-batches and the log window
+                    window[k] = window.get(k, 0.0) + v / cfg.run.grad_accum
+            metrics = task.after_optimizer_step_()
+            step += 1
+            samples_seen += global_batch
+            window_steps += 1
+
+            if tracker.should_log(step) or step == cfg.run.max_steps:
+                elapsed = time.perf_counter() - window_start
+                logged = pack_mean({k: v / window_steps for k, v in window.items()} | metrics, world)
+                skipped = stream.skip_totals(all_reduce_fn=dist.all_reduce_sum_)
+                logged |= {"perf/clips_per_s": window_steps * global_batch / elapsed,
+                           "perf/step_s": elapsed / window_steps, "lr": engine.learning_rate(),
+                           "data/samples_seen": samples_seen, "data/skipped": sum(skipped.values())}
+                logged |= {f"data/skipped_{reason}": n for reason, n in skipped.items() if n}
+                tracker.log_metrics(logged, step)
+                if is_main:
+                    with open(run_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps({"step": step, **logged}) + "\n")
+                window, window_steps, window_start = {}, 0, time.perf_counter()
+                if progress is not None:
+                    progress.set_postfix(loss=f"{logged['loss']:.4f}", clips_s=f"{logged['perf/clips_per_s']:.1f}")
+            if tracker.should_plot(step) or step == cfg.run.max_steps:
+                tracker.log_code_usage({m: c.cpu() for m, c in task.code_usage_().items()}, step, plot=True)
+            if progress is not None:
+                progress.update(1)
+
+            stop_requested = stop.agreed_or_file(run_dir / STOP_FILE, device)
+            if step % cfg.run.ckpt_every == 0 or step == cfg.run.max_steps or stop_requested:
+                saved = save_checkpoint()
+                if is_main and progress is None:
+                    print(f"[cmg] step {step}: checkpoint {saved}", flush=True)
+            if stop_requested and step < cfg.run.max_steps:
+                if is_main:
+                    print(f"[cmg] stop requested ({stop.signal_name or STOP_FILE}): checkpoint at step {step} "
+                          f"written; exiting with {EXIT_RESUME} (resume me)", flush=True)
+                finish("stopped", "KILLED")
+                return EXIT_RESUME
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+        batches.close()
+
+    tracker.log_tensor(task.model.quantizer.codebook.detach().cpu(), "codebook/final.npy")
+    finish("finished", "FINISHED")
+    if is_main:
+        print(f"[cmg] finished {step} steps; checkpoint {ckpts.latest()}; run dir {run_dir}", flush=True)
+    return 0
+
+
+def status_of(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """What the last job in ``run_dir`` said on its way out (None if it crashed or is still running)."""
+    path = Path(run_dir) / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

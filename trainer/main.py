@@ -1,0 +1,75 @@
+"""Entry point of the main job.
+
+    accelerate launch --config_file launch/accelerate/cpu_zero2.yaml trainer/main.py \\
+        --config launch/configs/pretrain_av.yaml [key=value ...]
+    python trainer/main.py --config launch/configs/demo.yaml run.max_steps=50      # one process
+
+Exit codes: 0 finished; 75 stopped on request (SIGUSR1/SIGTERM or <run_dir>/STOP) after writing a
+checkpoint: run the same command again to resume; 2 bad config (nothing was started); 1 crashed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (accelerate launch trainer/main.py): Python put trainer/ itself on sys.path, where its
+    # modules (config, data, ...) would shadow top-level packages of the same names. Use the repo root.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import traceback  # noqa: E402
+
+from trainer.config import ConfigError, load_config  # noqa: E402
+from trainer.job import JobConfig, validate_job  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="trainer/main.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="experiment YAML (launch/configs/*.yaml); defaults if omitted")
+    parser.add_argument("--resume", help="'auto' (default: latest complete checkpoint of run.dir), '' or a path")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. run.max_steps=200 data.batch_size=16")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides) + ([f"run.resume={args.resume}"] if args.resume is not None else [])
+    try:
+        cfg = load_config(JobConfig, args.config, overrides)
+        validate_job(cfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        from trainer.config import to_dict
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+
+    from trainer.loop import train
+    from trainer.runtime import create_accelerator, prepare_process_environment, shutdown
+
+    prepare_process_environment()
+    accelerator = create_accelerator(cfg.run.grad_accum, cfg.data.batch_size, cfg.optim.grad_clip)
+    try:
+        code = train(cfg, accelerator)
+    except Exception:
+        # Leave at once: a barrier in a clean shutdown would wait forever for ranks that did not fail.
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    shutdown(accelerator, code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
