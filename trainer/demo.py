@@ -1,25 +1,32 @@
-"""``make demo`` / ``python -m trainer.demo``: the main job on its embedded default data.
+"""``make demo`` / ``python -m trainer.demo``: the main job on its embedded default.
 
-For now the job is the data path end to end: synthesise demo clips into ``demo_data/clips`` (kept if
-already complete), pack them into shards in ``demo_data/shards`` (kept if the manifest matches), stream
-a few decoded batches and print their shapes. Each stage is a function of ``DemoConfig`` so that the
-training issue can replace ``run`` without touching data preparation.
+1. synthesise demo clips into ``demo_data/clips`` (kept if already complete);
+2. pack them into shards in ``demo_data/shards`` (kept if the manifest matches);
+3. train Uni-Code on them: 2 CPU processes, DeepSpeed ZeRO-2 over gloo, tiny random-init backbones
+   (``accelerate launch --config_file launch/accelerate/cpu_zero2.yaml trainer/main.py --config
+   launch/configs/demo.yaml``), logging to MLflow in the run directory;
+4. print where the checkpoint is and the command that opens the MLflow UI.
+
+A second ``make demo`` resumes the finished run (nothing to do) unless ``--fresh`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import socket
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from shards.synth import SynthConfig, clip_key, synthesise
 from shards.write import write_shards
-from trainer.data import ClipStream, DataConfig
 from trainer.data.stream import MANIFEST_NAME
+
+REPO = Path(__file__).resolve().parents[1]
 
 SHARD_PATTERN = "train-%06d.tar"
 
@@ -27,10 +34,12 @@ SHARD_PATTERN = "train-%06d.tar"
 @dataclass
 class DemoConfig:
     data_dir: str = "demo_data"
-    synth: SynthConfig = field(default_factory=lambda: SynthConfig(num_clips=32, classes=5, seconds=10, seed=0))
-    shard_max_count: int = 8  # samples per shard: 32 clips -> 4 shards (2 ranks x 2 workers can split them)
-    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=4, num_workers=2))
-    batches: int = 3  # batches to stream and print
+    synth: SynthConfig = field(default_factory=lambda: SynthConfig(num_clips=96, classes=5, seconds=10, seed=0))
+    shard_max_count: int = 8  # samples per shard: 96 clips -> 12 shards
+    job_config: str = str(REPO / "launch" / "configs" / "demo.yaml")
+    accelerate_config: str = str(REPO / "launch" / "accelerate" / "cpu_zero2.yaml")
+    processes: int = 2
+    run_dir: str = "runs/demo"
 
 
 def prepare_clips(cfg: DemoConfig) -> Path:
@@ -58,40 +67,43 @@ def prepare_shards(cfg: DemoConfig, clips: Path) -> str:
     return str(out / f"train-{{000000..{len(manifest['shards']) - 1:06d}}}.tar")
 
 
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
-    return f"list[{type(value[0]).__name__}] x{len(value)}"
+def train(cfg: DemoConfig, urls: str, fresh: bool) -> int:
+    run_dir = Path(cfg.run_dir)
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg.accelerate_config,
+           "--num_processes", str(cfg.processes), "--main_process_port", str(free_port()),
+           str(REPO / "trainer" / "main.py"), "--config", cfg.job_config, f"data.urls={urls}", f"run.dir={run_dir}"]
+    print("train:", " ".join(cmd[2:]), flush=True)
+    code = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if code != 0:
+        print(f"training failed with exit code {code}", file=sys.stderr)
+        return code
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    print(f"checkpoint: {run_dir / 'checkpoints' / latest}")
+    print(f"MLflow UI:  {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri "
+          f"sqlite:///{(run_dir / 'mlflow.db').resolve()} --port 5000   # then open http://127.0.0.1:5000")
+    return 0
 
 
-def run(cfg: DemoConfig) -> None:
-    stream = ClipStream(cfg.data)
-    print(f"stream: {len(stream)} batches per epoch of {cfg.data.batch_size} clips, {cfg.data.num_workers} workers")
-    for i, batch in enumerate(stream):
-        print(f"batch {i}:")
-        for name, value in batch.items():
-            print(f"  {name:13s} {_describe(value)}")
-        print(f"  first clip: {batch['key'][0]} label {batch['clip_label'][0].item()} "
-              f"video/audio seconds labelled {batch['video_labels'][0].tolist()} / {batch['audio_labels'][0].tolist()}")
-        print(f"  caption: {batch['caption'][0]!r}")
-        if i + 1 == cfg.batches:
-            break
-    print(f"skipped samples so far: {stream.skip_totals()}")
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.demo", description=__doc__.split("\n\n")[0])
     d = DemoConfig()
     p.add_argument("--data-dir", default=d.data_dir)
-    p.add_argument("--batches", type=int, default=d.batches)
-    p.add_argument("--num-workers", type=int, default=d.data.num_workers)
+    p.add_argument("--run-dir", default=d.run_dir)
+    p.add_argument("--processes", type=int, default=d.processes)
+    p.add_argument("--fresh", action="store_true", help="delete the run directory first (else resume it)")
     a = p.parse_args(argv)
-    cfg = DemoConfig(data_dir=a.data_dir, batches=a.batches)
-    cfg.data.num_workers = a.num_workers
+    cfg = DemoConfig(data_dir=a.data_dir, run_dir=a.run_dir, processes=a.processes)
     clips = prepare_clips(cfg)
-    cfg.data.urls = prepare_shards(cfg, clips)
-    run(cfg)
-    return 0
+    urls = prepare_shards(cfg, clips)
+    return train(cfg, urls, a.fresh)
 
 
 if __name__ == "__main__":

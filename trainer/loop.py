@@ -140,6 +140,8 @@ def train(cfg: JobConfig, accelerator) -> int:
                 "scheduler": engine.scheduler.state_dict(),
                 "stream": stream.state_dict(), "rng": rng_state(), "tracker": tracker.state_dict(),
                 "backbones": backbones.state_dict() if backbones is not None else {},
+                # this rank's copies of the replicated state the engine does not own (checked across ranks)
+                "replicas": task.replicated_state(),
             })
         meta = {"phase": cfg.run.phase, "mlflow_run_id": tracker.run_id, "samples_seen": samples_seen,
                 "model_config": to_dict(model_cfg), "data_kind": cfg.data.kind,

@@ -189,6 +189,15 @@ class UniCodeTask:
         stats = self.model.quantizer.step_()
         return {f"codebook/{k}": v for k, v in stats.items()}
 
+    def replicated_state(self) -> dict[str, Tensor]:
+        """What every rank must hold bit-identically without any broadcast: the quantizer's buffers
+        (codebook, EMA counts/sums, usage clocks) and the CLUB estimators' weights (CPU copies)."""
+        state = {f"quantizer.{k}": v.detach().cpu().clone() for k, v in self.model.quantizer.state_dict().items()
+                 if isinstance(v, Tensor)}
+        if self.club is not None:
+            state |= {f"club.{k}": v.detach().cpu().clone() for k, v in self.club.state_dict().items()}
+        return state
+
     def code_usage_(self) -> dict[str, Tensor]:
         """Per-modality code counts since the previous call (CMG Fig. 4 plots); clears the window."""
         return self.model.quantizer.take_usage_()
