@@ -1,0 +1,143 @@
+# Shared body of the Slurm batch scripts (slurm/pretrain_av.sh, slurm/pretrain_avt.sh): sourced by them
+# after their #SBATCH headers and defaults; not a batch script itself.
+#
+# Every setting is an environment variable (sbatch exports the submitting environment), e.g.
+#   CONFIG=launch/configs/pretrain_avt.yaml RUN_DIR=runs/avt1 sbatch slurm/pretrain_avt.sh run.max_steps=5000
+#
+#   CONFIG             job YAML for trainer/main.py (default: the calling script's)
+#   RUN_DIR            run directory (default runs/<job name>-<job id>; a requeued job keeps its id, so it resumes)
+#   MLFLOW_TRACKING_URI  MLflow server/store (default: sqlite in RUN_DIR); read by the trainer
+#   EXTRA              key=value overrides, separated by whitespace (no spaces inside a value: [a,b] not [a, b]);
+#                      arguments after the script name on the sbatch line are overrides too (spaces allowed)
+#   ACCELERATE_CONFIG  accelerate YAML (default: gpu_zero2.yaml on one GPU node, multinode_zero2.yaml on
+#                      several, cpu_zero2.yaml without GPUs)
+#   NPROC_PER_NODE     training processes per node (default: the node's allocated GPUs; without GPUs, one CPU
+#                      process per allocated CPU, --cpus-per-task)
+#   MAIN_PROCESS_PORT  rendezvous port on the first node (default 20000 + job id mod 20000)
+#   CMG_REPO           repository root (default: the directory sbatch was called from, $SLURM_SUBMIT_DIR)
+#
+# Preemption: Slurm sends USR1 to this shell (--signal=B:USR1@120, or `scancel -b -s USR1 JOB`). The trap
+# asks the trainer to stop ($RUN_DIR/STOP: it checkpoints and writes status.json state "stopped"); once srun
+# has ended, the job requeues itself and the rerun resumes from the checkpoint (run.resume=auto) in the same
+# MLflow run. A finished run exits 0; a crash exits non-zero and is never requeued.
+
+set -euo pipefail
+
+if [[ -z "${SLURM_JOB_ID:-}" ]]; then
+    echo "slurm/job_body.sh: not inside a Slurm job; submit the script with sbatch" >&2
+    exit 2
+fi
+
+cd "${CMG_REPO:-$SLURM_SUBMIT_DIR}"
+: "${CONFIG:?CONFIG (job YAML) is not set}"
+if [[ ! -f "$CONFIG" ]]; then
+    echo "slurm/job_body.sh: CONFIG=$CONFIG: no such file (relative paths start at $PWD)" >&2
+    exit 2
+fi
+RUN_DIR="$(realpath -m "${RUN_DIR:-runs/${SLURM_JOB_NAME}-${SLURM_JOB_ID}}")"
+mkdir -p "$RUN_DIR"
+
+# Overrides: EXTRA split on whitespace with globbing off (a value like [video,text] is a glob pattern),
+# then the script's own arguments as given.
+set -f
+read -r -a overrides <<< "${EXTRA:-}"
+set +f
+overrides+=("$@")
+
+gpus_per_node=0
+if command -v nvidia-smi > /dev/null && visible="$(nvidia-smi -L 2> /dev/null | grep -c '^GPU ')"; then
+    # Without cgroups a job sees every GPU of the node; it was granted only SLURM_GPUS_ON_NODE of them.
+    gpus_per_node="${SLURM_GPUS_ON_NODE:-$visible}"
+fi
+num_machines="$SLURM_JOB_NUM_NODES"
+if (( gpus_per_node > 0 )); then
+    nproc_default="$gpus_per_node"
+    if (( num_machines > 1 )); then
+        accelerate_default=launch/accelerate/multinode_zero2.yaml
+    else
+        accelerate_default=launch/accelerate/gpu_zero2.yaml
+    fi
+else
+    # No GPU (the local test cluster, CPU partitions): one gloo process per CPU, one thread each.
+    nproc_default="${SLURM_CPUS_PER_TASK:-1}"
+    accelerate_default=launch/accelerate/cpu_zero2.yaml
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+fi
+nproc_per_node="${NPROC_PER_NODE:-$nproc_default}"
+
+# Read by the per-node command below (srun passes the environment on).
+export CONFIG RUN_DIR
+export ACCELERATE_CONFIG="${ACCELERATE_CONFIG:-$accelerate_default}"
+export CMG_NUM_MACHINES="$num_machines"
+export CMG_NUM_PROCESSES="$(( num_machines * nproc_per_node ))"
+export CMG_MAIN_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
+export CMG_MAIN_PORT="${MAIN_PROCESS_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}"
+
+echo "[slurm] job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST: $num_machines node(s) x" \
+     "$nproc_per_node process(es), $ACCELERATE_CONFIG, main $CMG_MAIN_ADDR:$CMG_MAIN_PORT"
+echo "[slurm] config $CONFIG, run dir $RUN_DIR, overrides: ${overrides[*]:-none}"
+
+preempted=0
+trap_fired=0
+
+request_stop() {
+    trap_fired=1
+    (( preempted )) && return
+    preempted=1
+    echo "[slurm] USR1: asking the trainer to checkpoint and stop ($RUN_DIR/STOP)"
+    touch "$RUN_DIR/STOP"
+}
+trap request_stop USR1
+
+# One task per node; SLURM_NODEID is expanded by the bash on each node (single quotes), not here.
+srun_cpus=()
+[[ -n "${SLURM_CPUS_PER_TASK:-}" ]] && srun_cpus=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
+srun --nodes="$num_machines" --ntasks-per-node=1 "${srun_cpus[@]}" --kill-on-bad-exit=1 \
+    bash -c 'exec accelerate launch --config_file "$ACCELERATE_CONFIG" \
+        --num_machines "$CMG_NUM_MACHINES" --num_processes "$CMG_NUM_PROCESSES" --machine_rank "$SLURM_NODEID" \
+        --main_process_ip "$CMG_MAIN_ADDR" --main_process_port "$CMG_MAIN_PORT" \
+        --deepspeed_multinode_launcher standard \
+        trainer/main.py --config "$CONFIG" "run.dir=$RUN_DIR" "$@"' cmg-node "${overrides[@]}" &
+srun_pid=$!
+
+# The trap can only run while bash sits in `wait` (not during a foreground command); a trapped signal
+# makes `wait` return 128+signal at once, so wait again until srun itself has ended.
+keeper_pid=""
+while :; do
+    if (( preempted )) && [[ -z "$keeper_pid" ]]; then
+        # The trainer deletes a STOP file it finds at start-up (left by an earlier job), so a signal that
+        # lands during start-up would be lost: keep re-creating the file while srun runs.
+        ( while kill -0 "$srun_pid" 2> /dev/null; do touch "$RUN_DIR/STOP"; sleep 2; done ) &
+        keeper_pid=$!
+    fi
+    trap_fired=0
+    rc=0
+    wait "$srun_pid" || rc=$?
+    (( trap_fired && rc > 128 )) || break
+done
+if [[ -n "$keeper_pid" ]]; then
+    kill "$keeper_pid" 2> /dev/null || true
+fi
+
+state="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["state"])' "$RUN_DIR/status.json" \
+         2> /dev/null || echo none)"
+echo "[slurm] srun exit code $rc, trainer status: $state"
+
+if (( preempted )) && [[ "$state" == stopped ]]; then
+    echo "[slurm] checkpoint written; requeueing job $SLURM_JOB_ID to resume"
+    if scontrol requeue "$SLURM_JOB_ID"; then
+        exit 0   # the requeue ends this run (and puts the job back in the queue)
+    fi
+    echo "[slurm] scontrol requeue failed (was the job submitted with --requeue?); resubmit to resume" >&2
+    exit 75
+fi
+if [[ "$state" == finished && "$rc" == 0 ]]; then
+    exit 0
+fi
+if [[ "$state" == stopped && "$rc" != 0 ]]; then
+    echo "[slurm] the trainer stopped on request without a preemption signal: not requeued; resubmit" \
+         "with RUN_DIR=$RUN_DIR to resume" >&2
+    exit 75
+fi
+echo "[slurm] the trainer failed (srun exit code $rc, status $state): not requeued" >&2
+exit $(( rc == 0 ? 1 : rc ))

@@ -1,0 +1,234 @@
+"""A pretraining checkpoint -> a frozen encoder; labelled features -> frozen quantised codes.
+
+    pretrained = load_pretrained("runs/demo")               # run dir, checkpoints dir, step dir or model.pt
+    data = read_shard_features(data_cfg, backbones)         # clip shards (decoded + backbones) or feature shards
+    data = read_public_features(PublicFeatureConfig(...))   # or the public AVE h5/npz layout
+    split = encode_split(pretrained.model, data)            # trainer.eval.probes.CodeSplit
+
+Frozen means: ``eval()`` (no dropout; the quantizer neither accumulates MM-EMA statistics nor counts usage,
+and its ``step_`` refuses to run) and ``requires_grad_(False)`` on every parameter, and codes are computed
+under ``torch.no_grad``. The codebook, EMA state and encoder weights are therefore exactly the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trainer.checkpoint import CheckpointManager
+from trainer.config import ConfigError, _build
+from trainer.data.features import PublicFeatureConfig, PublicFeatureDataset, collate_feature_clips
+from trainer.data.stream import DataConfig, feature_batches
+from trainer.eval.probes import CodeSplit
+from trainer.models.unicode import UniCodeConfig, UniCodeModel, mask_key
+
+MODEL_FILE = "model.pt"   # the consolidated fp32 model state in every checkpoint (trainer/loop.py)
+
+
+def model_config_from_dict(data: Mapping[str, Any], source: str) -> UniCodeConfig:
+    """A resolved ``UniCodeConfig`` (``meta.json["model_config"]``) back into the typed, validated config."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: model_config must be a mapping, got {type(data).__name__}")
+    return _build(UniCodeConfig, data, "model_config", source)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory meant by ``path``: itself (it has meta.json), a ``model.pt`` inside one, a
+    checkpoints directory or a run directory (then its ``latest`` complete checkpoint)."""
+    path = Path(path)
+    if path.is_file() and path.name == MODEL_FILE:
+        path = path.parent
+    if (path / "meta.json").is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        latest = CheckpointManager(root).latest()
+        if latest is not None:
+            return latest
+    raise FileNotFoundError(f"{path}: not a checkpoint (no meta.json), and no complete checkpoint under "
+                            f"{path} or {path / 'checkpoints'}")
+
+
+@dataclass
+class Pretrained:
+    model: UniCodeModel                  # frozen: eval mode, no parameter requires grad
+    meta: dict[str, Any]                 # the checkpoint's meta.json
+    checkpoint: Path
+
+    @property
+    def run_dir(self) -> Path:
+        """``<run>`` of ``<run>/checkpoints/step_N``."""
+        return self.checkpoint.parent.parent
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+
+def freeze(model: UniCodeModel) -> UniCodeModel:
+    """Eval mode and no gradients: what every downstream task sees."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_pretrained(path: str | Path) -> Pretrained:
+    """Rebuild ``UniCodeModel`` from ``meta.json["model_config"]`` and load ``model.pt`` (weights only)."""
+    ckpt = resolve_checkpoint(path)
+    meta = CheckpointManager.read_meta(ckpt)
+    if "model_config" not in meta:
+        raise KeyError(f"{ckpt / 'meta.json'} has no model_config (keys: {sorted(meta)})")
+    cfg = model_config_from_dict(meta["model_config"], str(ckpt / "meta.json"))
+    model_file = ckpt / MODEL_FILE
+    if not model_file.is_file():
+        raise FileNotFoundError(f"{model_file}: missing (the consolidated model state of the checkpoint)")
+    state = torch.load(model_file, map_location="cpu", weights_only=True)
+    model = UniCodeModel(cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{model_file} does not fit the model of {ckpt / 'meta.json'}: {err}") from err
+    if not bool(model.quantizer.initialized):
+        raise ValueError(f"{model_file}: the codebook was never initialised (a checkpoint before any training step)")
+    return Pretrained(freeze(model), meta, ckpt)
+
+
+# ---------------------------------------------------------------------- labelled features
+
+@dataclass
+class LabelledFeatures:
+    """Clips with features and labels, in memory (clips in the same order in every field)."""
+
+    features: dict[str, Tensor]          # modality -> (n t c) | (n t p c); text (n l c) + text_mask (n l)
+    segment_labels: dict[str, Tensor]    # audio / video: (n t) int64 class per segment, −1 = background
+    clip_label: Tensor                   # (n) int64
+    keys: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.clip_label.shape[0])
+
+    def subset(self, index: Tensor) -> LabelledFeatures:
+        """The clips at ``index`` (1-d int64), in that order."""
+        return LabelledFeatures({k: v[index] for k, v in self.features.items()},
+                                {k: v[index] for k, v in self.segment_labels.items()}, self.clip_label[index],
+                                [self.keys[i] for i in index.tolist()] if self.keys else [])
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int) -> dict[str, Tensor]:
+    """A seeded partition of ``range(n)`` into train/val/test with the given fractions (test takes the rest)."""
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be three positive numbers summing to 1, got {list(fractions)}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_train, n_val = round(fractions[0] * n), round(fractions[1] * n)
+    if min(n_train, n_val, n - n_train - n_val) < 1:
+        raise ValueError(f"{n} clips are too few for split fractions {list(fractions)}")
+    return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+
+
+def _concat(batches: list[dict[str, Any]], modalities: Sequence[str]) -> LabelledFeatures:
+    """Feature batches (trainer/data format) -> one ``LabelledFeatures``, sorted by clip key.
+
+    Text tokens are zero-padded to the longest caption of all batches (each batch pads to its own).
+    """
+    keys = [k for b in batches for k in b["key"]]
+    order = torch.tensor(sorted(range(len(keys)), key=keys.__getitem__), dtype=torch.int64)
+    features: dict[str, Tensor] = {}
+    for name in [*modalities, *(mask_key(m) for m in modalities)]:
+        parts = [b[name] for b in batches if name in b]
+        if not parts:
+            continue
+        longest = max(p.shape[1] for p in parts)
+        parts = [torch.nn.functional.pad(p, (0, 0) * (p.ndim - 2) + (0, longest - p.shape[1])) for p in parts]
+        features[name] = torch.cat(parts)[order]
+    labels = {m: torch.cat([b[f"{m}_labels"] for b in batches])[order] for m in ("audio", "video")}
+    return LabelledFeatures(features, labels, torch.cat([b["clip_label"] for b in batches])[order],
+                            [keys[i] for i in order.tolist()])
+
+
+def read_shard_features(cfg: DataConfig, modalities: Sequence[str], backbones=None) -> LabelledFeatures:
+    """Every clip of one pass over clip shards (through ``backbones``) or feature shards, in key order.
+
+    The stream runs in this process as rank 0 of 1, without shuffling; padded repeats are dropped.
+    """
+    cfg = dataclasses.replace(cfg, resampled=False, shuffle_buffer=0, shuffle_shards=False,
+                              num_workers=min(cfg.num_workers, len(_shard_list(cfg))))
+    if cfg.kind == "features":
+        cfg.feature_modalities = [m for m in modalities if m in ("video", "audio", "text")]
+    batches = []
+    with torch.no_grad():
+        for batch in feature_batches(cfg, backbones, rank=0, world_size=1):
+            keep = ~batch["is_pad"]
+            batches.append({k: v[keep] if isinstance(v, Tensor) and v.shape[:1] == keep.shape else
+                            [x for x, k_ in zip(v, keep.tolist()) if k_] if isinstance(v, list) else v
+                            for k, v in batch.items()})
+    if not batches:
+        raise ValueError(f"{cfg.urls}: no clips")
+    return _concat(batches, modalities)
+
+
+def _shard_list(cfg: DataConfig) -> list[str]:
+    from trainer.data.stream import expand_shard_urls
+
+    return expand_shard_urls(cfg.urls)
+
+
+def read_public_features(cfg: PublicFeatureConfig) -> LabelledFeatures:
+    """One split (``cfg.split``; None = every clip) of the public AVE h5/npz layout."""
+    dataset = PublicFeatureDataset(cfg)
+    clips = [dataset[i] for i in range(len(dataset))]
+    if not clips:
+        raise ValueError(f"{cfg.root}: split {cfg.split!r} has no clips")
+    return _concat([collate_feature_clips(clips)], ("audio", "video"))
+
+
+# ---------------------------------------------------------------------- codes
+
+def _modality_input(model: UniCodeModel, modality: str, x: Tensor) -> Tensor:
+    """``x`` checked against the model's feature shape for ``modality``; a 5-d patch grid is flattened."""
+    channels, patches = model.cfg.feature_dims[modality], model.cfg.spatial_patches.get(modality, 0)
+    if patches and x.ndim == 5:
+        x = x.flatten(2, 3)
+    expected = (patches, channels) if patches else (channels,)
+    if x.ndim != 2 + len(expected) or tuple(x.shape[2:]) != expected:
+        raise ValueError(f"features['{modality}'] must be (n t {' '.join(map(str, expected))}) for this checkpoint, "
+                         f"got {tuple(x.shape)}")
+    return x.float()
+
+
+@torch.no_grad()
+def encode_modality(model: UniCodeModel, modality: str, x: Tensor, mask: Tensor | None = None,
+                    batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Frozen codes of one modality: ``x (n t ...)`` -> (ẑ ``(n t D)`` code vectors, ``(n t)`` code indices).
+
+    Φ^m then the nearest code (CMG eq. 1–2); the model must be in eval mode (see ``freeze``).
+    """
+    if model.training:
+        raise RuntimeError("encode_modality needs a frozen model in eval mode (trainer.eval.encode.freeze)")
+    if modality not in model.modalities:
+        raise KeyError(f"the checkpoint has no '{modality}' encoder (modalities {list(model.modalities)})")
+    x = _modality_input(model, modality, x)
+    vectors, indices = [], []
+    for start in range(0, x.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        semantic = model.semantic[modality](x[part], None if mask is None else mask[part].bool())
+        quantized = model.quantizer.quantize(semantic)
+        vectors.append(quantized.codewords)
+        indices.append(quantized.codes)
+    return torch.cat(vectors), torch.cat(indices)
+
+
+def encode_split(model: UniCodeModel, data: LabelledFeatures, modalities: Sequence[str] | None = None) -> CodeSplit:
+    """Frozen codes of every (or the given) modality of ``data``, with its labels, as a probe split."""
+    modalities = [m for m in model.modalities if m in data.features] if modalities is None else list(modalities)
+    vectors, indices = {}, {}
+    for m in modalities:
+        if m not in data.features:
+            raise KeyError(f"the data have no '{m}' features (have {sorted(data.features)})")
+        vectors[m], indices[m] = encode_modality(model, m, data.features[m], data.features.get(mask_key(m)))
+    return CodeSplit(vectors, indices, {m: data.segment_labels[m] for m in modalities if m in data.segment_labels},
+                     data.clip_label)

@@ -1,0 +1,50 @@
+"""Downstream heads on frozen quantised codes (seed 000 §B.2; ALGORITHMS.md §5).
+
+Both are the appendix's "two Linear layers" (with a ReLU between them, else they would collapse into
+one linear map) applied to every segment's code vector:
+- ``EventClassifier`` (AVE, cross-modal event classification): per-segment class scores, max over T
+  -> one score vector per clip, trained with softmax cross-entropy on the clip label (or, for the
+  weakly supervised cross-dataset task, with sigmoid BCE on the clip's multi-hot label);
+- ``SegmentTagger`` (AVVP, cross-modal event localisation): per-segment multi-label scores (sigmoid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+@dataclass
+class HeadConfig:
+    hidden_dim: int = 128
+    dropout: float = 0.0      # between the two layers (the frozen encoder itself never runs dropout)
+
+    def __post_init__(self) -> None:
+        if self.hidden_dim < 1 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"HeadConfig needs hidden_dim >= 1 and dropout in [0, 1), got {self}")
+
+
+class SegmentTagger(nn.Module):
+    """``(b t d)`` codes -> ``(b t c)`` per-segment logits: Linear -> ReLU -> Linear (AVVP head)."""
+
+    def __init__(self, in_dim: int, num_classes: int, cfg: HeadConfig):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(in_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                    nn.Linear(cfg.hidden_dim, num_classes))
+
+    def forward(self, codes: Tensor) -> Tensor:
+        return self.layers(codes)
+
+
+class EventClassifier(SegmentTagger):
+    """``(b t d)`` codes -> ``(b c)`` clip logits: the tagger's per-segment logits, max over T (AVE head).
+
+    ``segment_logits`` exposes the scores before the max, which the cross-dataset task reads per segment.
+    """
+
+    def segment_logits(self, codes: Tensor) -> Tensor:
+        return super().forward(codes)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        return self.segment_logits(codes).amax(dim=1)

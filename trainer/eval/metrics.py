@@ -1,0 +1,81 @@
+"""Downstream metrics (ALGORITHMS.md §5): accuracy, micro precision/recall/F1, recall@k.
+
+Conventions:
+- localisation is scored over ALL (clip, segment, class) cells of the split at once (micro), never
+  averaged per batch or per clip; a segment whose prediction is empty still counts (its true events are
+  false negatives), and a segment without any event counts its predicted events as false positives;
+- a ratio whose denominator is 0 is reported as 0.0 (no prediction at all gives precision 0), as
+  scikit-learn does with ``zero_division=0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+BACKGROUND = -1
+
+
+def multi_hot(labels: Tensor, num_classes: int) -> Tensor:
+    """Class indices ``(...)`` with −1 = background -> multi-hot ``(... c)`` bool (background: all False)."""
+    if labels.numel() and (labels.min() < BACKGROUND or labels.max() >= num_classes):
+        raise ValueError(f"labels must be in [-1, {num_classes - 1}], got range "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return torch.nn.functional.one_hot(labels + 1, num_classes + 1)[..., 1:].bool()
+
+
+def accuracy(predicted: Tensor, labels: Tensor) -> float:
+    """Share of ``predicted == labels``; ``predicted`` are class indices ``(n)`` or scores ``(n c)``."""
+    if predicted.ndim == labels.ndim + 1:
+        predicted = predicted.argmax(-1)
+    if predicted.shape != labels.shape:
+        raise ValueError(f"predicted {tuple(predicted.shape)} and labels {tuple(labels.shape)} differ")
+    if labels.numel() == 0:
+        raise ValueError("accuracy of an empty set")
+    return (predicted == labels).float().mean().item()
+
+
+@dataclass(frozen=True)
+class PRF:
+    """Micro precision / recall / F1 and the counts they come from."""
+
+    precision: float
+    recall: float
+    f1: float
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else 0.0
+
+
+def micro_prf(predicted: Tensor, target: Tensor) -> PRF:
+    """Micro P/R/F1 over every cell of two same-shape bool tensors, e.g. ``(n t c)`` segment × class."""
+    if predicted.shape != target.shape:
+        raise ValueError(f"predicted {tuple(predicted.shape)} and target {tuple(target.shape)} differ")
+    predicted, target = predicted.bool(), target.bool()
+    tp = int((predicted & target).sum())
+    fp = int((predicted & ~target).sum())
+    fn = int((~predicted & target).sum())
+    # F1 = 2PR / (P + R) = 2tp / (2tp + fp + fn), which stays defined when P or R is 0
+    return PRF(_ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(2 * tp, 2 * tp + fp + fn), tp, fp, fn)
+
+
+def recall_at_k(similarity: Tensor, relevant: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Share of queries whose relevant gallery item ranks in the top k, for each k.
+
+    ``similarity``: ``(q g)``, higher = closer; ``relevant``: ``(q)`` gallery index of each query's match.
+    Ties are broken against the query (an item is ranked after every other item with the same score), so
+    a constant similarity scores no better than its worst case.
+    """
+    if similarity.ndim != 2 or relevant.shape != similarity.shape[:1]:
+        raise ValueError(f"similarity must be (q g) and relevant (q), got {tuple(similarity.shape)} "
+                         f"and {tuple(relevant.shape)}")
+    match = similarity.gather(1, relevant.unsqueeze(1))                    # (q 1)
+    rank = (similarity >= match).sum(1) - 1                               # others scoring at least as high
+    return {k: (rank < k).float().mean().item() for k in ks}

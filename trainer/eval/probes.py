@@ -1,0 +1,257 @@
+"""The cross-modal generalisation protocol on frozen codes (ALGORITHMS.md §5, seed 000 §B.2).
+
+A head is trained on the codes of modality A (the *source*) of the train split, the epoch is chosen on
+A's validation split, and the chosen head is scored on the held-out test split of modality B (the
+*target*: the cross-modal number, "A→B") and of A itself (the in-modality upper bound, the paper's
+"evaluation results of the labeled modality"). This fixes two leaks of the authors' code: their AVE score
+was on the training split, and they picked the best epoch on the target modality's test scores.
+
+Tasks:
+- ``classification_probe`` (AVE): ``EventClassifier`` + softmax cross-entropy on clip labels; accuracy;
+- ``localisation_probe`` (AVVP): ``SegmentTagger`` + sigmoid BCE on each modality's own per-segment
+  labels (trained on A's labels, scored against B's); micro F1 over all segments (``metrics.micro_prf``);
+- ``cross_dataset_probe`` (AVE→AVVP): ``EventClassifier`` trained weakly (BCE on the max over T) on
+  dataset 1's clip labels, scored per segment on dataset 2's labels of the shared classes; micro F1;
+- ``zero_shot_retrieval`` (X→audio): no training; each query clip's code sequence is matched against
+  every audio clip of the split by the mean over segments of the code vectors' cosine similarity, and
+  its own audio is the relevant item; recall@1/5/10;
+- ``code_agreement``: a diagnostic, not a paper metric: per event class, how often the two modalities
+  pick the very same code at a (clip, segment) where both carry that event.
+
+Heads only ever see precomputed code tensors: nothing here can reach the encoder or the codebook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.eval.heads import EventClassifier, HeadConfig, SegmentTagger
+from trainer.eval.metrics import BACKGROUND, accuracy, micro_prf, multi_hot, recall_at_k
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ProbeConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    threshold: float = 0.5            # sigmoid threshold of the multi-label heads
+    seed: int = 0                     # head init, batch order and dropout (the caller's RNG is left alone)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"ProbeConfig needs epochs >= 1, batch_size >= 1, lr > 0; got {self}")
+
+
+@dataclass
+class CodeSplit:
+    """Frozen codes and labels of one split (clips in the same order in every field)."""
+
+    vectors: dict[str, Tensor]          # modality -> (n t d) quantised code vectors ẑ (fp32)
+    indices: dict[str, Tensor]          # modality -> (n t) int64 code index
+    segment_labels: dict[str, Tensor]   # modality -> (n t) int64 class per segment, −1 = background
+    clip_label: Tensor                  # (n) int64, −1 = no event
+
+    def __len__(self) -> int:
+        return int(self.clip_label.shape[0])
+
+    def select_dims(self, dims: Tensor) -> CodeSplit:
+        """The same split with only code dimensions ``dims`` (TOC, seed 003 §3.2)."""
+        return dataclasses.replace(self, vectors={m: v.index_select(-1, dims) for m, v in self.vectors.items()})
+
+    def subset(self, keep: Tensor) -> CodeSplit:
+        """Clips where ``keep`` ``(n)`` bool is True."""
+        return CodeSplit({m: v[keep] for m, v in self.vectors.items()}, {m: v[keep] for m, v in self.indices.items()},
+                         {m: v[keep] for m, v in self.segment_labels.items()}, self.clip_label[keep])
+
+
+@dataclass
+class ProbeResult:
+    task: str
+    source: str
+    target: str
+    metric: str                  # "accuracy" or "f1"
+    cross: float                 # the target modality's test split: the A→B number
+    in_modality: float           # the source modality's test split, same head: the upper bound
+    val: float                   # the source validation score of the chosen epoch
+    epoch: int                   # the chosen epoch (1-based)
+    details: dict[str, float] = field(default_factory=dict)   # precision / recall of the F1 tasks
+
+    @property
+    def direction(self) -> str:
+        return f"{self.source[0].upper()}→{self.target[0].upper()}"
+
+
+def _check_splits(splits: Mapping[str, CodeSplit], modalities: Sequence[str]) -> None:
+    missing = [s for s in SPLITS if s not in splits]
+    if missing:
+        raise KeyError(f"probe needs splits {list(SPLITS)}, missing {missing}")
+    for name in SPLITS:
+        split = splits[name]
+        if len(split) == 0:
+            raise ValueError(f"split '{name}' has no clips")
+        absent = [m for m in modalities if m not in split.vectors or m not in split.segment_labels]
+        if absent:
+            raise KeyError(f"split '{name}' has no codes or labels for modalities {absent} "
+                           f"(has {sorted(split.vectors)})")
+
+
+def _fit(head: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor],
+         validate: Callable[[nn.Module], float], cfg: ProbeConfig, generator: torch.Generator) -> tuple[int, float]:
+    """Adam on ``(inputs, targets)`` for ``cfg.epochs``; keeps the weights of the best validation epoch.
+
+    Returns (best epoch, its validation score); the first epoch reaching the best score wins.
+    """
+    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best_epoch, best_score, best_state = 0, -1.0, None
+    for epoch in range(1, cfg.epochs + 1):
+        head.train()
+        order = torch.randperm(inputs.shape[0], generator=generator)
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start:start + cfg.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(head(inputs[batch]), targets[batch]).backward()
+            optimizer.step()
+        head.eval()
+        with torch.no_grad():
+            score = validate(head)
+        if score > best_score:
+            best_epoch, best_score = epoch, score
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    head.eval()
+    return best_epoch, best_score
+
+
+def _train_head(make_head: Callable[[], nn.Module], inputs: Tensor, targets: Tensor,
+                loss_fn: Callable[[Tensor, Tensor], Tensor], validate: Callable[[nn.Module], float],
+                cfg: ProbeConfig) -> tuple[nn.Module, int, float]:
+    """Build and fit a head under ``cfg.seed`` without touching the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        head = make_head()
+        epoch, score = _fit(head, inputs, targets, loss_fn, validate, cfg, torch.Generator().manual_seed(cfg.seed))
+    return head, epoch, score
+
+
+def _labelled(split: CodeSplit) -> CodeSplit:
+    return split.subset(split.clip_label != BACKGROUND)
+
+
+def classification_probe(splits: Mapping[str, CodeSplit], source: str, target: str, num_classes: int,
+                         cfg: ProbeConfig) -> ProbeResult:
+    """AVE-style: train on ``source`` clip labels, choose the epoch on source val, test source and target."""
+    _check_splits(splits, (source, target))
+    train, val, test = (_labelled(splits[s]) for s in SPLITS)
+    in_dim = train.vectors[source].shape[-1]
+
+    def score(head: nn.Module, split: CodeSplit, modality: str) -> float:
+        return accuracy(head(split.vectors[modality]), split.clip_label)
+
+    head, epoch, val_score = _train_head(lambda: EventClassifier(in_dim, num_classes, cfg.head),
+                                         train.vectors[source], train.clip_label, F.cross_entropy,
+                                         lambda h: score(h, val, source), cfg)
+    with torch.no_grad():
+        return ProbeResult("classification", source, target, "accuracy", score(head, test, target),
+                           score(head, test, source), val_score, epoch)
+
+
+def _tag_f1(logits: Tensor, labels: Tensor, num_classes: int, threshold: float):
+    return micro_prf(torch.sigmoid(logits) > threshold, multi_hot(labels, num_classes))
+
+
+def localisation_probe(splits: Mapping[str, CodeSplit], source: str, target: str, num_classes: int,
+                       cfg: ProbeConfig) -> ProbeResult:
+    """AVVP-style: per-segment multi-label head on source labels; micro F1 on source and target test."""
+    _check_splits(splits, (source, target))
+    train, val, test = (splits[s] for s in SPLITS)
+    in_dim = train.vectors[source].shape[-1]
+
+    def prf(head: nn.Module, split: CodeSplit, modality: str):
+        return _tag_f1(head(split.vectors[modality]), split.segment_labels[modality], num_classes, cfg.threshold)
+
+    targets = multi_hot(train.segment_labels[source], num_classes).float()
+    head, epoch, val_score = _train_head(lambda: SegmentTagger(in_dim, num_classes, cfg.head),
+                                         train.vectors[source], targets, F.binary_cross_entropy_with_logits,
+                                         lambda h: prf(h, val, source).f1, cfg)
+    with torch.no_grad():
+        cross, own = prf(head, test, target), prf(head, test, source)
+    return ProbeResult("localisation", source, target, "f1", cross.f1, own.f1, val_score, epoch,
+                       {"precision": cross.precision, "recall": cross.recall,
+                        "in_modality_precision": own.precision, "in_modality_recall": own.recall})
+
+
+def map_classes(labels: Tensor, class_map: Mapping[int, int]) -> Tensor:
+    """Dataset-2 class indices -> dataset-1 indices of the shared classes; unshared classes -> background."""
+    lookup = torch.full((int(labels.max().clamp_min(0)) + 2,), BACKGROUND, dtype=torch.int64)
+    for first, second in class_map.items():
+        if second + 1 < lookup.numel():
+            lookup[second + 1] = first
+    return lookup[labels + 1]
+
+
+def cross_dataset_probe(first: Mapping[str, CodeSplit], second_test: CodeSplit, source: str, target: str,
+                        num_classes: int, class_map: Mapping[int, int], cfg: ProbeConfig) -> ProbeResult:
+    """AVE→AVVP: weakly supervised localisation trained on dataset 1, scored per segment on dataset 2.
+
+    ``first``: dataset 1's train/val/test splits (clip labels are enough); ``second_test``: dataset 2's
+    held-out split with per-segment labels; ``class_map``: {dataset-1 class: dataset-2 class} of the
+    shared classes (seed 000 §B.2 lists 12 for AVE/AVVP). Only the shared classes are scored.
+    """
+    _check_splits(first, (source,))
+    if not class_map:
+        raise ValueError("cross-dataset probe needs at least one shared class in class_map")
+    train, val = _labelled(first["train"]), _labelled(first["val"])
+    in_dim = train.vectors[source].shape[-1]
+    shared = torch.tensor(sorted(class_map), dtype=torch.int64)
+
+    def weak_loss(logits: Tensor, labels: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(logits, multi_hot(labels, num_classes).float())
+
+    head, epoch, val_score = _train_head(lambda: EventClassifier(in_dim, num_classes, cfg.head),
+                                         train.vectors[source], train.clip_label, weak_loss,
+                                         lambda h: accuracy(h(val.vectors[source]), val.clip_label), cfg)
+
+    def prf(modality: str):
+        if modality not in second_test.vectors:
+            raise KeyError(f"dataset 2 has no codes for '{modality}' (has {sorted(second_test.vectors)})")
+        logits = head.segment_logits(second_test.vectors[modality]).index_select(-1, shared)
+        labels = map_classes(second_test.segment_labels[modality], class_map)
+        truth = multi_hot(labels, num_classes).index_select(-1, shared)
+        return micro_prf(torch.sigmoid(logits) > cfg.threshold, truth)
+
+    with torch.no_grad():
+        cross, own = prf(target), prf(source)
+    return ProbeResult("cross_dataset", source, target, "f1", cross.f1, own.f1, val_score, epoch,
+                       {"precision": cross.precision, "recall": cross.recall})
+
+
+def zero_shot_retrieval(split: CodeSplit, query: str, gallery: str = "audio",
+                        ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """X→audio recall@k in the unified code space: similarity = mean_t cos(ẑ^query_{i,t}, ẑ^gallery_{j,t})."""
+    q = F.normalize(split.vectors[query], dim=-1)        # (n t d)
+    g = F.normalize(split.vectors[gallery], dim=-1)
+    similarity = torch.einsum("itd,jtd->ij", q, g) / q.shape[1]
+    return recall_at_k(similarity, torch.arange(len(split)), ks)
+
+
+def code_agreement(split: CodeSplit, first: str, second: str, num_classes: int) -> tuple[list[float], float]:
+    """Per class c: share of (clip, segment) cells where both modalities carry event c and chose the same
+    code (NaN for a class with no such cell); plus the share over all such cells."""
+    both = (split.segment_labels[first] == split.segment_labels[second]) & (split.segment_labels[first] >= 0)
+    same = split.indices[first] == split.indices[second]
+    per_class = []
+    for c in range(num_classes):
+        cells = both & (split.segment_labels[first] == c)
+        per_class.append((same & cells).sum().item() / cells.sum().item() if cells.any() else float("nan"))
+    overall = (same & both).sum().item() / max(1, both.sum().item())
+    return per_class, overall
