@@ -201,3 +201,16 @@ def test_training_logs_to_a_real_mlflow_server(tmp_path, shards):
         local = client.download_artifacts(run_id, pngs[-1], str(tmp_path))
         assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert [a.path for a in client.list_artifacts(run_id, "codebook")] == ["codebook/final.npy"]
+
+
+@pytest.mark.slow
+def test_unreachable_mlflow_never_stops_training(tmp_path, shards):
+    from dist_utils import free_port
+
+    run_dir = tmp_path / "run"
+    proc = run_job(run_dir, shards, overrides=["run.max_steps=3", "run.grad_accum=2", "tracking.http_timeout_s=1",
+                                                f"tracking.tracking_uri=http://127.0.0.1:{free_port()}"])
+    assert status(run_dir) == {"state": "finished", "step": 3}
+    assert "MLflow at http://127.0.0.1" in proc.stderr and "training goes on" in proc.stderr
+    rows = read_metrics(run_dir)
+    assert [r["data/samples_seen"] for r in rows] == [4, 8, 12]   # batch 2 x 1 rank x 2 micro-batches per step

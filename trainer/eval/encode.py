@@ -23,8 +23,10 @@ from torch import Tensor
 
 from trainer.checkpoint import CheckpointManager
 from trainer.config import ConfigError, _build
-from trainer.data.features import PublicFeatureConfig, PublicFeatureDataset, collate_feature_clips
-from trainer.data.stream import DataConfig, feature_batches
+from trainer.data.features import (
+    FEATURE_MODALITIES, PublicFeatureConfig, PublicFeatureDataset, collate_feature_clips,
+)
+from trainer.data.stream import DataConfig, expand_shard_urls, feature_batches
 from trainer.eval.probes import CodeSplit
 from trainer.models.unicode import UniCodeConfig, UniCodeModel, mask_key
 
@@ -150,31 +152,34 @@ def _concat(batches: list[dict[str, Any]], modalities: Sequence[str]) -> Labelle
                             [keys[i] for i in order.tolist()])
 
 
+def _drop_pads(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch without the clips that only fill the epoch's last batches (``is_pad``)."""
+    keep = ~batch["is_pad"]
+    rows = keep.tolist()
+    out = {}
+    for name, value in batch.items():
+        if isinstance(value, Tensor) and value.shape[:1] == keep.shape:
+            out[name] = value[keep]
+        elif isinstance(value, list):
+            out[name] = [v for v, k in zip(value, rows) if k]
+    return out
+
+
 def read_shard_features(cfg: DataConfig, modalities: Sequence[str], backbones=None) -> LabelledFeatures:
     """Every clip of one pass over clip shards (through ``backbones``) or feature shards, in key order.
 
     The stream runs in this process as rank 0 of 1, without shuffling; padded repeats are dropped.
     """
+    shards = expand_shard_urls(cfg.urls)
     cfg = dataclasses.replace(cfg, resampled=False, shuffle_buffer=0, shuffle_shards=False,
-                              num_workers=min(cfg.num_workers, len(_shard_list(cfg))))
+                              num_workers=min(cfg.num_workers, len(shards)))
     if cfg.kind == "features":
-        cfg.feature_modalities = [m for m in modalities if m in ("video", "audio", "text")]
-    batches = []
+        cfg.feature_modalities = [m for m in modalities if m in FEATURE_MODALITIES]
     with torch.no_grad():
-        for batch in feature_batches(cfg, backbones, rank=0, world_size=1):
-            keep = ~batch["is_pad"]
-            batches.append({k: v[keep] if isinstance(v, Tensor) and v.shape[:1] == keep.shape else
-                            [x for x, k_ in zip(v, keep.tolist()) if k_] if isinstance(v, list) else v
-                            for k, v in batch.items()})
+        batches = [_drop_pads(batch) for batch in feature_batches(cfg, backbones, rank=0, world_size=1)]
     if not batches:
         raise ValueError(f"{cfg.urls}: no clips")
     return _concat(batches, modalities)
-
-
-def _shard_list(cfg: DataConfig) -> list[str]:
-    from trainer.data.stream import expand_shard_urls
-
-    return expand_shard_urls(cfg.urls)
 
 
 def read_public_features(cfg: PublicFeatureConfig) -> LabelledFeatures:

@@ -1,0 +1,501 @@
+"""Scaling benchmark of the main job: 1 vs 2 ranks at a fixed per-rank batch, and its collectives. Prints tables.
+
+    python -m trainer.bench.scaling [--ranks 1,2] [--batch 80] [--steps 16] [--log-every 4] [--threads 1]
+                                    [--accelerate-config launch/accelerate/cpu_zero2.yaml] [--workdir DIR]
+
+Everything runs through the product: ``accelerate launch --config_file <cpu_zero2.yaml> --num_processes N
+trainer/main.py`` (DeepSpeed ZeRO-2, gloo on CPU), the Uni-Code task at the paper's shapes (model defaults:
+M=400, D=256, CLUB with 5 inner steps, Cross-CPC, CMCM; AV) on feature shards this command writes once:
+Gaussian features of the paper's per-clip shapes (audio ``(10 128)``, video a VGG-19 pool5 map per second
+``(10 49 512)``, stored fp16), read by the real stream (resampled, one DataLoader worker per rank, one epoch
+covers the run, so no epoch restarts). MLflow tracking is off (``tracking.enabled=false``): rank 0 still
+writes ``metrics.jsonl``. Each rank computes with ``--threads`` threads (OMP_NUM_THREADS), so on this 2-core
+machine 2 ranks can at best double clips/s.
+
+Table 1 (throughput): one plain launch per entry of ``--ranks``; steps/s and clips/s from ``metrics.jsonl``
+(``perf/step_s`` of every log window but the first, which holds start-up and the codebook's data init), and
+each run's ratios to the 1-rank run of this invocation (scaling efficiency = clips/s ratio / ranks).
+
+Table 2 (collectives, measured in one more launch with the largest rank count): the same command with
+``-m trainer.bench.scaling --instrumented-trainer`` in place of ``trainer/main.py``. That worker wraps every
+``torch.distributed`` collective in its own process before anything binds them, then runs the main job's
+own pieces (``load_config``, ``create_accelerator``, ``trainer.loop.train``, ``shutdown``). Each call is
+timed and attributed to the code that issued it by walking the caller's frames: the quantizer's MM-EMA
+all_reduce (``MMEMAQuantizer.step_``), CLUB gradient averaging (``average_gradients_``), the stop flag
+(``StopRequest.agreed_or_file``), the log-step metric reductions, and DeepSpeed's engine collectives by the
+DeepSpeed function that issued them. A step is the span between two stop-flag all_reduces (the loop's last
+collective of every step); the measured steps are those after the first log window, as in Table 1. Time in
+a blocking collective includes waiting for the slower rank to arrive. After training, every rank times
+the quantizer's all_reduce alone (same size, after a barrier, median of ``--probe-repeats``): the transfer
+cost without that wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+MAIN_SCRIPT = REPO / "trainer" / "main.py"
+DEFAULT_ACCELERATE_CONFIG = "launch/accelerate/cpu_zero2.yaml"
+SEGMENTS = 10                                              # seconds per clip (seed 001: 10 one-second segments)
+FEATURE_SHAPES = {"audio": (128,), "video": (49, 512)}     # per segment: VGGish 128-d, VGG-19 pool5 7x7x512
+RECORD_NAME = "collectives.rank{rank}.json"
+
+# Roles of collectives issued by this project's code: (file under the repo, function) -> role. The innermost
+# frame of the calling stack that matches names the role (trainer.distributed's helpers are skipped over).
+QUANTIZER = "quantizer MM-EMA all_reduce"
+STOP_FLAG = "stop flag all_reduce"
+PROJECT_ROLES = {
+    ("trainer/models/quantizer.py", "step_"): QUANTIZER,
+    ("trainer/models/quantizer.py", "maybe_init_"): "quantizer codebook init all_gather",
+    ("trainer/distributed.py", "average_gradients_"): "CLUB gradient averaging",
+    ("trainer/runtime.py", "agreed_or_file"): STOP_FLAG,
+    ("trainer/loop.py", "pack_mean"): "logged metrics mean (log steps)",
+    ("trainer/data/stream.py", "skip_totals"): "data skip counters (log steps)",
+}
+# DeepSpeed's own plumbing between its ZeRO code and torch.distributed; the frame above it names the role.
+DEEPSPEED_PLUMBING = ("/deepspeed/comm/", "/deepspeed/utils/")
+# Collectives of torch.distributed (p2p send/recv excluded). Wrapped in both namespaces that callers use.
+COLLECTIVES = (
+    "all_reduce", "all_reduce_coalesced", "all_gather", "all_gather_into_tensor", "_all_gather_base",
+    "all_gather_object", "reduce", "reduce_scatter", "reduce_scatter_tensor", "_reduce_scatter_base",
+    "broadcast", "broadcast_object_list", "barrier", "monitored_barrier", "all_to_all", "all_to_all_single",
+    "gather", "gather_object", "scatter", "scatter_object_list",
+)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic data
+def write_feature_shards(out_dir: Path, clips: int, clips_per_shard: int, seed: int = 0) -> str:
+    """Feature shards of ``clips`` Gaussian clips at the paper's shapes + their manifest; returns the brace URL.
+
+    The members and manifest are what ``python -m shards.extract`` writes (its ``output_samples``), so the
+    main job reads them with ``data.kind=features`` like extracted features.
+    """
+    import webdataset as wds
+
+    from shards.extract import output_samples
+    from trainer.data.decode import DecodeConfig
+    from trainer.data.features import FEATURE_MANIFEST_FORMAT
+    from trainer.data.stream import MANIFEST_NAME
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    shards = []
+    for index, start in enumerate(range(0, clips, clips_per_shard)):
+        count = min(clips_per_shard, clips - start)
+        labels = torch.randint(0, 28, (count,), generator=gen)          # 28 AVE event classes
+        batch = {"key": [f"clip{start + i:06d}" for i in range(count)], "clip_label": labels,
+                 "video_labels": labels[:, None].expand(count, SEGMENTS), "audio_labels": labels[:, None].expand(
+                     count, SEGMENTS), "caption": ["synthetic clip"] * count}
+        feats = {m: torch.randn(count, SEGMENTS, *shape, generator=gen) for m, shape in FEATURE_SHAPES.items()}
+        name = f"train-{index:06d}.tar"
+        with wds.TarWriter(str(out_dir / name)) as sink:
+            for sample in output_samples(batch, feats, np.dtype(np.float16)):
+                sink.write(sample)
+        shards.append({"name": name, "samples": count})
+    manifest = {"format": FEATURE_MANIFEST_FORMAT, "shards": shards, "total": clips, "skipped": 0,
+                "backbones": "none: Gaussian features written by trainer.bench.scaling",
+                "feature_shapes": {m: list(s) for m, s in FEATURE_SHAPES.items()},
+                "decode": dataclasses.asdict(DecodeConfig(seconds=SEGMENTS)), "dtype": "float16"}
+    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return str(out_dir / f"train-{{000000..{len(shards) - 1:06d}}}.tar")
+
+
+# ---------------------------------------------------------------------------------------------- launching
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def job_overrides(run_dir: Path, urls: str, batch: int, steps: int, log_every: int, workers: int) -> list[str]:
+    """The main job's key=value overrides for a benchmark run (the model keeps its paper defaults)."""
+    return [f"run.dir={run_dir}", f"run.max_steps={steps}", f"run.ckpt_every={steps}", "run.progress=false",
+            f"data.urls={urls}", "data.kind=features", "data.feature_modalities=[audio,video]",
+            f"data.batch_size={batch}", f"data.num_workers={workers}", "data.resampled=true",
+            f"data.epoch_batches={steps}", "data.shuffle_buffer=16",
+            "tracking.enabled=false", f"tracking.log_every={log_every}"]
+
+
+def launch(ranks: int, accelerate_config: str, run_dir: Path, overrides: list[str], threads: int,
+           timeout: float, probe_repeats: int = 0) -> float:
+    """``accelerate launch`` the main job with ``ranks`` processes; returns the wall seconds.
+
+    ``probe_repeats`` > 0: the instrumented trainer instead of trainer/main.py (see the module docstring).
+    """
+    if probe_repeats:
+        target = ["-m", "trainer.bench.scaling", "--instrumented-trainer", str(run_dir), str(probe_repeats)]
+    else:
+        target = [str(MAIN_SCRIPT)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
+           "--num_processes", str(ranks), "--main_process_port", str(free_port()), *target, *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONUNBUFFERED": "1"}
+    if not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark launch failed (exit {done.returncode}): {' '.join(cmd)}\n"
+                         f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-6000:]}")
+    return wall
+
+
+@dataclasses.dataclass
+class Throughput:
+    ranks: int
+    steps: int            # measured optimizer steps (every log window but the first)
+    step_s: float         # mean seconds per step over them
+    clips_per_s: float    # global clips per second over them
+    wall_s: float         # whole launch, start-up and final checkpoint included
+
+
+def read_throughput(run_dir: Path, ranks: int, global_batch: int, wall_s: float) -> Throughput:
+    """Steps/s and clips/s from rank 0's ``metrics.jsonl``, first log window dropped."""
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    if len(rows) < 2:
+        raise SystemExit(f"{path}: {len(rows)} log windows; need 2 or more (raise --steps or lower --log-every)")
+    previous = [row["step"] for row in rows[:-1]]
+    windows = [(row["step"] - before, row["perf/step_s"]) for row, before in zip(rows[1:], previous)]
+    steps = sum(n for n, _ in windows)
+    seconds = sum(n * step_s for n, step_s in windows)
+    return Throughput(ranks, steps, seconds / steps, steps * global_batch / seconds, wall_s)
+
+
+# ---------------------------------------------------------------------------------------------- instrumentation
+def _payload_bytes(args: tuple, kwargs: dict) -> tuple[int, torch.Tensor | None]:
+    """Bytes of a collective's input (its first tensor, or tensor list) and that tensor (None if no tensor)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size(), value
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+            return sum(v.numel() * v.element_size() for v in value), value[0]
+    return 0, None
+
+
+def collective_role(frame) -> str:
+    """Who issued a collective: the innermost calling frame that is a known project role or DeepSpeed/accelerate."""
+    while frame is not None:
+        path = frame.f_code.co_filename.replace(os.sep, "/")
+        func = frame.f_code.co_name
+        for (suffix, name), role in PROJECT_ROLES.items():
+            if func == name and path.endswith(suffix):
+                return role
+        if "/deepspeed/" in path and not any(part in path for part in DEEPSPEED_PLUMBING):
+            return f"DeepSpeed {Path(path).name}:{func}"
+        if "/accelerate/" in path:
+            return f"accelerate {func}"
+        if path.endswith("trainer/checkpoint.py") or path.endswith("trainer/engine.py"):
+            return f"checkpoint {func}"
+        frame = frame.f_back
+    return "other"
+
+
+class CollectiveRecorder:
+    """Times and attributes every ``torch.distributed`` collective of this process (benchmark processes only).
+
+    Installed before DeepSpeed or accelerate import the functions, so references they bind are the wrappers.
+    Collectives that torch.distributed issues inside another (``all_gather_object`` -> ``all_gather``) count
+    once, as the outer call. On CUDA tensors the device is synchronised around the call, so the time is the
+    collective's own and not only its launch.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._originals: dict[tuple[Any, str], Any] = {}
+        self._depth = threading.local()
+
+    def install(self) -> CollectiveRecorder:
+        import torch.distributed as tdist
+        import torch.distributed.distributed_c10d as c10d
+
+        wrapped: dict[int, Any] = {}
+        for module in (tdist, c10d):
+            for name in COLLECTIVES:
+                original = getattr(module, name, None)
+                if original is None:
+                    continue
+                if id(original) not in wrapped:
+                    wrapped[id(original)] = self._wrap(name, original)
+                self._originals[(module, name)] = original
+                setattr(module, name, wrapped[id(original)])
+        return self
+
+    def uninstall(self) -> None:
+        for (module, name), original in self._originals.items():
+            setattr(module, name, original)
+        self._originals.clear()
+
+    def _wrap(self, op: str, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            depth = getattr(self._depth, "value", 0)
+            if depth:
+                return fn(*args, **kwargs)
+            nbytes, tensor = _payload_bytes(args, kwargs)
+            on_cuda = tensor is not None and tensor.is_cuda
+            self._depth.value = 1
+            try:
+                if on_cuda:
+                    torch.cuda.synchronize(tensor.device)
+                start = time.perf_counter()
+                result = fn(*args, **kwargs)
+                if on_cuda:
+                    torch.cuda.synchronize(tensor.device)
+                seconds = time.perf_counter() - start
+            finally:
+                self._depth.value = 0
+            self.events.append({"op": op, "role": collective_role(sys._getframe(1)), "start": start,
+                                "seconds": seconds, "bytes": nbytes,
+                                "async": bool(kwargs.get("async_op", False))})
+            return result
+
+        return timed
+
+
+def probe_all_reduce(numel: int, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` all_reduces of ``numel`` fp32 values, each started right after a barrier."""
+    from trainer import distributed
+
+    tensor = torch.zeros(numel)
+    seconds = []
+    for _ in range(repeats):
+        distributed.barrier()
+        start = time.perf_counter()
+        distributed.all_reduce_sum_(tensor)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def instrumented_trainer(record_dir: Path, job_args: list[str], probe_repeats: int) -> None:
+    """The main job with every collective recorded; writes ``record_dir/collectives.rank<R>.json``.
+
+    Same pieces and order as ``trainer/main.py``'s ``main`` (config, environment, accelerator, ``train``,
+    ``shutdown``); launched by ``accelerate launch -m trainer.bench.scaling --instrumented-trainer DIR ...``.
+    """
+    recorder = CollectiveRecorder().install()
+    import traceback
+
+    from trainer import distributed
+    from trainer.config import load_config
+    from trainer.job import JobConfig, validate_job
+    from trainer.loop import train
+    from trainer.main import parse_args
+    from trainer.runtime import create_accelerator, prepare_process_environment, shutdown
+
+    args = parse_args(job_args)
+    cfg = load_config(JobConfig, args.config, args.overrides)
+    validate_job(cfg)
+    prepare_process_environment()
+    accelerator = create_accelerator(cfg.run.grad_accum, cfg.data.batch_size, cfg.optim.grad_clip)
+    try:
+        code = train(cfg, accelerator)
+        recorder.uninstall()
+        sizes = {e["bytes"] for e in recorder.events if e["role"] == QUANTIZER}
+        probe = probe_all_reduce(max(sizes) // 4, probe_repeats) if sizes else []
+        record = {"rank": distributed.rank(), "world_size": distributed.world_size(), "exit_code": code,
+                  "threads": torch.get_num_threads(), "events": recorder.events, "probe_s": probe}
+        (record_dir / RECORD_NAME.format(rank=distributed.rank())).write_text(json.dumps(record))
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    shutdown(accelerator, code)
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+@dataclasses.dataclass
+class RoleStats:
+    calls_per_step: float         # mean over the measured steps
+    calls_range: tuple[int, int]  # fewest and most calls in one measured step
+    bytes_per_call: float
+    ms_per_step: float            # mean time inside the role's collectives per measured step
+    share: float                  # of the measured steps' time, 0..1
+
+
+@dataclasses.dataclass
+class RankCollectives:
+    rank: int
+    steps: int
+    step_ms: float
+    roles: dict[str, RoleStats]
+    probe_ms: float               # median of the quantizer all_reduce alone (nan without a probe)
+
+
+def analyse_rank(record: dict[str, Any], first_measured_step: int) -> RankCollectives:
+    """Per-role collective statistics over the steps ``first_measured_step..`` (1-based) of one rank's record.
+
+    Step k ends with the k-th stop-flag all_reduce; its collectives are those after the (k-1)-th one, up to
+    and including the k-th. Step 1 has no start (set-up collectives precede it), hence ``first_measured_step``
+    >= 2; collectives after the last stop flag (final checkpoint, shutdown) belong to no step.
+    """
+    events = record["events"]
+    ends = [i for i, e in enumerate(events) if e["role"] == STOP_FLAG]
+    if first_measured_step < 2 or len(ends) < first_measured_step:
+        raise SystemExit(f"rank {record['rank']}: {len(ends)} steps recorded, cannot measure from step "
+                         f"{first_measured_step}")
+    per_step: list[dict[str, list[dict]]] = []
+    durations = []
+    for k in range(first_measured_step, len(ends) + 1):
+        previous, last = events[ends[k - 2]], events[ends[k - 1]]
+        durations.append(last["start"] + last["seconds"] - previous["start"] - previous["seconds"])
+        grouped: dict[str, list[dict]] = defaultdict(list)
+        for e in events[ends[k - 2] + 1: ends[k - 1] + 1]:
+            grouped[e["role"]].append(e)
+        per_step.append(grouped)
+    total = sum(durations)
+    roles = {}
+    for role in sorted({r for step in per_step for r in step}):
+        counts = [len(step.get(role, [])) for step in per_step]
+        calls = [e for step in per_step for e in step.get(role, [])]
+        seconds = sum(e["seconds"] for e in calls)
+        roles[role] = RoleStats(sum(counts) / len(per_step), (min(counts), max(counts)),
+                                sum(e["bytes"] for e in calls) / len(calls), 1e3 * seconds / len(per_step),
+                                seconds / total)
+    probe = 1e3 * statistics.median(record["probe_s"]) if record["probe_s"] else float("nan")
+    return RankCollectives(record["rank"], len(per_step), 1e3 * total / len(per_step), roles, probe)
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def print_throughput(results: list[Throughput], batch: int) -> None:
+    base = next((r for r in results if r.ranks == 1), results[0])
+    print(f"\nTable 1: throughput, per-rank batch {batch} (global batch = {batch} x ranks), "
+          f"ratios to the {base.ranks}-rank run of this invocation")
+    header = (f"{'ranks':>5} {'steps':>6} {'s/step':>8} {'steps/s':>8} {'clips/s':>8} {'steps/s ratio':>14} "
+              f"{'clips/s ratio':>14} {'efficiency':>11} {'launch wall s':>14}")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        step_ratio = base.step_s / r.step_s
+        clip_ratio = r.clips_per_s / base.clips_per_s
+        efficiency = clip_ratio / (r.ranks / base.ranks)
+        print(f"{r.ranks:>5} {r.steps:>6} {r.step_s:>8.3f} {1 / r.step_s:>8.3f} {r.clips_per_s:>8.1f} "
+              f"{step_ratio:>14.2f} {clip_ratio:>14.2f} {efficiency:>11.2f} {r.wall_s:>14.1f}")
+
+
+def print_collectives(ranks: list[RankCollectives], log_every: int, instrumented: Throughput | None) -> None:
+    world = len(ranks)
+    steps = ranks[0].steps
+    print(f"\nTable 2: collectives per training step, {world} ranks, {steps} measured steps "
+          f"(log every {log_every} steps); ms and % of step time per rank ({', '.join(f'r{r.rank}' for r in ranks)})")
+    roles = sorted({role for r in ranks for role in r.roles}, key=lambda role: (role not in PRIMARY_ORDER,
+                   PRIMARY_ORDER.index(role) if role in PRIMARY_ORDER else 0, role))
+    header = (f"{'issued by':<52} {'calls/step':>10} {'range':>6} {'bytes/call':>11} "
+              f"{'ms/step':>15} {'% of step':>13}")
+    print(header)
+    print("-" * len(header))
+    for role in roles:
+        present = [r.roles[role] for r in ranks if role in r.roles]
+        first = present[0]
+        low, high = first.calls_range
+        ms = " / ".join(f"{r.roles[role].ms_per_step:.2f}" if role in r.roles else "-" for r in ranks)
+        share = " / ".join(f"{100 * r.roles[role].share:.1f}" if role in r.roles else "-" for r in ranks)
+        print(f"{role:<52} {first.calls_per_step:>10.2f} {f'{low}-{high}' if low != high else str(low):>6} "
+              f"{_bytes(first.bytes_per_call):>11} {ms:>15} {share:>13}")
+    total_calls = sum(s.calls_per_step for s in ranks[0].roles.values())
+    comm = " / ".join(f"{100 * sum(s.share for s in r.roles.values()):.1f}" for r in ranks)
+    print("-" * len(header))
+    print(f"{'all collectives':<52} {total_calls:>10.2f} {'':>6} {'':>11} "
+          f"{' / '.join(f'{sum(s.ms_per_step for s in r.roles.values()):.1f}' for r in ranks):>15} {comm:>13}")
+    step_ms = " / ".join(f"{r.step_ms:.0f}" for r in ranks)
+    print(f"step time (between stop flags), ms per rank: {step_ms}")
+    probe = " / ".join(f"{r.probe_ms:.3f}" for r in ranks)
+    quant_share = " / ".join(f"{100 * r.probe_ms / r.step_ms:.2f}" for r in ranks)
+    print(f"quantizer all_reduce alone (after a barrier, median), ms per rank: {probe}  = {quant_share} % of a step")
+    if instrumented is not None:
+        print(f"instrumented launch: {1 / instrumented.step_s:.3f} steps/s, {instrumented.clips_per_s:.1f} clips/s "
+              f"(metrics.jsonl, same windows as Table 1)")
+
+
+PRIMARY_ORDER = [QUANTIZER, "CLUB gradient averaging", STOP_FLAG]
+
+
+# ---------------------------------------------------------------------------------------------- command
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--instrumented-trainer"]:
+        # accelerate launch -m trainer.bench.scaling --instrumented-trainer RECORD_DIR PROBE_REPEATS [main.py args]
+        instrumented_trainer(Path(argv[1]), argv[3:], int(argv[2]))
+        return 1   # not reached: shutdown leaves through os._exit
+    p = argparse.ArgumentParser(prog="python -m trainer.bench.scaling", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ranks", default="1,2", help="process counts to compare, comma-separated (first: baseline)")
+    p.add_argument("--batch", type=int, default=80, help="clips per rank per step (seed 000 §B.1: 80)")
+    p.add_argument("--steps", type=int, default=16, help="optimizer steps per launch")
+    p.add_argument("--log-every", type=int, default=4, help="log window; the first window is the warm-up")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank (OMP_NUM_THREADS)")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
+    p.add_argument("--clips", type=int, default=160, help="synthetic clips in the feature shards")
+    p.add_argument("--accelerate-config", default=DEFAULT_ACCELERATE_CONFIG,
+                   help="accelerate YAML, relative to the repo root (GPU: launch/accelerate/gpu_zero2.yaml)")
+    p.add_argument("--no-collectives", action="store_true", help="skip the instrumented launch (Table 2)")
+    p.add_argument("--probe-repeats", type=int, default=20, help="timed lone quantizer all_reduces per rank")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per launch")
+    p.add_argument("--workdir", default="", help="keep shards and run dirs here (default: a temp dir, removed)")
+    a = p.parse_args(argv)
+    ranks = [int(n) for n in a.ranks.split(",")]
+    if a.steps < 2 * a.log_every:
+        p.error(f"--steps {a.steps} must be >= 2 x --log-every {a.log_every} (the first window is dropped)")
+    if any(n < 1 for n in ranks):
+        p.error(f"--ranks {a.ranks}: every count must be >= 1")
+
+    workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="cmg-scaling-"))
+    try:
+        start = time.perf_counter()
+        urls = write_feature_shards(workdir / "features", a.clips, clips_per_shard=20)
+        print(f"# {a.clips} synthetic feature clips (audio 10x128, video 10x49x512, fp16) in "
+              f"{time.perf_counter() - start:.1f} s; per-rank batch {a.batch}, {a.steps} steps, first "
+              f"{a.log_every} = warm-up; {a.threads} thread(s)/rank, {a.workers} loader worker(s)/rank; "
+              f"{a.accelerate_config}; cpu count {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}")
+        results = []
+        for n in ranks:
+            run_dir = workdir / f"run-{n}"
+            wall = launch(n, a.accelerate_config, run_dir,
+                          job_overrides(run_dir, urls, a.batch, a.steps, a.log_every, a.workers), a.threads,
+                          a.timeout)
+            results.append(read_throughput(run_dir, n, a.batch * n, wall))
+        print_throughput(results, a.batch)
+        if not a.no_collectives:
+            n = max(ranks)
+            run_dir = workdir / f"run-{n}-instrumented"
+            run_dir.mkdir(parents=True)
+            wall = launch(n, a.accelerate_config, run_dir,
+                          job_overrides(run_dir, urls, a.batch, a.steps, a.log_every, a.workers), a.threads,
+                          a.timeout, probe_repeats=a.probe_repeats)
+            records = [json.loads((run_dir / RECORD_NAME.format(rank=r)).read_text()) for r in range(n)]
+            analysed = [analyse_rank(record, a.log_every + 1) for record in records]
+            print_collectives(analysed, a.log_every, read_throughput(run_dir, n, a.batch * n, wall))
+        print(f"\n# total {time.perf_counter() - start:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
+    finally:
+        if not a.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

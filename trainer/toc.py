@@ -1,0 +1,137 @@
+"""TOC: training-free optimisation of the codebook (seed 003 §3.2, eqs. 15–17; ALGORITHMS.md §3).
+
+    python -m trainer.toc CHECKPOINT [--q 128] [--lambda 0.3] [--no-normalize] [--top 20]
+
+For the trained codebook E ``(m d)``, per dimension k (a closed form, O(M·D), no data, no training):
+    S_k = ((Σ_i E_ik)² − Σ_i E_ik²) / (M (M − 1))     mean over code pairs i ≠ j of E_ik E_jk (eq. 15)
+    V_k = unbiased variance of E_·k over the codes      (eq. 16)
+    U_k = λ V_k − (1 − λ) S_k                          (eq. 17, λ = 0.3)
+and the Q dimensions with the largest U_k are kept; downstream heads read only those dimensions.
+The paper derives eq. 15 for an L2-normalised codebook (cosine = dot product); ``normalize`` (default on)
+normalises the codes first, and S, V and U are all computed on that codebook.
+
+The command prints every dimension's scores (best first, kept ones marked) and the inter-code cosine
+similarity of the codebook on all D dimensions vs on the Q kept ones (seed 003 Fig. 2 as numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CODEBOOK_KEY = "quantizer.codebook"   # in a checkpoint's model.pt (UniCodeModel state dict)
+
+
+@dataclass
+class TOCConfig:
+    dims: int = 128             # Q, dimensions kept (seed 003: 128 of 256)
+    balance: float = 0.3        # λ of eq. 17
+    normalize: bool = True      # L2-normalise the codes first (the paper's assumption for eq. 15)
+
+    def __post_init__(self) -> None:
+        if self.dims < 1 or not 0.0 <= self.balance <= 1.0:
+            raise ValueError(f"TOC needs dims >= 1 and balance (λ) in [0, 1], got {self}")
+
+
+@dataclass
+class TOCScores:
+    similarity: Tensor   # (d) S_k
+    variance: Tensor     # (d) V_k
+    score: Tensor        # (d) U_k
+    selected: Tensor     # (q) int64 indices of the kept dimensions, best U first
+
+
+def toc_scores(codebook: Tensor, cfg: TOCConfig) -> TOCScores:
+    """S, V, U of every dimension of ``codebook (m d)`` and the ``cfg.dims`` dimensions with the largest U."""
+    if codebook.ndim != 2 or codebook.shape[0] < 2:
+        raise ValueError(f"codebook must be (m d) with m >= 2 codes, got {tuple(codebook.shape)}")
+    m, d = codebook.shape
+    if cfg.dims > d:
+        raise ValueError(f"TOC cannot keep {cfg.dims} of {d} dimensions")
+    e = codebook.double()
+    if cfg.normalize:
+        e = F.normalize(e, dim=1)
+    # Σ_{i≠j} E_ik E_jk = (Σ_i E_ik)² − Σ_i E_ik², so no (m m) matrix is formed
+    similarity = (e.sum(0).square() - e.square().sum(0)) / (m * (m - 1))
+    variance = e.var(dim=0, unbiased=True)
+    score = cfg.balance * variance - (1.0 - cfg.balance) * similarity
+    # stable sort: equal scores keep the lower dimension first, so the choice is deterministic
+    selected = torch.sort(score, descending=True, stable=True).indices[:cfg.dims]
+    return TOCScores(similarity.float(), variance.float(), score.float(), selected)
+
+
+def cosine_summary(codebook: Tensor, dims: Tensor | None = None) -> dict[str, float]:
+    """Off-diagonal inter-code cosine similarity of ``codebook (m d)`` (on ``dims`` only, if given)."""
+    e = codebook if dims is None else codebook.index_select(1, dims)
+    e = F.normalize(e.double(), dim=1)
+    cos = e @ e.T
+    off = cos[~torch.eye(cos.shape[0], dtype=torch.bool)]
+    return {"mean": off.mean().item(), "mean_abs": off.abs().mean().item(), "std": off.std().item(),
+            "max": off.max().item(), "share_above_0.5": (off > 0.5).double().mean().item()}
+
+
+def load_codebook(path: str | Path) -> tuple[Tensor, Path]:
+    """The codebook ``(m d)`` of a checkpoint (any path ``trainer.eval.encode.resolve_checkpoint`` accepts)."""
+    from trainer.eval.encode import MODEL_FILE, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
+    if CODEBOOK_KEY not in state:
+        raise KeyError(f"{ckpt / MODEL_FILE} has no '{CODEBOOK_KEY}' (not a UniCodeModel state dict?)")
+    return state[CODEBOOK_KEY].float(), ckpt
+
+
+def format_report(codebook: Tensor, scores: TOCScores, top: int | None) -> str:
+    """The per-dimension table (best U first; ``top`` rows, all if None) and the before/after summary."""
+    order = torch.sort(scores.score, descending=True, stable=True).indices
+    kept = set(scores.selected.tolist())
+    lines = [f"{'rank':>5} {'dim':>5} {'S (similarity)':>15} {'V (variance)':>13} {'U':>11}  kept"]
+    for rank, k in enumerate(order.tolist()[:top] if top else order.tolist(), start=1):
+        lines.append(f"{rank:>5} {k:>5} {scores.similarity[k].item():>15.6f} {scores.variance[k].item():>13.6f} "
+                     f"{scores.score[k].item():>11.6f}  {'yes' if k in kept else ''}")
+    if top and top < len(order):
+        lines.append(f"  ... {len(order) - top} more dimensions (--top 0 prints all)")
+    before, after = cosine_summary(codebook), cosine_summary(codebook, scores.selected)
+    lines += ["", f"inter-code cosine similarity over {codebook.shape[0]} codes (off-diagonal pairs)",
+              f"{'':<22}{'mean':>9}{'mean |cos|':>12}{'std':>9}{'max':>9}{'share > 0.5':>13}"]
+    for name, s in ((f"before (all {codebook.shape[1]} dims)", before),
+                    (f"after TOC ({len(scores.selected)} dims)", after)):
+        lines.append(f"{name:<22}{s['mean']:>9.4f}{s['mean_abs']:>12.4f}{s['std']:>9.4f}{s['max']:>9.4f}"
+                     f"{s['share_above_0.5']:>13.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.toc", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="run dir, checkpoints dir, checkpoint dir (step_N) or its model.pt")
+    parser.add_argument("--q", type=int, default=None, help="dimensions to keep (default: half of D)")
+    parser.add_argument("--lambda", dest="balance", type=float, default=TOCConfig.balance, help="λ of eq. 17")
+    parser.add_argument("--no-normalize", action="store_true", help="score the raw codes (no L2 normalisation)")
+    parser.add_argument("--top", type=int, default=20, help="rows of the per-dimension table (0: all)")
+    args = parser.parse_args(argv)
+    try:
+        codebook, ckpt = load_codebook(args.checkpoint)
+        cfg = TOCConfig(dims=args.q if args.q is not None else codebook.shape[1] // 2, balance=args.balance,
+                        normalize=not args.no_normalize)
+        start = time.perf_counter()
+        scores = toc_scores(codebook, cfg)
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"TOC on {ckpt}: codebook {codebook.shape[0]} x {codebook.shape[1]}, keep Q={cfg.dims}, "
+          f"λ={cfg.balance}, normalised codes: {cfg.normalize}; closed form took {elapsed_ms:.2f} ms")
+    print(format_report(codebook, scores, args.top or None))
+    print(f"\nkept dimensions: {sorted(scores.selected.tolist())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
