@@ -5,7 +5,8 @@
 #   CONFIG=launch/configs/pretrain_avt.yaml RUN_DIR=runs/avt1 sbatch slurm/pretrain_avt.sh run.max_steps=5000
 #
 #   CONFIG             job YAML for trainer/main.py (default: the calling script's)
-#   RUN_DIR            run directory (default runs/<job name>-<job id>; a requeued job keeps its id, so it resumes)
+#   RUN_DIR            run directory (default runs/<job name>-<job id>; a requeued job keeps its id, so it
+#                      resumes); it is the trainer's run.dir, whatever the overrides say
 #   MLFLOW_TRACKING_URI  MLflow server/store (default: sqlite in RUN_DIR); read by the trainer
 #   EXTRA              key=value overrides, separated by whitespace (no spaces inside a value: [a,b] not [a, b]);
 #                      arguments after the script name on the sbatch line are overrides too (spaces allowed)
@@ -97,7 +98,7 @@ srun --nodes="$num_machines" --ntasks-per-node=1 "${srun_cpus[@]}" --kill-on-bad
         --num_machines "$CMG_NUM_MACHINES" --num_processes "$CMG_NUM_PROCESSES" --machine_rank "$SLURM_NODEID" \
         --main_process_ip "$CMG_MAIN_ADDR" --main_process_port "$CMG_MAIN_PORT" \
         --deepspeed_multinode_launcher standard \
-        trainer/main.py --config "$CONFIG" "run.dir=$RUN_DIR" "$@"' cmg-node "${overrides[@]}" &
+        trainer/main.py --config "$CONFIG" "$@" "run.dir=$RUN_DIR"' cmg-node "${overrides[@]}" &
 srun_pid=$!
 
 # The trap can only run while bash sits in `wait` (not during a foreground command); a trapped signal

@@ -104,6 +104,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
+def build_config(cls: type[T], data: Mapping[str, Any], prefix: str = "", source: str = "a mapping") -> T:
+    """A config dataclass from a plain mapping (e.g. a checkpoint's ``meta.json``), validated like a file;
+    errors name ``prefix.key``."""
+    return _build(cls, data, prefix, source)
+
+
 def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str) -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}

@@ -3,9 +3,11 @@
     run        where the run lives, how long it trains, checkpoint cadence, resume / init
     data       the shard stream (trainer.data.DataConfig): clip shards (decoded + backbones) or feature shards
     backbones  path of a backbones YAML (launch/configs/backbones/*.yaml), used with data.kind = clips
-    model      the Uni-Code model and losses (trainer.models.unicode.UniCodeConfig); its feature_dims and
-               spatial_patches are *derived* from the data source (backbone output shapes or the feature
-               shards' manifest), so they never disagree with what the stream delivers
+    task       which task trains ("unicode"; see trainer.tasks.TASKS): it fixes the schema of `model`
+    model      the task's model and losses (for "unicode": trainer.models.unicode.UniCodeConfig), validated
+               against that schema before any work; its feature_dims and spatial_patches are *derived* from
+               the data source (backbone output shapes or the feature shards' manifest), so they never
+               disagree with what the stream delivers
     optim      AdamW + schedule of the trainable model (the CLUB estimators have their own optimiser)
     tracking   MLflow (trainer.tracking.TrackingConfig)
 
@@ -18,12 +20,12 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from trainer.backbones import load_backbones_config
-from trainer.config import ConfigError
+from trainer.config import ConfigError, build_config, to_dict
 from trainer.data.stream import DataConfig, expand_shard_urls, read_manifest
-from trainer.models.unicode import UniCodeConfig
+from trainer.tasks import TASKS, task_spec
 from trainer.tracking import TrackingConfig
 
 
@@ -62,7 +64,8 @@ class JobConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     backbones: str = "launch/configs/backbones/tiny.yaml"
-    model: UniCodeConfig = field(default_factory=UniCodeConfig)
+    task: str = "unicode"
+    model: dict[str, Any] = field(default_factory=dict)   # typed by the task: see model_config()
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -85,27 +88,44 @@ def feature_shapes_of_source(cfg: JobConfig) -> dict[str, tuple[int, ...]]:
     return FrozenBackbones(load_backbones_config(cfg.backbones)).feature_shapes()
 
 
-def resolve_model_config(cfg: JobConfig, shapes: dict[str, tuple[int, ...]]) -> UniCodeConfig:
-    """``cfg.model`` with feature_dims / spatial_patches taken from the data source's feature shapes."""
-    missing = [m for m in cfg.model.modalities if m not in shapes]
+def model_config(cfg: JobConfig) -> Any:
+    """The ``model`` section as the task's typed config (an unknown/ill-typed key names ``model.<key>``)."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"config key 'task': {cfg.task!r} is not one of {sorted(TASKS)}")
+    try:
+        return build_config(task_spec(cfg.task).config, cfg.model, "model", "the config file or an override")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def resolve_model_config(cfg: JobConfig, shapes: dict[str, tuple[int, ...]]) -> Any:
+    """The typed ``model`` config with feature_dims / spatial_patches taken from the data source's shapes."""
+    model = model_config(cfg)
+    missing = [m for m in model.modalities if m not in shapes]
     if missing:
-        raise ConfigError(f"model.modalities {list(cfg.model.modalities)}: the data source delivers only "
+        raise ConfigError(f"model.modalities {list(model.modalities)}: the data source delivers only "
                           f"{sorted(shapes)} (missing {missing}; check data.kind, data.feature_modalities "
                           f"or the backbones file {cfg.backbones})")
     dims, patches = {}, {}
-    for m in cfg.model.modalities:
+    for m in model.modalities:
         shape = shapes[m]
         dims[m] = shape[-1]
         if len(shape) == 2:   # (p d): a patch grid per segment -> the spatial path of the semantic encoder
             patches[m] = shape[0]
     try:
-        return dataclasses.replace(cfg.model, feature_dims=dims, spatial_patches=patches)
+        return dataclasses.replace(model, feature_dims=dims, spatial_patches=patches)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from err
 
 
+def resolved_dict(cfg: JobConfig, model: Any) -> dict[str, Any]:
+    """The job config as saved and logged: the ``model`` section fully resolved (defaults included)."""
+    return {**to_dict(cfg), "model": to_dict(model)}
+
+
 def validate_job(cfg: JobConfig) -> None:
     """Checks that need the filesystem but no model: run them before any process group or model exists."""
+    model_config(cfg)
     try:
         cfg.data.validate()
     except ValueError as err:

@@ -25,9 +25,9 @@ from trainer.checkpoint import CheckpointManager, load_rank_state, rng_state, sa
 from trainer.config import to_dict
 from trainer.data.stream import feature_batches
 from trainer.engine import TrainEngine
-from trainer.job import JobConfig, feature_shapes_of_source, resolve_model_config
+from trainer.job import JobConfig, feature_shapes_of_source, resolve_model_config, resolved_dict
 from trainer.runtime import EXIT_RESUME, StopRequest
-from trainer.tasks.unicode import UniCodeTask
+from trainer.tasks import task_spec
 from trainer.tracking import create_tracker
 
 STOP_FILE = "STOP"            # `touch <run_dir>/STOP` asks a running job to checkpoint and exit (Slurm uses it)
@@ -50,7 +50,7 @@ def lr_lambda(cfg: JobConfig):
     return factor
 
 
-def load_model_weights(task: UniCodeTask, source: str) -> Path:
+def load_model_weights(task, source: str) -> Path:
     """Start the model from ``model.pt`` of a checkpoint (or the latest one under a checkpoints dir)."""
     path = Path(source)
     ckpt = CheckpointManager(path).latest() if not (path / MODEL_FILE).is_file() else path
@@ -82,7 +82,6 @@ def train(cfg: JobConfig, accelerator) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     is_main = accelerator.is_main_process
     if is_main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         (run_dir / STOP_FILE).unlink(missing_ok=True)   # a stale request from a previous job must not stop this one
         (run_dir / STATUS_FILE).unlink(missing_ok=True)
     dist.barrier()
@@ -93,10 +92,13 @@ def train(cfg: JobConfig, accelerator) -> int:
         backbones = FrozenBackbones(load_backbones_config(cfg.backbones), device)
     stream = feature_batches(cfg.data, backbones, rank, world)
     model_cfg = resolve_model_config(cfg, feature_shapes_of_source(cfg))
+    resolved = resolved_dict(cfg, model_cfg)
+    if is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     # ---- model: identical initial weights on every rank (the seed), then per-rank RNG streams
     torch.manual_seed(cfg.run.seed)
-    task = UniCodeTask(model_cfg).to(device)
+    task = task_spec(cfg.task).task(model_cfg).to(device)
     if cfg.run.init_from:
         load_model_weights(task, cfg.run.init_from)
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
@@ -127,7 +129,7 @@ def train(cfg: JobConfig, accelerator) -> int:
             backbones.load_state_dict(state["backbones"])
     tracker.start(tags={"phase": cfg.run.phase, "world_size": world,
                         "resumed_from_step": step if resume_from is not None else None})
-    tracker.log_config(cfg)
+    tracker.log_config(resolved)
 
     def save_checkpoint() -> Path:
         def write(tmp: Path) -> None:
@@ -144,7 +146,7 @@ def train(cfg: JobConfig, accelerator) -> int:
                 "replicas": task.replicated_state(),
             })
         meta = {"phase": cfg.run.phase, "mlflow_run_id": tracker.run_id, "samples_seen": samples_seen,
-                "model_config": to_dict(model_cfg), "data_kind": cfg.data.kind,
+                "task": cfg.task, "model_config": to_dict(model_cfg), "data_kind": cfg.data.kind,
                 "backbones": backbones.describe() if backbones is not None else None}
         return ckpts.save(step, write, meta)
 

@@ -25,7 +25,7 @@ import os  # noqa: E402
 import traceback  # noqa: E402
 
 from trainer.config import ConfigError, load_config  # noqa: E402
-from trainer.job import JobConfig, validate_job  # noqa: E402
+from trainer.job import JobConfig, model_config, resolved_dict, validate_job  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         import yaml
 
-        from trainer.config import to_dict
-
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(yaml.safe_dump(resolved_dict(cfg, model_config(cfg)), sort_keys=False), end="")
         return 0
 
     from trainer.loop import train

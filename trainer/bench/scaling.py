@@ -73,6 +73,16 @@ PROJECT_ROLES = {
 }
 # DeepSpeed's own plumbing between its ZeRO code and torch.distributed; the frame above it names the role.
 DEEPSPEED_PLUMBING = ("/deepspeed/comm/", "/deepspeed/utils/")
+# What the DeepSpeed (0.19, ZeRO-1/2) functions that issue the engine's per-step collectives do.
+DEEPSPEED_ROLES = {
+    "allreduce_bucket": "engine gradient reduce",
+    "average_tensor": "engine gradient reduce",
+    "reduce_ipg_grads": "engine gradient reduce",
+    "get_grad_norm_direct": "engine grad-norm all_reduce",
+    "has_overflow": "engine overflow check",
+    "all_gather_into_tensor_dp_groups": "engine parameter all_gather",
+    "all_gather_dp_groups": "engine parameter all_gather",
+}
 # Collectives of torch.distributed (p2p send/recv excluded). Wrapped in both namespaces that callers use.
 COLLECTIVES = (
     "all_reduce", "all_reduce_coalesced", "all_gather", "all_gather_into_tensor", "_all_gather_base",
@@ -184,13 +194,22 @@ def read_throughput(run_dir: Path, ranks: int, global_batch: int, wall_s: float)
 
 # ---------------------------------------------------------------------------------------------- instrumentation
 def _payload_bytes(args: tuple, kwargs: dict) -> tuple[int, torch.Tensor | None]:
-    """Bytes of a collective's input (its first tensor, or tensor list) and that tensor (None if no tensor)."""
+    """Bytes of a collective's largest tensor argument (a tensor list counts as one) and a tensor of it.
+
+    That is the reduced tensor of an all_reduce and the gathered result of an all_gather; (0, None) if the
+    call has no tensor (barrier, object collectives).
+    """
+    best: tuple[int, torch.Tensor | None] = (0, None)
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor):
-            return value.numel() * value.element_size(), value
-        if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
-            return sum(v.numel() * v.element_size() for v in value), value[0]
-    return 0, None
+            found = (value.numel() * value.element_size(), value)
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+            found = (sum(v.numel() * v.element_size() for v in value), value[0])
+        else:
+            continue
+        if found[0] >= best[0]:
+            best = found
+    return best
 
 
 def collective_role(frame) -> str:
@@ -202,7 +221,8 @@ def collective_role(frame) -> str:
             if func == name and path.endswith(suffix):
                 return role
         if "/deepspeed/" in path and not any(part in path for part in DEEPSPEED_PLUMBING):
-            return f"DeepSpeed {Path(path).name}:{func}"
+            where = f"{path.rsplit('/deepspeed/', 1)[1]}:{func}"
+            return f"{DEEPSPEED_ROLES[func]} ({where})" if func in DEEPSPEED_ROLES else f"DeepSpeed {where}"
         if "/accelerate/" in path:
             return f"accelerate {func}"
         if path.endswith("trainer/checkpoint.py") or path.endswith("trainer/engine.py"):
@@ -287,6 +307,22 @@ def probe_all_reduce(numel: int, repeats: int) -> list[float]:
     return seconds
 
 
+def probe_step_all_reduces(events: list[dict[str, Any]], repeats: int) -> dict[str, list[float]]:
+    """For every role that issued all_reduces during the training steps, time that all_reduce alone.
+
+    The training steps are the events between the first and the last stop flag. Each role's most frequent
+    payload is reduced as fp32 values of the same byte size (every rank passes the same events, so all
+    ranks probe the same sizes in the same order).
+    """
+    flags = [i for i, e in enumerate(events) if e["role"] == STOP_FLAG]
+    sizes: dict[str, list[int]] = defaultdict(list)
+    for e in events[flags[0]:flags[-1] + 1] if flags else []:
+        if e["op"] == "all_reduce":
+            sizes[e["role"]].append(e["bytes"])
+    return {role: probe_all_reduce(max(1, statistics.mode(found) // 4), repeats)
+            for role, found in sorted(sizes.items())}
+
+
 def instrumented_trainer(record_dir: Path, job_args: list[str], probe_repeats: int) -> None:
     """The main job with every collective recorded; writes ``record_dir/collectives.rank<R>.json``.
 
@@ -311,10 +347,9 @@ def instrumented_trainer(record_dir: Path, job_args: list[str], probe_repeats: i
     try:
         code = train(cfg, accelerator)
         recorder.uninstall()
-        sizes = {e["bytes"] for e in recorder.events if e["role"] == QUANTIZER}
-        probe = probe_all_reduce(max(sizes) // 4, probe_repeats) if sizes else []
         record = {"rank": distributed.rank(), "world_size": distributed.world_size(), "exit_code": code,
-                  "threads": torch.get_num_threads(), "events": recorder.events, "probe_s": probe}
+                  "threads": torch.get_num_threads(), "events": recorder.events,
+                  "probe_s": probe_step_all_reduces(recorder.events, probe_repeats)}
         (record_dir / RECORD_NAME.format(rank=distributed.rank())).write_text(json.dumps(record))
     except Exception:
         traceback.print_exc()
@@ -331,6 +366,7 @@ class RoleStats:
     bytes_per_call: float
     ms_per_step: float            # mean time inside the role's collectives per measured step
     share: float                  # of the measured steps' time, 0..1
+    alone_ms: float               # median of one such all_reduce alone after a barrier (nan: not probed)
 
 
 @dataclasses.dataclass
@@ -339,21 +375,21 @@ class RankCollectives:
     steps: int
     step_ms: float
     roles: dict[str, RoleStats]
-    probe_ms: float               # median of the quantizer all_reduce alone (nan without a probe)
 
 
 def analyse_rank(record: dict[str, Any], first_measured_step: int) -> RankCollectives:
     """Per-role collective statistics over the steps ``first_measured_step..`` (1-based) of one rank's record.
 
     Step k ends with the k-th stop-flag all_reduce; its collectives are those after the (k-1)-th one, up to
-    and including the k-th. Step 1 has no start (set-up collectives precede it), hence ``first_measured_step``
-    >= 2; collectives after the last stop flag (final checkpoint, shutdown) belong to no step.
+    and including the k-th, and its time runs from the end of the one to the end of the other. Step 1 has no
+    start (set-up collectives precede it), hence ``first_measured_step >= 2``; collectives after the last
+    stop flag (final checkpoint, shutdown) belong to no step.
     """
     events = record["events"]
     ends = [i for i, e in enumerate(events) if e["role"] == STOP_FLAG]
     if first_measured_step < 2 or len(ends) < first_measured_step:
-        raise SystemExit(f"rank {record['rank']}: {len(ends)} steps recorded, cannot measure from step "
-                         f"{first_measured_step}")
+        raise ValueError(f"rank {record['rank']}: {len(ends)} steps recorded, cannot measure from step "
+                         f"{first_measured_step} (the first measured step must be >= 2)")
     per_step: list[dict[str, list[dict]]] = []
     durations = []
     for k in range(first_measured_step, len(ends) + 1):
@@ -369,11 +405,11 @@ def analyse_rank(record: dict[str, Any], first_measured_step: int) -> RankCollec
         counts = [len(step.get(role, [])) for step in per_step]
         calls = [e for step in per_step for e in step.get(role, [])]
         seconds = sum(e["seconds"] for e in calls)
+        probe = record["probe_s"].get(role)
         roles[role] = RoleStats(sum(counts) / len(per_step), (min(counts), max(counts)),
                                 sum(e["bytes"] for e in calls) / len(calls), 1e3 * seconds / len(per_step),
-                                seconds / total)
-    probe = 1e3 * statistics.median(record["probe_s"]) if record["probe_s"] else float("nan")
-    return RankCollectives(record["rank"], len(per_step), 1e3 * total / len(per_step), roles, probe)
+                                seconds / total, 1e3 * statistics.median(probe) if probe else float("nan"))
+    return RankCollectives(record["rank"], len(per_step), 1e3 * total / len(per_step), roles)
 
 
 def _bytes(n: float) -> str:
@@ -384,56 +420,57 @@ def _bytes(n: float) -> str:
 
 
 def print_throughput(results: list[Throughput], batch: int) -> None:
-    base = next((r for r in results if r.ranks == 1), results[0])
-    print(f"\nTable 1: throughput, per-rank batch {batch} (global batch = {batch} x ranks), "
-          f"ratios to the {base.ranks}-rank run of this invocation")
+    base = results[0]
+    print(f"\nTable 1: throughput at {batch} clips per rank per step (global batch = {batch} x ranks); ratios "
+          f"to the {base.ranks}-rank run of this invocation; efficiency = clips/s ratio / rank ratio")
     header = (f"{'ranks':>5} {'steps':>6} {'s/step':>8} {'steps/s':>8} {'clips/s':>8} {'steps/s ratio':>14} "
               f"{'clips/s ratio':>14} {'efficiency':>11} {'launch wall s':>14}")
     print(header)
     print("-" * len(header))
     for r in results:
-        step_ratio = base.step_s / r.step_s
         clip_ratio = r.clips_per_s / base.clips_per_s
-        efficiency = clip_ratio / (r.ranks / base.ranks)
         print(f"{r.ranks:>5} {r.steps:>6} {r.step_s:>8.3f} {1 / r.step_s:>8.3f} {r.clips_per_s:>8.1f} "
-              f"{step_ratio:>14.2f} {clip_ratio:>14.2f} {efficiency:>11.2f} {r.wall_s:>14.1f}")
+              f"{base.step_s / r.step_s:>14.2f} {clip_ratio:>14.2f} {clip_ratio * base.ranks / r.ranks:>11.2f} "
+              f"{r.wall_s:>14.1f}")
 
 
-def print_collectives(ranks: list[RankCollectives], log_every: int, instrumented: Throughput | None) -> None:
-    world = len(ranks)
-    steps = ranks[0].steps
-    print(f"\nTable 2: collectives per training step, {world} ranks, {steps} measured steps "
-          f"(log every {log_every} steps); ms and % of step time per rank ({', '.join(f'r{r.rank}' for r in ranks)})")
-    roles = sorted({role for r in ranks for role in r.roles}, key=lambda role: (role not in PRIMARY_ORDER,
-                   PRIMARY_ORDER.index(role) if role in PRIMARY_ORDER else 0, role))
-    header = (f"{'issued by':<52} {'calls/step':>10} {'range':>6} {'bytes/call':>11} "
-              f"{'ms/step':>15} {'% of step':>13}")
+def _role_order(role: str) -> tuple[int, str]:
+    primary = [QUANTIZER, "CLUB gradient averaging", STOP_FLAG]
+    if role in primary:
+        return primary.index(role), ""
+    return (len(primary), role) if role.startswith("engine") else (len(primary) + 1, role)
+
+
+def print_collectives(ranks: list[RankCollectives], log_every: int, instrumented: Throughput) -> None:
+    """Table 2 from every rank's analysis (columns "a / b" are rank 0 / rank 1 ...)."""
+    per_rank = " / ".join(f"r{r.rank}" for r in ranks)
+    print(f"\nTable 2: torch.distributed collectives per training step, {len(ranks)} ranks, {ranks[0].steps} "
+          f"measured steps, log every {log_every}; 'in call' = time inside the call incl. waiting for the other "
+          f"ranks ({per_rank}); 'alone' = the same all_reduce after a barrier (mean of the ranks' medians)")
+    header = (f"{'issued by':<62} {'calls/step':>10} {'range':>5} {'bytes/call':>10} {'in call ms/step':>16} "
+              f"{'% of step':>11} {'alone ms':>9} {'alone %':>8}")
     print(header)
     print("-" * len(header))
-    for role in roles:
-        present = [r.roles[role] for r in ranks if role in r.roles]
-        first = present[0]
+    step_ms = statistics.fmean(r.step_ms for r in ranks)
+    for role in sorted({role for r in ranks for role in r.roles}, key=_role_order):
+        stats = [r.roles.get(role) for r in ranks]
+        first = next(s for s in stats if s is not None)
         low, high = first.calls_range
-        ms = " / ".join(f"{r.roles[role].ms_per_step:.2f}" if role in r.roles else "-" for r in ranks)
-        share = " / ".join(f"{100 * r.roles[role].share:.1f}" if role in r.roles else "-" for r in ranks)
-        print(f"{role:<52} {first.calls_per_step:>10.2f} {f'{low}-{high}' if low != high else str(low):>6} "
-              f"{_bytes(first.bytes_per_call):>11} {ms:>15} {share:>13}")
-    total_calls = sum(s.calls_per_step for s in ranks[0].roles.values())
-    comm = " / ".join(f"{100 * sum(s.share for s in r.roles.values()):.1f}" for r in ranks)
+        in_call = " / ".join(f"{s.ms_per_step:.2f}" if s else "-" for s in stats)
+        share = " / ".join(f"{100 * s.share:.1f}" if s else "-" for s in stats)
+        alone = statistics.fmean(s.alone_ms for s in stats if s)
+        alone_share = 100 * first.calls_per_step * alone / step_ms
+        print(f"{role:<62} {first.calls_per_step:>10.2f} {str(low) if low == high else f'{low}-{high}':>5} "
+              f"{_bytes(first.bytes_per_call):>10} {in_call:>16} {share:>11} "
+              f"{'-' if alone != alone else f'{alone:.3f}':>9} {'-' if alone != alone else f'{alone_share:.2f}':>8}")
     print("-" * len(header))
-    print(f"{'all collectives':<52} {total_calls:>10.2f} {'':>6} {'':>11} "
-          f"{' / '.join(f'{sum(s.ms_per_step for s in r.roles.values()):.1f}' for r in ranks):>15} {comm:>13}")
-    step_ms = " / ".join(f"{r.step_ms:.0f}" for r in ranks)
-    print(f"step time (between stop flags), ms per rank: {step_ms}")
-    probe = " / ".join(f"{r.probe_ms:.3f}" for r in ranks)
-    quant_share = " / ".join(f"{100 * r.probe_ms / r.step_ms:.2f}" for r in ranks)
-    print(f"quantizer all_reduce alone (after a barrier, median), ms per rank: {probe}  = {quant_share} % of a step")
-    if instrumented is not None:
-        print(f"instrumented launch: {1 / instrumented.step_s:.3f} steps/s, {instrumented.clips_per_s:.1f} clips/s "
-              f"(metrics.jsonl, same windows as Table 1)")
-
-
-PRIMARY_ORDER = [QUANTIZER, "CLUB gradient averaging", STOP_FLAG]
+    total_calls = sum(s.calls_per_step for s in ranks[0].roles.values())
+    in_call = " / ".join(f"{sum(s.ms_per_step for s in r.roles.values()):.1f}" for r in ranks)
+    share = " / ".join(f"{100 * sum(s.share for s in r.roles.values()):.1f}" for r in ranks)
+    print(f"{'all collectives':<62} {total_calls:>10.2f} {'':>5} {'':>10} {in_call:>16} {share:>11}")
+    print(f"step time (stop flag to stop flag), ms per rank: {' / '.join(f'{r.step_ms:.0f}' for r in ranks)}; "
+          f"instrumented launch: {1 / instrumented.step_s:.3f} steps/s, {instrumented.clips_per_s:.1f} clips/s "
+          f"(metrics.jsonl, windows as in Table 1)")
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -489,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
                           a.timeout, probe_repeats=a.probe_repeats)
             records = [json.loads((run_dir / RECORD_NAME.format(rank=r)).read_text()) for r in range(n)]
             analysed = [analyse_rank(record, a.log_every + 1) for record in records]
+            if len({tuple((k, v.calls_per_step) for k, v in r.roles.items()) for r in analysed}) != 1:
+                print(f"WARNING: the ranks issued different collectives per step (a bug: a collective every "
+                      f"rank does not call hangs); records in {run_dir}")
             print_collectives(analysed, a.log_every, read_throughput(run_dir, n, a.batch * n, wall))
         print(f"\n# total {time.perf_counter() - start:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
     finally:
