@@ -99,7 +99,7 @@ def in_repo(path: str) -> Path:
 
 def plan(cfg: ContinualConfig, source: str) -> list[PhaseJob]:
     """Check the phases file and every phase's job config; the jobs to submit, in order."""
-    from trainer.job import JobConfig  # torch and the model stack: only once the file itself is sane
+    from trainer.job import JobConfig, model_config  # torch and the model stack: only once the file is sane
 
     if not cfg.phases:
         raise ConfigError(f"{source}: 'phases' is empty")
@@ -131,7 +131,7 @@ def plan(cfg: ContinualConfig, source: str) -> list[PhaseJob]:
         if not in_repo(config).is_file():
             raise ConfigError(f"{where}: job config {config!r} not found (relative paths start at {REPO})")
         try:
-            load_config(JobConfig, in_repo(config), [*overrides, f"run.dir={run_dir}"])
+            model_config(load_config(JobConfig, in_repo(config), [*overrides, f"run.dir={run_dir}"]))
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
         options = [f"--job-name={cfg.job_name}-{phase.name}", f"--output={run_root}/{phase.name}-%j.out",

@@ -35,20 +35,31 @@ if [[ ! -f "$CONFIG" ]]; then
     echo "slurm/job_body.sh: CONFIG=$CONFIG: no such file (relative paths start at $PWD)" >&2
     exit 2
 fi
+if ! command -v accelerate > /dev/null; then
+    if [[ -x .venv/bin/accelerate ]]; then
+        export PATH="$PWD/.venv/bin:$PATH"   # the project's virtualenv (make venv), when none is active
+    else
+        echo "slurm/job_body.sh: no 'accelerate' on PATH and no $PWD/.venv: activate the project's environment" \
+             "before sbatch (the job inherits it)" >&2
+        exit 2
+    fi
+fi
 RUN_DIR="$(realpath -m "${RUN_DIR:-runs/${SLURM_JOB_NAME}-${SLURM_JOB_ID}}")"
 mkdir -p "$RUN_DIR"
 
 # Overrides: EXTRA split on whitespace with globbing off (a value like [video,text] is a glob pattern),
 # then the script's own arguments as given.
 set -f
-read -r -a overrides <<< "${EXTRA:-}"
+# shellcheck disable=SC2206  # word splitting is the point here
+overrides=(${EXTRA:-})
 set +f
 overrides+=("$@")
 
+# GPUs this job may use on a node: those Slurm granted (SLURM_GPUS_ON_NODE) that really exist (a node
+# without cgroups shows every GPU to nvidia-smi; a test cluster may grant GPUs that are not there).
 gpus_per_node=0
 if command -v nvidia-smi > /dev/null && visible="$(nvidia-smi -L 2> /dev/null | grep -c '^GPU ')"; then
-    # Without cgroups a job sees every GPU of the node; it was granted only SLURM_GPUS_ON_NODE of them.
-    gpus_per_node="${SLURM_GPUS_ON_NODE:-$visible}"
+    gpus_per_node="$(( ${SLURM_GPUS_ON_NODE:-0} < visible ? ${SLURM_GPUS_ON_NODE:-0} : visible ))"
 fi
 num_machines="$SLURM_JOB_NUM_NODES"
 if (( gpus_per_node > 0 )); then
@@ -77,6 +88,9 @@ export CMG_MAIN_PORT="${MAIN_PROCESS_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}"
 echo "[slurm] job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST: $num_machines node(s) x" \
      "$nproc_per_node process(es), $ACCELERATE_CONFIG, main $CMG_MAIN_ADDR:$CMG_MAIN_PORT"
 echo "[slurm] config $CONFIG, run dir $RUN_DIR, overrides: ${overrides[*]:-none}"
+
+# Only this run's trainer may answer below: a status.json left by an earlier run must not be read as its.
+rm -f "$RUN_DIR/status.json"
 
 preempted=0
 trap_fired=0

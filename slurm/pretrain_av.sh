@@ -17,4 +17,4 @@
 #SBATCH --output=%x-%j.out
 
 : "${CONFIG:=launch/configs/pretrain_av.yaml}"
-source "${CMG_REPO:-$SLURM_SUBMIT_DIR}/slurm/job_body.sh"
+source "${CMG_REPO:-${SLURM_SUBMIT_DIR:-.}}/slurm/job_body.sh"

@@ -36,9 +36,9 @@ def make_clip_shards(root: Path, num_clips: int = 16, seconds: int = 4, clips_pe
 
 
 def job_command(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
-                seconds: int = 4) -> list[str]:
-    """The main job on the demo config, shrunk for tests (logs every step, no progress bar)."""
-    args = ["--config", str(DEMO_CONFIG), f"run.dir={run_dir}", f"data.urls={urls}",
+                seconds: int = 4, config: Path = DEMO_CONFIG) -> list[str]:
+    """The main job on ``config`` (default: the demo config), shrunk for tests (logs every step, no progress bar)."""
+    args = ["--config", str(config), f"run.dir={run_dir}", f"data.urls={urls}",
             f"data.decode.seconds={seconds}", "data.batch_size=2", "data.num_workers=1", "data.shuffle_buffer=4",
             "run.progress=false", "tracking.log_every=1", "tracking.flush_interval_s=0", *overrides]
     main = str(REPO / "trainer" / "main.py")
@@ -57,9 +57,9 @@ def job_env() -> dict[str, str]:
 
 
 def run_job(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
-            timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(job_command(run_dir, urls, processes, zero, overrides), cwd=REPO, env=job_env(),
-                          capture_output=True, text=True, timeout=timeout)
+            timeout: float = 300, check: bool = True, config: Path = DEMO_CONFIG) -> subprocess.CompletedProcess:
+    proc = subprocess.run(job_command(run_dir, urls, processes, zero, overrides, config=config), cwd=REPO,
+                          env=job_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"job exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"
                              f"--- stderr\n{proc.stderr[-6000:]}")

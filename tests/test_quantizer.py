@@ -493,3 +493,25 @@ def test_usage_window_sums_reduced_counts_until_taken():
     assert usage["audio"].tolist() == [3, 1, 4, 0] and usage["video"].tolist() == [1, 3, 0, 4]
     assert q.take_usage_()["audio"].sum() == 0                        # the window was cleared
     assert "usage_window" not in q.state_dict()                       # monitoring only, not training state
+
+
+def test_adopt_across_phases_keeps_codebook_and_remaps_usage_clocks_by_name():
+    cfg = QuantizerConfig(num_codes=4, dim=2, init="uniform", reset_steps=3)
+    old = MMEMAQuantizer(cfg, ["audio", "video"]).train()
+    z = {"audio": torch.randn(1, 4, 2), "video": torch.randn(1, 4, 2)}
+    for _ in range(5):
+        old.accumulate_(z, {"audio": torch.tensor([[0, 0, 1, 1]]), "video": torch.tensor([[2, 2, 3, 3]])})
+        old.step_()
+    new = MMEMAQuantizer(cfg, ["video", "text"]).train()
+    new.adopt_(old.state_dict(), ["audio", "video"])
+    for name in ("codebook", "ema_count", "ema_sum", "initialized", "step"):
+        assert torch.equal(getattr(new, name), getattr(old, name)), name
+    assert torch.equal(new.last_used[0], old.last_used[1])            # video's clock follows video
+    assert new.last_used[1].tolist() == [5, 5, 5, 5]                  # text's clock starts at the adopted step
+    assert torch.equal(new.reset_rng_state, old.reset_rng_state)
+    # the new modality is not stale yet: the next step resets nothing
+    new.accumulate_({"video": torch.randn(1, 4, 2), "text": torch.randn(1, 4, 2)},
+                    {"video": torch.tensor([[0, 1, 2, 3]]), "text": torch.tensor([[0, 1, 2, 3]])})
+    assert new.step_()["resets"] == 0
+    with pytest.raises(ValueError, match="num_codes/dim differ"):
+        MMEMAQuantizer(QuantizerConfig(num_codes=8, dim=2), ["video", "text"]).adopt_(old.state_dict(), ["audio", "video"])

@@ -85,7 +85,15 @@ def feature_shapes_of_source(cfg: JobConfig) -> dict[str, tuple[int, ...]]:
         return {m: tuple(s) for m, s in manifest["feature_shapes"].items()}
     from trainer.backbones import FrozenBackbones
 
-    return FrozenBackbones(load_backbones_config(cfg.backbones)).feature_shapes()
+    return FrozenBackbones(job_backbones(cfg)).feature_shapes()
+
+
+def job_backbones(cfg: JobConfig):
+    """The backbones YAML restricted to the modalities the model trains (others are never loaded or run)."""
+    try:
+        return load_backbones_config(cfg.backbones).only(model_config(cfg).modalities)
+    except ValueError as err:
+        raise ConfigError(f"backbones ({cfg.backbones}): {err}") from err
 
 
 def model_config(cfg: JobConfig) -> Any:
@@ -133,10 +141,7 @@ def validate_job(cfg: JobConfig) -> None:
     if cfg.data.kind == "clips":
         if not Path(cfg.backbones).is_file():
             raise ConfigError(f"backbones: file not found: {cfg.backbones}")
-        try:
-            load_backbones_config(cfg.backbones)
-        except ValueError as err:
-            raise ConfigError(f"backbones ({cfg.backbones}): {err}") from err
+        job_backbones(cfg)
     if not cfg.data.resampled or cfg.data.kind == "features":
         try:
             read_manifest(expand_shard_urls(cfg.data.urls), cfg.data.manifest)

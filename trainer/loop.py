@@ -20,12 +20,12 @@ import torch
 import yaml
 
 from trainer import distributed as dist
-from trainer.backbones import FrozenBackbones, load_backbones_config
+from trainer.backbones import FrozenBackbones
 from trainer.checkpoint import CheckpointManager, load_rank_state, rng_state, save_rank_state, set_rng_state
 from trainer.config import to_dict
 from trainer.data.stream import feature_batches
 from trainer.engine import TrainEngine
-from trainer.job import JobConfig, feature_shapes_of_source, resolve_model_config, resolved_dict
+from trainer.job import JobConfig, feature_shapes_of_source, job_backbones, resolve_model_config, resolved_dict
 from trainer.runtime import EXIT_RESUME, StopRequest
 from trainer.tasks import task_spec
 from trainer.tracking import create_tracker
@@ -51,13 +51,30 @@ def lr_lambda(cfg: JobConfig):
 
 
 def load_model_weights(task, source: str) -> Path:
-    """Start the model from ``model.pt`` of a checkpoint (or the latest one under a checkpoints dir)."""
+    """Start the model from ``model.pt`` of a checkpoint (or the latest one under a checkpoints dir).
+
+    The source may come from a phase with other modalities (continual learning): modules of modalities in
+    both runs are loaded, those new to this run keep their initial weights, and the shared codebook is adopted
+    with its usage clocks remapped by modality name. Rank-identical: every rank reads the same file.
+    """
     path = Path(source)
     ckpt = CheckpointManager(path).latest() if not (path / MODEL_FILE).is_file() else path
     if ckpt is None or not (ckpt / MODEL_FILE).is_file():
         raise FileNotFoundError(f"run.init_from={source!r}: no checkpoint with {MODEL_FILE} there")
     state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
-    task.model.load_state_dict(state)
+    old_modalities = CheckpointManager.read_meta(ckpt)["model_config"]["modalities"]
+    prefix = "quantizer."
+    task.model.quantizer.adopt_({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, old_modalities)
+    own = task.model.state_dict()
+    loaded = {k: v for k, v in state.items() if not k.startswith(prefix) and k in own and own[k].shape == v.shape}
+    mismatched = sorted(k for k, v in state.items() if k in own and not k.startswith(prefix) and own[k].shape != v.shape)
+    if mismatched:
+        raise ValueError(f"run.init_from={source!r}: shapes differ for {mismatched[:5]} (a modality's feature dims "
+                         "or the model sizes changed between runs)")
+    task.model.load_state_dict(loaded, strict=False)
+    fresh = sorted({".".join(k.split(".")[:2]) for k in own if k not in loaded and not k.startswith(prefix)})
+    print(f"[cmg] init_from {ckpt}: loaded {len(loaded)} tensors + the codebook (modalities then {old_modalities}); "
+          f"fresh modules for: {fresh or 'none'}", flush=True)
     return ckpt
 
 
@@ -89,7 +106,7 @@ def train(cfg: JobConfig, accelerator) -> int:
     # ---- data and frozen backbones (never trained, never checkpointed)
     backbones = None
     if cfg.data.kind == "clips":
-        backbones = FrozenBackbones(load_backbones_config(cfg.backbones), device)
+        backbones = FrozenBackbones(job_backbones(cfg), device)
     stream = feature_batches(cfg.data, backbones, rank, world)
     model_cfg = resolve_model_config(cfg, feature_shapes_of_source(cfg))
     resolved = resolved_dict(cfg, model_cfg)

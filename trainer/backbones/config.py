@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -104,6 +105,13 @@ class BackbonesConfig:
 
     def items(self) -> list[tuple[str, BackboneConfig]]:
         return [(m, c) for m in ("video", "audio", "text") if (c := getattr(self, m)) is not None]
+
+    def only(self, modalities: Sequence[str]) -> BackbonesConfig:
+        """The same config without the encoders of modalities outside ``modalities`` (never run them)."""
+        missing = [m for m in modalities if m in ("video", "audio", "text") and getattr(self, m) is None]
+        if missing:
+            raise ValueError(f"backbones: no encoder configured for modalities {missing}")
+        return dataclasses.replace(self, **{m: None for m in ("video", "audio", "text") if m not in modalities})
 
     def validate(self, where: str = "backbones") -> None:
         for modality, cfg in self.items():

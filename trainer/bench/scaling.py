@@ -10,7 +10,9 @@ Gaussian features of the paper's per-clip shapes (audio ``(10 128)``, video a VG
 ``(10 49 512)``, stored fp16), read by the real stream (resampled, one DataLoader worker per rank, one epoch
 covers the run, so no epoch restarts). MLflow tracking is off (``tracking.enabled=false``): rank 0 still
 writes ``metrics.jsonl``. Each rank computes with ``--threads`` threads (OMP_NUM_THREADS), so on this 2-core
-machine 2 ranks can at best double clips/s.
+machine 2 ranks can at best double clips/s. The machine is shared: every launch's row shows the 1-minute
+load average at its end (its own processes included). On a GPU node pass ``--accelerate-config
+launch/accelerate/gpu_zero2.yaml`` (nccl, bf16) and e.g. ``--ranks 1,8``.
 
 Table 1 (throughput): one plain launch per entry of ``--ranks``; steps/s and clips/s from ``metrics.jsonl``
 (``perf/step_s`` of every log window but the first, which holds start-up and the codebook's data init), and
@@ -26,8 +28,8 @@ all_reduce (``MMEMAQuantizer.step_``), CLUB gradient averaging (``average_gradie
 DeepSpeed function that issued them. A step is the span between two stop-flag all_reduces (the loop's last
 collective of every step); the measured steps are those after the first log window, as in Table 1. Time in
 a blocking collective includes waiting for the slower rank to arrive. After training, every rank times
-the quantizer's all_reduce alone (same size, after a barrier, median of ``--probe-repeats``): the transfer
-cost without that wait.
+each all_reduce of the steps alone (same byte size, after a barrier, median of ``--probe-repeats``): the
+transfer cost without that wait. On CUDA tensors the recorder synchronises the device around each call.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ FEATURE_SHAPES = {"audio": (128,), "video": (49, 512)}     # per segment: VGGish
 RECORD_NAME = "collectives.rank{rank}.json"
 
 # Roles of collectives issued by this project's code: (file under the repo, function) -> role. The innermost
-# frame of the calling stack that matches names the role (trainer.distributed's helpers are skipped over).
+# calling frame that matches names the role (frames that match nothing, e.g. all_reduce_sum_, are passed).
 QUANTIZER = "quantizer MM-EMA all_reduce"
 STOP_FLAG = "stop flag all_reduce"
 PROJECT_ROLES = {
@@ -73,15 +75,15 @@ PROJECT_ROLES = {
 }
 # DeepSpeed's own plumbing between its ZeRO code and torch.distributed; the frame above it names the role.
 DEEPSPEED_PLUMBING = ("/deepspeed/comm/", "/deepspeed/utils/")
-# What the DeepSpeed (0.19, ZeRO-1/2) functions that issue the engine's per-step collectives do.
+# What the DeepSpeed 0.19 functions seen issuing the engine's per-step collectives on CPU (ZeRO-2, ZeRO-3) do;
+# others are shown as "DeepSpeed <file>:<function>".
 DEEPSPEED_ROLES = {
-    "allreduce_bucket": "engine gradient reduce",
-    "average_tensor": "engine gradient reduce",
-    "reduce_ipg_grads": "engine gradient reduce",
+    "allreduce_bucket": "engine gradient reduce",                     # ZeRO-2
+    "_torch_reduce_scatter_fn": "engine gradient reduce-scatter",     # ZeRO-3
     "get_grad_norm_direct": "engine grad-norm all_reduce",
-    "has_overflow": "engine overflow check",
-    "all_gather_into_tensor_dp_groups": "engine parameter all_gather",
-    "all_gather_dp_groups": "engine parameter all_gather",
+    "all_gather_into_tensor_dp_groups": "engine parameter all_gather",  # ZeRO-2, after the optimizer step
+    "_dist_allgather_fn": "engine parameter all_gather",                # ZeRO-3
+    "_allgather_params_coalesced": "engine parameter all_gather",       # ZeRO-3, per module on the fly
 }
 # Collectives of torch.distributed (p2p send/recv excluded). Wrapped in both namespaces that callers use.
 COLLECTIVES = (
@@ -112,9 +114,9 @@ def write_feature_shards(out_dir: Path, clips: int, clips_per_shard: int, seed: 
     for index, start in enumerate(range(0, clips, clips_per_shard)):
         count = min(clips_per_shard, clips - start)
         labels = torch.randint(0, 28, (count,), generator=gen)          # 28 AVE event classes
+        per_second = labels[:, None].expand(count, SEGMENTS)
         batch = {"key": [f"clip{start + i:06d}" for i in range(count)], "clip_label": labels,
-                 "video_labels": labels[:, None].expand(count, SEGMENTS), "audio_labels": labels[:, None].expand(
-                     count, SEGMENTS), "caption": ["synthetic clip"] * count}
+                 "video_labels": per_second, "audio_labels": per_second, "caption": ["synthetic clip"] * count}
         feats = {m: torch.randn(count, SEGMENTS, *shape, generator=gen) for m, shape in FEATURE_SHAPES.items()}
         name = f"train-{index:06d}.tar"
         with wds.TarWriter(str(out_dir / name)) as sink:
@@ -177,9 +179,10 @@ class Throughput:
     step_s: float         # mean seconds per step over them
     clips_per_s: float    # global clips per second over them
     wall_s: float         # whole launch, start-up and final checkpoint included
+    load: float           # 1-minute load average when the launch ended
 
 
-def read_throughput(run_dir: Path, ranks: int, global_batch: int, wall_s: float) -> Throughput:
+def read_throughput(run_dir: Path, ranks: int, global_batch: int, wall_s: float, load: float) -> Throughput:
     """Steps/s and clips/s from rank 0's ``metrics.jsonl``, first log window dropped."""
     path = run_dir / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -189,7 +192,7 @@ def read_throughput(run_dir: Path, ranks: int, global_batch: int, wall_s: float)
     windows = [(row["step"] - before, row["perf/step_s"]) for row, before in zip(rows[1:], previous)]
     steps = sum(n for n, _ in windows)
     seconds = sum(n * step_s for n, step_s in windows)
-    return Throughput(ranks, steps, seconds / steps, steps * global_batch / seconds, wall_s)
+    return Throughput(ranks, steps, seconds / steps, steps * global_batch / seconds, wall_s, load)
 
 
 # ---------------------------------------------------------------------------------------------- instrumentation
@@ -221,8 +224,9 @@ def collective_role(frame) -> str:
             if func == name and path.endswith(suffix):
                 return role
         if "/deepspeed/" in path and not any(part in path for part in DEEPSPEED_PLUMBING):
-            where = f"{path.rsplit('/deepspeed/', 1)[1]}:{func}"
-            return f"{DEEPSPEED_ROLES[func]} ({where})" if func in DEEPSPEED_ROLES else f"DeepSpeed {where}"
+            if func in DEEPSPEED_ROLES:
+                return f"{DEEPSPEED_ROLES[func]} ({func})"
+            return f"DeepSpeed {Path(path).name}:{func}"
         if "/accelerate/" in path:
             return f"accelerate {func}"
         if path.endswith("trainer/checkpoint.py") or path.endswith("trainer/engine.py"):
@@ -424,14 +428,14 @@ def print_throughput(results: list[Throughput], batch: int) -> None:
     print(f"\nTable 1: throughput at {batch} clips per rank per step (global batch = {batch} x ranks); ratios "
           f"to the {base.ranks}-rank run of this invocation; efficiency = clips/s ratio / rank ratio")
     header = (f"{'ranks':>5} {'steps':>6} {'s/step':>8} {'steps/s':>8} {'clips/s':>8} {'steps/s ratio':>14} "
-              f"{'clips/s ratio':>14} {'efficiency':>11} {'launch wall s':>14}")
+              f"{'clips/s ratio':>14} {'efficiency':>11} {'launch wall s':>14} {'load 1m':>8}")
     print(header)
     print("-" * len(header))
     for r in results:
         clip_ratio = r.clips_per_s / base.clips_per_s
         print(f"{r.ranks:>5} {r.steps:>6} {r.step_s:>8.3f} {1 / r.step_s:>8.3f} {r.clips_per_s:>8.1f} "
               f"{base.step_s / r.step_s:>14.2f} {clip_ratio:>14.2f} {clip_ratio * base.ranks / r.ranks:>11.2f} "
-              f"{r.wall_s:>14.1f}")
+              f"{r.wall_s:>14.1f} {r.load:>8.2f}")
 
 
 def _role_order(role: str) -> tuple[int, str]:
@@ -447,7 +451,7 @@ def print_collectives(ranks: list[RankCollectives], log_every: int, instrumented
     print(f"\nTable 2: torch.distributed collectives per training step, {len(ranks)} ranks, {ranks[0].steps} "
           f"measured steps, log every {log_every}; 'in call' = time inside the call incl. waiting for the other "
           f"ranks ({per_rank}); 'alone' = the same all_reduce after a barrier (mean of the ranks' medians)")
-    header = (f"{'issued by':<62} {'calls/step':>10} {'range':>5} {'bytes/call':>10} {'in call ms/step':>16} "
+    header = (f"{'issued by':<64} {'calls/step':>10} {'range':>5} {'bytes/call':>10} {'in call ms/step':>16} "
               f"{'% of step':>11} {'alone ms':>9} {'alone %':>8}")
     print(header)
     print("-" * len(header))
@@ -460,14 +464,14 @@ def print_collectives(ranks: list[RankCollectives], log_every: int, instrumented
         share = " / ".join(f"{100 * s.share:.1f}" if s else "-" for s in stats)
         alone = statistics.fmean(s.alone_ms for s in stats if s)
         alone_share = 100 * first.calls_per_step * alone / step_ms
-        print(f"{role:<62} {first.calls_per_step:>10.2f} {str(low) if low == high else f'{low}-{high}':>5} "
+        print(f"{role:<64} {first.calls_per_step:>10.2f} {str(low) if low == high else f'{low}-{high}':>5} "
               f"{_bytes(first.bytes_per_call):>10} {in_call:>16} {share:>11} "
               f"{'-' if alone != alone else f'{alone:.3f}':>9} {'-' if alone != alone else f'{alone_share:.2f}':>8}")
     print("-" * len(header))
     total_calls = sum(s.calls_per_step for s in ranks[0].roles.values())
     in_call = " / ".join(f"{sum(s.ms_per_step for s in r.roles.values()):.1f}" for r in ranks)
     share = " / ".join(f"{100 * sum(s.share for s in r.roles.values()):.1f}" for r in ranks)
-    print(f"{'all collectives':<62} {total_calls:>10.2f} {'':>5} {'':>10} {in_call:>16} {share:>11}")
+    print(f"{'all collectives':<64} {total_calls:>10.2f} {'':>5} {'':>10} {in_call:>16} {share:>11}")
     print(f"step time (stop flag to stop flag), ms per rank: {' / '.join(f'{r.step_ms:.0f}' for r in ranks)}; "
           f"instrumented launch: {1 / instrumented.step_s:.3f} steps/s, {instrumented.clips_per_s:.1f} clips/s "
           f"(metrics.jsonl, windows as in Table 1)")
@@ -491,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accelerate-config", default=DEFAULT_ACCELERATE_CONFIG,
                    help="accelerate YAML, relative to the repo root (GPU: launch/accelerate/gpu_zero2.yaml)")
     p.add_argument("--no-collectives", action="store_true", help="skip the instrumented launch (Table 2)")
-    p.add_argument("--probe-repeats", type=int, default=20, help="timed lone quantizer all_reduces per rank")
+    p.add_argument("--probe-repeats", type=int, default=20, help="timed lone repeats of each step all_reduce")
     p.add_argument("--timeout", type=float, default=600, help="seconds per launch")
     p.add_argument("--workdir", default="", help="keep shards and run dirs here (default: a temp dir, removed)")
     a = p.parse_args(argv)
@@ -515,9 +519,12 @@ def main(argv: list[str] | None = None) -> int:
             wall = launch(n, a.accelerate_config, run_dir,
                           job_overrides(run_dir, urls, a.batch, a.steps, a.log_every, a.workers), a.threads,
                           a.timeout)
-            results.append(read_throughput(run_dir, n, a.batch * n, wall))
+            results.append(read_throughput(run_dir, n, a.batch * n, wall, os.getloadavg()[0]))
         print_throughput(results, a.batch)
-        if not a.no_collectives:
+        if max(ranks) == 1:
+            print("\nNo Table 2: in one process trainer.distributed skips its collectives, the stop flag included, "
+                  "so there are no step boundaries to measure between.")
+        elif not a.no_collectives:
             n = max(ranks)
             run_dir = workdir / f"run-{n}-instrumented"
             run_dir.mkdir(parents=True)
@@ -529,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
             if len({tuple((k, v.calls_per_step) for k, v in r.roles.items()) for r in analysed}) != 1:
                 print(f"WARNING: the ranks issued different collectives per step (a bug: a collective every "
                       f"rank does not call hangs); records in {run_dir}")
-            print_collectives(analysed, a.log_every, read_throughput(run_dir, n, a.batch * n, wall))
+            instrumented = read_throughput(run_dir, n, a.batch * n, wall, os.getloadavg()[0])
+            print_collectives(analysed, a.log_every, instrumented)
         print(f"\n# total {time.perf_counter() - start:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
     finally:
         if not a.workdir:

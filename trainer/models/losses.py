@@ -99,3 +99,19 @@ def cmcm_loss(log_p_a: Tensor, log_p_b: Tensor) -> Tensor:
     p_a, p_b = log_p_a.exp(), log_p_b.exp()
     scores = p_a @ log_p_b.T + log_p_a @ p_b.T  # (b_a b_b)
     return diagonal_cross_entropy(scores, "targets") + diagonal_cross_entropy(scores, "contexts")
+
+
+def symmetric_info_nce(x: Tensor, y: Tensor, temperature: float = 1.0) -> Tensor:
+    """Symmetric InfoNCE with cosine similarity (seed 003 eq. 7: FCCID's coarse audio-visual ↔ text term).
+
+    ``x``, ``y``: ``(n d)`` paired rows (row i of each is clip i). S_ij = cos(x_i, y_j) / τ; returns
+    L^{x→y} + L^{y→x}: the mean cross-entropy of each row of S against its diagonal entry (x_i must pick
+    y_i among the batch's y) plus the same over each column (y_j must pick x_j). Eq. 7 is written for
+    (m, n) ∈ {av, te} and holds in both orders, so both directions are summed, as CMCM sums rows and columns.
+    """
+    if x.ndim != 2 or x.shape != y.shape:
+        raise ValueError(f"InfoNCE needs two (n d) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"InfoNCE temperature must be > 0, got {temperature}")
+    scores = F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T / temperature   # (n_x n_y)
+    return diagonal_cross_entropy(scores, "targets") + diagonal_cross_entropy(scores, "contexts")

@@ -361,6 +361,30 @@ class MMEMAQuantizer(nn.Module):
         return stats
 
     @torch.no_grad()
+    def adopt_(self, state: Mapping[str, Tensor], modalities: Sequence[str]) -> None:
+        """Continue from another run's quantizer state whose modalities may differ (continual phases).
+
+        The codebook, EMA statistics, step counter and reset generator are taken as they are. Usage clocks
+        (``last_used``) are remapped by modality name; a modality new to this run starts its clock at the
+        adopted step, so it gets N_re steps to use the inherited codes before rule "all" could reset them.
+        """
+        missing = [k for k in ("codebook", "ema_count", "ema_sum", "initialized", "step", "last_used") if k not in state]
+        if missing:
+            raise KeyError(f"quantizer state lacks {missing}")
+        if state["codebook"].shape != self.codebook.shape:
+            raise ValueError(f"cannot adopt a codebook of shape {tuple(state['codebook'].shape)} into "
+                             f"{tuple(self.codebook.shape)} (num_codes/dim differ)")
+        for name in ("codebook", "ema_count", "ema_sum", "initialized", "step"):
+            getattr(self, name).copy_(state[name])
+        if "_extra_state" in state:
+            self.set_extra_state(state["_extra_state"])
+        old = list(modalities)
+        for i, name in enumerate(self.modalities):
+            source = state["last_used"][old.index(name)] if name in old else state["step"].expand(self.cfg.num_codes)
+            self.last_used[i].copy_(source)
+        self._known_initialized = bool(state["initialized"])
+
+    @torch.no_grad()
     def take_usage_(self) -> dict[str, Tensor]:
         """Per-modality global code counts ``(m)`` summed since the previous call; clears the window."""
         usage = {name: self.usage_window[i].clone() for i, name in enumerate(self.modalities)}

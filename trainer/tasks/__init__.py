@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trainer.models.fccid import FCCIDConfig
 from trainer.models.unicode import UniCodeConfig
+from trainer.tasks.fccid import FCCIDTask
 from trainer.tasks.unicode import UniCodeTask
 
 
@@ -22,6 +24,7 @@ class TaskSpec:
 
 TASKS: dict[str, TaskSpec] = {
     "unicode": TaskSpec(UniCodeConfig, UniCodeTask),
+    "fccid": TaskSpec(FCCIDConfig, FCCIDTask),
 }
 
 
@@ -31,4 +34,4 @@ def task_spec(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "TaskSpec", "UniCodeTask", "task_spec"]
+__all__ = ["TASKS", "FCCIDTask", "TaskSpec", "UniCodeTask", "task_spec"]

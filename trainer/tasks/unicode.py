@@ -7,14 +7,16 @@ The loop stays generic::
     engine.backward(loss); engine.step()           # or loss.backward(); optimizer.step()
     metrics |= task.after_optimizer_step_()        # MM-EMA update + code reset + codebook statistics
 
-What the task owns besides the model:
-- the CLUB estimators q_θ (one per modality, ``nn.ModuleDict``) and their own Adam optimiser. They are not
-  submodules of ``UniCodeModel``, so no engine partitions or steps them. Each ``compute_loss`` in training
-  mode first runs ``club.inner_steps`` estimator updates on DETACHED (z, z̄) that maximise the
-  log-likelihood, averaging gradients across ranks (``average_gradients_fn``) before every optimiser step
-  so the replicas stay identical; then it evaluates the MI bound (eq. 5) for the main loss with the
-  estimator's parameters detached, so the main loss neither moves nor even grads them. With gradient
-  accumulation every micro-batch's ``compute_loss`` runs its own inner updates;
+``CodebookTask`` holds what every codebook-pretraining task shares (Uni-Code here, FCCID in
+``trainer.tasks.fccid``); ``UniCodeTask`` adds the Uni-Code model and its loss. What a task owns besides
+the model:
+- the CLUB estimators q_θ (an ``nn.ModuleDict``) and their own Adam optimiser. They are not submodules of
+  the model, so no engine partitions or steps them. Each ``compute_loss`` in training mode first runs
+  ``club.inner_steps`` estimator updates on DETACHED (z, z̄) that maximise the log-likelihood, averaging
+  gradients across ranks (``average_gradients_fn``) before every optimiser step so the replicas stay
+  identical; then it evaluates the MI bound (CMG eq. 5) for the main loss with the estimator's parameters
+  detached, so the main loss neither moves nor even grads them. With gradient accumulation every
+  micro-batch's ``compute_loss`` runs its own inner updates;
 - the generator that draws the Cross-CPC context end t, seeded from ``cpc.seed`` and advanced once per
   training-mode ``compute_loss`` on every rank alike, so all ranks use the same t (a per-rank t would also
   be a valid estimator; a shared one keeps runs reproducible for any world size). Eval mode averages the
@@ -39,38 +41,55 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from trainer import distributed
-from trainer.models.club import CLUBEstimator, club_upper_bound
-from trainer.models.cpc import cross_cpc_losses
+from trainer.models.club import CLUBConfig, CLUBEstimator, club_upper_bound
+from trainer.models.cpc import CPCConfig, cross_cpc_losses
 from trainer.models.losses import cmcm_loss, code_log_distribution, commitment_losses, reconstruction_loss
 from trainer.models.unicode import UniCodeConfig, UniCodeModel, mask_key
 
+# bound name -> (estimator key, x, y): the CLUB bound "name" of q_θ[key](y | x), x = z (b t D), y = z̄ (b t d̄)
+ClubPairs = Mapping[str, tuple[str, Tensor, Tensor]]
 
-class UniCodeTask:
+
+def cmcm_terms(distances: Mapping[str, Tensor]) -> dict[tuple[str, str], Tensor]:
+    """CMCM for every unordered pair of modalities, from each modality's ``(b t M)`` squared code distances."""
+    log_p = {m: code_log_distribution(d) for m, d in distances.items()}
+    return {(a, b): cmcm_loss(log_p[a], log_p[b]) for a, b in itertools.combinations(distances, 2)}
+
+
+def weighted_total(terms: Mapping[str, Tensor], weights: object) -> Tensor:
+    """Σ weight · term, each term weighted by the loss config field of the same name."""
+    return sum(getattr(weights, name) * value for name, value in terms.items())
+
+
+class CodebookTask:
+    """Task plumbing around a model with an MM-EMA ``quantizer`` submodule: CLUB estimators and their
+    optimiser, the CPC time generator, batch preparation, the post-step codebook update, state.
+
+    A subclass builds its model and estimators, calls this ``__init__`` and implements ``compute_loss``
+    with the helpers below (see the module docstring for the rules they follow).
+    """
+
     def __init__(
         self,
-        cfg: UniCodeConfig,
-        all_reduce_fn: Callable[[Tensor], Tensor] = distributed.all_reduce_sum_,
-        all_gather_fn: Callable[[Tensor], Tensor] = distributed.all_gather_cat,
-        average_gradients_fn: Callable[[Iterable[nn.Parameter]], None] = distributed.average_gradients_,
+        model: nn.Module,
+        modalities: Iterable[str],
+        club: nn.ModuleDict | None,
+        club_cfg: CLUBConfig,
+        cpc_cfg: CPCConfig | None,
+        average_gradients_fn: Callable[[Iterable[nn.Parameter]], None],
     ):
-        self.cfg = cfg.effective()
-        self.model = UniCodeModel(self.cfg, all_reduce_fn, all_gather_fn)
+        self.model = model
         # What compute_loss calls for the forward; a trainer may point it at the engine wrapping self.model.
-        self.forward_module: Callable[[Mapping[str, Tensor]], dict] = self.model
+        self.forward_module: Callable[[Mapping[str, Tensor]], dict] = model
+        self.modalities = tuple(modalities)
         self.average_gradients_fn = average_gradients_fn
-        self.modalities = self.cfg.modalities
-        if self.cfg.use_club:
-            enc = self.cfg.encoder
-            self.club = nn.ModuleDict({m: CLUBEstimator(enc.semantic_dim, enc.specific_dim, self.cfg.club.hidden_dim)
-                                       for m in self.modalities})
-            self.club_optimizer = torch.optim.Adam(self.club.parameters(), lr=self.cfg.club.lr)
-        else:
-            self.club = None
-            self.club_optimizer = None
-        self.cpc_generator = torch.Generator().manual_seed(self.cfg.cpc.seed) if self.cfg.use_cpc else None
+        self.club_inner_steps = club_cfg.inner_steps
+        self.club = club
+        self.club_optimizer = torch.optim.Adam(club.parameters(), lr=club_cfg.lr) if club is not None else None
+        self.cpc_generator = torch.Generator().manual_seed(cpc_cfg.seed) if cpc_cfg is not None else None
 
     # ------------------------------------------------------------------ plumbing
-    def to(self, device: torch.device | str) -> UniCodeTask:
+    def to(self, device: torch.device | str) -> CodebookTask:
         """Move model and CLUB estimators (in place, so optimiser references stay valid)."""
         self.model.to(device)
         if self.club is not None:
@@ -105,17 +124,16 @@ class UniCodeTask:
         return features
 
     # ------------------------------------------------------------------ CLUB
-    def _train_estimators_(self, semantic: Mapping[str, Tensor], specific: Mapping[str, Tensor]) -> Tensor:
-        """``club.inner_steps`` updates of q_θ maximising log q_θ(z̄ | z) on detached inputs.
+    def _train_estimators_(self, pairs: ClubPairs) -> Tensor:
+        """``club.inner_steps`` updates of q_θ maximising Σ_pairs log q_θ(y | x) on detached inputs.
 
         Returns the summed log-likelihood of the last inner step (before its update), detached.
         Called only with ``club.inner_steps >= 1``.
         """
-        x = {m: semantic[m].detach() for m in self.modalities}
-        y = {m: specific[m].detach() for m in self.modalities}
-        for _ in range(self.cfg.club.inner_steps):
+        detached = [(key, x.detach(), y.detach()) for key, x, y in pairs.values()]
+        for _ in range(self.club_inner_steps):
             self.club_optimizer.zero_grad(set_to_none=True)
-            log_likelihood = sum(self.club[m].log_likelihood(x[m], y[m]) for m in self.modalities)
+            log_likelihood = sum(self.club[key].log_likelihood(x, y) for key, x, y in detached)
             (-log_likelihood).backward()
             self.average_gradients_fn(self.club.parameters())
             self.club_optimizer.step()
@@ -123,67 +141,41 @@ class UniCodeTask:
         self.club_optimizer.zero_grad(set_to_none=True)
         return log_likelihood.detach()
 
-    def _mi_upper_bounds(self, semantic: Mapping[str, Tensor], specific: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """CMG eq. 5 per modality, with q_θ evaluated on detached parameters (gradients reach z and z̄ only)."""
+    def _mi_upper_bounds(self, pairs: ClubPairs) -> dict[str, Tensor]:
+        """CMG eq. 5 per pair, with q_θ evaluated on detached parameters (gradients reach x and y only)."""
         bounds = {}
-        for m in self.modalities:
-            frozen = {name: p.detach() for name, p in self.club[m].named_parameters()}
-            mu, logvar = functional_call(self.club[m], frozen, (semantic[m],))
-            bounds[m] = club_upper_bound(mu, logvar, specific[m])
+        for name, (key, x, y) in pairs.items():
+            frozen = {n: p.detach() for n, p in self.club[key].named_parameters()}
+            mu, logvar = functional_call(self.club[key], frozen, (x,))
+            bounds[name] = club_upper_bound(mu, logvar, y)
         return bounds
 
-    # ------------------------------------------------------------------ the step
+    def _club_terms(self, pairs: ClubPairs, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Inner estimator updates (training mode only; their log-likelihood goes into ``metrics``), then
+        the MI upper bound of every pair for the main loss."""
+        if self.model.training and self.club_inner_steps:
+            metrics["club_log_likelihood"] = self._train_estimators_(pairs)
+        return self._mi_upper_bounds(pairs)
+
+    # ------------------------------------------------------------------ Cross-CPC
     def _draw_cpc_time(self, valid: int) -> int:
         """Context end t ~ U{0, …, valid − 1} from the task's CPU generator (host-side: no device sync)."""
         return int(torch.randint(valid, (), generator=self.cpc_generator))
 
-    def compute_loss(self, features: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """Forward + every loss term. ``metrics``: detached 0-dim tensors (unweighted terms, and ``loss``).
+    def _cpc_terms(self, predictions: Mapping[str, Tensor], semantic: Mapping[str, Tensor],
+                   cpc_cfg: CPCConfig) -> tuple[Tensor, dict[tuple[str, str], Tensor]]:
+        """Cross-CPC (CMG eq. 6): (the weighted sum over ordered pairs, each pair's loss).
 
-        ``step`` is part of the generic task interface; no Uni-Code term is scheduled by it.
+        Training: one random context end per step (CMG §4.2); evaluation: the mean over all of them, which
+        is the random-t loss's expectation and leaves the training generator untouched.
         """
-        del step
-        out = self.forward_module(features)
-        weights = self.cfg.loss
-        metrics: dict[str, Tensor] = {}
-        terms: dict[str, Tensor] = {}
+        t = self._draw_cpc_time(next(iter(predictions.values())).shape[1]) if self.model.training else None
+        same_weight = cpc_cfg.same_modality_weight
+        pairs = cross_cpc_losses(predictions, semantic, t, cpc_cfg.normalize_over,
+                                 include_same_modality=same_weight != 0.0)
+        return sum(v if a != n else same_weight * v for (a, n), v in pairs.items()), pairs
 
-        recon = {m: reconstruction_loss(out["reconstruction"][m], features[m]) for m in self.modalities}
-        commit = commitment_losses(out["semantic"], out["codewords"], weights.commit_self, weights.commit_partner)
-        terms["recon"] = sum(recon.values())
-        terms["commit"] = sum(commit.values())
-        metrics.update({f"recon_{m}": v for m, v in recon.items()})
-        metrics.update({f"commit_{m}": v for m, v in commit.items()})
-
-        if self.cfg.use_cpc:
-            predictions = out["cpc_predictions"]
-            # training: one random context end per step (CMG §4.2); evaluation: the mean over all of them,
-            # which is the random-t loss's expectation and leaves the training generator untouched
-            t = self._draw_cpc_time(next(iter(predictions.values())).shape[1]) if self.model.training else None
-            same_weight = self.cfg.cpc.same_modality_weight
-            pairs = cross_cpc_losses(predictions, out["semantic"], t, self.cfg.cpc.normalize_over,
-                                     include_same_modality=same_weight != 0.0)
-            terms["cpc"] = sum(v if a != n else same_weight * v for (a, n), v in pairs.items())
-            metrics.update({f"cpc_{a}2{n}": v for (a, n), v in pairs.items()})
-
-        if self.cfg.use_cmcm:
-            log_p = {m: code_log_distribution(out["distances"][m]) for m in self.modalities}
-            cmcm = {(a, b): cmcm_loss(log_p[a], log_p[b]) for a, b in itertools.combinations(self.modalities, 2)}
-            terms["cmcm"] = sum(cmcm.values())
-            metrics.update({f"cmcm_{a}_{b}": v for (a, b), v in cmcm.items()})
-
-        if self.cfg.use_club:
-            if self.model.training and self.cfg.club.inner_steps:
-                metrics["club_log_likelihood"] = self._train_estimators_(out["semantic"], out["specific"])
-            mi = self._mi_upper_bounds(out["semantic"], out["specific"])
-            terms["mi"] = sum(mi.values())
-            metrics.update({f"mi_{m}": v for m, v in mi.items()})
-
-        loss = sum(getattr(weights, name) * value for name, value in terms.items())
-        metrics.update(terms)
-        metrics["loss"] = loss
-        return loss, {k: v.detach() for k, v in metrics.items()}
-
+    # ------------------------------------------------------------------ after the step
     def after_optimizer_step_(self) -> dict[str, Tensor]:
         """Once per optimizer step: MM-EMA update, usage and code reset; returns ``codebook/*`` statistics."""
         stats = self.model.quantizer.step_()
@@ -216,10 +208,66 @@ class UniCodeTask:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         expected = set(self.state_dict())
         if set(state) != expected:
-            raise KeyError(f"UniCodeTask state has keys {sorted(state)}, expected {sorted(expected)} "
-                           "(was it saved with different use_club / use_cpc switches?)")
+            raise KeyError(f"{type(self).__name__} state has keys {sorted(state)}, expected {sorted(expected)} "
+                           "(was it saved with different use_club / use_cpc / CLUB ablation switches?)")
         if self.club is not None:
             self.club.load_state_dict(state["club"])
             self.club_optimizer.load_state_dict(state["club_optimizer"])
         if self.cpc_generator is not None:
             self.cpc_generator.set_state(state["cpc_generator"].cpu())
+
+
+class UniCodeTask(CodebookTask):
+    def __init__(
+        self,
+        cfg: UniCodeConfig,
+        all_reduce_fn: Callable[[Tensor], Tensor] = distributed.all_reduce_sum_,
+        all_gather_fn: Callable[[Tensor], Tensor] = distributed.all_gather_cat,
+        average_gradients_fn: Callable[[Iterable[nn.Parameter]], None] = distributed.average_gradients_,
+    ):
+        self.cfg = cfg.effective()
+        model = UniCodeModel(self.cfg, all_reduce_fn, all_gather_fn)
+        club = None
+        if self.cfg.use_club:
+            enc = self.cfg.encoder
+            club = nn.ModuleDict({m: CLUBEstimator(enc.semantic_dim, enc.specific_dim, self.cfg.club.hidden_dim)
+                                  for m in self.cfg.modalities})
+        super().__init__(model, self.cfg.modalities, club, self.cfg.club,
+                         self.cfg.cpc if self.cfg.use_cpc else None, average_gradients_fn)
+
+    def compute_loss(self, features: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Forward + every loss term. ``metrics``: detached 0-dim tensors (unweighted terms, and ``loss``).
+
+        ``step`` is part of the generic task interface; no Uni-Code term is scheduled by it.
+        """
+        del step
+        out = self.forward_module(features)
+        weights = self.cfg.loss
+        metrics: dict[str, Tensor] = {}
+        terms: dict[str, Tensor] = {}
+
+        recon = {m: reconstruction_loss(out["reconstruction"][m], features[m]) for m in self.modalities}
+        commit = commitment_losses(out["semantic"], out["codewords"], weights.commit_self, weights.commit_partner)
+        terms["recon"] = sum(recon.values())
+        terms["commit"] = sum(commit.values())
+        metrics.update({f"recon_{m}": v for m, v in recon.items()})
+        metrics.update({f"commit_{m}": v for m, v in commit.items()})
+
+        if self.cfg.use_cpc:
+            terms["cpc"], pairs = self._cpc_terms(out["cpc_predictions"], out["semantic"], self.cfg.cpc)
+            metrics.update({f"cpc_{a}2{n}": v for (a, n), v in pairs.items()})
+
+        if self.cfg.use_cmcm:
+            cmcm = cmcm_terms(out["distances"])
+            terms["cmcm"] = sum(cmcm.values())
+            metrics.update({f"cmcm_{a}_{b}": v for (a, b), v in cmcm.items()})
+
+        if self.cfg.use_club:
+            mi = self._club_terms({m: (m, out["semantic"][m], out["specific"][m]) for m in self.modalities}, metrics)
+            terms["mi"] = sum(mi.values())
+            metrics.update({f"mi_{m}": v for m, v in mi.items()})
+
+        loss = weighted_total(terms, weights)
+        metrics.update(terms)
+        metrics["loss"] = loss
+        return loss, {k: v.detach() for k, v in metrics.items()}

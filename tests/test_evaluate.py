@@ -1,0 +1,186 @@
+"""Downstream evaluation of a checkpoint (trainer/evaluate.py, trainer/eval/encode.py): frozen encoder and
+codebook, the public-layout path, and the command on a checkpoint written by trainer/main.py."""
+
+import dataclasses
+import hashlib
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from trainer.bench.fidelity import PretrainConfig, pretrain  # noqa: E402
+from trainer.config import ConfigError, to_dict  # noqa: E402
+from trainer.eval.encode import (  # noqa: E402
+    LabelledFeatures, encode_modality, encode_split, load_pretrained, model_config_from_dict, split_indices,
+)
+from trainer.eval.probes import ProbeConfig, classification_probe, localisation_probe  # noqa: E402
+from trainer.evaluate import main  # noqa: E402
+from trainer.models.club import CLUBConfig  # noqa: E402
+from trainer.models.encoders import EncoderConfig  # noqa: E402
+from trainer.models.quantizer import QuantizerConfig  # noqa: E402
+from trainer.models.unicode import UniCodeConfig  # noqa: E402
+
+CLASSES, SEGMENTS, CLIPS = 3, 4, 30
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_config() -> UniCodeConfig:
+    return UniCodeConfig(
+        modalities=("audio", "video"), feature_dims={"audio": 6, "video": 8}, spatial_patches={"video": 4},
+        encoder=EncoderConfig(semantic_dim=8, specific_dim=4, ff_dim=16, heads=2, se_reduction=4, pool_hidden=4,
+                              specific_hidden=8, spatial_specific_channels=4, decoder_hidden=8),
+        quantizer=QuantizerConfig(num_codes=6, dim=8, reset_steps=3), club=CLUBConfig(hidden_dim=8, inner_steps=1))
+
+
+def _public_arrays(seed: int) -> dict[str, np.ndarray]:
+    """The public AVE layout at toy sizes: video (n t h w c), audio (n t c), one-hot labels (n t classes+1)."""
+    rng = np.random.default_rng(seed)
+    per_second = rng.integers(-1, CLASSES, size=(CLIPS, SEGMENTS))
+    per_second[:, 0] = np.arange(CLIPS) % CLASSES
+    labels = np.eye(CLASSES + 1, dtype=np.float32)[np.where(per_second < 0, CLASSES, per_second)]
+    return {"video": rng.standard_normal((CLIPS, SEGMENTS, 2, 2, 8)).astype(np.float32),
+            "audio": rng.standard_normal((CLIPS, SEGMENTS, 6)).astype(np.float32), "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint in the main job's layout (model.pt + meta.json) of a briefly trained tiny model."""
+    run = tmp_path_factory.mktemp("run")
+    arrays = _public_arrays(0)
+    cfg = _tiny_config()
+    model, _ = pretrain(cfg, {"audio": torch.from_numpy(arrays["audio"]),
+                              "video": torch.from_numpy(arrays["video"]).flatten(2, 3)},
+                        PretrainConfig(steps=8, batch_size=8))
+    ckpt = run / "checkpoints" / "step_00000008"
+    ckpt.mkdir(parents=True)
+    torch.save(model.state_dict(), ckpt / "model.pt")
+    (ckpt / "meta.json").write_text(json.dumps({"step": 8, "mlflow_run_id": None, "model_config": to_dict(cfg)}))
+    (run / "checkpoints" / "latest").write_text(ckpt.name)
+    np.savez(run / "public.npz", **arrays)
+    return run
+
+
+def test_model_config_round_trips_and_names_bad_keys():
+    cfg = _tiny_config()
+    assert model_config_from_dict(json.loads(json.dumps(to_dict(cfg))), "meta.json") == cfg
+    data = to_dict(cfg) | {"quantizer": to_dict(cfg.quantizer) | {"codes": 4}}
+    with pytest.raises(ConfigError, match=r"'model_config.quantizer.codes' \(from x/meta.json\)"):
+        model_config_from_dict(data, "x/meta.json")
+
+
+def _everything(model) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, persistent or not (EMA accumulator, usage window), cloned."""
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    return {name: t.detach().clone() for name, t in tensors.items()}
+
+
+def test_head_training_and_encoding_leave_encoder_and_codebook_untouched(checkpoint):
+    pretrained = load_pretrained(checkpoint)
+    model = pretrained.model
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    before = _everything(model)
+    arrays = _public_arrays(1)
+    per_second = torch.from_numpy(arrays["labels"]).argmax(-1)
+    per_second[per_second == CLASSES] = -1                             # the last one-hot column is background
+    data = LabelledFeatures({m: torch.from_numpy(arrays[m]) for m in ("audio", "video")},
+                            {"audio": per_second, "video": per_second}, torch.arange(CLIPS) % CLASSES)
+    parts = split_indices(CLIPS, (0.5, 0.25, 0.25), 0)
+    splits = {name: encode_split(model, data.subset(index)) for name, index in parts.items()}
+    classification_probe(splits, "video", "audio", CLASSES, ProbeConfig(epochs=3))
+    localisation_probe(splits, "audio", "video", CLASSES, ProbeConfig(epochs=3))
+    after = _everything(model)
+    assert before.keys() == after.keys()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed == []
+    assert all(p.grad is None for p in model.parameters())
+    # the frozen quantizer can neither collect MM-EMA statistics nor step
+    z = torch.randn(2, SEGMENTS, 8)
+    model.quantizer.accumulate_({"audio": z, "video": z}, {"audio": torch.zeros(2, SEGMENTS, dtype=torch.int64),
+                                                           "video": torch.zeros(2, SEGMENTS, dtype=torch.int64)})
+    assert torch.equal(model.quantizer.stats_accumulator, before["quantizer.stats_accumulator"])
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.quantizer.step_()
+
+
+def test_codes_are_the_nearest_codewords_and_inputs_are_checked(checkpoint):
+    model = load_pretrained(checkpoint).model
+    video = torch.randn(5, SEGMENTS, 2, 2, 8)
+    vectors, indices = encode_modality(model, "video", video, batch_size=2)
+    semantic = model.semantic["video"](video.flatten(2, 3))
+    expected = torch.cdist(semantic.reshape(-1, 8), model.quantizer.codebook).argmin(-1).view(5, SEGMENTS)
+    assert torch.equal(indices, expected)
+    assert torch.equal(vectors, model.quantizer.codebook[indices])
+    with pytest.raises(ValueError, match=r"features\['audio'\] must be \(n t 6\)"):
+        encode_modality(model, "audio", torch.randn(2, SEGMENTS, 7))
+    with pytest.raises(KeyError, match="no 'text' encoder"):
+        encode_modality(model, "text", torch.randn(2, SEGMENTS, 6))
+    model.train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        encode_modality(model, "audio", torch.randn(2, SEGMENTS, 6))
+    model.eval()
+
+
+def test_command_on_public_npz_with_toc(checkpoint, capsys):
+    before = hashlib.sha256((checkpoint / "checkpoints/step_00000008/model.pt").read_bytes()).hexdigest()
+    code = main([str(checkpoint), "--public", str(checkpoint / "public.npz"), "--epochs", "2", "--toc", "4",
+                 "--no-tracking", "--json", str(checkpoint / "report.json")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads((checkpoint / "report.json").read_text())
+    assert len(report["toc"]["dims"]) == 4 and report["clips"] == {"train": 18, "val": 6, "test": 6}
+    rows = {(p["task"], p["direction"]) for p in report["probes"]}
+    assert rows == {(t, d) for t in ("classification", "localisation") for d in ("A→V", "V→A")}
+    assert "TOC: 4 dims" in out and "retrieval" in out
+    assert (checkpoint / "evaluation" / "step_00000008-toc4" / "table.txt").is_file()
+    assert hashlib.sha256((checkpoint / "checkpoints/step_00000008/model.pt").read_bytes()).hexdigest() == before
+
+
+def test_command_reports_bad_input_by_name(checkpoint, tmp_path, capsys):
+    assert main([str(tmp_path / "no_run")]) == 2
+    assert "no_run" in capsys.readouterr().err
+    assert main([str(checkpoint), "--public", str(tmp_path / "missing.npz"), "--no-tracking"]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_command_on_a_checkpoint_of_the_main_job_logs_a_child_mlflow_run(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from job_utils import make_clip_shards, run_job
+
+    shards = make_clip_shards(tmp_path / "data", num_clips=16, seconds=4, clips_per_shard=4)
+    run = tmp_path / "run"
+    run_job(run, shards, overrides=["run.max_steps=4", "run.ckpt_every=4"])
+    ckpt = run / "checkpoints" / "step_00000004"
+    meta = json.loads((ckpt / "meta.json").read_text())
+    before = hashlib.sha256((ckpt / "model.pt").read_bytes()).hexdigest()
+
+    assert main([str(run), "--epochs", "3", "--split", "0.5,0.25,0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "classification  V→A" in out and "localisation    A→V" in out and "(step 4)" in out
+    assert hashlib.sha256((ckpt / "model.pt").read_bytes()).hexdigest() == before
+
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    parent = client.get_run(meta["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id], filter_string="tags.phase = 'evaluate'")
+    assert len(children) == 1
+    child = children[0]
+    assert child.data.tags["mlflow.parentRunId"] == meta["mlflow_run_id"]
+    report = json.loads((run / "evaluation" / "step_00000004" / "report.json").read_text())
+    cell = next(p for p in report["probes"] if p["task"] == "classification" and p["direction"] == "V→A")
+    assert child.data.metrics["eval/classification/V_to_A/cross"] == pytest.approx(cell["cross"])
+    assert {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")} == \
+        {"evaluation/report.json", "evaluation/table.txt"}
+    assert dataclasses.is_dataclass(load_pretrained(run).model.cfg)

@@ -1,0 +1,482 @@
+"""FCCID (seed 003 §3.1): model shapes, loss terms of eq. 10, InfoNCE by hand, Table 5 switches, the coarse path
+per segment, state, the 2-rank exactness of the quantizer state, and the real job with ``task: fccid``."""
+
+import dataclasses
+import io
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from dist_utils import init_gloo, run_ranks
+from job_utils import REPO, make_clip_shards, read_metrics, run_job
+
+from trainer import distributed
+from trainer.checkpoint import CheckpointManager
+from trainer.config import ConfigError, build_config, load_config
+from trainer.job import JobConfig, model_config
+from trainer.models.club import CLUBConfig
+from trainer.models.encoders import EncoderConfig
+from trainer.models.fccid import CoarseConfig, FCCIDConfig, FCCIDLossConfig, FCCIDModel, mean_over_time
+from trainer.models.losses import commitment_losses, symmetric_info_nce
+from trainer.models.quantizer import QuantizerConfig
+from trainer.tasks import FCCIDTask, task_spec
+
+B, T, L = 4, 5, 7
+DIMS = {"audio": 12, "video": 16, "text": 20}
+SWITCHES = {"a_club": "fine_audio", "v_club": "fine_video", "av_club": "coarse_audiovisual", "te_club": "coarse_text"}
+
+
+def small_cfg(**overrides) -> FCCIDConfig:
+    """Paper structure (spatial video map, 2-layer 4-head fine transformers) at toy widths."""
+    base = dict(
+        feature_dims=dict(DIMS),
+        spatial_patches={"video": 4},
+        encoder=EncoderConfig(semantic_dim=16, specific_dim=8, ff_dim=32, dropout=0.0, se_reduction=4,
+                              pool_hidden=8, specific_hidden=16, spatial_specific_channels=8, decoder_hidden=16),
+        coarse=CoarseConfig(hidden_dim=16, specific_dim=6),
+        quantizer=QuantizerConfig(num_codes=8, dim=16, reset_steps=2),
+        club=CLUBConfig(hidden_dim=16, inner_steps=2),
+    )
+    base.update(overrides)
+    return FCCIDConfig(**base)
+
+
+def features(batch=B, seed=0, lengths=(3, 4, 7, 5)):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "audio": torch.randn(batch, T, DIMS["audio"], generator=g),
+        "video": torch.randn(batch, T, 2, 2, DIMS["video"], generator=g),
+        "text": torch.randn(batch, L, DIMS["text"], generator=g),
+        "text_mask": torch.arange(L) < torch.tensor(lengths[:batch]).unsqueeze(1),   # (b l), True = real token
+    }
+
+
+def make_task(cfg=None, seed=0):
+    torch.manual_seed(seed)
+    return FCCIDTask(cfg or small_cfg())
+
+
+# ---------------------------------------------------------------- InfoNCE (seed 003 eq. 7) by hand
+def test_symmetric_info_nce_hand_computed():
+    # cos: x0·y0 = 1, x0·y1 = 1/√2, x1·y0 = 0, x1·y1 = 1/√2 (y0 has length 2: cosine ignores lengths)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    s = 1 / math.sqrt(2)
+    rows = ((math.log(math.e + math.exp(s)) - 1) + (math.log(1 + math.exp(s)) - s)) / 2      # x_i picks y_i
+    cols = ((math.log(math.e + 1) - 1) + math.log(2)) / 2                                   # y_j picks x_j
+    assert rows + cols == pytest.approx(0.9823140792, abs=1e-9)
+    assert symmetric_info_nce(x, y).item() == pytest.approx(rows + cols, abs=1e-6)
+    # τ = 0.5 doubles every score: rows 0.3300847, columns 0.4100376
+    assert symmetric_info_nce(x, y, temperature=0.5).item() == pytest.approx(0.7401222459, abs=1e-6)
+    # symmetric: swapping the modalities swaps the two directions and leaves the sum
+    assert symmetric_info_nce(y, x).item() == pytest.approx(rows + cols, abs=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        symmetric_info_nce(x, y, temperature=0.0)
+    with pytest.raises(ValueError, match="one shape"):
+        symmetric_info_nce(x, y[:1])
+
+
+def test_mean_over_time_counts_real_tokens_only():
+    x = torch.tensor([[[1.0], [3.0], [100.0]]])                           # (b=1 t=3 c=1), last token padding
+    assert mean_over_time(x, torch.tensor([[True, True, False]])).item() == 2.0
+    assert mean_over_time(x).item() == pytest.approx(104 / 3)
+
+
+# ---------------------------------------------------------------- shapes and loss terms
+def test_forward_shapes():
+    task = make_task()
+    feats = features()
+    out = task.model(feats)
+    for m in ("audio", "video"):
+        assert out["fine_semantic"][m].shape == (B, T, 16)
+        assert out["fine_specific"][m].shape == (B, T, 8)
+        assert out["reconstruction"][m].shape == feats[m].shape == out["reconstruction_target"][m].shape
+        assert out["cpc_predictions"][m].shape == (B, T - 2, 2, 16)           # K = 2: the fine level is AV
+    for m in ("audio", "video", "text"):
+        assert out["coarse_general"][m].shape == (B, 16)
+        assert out["coarse_specific"][m].shape == (B, 6)
+        assert out["quantized"][m].shape == out["codewords"][m].shape == (B, 16)
+        assert out["codes"][m].shape == (B,) and out["codes"][m].dtype == torch.int64
+        assert out["distances"][m].shape == (B, 8)
+    assert out["reconstruction"]["text"].shape == out["reconstruction_target"]["text"].shape == (B, DIMS["text"])
+    assert set(out["cpc_predictions"]) == {"audio", "video"}
+
+
+def test_loss_has_every_term_of_eq_10():
+    task = make_task()
+    loss, metrics = task.compute_loss(features(), step=0)
+    assert {"recon", "commit", "cmcm", "cpc", "nce", "mi", "mi_fine", "mi_coarse", "club_log_likelihood",
+            "loss"} <= set(metrics)
+    assert {"cpc_audio2video", "cpc_video2audio", "nce_audio_text", "nce_video_text", "cmcm_audio_video",
+            "cmcm_audio_text", "cmcm_video_text", "mi_fine_audio", "mi_fine_video", "mi_coarse_audio",
+            "mi_coarse_video", "mi_coarse_text"} <= set(metrics)
+    assert all(v.ndim == 0 and not v.requires_grad for v in metrics.values())
+    assert torch.isfinite(loss) and loss.requires_grad
+    assert metrics["mi_fine"].item() == pytest.approx((metrics["mi_fine_audio"] + metrics["mi_fine_video"]).item())
+    coarse = metrics["mi_coarse_audio"] + metrics["mi_coarse_video"] + metrics["mi_coarse_text"]
+    assert metrics["mi_coarse"].item() == pytest.approx(coarse.item(), abs=1e-7)
+    assert metrics["mi"].item() == pytest.approx((metrics["mi_fine"] + metrics["mi_coarse"]).item(), abs=1e-6)
+
+
+def test_total_loss_is_the_weighted_sum_of_eq_10():
+    weights = FCCIDLossConfig(recon=1.0, commit=2.0, cmcm=0.25, cpc=0.5, nce=3.0, mi=1.5)
+    _, m = make_task(small_cfg(loss=weights)).compute_loss(features(), 0)
+    expected = m["recon"] + 2 * m["commit"] + 0.25 * m["cmcm"] + 0.5 * m["cpc"] + 3 * m["nce"] + 1.5 * m["mi"]
+    assert m["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_terms_recomputed_from_the_forward_outputs():
+    """Eval mode (no state change): the task's terms are the documented functions of the model's outputs."""
+    cfg = small_cfg(coarse=CoarseConfig(hidden_dim=16, specific_dim=6, temperature=0.5))
+    task = make_task(cfg)
+    feats = features()
+    task.compute_loss(feats, 0)                                              # initialise the codebook
+    task.after_optimizer_step_()
+    task.model.eval()
+    _, metrics = task.compute_loss(feats, 1)
+    out = task.model(feats)
+    c = out["coarse_general"]
+    for m in ("audio", "video"):
+        assert metrics[f"nce_{m}_text"].item() == pytest.approx(symmetric_info_nce(c[m], c["text"], 0.5).item(),
+                                                                abs=1e-6)
+    commit = commitment_losses(c, out["codewords"], 0.25, 0.125)
+    assert metrics["commit_text"].item() == pytest.approx(commit["text"].item(), rel=1e-6)
+    # text reconstruction target: the mean of each caption's real tokens only
+    lengths = feats["text_mask"].sum(1, keepdim=True)
+    manual = torch.stack([feats["text"][i, :n].mean(0) for i, n in enumerate(lengths.flatten().tolist())])
+    assert torch.allclose(out["reconstruction_target"]["text"], manual, atol=1e-6)
+    recon = ((out["reconstruction"]["text"] - manual) ** 2).mean()
+    assert metrics["recon_text"].item() == pytest.approx(recon.item(), rel=1e-5)
+
+
+def test_text_padding_reaches_nothing():
+    task = make_task()
+    task.model.eval()
+    feats = features()
+    out = task.model(feats)
+    padded = dict(feats, text=torch.where(feats["text_mask"].unsqueeze(-1), feats["text"], 50.0))
+    out2 = task.model(padded)
+    for key in ("coarse_general", "coarse_specific", "reconstruction", "reconstruction_target"):
+        assert torch.allclose(out[key]["text"], out2[key]["text"], atol=1e-6), key
+
+
+def test_bad_inputs_name_the_key():
+    task = make_task()
+    feats = features()
+    with pytest.raises(KeyError, match="'text'"):
+        task.model({k: v for k, v in feats.items() if k not in ("text", "text_mask")})
+    with pytest.raises(KeyError, match="audio_mask"):
+        task.model({**feats, "audio_mask": torch.ones(B, T, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"features\['video'\]"):
+        task.model({**feats, "video": feats["video"].mean((2, 3))})
+    with pytest.raises(ValueError, match="share"):
+        task.model({**feats, "audio": feats["audio"][:, :3]})
+    with pytest.raises(ValueError, match=r"features\['text_mask'\]"):
+        task.model({**feats, "text_mask": feats["text_mask"][:, :3]})
+    with pytest.raises(ValueError, match=r"features\['text'\] has 2 clips"):
+        task.model({**feats, "text": feats["text"][:2], "text_mask": feats["text_mask"][:2]})
+    with pytest.raises(ValueError, match=r"batch\['text_mask'\] has rows without any real token"):
+        task.prepare_batch({**feats, "text_mask": torch.zeros(B, L, dtype=torch.bool)})
+
+
+# ---------------------------------------------------------------- gradient facts
+def test_every_specific_encoder_feeds_the_reconstruction():
+    """Ψ_f and Ψ_c reach the decoders, so their CLUB terms cannot be zeroed for free by a constant output;
+    the general path reaches them only through the quantised clip code (straight-through)."""
+    task = make_task(small_cfg(loss=FCCIDLossConfig(recon=1, commit=0, cmcm=0, cpc=0, nce=0, mi=0)))
+    loss, _ = task.compute_loss(features(), 0)
+    loss.backward()
+    model = task.model
+
+    def reached(module):
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    for m in ("audio", "video"):
+        assert reached(model.fine_specific[m]) and reached(model.fine_semantic[m]), m
+    for side in ("audiovisual", "text"):
+        assert reached(model.coarse_specific[side]) and reached(model.coarse_general[side]), side
+        assert reached(model.project[side]), side
+
+
+def test_club_estimators_trained_by_inner_steps_but_untouched_by_main_loss():
+    task = make_task()
+    assert set(task.club.keys()) == set(SWITCHES.values())
+    before = {k: v.clone() for k, v in task.club.state_dict().items()}
+    loss, _ = task.compute_loss(features(), 0)
+    moved = {name for name in task.club.keys()
+             if any(not torch.equal(before[f"{name}.{k}"], v) for k, v in task.club[name].state_dict().items())}
+    assert moved == set(SWITCHES.values())                                  # every estimator took inner steps
+    loss.backward()
+    assert all(p.grad is None for p in task.club.parameters())              # the main loss never grads θ
+
+
+def test_codebook_gets_no_gradient_and_changes_only_in_step():
+    task = make_task()
+    q = task.model.quantizer
+    assert q.modalities == ("audio", "video", "text") and list(q.parameters()) == []
+    loss, _ = task.compute_loss(features(), 0)
+    codebook = q.codebook.clone()
+    loss.backward()
+    torch.optim.SGD(task.model.parameters(), lr=0.1).step()
+    assert torch.equal(q.codebook, codebook)
+    counts, _ = q._accumulated()
+    assert counts.sum(1).tolist() == [B, B, B]                             # one clip code per clip and modality
+    stats = task.after_optimizer_step_()
+    assert not torch.equal(q.codebook, codebook)
+    assert {"codebook/codes_used_audio", "codebook/codes_used_video", "codebook/codes_used_text"} <= set(stats)
+
+
+def test_eval_mode_changes_no_state():
+    task = make_task()
+    task.compute_loss(features(), 0)
+    task.after_optimizer_step_()
+    task.model.eval()
+    quantizer = {k: v.clone() for k, v in task.model.quantizer.state_dict().items() if torch.is_tensor(v)}
+    club = {k: v.clone() for k, v in task.club.state_dict().items()}
+    generator = task.cpc_generator.get_state()
+    _, metrics = task.compute_loss(features(seed=1), 1)
+    assert "club_log_likelihood" not in metrics
+    assert all(torch.equal(v, quantizer[k]) for k, v in task.model.quantizer.state_dict().items() if torch.is_tensor(v))
+    assert all(torch.equal(v, club[k]) for k, v in task.club.state_dict().items())
+    assert torch.equal(task.cpc_generator.get_state(), generator)
+
+
+# ---------------------------------------------------------------- Table 5 switches
+@pytest.mark.parametrize("on", [
+    (), ("a_club",), ("v_club",), ("av_club",), ("te_club",), ("a_club", "v_club"), ("av_club", "te_club"),
+])
+def test_table5_rows_build_only_their_estimators_and_terms(on):
+    task = make_task(small_cfg(**{switch: switch in on for switch in SWITCHES}))
+    _, metrics = task.compute_loss(features(), 0)
+    wanted = {SWITCHES[s] for s in on}
+    bounds = {k.removeprefix("mi_") for k in metrics if k.startswith(("mi_fine_", "mi_coarse_"))}
+    expected = {name for name in ("fine_audio", "fine_video") if name in wanted}
+    expected |= {"coarse_audio", "coarse_video"} if "coarse_audiovisual" in wanted else set()
+    expected |= {"coarse_text"} if "coarse_text" in wanted else set()
+    assert bounds == expected
+    if not on:
+        assert task.club is None and task.club_optimizer is None
+        assert not {"mi", "mi_fine", "mi_coarse", "club_log_likelihood"} & set(metrics)
+        assert "club" not in task.state_dict()
+    else:
+        assert set(task.club.keys()) == wanted
+        assert ("mi_fine" in metrics) == bool(wanted & {"fine_audio", "fine_video"})
+        assert ("mi_coarse" in metrics) == bool(wanted & {"coarse_audiovisual", "coarse_text"})
+    # the rest of eq. 10 is untouched by the switches
+    assert {"recon", "commit", "cmcm", "cpc", "nce"} <= set(metrics)
+
+
+# ---------------------------------------------------------------- downstream: per-segment coarse path
+def test_segment_codes_pass_each_segment_through_the_coarse_path():
+    task = make_task()
+    feats = features()
+    task.compute_loss(feats, 0)
+    task.after_optimizer_step_()
+    model = task.model.eval()
+    with torch.no_grad():
+        for m, length in (("audio", T), ("video", T), ("text", L)):
+            codes, quantized = model.segment_codes(feats, m)
+            assert codes.shape == (B, length) and quantized.shape == (B, length, 16)
+            assert torch.equal(quantized, model.quantizer.codebook[codes])
+        # a clip whose segments are all equal has one code: the one its clip vector gets in training
+        still = {**feats, "audio": feats["audio"][:, :1].expand(-1, T, -1).contiguous(),
+                 "video": feats["video"][:, :1].expand(-1, T, -1, -1, -1).contiguous(),
+                 "text": feats["text"][:, :1].expand(-1, L, -1).contiguous()}
+        clip_codes = model(still)["codes"]
+        for m in ("audio", "video", "text"):
+            codes, _ = model.segment_codes(still, m)
+            assert torch.equal(codes, clip_codes[m].unsqueeze(1).expand(-1, codes.shape[1])), m
+        with pytest.raises(KeyError, match="speech"):
+            model.segment_codes(feats, "speech")
+
+
+# ---------------------------------------------------------------- config and state
+def test_config_through_the_project_loader_and_the_task_registry():
+    cfg = load_config(FCCIDConfig, overrides=["av_club=false", "coarse.temperature=0.07", "loss.nce=0.5"])
+    assert cfg.club_estimators == ("fine_audio", "fine_video", "coarse_text")
+    assert cfg.coarse.temperature == 0.07 and cfg.loss.nce == 0.5 and cfg.modalities == ("audio", "video", "text")
+    assert task_spec("fccid").config is FCCIDConfig and task_spec("fccid").task is FCCIDTask
+    with pytest.raises(ConfigError, match="coarse.temprature"):
+        load_config(FCCIDConfig, overrides=["coarse.temprature=0.5"])
+    with pytest.raises(ValueError, match="temperature"):
+        CoarseConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="quantizer.dim"):
+        small_cfg(quantizer=QuantizerConfig(num_codes=8, dim=32))
+    with pytest.raises(ValueError, match="text"):
+        small_cfg(spatial_patches={"text": 4})
+    with pytest.raises(ValueError, match="exactly"):
+        small_cfg(modalities=("audio", "video"))
+    assert small_cfg(modalities=["text", "video", "audio"]).modalities == ("audio", "video", "text")
+
+
+def test_pretrain_config_carries_the_paper_hyperparameters():
+    cfg = load_config(JobConfig, REPO / "launch" / "configs" / "pretrain_fccid.yaml")
+    assert cfg.task == "fccid"
+    model = model_config(cfg)
+    assert isinstance(model, FCCIDConfig) and model.club_estimators == tuple(SWITCHES.values())
+    q = model.quantizer
+    assert (q.num_codes, q.dim, q.decay, q.reset, q.reset_steps) == (400, 256, 0.99, True, 200)
+    assert model.encoder.semantic_dim == 256 and model.coarse.temperature == 1.0
+    assert (model.loss.commit_self, model.loss.commit_partner) == (0.25, 0.125)
+    assert model.club.inner_steps == 5 and cfg.optim.lr == 4e-4 and cfg.data.batch_size == 80
+    demo = load_config(JobConfig, REPO / "launch" / "configs" / "demo_fccid.yaml")
+    assert demo.task == "fccid" and isinstance(model_config(demo), FCCIDConfig)
+
+
+def test_state_dict_round_trip_through_weights_only_load():
+    task = make_task()
+    opt = torch.optim.SGD(task.model.parameters(), lr=0.01)
+    for step in range(2):
+        loss, _ = task.compute_loss(features(seed=step), step)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        task.after_optimizer_step_()
+    buffer = io.BytesIO()
+    torch.save({"task": task.state_dict(), "model": task.model.state_dict()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert set(state["task"]) == {"club", "club_optimizer", "cpc_generator"}
+    fresh = make_task(seed=5)
+    fresh.model.load_state_dict(state["model"])
+    fresh.load_state_dict(state["task"])
+    _, m1 = task.compute_loss(features(seed=9), 2)
+    _, m2 = fresh.compute_loss(features(seed=9), 2)
+    for key in ("cpc", "nce", "mi", "club_log_likelihood", "loss"):
+        assert torch.equal(m1[key], m2[key]), key
+    with pytest.raises(KeyError, match="ablation switches"):
+        make_task(small_cfg(a_club=False, v_club=False, av_club=False, te_club=False)).load_state_dict(state["task"])
+
+
+# ---------------------------------------------------------------- 2 ranks vs 1 process (gloo, fork workers)
+GLOBAL_BATCH, DIST_T, STEPS = 8, 4, 6
+
+
+def _dist_batch(step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    lengths = torch.randint(1, L + 1, (GLOBAL_BATCH,), generator=g)
+    return {"audio": torch.randn(GLOBAL_BATCH, DIST_T, DIMS["audio"], generator=g),
+            "video": torch.randn(GLOBAL_BATCH, DIST_T, 2, 2, DIMS["video"], generator=g),
+            "text": torch.randn(GLOBAL_BATCH, L, DIMS["text"], generator=g),
+            "text_mask": torch.arange(L) < lengths.unsqueeze(1)}
+
+
+def _dist_train(rank: int, world: int) -> dict:
+    # Contrastive terms use local-batch negatives (not the global objective): weight 0, still computed.
+    # Trained on the per-sample terms, whose 2-rank gradient mean is the global-batch gradient.
+    cfg = small_cfg(quantizer=QuantizerConfig(num_codes=16, dim=16, reset_steps=2),
+                    club=CLUBConfig(hidden_dim=16, inner_steps=3, lr=1e-2),
+                    loss=FCCIDLossConfig(cmcm=0.0, cpc=0.0, nce=0.0, mi=0.0))
+    torch.manual_seed(0)
+    task = FCCIDTask(cfg)
+    optimizer = torch.optim.SGD(task.model.parameters(), lr=0.1, momentum=0.9)   # see test_unicode_dist: not Adam
+    per_step = []
+    for step in range(STEPS):
+        local = {k: v.chunk(world)[rank] for k, v in _dist_batch(step).items()}
+        loss, metrics = task.compute_loss(task.prepare_batch(local), step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_gradients_(task.model.parameters())
+        optimizer.step()
+        per_step.append({"recon": metrics["recon"], "commit": metrics["commit"], **task.after_optimizer_step_()})
+    return {"model": {k: v for k, v in task.model.state_dict().items() if not k.startswith("quantizer.")},
+            "quantizer": task.model.quantizer.state_dict(), "club": task.club.state_dict(), "per_step": per_step}
+
+
+def _dist_worker(rank: int, world: int, port: int, out_dir: Path) -> None:
+    if world > 1:
+        init_gloo(rank, world, port)
+    torch.save(_dist_train(rank, world), out_dir / f"world{world}_rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_two_ranks_match_each_other_bitwise_and_one_process_on_the_global_batch(tmp_path):
+    run_ranks(_dist_worker, 2, tmp_path, timeout=120)
+    run_ranks(_dist_worker, 1, tmp_path, timeout=120)
+    r0, r1, ref = (torch.load(tmp_path / f"world{w}_rank{r}.pt", weights_only=True) for w, r in ((2, 0), (2, 1), (1, 0)))
+    assert sum(int(s["codebook/resets"]) for s in ref["per_step"]) > 0, "the run must include code resets"
+    for part in ("quantizer", "club", "model"):
+        assert r0[part].keys() == ref[part].keys()
+        for key, value in r0[part].items():
+            assert torch.equal(value, r1[part][key]), f"{part}.{key} differs between ranks"
+            if value.is_floating_point():
+                diff = (value - ref[part][key]).abs().max().item()
+                assert diff <= 1e-6, f"{part}.{key}: 2 ranks vs 1 process differ by {diff}"
+            else:
+                assert torch.equal(value, ref[part][key]), f"{part}.{key}: 2 ranks vs 1 process"
+    for step, (s0, s1, sref) in enumerate(zip(r0["per_step"], r1["per_step"], ref["per_step"])):
+        for key, value in sref.items():
+            if key.startswith("codebook/"):
+                assert torch.equal(s0[key], s1[key]) and torch.allclose(s0[key], value, atol=1e-4), (step, key)
+            else:
+                assert (s0[key] + s1[key]).item() / 2 == pytest.approx(value.item(), abs=1e-6), (step, key)
+
+
+# ---------------------------------------------------------------- the real job: trainer/main.py with task fccid
+DEMO_FCCID = REPO / "launch" / "configs" / "demo_fccid.yaml"
+JOB_OVERRIDES = ["model.quantizer.reset_steps=2"]   # codes unused for 2 steps are reset: the runs include resets
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    return make_clip_shards(tmp_path_factory.mktemp("data"))
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir)}
+
+
+def _latest(run_dir: Path) -> Path:
+    return CheckpointManager(run_dir / "checkpoints").latest()
+
+
+@pytest.mark.slow
+def test_main_job_trains_fccid_resumes_exactly_and_its_checkpoint_gives_segment_codes(tmp_path, shards):
+    reference, split = tmp_path / "reference", tmp_path / "split"
+    run_job(reference, shards, config=DEMO_FCCID, overrides=["run.max_steps=4", *JOB_OVERRIDES])
+    run_job(split, shards, config=DEMO_FCCID, overrides=["run.max_steps=2", *JOB_OVERRIDES])
+    run_job(split, shards, config=DEMO_FCCID, overrides=["run.max_steps=4", *JOB_OVERRIDES])   # resumes at 2
+    rows = read_metrics(reference)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("loss", "recon_text", "nce_audio_text", "nce_video_text", "cpc_audio2video", "mi_fine",
+                "mi_coarse", "cmcm_audio_text", "club_log_likelihood", "codebook/codes_used_text"):
+        assert all(math.isfinite(r[key]) for r in rows), key
+    assert sum(r["codebook/resets"] for r in rows) > 0
+    assert _losses(split) == _losses(reference)                              # every step, bit for bit
+    final = {name: torch.load(_latest(run) / "model.pt", map_location="cpu", weights_only=True)
+             for name, run in (("reference", reference), ("split", split))}
+    assert final["reference"].keys() == final["split"].keys()
+    assert all(torch.equal(v, final["split"][k]) for k, v in final["reference"].items())
+
+    ckpt = _latest(reference)
+    meta = CheckpointManager.read_meta(ckpt)
+    assert meta["step"] == 4 and meta["task"] == "fccid"
+    cfg = build_config(FCCIDConfig, meta["model_config"], "model_config")
+    assert dataclasses.asdict(cfg.coarse) == {"hidden_dim": 64, "specific_dim": 32, "temperature": 1.0}   # demo's
+    model = FCCIDModel(cfg)
+    model.load_state_dict(final["reference"])
+    model.eval()
+    assert bool(model.quantizer.initialized) and int(model.quantizer.step) == 4
+    dims = cfg.feature_dims
+    with torch.no_grad():
+        video = torch.randn(2, 4, cfg.spatial_patches["video"], dims["video"])
+        codes, vectors = model.segment_codes({"video": video}, "video")
+        text_codes, _ = model.segment_codes({"text": torch.randn(2, 6, dims["text"])}, "text")
+    assert codes.shape == (2, 4) and vectors.shape == (2, 4, cfg.encoder.semantic_dim) and text_codes.shape == (2, 6)
+    rank_state = torch.load(ckpt / "rank_00000.pt", map_location="cpu", weights_only=True)
+    assert {key.split(".")[0] for key in rank_state["task"]["club"]} == set(SWITCHES.values())
+
+
+@pytest.mark.slow
+def test_zero2_two_ranks_keep_fccid_codebook_and_club_bit_identical(tmp_path, shards):
+    run_dir = tmp_path / "zero2"
+    run_job(run_dir, shards, processes=2, zero=2, config=DEMO_FCCID, overrides=["run.max_steps=3", *JOB_OVERRIDES])
+    states = [torch.load(p, map_location="cpu", weights_only=True) for p in sorted(_latest(run_dir).glob("rank_*.pt"))]
+    assert len(states) == 2
+    replicas = [s["replicas"] for s in states]
+    assert {k.split(".")[0] for k in replicas[0]} == {"quantizer", "club"}
+    assert {k.split(".")[1] for k in replicas[0] if k.startswith("club.")} == set(SWITCHES.values())
+    assert replicas[0].keys() == replicas[1].keys()
+    different = [k for k in replicas[0] if not torch.equal(replicas[0][k], replicas[1][k])]
+    assert not different, f"replicated state differs between ranks: {different[:10]}"

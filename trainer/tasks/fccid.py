@@ -1,0 +1,107 @@
+"""FCCID pretraining as a task object (seed 003 §3.1): the interface and loop of ``UniCodeTask``.
+
+Loss, seed 003 eq. 10 (weights: ``FCCIDConfig.loss``), metric names in brackets:
+    recon   Σ_m MSE(x̂^m, x^m): audio and video per segment, text against its mean token   [recon_<m>]
+    commit  CMG eq. 8 on the clip codes of audio, video and text                           [commit_<m>]
+    cmcm    CMCM on the clip code distributions, every pair of audio, video, text         [cmcm_<a>_<b>]
+    cpc     fine Cross-CPC between f^a and f^v (eq. 4)                                     [cpc_<a>2<b>]
+    nce     symmetric InfoNCE c^a ↔ c^te plus c^v ↔ c^te, cosine / τ (eq. 7)             [nce_<m>_text]
+    mi      L_MImin = CLUB_fine + CLUB_coarse (eqs. 3, 6)                       [mi_fine, mi_coarse, mi_<bound>]
+The CLUB estimators that the Table 5 switches leave on: ``fine_audio`` q(f̄^a | f^a) (A_CLUB), ``fine_video``
+(V_CLUB), ``coarse_audiovisual`` q(c̄ | c) (AV_CLUB: one estimator for audio's and video's clip pairs, as their
+coarse encoders are shared; its bound is the sum of the two) and ``coarse_text`` (TE_CLUB). They train, and
+their bounds enter the loss, exactly as Uni-Code's do (``CodebookTask``); the coarse bound's negatives are
+the other clips of the local batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from torch import Tensor, nn
+
+from trainer import distributed
+from trainer.models.club import CLUBEstimator
+from trainer.models.fccid import COARSE_SIDE, FINE_MODALITIES, TEXT, FCCIDConfig, FCCIDModel
+from trainer.models.losses import commitment_losses, reconstruction_loss, symmetric_info_nce
+from trainer.tasks.unicode import ClubPairs, CodebookTask, cmcm_terms, weighted_total
+
+
+class FCCIDTask(CodebookTask):
+    def __init__(
+        self,
+        cfg: FCCIDConfig,
+        all_reduce_fn: Callable[[Tensor], Tensor] = distributed.all_reduce_sum_,
+        all_gather_fn: Callable[[Tensor], Tensor] = distributed.all_gather_cat,
+        average_gradients_fn: Callable[[Iterable[nn.Parameter]], None] = distributed.average_gradients_,
+    ):
+        self.cfg = cfg
+        model = FCCIDModel(cfg, all_reduce_fn, all_gather_fn)
+        club = None
+        if cfg.club_estimators:
+            general = cfg.encoder.semantic_dim
+            club = nn.ModuleDict({
+                name: CLUBEstimator(general, cfg.encoder.specific_dim if name.startswith("fine_") else
+                                    cfg.coarse.specific_dim, cfg.club.hidden_dim)
+                for name in cfg.club_estimators})
+        super().__init__(model, cfg.modalities, club, cfg.club, cfg.cpc, average_gradients_fn)
+
+    def _club_pairs(self, out: Mapping[str, Mapping[str, Tensor]]) -> ClubPairs:
+        """Bound name -> (estimator, general, specific) for every switched-on estimator; clip vectors as
+        length-1 sequences ``(b 1 d)`` (eq. 6 with T = 1: negatives are the other clips)."""
+        pairs = {}
+        for m in FINE_MODALITIES:
+            if self.club is not None and f"fine_{m}" in self.club:
+                pairs[f"fine_{m}"] = (f"fine_{m}", out["fine_semantic"][m], out["fine_specific"][m])
+        for m in self.modalities:
+            estimator = f"coarse_{COARSE_SIDE[m]}"
+            if self.club is not None and estimator in self.club:
+                pairs[f"coarse_{m}"] = (estimator, out["coarse_general"][m].unsqueeze(1),
+                                        out["coarse_specific"][m].unsqueeze(1))
+        return pairs
+
+    def compute_loss(self, features: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Forward + every term of eq. 10. ``metrics``: detached 0-dim tensors (unweighted terms, and ``loss``).
+
+        ``step`` is part of the generic task interface; no FCCID term is scheduled by it.
+        """
+        del step
+        out = self.forward_module(features)
+        weights = self.cfg.loss
+        general = out["coarse_general"]
+        metrics: dict[str, Tensor] = {}
+        terms: dict[str, Tensor] = {}
+
+        recon = {m: reconstruction_loss(out["reconstruction"][m], out["reconstruction_target"][m])
+                 for m in self.modalities}
+        commit = commitment_losses(general, out["codewords"], weights.commit_self, weights.commit_partner)
+        terms["recon"] = sum(recon.values())
+        terms["commit"] = sum(commit.values())
+        metrics.update({f"recon_{m}": v for m, v in recon.items()})
+        metrics.update({f"commit_{m}": v for m, v in commit.items()})
+
+        cmcm = cmcm_terms({m: d.unsqueeze(1) for m, d in out["distances"].items()})   # one "segment" per clip
+        terms["cmcm"] = sum(cmcm.values())
+        metrics.update({f"cmcm_{a}_{b}": v for (a, b), v in cmcm.items()})
+
+        terms["cpc"], cpc = self._cpc_terms(out["cpc_predictions"], out["fine_semantic"], self.cfg.cpc)
+        metrics.update({f"cpc_{a}2{n}": v for (a, n), v in cpc.items()})
+
+        nce = {m: symmetric_info_nce(general[m], general[TEXT], self.cfg.coarse.temperature) for m in FINE_MODALITIES}
+        terms["nce"] = sum(nce.values())
+        metrics.update({f"nce_{m}_{TEXT}": v for m, v in nce.items()})
+
+        pairs = self._club_pairs(out)
+        if pairs:
+            mi = self._club_terms(pairs, metrics)
+            for level in ("fine", "coarse"):
+                bounds = [v for name, v in mi.items() if name.startswith(f"{level}_")]
+                if bounds:
+                    metrics[f"mi_{level}"] = sum(bounds)
+            terms["mi"] = sum(mi.values())
+            metrics.update({f"mi_{name}": v for name, v in mi.items()})
+
+        loss = weighted_total(terms, weights)
+        metrics.update(terms)
+        metrics["loss"] = loss
+        return loss, {k: v.detach() for k, v in metrics.items()}
