@@ -1,7 +1,6 @@
 """Downstream evaluation of a checkpoint (trainer/evaluate.py, trainer/eval/encode.py): frozen encoder and
 codebook, the public-layout path, and the command on a checkpoint written by trainer/main.py."""
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -69,6 +68,7 @@ def checkpoint(tmp_path_factory):
     (ckpt / "meta.json").write_text(json.dumps({"step": 8, "mlflow_run_id": None, "model_config": to_dict(cfg)}))
     (run / "checkpoints" / "latest").write_text(ckpt.name)
     np.savez(run / "public.npz", **arrays)
+    np.savez(run / "other.npz", **_public_arrays(2))      # a second dataset for the cross-dataset task
     return run
 
 
@@ -135,16 +135,35 @@ def test_codes_are_the_nearest_codewords_and_inputs_are_checked(checkpoint):
 def test_command_on_public_npz_with_toc(checkpoint, capsys):
     before = hashlib.sha256((checkpoint / "checkpoints/step_00000008/model.pt").read_bytes()).hexdigest()
     code = main([str(checkpoint), "--public", str(checkpoint / "public.npz"), "--epochs", "2", "--toc", "4",
+                 "--cross-public", str(checkpoint / "other.npz"), "--class-map", "0:1,2:2",
                  "--no-tracking", "--json", str(checkpoint / "report.json")])
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads((checkpoint / "report.json").read_text())
     assert len(report["toc"]["dims"]) == 4 and report["clips"] == {"train": 18, "val": 6, "test": 6}
     rows = {(p["task"], p["direction"]) for p in report["probes"]}
-    assert rows == {(t, d) for t in ("classification", "localisation") for d in ("A→V", "V→A")}
+    assert rows == {(t, d) for t in ("classification", "localisation", "cross_dataset") for d in ("A→V", "V→A")}
     assert "TOC: 4 dims" in out and "retrieval" in out
     assert (checkpoint / "evaluation" / "step_00000008-toc4" / "table.txt").is_file()
     assert hashlib.sha256((checkpoint / "checkpoints/step_00000008/model.pt").read_bytes()).hexdigest() == before
+
+
+def test_command_uses_the_official_splits_of_the_public_h5_layout(checkpoint, tmp_path, capsys):
+    import h5py
+
+    arrays = _public_arrays(3)
+    for name, key in (("visual_feature.h5", "video"), ("audio_feature.h5", "audio"), ("labels.h5", "labels")):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["avadataset"] = arrays[key]
+    for split, index in (("train", range(0, 20)), ("val", range(20, 24)), ("test", range(24, 30))):
+        with h5py.File(tmp_path / f"{split}_order.h5", "w") as f:
+            f["order"] = np.array(list(index))
+    report_path = tmp_path / "report.json"
+    assert main([str(checkpoint), "--public", str(tmp_path), "--tasks", "classification", "--epochs", "2",
+                 "--no-tracking", "--json", str(report_path)]) == 0, capsys.readouterr().err
+    report = json.loads(report_path.read_text())
+    assert report["clips"] == {"train": 20, "val": 4, "test": 6} and report["classes"] == CLASSES
+    assert {p["task"] for p in report["probes"]} == {"classification"} and report["retrieval"] == {}
 
 
 def test_command_reports_bad_input_by_name(checkpoint, tmp_path, capsys):
@@ -159,6 +178,8 @@ def test_command_on_a_checkpoint_of_the_main_job_logs_a_child_mlflow_run(tmp_pat
     from mlflow import MlflowClient
 
     from job_utils import make_clip_shards, run_job
+    from shards.extract import extract
+    from trainer.data import DecodeConfig
 
     shards = make_clip_shards(tmp_path / "data", num_clips=16, seconds=4, clips_per_shard=4)
     run = tmp_path / "run"
@@ -169,6 +190,7 @@ def test_command_on_a_checkpoint_of_the_main_job_logs_a_child_mlflow_run(tmp_pat
 
     assert main([str(run), "--epochs", "3", "--split", "0.5,0.25,0.25"]) == 0
     out = capsys.readouterr().out
+    report = json.loads((run / "evaluation" / "step_00000004" / "report.json").read_text())
     assert "classification  V→A" in out and "localisation    A→V" in out and "(step 4)" in out
     assert hashlib.sha256((ckpt / "model.pt").read_bytes()).hexdigest() == before
 
@@ -178,9 +200,19 @@ def test_command_on_a_checkpoint_of_the_main_job_logs_a_child_mlflow_run(tmp_pat
     assert len(children) == 1
     child = children[0]
     assert child.data.tags["mlflow.parentRunId"] == meta["mlflow_run_id"]
-    report = json.loads((run / "evaluation" / "step_00000004" / "report.json").read_text())
     cell = next(p for p in report["probes"] if p["task"] == "classification" and p["direction"] == "V→A")
     assert child.data.metrics["eval/classification/V_to_A/cross"] == pytest.approx(cell["cross"])
     assert {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")} == \
         {"evaluation/report.json", "evaluation/table.txt"}
-    assert dataclasses.is_dataclass(load_pretrained(run).model.cfg)
+
+    # the same clips as feature shards (shards.extract with the same backbones) give the very same numbers
+    features = tmp_path / "features"
+    extract(shards, "launch/configs/backbones/tiny.yaml", str(features / "f-%06d.tar"), num_workers=0,
+            decode=DecodeConfig(seconds=4, frames_per_segment=2, frame_size=32), rank=0, world_size=1,
+            progress=False)
+    urls = str(features / "f-{000000..000003}.tar")
+    assert main([str(run), "--data", urls, "--kind", "features", "--epochs", "3", "--split", "0.5,0.25,0.25",
+                 "--no-tracking", "--json", str(tmp_path / "features.json")]) == 0
+    from_features = json.loads((tmp_path / "features.json").read_text())
+    assert [(p["task"], p["direction"], p["cross"], p["in_modality"]) for p in from_features["probes"]] == \
+        [(p["task"], p["direction"], p["cross"], p["in_modality"]) for p in report["probes"]]

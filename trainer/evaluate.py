@@ -48,7 +48,7 @@ from trainer.eval.probes import (
 )
 from trainer.job import JobConfig
 from trainer.toc import TOCConfig, toc_scores
-from trainer.tracking import Tracker, TrackingConfig
+from trainer.tracking import Tracker
 
 TASKS = ("classification", "localisation", "retrieval")
 LABELLED_MODALITIES = ("audio", "video")   # the modalities that carry per-segment event labels
@@ -112,7 +112,7 @@ def _backbones(path: str, pretrained: Pretrained):
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"backbones file not found: {path} (pass --backbones)")
-    backbones = FrozenBackbones(load_backbones_config(path))
+    backbones = FrozenBackbones(load_backbones_config(path).only(pretrained.model.modalities))
     trained_on = pretrained.meta.get("backbones")
     if trained_on:
         backbones.load_state_dict({"backbones": trained_on})

@@ -33,6 +33,7 @@ from trainer.tracking import create_tracker
 STOP_FILE = "STOP"            # `touch <run_dir>/STOP` asks a running job to checkpoint and exit (Slurm uses it)
 STATUS_FILE = "status.json"   # rank 0 writes {"state": "finished"|"stopped", "step": N} on the way out
 MODEL_FILE = "model.pt"       # consolidated fp32 model state in every checkpoint (evaluation, next phase)
+TASK_EXTRA_FILE = "task_extra.pt"   # a task's optional hand-over to the next phase (trainer/tasks/__init__.py)
 
 
 def lr_lambda(cfg: JobConfig):
@@ -117,7 +118,11 @@ def train(cfg: JobConfig, accelerator) -> int:
     torch.manual_seed(cfg.run.seed)
     task = task_spec(cfg.task).task(model_cfg).to(device)
     if cfg.run.init_from:
-        load_model_weights(task, cfg.run.init_from)
+        previous = load_model_weights(task, cfg.run.init_from)
+        if hasattr(task, "begin_phase_"):   # optional phase hook: may grow the model, so before the optimizer
+            extra_file = previous / TASK_EXTRA_FILE
+            extra = torch.load(extra_file, map_location="cpu", weights_only=True) if extra_file.is_file() else {}
+            model_cfg = task.begin_phase_(previous, extra)
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -154,6 +159,9 @@ def train(cfg: JobConfig, accelerator) -> int:
             model_state = engine.model_state_dict()
             if model_state is not None:
                 torch.save(model_state, tmp / MODEL_FILE)
+            extra = task.extra_state() if hasattr(task, "extra_state") else {}
+            if extra and is_main:
+                torch.save(extra, tmp / TASK_EXTRA_FILE)
             save_rank_state(tmp, {
                 "step": step, "samples_seen": samples_seen, "task": task.state_dict(),
                 "scheduler": engine.scheduler.state_dict(),
@@ -216,6 +224,11 @@ def train(cfg: JobConfig, accelerator) -> int:
                 tracker.log_code_usage({m: c.cpu() for m, c in task.code_usage_().items()}, step, plot=True)
             if progress is not None:
                 progress.update(1)
+
+            if step == cfg.run.max_steps and hasattr(task, "end_phase_"):   # optional phase hook, collective
+                phase_metrics = task.end_phase_(batches, device)
+                if phase_metrics:
+                    tracker.log_metrics(phase_metrics, step)
 
             stop_requested = stop.agreed_or_file(run_dir / STOP_FILE, device)
             if step % cfg.run.ckpt_every == 0 or step == cfg.run.max_steps or stop_requested:

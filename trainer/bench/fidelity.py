@@ -134,12 +134,19 @@ class FidelityConfig:
 def pretrain(cfg: UniCodeConfig, features: dict[str, Tensor], train: PretrainConfig) -> tuple[UniCodeModel, dict]:
     """Uni-Code pretraining on in-memory features (``(n t ...)`` per modality), epochs of shuffled batches.
 
-    Returns the frozen model and the codebook statistics of the last step.
+    Returns the frozen model and the codebook statistics of the last step. Runs under ``train.seed`` (model
+    init, dropout, batch order) and leaves the caller's global RNG state as it was.
     """
     n = next(iter(features.values())).shape[0]
     if n < train.batch_size:
         raise ValueError(f"{n} pretraining clips are fewer than one batch of {train.batch_size}")
-    torch.manual_seed(train.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train.seed)
+        return _pretrain(cfg, features, train, n)
+
+
+def _pretrain(cfg: UniCodeConfig, features: dict[str, Tensor], train: PretrainConfig,
+              n: int) -> tuple[UniCodeModel, dict]:
     task = UniCodeTask(cfg)
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=train.lr)
     generator = torch.Generator().manual_seed(train.seed)

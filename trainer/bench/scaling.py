@@ -1,11 +1,14 @@
 """Scaling benchmark of the main job: 1 vs 2 ranks at a fixed per-rank batch, and its collectives. Prints tables.
 
-    python -m trainer.bench.scaling [--ranks 1,2] [--batch 80] [--steps 16] [--log-every 4] [--threads 1]
+    python -m trainer.bench.scaling [--ranks 1,2] [--batch 64] [--steps 16] [--log-every 4] [--threads 1]
+                                    [--config launch/configs/pretrain_av.yaml]
                                     [--accelerate-config launch/accelerate/cpu_zero2.yaml] [--workdir DIR]
 
 Everything runs through the product: ``accelerate launch --config_file <cpu_zero2.yaml> --num_processes N
-trainer/main.py`` (DeepSpeed ZeRO-2, gloo on CPU), the Uni-Code task at the paper's shapes (model defaults:
-M=400, D=256, CLUB with 5 inner steps, Cross-CPC, CMCM; AV) on feature shards this command writes once:
+trainer/main.py --config <pretrain_av.yaml> key=value...`` (DeepSpeed ZeRO-2, gloo on CPU): the Uni-Code AV
+pretraining job with the seeds' model and optimiser (M=400, D=256, CLUB with 5 inner steps, Cross-CPC K=2,
+CMCM; per-rank batch from the config unless ``--batch``), its run, data and tracking sections replaced: the
+data are feature shards this command writes once:
 Gaussian features of the paper's per-clip shapes (audio ``(10 128)``, video a VGG-19 pool5 map per second
 ``(10 49 512)``, stored fp16), read by the real stream (resampled, one DataLoader worker per rank, one epoch
 covers the run, so no epoch restarts). MLflow tracking is off (``tracking.enabled=false``): rank 0 still
@@ -47,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -57,6 +61,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 MAIN_SCRIPT = REPO / "trainer" / "main.py"
 DEFAULT_ACCELERATE_CONFIG = "launch/accelerate/cpu_zero2.yaml"
+DEFAULT_JOB_CONFIG = "launch/configs/pretrain_av.yaml"
 SEGMENTS = 10                                              # seconds per clip (seed 001: 10 one-second segments)
 FEATURE_SHAPES = {"audio": (128,), "video": (49, 512)}     # per segment: VGGish 128-d, VGG-19 pool5 7x7x512
 RECORD_NAME = "collectives.rank{rank}.json"
@@ -138,16 +143,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def job_overrides(run_dir: Path, urls: str, batch: int, steps: int, log_every: int, workers: int) -> list[str]:
-    """The main job's key=value overrides for a benchmark run (the model keeps its paper defaults)."""
-    return [f"run.dir={run_dir}", f"run.max_steps={steps}", f"run.ckpt_every={steps}", "run.progress=false",
+def job_args(config: str, run_dir: Path, urls: str, batch: int, steps: int, log_every: int,
+             workers: int) -> list[str]:
+    """trainer/main.py's arguments for a benchmark run: ``config`` with its run, data and tracking replaced."""
+    return ["--config", config,
+            f"run.dir={run_dir}", f"run.max_steps={steps}", f"run.ckpt_every={steps}", "run.progress=false",
             f"data.urls={urls}", "data.kind=features", "data.feature_modalities=[audio,video]",
             f"data.batch_size={batch}", f"data.num_workers={workers}", "data.resampled=true",
             f"data.epoch_batches={steps}", "data.shuffle_buffer=16",
             "tracking.enabled=false", f"tracking.log_every={log_every}"]
 
 
-def launch(ranks: int, accelerate_config: str, run_dir: Path, overrides: list[str], threads: int,
+def launch(ranks: int, accelerate_config: str, run_dir: Path, main_args: list[str], threads: int,
            timeout: float, probe_repeats: int = 0) -> float:
     """``accelerate launch`` the main job with ``ranks`` processes; returns the wall seconds.
 
@@ -158,7 +165,7 @@ def launch(ranks: int, accelerate_config: str, run_dir: Path, overrides: list[st
     else:
         target = [str(MAIN_SCRIPT)]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
-           "--num_processes", str(ranks), "--main_process_port", str(free_port()), *target, *overrides]
+           "--num_processes", str(ranks), "--main_process_port", str(free_port()), *target, *main_args]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONUNBUFFERED": "1"}
     if not torch.cuda.is_available():
@@ -327,15 +334,14 @@ def probe_step_all_reduces(events: list[dict[str, Any]], repeats: int) -> dict[s
             for role, found in sorted(sizes.items())}
 
 
-def instrumented_trainer(record_dir: Path, job_args: list[str], probe_repeats: int) -> None:
+def instrumented_trainer(record_dir: Path, main_args: list[str], probe_repeats: int) -> None:
     """The main job with every collective recorded; writes ``record_dir/collectives.rank<R>.json``.
 
     Same pieces and order as ``trainer/main.py``'s ``main`` (config, environment, accelerator, ``train``,
     ``shutdown``); launched by ``accelerate launch -m trainer.bench.scaling --instrumented-trainer DIR ...``.
     """
     recorder = CollectiveRecorder().install()
-    import traceback
-
+    # Imported only now: DeepSpeed and accelerate must find the recorder's wrappers when they bind collectives.
     from trainer import distributed
     from trainer.config import load_config
     from trainer.job import JobConfig, validate_job
@@ -343,7 +349,7 @@ def instrumented_trainer(record_dir: Path, job_args: list[str], probe_repeats: i
     from trainer.main import parse_args
     from trainer.runtime import create_accelerator, prepare_process_environment, shutdown
 
-    args = parse_args(job_args)
+    args = parse_args(main_args)
     cfg = load_config(JobConfig, args.config, args.overrides)
     validate_job(cfg)
     prepare_process_environment()
@@ -486,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1   # not reached: shutdown leaves through os._exit
     p = argparse.ArgumentParser(prog="python -m trainer.bench.scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--ranks", default="1,2", help="process counts to compare, comma-separated (first: baseline)")
-    p.add_argument("--batch", type=int, default=80, help="clips per rank per step (seed 000 §B.1: 80)")
+    p.add_argument("--config", default=DEFAULT_JOB_CONFIG,
+                   help="experiment YAML, relative to the repo root, whose model and optim sections are used")
+    p.add_argument("--batch", type=int, default=0, help="clips per rank per step (0: the config's data.batch_size)")
     p.add_argument("--steps", type=int, default=16, help="optimizer steps per launch")
     p.add_argument("--log-every", type=int, default=4, help="log window; the first window is the warm-up")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (OMP_NUM_THREADS)")
@@ -504,23 +512,28 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--steps {a.steps} must be >= 2 x --log-every {a.log_every} (the first window is dropped)")
     if any(n < 1 for n in ranks):
         p.error(f"--ranks {a.ranks}: every count must be >= 1")
+    from trainer.config import load_config
+    from trainer.job import JobConfig
+
+    batch = a.batch or load_config(JobConfig, REPO / a.config).data.batch_size
 
     workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="cmg-scaling-"))
     try:
         start = time.perf_counter()
         urls = write_feature_shards(workdir / "features", a.clips, clips_per_shard=20)
         print(f"# {a.clips} synthetic feature clips (audio 10x128, video 10x49x512, fp16) in "
-              f"{time.perf_counter() - start:.1f} s; per-rank batch {a.batch}, {a.steps} steps, first "
+              f"{time.perf_counter() - start:.1f} s; per-rank batch {batch}, {a.steps} steps, first "
               f"{a.log_every} = warm-up; {a.threads} thread(s)/rank, {a.workers} loader worker(s)/rank; "
-              f"{a.accelerate_config}; cpu count {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}")
+              f"{a.config}; {a.accelerate_config}; cpu count {os.cpu_count()}; "
+              f"load average {os.getloadavg()[0]:.2f}")
         results = []
         for n in ranks:
             run_dir = workdir / f"run-{n}"
             wall = launch(n, a.accelerate_config, run_dir,
-                          job_overrides(run_dir, urls, a.batch, a.steps, a.log_every, a.workers), a.threads,
+                          job_args(a.config, run_dir, urls, batch, a.steps, a.log_every, a.workers), a.threads,
                           a.timeout)
-            results.append(read_throughput(run_dir, n, a.batch * n, wall, os.getloadavg()[0]))
-        print_throughput(results, a.batch)
+            results.append(read_throughput(run_dir, n, batch * n, wall, os.getloadavg()[0]))
+        print_throughput(results, batch)
         if max(ranks) == 1:
             print("\nNo Table 2: in one process trainer.distributed skips its collectives, the stop flag included, "
                   "so there are no step boundaries to measure between.")
@@ -529,14 +542,14 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = workdir / f"run-{n}-instrumented"
             run_dir.mkdir(parents=True)
             wall = launch(n, a.accelerate_config, run_dir,
-                          job_overrides(run_dir, urls, a.batch, a.steps, a.log_every, a.workers), a.threads,
+                          job_args(a.config, run_dir, urls, batch, a.steps, a.log_every, a.workers), a.threads,
                           a.timeout, probe_repeats=a.probe_repeats)
             records = [json.loads((run_dir / RECORD_NAME.format(rank=r)).read_text()) for r in range(n)]
             analysed = [analyse_rank(record, a.log_every + 1) for record in records]
             if len({tuple((k, v.calls_per_step) for k, v in r.roles.items()) for r in analysed}) != 1:
                 print(f"WARNING: the ranks issued different collectives per step (a bug: a collective every "
                       f"rank does not call hangs); records in {run_dir}")
-            instrumented = read_throughput(run_dir, n, a.batch * n, wall, os.getloadavg()[0])
+            instrumented = read_throughput(run_dir, n, batch * n, wall, os.getloadavg()[0])
             print_collectives(analysed, a.log_every, instrumented)
         print(f"\n# total {time.perf_counter() - start:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
     finally:

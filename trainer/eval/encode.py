@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from trainer.checkpoint import CheckpointManager
-from trainer.config import ConfigError, _build
+from trainer.config import ConfigError, build_config
 from trainer.data.features import (
     FEATURE_MODALITIES, PublicFeatureConfig, PublicFeatureDataset, collate_feature_clips,
 )
@@ -37,7 +37,7 @@ def model_config_from_dict(data: Mapping[str, Any], source: str) -> UniCodeConfi
     """A resolved ``UniCodeConfig`` (``meta.json["model_config"]``) back into the typed, validated config."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: model_config must be a mapping, got {type(data).__name__}")
-    return _build(UniCodeConfig, data, "model_config", source)
+    return build_config(UniCodeConfig, data, "model_config", source)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -83,6 +83,8 @@ def load_pretrained(path: str | Path) -> Pretrained:
     """Rebuild ``UniCodeModel`` from ``meta.json["model_config"]`` and load ``model.pt`` (weights only)."""
     ckpt = resolve_checkpoint(path)
     meta = CheckpointManager.read_meta(ckpt)
+    if meta.get("task", "unicode") != "unicode":
+        raise ValueError(f"{ckpt / 'meta.json'}: task {meta['task']!r}; this evaluation reads Uni-Code checkpoints")
     if "model_config" not in meta:
         raise KeyError(f"{ckpt / 'meta.json'} has no model_config (keys: {sorted(meta)})")
     cfg = model_config_from_dict(meta["model_config"], str(ckpt / "meta.json"))

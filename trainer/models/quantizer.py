@@ -25,6 +25,7 @@ seeded identically everywhere, so the buffers stay bit-identical without any bro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -383,6 +384,49 @@ class MMEMAQuantizer(nn.Module):
             source = state["last_used"][old.index(name)] if name in old else state["step"].expand(self.cfg.num_codes)
             self.last_used[i].copy_(source)
         self._known_initialized = bool(state["initialized"])
+
+    @torch.no_grad()
+    def expand_(self, new_codes: int) -> None:
+        """Append ``new_codes`` codes to the codebook (dynamic expansion, COMET seed 004 §3.3); old codes unchanged.
+
+        Every buffer with a code axis grows consistently: codebook and ema_sum ``(m d)``, ema_count ``(m)``,
+        last_used and usage_window ``(k m)``, and the flat statistics accumulator. A new code starts like a reset
+        code: a copy of a uniformly drawn existing code plus ``reset_noise`` relative noise, N = 1, o = e, and
+        usage clocks at the current step (so rule "all" gives it N_re steps before it may reset it). The draws
+        come from the seeded reset generator, so ranks holding the same state grow bit-identically.
+
+        The buffers are replaced by larger tensors: call it before an engine wraps the model, between training
+        steps (nothing accumulated), on an initialised codebook.
+        """
+        if new_codes < 1:
+            raise ValueError(f"expand_ needs new_codes >= 1, got {new_codes}")
+        if not bool(self.initialized):
+            raise RuntimeError("cannot expand a codebook that was never initialised (no training step yet)")
+        if bool(self.stats_accumulator.any()):
+            raise RuntimeError("expand_ called with MM-EMA statistics pending: expand between training steps")
+        m, d, k = self.cfg.num_codes, self.cfg.dim, len(self.modalities)
+        sum_groups = (self.stats_accumulator.numel() - k * m) // (m * d)
+        source = self._draw(torch.randint, m, (new_codes,))
+        fresh = self._perturbed(self.codebook[source], self._sign_noise(new_codes))
+        # Assigning to a registered buffer's name replaces the buffer (persistence flags are kept by name).
+        self.codebook = torch.cat([self.codebook, fresh])
+        self.ema_sum = torch.cat([self.ema_sum, fresh])
+        self.ema_count = torch.cat([self.ema_count, self.ema_count.new_ones(new_codes)])
+        self.last_used = torch.cat([self.last_used, self.step.expand(k, new_codes)], dim=1)
+        self.usage_window = torch.cat([self.usage_window, self.usage_window.new_zeros(k, new_codes)], dim=1)
+        total = m + new_codes
+        self.stats_accumulator = self.stats_accumulator.new_zeros(k * total + sum_groups * total * d)
+        # a new config object: the caller's QuantizerConfig (often shared with a model config) stays as it was
+        self.cfg = dataclasses.replace(self.cfg, num_codes=total)
+
+    @torch.no_grad()
+    def refresh_usage_(self, codes: slice) -> None:
+        """Restart the reset clocks of ``codes`` as if every modality had used them in the current step.
+
+        For codes that a modality absent from this run still relies on (COMET: the codes inherited from earlier
+        phases, which no data of this phase can keep in use); they are then never reset. Rank-identical.
+        """
+        self.last_used[:, codes] = self.step
 
     @torch.no_grad()
     def take_usage_(self) -> dict[str, Tensor]:

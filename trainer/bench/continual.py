@@ -1,0 +1,449 @@
+"""Synthetic "seed 004 Table 1": continual phases VT -> AT -> IT, DCID fine-tuned sequentially vs DCID+COMET.
+
+    python -m trainer.bench.continual [--steps 300] [--methods dcid,comet] [--jobs 2] [--json out.json]
+
+Data: the fidelity generator's world (``trainer.bench.synthetic_features``: K event classes shared by every
+modality, per-clip nuisance, per-modality random rendering) extended by composition (``ContinualWorld``) with
+an image-like modality (a still: the clip's event latent held for every segment, rendered by its own network)
+and a speech-like one (the caption's words spoken: each token's word vector through a speaker-dependent
+network, aligned with the caption's tokens). Captions are the generator's prompts, padded to T tokens. Each
+phase pairs one modality with text and sees only its own corpus (new clips of the same world): video–text,
+audio–text, image–text (``--order`` changes it, e.g. vt,st,at).
+
+Each method trains the phases in this process exactly as the main job chains them: a phase's final model,
+meta.json and task_extra.pt are written to a phase directory and the next phase starts from it through
+``trainer.loop.load_model_weights`` and ``COMETTask.begin_phase_`` (plain AdamW, no engine). After each phase
+the frozen model is evaluated on a labelled downstream corpus of the same world (train/val/test splits):
+- unseen pairs (Table 1): AVE-style classification (accuracy) and AVVP-style localisation (micro F1), V→A and
+  A→V, and AVE→AVVP (classification heads trained on clip labels, scored per segment on a second corpus),
+  with ``trainer.eval.probes`` (epoch chosen on the source modality's val split);
+- seen pairs: zero-shot retrieval X↔text (R@1/5/10, mean of both directions) with clip-level similarity
+  (cosine of the clips' mean code vectors: captions and segments are not aligned in time); forgetting =
+  the retrieval right after a pair's own phase minus the same retrieval after a later phase.
+
+Methods (every one shares the model sizes, schedule and seeds): ``dcid`` = COMETConfig with the adapter,
+replay and EWC off (Uni-Code, carrying earlier modalities' encoders for evaluation), ``comet`` = DCID+COMET
+(6 experts, gate loss, EWC, K2 new codes and pseudo-modality replay per later phase); the Table 6 ablations
+``comet_no_pm``, ``comet_single``, ``comet_no_gate``, ``comet_no_ewc``, ``comet_no_sl`` are available with
+``--methods``. Bench model (as trainer.bench.fidelity, for one CPU core): D = 64, M = 64 codes (+32 per later
+phase for COMET), d̄ = 32, AdamW lr 1e-3, batch 64, N_re = 50. Every method runs in its own subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainer.bench.synthetic_features import SyntheticFeatureConfig, SyntheticSet, SyntheticWorld
+from trainer.config import to_dict
+from trainer.eval.encode import freeze, split_indices
+from trainer.eval.metrics import recall_at_k
+from trainer.eval.probes import (
+    CodeSplit, ProbeConfig, classification_probe, cross_dataset_probe, localisation_probe,
+)
+from trainer.models.club import CLUBConfig
+from trainer.models.comet import AdapterConfig, COMETConfig, COMETModel, ReplayConfig
+from trainer.models.encoders import EncoderConfig
+from trainer.models.quantizer import QuantizerConfig
+from trainer.tasks.comet import COMETTask
+
+LABELLED = ("video", "audio", "image")          # modalities with per-segment event labels
+PAIR_NAMES = {"vt": "video", "at": "audio", "it": "image", "st": "speech"}
+DIRECTIONS = (("video", "audio"), ("audio", "video"))
+TABLE1_TASKS = ("classification", "localisation", "cross_dataset")
+
+
+# ---------------------------------------------------------------------- data
+
+@dataclass
+class ContinualWorldConfig:
+    base: SyntheticFeatureConfig = field(default_factory=lambda: SyntheticFeatureConfig(text=True))
+    image_dim: int = 64
+    speech_dim: int = 64
+    still_noise: float = 0.05          # per-segment noise of an image held still (relative to unit feature RMS)
+
+
+class ContinualWorld:
+    """The fidelity world plus image- and speech-like renderers; ``sample`` gives every modality of a clip."""
+
+    def __init__(self, cfg: ContinualWorldConfig):
+        self.cfg = cfg
+        self.base = SyntheticWorld(cfg.base)
+        b = cfg.base
+        g = torch.Generator().manual_seed(b.world_seed + 7)
+        self.renderers = {"image": _random_network(b.event_dim + b.nuisance_dim, b.render_hidden, cfg.image_dim, g),
+                          "speech": _random_network(b.text_dim + b.nuisance_dim, b.render_hidden, cfg.speech_dim, g)}
+
+    def sample(self, num_clips: int, seed: int) -> SyntheticSet:
+        """``num_clips`` clips with audio, video, image, text (+ mask) and speech features; labels of the
+        labelled modalities (image: the clip's event in every segment)."""
+        b = self.base.cfg
+        data = self.base.sample(num_clips, seed)
+        g = torch.Generator().manual_seed(seed + 10_000)
+        n, t = num_clips, b.segments
+        text, mask = data.features["text"], data.features["text_mask"]
+        if text.shape[1] > t:
+            raise ValueError(f"captions of {text.shape[1]} words do not fit T={t} segments")
+        data.features["text"] = F.pad(text, (0, 0, 0, t - text.shape[1]))
+        data.features["text_mask"] = F.pad(mask, (0, t - mask.shape[1]))
+        event = self.base.prototypes[data.clip_label] + b.segment_jitter * torch.randn(n, b.event_dim, generator=g)
+        look = b.nuisance_scale * torch.randn(n, b.nuisance_dim, generator=g)
+        still = _unit_rms(self.renderers["image"](torch.cat([event, look], -1)))
+        data.features["image"] = still.unsqueeze(1) + self.cfg.still_noise * torch.randn(n, t, self.cfg.image_dim,
+                                                                                          generator=g)
+        data.segment_labels["image"] = data.clip_label.unsqueeze(1).expand(n, t).clone()
+        speaker = (b.nuisance_scale * torch.randn(n, 1, b.nuisance_dim, generator=g)).expand(n, t, b.nuisance_dim)
+        spoken = _unit_rms(self.renderers["speech"](torch.cat([data.features["text"], speaker], -1)))
+        data.features["speech"] = spoken + b.sensor_noise * torch.randn(spoken.shape, generator=g)
+        return data
+
+
+def _random_network(in_dim: int, hidden: int, out_dim: int, g: torch.Generator):
+    w1 = torch.randn(in_dim, hidden, generator=g) / math.sqrt(in_dim)
+    b1 = 0.5 * torch.randn(hidden, generator=g)
+    w2 = torch.randn(hidden, out_dim, generator=g) / math.sqrt(hidden)
+    return lambda latent: torch.tanh(latent @ w1 + b1) @ w2
+
+
+def _unit_rms(x: Tensor) -> Tensor:
+    return x / x.pow(2).mean().sqrt()
+
+
+# ---------------------------------------------------------------------- methods
+
+@dataclass(frozen=True)
+class Method:
+    """One row: COMET's components on (True) or off; ``comet=False`` is DCID fine-tuned sequentially."""
+
+    name: str
+    comet: bool = True
+    pseudo_modality: bool = True
+    mixture: bool = True
+    gate_loss: bool = True
+    ewc: bool = True
+    specific_layers: bool = True
+
+    def model_config(self, base: COMETConfig, new_codes: int) -> COMETConfig:
+        if not self.comet:
+            return dataclasses.replace(base, use_adapter=False, use_pseudo_modality=False, use_gate_loss=False,
+                                       use_ewc=False)
+        return dataclasses.replace(
+            base, use_pseudo_modality=self.pseudo_modality, use_gate_loss=self.gate_loss, use_ewc=self.ewc,
+            adapter=dataclasses.replace(base.adapter, mixture=self.mixture, specific_layers=self.specific_layers),
+            replay=dataclasses.replace(base.replay, new_codes=new_codes))
+
+
+METHODS = {m.name: m for m in (
+    Method("dcid", comet=False),
+    Method("comet"),
+    Method("comet_no_pm", pseudo_modality=False),
+    Method("comet_single", mixture=False),
+    Method("comet_no_gate", gate_loss=False),
+    Method("comet_no_ewc", ewc=False),
+    Method("comet_no_sl", specific_layers=False),
+)}
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300            # per phase
+    batch_size: int = 64
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class ContinualConfig:
+    world: ContinualWorldConfig = field(default_factory=ContinualWorldConfig)
+    order: tuple[str, ...] = ("vt", "at", "it")
+    phase_clips: int = 2048
+    downstream_clips: int = 1200
+    split: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    phase_seed: int = 11             # phase i's corpus uses phase_seed + i
+    downstream_seed: int = 2
+    cross_seed: int = 3              # the second corpus of AVE→AVVP
+    num_codes: int = 64
+    new_codes: int = 32              # K2 per later phase (COMET)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+def bench_model_config(world: ContinualWorldConfig, modality: str, num_codes: int) -> COMETConfig:
+    """Phase model (sizes as trainer.bench.fidelity) training ``modality`` with text."""
+    dims = {"video": world.base.video_dim, "audio": world.base.audio_dim, "image": world.image_dim,
+            "speech": world.speech_dim, "text": world.base.text_dim}
+    return COMETConfig(
+        modalities=(modality, "text"), feature_dims={modality: dims[modality], "text": dims["text"]},
+        spatial_patches={},
+        encoder=EncoderConfig(semantic_dim=64, specific_dim=32, ff_dim=128, specific_hidden=64, decoder_hidden=64),
+        quantizer=QuantizerConfig(num_codes=num_codes, dim=64, reset_steps=50),
+        club=CLUBConfig(hidden_dim=64),
+        adapter=AdapterConfig(), replay=ReplayConfig())
+
+
+# ---------------------------------------------------------------------- training
+
+def train_phase(task: COMETTask, features: dict[str, Tensor], train: TrainConfig, seed: int) -> dict[str, float]:
+    """AdamW on shuffled batches of in-memory ``features``; returns the last step's metrics."""
+    n = next(iter(features.values())).shape[0]
+    optimizer = torch.optim.AdamW(task.model.parameters(), lr=train.lr)
+    generator = torch.Generator().manual_seed(seed)
+    order, cursor, metrics = torch.randperm(n, generator=generator), 0, {}
+    for step in range(train.steps):
+        if cursor + train.batch_size > n:
+            order, cursor = torch.randperm(n, generator=generator), 0
+        batch = order[cursor:cursor + train.batch_size]
+        cursor += train.batch_size
+        loss, metrics = task.compute_loss(task.prepare_batch({k: v[batch] for k, v in features.items()}), step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(task.model.parameters(), train.grad_clip)
+        optimizer.step()
+        metrics |= task.after_optimizer_step_()
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def batches_of(features: dict[str, Tensor], batch_size: int, seed: int):
+    """Endless shuffled batches (what end_phase_ reads its Fisher batches from)."""
+    n = next(iter(features.values())).shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield {k: v[order[start:start + batch_size]] for k, v in features.items()}
+
+
+def write_phase(directory: Path, task: COMETTask, model_cfg: COMETConfig, step: int) -> None:
+    """What the main job's final checkpoint holds for the next phase: model.pt, meta.json, task_extra.pt."""
+    from trainer.loop import MODEL_FILE, TASK_EXTRA_FILE
+
+    directory.mkdir(parents=True)
+    torch.save(task.model.state_dict(), directory / MODEL_FILE)
+    (directory / "meta.json").write_text(json.dumps({"step": step, "task": "comet", "model_config": to_dict(model_cfg)}))
+    extra = task.extra_state()
+    if extra:
+        torch.save(extra, directory / TASK_EXTRA_FILE)
+
+
+# ---------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def code_split(model: COMETModel, data: SyntheticSet) -> CodeSplit:
+    """Frozen codes of every modality the model knows, with the labelled modalities' labels."""
+    vectors, indices = {}, {}
+    for m in model.comet.known_modalities:
+        indices[m], vectors[m] = model.segment_codes(data.features, m)
+    return CodeSplit(vectors, indices, {m: data.segment_labels[m] for m in vectors if m in data.segment_labels},
+                     data.clip_label)
+
+
+def clip_retrieval(split: CodeSplit, query: str, gallery: str) -> dict[int, float]:
+    """query→gallery recall@1/5/10, similarity = cosine of the clips' mean code vectors."""
+    q = F.normalize(split.vectors[query].mean(1), dim=-1)
+    g = F.normalize(split.vectors[gallery].mean(1), dim=-1)
+    return recall_at_k(q @ g.T, torch.arange(len(split)))
+
+
+def evaluate_phase(model: COMETModel, downstream: dict[str, SyntheticSet], cross: SyntheticSet, classes: int,
+                   probe: ProbeConfig) -> dict[str, Any]:
+    splits = {name: code_split(model, data) for name, data in downstream.items()}
+    known = set(model.comet.known_modalities)
+    results: dict[str, Any] = {"unseen": {}, "seen": {}}
+    if {"video", "audio"} <= known:
+        cross_split = code_split(model, cross)
+        for source, target in DIRECTIONS:
+            for probe_fn, name in ((classification_probe, "classification"), (localisation_probe, "localisation")):
+                r = probe_fn(splits, source, target, classes, probe)
+                results["unseen"][f"{name}/{r.direction}"] = {"cross": r.cross, "in_modality": r.in_modality}
+            r = cross_dataset_probe(splits, cross_split, source, target, classes, {c: c for c in range(classes)}, probe)
+            results["unseen"][f"cross_dataset/{r.direction}"] = {"cross": r.cross, "in_modality": r.in_modality}
+    for m in sorted(known - {"text"}):
+        to_text, from_text = clip_retrieval(splits["test"], m, "text"), clip_retrieval(splits["test"], "text", m)
+        results["seen"][m] = {"to_text": to_text, "from_text": from_text,
+                              "avg": sum(to_text.values()) / 6 + sum(from_text.values()) / 6}
+    return results
+
+
+# ---------------------------------------------------------------------- one method
+
+def run_method(method: Method, cfg: ContinualConfig) -> dict[str, Any]:
+    from trainer.loop import TASK_EXTRA_FILE, load_model_weights
+
+    start = time.perf_counter()
+    world = ContinualWorld(cfg.world)
+    classes = cfg.world.base.classes
+    downstream_all = world.sample(cfg.downstream_clips, cfg.downstream_seed)
+    parts = split_indices(len(downstream_all), cfg.split, cfg.probe.seed)
+    downstream = {name: downstream_all.subset(index) for name, index in parts.items()}
+    cross = world.sample(cfg.downstream_clips // 4, cfg.cross_seed)
+    phases, previous, num_codes = [], None, cfg.num_codes
+    with tempfile.TemporaryDirectory(prefix="cmg-continual-") as root:
+        for i, pair in enumerate(cfg.order):
+            modality = PAIR_NAMES[pair]
+            corpus = world.sample(cfg.phase_clips, cfg.phase_seed + i)
+            features = {k: corpus.features[k] for k in (modality, "text", "text_mask")}
+            base = bench_model_config(cfg.world, modality, num_codes)
+            model_cfg = method.model_config(base, cfg.new_codes if previous is not None else 0)
+            torch.manual_seed(cfg.train.seed + i)
+            task = COMETTask(model_cfg)
+            if previous is not None:
+                load_model_weights(task, str(previous))
+                extra_file = previous / TASK_EXTRA_FILE
+                extra = torch.load(extra_file, weights_only=True) if extra_file.is_file() else {}
+                model_cfg = task.begin_phase_(previous, extra)
+            phase_start = time.perf_counter()
+            last = train_phase(task, features, cfg.train, cfg.train.seed + 100 * i)
+            fisher = task.end_phase_(batches_of(features, cfg.train.batch_size, cfg.train.seed + 1000 * i), "cpu")
+            previous = Path(root) / f"phase{i + 1}_{pair}"
+            write_phase(previous, task, model_cfg, cfg.train.steps)
+            num_codes = model_cfg.quantizer.num_codes
+            trained = time.perf_counter()
+            results = evaluate_phase(freeze(task.model), downstream, cross, classes, cfg.probe)
+            phases.append({"pair": pair, "codes": num_codes, "train_s": trained - phase_start,
+                           "eval_s": time.perf_counter() - trained, "last": last, "fisher": fisher, **results})
+    return {"method": method.name, "phases": phases, "wall_s": time.perf_counter() - start}
+
+
+# ---------------------------------------------------------------------- tables
+
+def table1_cells(phase: dict[str, Any]) -> list[float]:
+    unseen = phase["unseen"]
+    return [100.0 * unseen[f"{task}/{d}"]["cross"] for task in TABLE1_TASKS for d in ("V→A", "A→V")]
+
+
+def format_tables(rows: list[dict[str, Any]], cfg: ContinualConfig) -> str:
+    w, tr = cfg.world.base, cfg.train
+    order = " -> ".join(p.upper() for p in cfg.order)
+    lines = [f"Synthetic seed 004 Table 1: phases {order}, {cfg.phase_clips} clips x {tr.steps} steps each "
+             f"(B={tr.batch_size}); world K={w.classes}, T={w.segments}; downstream "
+             f"{'/'.join(str(round(f * cfg.downstream_clips)) for f in cfg.split)} train/val/test clips",
+             "Unseen pair video↔audio (never trained together): AVE = classification accuracy (%), AVVP = "
+             "localisation micro F1 (%), AVE→AVVP = per-segment F1 of clip-trained heads on a second corpus"]
+    header = f"{'method':<15}|" + "".join(
+        f"{'AVE V→A':>8}{'A→V':>6}{'AVVP V→A':>9}{'A→V':>6}{'X V→A':>7}{'A→V':>6}{'Avg':>6} |" for _ in range(2))
+    stages = [i for i in (1, 2) if i < len(cfg.order)]
+    lines.append(f"{'':<15}|" + "".join(f"{f'after phase {i + 1} ({cfg.order[i].upper()})':^48}|" for i in stages))
+    lines.append(header)
+    lines.append("-" * len(header))
+    for r in rows:
+        cells = []
+        for i in stages:
+            values = table1_cells(r["phases"][i])
+            cells.append("".join(f"{v:>{wd}.1f}" for v, wd in zip(values, (8, 6, 9, 6, 7, 6))) +
+                         f"{sum(values) / len(values):>6.1f} |")
+        lines.append(f"{r['method']:<15}|" + "".join(cells))
+    lines += ["", "Seen pairs: X↔text zero-shot retrieval, mean of R@1/5/10 in both directions (%); "
+              "forgetting = right after the pair's own phase minus after the last phase"]
+    seen_pairs = [PAIR_NAMES[p] for p in cfg.order]
+    header = f"{'method':<15}|" + "".join(
+        f"{m + '↔T':>10}" + "".join(f"{f'p{j + 1}':>7}" for j in range(i, len(cfg.order))) + f"{'forget':>8} |"
+        for i, m in enumerate(seen_pairs))
+    lines.append(header)
+    lines.append("-" * len(header))
+    for r in rows:
+        cells = []
+        for i, m in enumerate(seen_pairs):
+            values = [100.0 * r["phases"][j]["seen"][m]["avg"] for j in range(i, len(cfg.order))]
+            cells.append(f"{'':>10}" + "".join(f"{v:>7.1f}" for v in values) + f"{values[0] - values[-1]:>8.1f} |")
+        lines.append(f"{r['method']:<15}|" + "".join(cells))
+    return "\n".join(lines)
+
+
+def check_targets(rows: list[dict[str, Any]], cfg: ContinualConfig) -> list[tuple[str, bool, str]]:
+    """COMET better on unseen pairs (Avg after phases 2 and 3) and forgets less (seen pairs, summed)."""
+    by_name = {r["method"]: r for r in rows}
+    if not {"dcid", "comet"} <= set(by_name):
+        return []
+    dcid, comet = by_name["dcid"], by_name["comet"]
+    checks = []
+    for i in (1, 2):
+        if i < len(cfg.order):
+            a = sum(table1_cells(dcid["phases"][i])) / 6
+            b = sum(table1_cells(comet["phases"][i])) / 6
+            checks.append((f"COMET > DCID on unseen pairs after phase {i + 1}", b > a, f"Avg {b:.1f} vs {a:.1f}"))
+
+    def forgetting(r: dict[str, Any]) -> float:
+        seen = [PAIR_NAMES[p] for p in cfg.order[:-1]]
+        return sum(100.0 * (r["phases"][i]["seen"][m]["avg"] - r["phases"][-1]["seen"][m]["avg"])
+                   for i, m in enumerate(seen))
+
+    f_dcid, f_comet = forgetting(dcid), forgetting(comet)
+    checks.append(("COMET forgets less on seen pairs (retrieval drop summed over earlier pairs)", f_comet < f_dcid,
+                   f"{f_comet:.1f} vs {f_dcid:.1f} points"))
+    return checks
+
+
+# ---------------------------------------------------------------------- command
+
+def _config_from_args(args: argparse.Namespace) -> ContinualConfig:
+    order = tuple(args.order.split(","))
+    unknown = [p for p in order if p not in PAIR_NAMES]
+    if unknown or len(set(order)) != len(order):
+        raise SystemExit(f"--order must list distinct pairs of {list(PAIR_NAMES)}, got {args.order!r}")
+    return ContinualConfig(order=order, train=TrainConfig(steps=args.steps, seed=args.seed),
+                           probe=ProbeConfig(epochs=args.probe_epochs, seed=args.seed))
+
+
+def _run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "trainer.bench.continual", "--child", name, "--steps", str(args.steps),
+           "--seed", str(args.seed), "--probe-epochs", str(args.probe_epochs), "--threads", str(args.threads),
+           "--order", args.order]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"continual method '{name}' failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.bench.continual", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps per phase")
+    parser.add_argument("--methods", default="dcid,comet", help=f"comma list of {list(METHODS)}")
+    parser.add_argument("--order", default="vt,at,it", help=f"phases, comma list of {list(PAIR_NAMES)}")
+    parser.add_argument("--jobs", type=int, default=2, help="methods trained at the same time (processes)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per method process")
+    parser.add_argument("--probe-epochs", type=int, default=ProbeConfig.epochs)
+    parser.add_argument("--seed", type=int, default=0, help="model init, batch order and probe seed")
+    parser.add_argument("--json", default=None, help="also write all results to this JSON file")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = _config_from_args(args)
+    if args.child:
+        print(json.dumps(run_method(METHODS[args.child], cfg)))
+        return 0
+    names = args.methods.split(",")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = list(pool.map(lambda name: _run_child(name, args), names))
+    wall = time.perf_counter() - start
+    print(format_tables(rows, cfg))
+    print()
+    for description, met, numbers in check_targets(rows, cfg):
+        print(f"[{'MET' if met else 'NOT MET'}] {description}: {numbers}")
+    print(f"\nwall time {wall:.0f} s for {len(rows)} methods ({args.jobs} at a time, {args.threads} thread(s) each)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": to_dict(cfg), "rows": rows, "wall_s": wall}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
