@@ -150,6 +150,8 @@ def test_zero_shot_retrieval_finds_the_paired_clip():
     split = CodeSplit({"audio": audio, "video": audio + 0.01 * torch.randn(12, 5, 8, generator=g)}, {}, {},
                       torch.zeros(12, dtype=torch.int64))
     assert zero_shot_retrieval(split, "video") == {1: 1.0, 5: 1.0, 10: 1.0}
+    split.vectors["text"] = audio.mean(1, keepdim=True).expand(12, 3, 8)            # 3 "tokens", no time axis
+    assert zero_shot_retrieval(split, "text") == {1: 1.0, 5: 1.0, 10: 1.0}           # matched on clip means
     split.vectors["video"] = split.vectors["video"][torch.roll(torch.arange(12), 1)]   # pairs broken
     assert zero_shot_retrieval(split, "video", ks=(1,))[1] == 0.0
 

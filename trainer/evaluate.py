@@ -112,10 +112,11 @@ def _backbones(path: str, pretrained: Pretrained):
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"backbones file not found: {path} (pass --backbones)")
-    backbones = FrozenBackbones(load_backbones_config(path).only(pretrained.model.modalities))
+    modalities = pretrained.model.modalities
+    backbones = FrozenBackbones(load_backbones_config(path).only(modalities))
     trained_on = pretrained.meta.get("backbones")
-    if trained_on:
-        backbones.load_state_dict({"backbones": trained_on})
+    if trained_on:   # older runs also list backbones of modalities the model never used: compare the model's
+        backbones.load_state_dict({"backbones": {m: d for m, d in trained_on.items() if m in modalities}})
     return backbones
 
 
@@ -139,11 +140,8 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
     start = time.perf_counter()
     data = read_source(cfg.source, job, pretrained)
     splits: dict[str, CodeSplit] = {name: encode_split(model, part) for name, part in data.items()}
-    cross_test = None
-    if cfg.cross is not None:
-        cross_parts = read_source(cfg.cross, job, pretrained)
-        cross_data = cross_parts["test"]
-        cross_test = encode_split(model, cross_data)
+    # cross-dataset: scored on the held-out (test) split of the second dataset
+    cross_test = encode_split(model, read_source(cfg.cross, job, pretrained)["test"]) if cfg.cross else None
     encoded = time.perf_counter()
     classes = cfg.classes or number_of_classes(list(data.values()))
     toc = None

@@ -1,6 +1,7 @@
 """Synthetic "paper table": does Uni-Code give cross-modal generalisation on data with known structure?
 
-    python -m trainer.bench.fidelity [--steps 600] [--rows all] [--jobs 2] [--threads 1] [--json out.json]
+    python -m trainer.bench.fidelity [--steps 600] [--rows all] [--seeds 0] [--jobs 2] [--threads 1]
+                                     [--json out.json]
 
 Pretrains one model per row of seed 001 Table 2 (plus the §4.1 baseline) in-process with
 ``trainer.tasks.UniCodeTask`` and plain ``torch.optim.AdamW`` on the features of
@@ -21,8 +22,9 @@ clipping 1.0 (the main job's default); code reset after N_re = 50 steps (200 in 
 are far longer than this bench's 600 steps). Every row shares these settings and seeds; a row only
 switches its Table 2 components off.
 
-Each row runs in its own subprocess (``--jobs`` at a time, ``--threads`` torch threads each); rows are
-independent, so the numbers do not depend on ``--jobs``. Diagnostics per row, on the downstream test
+Each (row, seed) pretraining runs in its own subprocess (``--jobs`` at a time, ``--threads`` torch threads
+each); runs are independent and seeded, so the numbers do not depend on ``--jobs``. With several
+``--seeds`` every cell is the mean over seeds ± half the range. Diagnostics per row, on the downstream test
 split: "same code" = share of (clip, segment) cells where audio and video carry the same event and chose
 the very same code; "nuisance R²" = how much of the true nuisance latent a linear map can read from the
 semantic features z (before quantisation; ridge fit on the train split, R² on test; lower = more of the
@@ -48,7 +50,7 @@ from torch import Tensor
 
 from trainer.bench.synthetic_features import SyntheticFeatureConfig, SyntheticSet, SyntheticWorld
 from trainer.config import to_dict
-from trainer.eval.encode import LabelledFeatures, encode_split, freeze, split_indices
+from trainer.eval.encode import encode_split, freeze, split_indices
 from trainer.eval.probes import CodeSplit, ProbeConfig, classification_probe, code_agreement, localisation_probe
 from trainer.models.club import CLUBConfig
 from trainer.models.encoders import EncoderConfig
@@ -203,10 +205,6 @@ def semantic_features(model: UniCodeModel, data: SyntheticSet) -> dict[str, Tens
     return {m: model.semantic[m](data.features[m]) for m in MODALITIES}
 
 
-def _labelled(data: SyntheticSet) -> LabelledFeatures:
-    return LabelledFeatures({m: data.features[m] for m in MODALITIES}, dict(data.segment_labels), data.clip_label)
-
-
 def run_row(row: Row, cfg: FidelityConfig) -> dict[str, Any]:
     """Pretrain the row's model, freeze it, probe it; a JSON-able dict of results and timings."""
     start = time.perf_counter()
@@ -218,14 +216,14 @@ def run_row(row: Row, cfg: FidelityConfig) -> dict[str, Any]:
     trained = time.perf_counter()
     parts = split_indices(len(downstream), cfg.split, cfg.probe.seed)
     subsets = {name: downstream.subset(index) for name, index in parts.items()}
-    splits = {name: encode_split(model, _labelled(data)) for name, data in subsets.items()}
+    splits = {name: encode_split(model, data) for name, data in subsets.items()}
     results = probe_all(splits, cfg.world.classes, cfg.probe)
     per_class, overall = code_agreement(splits["test"], "audio", "video", cfg.world.classes)
     semantic = {name: semantic_features(model, subsets[name]) for name in ("train", "test")}
     r2 = nuisance_r2(semantic["train"], semantic["test"], subsets["train"].nuisance, subsets["test"].nuisance)
     raw = {name: {m: subsets[name].features[m] for m in MODALITIES} for name in ("train", "test")}
     raw_r2 = nuisance_r2(raw["train"], raw["test"], subsets["train"].nuisance, subsets["test"].nuisance)
-    return {"row": row.name, "results": results, "same_code": overall, "same_code_per_class": per_class,
+    return {"row": row.name, "seed": cfg.pretrain.seed, "results": results, "same_code": overall, "same_code_per_class": per_class,
             "nuisance_r2": r2, "raw_nuisance_r2": raw_r2, "codebook": stats, "pretrain_s": trained - start,
             "probe_s": time.perf_counter() - trained, "threads": torch.get_num_threads()}
 
@@ -236,38 +234,72 @@ def _mark(on: bool) -> str:
     return "✓" if on else "-"
 
 
+CELLS = tuple(f"{task}/{d}" for task in TASKS for d in ("V→A", "A→V"))
+
+
 def _cells(result: dict[str, Any], key: str = "cross") -> list[float]:
-    return [100.0 * result["results"][f"{task}/{d}"][key] for task in TASKS for d in ("V→A", "A→V")]
+    """The four table cells (AVE V→A, A→V, AVVP V→A, A→V) in percent."""
+    return [100.0 * result["results"][c][key] for c in CELLS]
+
+
+def merge_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from its runs with different seeds: the mean of every number, and per cell the half range
+    ``(max − min) / 2`` of the cross-modal scores (``spread``, 0 for one seed)."""
+    def mean(values) -> float:
+        values = [v for v in values if v == v]            # NaN: a class without cells in that run
+        return sum(values) / len(values) if values else math.nan
+
+    cells = runs[0]["results"]
+    return {
+        "row": runs[0]["row"], "seeds": [r["seed"] for r in runs],
+        "results": {c: {k: mean(r["results"][c][k] for r in runs) for k in ("cross", "in_modality", "val")}
+                    for c in cells},
+        "spread": {c: (max(r["results"][c]["cross"] for r in runs) - min(r["results"][c]["cross"] for r in runs)) / 2
+                   for c in cells},
+        "same_code": mean(r["same_code"] for r in runs),
+        "same_code_per_class": [mean(values) for values in zip(*(r["same_code_per_class"] for r in runs))],
+        "nuisance_r2": {m: mean(r["nuisance_r2"][m] for r in runs) for m in MODALITIES},
+        "raw_nuisance_r2": runs[0]["raw_nuisance_r2"],
+        "active_codes": mean(r["codebook"]["codebook/active_codes"] for r in runs),
+        "pretrain_s": mean(r["pretrain_s"] for r in runs),
+    }
 
 
 def format_table(rows: list[dict[str, Any]], cfg: FidelityConfig) -> str:
+    """``rows`` from ``merge_seeds``. Cells are means over the seeds (± half range with several seeds)."""
     w, p = cfg.world, cfg.pretrain
     n_train = round(cfg.split[0] * cfg.downstream_clips)
     n_val = round(cfg.split[1] * cfg.downstream_clips)
+    seeds = rows[0]["seeds"]
+    width = 12 if len(seeds) > 1 else 8
+
+    def cell(value: float, spread: float | None = None) -> str:
+        text = f"{value:.1f}" + (f"±{spread:.1f}" if spread is not None and len(seeds) > 1 else "")
+        return f"{text:>{width}}"
+
     lines = [f"Synthetic Table 2 (seed 001): world K={w.classes} classes, T={w.segments}, audio {w.audio_dim}-d / "
              f"video {w.video_dim}-d, nuisance x{w.nuisance_scale}; pretrain {cfg.pretrain_clips} clips x "
              f"{p.steps} steps (B={p.batch_size}); downstream {n_train}/{n_val}/"
-             f"{cfg.downstream_clips - n_train - n_val} train/val/test clips",
+             f"{cfg.downstream_clips - n_train - n_val} train/val/test clips; seeds {seeds}",
              "AVE = classification accuracy (%), AVVP = localisation micro F1 (%); epoch chosen on the source "
              "modality's val split; cross-modal scores on the target modality's test split",
              f"nuisance R² of the raw features (linear read-out of the true nuisance): "
              f"{sum(rows[0]['raw_nuisance_r2'].values()) / 2:.2f}",
-             f"{'row':<16}{'CLUB':>5}{'CPC':>5}{'EMA':>5}{'Rst':>5}{'CMCM':>5} |{'AVE V→A':>9}{'A→V':>7} |"
-             f"{'AVVP V→A':>9}{'A→V':>7} |{'same code':>10}{'nuis. R²':>9}{'codes':>6}{'train s':>8}"]
+             f"{'row':<16}{'CLUB':>5}{'CPC':>5}{'EMA':>5}{'Rst':>5}{'CMCM':>5} |{'AVE V→A':>{width}}{'A→V':>{width}} |"
+             f"{'AVVP V→A':>{width}}{'A→V':>{width}} |{'same code':>10}{'nuis. R²':>9}{'codes':>6}{'train s':>8}"]
     lines.append("-" * len(lines[-1]))
     for r in rows:
         row = ROWS[r["row"]]
         flags = (f"{'(seed 001 §4.1)':>25}" if row.baseline else
                  "".join(f"{_mark(on):>5}" for on in (row.club, row.cpc, row.mm_ema, row.reset, row.cmcm)))
-        cells = _cells(r)
-        lines.append(f"{r['row']:<16}{flags} |{cells[0]:>9.1f}{cells[1]:>7.1f} |{cells[2]:>9.1f}"
-                     f"{cells[3]:>7.1f} |{100 * r['same_code']:>9.1f}%{sum(r['nuisance_r2'].values()) / 2:>9.2f}"
-                     f"{int(r['codebook']['codebook/active_codes']):>6}{r['pretrain_s']:>8.0f}")
+        values = [cell(v, 100 * r["spread"][c]) for v, c in zip(_cells(r), CELLS)]
+        lines.append(f"{r['row']:<16}{flags} |{values[0]}{values[1]} |{values[2]}{values[3]} |"
+                     f"{100 * r['same_code']:>9.1f}%{sum(r['nuisance_r2'].values()) / 2:>9.2f}"
+                     f"{r['active_codes']:>6.0f}{r['pretrain_s']:>8.0f}")
     full = next((r for r in rows if r["row"] == "full"), None)
     if full is not None:
-        cells = _cells(full, "in_modality")
-        lines.append(f"{'labeled modality (full, in-modality)':<41} |{cells[0]:>9.1f}"
-                     f"{cells[1]:>7.1f} |{cells[2]:>9.1f}{cells[3]:>7.1f} |")
+        values = [cell(v) for v in _cells(full, "in_modality")]
+        lines.append(f"{'labeled modality (full, in-modality)':<41} |{values[0]}{values[1]} |{values[2]}{values[3]} |")
     return "\n".join(lines)
 
 
@@ -305,17 +337,17 @@ def per_class_agreement(rows: list[dict[str, Any]], classes: int) -> str:
 
 # ---------------------------------------------------------------------- command
 
-def _config_from_args(args: argparse.Namespace) -> FidelityConfig:
-    return FidelityConfig(pretrain=PretrainConfig(steps=args.steps, seed=args.seed),
-                          probe=ProbeConfig(epochs=args.probe_epochs, seed=args.seed))
+def _config(steps: int, probe_epochs: int, seed: int) -> FidelityConfig:
+    return FidelityConfig(pretrain=PretrainConfig(steps=steps, seed=seed),
+                          probe=ProbeConfig(epochs=probe_epochs, seed=seed))
 
 
-def _run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "trainer.bench.fidelity", "--child", name, "--steps", str(args.steps),
-           "--seed", str(args.seed), "--probe-epochs", str(args.probe_epochs), "--threads", str(args.threads)]
+def _run_child(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "trainer.bench.fidelity", "--child", name, "--seeds", str(seed), "--steps",
+           str(args.steps), "--probe-epochs", str(args.probe_epochs), "--threads", str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"fidelity row '{name}' failed:\n{done.stderr[-4000:]}")
+        raise SystemExit(f"fidelity row '{name}' (seed {seed}) failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -327,12 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="rows trained at the same time (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per row process")
     parser.add_argument("--probe-epochs", type=int, default=ProbeConfig.epochs)
-    parser.add_argument("--seed", type=int, default=0, help="model init, batch order and probe seed")
+    parser.add_argument("--seeds", default="0", help="comma list of seeds (model init, batch order, probe); "
+                        "the table shows the mean and ± half range")
     parser.add_argument("--json", default=None, help="also write all results to this JSON file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = _config_from_args(args)
+    seeds = [int(v) for v in args.seeds.split(",")]
+    cfg = _config(args.steps, args.probe_epochs, seeds[0])
     if args.child:
         print(json.dumps(run_row(ROWS[args.child], cfg)))
         return 0
@@ -341,20 +375,24 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
     start = time.perf_counter()
+    jobs = [(name, seed) for name in names for seed in seeds]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        rows = list(pool.map(lambda name: _run_child(name, args), names))
+        runs = list(pool.map(lambda job: _run_child(*job, args), jobs))
     wall = time.perf_counter() - start
+    rows = [merge_seeds([r for r in runs if r["row"] == name]) for name in names]
     print(format_table(rows, cfg))
     print()
     print(per_class_agreement(rows, cfg.world.classes))
     print()
     for description, met, numbers in check_targets(rows):
         print(f"[{'MET' if met else 'NOT MET'}] {description}: {numbers}")
-    print(f"\nwall time {wall:.0f} s for {len(rows)} rows ({args.jobs} at a time, {args.threads} thread(s) each); "
-          f"per-row pretraining {min(r['pretrain_s'] for r in rows):.0f}-{max(r['pretrain_s'] for r in rows):.0f} s")
+    print(f"\nwall time {wall:.0f} s for {len(runs)} pretraining runs ({len(rows)} rows x {len(seeds)} seeds, "
+          f"{args.jobs} at a time, {args.threads} thread(s) each); one run's pretraining took "
+          f"{min(r['pretrain_s'] for r in runs):.0f}-{max(r['pretrain_s'] for r in runs):.0f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": to_dict(cfg), "rows": rows, "wall_s": wall}, f, indent=1)
+            json.dump({"config": to_dict(cfg), "seeds": seeds, "runs": runs, "rows": rows, "wall_s": wall}, f,
+                      indent=1)
     return 0
 
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from trainer.eval.encode import LabelledFeatures
+
 BACKGROUND = -1
 # Per-segment kinds of the label chain: (video has the event, audio has the event)
 KINDS = ((True, True), (False, True), (True, False), (False, False))
@@ -76,25 +78,20 @@ class SyntheticFeatureConfig:
 
 
 @dataclass
-class SyntheticSet:
-    """``n`` clips. ``features`` is a feature batch as ``UniCodeTask.prepare_batch`` reads it."""
+class SyntheticSet(LabelledFeatures):
+    """``n`` clips: ``features`` is a feature batch as ``UniCodeTask.prepare_batch`` reads it (audio ``(n t da)``,
+    video ``(n t dv)`` [, text ``(n l dt)``, text_mask ``(n l)``]), labels as in ``LabelledFeatures``; plus
+    the ground truth the bench's diagnostics need."""
 
-    features: dict[str, Tensor]          # audio (n t da), video (n t dv) [, text (n l dt), text_mask (n l)]
-    segment_labels: dict[str, Tensor]    # audio / video: (n t) int64 class per segment, −1 = background
-    clip_label: Tensor                   # (n) int64
-    nuisance: dict[str, Tensor]          # audio / video: (n t nuisance_dim) the true nuisance latents
-    prompts: list[str] = field(default_factory=list)   # the clip's prompt (only with cfg.text)
-
-    def __len__(self) -> int:
-        return int(self.clip_label.shape[0])
+    nuisance: dict[str, Tensor] = field(default_factory=dict)   # audio / video: (n t nuisance_dim) true latents
+    prompts: list[str] = field(default_factory=list)            # the clip's prompt (only with cfg.text)
 
     def subset(self, index: Tensor) -> SyntheticSet:
         """The clips at ``index`` (1-d int64), in that order."""
-        pick = index.tolist()
-        return SyntheticSet({k: v[index] for k, v in self.features.items()},
-                            {k: v[index] for k, v in self.segment_labels.items()}, self.clip_label[index],
+        base = super().subset(index)
+        return SyntheticSet(base.features, base.segment_labels, base.clip_label, base.keys,
                             {k: v[index] for k, v in self.nuisance.items()},
-                            [self.prompts[i] for i in pick] if self.prompts else [])
+                            [self.prompts[i] for i in index.tolist()] if self.prompts else [])
 
 
 class _Renderer:
@@ -183,7 +180,7 @@ class SyntheticWorld:
             templates = torch.randint(len(PROMPT_TEMPLATES), (n,), generator=g).tolist()
             prompts = [self.prompt(int(c), k) for c, k in zip(clip_label.tolist(), templates)]
             features["text"], features["text_mask"] = self._render_text(prompts, g)
-        return SyntheticSet(features, labels, clip_label, nuisance, prompts)
+        return SyntheticSet(features, labels, clip_label, [f"{seed}:{i}" for i in range(n)], nuisance, prompts)
 
     def _render_text(self, prompts: list[str], g: torch.Generator) -> tuple[Tensor, Tensor]:
         """Prompts -> word-vector tokens ``(n l dt)`` + noise, zero-padded, and the mask ``(n l)``."""

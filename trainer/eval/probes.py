@@ -13,8 +13,9 @@ Tasks:
 - ``cross_dataset_probe`` (AVE→AVVP): ``EventClassifier`` trained weakly (BCE on the max over T) on
   dataset 1's clip labels, scored per segment on dataset 2's labels of the shared classes; micro F1;
 - ``zero_shot_retrieval`` (X→audio): no training; each query clip's code sequence is matched against
-  every audio clip of the split by the mean over segments of the code vectors' cosine similarity, and
-  its own audio is the relevant item; recall@1/5/10;
+  every audio clip of the split by the mean over segments of the code vectors' cosine similarity (clip
+  means for text), and its own audio is the relevant item; recall@1/5/10 (the paper trains a retrieval
+  model on one query modality first; this zero-shot form needs no second training run);
 - ``code_agreement``: a diagnostic, not a paper metric: per event class, how often the two modalities
   pick the very same code at a (clip, segment) where both carry that event.
 
@@ -237,10 +238,17 @@ def cross_dataset_probe(first: Mapping[str, CodeSplit], second_test: CodeSplit, 
 
 def zero_shot_retrieval(split: CodeSplit, query: str, gallery: str = "audio",
                         ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
-    """X→audio recall@k in the unified code space: similarity = mean_t cos(ẑ^query_{i,t}, ẑ^gallery_{j,t})."""
-    q = F.normalize(split.vectors[query], dim=-1)        # (n t d)
-    g = F.normalize(split.vectors[gallery], dim=-1)
-    similarity = torch.einsum("itd,jtd->ij", q, g) / q.shape[1]
+    """X→audio recall@k in the unified code space, clip i's own audio being the match of query clip i.
+
+    Similarity of query clip i and gallery clip j: mean_t cos(ẑ^query_{i,t}, ẑ^gallery_{j,t}) when both have
+    the same segments (audio-visual: the temporal pattern counts); otherwise (text tokens vs audio segments)
+    the cosine of the two clips' mean code vectors.
+    """
+    q, g = split.vectors[query], split.vectors[gallery]   # (n t d), (n t' d)
+    if q.shape[1] == g.shape[1]:
+        similarity = torch.einsum("itd,jtd->ij", F.normalize(q, dim=-1), F.normalize(g, dim=-1)) / q.shape[1]
+    else:
+        similarity = F.normalize(q.mean(1), dim=-1) @ F.normalize(g.mean(1), dim=-1).T
     return recall_at_k(similarity, torch.arange(len(split)), ks)
 
 
