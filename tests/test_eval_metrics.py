@@ -156,6 +156,19 @@ def test_zero_shot_retrieval_finds_the_paired_clip():
     assert zero_shot_retrieval(split, "video", ks=(1,))[1] == 0.0
 
 
+def test_retrieval_aligned_per_segment_or_by_clip_means():
+    # text_i = audio_i with its two positions swapped: the clip means match, the per-position pairs do not.
+    # aligned: S = [[0, 1], [1, 0]] (mean_t cos) -> each query picks the wrong clip; clip means: cos = 1 for the
+    # own clip vs 0.75 / (0.7071 · 1.1180) = 0.9487 for the other -> each picks its own.
+    audio = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [2.0, 0.0]]])
+    split = CodeSplit({"audio": audio, "text": audio.flip(1)}, {}, {}, torch.zeros(2, dtype=torch.int64))
+    assert zero_shot_retrieval(split, "text", ks=(1,)) == {1: 0.0}                 # equal lengths: aligned
+    assert zero_shot_retrieval(split, "text", ks=(1,), aligned=False) == {1: 1.0}
+    split.vectors["text"] = torch.cat([split.vectors["text"], torch.zeros(2, 1, 2)], 1)
+    with pytest.raises(ValueError, match="aligned retrieval needs equal segments"):
+        zero_shot_retrieval(split, "text", aligned=True)
+
+
 def test_code_agreement_per_class_over_cells_where_both_carry_the_event():
     labels_audio = torch.tensor([[0, 0, 1, -1]])
     labels_video = torch.tensor([[0, 0, 1, 1]])        # the last cell: only video carries class 1

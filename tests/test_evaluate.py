@@ -1,9 +1,12 @@
 """Downstream evaluation of a checkpoint (trainer/evaluate.py, trainer/eval/encode.py): frozen encoder and
-codebook, the public-layout path, and the command on a checkpoint written by trainer/main.py."""
+codebook, the public-layout path, checkpoints of every task (Uni-Code, FCCID), and the command on checkpoints
+written by trainer/main.py."""
 
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -21,6 +24,7 @@ from trainer.eval.probes import ProbeConfig, classification_probe, localisation_
 from trainer.evaluate import main  # noqa: E402
 from trainer.models.club import CLUBConfig  # noqa: E402
 from trainer.models.encoders import EncoderConfig  # noqa: E402
+from trainer.models.fccid import CoarseConfig, FCCIDConfig, FCCIDModel  # noqa: E402
 from trainer.models.quantizer import QuantizerConfig  # noqa: E402
 from trainer.models.unicode import UniCodeConfig  # noqa: E402
 
@@ -35,12 +39,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+TINY_ENCODER = EncoderConfig(semantic_dim=8, specific_dim=4, ff_dim=16, heads=2, se_reduction=4, pool_hidden=4,
+                             specific_hidden=8, spatial_specific_channels=4, decoder_hidden=8)
+
+
 def _tiny_config() -> UniCodeConfig:
     return UniCodeConfig(
         modalities=("audio", "video"), feature_dims={"audio": 6, "video": 8}, spatial_patches={"video": 4},
-        encoder=EncoderConfig(semantic_dim=8, specific_dim=4, ff_dim=16, heads=2, se_reduction=4, pool_hidden=4,
-                              specific_hidden=8, spatial_specific_channels=4, decoder_hidden=8),
-        quantizer=QuantizerConfig(num_codes=6, dim=8, reset_steps=3), club=CLUBConfig(hidden_dim=8, inner_steps=1))
+        encoder=TINY_ENCODER, quantizer=QuantizerConfig(num_codes=6, dim=8, reset_steps=3),
+        club=CLUBConfig(hidden_dim=8, inner_steps=1))
+
+
+def _tiny_fccid_config() -> FCCIDConfig:
+    return FCCIDConfig(
+        feature_dims={"audio": 6, "video": 8, "text": 5}, spatial_patches={"video": 4}, encoder=TINY_ENCODER,
+        coarse=CoarseConfig(hidden_dim=8, specific_dim=4), quantizer=QuantizerConfig(num_codes=6, dim=8, reset_steps=3),
+        club=CLUBConfig(hidden_dim=8, inner_steps=1))
 
 
 def _public_arrays(seed: int) -> dict[str, np.ndarray]:
@@ -53,22 +67,43 @@ def _public_arrays(seed: int) -> dict[str, np.ndarray]:
             "audio": rng.standard_normal((CLIPS, SEGMENTS, 6)).astype(np.float32), "labels": labels}
 
 
+def _write_run(run, model, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """A run directory in the main job's layout (checkpoint model.pt + meta.json at step 8) with public.npz."""
+    ckpt = run / "checkpoints" / "step_00000008"
+    ckpt.mkdir(parents=True)
+    torch.save(model.state_dict(), ckpt / "model.pt")
+    (ckpt / "meta.json").write_text(json.dumps({"step": 8, "mlflow_run_id": None, **meta}))
+    (run / "checkpoints" / "latest").write_text(ckpt.name)
+    np.savez(run / "public.npz", **arrays)
+
+
+def _public_features(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {"audio": torch.from_numpy(arrays["audio"]), "video": torch.from_numpy(arrays["video"]).flatten(2, 3)}
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A checkpoint in the main job's layout (model.pt + meta.json) of a briefly trained tiny model."""
     run = tmp_path_factory.mktemp("run")
     arrays = _public_arrays(0)
     cfg = _tiny_config()
-    model, _ = pretrain(cfg, {"audio": torch.from_numpy(arrays["audio"]),
-                              "video": torch.from_numpy(arrays["video"]).flatten(2, 3)},
-                        PretrainConfig(steps=8, batch_size=8))
-    ckpt = run / "checkpoints" / "step_00000008"
-    ckpt.mkdir(parents=True)
-    torch.save(model.state_dict(), ckpt / "model.pt")
-    (ckpt / "meta.json").write_text(json.dumps({"step": 8, "mlflow_run_id": None, "model_config": to_dict(cfg)}))
-    (run / "checkpoints" / "latest").write_text(ckpt.name)
-    np.savez(run / "public.npz", **arrays)
+    model, _ = pretrain(cfg, _public_features(arrays), PretrainConfig(steps=8, batch_size=8))
+    _write_run(run, model, {"model_config": to_dict(cfg)}, arrays)          # no "task": an older Uni-Code run
     np.savez(run / "other.npz", **_public_arrays(2))      # a second dataset for the cross-dataset task
+    return run
+
+
+@pytest.fixture(scope="module")
+def fccid_checkpoint(tmp_path_factory):
+    """The same for a tiny FCCID model pretrained with captions (text tokens + mask) next to audio and video."""
+    run = tmp_path_factory.mktemp("fccid_run")
+    arrays = _public_arrays(0)
+    cfg = _tiny_fccid_config()
+    g = torch.Generator().manual_seed(0)
+    text = {"text": torch.randn(CLIPS, 6, 5, generator=g),
+            "text_mask": torch.arange(6) < torch.randint(2, 7, (CLIPS, 1), generator=g)}
+    model, _ = pretrain(cfg, _public_features(arrays) | text, PretrainConfig(steps=8, batch_size=8))
+    _write_run(run, model, {"task": "fccid", "model_config": to_dict(cfg)}, arrays)
     return run
 
 
@@ -122,7 +157,7 @@ def test_codes_are_the_nearest_codewords_and_inputs_are_checked(checkpoint):
     expected = torch.cdist(semantic.reshape(-1, 8), model.quantizer.codebook).argmin(-1).view(5, SEGMENTS)
     assert torch.equal(indices, expected)
     assert torch.equal(vectors, model.quantizer.codebook[indices])
-    with pytest.raises(ValueError, match=r"features\['audio'\] must be \(n t 6\)"):
+    with pytest.raises(ValueError, match=r"features\['audio'\] must be \(b t 6\)"):
         encode_modality(model, "audio", torch.randn(2, SEGMENTS, 7))
     with pytest.raises(KeyError, match="no 'text' encoder"):
         encode_modality(model, "text", torch.randn(2, SEGMENTS, 6))
@@ -130,6 +165,54 @@ def test_codes_are_the_nearest_codewords_and_inputs_are_checked(checkpoint):
     with pytest.raises(RuntimeError, match="eval mode"):
         encode_modality(model, "audio", torch.randn(2, SEGMENTS, 6))
     model.eval()
+
+
+def test_fccid_checkpoint_gives_per_segment_codes_through_the_coarse_path(fccid_checkpoint):
+    pretrained = load_pretrained(fccid_checkpoint)
+    model = pretrained.model
+    assert isinstance(model, FCCIDModel) and not model.training and not any(p.requires_grad for p in model.parameters())
+    video = torch.randn(5, SEGMENTS, 2, 2, 8)
+    vectors, indices = encode_modality(model, "video", video, batch_size=2)
+    # by hand: every segment through Φ_f^v, the shared projection P^{va→vat}, Φ_c^{av}, then the nearest code
+    general = model.coarse_general["audiovisual"](model.project["audiovisual"](
+        model.fine_semantic["video"](video.flatten(2, 3))))
+    expected = torch.cdist(general.reshape(-1, 8), model.quantizer.codebook).argmin(-1).view(5, SEGMENTS)
+    assert torch.equal(indices, expected)
+    assert torch.equal(vectors, model.quantizer.codebook[indices])
+    text_vectors, text_codes = encode_modality(model, "text", torch.randn(3, 6, 5), torch.ones(3, 6, dtype=torch.bool))
+    assert text_codes.shape == (3, 6) and text_vectors.shape == (3, 6, 8)            # one code per token
+    with pytest.raises(ValueError, match=r"features\['audio'\] must be \(b t 6\)"):
+        encode_modality(model, "audio", torch.randn(2, SEGMENTS, 7))
+    with pytest.raises(KeyError, match="FCCID has no 'speech' path"):
+        encode_modality(model, "speech", torch.randn(2, SEGMENTS, 6))
+
+
+@pytest.mark.parametrize("toc", [None, 4])
+def test_command_on_an_fccid_checkpoint(fccid_checkpoint, toc, capsys):
+    report_path = fccid_checkpoint / f"report-{toc}.json"
+    args = ["--toc", str(toc)] if toc else []
+    assert main([str(fccid_checkpoint), "--public", str(fccid_checkpoint / "public.npz"), "--epochs", "2",
+                 "--no-tracking", "--json", str(report_path), *args]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert report["task"] == "fccid" and "(fccid, step 8)" in out
+    assert {(p["task"], p["direction"]) for p in report["probes"]} == \
+        {(t, d) for t in ("classification", "localisation") for d in ("A→V", "V→A")}
+    assert all(0.0 <= p[k] <= 1.0 for p in report["probes"] for k in ("cross", "in_modality", "val"))
+    assert (report["toc"] is None) if toc is None else len(report["toc"]["dims"]) == toc
+
+
+def test_unknown_task_in_meta_is_named(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    ckpt = bad / "checkpoints" / "step_00000008"
+    ckpt.mkdir(parents=True)
+    source = checkpoint / "checkpoints" / "step_00000008"
+    (ckpt / "model.pt").write_bytes((source / "model.pt").read_bytes())
+    meta = json.loads((source / "meta.json").read_text()) | {"task": "dcid"}
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    assert main([str(ckpt), "--public", str(checkpoint / "public.npz"), "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert "meta.json" in err and "unknown task 'dcid'" in err
 
 
 def test_command_on_public_npz_with_toc(checkpoint, capsys):
@@ -191,7 +274,7 @@ def test_command_on_a_checkpoint_of_the_main_job_logs_a_child_mlflow_run(tmp_pat
     assert main([str(run), "--epochs", "3", "--split", "0.5,0.25,0.25"]) == 0
     out = capsys.readouterr().out
     report = json.loads((run / "evaluation" / "step_00000004" / "report.json").read_text())
-    assert "classification  V→A" in out and "localisation    A→V" in out and "(step 4)" in out
+    assert "classification  V→A" in out and "localisation    A→V" in out and "(unicode, step 4)" in out
     assert hashlib.sha256((ckpt / "model.pt").read_bytes()).hexdigest() == before
 
     client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
@@ -216,3 +299,28 @@ def test_command_on_a_checkpoint_of_the_main_job_logs_a_child_mlflow_run(tmp_pat
     from_features = json.loads((tmp_path / "features.json").read_text())
     assert [(p["task"], p["direction"], p["cross"], p["in_modality"]) for p in from_features["probes"]] == \
         [(p["task"], p["direction"], p["cross"], p["in_modality"]) for p in report["probes"]]
+
+
+@pytest.mark.slow
+def test_command_on_an_fccid_checkpoint_of_the_main_job_with_and_without_toc(tmp_path):
+    """trainer/main.py with launch/configs/demo_fccid.yaml, then `python -m trainer.evaluate` on its run."""
+    from job_utils import REPO, job_env, make_clip_shards, run_job
+
+    shards = make_clip_shards(tmp_path / "data", num_clips=16, seconds=4, clips_per_shard=4)
+    run = tmp_path / "run"
+    run_job(run, shards, config=REPO / "launch" / "configs" / "demo_fccid.yaml", overrides=["run.max_steps=3"])
+    model = hashlib.sha256((run / "checkpoints" / "step_00000003" / "model.pt").read_bytes()).hexdigest()
+    for toc, out_dir in ((None, "step_00000003"), (32, "step_00000003-toc32")):
+        command = [sys.executable, "-m", "trainer.evaluate", str(run), "--epochs", "3", "--split", "0.5,0.25,0.25",
+                   "--no-tracking", *(["--toc", str(toc)] if toc else [])]
+        done = subprocess.run(command, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert "classification  V→A" in done.stdout and "localisation    A→V" in done.stdout
+        report = json.loads((run / "evaluation" / out_dir / "report.json").read_text())
+        assert (report["task"], report["step"], report["clips"]) == ("fccid", 3, {"train": 8, "val": 4, "test": 4})
+        assert {(p["task"], p["direction"]) for p in report["probes"]} == \
+            {(t, d) for t in ("classification", "localisation") for d in ("A→V", "V→A")}
+        # video retrieves audio per segment, text (captions through the tiny BERT) by its clip-mean code
+        assert set(report["retrieval"]) == {"video", "text"}
+        assert (report["toc"] is None) if toc is None else len(report["toc"]["dims"]) == toc
+    assert hashlib.sha256((run / "checkpoints" / "step_00000003" / "model.pt").read_bytes()).hexdigest() == model

@@ -138,6 +138,32 @@ def test_text_mask_hides_padding_from_real_tokens():
     assert not torch.allclose(z2[:, 3:], z[:, 3:])
 
 
+def test_segment_codes_are_the_forward_codes_of_one_modality():
+    """The downstream contract shared with FCCID (trainer.eval.encode calls only segment_codes)."""
+    modalities = ("audio", "video", "text")
+    task = make_task(small_cfg(modalities))
+    feats = features(modalities)
+    task.compute_loss(feats, 0)
+    task.after_optimizer_step_()
+    model = task.model.eval()
+    codebook = model.quantizer.codebook.clone()
+    with torch.no_grad():
+        out = model(feats)
+        for m in modalities:
+            only = {k: v for k, v in feats.items() if k in (m, f"{m}_mask")}       # the modality and its mask
+            codes, quantized = model.segment_codes(only, m)
+            assert torch.equal(codes, out["codes"][m]) and torch.equal(quantized, out["codewords"][m]), m
+            assert torch.equal(model.segment_semantic(only, m), out["semantic"][m]), m
+        # the mask is read: without it the padding tokens are attended to
+        unmasked = model.segment_semantic({"text": feats["text"]}, "text")
+        assert not torch.allclose(unmasked[:, :3], out["semantic"]["text"][:, :3])
+    assert torch.equal(model.quantizer.codebook, codebook)
+    with pytest.raises(KeyError, match="no 'speech' encoder"):
+        model.segment_codes(feats, "speech")
+    with pytest.raises(ValueError, match=r"features\['text_mask'\] must be \(4, 5\)"):
+        model.segment_codes({"text": feats["text"], "text_mask": feats["text_mask"][:, :2]}, "text")
+
+
 @pytest.mark.parametrize("positional", ["none", "learned", "sinusoidal"])
 def test_positional_encoding_options(positional):
     enc = dataclasses.replace(small_cfg().encoder, positional=positional)

@@ -5,17 +5,20 @@
                                [--cross-data URLS | --cross-public ROOT] [--class-map 0:0,3:1]
                                [--toc Q] [--toc-lambda 0.3] [--epochs 30] [--json PATH] [--no-tracking]
 
-CHECKPOINT: a run directory (its latest checkpoint), a checkpoints directory, ``step_N`` or its model.pt.
-The encoder and codebook are frozen (eval mode, no gradients; see ``trainer.eval.encode``). Features come
-from clip shards (decoded and passed through the frozen backbones the pretraining used, checked against
-the checkpoint's fingerprint), feature shards (``shards.extract``), or the public AVE h5/npz layout
-(``--public``: its train/val/test order files when present). Shards are split into train/val/test by a
-seeded permutation of the clips in key order (``--split``).
+CHECKPOINT: a run directory (its latest checkpoint), a checkpoints directory, ``step_N`` or its model.pt,
+of any registered task (``meta.json["task"]``: Uni-Code, FCCID, ...; every model gives per-segment codes
+through its ``segment_codes``, FCCID through its coarse path). The encoder and codebook are frozen (eval
+mode, no gradients; see ``trainer.eval.encode``). Features come from clip shards (decoded and passed
+through the frozen backbones the pretraining used, checked against the checkpoint's fingerprint), feature
+shards (``shards.extract``), or the public AVE h5/npz layout (``--public``: its train/val/test order files
+when present). Shards are split into train/val/test by a seeded permutation of the clips in key order
+(``--split``).
 
 Tasks (trainer/eval/probes.py): AVE-style classification, AVVP-style localisation (micro P/R/F1), X→audio
-zero-shot retrieval (recall@1/5/10), and with a second dataset cross-dataset localisation (train on this
-data's clip labels, test per segment on the other's shared classes). ``--toc Q`` keeps the Q codebook
-dimensions TOC selects (closed form, trainer/toc.py) and every head reads only those.
+zero-shot retrieval (recall@1/5/10; video per segment, text by clip-mean codes), and with a second dataset
+cross-dataset localisation (train on this data's clip labels, test per segment on the other's shared
+classes). ``--toc Q`` keeps the Q codebook dimensions TOC selects (closed form, trainer/toc.py) and every
+head reads only those.
 
 Defaults come from the pretraining run's ``config.yaml`` (shard URLs, decoding, backbones, MLflow store and
 experiment). Results are printed as a table and logged as a child MLflow run of the pretraining run (tag
@@ -162,13 +165,16 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
             results.append(cross_dataset_probe(splits, cross_test, source, target, classes, class_map, cfg.probe))
     retrieval = {}
     if "retrieval" in cfg.tasks and "audio" in model.modalities:
-        retrieval = {m: zero_shot_retrieval(splits["test"], m, "audio") for m in model.modalities
+        # audio-visual pairs share the time axis; text tokens do not, so text retrieves by clip-mean codes
+        retrieval = {m: zero_shot_retrieval(splits["test"], m, "audio", aligned=m in LABELLED_MODALITIES)
+                     for m in model.modalities
                      if m != "audio" and m in splits["test"].vectors}
     agreement = None
     if {"audio", "video"} <= set(splits["test"].indices):
         agreement = code_agreement(splits["test"], "audio", "video", classes)[1]
     return {
-        "checkpoint": str(pretrained.checkpoint), "step": pretrained.step, "classes": classes,
+        "checkpoint": str(pretrained.checkpoint), "task": pretrained.meta.get("task", "unicode"),
+        "step": pretrained.step, "classes": classes,
         "clips": {name: len(part) for name, part in data.items()},
         "toc": None if toc is None else {"dims": toc.selected.tolist(), "lambda": cfg.toc.balance,
                                          "normalize": cfg.toc.normalize},
@@ -183,7 +189,8 @@ def format_table(report: dict[str, Any]) -> str:
     clips = report["clips"]
     toc = report["toc"]
     toc_text = "off" if toc is None else f"{len(toc['dims'])} dims (λ={toc['lambda']})"
-    lines = [f"cross-modal generalisation of {report['checkpoint']} (step {report['step']}): "
+    lines = [f"cross-modal generalisation of {report['checkpoint']} ({report['task']}, "
+             f"step {report['step']}): "
              f"{report['classes']} classes, train/val/test = {clips['train']}/{clips['val']}/{clips['test']} clips, "
              f"TOC: {toc_text}",
              "epoch chosen on the source modality's val split; 'cross' = target modality's test split, "

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CODEBOOK_KEY = "quantizer.codebook"   # in a checkpoint's model.pt (UniCodeModel state dict)
+CODEBOOK_KEY = "quantizer.codebook"   # in a checkpoint's model.pt (every task's model has a quantizer)
 
 
 @dataclass
@@ -84,7 +84,7 @@ def load_codebook(path: str | Path) -> tuple[Tensor, Path]:
     ckpt = resolve_checkpoint(path)
     state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
     if CODEBOOK_KEY not in state:
-        raise KeyError(f"{ckpt / MODEL_FILE} has no '{CODEBOOK_KEY}' (not a UniCodeModel state dict?)")
+        raise KeyError(f"{ckpt / MODEL_FILE} has no '{CODEBOOK_KEY}' (not the state dict of a codebook model?)")
     return state[CODEBOOK_KEY].float(), ckpt
 
 

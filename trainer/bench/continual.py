@@ -23,10 +23,13 @@ the frozen model is evaluated on a labelled downstream corpus of the same world 
 
 Methods (every one shares the model sizes, schedule and seeds): ``dcid`` = COMETConfig with the adapter,
 replay and EWC off (Uni-Code, carrying earlier modalities' encoders for evaluation), ``comet`` = DCID+COMET
-(6 experts, gate loss, EWC, K2 new codes and pseudo-modality replay per later phase); the Table 6 ablations
-``comet_no_pm``, ``comet_single``, ``comet_no_gate``, ``comet_no_ewc``, ``comet_no_sl`` are available with
-``--methods``. Bench model (as trainer.bench.fidelity, for one CPU core): D = 64, M = 64 codes (+32 per later
-phase for COMET), d̄ = 32, AdamW lr 1e-3, batch 64, N_re = 50. Every method runs in its own subprocess.
+(6 experts, gate loss, EWC, K2 new codes and pseudo-modality replay per later phase), and the Table 6
+ablations ``comet_no_sl`` (no specific layers), ``comet_no_moe`` (no adapter, so no gate/EWC/SL either: the
+paper's "w/o MoE" row; PM and expansion stay), ``comet_no_pm``, ``comet_single`` (MoE -> one expert),
+``comet_no_gate``, ``comet_no_ewc`` (``--methods``; the default runs the first four). Bench model (as
+trainer.bench.fidelity, for one CPU core): D = 64, M = 64 codes (+32 per later phase for COMET), d̄ = 32,
+AdamW lr 1e-3, batch 64, 800 steps per phase, N_re = 50. Every method runs in its own subprocess; with 2
+at a time the default takes about 4–7 minutes on this 2-core machine (depending on its load).
 """
 
 from __future__ import annotations
@@ -49,11 +52,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainer.bench.synthetic_features import SyntheticFeatureConfig, SyntheticSet, SyntheticWorld
-from trainer.config import to_dict
-from trainer.eval.encode import freeze, split_indices
+from trainer.config import build_config, parse_override, to_dict
+from trainer.eval.encode import LabelledFeatures, encode_split, freeze, split_indices
 from trainer.eval.metrics import recall_at_k
 from trainer.eval.probes import (
-    CodeSplit, ProbeConfig, classification_probe, cross_dataset_probe, localisation_probe,
+    CodeSplit, ProbeConfig, classification_probe, code_agreement, cross_dataset_probe, localisation_probe,
 )
 from trainer.models.club import CLUBConfig
 from trainer.models.comet import AdapterConfig, COMETConfig, COMETModel, ReplayConfig
@@ -131,6 +134,7 @@ class Method:
 
     name: str
     comet: bool = True
+    adapter: bool = True
     pseudo_modality: bool = True
     mixture: bool = True
     gate_loss: bool = True
@@ -142,7 +146,8 @@ class Method:
             return dataclasses.replace(base, use_adapter=False, use_pseudo_modality=False, use_gate_loss=False,
                                        use_ewc=False)
         return dataclasses.replace(
-            base, use_pseudo_modality=self.pseudo_modality, use_gate_loss=self.gate_loss, use_ewc=self.ewc,
+            base, use_adapter=self.adapter, use_pseudo_modality=self.pseudo_modality, use_gate_loss=self.gate_loss,
+            use_ewc=self.ewc,
             adapter=dataclasses.replace(base.adapter, mixture=self.mixture, specific_layers=self.specific_layers),
             replay=dataclasses.replace(base.replay, new_codes=new_codes))
 
@@ -150,6 +155,7 @@ class Method:
 METHODS = {m.name: m for m in (
     Method("dcid", comet=False),
     Method("comet"),
+    Method("comet_no_moe", adapter=False),
     Method("comet_no_pm", pseudo_modality=False),
     Method("comet_single", mixture=False),
     Method("comet_no_gate", gate_loss=False),
@@ -160,7 +166,7 @@ METHODS = {m.name: m for m in (
 
 @dataclass
 class TrainConfig:
-    steps: int = 300            # per phase
+    steps: int = 800            # per phase
     batch_size: int = 64
     lr: float = 1e-3
     grad_clip: float = 1.0
@@ -181,19 +187,29 @@ class ContinualConfig:
     new_codes: int = 32              # K2 per later phase (COMET)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    model_overrides: tuple[str, ...] = ()   # key=value on every phase's COMETConfig, e.g. loss.ewc=10
 
 
-def bench_model_config(world: ContinualWorldConfig, modality: str, num_codes: int) -> COMETConfig:
-    """Phase model (sizes as trainer.bench.fidelity) training ``modality`` with text."""
+def bench_model_config(world: ContinualWorldConfig, modality: str, num_codes: int,
+                       overrides: tuple[str, ...] = ()) -> COMETConfig:
+    """Phase model (sizes as trainer.bench.fidelity) training ``modality`` with text, then ``overrides``."""
     dims = {"video": world.base.video_dim, "audio": world.base.audio_dim, "image": world.image_dim,
             "speech": world.speech_dim, "text": world.base.text_dim}
-    return COMETConfig(
+    cfg = COMETConfig(
         modalities=(modality, "text"), feature_dims={modality: dims[modality], "text": dims["text"]},
         spatial_patches={},
         encoder=EncoderConfig(semantic_dim=64, specific_dim=32, ff_dim=128, specific_hidden=64, decoder_hidden=64),
         quantizer=QuantizerConfig(num_codes=num_codes, dim=64, reset_steps=50),
         club=CLUBConfig(hidden_dim=64),
         adapter=AdapterConfig(), replay=ReplayConfig())
+    data = to_dict(cfg)
+    for text in overrides:
+        node, update = data, parse_override(text)
+        while isinstance(next(iter(update.values())), dict):      # walk down to the overridden leaf
+            key = next(iter(update))
+            node, update = node[key], update[key]
+        node.update(update)
+    return build_config(COMETConfig, data, "model", "--set")
 
 
 # ---------------------------------------------------------------------- training
@@ -242,14 +258,10 @@ def write_phase(directory: Path, task: COMETTask, model_cfg: COMETConfig, step: 
 
 # ---------------------------------------------------------------------- evaluation
 
-@torch.no_grad()
 def code_split(model: COMETModel, data: SyntheticSet) -> CodeSplit:
-    """Frozen codes of every modality the model knows, with the labelled modalities' labels."""
-    vectors, indices = {}, {}
-    for m in model.comet.known_modalities:
-        indices[m], vectors[m] = model.segment_codes(data.features, m)
-    return CodeSplit(vectors, indices, {m: data.segment_labels[m] for m in vectors if m in data.segment_labels},
-                     data.clip_label)
+    """Frozen codes of every modality the model encodes (carried ones included), with the labels."""
+    labelled = LabelledFeatures(data.features, data.segment_labels, data.clip_label)
+    return encode_split(model, labelled, model.downstream_modalities)
 
 
 def clip_retrieval(split: CodeSplit, query: str, gallery: str) -> dict[int, float]:
@@ -262,7 +274,7 @@ def clip_retrieval(split: CodeSplit, query: str, gallery: str) -> dict[int, floa
 def evaluate_phase(model: COMETModel, downstream: dict[str, SyntheticSet], cross: SyntheticSet, classes: int,
                    probe: ProbeConfig) -> dict[str, Any]:
     splits = {name: code_split(model, data) for name, data in downstream.items()}
-    known = set(model.comet.known_modalities)
+    known = set(model.downstream_modalities)
     results: dict[str, Any] = {"unseen": {}, "seen": {}}
     if {"video", "audio"} <= known:
         cross_split = code_split(model, cross)
@@ -272,6 +284,11 @@ def evaluate_phase(model: COMETModel, downstream: dict[str, SyntheticSet], cross
                 results["unseen"][f"{name}/{r.direction}"] = {"cross": r.cross, "in_modality": r.in_modality}
             r = cross_dataset_probe(splits, cross_split, source, target, classes, {c: c for c in range(classes)}, probe)
             results["unseen"][f"cross_dataset/{r.direction}"] = {"cross": r.cross, "in_modality": r.in_modality}
+        test = splits["test"]
+        results["same_code"] = code_agreement(test, "audio", "video", classes)[1]
+        inherited = model.inherited
+        results["new_code_share"] = {m: float((test.indices[m] >= inherited).float().mean()) if inherited else 0.0
+                                     for m in ("video", "audio")}
     for m in sorted(known - {"text"}):
         to_text, from_text = clip_retrieval(splits["test"], m, "text"), clip_retrieval(splits["test"], "text", m)
         results["seen"][m] = {"to_text": to_text, "from_text": from_text,
@@ -281,9 +298,37 @@ def evaluate_phase(model: COMETModel, downstream: dict[str, SyntheticSet], cross
 
 # ---------------------------------------------------------------------- one method
 
-def run_method(method: Method, cfg: ContinualConfig) -> dict[str, Any]:
+def phase_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """Flat MLflow metrics of one phase's evaluation: ``eval/<task>/<V_to_A>/<cross|in_modality>`` and
+    ``eval/retrieval/<m>_text/<avg|to_text_R@k|from_text_R@k>``."""
+    metrics = {}
+    for key, scores in results["unseen"].items():
+        task, direction = key.split("/")
+        for name, value in scores.items():
+            metrics[f"eval/{task}/{direction.replace('→', '_to_')}/{name}"] = value
+    for m, scores in results["seen"].items():
+        metrics[f"eval/retrieval/{m}_text/avg"] = scores["avg"]
+        for way in ("to_text", "from_text"):
+            metrics.update({f"eval/retrieval/{m}_text/{way}_R@{k}": v for k, v in scores[way].items()})
+    if "same_code" in results:
+        metrics["eval/same_code_share"] = results["same_code"]
+    return metrics
+
+
+def run_method(method: Method, cfg: ContinualConfig, mlflow_dir: str | None = None) -> dict[str, Any]:
+    """Train and evaluate every phase of ``method``; with ``mlflow_dir`` each phase's evaluation is also logged
+    to an MLflow run named after the method (sqlite store in that directory, step = phase number)."""
     from trainer.loop import TASK_EXTRA_FILE, load_model_weights
 
+    tracker = None
+    if mlflow_dir:
+        from trainer.tracking import Tracker, TrackingConfig
+
+        root = Path(mlflow_dir).resolve()
+        tracker = Tracker(TrackingConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="cmg-continual-bench",
+                                         run_name=method.name, flush_interval_s=0.0), root / method.name)
+        tracker.start(tags={"method": method.name, "order": ",".join(cfg.order)})
+        tracker.log_config(cfg)
     start = time.perf_counter()
     world = ContinualWorld(cfg.world)
     classes = cfg.world.base.classes
@@ -297,7 +342,7 @@ def run_method(method: Method, cfg: ContinualConfig) -> dict[str, Any]:
             modality = PAIR_NAMES[pair]
             corpus = world.sample(cfg.phase_clips, cfg.phase_seed + i)
             features = {k: corpus.features[k] for k in (modality, "text", "text_mask")}
-            base = bench_model_config(cfg.world, modality, num_codes)
+            base = bench_model_config(cfg.world, modality, num_codes, cfg.model_overrides)
             model_cfg = method.model_config(base, cfg.new_codes if previous is not None else 0)
             torch.manual_seed(cfg.train.seed + i)
             task = COMETTask(model_cfg)
@@ -316,6 +361,10 @@ def run_method(method: Method, cfg: ContinualConfig) -> dict[str, Any]:
             results = evaluate_phase(freeze(task.model), downstream, cross, classes, cfg.probe)
             phases.append({"pair": pair, "codes": num_codes, "train_s": trained - phase_start,
                            "eval_s": time.perf_counter() - trained, "last": last, "fisher": fisher, **results})
+            if tracker is not None:
+                tracker.log_metrics(phase_metrics(results) | {"codebook/size": num_codes}, i + 1)
+    if tracker is not None:
+        tracker.end("FINISHED")
     return {"method": method.name, "phases": phases, "wall_s": time.perf_counter() - start}
 
 
@@ -334,9 +383,9 @@ def format_tables(rows: list[dict[str, Any]], cfg: ContinualConfig) -> str:
              f"{'/'.join(str(round(f * cfg.downstream_clips)) for f in cfg.split)} train/val/test clips",
              "Unseen pair video↔audio (never trained together): AVE = classification accuracy (%), AVVP = "
              "localisation micro F1 (%), AVE→AVVP = per-segment F1 of clip-trained heads on a second corpus"]
-    header = f"{'method':<15}|" + "".join(
-        f"{'AVE V→A':>8}{'A→V':>6}{'AVVP V→A':>9}{'A→V':>6}{'X V→A':>7}{'A→V':>6}{'Avg':>6} |" for _ in range(2))
     stages = [i for i in (1, 2) if i < len(cfg.order)]
+    header = f"{'method':<15}|" + "".join(
+        f"{'AVE V→A':>8}{'A→V':>6}{'AVVP V→A':>9}{'A→V':>6}{'X V→A':>7}{'A→V':>6}{'Avg':>6} |" for _ in stages)
     lines.append(f"{'':<15}|" + "".join(f"{f'after phase {i + 1} ({cfg.order[i].upper()})':^48}|" for i in stages))
     lines.append(header)
     lines.append("-" * len(header))
@@ -347,6 +396,13 @@ def format_tables(rows: list[dict[str, Any]], cfg: ContinualConfig) -> str:
             cells.append("".join(f"{v:>{wd}.1f}" for v, wd in zip(values, (8, 6, 9, 6, 7, 6))) +
                          f"{sum(values) / len(values):>6.1f} |")
         lines.append(f"{r['method']:<15}|" + "".join(cells))
+    lines += ["", "Diagnostics (downstream test): same code = share of (clip, segment) cells where audio and video "
+              "carry the same event and pick the same code; new = share of segments on codes appended after phase 1"]
+    for r in rows:
+        cells = [f"phase {i + 1}: same code {100 * r['phases'][i]['same_code']:.1f}%, new codes video "
+                 f"{100 * r['phases'][i]['new_code_share']['video']:.1f}% / audio "
+                 f"{100 * r['phases'][i]['new_code_share']['audio']:.1f}%" for i in stages]
+        lines.append(f"{r['method']:<15}| " + " | ".join(cells))
     lines += ["", "Seen pairs: X↔text zero-shot retrieval, mean of R@1/5/10 in both directions (%); "
               "forgetting = right after the pair's own phase minus after the last phase"]
     seen_pairs = [PAIR_NAMES[p] for p in cfg.order]
@@ -395,14 +451,16 @@ def _config_from_args(args: argparse.Namespace) -> ContinualConfig:
     unknown = [p for p in order if p not in PAIR_NAMES]
     if unknown or len(set(order)) != len(order):
         raise SystemExit(f"--order must list distinct pairs of {list(PAIR_NAMES)}, got {args.order!r}")
-    return ContinualConfig(order=order, train=TrainConfig(steps=args.steps, seed=args.seed),
-                           probe=ProbeConfig(epochs=args.probe_epochs, seed=args.seed))
+    return ContinualConfig(order=order, new_codes=args.new_codes, train=TrainConfig(steps=args.steps, seed=args.seed),
+                           probe=ProbeConfig(epochs=args.probe_epochs, seed=args.seed),
+                           model_overrides=tuple(args.set))
 
 
 def _run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "trainer.bench.continual", "--child", name, "--steps", str(args.steps),
            "--seed", str(args.seed), "--probe-epochs", str(args.probe_epochs), "--threads", str(args.threads),
-           "--order", args.order]
+           "--order", args.order, "--new-codes", str(args.new_codes)] + [f"--set={text}" for text in args.set] + \
+        (["--mlflow", args.mlflow] if args.mlflow else [])
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"continual method '{name}' failed:\n{done.stderr[-4000:]}")
@@ -412,19 +470,25 @@ def _run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.bench.continual", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps per phase")
-    parser.add_argument("--methods", default="dcid,comet", help=f"comma list of {list(METHODS)}")
+    parser.add_argument("--methods", default="dcid,comet,comet_no_sl,comet_no_moe",
+                        help=f"comma list of {list(METHODS)}")
     parser.add_argument("--order", default="vt,at,it", help=f"phases, comma list of {list(PAIR_NAMES)}")
     parser.add_argument("--jobs", type=int, default=2, help="methods trained at the same time (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per method process")
     parser.add_argument("--probe-epochs", type=int, default=ProbeConfig.epochs)
     parser.add_argument("--seed", type=int, default=0, help="model init, batch order and probe seed")
+    parser.add_argument("--new-codes", type=int, default=ContinualConfig.new_codes, help="K2 per later phase (COMET)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override of every phase's COMETConfig (repeatable), e.g. --set loss.ewc=10")
     parser.add_argument("--json", default=None, help="also write all results to this JSON file")
+    parser.add_argument("--mlflow", default=None, metavar="DIR",
+                        help="also log every phase's evaluation to MLflow (sqlite store DIR/mlflow.db, a run per method)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = _config_from_args(args)
     if args.child:
-        print(json.dumps(run_method(METHODS[args.child], cfg)))
+        print(json.dumps(run_method(METHODS[args.child], cfg, args.mlflow)))
         return 0
     names = args.methods.split(",")
     unknown = [n for n in names if n not in METHODS]

@@ -19,6 +19,8 @@ so that what a pretrained unified codebook must recover, and what it must ignore
   are entangled inside each feature vector;
 - optional text (for FCCID-style runs): a few prompt templates per class (seed 000 §B.3 style) whose
   tokens are rendered as fixed random word embeddings plus noise; every other word is shared filler.
+  Captions are zero-padded to the longest prompt of the call, or to ``text_length`` tokens (Uni-Code's
+  AVT setting pairs token l with segment l, so there the caption must have T tokens, as in seed 001).
 
 Everything about the "world" (prototypes, rendering networks, word table) comes from ``world_seed``;
 the clips of one call come from its ``seed``. Two calls with different seeds are two datasets of the
@@ -66,6 +68,7 @@ class SyntheticFeatureConfig:
     kind_start: tuple[float, float, float, float] = (0.5, 0.15, 0.15, 0.2)   # both, audio, video, background
     kind_stay: float = 0.6              # probability that segment t+1 keeps the kind of segment t
     text: bool = False                  # also render text prompts (tokens ``text``, mask ``text_mask``)
+    text_length: int = 0                # tokens per caption after zero-padding; 0 = the call's longest prompt
     world_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,6 +78,9 @@ class SyntheticFeatureConfig:
             raise ValueError(f"kind_start must be 4 probabilities summing to 1, got {self.kind_start}")
         if not 0.0 <= self.kind_stay <= 1.0:
             raise ValueError(f"kind_stay must be in [0, 1], got {self.kind_stay}")
+        longest = max(len(t.split()) for t in PROMPT_TEMPLATES)
+        if self.text_length and self.text_length < longest:
+            raise ValueError(f"text_length {self.text_length} is shorter than the longest prompt ({longest} words)")
 
 
 @dataclass
@@ -186,7 +192,7 @@ class SyntheticWorld:
         """Prompts -> word-vector tokens ``(n l dt)`` + noise, zero-padded, and the mask ``(n l)``."""
         index = {w: i for i, w in enumerate(self.vocabulary)}
         words = [p.split() for p in prompts]
-        longest = max(len(w) for w in words)
+        longest = self.cfg.text_length or max(len(w) for w in words)
         tokens = torch.zeros(len(prompts), longest, self.cfg.text_dim)
         mask = torch.zeros(len(prompts), longest, dtype=torch.bool)
         for i, sentence in enumerate(words):

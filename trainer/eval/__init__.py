@@ -1,4 +1,4 @@
-"""Downstream cross-modal generalisation on frozen Uni-Code codes (ALGORITHMS.md §5).
+"""Downstream cross-modal generalisation on frozen codes of any task's model (ALGORITHMS.md §5).
 
 - ``metrics``: accuracy, micro precision/recall/F1, recall@k;
 - ``heads``: the AVE event classifier (max over T) and the AVVP per-segment tagger;

@@ -5,6 +5,11 @@
     data = read_public_features(PublicFeatureConfig(...))   # or the public AVE h5/npz layout
     split = encode_split(pretrained.model, data)            # trainer.eval.probes.CodeSplit
 
+Any registered task's checkpoint works: ``meta.json["task"]`` (default "unicode") picks the model config
+class and the task (``trainer.tasks.task_spec``) that builds the model, and codes come from the model's
+``segment_codes(features, modality)`` (``trainer.models.unicode.SegmentCoder``): Uni-Code quantises z^m per
+segment, FCCID sends every segment through its coarse path (seed 003 §3.1), so both keep the time axis.
+
 Frozen means: ``eval()`` (no dropout; the quantizer neither accumulates MM-EMA statistics nor counts usage,
 and its ``step_`` refuses to run) and ``requires_grad_(False)`` on every parameter, and codes are computed
 under ``torch.no_grad``. The codebook, EMA state and encoder weights are therefore exactly the checkpoint's.
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from trainer.checkpoint import CheckpointManager
 from trainer.config import ConfigError, build_config
@@ -28,16 +33,22 @@ from trainer.data.features import (
 )
 from trainer.data.stream import DataConfig, expand_shard_urls, feature_batches
 from trainer.eval.probes import CodeSplit
-from trainer.models.unicode import UniCodeConfig, UniCodeModel, mask_key
+from trainer.models.inputs import mask_key
+from trainer.tasks import task_spec
 
 MODEL_FILE = "model.pt"   # the consolidated fp32 model state in every checkpoint (trainer/loop.py)
 
 
-def model_config_from_dict(data: Mapping[str, Any], source: str) -> UniCodeConfig:
-    """A resolved ``UniCodeConfig`` (``meta.json["model_config"]``) back into the typed, validated config."""
+def model_config_from_dict(data: Mapping[str, Any], source: str, task: str = "unicode") -> Any:
+    """A resolved model config (``meta.json["model_config"]``) back into the typed, validated config of
+    ``task`` (``UniCodeConfig`` for "unicode", ``FCCIDConfig`` for "fccid", ...)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: model_config must be a mapping, got {type(data).__name__}")
-    return build_config(UniCodeConfig, data, "model_config", source)
+    try:
+        config_class = task_spec(task).config
+    except KeyError as err:
+        raise ConfigError(f"{source}: {err.args[0]}") from None
+    return build_config(config_class, data, "model_config", source)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -58,7 +69,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 @dataclass
 class Pretrained:
-    model: UniCodeModel                  # frozen: eval mode, no parameter requires grad
+    model: nn.Module                     # the task's model (with segment_codes), frozen: eval mode, no grads
     meta: dict[str, Any]                 # the checkpoint's meta.json
     checkpoint: Path
 
@@ -72,7 +83,7 @@ class Pretrained:
         return int(self.meta["step"])
 
 
-def freeze(model: UniCodeModel) -> UniCodeModel:
+def freeze(model: nn.Module) -> nn.Module:
     """Eval mode and no gradients: what every downstream task sees."""
     model.eval()
     model.requires_grad_(False)
@@ -80,19 +91,19 @@ def freeze(model: UniCodeModel) -> UniCodeModel:
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
-    """Rebuild ``UniCodeModel`` from ``meta.json["model_config"]`` and load ``model.pt`` (weights only)."""
+    """Rebuild the model of ``meta.json["task"]`` (default "unicode") from ``meta.json["model_config"]``
+    through the task registry and load ``model.pt`` (weights only)."""
     ckpt = resolve_checkpoint(path)
     meta = CheckpointManager.read_meta(ckpt)
-    if meta.get("task", "unicode") != "unicode":
-        raise ValueError(f"{ckpt / 'meta.json'}: task {meta['task']!r}; this evaluation reads Uni-Code checkpoints")
     if "model_config" not in meta:
         raise KeyError(f"{ckpt / 'meta.json'} has no model_config (keys: {sorted(meta)})")
-    cfg = model_config_from_dict(meta["model_config"], str(ckpt / "meta.json"))
+    task = meta.get("task", "unicode")
+    cfg = model_config_from_dict(meta["model_config"], str(ckpt / "meta.json"), task)
     model_file = ckpt / MODEL_FILE
     if not model_file.is_file():
         raise FileNotFoundError(f"{model_file}: missing (the consolidated model state of the checkpoint)")
     state = torch.load(model_file, map_location="cpu", weights_only=True)
-    model = UniCodeModel(cfg)
+    model = task_spec(task).task(cfg).model
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -195,41 +206,29 @@ def read_public_features(cfg: PublicFeatureConfig) -> LabelledFeatures:
 
 # ---------------------------------------------------------------------- codes
 
-def _modality_input(model: UniCodeModel, modality: str, x: Tensor) -> Tensor:
-    """``x`` checked against the model's feature shape for ``modality``; a 5-d patch grid is flattened."""
-    channels, patches = model.cfg.feature_dims[modality], model.cfg.spatial_patches.get(modality, 0)
-    if patches and x.ndim == 5:
-        x = x.flatten(2, 3)
-    expected = (patches, channels) if patches else (channels,)
-    if x.ndim != 2 + len(expected) or tuple(x.shape[2:]) != expected:
-        raise ValueError(f"features['{modality}'] must be (n t {' '.join(map(str, expected))}) for this checkpoint, "
-                         f"got {tuple(x.shape)}")
-    return x.float()
-
-
 @torch.no_grad()
-def encode_modality(model: UniCodeModel, modality: str, x: Tensor, mask: Tensor | None = None,
+def encode_modality(model: nn.Module, modality: str, x: Tensor, mask: Tensor | None = None,
                     batch_size: int = 256) -> tuple[Tensor, Tensor]:
     """Frozen codes of one modality: ``x (n t ...)`` -> (ẑ ``(n t D)`` code vectors, ``(n t)`` code indices).
 
-    Φ^m then the nearest code (CMG eq. 1–2); the model must be in eval mode (see ``freeze``).
+    ``model.segment_codes`` in batches (any task's model); ``mask (n t)`` is the modality's token mask. The
+    model must be in eval mode (see ``freeze``).
     """
     if model.training:
         raise RuntimeError("encode_modality needs a frozen model in eval mode (trainer.eval.encode.freeze)")
-    if modality not in model.modalities:
-        raise KeyError(f"the checkpoint has no '{modality}' encoder (modalities {list(model.modalities)})")
-    x = _modality_input(model, modality, x)
     vectors, indices = [], []
     for start in range(0, x.shape[0], batch_size):
         part = slice(start, start + batch_size)
-        semantic = model.semantic[modality](x[part], None if mask is None else mask[part].bool())
-        quantized = model.quantizer.quantize(semantic)
-        vectors.append(quantized.codewords)
-        indices.append(quantized.codes)
+        features = {modality: x[part].float()}
+        if mask is not None:
+            features[mask_key(modality)] = mask[part].bool()
+        codes, quantized = model.segment_codes(features, modality)
+        vectors.append(quantized)
+        indices.append(codes)
     return torch.cat(vectors), torch.cat(indices)
 
 
-def encode_split(model: UniCodeModel, data: LabelledFeatures, modalities: Sequence[str] | None = None) -> CodeSplit:
+def encode_split(model: nn.Module, data: LabelledFeatures, modalities: Sequence[str] | None = None) -> CodeSplit:
     """Frozen codes of every (or the given) modality of ``data``, with its labels, as a probe split."""
     modalities = [m for m in model.modalities if m in data.features] if modalities is None else list(modalities)
     vectors, indices = {}, {}

@@ -237,15 +237,21 @@ def cross_dataset_probe(first: Mapping[str, CodeSplit], second_test: CodeSplit, 
 
 
 def zero_shot_retrieval(split: CodeSplit, query: str, gallery: str = "audio",
-                        ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+                        ks: Sequence[int] = (1, 5, 10), aligned: bool | None = None) -> dict[int, float]:
     """X→audio recall@k in the unified code space, clip i's own audio being the match of query clip i.
 
-    Similarity of query clip i and gallery clip j: mean_t cos(ẑ^query_{i,t}, ẑ^gallery_{j,t}) when both have
-    the same segments (audio-visual: the temporal pattern counts); otherwise (text tokens vs audio segments)
-    the cosine of the two clips' mean code vectors.
+    Similarity of query clip i and gallery clip j: with ``aligned`` (the two modalities share their time
+    axis: audio-visual), mean_t cos(ẑ^query_{i,t}, ẑ^gallery_{j,t}), so the temporal pattern counts; else
+    (text tokens vs audio segments) the cosine of the two clips' mean code vectors. ``aligned=None``: aligned
+    when both code sequences have the same length.
     """
     q, g = split.vectors[query], split.vectors[gallery]   # (n t d), (n t' d)
-    if q.shape[1] == g.shape[1]:
+    if aligned is None:
+        aligned = q.shape[1] == g.shape[1]
+    if aligned:
+        if q.shape[1] != g.shape[1]:
+            raise ValueError(f"aligned retrieval needs equal segments, got {query} {q.shape[1]}, "
+                             f"{gallery} {g.shape[1]}")
         similarity = torch.einsum("itd,jtd->ij", F.normalize(q, dim=-1), F.normalize(g, dim=-1)) / q.shape[1]
     else:
         similarity = F.normalize(q.mean(1), dim=-1) @ F.normalize(g.mean(1), dim=-1).T

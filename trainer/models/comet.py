@@ -5,10 +5,12 @@ Phases are separate jobs (video–text -> audio–text -> image–text, text the
 - ``CMoEAdapter`` (seed 004 §3.2, eq. 4) between the semantic encoders Φ^m and the quantiser: O experts,
   each ``E_j(x) = C_j x + S_j^m x`` with a common linear layer C_j shared by every modality and a specific
   linear layer S_j^m of the input's modality m (only that one is active); a router ``g(x) = softmax(W_g x)``
-  mixes them, ``y = Σ_j g_j(x) E_j(x)``. Everything downstream (quantiser, MM-EMA, commitment, Cross-CPC,
-  CMCM, CLUB) sees y: it is the semantic feature z^m of this model. Choices where the paper is silent: the
-  specific layers have no bias (the common one has) and start at zero, so a modality new to a phase is first
-  mapped by the shared common layers only; no residual connection (eq. 4 has none).
+  mixes them into ``Σ_j g_j(x) E_j(x)``. Everything downstream (quantiser, MM-EMA, commitment, Cross-CPC,
+  CMCM, CLUB) sees the adapter's output: it is the semantic feature z^m of this model. Choices where the paper
+  is silent: the output is residual, ``y = x + Σ_j g_j(x) E_j(x)`` (as adapters and the MoE-adapters the paper
+  builds on are): without it the unnormalised linear mixture after Φ^m's LayerNorm let the semantic path
+  collapse onto 2–3 codes in the continual bench (CPC at chance); the specific layers have no bias (the
+  common one has) and start at zero, so a modality new to a phase is first mapped by the shared layers only.
 - ``gate_balance_loss`` (eq. 5): coefficient of variation² of the experts' loads over the batch's tokens.
 - EWC (eq. 6): ``ewc_penalty`` = Σ_i F_i (θ_i − θ*_i)² over the adapter's common layers and the specific
   layers of the modalities a phase trained; ``per_clip_gradients`` gives the per-clip gradients from which
@@ -40,6 +42,7 @@ from torch.func import functional_call, grad, vmap
 from trainer import distributed
 from trainer.models.cpc import CrossCPC
 from trainer.models.encoders import SemanticEncoder
+from trainer.models.inputs import feature_mask
 from trainer.models.losses import commitment_losses, reconstruction_loss
 from trainer.models.unicode import LossConfig, UniCodeConfig, UniCodeModel, mask_key
 
@@ -75,7 +78,17 @@ class ReplayConfig:
     # is taken. 0.5 admits codes within ~41° of z for equal norms.
     match_threshold: float = 0.5
     new_code_weight: float = 0.1     # weight of pseudo-modality positions quantised to new codes (old: 1)
-    protect_inherited: bool = True   # inherited codes are never reset (no data of this phase can keep them used)
+    # True: inherited codes are never reset (no data of this phase keeps a carried modality's codes in use). Off
+    # by default: in the continual bench it kept the carried video on codes the new pair never used, and the
+    # unseen pair lost 10–11 points of Avg (trainer/bench/continual.py; reported in the issue's report)
+    protect_inherited: bool = False
+    # Where the appended codes start. "data": at the phase's first training step, on the mediator's vectors of
+    # the global batch farthest from every inherited code (greedy farthest-point selection), so they stand for
+    # what the old codebook does not cover in the modality that bridges the phases (the new modality's encoder
+    # is still random then: codes placed on its vectors would give it a private corner of the codebook);
+    # "copies": perturbed copies of inherited codes (MMEMAQuantizer.expand_ alone), which sit next to the codes
+    # they copy and split their data.
+    new_code_init: Literal["data", "copies"] = "data"
 
     def __post_init__(self) -> None:
         if self.new_codes < 0:
@@ -93,6 +106,9 @@ class EWCConfig:
     # "mean": each phase's Fisher is divided by its mean entry before it joins the running sum, so λ does not
     # depend on the loss scale (a reparametrisation of λ); "none": the raw Fisher, as eq. 6 writes it
     normalize: Literal["mean", "none"] = "mean"
+    # also consolidate the router: the paper names only the common and activated specific layers, but the router
+    # is shared too, and its drift re-mixes the experts of modalities no later phase trains
+    include_router: bool = False
 
     def __post_init__(self) -> None:
         if self.fisher_batches < 1:
@@ -113,10 +129,10 @@ class COMETConfig(UniCodeConfig):
     """Uni-Code's model config plus the adapter, replay and EWC, and what earlier phases left behind.
 
     Ablation switches (seed 004 Table 6): ``use_pseudo_modality`` (PM), ``adapter.mixture`` (MoE -> single
-    adapter), ``use_gate_loss``, ``use_ewc``, ``adapter.specific_layers`` (SL). The paper's "w/o MoE" row, which
-    also removes the gate loss, EWC and SL, is mixture=False, use_ewc=False, specific_layers=False.
-    ``use_adapter=False`` removes the adapter altogether: plain DCID fine-tuned phase after phase (the
-    baseline of seed 004 Table 1), still carrying earlier modalities' encoders for evaluation.
+    adapter), ``use_gate_loss``, ``use_ewc``, ``adapter.specific_layers`` (SL), and ``use_adapter=False``, which
+    removes the adapter altogether: the paper's "w/o MoE" row, which "also eliminates" the gate loss, EWC and
+    SL, when PM stays on; with PM off too it is plain DCID fine-tuned phase after phase (the baseline of seed 004
+    Table 1), still carrying earlier modalities' encoders for evaluation.
 
     ``carried`` and the ``carried_*`` maps are written by the task when a phase starts from a previous one
     (``COMETTask.begin_phase_``), never by hand: they end up in the checkpoint's meta.json.
@@ -205,7 +221,7 @@ class CMoEAdapter(nn.Module):
             self.specific[modality] = nn.Parameter(torch.zeros(self.cfg.num_experts, self.dim, self.dim))
 
     def forward(self, x: Tensor, modality: str) -> tuple[Tensor, Tensor]:
-        """``x (... d)`` of ``modality`` -> (y ``(... d)``, router probabilities g ``(... o)``); pure."""
+        """``x (... d)`` of ``modality`` -> (y = x + Σ_j g_j E_j(x) ``(... d)``, router probabilities g ``(... o)``)."""
         experts = self.cfg.num_experts
         out = self.common(x).unflatten(-1, (experts, self.dim))                     # (... o d): C_j x + b_j
         if self.cfg.specific_layers:
@@ -213,9 +229,9 @@ class CMoEAdapter(nn.Module):
                 raise KeyError(f"the adapter has no specific layer for '{modality}' (has {list(self.specific)})")
             out = out + torch.einsum("...i,oji->...oj", x, self.specific[modality])   # + S_j^m x
         if self.router is None:
-            return out.squeeze(-2), x.new_ones(*x.shape[:-1], 1)
+            return x + out.squeeze(-2), x.new_ones(*x.shape[:-1], 1)
         gates = torch.softmax(self.router(x), dim=-1)                                # (... o)
-        return torch.einsum("...o,...od->...d", gates, out), gates                   # eq. 4
+        return x + torch.einsum("...o,...od->...d", gates, out), gates               # residual + eq. 4
 
 
 def gate_balance_loss(gates: Sequence[Tensor]) -> Tensor:
@@ -337,6 +353,18 @@ def pseudo_cpc_losses(predictions: Mapping[str, Tensor], semantic: Mapping[str, 
     return losses
 
 
+def farthest_points(pool: Tensor, anchors: Tensor, count: int) -> Tensor:
+    """``count`` rows of ``pool (n d)`` chosen greedily: each time the row farthest from ``anchors (a d)`` and
+    from the rows already chosen. Returns ``(count d)`` (repeats only if ``count`` exceeds the distinct rows)."""
+    nearest = torch.cdist(pool, anchors).min(1).values                                 # (n)
+    chosen = []
+    for _ in range(count):
+        i = int(nearest.argmax())
+        chosen.append(pool[i])
+        nearest = torch.minimum(nearest, (pool - pool[i]).norm(dim=1))
+    return torch.stack(chosen)
+
+
 # ---------------------------------------------------------------------- EWC
 
 def ewc_penalty(params: Mapping[str, Tensor], anchor: Mapping[str, Tensor], fisher: Mapping[str, Tensor]) -> Tensor:
@@ -377,8 +405,11 @@ class COMETModel(UniCodeModel):
         if cfg.use_pseudo_modality and cfg.use_cpc and cfg.replay.new_codes:
             self.pseudo_cpc = CrossCPC((PSEUDO,), dim, self.cpc_steps, cfg.cpc.lstm_layers)
         self.register_buffer("inherited_codes", torch.tensor(0, dtype=torch.int64))
-        self._inherited = 0   # host copy of the buffer: read once per load, not once per forward
-        self.register_load_state_dict_post_hook(_read_inherited_codes)
+        # True from the expansion until the first training forward has placed the new codes on data
+        self.register_buffer("new_codes_pending", torch.tensor(False))
+        # host copies of the two buffers: read once per load, not once per forward
+        self._inherited, self._pending = 0, False
+        self.register_load_state_dict_post_hook(_read_phase_buffers)
 
     @property
     def encoders(self) -> nn.ModuleDict:
@@ -412,12 +443,34 @@ class COMETModel(UniCodeModel):
         self.quantizer.expand_(new_codes)
         self.inherited_codes.fill_(inherited)
         self._inherited = inherited
+        self._pending = self.comet.replay.new_code_init == "data"
+        self.new_codes_pending.fill_(self._pending)
+
+    @torch.no_grad()
+    def _place_new_codes_(self, features: Mapping[str, Tensor]) -> None:
+        """Put the appended codes on the mediator's vectors of this global batch farthest from the inherited
+        codes (every rank gathers the same pool, so all place the same vectors); see ``ReplayConfig``."""
+        mediator = self.comet.replay.mediator
+        sources = (mediator,) if mediator in self.modalities else self.modalities
+        pool = torch.cat([self.quantizer.all_gather_fn(
+            self.semantic[m](self._input(features, m), features.get(mask_key(m))).float().contiguous()).flatten(0, 1)
+            for m in sources])
+        codebook = self.quantizer.codebook
+        count = codebook.shape[0] - self._inherited
+        self.quantizer.place_codes_(slice(self._inherited, None),
+                                    farthest_points(pool, codebook[:self._inherited], count))
+        if self.adapter is not None:
+            self.semantic.take_gates(self.modalities)     # this extra encoding is no part of the step's routing
+        self._pending = False
+        self.new_codes_pending.fill_(False)
 
     @property
     def inherited(self) -> int:
         return self._inherited
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+        if self.training and self._pending:
+            self._place_new_codes_(features)
         out = super().forward(features)
         if self.adapter is not None:
             out["gates"] = self.semantic.take_gates(self.modalities)
@@ -429,26 +482,29 @@ class COMETModel(UniCodeModel):
             out["pseudo_cpc_predictions"] = self.pseudo_cpc({PSEUDO: pseudo.sequence})[PSEUDO]
         return out
 
-    def segment_codes(self, features: Mapping[str, Tensor], modality: str) -> tuple[Tensor, Tensor]:
-        """Downstream codes of any known modality (this phase's or a carried one), segment by segment.
+    @property
+    def downstream_modalities(self) -> tuple[str, ...]:
+        """Every modality this model encodes downstream: this phase's and the carried ones (``modalities`` is
+        only this phase's, which the training forward needs)."""
+        return self.comet.known_modalities
 
-        ``features[modality]`` ``(b t c)`` / ``(b t p c)`` and an optional ``features["<m>_mask"]``; returns
-        ``codes (b t)`` and the code vectors ``(b t D)`` (detached). No state changes; for downstream use call
-        it on a frozen model (eval mode, no_grad), like ``FCCIDModel.segment_codes``.
-        """
+    def segment_semantic(self, features: Mapping[str, Tensor], modality: str) -> Tensor:
+        """The adapted z^m ``(b t D)`` of any known modality, this phase's or a carried one (``segment_codes``,
+        inherited from ``SegmentCoder``, quantises it)."""
         if modality not in self.encoders:
-            raise KeyError(f"the model has no '{modality}' encoder (known modalities {list(self.comet.known_modalities)})")
-        z = self.semantic[modality](self._input(features, modality), features.get(mask_key(modality)))
-        quantized = self.quantizer.quantize(z)
-        return quantized.codes, quantized.codewords
+            raise KeyError(f"the model has no '{modality}' encoder (known modalities {list(self.downstream_modalities)})")
+        x = self._input(features, modality)
+        return self.semantic[modality](x, feature_mask(features, modality, x.shape[:2]))
 
     # ------------------------------------------------------------------ EWC
     def ewc_parameter_names(self, modalities: Sequence[str]) -> list[str]:
         """Adapter parameters EWC protects after a phase that trained ``modalities``: the common layers and
-        those modalities' specific layers (seed 004 §3.2). The router is not among them (the paper names none)."""
+        those modalities' specific layers (seed 004 §3.2), and the router with ``ewc.include_router``."""
         if self.adapter is None:
             return []
         names = ["common.weight", "common.bias"]
+        if self.comet.ewc.include_router and self.adapter.router is not None:
+            names += ["router.weight", "router.bias"]
         return names + [f"specific.{m}" for m in modalities if m in self.adapter.specific]
 
     def per_clip_gradients(self, features: Mapping[str, Tensor], names: Sequence[str],
@@ -491,8 +547,9 @@ class COMETModel(UniCodeModel):
         return per_clip(params, pre, specific, codewords, {m: features[m].float() for m in self.modalities})
 
 
-def _read_inherited_codes(module: COMETModel, incompatible_keys) -> None:
+def _read_phase_buffers(module: COMETModel, incompatible_keys) -> None:
     module._inherited = int(module.inherited_codes)
+    module._pending = bool(module.new_codes_pending)
 
 
 def fisher_from_gradients(gradient_squares: Mapping[str, Tensor], clips: float) -> dict[str, Tensor]:
@@ -518,4 +575,4 @@ def cumulative_fisher(previous: Mapping[str, Tensor], current: Mapping[str, Tens
 
 __all__ = ["AdapterConfig", "CMoEAdapter", "COMETConfig", "COMETLossConfig", "COMETModel", "EWCConfig", "PSEUDO",
            "PseudoModality", "ReplayConfig", "cpc_entry_losses", "cumulative_fisher", "ewc_penalty",
-           "fisher_from_gradients", "gate_balance_loss", "normalized_fisher", "pseudo_cpc_losses", "pseudo_modality"]
+           "farthest_points", "fisher_from_gradients", "gate_balance_loss", "normalized_fisher", "pseudo_cpc_losses", "pseudo_modality"]

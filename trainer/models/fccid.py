@@ -43,8 +43,11 @@ from trainer import distributed
 from trainer.models.club import CLUBConfig
 from trainer.models.cpc import CPCConfig, CrossCPC
 from trainer.models.encoders import Decoder, EncoderConfig, SemanticEncoder, SpecificEncoder
+from trainer.models.inputs import (
+    default_feature_dims, default_spatial_patches, feature_input, feature_mask, mask_key,
+)
 from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
-from trainer.models.unicode import LossConfig, _default_feature_dims, _default_spatial_patches, mask_key
+from trainer.models.unicode import LossConfig, SegmentCoder
 
 FINE_MODALITIES = ("audio", "video")   # segment-aligned: the fine level
 TEXT = "text"                          # holistic: coarse level only
@@ -94,8 +97,8 @@ class FCCIDConfig:
     # FCCID is defined for exactly these three (seed 003 App. C); a field so that every resolved config
     # (meta.json, config.yaml) names its modalities like Uni-Code's does
     modalities: tuple[str, ...] = (*FINE_MODALITIES, TEXT)
-    feature_dims: dict[str, int] = field(default_factory=_default_feature_dims)       # channel dim c per modality
-    spatial_patches: dict[str, int] = field(default_factory=_default_spatial_patches)  # p for spatial-map inputs
+    feature_dims: dict[str, int] = field(default_factory=default_feature_dims)       # channel dim c per modality
+    spatial_patches: dict[str, int] = field(default_factory=default_spatial_patches)  # p for spatial-map inputs
     a_club: bool = True
     v_club: bool = True
     av_club: bool = True
@@ -139,7 +142,7 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
 
-class FCCIDModel(nn.Module):
+class FCCIDModel(SegmentCoder, nn.Module):
     """Fine and coarse encoders, the shared MM-EMA codebook, decoders and the fine Cross-CPC.
 
     ``forward(features)`` takes ``audio (b t c)``, ``video (b t c)|(b t p c)|(b t h w c)``, ``text (b l c)`` and
@@ -194,24 +197,7 @@ class FCCIDModel(nn.Module):
 
     def _input(self, features: Mapping[str, Tensor], modality: str) -> Tensor:
         """features[modality] checked and viewed as ``(b t c)`` or ``(b t p c)``."""
-        if modality not in features:
-            raise KeyError(f"features lack modality '{modality}' (got keys {sorted(features)})")
-        x = features[modality]
-        channels, patches = self.cfg.feature_dims[modality], self._patches(modality)
-        if patches and x.ndim == 5:
-            x = x.flatten(2, 3)
-        expected = (patches, channels) if patches else (channels,)
-        if x.ndim != 2 + len(expected) or tuple(x.shape[2:]) != expected:
-            layout = f"(b t {patches} {channels}) or (b t h w {channels}) with h·w = {patches}" if patches \
-                else f"(b t {channels})"
-            raise ValueError(f"features['{modality}'] must be {layout}, got {tuple(features[modality].shape)}")
-        return x
-
-    def _text_mask(self, features: Mapping[str, Tensor], text: Tensor) -> Tensor | None:
-        mask = features.get(mask_key(TEXT))
-        if mask is not None and mask.shape != text.shape[:2]:
-            raise ValueError(f"features['{mask_key(TEXT)}'] must be {tuple(text.shape[:2])}, got {tuple(mask.shape)}")
-        return mask
+        return feature_input(features, modality, self.cfg.feature_dims, self.cfg.spatial_patches)
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
         unexpected = sorted(set(features) - {*self.modalities, mask_key(TEXT)})
@@ -224,7 +210,7 @@ class FCCIDModel(nn.Module):
             raise ValueError(f"audio and video must share (batch, segments); got {audio_video}")
         if x[TEXT].shape[0] != x["audio"].shape[0]:
             raise ValueError(f"features['{TEXT}'] has {x[TEXT].shape[0]} clips, audio/video {x['audio'].shape[0]}")
-        text_mask = self._text_mask(features, x[TEXT])
+        text_mask = feature_mask(features, TEXT, x[TEXT].shape[:2])
 
         fine_semantic = {m: self.fine_semantic[m](x[m]) for m in FINE_MODALITIES}          # seed 003 eq. 1
         fine_specific = {m: self.fine_specific[m](x[m]) for m in FINE_MODALITIES}
@@ -264,13 +250,13 @@ class FCCIDModel(nn.Module):
             "cpc_predictions": self.cpc(fine_semantic),
         }
 
-    def segment_codes(self, features: Mapping[str, Tensor], modality: str) -> tuple[Tensor, Tensor]:
-        """Downstream code sequence of one modality through the coarse path, segment by segment.
+    def segment_semantic(self, features: Mapping[str, Tensor], modality: str) -> Tensor:
+        """The coarse general vector of every segment of one modality, ``(b t D)``, before quantisation:
+        Φ_c^s(P^s(f^m_t)) for audio/video, Φ_c^te(P^te(x^te_l)) per text token (seed 003 eqs. 1, 5).
 
         ``features[modality]``: audio ``(b t c)``, video ``(b t c)|(b t p c)|(b t h w c)``, text ``(b l c)``
-        (other keys are ignored; text padding tokens get codes too, as every position does in Uni-Code).
-        Returns ``codes (b t)`` int64 and ``quantized (b t D)``, the code vectors e[codes] (detached).
-        No state changes in any mode; for downstream use call it on a frozen model (eval mode, no_grad).
+        (other keys are ignored; text padding tokens get vectors too, as every position does in Uni-Code).
+        ``segment_codes`` (``SegmentCoder``) quantises them: the downstream code sequence.
         """
         if modality not in self.modalities:
             raise KeyError(f"FCCID has no '{modality}' path (modalities {list(self.modalities)})")
@@ -278,5 +264,4 @@ class FCCIDModel(nn.Module):
         if modality in FINE_MODALITIES:
             x = self.fine_semantic[modality](x)
         side = COARSE_SIDE[modality]
-        quantized = self.quantizer.quantize(self.coarse_general[side](self.project[side](x)))
-        return quantized.codes, quantized.codewords
+        return self.coarse_general[side](self.project[side](x))

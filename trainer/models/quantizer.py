@@ -420,6 +420,15 @@ class MMEMAQuantizer(nn.Module):
         self.cfg = dataclasses.replace(self.cfg, num_codes=total)
 
     @torch.no_grad()
+    def place_codes_(self, codes: slice, vectors: Tensor) -> None:
+        """Set ``codes`` to ``vectors`` ``(n d)`` (e.g. appended codes placed on data), N = 1, o = e, usage clocks
+        restarted, as a reset would. The caller passes the same vectors on every rank."""
+        self.codebook[codes] = vectors
+        self.ema_sum[codes] = vectors
+        self.ema_count[codes] = 1.0
+        self.last_used[:, codes] = self.step
+
+    @torch.no_grad()
     def refresh_usage_(self, codes: slice) -> None:
         """Restart the reset clocks of ``codes`` as if every modality had used them in the current step.
 

@@ -5,9 +5,8 @@ in it (encoders, decoders, the CPC LSTMs and W_k), and the quantizer is a submod
 The CLUB estimators are deliberately NOT part of it: they have their own optimiser and are owned by the
 task (``trainer.tasks.unicode``).
 
-Features come as a dict keyed by modality name: ``(b t c)`` vectors, or for modalities listed in
-``spatial_patches`` a map ``(b t h w c)`` / ``(b t p c)`` (e.g. VGG-19 pool5, 7×7×512); an optional
-``"<modality>_mask"`` ``(b t)`` bool marks real tokens (text) and only masks attention keys: every
+Features come as a dict keyed by modality name (layouts and checks: ``trainer.models.inputs``); the
+optional ``"<modality>_mask"`` ``(b t)`` bool marks real tokens (text) and only masks attention keys: every
 position, padding included, is a segment for the losses and the codebook, as in the paper's AVT setting
 where a caption is a fixed 10-token sequence.
 """
@@ -25,6 +24,9 @@ from trainer import distributed
 from trainer.models.club import CLUBConfig
 from trainer.models.cpc import CPCConfig, CrossCPC
 from trainer.models.encoders import Decoder, EncoderConfig, SemanticEncoder, SpecificEncoder
+from trainer.models.inputs import (
+    default_feature_dims, default_spatial_patches, feature_input, feature_mask, mask_key,
+)
 from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
 
 
@@ -41,14 +43,6 @@ class LossConfig:
     commit_partner: float = 0.125   # β/2, spread as a mean over partners; authors' code: β = 0.25
 
 
-def _default_feature_dims() -> dict[str, int]:
-    return {"audio": 128, "video": 512, "text": 768}
-
-
-def _default_spatial_patches() -> dict[str, int]:
-    return {"video": 49}
-
-
 @dataclass
 class UniCodeConfig:
     """Model and task configuration of Uni-Code pretraining.
@@ -63,8 +57,8 @@ class UniCodeConfig:
 
     modalities: tuple[str, ...] = ("audio", "video")
     variant: Literal["full", "baseline"] = "full"
-    feature_dims: dict[str, int] = field(default_factory=_default_feature_dims)       # channel dim c per modality
-    spatial_patches: dict[str, int] = field(default_factory=_default_spatial_patches)  # p for spatial-map inputs
+    feature_dims: dict[str, int] = field(default_factory=default_feature_dims)       # channel dim c per modality
+    spatial_patches: dict[str, int] = field(default_factory=default_spatial_patches)  # p for spatial-map inputs
     use_club: bool = True
     use_cpc: bool = True
     use_cmcm: bool = True
@@ -101,12 +95,22 @@ class UniCodeConfig:
         )
 
 
-def mask_key(modality: str) -> str:
-    """Feature key of a modality's token mask, ``(b t)`` bool, True = real token."""
-    return f"{modality}_mask"
+class SegmentCoder:
+    """The downstream contract of every codebook model (``trainer.eval.encode`` calls only this):
+    ``segment_semantic(features, modality)`` gives the ``(b t D)`` vectors a modality's code sequence is
+    chosen for, and ``segment_codes`` their nearest codes in ``self.quantizer`` (CMG eq. 2).
+    """
+
+    def segment_codes(self, features: Mapping[str, Tensor], modality: str) -> tuple[Tensor, Tensor]:
+        """``codes (b t)`` int64 and ``quantized (b t D)`` = e[codes] (detached) of one modality.
+
+        No state changes in any mode; for downstream use call it on a frozen model (eval mode, no_grad).
+        """
+        quantized = self.quantizer.quantize(self.segment_semantic(features, modality))
+        return quantized.codes, quantized.codewords
 
 
-class UniCodeModel(nn.Module):
+class UniCodeModel(SegmentCoder, nn.Module):
     """Encoders, shared codebook, decoders and Cross-CPC, keyed by modality name.
 
     ``forward(features)`` returns a dict of modality-keyed dicts:
@@ -120,6 +124,7 @@ class UniCodeModel(nn.Module):
         cpc_predictions W_k c_t    (b s K D), s = T − K   (only with use_cpc)
     In training mode it also initialises the codebook on the first call and accumulates this
     micro-batch's MM-EMA statistics; the codebook itself changes only in ``quantizer.step_()``.
+    Downstream, ``segment_codes(features, m)`` quantises z^m segment by segment (``SegmentCoder``).
     """
 
     def __init__(
@@ -151,19 +156,15 @@ class UniCodeModel(nn.Module):
 
     def _input(self, features: Mapping[str, Tensor], modality: str) -> Tensor:
         """features[modality] checked and viewed as ``(b t c)`` or ``(b t p c)``."""
-        if modality not in features:
-            raise KeyError(f"features lack modality '{modality}' (got keys {sorted(features)})")
-        x = features[modality]
-        channels, patches = self.cfg.feature_dims[modality], self._patches(modality)
-        if patches:
-            if x.ndim == 5:
-                x = x.flatten(2, 3)
-            if x.ndim != 4 or x.shape[2] != patches or x.shape[3] != channels:
-                raise ValueError(f"features['{modality}'] must be (b t {patches} {channels}) or (b t h w {channels}) "
-                                 f"with h·w = {patches}, got {tuple(features[modality].shape)}")
-        elif x.ndim != 3 or x.shape[2] != channels:
-            raise ValueError(f"features['{modality}'] must be (b t {channels}), got {tuple(x.shape)}")
-        return x
+        return feature_input(features, modality, self.cfg.feature_dims, self.cfg.spatial_patches)
+
+    def segment_semantic(self, features: Mapping[str, Tensor], modality: str) -> Tensor:
+        """z^m ``(b t D)`` of one modality (CMG eq. 1), from ``features[modality]`` and its optional mask;
+        other keys are ignored."""
+        if modality not in self.modalities:
+            raise KeyError(f"the model has no '{modality}' encoder (modalities {list(self.modalities)})")
+        x = self._input(features, modality)
+        return self.semantic[modality](x, feature_mask(features, modality, x.shape[:2]))
 
     def _check_keys(self, features: Mapping[str, Tensor]) -> None:
         allowed = set(self.modalities) | {mask_key(m) for m in self.modalities}
@@ -178,12 +179,7 @@ class UniCodeModel(nn.Module):
         lengths = {m: x.shape[:2] for m, x in inputs.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"modalities must share (batch, segments); got {dict(lengths)}")
-        masks = {}
-        for m in self.modalities:
-            mask = features.get(mask_key(m))
-            if mask is not None and mask.shape != lengths[m]:
-                raise ValueError(f"features['{mask_key(m)}'] must be {tuple(lengths[m])}, got {tuple(mask.shape)}")
-            masks[m] = mask
+        masks = {m: feature_mask(features, m, lengths[m]) for m in self.modalities}
 
         semantic = {m: self.semantic[m](inputs[m], masks[m]) for m in self.modalities}   # CMG eq. 1
         specific = {m: self.specific[m](inputs[m]) for m in self.modalities}

@@ -124,7 +124,7 @@ class COMETTask(UniCodeTask):
             metrics.update({f"pm_{a}2{n}": v.detach() for (a, n), v in pairs.items()})
             metrics["pm_old_share"] = pseudo.from_old.float().mean()
         if self.ewc_fisher:
-            params = dict(self.model.adapter.named_parameters())
+            params = self._adapter_parameters()
             terms["ewc"] = 0.5 * ewc_penalty(params, self.ewc_anchor, self.ewc_fisher)   # (λ/2) Σ F (θ − θ*)²
         if terms:
             loss = loss + weighted_total(terms, self.cfg.loss)
@@ -199,7 +199,7 @@ class COMETTask(UniCodeTask):
         if not (self.cfg.use_ewc and self.model.adapter is not None):
             return {}
         names = self.model.ewc_parameter_names(self.modalities)
-        own = dict(self.model.adapter.named_parameters())
+        own = self._adapter_parameters()
         squares = {n: torch.zeros_like(own[n], dtype=torch.float32) for n in names}
         clips = 0
         was_training = self.model.training
@@ -226,6 +226,15 @@ class COMETTask(UniCodeTask):
                          "ewc_anchor": {n: own[n].detach().float().clone() for n in fisher}}
         return {"ewc/clips": float(flat[-1]), "ewc/fisher_mean": float(sum(f.sum() for f in phase_fisher.values()) /
                                                                       sum(f.numel() for f in phase_fisher.values()))}
+
+    def _adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """The adapter's parameters by name, refused when an engine holds only a shard of them: EWC reads them
+        outside the forward, which ZeRO-3 does not gather (run COMET with ZeRO-2, as launch/accelerate does)."""
+        params = dict(self.model.adapter.named_parameters())
+        if any(p.numel() == 0 for p in params.values()):
+            raise RuntimeError("EWC needs the adapter's full parameters, but they are partitioned (ZeRO-3?); "
+                               "train COMET with ZeRO-2 or without DeepSpeed")
+        return params
 
     def extra_state(self) -> dict[str, Any]:
         """What the next phase needs besides model.pt (EWC's Fisher and anchors), once ``end_phase_`` ran."""

@@ -1,0 +1,438 @@
+"""COMET (seed 004): codebook expansion, CMoE-Adapter and gate loss, EWC, pseudo-modality replay, phase hooks.
+
+Unit checks are hand-computed; the 2-rank tests (expansion, Fisher) use fork workers over gloo; the last
+test chains two phases of the real main job (trainer/main.py) on synthetic clip shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from dist_utils import init_gloo, run_ranks  # noqa: E402
+from job_utils import REPO, make_clip_shards, read_metrics, run_job  # noqa: E402
+
+from trainer import distributed  # noqa: E402
+from launch.continual import main as continual_main  # noqa: E402
+from trainer.bench.continual import write_phase  # noqa: E402
+from trainer.eval.encode import load_pretrained  # noqa: E402
+from trainer.loop import TASK_EXTRA_FILE, load_model_weights  # noqa: E402
+from trainer.models.club import CLUBConfig  # noqa: E402
+from trainer.models.comet import (  # noqa: E402
+    AdapterConfig, CMoEAdapter, COMETConfig, EWCConfig, ReplayConfig, cpc_entry_losses, cumulative_fisher,
+    ewc_penalty, farthest_points, gate_balance_loss, pseudo_cpc_losses, pseudo_modality,
+)
+from trainer.models.cpc import cross_cpc_losses  # noqa: E402
+from trainer.eval.probes import ProbeConfig  # noqa: E402
+from trainer.models.encoders import EncoderConfig  # noqa: E402
+from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig  # noqa: E402
+from trainer.tasks.comet import COMETTask  # noqa: E402
+
+T, D = 5, 16
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _config(modalities=("video", "text"), new_codes: int = 0, protect: bool = False, **overrides) -> COMETConfig:
+    dims = {"video": 12, "audio": 8, "text": 10}
+    return COMETConfig(
+        modalities=modalities, feature_dims={m: dims[m] for m in modalities}, spatial_patches={},
+        encoder=EncoderConfig(semantic_dim=D, specific_dim=8, ff_dim=32, dropout=0.0, specific_hidden=16,
+                              decoder_hidden=16),
+        quantizer=QuantizerConfig(num_codes=8, dim=D, reset_steps=3), club=CLUBConfig(hidden_dim=16, inner_steps=1),
+        adapter=AdapterConfig(experts=3), replay=ReplayConfig(new_codes=new_codes, protect_inherited=protect),
+        ewc=EWCConfig(fisher_batches=1),
+        **overrides)
+
+
+def _batch(modalities, b: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    dims = {"video": 12, "audio": 8, "text": 10}
+    return {m: torch.randn(b, T, dims[m], generator=g) for m in modalities}
+
+
+def _train(task: COMETTask, steps: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    optimizer = torch.optim.SGD([p for p in task.model.parameters() if p.requires_grad], lr=0.05)
+    metrics = {}
+    for step in range(steps):
+        loss, metrics = task.compute_loss(task.prepare_batch(_batch(task.modalities, seed=seed + step)), step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        task.after_optimizer_step_()
+    return metrics
+
+
+# ---------------------------------------------------------------- codebook expansion
+
+def _trained_quantizer(all_reduce=_identity, local_rows: slice = slice(None)) -> MMEMAQuantizer:
+    """Two MM-EMA steps (with a reset) on seeded data; ``local_rows`` picks this rank's clips."""
+    q = MMEMAQuantizer(QuantizerConfig(num_codes=6, dim=4, reset_steps=1), ("audio", "video"), all_reduce,
+                       _identity).train()
+    g = torch.Generator().manual_seed(0)
+    q.codebook.copy_(torch.randn(6, 4, generator=g))
+    q.ema_sum.copy_(q.codebook)
+    q.ema_count.fill_(1.0)
+    q.initialized.fill_(True)
+    for _ in range(2):
+        semantic = {m: torch.randn(4, 3, 4, generator=g)[local_rows] for m in ("audio", "video")}
+        q.accumulate_(semantic, {m: q.quantize(z).codes for m, z in semantic.items()})
+        q.step_()
+    return q
+
+
+def test_expansion_appends_codes_and_leaves_old_codes_and_state_alone():
+    q = _trained_quantizer()
+    shared_cfg = q.cfg
+    before = {k: v.clone() for k, v in q.state_dict().items() if isinstance(v, torch.Tensor)}
+    q.expand_(3)
+    assert q.cfg.num_codes == 9 and shared_cfg.num_codes == 6      # the caller's config object is not mutated
+    assert torch.equal(q.codebook[:6], before["codebook"]) and torch.equal(q.ema_sum[:6], before["ema_sum"])
+    assert torch.equal(q.ema_count[:6], before["ema_count"]) and torch.equal(q.last_used[:, :6], before["last_used"])
+    assert q.ema_count[6:].tolist() == [1.0, 1.0, 1.0] and torch.equal(q.ema_sum[6:], q.codebook[6:])
+    assert (q.last_used[:, 6:] == 2).all()                         # clocks start now (step 2)
+    assert q.usage_window.shape == (2, 9) and q.stats_accumulator.numel() == 2 * 9 + 9 * 4
+    # each new code is an old code plus noise of reset_noise (0.01) times its RMS
+    gap = torch.cdist(q.codebook[6:], before["codebook"]).min(1).values
+    rms = q.codebook[6:].norm(dim=1) / 2.0
+    assert (gap <= 0.011 * rms * 2.0 + 1e-6).all() and (gap > 0).all()
+    # the grown quantizer keeps training: the accumulator and EMA run over all 9 codes
+    z = {m: q.codebook[[7, 7, 1]].view(1, 3, 4) for m in ("audio", "video")}
+    q.accumulate_(z, {m: torch.tensor([[7, 7, 1]]) for m in z})
+    stats = q.step_()
+    assert int(stats["codes_used_all"]) == 2 and q.last_used[:, 7].tolist() == [3, 3]
+
+
+def test_expansion_refuses_pending_statistics_and_uninitialised_codebooks():
+    q = _trained_quantizer()
+    q.accumulate_({m: torch.zeros(1, 3, 4) for m in ("audio", "video")}, {m: torch.zeros(1, 3, dtype=torch.long)
+                                                                          for m in ("audio", "video")})
+    with pytest.raises(RuntimeError, match="pending"):
+        q.expand_(2)
+    fresh = MMEMAQuantizer(QuantizerConfig(num_codes=4, dim=4), ("audio", "video"), _identity, _identity)
+    with pytest.raises(RuntimeError, match="never initialised"):
+        fresh.expand_(2)
+
+
+def _expand_on_two_ranks(rank: int, world: int, port: int) -> None:
+    init_gloo(rank, world, port)
+    q = _trained_quantizer(distributed.all_reduce_sum_, slice(2 * rank, 2 * rank + 2))
+    q.expand_(3)
+    buffers = torch.cat([q.codebook.flatten(), q.ema_sum.flatten(), q.ema_count, q.last_used.flatten().float(),
+                         torch.tensor([q.stats_accumulator.numel()], dtype=torch.float32)])
+    both = distributed.all_gather_cat(buffers.unsqueeze(0))
+    assert torch.equal(both[0], both[1])                             # bit-identical on both ranks
+    reference = _trained_quantizer()                                 # one process on the whole batch
+    reference.expand_(3)
+    assert torch.allclose(q.codebook, reference.codebook, atol=1e-6)
+    assert torch.equal(q.last_used, reference.last_used)
+
+
+@pytest.mark.slow
+def test_expansion_is_identical_on_two_ranks():
+    run_ranks(_expand_on_two_ranks, 2, timeout=60)
+
+
+# ---------------------------------------------------------------- adapter and gate loss
+
+def test_gate_loss_is_zero_at_uniform_load_and_grows_away_from_it():
+    assert gate_balance_loss([torch.full((4, 3, 3), 1 / 3)]).item() == pytest.approx(0.0, abs=1e-12)
+    # two tokens, both on expert 0 of 2: loads [2, 0], ideal 1 -> ((2-1)² + (0-1)²) / 2 / 1² = 1
+    assert gate_balance_loss([torch.tensor([[1.0, 0.0], [1.0, 0.0]])]).item() == pytest.approx(1.0)
+    # every token on one of O = 4 experts: O - 1
+    assert gate_balance_loss([torch.eye(4)[[2, 2, 2]]]).item() == pytest.approx(3.0)
+    # loads [1.2, 0.8] over 2 tokens (ideal 1): ((0.2)² + (0.2)²) / 2 = 0.04; tokens of two modalities pool
+    skewed = [torch.tensor([[0.7, 0.3]]), torch.tensor([[0.5, 0.5]])]
+    assert gate_balance_loss(skewed).item() == pytest.approx(0.04, rel=1e-5)
+    uniform = torch.full((6, 4), 0.25, requires_grad=True)
+    gate_balance_loss([uniform]).backward()
+    assert uniform.grad.abs().max().item() == 0.0                   # a minimum: zero gradient there
+
+
+def test_single_expert_adapter_is_residual_common_plus_the_inputs_specific_layer():
+    adapter = CMoEAdapter(("video", "text"), 2, AdapterConfig(mixture=False))
+    assert adapter.router is None
+    with torch.no_grad():
+        adapter.common.weight.copy_(torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
+        adapter.common.bias.copy_(torch.tensor([0.5, -0.5]))
+        adapter.specific["video"].copy_(torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]))
+        adapter.specific["text"].fill_(100.0)                        # must not touch a video input
+    y, gates = adapter(torch.tensor([[1.0, 1.0]]), "video")
+    # y = x + C x + b + S^video x = [1, 1] + [3, 1] + [0.5, -0.5] + [1, 1]
+    assert y.tolist() == [[5.5, 2.5]] and gates.tolist() == [[1.0]]
+    with pytest.raises(KeyError, match="audio"):
+        adapter(torch.ones(1, 2), "audio")
+
+
+def test_mixture_weights_the_experts_by_the_router():
+    torch.manual_seed(0)
+    adapter = CMoEAdapter(("video",), 3, AdapterConfig(experts=2))
+    x = torch.randn(5, 3)
+    y, gates = adapter(x, "video")
+    experts = adapter.common(x).view(5, 2, 3) + torch.einsum("ni,oji->noj", x, adapter.specific["video"])
+    assert torch.allclose(gates.sum(-1), torch.ones(5))
+    assert torch.allclose(y, x + (gates.unsqueeze(-1) * experts).sum(1), atol=1e-6)
+
+
+# ---------------------------------------------------------------- EWC
+
+def test_ewc_penalty_is_zero_at_the_snapshot_and_positive_away_from_it():
+    anchor = {"w": torch.tensor([1.0, -2.0]), "b": torch.tensor([0.5])}
+    fisher = {"w": torch.tensor([2.0, 0.0]), "b": torch.tensor([3.0])}
+    assert ewc_penalty(anchor, anchor, fisher).item() == 0.0
+    moved = {"w": torch.tensor([1.5, 10.0]), "b": torch.tensor([0.0])}
+    # 2·0.5² + 0·12² + 3·0.5² = 1.25: a parameter with zero Fisher moves freely
+    assert ewc_penalty(moved, anchor, fisher).item() == pytest.approx(1.25)
+    assert cumulative_fisher({"w": torch.ones(2)}, {"w": torch.ones(2), "b": torch.ones(1)})["w"].tolist() == [2, 2]
+
+
+def test_end_phase_fisher_anchors_the_adapter_and_the_penalty_starts_at_zero():
+    torch.manual_seed(0)
+    task = COMETTask(_config())
+    _train(task, 2)
+    batch = _batch(("video", "text"), b=6, seed=9)
+    metrics = task.end_phase_(iter([batch]), "cpu")
+    extra = task.extra_state()
+    names = ["common.bias", "common.weight", "specific.text", "specific.video"]
+    assert sorted(extra["ewc_fisher"]) == names and metrics["ewc/clips"] == 6.0
+    params = dict(task.model.adapter.named_parameters())
+    assert all(torch.equal(extra["ewc_anchor"][n], params[n]) for n in names)
+    assert torch.allclose(sum(f.sum() for f in extra["ewc_fisher"].values()) /
+                          sum(f.numel() for f in extra["ewc_fisher"].values()), torch.tensor(1.0))   # "mean" norm
+    # the Fisher is the mean square of per-clip gradients: recompute one entry clip by clip with autograd
+    features = task.prepare_batch(batch)
+    raw = task.model.per_clip_gradients(features, ["common.bias"])["common.bias"]
+    for n in range(6):
+        one = {m: features[m][n:n + 1] for m in features}
+        task.model.eval()
+        out = task.model(one)
+        loss = sum(torch.nn.functional.mse_loss(out["reconstruction"][m], one[m]) for m in task.modalities)
+        loss = loss + sum(0.25 * torch.nn.functional.mse_loss(out["semantic"][m], out["codewords"][m]) +
+                          0.125 * torch.nn.functional.mse_loss(out["semantic"][m], out["codewords"][p])
+                          for m, p in (("video", "text"), ("text", "video")))
+        (expected,) = torch.autograd.grad(loss, task.model.adapter.common.bias)
+        assert torch.allclose(raw[n], expected, atol=1e-5)
+    task.ewc_anchor, task.ewc_fisher = extra["ewc_anchor"], extra["ewc_fisher"]
+    task.model.train()
+    _, at_snapshot = task.compute_loss(task.prepare_batch(batch), 0)
+    assert at_snapshot["ewc"].item() == 0.0
+    with torch.no_grad():
+        task.model.adapter.common.weight.add_(0.1)
+    _, moved = task.compute_loss(task.prepare_batch(batch), 0)
+    assert moved["ewc"].item() > 0.0
+
+
+GLOBAL = 8
+
+
+def _fisher(rank: int, world: int, all_reduce) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    task = COMETTask(_config(), all_reduce_fn=all_reduce)
+    batch = _batch(("video", "text"), b=GLOBAL, seed=3)
+    local = GLOBAL // world
+    task.end_phase_(iter([{m: v[rank * local:(rank + 1) * local] for m, v in batch.items()}]), "cpu")
+    return task.extra_state()["ewc_fisher"]
+
+
+def _fisher_on_two_ranks(rank: int, world: int, port: int) -> None:
+    init_gloo(rank, world, port)
+    fisher = _fisher(rank, world, distributed.all_reduce_sum_)
+    flat = torch.cat([fisher[n].flatten() for n in sorted(fisher)])
+    both = distributed.all_gather_cat(flat.unsqueeze(0))
+    assert torch.equal(both[0], both[1])                            # identical on every rank
+    reference = _fisher(0, 1, _identity)                             # one process, the whole global batch
+    for n in fisher:
+        assert torch.allclose(fisher[n], reference[n], rtol=1e-5, atol=1e-7), n
+
+
+@pytest.mark.slow
+def test_fisher_is_identical_across_ranks_and_equals_one_process_on_the_global_batch():
+    run_ranks(_fisher_on_two_ranks, 2, timeout=90)
+
+
+# ---------------------------------------------------------------- pseudo-modality replay
+
+def test_pseudo_modality_takes_a_close_inherited_code_else_a_new_one():
+    codebook = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])        # codes 0, 1 inherited; 2 new
+    z = torch.tensor([[[0.9, 0.1], [-0.8, -0.1]]])                        # near code 0 | far from 0 and 1
+    distances = torch.cdist(z, codebook).pow(2)
+    pseudo = pseudo_modality(z, distances, codebook, 2, ReplayConfig(match_threshold=0.5, new_code_weight=0.2))
+    # z0: ||z − e0||² = 0.02 <= 0.5·0.82; z1: nearest inherited e1 at 1.85 > 0.5·0.65 -> new code 2
+    assert pseudo.codes.tolist() == [[0, 2]] and pseudo.from_old.tolist() == [[True, False]]
+    assert pseudo.weights.tolist() == [[1.0, pytest.approx(0.2)]] and torch.equal(pseudo.sequence[0], codebook[[0, 2]])
+    everything_old = pseudo_modality(z, distances[..., :2], codebook[:2], 2, ReplayConfig())
+    assert everything_old.from_old.all() and everything_old.codes.tolist() == [[0, 1]]
+
+
+def test_pseudo_cpc_with_unit_weights_is_cross_cpc_and_new_code_positions_count_less():
+    g = torch.Generator().manual_seed(0)
+    b, steps = 3, 2
+    semantic = {"audio": torch.randn(b, T, 4, generator=g)}
+    predictions = {"audio": torch.randn(b, T - steps, steps, 4, generator=g)}
+    pseudo_prediction = torch.randn(b, T - steps, steps, 4, generator=g)
+    codebook = torch.randn(6, 4, generator=g)
+    pseudo = pseudo_modality(semantic["audio"], torch.cdist(semantic["audio"], codebook).pow(2), codebook, 6,
+                             ReplayConfig())
+    losses = pseudo_cpc_losses(predictions, semantic, pseudo_prediction, pseudo, None, "targets")
+    reference = cross_cpc_losses({"audio": predictions["audio"], "pseudo": pseudo_prediction},
+                                 {"audio": semantic["audio"], "pseudo": pseudo.sequence}, None)
+    assert torch.allclose(losses[("audio", "pseudo")], reference[("audio", "pseudo")])
+    assert torch.allclose(losses[("pseudo", "audio")], reference[("pseudo", "audio")])
+    entries = cpc_entry_losses(predictions["audio"], pseudo.sequence, 1, "targets")        # (1 k b)
+    pseudo.weights[0, 3] = 0.0                                            # clip 0's target at t + k = 3 (t=1, k=2)
+    weighted = pseudo_cpc_losses(predictions, semantic, pseudo_prediction, pseudo, 1, "targets")
+    kept = entries.clone()
+    kept[0, 1, 0] = 0.0
+    assert torch.allclose(weighted[("audio", "pseudo")], kept.mean())
+
+
+def test_farthest_points_take_what_the_anchors_do_not_cover():
+    pool = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0], [5.0, 1.0]])
+    # [5, 1] is farthest from the anchor; then [1, 0] and [5, 0] are both 1 away from anchor-or-chosen: the
+    # first of them wins
+    assert farthest_points(pool, torch.zeros(1, 2), 2).tolist() == [[5.0, 1.0], [1.0, 0.0]]
+
+
+# ---------------------------------------------------------------- phases
+
+def test_second_phase_carries_video_expands_the_codebook_and_replays_text(tmp_path):
+    torch.manual_seed(0)
+    first = COMETTask(_config())
+    _train(first, 3)
+    first.end_phase_(iter([_batch(("video", "text"), b=6, seed=5)]), "cpu")
+    write_phase(tmp_path / "vt", first, first.cfg, 3)
+    vt_codebook = first.model.quantizer.codebook.clone()
+
+    torch.manual_seed(1)
+    second = COMETTask(_config(("audio", "text"), new_codes=4, protect=True))
+    load_model_weights(second, str(tmp_path / "vt"))
+    extra = torch.load(tmp_path / "vt" / TASK_EXTRA_FILE, weights_only=True)
+    cfg = second.begin_phase_(tmp_path / "vt", extra)
+    assert cfg.carried == ("video",) and cfg.carried_feature_dims == {"video": 12} and cfg.quantizer.num_codes == 12
+    assert second.model.inherited == 8 and torch.equal(second.model.quantizer.codebook[:8], vt_codebook)
+    for name, value in first.model.encoders["video"].state_dict().items():
+        assert torch.equal(second.model.encoders["video"].state_dict()[name], value)
+    assert not any(p.requires_grad for p in second.model.encoders["video"].parameters())
+    assert not second.model.adapter.specific["video"].requires_grad
+    # the appended codes are placed on the mediator's vectors of the first training batch, once
+    first_batch = second.prepare_batch(_batch(("audio", "text"), seed=20))
+    with torch.no_grad():
+        text_vectors = second.model.semantic["text"](first_batch["text"]).flatten(0, 1)
+    second.compute_loss(first_batch, 0)
+    placed = second.model.quantizer.codebook[8:]
+    assert torch.cdist(placed, text_vectors).min(1).values.max().item() < 1e-5
+    assert not second.model._pending and not bool(second.model.new_codes_pending)
+    metrics = _train(second, 2, seed=20)
+    assert {"pm", "pm_audio2pseudo", "pm_pseudo2text", "ewc", "gate"} <= set(metrics)
+    assert (second.model.quantizer.last_used[:, :8] == second.model.quantizer.step).all()   # inherited: kept alive
+    video = _batch(("video",), b=2)
+    codes, vectors = second.model.eval().segment_codes(video, "video")
+    assert codes.shape == (2, T) and vectors.shape == (2, T, D)
+    with pytest.raises(RuntimeError, match="did not start from a previous phase"):
+        COMETTask(_config(("audio", "text"), new_codes=4)).compute_loss(
+            second.prepare_batch(_batch(("audio", "text"))), 0)
+
+
+def test_rename_trains_an_image_modality_on_the_video_stream():
+    torch.manual_seed(0)
+    task = COMETTask(_config(rename={"video": "image"}))
+    assert task.modalities == ("image", "text") and "image" in task.model.encoders
+    features = task.prepare_batch(_batch(("video", "text")))
+    assert set(features) == {"image", "text"}
+    with pytest.raises(ValueError, match="rename"):
+        _config(rename={"video": "text"})
+
+
+def test_continual_comet_phases_file_checks_and_chains_three_phase_configs(capsys):
+    assert continual_main([str(REPO / "launch" / "configs" / "continual_comet.yaml"), "--dry-run"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "sbatch" in line]
+    assert [line.split()[0] for line in lines] == [f"CONFIG=launch/configs/comet_{p}.yaml" for p in ("vt", "at", "it")]
+    assert "run.init_from=" not in lines[0] and all("run.init_from=" in line for line in lines[1:])
+
+
+# ---------------------------------------------------------------- the main job, two phases
+
+def _phase_config(tmp_path, modalities, new_codes: int, num_codes: int):
+    vocab = REPO / "launch" / "configs" / "backbones" / "tiny-wordpiece-vocab.txt"
+    backbones = yaml.safe_load((REPO / "launch" / "configs" / "backbones" / "tiny.yaml").read_text())
+    backbones["text"].update(tokenizer=str(vocab), max_text_length=4)   # one token per 1-s segment of 4-s clips
+    (tmp_path / "backbones.yaml").write_text(yaml.safe_dump(backbones))
+    config = {"backbones": str(tmp_path / "backbones.yaml"), "task": "comet",
+              "run": {"max_steps": 3, "ckpt_every": 100},
+              "data": {"decode": {"seconds": 4, "frames_per_segment": 2, "frame_size": 32}},
+              "model": {"modalities": list(modalities),
+                        "encoder": {"semantic_dim": 16, "specific_dim": 8, "ff_dim": 32, "heads": 2, "pool_hidden": 8,
+                                    "specific_hidden": 16, "spatial_specific_channels": 8, "decoder_hidden": 16},
+                        "quantizer": {"num_codes": num_codes, "dim": 16, "reset_steps": 2},
+                        "club": {"hidden_dim": 16, "inner_steps": 1}, "adapter": {"experts": 2},
+                        "replay": {"new_codes": new_codes}, "ewc": {"fisher_batches": 2}},
+              "tracking": {"experiment": "comet-test"}}
+    path = tmp_path / f"{'_'.join(modalities)}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_two_phases_through_the_main_job(tmp_path):
+    urls = make_clip_shards(tmp_path / "data", num_clips=8, seconds=4, clips_per_shard=4)
+    first = run_job(tmp_path / "vt", urls, processes=1, config=_phase_config(tmp_path, ("video", "text"), 0, 8))
+    vt_final = tmp_path / "vt" / "checkpoints" / "step_00000003"
+    assert (vt_final / TASK_EXTRA_FILE).is_file(), first.stdout[-2000:]
+    second = run_job(tmp_path / "at", urls, processes=2, zero=2,
+                     config=_phase_config(tmp_path, ("audio", "text"), 4, 8),
+                     overrides=[f"run.init_from={tmp_path / 'vt' / 'checkpoints'}"])
+    at_final = tmp_path / "at" / "checkpoints" / "step_00000003"
+    meta = json.loads((at_final / "meta.json").read_text())
+    assert meta["model_config"]["carried"] == ["video"] and meta["model_config"]["quantizer"]["num_codes"] == 12
+    state = torch.load(at_final / "model.pt", weights_only=True)
+    before = torch.load(vt_final / "model.pt", weights_only=True)
+    assert state["quantizer.codebook"].shape == (12, 16) and int(state["inherited_codes"]) == 8
+    video_keys = [k for k in before if k.startswith("semantic.encoders.video.")]
+    assert video_keys and all(torch.equal(state[k], before[k]) for k in video_keys)   # carried, frozen
+    extra = torch.load(at_final / TASK_EXTRA_FILE, weights_only=True)
+    assert "specific.audio" in extra["ewc_fisher"] and "specific.video" in extra["ewc_fisher"]
+    logged = read_metrics(tmp_path / "at")
+    assert {"pm", "ewc", "gate", "pm_old_share"} <= set(logged[-1]), second.stdout[-2000:]
+    assert logged[0]["ewc"] == pytest.approx(0.0, abs=1e-9)        # the first step starts at the phase-1 snapshot
+    pretrained = load_pretrained(tmp_path / "at")                   # what trainer.evaluate loads
+    assert pretrained.model.downstream_modalities == ("audio", "text", "video")
+
+
+# ---------------------------------------------------------------- the continual bench
+
+def test_continual_world_adds_a_still_image_and_spoken_captions():
+    from trainer.bench.continual import ContinualWorld, ContinualWorldConfig
+
+    world = ContinualWorld(ContinualWorldConfig())
+    data = world.sample(20, seed=4)
+    t = world.base.cfg.segments
+    assert data.features["text"].shape == (20, t, 32) and data.features["text_mask"].shape == (20, t)
+    assert not data.features["text_mask"][:, -1].any()                # captions are padded to T tokens
+    image = data.features["image"]
+    assert image.shape == (20, t, 64) and (image - image.mean(1, keepdim=True)).abs().max() < 0.3   # held still
+    assert torch.equal(data.segment_labels["image"], data.clip_label.unsqueeze(1).expand(20, t))
+    assert data.features["speech"].shape == (20, t, 64)
+    assert torch.equal(world.sample(20, seed=4).features["image"], image)
+
+
+@pytest.mark.slow
+def test_continual_bench_runs_two_phases_and_prints_both_tables():
+    from trainer.bench.continual import METHODS, ContinualConfig, TrainConfig, format_tables, run_method
+
+    cfg = ContinualConfig(order=("vt", "at"), phase_clips=96, downstream_clips=80, new_codes=8,
+                          train=TrainConfig(steps=2, batch_size=32), probe=ProbeConfig(epochs=1))
+    row = run_method(METHODS["comet"], cfg)
+    first, second = row["phases"]
+    assert (first["codes"], second["codes"]) == (64, 72) and not first["unseen"]
+    assert {"classification/V→A", "localisation/A→V", "cross_dataset/V→A"} <= set(second["unseen"])
+    assert set(second["seen"]) == {"video", "audio"} and "ewc/clips" in second["fisher"]
+    table = format_tables([row], cfg)
+    assert "after phase 2 (AT)" in table and "comet" in table
