@@ -102,3 +102,31 @@ def run_ranks(target: Callable[..., Any], world: int, *args: Any, timeout: float
             p.join()
     codes = [p.exitcode for p in procs]
     assert all(c == 0 for c in codes), f"rank exit codes {codes} (0 = ok, 1 = raised, -9 = killed at timeout)"
+
+
+def assert_two_ranks_match_global_batch(r0: dict, r1: dict, ref: dict) -> None:
+    """Compare a 2-rank run (``r0``, ``r1``) with one process on the concatenated batch (``ref``).
+
+    Each is ``{"quantizer"|"club"|"model": state dict, "per_step": [metrics dict, ...]}``. Replicated state
+    must be bit-identical across ranks and within 1e-6 of the single process (integers exactly);
+    codebook/* statistics come from the reduced counts (equal across ranks, ≈ global); per-sample loss
+    terms of the two half batches average to the global-batch value.
+    """
+    import pytest
+    import torch
+
+    for part in ("quantizer", "club", "model"):
+        assert r0[part].keys() == ref[part].keys()
+        for key, value in r0[part].items():
+            assert torch.equal(value, r1[part][key]), f"{part}.{key} differs between ranks"
+            if value.is_floating_point():
+                diff = (value - ref[part][key]).abs().max().item()
+                assert diff <= 1e-6, f"{part}.{key}: 2 ranks vs 1 process differ by {diff}"
+            else:
+                assert torch.equal(value, ref[part][key]), f"{part}.{key}: 2 ranks vs 1 process"
+    for step, (s0, s1, sref) in enumerate(zip(r0["per_step"], r1["per_step"], ref["per_step"])):
+        for key, value in sref.items():
+            if key.startswith("codebook/"):
+                assert torch.equal(s0[key], s1[key]) and torch.allclose(s0[key], value, atol=1e-4), (step, key)
+            else:
+                assert (s0[key] + s1[key]).item() / 2 == pytest.approx(value.item(), abs=1e-6), (step, key)

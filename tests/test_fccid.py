@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_utils import init_gloo, run_ranks
+from dist_utils import assert_two_ranks_match_global_batch, init_gloo, run_ranks
 from job_utils import REPO, make_clip_shards, read_metrics, run_job
 
 from trainer import distributed
@@ -396,21 +396,7 @@ def test_two_ranks_match_each_other_bitwise_and_one_process_on_the_global_batch(
     run_ranks(_dist_worker, 1, tmp_path, timeout=120)
     r0, r1, ref = (torch.load(tmp_path / f"world{w}_rank{r}.pt", weights_only=True) for w, r in ((2, 0), (2, 1), (1, 0)))
     assert sum(int(s["codebook/resets"]) for s in ref["per_step"]) > 0, "the run must include code resets"
-    for part in ("quantizer", "club", "model"):
-        assert r0[part].keys() == ref[part].keys()
-        for key, value in r0[part].items():
-            assert torch.equal(value, r1[part][key]), f"{part}.{key} differs between ranks"
-            if value.is_floating_point():
-                diff = (value - ref[part][key]).abs().max().item()
-                assert diff <= 1e-6, f"{part}.{key}: 2 ranks vs 1 process differ by {diff}"
-            else:
-                assert torch.equal(value, ref[part][key]), f"{part}.{key}: 2 ranks vs 1 process"
-    for step, (s0, s1, sref) in enumerate(zip(r0["per_step"], r1["per_step"], ref["per_step"])):
-        for key, value in sref.items():
-            if key.startswith("codebook/"):
-                assert torch.equal(s0[key], s1[key]) and torch.allclose(s0[key], value, atol=1e-4), (step, key)
-            else:
-                assert (s0[key] + s1[key]).item() / 2 == pytest.approx(value.item(), abs=1e-6), (step, key)
+    assert_two_ranks_match_global_batch(r0, r1, ref)
 
 
 # ---------------------------------------------------------------- the real job: trainer/main.py with task fccid

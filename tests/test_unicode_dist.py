@@ -22,7 +22,7 @@ noise amplification rather than distributed exactness.
 
 import pytest
 import torch
-from dist_utils import init_gloo, run_ranks
+from dist_utils import assert_two_ranks_match_global_batch, init_gloo, run_ranks
 
 from trainer import distributed
 from trainer.models.club import CLUBConfig
@@ -96,21 +96,4 @@ def test_two_ranks_match_each_other_bitwise_and_one_process_on_the_global_batch(
 
     resets = sum(int(s["codebook/resets"]) for s in ref["per_step"])
     assert resets > 0, "the run must include code resets"
-    for part in ("quantizer", "club", "model"):
-        assert r0[part].keys() == ref[part].keys()
-        for key, value in r0[part].items():
-            assert torch.equal(value, r1[part][key]), f"{part}.{key} differs between ranks"
-            if value.is_floating_point():
-                diff = (value - ref[part][key]).abs().max().item()
-                assert diff <= 1e-6, f"{part}.{key}: 2 ranks vs 1 process differ by {diff}"
-            else:
-                assert torch.equal(value, ref[part][key]), f"{part}.{key}: 2 ranks vs 1 process"
-
-    for step, (s0, s1, sref) in enumerate(zip(r0["per_step"], r1["per_step"], ref["per_step"])):
-        for key, value in sref.items():
-            if key.startswith("codebook/"):
-                # reduced statistics: the same on both ranks and equal to the global batch's
-                assert torch.equal(s0[key], s1[key]) and torch.allclose(s0[key], value, atol=1e-4), (step, key)
-            else:
-                # per-sample terms: the mean of the two half-batch values is the global-batch value
-                assert (s0[key] + s1[key]).item() / 2 == pytest.approx(value.item(), abs=1e-6), (step, key)
+    assert_two_ranks_match_global_batch(r0, r1, ref)
