@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.bench.fidelity import train_task
 from trainer.bench.synthetic_features import SyntheticFeatureConfig, SyntheticSet, SyntheticWorld
 from trainer.config import build_config, parse_override, to_dict
 from trainer.eval.encode import LabelledFeatures, encode_split, freeze, split_indices
@@ -216,22 +217,8 @@ def bench_model_config(world: ContinualWorldConfig, modality: str, num_codes: in
 
 def train_phase(task: COMETTask, features: dict[str, Tensor], train: TrainConfig, seed: int) -> dict[str, float]:
     """AdamW on shuffled batches of in-memory ``features``; returns the last step's metrics."""
-    n = next(iter(features.values())).shape[0]
-    optimizer = torch.optim.AdamW(task.model.parameters(), lr=train.lr)
-    generator = torch.Generator().manual_seed(seed)
-    order, cursor, metrics = torch.randperm(n, generator=generator), 0, {}
-    for step in range(train.steps):
-        if cursor + train.batch_size > n:
-            order, cursor = torch.randperm(n, generator=generator), 0
-        batch = order[cursor:cursor + train.batch_size]
-        cursor += train.batch_size
-        loss, metrics = task.compute_loss(task.prepare_batch({k: v[batch] for k, v in features.items()}), step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(task.model.parameters(), train.grad_clip)
-        optimizer.step()
-        metrics |= task.after_optimizer_step_()
-    return {k: float(v) for k, v in metrics.items()}
+    metrics, stats = train_task(task, features, train.lr, train.batch_size, train.steps, train.grad_clip, seed)
+    return metrics | stats
 
 
 def batches_of(features: dict[str, Tensor], batch_size: int, seed: int):

@@ -275,22 +275,33 @@ def pretrain(cfg: ModelConfig, features: dict[str, Tensor], train: PretrainConfi
 
 def _pretrain(cfg: ModelConfig, features: dict[str, Tensor], train: PretrainConfig, n: int) -> tuple[nn.Module, dict]:
     task = task_class(cfg)(cfg)
-    optimizer = torch.optim.AdamW(task.model.parameters(), lr=train.lr)
-    generator = torch.Generator().manual_seed(train.seed)
-    order, cursor, stats = torch.randperm(n, generator=generator), 0, {}
-    for step in range(train.steps):
-        if cursor + train.batch_size > n:
+    _, stats = train_task(task, features, train.lr, train.batch_size, train.steps, train.grad_clip, train.seed)
+    return freeze(task.model), stats
+
+
+def train_task(task, features: dict[str, Tensor], lr: float, batch_size: int, steps: int, grad_clip: float,
+               seed: int) -> tuple[dict[str, float], dict[str, float]]:
+    """AdamW on epochs of shuffled batches of in-memory ``features`` (batch order from ``seed``).
+
+    Returns the last step's loss metrics and its codebook statistics (``after_optimizer_step_``).
+    """
+    n = next(iter(features.values())).shape[0]
+    optimizer = torch.optim.AdamW(task.model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    order, cursor, metrics, stats = torch.randperm(n, generator=generator), 0, {}, {}
+    for step in range(steps):
+        if cursor + batch_size > n:
             order, cursor = torch.randperm(n, generator=generator), 0
-        batch = order[cursor:cursor + train.batch_size]
-        cursor += train.batch_size
-        loss, _ = task.compute_loss(task.prepare_batch({k: v[batch] for k, v in features.items()}), step)
+        batch = order[cursor:cursor + batch_size]
+        cursor += batch_size
+        loss, metrics = task.compute_loss(task.prepare_batch({k: v[batch] for k, v in features.items()}), step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(task.model.parameters(), train.grad_clip)
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(task.model.parameters(), grad_clip)
         optimizer.step()
         stats = task.after_optimizer_step_()
-    return freeze(task.model), {k: float(v) for k, v in stats.items()}
+    return {k: float(v) for k, v in metrics.items()}, {k: float(v) for k, v in stats.items()}
 
 
 def probe_all(splits: dict[str, CodeSplit], num_classes: int, cfg: ProbeConfig) -> dict[str, dict[str, Any]]:
