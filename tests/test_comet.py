@@ -22,6 +22,7 @@ from trainer import distributed  # noqa: E402
 from launch.continual import main as continual_main  # noqa: E402
 from trainer.bench.continual import write_phase  # noqa: E402
 from trainer.eval.encode import load_pretrained  # noqa: E402
+from trainer.evaluate import main as evaluate_main  # noqa: E402
 from trainer.loop import TASK_EXTRA_FILE, load_model_weights  # noqa: E402
 from trainer.models.club import CLUBConfig  # noqa: E402
 from trainer.models.comet import (  # noqa: E402
@@ -41,22 +42,23 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+DIMS = {"video": 12, "audio": 8, "text": 10, "image": 6}
+
+
 def _config(modalities=("video", "text"), new_codes: int = 0, protect: bool = False, **overrides) -> COMETConfig:
-    dims = {"video": 12, "audio": 8, "text": 10}
-    return COMETConfig(
-        modalities=modalities, feature_dims={m: dims[m] for m in modalities}, spatial_patches={},
+    fields = dict(
+        modalities=modalities, feature_dims={m: DIMS[m] for m in modalities}, spatial_patches={},
         encoder=EncoderConfig(semantic_dim=D, specific_dim=8, ff_dim=32, dropout=0.0, specific_hidden=16,
                               decoder_hidden=16),
         quantizer=QuantizerConfig(num_codes=8, dim=D, reset_steps=3), club=CLUBConfig(hidden_dim=16, inner_steps=1),
         adapter=AdapterConfig(experts=3), replay=ReplayConfig(new_codes=new_codes, protect_inherited=protect),
-        ewc=EWCConfig(fisher_batches=1),
-        **overrides)
+        ewc=EWCConfig(fisher_batches=1))
+    return COMETConfig(**fields | overrides)
 
 
 def _batch(modalities, b: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    dims = {"video": 12, "audio": 8, "text": 10}
-    return {m: torch.randn(b, T, dims[m], generator=g) for m in modalities}
+    return {m: torch.randn(b, T, DIMS[m], generator=g) for m in modalities}
 
 
 def _train(task: COMETTask, steps: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -172,9 +174,22 @@ def test_single_expert_adapter_is_residual_common_plus_the_inputs_specific_layer
         adapter(torch.ones(1, 2), "audio")
 
 
+def test_adapter_starts_as_the_identity_unless_asked_for_a_random_common_layer():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3)
+    y, gates = CMoEAdapter(("video",), 3, AdapterConfig(experts=2))(x, "video")
+    assert torch.equal(y, x) and gates.shape == (4, 2)
+    y, _ = CMoEAdapter(("video",), 3, AdapterConfig(experts=2, identity_init=False))(x, "video")
+    assert not torch.allclose(y, x)
+
+
 def test_mixture_weights_the_experts_by_the_router():
     torch.manual_seed(0)
     adapter = CMoEAdapter(("video",), 3, AdapterConfig(experts=2))
+    with torch.no_grad():                                             # away from the identity it starts at
+        adapter.common.weight.normal_()
+        adapter.common.bias.normal_()
+        adapter.specific["video"].normal_()
     x = torch.randn(5, 3)
     y, gates = adapter(x, "video")
     experts = adapter.common(x).view(5, 2, 3) + torch.einsum("ni,oji->noj", x, adapter.specific["video"])
@@ -321,7 +336,8 @@ def test_second_phase_carries_video_expands_the_codebook_and_replays_text(tmp_pa
     for name, value in first.model.encoders["video"].state_dict().items():
         assert torch.equal(second.model.encoders["video"].state_dict()[name], value)
     assert not any(p.requires_grad for p in second.model.encoders["video"].parameters())
-    assert not second.model.adapter.specific["video"].requires_grad
+    assert "video" not in second.model.adapter.specific          # phase 1's adapter snapshot encodes video
+    assert not any(p.requires_grad for p in second.model.semantic.carried["video"].parameters())
     # the appended codes are placed on the mediator's vectors of the first training batch, once
     first_batch = second.prepare_batch(_batch(("audio", "text"), seed=20))
     with torch.no_grad():
@@ -339,6 +355,60 @@ def test_second_phase_carries_video_expands_the_codebook_and_replays_text(tmp_pa
     with pytest.raises(RuntimeError, match="did not start from a previous phase"):
         COMETTask(_config(("audio", "text"), new_codes=4)).compute_loss(
             second.prepare_batch(_batch(("audio", "text"))), 0)
+
+
+def _next_phase(previous_dir, modalities, seed: int, **overrides) -> COMETTask:
+    torch.manual_seed(seed)
+    task = COMETTask(_config(modalities, new_codes=4, **overrides))
+    load_model_weights(task, str(previous_dir))
+    task.begin_phase_(previous_dir, torch.load(previous_dir / TASK_EXTRA_FILE, weights_only=True))
+    return task
+
+
+def _first_phase(directory, adapter: AdapterConfig, steps: int) -> COMETTask:
+    """A trained video–text phase written to ``directory`` (with its EWC handover)."""
+    torch.manual_seed(0)
+    first = COMETTask(_config(adapter=adapter))
+    _train(first, steps)
+    first.end_phase_(iter([_batch(("video", "text"), b=6, seed=5)]), "cpu")
+    write_phase(directory, first, first.cfg, steps)
+    return first
+
+
+def test_frozen_carried_adapters_encode_earlier_modalities_exactly_as_their_phase_left_them(tmp_path):
+    frozen = AdapterConfig(experts=3, freeze_carried=True)
+    first = _first_phase(tmp_path / "vt", frozen, 3)
+    video = _batch(("video",), b=2, seed=9)
+    with torch.no_grad():
+        video_z = first.model.segment_semantic(video, "video")
+    second = _next_phase(tmp_path / "vt", ("audio", "text"), 1, adapter=frozen)
+    assert "specific.video" not in second.ewc_fisher and "common.weight" in second.ewc_fisher
+    assert not any(p.requires_grad for p in second.model.semantic.carried["video"].parameters())
+    _train(second, 3, seed=30)
+    second.end_phase_(iter([_batch(("audio", "text"), b=6, seed=6)]), "cpu")
+    assert not torch.equal(second.model.adapter.common.weight, first.model.adapter.common.weight)   # live moved
+    write_phase(tmp_path / "at", second, second.cfg, 3)
+    with torch.no_grad():
+        audio_z = second.model.segment_semantic(_batch(("audio",), b=2, seed=9), "audio")
+        assert torch.allclose(second.model.segment_semantic(video, "video"), video_z, rtol=1e-5, atol=1e-6)
+    third = _next_phase(tmp_path / "at", ("image", "text"), 2, adapter=frozen,
+                        quantizer=QuantizerConfig(num_codes=12, dim=D, reset_steps=3))   # phase 2's grown codebook
+    _train(third, 2, seed=40)
+    # phase 1's video (the snapshot carried on) and phase 2's audio (a snapshot of its live adapter), up to float
+    # rounding (the snapshot's einsum runs over one modality's weights)
+    with torch.no_grad():
+        assert torch.allclose(third.model.segment_semantic(video, "video"), video_z, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(third.model.segment_semantic(_batch(("audio",), b=2, seed=9), "audio"), audio_z,
+                              rtol=1e-5, atol=1e-6)
+
+
+def test_without_snapshots_a_carried_modality_keeps_its_frozen_specific_layer_in_the_live_adapter(tmp_path):
+    live = AdapterConfig(experts=3, freeze_carried=False)
+    first = _first_phase(tmp_path / "vt", live, 2)
+    second = _next_phase(tmp_path / "vt", ("audio", "text"), 1, adapter=live)
+    assert len(second.model.semantic.carried) == 0 and "specific.video" in second.ewc_fisher
+    specific = second.model.adapter.specific["video"]
+    assert not specific.requires_grad and torch.equal(specific, first.model.adapter.specific["video"])
 
 
 def test_rename_trains_an_image_modality_on_the_video_stream():
@@ -398,12 +468,23 @@ def test_two_phases_through_the_main_job(tmp_path):
     video_keys = [k for k in before if k.startswith("semantic.encoders.video.")]
     assert video_keys and all(torch.equal(state[k], before[k]) for k in video_keys)   # carried, frozen
     extra = torch.load(at_final / TASK_EXTRA_FILE, weights_only=True)
-    assert "specific.audio" in extra["ewc_fisher"] and "specific.video" in extra["ewc_fisher"]
+    # video is encoded by phase 1's adapter snapshot, so EWC anchors the live layers of the modalities trained since
+    assert {"common.weight", "specific.audio", "specific.text"} <= set(extra["ewc_fisher"])
+    assert "specific.video" not in extra["ewc_fisher"]
+    assert all(torch.equal(state[f"semantic.carried.video.{k}"], before[f"semantic.adapter.{k}"])
+               for k in ("common.weight", "common.bias", "router.weight", "specific.video"))
     logged = read_metrics(tmp_path / "at")
     assert {"pm", "ewc", "gate", "pm_old_share"} <= set(logged[-1]), second.stdout[-2000:]
     assert logged[0]["ewc"] == pytest.approx(0.0, abs=1e-9)        # the first step starts at the phase-1 snapshot
     pretrained = load_pretrained(tmp_path / "at")                   # what trainer.evaluate loads
     assert pretrained.model.downstream_modalities == ("audio", "text", "video")
+    assert set(meta["backbones"]) == {"audio", "text", "video"}     # the carried video's backbone is named too
+    # the unseen pair: trainer.evaluate probes video <-> audio with phase 1's (carried) video encoder
+    assert evaluate_main([str(tmp_path / "at"), "--epochs", "1", "--split", "0.5,0.25,0.25", "--no-tracking"]) == 0
+    report = json.loads((tmp_path / "at" / "evaluation" / "step_00000003" / "report.json").read_text())
+    assert {(p["task"], p["direction"]) for p in report["probes"]} == \
+        {(t, d) for t in ("classification", "localisation") for d in ("A→V", "V→A")}
+    assert set(report["retrieval"]) == {"video", "text"}
 
 
 # ---------------------------------------------------------------- the continual bench

@@ -36,6 +36,18 @@ def test_defaults_yaml_and_overrides_layer(tmp_path):
     assert flatten(to_dict(cfg))["inner.size"] == 8
 
 
+@dataclass
+class Derived(Outer):
+    inner: Inner = field(default_factory=lambda: Inner(size=16, rate=2.0))
+
+
+def test_a_partial_section_keeps_the_parents_section_defaults(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("inner:\n  rate: 3\n")
+    assert (load_config(Derived, f).inner.size, load_config(Derived, f).inner.rate) == (16, 3.0)
+    assert load_config(Derived, None, ["inner.mode=sequential"]).inner == Inner(16, 2.0, "sequential")
+
+
 def test_yaml_mapping_replaces_default_mapping(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("dims:\n  text: 768\n")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from trainer.eval.heads import EventClassifier, HeadConfig, SegmentTagger
-from trainer.eval.metrics import accuracy, micro_prf, multi_hot, recall_at_k
+from trainer.eval.metrics import accuracy, class_precision_at_k, micro_prf, multi_hot, recall_at_k
 from trainer.eval.probes import (
-    CodeSplit, ProbeConfig, _fit, classification_probe, code_agreement, localisation_probe, map_classes,
-    zero_shot_retrieval,
+    CodeSplit, ProbeConfig, _fit, classification_probe, code_agreement, cross_dataset_probe, localisation_probe,
+    map_classes, zero_shot_retrieval,
 )
 
 
@@ -73,6 +73,17 @@ def test_recall_at_k_hand_ranked_with_ties_counted_against_the_query():
     assert recall == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 2 / 3, 4: 1.0})
 
 
+def test_class_precision_at_k_hand_ranked_with_ties_against_the_query():
+    gallery_class = torch.tensor([0, 1, 0, 2])
+    similarity = torch.tensor([[0.9, 0.8, 0.7, 0.1],    # class 0: ranks 0 (hit), 1 (miss), 2 (hit), 3 (miss)
+                               [0.5, 0.5, 0.5, 0.5],    # class 0, all tied: both misses rank first
+                               [0.1, 0.2, 0.3, 0.4]])   # class 2: its only match ranks first
+    precision = class_precision_at_k(similarity, torch.tensor([0, 0, 2]), gallery_class, ks=(1, 2, 3))
+    assert precision == pytest.approx({1: (1 + 0 + 1) / 3, 2: (1 / 2 + 0 + 1 / 2) / 3, 3: (2 / 3 + 1 / 3 + 1 / 3) / 3})
+    with pytest.raises(ValueError, match="does not match"):
+        class_precision_at_k(similarity, torch.tensor([0, 0]), gallery_class)
+
+
 # ---------------------------------------------------------------- heads
 def _identity_head(cls):
     head = cls(2, 2, HeadConfig(hidden_dim=2))
@@ -133,6 +144,15 @@ def test_probes_transfer_exactly_when_modalities_share_codes(permute_target):
         assert cls.cross == 0.0 and loc.cross == 0.0
     else:
         assert cls.cross == 1.0 and loc.cross == 1.0
+
+
+def test_cross_dataset_probe_chooses_an_epoch_whose_head_localises():
+    # argmax accuracy on val is perfect from epoch 2, while every sigmoid is still below 0.5 (F1 0 on dataset
+    # 2); the epoch is chosen on the clip-level F1 at the threshold instead
+    first = {name: _split(6, 4, False, seed) for seed, name in enumerate(("train", "val", "test"))}
+    result = cross_dataset_probe(first, _split(4, 4, False, 5), "video", "audio", 4, {c: c for c in range(4)},
+                                 ProbeConfig(epochs=40, batch_size=8, lr=1e-2))
+    assert (result.val, result.cross, result.in_modality) == (1.0, 1.0, 1.0) and result.epoch > 2
 
 
 def test_probe_heads_do_not_touch_the_callers_rng():

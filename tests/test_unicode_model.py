@@ -227,6 +227,27 @@ def test_club_estimators_trained_by_inner_steps_but_untouched_by_main_loss():
     assert all(torch.equal(v, after_inner[k]) for k, v in task.club.state_dict().items())
 
 
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_nonnegative_club_bound_clamps_an_estimator_error_at_zero(nonnegative):
+    club = CLUBConfig(hidden_dim=16, inner_steps=0, nonnegative=nonnegative)
+    task = make_task(small_cfg(club=club))
+    estimator = task.club["audio"]
+    with torch.no_grad():   # μ(x) = x[:8] exactly (relu(x) − relu(−x)); logvar = tanh(0) = 0
+        pick = torch.eye(8, 16)
+        estimator.mean[0].weight.copy_(torch.cat([pick, -pick]))
+        estimator.mean[2].weight.copy_(torch.cat([torch.eye(8), -torch.eye(8)], 1))
+        for layer in (estimator.mean[0], estimator.mean[2], estimator.logvar[2]):
+            layer.bias.zero_()
+        estimator.logvar[2].weight.zero_()
+    x = torch.tensor([[[1.0] * 16], [[-1.0] * 16]], requires_grad=True)   # (b=2 t=1 16)
+    y = x[[1, 0], :, :8]            # each clip's z̄ is the OTHER clip's μ: the positive fits worse than the negative
+    bound = task._mi_upper_bounds({"audio": ("audio", x, y)})["audio"]
+    # (negative − positive) / 2σ² summed over 8 dims: (0 − 2²) / 2 · 8 = −16, an estimator error (MI >= 0)
+    assert bound.item() == (0.0 if nonnegative else -16.0)
+    bound.backward()
+    assert (x.grad.abs().sum() == 0) == nonnegative                 # clamped: nothing to exploit
+
+
 def test_mi_bound_gradient_reaches_both_encoders():
     task = make_task(small_cfg(loss=LossConfig(recon=0, commit=0, cpc=0, cmcm=0, mi=1)))
     loss, _ = task.compute_loss(features(), 0)

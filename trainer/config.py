@@ -120,12 +120,25 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str) -> T
                           f"{cls.__name__} accepts: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
+        default = _section_default(fields[name])
+        if default is not None and isinstance(value, Mapping):
+            # a section names only the keys it changes: the rest keep this parent's defaults, which may differ
+            # from the section class's own (e.g. COMETConfig's CLUB section)
+            value = _merge(to_dict(default), value)
         kwargs[name] = _coerce(value, hints[name], f"{prefix + '.' if prefix else ''}{name}", source)
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as err:  # __post_init__ checks of a component
         raise ConfigError(f"config section '{prefix or cls.__name__}' (from {source}): {err}") from err
     return obj
+
+
+def _section_default(f: dataclasses.Field) -> Any:
+    """The default instance of a nested config section (a dataclass built by the field's default_factory)."""
+    if f.default_factory is dataclasses.MISSING:
+        return None
+    default = f.default_factory()
+    return default if dataclasses.is_dataclass(default) else None
 
 
 def _merge(base: dict, update: Mapping) -> dict:

@@ -42,8 +42,8 @@ from typing import Any, Literal
 from trainer.config import ConfigError, load_config, to_dict
 from trainer.data.features import FeatureError, PublicFeatureConfig
 from trainer.eval.encode import (
-    LabelledFeatures, Pretrained, encode_split, load_pretrained, read_public_features, read_shard_features,
-    split_indices,
+    LabelledFeatures, Pretrained, encode_split, encoded_modalities, load_pretrained, read_public_features,
+    read_shard_features, split_indices,
 )
 from trainer.eval.probes import (
     SPLITS, CodeSplit, ProbeConfig, ProbeResult, classification_probe, code_agreement, cross_dataset_probe,
@@ -91,7 +91,7 @@ def run_config(pretrained: Pretrained) -> JobConfig:
 
 def read_source(src: SourceConfig, job: JobConfig, pretrained: Pretrained) -> dict[str, LabelledFeatures]:
     """train/val/test ``LabelledFeatures`` of one source (official public splits, else a seeded split)."""
-    modalities = pretrained.model.modalities
+    modalities = encoded_modalities(pretrained.model)
     if src.public:
         root = Path(src.public)
         official = root.is_dir() and all((root / PublicFeatureConfig.order_file.format(split=s)).is_file()
@@ -115,7 +115,7 @@ def _backbones(path: str, pretrained: Pretrained):
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"backbones file not found: {path} (pass --backbones)")
-    modalities = pretrained.model.modalities
+    modalities = encoded_modalities(pretrained.model)
     backbones = FrozenBackbones(load_backbones_config(path).only(modalities))
     trained_on = pretrained.meta.get("backbones")
     if trained_on:   # older runs also list backbones of modalities the model never used: compare the model's
@@ -154,7 +154,8 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
         cross_test = cross_test.select_dims(toc.selected) if cross_test is not None else None
 
     results: list[ProbeResult] = []
-    pairs = directions(model.modalities)
+    modalities = encoded_modalities(model)        # a continual model's carried modalities included
+    pairs = directions(modalities)
     for source, target in pairs:
         if "classification" in cfg.tasks:
             results.append(classification_probe(splits, source, target, classes, cfg.probe))
@@ -164,10 +165,10 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
             class_map = {int(k): v for k, v in cfg.class_map.items()} or {c: c for c in range(classes)}
             results.append(cross_dataset_probe(splits, cross_test, source, target, classes, class_map, cfg.probe))
     retrieval = {}
-    if "retrieval" in cfg.tasks and "audio" in model.modalities:
+    if "retrieval" in cfg.tasks and "audio" in modalities:
         # audio-visual pairs share the time axis; text tokens do not, so text retrieves by clip-mean codes
         retrieval = {m: zero_shot_retrieval(splits["test"], m, "audio", aligned=m in LABELLED_MODALITIES)
-                     for m in model.modalities
+                     for m in modalities
                      if m != "audio" and m in splits["test"].vectors}
     agreement = None
     if {"audio", "video"} <= set(splits["test"].indices):

@@ -117,12 +117,19 @@ def train(cfg: JobConfig, accelerator) -> int:
     # ---- model: identical initial weights on every rank (the seed), then per-rank RNG streams
     torch.manual_seed(cfg.run.seed)
     task = task_spec(cfg.task).task(model_cfg).to(device)
+    backbones_used = backbones.describe() if backbones is not None else None
     if cfg.run.init_from:
         previous = load_model_weights(task, cfg.run.init_from)
         if hasattr(task, "begin_phase_"):   # optional phase hook: may grow the model, so before the optimizer
             extra_file = previous / TASK_EXTRA_FILE
             extra = torch.load(extra_file, map_location="cpu", weights_only=True) if extra_file.is_file() else {}
             model_cfg = task.begin_phase_(previous, extra)
+        if backbones_used is not None:
+            # modalities carried from earlier phases were encoded by those phases' backbones: the meta names them
+            # too, so the evaluation of this checkpoint checks their features against the right fingerprints
+            earlier = CheckpointManager.read_meta(previous).get("backbones") or {}
+            carried = getattr(task.model, "downstream_modalities", ())
+            backbones_used = {m: d for m, d in earlier.items() if m in carried} | backbones_used
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -172,7 +179,7 @@ def train(cfg: JobConfig, accelerator) -> int:
             })
         meta = {"phase": cfg.run.phase, "mlflow_run_id": tracker.run_id, "samples_seen": samples_seen,
                 "task": cfg.task, "model_config": to_dict(model_cfg), "data_kind": cfg.data.kind,
-                "backbones": backbones.describe() if backbones is not None else None}
+                "backbones": backbones_used}
         return ckpts.save(step, write, meta)
 
     def finish(state: str, status: str) -> None:

@@ -228,9 +228,16 @@ def encode_modality(model: nn.Module, modality: str, x: Tensor, mask: Tensor | N
     return torch.cat(vectors), torch.cat(indices)
 
 
+def encoded_modalities(model: nn.Module) -> tuple[str, ...]:
+    """Every modality ``model`` gives codes for downstream: its training modalities, plus those a continual
+    model carries from earlier phases (``COMETModel.downstream_modalities``, e.g. video after audio–text)."""
+    return tuple(getattr(model, "downstream_modalities", model.modalities))
+
+
 def encode_split(model: nn.Module, data: LabelledFeatures, modalities: Sequence[str] | None = None) -> CodeSplit:
     """Frozen codes of every (or the given) modality of ``data``, with its labels, as a probe split."""
-    modalities = [m for m in model.modalities if m in data.features] if modalities is None else list(modalities)
+    if modalities is None:
+        modalities = [m for m in encoded_modalities(model) if m in data.features]
     vectors, indices = {}, {}
     for m in modalities:
         if m not in data.features:

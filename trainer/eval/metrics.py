@@ -79,3 +79,22 @@ def recall_at_k(similarity: Tensor, relevant: Tensor, ks: Sequence[int] = (1, 5,
     match = similarity.gather(1, relevant.unsqueeze(1))                    # (q 1)
     rank = (similarity >= match).sum(1) - 1                               # others scoring at least as high
     return {k: (rank < k).float().mean().item() for k in ks}
+
+
+def class_precision_at_k(similarity: Tensor, query_class: Tensor, gallery_class: Tensor,
+                         ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Class-level retrieval: the share of each query's top-k gallery items that carry its class, averaged
+    over queries (precision@k; chance = the share of the gallery in the query's class).
+
+    For gallery items that are only class-level matches of a query (captions naming the event, not the clip).
+    ``similarity (q g)``; ``query_class (q)``, ``gallery_class (g)``. Ties rank the gallery items of other
+    classes first, so a constant similarity scores no better than its worst case.
+    """
+    if similarity.shape != (query_class.shape[0], gallery_class.shape[0]):
+        raise ValueError(f"similarity {tuple(similarity.shape)} does not match {query_class.shape[0]} queries "
+                         f"and {gallery_class.shape[0]} gallery items")
+    relevant = query_class.unsqueeze(1) == gallery_class.unsqueeze(0)             # (q g)
+    others_first = relevant.to(torch.uint8).argsort(dim=1, stable=True)
+    by_score = similarity.gather(1, others_first).argsort(dim=1, descending=True, stable=True)
+    hits = relevant.gather(1, others_first.gather(1, by_score))                  # (q g) in rank order
+    return {k: hits[:, :k].float().mean().item() for k in ks}

@@ -37,20 +37,21 @@ from torch import Tensor, nn
 from trainer import distributed
 from trainer.checkpoint import CheckpointManager
 from trainer.config import build_config
-from trainer.models.club import CLUBEstimator
 from trainer.models.comet import (
     COMETConfig, COMETModel, cumulative_fisher, ewc_penalty, fisher_from_gradients, gate_balance_loss,
     normalized_fisher, pseudo_cpc_losses,
 )
 from trainer.models.unicode import mask_key
-from trainer.tasks.unicode import CodebookTask, UniCodeTask, weighted_total
+from trainer.tasks.unicode import UniCodeTask, weighted_total
 
 MODEL_FILE = "model.pt"   # the consolidated model state in every checkpoint (written by trainer/loop.py)
 
 
 class COMETTask(UniCodeTask):
     """UniCodeTask's loss and plumbing on a ``COMETModel``, plus gate, pseudo-modality and EWC terms and the
-    phase hooks. The constructor builds the COMET model itself (UniCodeTask's would build a plain one)."""
+    phase hooks."""
+
+    model_type = COMETModel
 
     def __init__(
         self,
@@ -59,18 +60,9 @@ class COMETTask(UniCodeTask):
         all_gather_fn: Callable[[Tensor], Tensor] = distributed.all_gather_cat,
         average_gradients_fn: Callable[[Iterable[nn.Parameter]], None] = distributed.average_gradients_,
     ):
-        self.cfg = cfg.effective()
         self.all_reduce_fn = all_reduce_fn
         self._last_output: dict | None = None
-        model = COMETModel(self.cfg, all_reduce_fn, all_gather_fn)
-        modalities = self.cfg.model_modalities
-        club = None
-        if self.cfg.use_club:
-            enc = self.cfg.encoder
-            club = nn.ModuleDict({m: CLUBEstimator(enc.semantic_dim, enc.specific_dim, self.cfg.club.hidden_dim)
-                                  for m in modalities})
-        CodebookTask.__init__(self, model, modalities, club, self.cfg.club,
-                              self.cfg.cpc if self.cfg.use_cpc else None, average_gradients_fn)
+        super().__init__(cfg, all_reduce_fn, all_gather_fn, average_gradients_fn)
         self.ewc_anchor: dict[str, Tensor] = {}     # θ* of earlier phases (the penalty's centre)
         self.ewc_fisher: dict[str, Tensor] = {}     # their cumulative diagonal Fisher
         self.handover: dict[str, Any] = {}          # what end_phase_ computed for the next phase
@@ -171,9 +163,12 @@ class COMETTask(UniCodeTask):
                 raise ValueError(f"{previous}: no EWC Fisher in its task_extra.pt (did that phase finish with "
                                  "use_ewc on?); set model.use_ewc=false to continue without EWC")
             device = self.model.inherited_codes.device
-            self.ewc_anchor = {n: v.to(device) for n, v in extra["ewc_anchor"].items()}
-            self.ewc_fisher = {n: v.to(device) for n, v in extra["ewc_fisher"].items()}
-            unknown = sorted(set(self.ewc_fisher) - set(dict(self.model.adapter.named_parameters())))
+            own = dict(self.model.adapter.named_parameters())
+            # a carried modality's specific layer lives in its frozen snapshot (freeze_carried): nothing to anchor
+            snapshotted = {f"specific.{m}" for m in self.model.semantic.carried}
+            self.ewc_anchor = {n: v.to(device) for n, v in extra["ewc_anchor"].items() if n not in snapshotted}
+            self.ewc_fisher = {n: v.to(device) for n, v in extra["ewc_fisher"].items() if n not in snapshotted}
+            unknown = sorted(set(self.ewc_fisher) - set(own))
             if unknown:
                 raise ValueError(f"{previous}: EWC Fisher names adapter parameters this model lacks: {unknown}")
         self.cfg = cfg
@@ -181,12 +176,24 @@ class COMETTask(UniCodeTask):
         return cfg
 
     def _load_carried_weights(self, model_file: Path, carried: tuple[str, ...]) -> None:
-        """The carried modalities' Φ^m and adapter S^m from the previous phase's model.pt."""
+        """The carried modalities' Φ^m and adapter S^m (or adapter snapshot) from the previous phase's model.pt.
+
+        A snapshot (``adapter.freeze_carried``) is the previous phase's own snapshot of a modality it carried
+        too, else its live adapter (common layers, router, S^m), which trained that modality last."""
         state = torch.load(model_file, map_location="cpu", weights_only=True)
         own = self.model.state_dict()
         prefixes = tuple(p for m in carried for p in (f"semantic.encoders.{m}.", f"semantic.{m}.",
                                                       f"semantic.adapter.specific.{m}"))
         wanted = {k: v for k, v in state.items() if k.startswith(prefixes) and k in own}
+        live, shared = "semantic.adapter.", ("common.", "router.")
+        for m in carried:
+            snapshot = f"semantic.carried.{m}."
+            if not any(k.startswith(snapshot) for k in own):
+                continue
+            taken = {k: v for k, v in state.items() if k.startswith(snapshot)} or {
+                snapshot + k[len(live):]: v for k, v in state.items()
+                if k.startswith(live) and (k[len(live):].startswith(shared) or k == f"{live}specific.{m}")}
+            wanted |= {k: v for k, v in taken.items() if k in own}
         absent = [m for m in carried if not any(k.startswith(p) for k in wanted for p in
                                                 (f"semantic.encoders.{m}.", f"semantic.{m}."))]
         if absent:

@@ -84,6 +84,7 @@ class CodebookTask:
         self.modalities = tuple(modalities)
         self.average_gradients_fn = average_gradients_fn
         self.club_inner_steps = club_cfg.inner_steps
+        self.club_nonnegative = club_cfg.nonnegative
         self.club = club
         self.club_optimizer = torch.optim.Adam(club.parameters(), lr=club_cfg.lr) if club is not None else None
         self.cpc_generator = torch.Generator().manual_seed(cpc_cfg.seed) if cpc_cfg is not None else None
@@ -148,6 +149,8 @@ class CodebookTask:
             frozen = {n: p.detach() for n, p in self.club[key].named_parameters()}
             mu, logvar = functional_call(self.club[key], frozen, (x,))
             bounds[name] = club_upper_bound(mu, logvar, y)
+            if self.club_nonnegative:
+                bounds[name] = bounds[name].clamp_min(0.0)
         return bounds
 
     def _club_terms(self, pairs: ClubPairs, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -218,6 +221,11 @@ class CodebookTask:
 
 
 class UniCodeTask(CodebookTask):
+    """The Uni-Code loss on a ``model_type`` model (UniCodeModel; a subclass may train a model that extends
+    it, built from its own config, e.g. COMET's) with one CLUB estimator per trained modality."""
+
+    model_type: type[UniCodeModel] = UniCodeModel
+
     def __init__(
         self,
         cfg: UniCodeConfig,
@@ -226,13 +234,14 @@ class UniCodeTask(CodebookTask):
         average_gradients_fn: Callable[[Iterable[nn.Parameter]], None] = distributed.average_gradients_,
     ):
         self.cfg = cfg.effective()
-        model = UniCodeModel(self.cfg, all_reduce_fn, all_gather_fn)
+        model = self.model_type(self.cfg, all_reduce_fn, all_gather_fn)
+        modalities = model.modalities          # the model's names of the modalities it trains
         club = None
         if self.cfg.use_club:
             enc = self.cfg.encoder
             club = nn.ModuleDict({m: CLUBEstimator(enc.semantic_dim, enc.specific_dim, self.cfg.club.hidden_dim)
-                                  for m in self.cfg.modalities})
-        super().__init__(model, self.cfg.modalities, club, self.cfg.club,
+                                  for m in modalities})
+        super().__init__(model, modalities, club, self.cfg.club,
                          self.cfg.cpc if self.cfg.use_cpc else None, average_gradients_fn)
 
     def compute_loss(self, features: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
