@@ -504,6 +504,33 @@ def test_continual_world_adds_a_still_image_and_spoken_captions():
     assert torch.equal(world.sample(20, seed=4).features["image"], image)
 
 
+def _bench_row(method: str, unseen: tuple[float, float], video_text: tuple[float, float, float]) -> dict:
+    """A continual-bench row whose every Table 1 cell after phase 2 / 3 is ``unseen``, video↔text per phase."""
+    from trainer.bench.continual import TABLE1_TASKS
+
+    def phase(i: int) -> dict:
+        cells = {f"{t}/{d}": {"cross": unseen[i - 1]} for t in TABLE1_TASKS for d in ("V→A", "A→V")} if i else {}
+        seen = {"video": {"avg": video_text[i]}} | ({"audio": {"avg": 0.5}} if i else {})
+        return {"unseen": cells, "seen": seen}
+
+    return {"method": method, "phases": [phase(i) for i in range(3)]}
+
+
+def test_continual_bench_checks_the_targets_on_the_mean_over_seeds():
+    from trainer.bench.continual import ContinualConfig, check_targets
+
+    runs = [[_bench_row("dcid", (0.8, 0.7), (0.9, 0.8, 0.7)), _bench_row("comet", (0.7, 0.8), (0.9, 0.9, 0.8))],
+            [_bench_row("dcid", (0.6, 0.7), (0.9, 0.8, 0.5)), _bench_row("comet", (0.8, 0.6), (0.9, 0.9, 0.5))]]
+    checks = check_targets(runs, ContinualConfig())
+    assert [(name, met) for name, met, _ in checks] == [
+        ("comet > DCID: unseen-pair Avg after phase 2", True),        # 75 vs 70, better in 1 of 2 seeds
+        ("comet > DCID: unseen-pair Avg after phase 3", False),       # 70 vs 70
+        ("comet < DCID: forgetting", True)]                           # video drop 10 / 40 vs 20 / 40 points
+    assert checks[0][2] == "75.0 vs 70.0 (mean of 2 seed(s); better in 1)"
+    assert checks[2][2] == "25.0 vs 30.0 (mean of 2 seed(s); better in 1)"
+    assert check_targets([runs[0][1:]], ContinualConfig()) == []      # no DCID row, nothing to compare
+
+
 @pytest.mark.slow
 def test_continual_bench_runs_two_phases_and_prints_both_tables():
     from trainer.bench.continual import METHODS, ContinualConfig, TrainConfig, format_tables, run_method
