@@ -1,1 +1,14 @@
+import pytest
+import torch
+
 pytest_plugins = ["conftest_slurm"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: one thread is fastest, and the 2-core box is shared (torch's default would oversubscribe).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,12 +31,7 @@ from trainer.models.unicode import UniCodeConfig  # noqa: E402
 CLASSES, SEGMENTS, CLIPS = 3, 4, 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY_ENCODER = EncoderConfig(semantic_dim=8, specific_dim=4, ff_dim=16, heads=2, se_reduction=4, pool_hidden=4,

@@ -2,7 +2,6 @@
 per segment, state, the 2-rank exactness of the quantizer state, and the real job with ``task: fccid``."""
 
 import dataclasses
-import io
 import math
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 from dist_utils import assert_two_ranks_match_global_batch, init_gloo, run_ranks
 from job_utils import REPO, make_clip_shards, read_metrics, run_job
+from task_utils import assert_task_state_round_trips
 
 from trainer import distributed
 from trainer.checkpoint import CheckpointManager
@@ -325,28 +325,9 @@ def test_pretrain_config_carries_the_paper_hyperparameters():
 
 
 def test_state_dict_round_trip_through_weights_only_load():
-    task = make_task()
-    opt = torch.optim.SGD(task.model.parameters(), lr=0.01)
-    for step in range(2):
-        loss, _ = task.compute_loss(features(seed=step), step)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        task.after_optimizer_step_()
-    buffer = io.BytesIO()
-    torch.save({"task": task.state_dict(), "model": task.model.state_dict()}, buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
-    assert set(state["task"]) == {"club", "club_optimizer", "cpc_generator"}
-    fresh = make_task(seed=5)
-    fresh.model.load_state_dict(state["model"])
-    fresh.load_state_dict(state["task"])
-    _, m1 = task.compute_loss(features(seed=9), 2)
-    _, m2 = fresh.compute_loss(features(seed=9), 2)
-    for key in ("cpc", "nce", "mi", "club_log_likelihood", "loss"):
-        assert torch.equal(m1[key], m2[key]), key
-    with pytest.raises(KeyError, match="ablation switches"):
-        make_task(small_cfg(a_club=False, v_club=False, av_club=False, te_club=False)).load_state_dict(state["task"])
+    assert_task_state_round_trips(make_task, features, ("cpc", "nce", "mi", "club_log_likelihood", "loss"),
+                                  make_task(small_cfg(a_club=False, v_club=False, av_club=False, te_club=False)),
+                                  "ablation switches")
 
 
 # ---------------------------------------------------------------- 2 ranks vs 1 process (gloo, fork workers)

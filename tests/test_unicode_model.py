@@ -1,11 +1,11 @@
 """UniCodeModel + UniCodeTask: shapes (AV, AVT), gradient facts, ablation switches, state round trips."""
 
 import dataclasses
-import io
 import math
 
 import pytest
 import torch
+from task_utils import assert_task_state_round_trips
 
 from trainer.config import ConfigError, load_config
 from trainer.models.club import CLUBConfig
@@ -404,31 +404,8 @@ def test_cpc_time_draws_cover_the_valid_range_and_resume_from_state():
 
 
 def test_state_dict_round_trip_through_weights_only_load():
-    task = make_task()
-    opt = torch.optim.SGD(task.model.parameters(), lr=0.01)
-    for step in range(2):
-        loss, _ = task.compute_loss(features(seed=step), step)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        task.after_optimizer_step_()
-    buffer = io.BytesIO()
-    torch.save(task.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
-    assert set(state) == {"club", "club_optimizer", "cpc_generator"}
-
-    fresh = make_task(seed=5)
-    fresh.model.load_state_dict(task.model.state_dict())      # what the engine restores
-    fresh.load_state_dict(state)
-    assert all(torch.equal(v, task.club.state_dict()[k]) for k, v in fresh.club.state_dict().items())
-    # the next step is identical: same t, same estimator updates (Adam moments restored)
-    _, m1 = task.compute_loss(features(seed=9), 2)
-    _, m2 = fresh.compute_loss(features(seed=9), 2)
-    for key in ("cpc", "mi", "club_log_likelihood", "loss"):
-        assert torch.equal(m1[key], m2[key]), key
-    with pytest.raises(KeyError, match="use_club"):
-        make_task(small_cfg(use_club=False)).load_state_dict(state)
+    assert_task_state_round_trips(make_task, features, ("cpc", "mi", "club_log_likelihood", "loss"),
+                                  make_task(small_cfg(use_club=False)), "use_club")
 
 
 def test_model_is_a_plain_module_holding_the_quantizer():
