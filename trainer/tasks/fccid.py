@@ -24,7 +24,7 @@ from trainer import distributed
 from trainer.models.club import CLUBEstimator
 from trainer.models.fccid import COARSE_SIDE, FINE_MODALITIES, TEXT, FCCIDConfig, FCCIDModel
 from trainer.models.losses import commitment_losses, reconstruction_loss, symmetric_info_nce
-from trainer.tasks.unicode import ClubPairs, CodebookTask, cmcm_terms, weighted_total
+from trainer.tasks.unicode import ClubPairs, CodebookTask, cmcm_terms, loss_and_metrics
 
 
 class FCCIDTask(CodebookTask):
@@ -101,7 +101,4 @@ class FCCIDTask(CodebookTask):
             terms["mi"] = sum(mi.values())
             metrics.update({f"mi_{name}": v for name, v in mi.items()})
 
-        loss = weighted_total(terms, weights)
-        metrics.update(terms)
-        metrics["loss"] = loss
-        return loss, {k: v.detach() for k, v in metrics.items()}
+        return loss_and_metrics(terms, weights, metrics)

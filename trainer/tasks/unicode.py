@@ -56,6 +56,16 @@ def cmcm_terms(distances: Mapping[str, Tensor]) -> dict[tuple[str, str], Tensor]
     return {(a, b): cmcm_loss(log_p[a], log_p[b]) for a, b in itertools.combinations(distances, 2)}
 
 
+def loss_and_metrics(terms: Mapping[str, Tensor], weights: object,
+                     metrics: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """A task's ``compute_loss`` result: the weighted total, and the metrics (its parts, every unweighted term and
+    ``loss``) detached."""
+    loss = weighted_total(terms, weights)
+    metrics.update(terms)
+    metrics["loss"] = loss
+    return loss, {k: v.detach() for k, v in metrics.items()}
+
+
 def weighted_total(terms: Mapping[str, Tensor], weights: object) -> Tensor:
     """Σ weight · term, each term weighted by the loss config field of the same name."""
     return sum(getattr(weights, name) * value for name, value in terms.items())
@@ -276,7 +286,4 @@ class UniCodeTask(CodebookTask):
             terms["mi"] = sum(mi.values())
             metrics.update({f"mi_{m}": v for m, v in mi.items()})
 
-        loss = weighted_total(terms, weights)
-        metrics.update(terms)
-        metrics["loss"] = loss
-        return loss, {k: v.detach() for k, v in metrics.items()}
+        return loss_and_metrics(terms, weights, metrics)
