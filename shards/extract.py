@@ -12,7 +12,9 @@ torchrun or accelerate) takes input shards ``[r::world]``; no collective is need
 settings), which the training stream reads: ``ClipStream(DataConfig(urls=..., kind="features"))``.
 
 Members per clip (see trainer/data/features.py): ``video.npy`` / ``audio.npy`` (t ...) and ``text.npy``
-(real caption tokens) for the configured modalities, plus the clip's ``json`` labels and ``txt`` caption.
+(real caption tokens) for the configured modalities, plus the clip's ``json`` labels and ``txt`` caption
+where the clip has them: unlabelled clip shards give feature shards without json (and, without captions,
+without txt). A caption is required only when the backbones encode text (a clip without one is skipped).
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ class ShardBatches(IterableDataset):
     None when the shard's tail was all corrupt). DataLoader worker w takes this rank's shards ``[w::W]``.
     """
 
-    def __init__(self, shards: list[tuple[int, str]], decode: DecodeConfig, batch_size: int):
+    def __init__(self, shards: list[tuple[int, str]], decode: DecodeConfig, batch_size: int, require_caption: bool):
         super().__init__()
         self.shards, self.decode, self.batch_size = shards, decode, batch_size
+        self.require_caption = require_caption
 
     def __iter__(self) -> Iterator[tuple[int, dict | None, int, bool]]:
         info = get_worker_info()
@@ -68,7 +71,7 @@ class ShardBatches(IterableDataset):
             clips, skipped = [], 0
             for raw in wds.tarfile_to_samples()(iter([{"url": url}])):
                 try:
-                    clips.append(decode_sample(raw, self.decode))
+                    clips.append(decode_sample(raw, self.decode, self.require_caption))
                 except CorruptSample as err:
                     print(f"[shards.extract] skipping {err}", file=sys.stderr)
                     skipped += 1
@@ -84,7 +87,8 @@ def _one_thread(_: int) -> None:
 
 
 def output_samples(batch: dict, feats: dict[str, torch.Tensor], dtype: np.dtype) -> Iterator[dict]:
-    """One output sample per clip of ``batch`` (text keeps its real tokens only)."""
+    """One output sample per clip of ``batch`` (text keeps its real tokens only; json and txt only for the
+    clips that had them)."""
     for i, key in enumerate(batch["key"]):
         sample = {"__key__": key}
         for modality, value in feats.items():
@@ -94,10 +98,12 @@ def output_samples(batch: dict, feats: dict[str, torch.Tensor], dtype: np.dtype)
             if modality == "text":
                 array = array[feats["text_mask"][i]]
             sample[f"{modality}.npy"] = encode_npy(array.cpu().numpy().astype(dtype))
-        labels = {"clip_label": int(batch["clip_label"][i]), "video_labels": batch["video_labels"][i].tolist(),
-                  "audio_labels": batch["audio_labels"][i].tolist()}
-        sample["json"] = json.dumps(labels).encode()
-        sample["txt"] = batch["caption"][i].encode()
+        if batch["labelled"][i]:
+            labels = {"clip_label": int(batch["clip_label"][i]), "video_labels": batch["video_labels"][i].tolist(),
+                      "audio_labels": batch["audio_labels"][i].tolist()}
+            sample["json"] = json.dumps(labels).encode()
+        if batch["caption"][i] is not None:
+            sample["txt"] = batch["caption"][i].encode()
         yield sample
 
 
@@ -123,7 +129,8 @@ def extract(src: str, backbones_yaml: str, out: str, batch_size: int = 16, num_w
     except ValueError:   # no manifest next to the clip shards: the bar runs without a total
         expected = None
     backbones = FrozenBackbones(load_backbones_config(backbones_yaml), device or default_device())
-    loader = DataLoader(ShardBatches(mine, decode, batch_size), batch_size=None,
+    shard_batches = ShardBatches(mine, decode, batch_size, require_caption="text" in backbones.modalities)
+    loader = DataLoader(shard_batches, batch_size=None,
                         num_workers=min(num_workers, len(mine)), worker_init_fn=_one_thread)
     writers: dict[int, wds.TarWriter] = {}
     counts = {i: 0 for i, _ in mine}

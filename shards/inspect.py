@@ -1,13 +1,15 @@
 """Summarise WebDataset shards and check that every sample decodes.
 
-    python -m shards.inspect 'OUT/train-{000000..000003}.tar' [--manifest OUT/manifest.json]
+    python -m shards.inspect 'OUT/train-{000000..000003}.tar' [--manifest OUT/manifest.json] [--members]
 
 Reads the shards with webdataset, probes every sample the way the writer does
-(``trainer.data.probe_sample``) and prints shards, samples and seconds, then one line per bad member
-with its reason. Bad means: a member that does not decode, a required member that is missing or empty,
-a member the stream never reads (e.g. ``.pyd``: it is reported, never unpickled), an unreadable tar,
-or a shard whose sample count differs from the manifest (``manifest.json`` next to the shards is used
-when present). Exits 1 if anything is bad, else 0.
+(``trainer.data.probe_sample``) and prints shards, samples and seconds, which members the samples have
+(one count per distinct member set, e.g. ``members  mp4+json+txt: 90 samples, mp4: 6 samples``: a sample
+without json has no labels, one without txt no caption; ``--members`` also prints every sample's set),
+then one line per bad member with its reason. Bad means: a member that does not decode, a required
+member (the mp4) that is missing or an empty one, a member the stream never reads (e.g. ``.pyd``: it is
+reported, never unpickled), an unreadable tar, or a shard whose sample count differs from the manifest
+(``manifest.json`` next to the shards is used when present). Exits 1 if anything is bad, else 0.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import webdataset as wds
 
-from trainer.data.decode import CorruptSample, probe_sample, unknown_members
+from trainer.data.decode import CorruptSample, member_set, probe_sample, unknown_members
 from trainer.data.stream import MANIFEST_NAME, shard_name
 
 
@@ -40,10 +43,15 @@ class Report:
     good: int = 0
     seconds: float = 0.0
     bad: list[BadMember] = field(default_factory=list)
+    members: list[tuple[str, str]] = field(default_factory=list)  # (shard:KEY, its member set "mp4+json+txt")
 
     @property
     def samples(self) -> int:
         return sum(self.samples_per_shard.values())
+
+    def member_counts(self) -> dict[str, int]:
+        """Samples per distinct member set, most common first."""
+        return dict(Counter(members for _, members in self.members).most_common())
 
 
 def _manifest_counts(urls: list[str], manifest: str | None) -> tuple[str | None, dict[str, int]]:
@@ -67,6 +75,7 @@ def inspect_shards(urls: list[str], manifest: str | None = None) -> Report:
         count = 0
         for sample in wds.tarfile_to_samples(handler=unreadable)(iter([{"url": url}])):
             count += 1
+            report.members.append((f"{url}:{sample['__key__']}", member_set(sample)))
             for member in unknown_members(sample):
                 report.bad.append(BadMember(f"{url}:{sample['__key__']}.{member}", "unexpected_member",
                                             "not a member the stream reads; never decoded"))
@@ -88,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("urls", help="shard URLs, brace-expanded, e.g. 'OUT/train-{000000..000003}.tar'")
     p.add_argument("--manifest", default=None,
                    help="manifest.json to check counts against (default: next to the shards)")
+    p.add_argument("--members", action="store_true", help="print the member set of every sample")
     a = p.parse_args(argv)
     urls = wds.shardlists.expand_urls(a.urls)
     report = inspect_shards(urls, a.manifest)
@@ -96,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seconds  {report.seconds:.1f}")
     for url, count in report.samples_per_shard.items():
         print(f"  {url}: {count} samples")
+    counts = report.member_counts()
+    print(f"members  {', '.join(f'{members}: {n} samples' for members, n in counts.items()) or 'none'}")
+    if a.members:
+        for where, members in report.members:
+            print(f"  {where}: {members}")
     print(f"bad members: {len(report.bad) or 'none'}")
     for bad in report.bad:
         print(f"  {bad}")

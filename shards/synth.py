@@ -1,10 +1,12 @@
 """Synthetic audio-visual clips with known per-second, per-modality ground truth.
 
     python -m shards.synth --out DIR --num-clips N --classes K --seconds 10 --seed S \
-        [--fps 8 --size 96 --sr 16000] [--wav]
+        [--fps 8 --size 96 --sr 16000] [--wav] [--unlabelled]
 
 writes, per clip ``KEY``: ``KEY.mp4`` (H.264 video + AAC audio), ``KEY.txt`` (a caption) and
-``KEY.json`` (labels), plus ``KEY.wav`` (the same audio as 16-bit PCM) with ``--wav``.
+``KEY.json`` (labels), plus ``KEY.wav`` (the same audio as 16-bit PCM) with ``--wav``. With
+``--unlabelled`` only the media are written (no txt, no json): a pretraining corpus as users have it,
+the same clips as without the flag.
 
 Event signatures (recoverable from one decoded second, see tests/test_synth_shards.py):
 - video: class c draws a square of side size/3 in the fully saturated colour of hue 360°·c/K, moving
@@ -76,6 +78,7 @@ class SynthConfig:
     size: int = 96  # frame side in pixels (even: yuv420p)
     sample_rate: int = 16000
     write_wav: bool = False  # also write KEY.wav (PCM) next to the mp4
+    unlabelled: bool = False  # write no KEY.txt and no KEY.json: media only
 
 
 @dataclass(frozen=True)
@@ -273,8 +276,9 @@ def synthesise(cfg: SynthConfig, out: Path, progress: bool = True) -> list[str]:
         audio = render_audio(cfg, plan, cls)
         stem = out / plan.key
         stem.with_suffix(".mp4").write_bytes(encode_mp4(render_video(cfg, plan, cls), audio, cfg.fps, cfg.sample_rate))
-        stem.with_suffix(".txt").write_text(plan.caption + "\n", encoding="utf-8")
-        stem.with_suffix(".json").write_text(json.dumps(clip_json(cfg, plan, cls)) + "\n", encoding="utf-8")
+        if not cfg.unlabelled:
+            stem.with_suffix(".txt").write_text(plan.caption + "\n", encoding="utf-8")
+            stem.with_suffix(".json").write_text(json.dumps(clip_json(cfg, plan, cls)) + "\n", encoding="utf-8")
         if cfg.write_wav:
             stem.with_suffix(".wav").write_bytes(encode_wav(audio, cfg.sample_rate))
         keys.append(plan.key)
@@ -293,9 +297,10 @@ def parse_args(argv: list[str] | None) -> tuple[SynthConfig, Path]:
     p.add_argument("--size", type=int, default=d.size)
     p.add_argument("--sr", type=int, default=d.sample_rate, help="audio sample rate (Hz)")
     p.add_argument("--wav", action="store_true", help="also write KEY.wav (16-bit PCM)")
+    p.add_argument("--unlabelled", action="store_true", help="write the media only: no KEY.txt, no KEY.json")
     a = p.parse_args(argv)
     cfg = SynthConfig(num_clips=a.num_clips, classes=a.classes, seconds=a.seconds, seed=a.seed, fps=a.fps,
-                      size=a.size, sample_rate=a.sr, write_wav=a.wav)
+                      size=a.size, sample_rate=a.sr, write_wav=a.wav, unlabelled=a.unlabelled)
     return cfg, a.out
 
 

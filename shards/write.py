@@ -2,14 +2,17 @@
 
     python -m shards.write --src DIR --out 'OUT/train-%06d.tar' [--max-count 1000 --max-size 1e9] [--skip-bad]
 
-A clip is the group of files ``DIR/KEY.mp4``, ``KEY.json``, ``KEY.txt`` and optionally ``KEY.wav`` or
-``KEY.flac``; it becomes one sample whose members are the files' bytes, unchanged. Files with other
-suffixes are not packed. Every clip is probed on the way (``trainer.data.probe_sample``: json and caption
-parse, the video opens and decodes one frame per second, the audio decodes); a clip that fails is an
-error naming the file, or with ``--skip-bad`` is left out and listed in the manifest.
+A clip is the group of files ``DIR/KEY.mp4`` and optionally ``KEY.wav`` or ``KEY.flac`` (audio),
+``KEY.json`` (labels) and ``KEY.txt`` (caption): a bare mp4 is an unlabelled clip, as pretraining corpora
+have them. It becomes one sample whose members are the files' bytes, unchanged. Files with other suffixes
+are not packed. Every clip is probed on the way (``trainer.data.probe_sample``: json and caption parse
+where present, the video opens and decodes one frame per second, the audio decodes); a clip that fails is
+an error naming the file, or with ``--skip-bad`` is left out and listed in the manifest.
 
 ``OUT/manifest.json`` records the shards with their sample counts (the stream's equal-batches plan needs
-them), the total, the media parameters seen and the skipped clips.
+them), the total, the media parameters seen, the skipped clips, and what the packed samples hold:
+``members`` maps each distinct member set to its sample count (e.g. ``{"mp4+json+txt": 90, "mp4": 6}``),
+``labelled`` and ``captioned`` count the samples with a json and with a txt member.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import webdataset as wds
 from tqdm import tqdm
 
-from trainer.data.decode import AUDIO_MEMBERS, KNOWN_MEMBERS, ClipInfo, CorruptSample, probe_sample
+from trainer.data.decode import (
+    AUDIO_MEMBERS, CAPTION_MEMBER, KNOWN_MEMBERS, LABEL_MEMBER, ClipInfo, CorruptSample, member_set, probe_sample,
+)
 from trainer.data.stream import MANIFEST_NAME
 
 MANIFEST_FORMAT = "cmg-trainer-shards/1"
@@ -66,10 +72,15 @@ def _media_summary(infos: list[ClipInfo], audio_members: set[str]) -> dict:
         "height": distinct(i.height for i in infos),
         "clip_seconds": span([i.seconds for i in infos]),
         "audio_seconds": span([i.audio_seconds for i in infos]),
-        "label_seconds": distinct(i.label_seconds for i in infos),
+        "label_seconds": distinct(i.label_seconds for i in infos if i.label_seconds is not None),
         "num_classes": distinct(i.num_classes for i in infos if i.num_classes is not None),
         "audio_members": sorted(audio_members),  # where the audio came from: mp4 track, wav, flac
     }
+
+
+def _samples_with(member: str, member_sets: Counter[str]) -> int:
+    """Samples whose member set (e.g. "mp4+json+txt") includes ``member``."""
+    return sum(n for members, n in member_sets.items() if member in members.split("+"))
 
 
 def write_shards(src: Path, pattern: str, max_count: int = 1000, max_size: float = 1e9,
@@ -81,11 +92,12 @@ def write_shards(src: Path, pattern: str, max_count: int = 1000, max_size: float
     out_dir.mkdir(parents=True, exist_ok=True)
     clips = collect_clips(src)
     if not clips:
-        raise BadClip(f"{src}: no clip files (KEY.mp4 / KEY.json / KEY.txt)")
+        raise BadClip(f"{src}: no clip files (KEY.mp4, optionally with KEY.json, KEY.txt, KEY.wav)")
     records: list[ShardRecord] = []
     infos: list[ClipInfo] = []
     skipped: list[dict] = []
     audio_members: set[str] = set()
+    member_sets: Counter[str] = Counter()
 
     def finished(fname: str) -> None:
         records.append(ShardRecord(Path(fname).name, sink.count, Path(fname).stat().st_size))
@@ -104,6 +116,7 @@ def write_shards(src: Path, pattern: str, max_count: int = 1000, max_size: float
                 skipped.append({"key": key, "reason": err.reason, "error": f"{src / str(err)}"})
                 continue
             audio_members.add(next((m for m in AUDIO_MEMBERS if m in files), "mp4"))
+            member_sets[member_set(sample)] += 1
             sink.write(sample)
     except BaseException:
         sink.close()
@@ -124,6 +137,9 @@ def write_shards(src: Path, pattern: str, max_count: int = 1000, max_size: float
         "seconds": round(sum(i.seconds for i in infos), 3),
         "media": _media_summary(infos, audio_members),
         "skipped": skipped,
+        "members": dict(member_sets.most_common()),
+        "labelled": _samples_with(LABEL_MEMBER, member_sets),
+        "captioned": _samples_with(CAPTION_MEMBER, member_sets),
     }
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
@@ -131,7 +147,8 @@ def write_shards(src: Path, pattern: str, max_count: int = 1000, max_size: float
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m shards.write", description=__doc__.split("\n\n")[0])
-    p.add_argument("--src", required=True, type=Path, help="directory of KEY.mp4/KEY.json/KEY.txt[/KEY.wav] files")
+    p.add_argument("--src", required=True, type=Path,
+                   help="directory of KEY.mp4 files, each with optional KEY.json, KEY.txt, KEY.wav/KEY.flac")
     p.add_argument("--out", required=True, help="shard pattern, e.g. 'OUT/train-%%06d.tar'")
     p.add_argument("--max-count", type=int, default=1000, help="samples per shard at most")
     p.add_argument("--max-size", type=float, default=1e9, help="bytes per shard (approximate upper bound)")
@@ -143,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {manifest['total']} samples ({manifest['seconds']:.1f} s) into {len(manifest['shards'])} shards "
-          f"in {Path(a.out).parent}; skipped {len(manifest['skipped'])}")
+          f"in {Path(a.out).parent}; skipped {len(manifest['skipped'])}; {manifest['labelled']} labelled, "
+          f"{manifest['captioned']} captioned")
     for entry in manifest["skipped"]:
         print(f"  skipped {entry['error']}")
     return 0

@@ -1,12 +1,30 @@
-"""Shared checks of task objects (Uni-Code, FCCID)."""
+"""Shared checks of task objects (Uni-Code, FCCID), and phase checkpoints for continual tests."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
+
+from trainer.checkpoint import MODEL_FILE, TASK_EXTRA_FILE, CheckpointManager, save_rank_state
+from trainer.config import to_dict
+
+
+def write_phase(run_dir: Path, task, model_cfg, step: int) -> Path:
+    """A complete checkpoint of a COMET ``task`` (model file, meta.json with ``model_config``, the task's hand-over)
+    as the main job writes it at the end of a continual phase; returns the checkpoint directory."""
+    def write(tmp: Path) -> None:
+        torch.save(task.model.state_dict(), tmp / MODEL_FILE)
+        extra = task.extra_state()
+        if extra:
+            torch.save(extra, tmp / TASK_EXTRA_FILE)
+        save_rank_state(tmp, {})
+
+    return CheckpointManager(Path(run_dir) / "checkpoints").save(
+        step, write, {"task": "comet", "model_config": to_dict(model_cfg)})
 
 
 def assert_task_state_round_trips(make_task: Callable, features: Callable, metric_keys: Sequence[str],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -17,13 +18,14 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from dist_utils import init_gloo, run_ranks  # noqa: E402
 from job_utils import REPO, make_clip_shards, read_metrics, run_job  # noqa: E402
+from task_utils import write_phase  # noqa: E402
 
 from trainer import distributed  # noqa: E402
 from launch.continual import main as continual_main  # noqa: E402
-from trainer.bench.continual import write_phase  # noqa: E402
 from trainer.eval.encode import load_pretrained  # noqa: E402
 from trainer.evaluate import main as evaluate_main  # noqa: E402
-from trainer.loop import TASK_EXTRA_FILE, load_model_weights  # noqa: E402
+from trainer.checkpoint import TASK_EXTRA_FILE  # noqa: E402
+from trainer.loop import load_model_weights  # noqa: E402
 from trainer.models.club import CLUBConfig  # noqa: E402
 from trainer.models.comet import (  # noqa: E402
     AdapterConfig, CMoEAdapter, COMETConfig, EWCConfig, ReplayConfig, cpc_entry_losses, cumulative_fisher,
@@ -323,14 +325,14 @@ def test_second_phase_carries_video_expands_the_codebook_and_replays_text(tmp_pa
     first = COMETTask(_config())
     _train(first, 3)
     first.end_phase_(iter([_batch(("video", "text"), b=6, seed=5)]), "cpu")
-    write_phase(tmp_path / "vt", first, first.cfg, 3)
+    vt = write_phase(tmp_path / "vt", first, first.cfg, 3)
     vt_codebook = first.model.quantizer.codebook.clone()
 
     torch.manual_seed(1)
     second = COMETTask(_config(("audio", "text"), new_codes=4, protect=True))
-    load_model_weights(second, str(tmp_path / "vt"))
-    extra = torch.load(tmp_path / "vt" / TASK_EXTRA_FILE, weights_only=True)
-    cfg = second.begin_phase_(tmp_path / "vt", extra)
+    load_model_weights(second, str(tmp_path / "vt"))          # a run directory's checkpoints: the latest
+    extra = torch.load(vt / TASK_EXTRA_FILE, weights_only=True)
+    cfg = second.begin_phase_(vt, extra)
     assert cfg.carried == ("video",) and cfg.carried_feature_dims == {"video": 12} and cfg.quantizer.num_codes == 12
     assert second.model.inherited == 8 and torch.equal(second.model.quantizer.codebook[:8], vt_codebook)
     for name, value in first.model.encoders["video"].state_dict().items():
@@ -365,33 +367,32 @@ def _next_phase(previous_dir, modalities, seed: int, **overrides) -> COMETTask:
     return task
 
 
-def _first_phase(directory, adapter: AdapterConfig, steps: int) -> COMETTask:
-    """A trained video–text phase written to ``directory`` (with its EWC handover)."""
+def _first_phase(directory, adapter: AdapterConfig, steps: int) -> tuple[COMETTask, Path]:
+    """A trained video–text phase and its checkpoint in run directory ``directory`` (with its EWC handover)."""
     torch.manual_seed(0)
     first = COMETTask(_config(adapter=adapter))
     _train(first, steps)
     first.end_phase_(iter([_batch(("video", "text"), b=6, seed=5)]), "cpu")
-    write_phase(directory, first, first.cfg, steps)
-    return first
+    return first, write_phase(directory, first, first.cfg, steps)
 
 
 def test_frozen_carried_adapters_encode_earlier_modalities_exactly_as_their_phase_left_them(tmp_path):
     frozen = AdapterConfig(experts=3, freeze_carried=True)
-    first = _first_phase(tmp_path / "vt", frozen, 3)
+    first, vt = _first_phase(tmp_path / "vt", frozen, 3)
     video = _batch(("video",), b=2, seed=9)
     with torch.no_grad():
         video_z = first.model.segment_semantic(video, "video")
-    second = _next_phase(tmp_path / "vt", ("audio", "text"), 1, adapter=frozen)
+    second = _next_phase(vt, ("audio", "text"), 1, adapter=frozen)
     assert "specific.video" not in second.ewc_fisher and "common.weight" in second.ewc_fisher
     assert not any(p.requires_grad for p in second.model.semantic.carried["video"].parameters())
     _train(second, 3, seed=30)
     second.end_phase_(iter([_batch(("audio", "text"), b=6, seed=6)]), "cpu")
     assert not torch.equal(second.model.adapter.common.weight, first.model.adapter.common.weight)   # live moved
-    write_phase(tmp_path / "at", second, second.cfg, 3)
+    at = write_phase(tmp_path / "at", second, second.cfg, 3)
     with torch.no_grad():
         audio_z = second.model.segment_semantic(_batch(("audio",), b=2, seed=9), "audio")
         assert torch.allclose(second.model.segment_semantic(video, "video"), video_z, rtol=1e-5, atol=1e-6)
-    third = _next_phase(tmp_path / "at", ("image", "text"), 2, adapter=frozen,
+    third = _next_phase(at, ("image", "text"), 2, adapter=frozen,
                         quantizer=QuantizerConfig(num_codes=12, dim=D, reset_steps=3))   # phase 2's grown codebook
     _train(third, 2, seed=40)
     # phase 1's video (the snapshot carried on) and phase 2's audio (a snapshot of its live adapter), up to float
@@ -404,8 +405,8 @@ def test_frozen_carried_adapters_encode_earlier_modalities_exactly_as_their_phas
 
 def test_without_snapshots_a_carried_modality_keeps_its_frozen_specific_layer_in_the_live_adapter(tmp_path):
     live = AdapterConfig(experts=3, freeze_carried=False)
-    first = _first_phase(tmp_path / "vt", live, 2)
-    second = _next_phase(tmp_path / "vt", ("audio", "text"), 1, adapter=live)
+    first, vt = _first_phase(tmp_path / "vt", live, 2)
+    second = _next_phase(vt, ("audio", "text"), 1, adapter=live)
     assert len(second.model.semantic.carried) == 0 and "specific.video" in second.ewc_fisher
     specific = second.model.adapter.specific["video"]
     assert not specific.requires_grad and torch.equal(specific, first.model.adapter.specific["video"])
@@ -533,14 +534,15 @@ def test_continual_bench_checks_the_targets_on_the_mean_over_seeds():
 
 @pytest.mark.slow
 def test_continual_bench_runs_two_phases_and_prints_both_tables():
-    from trainer.bench.continual import METHODS, ContinualConfig, TrainConfig, format_tables, run_method
+    from trainer.bench.continual import METHODS, ContinualConfig, format_tables, run_method
+    from trainer.bench.jobs import PretrainConfig
 
     cfg = ContinualConfig(order=("vt", "at"), phase_clips=96, downstream_clips=80, new_codes=8,
-                          train=TrainConfig(steps=2, batch_size=32), probe=ProbeConfig(epochs=1))
+                          train=PretrainConfig(steps=2, batch_size=32), probe=ProbeConfig(epochs=1))
     row = run_method(METHODS["comet"], cfg)
     first, second = row["phases"]
     assert (first["codes"], second["codes"]) == (64, 72) and not first["unseen"]
     assert {"classification/V→A", "localisation/A→V", "cross_dataset/V→A"} <= set(second["unseen"])
-    assert set(second["seen"]) == {"video", "audio"} and "ewc/clips" in second["fisher"]
+    assert set(second["seen"]) == {"video", "audio"} and "codebook/active_codes" in second["last"]
     table = format_tables([row], cfg)
     assert "after phase 2 (AT)" in table and "comet" in table

@@ -14,11 +14,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import webdataset as wds  # noqa: E402
 
-from trainer.bench.fidelity import PretrainConfig, pretrain  # noqa: E402
+from trainer.bench.jobs import PretrainConfig, bench_job, pretrain  # noqa: E402
 from trainer.config import ConfigError, to_dict  # noqa: E402
+from trainer.data import DataConfig  # noqa: E402
+from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy  # noqa: E402
 from trainer.eval.encode import (  # noqa: E402
-    LabelledFeatures, encode_modality, encode_split, load_pretrained, model_config_from_dict, split_indices,
+    LabelledFeatures, encode_modality, encode_split, load_pretrained, model_config_from_dict, read_shard_features,
+    split_indices,
 )
 from trainer.eval.probes import ProbeConfig, classification_probe, localisation_probe  # noqa: E402
 from trainer.evaluate import main  # noqa: E402
@@ -76,13 +80,19 @@ def _public_features(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {"audio": torch.from_numpy(arrays["audio"]), "video": torch.from_numpy(arrays["video"]).flatten(2, 3)}
 
 
+def _pretrained(cfg, features: dict[str, torch.Tensor], run_dir) -> torch.nn.Module:
+    """``cfg`` trained for 8 steps by the main job's loop on in-memory ``features``, frozen."""
+    pretrained, _ = pretrain(bench_job(cfg, PretrainConfig(steps=8, batch_size=8), run_dir / "run"), features)
+    return pretrained.model
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A checkpoint in the main job's layout (model.pt + meta.json) of a briefly trained tiny model."""
     run = tmp_path_factory.mktemp("run")
     arrays = _public_arrays(0)
     cfg = _tiny_config()
-    model, _ = pretrain(cfg, _public_features(arrays), PretrainConfig(steps=8, batch_size=8))
+    model = _pretrained(cfg, _public_features(arrays), tmp_path_factory.mktemp("job"))
     _write_run(run, model, {"model_config": to_dict(cfg)}, arrays)          # no "task": an older Uni-Code run
     np.savez(run / "other.npz", **_public_arrays(2))      # a second dataset for the cross-dataset task
     return run
@@ -97,7 +107,7 @@ def fccid_checkpoint(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     text = {"text": torch.randn(CLIPS, 6, 5, generator=g),
             "text_mask": torch.arange(6) < torch.randint(2, 7, (CLIPS, 1), generator=g)}
-    model, _ = pretrain(cfg, _public_features(arrays) | text, PretrainConfig(steps=8, batch_size=8))
+    model = _pretrained(cfg, _public_features(arrays) | text, tmp_path_factory.mktemp("job"))
     _write_run(run, model, {"task": "fccid", "model_config": to_dict(cfg)}, arrays)
     return run
 
@@ -249,6 +259,29 @@ def test_command_reports_bad_input_by_name(checkpoint, tmp_path, capsys):
     assert "no_run" in capsys.readouterr().err
     assert main([str(checkpoint), "--public", str(tmp_path / "missing.npz"), "--no-tracking"]) == 2
     assert "missing.npz" in capsys.readouterr().err
+
+
+def test_unlabelled_evaluation_data_are_refused_naming_shard_and_key(checkpoint, tmp_path, capsys):
+    """Feature shards of 2 clips each; c11 (second clip of shard 1) has no json member."""
+    for shard in range(2):
+        with wds.TarWriter(str(tmp_path / f"f-{shard:06d}.tar")) as sink:
+            for clip in range(2):
+                sample = {"__key__": f"c{shard}{clip}", "audio.npy": encode_npy(np.ones((SEGMENTS, 6), np.float32)),
+                          "video.npy": encode_npy(np.ones((SEGMENTS, 4, 8), np.float32))}
+                if (shard, clip) != (1, 1):
+                    sample["json"] = json.dumps({"clip_label": 0, "video_labels": [0] * SEGMENTS,
+                                                 "audio_labels": [0] * SEGMENTS}).encode()
+                sink.write(sample)
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "format": FEATURE_MANIFEST_FORMAT, "feature_shapes": {"audio": [6], "video": [4, 8]},
+        "decode": {"seconds": SEGMENTS}, "shards": [{"name": f"f-{i:06d}.tar", "samples": 2} for i in range(2)]}))
+    urls = str(tmp_path / "f-{000000..000001}.tar")
+    expected = rf"{tmp_path}/f-000001.tar:c11.json.*must be labelled \(--data <labelled shards>\)"
+    with pytest.raises(ValueError, match=expected):
+        read_shard_features(DataConfig(urls=urls, kind="features", batch_size=2, num_workers=0), ("audio", "video"))
+    assert main([str(checkpoint), "--data", urls, "--kind", "features", "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: clips without labels") and f"{tmp_path}/f-000001.tar:c11.json" in err
 
 
 @pytest.mark.slow

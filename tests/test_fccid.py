@@ -317,7 +317,7 @@ def test_pretrain_config_carries_the_paper_hyperparameters():
     assert isinstance(model, FCCIDConfig) and model.club_estimators == tuple(SWITCHES.values())
     q = model.quantizer
     assert (q.num_codes, q.dim, q.decay, q.reset, q.reset_steps) == (400, 256, 0.99, True, 200)
-    assert model.encoder.semantic_dim == 256 and model.coarse.temperature == 1.0
+    assert model.encoder.semantic_dim == 256 and model.coarse.temperature == 0.1
     assert (model.loss.commit_self, model.loss.commit_partner) == (0.25, 0.125)
     assert model.club.inner_steps == 5 and cfg.optim.lr == 4e-4 and cfg.data.batch_size == 80
     demo = load_config(JobConfig, REPO / "launch" / "configs" / "demo_fccid.yaml")

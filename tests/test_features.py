@@ -17,13 +17,17 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import webdataset as wds  # noqa: E402
+import yaml  # noqa: E402
 
 from shards.extract import extract  # noqa: E402
 from shards.synth import SynthConfig, synthesise  # noqa: E402
 from shards.write import write_shards  # noqa: E402
 from trainer.backbones import FrozenBackbones, load_backbones_config  # noqa: E402
 from trainer.config import ConfigError, load_config  # noqa: E402
-from trainer.data import ClipStream, CorruptSample, DataConfig, DecodeConfig, feature_batches  # noqa: E402
+from trainer.data import (  # noqa: E402
+    COUNTER_NAMES, ClipStream, CorruptSample, DataConfig, DecodeConfig, feature_batches,
+)
 from trainer.data.decode import ClipLabels  # noqa: E402
 from trainer.data.features import (  # noqa: E402
     FEATURE_MANIFEST_FORMAT, FeatureClip, FeatureError, FeatureLayout, PublicFeatureConfig, PublicFeatureDataset,
@@ -69,6 +73,9 @@ def test_feature_sample_decodes_against_the_manifest_layout():
     assert clip.features["video"].dtype == np.float32 and clip.features["video"][1, 3, 7] == 2 * 4 * 8 - 1
     assert clip.labels.video.tolist() == [1, -1] and clip.labels.audio.tolist() == [-1, 1] and clip.labels.clip == 1
     assert decode_feature_sample(_feature_sample(pyd=b"\x80\x04"), LAYOUT).ignored_members == 1
+    bare = decode_feature_sample(_feature_sample(json=None, txt=None), LAYOUT)   # an unlabelled, uncaptioned clip
+    assert bare.caption is None and not bare.labels.labelled and bare.url == "f-000001.tar"
+    assert bare.labels.video.tolist() == bare.labels.audio.tolist() == [-1, -1] and bare.labels.clip == -1
     cases = {   # member -> (replacement, reason, message)
         "audio.npy": (None, "missing_member", r"f-000001.tar:c1.audio.npy: missing_member"),
         "txt": (b"", "empty_member", r"c1.txt: empty_member"),
@@ -148,7 +155,7 @@ def test_public_h5_layout_reader(tmp_path):
     assert clip.labels.clip == np.bincount(events).argmax()
     batch = collate_feature_clips([ds[0], ds[1]])
     assert batch["video"].shape == (2, 10, 49, 512) and batch["audio"].shape == (2, 10, 128)
-    assert "caption" not in batch
+    assert batch["caption"] == [None, None] and batch["labelled"].tolist() == [True, True]
     with pytest.raises(FeatureError, match="val_order.h5: file not found"):
         PublicFeatureDataset(PublicFeatureConfig(root=str(tmp_path), split="val"))
     with h5py.File(tmp_path / "bad_order.h5", "w") as f:
@@ -231,8 +238,8 @@ def test_extract_then_feature_stream_equals_on_the_fly_features(clip_shards, fea
     assert len(on_the_fly) == len(cached) == 3   # worker 0 reads 2 shards (3 or 4 clips): batches 0 and 2
     for a, b in zip(on_the_fly, cached):
         assert a["key"] == b["key"] and torch.equal(a["is_pad"], b["is_pad"])
-        assert set(a) == set(b) == {"key", "video", "audio", "text", "text_mask", "caption", "video_labels",
-                                    "audio_labels", "clip_label", "is_pad", "skipped"}
+        assert set(a) == set(b) == {"key", "url", "video", "audio", "text", "text_mask", "caption", "video_labels",
+                                    "audio_labels", "clip_label", "labelled", "is_pad", "skipped"}
         assert b["video"].shape == (2, SECONDS, 16, 32) and b["audio"].shape == (2, SECONDS, 32)
         assert b["text"].dtype == torch.float32 and b["text_mask"].dtype == torch.bool
     expected, got = _features_by_key(on_the_fly), _features_by_key(cached)
@@ -279,17 +286,21 @@ def test_feature_stream_reads_only_the_configured_modalities(feature_shards):
                      batch_size=5, num_workers=0, shuffle_buffer=0, shuffle_shards=False)
     stream = ClipStream(cfg, rank=0, world_size=1)
     (batch,) = list(stream)
-    assert set(batch) == {"key", "audio", "caption", "video_labels", "audio_labels", "clip_label", "is_pad", "skipped"}
+    assert set(batch) == {"key", "url", "audio", "caption", "video_labels", "audio_labels", "clip_label", "labelled",
+                          "is_pad", "skipped"}
     assert batch["audio"].shape == (5, SECONDS, 32) and not batch["is_pad"].any()
     assert sum(stream.skip_totals().values()) == 0     # unread video.npy / text.npy are not "ignored" members
 
 
 def test_kind_and_modalities_are_validated(clip_shards, feature_shards):
-    with pytest.raises(ConfigError, match=r"config key 'kind' .*'frames' is not one of \['clips', 'features'\]"):
+    with pytest.raises(ConfigError, match=r"config key 'kind' .*'frames' is not one of \['clips', 'features', 'memory'\]"):
         load_config(DataConfig, overrides=["kind=frames"])
     features = DataConfig(urls=str(feature_shards / FEATURE_URLS), kind="features", num_workers=0)
-    with pytest.raises(ValueError, match=r"DataConfig.kind: 'frames' is not one of \['clips', 'features'\]"):
+    with pytest.raises(ValueError, match=r"DataConfig.kind: 'frames' is not one of \['clips', 'features', 'memory'\]"):
         ClipStream(dataclasses.replace(features, kind="frames"), rank=0, world_size=1)
+    # in-memory tensors come from a program (trainer.loop.train), never from a job config
+    with pytest.raises(ValueError, match="kind 'memory' is for programs that pass feature tensors"):
+        dataclasses.replace(features, kind="memory").validate()
     with pytest.raises(ValueError, match=r"DataConfig.feature_modalities: \['audio', 'depth'\] must be distinct"):
         ClipStream(dataclasses.replace(features, feature_modalities=["audio", "depth"]), rank=0, world_size=1)
     with pytest.raises(ValueError, match=r"DataConfig.feature_modalities: \[\] must be distinct"):
@@ -307,3 +318,56 @@ def test_kind_and_modalities_are_validated(clip_shards, feature_shards):
         feature_batches(dataclasses.replace(features, urls=str(clip_shards / CLIP_URLS), kind="clips"))
     with pytest.raises(ValueError, match="pass backbones exactly for kind 'clips'"):
         feature_batches(features, FrozenBackbones(load_backbones_config(TINY_YAML)))
+
+
+# --- unlabelled clips: no json, and captions only where text is encoded ---
+
+@pytest.fixture(scope="module")
+def unlabelled_clip_shards(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
+    """4 clips without json in 2 shards; the second also has a caption: (shard dir, key -> caption or None)."""
+    root = tmp_path_factory.mktemp("unlabelled")
+    keys = synthesise(SynthConfig(num_clips=4, classes=3, seconds=SECONDS, size=32, seed=5, unlabelled=True),
+                      root / "src", progress=False)
+    captions = {key: "a red square" if i == 1 else None for i, key in enumerate(keys)}
+    (root / "src" / f"{keys[1]}.txt").write_text(captions[keys[1]] + "\n")
+    write_shards(root / "src", str(root / "shards" / "train-%06d.tar"), max_count=2, progress=False)
+    return root / "shards", captions
+
+
+UNLABELLED_URLS = "train-{000000..000001}.tar"
+
+
+def test_extract_writes_unlabelled_clips_without_json(unlabelled_clip_shards, tmp_path):
+    shards, captions = unlabelled_clip_shards
+    av_only = yaml.safe_load(Path(TINY_YAML).read_text())
+    del av_only["text"]
+    (tmp_path / "av.yaml").write_text(yaml.safe_dump(av_only))
+    extract(str(shards / UNLABELLED_URLS), str(tmp_path / "av.yaml"), str(tmp_path / "f-%06d.tar"), batch_size=2,
+            num_workers=0, decode=DECODE, rank=0, world_size=1, progress=False)
+    assert json.loads((tmp_path / "manifest.json").read_text())["total"] == 4
+    members = {raw["__key__"]: sorted(m for m in raw if not m.startswith("__"))
+               for raw in wds.tarfile_to_samples()(iter([{"url": str(tmp_path / f"f-{i:06d}.tar")} for i in (0, 1)]))}
+    assert members == {key: sorted(["audio.npy", "video.npy"] + (["txt"] if caption else []))
+                       for key, caption in captions.items()}
+    cfg = DataConfig(urls=str(tmp_path / "f-{000000..000001}.tar"), kind="features", feature_modalities=["audio"],
+                     batch_size=4, num_workers=0, shuffle_buffer=0, shuffle_shards=False)
+    (batch,) = list(ClipStream(cfg, rank=0, world_size=1))
+    assert batch["key"] == list(captions) and batch["caption"] == list(captions.values())
+    assert not batch["labelled"].any() and (batch["clip_label"] == -1).all() and (batch["video_labels"] == -1).all()
+
+
+def test_captions_are_required_only_where_text_is_encoded(unlabelled_clip_shards):
+    shards, captions = unlabelled_clip_shards
+    cfg = DataConfig(urls=str(shards / UNLABELLED_URLS), batch_size=1, num_workers=0, shuffle_buffer=0,
+                     shuffle_shards=False, decode=DECODE)
+    tiny = load_backbones_config(TINY_YAML)
+    with_text = feature_batches(cfg, FrozenBackbones(tiny), rank=0, world_size=1)
+    batches = list(with_text)
+    assert [k for b in batches for k, pad in zip(b["key"], b["is_pad"].tolist()) if not pad] == [
+        key for key, caption in captions.items() if caption]
+    assert batches[0]["text"].shape[0] == 1 and not batches[0]["labelled"].any()
+    assert with_text.skip_totals() == {name: 3 if name == "missing_member" else 0 for name in COUNTER_NAMES}
+    audio_video = feature_batches(cfg, FrozenBackbones(tiny.only(["audio", "video"])), rank=0, world_size=1)
+    batches = list(audio_video)
+    assert [k for b in batches for k in b["key"]] == list(captions) and "text" not in batches[0]
+    assert sum(audio_video.skip_totals().values()) == 0

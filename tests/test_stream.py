@@ -73,6 +73,21 @@ def good_shards(clips, tmp_path_factory) -> tuple[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
+def partly_labelled_shards(clips, tmp_path_factory) -> dict:
+    """Clips 0-3 as bare mp4s, 4-5 mp4 + txt (no labels), 6-9 with every member; 2 shards of 5."""
+    src, keys = clips
+    out = tmp_path_factory.mktemp("partly")
+    (out / "src").mkdir()
+    members = {key: ("mp4",) if i < 4 else ("mp4", "txt") if i < 6 else ("mp4", "json", "txt")
+               for i, key in enumerate(keys)}
+    for key, suffixes in members.items():
+        for suffix in suffixes:
+            (out / "src" / f"{key}.{suffix}").write_bytes((src / f"{key}.{suffix}").read_bytes())
+    write_shards(out / "src", f"{out}/train-%06d.tar", max_count=5, progress=False)
+    return {"urls": f"{out}/train-{{000000..000001}}.tar", "members": members}
+
+
+@pytest.fixture(scope="module")
 def bad_shards(clips, tmp_path_factory) -> dict:
     """Shard 0: good, truncated mp4, good + .pyd member, unparsable json, a .pyd-only sample, good.
     Shard 1: three good samples. Both listed with their raw sample counts in the manifest."""
@@ -220,6 +235,56 @@ def test_separate_wav_member_is_preferred_over_the_mp4_track(clips):
     assert np.argmax(spectrum) == 3000
 
 
+def test_json_and_txt_members_are_optional(clips):
+    src, keys = clips
+    full = _members(src, keys[0])
+    bare = {"__key__": keys[0], "__url__": "u-000003.tar", "mp4": full["mp4"]}
+    clip = decode_sample(bare, DECODE)
+    assert clip.caption is None and clip.url == "u-000003.tar" and not clip.labels.labelled
+    assert clip.labels.video.tolist() == clip.labels.audio.tolist() == [-1] * SECONDS and clip.labels.clip == -1
+    assert clip.video.shape == (SECONDS, 2, SIZE, SIZE, 3)
+    captioned = decode_sample(bare | {"txt": full["txt"]}, DECODE, require_caption=True)
+    assert captioned.caption == full["txt"].decode().strip()
+    labelled = decode_sample(full, DECODE)
+    assert labelled.labels.labelled and labelled.labels.clip == json.loads(full["json"])["clip_label"]
+    # the caption is required only where it is encoded; a json or txt that is present must decode
+    cases = {
+        "missing_member": (bare, True, "u-000003.tar:" + keys[0] + ".txt: missing_member"),
+        "bad_json": (bare | {"json": b"[1, 2"}, False, keys[0] + ".json: bad_json"),
+        "empty_member": (bare | {"json": b""}, False, keys[0] + ".json: empty_member"),
+        "bad_text": (bare | {"txt": b" \n"}, True, keys[0] + ".txt: bad_text"),
+    }
+    for reason, (sample, require_caption, message) in cases.items():
+        with pytest.raises(CorruptSample, match=message) as info:
+            decode_sample(sample, DECODE, require_caption=require_caption)
+        assert info.value.reason == reason
+
+
+def test_stream_of_unlabelled_clips_and_the_caption_requirement(partly_labelled_shards, clips):
+    src, _ = clips
+    members = partly_labelled_shards["members"]
+    cfg = DataConfig(urls=partly_labelled_shards["urls"], batch_size=5, num_workers=0, shuffle_buffer=0,
+                     shuffle_shards=False, decode=DECODE)
+    stream = ClipStream(cfg)
+    batches = _epoch(stream)
+    assert _non_pad_keys(batches) == list(members) and sum(stream.skip_totals().values()) == 0
+    for b in batches:
+        for i, key in enumerate(b["key"]):
+            assert b["labelled"][i].item() == ("json" in members[key])
+            assert b["url"][i].endswith(f"train-{list(members).index(key) // 5:06d}.tar")  # 5 clips per shard
+            if "json" in members[key]:
+                assert b["video_labels"][i].tolist() == json.loads((src / f"{key}.json").read_text())["video_labels"]
+            else:
+                assert b["video_labels"][i].tolist() == b["audio_labels"][i].tolist() == [-1] * SECONDS
+                assert b["clip_label"][i].item() == -1
+            assert b["caption"][i] == ((src / f"{key}.txt").read_text().strip() if "txt" in members[key] else None)
+    # where the caption is encoded, the 4 bare mp4s are skipped as missing their txt member
+    captioned = ClipStream(cfg, require_caption=True)
+    delivered = _non_pad_keys(_epoch(captioned))
+    assert delivered == [key for key, m in members.items() if "txt" in m]
+    assert captioned.skip_totals() == {name: 4 if name == "missing_member" else 0 for name in COUNTER_NAMES}
+
+
 def test_batch_format_matches_the_files(good_shards, clips):
     urls, keys = good_shards
     src, _ = clips
@@ -237,6 +302,7 @@ def test_batch_format_matches_the_files(good_shards, clips):
         assert b["audio_labels"][i].tolist() == meta["audio_labels"]
         assert b["clip_label"][i].item() == meta["clip_label"]
         assert b["caption"][i] == (src / f"{key}.txt").read_text().strip()
+    assert b["labelled"].tolist() == [True] * 3 and b["url"] == [wds.shardlists.expand_urls(urls)[0]] * 3
     # the last batch: sample 10, then two repeats of this worker's data flagged as padding
     assert batches[-1]["is_pad"].tolist() == [False, True, True]
     assert _non_pad_keys(batches) == keys

@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from shards import inspect as shard_inspect  # noqa: E402
 from shards import write as shard_write  # noqa: E402
+from shards import synth as shard_synth  # noqa: E402
 from shards.synth import KINDS, SynthConfig, event_classes, hue_rgb, plan_clip, synthesise  # noqa: E402
 from trainer.data.decode import BACKGROUND, DecodeConfig, decode_audio, decode_video  # noqa: E402
 
@@ -55,6 +56,17 @@ def test_same_seed_same_bytes_other_seed_other_clips(tmp_path):
     labels = [json.loads(p.read_text())["video_labels"] for p in sorted(a.glob("*.json"))]
     other = [json.loads(p.read_text())["video_labels"] for p in sorted(c.glob("*.json"))]
     assert labels != other
+
+
+def test_unlabelled_synth_writes_the_same_mp4s_and_nothing_else(tmp_path, capsys):
+    args = ["--num-clips", "2", "--classes", "3", "--seconds", "2", "--size", str(SIZE), "--seed", "3"]
+    assert shard_synth.main(["--out", str(tmp_path / "full"), *args]) == 0
+    assert shard_synth.main(["--out", str(tmp_path / "bare"), *args, "--unlabelled"]) == 0
+    assert '"unlabelled": true' in capsys.readouterr().out
+    names = sorted(p.name for p in (tmp_path / "bare").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "full").glob("*.mp4")) and len(names) == 2
+    for name in names:
+        assert (tmp_path / "bare" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
 
 
 def test_labels_have_avvp_structure_and_balanced_classes():
@@ -127,11 +139,12 @@ def test_write_then_inspect_round_trip(clips, tmp_path, capsys):
     assert manifest["total"] == 6 and manifest["seconds"] == 6 * SECONDS and manifest["skipped"] == []
     assert manifest["media"]["fps"] == [8.0] and manifest["media"]["width"] == [SIZE]
     assert manifest["media"]["num_classes"] == [4] and manifest["media"]["audio_members"] == ["mp4"]
+    assert manifest["members"] == {"mp4+json+txt": 6} and manifest["labelled"] == manifest["captioned"] == 6
     capsys.readouterr()
     assert shard_inspect.main([f"{out}/train-{{000000..000001}}.tar"]) == 0
     printed = capsys.readouterr().out
     assert "samples  6 (6 good, 0 bad)" in printed and f"seconds  {6 * SECONDS:.1f}" in printed
-    assert "bad members: none" in printed
+    assert "members  mp4+json+txt: 6 samples" in printed and "bad members: none" in printed
 
 
 def test_writer_names_a_bad_clip_or_skips_it(clips, tmp_path, capsys):
@@ -154,3 +167,37 @@ def test_writer_names_a_bad_clip_or_skips_it(clips, tmp_path, capsys):
     assert manifest["total"] == len(keys)
     assert [(s["key"], s["reason"]) for s in manifest["skipped"]] == [("broken", "bad_video")]
     assert "skipped" in capsys.readouterr().out
+
+
+def test_bare_mp4s_are_packed_and_inspect_counts_member_sets(clips, tmp_path, capsys):
+    """json and txt are optional members: 3 full clips, 2 bare mp4s, 1 mp4 + txt; a broken json or blank
+    caption that is present is still an error naming the file (or skipped with --skip-bad)."""
+    src, keys, _ = clips
+    mixed = tmp_path / "src"
+    mixed.mkdir()
+    suffixes = {key: ("mp4", "json", "txt") if i < 3 else ("mp4",) if i < 5 else ("mp4", "txt")
+                for i, key in enumerate(keys)}
+    for key, members in suffixes.items():
+        for suffix in members:
+            (mixed / f"{key}.{suffix}").write_bytes((src / f"{key}.{suffix}").read_bytes())
+    mp4 = (src / f"{keys[0]}.mp4").read_bytes()
+    for name, data in (("badjson.mp4", mp4), ("badjson.json", b"{"), ("badtxt.mp4", mp4), ("badtxt.txt", b" \n")):
+        (mixed / name).write_bytes(data)
+    out = tmp_path / "shards"
+    assert shard_write.main(["--src", str(mixed), "--out", f"{out}/train-%06d.tar"]) == 1
+    assert f"{mixed}/badjson.json: bad_json: not valid JSON" in capsys.readouterr().err
+    assert shard_write.main(["--src", str(mixed), "--out", f"{out}/train-%06d.tar", "--max-count", "4",
+                             "--skip-bad"]) == 0
+    assert "3 labelled, 4 captioned" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(s["key"], s["reason"]) for s in manifest["skipped"]] == [("badjson", "bad_json"), ("badtxt", "bad_text")]
+    assert f"{mixed}/badtxt.txt: bad_text" in manifest["skipped"][1]["error"]
+    assert manifest["total"] == 6 and manifest["members"] == {"mp4+json+txt": 3, "mp4": 2, "mp4+txt": 1}
+    assert manifest["labelled"] == 3 and manifest["captioned"] == 4 and manifest["media"]["label_seconds"] == [SECONDS]
+    urls = f"{out}/train-{{000000..000001}}.tar"
+    assert shard_inspect.main([urls, "--members"]) == 0
+    printed = capsys.readouterr().out
+    assert "samples  6 (6 good, 0 bad)" in printed and "bad members: none" in printed
+    assert "members  mp4+json+txt: 3 samples, mp4: 2 samples, mp4+txt: 1 samples" in printed
+    assert f"  {out}/train-000000.tar:{keys[3]}: mp4\n" in printed
+    assert f"  {out}/train-000001.tar:{keys[5]}: mp4+txt\n" in printed

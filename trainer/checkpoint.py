@@ -6,6 +6,8 @@ Layout under ``<run_dir>/checkpoints``::
         engine/               DeepSpeed/accelerate engine state (model, optimizer, scheduler shards)
         rank_00000.pt         per-rank trainer state (task extras, data stream, RNG states)
         meta.json             step, world size, MLflow run id, ... (written last inside the temp dir)
+        model.pt              consolidated fp32 model state (rank 0; MODEL_FILE)
+        task_extra.pt         a task's hand-over to the next phase, when it has one (TASK_EXTRA_FILE)
     latest                    text file naming the newest complete checkpoint (replaced atomically)
     .tmp-step_00000200-<id>/  a checkpoint being written (never read; removed on the next start)
 
@@ -38,6 +40,8 @@ from trainer import distributed as dist
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 LATEST = "latest"
 META = "meta.json"
+MODEL_FILE = "model.pt"              # consolidated fp32 model state (evaluation, export, the next phase's init)
+TASK_EXTRA_FILE = "task_extra.pt"    # a task's optional hand-over to the next phase (trainer/tasks/__init__.py)
 
 
 def rank_file(ckpt_dir: Path, rank: int) -> Path:
@@ -126,6 +130,22 @@ class CheckpointManager:
     @staticmethod
     def read_meta(ckpt_dir: Path) -> dict[str, Any]:
         return json.loads((Path(ckpt_dir) / META).read_text())
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory meant by ``path``: itself (it has meta.json), a ``model.pt`` inside one, a
+    checkpoints directory or a run directory (then its ``latest`` complete checkpoint)."""
+    path = Path(path)
+    if path.is_file() and path.name == MODEL_FILE:
+        path = path.parent
+    if (path / META).is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        latest = CheckpointManager(root).latest()
+        if latest is not None:
+            return latest
+    raise FileNotFoundError(f"{path}: not a checkpoint (no {META}), and no complete checkpoint under "
+                            f"{path} or {path / 'checkpoints'}")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -170,6 +170,9 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
         retrieval = {m: zero_shot_retrieval(splits["test"], m, "audio", aligned=m in LABELLED_MODALITIES)
                      for m in modalities
                      if m != "audio" and m in splits["test"].vectors}
+    test_labels = [labels for m, labels in splits["test"].segment_labels.items() if m in LABELLED_MODALITIES]
+    # micro F1 of random per-segment tags drawn at the labels' own rate: precision = recall = that rate
+    positive_rate = sum(int((y >= 0).sum()) for y in test_labels) / max(1, classes * sum(y.numel() for y in test_labels))
     agreement = None
     if {"audio", "video"} <= set(splits["test"].indices):
         agreement = code_agreement(splits["test"], "audio", "video", classes)[1]
@@ -181,7 +184,7 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
                                          "normalize": cfg.toc.normalize},
         "probes": [dataclasses.asdict(r) | {"direction": r.direction} for r in results],
         "retrieval": {m: {f"R@{k}": v for k, v in scores.items()} for m, scores in retrieval.items()},
-        "same_code_share": agreement,
+        "same_code_share": agreement, "positive_rate": positive_rate,
         "encode_s": encoded - start, "probe_s": time.perf_counter() - encoded,
     }
 

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,12 @@ import yaml
 
 from trainer import distributed as dist
 from trainer.backbones import FrozenBackbones
-from trainer.checkpoint import CheckpointManager, load_rank_state, rng_state, save_rank_state, set_rng_state
+from trainer.checkpoint import (
+    MODEL_FILE, TASK_EXTRA_FILE, CheckpointManager, load_rank_state, resolve_checkpoint, rng_state, save_rank_state,
+    set_rng_state,
+)
 from trainer.config import to_dict
+from trainer.data.memory import MemoryStream
 from trainer.data.stream import feature_batches
 from trainer.engine import TrainEngine
 from trainer.job import JobConfig, feature_shapes_of_source, job_backbones, resolve_model_config, resolved_dict
@@ -32,8 +37,7 @@ from trainer.tracking import create_tracker
 
 STOP_FILE = "STOP"            # `touch <run_dir>/STOP` asks a running job to checkpoint and exit (Slurm uses it)
 STATUS_FILE = "status.json"   # rank 0 writes {"state": "finished"|"stopped", "step": N} on the way out
-MODEL_FILE = "model.pt"       # consolidated fp32 model state in every checkpoint (evaluation, next phase)
-TASK_EXTRA_FILE = "task_extra.pt"   # a task's optional hand-over to the next phase (trainer/tasks/__init__.py)
+METRICS_FILE = "metrics.jsonl"   # rank 0 appends every logged step's metrics
 
 
 def lr_lambda(cfg: JobConfig):
@@ -52,16 +56,18 @@ def lr_lambda(cfg: JobConfig):
 
 
 def load_model_weights(task, source: str) -> Path:
-    """Start the model from ``model.pt`` of a checkpoint (or the latest one under a checkpoints dir).
+    """Start the model from ``model.pt`` of a checkpoint (or the latest one of a checkpoints or run directory).
 
     The source may come from a phase with other modalities (continual learning): modules of modalities in
     both runs are loaded, those new to this run keep their initial weights, and the shared codebook is adopted
     with its usage clocks remapped by modality name. Rank-identical: every rank reads the same file.
     """
-    path = Path(source)
-    ckpt = CheckpointManager(path).latest() if not (path / MODEL_FILE).is_file() else path
-    if ckpt is None or not (ckpt / MODEL_FILE).is_file():
-        raise FileNotFoundError(f"run.init_from={source!r}: no checkpoint with {MODEL_FILE} there")
+    try:
+        ckpt = resolve_checkpoint(source)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"run.init_from={source!r}: {err}") from None
+    if not (ckpt / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"run.init_from={source!r}: {ckpt} has no {MODEL_FILE}")
     state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
     old_modalities = CheckpointManager.read_meta(ckpt)["model_config"]["modalities"]
     prefix = "quantizer."
@@ -93,8 +99,16 @@ def pack_mean(metrics: dict[str, torch.Tensor], world: int) -> dict[str, float]:
     return dict(zip(keys, (flat / world).tolist()))
 
 
-def train(cfg: JobConfig, accelerator) -> int:
+def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None = None) -> int:
+    """Run the job ``cfg`` on this process's ``accelerator``; returns the exit code (0 finished, 75 stopped).
+
+    ``memory``: in-memory feature tensors (``trainer.data.memory.MemoryStream``) for ``data.kind = "memory"``,
+    the source of programs that generate their data (the synthetic benchmarks); the shards of ``data.urls``
+    otherwise.
+    """
     rank, world = accelerator.process_index, accelerator.num_processes
+    if (cfg.data.kind == "memory") != (memory is not None):
+        raise ValueError(f"data.kind={cfg.data.kind!r}: in-memory features are given exactly with kind 'memory'")
     device = accelerator.device
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,10 +120,15 @@ def train(cfg: JobConfig, accelerator) -> int:
 
     # ---- data and frozen backbones (never trained, never checkpointed)
     backbones = None
-    if cfg.data.kind == "clips":
-        backbones = FrozenBackbones(job_backbones(cfg), device)
-    stream = feature_batches(cfg.data, backbones, rank, world)
-    model_cfg = resolve_model_config(cfg, feature_shapes_of_source(cfg))
+    if memory is not None:
+        stream = MemoryStream(memory, cfg.data.batch_size, cfg.data.seed, rank, world)
+        shapes = stream.feature_shapes
+    else:
+        if cfg.data.kind == "clips":
+            backbones = FrozenBackbones(job_backbones(cfg), device)
+        stream = feature_batches(cfg.data, backbones, rank, world)
+        shapes = feature_shapes_of_source(cfg)
+    model_cfg = resolve_model_config(cfg, shapes)
     resolved = resolved_dict(cfg, model_cfg)
     if is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -222,7 +241,7 @@ def train(cfg: JobConfig, accelerator) -> int:
                 logged |= {f"data/skipped_{reason}": n for reason, n in skipped.items() if n}
                 tracker.log_metrics(logged, step)
                 if is_main:
-                    with open(run_dir / "metrics.jsonl", "a") as f:
+                    with open(run_dir / METRICS_FILE, "a") as f:
                         f.write(json.dumps({"step": step, **logged}) + "\n")
                 window, window_steps, window_start = {}, 0, time.perf_counter()
                 if progress is not None:
@@ -261,6 +280,29 @@ def train(cfg: JobConfig, accelerator) -> int:
     if is_main:
         print(f"[cmg] finished {step} steps; checkpoint {ckpts.latest()}; run dir {run_dir}", flush=True)
     return 0
+
+
+def train_in_memory(cfg: JobConfig, features: Mapping[str, torch.Tensor]) -> Path:
+    """The job ``cfg`` (``data.kind = "memory"``) on in-memory ``features`` in this one process, through ``train``
+    as ``python trainer/main.py`` runs it (plain torch engine); returns its final checkpoint directory.
+
+    For programs that generate their data (``trainer.bench``); may be called several times in one process
+    (continual phases chain through ``run.init_from``).
+    """
+    from trainer.runtime import create_accelerator, prepare_process_environment
+
+    prepare_process_environment()
+    accelerator = create_accelerator(cfg.run.grad_accum, cfg.data.batch_size, cfg.optim.grad_clip)
+    code = train(cfg, accelerator, memory=features)
+    if code != 0:
+        raise RuntimeError(f"the in-memory job in {cfg.run.dir} ended with exit code {code}")
+    return CheckpointManager(Path(cfg.run.dir) / "checkpoints").latest()
+
+
+def last_logged(run_dir: str | os.PathLike) -> dict[str, float]:
+    """The metrics rank 0 logged at the last logging step (the last line of ``<run_dir>/metrics.jsonl``)."""
+    lines = (Path(run_dir) / METRICS_FILE).read_text().splitlines()
+    return json.loads(lines[-1]) if lines else {}
 
 
 def status_of(run_dir: str | os.PathLike) -> dict[str, Any] | None:

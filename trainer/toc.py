@@ -78,8 +78,8 @@ def cosine_summary(codebook: Tensor, dims: Tensor | None = None) -> dict[str, fl
 
 
 def load_codebook(path: str | Path) -> tuple[Tensor, Path]:
-    """The codebook ``(m d)`` of a checkpoint (any path ``trainer.eval.encode.resolve_checkpoint`` accepts)."""
-    from trainer.eval.encode import MODEL_FILE, resolve_checkpoint
+    """The codebook ``(m d)`` of a checkpoint (any path ``trainer.checkpoint.resolve_checkpoint`` accepts)."""
+    from trainer.checkpoint import MODEL_FILE, resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
     state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)

@@ -56,10 +56,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.bench.fidelity import train_task
-from trainer.bench.synthetic_features import SyntheticFeatureConfig, SyntheticSet, SyntheticWorld
-from trainer.config import build_config, parse_override, to_dict
-from trainer.eval.encode import LabelledFeatures, encode_split, freeze, split_indices
+from trainer.bench.jobs import PretrainConfig, bench_job, pretrain, with_club_lr, with_overrides
+from trainer.bench.synthetic_features import WORLDS, SyntheticFeatureConfig, SyntheticSet, SyntheticWorld, world_config
+from trainer.config import to_dict
+from trainer.eval.encode import LabelledFeatures, encode_split, split_indices
 from trainer.eval.metrics import class_precision_at_k
 from trainer.eval.probes import (
     CodeSplit, ProbeConfig, classification_probe, code_agreement, cross_dataset_probe, localisation_probe,
@@ -68,7 +68,7 @@ from trainer.models.club import CLUBConfig
 from trainer.models.comet import AdapterConfig, COMETConfig, COMETModel, ReplayConfig
 from trainer.models.encoders import EncoderConfig
 from trainer.models.quantizer import QuantizerConfig
-from trainer.tasks.comet import COMETTask
+from trainer.loop import last_logged
 
 LABELLED = ("video", "audio", "image")          # modalities with per-segment event labels
 PAIR_NAMES = {"vt": "video", "at": "audio", "it": "image", "st": "speech"}
@@ -171,15 +171,6 @@ METHODS = {m.name: m for m in (
 
 
 @dataclass
-class TrainConfig:
-    steps: int = 800            # per phase
-    batch_size: int = 64
-    lr: float = 1e-3
-    grad_clip: float = 1.0
-    seed: int = 0
-
-
-@dataclass
 class ContinualConfig:
     world: ContinualWorldConfig = field(default_factory=ContinualWorldConfig)
     order: tuple[str, ...] = ("vt", "at", "it")
@@ -191,7 +182,7 @@ class ContinualConfig:
     cross_seed: int = 3              # the second corpus of AVE→AVVP
     num_codes: int = 64
     new_codes: int = 32              # K2 per later phase (COMET)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: PretrainConfig = field(default_factory=lambda: PretrainConfig(steps=800))
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     model_overrides: tuple[str, ...] = ()   # key=value on every phase's COMETConfig, e.g. loss.ewc=10
 
@@ -208,44 +199,7 @@ def bench_model_config(world: ContinualWorldConfig, modality: str, num_codes: in
         quantizer=QuantizerConfig(num_codes=num_codes, dim=64, reset_steps=50),
         club=CLUBConfig(hidden_dim=64, nonnegative=True),          # COMETConfig's CLUB, smaller
         adapter=AdapterConfig(), replay=ReplayConfig())
-    data = to_dict(cfg)
-    for text in overrides:
-        node, update = data, parse_override(text)
-        while isinstance(next(iter(update.values())), dict):      # walk down to the overridden leaf
-            key = next(iter(update))
-            node, update = node[key], update[key]
-        node.update(update)
-    return build_config(COMETConfig, data, "model", "--set")
-
-
-# ---------------------------------------------------------------------- training
-
-def train_phase(task: COMETTask, features: dict[str, Tensor], train: TrainConfig, seed: int) -> dict[str, float]:
-    """AdamW on shuffled batches of in-memory ``features``; returns the last step's metrics."""
-    metrics, stats = train_task(task, features, train.lr, train.batch_size, train.steps, train.grad_clip, seed)
-    return metrics | stats
-
-
-def batches_of(features: dict[str, Tensor], batch_size: int, seed: int):
-    """Endless shuffled batches (what end_phase_ reads its Fisher batches from)."""
-    n = next(iter(features.values())).shape[0]
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield {k: v[order[start:start + batch_size]] for k, v in features.items()}
-
-
-def write_phase(directory: Path, task: COMETTask, model_cfg: COMETConfig, step: int) -> None:
-    """What the main job's final checkpoint holds for the next phase: model.pt, meta.json, task_extra.pt."""
-    from trainer.loop import MODEL_FILE, TASK_EXTRA_FILE
-
-    directory.mkdir(parents=True)
-    torch.save(task.model.state_dict(), directory / MODEL_FILE)
-    (directory / "meta.json").write_text(json.dumps({"step": step, "task": "comet", "model_config": to_dict(model_cfg)}))
-    extra = task.extra_state()
-    if extra:
-        torch.save(extra, directory / TASK_EXTRA_FILE)
+    return with_overrides(cfg, overrides)
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -310,16 +264,17 @@ def phase_metrics(results: dict[str, Any]) -> dict[str, float]:
 
 
 def run_method(method: Method, cfg: ContinualConfig, mlflow_dir: str | None = None) -> dict[str, Any]:
-    """Train and evaluate every phase of ``method``; with ``mlflow_dir`` each phase's evaluation is also logged
-    to an MLflow run ``<method>-seed<seed>`` (sqlite store in that directory, step = phase number)."""
-    from trainer.loop import TASK_EXTRA_FILE, load_model_weights
-
-    tracker = None
+    """Train and evaluate every phase of ``method``, each phase a main job (``trainer.bench.jobs``) that starts
+    from the previous phase's checkpoint through ``run.init_from``, as the Slurm chain runs them. With
+    ``mlflow_dir`` the phases' training runs and each phase's evaluation (a run ``<method>-seed<seed>``, step =
+    phase number) are also logged to MLflow (sqlite store in that directory)."""
+    tracker, mlflow_uri = None, ""
     if mlflow_dir:
         from trainer.tracking import Tracker, TrackingConfig
 
         root = Path(mlflow_dir).resolve()
-        tracker = Tracker(TrackingConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="cmg-continual-bench",
+        mlflow_uri = f"sqlite:///{root / 'mlflow.db'}"
+        tracker = Tracker(TrackingConfig(tracking_uri=mlflow_uri, experiment="cmg-continual-bench",
                                          run_name=f"{method.name}-seed{cfg.train.seed}", flush_interval_s=0.0),
                           root / f"{method.name}-seed{cfg.train.seed}")
         tracker.start(tags={"method": method.name, "seed": cfg.train.seed, "order": ",".join(cfg.order)})
@@ -331,31 +286,26 @@ def run_method(method: Method, cfg: ContinualConfig, mlflow_dir: str | None = No
     parts = split_indices(len(downstream_all), cfg.split, cfg.probe.seed)
     downstream = {name: downstream_all.subset(index) for name, index in parts.items()}
     cross = world.sample(cfg.downstream_clips // 4, cfg.cross_seed)
-    phases, previous, num_codes = [], None, cfg.num_codes
+    phases, previous, num_codes = [], "", cfg.num_codes
     with tempfile.TemporaryDirectory(prefix="cmg-continual-") as root:
         for i, pair in enumerate(cfg.order):
             modality = PAIR_NAMES[pair]
             corpus = world.sample(cfg.phase_clips, cfg.phase_seed + i)
             features = {k: corpus.features[k] for k in (modality, "text", "text_mask")}
             base = bench_model_config(cfg.world, modality, num_codes, cfg.model_overrides)
-            model_cfg = method.model_config(base, cfg.new_codes if previous is not None else 0)
-            torch.manual_seed(cfg.train.seed + i)
-            task = COMETTask(model_cfg)
-            if previous is not None:
-                load_model_weights(task, str(previous))
-                extra_file = previous / TASK_EXTRA_FILE
-                extra = torch.load(extra_file, weights_only=True) if extra_file.is_file() else {}
-                model_cfg = task.begin_phase_(previous, extra)
+            model_cfg = with_club_lr(method.model_config(base, cfg.new_codes if previous else 0), cfg.train)
+            train = dataclasses.replace(cfg.train, seed=cfg.train.seed + i)
+            job = bench_job(model_cfg, train, Path(root) / f"phase{i + 1}_{pair}", mlflow_uri=mlflow_uri,
+                            experiment="cmg-continual-bench", run_name=f"{method.name}-seed{cfg.train.seed}-{pair}",
+                            phase=pair, init_from=previous)
             phase_start = time.perf_counter()
-            last = train_phase(task, features, cfg.train, cfg.train.seed + 100 * i)
-            fisher = task.end_phase_(batches_of(features, cfg.train.batch_size, cfg.train.seed + 1000 * i), "cpu")
-            previous = Path(root) / f"phase{i + 1}_{pair}"
-            write_phase(previous, task, model_cfg, cfg.train.steps)
-            num_codes = model_cfg.quantizer.num_codes
+            pretrained, stats = pretrain(job, features)
+            previous = str(pretrained.checkpoint)
+            num_codes = pretrained.model.quantizer.cfg.num_codes
             trained = time.perf_counter()
-            results = evaluate_phase(freeze(task.model), downstream, cross, classes, cfg.probe)
+            results = evaluate_phase(pretrained.model, downstream, cross, classes, cfg.probe)
             phases.append({"pair": pair, "codes": num_codes, "train_s": trained - phase_start,
-                           "eval_s": time.perf_counter() - trained, "last": last, "fisher": fisher, **results})
+                           "eval_s": time.perf_counter() - trained, "last": last_logged(job.run.dir), **results})
             if tracker is not None:
                 tracker.log_metrics(phase_metrics(results) | {"codebook/size": num_codes}, i + 1)
     if tracker is not None:
@@ -426,6 +376,15 @@ def target_numbers(row: dict[str, Any], cfg: ContinualConfig) -> dict[str, float
     return numbers
 
 
+def mean_target_numbers(method_runs: list[tuple[str, dict[str, Any]]], cfg: ContinualConfig) -> dict[str, dict[str, float]]:
+    """{method: its ``target_numbers`` averaged over its runs} from (method name, ``run_method`` result) pairs."""
+    per_method: dict[str, list[dict[str, float]]] = {}
+    for name, row in method_runs:
+        per_method.setdefault(name, []).append(target_numbers(row, cfg))
+    return {name: {key: sum(n[key] for n in numbers) / len(numbers) for key in numbers[0]}
+            for name, numbers in per_method.items()}
+
+
 def check_targets(runs: list[list[dict[str, Any]]], cfg: ContinualConfig) -> list[tuple[str, bool, str]]:
     """Each COMET row against DCID on the mean over seeds (``runs``: the rows of each seed): higher unseen-pair
     Avg after phases 2 and 3, lower forgetting. The numbers also say in how many seeds the row wins."""
@@ -452,14 +411,17 @@ def _config_from_args(args: argparse.Namespace, seed: int) -> ContinualConfig:
     unknown = [p for p in order if p not in PAIR_NAMES]
     if unknown or len(set(order)) != len(order):
         raise SystemExit(f"--order must list distinct pairs of {list(PAIR_NAMES)}, got {args.order!r}")
-    return ContinualConfig(order=order, new_codes=args.new_codes, train=TrainConfig(steps=args.steps, seed=seed),
+    world = ContinualWorldConfig(base=world_config(args.world, ContinualWorldConfig().base))
+    return ContinualConfig(world=world, order=order, new_codes=args.new_codes,
+                           train=dataclasses.replace(ContinualConfig().train, steps=args.steps, seed=seed),
                            probe=ProbeConfig(epochs=args.probe_epochs, seed=seed), model_overrides=tuple(args.set))
 
 
 def _run_child(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "trainer.bench.continual", "--child", name, "--steps", str(args.steps),
            "--seeds", str(seed), "--probe-epochs", str(args.probe_epochs), "--threads", str(args.threads),
-           "--order", args.order, "--new-codes", str(args.new_codes)] + [f"--set={text}" for text in args.set] + \
+           "--order", args.order, "--new-codes", str(args.new_codes), "--world", args.world] + \
+        [f"--set={text}" for text in args.set] + \
         (["--mlflow", args.mlflow] if args.mlflow else [])
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -469,7 +431,8 @@ def _run_child(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.bench.continual", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps per phase")
+    parser.add_argument("--steps", type=int, default=ContinualConfig().train.steps, help="training steps per phase")
+    parser.add_argument("--world", default="default", help=f"the synthetic world, one of {list(WORLDS)}")
     parser.add_argument("--methods", default="dcid,comet",
                         help=f"comma list of {list(METHODS)}")
     parser.add_argument("--order", default="vt,at,it", help=f"phases, comma list of {list(PAIR_NAMES)}")

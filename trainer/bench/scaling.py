@@ -121,7 +121,8 @@ def write_feature_shards(out_dir: Path, clips: int, clips_per_shard: int, seed: 
         labels = torch.randint(0, 28, (count,), generator=gen)          # 28 AVE event classes
         per_second = labels[:, None].expand(count, SEGMENTS)
         batch = {"key": [f"clip{start + i:06d}" for i in range(count)], "clip_label": labels,
-                 "video_labels": per_second, "audio_labels": per_second, "caption": ["synthetic clip"] * count}
+                 "video_labels": per_second, "audio_labels": per_second, "caption": ["synthetic clip"] * count,
+                 "labelled": torch.ones(count, dtype=torch.bool)}
         feats = {m: torch.randn(count, SEGMENTS, *shape, generator=gen) for m, shape in FEATURE_SHAPES.items()}
         name = f"train-{index:06d}.tar"
         with wds.TarWriter(str(out_dir / name)) as sink:

@@ -29,6 +29,7 @@ same world (pretraining corpus vs downstream corpus); equal arguments give bit-i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -81,6 +82,25 @@ class SyntheticFeatureConfig:
         longest = max(len(t.split()) for t in PROMPT_TEMPLATES)
         if self.text_length and self.text_length < longest:
             raise ValueError(f"text_length {self.text_length} is shorter than the longest prompt ({longest} words)")
+
+
+# The world grid of the benchmarks' sweeps (``--worlds``): changes to the defaults above. Nuisance 1-4x the
+# event, 5-15 classes, labels that switch more or less often between segments, more or fewer segments where
+# audio and video carry the event together.
+WORLDS: dict[str, dict[str, object]] = {
+    "default": {},                                                       # K=10, nuisance x2, stay 0.6, 50 % both
+    "easy": {"classes": 5, "nuisance_scale": 1.0},
+    "nuisance4": {"nuisance_scale": 4.0},
+    "k15_choppy": {"classes": 15, "nuisance_scale": 3.0, "kind_stay": 0.4},
+    "k15_sticky_apart": {"classes": 15, "kind_stay": 0.8, "kind_start": (0.3, 0.25, 0.25, 0.2)},
+}
+
+
+def world_config(name: str, base: SyntheticFeatureConfig | None = None) -> SyntheticFeatureConfig:
+    """``base`` (default: the defaults) with the changes of world ``name`` of ``WORLDS``."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown world {name!r}; choose from {list(WORLDS)}")
+    return dataclasses.replace(base or SyntheticFeatureConfig(), **WORLDS[name])
 
 
 @dataclass

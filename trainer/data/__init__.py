@@ -10,11 +10,13 @@ one-second segments, f = frames per segment, h = w = frame_size, s = sample_rate
 
     "video"         uint8   (b t f h w 3)  RGB frames, frame j of segment t at (t + (j + 0.5)/f) s
     "audio"         float32 (b t s)        mono waveform at sample_rate, second t in row t
-    "caption"       list[str] (b)
+    "caption"       list[str | None] (b)   None = the sample has no txt member
     "video_labels"  int64   (b t)          per-second class index of the visual event, -1 = background
     "audio_labels"  int64   (b t)          per-second class index of the audible event, -1 = background
-    "clip_label"    int64   (b)            the clip's event class (AVE-style clip label)
+    "clip_label"    int64   (b)            the clip's event class (AVE-style clip label), -1 = none
+    "labelled"      bool    (b)            False = the sample has no json member: its labels above are all -1
     "key"           list[str] (b)          sample keys (``__key__`` in the shards)
+    "url"           list[str] (b)          the shard each clip was read from (``__url__``)
     "is_pad"        bool    (b)            True for a repeated clip that fills the epoch's last batches
     "skipped"       int64   (c)            counters since this worker's previous batch, by COUNTER_NAMES
 
@@ -26,10 +28,15 @@ only the modalities of ``DataConfig.feature_modalities``):
     "audio"         float32 (b t d)
     "text"          float32 (b l d)  caption token features, zero-padded to the batch's longest caption
     "text_mask"     bool    (b l)    True = real token
-    "caption", "video_labels", "audio_labels", "clip_label", "key", "is_pad", "skipped"   as above
+    "caption", "video_labels", "audio_labels", "clip_label", "labelled", "key", "url", "is_pad", "skipped"
+                                     as above
 
 ``feature_batches(cfg, backbones)`` gives feature batches from either kind: for clip shards it runs the
 frozen backbones on each clip batch in the training process (same keys as the feature batch).
+
+Pretraining needs neither labels nor captions: json (labels) and txt (caption) members are optional. A
+caption is required only where it is encoded (the frozen backbones include text: ``feature_batches`` skips a
+clip without one as "missing_member"); labels only for downstream evaluation (``trainer.eval.encode``).
 
 Labels are class indices (one event per modality per second in our data; AVVP-style per-modality):
 a multi-hot target for a sigmoid head is ``F.one_hot(labels + 1, K + 1)[..., 1:]`` (background -> all

@@ -3,8 +3,12 @@
 Members that are read, and nothing else:
     mp4         video (decord VideoReader) and, unless a wav/flac member is present, audio (AudioReader)
     wav, flac   audio, preferred over the mp4's track when present
-    json        labels: {"clip_label": int, "video_labels": [int]*L, "audio_labels": [int]*L, ...}
-    txt         caption (utf-8)
+    json        optional labels: {"clip_label": int, "video_labels": [int]*L, "audio_labels": [int]*L, ...}
+    txt         optional caption (utf-8)
+Pretraining data are unlabelled clips: a sample without a json member has no labels (every per-second
+label and the clip label are BACKGROUND, ``ClipLabels.labelled`` is False), one without a txt member has
+caption None. A txt member is required only where the caption is encoded (``require_caption``: the frozen
+backbones include text). An optional member that is present must still decode.
 Every other member is ignored: it is never handed to any decoder, so ``.pyd``/``.pickle``/``.pth``
 members are never unpickled. Metadata keys that webdataset adds (``__key__``, ``__url__``) are read
 as strings.
@@ -34,8 +38,10 @@ BACKGROUND = -1  # label of a second without an event in that modality
 SKIP_REASONS = ("missing_member", "empty_member", "bad_video", "bad_audio", "bad_json", "bad_text", "bad_feature")
 VIDEO_MEMBER, LABEL_MEMBER, CAPTION_MEMBER = "mp4", "json", "txt"
 AUDIO_MEMBERS = ("wav", "flac")  # separate audio, in order of preference
-REQUIRED_MEMBERS = (VIDEO_MEMBER, LABEL_MEMBER, CAPTION_MEMBER)
-KNOWN_MEMBERS = frozenset(REQUIRED_MEMBERS + AUDIO_MEMBERS)
+OPTIONAL_MEMBERS = (LABEL_MEMBER, CAPTION_MEMBER)
+# every member the stream reads, in the order member sets are written ("mp4+wav+json+txt")
+MEMBER_ORDER = (VIDEO_MEMBER, *AUDIO_MEMBERS, *OPTIONAL_MEMBERS)
+KNOWN_MEMBERS = frozenset(MEMBER_ORDER)
 META_KEYS = frozenset({"__key__", "__url__", "__local_path__"})
 
 
@@ -63,8 +69,15 @@ class DecodeConfig:
 class ClipLabels:
     video: np.ndarray  # (t) int64, class index or BACKGROUND
     audio: np.ndarray  # (t) int64
-    clip: int  # the clip's event class
+    clip: int  # the clip's event class (BACKGROUND: none)
     num_classes: int | None
+    labelled: bool = True  # False: the sample has no json member, and every label above is BACKGROUND
+
+    @classmethod
+    def unlabelled(cls, seconds: int) -> ClipLabels:
+        """The labels of a clip without a json member: ``seconds`` seconds of BACKGROUND, no clip class."""
+        return cls(np.full(seconds, BACKGROUND, np.int64), np.full(seconds, BACKGROUND, np.int64), BACKGROUND, None,
+                   labelled=False)
 
 
 @dataclass
@@ -72,9 +85,10 @@ class DecodedClip:
     key: str
     video: np.ndarray  # (t f h w 3) uint8
     audio: np.ndarray  # (t s) float32
-    caption: str
+    caption: str | None  # None: no txt member
     labels: ClipLabels
     ignored_members: int  # members present but never decoded
+    url: str  # the shard it was read from ("" outside a shard)
 
 
 @dataclass
@@ -86,7 +100,7 @@ class ClipInfo:
     width: int
     height: int
     audio_seconds: float
-    label_seconds: int
+    label_seconds: int | None  # None: no json member
     num_classes: int | None
 
 
@@ -99,6 +113,12 @@ def member_where(sample: Mapping[str, Any], member: str) -> str:
 
 def unknown_members(sample: Mapping[str, Any]) -> list[str]:
     return sorted(m for m in sample if m not in KNOWN_MEMBERS and m not in META_KEYS)
+
+
+def member_set(sample: Mapping[str, Any]) -> str:
+    """The sample's members joined by "+": those the stream reads in ``MEMBER_ORDER``, then any others sorted
+    (e.g. "mp4+json+txt", "mp4", "mp4+wav+pyd")."""
+    return "+".join([m for m in MEMBER_ORDER if m in sample] + unknown_members(sample))
 
 
 def check_member(sample: Mapping[str, Any], member: str) -> None:
@@ -116,8 +136,11 @@ def _audio_member(sample: Mapping[str, Any]) -> str:
     return next((m for m in AUDIO_MEMBERS if m in sample), VIDEO_MEMBER)
 
 
-def _check_required(sample: Mapping[str, Any]) -> None:
-    for member in REQUIRED_MEMBERS + (_audio_member(sample),):
+def _check_members(sample: Mapping[str, Any], require_caption: bool) -> None:
+    """Raise ``CorruptSample`` unless the video, the audio and (``require_caption``) the caption members hold
+    bytes, and the optional members that are present are not empty."""
+    required = [VIDEO_MEMBER, _audio_member(sample)] + ([CAPTION_MEMBER] if require_caption else [])
+    for member in required + [m for m in OPTIONAL_MEMBERS if m in sample and m not in required]:
         check_member(sample, member)
 
 
@@ -162,6 +185,13 @@ def decode_labels(data: bytes, seconds: int, where: str) -> ClipLabels:
     return ClipLabels(labels.video[:seconds], labels.audio[:seconds], labels.clip, labels.num_classes)
 
 
+def sample_labels(sample: Mapping[str, Any], seconds: int) -> ClipLabels:
+    """Labels of the first ``seconds`` seconds from the sample's json member, or ``ClipLabels.unlabelled``."""
+    if LABEL_MEMBER not in sample:
+        return ClipLabels.unlabelled(seconds)
+    return decode_labels(sample[LABEL_MEMBER], seconds, member_where(sample, LABEL_MEMBER))
+
+
 def decode_caption(data: bytes, where: str) -> str:
     try:
         text = data.decode("utf-8").strip()
@@ -170,6 +200,13 @@ def decode_caption(data: bytes, where: str) -> str:
     if not text:
         raise CorruptSample("bad_text", where, "caption is blank")
     return text
+
+
+def sample_caption(sample: Mapping[str, Any]) -> str | None:
+    """The sample's caption, or None without a txt member."""
+    if CAPTION_MEMBER not in sample:
+        return None
+    return decode_caption(sample[CAPTION_MEMBER], member_where(sample, CAPTION_MEMBER))
 
 
 def segment_frame_indices(fps: float, seconds: int, per_segment: int) -> list[int]:
@@ -228,27 +265,31 @@ def decode_audio(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
     return wave.reshape(cfg.seconds, cfg.sample_rate).astype(np.float32, copy=False)
 
 
-def decode_sample(sample: Mapping[str, Any], cfg: DecodeConfig) -> DecodedClip:
-    """Decode one raw sample; raises ``CorruptSample`` (cheap members are checked first)."""
-    _check_required(sample)
+def decode_sample(sample: Mapping[str, Any], cfg: DecodeConfig, require_caption: bool = False) -> DecodedClip:
+    """Decode one raw sample; raises ``CorruptSample`` (cheap members are checked first). Without a txt
+    member the caption is None, or with ``require_caption`` (the caption is encoded) the sample is corrupt
+    ("missing_member"); without a json member the clip has no labels (``ClipLabels.unlabelled``)."""
+    _check_members(sample, require_caption)
     audio_member = _audio_member(sample)
-    labels = decode_labels(sample[LABEL_MEMBER], cfg.seconds, member_where(sample, LABEL_MEMBER))
-    caption = decode_caption(sample[CAPTION_MEMBER], member_where(sample, CAPTION_MEMBER))
+    labels = sample_labels(sample, cfg.seconds)
+    caption = sample_caption(sample)
     video = decode_video(sample[VIDEO_MEMBER], cfg, member_where(sample, VIDEO_MEMBER))
     audio = decode_audio(sample[audio_member], cfg, member_where(sample, audio_member))
-    return DecodedClip(str(sample.get("__key__")), video, audio, caption, labels, len(unknown_members(sample)))
+    return DecodedClip(str(sample.get("__key__")), video, audio, caption, labels, len(unknown_members(sample)),
+                       str(sample.get("__url__", "")))
 
 
 def probe_sample(sample: Mapping[str, Any], sample_rate: int = DecodeConfig.sample_rate) -> ClipInfo:
     """Check that every member the stream reads decodes, and measure the clip (raises ``CorruptSample``).
 
-    Reads the json and the caption, opens the video at its native size and decodes one frame per second
-    plus the last one (a truncated stream fails there), and decodes the whole audio track.
+    Reads the json and the caption where present, opens the video at its native size and decodes one frame
+    per second plus the last one (a truncated stream fails there), and decodes the whole audio track.
     """
-    _check_required(sample)
+    _check_members(sample, require_caption=False)
     where_video = member_where(sample, VIDEO_MEMBER)
-    labels = parse_labels(sample[LABEL_MEMBER], member_where(sample, LABEL_MEMBER))
-    decode_caption(sample[CAPTION_MEMBER], member_where(sample, CAPTION_MEMBER))
+    where_labels = member_where(sample, LABEL_MEMBER)
+    labels = parse_labels(sample[LABEL_MEMBER], where_labels) if LABEL_MEMBER in sample else None
+    sample_caption(sample)
     reader = _open_video(sample[VIDEO_MEMBER], where_video)
     fps, frames = reader.get_avg_fps(), len(reader)
     if frames == 0 or not fps > 0:
@@ -256,10 +297,11 @@ def probe_sample(sample: Mapping[str, Any], sample_rate: int = DecodeConfig.samp
     seconds = frames / fps
     indices = sorted({min(frames - 1, int((t + 0.5) * fps)) for t in range(math.ceil(seconds))} | {frames - 1})
     height, width = _read_frames(reader, indices, where_video).shape[1:3]
-    if len(labels.video) > math.ceil(seconds - 1e-6):
-        raise CorruptSample("bad_json", member_where(sample, LABEL_MEMBER),
+    if labels is not None and len(labels.video) > math.ceil(seconds - 1e-6):
+        raise CorruptSample("bad_json", where_labels,
                             f"labels cover {len(labels.video)} s but the video lasts {seconds:.2f} s")
     audio_member = _audio_member(sample)
     wave = _read_audio(sample[audio_member], sample_rate, member_where(sample, audio_member))
     audio_seconds = len(wave) / sample_rate
-    return ClipInfo(seconds, fps, int(width), int(height), audio_seconds, len(labels.video), labels.num_classes)
+    label_seconds, num_classes = (None, None) if labels is None else (len(labels.video), labels.num_classes)
+    return ClipInfo(seconds, fps, int(width), int(height), audio_seconds, label_seconds, num_classes)

@@ -4,8 +4,9 @@ Feature shard members of a clip ``KEY`` (what ``shards.extract`` writes):
     video.npy   float32/16 (t d) or (t p d)  frozen-backbone video features, one row per 1-s segment
     audio.npy   float32/16 (t d)
     text.npy    float32/16 (l d)             caption token features, real tokens only (no padding)
-    json        the clip's labels, same schema as the clip shards (clip_label, video_labels, audio_labels)
-    txt         the caption
+    json        the clip's labels, same schema as the clip shards (clip_label, video_labels, audio_labels);
+                absent for an unlabelled clip (then: no labels, as for clip shards, see trainer/data/decode.py)
+    txt         the caption; absent for a clip without one (text.npy holds the encoded caption when text is used)
 plus ``manifest.json`` (format ``FEATURE_MANIFEST_FORMAT``) with the per-shard sample counts, the feature
 shapes and the extraction's ``DecodeConfig``. ``ClipStream`` reads them with ``DataConfig(kind="features")``:
 ``decode_feature_sample`` is its per-sample decoder and ``collate_feature_clips`` its collate function.
@@ -32,14 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.data.collate import collate_annotations
 from trainer.data.decode import (
-    CAPTION_MEMBER, LABEL_MEMBER, META_KEYS, ClipLabels, CorruptSample, check_member, decode_caption, decode_labels,
-    member_where,
+    META_KEYS, OPTIONAL_MEMBERS, ClipLabels, CorruptSample, check_member, member_where, sample_caption, sample_labels,
 )
 
 FEATURE_MODALITIES = ("video", "audio", "text")
 FEATURE_MANIFEST_FORMAT = "cmg-trainer-features/1"   # manifest.json "format" of shards.extract's output
-KNOWN_FEATURE_MEMBERS = frozenset({f"{m}.npy" for m in FEATURE_MODALITIES} | {LABEL_MEMBER, CAPTION_MEMBER})
+KNOWN_FEATURE_MEMBERS = frozenset({f"{m}.npy" for m in FEATURE_MODALITIES} | set(OPTIONAL_MEMBERS))
 
 
 class FeatureError(ValueError):
@@ -106,19 +107,21 @@ def feature_layout(manifest: Mapping[str, Any], modalities: Sequence[str], where
 class FeatureClip:
     key: str
     features: dict[str, np.ndarray]   # modality -> (t d) | (t p d) | text (l d), float32
-    caption: str | None
+    caption: str | None               # None: no txt member
     labels: ClipLabels
     ignored_members: int = 0          # members present but never decoded (feature shards)
+    url: str = ""                     # the shard (or public-layout file) it was read from
 
 
 def decode_feature_sample(sample: Mapping[str, Any], layout: FeatureLayout) -> FeatureClip:
     """One raw feature-shard sample -> ``FeatureClip`` with the layout's modalities; raises ``CorruptSample``
-    (cheap members first): missing/empty member, bad json or caption, unreadable or misshapen ``.npy``."""
+    (cheap members first): missing/empty member, bad json or caption, unreadable or misshapen ``.npy``.
+    json and txt are optional: without them the clip has no labels and caption None."""
     members = [f"{m}.npy" for m in layout.dims]
-    for member in (LABEL_MEMBER, CAPTION_MEMBER, *members):
+    for member in [m for m in OPTIONAL_MEMBERS if m in sample] + members:
         check_member(sample, member)
-    labels = decode_labels(sample[LABEL_MEMBER], layout.seconds, member_where(sample, LABEL_MEMBER))
-    caption = decode_caption(sample[CAPTION_MEMBER], member_where(sample, CAPTION_MEMBER))
+    labels = sample_labels(sample, layout.seconds)
+    caption = sample_caption(sample)
     features = {}
     for modality, member in zip(layout.dims, members):
         where = member_where(sample, member)
@@ -126,7 +129,7 @@ def decode_feature_sample(sample: Mapping[str, Any], layout: FeatureLayout) -> F
         layout.check(modality, array, where)
         features[modality] = array.astype(np.float32, copy=False)
     ignored = sum(1 for m in sample if m not in KNOWN_FEATURE_MEMBERS and m not in META_KEYS)
-    return FeatureClip(str(sample.get("__key__")), features, caption, labels, ignored)
+    return FeatureClip(str(sample.get("__key__")), features, caption, labels, ignored, str(sample.get("__url__", "")))
 
 
 def pad_tokens(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,22 +146,17 @@ def pad_tokens(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor
 
 def collate_feature_clips(clips: Sequence[FeatureClip], is_pad: Sequence[bool] | None = None) -> dict[str, Any]:
     """Feature clips -> the feature batch: ``video (b t d)|(b t p d)``, ``audio (b t d)``, ``text (b l d)`` +
-    ``text_mask (b l)`` (zero-padded to the longest caption), the labels, ``key``, ``caption`` (if every clip
-    has one) and ``is_pad`` -- the keys and label tensors of the clip batch, features instead of media."""
+    ``text_mask (b l)`` (zero-padded to the longest caption), and the clip batch's other entries (key, url,
+    caption, labels, labelled, is_pad), features instead of media."""
     if is_pad is not None and len(clips) != len(is_pad):
         raise ValueError(f"{len(clips)} clips but {len(is_pad)} pad flags")
-    batch: dict[str, Any] = {"key": [c.key for c in clips]}
+    batch: dict[str, Any] = collate_annotations(clips)
     for modality in clips[0].features:
         arrays = [c.features[modality] for c in clips]
         if modality == "text":
             batch["text"], batch["text_mask"] = pad_tokens(arrays)
         else:
             batch[modality] = torch.from_numpy(np.stack(arrays))
-    if all(c.caption is not None for c in clips):
-        batch["caption"] = [c.caption for c in clips]
-    batch["video_labels"] = torch.from_numpy(np.stack([c.labels.video for c in clips]))
-    batch["audio_labels"] = torch.from_numpy(np.stack([c.labels.audio for c in clips]))
-    batch["clip_label"] = torch.tensor([c.labels.clip for c in clips], dtype=torch.int64)
     batch["is_pad"] = torch.tensor(list(is_pad) if is_pad is not None else [False] * len(clips), dtype=torch.bool)
     return batch
 
@@ -271,4 +269,4 @@ class PublicFeatureDataset(torch.utils.data.Dataset):
         labels = ClipLabels(per_second, per_second.copy(), clip_label(per_second), labels.shape[-1] - 1)
         # (t h w d) -> (t p d), row-major patches, as a video backbone with pooling: patch gives them
         features = {"video": video.reshape(t, h * w, d), "audio": audio}
-        return FeatureClip(f"{self.cfg.split or 'all'}:{index}", features, None, labels)
+        return FeatureClip(f"{self.cfg.split or 'all'}:{index}", features, None, labels, url=self.cfg.root)

@@ -1,6 +1,6 @@
 """WebDataset shards -> decoded batches, split over ranks and DataLoader workers, resumable.
 
-One stream for both kinds of shards (``DataConfig.kind``): "clips" (mp4/wav + json + txt, decoded by
+One stream for both kinds of shards (``DataConfig.kind``): "clips" (mp4/wav [+ json + txt], decoded by
 ``decode.decode_sample`` and stacked by ``collate.collate_clips``) and "features" (the ``.npy`` feature
 shards that ``python -m shards.extract`` writes, decoded by ``features.decode_feature_sample`` with the
 shapes their manifest lists and stacked by ``features.collate_feature_clips``). Everything below holds
@@ -63,14 +63,16 @@ if TYPE_CHECKING:
     from trainer.backbones import FrozenBackbones
 
 MANIFEST_NAME = "manifest.json"
-DATA_KINDS = ("clips", "features")
+# "memory": feature tensors a program hands to ``trainer.loop.train`` (trainer/data/memory.py), never from a YAML
+DATA_KINDS = ("clips", "features", "memory")
 
 
 @dataclass
 class DataConfig:
     urls: str = ""  # brace pattern(s), '::'-separated: local paths or webdataset 'pipe:' URLs
-    # "clips": mp4/wav + json + txt shards (shards.write); "features": feature shards (shards.extract)
-    kind: Literal["clips", "features"] = "clips"
+    # "clips": mp4/wav [+ json + txt] shards (shards.write); "features": feature shards (shards.extract);
+    # "memory": in-memory tensors passed by a program to trainer.loop.train (the synthetic benchmarks)
+    kind: Literal["clips", "features", "memory"] = "clips"
     # kind "features": the modalities whose {modality}.npy members are read (and batched under that key)
     feature_modalities: list[str] = field(default_factory=lambda: list(FEATURE_MODALITIES))
     # the shards' manifest.json (per-shard counts; feature shapes for kind "features"); default: next to
@@ -89,6 +91,9 @@ class DataConfig:
         """Raise ``ValueError`` naming the key of the first bad setting."""
         if self.kind not in DATA_KINDS:
             raise ValueError(f"DataConfig.kind: {self.kind!r} is not one of {list(DATA_KINDS)}")
+        if self.kind == "memory":
+            raise ValueError("DataConfig.kind 'memory' is for programs that pass feature tensors to "
+                             "trainer.loop.train(..., memory=...); a job reads shards: set kind 'clips' or 'features'")
         if not self.urls:
             raise ValueError("DataConfig.urls is empty: give shard URLs, e.g. 'data/train-{000000..000009}.tar'")
         if self.batch_size < 1 or self.num_workers < 0:
@@ -280,7 +285,9 @@ class ClipStream:
 
     ``cfg.kind`` picks the shards' decoder and collate function (clip or feature batches, see
     ``trainer/data/__init__.py``). ``transform``, if given, maps each batch in this process after the
-    stream's bookkeeping (e.g. frozen backbones on the GPU, see ``feature_batches``).
+    stream's bookkeeping (e.g. frozen backbones on the GPU, see ``feature_batches``). ``require_caption``
+    (kind "clips", where the caption is encoded): a clip without a txt member is skipped as "missing_member";
+    otherwise its caption is None. json and txt members are optional for kind "features".
 
     Iterating to the end of an epoch advances ``epoch``; stopping early (``break``) keeps the position,
     and the next ``iter()`` continues from the next unconsumed batch (a state saved after the last batch
@@ -289,7 +296,7 @@ class ClipStream:
     """
 
     def __init__(self, cfg: DataConfig, rank: int | None = None, world_size: int | None = None,
-                 transform: Callable[[dict], dict] | None = None):
+                 transform: Callable[[dict], dict] | None = None, require_caption: bool = False):
         cfg.validate()
         self.cfg, self.transform = cfg, transform
         self.rank = distributed.rank() if rank is None else rank
@@ -314,7 +321,8 @@ class ClipStream:
             if contents.get("format") == FEATURE_MANIFEST_FORMAT:
                 raise ValueError(f"manifest {manifest} describes feature shards (format {FEATURE_MANIFEST_FORMAT!r}), "
                                  "but DataConfig.kind is 'clips': set DataConfig.kind='features'")
-            self.decode, self.collate = functools.partial(decode_sample, cfg=cfg.decode), collate_clips
+            self.decode = functools.partial(decode_sample, cfg=cfg.decode, require_caption=require_caption)
+            self.collate = collate_clips
         self.seed, self.epoch, self.position = cfg.seed, 0, 0
         self.cursors = self._fresh_cursors()
         self.skipped = np.zeros(len(COUNTER_NAMES), np.int64)  # this rank's totals over all batches handed out
@@ -401,9 +409,12 @@ def feature_batches(cfg: DataConfig, backbones: FrozenBackbones | None = None, r
                     world_size: int | None = None) -> ClipStream:
     """This rank's feature batches (``video``/``audio``/``text`` + ``text_mask`` features, labels, ``is_pad``,
     ``skipped``): feature shards as they are (kind "features"), or clip shards through ``backbones``,
-    applied in this process on their device (kind "clips")."""
+    applied in this process on their device (kind "clips"). Clips need a caption only when ``backbones``
+    encode text; labels are never needed."""
     if (cfg.kind == "clips") != (backbones is not None):
         raise ValueError(f"DataConfig.kind={cfg.kind!r}: clip shards need the frozen backbones to become features, "
                          "feature shards already hold them (pass backbones exactly for kind 'clips')")
-    transform = None if backbones is None else functools.partial(_media_to_features, backbones)
-    return ClipStream(cfg, rank, world_size, transform)
+    if backbones is None:
+        return ClipStream(cfg, rank, world_size)
+    return ClipStream(cfg, rank, world_size, functools.partial(_media_to_features, backbones),
+                      require_caption="text" in backbones.modalities)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint import MODEL_FILE, CheckpointManager, resolve_checkpoint
 from trainer.config import ConfigError, build_config
 from trainer.data.features import (
     FEATURE_MODALITIES, PublicFeatureConfig, PublicFeatureDataset, collate_feature_clips,
@@ -36,7 +36,6 @@ from trainer.eval.probes import CodeSplit
 from trainer.models.inputs import mask_key
 from trainer.tasks import task_spec
 
-MODEL_FILE = "model.pt"   # the consolidated fp32 model state in every checkpoint (trainer/loop.py)
 
 
 def model_config_from_dict(data: Mapping[str, Any], source: str, task: str = "unicode") -> Any:
@@ -49,22 +48,6 @@ def model_config_from_dict(data: Mapping[str, Any], source: str, task: str = "un
     except KeyError as err:
         raise ConfigError(f"{source}: {err.args[0]}") from None
     return build_config(config_class, data, "model_config", source)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint directory meant by ``path``: itself (it has meta.json), a ``model.pt`` inside one, a
-    checkpoints directory or a run directory (then its ``latest`` complete checkpoint)."""
-    path = Path(path)
-    if path.is_file() and path.name == MODEL_FILE:
-        path = path.parent
-    if (path / "meta.json").is_file():
-        return path
-    for root in (path, path / "checkpoints"):
-        latest = CheckpointManager(root).latest()
-        if latest is not None:
-            return latest
-    raise FileNotFoundError(f"{path}: not a checkpoint (no meta.json), and no complete checkpoint under "
-                            f"{path} or {path / 'checkpoints'}")
 
 
 @dataclass
@@ -178,18 +161,33 @@ def _drop_pads(batch: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _require_labels(batch: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the shard and key of the batch's clips without a json member (no labels)."""
+    flags = batch["labelled"].tolist()
+    unlabelled = [f"{url}:{key}.json" for url, key, labelled in zip(batch["url"], batch["key"], flags) if not labelled]
+    if unlabelled:
+        shown = ", ".join(unlabelled[:3]) + (f" and {len(unlabelled) - 3} more" if len(unlabelled) > 3 else "")
+        raise ValueError(f"clips without labels (no json member): {shown}; downstream evaluation needs labels, so "
+                         "the downstream set must be labelled (--data <labelled shards>)")
+
+
 def read_shard_features(cfg: DataConfig, modalities: Sequence[str], backbones=None) -> LabelledFeatures:
     """Every clip of one pass over clip shards (through ``backbones``) or feature shards, in key order.
 
-    The stream runs in this process as rank 0 of 1, without shuffling; padded repeats are dropped.
+    The stream runs in this process as rank 0 of 1, without shuffling; padded repeats are dropped. Every clip
+    must have labels (a json member): the first batch with an unlabelled clip raises ``ValueError``.
     """
     shards = expand_shard_urls(cfg.urls)
     cfg = dataclasses.replace(cfg, resampled=False, shuffle_buffer=0, shuffle_shards=False,
                               num_workers=min(cfg.num_workers, len(shards)))
     if cfg.kind == "features":
         cfg.feature_modalities = [m for m in modalities if m in FEATURE_MODALITIES]
+    batches = []
     with torch.no_grad():
-        batches = [_drop_pads(batch) for batch in feature_batches(cfg, backbones, rank=0, world_size=1)]
+        for batch in feature_batches(cfg, backbones, rank=0, world_size=1):
+            batch = _drop_pads(batch)
+            _require_labels(batch)
+            batches.append(batch)
     if not batches:
         raise ValueError(f"{cfg.urls}: no clips")
     return _concat(batches, modalities)

@@ -64,7 +64,10 @@ class CoarseConfig:
 
     hidden_dim: int = 256         # width of the Φ_c / Ψ_c MLPs
     specific_dim: int = 256       # d̄_c of c̄
-    temperature: float = 1.0      # τ of the InfoNCE (seed 003 §4.2: 1.0)
+    # τ of the cosine InfoNCE. seed 003 §4.2 writes 1.0, but the authors' code calls info-nce-pytorch's
+    # InfoNCE() without arguments, whose default is 0.1 in every release that accepts its two-argument call
+    # (docs/diagnosis.md §3); at 1.0 the loss stays near chance on cosine scores in [-1, 1].
+    temperature: float = 0.1
 
     def __post_init__(self) -> None:
         if self.hidden_dim < 1 or self.specific_dim < 1:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer import distributed
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint import MODEL_FILE, CheckpointManager
 from trainer.config import build_config
 from trainer.models.comet import (
     COMETConfig, COMETModel, cumulative_fisher, ewc_penalty, fisher_from_gradients, gate_balance_loss,
@@ -43,8 +43,6 @@ from trainer.models.comet import (
 )
 from trainer.models.unicode import mask_key
 from trainer.tasks.unicode import UniCodeTask, weighted_total
-
-MODEL_FILE = "model.pt"   # the consolidated model state in every checkpoint (written by trainer/loop.py)
 
 
 class COMETTask(UniCodeTask):
