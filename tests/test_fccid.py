@@ -420,7 +420,7 @@ def test_main_job_trains_fccid_resumes_exactly_and_its_checkpoint_gives_segment_
     meta = CheckpointManager.read_meta(ckpt)
     assert meta["step"] == 4 and meta["task"] == "fccid"
     cfg = build_config(FCCIDConfig, meta["model_config"], "model_config")
-    assert dataclasses.asdict(cfg.coarse) == {"hidden_dim": 64, "specific_dim": 32, "temperature": 1.0}   # demo's
+    assert dataclasses.asdict(cfg.coarse) == {"hidden_dim": 64, "specific_dim": 32, "temperature": 0.1}   # demo's
     model = FCCIDModel(cfg)
     model.load_state_dict(final["reference"])
     model.eval()

@@ -197,7 +197,7 @@ def test_training_logs_to_a_real_mlflow_server(tmp_path, shards):
         run_id = CheckpointManager.read_meta(CheckpointManager(run_dir / "checkpoints").latest())["mlflow_run_id"]
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
-        assert run.data.params["model.quantizer.num_codes"] == "64"
+        assert run.data.params["model.quantizer.num_codes"] == "16"   # launch/configs/demo.yaml
         assert run.data.params["run.max_steps"] == "6"
         assert run.data.tags["phase"] == "demo" and run.data.tags["world_size"] == "1"
         for name in ("loss", "recon", "cpc", "mi", "cmcm", "codebook/perplexity", "codebook/codes_used_audio",

@@ -95,6 +95,15 @@ def prepare_shards(clips: Path, out: Path, total: int, max_count: int) -> str:
     return str(out / f"train-{{000000..{len(manifest['shards']) - 1:06d}}}.tar")
 
 
+def _call(what: str, cmd: list[str], quiet: bool) -> int:
+    """Run a product command (one torch thread per process: two processes share the 2 cores); its exit code."""
+    print(f"{what}:", " ".join(cmd[1:]), flush=True)
+    code = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL if quiet else None)
+    if code != 0:
+        print(f"{what} failed with exit code {code}: {' '.join(cmd[1:])}", file=sys.stderr)
+    return code
+
+
 def launch_training(job_config: str, urls: str, run_dir: str, processes: int, accelerate_config: str,
                     overrides: tuple[str, ...] = (), quiet: bool = False) -> int:
     """``trainer/main.py`` on ``urls``: one plain process, or ``processes`` under ``accelerate launch``
@@ -103,26 +112,14 @@ def launch_training(job_config: str, urls: str, run_dir: str, processes: int, ac
            *overrides]
     launcher = ["-m", "accelerate.commands.launch", "--config_file", accelerate_config, "--num_processes",
                 str(processes), "--main_process_port", str(free_port())] if processes > 1 else []
-    cmd = [sys.executable, *launcher, *job] + (["run.progress=false"] if quiet else [])
-    print("train:", " ".join(cmd[1:]), flush=True)
-    code = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                           stdout=subprocess.DEVNULL if quiet else None)
-    if code != 0:
-        print(f"training in {run_dir} failed with exit code {code}", file=sys.stderr)
-    return code
+    return _call("train", [sys.executable, *launcher, *job] + (["run.progress=false"] if quiet else []), quiet)
 
 
 def run_evaluation(run_dir: str, urls: str, quiet: bool = False) -> dict[str, Any] | None:
     """``python -m trainer.evaluate`` of ``run_dir`` on labelled shards; its JSON report (None if it failed)."""
     report = Path(run_dir) / "evaluation" / "report-heldout.json"
     cmd = [sys.executable, "-m", "trainer.evaluate", run_dir, "--data", urls, "--json", str(report)]
-    print("evaluate:", " ".join(cmd[1:]), flush=True)
-    code = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                           stdout=subprocess.DEVNULL if quiet else None)
-    if code != 0:
-        print(f"evaluation of {run_dir} failed with exit code {code}", file=sys.stderr)
-        return None
-    return json.loads(report.read_text())
+    return json.loads(report.read_text()) if _call("evaluate", cmd, quiet) == 0 else None
 
 
 def summary(report: dict[str, Any]) -> tuple[str, list[Target]]:

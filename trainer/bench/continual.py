@@ -1,7 +1,8 @@
 """Synthetic "seed 004 Table 1": continual phases VT -> AT -> IT, DCID fine-tuned sequentially vs DCID+COMET.
 
     python -m trainer.bench.continual [--seeds 0,1,2,3] [--methods dcid,comet] [--steps 800] [--jobs 2]
-                                      [--set adapter.freeze_carried=false] [--json out.json] [--mlflow DIR]
+                                      [--world default] [--set adapter.freeze_carried=false] [--json out.json]
+                                      [--mlflow DIR]
 
 Data: the fidelity generator's world (``trainer.bench.synthetic_features``: K event classes shared by every
 modality, per-clip nuisance, per-modality random rendering) extended by composition (``ContinualWorld``) with
@@ -11,9 +12,10 @@ network, aligned with the caption's tokens). Captions are the generator's prompt
 phase pairs one modality with text and sees only its own corpus (new clips of the same world): video–text,
 audio–text, image–text (``--order`` changes it, e.g. vt,st,at).
 
-Each method trains the phases in this process exactly as the main job chains them: a phase's final model,
-meta.json and task_extra.pt are written to a phase directory and the next phase starts from it through
-``trainer.loop.load_model_weights`` and ``COMETTask.begin_phase_`` (plain AdamW, no engine). After each phase
+Each method trains the phases in this process as the main job chains them: every phase is a main job run by
+``trainer.loop.train_in_memory`` (``trainer.bench.jobs``) whose final checkpoint (model.pt, meta.json,
+task_extra.pt) the next phase starts from through ``run.init_from`` (``load_model_weights`` and
+``COMETTask.begin_phase_``; the Fisher of EWC comes from the loop's ``end_phase_`` hook). After each phase
 the frozen model is evaluated on a labelled downstream corpus of the same world (train/val/test splits):
 - unseen pairs (Table 1): AVE-style classification (accuracy) and AVVP-style localisation (micro F1), V→A and
   A→V, and AVE→AVVP (classification heads trained on clip labels, scored per segment on a second corpus),

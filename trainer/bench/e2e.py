@@ -7,7 +7,8 @@ For every seed: ``shards.synth`` writes an unlabelled pretraining corpus (mp4 on
 downstream corpus of the same world (other clips), ``shards.write`` packs both, ``trainer/main.py`` pretrains
 on the unlabelled shards with the demo's job config (``launch/configs/demo.yaml``: decord decoding and tiny
 frozen backbones on the fly) in one plain process and in two processes (``accelerate launch``, DeepSpeed
-ZeRO-2 over gloo), and ``python -m trainer.evaluate`` probes the checkpoint on the labelled clips. Rows: full
+ZeRO-2 over gloo), both at the demo's global batch (32 clips: 32 on one rank, 16 on each of two), and
+``python -m trainer.evaluate`` probes the checkpoint on the labelled clips. Rows: full
 Uni-Code and the seed 001 §4.1 baseline (``model.variant=baseline``: reconstruction + EMA VQ + commitment).
 The table has the fidelity table's cells (AVE = classification accuracy, AVVP = localisation micro F1, V→A
 and A→V, in %), each the mean over seeds ± half the range, then the same-code share, the in-modality
@@ -29,7 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer.config import load_config
 from trainer.demo import DemoConfig, launch_training, prepare_clips, prepare_shards, run_evaluation, summary
+from trainer.job import JobConfig
 
 ROWS = {"full": (), "baseline": ("model.variant=baseline",)}
 CELLS = (("classification", "V→A"), ("classification", "A→V"), ("localisation", "V→A"), ("localisation", "A→V"))
@@ -47,14 +50,21 @@ def corpora(data_dir: Path, classes: int, seed: int, demo: DemoConfig) -> tuple[
                            downstream.num_clips, demo.shard_max_count))
 
 
+def global_batch(demo: DemoConfig) -> int:
+    """Clips per step of the demo's job (its per-rank batch on its process count)."""
+    return load_config(JobConfig, demo.job_config).data.batch_size * demo.processes
+
+
 def run_one(row: str, processes: int, urls: tuple[str, str], run_dir: Path, overrides: tuple[str, ...],
             demo: DemoConfig) -> dict[str, Any]:
-    """Pretrain one row from scratch and evaluate it; the numbers of its table line."""
+    """Pretrain one row from scratch at the demo's global batch (split over ``processes``) and evaluate it; the
+    numbers of its table line."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    per_rank = global_batch(demo) // processes
     start = time.perf_counter()
     code = launch_training(demo.job_config, urls[0], str(run_dir), processes, demo.accelerate_config,
-                           ROWS[row] + overrides, quiet=True)
+                           (*ROWS[row], f"data.batch_size={per_rank}", *overrides), quiet=True)
     if code != 0:
         raise SystemExit(f"e2e: training {row} on {processes} process(es) failed with exit code {code}")
     trained = time.perf_counter()

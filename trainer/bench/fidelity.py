@@ -1,38 +1,43 @@
-"""Synthetic "paper tables": do Uni-Code and FCCID give cross-modal generalisation on data with known structure?
+"""Synthetic "paper tables": do Uni-Code and FCCID give cross-modal generalisation on data with known structure,
+and do the papers' claims hold on more than one world?
 
-    python -m trainer.bench.fidelity [--steps 600] [--rows all|table1|table2|NAME,...] [--seeds 0] [--jobs 2]
-                                     [--threads 1] [--json out.json]
+    python -m trainer.bench.fidelity [--steps 600] [--rows all|table1|table2|claims|NAME,...] [--seeds 0]
+                                     [--worlds all|NAME,...] [--set KEY=VALUE] [--jobs 2] [--threads 1]
+                                     [--runs DIR] [--mlflow DIR] [--json out.json]
 
-Pretrains one model per row in-process with the registered task (``trainer.tasks``: ``UniCodeTask`` or
-``FCCIDTask``) and plain ``torch.optim.AdamW`` on the features of ``trainer.bench.synthetic_features`` (a
-pretraining corpus), freezes it, and runs the downstream protocol of ``trainer.eval.probes`` on a separate
-labelled corpus of the same world (train / val / test clips): AVE-style classification (accuracy) and
-AVVP-style localisation (micro F1), V→A and A→V, with the epoch chosen on the source modality's validation
-split and the in-modality score of the same heads. Codes come from ``model.segment_codes`` (Uni-Code: z^m per
-segment; FCCID: every segment through the coarse path), exactly as ``python -m trainer.evaluate`` gets them.
+Each row is one pretraining through the main job's loop (``trainer.bench.jobs``: a ``JobConfig`` with
+``data.kind = "memory"`` run by ``trainer.loop.train_in_memory``; the registered task of the row's model:
+``UniCodeTask`` or ``FCCIDTask``) on the features of ``trainer.bench.synthetic_features`` (a pretraining
+corpus). Its checkpoint is read back frozen (``trainer.eval.encode.load_pretrained``) and probed with
+``trainer.eval.probes`` on a separate labelled corpus of the same world (train / val / test clips): AVE-style
+classification (accuracy) and AVVP-style localisation (micro F1), V→A and A→V, with the epoch chosen on the
+source modality's validation split and the in-modality score of the same heads. Codes come from
+``model.segment_codes`` (Uni-Code: z^m per segment; FCCID: every segment through the coarse path), exactly as
+``python -m trainer.evaluate`` gets them.
 
-Two tables:
+Two tables per world:
 - seed 001 Table 2 (``--rows table2``): the rows of Table 2 plus the §4.1 baseline, audio-visual Uni-Code
-  with components switched off, and the issue's targets:
-  1. full ≥ baseline + 25 points in both directions (each task);
-  2. full ≥ 80 % of the in-modality score (each task and direction);
-  3. removing Cross-CPC costs more than removing CLUB (mean over the four cells);
+  with components switched off;
 - seed 003 Table 1 (``--rows table1``): Uni-Code (DCID) and FCCID, each with and without TOC. FCCID needs
   text, so the comparison row ``unicode_avt`` pretrains Uni-Code on the same audio, video and text (the
   generator's prompts, zero-padded to T tokens: Uni-Code pairs token l with segment l, seed 001's AVT
   setting); ``full`` (audio-visual Uni-Code) is shown for reference. A "+TOC" row trains nothing: it reads
   the codes of its base row's model, keeping the Q = D/2 dimensions TOC selects (``trainer.toc``; the paper
   keeps 128 of 256), and its heads are trained on those. Two FCCID variants show where FCCID's numbers come
-  from: ``fccid_fine_club`` (the Table 5 row with A_CLUB and V_CLUB only) and ``fccid_tau1`` (InfoNCE
-  τ = 0.1 instead of the paper's 1.0: not the paper's setting). Per-cell differences of the methods follow.
+  from: ``fccid_fine_club`` (the Table 5 row with A_CLUB and V_CLUB only) and ``fccid_tau1`` (InfoNCE τ = 1.0,
+  the value seed 003's text gives; the default 0.1 is what the authors' code ran, docs/diagnosis.md §3).
 
-Bench model (documented choice, smaller than the paper's D=256, M=400 so a row trains in about a minute on
-one CPU core): D = 64, M = 64 codes, d̄ = 32, the paper's 2-layer 4-head post-LN transformer with
+Claims (``claims``; checked per world and, with ``--worlds``, on the mean over worlds): full ≥ baseline + 25,
+full ≥ 0.8 × in-modality, w/o Cross-CPC < full, w/o CLUB ≤ full, FCCID ≥ Uni-Code (AVT), and with
+``--worlds`` (unless ``--no-continual``) COMET > DCID on the unseen pair after phases 2 and 3, from
+``trainer.bench.continual`` run on the same world. ``--worlds`` sweeps the grid of ``WORLDS``.
+
+Bench model (documented choice, smaller than the paper's D=256, M=400 so a row trains in about half a minute
+on one CPU core): D = 64, M = 64 codes, d̄ = 32, the paper's 2-layer 4-head post-LN transformer with
 feed-forward 128, CLUB hidden 64 with 5 inner steps at the encoders' lr, K = 2 CPC steps (1 for AVT
-Uni-Code, as in seed 001); FCCID's coarse MLPs hidden 64, coarse specific 32, InfoNCE τ = 0.1 (the authors' code; seed 003 writes 1);
-AdamW lr 1e-3, batch 64, gradient clipping 1.0 (the main job's default); code reset after N_re = 50 steps
-(200 in the paper, whose runs are far longer than this bench's 600 steps). Every row shares these settings
-and seeds.
+Uni-Code, as in seed 001); FCCID's coarse MLPs hidden 64, coarse specific 32; AdamW lr 1e-3, batch 64,
+gradient clipping 1.0 (the main job's default); code reset after N_re = 50 steps (200 in the paper, whose
+runs are far longer than this bench's 600 steps). Every row shares these settings and seeds.
 
 Each pretraining runs in its own subprocess (``--jobs`` at a time, ``--threads`` torch threads each; a row
 and its TOC row share one); runs are independent and seeded, so the numbers do not depend on ``--jobs``.
@@ -42,7 +47,7 @@ event and chose the very same code; "nuisance R²" = how much of the true nuisan
 read from the per-segment vectors the codes are chosen for (``segment_semantic``: Uni-Code's z, FCCID's
 coarse general vector of the segment; before quantisation; ridge fit on the train split, R² on test; lower
 = more of the nuisance kept out of the semantic path, which is CLUB's job), mean of audio and video;
-"codes" = codes used in the last pretraining step.
+"codes" = codes used in the last logged pretraining step.
 """
 
 from __future__ import annotations
@@ -635,20 +640,23 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _config(args, seeds[0], w)
         runs = [r for (fn, job_args), out in zip(jobs, done) if fn is _fidelity_child and job_args[1] == w for r in out]
         rows = [merge_seeds([r for r in runs if r["row"] == name]) for name in names]
-        continual = {}
+        print(f"======== world '{w}': {WORLDS[w] or 'the defaults'}")
+        print_tables(rows, cfg)
+        continual, method_runs = {}, []
         if sweep and not args.no_continual:
             from trainer.bench.continual import ContinualConfig, mean_target_numbers
 
             method_runs = [(job_args[0], out) for (fn, job_args), out in zip(jobs, done)
                            if fn is _continual_child and job_args[1] == w]
             continual = mean_target_numbers(method_runs, ContinualConfig())
-        print(f"======== world '{w}': {WORLDS[w] or 'the defaults'}")
-        print_tables(rows, cfg)
+            for method, numbers in continual.items():
+                print(f"continual {method:<6} (mean of {len(seeds)} seed(s)): " +
+                      ", ".join(f"{key} {value:.1f}" for key, value in numbers.items()))
         claims_of[w] = claims(rows, continual)
         for claim in claims_of[w]:
             print(f"[{'MET' if claim.met else 'NOT MET'}] {claim.text}: {claim.detail}")
         print()
-        results["worlds"][w] = {"runs": runs, "rows": rows, "continual": continual,
+        results["worlds"][w] = {"runs": runs, "rows": rows, "continual": continual, "continual_runs": method_runs,
                                 "claims": [dataclasses.asdict(c) | {"met": c.met} for c in claims_of[w]]}
     if sweep:
         claims_of["mean"] = mean_claims([claims_of[w] for w in worlds])
