@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m trainer.demo
+	$(BIN)/python -m trainer.programs.demo
 
 test: install
+	$(BIN)/python -m ruff check trainer shards tests
 	$(BIN)/python -m pytest -q -ra tests
 
 test-fast: install

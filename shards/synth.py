@@ -8,7 +8,7 @@ writes, per clip ``KEY``: ``KEY.mp4`` (H.264 video + AAC audio), ``KEY.txt`` (a 
 ``--unlabelled`` only the media are written (no txt, no json): a pretraining corpus as users have it,
 the same clips as without the flag.
 
-Event signatures (recoverable from one decoded second, see tests/test_synth_shards.py):
+Event signatures (recoverable from one decoded second, see tests/unit/test_synth_shards.py):
 - video: class c draws a square of side size/3 in the fully saturated colour of hue 360°·c/K, moving
   along a class-specific path (``MOTIONS[c mod 6]``, faster for every further 6 classes). The background
   is grey (R = G = B), so the saturated pixels of a frame are exactly the event's square.

@@ -5,8 +5,8 @@
 #   slurm/local_cluster.sh status   # exit 0 when up and healthy
 #   slurm/local_cluster.sh down     # cancel all jobs, stop every process of the cluster by PID, remove its dir
 #   slurm/local_cluster.sh bench    # time: cold up -> first job COMPLETED, second up, down
-# Knobs: LOCAL_SLURM_DIR/_CPUS/_GPUS/_MEM_MB/_PORT/_INSTALL/_KEEP/_TIMEOUT (see tests/slurm_cluster.py,
+# Knobs: LOCAL_SLURM_DIR/_CPUS/_GPUS/_MEM_MB/_PORT/_INSTALL/_KEEP/_TIMEOUT (see tests/support/slurm_cluster.py,
 # the one implementation; this file only runs it with the system python3, stdlib only).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-exec "${PYTHON:-python3}" "$here/../tests/slurm_cluster.py" "$@"
+exec "${PYTHON:-python3}" "$here/../tests/support/slurm_cluster.py" "$@"

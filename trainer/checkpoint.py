@@ -11,6 +11,8 @@ Layout under ``<run_dir>/checkpoints``::
     latest                    text file naming the newest complete checkpoint (replaced atomically)
     .tmp-step_00000200-<id>/  a checkpoint being written (never read; removed on the next start)
 
+(The run directory's config.yaml, the resolved job, is trainer/job.py's: ``ResolvedJob.write``, ``read_run_config``.)
+
 Rules:
 1. every rank writes into the same temporary directory; a barrier; rank 0 checks it and renames it into
    place (``os.replace`` of a directory is atomic on POSIX), then replaces ``latest``; a barrier;
@@ -18,6 +20,10 @@ Rules:
    so a crash at any moment leaves the previous complete checkpoint intact;
 3. loading uses ``torch.load(weights_only=True)``: per-rank state holds only tensors, numbers, strings and
    containers of them (RNG states are tensors), never pickled objects.
+
+This module is the one that knows these files: every reader and writer of ``model.pt``, ``task_extra.pt`` and
+``meta.json`` goes through it (``read_model_state``, ``read_init_source``, ``load_init_state_``, ...), so does
+the state surgery of ``run.init_from`` (a model started from another run's model.pt).
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ import random
 import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from trainer import distributed as dist
 
@@ -41,7 +49,8 @@ _STEP_DIR = re.compile(r"^step_(\d{8})$")
 LATEST = "latest"
 META = "meta.json"
 MODEL_FILE = "model.pt"              # consolidated fp32 model state (evaluation, export, the next phase's init)
-TASK_EXTRA_FILE = "task_extra.pt"    # a task's optional hand-over to the next phase (trainer/tasks/__init__.py)
+TASK_EXTRA_FILE = "task_extra.pt"    # a task's optional hand-over to the next phase (trainer/tasks/base.py)
+CODEBOOK_PREFIX = "quantizer."       # model.pt keys of the shared codebook (trainer/models/segment_coder.py)
 
 
 def rank_file(ckpt_dir: Path, rank: int) -> Path:
@@ -148,6 +157,150 @@ def resolve_checkpoint(path: str | Path) -> Path:
                             f"{path} or {path / 'checkpoints'}")
 
 
+# ---------------------------------------------------------------------- one run's checkpoints
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class Engine(Protocol):
+    """What a checkpoint needs of the training engine (``trainer.engine.TrainEngine``)."""
+
+    def save(self, ckpt_dir: Path) -> None: ...
+    def load(self, ckpt_dir: Path) -> None: ...
+    def model_state_dict(self) -> dict[str, Tensor] | None: ...
+
+
+class Handover(Protocol):
+    """What a checkpoint needs of the task besides its ``state_dict`` (``trainer.tasks.base.Task``)."""
+
+    def replicated_state(self) -> dict[str, Tensor]: ...
+    def extra_state(self) -> dict[str, Any]: ...
+
+
+class RunCheckpoints:
+    """The checkpoints of one run: what each one holds, written and restored in one place.
+
+    ``parts`` is the registry of this rank's stateful parts (name -> ``state_dict``/``load_state_dict``); a
+    checkpoint holds the engine's state (model, optimizer), ``model.pt`` (rank 0), the task's hand-over
+    ``task_extra.pt`` (rank 0, when non-empty), and per rank every part's state plus ``replicas`` (this rank's
+    copies of the replicated state the engine does not own, for cross-rank checks).
+    """
+
+    def __init__(self, root: Path, keep_last: int, engine: Engine, parts: Mapping[str, Stateful], task: Handover):
+        self.manager = CheckpointManager(root, keep_last)
+        self.engine, self.parts, self.task = engine, dict(parts), task
+        self.manager.clean_partial()
+
+    def restore(self, resume: str | None) -> Path | None:
+        """Load the checkpoint ``run.resume`` names into the engine and every part; the directory, or None."""
+        ckpt = self.manager.resolve(resume)
+        if ckpt is not None:
+            self.engine.load(ckpt)
+            state = load_rank_state(ckpt)
+            missing = sorted(set(self.parts) - set(state))
+            if missing:
+                raise KeyError(f"{rank_file(ckpt, dist.rank())}: no state for {missing} (written by another version?)")
+            for name, part in self.parts.items():
+                part.load_state_dict(state[name])
+        return ckpt
+
+    def save(self, step: int, meta: dict[str, Any]) -> Path:
+        """Collective: the checkpoint of ``step`` with ``meta`` in its meta.json; its directory."""
+        def write(tmp: Path) -> None:
+            self.engine.save(tmp)
+            model_state = self.engine.model_state_dict()
+            if model_state is not None:
+                write_model_state(tmp, model_state)
+            extra = self.task.extra_state()
+            if extra and dist.rank() == 0:
+                write_task_extra(tmp, extra)
+            save_rank_state(tmp, {name: part.state_dict() for name, part in self.parts.items()}
+                            | {"replicas": self.task.replicated_state()})
+
+        return self.manager.save(step, write, meta)
+
+    def latest(self) -> Path | None:
+        return self.manager.latest()
+
+
+# ---------------------------------------------------------------------- model.pt, task_extra.pt, init_from
+def write_model_state(ckpt_dir: Path, state: Mapping[str, Tensor]) -> None:
+    torch.save(dict(state), Path(ckpt_dir) / MODEL_FILE)
+
+
+def read_model_state(ckpt_dir: Path) -> dict[str, Tensor]:
+    """The consolidated model state of a checkpoint (weights only, on the CPU)."""
+    path = Path(ckpt_dir) / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (the consolidated model state of the checkpoint)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_codebook(path: str | Path) -> tuple[Tensor, Path]:
+    """The codebook ``(m d)`` fp32 of a checkpoint (any path ``resolve_checkpoint`` accepts) and its directory."""
+    ckpt = resolve_checkpoint(path)
+    state = read_model_state(ckpt)
+    key = CODEBOOK_PREFIX + "codebook"
+    if key not in state:
+        raise KeyError(f"{ckpt / MODEL_FILE} has no '{key}' (not the state dict of a codebook model?)")
+    return state[key].float(), ckpt
+
+
+def write_task_extra(ckpt_dir: Path, extra: Mapping[str, object]) -> None:
+    torch.save(dict(extra), Path(ckpt_dir) / TASK_EXTRA_FILE)
+
+
+def read_task_extra(ckpt_dir: Path) -> dict[str, object]:
+    """A task's hand-over to the next phase; ``{}`` when the checkpoint has none."""
+    path = Path(ckpt_dir) / TASK_EXTRA_FILE
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+
+
+@dataclass
+class InitSource:
+    """A finished checkpoint that a run starts from (``run.init_from``), as read from disk once."""
+
+    checkpoint: Path                      # the step directory
+    meta: dict[str, object]               # its meta.json
+    model_state: dict[str, Tensor]        # its model.pt
+    extra: dict[str, object]              # its task_extra.pt ({} if none)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities that run trained (its model config's)."""
+        return list(self.meta["model_config"]["modalities"])
+
+
+def read_init_source(source: str) -> InitSource:
+    """The checkpoint ``run.init_from`` names (a step, checkpoints or run directory, or a model.pt)."""
+    try:
+        ckpt = resolve_checkpoint(source)
+        return InitSource(ckpt, CheckpointManager.read_meta(ckpt), read_model_state(ckpt), read_task_extra(ckpt))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"run.init_from={source!r}: {err}") from None
+
+
+def load_init_state_(model: nn.Module, init: InitSource) -> list[str]:
+    """Start ``model`` (a ``SegmentCoder``) from ``init``'s model.pt; returns the modules that stay fresh.
+
+    The source may come from a phase with other modalities (continual learning): modules of modalities in
+    both runs are loaded, those new to this run keep their initial weights, and the shared codebook is adopted
+    with its usage clocks remapped by modality name. Rank-identical: every rank reads the same file.
+    """
+    state, prefix = init.model_state, CODEBOOK_PREFIX
+    model.quantizer.adopt_({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, init.modalities)
+    own = model.state_dict()
+    shared = {k: v for k, v in state.items() if not k.startswith(prefix) and k in own}
+    loaded = {k: v for k, v in shared.items() if own[k].shape == v.shape}
+    mismatched = sorted(k for k, v in shared.items() if own[k].shape != v.shape)
+    if mismatched:
+        raise ValueError(f"run.init_from={str(init.checkpoint)!r}: shapes differ for {mismatched[:5]} (a modality's "
+                         "feature dims or the model sizes changed between runs)")
+    model.load_state_dict(loaded, strict=False)
+    return sorted({".".join(k.split(".")[:2]) for k in own if k not in loaded and not k.startswith(prefix)})
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -182,6 +335,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ProcessRNG:
+    """This process's Python, numpy and torch (and CUDA) generators as one stateful part of a checkpoint."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_rng_state(state)
 
 
 def save_rank_state(ckpt_dir: Path, state: dict[str, Any]) -> None:

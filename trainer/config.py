@@ -5,14 +5,15 @@ Rules (torchtitan style):
 - a YAML file and command-line overrides (``model.quantizer.num_codes=512``) are merged onto the defaults;
 - an unknown key, a value of the wrong type, or a value outside a ``Literal[...]`` fails *before any work*
   with a ``ConfigError`` naming the dotted key and the file it came from;
-- ``to_dict`` gives the resolved config back (saved in the run directory, flattened for MLflow params).
+- ``to_dict`` gives the resolved config back (saved in the run directory, flattened for MLflow params);
+- a section whose type depends on sibling keys (the job's ``model``, typed by its ``task``) declares
+  ``metadata={"schema": f}``: ``f(values)`` gets the sibling values (given or default) and returns the type.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import types
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -120,12 +121,21 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str) -> T
                           f"{cls.__name__} accepts: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
+        hint = hints[name]
+        if "schema" in fields[name].metadata:
+            # the section's type depends on sibling keys (the job's model section on its task)
+            siblings = {f.name: data.get(f.name, f.default) for f in fields.values()}
+            try:
+                hint = fields[name].metadata["schema"](siblings)
+            except (KeyError, ValueError) as err:
+                raise ConfigError(f"config section '{prefix + '.' if prefix else ''}{name}' (from {source}): "
+                                  f"{err.args[0] if err.args else err}") from None
         default = _section_default(fields[name])
         if default is not None and isinstance(value, Mapping):
             # a section names only the keys it changes: the rest keep this parent's defaults, which may differ
             # from the section class's own (e.g. COMETConfig's CLUB section)
             value = _merge(to_dict(default), value)
-        kwargs[name] = _coerce(value, hints[name], f"{prefix + '.' if prefix else ''}{name}", source)
+        kwargs[name] = _coerce(value, hint, f"{prefix + '.' if prefix else ''}{name}", source)
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as err:  # __post_init__ checks of a component

@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import ModuleType
 
 import torch
 import torch.distributed as dist
@@ -83,3 +84,12 @@ def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
 def barrier() -> None:
     if is_distributed() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def collective_namespaces() -> tuple[ModuleType, ModuleType]:
+    """The modules through which code reaches the collectives (``torch.distributed`` and its
+    ``distributed_c10d``): what an instrumentation that wraps every collective of a process patches (the
+    scaling benchmark's recorder), so that it needs no ``torch.distributed`` import of its own."""
+    import torch.distributed.distributed_c10d as c10d
+
+    return dist, c10d

@@ -39,17 +39,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from trainer.config import ConfigError, load_config, to_dict
+from trainer.config import ConfigError, to_dict
 from trainer.data.features import FeatureError, PublicFeatureConfig
 from trainer.eval.encode import (
-    LabelledFeatures, Pretrained, encode_split, encoded_modalities, load_pretrained, read_public_features,
+    LabelledFeatures, Pretrained, encode_split, load_pretrained, read_public_features,
     read_shard_features, split_indices,
 )
 from trainer.eval.probes import (
     SPLITS, CodeSplit, ProbeConfig, ProbeResult, classification_probe, code_agreement, cross_dataset_probe,
     localisation_probe, zero_shot_retrieval,
 )
-from trainer.job import JobConfig
+from trainer.job import JobConfig, read_run_config
 from trainer.toc import TOCConfig, toc_scores
 from trainer.tracking import Tracker
 
@@ -85,13 +85,12 @@ class EvaluateConfig:
 
 def run_config(pretrained: Pretrained) -> JobConfig:
     """The pretraining job's resolved config (defaults if the run directory has no config.yaml)."""
-    path = pretrained.run_dir / "config.yaml"
-    return load_config(JobConfig, path if path.is_file() else None)
+    return read_run_config(pretrained.run_dir)
 
 
 def read_source(src: SourceConfig, job: JobConfig, pretrained: Pretrained) -> dict[str, LabelledFeatures]:
     """train/val/test ``LabelledFeatures`` of one source (official public splits, else a seeded split)."""
-    modalities = encoded_modalities(pretrained.model)
+    modalities = pretrained.model.downstream_modalities
     if src.public:
         root = Path(src.public)
         official = root.is_dir() and all((root / PublicFeatureConfig.order_file.format(split=s)).is_file()
@@ -115,7 +114,7 @@ def _backbones(path: str, pretrained: Pretrained):
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"backbones file not found: {path} (pass --backbones)")
-    modalities = encoded_modalities(pretrained.model)
+    modalities = pretrained.model.downstream_modalities
     backbones = FrozenBackbones(load_backbones_config(path).only(modalities))
     trained_on = pretrained.meta.get("backbones")
     if trained_on:   # older runs also list backbones of modalities the model never used: compare the model's
@@ -154,7 +153,7 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
         cross_test = cross_test.select_dims(toc.selected) if cross_test is not None else None
 
     results: list[ProbeResult] = []
-    modalities = encoded_modalities(model)        # a continual model's carried modalities included
+    modalities = model.downstream_modalities        # a continual model's carried modalities included
     pairs = directions(modalities)
     for source, target in pairs:
         if "classification" in cfg.tasks:
@@ -172,7 +171,8 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
                      if m != "audio" and m in splits["test"].vectors}
     test_labels = [labels for m, labels in splits["test"].segment_labels.items() if m in LABELLED_MODALITIES]
     # micro F1 of random per-segment tags drawn at the labels' own rate: precision = recall = that rate
-    positive_rate = sum(int((y >= 0).sum()) for y in test_labels) / max(1, classes * sum(y.numel() for y in test_labels))
+    tags = classes * sum(y.numel() for y in test_labels)
+    positive_rate = sum(int((y >= 0).sum()) for y in test_labels) / max(1, tags)
     agreement = None
     if {"audio", "video"} <= set(splits["test"].indices):
         agreement = code_agreement(splits["test"], "audio", "video", classes)[1]

@@ -4,14 +4,18 @@
     data       the shard stream (trainer.data.DataConfig): clip shards (decoded + backbones) or feature shards
     backbones  path of a backbones YAML (launch/configs/backbones/*.yaml), used with data.kind = clips
     task       which task trains ("unicode"; see trainer.tasks.TASKS): it fixes the schema of `model`
-    model      the task's model and losses (for "unicode": trainer.models.unicode.UniCodeConfig), validated
-               against that schema before any work; its feature_dims and spatial_patches are *derived* from
-               the data source (backbone output shapes or the feature shards' manifest), so they never
-               disagree with what the stream delivers
+    model      the task's model and losses, typed by the task (for "unicode": trainer.models.unicode.UniCodeConfig)
+               as soon as the config is built, so a bad key fails before any work; its feature_dims and
+               spatial_patches are *derived* from the data source (backbone output shapes or the feature shards'
+               manifest) by ``resolve_job``, so they never disagree with what the stream delivers
     optim      AdamW + schedule of the trainable model (the CLUB estimators have their own optimiser)
     tracking   MLflow (trainer.tracking.TrackingConfig)
 
 Global batch = data.batch_size (per rank) x world size x run.grad_accum.
+
+``resolve_job`` turns a ``JobConfig`` into the one object the job runs from (``ResolvedJob``): the config with
+the model section completed, the source's feature shapes and the backbones that produce them. The loop, the
+run directory's config.yaml, MLflow's params and ``trainer/main.py --print-config`` all read that object.
 """
 
 from __future__ import annotations
@@ -20,13 +24,21 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from trainer.backbones import load_backbones_config
-from trainer.config import ConfigError, build_config, to_dict
+import yaml
+
+from trainer.backbones import BackbonesConfig, load_backbones_config
+from trainer.config import ConfigError, build_config, load_config, to_dict
 from trainer.data.stream import DataConfig, expand_shard_urls, read_manifest
+from trainer.models.comet import COMETConfig
+from trainer.models.fccid import FCCIDConfig
+from trainer.models.unicode import UniCodeConfig
 from trainer.tasks import TASKS, task_spec
 from trainer.tracking import TrackingConfig
+
+ModelConfig = UniCodeConfig | FCCIDConfig | COMETConfig   # the `model` section of each task in TASKS
 
 
 @dataclass
@@ -65,17 +77,73 @@ class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     backbones: str = "launch/configs/backbones/tiny.yaml"
     task: str = "unicode"
-    model: dict[str, Any] = field(default_factory=dict)   # typed by the task: see model_config()
+    # typed by the task: TASKS[task].config (a mapping given to the constructor is typed in __post_init__)
+    model: ModelConfig = field(default_factory=dict, metadata={"schema": lambda job: task_spec(job["task"]).config})
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"config key 'task': {self.task!r} is not one of {sorted(TASKS)}")
+        schema = task_spec(self.task).config
+        if not isinstance(self.model, schema):
+            data = self.model if isinstance(self.model, Mapping) else to_dict(self.model)
+            self.model = build_config(schema, data, "model", f"the model section of task {self.task!r}")
 
-def feature_shapes_of_source(cfg: JobConfig) -> dict[str, tuple[int, ...]]:
-    """Per-segment feature shape of each modality the data source delivers, read without loading any model.
 
-    Clip shards: from the backbones' transformers configs (a tiny probe forward is not needed: the shapes
-    are what the backbone classes report once built, so this builds them — the same objects the job uses,
-    cached per process). Feature shards: from the manifest ``shards.extract`` wrote.
+RESOLVED_CONFIG_FILE = "config.yaml"   # in the run directory: the resolved job config (``ResolvedJob.write``)
+
+
+def read_run_config(run_dir: str | Path) -> JobConfig:
+    """The job config a run resolved and saved (``ResolvedJob.write``); the defaults if it has none."""
+    path = Path(run_dir) / RESOLVED_CONFIG_FILE
+    return load_config(JobConfig, path if path.is_file() else None)
+
+
+@dataclass
+class ResolvedJob:
+    """The job as it runs, resolved once (``resolve_job``)."""
+
+    config: JobConfig                               # ``model`` with feature_dims / spatial_patches from the source
+    feature_shapes: dict[str, tuple[int, ...]]      # per-segment feature shape of every modality the source gives
+    backbones: BackbonesConfig | None               # the frozen backbones of the trained modalities (clip shards)
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.config.model
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved job config (defaults included): config.yaml of the run directory, MLflow's params."""
+        return to_dict(self.config)
+
+    def write(self, run_dir: str | Path) -> None:
+        """``<run_dir>/config.yaml``, which ``read_run_config`` (and ``--config``) loads back."""
+        (Path(run_dir) / RESOLVED_CONFIG_FILE).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def describe(self) -> str:
+        """``--print-config``: the resolved config as YAML, then what the data source delivers, as comments."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        shapes = ", ".join(f"{m} {tuple(s)}" for m, s in self.feature_shapes.items())
+        lines = [f"# feature shapes per segment: {shapes}"]
+        if self.backbones is not None:
+            lines += [f"# backbone {m}: {spec['family']} {spec['name_or_path'] or '(random weights from its config)'}, "
+                      f"pooling {spec['pooling']}" for m, spec in to_dict(self.backbones).items() if spec]
+        return text + "\n".join(lines) + "\n"
+
+
+def job_backbones(cfg: JobConfig) -> BackbonesConfig:
+    """The backbones YAML restricted to the modalities the model trains (others are never loaded or run)."""
+    try:
+        return load_backbones_config(cfg.backbones).only(cfg.model.modalities)
+    except ValueError as err:
+        raise ConfigError(f"backbones ({cfg.backbones}): {err}") from err
+
+
+def source_feature_shapes(cfg: JobConfig, backbones: BackbonesConfig | None) -> dict[str, tuple[int, ...]]:
+    """Per-segment feature shape of each modality the data source delivers.
+
+    Feature shards: from the manifest ``shards.extract`` wrote. Clip shards: what the backbones report once
+    built (``FrozenBackbones.feature_shapes``; the loop asks the instance it trains with instead).
     """
     if cfg.data.kind == "features":
         manifest = read_manifest(expand_shard_urls(cfg.data.urls), cfg.data.manifest)[1]
@@ -83,32 +151,18 @@ def feature_shapes_of_source(cfg: JobConfig) -> dict[str, tuple[int, ...]]:
             raise ConfigError(f"data.urls: the manifest of {cfg.data.urls!r} has no feature_shapes "
                               "(is it a clip-shard manifest? set data.kind=clips)")
         return {m: tuple(s) for m, s in manifest["feature_shapes"].items()}
+    if backbones is None:
+        raise ConfigError(f"data.kind={cfg.data.kind!r}: give the feature shapes of an in-memory source")
     from trainer.backbones import FrozenBackbones
 
-    return FrozenBackbones(job_backbones(cfg)).feature_shapes()
+    return FrozenBackbones(backbones).feature_shapes()
 
 
-def job_backbones(cfg: JobConfig):
-    """The backbones YAML restricted to the modalities the model trains (others are never loaded or run)."""
-    try:
-        return load_backbones_config(cfg.backbones).only(model_config(cfg).modalities)
-    except ValueError as err:
-        raise ConfigError(f"backbones ({cfg.backbones}): {err}") from err
-
-
-def model_config(cfg: JobConfig) -> Any:
-    """The ``model`` section as the task's typed config (an unknown/ill-typed key names ``model.<key>``)."""
-    if cfg.task not in TASKS:
-        raise ConfigError(f"config key 'task': {cfg.task!r} is not one of {sorted(TASKS)}")
-    try:
-        return build_config(task_spec(cfg.task).config, cfg.model, "model", "the config file or an override")
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-
-
-def resolve_model_config(cfg: JobConfig, shapes: dict[str, tuple[int, ...]]) -> Any:
-    """The typed ``model`` config with feature_dims / spatial_patches taken from the data source's shapes."""
-    model = model_config(cfg)
+def resolve_job(cfg: JobConfig, feature_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ResolvedJob:
+    """``cfg`` resolved against its data source (``feature_shapes`` when the caller already knows them)."""
+    backbones = job_backbones(cfg) if cfg.data.kind == "clips" else None
+    shapes = dict(feature_shapes) if feature_shapes is not None else source_feature_shapes(cfg, backbones)
+    model = cfg.model
     missing = [m for m in model.modalities if m not in shapes]
     if missing:
         raise ConfigError(f"model.modalities {list(model.modalities)}: the data source delivers only "
@@ -121,19 +175,14 @@ def resolve_model_config(cfg: JobConfig, shapes: dict[str, tuple[int, ...]]) -> 
         if len(shape) == 2:   # (p d): a patch grid per segment -> the spatial path of the semantic encoder
             patches[m] = shape[0]
     try:
-        return dataclasses.replace(model, feature_dims=dims, spatial_patches=patches)
+        model = dataclasses.replace(model, feature_dims=dims, spatial_patches=patches)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from err
-
-
-def resolved_dict(cfg: JobConfig, model: Any) -> dict[str, Any]:
-    """The job config as saved and logged: the ``model`` section fully resolved (defaults included)."""
-    return {**to_dict(cfg), "model": to_dict(model)}
+    return ResolvedJob(dataclasses.replace(cfg, model=model), {m: tuple(s) for m, s in shapes.items()}, backbones)
 
 
 def validate_job(cfg: JobConfig) -> None:
     """Checks that need the filesystem but no model: run them before any process group or model exists."""
-    model_config(cfg)
     try:
         cfg.data.validate()
     except ValueError as err:

@@ -14,25 +14,24 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from trainer import distributed as dist
 from trainer.backbones import FrozenBackbones
 from trainer.checkpoint import (
-    MODEL_FILE, TASK_EXTRA_FILE, CheckpointManager, load_rank_state, resolve_checkpoint, rng_state, save_rank_state,
-    set_rng_state,
+    CheckpointManager, ProcessRNG, RunCheckpoints, load_init_state_, read_init_source,
 )
 from trainer.config import to_dict
 from trainer.data.memory import MemoryStream
 from trainer.data.stream import feature_batches
 from trainer.engine import TrainEngine
-from trainer.job import JobConfig, feature_shapes_of_source, job_backbones, resolve_model_config, resolved_dict
+from trainer.job import JobConfig, job_backbones, resolve_job
 from trainer.runtime import EXIT_RESUME, StopRequest
-from trainer.tasks import task_spec
+from trainer.tasks import Task, task_spec
 from trainer.tracking import create_tracker
 
 STOP_FILE = "STOP"            # `touch <run_dir>/STOP` asks a running job to checkpoint and exit (Slurm uses it)
@@ -55,34 +54,18 @@ def lr_lambda(cfg: JobConfig):
     return factor
 
 
-def load_model_weights(task, source: str) -> Path:
-    """Start the model from ``model.pt`` of a checkpoint (or the latest one of a checkpoints or run directory).
+@dataclass
+class StepCounter:
+    """Optimizer steps done and clips trained on: the loop's own part of a checkpoint."""
 
-    The source may come from a phase with other modalities (continual learning): modules of modalities in
-    both runs are loaded, those new to this run keep their initial weights, and the shared codebook is adopted
-    with its usage clocks remapped by modality name. Rank-identical: every rank reads the same file.
-    """
-    try:
-        ckpt = resolve_checkpoint(source)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"run.init_from={source!r}: {err}") from None
-    if not (ckpt / MODEL_FILE).is_file():
-        raise FileNotFoundError(f"run.init_from={source!r}: {ckpt} has no {MODEL_FILE}")
-    state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
-    old_modalities = CheckpointManager.read_meta(ckpt)["model_config"]["modalities"]
-    prefix = "quantizer."
-    task.model.quantizer.adopt_({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, old_modalities)
-    own = task.model.state_dict()
-    loaded = {k: v for k, v in state.items() if not k.startswith(prefix) and k in own and own[k].shape == v.shape}
-    mismatched = sorted(k for k, v in state.items() if k in own and not k.startswith(prefix) and own[k].shape != v.shape)
-    if mismatched:
-        raise ValueError(f"run.init_from={source!r}: shapes differ for {mismatched[:5]} (a modality's feature dims "
-                         "or the model sizes changed between runs)")
-    task.model.load_state_dict(loaded, strict=False)
-    fresh = sorted({".".join(k.split(".")[:2]) for k in own if k not in loaded and not k.startswith(prefix)})
-    print(f"[cmg] init_from {ckpt}: loaded {len(loaded)} tensors + the codebook (modalities then {old_modalities}); "
-          f"fresh modules for: {fresh or 'none'}", flush=True)
-    return ckpt
+    step: int = 0
+    samples_seen: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "samples_seen": self.samples_seen}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
 
 
 def endless(stream):
@@ -118,92 +101,66 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
         (run_dir / STATUS_FILE).unlink(missing_ok=True)
     dist.barrier()
 
-    # ---- data and frozen backbones (never trained, never checkpointed)
+    # ---- data and frozen backbones (never trained, never checkpointed), then the job resolved against them
     backbones = None
     if memory is not None:
         stream = MemoryStream(memory, cfg.data.batch_size, cfg.data.seed, rank, world)
-        shapes = stream.feature_shapes
+        job = resolve_job(cfg, stream.feature_shapes)
     else:
         if cfg.data.kind == "clips":
             backbones = FrozenBackbones(job_backbones(cfg), device)
         stream = feature_batches(cfg.data, backbones, rank, world)
-        shapes = feature_shapes_of_source(cfg)
-    model_cfg = resolve_model_config(cfg, shapes)
-    resolved = resolved_dict(cfg, model_cfg)
+        job = resolve_job(cfg, backbones.feature_shapes() if backbones is not None else None)
+    model_cfg = job.model
     if is_main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        job.write(run_dir)
 
     # ---- model: identical initial weights on every rank (the seed), then per-rank RNG streams
     torch.manual_seed(cfg.run.seed)
-    task = task_spec(cfg.task).task(model_cfg).to(device)
+    task: Task = task_spec(cfg.task).task(model_cfg).to(device)
     backbones_used = backbones.describe() if backbones is not None else None
     if cfg.run.init_from:
-        previous = load_model_weights(task, cfg.run.init_from)
-        if hasattr(task, "begin_phase_"):   # optional phase hook: may grow the model, so before the optimizer
-            extra_file = previous / TASK_EXTRA_FILE
-            extra = torch.load(extra_file, map_location="cpu", weights_only=True) if extra_file.is_file() else {}
-            model_cfg = task.begin_phase_(previous, extra)
+        init = read_init_source(cfg.run.init_from)
+        fresh = load_init_state_(task.model, init)
+        print(f"[cmg] init_from {init.checkpoint}: loaded the model and its codebook (modalities then "
+              f"{init.modalities}); fresh modules for: {fresh or 'none'}", flush=True)
+        model_cfg = task.begin_phase_(init, model_cfg)   # may grow the model, so before the optimizer
         if backbones_used is not None:
             # modalities carried from earlier phases were encoded by those phases' backbones: the meta names them
             # too, so the evaluation of this checkpoint checks their features against the right fingerprints
-            earlier = CheckpointManager.read_meta(previous).get("backbones") or {}
-            carried = getattr(task.model, "downstream_modalities", ())
+            earlier = init.meta.get("backbones") or {}
+            carried = task.model.downstream_modalities
             backbones_used = {m: d for m, d in earlier.items() if m in carried} | backbones_used
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     model, optimizer = accelerator.prepare(task.model, optimizer)
-    task.model.quantizer.float()   # a bf16 engine casts the whole module; the codebook and EMA stay fp32
-    task.forward_module = model
+    task.attach_engine_(model)
     engine = TrainEngine(accelerator, model, optimizer, scheduler, task.model, cfg.optim.grad_clip)
     torch.manual_seed(cfg.run.seed + 1 + rank)
 
-    # ---- resume
-    ckpts = CheckpointManager(run_dir / "checkpoints", cfg.run.keep_last)
-    ckpts.clean_partial()
+    # ---- what a checkpoint holds per rank: one registry of stateful parts (the engine saves model + optimizer)
     tracker = create_tracker(cfg.tracking, run_dir, is_main=is_main)
-    step, samples_seen = 0, 0
-    resume_from = ckpts.resolve(cfg.run.resume)
-    if resume_from is not None:
-        engine.load(resume_from)
-        state = load_rank_state(resume_from)
-        task.load_state_dict(state["task"])
-        engine.scheduler.load_state_dict(state["scheduler"])
-        stream.load_state_dict(state["stream"])
-        tracker.load_state_dict(state["tracker"])
-        set_rng_state(state["rng"])
-        step, samples_seen = int(state["step"]), int(state["samples_seen"])
-        if backbones is not None:
-            backbones.load_state_dict(state["backbones"])
+    counter = StepCounter()
+    parts = {"counter": counter, "task": task, "scheduler": engine.scheduler, "stream": stream, "tracker": tracker,
+             "rng": ProcessRNG()}
+    if backbones is not None:
+        parts["backbones"] = backbones
+    checkpoints = RunCheckpoints(run_dir / "checkpoints", cfg.run.keep_last, engine, parts, task)
+    resume_from = checkpoints.restore(cfg.run.resume)
     tracker.start(tags={"phase": cfg.run.phase, "world_size": world,
-                        "resumed_from_step": step if resume_from is not None else None})
-    tracker.log_config(resolved)
+                        "resumed_from_step": counter.step if resume_from is not None else None})
+    tracker.log_config(job.to_dict())
 
     def save_checkpoint() -> Path:
-        def write(tmp: Path) -> None:
-            engine.save(tmp)
-            model_state = engine.model_state_dict()
-            if model_state is not None:
-                torch.save(model_state, tmp / MODEL_FILE)
-            extra = task.extra_state() if hasattr(task, "extra_state") else {}
-            if extra and is_main:
-                torch.save(extra, tmp / TASK_EXTRA_FILE)
-            save_rank_state(tmp, {
-                "step": step, "samples_seen": samples_seen, "task": task.state_dict(),
-                "scheduler": engine.scheduler.state_dict(),
-                "stream": stream.state_dict(), "rng": rng_state(), "tracker": tracker.state_dict(),
-                "backbones": backbones.state_dict() if backbones is not None else {},
-                # this rank's copies of the replicated state the engine does not own (checked across ranks)
-                "replicas": task.replicated_state(),
-            })
-        meta = {"phase": cfg.run.phase, "mlflow_run_id": tracker.run_id, "samples_seen": samples_seen,
-                "task": cfg.task, "model_config": to_dict(model_cfg), "data_kind": cfg.data.kind,
-                "backbones": backbones_used}
-        return ckpts.save(step, write, meta)
+        return checkpoints.save(counter.step, {
+            "phase": cfg.run.phase, "mlflow_run_id": tracker.run_id, "samples_seen": counter.samples_seen,
+            "task": cfg.task, "model_config": to_dict(model_cfg), "data_kind": cfg.data.kind,
+            "backbones": backbones_used})
 
     def finish(state: str, status: str) -> None:
         if is_main:
-            (run_dir / STATUS_FILE).write_text(json.dumps({"state": state, "step": step}) + "\n")
+            (run_dir / STATUS_FILE).write_text(json.dumps({"state": state, "step": counter.step}) + "\n")
         tracker.end(status)
 
     # ---- the loop
@@ -216,54 +173,55 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
     if is_main and cfg.run.progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=cfg.run.max_steps, initial=step, desc=cfg.run.phase, unit="step", dynamic_ncols=True)
+        progress = tqdm(total=cfg.run.max_steps, initial=counter.step, desc=cfg.run.phase, unit="step",
+                        dynamic_ncols=True)
     try:
-        while step < cfg.run.max_steps:
+        while counter.step < cfg.run.max_steps:
             for _ in range(cfg.run.grad_accum):
                 features = task.prepare_batch(next(batches), device)
                 with accelerator.accumulate(model):
-                    loss, metrics = task.compute_loss(features, step)
+                    loss, metrics = task.compute_loss(features, counter.step)
                     engine.backward_step(loss)
                 for k, v in metrics.items():   # mean over the step's micro-batches and the log window
                     window[k] = window.get(k, 0.0) + v / cfg.run.grad_accum
             metrics = task.after_optimizer_step_()
-            step += 1
-            samples_seen += global_batch
+            counter.step += 1
+            counter.samples_seen += global_batch
             window_steps += 1
 
-            if tracker.should_log(step) or step == cfg.run.max_steps:
+            if tracker.should_log(counter.step) or counter.step == cfg.run.max_steps:
                 elapsed = time.perf_counter() - window_start
                 logged = pack_mean({k: v / window_steps for k, v in window.items()} | metrics, world)
                 skipped = stream.skip_totals(all_reduce_fn=dist.all_reduce_sum_)
                 logged |= {"perf/clips_per_s": window_steps * global_batch / elapsed,
                            "perf/step_s": elapsed / window_steps, "lr": engine.learning_rate(),
-                           "data/samples_seen": samples_seen, "data/skipped": sum(skipped.values())}
+                           "data/samples_seen": counter.samples_seen, "data/skipped": sum(skipped.values())}
                 logged |= {f"data/skipped_{reason}": n for reason, n in skipped.items() if n}
-                tracker.log_metrics(logged, step)
+                tracker.log_metrics(logged, counter.step)
                 if is_main:
                     with open(run_dir / METRICS_FILE, "a") as f:
-                        f.write(json.dumps({"step": step, **logged}) + "\n")
+                        f.write(json.dumps({"step": counter.step, **logged}) + "\n")
                 window, window_steps, window_start = {}, 0, time.perf_counter()
                 if progress is not None:
                     progress.set_postfix(loss=f"{logged['loss']:.4f}", clips_s=f"{logged['perf/clips_per_s']:.1f}")
-            if tracker.should_plot(step) or step == cfg.run.max_steps:
-                tracker.log_code_usage({m: c.cpu() for m, c in task.code_usage_().items()}, step, plot=True)
+            if tracker.should_plot(counter.step) or counter.step == cfg.run.max_steps:
+                tracker.log_code_usage({m: c.cpu() for m, c in task.code_usage_().items()}, counter.step, plot=True)
             if progress is not None:
                 progress.update(1)
 
-            if step == cfg.run.max_steps and hasattr(task, "end_phase_"):   # optional phase hook, collective
+            if counter.step == cfg.run.max_steps:   # phase hook, collective
                 phase_metrics = task.end_phase_(batches, device)
                 if phase_metrics:
-                    tracker.log_metrics(phase_metrics, step)
+                    tracker.log_metrics(phase_metrics, counter.step)
 
             stop_requested = stop.agreed_or_file(run_dir / STOP_FILE, device)
-            if step % cfg.run.ckpt_every == 0 or step == cfg.run.max_steps or stop_requested:
+            if counter.step % cfg.run.ckpt_every == 0 or counter.step == cfg.run.max_steps or stop_requested:
                 saved = save_checkpoint()
                 if is_main and progress is None:
-                    print(f"[cmg] step {step}: checkpoint {saved}", flush=True)
-            if stop_requested and step < cfg.run.max_steps:
+                    print(f"[cmg] step {counter.step}: checkpoint {saved}", flush=True)
+            if stop_requested and counter.step < cfg.run.max_steps:
                 if is_main:
-                    print(f"[cmg] stop requested ({stop.signal_name or STOP_FILE}): checkpoint at step {step} "
+                    print(f"[cmg] stop requested ({stop.signal_name or STOP_FILE}): checkpoint at step {counter.step} "
                           f"written; exiting with {EXIT_RESUME} (resume me)", flush=True)
                 finish("stopped", "KILLED")
                 return EXIT_RESUME
@@ -275,10 +233,10 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
             progress.close()
         batches.close()
 
-    tracker.log_tensor(task.model.quantizer.codebook.detach().cpu(), "codebook/final.npy")
+    tracker.log_tensor(task.codebook().cpu(), "codebook/final.npy")
     finish("finished", "FINISHED")
     if is_main:
-        print(f"[cmg] finished {step} steps; checkpoint {ckpts.latest()}; run dir {run_dir}", flush=True)
+        print(f"[cmg] finished {counter.step} steps; checkpoint {checkpoints.latest()}; run dir {run_dir}", flush=True)
     return 0
 
 
@@ -286,7 +244,7 @@ def train_in_memory(cfg: JobConfig, features: Mapping[str, torch.Tensor]) -> Pat
     """The job ``cfg`` (``data.kind = "memory"``) on in-memory ``features`` in this one process, through ``train``
     as ``python trainer/main.py`` runs it (plain torch engine); returns its final checkpoint directory.
 
-    For programs that generate their data (``trainer.bench``); may be called several times in one process
+    For programs that generate their data (``trainer.programs.bench``); may be called several times in one process
     (continual phases chain through ``run.init_from``).
     """
     from trainer.runtime import create_accelerator, prepare_process_environment

@@ -25,7 +25,7 @@ import os  # noqa: E402
 import traceback  # noqa: E402
 
 from trainer.config import ConfigError, load_config  # noqa: E402
-from trainer.job import JobConfig, model_config, resolved_dict, validate_job  # noqa: E402
+from trainer.job import JobConfig, resolve_job, validate_job  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="experiment YAML (launch/configs/*.yaml); defaults if omitted")
     parser.add_argument("--resume", help="'auto' (default: latest complete checkpoint of run.dir), '' or a path")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved job (model dims from the data source, backbones) and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. run.max_steps=200 data.batch_size=16")
     return parser.parse_args(argv)
 
@@ -48,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(resolved_dict(cfg, model_config(cfg)), sort_keys=False), end="")
+        try:
+            print(resolve_job(cfg).describe(), end="")
+        except ConfigError as err:
+            print(f"config error: {err}", file=sys.stderr)
+            return 2
         return 0
 
     from trainer.loop import train

@@ -20,13 +20,11 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CODEBOOK_KEY = "quantizer.codebook"   # in a checkpoint's model.pt (every task's model has a quantizer)
 
 
 @dataclass
@@ -77,17 +75,6 @@ def cosine_summary(codebook: Tensor, dims: Tensor | None = None) -> dict[str, fl
             "max": off.max().item(), "share_above_0.5": (off > 0.5).double().mean().item()}
 
 
-def load_codebook(path: str | Path) -> tuple[Tensor, Path]:
-    """The codebook ``(m d)`` of a checkpoint (any path ``trainer.checkpoint.resolve_checkpoint`` accepts)."""
-    from trainer.checkpoint import MODEL_FILE, resolve_checkpoint
-
-    ckpt = resolve_checkpoint(path)
-    state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
-    if CODEBOOK_KEY not in state:
-        raise KeyError(f"{ckpt / MODEL_FILE} has no '{CODEBOOK_KEY}' (not the state dict of a codebook model?)")
-    return state[CODEBOOK_KEY].float(), ckpt
-
-
 def format_report(codebook: Tensor, scores: TOCScores, top: int | None) -> str:
     """The per-dimension table (best U first; ``top`` rows, all if None) and the before/after summary."""
     order = torch.sort(scores.score, descending=True, stable=True).indices
@@ -109,6 +96,8 @@ def format_report(codebook: Tensor, scores: TOCScores, top: int | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer.checkpoint import read_codebook
+
     parser = argparse.ArgumentParser(prog="python -m trainer.toc", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="run dir, checkpoints dir, checkpoint dir (step_N) or its model.pt")
     parser.add_argument("--q", type=int, default=None, help="dimensions to keep (default: half of D)")
@@ -117,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=20, help="rows of the per-dimension table (0: all)")
     args = parser.parse_args(argv)
     try:
-        codebook, ckpt = load_codebook(args.checkpoint)
+        codebook, ckpt = read_codebook(args.checkpoint)
         cfg = TOCConfig(dims=args.q if args.q is not None else codebook.shape[1] // 2, balance=args.balance,
                         normalize=not args.no_normalize)
         start = time.perf_counter()

@@ -250,7 +250,7 @@ def _read_audio(data: bytes, sample_rate: int, where: str) -> np.ndarray:
         raise CorruptSample("bad_audio", where, f"decord cannot read audio ({str(err).splitlines()[0]})") from err
     # AudioReader decodes the whole track into ``_array`` (channels, samples) when it opens. The public
     # ``reader[:]`` rebuilds it through a Python list of every sample index: 14.6 of 18 ms per 10-s
-    # clip measured here. tests/test_stream.py checks that both give the same array.
+    # clip measured here. tests/unit/test_stream.py checks that both give the same array.
     return reader._array[0]
 
 

@@ -1,6 +1,6 @@
 """Clips held in memory as feature tensors: the data source of programs that make their own data.
 
-The synthetic benchmarks (``trainer.bench``) generate per-segment features instead of reading shards; they
+The synthetic benchmarks (``trainer.programs.bench``) generate per-segment features instead of reading shards; they
 train through the main job's loop (``trainer.loop.train(cfg, accelerator, memory=features)``, with
 ``data.kind = "memory"``) and this stream hands that loop the same feature batches a feature-shard stream
 would: the modality tensors and masks, ``is_pad`` (always False) and the ``skipped`` counters (always zero).

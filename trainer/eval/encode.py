@@ -7,7 +7,7 @@
 
 Any registered task's checkpoint works: ``meta.json["task"]`` (default "unicode") picks the model config
 class and the task (``trainer.tasks.task_spec``) that builds the model, and codes come from the model's
-``segment_codes(features, modality)`` (``trainer.models.unicode.SegmentCoder``): Uni-Code quantises z^m per
+``segment_codes(features, modality)`` (``trainer.models.segment_coder``): Uni-Code quantises z^m per
 segment, FCCID sends every segment through its coarse path (seed 003 §3.1), so both keep the time axis.
 
 Frozen means: ``eval()`` (no dropout; the quantizer neither accumulates MM-EMA statistics nor counts usage,
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainer.checkpoint import MODEL_FILE, CheckpointManager, resolve_checkpoint
+from trainer.checkpoint import MODEL_FILE, CheckpointManager, read_model_state, resolve_checkpoint
 from trainer.config import ConfigError, build_config
 from trainer.data.features import (
     FEATURE_MODALITIES, PublicFeatureConfig, PublicFeatureDataset, collate_feature_clips,
@@ -83,9 +83,7 @@ def load_pretrained(path: str | Path) -> Pretrained:
     task = meta.get("task", "unicode")
     cfg = model_config_from_dict(meta["model_config"], str(ckpt / "meta.json"), task)
     model_file = ckpt / MODEL_FILE
-    if not model_file.is_file():
-        raise FileNotFoundError(f"{model_file}: missing (the consolidated model state of the checkpoint)")
-    state = torch.load(model_file, map_location="cpu", weights_only=True)
+    state = read_model_state(ckpt)
     model = task_spec(task).task(cfg).model
     try:
         model.load_state_dict(state)
@@ -226,16 +224,10 @@ def encode_modality(model: nn.Module, modality: str, x: Tensor, mask: Tensor | N
     return torch.cat(vectors), torch.cat(indices)
 
 
-def encoded_modalities(model: nn.Module) -> tuple[str, ...]:
-    """Every modality ``model`` gives codes for downstream: its training modalities, plus those a continual
-    model carries from earlier phases (``COMETModel.downstream_modalities``, e.g. video after audio–text)."""
-    return tuple(getattr(model, "downstream_modalities", model.modalities))
-
-
 def encode_split(model: nn.Module, data: LabelledFeatures, modalities: Sequence[str] | None = None) -> CodeSplit:
     """Frozen codes of every (or the given) modality of ``data``, with its labels, as a probe split."""
     if modalities is None:
-        modalities = [m for m in encoded_modalities(model) if m in data.features]
+        modalities = [m for m in model.downstream_modalities if m in data.features]
     vectors, indices = {}, {}
     for m in modalities:
         if m not in data.features:

@@ -95,7 +95,7 @@ class ReplayConfig:
     match_threshold: float = 0.5
     new_code_weight: float = 0.1     # weight of pseudo-modality positions quantised to new codes (old: 1)
     # True: inherited codes are never reset (no data of this phase keeps a carried modality's codes in use). Off
-    # by default: in the continual bench (trainer/bench/continual.py) it kept the carried video on codes the new
+    # by default: in the continual bench trainer/programs/bench/continual.py it kept the carried video on codes the new
     # pair never used, and the unseen pair's Avg after phases 2 / 3 fell from 80.8 / 73.4 to 68.8 / 60.4 (seed 0)
     # and from 83.2 / 79.3 to 60.6 / 56.0 (seed 1)
     protect_inherited: bool = False
@@ -521,7 +521,8 @@ class COMETModel(UniCodeModel):
         """The adapted z^m ``(b t D)`` of any known modality, this phase's or a carried one (``segment_codes``,
         inherited from ``SegmentCoder``, quantises it)."""
         if modality not in self.encoders:
-            raise KeyError(f"the model has no '{modality}' encoder (known modalities {list(self.downstream_modalities)})")
+            raise KeyError(f"the model has no '{modality}' encoder "
+                           f"(known modalities {list(self.downstream_modalities)})")
         x = self._input(features, modality)
         return self.semantic[modality](x, feature_mask(features, modality, x.shape[:2]))
 
@@ -604,4 +605,5 @@ def cumulative_fisher(previous: Mapping[str, Tensor], current: Mapping[str, Tens
 
 __all__ = ["AdapterConfig", "CMoEAdapter", "COMETConfig", "COMETLossConfig", "COMETModel", "EWCConfig", "PSEUDO",
            "PseudoModality", "ReplayConfig", "cpc_entry_losses", "cumulative_fisher", "ewc_penalty",
-           "farthest_points", "fisher_from_gradients", "gate_balance_loss", "normalized_fisher", "pseudo_cpc_losses", "pseudo_modality"]
+           "farthest_points", "fisher_from_gradients", "gate_balance_loss", "normalized_fisher", "pseudo_cpc_losses",
+           "pseudo_modality"]

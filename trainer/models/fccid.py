@@ -47,7 +47,8 @@ from trainer.models.inputs import (
     default_feature_dims, default_spatial_patches, feature_input, feature_mask, mask_key,
 )
 from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
-from trainer.models.unicode import LossConfig, SegmentCoder
+from trainer.models.segment_coder import SegmentCoder
+from trainer.models.unicode import LossConfig
 
 FINE_MODALITIES = ("audio", "video")   # segment-aligned: the fine level
 TEXT = "text"                          # holistic: coarse level only

@@ -369,7 +369,8 @@ class MMEMAQuantizer(nn.Module):
         (``last_used``) are remapped by modality name; a modality new to this run starts its clock at the
         adopted step, so it gets N_re steps to use the inherited codes before rule "all" could reset them.
         """
-        missing = [k for k in ("codebook", "ema_count", "ema_sum", "initialized", "step", "last_used") if k not in state]
+        required = ("codebook", "ema_count", "ema_sum", "initialized", "step", "last_used")
+        missing = [k for k in required if k not in state]
         if missing:
             raise KeyError(f"quantizer state lacks {missing}")
         if state["codebook"].shape != self.codebook.shape:

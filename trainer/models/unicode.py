@@ -28,6 +28,7 @@ from trainer.models.inputs import (
     default_feature_dims, default_spatial_patches, feature_input, feature_mask, mask_key,
 )
 from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
+from trainer.models.segment_coder import SegmentCoder
 
 
 @dataclass
@@ -101,21 +102,6 @@ class UniCodeConfig:
         )
 
 
-class SegmentCoder:
-    """The downstream contract of every codebook model (``trainer.eval.encode`` calls only this):
-    ``segment_semantic(features, modality)`` gives the ``(b t D)`` vectors a modality's code sequence is
-    chosen for, and ``segment_codes`` their nearest codes in ``self.quantizer`` (CMG eq. 2).
-    """
-
-    def segment_codes(self, features: Mapping[str, Tensor], modality: str) -> tuple[Tensor, Tensor]:
-        """``codes (b t)`` int64 and ``quantized (b t D)`` = e[codes] (detached) of one modality.
-
-        No state changes in any mode; for downstream use call it on a frozen model (eval mode, no_grad).
-        """
-        quantized = self.quantizer.quantize(self.segment_semantic(features, modality))
-        return quantized.codes, quantized.codewords
-
-
 class UniCodeModel(SegmentCoder, nn.Module):
     """Encoders, shared codebook, decoders and Cross-CPC, keyed by modality name.
 
@@ -130,7 +116,7 @@ class UniCodeModel(SegmentCoder, nn.Module):
         cpc_predictions W_k c_t    (b s K D), s = T − K   (only with use_cpc)
     In training mode it also initialises the codebook on the first call and accumulates this
     micro-batch's MM-EMA statistics; the codebook itself changes only in ``quantizer.step_()``.
-    Downstream, ``segment_codes(features, m)`` quantises z^m segment by segment (``SegmentCoder``).
+    Downstream, ``segment_codes(features, m)`` quantises z^m segment by segment (``trainer.models.segment_coder``).
     """
 
     def __init__(

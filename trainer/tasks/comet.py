@@ -2,16 +2,16 @@
 
 Loss (metric names in brackets): UniCodeTask's terms [recon, commit, cpc, cmcm, mi and their parts] plus
     gate   load balancing of the adapter's router over the local batch's tokens (eq. 5)        [gate]
-    pm     position-weighted Cross-CPC with the mediator's pseudo-modality (§3.3)               [pm, pm_<a>2pseudo,
-           (phases that inherited codes); share of mediator positions on inherited codes     pm_pseudo2<a>, pm_old_share]
+    pm     position-weighted Cross-CPC with the mediator's pseudo-modality (§3.3)       [pm, pm_<a>2pseudo,
+           (phases that inherited codes); share of mediator positions on inherited codes  pm_pseudo2<a>, pm_old_share]
     ewc    (λ/2) Σ F (θ − θ*)² with the Fisher and anchors handed over by earlier phases (eq. 6)   [ewc]
 each weighted by ``COMETConfig.loss`` (gate, pm, ewc = λ).
 
-Phase hooks (called by trainer/loop.py, documented in trainer/tasks/__init__.py):
-- ``begin_phase_(previous, extra)`` after the previous phase's model.pt was loaded (``run.init_from``): builds
+Phase hooks (called by trainer/loop.py, documented in trainer/tasks/base.py):
+- ``begin_phase_(init, model_cfg)`` after the previous phase's model.pt was loaded (``run.init_from``): builds
   the frozen semantic paths of the modalities that phase knew and this one does not train (weights from its
   model.pt), appends ``replay.new_codes`` codes to the adopted codebook, and takes EWC's Fisher and anchors from
-  ``extra`` (the previous phase's ``extra_state``). Returns the model config as it now stands (carried
+  ``init.extra`` (the previous phase's ``extra_state``). Returns the model config as it now stands (carried
   modalities, codebook size), which the loop writes into every checkpoint's meta.json.
 - ``end_phase_(batches, device)`` before the phase's final checkpoint: the diagonal Fisher of the EWC parameters
   on ``ewc.fisher_batches`` batches of this phase's data per rank, summed over ranks with ONE all_reduce of
@@ -19,30 +19,28 @@ Phase hooks (called by trainer/loop.py, documented in trainer/tasks/__init__.py)
   It is normalised (``ewc.normalize``), added to the earlier phases' Fisher (online EWC), and handed over with
   the parameter snapshot θ* through ``extra_state`` (the loop writes it to the checkpoint as task_extra.pt).
 
-How the extra terms see the forward's output: ``UniCodeTask.compute_loss`` calls ``self.forward_module``; here
-that attribute is a property whose getter runs the module the loop installed (the engine) and keeps its output
-for this class's ``compute_loss`` to read after the parent has summed its terms.
+The extra terms are added to ``UniCodeTask.loss_terms`` of the same forward output (``CodebookTask.compute_loss``
+weights and sums them all).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from trainer import distributed
-from trainer.checkpoint import MODEL_FILE, CheckpointManager
+from trainer.checkpoint import MODEL_FILE, InitSource
 from trainer.config import build_config
 from trainer.models.comet import (
     COMETConfig, COMETModel, cumulative_fisher, ewc_penalty, fisher_from_gradients, gate_balance_loss,
     normalized_fisher, pseudo_cpc_losses,
 )
-from trainer.models.unicode import mask_key
-from trainer.tasks.unicode import UniCodeTask, weighted_total
+from trainer.models.inputs import mask_key
+from trainer.tasks.unicode import UniCodeTask
 
 
 class COMETTask(UniCodeTask):
@@ -59,25 +57,11 @@ class COMETTask(UniCodeTask):
         average_gradients_fn: Callable[[Iterable[nn.Parameter]], None] = distributed.average_gradients_,
     ):
         self.all_reduce_fn = all_reduce_fn
-        self._last_output: dict | None = None
         super().__init__(cfg, all_reduce_fn, all_gather_fn, average_gradients_fn)
         self.ewc_anchor: dict[str, Tensor] = {}     # θ* of earlier phases (the penalty's centre)
         self.ewc_fisher: dict[str, Tensor] = {}     # their cumulative diagonal Fisher
         self.handover: dict[str, Any] = {}          # what end_phase_ computed for the next phase
         self._began_phase = False
-
-    # ------------------------------------------------------------------ forward output for the extra terms
-    @property
-    def forward_module(self) -> Callable[[Mapping[str, Tensor]], dict]:
-        return self._forward_keeping_output
-
-    @forward_module.setter
-    def forward_module(self, module: Callable[[Mapping[str, Tensor]], dict]) -> None:
-        self._forward = module
-
-    def _forward_keeping_output(self, features: Mapping[str, Tensor]) -> dict:
-        self._last_output = self._forward(features)
-        return self._last_output
 
     # ------------------------------------------------------------------ plumbing
     def to(self, device: torch.device | str) -> COMETTask:
@@ -96,13 +80,13 @@ class COMETTask(UniCodeTask):
         return super().prepare_batch(renamed, device)
 
     # ------------------------------------------------------------------ loss
-    def compute_loss(self, features: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss_terms(self, features: Mapping[str, Tensor], out: Mapping[str, Any], step: int
+                   ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """UniCodeTask's terms, then gate, pm and ewc (module docstring), all unweighted."""
         if self.model.training and self.cfg.replay.new_codes and not self._began_phase:
             raise RuntimeError(f"replay.new_codes={self.cfg.replay.new_codes} but this run did not start from a "
                                "previous phase (set run.init_from, or new_codes=0 for a first phase)")
-        loss, metrics = super().compute_loss(features, step)
-        out, self._last_output = self._last_output, None
-        terms: dict[str, Tensor] = {}
+        terms, metrics = super().loss_terms(features, out, step)
         if self.cfg.use_gate_loss and self.model.adapter is not None and self.model.adapter.router is not None:
             terms["gate"] = gate_balance_loss(list(out["gates"].values()))
         if "pseudo" in out:
@@ -111,16 +95,12 @@ class COMETTask(UniCodeTask):
             pairs = pseudo_cpc_losses(out["cpc_predictions"], out["semantic"], out["pseudo_cpc_predictions"],
                                       pseudo, t, self.cfg.cpc.normalize_over)
             terms["pm"] = sum(pairs.values())
-            metrics.update({f"pm_{a}2{n}": v.detach() for (a, n), v in pairs.items()})
+            metrics.update({f"pm_{a}2{n}": v for (a, n), v in pairs.items()})
             metrics["pm_old_share"] = pseudo.from_old.float().mean()
         if self.ewc_fisher:
             params = self._adapter_parameters()
             terms["ewc"] = 0.5 * ewc_penalty(params, self.ewc_anchor, self.ewc_fisher)   # (λ/2) Σ F (θ − θ*)²
-        if terms:
-            loss = loss + weighted_total(terms, self.cfg.loss)
-        metrics.update({k: v.detach() for k, v in terms.items()})
-        metrics["loss"] = loss.detach()
-        return loss, metrics
+        return terms, metrics
 
     def after_optimizer_step_(self) -> dict[str, Tensor]:
         """MM-EMA step, then (``replay.protect_inherited``) restart the inherited codes' reset clocks."""
@@ -130,10 +110,12 @@ class COMETTask(UniCodeTask):
         return metrics
 
     # ------------------------------------------------------------------ phase hooks
-    def begin_phase_(self, previous: Path, extra: Mapping[str, Any]) -> COMETConfig:
-        """Continue from the previous phase's final checkpoint ``previous`` (its model.pt is already loaded for
-        the modalities both phases train, and its codebook adopted); see the module docstring."""
-        meta = CheckpointManager.read_meta(previous)
+    def begin_phase_(self, init: InitSource, model_cfg: Any) -> COMETConfig:
+        """Continue from the previous phase's final checkpoint ``init`` (its model.pt is already loaded for
+        the modalities both phases train, and its codebook adopted); see the module docstring. ``model_cfg``
+        (the job's) is this task's config before the phase; the returned one adds the carried modalities."""
+        del model_cfg
+        meta, previous, extra = init.meta, init.checkpoint, init.extra
         source = str(previous / "meta.json")
         if meta.get("task") != "comet":
             raise ValueError(f"{source}: task {meta.get('task')!r}; a COMET phase continues a COMET phase "
@@ -149,7 +131,7 @@ class COMETTask(UniCodeTask):
                                   carried_spatial_patches={m: core.spatial_patches[m] for m in carried
                                                            if m in core.spatial_patches})
         self.model.carry_(cfg)
-        self._load_carried_weights(previous / MODEL_FILE, carried)
+        self._load_carried_weights(init, carried)
         if cfg.replay.new_codes:
             self.model.expand_codebook_(cfg.replay.new_codes)
             cfg = dataclasses.replace(cfg, quantizer=self.model.quantizer.cfg)
@@ -173,12 +155,12 @@ class COMETTask(UniCodeTask):
         self._began_phase = True
         return cfg
 
-    def _load_carried_weights(self, model_file: Path, carried: tuple[str, ...]) -> None:
+    def _load_carried_weights(self, init: InitSource, carried: tuple[str, ...]) -> None:
         """The carried modalities' Φ^m and adapter S^m (or adapter snapshot) from the previous phase's model.pt.
 
         A snapshot (``adapter.freeze_carried``) is the previous phase's own snapshot of a modality it carried
         too, else its live adapter (common layers, router, S^m), which trained that modality last."""
-        state = torch.load(model_file, map_location="cpu", weights_only=True)
+        state = init.model_state
         own = self.model.state_dict()
         prefixes = tuple(p for m in carried for p in (f"semantic.encoders.{m}.", f"semantic.{m}.",
                                                       f"semantic.adapter.specific.{m}"))
@@ -195,7 +177,8 @@ class COMETTask(UniCodeTask):
         absent = [m for m in carried if not any(k.startswith(p) for k in wanted for p in
                                                 (f"semantic.encoders.{m}.", f"semantic.{m}."))]
         if absent:
-            raise KeyError(f"{model_file}: no semantic encoder weights for carried modalities {absent}")
+            raise KeyError(f"{init.checkpoint / MODEL_FILE}: no semantic encoder weights for carried modalities "
+                           f"{absent}")
         self.model.load_state_dict(wanted, strict=False)
 
     @torch.no_grad()
@@ -257,11 +240,8 @@ class COMETTask(UniCodeTask):
         return super().state_dict() | {"ewc": {"anchor": dict(self.ewc_anchor), "fisher": dict(self.ewc_fisher)}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        state = dict(state)
-        if "ewc" not in state:
-            raise KeyError(f"COMETTask state lacks 'ewc' (keys {sorted(state)})")
-        ewc = state.pop("ewc")
-        super().load_state_dict(state)
+        super().load_state_dict(state)          # checks the keys against this task's state_dict, "ewc" included
+        ewc = state["ewc"]
         device = self.model.inherited_codes.device
         self.ewc_anchor = {n: v.to(device) for n, v in ewc["anchor"].items()}
         self.ewc_fisher = {n: v.to(device) for n, v in ewc["fisher"].items()}

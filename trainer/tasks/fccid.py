@@ -10,13 +10,14 @@ Loss, seed 003 eq. 10 (weights: ``FCCIDConfig.loss``), metric names in brackets:
 The CLUB estimators that the Table 5 switches leave on: ``fine_audio`` q(f̄^a | f^a) (A_CLUB), ``fine_video``
 (V_CLUB), ``coarse_audiovisual`` q(c̄ | c) (AV_CLUB: one estimator for audio's and video's clip pairs, as their
 coarse encoders are shared; its bound is the sum of the two) and ``coarse_text`` (TE_CLUB). They train, and
-their bounds enter the loss, exactly as Uni-Code's do (``CodebookTask``); the coarse bound's negatives are
-the other clips of the local batch.
+their bounds enter the loss, exactly as Uni-Code's do (``CodebookTask``, trainer/tasks/base.py); the coarse
+bound's negatives are the other clips of the local batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -24,7 +25,7 @@ from trainer import distributed
 from trainer.models.club import CLUBEstimator
 from trainer.models.fccid import COARSE_SIDE, FINE_MODALITIES, TEXT, FCCIDConfig, FCCIDModel
 from trainer.models.losses import commitment_losses, reconstruction_loss, symmetric_info_nce
-from trainer.tasks.unicode import ClubPairs, CodebookTask, cmcm_terms, loss_and_metrics
+from trainer.tasks.base import ClubPairs, CodebookTask, cmcm_terms
 
 
 class FCCIDTask(CodebookTask):
@@ -35,7 +36,6 @@ class FCCIDTask(CodebookTask):
         all_gather_fn: Callable[[Tensor], Tensor] = distributed.all_gather_cat,
         average_gradients_fn: Callable[[Iterable[nn.Parameter]], None] = distributed.average_gradients_,
     ):
-        self.cfg = cfg
         model = FCCIDModel(cfg, all_reduce_fn, all_gather_fn)
         club = None
         if cfg.club_estimators:
@@ -44,7 +44,7 @@ class FCCIDTask(CodebookTask):
                 name: CLUBEstimator(general, cfg.encoder.specific_dim if name.startswith("fine_") else
                                     cfg.coarse.specific_dim, cfg.club.hidden_dim)
                 for name in cfg.club_estimators})
-        super().__init__(model, cfg.modalities, club, cfg.club, cfg.cpc, average_gradients_fn)
+        super().__init__(cfg, model, cfg.modalities, club, cfg.club, cfg.cpc, average_gradients_fn)
 
     def _club_pairs(self, out: Mapping[str, Mapping[str, Tensor]]) -> ClubPairs:
         """Bound name -> (estimator, general, specific) for every switched-on estimator; clip vectors as
@@ -60,13 +60,13 @@ class FCCIDTask(CodebookTask):
                                         out["coarse_specific"][m].unsqueeze(1))
         return pairs
 
-    def compute_loss(self, features: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """Forward + every term of eq. 10. ``metrics``: detached 0-dim tensors (unweighted terms, and ``loss``).
+    def loss_terms(self, features: Mapping[str, Tensor], out: Mapping[str, Any], step: int
+                   ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Every term of eq. 10 of the forward's output ``out``, unweighted, and their parts.
 
         ``step`` is part of the generic task interface; no FCCID term is scheduled by it.
         """
         del step
-        out = self.forward_module(features)
         weights = self.cfg.loss
         general = out["coarse_general"]
         metrics: dict[str, Tensor] = {}
@@ -101,4 +101,4 @@ class FCCIDTask(CodebookTask):
             terms["mi"] = sum(mi.values())
             metrics.update({f"mi_{name}": v for name, v in mi.items()})
 
-        return loss_and_metrics(terms, weights, metrics)
+        return terms, metrics

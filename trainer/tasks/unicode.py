@@ -1,233 +1,22 @@
-"""Uni-Code pretraining as a task object: a batch of features in, ``(loss, metrics)`` out.
+"""Uni-Code pretraining as a task (CMG seed 001 §4): ``UniCodeModel`` and its loss, CMG eq. 9.
 
-The loop stays generic::
-
-    features = task.prepare_batch(batch, device)
-    loss, metrics = task.compute_loss(features, step)
-    engine.backward(loss); engine.step()           # or loss.backward(); optimizer.step()
-    metrics |= task.after_optimizer_step_()        # MM-EMA update + code reset + codebook statistics
-
-``CodebookTask`` holds what every codebook-pretraining task shares (Uni-Code here, FCCID in
-``trainer.tasks.fccid``); ``UniCodeTask`` adds the Uni-Code model and its loss. What a task owns besides
-the model:
-- the CLUB estimators q_θ (an ``nn.ModuleDict``) and their own Adam optimiser. They are not submodules of
-  the model, so no engine partitions or steps them. Each ``compute_loss`` in training mode first runs
-  ``club.inner_steps`` estimator updates on DETACHED (z, z̄) that maximise the log-likelihood, averaging
-  gradients across ranks (``average_gradients_fn``) before every optimiser step so the replicas stay
-  identical; then it evaluates the MI bound (CMG eq. 5) for the main loss with the estimator's parameters
-  detached, so the main loss neither moves nor even grads them. With gradient accumulation every
-  micro-batch's ``compute_loss`` runs its own inner updates;
-- the generator that draws the Cross-CPC context end t, seeded from ``cpc.seed`` and advanced once per
-  training-mode ``compute_loss`` on every rank alike, so all ranks use the same t (a per-rank t would also
-  be a valid estimator; a shared one keeps runs reproducible for any world size). Eval mode averages the
-  CPC loss over every t instead and leaves the generator alone.
-
-Negatives of CPC, CLUB and CMCM are the local (per-rank) batch. With data parallelism this is the mean of
-per-rank contrastive objectives, not the global-batch objective; the per-sample terms (reconstruction,
-commitment, the CLUB estimator's likelihood) and the codebook statistics are exact.
-
-``state_dict`` holds the CLUB estimators, their optimiser state and the CPC generator state. The model
-(and with it the quantizer buffers) is saved by the engine, not here.
+Terms (metric names in brackets): recon [recon_<m>], commit (eq. 8) [commit_<m>], cpc (eq. 6)
+[cpc_<a>2<b>], cmcm [cmcm_<a>_<b>], mi (eq. 5, one CLUB estimator per modality) [mi_<m>]; the plumbing and
+its rules are ``CodebookTask``'s (trainer/tasks/base.py).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from trainer import distributed
-from trainer.models.club import CLUBConfig, CLUBEstimator, club_upper_bound
-from trainer.models.cpc import CPCConfig, cross_cpc_losses
-from trainer.models.losses import cmcm_loss, code_log_distribution, commitment_losses, reconstruction_loss
-from trainer.models.unicode import UniCodeConfig, UniCodeModel, mask_key
-
-# bound name -> (estimator key, x, y): the CLUB bound "name" of q_θ[key](y | x), x = z (b t D), y = z̄ (b t d̄)
-ClubPairs = Mapping[str, tuple[str, Tensor, Tensor]]
-
-
-def cmcm_terms(distances: Mapping[str, Tensor]) -> dict[tuple[str, str], Tensor]:
-    """CMCM for every unordered pair of modalities, from each modality's ``(b t M)`` squared code distances."""
-    log_p = {m: code_log_distribution(d) for m, d in distances.items()}
-    return {(a, b): cmcm_loss(log_p[a], log_p[b]) for a, b in itertools.combinations(distances, 2)}
-
-
-def loss_and_metrics(terms: Mapping[str, Tensor], weights: object,
-                     metrics: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """A task's ``compute_loss`` result: the weighted total, and the metrics (its parts, every unweighted term and
-    ``loss``) detached."""
-    loss = weighted_total(terms, weights)
-    metrics.update(terms)
-    metrics["loss"] = loss
-    return loss, {k: v.detach() for k, v in metrics.items()}
-
-
-def weighted_total(terms: Mapping[str, Tensor], weights: object) -> Tensor:
-    """Σ weight · term, each term weighted by the loss config field of the same name."""
-    return sum(getattr(weights, name) * value for name, value in terms.items())
-
-
-class CodebookTask:
-    """Task plumbing around a model with an MM-EMA ``quantizer`` submodule: CLUB estimators and their
-    optimiser, the CPC time generator, batch preparation, the post-step codebook update, state.
-
-    A subclass builds its model and estimators, calls this ``__init__`` and implements ``compute_loss``
-    with the helpers below (see the module docstring for the rules they follow).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        modalities: Iterable[str],
-        club: nn.ModuleDict | None,
-        club_cfg: CLUBConfig,
-        cpc_cfg: CPCConfig | None,
-        average_gradients_fn: Callable[[Iterable[nn.Parameter]], None],
-    ):
-        self.model = model
-        # What compute_loss calls for the forward; a trainer may point it at the engine wrapping self.model.
-        self.forward_module: Callable[[Mapping[str, Tensor]], dict] = model
-        self.modalities = tuple(modalities)
-        self.average_gradients_fn = average_gradients_fn
-        self.club_inner_steps = club_cfg.inner_steps
-        self.club_nonnegative = club_cfg.nonnegative
-        self.club = club
-        self.club_optimizer = torch.optim.Adam(club.parameters(), lr=club_cfg.lr) if club is not None else None
-        self.cpc_generator = torch.Generator().manual_seed(cpc_cfg.seed) if cpc_cfg is not None else None
-
-    # ------------------------------------------------------------------ plumbing
-    def to(self, device: torch.device | str) -> CodebookTask:
-        """Move model and CLUB estimators (in place, so optimiser references stay valid)."""
-        self.model.to(device)
-        if self.club is not None:
-            self.club.to(device)
-        return self
-
-    def prepare_batch(self, batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Tensor]:
-        """Pick this task's features (and optional masks) from a loader batch, checked, fp32/bool, on ``device``.
-
-        Runs before the training step, on the loader's (CPU) tensors, so it may inspect values: a mask row
-        without any real token is an error here (attention over no keys would give NaN later).
-        """
-        features = {}
-        for m in self.modalities:
-            if m not in batch:
-                raise KeyError(f"batch lacks modality '{m}' (got keys {sorted(batch)})")
-            value = batch[m]
-            if not isinstance(value, Tensor) or not value.is_floating_point():
-                raise TypeError(f"batch['{m}'] must be a floating-point tensor, got "
-                                f"{getattr(value, 'dtype', type(value).__name__)}")
-            features[m] = value.to(device=device, dtype=torch.float32, non_blocking=True)
-            key = mask_key(m)
-            if key in batch:
-                mask = batch[key]
-                if not isinstance(mask, Tensor) or mask.ndim != 2:
-                    raise ValueError(f"batch['{key}'] must be a (b t) tensor, got {getattr(mask, 'shape', mask)}")
-                mask = mask.bool()
-                empty = (~mask.any(dim=1)).nonzero().flatten()
-                if empty.numel():
-                    raise ValueError(f"batch['{key}'] has rows without any real token: {empty.tolist()[:8]}")
-                features[key] = mask.to(device=device, non_blocking=True)
-        return features
-
-    # ------------------------------------------------------------------ CLUB
-    def _train_estimators_(self, pairs: ClubPairs) -> Tensor:
-        """``club.inner_steps`` updates of q_θ maximising Σ_pairs log q_θ(y | x) on detached inputs.
-
-        Returns the summed log-likelihood of the last inner step (before its update), detached.
-        Called only with ``club.inner_steps >= 1``.
-        """
-        detached = [(key, x.detach(), y.detach()) for key, x, y in pairs.values()]
-        for _ in range(self.club_inner_steps):
-            self.club_optimizer.zero_grad(set_to_none=True)
-            log_likelihood = sum(self.club[key].log_likelihood(x, y) for key, x, y in detached)
-            (-log_likelihood).backward()
-            self.average_gradients_fn(self.club.parameters())
-            self.club_optimizer.step()
-        # leave no estimator gradient behind: the main backward must find them untouched (None)
-        self.club_optimizer.zero_grad(set_to_none=True)
-        return log_likelihood.detach()
-
-    def _mi_upper_bounds(self, pairs: ClubPairs) -> dict[str, Tensor]:
-        """CMG eq. 5 per pair, with q_θ evaluated on detached parameters (gradients reach x and y only)."""
-        bounds = {}
-        for name, (key, x, y) in pairs.items():
-            frozen = {n: p.detach() for n, p in self.club[key].named_parameters()}
-            mu, logvar = functional_call(self.club[key], frozen, (x,))
-            bounds[name] = club_upper_bound(mu, logvar, y)
-            if self.club_nonnegative:
-                bounds[name] = bounds[name].clamp_min(0.0)
-        return bounds
-
-    def _club_terms(self, pairs: ClubPairs, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Inner estimator updates (training mode only; their log-likelihood goes into ``metrics``), then
-        the MI upper bound of every pair for the main loss."""
-        if self.model.training and self.club_inner_steps:
-            metrics["club_log_likelihood"] = self._train_estimators_(pairs)
-        return self._mi_upper_bounds(pairs)
-
-    # ------------------------------------------------------------------ Cross-CPC
-    def _draw_cpc_time(self, valid: int) -> int:
-        """Context end t ~ U{0, …, valid − 1} from the task's CPU generator (host-side: no device sync)."""
-        return int(torch.randint(valid, (), generator=self.cpc_generator))
-
-    def _cpc_terms(self, predictions: Mapping[str, Tensor], semantic: Mapping[str, Tensor],
-                   cpc_cfg: CPCConfig) -> tuple[Tensor, dict[tuple[str, str], Tensor]]:
-        """Cross-CPC (CMG eq. 6): (the weighted sum over ordered pairs, each pair's loss).
-
-        Training: one random context end per step (CMG §4.2); evaluation: the mean over all of them, which
-        is the random-t loss's expectation and leaves the training generator untouched.
-        """
-        t = self._draw_cpc_time(next(iter(predictions.values())).shape[1]) if self.model.training else None
-        same_weight = cpc_cfg.same_modality_weight
-        pairs = cross_cpc_losses(predictions, semantic, t, cpc_cfg.normalize_over,
-                                 include_same_modality=same_weight != 0.0)
-        return sum(v if a != n else same_weight * v for (a, n), v in pairs.items()), pairs
-
-    # ------------------------------------------------------------------ after the step
-    def after_optimizer_step_(self) -> dict[str, Tensor]:
-        """Once per optimizer step: MM-EMA update, usage and code reset; returns ``codebook/*`` statistics."""
-        stats = self.model.quantizer.step_()
-        return {f"codebook/{k}": v for k, v in stats.items()}
-
-    def replicated_state(self) -> dict[str, Tensor]:
-        """What every rank must hold bit-identically without any broadcast: the quantizer's buffers
-        (codebook, EMA counts/sums, usage clocks) and the CLUB estimators' weights (CPU copies)."""
-        state = {f"quantizer.{k}": v.detach().cpu().clone() for k, v in self.model.quantizer.state_dict().items()
-                 if isinstance(v, Tensor)}
-        if self.club is not None:
-            state |= {f"club.{k}": v.detach().cpu().clone() for k, v in self.club.state_dict().items()}
-        return state
-
-    def code_usage_(self) -> dict[str, Tensor]:
-        """Per-modality code counts since the previous call (CMG Fig. 4 plots); clears the window."""
-        return self.model.quantizer.take_usage_()
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """CLUB estimators + their optimiser + the CPC generator (the engine saves the model itself)."""
-        state: dict[str, Any] = {}
-        if self.club is not None:
-            state["club"] = self.club.state_dict()
-            state["club_optimizer"] = self.club_optimizer.state_dict()
-        if self.cpc_generator is not None:
-            state["cpc_generator"] = self.cpc_generator.get_state()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expected = set(self.state_dict())
-        if set(state) != expected:
-            raise KeyError(f"{type(self).__name__} state has keys {sorted(state)}, expected {sorted(expected)} "
-                           "(was it saved with different use_club / use_cpc / CLUB ablation switches?)")
-        if self.club is not None:
-            self.club.load_state_dict(state["club"])
-            self.club_optimizer.load_state_dict(state["club_optimizer"])
-        if self.cpc_generator is not None:
-            self.cpc_generator.set_state(state["cpc_generator"].cpu())
+from trainer.models.club import CLUBEstimator
+from trainer.models.losses import commitment_losses, reconstruction_loss
+from trainer.models.unicode import UniCodeConfig, UniCodeModel
+from trainer.tasks.base import CodebookTask, cmcm_terms
 
 
 class UniCodeTask(CodebookTask):
@@ -251,16 +40,16 @@ class UniCodeTask(CodebookTask):
             enc = self.cfg.encoder
             club = nn.ModuleDict({m: CLUBEstimator(enc.semantic_dim, enc.specific_dim, self.cfg.club.hidden_dim)
                                   for m in modalities})
-        super().__init__(model, modalities, club, self.cfg.club,
+        super().__init__(self.cfg, model, modalities, club, self.cfg.club,
                          self.cfg.cpc if self.cfg.use_cpc else None, average_gradients_fn)
 
-    def compute_loss(self, features: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """Forward + every loss term. ``metrics``: detached 0-dim tensors (unweighted terms, and ``loss``).
+    def loss_terms(self, features: Mapping[str, Tensor], out: Mapping[str, Any], step: int
+                   ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Every Uni-Code term of the forward's output ``out``, unweighted, and their parts.
 
         ``step`` is part of the generic task interface; no Uni-Code term is scheduled by it.
         """
         del step
-        out = self.forward_module(features)
         weights = self.cfg.loss
         metrics: dict[str, Tensor] = {}
         terms: dict[str, Tensor] = {}
@@ -286,4 +75,4 @@ class UniCodeTask(CodebookTask):
             terms["mi"] = sum(mi.values())
             metrics.update({f"mi_{m}": v for m, v in mi.items()})
 
-        return loss_and_metrics(terms, weights, metrics)
+        return terms, metrics

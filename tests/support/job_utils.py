@@ -1,0 +1,71 @@
+"""Run the real main job from tests: tiny synthetic shards, `python trainer/main.py` or `accelerate launch`.
+
+    shards = make_clip_shards(tmp_path / "data", num_clips=16, seconds=4, clips_per_shard=4)
+    proc = run_job(tmp_path / "run", shards, processes=2, zero=2, overrides=["run.max_steps=6"])
+    metrics = read_metrics(tmp_path / "run")          # rank 0's metrics.jsonl, one dict per logged step
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dist_utils import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO / "launch" / "configs" / "demo.yaml"
+
+
+def make_clip_shards(root: Path, num_clips: int = 16, seconds: int = 4, clips_per_shard: int = 4,
+                     classes: int = 3, seed: int = 0) -> str:
+    """Synthetic clips -> shards under ``root`` (once); returns the brace URL of the shards."""
+    from shards.synth import SynthConfig, synthesise
+    from shards.write import write_shards
+
+    root = Path(root)
+    manifest_path = root / "shards" / "manifest.json"
+    if not manifest_path.is_file():
+        synthesise(SynthConfig(num_clips=num_clips, classes=classes, seconds=seconds, seed=seed, fps=8, size=32),
+                   root / "clips")
+        write_shards(root / "clips", str(root / "shards" / "train-%06d.tar"), max_count=clips_per_shard)
+    count = len(json.loads(manifest_path.read_text())["shards"])
+    return str(root / "shards" / f"train-{{000000..{count - 1:06d}}}.tar")
+
+
+def job_command(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
+                seconds: int = 4, config: Path = DEMO_CONFIG) -> list[str]:
+    """The main job on ``config`` (default: the demo config), shrunk for tests (logs every step, no progress bar)."""
+    args = ["--config", str(config), f"run.dir={run_dir}", f"data.urls={urls}",
+            f"data.decode.seconds={seconds}", "data.batch_size=2", "data.num_workers=1", "data.shuffle_buffer=4",
+            "run.progress=false", "tracking.log_every=1", "tracking.flush_interval_s=0", *overrides]
+    main = str(REPO / "trainer" / "main.py")
+    if processes == 1:
+        return [sys.executable, main, *args]
+    return [sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", str(REPO / "launch" / "accelerate" / f"cpu_zero{zero}.yaml"),
+            "--num_processes", str(processes), "--main_process_port", str(free_port()), main, *args]
+
+
+def job_env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_job(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
+            timeout: float = 300, check: bool = True, config: Path = DEMO_CONFIG) -> subprocess.CompletedProcess:
+    proc = subprocess.run(job_command(run_dir, urls, processes, zero, overrides, config=config), cwd=REPO,
+                          env=job_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"job exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"
+                             f"--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []

@@ -1,0 +1,224 @@
+"""The main job end to end: `python trainer/main.py` and `accelerate launch` (2 CPU ranks, gloo, DeepSpeed).
+
+- a bad config fails before any work, naming the key;
+- ZeRO-2 and ZeRO-3 through trainer/main.py keep the quantizer buffers and CLUB estimators bit-identical on
+  both ranks (nothing re-broadcasts them), and agree with each other up to reduction-order rounding;
+- resume is exact: 2N steps == N steps + resume + N steps (losses at every step, every model tensor), both
+  with a planned split and with a stop request (STOP file / SIGUSR1) at an unplanned step;
+- a stop request checkpoints and exits 75 ("resume me"); the resumed job continues the same MLflow run;
+- a real `mlflow server` receives params, metrics and the code-usage PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from job_utils import REPO, job_command, job_env, make_clip_shards, read_metrics, run_job
+
+from trainer.checkpoint import CheckpointManager
+
+STEPS = 8
+# jobs stopped mid-run get room: on an idle machine an 8-step job can finish between the poll that sees step 2
+# and the signal (or STOP file) it triggers, and then exits 0
+STOPPED_RUN_STEPS = 40
+RESETS = "model.quantizer.reset_steps=3"   # codes unused for 3 steps are reset: the runs below include resets
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    return make_clip_shards(tmp_path_factory.mktemp("data"))
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = read_metrics(run_dir)
+    steps = [r["step"] for r in rows]
+    assert len(steps) == len(set(steps)), f"a step was logged twice: {steps}"
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = CheckpointManager(Path(run_dir) / "checkpoints").latest()
+    return torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:10]}"
+
+
+def rank_states(run_dir: Path) -> list[dict]:
+    ckpt = CheckpointManager(Path(run_dir) / "checkpoints").latest()
+    return [torch.load(p, map_location="cpu", weights_only=True) for p in sorted(ckpt.glob("rank_*.pt"))]
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "status.json").read_text())
+
+
+def wait_for_steps(run_dir: Path, proc: subprocess.Popen, steps: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(read_metrics(run_dir)) < steps:
+        assert proc.poll() is None, f"job ended early with {proc.returncode}: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, "job made no progress"
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------------- config errors
+@pytest.mark.parametrize("override, message", [
+    ("model.quantizer.num_codez=3", "model.quantizer.num_codez"),
+    ("run.max_steps=abc", "run.max_steps"),
+    ("model.quantizer.ema_mode=parallel", "model.quantizer.ema_mode"),
+    ("data.urls=/nonexistent/train-{000000..000001}.tar", "manifest"),
+])
+def test_bad_config_fails_before_any_work(tmp_path, shards, override, message):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(job_command(run_dir, shards, overrides=[override]), cwd=REPO, env=job_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "config error" in proc.stderr
+    assert not run_dir.exists()                       # nothing was started
+
+
+# ---------------------------------------------------------------------------------------------- one process
+@pytest.mark.slow
+def test_single_process_signal_checkpoints_exits_75_and_resumes_exactly(tmp_path, shards):
+    steps = [f"run.max_steps={STOPPED_RUN_STEPS}"]
+    reference = tmp_path / "reference"
+    run_job(reference, shards, overrides=steps)
+
+    run_dir = tmp_path / "stopped"
+    proc = subprocess.Popen(job_command(run_dir, shards, overrides=steps), cwd=REPO,
+                            env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_steps(run_dir, proc, 2)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-3000:]
+    stopped_at = status(run_dir)
+    assert stopped_at["state"] == "stopped" and 2 <= stopped_at["step"] < STOPPED_RUN_STEPS
+    ckpt = CheckpointManager(run_dir / "checkpoints").latest()
+    assert CheckpointManager.read_meta(ckpt)["step"] == stopped_at["step"]
+
+    run_job(run_dir, shards, overrides=steps)
+    assert status(run_dir) == {"state": "finished", "step": STOPPED_RUN_STEPS}
+    assert losses(run_dir) == losses(reference)       # every step, bit for bit
+    assert_same_tensors(final_model(run_dir), final_model(reference))
+
+    # the resumed job continued the same MLflow run (default store: sqlite in the run dir)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cmg-demo").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = client.get_metric_history(runs[0].info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, STOPPED_RUN_STEPS + 1))
+
+
+# ---------------------------------------------------------------------------------------------- two ranks
+@pytest.fixture(scope="module")
+def zero2_reference(tmp_path_factory, shards) -> Path:
+    run_dir = tmp_path_factory.mktemp("zero2") / "run"
+    run_job(run_dir, shards, processes=2, zero=2, overrides=[f"run.max_steps={STEPS}", RESETS])
+    return run_dir
+
+
+def assert_replicas_bit_identical(run_dir: Path) -> None:
+    states = rank_states(run_dir)
+    assert len(states) == 2
+    replicas = [s["replicas"] for s in states]
+    assert any(k.startswith("quantizer.codebook") for k in replicas[0])
+    assert any(k.startswith("club.") for k in replicas[0])
+    assert_same_tensors(replicas[0], replicas[1])
+
+
+@pytest.mark.slow
+def test_zero2_and_zero3_keep_codebook_and_club_bit_identical_across_ranks(tmp_path, zero2_reference, shards):
+    assert_replicas_bit_identical(zero2_reference)
+    resets = sum(r["codebook/resets"] for r in read_metrics(zero2_reference))
+    zero3 = tmp_path / "zero3"
+    run_job(zero3, shards, processes=2, zero=3, overrides=[f"run.max_steps={STEPS}", RESETS])
+    assert_replicas_bit_identical(zero3)
+    # the stages reduce gradients in a different order (all-reduce vs reduce-scatter): same run up to rounding
+    z2, z3 = losses(zero2_reference), losses(zero3)
+    assert z2.keys() == z3.keys() and all(abs(z2[k] - z3[k]) <= 1e-5 * abs(z2[k]) for k in z2), (z2, z3)
+    # the consolidated model.pt (gathered from ZeRO-3 partitions) holds every rank's codebook
+    replicated = rank_states(zero3)[1]["replicas"]["quantizer.codebook"]
+    assert torch.equal(final_model(zero3)["quantizer.codebook"], replicated)
+    assert resets > 0, "the runs should exercise code resets"
+
+
+@pytest.mark.slow
+def test_zero2_resume_after_planned_split_is_bitwise_exact(tmp_path, zero2_reference, shards):
+    run_dir = tmp_path / "split"
+    run_job(run_dir, shards, processes=2, zero=2, overrides=[f"run.max_steps={STEPS // 2}", RESETS])
+    assert status(run_dir) == {"state": "finished", "step": STEPS // 2}
+    run_job(run_dir, shards, processes=2, zero=2, overrides=[f"run.max_steps={STEPS}", RESETS])
+    assert losses(run_dir) == losses(zero2_reference)
+    assert_same_tensors(final_model(run_dir), final_model(zero2_reference))
+    assert_replicas_bit_identical(run_dir)
+
+
+@pytest.mark.slow
+def test_zero2_stop_file_mid_run_then_resume_is_bitwise_exact(tmp_path, shards):
+    overrides = [f"run.max_steps={STOPPED_RUN_STEPS}", RESETS]
+    reference = tmp_path / "reference"
+    run_job(reference, shards, processes=2, zero=2, overrides=overrides)
+    run_dir = tmp_path / "stopfile"
+    cmd = job_command(run_dir, shards, processes=2, zero=2, overrides=overrides)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_steps(run_dir, proc, 2)
+    (run_dir / "STOP").touch()
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0, "accelerate launch reports the workers' exit code 75 as a failure"
+    stopped = status(run_dir)
+    assert stopped["state"] == "stopped" and stopped["step"] < STOPPED_RUN_STEPS, err[-3000:]
+    assert "exiting with 75" in err + _
+    run_job(run_dir, shards, processes=2, zero=2, overrides=overrides)
+    assert losses(run_dir) == losses(reference)
+    assert_same_tensors(final_model(run_dir), final_model(reference))
+
+
+# ---------------------------------------------------------------------------------------------- MLflow server
+@pytest.mark.slow
+def test_training_logs_to_a_real_mlflow_server(tmp_path, shards):
+    from mlflow.tracking import MlflowClient
+    from mlflow_server import MlflowServer
+
+    with MlflowServer(tmp_path / "mlflow") as server:
+        run_dir = tmp_path / "run"
+        run_job(run_dir, shards, overrides=["run.max_steps=6", f"tracking.tracking_uri={server.url}",
+                                            "tracking.plot_every=3"])
+        client = MlflowClient(server.url)
+        run_id = CheckpointManager.read_meta(CheckpointManager(run_dir / "checkpoints").latest())["mlflow_run_id"]
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.params["model.quantizer.num_codes"] == "16"   # launch/configs/demo.yaml
+        assert run.data.params["run.max_steps"] == "6"
+        assert run.data.tags["phase"] == "demo" and run.data.tags["world_size"] == "1"
+        for name in ("loss", "recon", "cpc", "mi", "cmcm", "codebook/perplexity", "codebook/codes_used_audio",
+                     "perf/clips_per_s", "data/skipped"):
+            assert [m.step for m in client.get_metric_history(run_id, name)] == list(range(1, 7)), name
+        pngs = [a.path for a in client.list_artifacts(run_id, "code_usage")]
+        assert pngs, "no code-usage plot"
+        local = client.download_artifacts(run_id, pngs[-1], str(tmp_path))
+        assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert [a.path for a in client.list_artifacts(run_id, "codebook")] == ["codebook/final.npy"]
+
+
+@pytest.mark.slow
+def test_unreachable_mlflow_never_stops_training(tmp_path, shards):
+    from dist_utils import free_port
+
+    run_dir = tmp_path / "run"
+    proc = run_job(run_dir, shards, overrides=["run.max_steps=3", "run.grad_accum=2", "tracking.http_timeout_s=1",
+                                                f"tracking.tracking_uri=http://127.0.0.1:{free_port()}"])
+    assert status(run_dir) == {"state": "finished", "step": 3}
+    assert "MLflow at http://127.0.0.1" in proc.stderr and "training goes on" in proc.stderr
+    rows = read_metrics(run_dir)
+    assert [r["data/samples_seen"] for r in rows] == [4, 8, 12]   # batch 2 x 1 rank x 2 micro-batches per step

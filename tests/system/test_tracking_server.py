@@ -1,0 +1,237 @@
+"""trainer/tracking.py against a real ``mlflow server`` (sqlite backend, loopback; tests/support/mlflow_server.py).
+
+One server serves the module (``mlflow_server`` fixture); the unreachable-then-reachable test starts a
+second one on the port its tracker was pointed at while nothing listened there.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from dist_utils import free_port  # noqa: E402
+from mlflow_server import MlflowServer  # noqa: E402
+from tracking_utils import (  # noqa: E402
+    PNG_SIGNATURE, metric_history, mlflow_client, no_ambient_mlflow_env, tracking_warnings,
+)
+
+from trainer.config import flatten, to_dict  # noqa: E402
+from trainer.tracking import Tracker, TrackingConfig, create_tracker  # noqa: E402
+
+__all__ = ["no_ambient_mlflow_env"]   # autouse pytest fixture (tests/support/tracking_utils.py)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    with MlflowServer(tmp_path_factory.mktemp("mlflow_server")) as server:
+        yield server
+
+
+@dataclass
+class _ModelCfg:
+    num_codes: int = 400
+    dims: dict[str, int] = field(default_factory=lambda: {"audio": 128, "video": 512})
+
+
+@dataclass
+class _JobCfg:
+    model: _ModelCfg = field(default_factory=_ModelCfg)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    notes: str = "n" * 6500        # longer than an MLflow param value may be
+
+
+@pytest.mark.slow
+def test_training_loop_logs_everything(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    job = _JobCfg(tracking=TrackingConfig(tracking_uri=mlflow_server.url, experiment="loop", log_every=5,
+                                          plot_every=30))
+    run_dir = tmp_path / "pretrain-av"
+    tracker = create_tracker(job.tracking, run_dir, is_main=True)
+    tracker.start(tags={"phase": "pretrain_av"})
+    tracker.log_config(job)
+    codebook = torch.linspace(-1, 1, 8 * 4).reshape(8, 4)
+    usage = {"audio": torch.tensor([5, 0, 3, 9, 0, 1, 4, 0]), "video": torch.tensor([0, 6, 3, 1, 0, 1, 4, 0])}
+    for step in range(1, 31):                                   # the fake training loop
+        if tracker.should_log(step):
+            tracker.log_metrics({"loss/total": 8.0 / step, "loss/commit": torch.tensor(step / 16)}, step)
+        if tracker.should_plot(step):
+            tracker.log_code_usage(usage, step, plot=True)
+    tracker.log_tensor(codebook, "codebook/final.npy")
+    tracker.log_tensor(codebook, "codebook/final.pt")
+    tracker.end("FINISHED")
+    assert tracker.stats.pending_metrics == tracker.stats.pending_artifacts == tracker.stats.rejected == 0
+
+    client = mlflow_client(mlflow_server.url)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "pretrain-av"
+    expected_params = {k: str(v) for k, v in flatten(to_dict(job)).items()}
+    expected_params["notes"] = "n" * (6000 - 23) + "...[500 more chars cut]"
+    assert run.data.params == expected_params
+    assert metric_history(client, tracker.run_id, "loss/total") == [(s, 8.0 / s) for s in (5, 10, 15, 20, 25, 30)]
+    assert metric_history(client, tracker.run_id, "loss/commit") == [(s, s / 16) for s in (5, 10, 15, 20, 25, 30)]
+    # codes 0..7: audio only, video only, shared, audio only (9 of 10), unused, shared, shared, unused
+    assert run.data.metrics["codes/audio_only"] == 2 and run.data.metrics["codes/video_only"] == 1
+    assert run.data.metrics["codes/shared"] == 3 and run.data.metrics["codes/unused"] == 2
+    assert run.data.metrics["codes/active"] == 6
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    tags = run.data.tags
+    assert tags["phase"] == "pretrain_av" and tags["world_size"] == "1" and tags["slurm_job_id"] == "4242"
+    assert tags["mlflow.source.git.commit"] == head and tags["git_dirty"] in ("true", "false")
+
+    assert [a.path for a in client.list_artifacts(tracker.run_id, "code_usage")] == ["code_usage/step_00000030.png"]
+    out = Path(client.download_artifacts(tracker.run_id, "", str(tmp_path / "download")))
+    png = (out / "code_usage" / "step_00000030.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE)
+    from PIL import Image
+    with Image.open(io.BytesIO(png)) as image:
+        image.verify()
+    assert torch.equal(torch.from_numpy(np.load(out / "codebook" / "final.npy", allow_pickle=False)), codebook)
+    assert torch.equal(torch.load(out / "codebook" / "final.pt", weights_only=True), codebook)
+    resolved = yaml.safe_load((out / "config" / "resolved.yaml").read_text())
+    assert resolved == to_dict(job) and len(resolved["notes"]) == 6500   # the full value survives here
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_run_and_step_axis(mlflow_server, tmp_path):
+    cfg = TrackingConfig(tracking_uri=mlflow_server.url, experiment="resume")
+    first = Tracker(cfg, tmp_path)
+    first.start(tags={"phase": "pretrain_av"})
+    first.log_params({"lr": 4e-4, "max_steps": 10})
+    for step in range(1, 11):
+        first.log_metrics({"loss": step / 8}, step)
+    saved = io.BytesIO()
+    # As a checkpoint would hold it. Within the default flush_interval_s of start() all ten points are
+    # still queued here, so they are both in the checkpoint and delivered by end() below: the resumed
+    # tracker re-sends them, and MLflow must keep one copy of each (same key, step, timestamp, value).
+    assert len(first.state_dict()["metrics"]) == 10
+    torch.save({"tracking": first.state_dict()}, saved)
+    first.end("KILLED")                                         # preempted
+    client = mlflow_client(mlflow_server.url)
+    assert client.get_run(first.run_id).info.status == "KILLED"
+
+    saved.seek(0)
+    state = torch.load(saved, weights_only=True)["tracking"]
+    second = Tracker(cfg, tmp_path)
+    second.load_state_dict(state)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second.start(tags={"phase": "pretrain_av"})
+        second.log_params({"lr": 4e-4, "max_steps": 20})        # edited config: params are immutable
+        for step in range(11, 21):
+            second.log_metrics({"loss": step / 8}, step)
+        second.end("FINISHED")
+    assert second.run_id == first.run_id
+    assert len(tracking_warnings(caught, "kept at their first values: max_steps")) == 1
+
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert [r.info.run_id for r in runs] == [first.run_id]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert metric_history(client, first.run_id, "loss") == [(s, s / 8) for s in range(1, 21)]
+    assert run.data.params == {"lr": "0.0004", "max_steps": "10"}
+    assert run.data.tags["resume_count"] == "1" and run.data.tags["params_changed"] == "max_steps"
+
+
+@pytest.mark.slow
+def test_metrics_wait_for_the_flush_interval(mlflow_server, tmp_path):
+    tracker = Tracker(TrackingConfig(tracking_uri=mlflow_server.url, experiment="batch", flush_interval_s=600.0),
+                      tmp_path)
+    tracker.start()                                            # opens the run at once
+    assert tracker.run_id is not None and tracker.stats.connected
+    for step in range(10):
+        tracker.log_metrics({"loss": step / 4, "lr": 0.5}, step)
+    assert tracker.stats.pending_metrics == 20                 # queued: no request in the interval
+    client = mlflow_client(mlflow_server.url)
+    assert client.get_metric_history(tracker.run_id, "loss") == []
+    assert tracker.flush() and tracker.stats.pending_metrics == 0
+    assert metric_history(client, tracker.run_id, "loss") == [(s, s / 4) for s in range(10)]
+    tracker.end("FINISHED")
+
+
+@pytest.mark.slow
+def test_rejected_batches_are_dropped_not_retried(mlflow_server, tmp_path):
+    tracker = Tracker(TrackingConfig(tracking_uri=mlflow_server.url, experiment="reject", flush_interval_s=0.0),
+                      tmp_path)
+    tracker.start()
+    tracker.log_metrics({"loss": 1.0}, 1)
+    client = mlflow_client(mlflow_server.url)
+    client.delete_run(tracker.run_id)                          # the server now refuses writes (HTTP 400)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker.log_metrics({"loss": 2.0, "lr": 0.1}, 2)
+    assert tracker.stats.rejected == 2 and tracker.stats.pending_metrics == 0
+    assert tracker.stats.failed_attempts == 0 and tracker.stats.connected
+    assert len(tracking_warnings(caught, "rejected 2 metrics")) == 1
+    client.restore_run(tracker.run_id)
+    tracker.log_metrics({"loss": 3.0}, 3)                      # no backoff: delivered at once
+    tracker.end("FINISHED")
+    assert metric_history(client, tracker.run_id, "loss") == [(1, 1.0), (3, 3.0)]
+
+
+@pytest.mark.slow
+def test_undelivered_metrics_travel_in_the_checkpoint(mlflow_server, tmp_path):
+    down = Tracker(TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}", experiment="carry"), tmp_path)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        down.start()
+        for step in range(1, 6):
+            down.log_metrics({"loss": step / 2}, step)
+    state = json.loads(json.dumps(down.state_dict()))         # e.g. in the checkpoint's meta.json
+    assert state["run_id"] is None and len(state["metrics"]) == 5
+    up = Tracker(TrackingConfig(tracking_uri=mlflow_server.url, experiment="carry"), tmp_path)
+    up.load_state_dict(state)
+    up.start()
+    up.end("FINISHED")
+    assert metric_history(mlflow_client(mlflow_server.url), up.run_id, "loss") == [(s, s / 2) for s in range(1, 6)]
+
+
+@pytest.mark.slow
+def test_unreachable_server_buffers_then_flushes_when_it_comes_up(tmp_path):
+    port = free_port()
+    cfg = TrackingConfig(tracking_uri=f"http://127.0.0.1:{port}", experiment="late", retry_interval_s=0.0,
+                         max_buffered_metrics=20)
+    tracker = Tracker(cfg, tmp_path / "run")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.monotonic()
+        tracker.start(tags={"phase": "pretrain_av"})
+        tracker.log_params({"lr": 4e-4})
+        tracker.log_code_usage({"audio": [3, 0, 2], "video": [0, 4, 2]}, 0, plot=True)  # 5 metric points
+        for step in range(1, 31):
+            tracker.log_metrics({"loss": step / 4}, step)
+        elapsed = time.monotonic() - t0
+    assert elapsed < 30.0, elapsed
+    # retry_interval_s=0: each of the 33 calls tried once and failed, quickly, without raising
+    assert tracker.stats.failed_attempts == 33 and tracker.run_id is None
+    # 35 points into a buffer of 20: the 15 oldest (the code metrics and loss steps 1..10) dropped
+    assert tracker.stats.pending_metrics == 20 and tracker.stats.dropped_metrics == 15
+    assert len(tracking_warnings(caught, "is unavailable")) == 1
+    assert len(tracking_warnings(caught, "buffer full")) == 1
+
+    with MlflowServer(tmp_path / "late_server", port=port) as server:
+        assert tracker.flush()
+        tracker.end("FINISHED")
+        client = mlflow_client(server.url)
+        run = client.get_run(tracker.run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["phase"] == "pretrain_av"
+        assert run.data.params == {"lr": "0.0004"}
+        assert metric_history(client, tracker.run_id, "loss") == [(s, s / 4) for s in range(11, 31)]
+        assert "codes/shared" not in run.data.metrics
+        assert [a.path for a in client.list_artifacts(tracker.run_id, "code_usage")] == ["code_usage/step_00000000.png"]
+    assert tracker.stats.connected and tracker.stats.pending_artifacts == 0

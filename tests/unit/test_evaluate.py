@@ -1,0 +1,283 @@
+"""Downstream evaluation of a checkpoint (trainer/evaluate.py, trainer/eval/encode.py): frozen encoder and
+codebook, the public-layout path, checkpoints of every task (Uni-Code, FCCID), and the command on checkpoints in the
+main job's layout written here. The command on checkpoints written by trainer/main.py itself is in
+tests/system/test_evaluate_job.py."""
+
+import hashlib
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import webdataset as wds  # noqa: E402
+
+from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain  # noqa: E402
+from trainer.config import ConfigError, to_dict  # noqa: E402
+from trainer.data import DataConfig  # noqa: E402
+from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy  # noqa: E402
+from trainer.eval.encode import (  # noqa: E402
+    LabelledFeatures, encode_modality, encode_split, load_pretrained, model_config_from_dict, read_shard_features,
+    split_indices,
+)
+from trainer.eval.probes import ProbeConfig, classification_probe, localisation_probe  # noqa: E402
+from trainer.evaluate import main  # noqa: E402
+from trainer.models.club import CLUBConfig  # noqa: E402
+from trainer.models.encoders import EncoderConfig  # noqa: E402
+from trainer.models.fccid import CoarseConfig, FCCIDConfig, FCCIDModel  # noqa: E402
+from trainer.models.quantizer import QuantizerConfig  # noqa: E402
+from trainer.models.unicode import UniCodeConfig  # noqa: E402
+
+CLASSES, SEGMENTS, CLIPS = 3, 4, 30
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+TINY_ENCODER = EncoderConfig(semantic_dim=8, specific_dim=4, ff_dim=16, heads=2, se_reduction=4, pool_hidden=4,
+                             specific_hidden=8, spatial_specific_channels=4, decoder_hidden=8)
+
+
+def _tiny_config() -> UniCodeConfig:
+    return UniCodeConfig(
+        modalities=("audio", "video"), feature_dims={"audio": 6, "video": 8}, spatial_patches={"video": 4},
+        encoder=TINY_ENCODER, quantizer=QuantizerConfig(num_codes=6, dim=8, reset_steps=3),
+        club=CLUBConfig(hidden_dim=8, inner_steps=1))
+
+
+def _tiny_fccid_config() -> FCCIDConfig:
+    return FCCIDConfig(
+        feature_dims={"audio": 6, "video": 8, "text": 5}, spatial_patches={"video": 4}, encoder=TINY_ENCODER,
+        coarse=CoarseConfig(hidden_dim=8, specific_dim=4), quantizer=QuantizerConfig(num_codes=6, dim=8, reset_steps=3),
+        club=CLUBConfig(hidden_dim=8, inner_steps=1))
+
+
+def _public_arrays(seed: int) -> dict[str, np.ndarray]:
+    """The public AVE layout at toy sizes: video (n t h w c), audio (n t c), one-hot labels (n t classes+1)."""
+    rng = np.random.default_rng(seed)
+    per_second = rng.integers(-1, CLASSES, size=(CLIPS, SEGMENTS))
+    per_second[:, 0] = np.arange(CLIPS) % CLASSES
+    labels = np.eye(CLASSES + 1, dtype=np.float32)[np.where(per_second < 0, CLASSES, per_second)]
+    return {"video": rng.standard_normal((CLIPS, SEGMENTS, 2, 2, 8)).astype(np.float32),
+            "audio": rng.standard_normal((CLIPS, SEGMENTS, 6)).astype(np.float32), "labels": labels}
+
+
+def _write_run(run, model, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """A run directory in the main job's layout (checkpoint model.pt + meta.json at step 8) with public.npz."""
+    ckpt = run / "checkpoints" / "step_00000008"
+    ckpt.mkdir(parents=True)
+    torch.save(model.state_dict(), ckpt / "model.pt")
+    (ckpt / "meta.json").write_text(json.dumps({"step": 8, "mlflow_run_id": None, **meta}))
+    (run / "checkpoints" / "latest").write_text(ckpt.name)
+    np.savez(run / "public.npz", **arrays)
+
+
+def _public_features(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {"audio": torch.from_numpy(arrays["audio"]), "video": torch.from_numpy(arrays["video"]).flatten(2, 3)}
+
+
+def _pretrained(cfg, features: dict[str, torch.Tensor], run_dir) -> torch.nn.Module:
+    """``cfg`` trained for 8 steps by the main job's loop on in-memory ``features``, frozen."""
+    pretrained, _ = pretrain(bench_job(cfg, PretrainConfig(steps=8, batch_size=8), run_dir / "run"), features)
+    return pretrained.model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint in the main job's layout (model.pt + meta.json) of a briefly trained tiny model."""
+    run = tmp_path_factory.mktemp("run")
+    arrays = _public_arrays(0)
+    cfg = _tiny_config()
+    model = _pretrained(cfg, _public_features(arrays), tmp_path_factory.mktemp("job"))
+    _write_run(run, model, {"model_config": to_dict(cfg)}, arrays)          # no "task": an older Uni-Code run
+    np.savez(run / "other.npz", **_public_arrays(2))      # a second dataset for the cross-dataset task
+    return run
+
+
+@pytest.fixture(scope="module")
+def fccid_checkpoint(tmp_path_factory):
+    """The same for a tiny FCCID model pretrained with captions (text tokens + mask) next to audio and video."""
+    run = tmp_path_factory.mktemp("fccid_run")
+    arrays = _public_arrays(0)
+    cfg = _tiny_fccid_config()
+    g = torch.Generator().manual_seed(0)
+    text = {"text": torch.randn(CLIPS, 6, 5, generator=g),
+            "text_mask": torch.arange(6) < torch.randint(2, 7, (CLIPS, 1), generator=g)}
+    model = _pretrained(cfg, _public_features(arrays) | text, tmp_path_factory.mktemp("job"))
+    _write_run(run, model, {"task": "fccid", "model_config": to_dict(cfg)}, arrays)
+    return run
+
+
+def test_model_config_round_trips_and_names_bad_keys():
+    cfg = _tiny_config()
+    assert model_config_from_dict(json.loads(json.dumps(to_dict(cfg))), "meta.json") == cfg
+    data = to_dict(cfg) | {"quantizer": to_dict(cfg.quantizer) | {"codes": 4}}
+    with pytest.raises(ConfigError, match=r"'model_config.quantizer.codes' \(from x/meta.json\)"):
+        model_config_from_dict(data, "x/meta.json")
+
+
+def _everything(model) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, persistent or not (EMA accumulator, usage window), cloned."""
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    return {name: t.detach().clone() for name, t in tensors.items()}
+
+
+def test_head_training_and_encoding_leave_encoder_and_codebook_untouched(checkpoint):
+    pretrained = load_pretrained(checkpoint)
+    model = pretrained.model
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    before = _everything(model)
+    arrays = _public_arrays(1)
+    per_second = torch.from_numpy(arrays["labels"]).argmax(-1)
+    per_second[per_second == CLASSES] = -1                             # the last one-hot column is background
+    data = LabelledFeatures({m: torch.from_numpy(arrays[m]) for m in ("audio", "video")},
+                            {"audio": per_second, "video": per_second}, torch.arange(CLIPS) % CLASSES)
+    parts = split_indices(CLIPS, (0.5, 0.25, 0.25), 0)
+    splits = {name: encode_split(model, data.subset(index)) for name, index in parts.items()}
+    classification_probe(splits, "video", "audio", CLASSES, ProbeConfig(epochs=3))
+    localisation_probe(splits, "audio", "video", CLASSES, ProbeConfig(epochs=3))
+    after = _everything(model)
+    assert before.keys() == after.keys()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed == []
+    assert all(p.grad is None for p in model.parameters())
+    # the frozen quantizer can neither collect MM-EMA statistics nor step
+    z = torch.randn(2, SEGMENTS, 8)
+    model.quantizer.accumulate_({"audio": z, "video": z}, {"audio": torch.zeros(2, SEGMENTS, dtype=torch.int64),
+                                                           "video": torch.zeros(2, SEGMENTS, dtype=torch.int64)})
+    assert torch.equal(model.quantizer.stats_accumulator, before["quantizer.stats_accumulator"])
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.quantizer.step_()
+
+
+def test_codes_are_the_nearest_codewords_and_inputs_are_checked(checkpoint):
+    model = load_pretrained(checkpoint).model
+    video = torch.randn(5, SEGMENTS, 2, 2, 8)
+    vectors, indices = encode_modality(model, "video", video, batch_size=2)
+    semantic = model.semantic["video"](video.flatten(2, 3))
+    expected = torch.cdist(semantic.reshape(-1, 8), model.quantizer.codebook).argmin(-1).view(5, SEGMENTS)
+    assert torch.equal(indices, expected)
+    assert torch.equal(vectors, model.quantizer.codebook[indices])
+    with pytest.raises(ValueError, match=r"features\['audio'\] must be \(b t 6\)"):
+        encode_modality(model, "audio", torch.randn(2, SEGMENTS, 7))
+    with pytest.raises(KeyError, match="no 'text' encoder"):
+        encode_modality(model, "text", torch.randn(2, SEGMENTS, 6))
+    model.train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        encode_modality(model, "audio", torch.randn(2, SEGMENTS, 6))
+    model.eval()
+
+
+def test_fccid_checkpoint_gives_per_segment_codes_through_the_coarse_path(fccid_checkpoint):
+    pretrained = load_pretrained(fccid_checkpoint)
+    model = pretrained.model
+    assert isinstance(model, FCCIDModel) and not model.training and not any(p.requires_grad for p in model.parameters())
+    video = torch.randn(5, SEGMENTS, 2, 2, 8)
+    vectors, indices = encode_modality(model, "video", video, batch_size=2)
+    # by hand: every segment through Φ_f^v, the shared projection P^{va→vat}, Φ_c^{av}, then the nearest code
+    general = model.coarse_general["audiovisual"](model.project["audiovisual"](
+        model.fine_semantic["video"](video.flatten(2, 3))))
+    expected = torch.cdist(general.reshape(-1, 8), model.quantizer.codebook).argmin(-1).view(5, SEGMENTS)
+    assert torch.equal(indices, expected)
+    assert torch.equal(vectors, model.quantizer.codebook[indices])
+    text_vectors, text_codes = encode_modality(model, "text", torch.randn(3, 6, 5), torch.ones(3, 6, dtype=torch.bool))
+    assert text_codes.shape == (3, 6) and text_vectors.shape == (3, 6, 8)            # one code per token
+    with pytest.raises(ValueError, match=r"features\['audio'\] must be \(b t 6\)"):
+        encode_modality(model, "audio", torch.randn(2, SEGMENTS, 7))
+    with pytest.raises(KeyError, match="FCCID has no 'speech' path"):
+        encode_modality(model, "speech", torch.randn(2, SEGMENTS, 6))
+
+
+@pytest.mark.parametrize("toc", [None, 4])
+def test_command_on_an_fccid_checkpoint(fccid_checkpoint, toc, capsys):
+    report_path = fccid_checkpoint / f"report-{toc}.json"
+    args = ["--toc", str(toc)] if toc else []
+    assert main([str(fccid_checkpoint), "--public", str(fccid_checkpoint / "public.npz"), "--epochs", "2",
+                 "--no-tracking", "--json", str(report_path), *args]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert report["task"] == "fccid" and "(fccid, step 8)" in out
+    assert {(p["task"], p["direction"]) for p in report["probes"]} == \
+        {(t, d) for t in ("classification", "localisation") for d in ("A→V", "V→A")}
+    assert all(0.0 <= p[k] <= 1.0 for p in report["probes"] for k in ("cross", "in_modality", "val"))
+    assert (report["toc"] is None) if toc is None else len(report["toc"]["dims"]) == toc
+
+
+def test_unknown_task_in_meta_is_named(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    ckpt = bad / "checkpoints" / "step_00000008"
+    ckpt.mkdir(parents=True)
+    source = checkpoint / "checkpoints" / "step_00000008"
+    (ckpt / "model.pt").write_bytes((source / "model.pt").read_bytes())
+    meta = json.loads((source / "meta.json").read_text()) | {"task": "dcid"}
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    assert main([str(ckpt), "--public", str(checkpoint / "public.npz"), "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert "meta.json" in err and "unknown task 'dcid'" in err
+
+
+def test_command_on_public_npz_with_toc(checkpoint, capsys):
+    before = hashlib.sha256((checkpoint / "checkpoints/step_00000008/model.pt").read_bytes()).hexdigest()
+    code = main([str(checkpoint), "--public", str(checkpoint / "public.npz"), "--epochs", "2", "--toc", "4",
+                 "--cross-public", str(checkpoint / "other.npz"), "--class-map", "0:1,2:2",
+                 "--no-tracking", "--json", str(checkpoint / "report.json")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads((checkpoint / "report.json").read_text())
+    assert len(report["toc"]["dims"]) == 4 and report["clips"] == {"train": 18, "val": 6, "test": 6}
+    rows = {(p["task"], p["direction"]) for p in report["probes"]}
+    assert rows == {(t, d) for t in ("classification", "localisation", "cross_dataset") for d in ("A→V", "V→A")}
+    assert "TOC: 4 dims" in out and "retrieval" in out
+    assert (checkpoint / "evaluation" / "step_00000008-toc4" / "table.txt").is_file()
+    assert hashlib.sha256((checkpoint / "checkpoints/step_00000008/model.pt").read_bytes()).hexdigest() == before
+
+
+def test_command_uses_the_official_splits_of_the_public_h5_layout(checkpoint, tmp_path, capsys):
+    import h5py
+
+    arrays = _public_arrays(3)
+    for name, key in (("visual_feature.h5", "video"), ("audio_feature.h5", "audio"), ("labels.h5", "labels")):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["avadataset"] = arrays[key]
+    for split, index in (("train", range(0, 20)), ("val", range(20, 24)), ("test", range(24, 30))):
+        with h5py.File(tmp_path / f"{split}_order.h5", "w") as f:
+            f["order"] = np.array(list(index))
+    report_path = tmp_path / "report.json"
+    assert main([str(checkpoint), "--public", str(tmp_path), "--tasks", "classification", "--epochs", "2",
+                 "--no-tracking", "--json", str(report_path)]) == 0, capsys.readouterr().err
+    report = json.loads(report_path.read_text())
+    assert report["clips"] == {"train": 20, "val": 4, "test": 6} and report["classes"] == CLASSES
+    assert {p["task"] for p in report["probes"]} == {"classification"} and report["retrieval"] == {}
+
+
+def test_command_reports_bad_input_by_name(checkpoint, tmp_path, capsys):
+    assert main([str(tmp_path / "no_run")]) == 2
+    assert "no_run" in capsys.readouterr().err
+    assert main([str(checkpoint), "--public", str(tmp_path / "missing.npz"), "--no-tracking"]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+
+
+def test_unlabelled_evaluation_data_are_refused_naming_shard_and_key(checkpoint, tmp_path, capsys):
+    """Feature shards of 2 clips each; c11 (second clip of shard 1) has no json member."""
+    for shard in range(2):
+        with wds.TarWriter(str(tmp_path / f"f-{shard:06d}.tar")) as sink:
+            for clip in range(2):
+                sample = {"__key__": f"c{shard}{clip}", "audio.npy": encode_npy(np.ones((SEGMENTS, 6), np.float32)),
+                          "video.npy": encode_npy(np.ones((SEGMENTS, 4, 8), np.float32))}
+                if (shard, clip) != (1, 1):
+                    sample["json"] = json.dumps({"clip_label": 0, "video_labels": [0] * SEGMENTS,
+                                                 "audio_labels": [0] * SEGMENTS}).encode()
+                sink.write(sample)
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "format": FEATURE_MANIFEST_FORMAT, "feature_shapes": {"audio": [6], "video": [4, 8]},
+        "decode": {"seconds": SEGMENTS}, "shards": [{"name": f"f-{i:06d}.tar", "samples": 2} for i in range(2)]}))
+    urls = str(tmp_path / "f-{000000..000001}.tar")
+    expected = rf"{tmp_path}/f-000001.tar:c11.json.*must be labelled \(--data <labelled shards>\)"
+    with pytest.raises(ValueError, match=expected):
+        read_shard_features(DataConfig(urls=urls, kind="features", batch_size=2, num_workers=0), ("audio", "video"))
+    assert main([str(checkpoint), "--data", urls, "--kind", "features", "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: clips without labels") and f"{tmp_path}/f-000001.tar:c11.json" in err

@@ -1,0 +1,103 @@
+"""The Slurm launch files without a cluster: the pretraining configs carry the seed hyperparameters, the batch
+scripts have their cluster headers, and the continual launcher (trainer/programs/continual.py) chains and checks a
+phases file in a dry run. Against the real local Slurm: tests/system/test_slurm_jobs.py."""
+
+import re
+from pathlib import Path
+
+import pytest
+from job_utils import REPO
+from task_utils import write_phases
+
+from trainer.programs.continual import main as continual_main
+from trainer.backbones import load_backbones_config
+from trainer.config import load_config
+from trainer.job import JobConfig
+
+
+@pytest.mark.parametrize(
+    "config, backbones, modalities, batch, cpc_steps",
+    [
+        ("pretrain_av.yaml", "pretrained-example.yaml", ("audio", "video"), 64, 2),
+        ("pretrain_avt.yaml", "pretrained-avt.yaml", ("audio", "video", "text"), 80, 1),
+    ],
+)
+def test_pretrain_configs_carry_the_seed_hyperparameters(config, backbones, modalities, batch, cpc_steps):
+    cfg = load_config(JobConfig, REPO / "launch" / "configs" / config)
+    assert cfg.backbones == f"launch/configs/backbones/{backbones}"
+    model = cfg.model
+    assert model.modalities == modalities
+    assert cfg.data.batch_size == batch
+    assert cfg.data.decode.seconds == 10
+    assert cfg.optim.lr == 4e-4
+    q = model.quantizer
+    assert (q.num_codes, q.dim, q.decay, q.reset, q.reset_steps) == (400, 256, 0.99, True, 200)
+    assert model.encoder.semantic_dim == 256
+    assert model.cpc.steps_for(len(modalities)) == cpc_steps
+    assert model.club.inner_steps == 5
+    assert (model.loss.commit_self, model.loss.commit_partner) == (0.25, 0.125)
+    if "text" in modalities:
+        text = load_backbones_config(REPO / cfg.backbones).text
+        # one token per 1-s segment: the text time axis must match the 10 audio/video segments
+        assert (text.max_text_length, text.text_padding) == (10, "max_length")
+
+
+def _sbatch_headers(script: Path) -> dict[str, str]:
+    headers = {}
+    for line in script.read_text().splitlines():
+        if match := re.fullmatch(r"#SBATCH\s+--([\w-]+)(?:=(.*))?", line.strip()):
+            headers[match.group(1)] = match.group(2) or ""
+    return headers
+
+
+@pytest.mark.parametrize("name", ["pretrain_av", "pretrain_avt"])
+def test_batch_scripts_have_cluster_headers_and_source_the_shared_body(name):
+    script = REPO / "slurm" / f"{name}.sh"
+    headers = _sbatch_headers(script)
+    for key in ("nodes", "ntasks-per-node", "gpus-per-node", "cpus-per-task", "time", "job-name"):
+        assert key in headers, f"{script.name} lacks #SBATCH --{key}"
+    assert headers["ntasks-per-node"] == "1"
+    assert headers["signal"] == "B:USR1@120"
+    assert "requeue" in headers
+    assert headers["open-mode"] == "append"
+    assert "%j" in headers["output"]
+    body_lines = [line for line in script.read_text().splitlines() if line.startswith("source ")]
+    assert body_lines == ['source "${CMG_REPO:-${SLURM_SUBMIT_DIR:-.}}/slurm/job_body.sh"']
+    assert f"launch/configs/{name}.yaml" in script.read_text()
+
+
+def test_continual_dry_run_chains_the_seed_004_phases(capsys):
+    assert continual_main([str(REPO / "launch" / "configs" / "continual_vt_at_it.yaml"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"cd {REPO}"
+    phases = lines[1:]
+    assert len(phases) == 3
+    root = REPO / "runs" / "continual_vt_at_it"
+    expected = [("video_text", "[video,text]"), ("audio_text", "[audio,text]"), ("image_text", "[video,text]")]
+    for i, (line, (name, modalities)) in enumerate(zip(phases, expected)):
+        assert line.startswith(f"CONFIG=launch/configs/pretrain_avt.yaml RUN_DIR={root / name} sbatch --parsable ")
+        assert f"'model.modalities={modalities}'" in line
+        start = f"run.init_from={root / expected[i - 1][0]}/checkpoints" if i else f"run.phase={name}"
+        assert line.endswith(start)
+        chained = f"'--dependency=afterok:<job of {expected[i - 1][0]}>' --kill-on-invalid-dep=yes" if i else None
+        assert (chained in line) if chained else ("--dependency" not in line)
+        assert " slurm/pretrain_avt.sh " in line
+
+
+@pytest.mark.parametrize(
+    "phases, message",
+    [
+        ([{"name": "a", "overrides": ["run.dir=/tmp/x"]}],
+         "phase 'a': override 'run.dir=/tmp/x' sets a key the launcher"),
+        ([{"name": "a"}, {"name": "b", "overrides": ["model.quantizer.num_codez=3"]}],
+         "phase 'b': unknown config key 'model.quantizer.num_codez'"),
+        ([{"name": "a"}, {"name": "a"}], "phase name 'a' appears twice"),
+        ([{"name": "a"}, {"name": "b", "init_from": "/ckpt"}], "phase 'b': init_from is only for the first phase"),
+        ([{"name": "a b"}], "phases[0].name 'a b' must be"),
+        ([], "'phases' is empty"),
+    ],
+)
+def test_continual_rejects_a_bad_phases_file_before_submitting(tmp_path, capsys, phases, message):
+    path = write_phases(tmp_path / "phases.yaml", phases, script="slurm/pretrain_av.sh")
+    assert continual_main([str(path), "--dry-run"]) == 2   # a dry run never submits, even if the check regressed
+    assert message in capsys.readouterr().err

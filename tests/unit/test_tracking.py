@@ -1,0 +1,245 @@
+"""trainer/tracking.py without a server: code-usage classes and plots, params, config, the null tracker, failure
+handling when the server is down or silent, and a real sqlite store. Against a real ``mlflow server``:
+tests/system/test_tracking_server.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import socket
+import time
+import urllib.parse
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from dist_utils import free_port  # noqa: E402
+from tracking_utils import (  # noqa: E402
+    PNG_SIGNATURE, metric_history, mlflow_client, no_ambient_mlflow_env, tracking_warnings,
+)
+
+from trainer.config import ConfigError, load_config  # noqa: E402
+from trainer.tracking import (  # noqa: E402
+    NullTracker,
+    Tracker,
+    TrackingConfig,
+    classify_code_usage,
+    clean_key,
+    create_tracker,
+    mlflow_params,
+    plot_code_usage,
+    resolve_tracking_uri,
+)
+
+__all__ = ["no_ambient_mlflow_env"]   # autouse pytest fixture (tests/support/tracking_utils.py)
+
+
+# ----------------------------------------------------------------------------------------------------
+# code-usage classes and plot (no server)
+
+def test_two_modality_classes_match_fig4_rule():
+    # code:        0   1  2  3  4  5  6
+    audio = [10, 0, 5, 1, 0, 9, 8]
+    video = [0, 10, 5, 9, 0, 1, 2]
+    usage = classify_code_usage({"audio": torch.tensor(audio), "video": np.array(video)}, dominance=0.8)
+    names = [usage.class_names[c] for c in usage.code_class]
+    # 9/10 and 8/10 reach the 80% share -> single-modality; 5/5 -> shared; no assignment -> unused.
+    assert names == ["audio_only", "video_only", "shared", "video_only", "unused", "audio_only", "audio_only"]
+    assert usage.summary() == {"shared": 1, "audio_only": 3, "video_only": 2, "unused": 1}
+    # display order: class (shared, audio, video, unused), then most used first
+    assert usage.order().tolist() == [2, 0, 5, 6, 1, 3, 4]
+    # strict "only" with dominance 1: 1/9, 9/1 and 8/2 become shared
+    strict = classify_code_usage({"audio": audio, "video": video}, dominance=1.0)
+    assert strict.summary() == {"shared": 4, "audio_only": 1, "video_only": 1, "unused": 1}
+
+
+def test_three_modality_classes_split_shared_and_mixed():
+    counts = {"audio": [8, 9, 5, 4, 0, 1, 0.5],
+              "video": [1, 1, 5, 3, 0, 0, 0.25],
+              "text": [1, 0, 0, 3, 0, 0, 0.25]}
+    usage = classify_code_usage(counts, dominance=0.7)
+    names = [usage.class_names[c] for c in usage.code_class]
+    # 0.8 >= 0.7 -> audio_only; (0.5, 0.5, 0) -> mixed (text never uses it); (0.4, 0.3, 0.3) -> shared;
+    # fractional EMA counts (0.5, 0.25, 0.25) -> shared: each share >= (1 - 0.7) / 2 = 0.15
+    assert names == ["audio_only", "audio_only", "mixed", "shared", "unused", "audio_only", "shared"]
+    assert usage.class_names == ("shared", "audio_only", "video_only", "text_only", "mixed", "unused")
+    # at dominance 0.7 the minimum share is (1 - 0.7) / 2 = 15%, inclusive (despite float rounding):
+    # (60%, 25%, 15%) is shared, (65%, 25%, 10%) is mixed
+    boundary = classify_code_usage({"a": [12, 13], "b": [5, 5], "c": [3, 2]}, dominance=0.7)
+    assert [boundary.class_names[c] for c in boundary.code_class] == ["shared", "mixed"]
+
+
+@pytest.mark.parametrize("counts, message", [
+    ({"audio": [1, 2]}, "at least two modalities"),
+    ({"audio": [1, 2], "video": [[1, 2]]}, "counts['video'] has shape (1, 2)"),
+    ({"audio": [1, 2], "video": [1, 2, 3]}, "counts['video'] has 3 codes"),
+    ({"audio": [1, -2], "video": [1, 2]}, "counts['audio'] must be finite and non-negative"),
+    ({"audio": [], "video": []}, "counts['audio'] has shape (0,)"),
+])
+def test_bad_counts_name_the_modality(counts, message):
+    with pytest.raises(ValueError) as err:
+        classify_code_usage(counts)
+    assert message in str(err.value)
+
+
+def test_plot_is_a_png_for_two_and_three_modalities(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    two = {"audio": rng.integers(0, 5, 400), "video": rng.integers(0, 5, 400)}
+    data = plot_code_usage(two)
+    assert isinstance(data, bytes) and data.startswith(PNG_SIGNATURE)
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()
+    three = dict(two, text=rng.integers(0, 3, 400))
+    path = plot_code_usage(three, tmp_path / "plots" / "usage.png", title="three")
+    assert path == tmp_path / "plots" / "usage.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 300
+
+
+# ----------------------------------------------------------------------------------------------------
+# params, keys, config, API (no server)
+
+def test_params_respect_mlflow_limits():
+    from mlflow.utils.validation import _validate_metric_name, _validate_param_name
+
+    long_a, long_b = "k" * 300 + "a", "k" * 300 + "b"
+    params = mlflow_params({"model": {"dims": {"audio": 128}, "notes": "x" * 7000},
+                            "bad key!": 1, "bad key?": 2, long_a: 3, long_b: 4})
+    assert params["model.dims.audio"] == "128"
+    assert len(params["model.notes"]) == 6000 and params["model.notes"].endswith("...[1000 more chars cut]")
+    # '!' and '?' both become '_': the second key is kept under a distinct name, not overwritten
+    assert params["bad key_"] == "1" and params["bad key__2"] == "2"
+    long_keys = [k for k in params if k.startswith("kkk")]
+    assert len(long_keys) == 2 and all(len(k) == 250 for k in long_keys)
+    assert sorted(params[k] for k in long_keys) == ["3", "4"]
+    for key in [*params, clean_key("a//b"), clean_key("../x"), clean_key("/abs"), clean_key("."), clean_key("a/")]:
+        _validate_param_name(key)      # MLflow's own validators: raise if the name would be refused
+        _validate_metric_name(key)
+    assert clean_key("loss/recon") == "loss/recon" and clean_key("a//b") == "a/b"
+
+
+def test_tracking_uri_resolution(tmp_path, monkeypatch):
+    assert resolve_tracking_uri(TrackingConfig(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert resolve_tracking_uri(TrackingConfig(), tmp_path) == "http://127.0.0.1:1"
+    assert resolve_tracking_uri(TrackingConfig(tracking_uri="http://h:2"), tmp_path) == "http://h:2"
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="log_every"):
+        TrackingConfig(log_every=0)
+    with pytest.raises(ValueError, match="http_max_retries"):
+        TrackingConfig(http_max_retries=11)
+    with pytest.raises(ValueError, match="usage_dominance"):
+        TrackingConfig(usage_dominance=0.5)
+    # composes with the project's typed config loader: overrides are type-checked, errors name the key
+    cfg = load_config(TrackingConfig, overrides=["log_every=5", "tracking_uri=http://127.0.0.1:5000"])
+    assert cfg.log_every == 5 and cfg.tracking_uri == "http://127.0.0.1:5000" and cfg.run_name is None
+    with pytest.raises(ConfigError, match="log_every must be >= 1"):
+        load_config(TrackingConfig, overrides=["log_every=0"])
+    with pytest.raises(ConfigError, match="'flush_every'"):
+        load_config(TrackingConfig, overrides=["flush_every=3"])
+
+
+def test_null_tracker_has_the_same_api_and_does_nothing(tmp_path):
+    public = {n for n in dir(Tracker) if not n.startswith("_")}
+    assert public == {n for n in dir(NullTracker) if not n.startswith("_")}
+    for name in public:
+        real, null = getattr(Tracker, name), getattr(NullTracker, name)
+        if callable(real):
+            assert inspect.signature(real) == inspect.signature(null), name
+
+    cfg = TrackingConfig(log_every=3, plot_every=4)
+    assert isinstance(create_tracker(cfg, tmp_path, is_main=True), Tracker)
+    assert isinstance(create_tracker(TrackingConfig(enabled=False), tmp_path, is_main=True), NullTracker)
+    null = create_tracker(cfg, tmp_path, is_main=False)
+    assert type(null) is NullTracker
+    # same schedule on every rank, so collectives done only on logging steps stay matched
+    real = Tracker(cfg, tmp_path)
+    for tracker in (null, real):
+        assert [s for s in range(13) if tracker.should_log(s)] == [0, 3, 6, 9, 12]
+        assert [s for s in range(13) if tracker.should_plot(s)] == [0, 4, 8, 12]
+    null.start(tags={"phase": "x"})
+    null.log_config(TrackingConfig())
+    null.log_metrics({"loss": 1.0}, 1)
+    null.log_code_usage({"audio": [1], "video": [1]}, 1, plot=True)
+    null.log_tensor(torch.ones(2), "t.npy")
+    null.end("FINISHED")
+    assert list(tmp_path.iterdir()) == [] and null.state_dict() == {} and null.flush()
+
+
+# ----------------------------------------------------------------------------------------------------
+# failure handling without a server
+
+def test_backoff_keeps_calls_cheap_and_flush_forces_a_retry(tmp_path):
+    cfg = TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}", retry_interval_s=600.0)
+    tracker = Tracker(cfg, tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.monotonic()
+        tracker.start()
+        for step in range(50):
+            tracker.log_metrics({"loss": 1.0 / (step + 1)}, step)
+        elapsed = time.monotonic() - t0
+        assert tracker.stats.failed_attempts == 1        # the other 50 calls only queued
+        assert tracker.stats.pending_metrics == 50 and tracker.run_id is None
+        assert not tracker.flush()                       # forced attempt, still down
+        assert tracker.stats.failed_attempts == 2
+        tracker.end("KILLED")
+    assert elapsed < 30.0
+    assert len(tracking_warnings(caught, "is unavailable")) == 1
+    assert len(tracking_warnings(caught, "ended with undelivered data: 50 metric points")) == 1
+
+
+def test_unresponsive_server_is_bounded_by_the_http_timeout(tmp_path, monkeypatch):
+    # A socket that listens but never answers: connections succeed, requests wait for a reply that
+    # never comes. MLflow's defaults (120 s timeout, 7 retries) would block for many minutes.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        cfg = TrackingConfig(tracking_uri=f"http://127.0.0.1:{silent.getsockname()[1]}", http_timeout_s=1,
+                             retry_interval_s=600.0)
+        tracker = Tracker(cfg, tmp_path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t0 = time.monotonic()
+            tracker.start()
+            for step in range(20):
+                tracker.log_metrics({"loss": float(step)}, step)
+            elapsed = time.monotonic() - t0
+    assert 1.0 <= elapsed < 6.0, elapsed   # one attempt of ~1 s; MLflow defaults: minutes
+    assert tracker.stats.failed_attempts == 1 and tracker.stats.pending_metrics == 20
+    assert len(tracking_warnings(caught, "is unavailable")) == 1
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"    # the caller's setting is restored
+
+
+@pytest.mark.slow   # ~5 s: MLflow creates and migrates a fresh sqlite database
+def test_sqlite_default_works_without_a_server(tmp_path):
+    run_dir = tmp_path / "run"
+    tracker = Tracker(TrackingConfig(experiment="local"), run_dir)
+    tracker.start(tags={"phase": "demo"})
+    for step in range(1, 4):
+        tracker.log_metrics({"loss": step / 4}, step)
+    codebook = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    tracker.log_tensor(codebook, "codebook/final.npy")
+    tracker.end("FINISHED")
+    assert tracker.stats.connected and tracker.stats.pending_metrics == 0
+
+    client = mlflow_client(f"sqlite:///{run_dir.resolve()}/mlflow.db")
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert metric_history(client, tracker.run_id, "loss") == [(1, 0.25), (2, 0.5), (3, 0.75)]
+    assert run.info.artifact_uri.startswith((run_dir.resolve() / "mlartifacts").as_uri())
+    stored = Path(urllib.parse.unquote(urllib.parse.urlparse(run.info.artifact_uri).path)) / "codebook" / "final.npy"
+    assert stored.is_relative_to(run_dir.resolve() / "mlartifacts")
+    assert np.array_equal(np.load(stored, allow_pickle=False), codebook.numpy())

@@ -1,1 +1,0 @@
-"""Benchmarks: commands that print tables (``python -m trainer.bench.<name>``); never timed tests."""

@@ -1,0 +1,44 @@
+"""The contract every codebook model keeps with the rest of the trainer (``UniCodeModel``, ``FCCIDModel``,
+``COMETModel``).
+
+A ``SegmentCoder`` is an ``nn.Module`` with
+- ``modalities``: the names of the modalities its training forward takes (``features`` keys);
+- ``downstream_modalities``: every modality it gives codes for downstream; the training ones unless a model
+  carries more (COMET keeps the modalities of earlier phases);
+- ``quantizer``: the shared ``MMEMAQuantizer`` submodule (buffers only; its ``quantizer.*`` entries of the
+  model's state dict are the codebook and its EMA statistics);
+- ``segment_semantic(features, modality)``: the ``(b t D)`` vectors a modality's code sequence is chosen for;
+- ``segment_codes(features, modality)``: their nearest codes (CMG eq. 2).
+
+Evaluation (``trainer.eval.encode``), the TOC relabelling (``trainer.toc``) and the checkpoint format
+(``trainer.checkpoint``) rely on these names and nothing else of a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor
+
+
+class SegmentCoder:
+    """Mixin of the downstream contract; a model class lists it before ``nn.Module``."""
+
+    modalities: tuple[str, ...]
+
+    @property
+    def downstream_modalities(self) -> tuple[str, ...]:
+        """Every modality this model encodes downstream (a continual model adds the carried ones)."""
+        return self.modalities
+
+    def segment_semantic(self, features: Mapping[str, Tensor], modality: str) -> Tensor:
+        """The ``(b t D)`` semantic vectors of one modality that ``segment_codes`` quantises."""
+        raise NotImplementedError
+
+    def segment_codes(self, features: Mapping[str, Tensor], modality: str) -> tuple[Tensor, Tensor]:
+        """``codes (b t)`` int64 and ``quantized (b t D)`` = e[codes] (detached) of one modality.
+
+        No state changes in any mode; for downstream use call it on a frozen model (eval mode, no_grad).
+        """
+        quantized = self.quantizer.quantize(self.segment_semantic(features, modality))
+        return quantized.codes, quantized.codewords

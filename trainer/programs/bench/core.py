@@ -1,0 +1,147 @@
+"""Benchmark of one Uni-Code training step at the paper's shapes (CPU, fp32). Prints a table.
+
+    python -m trainer.programs.bench.core [--steps 5] [--warmup 2] [--threads 0] [--configs av,avt,av-baseline]
+
+Shapes (seed 001 / appendix B.1): B=80 clips, T=10 segments, M=400 codes, D=256; audio 128-d, video a
+7×7×512 VGG-19 pool5 map per segment, text 10 BERT tokens × 768 (AVT). One step =
+``task.compute_loss`` (forward, every loss term, the 5 CLUB estimator inner updates) + ``loss.backward()``
++ Adam step + ``task.after_optimizer_step_()`` (MM-EMA update, usage, code reset), in one process
+(collectives are the identity). Each configuration runs in its own subprocess so that its peak memory
+is its own; the child reports JSON on stdout.
+
+Columns: median milliseconds per phase over ``--steps`` steps after ``--warmup``; peak RSS (VmHWM, reset
+after the model and inputs are built, so it is the training step's high-water mark) and the RSS before
+the steps; the quantizer-step / bare-nearest-neighbour ratio from ``trainer.programs.bench.quantizer_timing``,
+measured in the same process right after the steps (target <= 2.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from trainer.programs.harness import run_json_child
+
+CONFIGS = {
+    "av": (("audio", "video"), "full"),
+    "avt": (("audio", "video", "text"), "full"),
+    "av-baseline": (("audio", "video"), "baseline"),
+}
+BATCH, SEGMENTS, TEXT_TOKENS = 80, 10, 10
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _paper_features(modalities: tuple[str, ...], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    shapes = {"audio": (BATCH, SEGMENTS, 128), "video": (BATCH, SEGMENTS, 7, 7, 512),
+              "text": (BATCH, TEXT_TOKENS, 768)}
+    return {m: torch.randn(shapes[m], generator=generator) for m in modalities}
+
+
+def run_one(name: str, steps: int, warmup: int) -> dict:
+    """Build the configuration ``name``, time ``warmup + steps`` training steps and the quantizer ratio."""
+    from trainer.programs.bench.quantizer_timing import time_quantizer_step
+    from trainer.models.unicode import UniCodeConfig
+    from trainer.tasks import UniCodeTask
+
+    modalities, variant = CONFIGS[name]
+    torch.manual_seed(0)
+    task = UniCodeTask(UniCodeConfig(modalities=modalities, variant=variant))
+    optimizer = torch.optim.Adam(task.model.parameters(), lr=4e-4)
+    generator = torch.Generator().manual_seed(0)
+    batches = [_paper_features(modalities, generator) for _ in range(2)]
+    rss_before_kib = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")                                   # reset VmHWM to the current RSS
+
+    phases = {"forward+losses": [], "backward": [], "optimizer": [], "ema+reset": [], "step": []}
+    last_stats = {}
+    for i in range(warmup + steps):
+        features = batches[i % len(batches)]
+        t0 = time.perf_counter()
+        loss, _ = task.compute_loss(features, i)
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        t3 = time.perf_counter()
+        last_stats = task.after_optimizer_step_()
+        t4 = time.perf_counter()
+        if i >= warmup:
+            for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+                phases[key].append(value * 1e3)
+    peak_kib = _status_kib("VmHWM")
+
+    timing = time_quantizer_step(BATCH, SEGMENTS, task.cfg.quantizer.num_codes, task.cfg.quantizer.dim,
+                                 modalities, task.cfg.quantizer)
+    return {
+        "name": name,
+        "model_params": sum(p.numel() for p in task.model.parameters()),
+        "club_params": sum(p.numel() for p in task.club.parameters()) if task.club is not None else 0,
+        **{f"{k}_ms": statistics.median(v) for k, v in phases.items()},
+        "rss_before_mib": rss_before_kib / 1024,
+        "peak_rss_mib": peak_kib / 1024,
+        "quantizer_step_ms": timing.quantizer_step_ms,
+        "nearest_neighbour_ms": timing.nearest_neighbour_ms,
+        "ratio": timing.ratio,
+        "resets_last_step": int(last_stats["codebook/resets"]),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {list(CONFIGS)}")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(run_one(args.child, args.steps, args.warmup)))
+        return
+
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+    rows = []
+    for name in names:
+        cmd = [sys.executable, "-m", "trainer.programs.bench.core", "--child", name, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--threads", str(args.threads)]
+        rows.append(run_json_child(cmd, f"benchmark child '{name}'"))
+
+    print(f"Uni-Code training step, B={BATCH} T={SEGMENTS} M=400 D=256, audio 128, video 7x7x512, "
+          f"text {TEXT_TOKENS}x768; CPU fp32, {rows[0]['threads']} threads, median of {args.steps} steps "
+          f"after {args.warmup} warm-up")
+    header = (f"{'config':<12}{'params':>10}{'CLUB':>9}{'fwd+loss':>10}{'backward':>10}{'adam':>8}"
+              f"{'ema+reset':>10}{'step ms':>9}{'rss MiB':>9}{'peak MiB':>10}{'q-step ms':>10}{'NN ms':>8}"
+              f"{'ratio':>7}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['name']:<12}{r['model_params'] / 1e6:>9.2f}M{r['club_params'] / 1e3:>8.0f}k"
+              f"{r['forward+losses_ms']:>10.1f}{r['backward_ms']:>10.1f}{r['optimizer_ms']:>8.1f}"
+              f"{r['ema+reset_ms']:>10.2f}{r['step_ms']:>9.1f}{r['rss_before_mib']:>9.0f}{r['peak_rss_mib']:>10.0f}"
+              f"{r['quantizer_step_ms']:>10.3f}{r['nearest_neighbour_ms']:>8.3f}{r['ratio']:>7.2f}")
+    print("fwd+loss includes the 5 CLUB inner updates; ema+reset = after_optimizer_step_ (MM-EMA, usage, reset);"
+          " rss = before the steps, peak = VmHWM during them;\nratio = quantizer step (quantize + accumulate_ +"
+          " step_) / bare nearest-neighbour matmul+argmin, same shapes and process (target <= 2.0).")
+
+
+if __name__ == "__main__":
+    main()

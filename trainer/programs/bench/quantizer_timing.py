@@ -1,0 +1,130 @@
+"""Micro-benchmark: one MM-EMA quantizer training step vs a bare nearest-neighbour matmul.
+
+``time_quantizer_step`` times, on the same inputs and interleaved in one run,
+  - quantizer step = ``quantize`` of every modality + ``accumulate_`` + ``step_`` (EMA, usage, reset draw);
+  - bare nearest neighbour = ``(z @ codebook.T).argmin(-1)`` for every modality,
+and returns the median times and their ratio (target <= 2.0 at B=80, T=10, M=400, D=256, 2 modalities).
+The CPU is shared, so the ratio is taken per repeat from two adjacent measurements and its median is
+reported; the ratio of the fastest repeats (``min_ratio``) is a second, load-insensitive estimate.
+``python -m trainer.programs.bench.core`` prints the ratio; ``python -m trainer.programs.bench.quantizer_timing``
+prints this benchmark's own table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
+
+
+@dataclass
+class QuantizerTiming:
+    quantize_ms: float          # medians over repeats, milliseconds
+    accumulate_ms: float
+    step_ms: float
+    quantizer_step_ms: float    # median of the per-repeat total quantize + accumulate_ + step_
+    nearest_neighbour_ms: float
+    ratio: float                # median over repeats of (quantizer step / nearest neighbour), same repeat
+    min_ratio: float            # fastest quantizer step / fastest nearest neighbour
+    repeats: int
+    threads: int
+
+
+def time_quantizer_step(
+    batch: int = 80,
+    segments: int = 10,
+    num_codes: int = 400,
+    dim: int = 256,
+    modalities: tuple[str, ...] = ("audio", "video"),
+    cfg: QuantizerConfig | None = None,
+    repeats: int = 60,
+    warmup: int = 20,
+    seed: int = 0,
+) -> QuantizerTiming:
+    """Median timings of the quantizer step and the bare nearest-neighbour search, measured interleaved.
+
+    ``cfg`` (default: the default ``QuantizerConfig``) is resized to ``num_codes``/``dim``. The inputs
+    do not require grad: this is the quantizer's own cost, not the encoders' backward.
+    """
+    cfg = replace(cfg or QuantizerConfig(), num_codes=num_codes, dim=dim)
+    gen = torch.Generator().manual_seed(seed)
+    semantic = {m: torch.randn(batch, segments, dim, generator=gen) for m in modalities}
+    quantizer = MMEMAQuantizer(cfg, modalities, all_reduce_fn=lambda t: t, all_gather_fn=lambda t: t).train()
+    quantizer.maybe_init_(semantic)
+    codebook = quantizer.codebook.clone()
+    flat = [z.reshape(-1, dim) for z in semantic.values()]
+
+    def quantizer_step() -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        codes = {m: quantizer.quantize(z).codes for m, z in semantic.items()}
+        t1 = time.perf_counter()
+        quantizer.accumulate_(semantic, codes)
+        t2 = time.perf_counter()
+        quantizer.step_()
+        t3 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t2
+
+    def nearest_neighbour() -> float:
+        t0 = time.perf_counter()
+        for z in flat:
+            (z @ codebook.t()).argmin(-1)
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        quantizer_step()
+        nearest_neighbour()
+    phases, bare = [], []
+    for _ in range(repeats):        # interleaved, so load from other jobs hits both sides alike
+        phases.append(quantizer_step())
+        bare.append(nearest_neighbour())
+    ms = 1e3
+    totals = [sum(p) for p in phases]
+    return QuantizerTiming(
+        quantize_ms=statistics.median(p[0] for p in phases) * ms,
+        accumulate_ms=statistics.median(p[1] for p in phases) * ms,
+        step_ms=statistics.median(p[2] for p in phases) * ms,
+        quantizer_step_ms=statistics.median(totals) * ms,
+        nearest_neighbour_ms=statistics.median(bare) * ms,
+        ratio=statistics.median(t / b for t, b in zip(totals, bare)),
+        min_ratio=min(totals) / min(bare),
+        repeats=repeats,
+        threads=torch.get_num_threads(),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=80)
+    parser.add_argument("--segments", type=int, default=10)
+    parser.add_argument("--codes", type=int, default=400)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--modalities", default="audio,video")
+    parser.add_argument("--repeats", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    modalities = tuple(args.modalities.split(","))
+    print(f"B={args.batch} T={args.segments} M={args.codes} D={args.dim} modalities={','.join(modalities)} "
+          f"repeats={args.repeats} threads={torch.get_num_threads()} (fp32, CPU, medians)")
+    print(f"{'config':<34}{'quantize':>10}{'accum':>9}{'step_':>9}{'total ms':>10}{'bare NN ms':>12}"
+          f"{'ratio':>8}{'min ratio':>11}")
+    variants = {
+        "joint, cross_attention, reset": QuantizerConfig(),
+        "joint, paired, reset": QuantizerConfig(r_source="paired"),
+        "sequential, paired, reset (compat)": QuantizerConfig(ema_mode="sequential", r_source="paired"),
+        "plain EMA, no reset (ablation)": QuantizerConfig(ema_mode="plain", reset=False),
+    }
+    for name, cfg in variants.items():
+        t = time_quantizer_step(args.batch, args.segments, args.codes, args.dim, modalities, cfg, args.repeats)
+        print(f"{name:<34}{t.quantize_ms:>10.3f}{t.accumulate_ms:>9.3f}{t.step_ms:>9.3f}"
+              f"{t.quantizer_step_ms:>10.3f}{t.nearest_neighbour_ms:>12.3f}{t.ratio:>8.2f}{t.min_ratio:>11.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""``make demo`` / ``python -m trainer.programs.demo``: the product on its embedded default, from raw clips to codes
+that transfer across modalities.
+
+1. synthesise an **unlabelled** pretraining corpus (``demo_data/pretrain_clips``: mp4 only, as users have it)
+   and a separate **labelled** downstream corpus (``demo_data/eval_clips``: mp4 + per-second labels), both
+   kept if already complete, and pack each into WebDataset shards;
+2. pretrain Uni-Code on the unlabelled shards: 2 CPU processes, DeepSpeed ZeRO-2 over gloo, clips decoded
+   on the fly and encoded by tiny random-init frozen backbones (``accelerate launch --config_file
+   launch/accelerate/cpu_zero2.yaml trainer/main.py --config launch/configs/demo.yaml``), logging to MLflow;
+3. evaluate the checkpoint on the held-out labelled clips (``python -m trainer.evaluate``): heads trained on
+   one modality's codes, tested on the other's;
+4. print one table (V→A and A→V classification and localisation, the in-modality scores, chance, the
+   same-code share) with the demo's targets, and where the code-usage figure and the MLflow run are.
+
+A second ``make demo`` resumes the finished run (nothing to train) and evaluates it again, unless ``--fresh``.
+Exit code 0 when training and evaluation ran (the targets are reported, not enforced: ``--check`` makes a
+missed target exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shards.synth import SynthConfig, clip_key, synthesise
+from shards.write import write_shards
+from trainer.data.stream import MANIFEST_NAME
+from trainer.programs.harness import REPO, Target, free_port, print_targets
+
+SHARD_PATTERN = "train-%06d.tar"
+
+
+@dataclass
+class DemoConfig:
+    data_dir: str = "demo_data"
+    # the pretraining corpus: unlabelled clips of a 5-event world (synth seed 0)
+    pretrain: SynthConfig = field(default_factory=lambda: SynthConfig(num_clips=256, classes=5, seconds=10, seed=0,
+                                                                       size=64, unlabelled=True))
+    # the downstream corpus: other clips of the same world, labelled per second (synth seed 1)
+    downstream: SynthConfig = field(default_factory=lambda: SynthConfig(num_clips=120, classes=5, seconds=10, seed=1,
+                                                                         size=64))
+    shard_max_count: int = 16
+    job_config: str = str(REPO / "launch" / "configs" / "demo.yaml")
+    accelerate_config: str = str(REPO / "launch" / "accelerate" / "cpu_zero2.yaml")
+    processes: int = 2
+    run_dir: str = "runs/demo"
+    overrides: tuple[str, ...] = ()     # key=value on the job config (e.g. run.max_steps=100)
+
+
+def prepare_clips(synth: SynthConfig, clips: Path) -> Path:
+    """Synthesise ``synth`` into ``clips`` unless every clip is already there."""
+    members = ("mp4",) if synth.unlabelled else ("mp4", "json", "txt")
+    expected = [clips / f"{clip_key(synth.seed, i)}.{m}" for i in range(synth.num_clips) for m in members]
+    if all(p.is_file() for p in expected):
+        print(f"clips: reusing {synth.num_clips} clips in {clips}")
+    else:
+        synthesise(synth, clips)
+        kind = "unlabelled (mp4 only)" if synth.unlabelled else "labelled (mp4 + json + txt)"
+        print(f"clips: wrote {synth.num_clips} {kind} clips to {clips}")
+    return clips
+
+
+def prepare_shards(clips: Path, out: Path, total: int, max_count: int) -> str:
+    """Write shards unless a manifest of this source with the right total exists; returns the shard URLs."""
+    manifest_path = out / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if manifest.get("source") == str(clips) and manifest.get("total") == total:
+        print(f"shards: reusing {len(manifest['shards'])} shards in {out}")
+    else:
+        manifest = write_shards(clips, str(out / SHARD_PATTERN), max_count=max_count)
+        print(f"shards: wrote {manifest['total']} samples into {len(manifest['shards'])} shards in {out}")
+    return str(out / f"train-{{000000..{len(manifest['shards']) - 1:06d}}}.tar")
+
+
+def _call(what: str, cmd: list[str], quiet: bool) -> int:
+    """Run a product command (one torch thread per process: two processes share the 2 cores); its exit code."""
+    print(f"{what}:", " ".join(cmd[1:]), flush=True)
+    code = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           stdout=subprocess.DEVNULL if quiet else None)
+    if code != 0:
+        print(f"{what} failed with exit code {code}: {' '.join(cmd[1:])}", file=sys.stderr)
+    return code
+
+
+def launch_training(job_config: str, urls: str, run_dir: str, processes: int, accelerate_config: str,
+                    overrides: tuple[str, ...] = (), quiet: bool = False) -> int:
+    """``trainer/main.py`` on ``urls``: one plain process, or ``processes`` under ``accelerate launch``
+    (``accelerate_config``: DeepSpeed ZeRO-2 over gloo here). Returns its exit code."""
+    job = [str(REPO / "trainer" / "main.py"), "--config", job_config, f"data.urls={urls}", f"run.dir={run_dir}",
+           *overrides]
+    launcher = ["-m", "accelerate.commands.launch", "--config_file", accelerate_config, "--num_processes",
+                str(processes), "--main_process_port", str(free_port())] if processes > 1 else []
+    return _call("train", [sys.executable, *launcher, *job] + (["run.progress=false"] if quiet else []), quiet)
+
+
+def run_evaluation(run_dir: str, urls: str, quiet: bool = False) -> dict[str, Any] | None:
+    """``python -m trainer.evaluate`` of ``run_dir`` on labelled shards; its JSON report (None if it failed)."""
+    report = Path(run_dir) / "evaluation" / "report-heldout.json"
+    cmd = [sys.executable, "-m", "trainer.evaluate", run_dir, "--data", urls, "--json", str(report)]
+    return json.loads(report.read_text()) if _call("evaluate", cmd, quiet) == 0 else None
+
+
+def summary(report: dict[str, Any]) -> tuple[str, list[Target]]:
+    """The demo's table and its targets, from a ``trainer.evaluate`` report."""
+    probes = {(p["task"], p["direction"]): p for p in report["probes"]}
+    classes = report["classes"]
+    chance = {"classification": 100.0 / classes, "localisation": 100.0 * report["positive_rate"]}
+    clips = report["clips"]
+    lines = [f"Cross-modal generalisation of the demo model on held-out labelled clips "
+             f"({clips['train']}/{clips['val']}/{clips['test']} train/val/test, {classes} event classes): "
+             "heads trained on one modality's codes, tested on the other's",
+             f"{'task':<28}{'V→A':>8}{'A→V':>8}{'in-modality V / A':>20}{'chance':>9}",
+             "-" * 73]
+    names = {"classification": "classification (accuracy %)", "localisation": "localisation (micro F1 %)"}
+    for task in ("classification", "localisation"):
+        va, av = probes[(task, "V→A")], probes[(task, "A→V")]
+        own = f"{100 * va['in_modality']:.1f} / {100 * av['in_modality']:.1f}"
+        lines.append(f"{names[task]:<28}{100 * va['cross']:>8.1f}{100 * av['cross']:>8.1f}{own:>20}"
+                     f"{chance[task]:>9.1f}")
+    same = 100 * report["same_code_share"]
+    lines.append(f"same code where audio and video carry the same event: {same:.1f} %")
+    targets = []
+    for direction in ("V→A", "A→V"):
+        p = probes[("classification", direction)]
+        targets.append(Target(f"{direction} accuracy >= chance + 40 points", 100 * p["cross"],
+                              chance["classification"] + 40))
+        targets.append(Target(f"{direction} accuracy >= 80 % of in-modality", p["cross"] / max(p["in_modality"], 1e-9),
+                              0.8))
+    targets.append(Target("same-code share >= 30 %", same, 30.0))
+    return "\n".join(lines), targets
+
+
+def print_pointers(run_dir: Path) -> None:
+    """Where the code-usage figures, the checkpoint and the MLflow run are."""
+    figures = sorted((run_dir / "tracking" / "code_usage").glob("*.png"))
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    print(f"checkpoint:        {run_dir / 'checkpoints' / latest}")
+    if figures:
+        print(f"code-usage figure: {figures[-1]}  (seed 001 Fig. 4: purple = codes both modalities use)")
+    print(f"MLflow UI:         {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri "
+          f"sqlite:///{(run_dir / 'mlflow.db').resolve()} --port 5000   # then open http://127.0.0.1:5000 "
+          "(experiment cmg-demo: the training run and its evaluation child run)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.programs.demo", description=__doc__.split("\n\n")[0])
+    d = DemoConfig()
+    p.add_argument("--data-dir", default=d.data_dir)
+    p.add_argument("--run-dir", default=d.run_dir)
+    p.add_argument("--processes", type=int, default=d.processes)
+    p.add_argument("--fresh", action="store_true", help="delete the run directory first (else resume it)")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="job config overrides, e.g. run.max_steps=100")
+    a = p.parse_args(argv)
+    cfg = DemoConfig(data_dir=a.data_dir, run_dir=a.run_dir, processes=a.processes, overrides=tuple(a.overrides))
+    data = Path(cfg.data_dir)
+    pretrain_urls = prepare_shards(prepare_clips(cfg.pretrain, data / "pretrain_clips"), data / "pretrain_shards",
+                                   cfg.pretrain.num_clips, cfg.shard_max_count)
+    eval_urls = prepare_shards(prepare_clips(cfg.downstream, data / "eval_clips"), data / "eval_shards",
+                               cfg.downstream.num_clips, cfg.shard_max_count)
+    if a.fresh and Path(cfg.run_dir).exists():
+        shutil.rmtree(cfg.run_dir)
+    start = time.perf_counter()
+    code = launch_training(cfg.job_config, pretrain_urls, cfg.run_dir, cfg.processes, cfg.accelerate_config,
+                           cfg.overrides)
+    if code != 0:
+        return code
+    trained = time.perf_counter()
+    report = run_evaluation(cfg.run_dir, eval_urls)
+    if report is None:
+        return 1
+    table, targets = summary(report)
+    print()
+    print(table)
+    print_targets(targets)
+    print(f"training {trained - start:.0f} s, evaluation {time.perf_counter() - trained:.0f} s")
+    print_pointers(Path(cfg.run_dir))
+    return 1 if a.check and not all(t.met for t in targets) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
