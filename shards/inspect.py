@@ -1,6 +1,9 @@
 """Summarise WebDataset shards and check that every sample decodes.
 
-    python -m shards.inspect 'OUT/train-{000000..000003}.tar' [--manifest OUT/manifest.json] [--members]
+    python -m shards.inspect 'OUT/train-{000000..000003}.tar' [MORE ...] [--manifest OUT/manifest.json]
+                             [--members] [--seconds S]
+
+URLS are one or more shard URLs: brace patterns, globs ('OUT/*.tar') or a list the shell expanded.
 
 Reads the shards with webdataset, probes every sample the way the writer does
 (``trainer.data.probe_sample``) and prints shards, samples and seconds, which members the samples have
@@ -8,13 +11,16 @@ Reads the shards with webdataset, probes every sample the way the writer does
 without json has no labels, one without txt no caption; ``--members`` also prints every sample's set),
 then one line per bad member with its reason. Bad means: a member that does not decode, a required
 member (the mp4) that is missing or an empty one, a member the stream never reads (e.g. ``.pyd``: it is
-reported, never unpickled), an unreadable tar, or a shard whose sample count differs from the manifest
-(``manifest.json`` next to the shards is used when present). Exits 1 if anything is bad, else 0.
+reported, never unpickled), an unreadable tar, a shard whose sample count differs from the manifest
+(``manifest.json`` next to the shards is used when present), or with ``--seconds S`` a clip whose video or
+audio is shorter than the S seconds a training run decodes (``decode.seconds``; the stream would skip it).
+Exits 1 if anything is bad, else 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
 from collections import Counter
@@ -64,7 +70,23 @@ def _manifest_counts(urls: list[str], manifest: str | None) -> tuple[str | None,
     return str(path), {entry["name"]: int(entry["samples"]) for entry in entries}
 
 
-def inspect_shards(urls: list[str], manifest: str | None = None) -> Report:
+def expand_shard_args(patterns: list[str]) -> list[str]:
+    """Shard URLs from command-line arguments: brace patterns expanded, local globs matched (sorted)."""
+    urls = []
+    for pattern in patterns:
+        for url in wds.shardlists.expand_urls(pattern):
+            if glob.has_magic(url) and "://" not in url:
+                matched = sorted(glob.glob(url))
+                if not matched:
+                    raise FileNotFoundError(f"{url}: no shard matches")
+                urls.extend(matched)
+            else:
+                urls.append(url)
+    return urls
+
+
+def inspect_shards(urls: list[str], manifest: str | None = None, seconds: float | None = None) -> Report:
+    """Every sample of ``urls`` probed; with ``seconds``, clips shorter than that are bad (``too_short``)."""
     report = Report()
     manifest_path, expected = _manifest_counts(urls, manifest)
     for url in urls:
@@ -80,10 +102,18 @@ def inspect_shards(urls: list[str], manifest: str | None = None) -> Report:
                 report.bad.append(BadMember(f"{url}:{sample['__key__']}.{member}", "unexpected_member",
                                             "not a member the stream reads; never decoded"))
             try:
-                report.seconds += probe_sample(sample).seconds
-                report.good += 1
+                info = probe_sample(sample)
             except CorruptSample as err:
                 report.bad.append(BadMember(err.where, err.reason, err.detail))
+                continue
+            report.seconds += info.seconds
+            shortest = min(info.seconds, info.audio_seconds)
+            if seconds is not None and shortest < seconds:
+                report.bad.append(BadMember(f"{url}:{sample['__key__']}", "too_short",
+                                            f"video {info.seconds:.2f} s, audio {info.audio_seconds:.2f} s; "
+                                            f"training decodes {seconds:g} s"))
+            else:
+                report.good += 1
         report.samples_per_shard[url] = count
         name = shard_name(url)
         if manifest_path and expected.get(name) != count:
@@ -94,13 +124,20 @@ def inspect_shards(urls: list[str], manifest: str | None = None) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m shards.inspect", description=__doc__.split("\n\n")[0])
-    p.add_argument("urls", help="shard URLs, brace-expanded, e.g. 'OUT/train-{000000..000003}.tar'")
+    p.add_argument("urls", nargs="+",
+                   help="shard URLs: brace patterns ('OUT/train-{000000..000003}.tar'), globs or several paths")
     p.add_argument("--manifest", default=None,
                    help="manifest.json to check counts against (default: next to the shards)")
     p.add_argument("--members", action="store_true", help="print the member set of every sample")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="flag clips shorter than this (the decode.seconds of the training config)")
     a = p.parse_args(argv)
-    urls = wds.shardlists.expand_urls(a.urls)
-    report = inspect_shards(urls, a.manifest)
+    try:
+        urls = expand_shard_args(a.urls)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = inspect_shards(urls, a.manifest, a.seconds)
     print(f"shards   {len(urls)}")
     print(f"samples  {report.samples} ({report.good} good, {report.samples - report.good} bad)")
     print(f"seconds  {report.seconds:.1f}")

@@ -1,40 +1,63 @@
-"""Atomic, resumable checkpoints on a filesystem shared by all ranks.
+"""Atomic, resumable, self-verifying checkpoints on a filesystem shared by all ranks.
 
 Layout under ``<run_dir>/checkpoints``::
 
-    step_00000100/            a complete checkpoint (only complete ones ever carry this name)
-        engine/               DeepSpeed/accelerate engine state (model, optimizer, scheduler shards)
+    step_00000100/            a checkpoint (only published ones ever carry this name)
+        engine/               DeepSpeed/accelerate engine state (model, optimizer, scheduler shards; ENGINE_DIR)
         rank_00000.pt         per-rank trainer state (task extras, data stream, RNG states)
-        meta.json             step, world size, MLflow run id, ... (written last inside the temp dir)
         model.pt              consolidated fp32 model state (rank 0; MODEL_FILE)
         task_extra.pt         a task's hand-over to the next phase, when it has one (TASK_EXTRA_FILE)
+        meta.json             step, world size, MLflow run id, ... (META; written after every other file but one)
+        manifest.json         every other file under the directory: relative path, size in bytes, sha256
+                              (MANIFEST; written last: a checkpoint is complete when it has one)
     latest                    text file naming the newest complete checkpoint (replaced atomically)
     .tmp-step_00000200-<id>/  a checkpoint being written (never read; removed on the next start)
 
 (The run directory's config.yaml, the resolved job, is trainer/job.py's: ``ResolvedJob.write``, ``read_run_config``.)
 
 Rules:
-1. every rank writes into the same temporary directory; a barrier; rank 0 checks it and renames it into
-   place (``os.replace`` of a directory is atomic on POSIX), then replaces ``latest``; a barrier;
+1. every rank writes into the same temporary directory; a barrier; rank 0 checks it, writes ``meta.json``, then
+   ``manifest.json`` (hashing every file, streamed in chunks), fsyncs and renames it into place (``os.replace`` of
+   a directory is atomic on POSIX), then replaces ``latest``; a barrier;
 2. older checkpoints are pruned (keep-last-k) only after the new one is complete and ``latest`` points at it,
-   so a crash at any moment leaves the previous complete checkpoint intact;
-3. loading uses ``torch.load(weights_only=True)``: per-rank state holds only tensors, numbers, strings and
-   containers of them (RNG states are tensors), never pickled objects.
+   and only those older than it: a crash at any moment leaves the previous complete checkpoint intact, and the
+   checkpoint just written is never pruned (step directories newer than it, left by an earlier attempt that a
+   resume fell back from, are left alone until the run overwrites them);
+3. every reader verifies first (``verify_checkpoint``: the manifest is readable, every file it lists is there with
+   its size and sha256; ``meta.json`` is one of them). ``run.resume=auto`` (``CheckpointManager.resolve``/
+   ``latest``) takes the checkpoint ``latest`` names if it verifies, else the newest one that does, and reports
+   every checkpoint it skips with the failing file (``[cmg]`` on stderr, rank 0); when step directories exist but
+   none verifies it is an error, never a silent fresh start. An explicit path (``run.resume=<step dir>``, a step
+   directory given to ``resolve_checkpoint``) that fails is an error naming the file, never a fallback. Every
+   rank verifies for itself: the result is a deterministic function of the shared filesystem, so all ranks pick
+   the same checkpoint without a collective (the price: each rank hashes the checkpoint it takes, once per start;
+   the page cache serves the ranks of one node). A step directory with ``meta.json`` but no
+   manifest that its ``meta.json`` does not promise (written before checkpoints carried manifests) is taken as
+   it is, with a warning; without either file a directory is incomplete and reported;
+4. loading uses ``torch.load(weights_only=True)``: per-rank state holds only tensors, numbers, strings and
+   containers of them (RNG states are tensors), never pickled objects; a file holding anything else is refused;
+5. every load error is a ``CheckpointError`` naming the checkpoint and the file (for the engine: ``engine/``),
+   chained to the original error.
 
-This module is the one that knows these files: every reader and writer of ``model.pt``, ``task_extra.pt`` and
-``meta.json`` goes through it (``read_model_state``, ``read_init_source``, ``load_init_state_``, ...), so does
-the state surgery of ``run.init_from`` (a model started from another run's model.pt).
+This module is the one that knows these files: every reader and writer of ``model.pt``, ``task_extra.pt``,
+``meta.json`` and ``manifest.json`` goes through it (``read_model_state``, ``read_init_source``,
+``load_init_state_``, ``verify_checkpoint``, ...), so does the state surgery of ``run.init_from`` (a model started
+from another run's model.pt).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,10 +67,16 @@ import torch
 from torch import Tensor, nn
 
 from trainer import distributed as dist
+from trainer.engine import ENGINE_DIR
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 LATEST = "latest"
 META = "meta.json"
+MANIFEST = "manifest.json"           # every other file of a checkpoint with its size and sha256; written last
+_MANIFEST_FORMAT = 1
+_META_MANIFEST_KEY = "manifest"      # meta.json's promise that a manifest was written (absent: an older checkpoint)
+_HASH_CHUNK = 1 << 20                # bytes read per step while hashing (files are streamed, never read whole)
+_HASH_THREADS = 4                    # files hashed concurrently (hashlib releases the GIL)
 MODEL_FILE = "model.pt"              # consolidated fp32 model state (evaluation, export, the next phase's init)
 TASK_EXTRA_FILE = "task_extra.pt"    # a task's optional hand-over to the next phase (trainer/tasks/base.py)
 CODEBOOK_PREFIX = "quantizer."       # model.pt keys of the shared codebook (trainer/models/segment_coder.py)
@@ -55,6 +84,16 @@ CODEBOOK_PREFIX = "quantizer."       # model.pt keys of the shared codebook (tra
 
 def rank_file(ckpt_dir: Path, rank: int) -> Path:
     return Path(ckpt_dir) / f"rank_{rank:05d}.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is incomplete, damaged or unreadable. The message names the checkpoint and the file;
+    ``checkpoint`` and ``file`` hold them (``None`` where not known). A ``ValueError``, so the command-line
+    tools that report bad input as ``error: ...`` (evaluate, toc) report these the same way."""
+
+    def __init__(self, message: str, checkpoint: Path | None = None, file: Path | None = None):
+        super().__init__(message)
+        self.checkpoint, self.file = checkpoint, file
 
 
 class CheckpointManager:
@@ -65,35 +104,62 @@ class CheckpointManager:
         self.keep_last = keep_last
 
     # ------------------------------------------------------------------ discovery
-    def complete(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
+    def step_dirs(self) -> list[Path]:
+        """Every ``step_N`` directory, complete or not, oldest first."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / META).is_file()]
-        return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)), key=_step)
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints (a manifest, or an older checkpoint's meta.json), oldest first; not verified."""
+        return [p for p in self.step_dirs() if (p / MANIFEST).is_file() or (p / META).is_file()]
 
     def latest(self) -> Path | None:
-        """The checkpoint ``latest`` names; falls back to the newest complete one if the pointer is missing."""
+        """The newest checkpoint that verifies: the one ``latest`` names, else the newest by step that does.
+
+        Every checkpoint tried and skipped is reported with the failing file (``[cmg]`` on stderr, rank 0).
+        """
+        tried: set[Path] = set()
         pointer = self.root / LATEST
         if pointer.is_file():
-            candidate = self.root / pointer.read_text().strip()
-            if (candidate / META).is_file():
+            name = pointer.read_text().strip()
+            candidate = self.root / name
+            if _STEP_DIR.match(name) and candidate.is_dir():
+                if _verifies(candidate):
+                    return candidate
+                tried.add(candidate)
+            else:
+                _report(f"{pointer} names {name!r}, not a checkpoint directory; looking for the newest one")
+        for candidate in reversed(self.step_dirs()):
+            if candidate not in tried and _verifies(candidate):
                 return candidate
-        done = self.complete()
-        return done[-1] if done else None
+        return None
 
     def resolve(self, resume: str | None) -> Path | None:
-        """``None``/"" -> no resume; "auto" -> latest complete (or None); else a checkpoint directory path."""
+        """``None``/"" -> no resume; "auto" -> the newest checkpoint that verifies (``latest``; None if there is
+        no step directory; an error if there are some and none verifies); else a checkpoint directory, which must
+        verify (or a checkpoints root: its newest checkpoint that verifies)."""
         if not resume:
             return None
         if resume == "auto":
-            return self.latest()
+            return self._newest_verified(required=False)
         path = Path(resume)
         if path.is_dir() and (path / LATEST).is_file():  # a checkpoints root was given
-            return CheckpointManager(path).latest()
-        if not (path / META).is_file():
-            raise FileNotFoundError(f"resume={resume!r}: {path} is not a complete checkpoint (no {META})")
+            return CheckpointManager(path)._newest_verified(required=True)
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            raise CheckpointError(f"run.resume={resume!r}: {err}", err.checkpoint, err.file) from err
         return path
+
+    def _newest_verified(self, required: bool) -> Path | None:
+        found = self.latest()
+        if found is None and (required or self.step_dirs()):
+            dirs = [p.name for p in self.step_dirs()]
+            raise CheckpointError(f"no checkpoint under {self.root} verifies (step directories: {dirs or 'none'}; "
+                                  "each one's failing file is reported above): repair or remove them, or start over "
+                                  "with run.resume=''", self.root)
+        return found
 
     def clean_partial(self) -> None:
         """Remove temp dirs left by a crash mid-save (rank 0 only; called before training starts)."""
@@ -121,7 +187,9 @@ class CheckpointManager:
             missing = [r for r in range(dist.world_size()) if not rank_file(tmp, r).is_file()]
             if missing:
                 raise RuntimeError(f"checkpoint {tmp}: ranks {missing} wrote no state; not publishing it")
-            (tmp / META).write_text(json.dumps({"step": step, "world_size": dist.world_size(), **meta}, indent=1))
+            meta = {"step": step, "world_size": dist.world_size(), **meta, _META_MANIFEST_KEY: MANIFEST}
+            (tmp / META).write_text(json.dumps(meta, indent=1))
+            write_manifest(tmp)   # last: it lists (and so vouches for) every other file, meta.json included
             _fsync_dir(tmp)
             if final.exists():  # re-saving the same step (e.g. a stop signal right after a periodic save)
                 shutil.rmtree(final)
@@ -131,30 +199,196 @@ class CheckpointManager:
             os.replace(pointer_tmp, self.root / LATEST)
             _fsync_dir(self.root)
             token_file.unlink(missing_ok=True)
-            for old in self.complete()[:-self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+            self._prune(final)
         dist.barrier()
         return final
 
+    def _prune(self, newest: Path) -> None:
+        """Keep-last-k once ``newest`` is published: it and the k-1 newest complete checkpoints before it stay;
+        every older step directory goes (complete or not). Newer step directories (an earlier attempt's, that a
+        resume fell back from) stay until the run overwrites them: ``newest`` is never pruned."""
+        older = [p for p in self.step_dirs() if _step(p) < _step(newest)]
+        complete = [p for p in older if (p / MANIFEST).is_file() or (p / META).is_file()]
+        keep = set(complete[-(self.keep_last - 1):]) if self.keep_last > 1 else set()
+        for old in older:
+            if old not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+
     @staticmethod
     def read_meta(ckpt_dir: Path) -> dict[str, Any]:
-        return json.loads((Path(ckpt_dir) / META).read_text())
+        return _read_json(Path(ckpt_dir), META)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint directory meant by ``path``: itself (it has meta.json), a ``model.pt`` inside one, a
-    checkpoints directory or a run directory (then its ``latest`` complete checkpoint)."""
+    """The checkpoint directory meant by ``path``, verified: itself (a step directory, or one with a manifest or
+    meta.json: it must verify), a ``model.pt`` inside one, a checkpoints directory or a run directory (then its
+    newest checkpoint that verifies, as ``run.resume=auto`` picks it)."""
     path = Path(path)
     if path.is_file() and path.name == MODEL_FILE:
         path = path.parent
-    if (path / META).is_file():
+    if _STEP_DIR.match(path.name) or (path / MANIFEST).is_file() or (path / META).is_file():
+        verify_checkpoint(path)
         return path
     for root in (path, path / "checkpoints"):
-        latest = CheckpointManager(root).latest()
-        if latest is not None:
-            return latest
-    raise FileNotFoundError(f"{path}: not a checkpoint (no {META}), and no complete checkpoint under "
-                            f"{path} or {path / 'checkpoints'}")
+        found = CheckpointManager(root)._newest_verified(required=False)
+        if found is not None:
+            return found
+    raise CheckpointError(f"{path}: not a checkpoint (no {MANIFEST} or {META}), and no checkpoint under "
+                          f"{path} or {path / 'checkpoints'}", path)
+
+
+# ---------------------------------------------------------------------- manifest and verification
+def write_manifest(ckpt_dir: str | Path) -> Path:
+    """Write ``ckpt_dir/manifest.json``: every other file under ``ckpt_dir`` with its size and sha256 (streamed
+    in chunks). Written last, it marks the checkpoint complete (the file itself is fsynced; the caller fsyncs the
+    directory before publishing it)."""
+    ckpt = Path(ckpt_dir)
+    files = _files_of(ckpt)
+    digests = _sha256_all([ckpt / f for f in files])
+    entries = [{"path": f, "size": (ckpt / f).stat().st_size, "sha256": d} for f, d in zip(files, digests)]
+    target = ckpt / MANIFEST
+    with open(target, "w") as out:
+        json.dump({"format": _MANIFEST_FORMAT, "hash": "sha256", "files": entries}, out, indent=1)
+        out.flush()
+        os.fsync(out.fileno())
+    return target
+
+
+def verify_checkpoint(ckpt_dir: str | Path) -> None:
+    """Check that ``ckpt_dir`` is complete and undamaged; a ``CheckpointError`` naming it and the file if not.
+
+    The manifest must be readable and every file it lists (meta.json among them) present with its size and
+    sha256 (sizes are checked for all files before anything is hashed). Files the manifest does not list are not
+    looked at. A directory with a meta.json that promises no manifest (written before checkpoints carried one)
+    passes with a warning: there is nothing to check it against.
+    """
+    ckpt = Path(ckpt_dir)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"checkpoint {ckpt}: not a directory", ckpt)
+    if not (ckpt / MANIFEST).is_file():
+        if not (ckpt / META).is_file():
+            raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} missing (and {META} too): not a complete "
+                                  "checkpoint", ckpt, ckpt / MANIFEST)
+        if _META_MANIFEST_KEY in _read_json(ckpt, META):
+            raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} missing ({META} says one was written)",
+                                  ckpt, ckpt / MANIFEST)
+        _report(f"checkpoint {ckpt}: no {MANIFEST} (written before checkpoints carried one): its files are not "
+                "verified")
+        return
+    entries = _read_manifest(ckpt)
+    if META not in {e["path"] for e in entries}:
+        raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} does not list {META}", ckpt, ckpt / MANIFEST)
+    for entry in entries:
+        path = ckpt / entry["path"]
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {ckpt}: {entry['path']}: missing (listed in {MANIFEST})", ckpt, path)
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"checkpoint {ckpt}: {entry['path']}: {size} bytes, {MANIFEST} says "
+                                  f"{entry['size']} (truncated or rewritten)", ckpt, path)
+    for entry, digest in zip(entries, _sha256_all([ckpt / e["path"] for e in entries])):
+        if digest != entry["sha256"]:
+            raise CheckpointError(f"checkpoint {ckpt}: {entry['path']}: sha256 {digest[:16]}… differs from "
+                                  f"{MANIFEST}'s {entry['sha256'][:16]}… (damaged)", ckpt, ckpt / entry["path"])
+
+
+def _read_manifest(ckpt: Path) -> list[dict[str, Any]]:
+    """The manifest's file entries, checked for shape; a ``CheckpointError`` naming manifest.json if it is bad."""
+    data = _read_json(ckpt, MANIFEST)
+    entries = data.get("files") if isinstance(data, dict) else None
+
+    def good(e: Any) -> bool:
+        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)
+                and isinstance(e.get("size"), int)):
+            return False
+        rel = Path(e["path"])
+        return not rel.is_absolute() and ".." not in rel.parts and e["path"] != MANIFEST
+
+    if not isinstance(entries, list) or not all(good(e) for e in entries):
+        raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST}: malformed (expected {{\"files\": [{{\"path\", "
+                              "\"size\", \"sha256\"}, ...]}, relative paths inside the checkpoint)",
+                              ckpt, ckpt / MANIFEST)
+    return entries
+
+
+def _read_json(ckpt: Path, name: str) -> Any:
+    path = ckpt / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise CheckpointError(f"checkpoint {ckpt}: {name}: missing", ckpt, path) from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {ckpt}: {name}: unreadable ({type(err).__name__}: {err}; truncated or "
+                              "damaged)", ckpt, path) from err
+
+
+def _files_of(ckpt: Path) -> list[str]:
+    """Every file under ``ckpt`` but the manifest, as sorted relative POSIX paths."""
+    found = (p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file())
+    return sorted(f for f in found if f != MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    digest, buffer = hashlib.sha256(), bytearray(_HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def _sha256_all(paths: list[Path]) -> list[str]:
+    if len(paths) <= 1:
+        return [_sha256(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, len(paths))) as pool:
+        return list(pool.map(_sha256, paths))
+
+
+def _verifies(ckpt: Path) -> bool:
+    """Whether ``ckpt`` verifies; if not, reports it (with the failing file) as skipped."""
+    try:
+        verify_checkpoint(ckpt)
+    except CheckpointError as err:
+        _report(f"skipping {err}")
+        return False
+    return True
+
+
+def _report(message: str) -> None:
+    if dist.rank() == 0:
+        print(f"[cmg] {message}", file=sys.stderr, flush=True)
+
+
+def _step(path: Path) -> int:
+    return int(_STEP_DIR.match(path.name).group(1))
+
+
+def _load_file(ckpt: Path, name: str, holds: str) -> Any:
+    """``torch.load(weights_only=True)`` of ``ckpt/name``; any failure a ``CheckpointError`` naming both.
+
+    A file that holds anything but ``holds`` (tensors, numbers, strings and containers of them) is refused,
+    never unpickled; that message does not repeat torch's advice to load it with ``weights_only`` off.
+    """
+    path = Path(ckpt) / name
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        text = str(err)
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f"it holds a pickled object ({found.group(1)})" if found else "it holds pickled objects"
+            refusal = CheckpointError(f"checkpoint {ckpt}: {name}: not {holds}: {what}; refused, never unpickled",
+                                      Path(ckpt), path)
+            raise refusal from None   # torch's text (still in __context__) suggests loading it unsafely
+        raise CheckpointError(f"checkpoint {ckpt}: {name}: cannot be loaded ({_brief(err)}); truncated or "
+                              "damaged?", Path(ckpt), path) from err
+
+
+def _brief(err: BaseException) -> str:
+    """``Type: first sentence`` of an error (torch's messages run on for lines)."""
+    lines = str(err).strip().splitlines()
+    first = lines[0].split(". ")[0][:200] if lines else ""
+    return f"{type(err).__name__}: {first}" if first and "weights_only" not in first else type(err).__name__
 
 
 # ---------------------------------------------------------------------- one run's checkpoints
@@ -193,10 +427,17 @@ class RunCheckpoints:
         self.manager.clean_partial()
 
     def restore(self, resume: str | None) -> Path | None:
-        """Load the checkpoint ``run.resume`` names into the engine and every part; the directory, or None."""
+        """Load the checkpoint ``run.resume`` names into the engine and every part; the directory, or None.
+
+        The checkpoint is verified first (``CheckpointManager.resolve``); a load that fails all the same is a
+        ``CheckpointError`` naming the checkpoint and the file (``engine/`` for the engine's state)."""
         ckpt = self.manager.resolve(resume)
         if ckpt is not None:
-            self.engine.load(ckpt)
+            try:
+                self.engine.load(ckpt)
+            except Exception as err:
+                raise CheckpointError(f"checkpoint {ckpt}: {ENGINE_DIR}/: the engine state cannot be loaded "
+                                      f"({_brief(err)})", ckpt, ckpt / ENGINE_DIR) from err
             state = load_rank_state(ckpt)
             missing = sorted(set(self.parts) - set(state))
             if missing:
@@ -220,9 +461,6 @@ class RunCheckpoints:
 
         return self.manager.save(step, write, meta)
 
-    def latest(self) -> Path | None:
-        return self.manager.latest()
-
 
 # ---------------------------------------------------------------------- model.pt, task_extra.pt, init_from
 def write_model_state(ckpt_dir: Path, state: Mapping[str, Tensor]) -> None:
@@ -230,11 +468,13 @@ def write_model_state(ckpt_dir: Path, state: Mapping[str, Tensor]) -> None:
 
 
 def read_model_state(ckpt_dir: Path) -> dict[str, Tensor]:
-    """The consolidated model state of a checkpoint (weights only, on the CPU)."""
-    path = Path(ckpt_dir) / MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (the consolidated model state of the checkpoint)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The consolidated model state of a checkpoint (weights only, on the CPU); a ``CheckpointError`` naming the
+    checkpoint and model.pt if it is missing, damaged, or holds anything but a plain tensor state dict."""
+    ckpt = Path(ckpt_dir)
+    if not (ckpt / MODEL_FILE).is_file():
+        raise CheckpointError(f"checkpoint {ckpt}: {MODEL_FILE}: missing (the consolidated model state)",
+                              ckpt, ckpt / MODEL_FILE)
+    return _load_file(ckpt, MODEL_FILE, "a plain tensor state dict")
 
 
 def read_codebook(path: str | Path) -> tuple[Tensor, Path]:
@@ -254,7 +494,7 @@ def write_task_extra(ckpt_dir: Path, extra: Mapping[str, object]) -> None:
 def read_task_extra(ckpt_dir: Path) -> dict[str, object]:
     """A task's hand-over to the next phase; ``{}`` when the checkpoint has none."""
     path = Path(ckpt_dir) / TASK_EXTRA_FILE
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+    return _load_file(Path(ckpt_dir), TASK_EXTRA_FILE, "plain state") if path.is_file() else {}
 
 
 @dataclass
@@ -273,12 +513,12 @@ class InitSource:
 
 
 def read_init_source(source: str) -> InitSource:
-    """The checkpoint ``run.init_from`` names (a step, checkpoints or run directory, or a model.pt)."""
+    """The checkpoint ``run.init_from`` names (a step, checkpoints or run directory, or a model.pt), verified."""
     try:
         ckpt = resolve_checkpoint(source)
         return InitSource(ckpt, CheckpointManager.read_meta(ckpt), read_model_state(ckpt), read_task_extra(ckpt))
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"run.init_from={source!r}: {err}") from None
+    except CheckpointError as err:
+        raise CheckpointError(f"run.init_from={source!r}: {err}", err.checkpoint, err.file) from err
 
 
 def load_init_state_(model: nn.Module, init: InitSource) -> list[str]:
@@ -352,9 +592,14 @@ def save_rank_state(ckpt_dir: Path, state: dict[str, Any]) -> None:
 
 
 def load_rank_state(ckpt_dir: Path) -> dict[str, Any]:
-    path = rank_file(ckpt_dir, dist.rank())
+    """This rank's state in ``ckpt_dir``; a ``CheckpointError`` naming the checkpoint and the file on any failure."""
+    ckpt = Path(ckpt_dir)
+    path = rank_file(ckpt, dist.rank())
     if not path.is_file():
-        meta = CheckpointManager.read_meta(ckpt_dir)
-        raise FileNotFoundError(f"{path} missing: checkpoint was written by world size {meta.get('world_size')}, "
-                                f"this job runs world size {dist.world_size()}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            written = f"written by world size {CheckpointManager.read_meta(ckpt).get('world_size')}"
+        except CheckpointError:
+            written = f"its {META} unreadable"
+        raise CheckpointError(f"checkpoint {ckpt}: {path.name}: missing (checkpoint {written}, this job runs world "
+                              f"size {dist.world_size()})", ckpt, path)
+    return _load_file(ckpt, path.name, "plain per-rank state")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Mapping
@@ -30,8 +31,9 @@ from typing import Any, Literal
 import yaml
 
 from trainer.backbones import BackbonesConfig, load_backbones_config
+from trainer.checkpoint import MODEL_FILE, CheckpointManager, resolve_checkpoint
 from trainer.config import ConfigError, build_config, load_config, to_dict
-from trainer.data.stream import DataConfig, expand_shard_urls, read_manifest
+from trainer.data.stream import DataConfig, expand_shard_urls, manifest_counts, read_manifest
 from trainer.models.comet import COMETConfig
 from trainer.models.fccid import FCCIDConfig
 from trainer.models.unicode import UniCodeConfig
@@ -69,6 +71,23 @@ class OptimConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = 0.0          # cosine floor, as a fraction of lr
     grad_clip: float = 1.0             # max global gradient norm (0 = off)
+
+    def __post_init__(self) -> None:
+        # `not (a <= x)` rather than `x < a`: NaN fails every comparison and is refused too
+        # lr 0 is allowed: a phase that must not move its weights (tests/system/test_slurm_jobs.py) trains at lr 0
+        if not 0.0 <= self.lr < math.inf:
+            raise ValueError(f"optim.lr must be a finite number >= 0, got {self.lr}")
+        for i, beta in enumerate(self.betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"optim.betas[{i}] must be in [0, 1), got {beta}")
+        if not 0.0 <= self.weight_decay < math.inf:
+            raise ValueError(f"optim.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.grad_clip < math.inf:
+            raise ValueError(f"optim.grad_clip must be a finite number >= 0 (0 = off), got {self.grad_clip}")
 
 
 @dataclass
@@ -181,19 +200,83 @@ def resolve_job(cfg: JobConfig, feature_shapes: Mapping[str, tuple[int, ...]] | 
     return ResolvedJob(dataclasses.replace(cfg, model=model), {m: tuple(s) for m, s in shapes.items()}, backbones)
 
 
-def validate_job(cfg: JobConfig) -> None:
-    """Checks that need the filesystem but no model: run them before any process group or model exists."""
+def in_batch_negative_terms(model: ModelConfig) -> list[str]:
+    """The loss terms of ``model`` whose negatives are the other clips of the rank's own batch."""
+    if isinstance(model, FCCIDConfig):   # InfoNCE, Cross-CPC and CMCM always; CLUB when an estimator is on
+        return ["InfoNCE", "Cross-CPC", "CMCM"] + (["CLUB"] if model.club_estimators else [])
+    eff = model.effective()              # Uni-Code and COMET (its pseudo-modality term is a Cross-CPC term)
+    return [name for name, on in (("CLUB", eff.use_club), ("Cross-CPC", eff.use_cpc), ("CMCM", eff.use_cmcm)) if on]
+
+
+def check_batch_size(cfg: JobConfig) -> None:
+    """``data.batch_size`` (per rank) must give the in-batch negatives at least one other clip."""
+    terms = in_batch_negative_terms(cfg.model)
+    if terms and cfg.data.batch_size < 2:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size}: task {cfg.task!r} takes the negatives of "
+                          f"{', '.join(terms)} from the other clips of each rank's batch (the CLUB bound cannot "
+                          "be formed from one clip, and a contrastive term over one clip is a constant 0): set "
+                          "data.batch_size >= 2 (clips per rank)")
+
+
+def check_checkpoint_paths(cfg: JobConfig, init_from: bool = True) -> None:
+    """An explicit ``run.resume`` path and (``init_from``) ``run.init_from`` must name checkpoints that exist."""
+    resume = cfg.run.resume
+    if resume not in ("", "auto"):
+        try:
+            found = CheckpointManager(Path(cfg.run.dir) / "checkpoints").resolve(resume)
+        except (FileNotFoundError, ValueError) as err:   # missing, or (trainer.checkpoint.CheckpointError) damaged
+            reason = str(err)
+            for prefix in (f"run.resume={resume!r}: ", f"resume={resume!r}: "):
+                reason = reason.removeprefix(prefix)
+            hint = "" if "run.resume" in reason else (" (give a step_N directory or a checkpoints directory, 'auto' "
+                                                      "for this run's latest checkpoint, or '' to start fresh)")
+            raise ConfigError(f"run.resume={resume!r}: {reason}{hint}") from None
+        if found is None:
+            raise ConfigError(f"run.resume={resume!r}: no complete checkpoint under {resume} (its 'latest' names "
+                              "none); give a step_N directory, 'auto' or ''")
+    if init_from and cfg.run.init_from:
+        try:
+            ckpt = resolve_checkpoint(cfg.run.init_from)
+        except (FileNotFoundError, ValueError) as err:   # missing, or (trainer.checkpoint.CheckpointError) damaged
+            raise ConfigError(f"run.init_from={cfg.run.init_from!r}: {err}") from None
+        if not (ckpt / MODEL_FILE).is_file():
+            raise ConfigError(f"run.init_from={cfg.run.init_from!r}: checkpoint {ckpt} has no {MODEL_FILE} "
+                              "(the model state a run starts from)")
+
+
+def validate_job(cfg: JobConfig, *, data_files: bool = True, init_from: bool = True) -> None:
+    """Checks that need the filesystem but no model: run them before any process group or model exists.
+
+    ``data_files=False`` skips the shards' manifest; ``init_from=False`` skips ``run.init_from``. The continual
+    launcher passes both for a phase whose data the compute nodes read later, or whose ``init_from`` is a
+    checkpoint the previous phase has yet to write (``trainer/programs/continual.py``).
+    """
     try:
         cfg.data.validate()
     except ValueError as err:
         raise ConfigError(f"data: {err}") from err
+    check_batch_size(cfg)
     if cfg.data.kind == "clips":
         if not Path(cfg.backbones).is_file():
             raise ConfigError(f"backbones: file not found: {cfg.backbones}")
         job_backbones(cfg)
-    if not cfg.data.resampled or cfg.data.kind == "features":
+    # resampled clip shards need no manifest: the stream draws shards without counting their samples
+    if data_files and (not cfg.data.resampled or cfg.data.kind == "features"):
         try:
-            read_manifest(expand_shard_urls(cfg.data.urls), cfg.data.manifest)
+            urls = expand_shard_urls(cfg.data.urls)
+        except ValueError as err:
+            raise ConfigError(f"data.urls: {cfg.data.urls!r} does not expand: {err}") from None
+        if not urls:
+            raise ConfigError(f"data.urls: {cfg.data.urls!r} expands to no shard")
+        try:
+            manifest, contents = read_manifest(urls, cfg.data.manifest)
         except ValueError as err:
             raise ConfigError(f"data: {err}") from err
+        if not cfg.data.resampled:   # the epoch plan counts every shard's samples from the manifest
+            try:
+                manifest_counts(urls, manifest, contents)
+            except ValueError as err:
+                raise ConfigError(f"data.urls: {err} (every shard of data.urls must be listed in the manifest "
+                                  "written with the shards: check the brace range, or data.manifest)") from None
+    check_checkpoint_paths(cfg, init_from=init_from)
     json.dumps(dataclasses.asdict(cfg))  # every value must be serialisable for the run directory and MLflow

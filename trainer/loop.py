@@ -68,6 +68,15 @@ class StepCounter:
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
 
 
+def data_metrics(counters: Mapping[str, int]) -> dict[str, int]:
+    """The stream's counters (summed over ranks) as logged: ``data/skipped`` counts samples not trained on, by
+    reason in ``data/skipped_<reason>``; members a sample carried but no decoder reads are counted apart, in
+    ``data/ignored_members``, since their samples were trained on."""
+    skipped = {reason: n for reason, n in counters.items() if reason != "ignored_member"}
+    return {"data/skipped": sum(skipped.values()), "data/ignored_members": counters.get("ignored_member", 0)} | {
+        f"data/skipped_{reason}": n for reason, n in skipped.items() if n}
+
+
 def endless(stream):
     """Batches across epochs (the stream knows its epoch and position, so this needs no state)."""
     while True:
@@ -148,6 +157,9 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
         parts["backbones"] = backbones
     checkpoints = RunCheckpoints(run_dir / "checkpoints", cfg.run.keep_last, engine, parts, task)
     resume_from = checkpoints.restore(cfg.run.resume)
+    saved = resume_from   # the run's newest checkpoint (a resumed run that is already done saves no other)
+    if is_main:
+        trim_metrics_log(run_dir, counter.step)
     tracker.start(tags={"phase": cfg.run.phase, "world_size": world,
                         "resumed_from_step": counter.step if resume_from is not None else None})
     tracker.log_config(job.to_dict())
@@ -192,11 +204,10 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
             if tracker.should_log(counter.step) or counter.step == cfg.run.max_steps:
                 elapsed = time.perf_counter() - window_start
                 logged = pack_mean({k: v / window_steps for k, v in window.items()} | metrics, world)
-                skipped = stream.skip_totals(all_reduce_fn=dist.all_reduce_sum_)
                 logged |= {"perf/clips_per_s": window_steps * global_batch / elapsed,
                            "perf/step_s": elapsed / window_steps, "lr": engine.learning_rate(),
-                           "data/samples_seen": counter.samples_seen, "data/skipped": sum(skipped.values())}
-                logged |= {f"data/skipped_{reason}": n for reason, n in skipped.items() if n}
+                           "data/samples_seen": counter.samples_seen}
+                logged |= data_metrics(stream.skip_totals(all_reduce_fn=dist.all_reduce_sum_))
                 tracker.log_metrics(logged, counter.step)
                 if is_main:
                     with open(run_dir / METRICS_FILE, "a") as f:
@@ -221,8 +232,8 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
                     print(f"[cmg] step {counter.step}: checkpoint {saved}", flush=True)
             if stop_requested and counter.step < cfg.run.max_steps:
                 if is_main:
-                    print(f"[cmg] stop requested ({stop.signal_name or STOP_FILE}): checkpoint at step {counter.step} "
-                          f"written; exiting with {EXIT_RESUME} (resume me)", flush=True)
+                    print(f"[cmg] stop requested ({stop.reason(run_dir / STOP_FILE)}): checkpoint at step "
+                          f"{counter.step} written; exiting with {EXIT_RESUME} (resume me)", flush=True)
                 finish("stopped", "KILLED")
                 return EXIT_RESUME
     except BaseException:
@@ -236,7 +247,7 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
     tracker.log_tensor(task.codebook().cpu(), "codebook/final.npy")
     finish("finished", "FINISHED")
     if is_main:
-        print(f"[cmg] finished {counter.step} steps; checkpoint {checkpoints.latest()}; run dir {run_dir}", flush=True)
+        print(f"[cmg] finished {counter.step} steps; checkpoint {saved}; run dir {run_dir}", flush=True)
     return 0
 
 
@@ -255,6 +266,15 @@ def train_in_memory(cfg: JobConfig, features: Mapping[str, torch.Tensor]) -> Pat
     if code != 0:
         raise RuntimeError(f"the in-memory job in {cfg.run.dir} ended with exit code {code}")
     return CheckpointManager(Path(cfg.run.dir) / "checkpoints").latest()
+
+
+def trim_metrics_log(run_dir: Path, step: int) -> None:
+    """Drop the lines of ``metrics.jsonl`` past ``step``, where this run continues from: steps a crashed run
+    logged after its last checkpoint are trained (and logged) again, and a fresh run (step 0) starts empty."""
+    path = run_dir / METRICS_FILE
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
 
 
 def last_logged(run_dir: str | os.PathLike) -> dict[str, float]:

@@ -88,6 +88,14 @@ class StopRequest:
         """
         return dist.any_rank(self.requested or stop_file.exists(), device)
 
+    def reason(self, stop_file: Path) -> str:
+        """What asked this rank to stop, for the log: its own signal, the file, or another rank."""
+        if self.signal_name:
+            return self.signal_name
+        if stop_file.exists():
+            return stop_file.name
+        return "a signal or stop file seen by another rank"
+
 
 def shutdown(accelerator, exit_code: int) -> None:
     """Release engines before the process group, then leave without interpreter finalisation."""

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -118,6 +119,25 @@ def test_single_process_signal_checkpoints_exits_75_and_resumes_exactly(tmp_path
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     history = client.get_metric_history(runs[0].info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, STOPPED_RUN_STEPS + 1))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_checkpoints_and_exits_75(tmp_path, shards):
+    """What `scancel` or a launcher sends: SIGTERM to the rank AND its DataLoader worker (data.num_workers=1).
+    The worker must leave the signal to its rank, which agrees on the stop and checkpoints."""
+    run_dir = tmp_path / "terminated"
+    proc = subprocess.Popen(job_command(run_dir, shards, overrides=[f"run.max_steps={STOPPED_RUN_STEPS}"]),
+                            cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)                     # its own process group, workers included
+    wait_for_steps(run_dir, proc, 2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-3000:]
+    assert "killed by signal" not in err
+    stopped_at = status(run_dir)
+    assert stopped_at["state"] == "stopped" and "stop requested (SIGTERM)" in out
+    assert CheckpointManager.read_meta(CheckpointManager(run_dir / "checkpoints").latest())["step"] == \
+        stopped_at["step"]
 
 
 # ---------------------------------------------------------------------------------------------- two ranks

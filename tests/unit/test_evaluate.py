@@ -5,6 +5,7 @@ tests/system/test_evaluate_job.py."""
 
 import hashlib
 import json
+import shutil
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +17,7 @@ import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 
 from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain  # noqa: E402
+from trainer.checkpoint import write_manifest
 from trainer.config import ConfigError, to_dict  # noqa: E402
 from trainer.data import DataConfig  # noqa: E402
 from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy  # noqa: E402
@@ -71,6 +73,7 @@ def _write_run(run, model, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     ckpt.mkdir(parents=True)
     torch.save(model.state_dict(), ckpt / "model.pt")
     (ckpt / "meta.json").write_text(json.dumps({"step": 8, "mlflow_run_id": None, **meta}))
+    write_manifest(ckpt)
     (run / "checkpoints" / "latest").write_text(ckpt.name)
     np.savez(run / "public.npz", **arrays)
 
@@ -258,6 +261,29 @@ def test_command_reports_bad_input_by_name(checkpoint, tmp_path, capsys):
     assert "no_run" in capsys.readouterr().err
     assert main([str(checkpoint), "--public", str(tmp_path / "missing.npz"), "--no-tracking"]) == 2
     assert "missing.npz" in capsys.readouterr().err
+
+
+class _Payload:
+    """Unpickling this would run a command: a hostile model.pt."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_a_damaged_or_hostile_model_file_is_refused_by_name_with_exit_2(checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run)
+    model_file = run / "checkpoints" / "step_00000008" / "model.pt"
+    model_file.write_bytes(model_file.read_bytes()[:100])                       # truncated
+    write_manifest(model_file.parent)                   # as if it was written so: the load itself must refuse it
+    assert main([str(run), "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert "model.pt" in err and "Traceback" not in err
+    torch.save({"quantizer.codebook": _Payload()}, model_file)                 # pickled code, not tensors
+    write_manifest(model_file.parent)                                           # even with a manifest that matches
+    assert main([str(run), "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert "model.pt" in err and "refused" in err and "weights_only=False" not in err and "pwned" not in err
 
 
 def test_unlabelled_evaluation_data_are_refused_naming_shard_and_key(checkpoint, tmp_path, capsys):

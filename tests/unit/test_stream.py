@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import os
 import pickle
 from pathlib import Path
@@ -216,6 +217,17 @@ def test_decoders_reject_each_kind_of_corruption(clips):
         decode_sample(good | {"json": json.dumps(three_s).encode()}, DecodeConfig(seconds=3, frames_per_segment=2))
     with pytest.raises(CorruptSample, match="labels cover 2 s, need 3 s"):
         decode_sample(good, DecodeConfig(seconds=3))
+
+
+def test_an_unopenable_video_is_reported_once_not_also_printed_by_decord(clips, capfd):
+    src, keys = clips
+    good = _members(src, keys[0])
+    capfd.readouterr()
+    with pytest.raises(CorruptSample, match="bad_video: decord cannot open it .*Invalid data found"):
+        decode_sample(good | {"mp4": b"not a video"}, DECODE)       # the reason decord logged, in the message
+    assert "ERROR opening" not in capfd.readouterr().err       # decord's C++ logger writes to fd 2 itself
+    print("stderr works again", file=sys.stderr)
+    assert "stderr works again" in capfd.readouterr().err
 
 
 def test_fast_audio_read_equals_decords_public_api(clips):

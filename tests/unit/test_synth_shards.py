@@ -145,6 +145,17 @@ def test_write_then_inspect_round_trip(clips, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "samples  6 (6 good, 0 bad)" in printed and f"seconds  {6 * SECONDS:.1f}" in printed
     assert "members  mp4+json+txt: 6 samples" in printed and "bad members: none" in printed
+    # several URLs as the shell expands them, and a glob, name the same shards
+    listed = [str(out / "train-000000.tar"), str(out / "train-000001.tar")]
+    assert shard_inspect.main(listed) == 0 and "samples  6 (6 good, 0 bad)" in capsys.readouterr().out
+    assert shard_inspect.main([f"{out}/*.tar"]) == 0 and "shards   2" in capsys.readouterr().out
+    assert shard_inspect.main([f"{out}/nothing-*.tar"]) == 2 and "no shard matches" in capsys.readouterr().err
+    # clips shorter than the training length are flagged, one line each, naming the clip
+    assert shard_inspect.main([*listed, "--seconds", str(SECONDS + 1)]) == 1
+    printed = capsys.readouterr().out
+    assert "samples  6 (0 good, 6 bad)" in printed and printed.count(": too_short: ") == 6
+    assert f"train-000000.tar:{sorted(keys)[0]}: too_short: video {SECONDS:.2f} s" in printed
+    assert shard_inspect.main([*listed, "--seconds", str(SECONDS)]) == 0
 
 
 def test_writer_names_a_bad_clip_or_skips_it(clips, tmp_path, capsys):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.checkpoint import write_model_state
+from trainer.checkpoint import write_manifest, write_model_state
 from trainer.toc import TOCConfig, cosine_summary, main, toc_scores
 
 
@@ -81,6 +81,7 @@ def _fake_checkpoint(root, codebook):
     ckpt.mkdir(parents=True)
     write_model_state(ckpt, {"quantizer.codebook": codebook, "quantizer.ema_count": torch.ones(len(codebook))})
     (ckpt / "meta.json").write_text(json.dumps({"step": 7}))
+    write_manifest(ckpt)
     (root / "checkpoints" / "latest").write_text(ckpt.name)
     return ckpt
 

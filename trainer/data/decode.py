@@ -19,9 +19,13 @@ and whose message names the shard, the key and the member; the stream counts the
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
+import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +67,16 @@ class DecodeConfig:
     sample_rate: int = 16000  # audio is resampled to this rate, mono
     # AAC/decoder rounding can leave the audio a little short; up to this much is zero-padded
     audio_shortfall_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("seconds", "frames_per_segment", "frame_size", "sample_rate"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"decode.{name} must be >= 1, got {value}")
+        # not (0 <= x < seconds) also refuses NaN; a shortfall of a whole clip would accept clips without audio
+        if not 0.0 <= self.audio_shortfall_s < self.seconds:
+            raise ValueError(f"decode.audio_shortfall_s must be in [0, decode.seconds={self.seconds}), "
+                             f"got {self.audio_shortfall_s}")
 
 
 @dataclass
@@ -217,13 +231,35 @@ def segment_frame_indices(fps: float, seconds: int, per_segment: int) -> list[in
     return [int(math.floor((t + (j + 0.5) / per_segment) * fps)) for t in range(seconds) for j in range(per_segment)]
 
 
+@contextlib.contextmanager
+def _fd2_captured(lines: list[str]):
+    """File descriptor 2 into ``lines`` for the block. decord's C++ VideoReader writes why it cannot open a file
+    ("ERROR opening: ..., Invalid data found ...") to fd 2 whatever ``decord.logging``'s level, and raises with
+    less ("Error reading N bytes"): the reason goes into the ``CorruptSample`` instead of the job's stderr.
+    (Other threads of this process lose their stderr for the ~ms of an open; the decoding workers have none.)"""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        try:
+            os.dup2(captured.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines.extend(captured.read().decode(errors="replace").splitlines())
+
+
 def _open_video(data: bytes, where: str, size: int | None = None) -> VideoReader:
+    logged: list[str] = []
     try:
-        if size is None:
-            return VideoReader(io.BytesIO(data), num_threads=1)
-        return VideoReader(io.BytesIO(data), num_threads=1, width=size, height=size)
+        with _fd2_captured(logged):
+            if size is None:
+                return VideoReader(io.BytesIO(data), num_threads=1)
+            return VideoReader(io.BytesIO(data), num_threads=1, width=size, height=size)
     except Exception as err:  # decord raises RuntimeError / DECORDError on anything it cannot open
-        raise CorruptSample("bad_video", where, f"decord cannot open it ({str(err).splitlines()[0]})") from err
+        reason = logged[-1].split("ERROR opening: ")[-1][-200:] if logged else str(err).splitlines()[0]
+        raise CorruptSample("bad_video", where, f"decord cannot open it ({reason})") from err
 
 
 def _read_frames(reader: VideoReader, indices: list[int], where: str) -> np.ndarray:

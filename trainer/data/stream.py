@@ -41,6 +41,7 @@ import itertools
 import json
 import random
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -276,8 +277,17 @@ def _warn_and_continue(exn: Exception) -> bool:
     return True
 
 
+# The stop signals of trainer/runtime.py (StopRequest) and the terminal's ^C. A launcher or `scancel` sends them to
+# the rank's whole process group: a worker that died of one would crash the rank ("DataLoader worker ... killed
+# by signal") before the rank could agree on the stop and checkpoint. Workers leave them to their rank, which
+# ends them when it ends.
+WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    for sig in WORKER_IGNORED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class ClipStream:

@@ -28,13 +28,17 @@ The phases file (relative paths start at the repository root, where the jobs run
         sbatch: []
 
 Every phase's job config is loaded and type-checked before anything is submitted (a typo fails here, with
-exit code 2, not hours later in phase 3). If sbatch refuses a phase, the phases already submitted are
+exit code 2, not hours later in phase 3), and checked as the job checks it at start-up
+(``trainer.job.validate_job``: the batch size, the backbones file, an explicit ``run.resume`` and the first
+phase's ``init_from``), but for the shards, which each phase's job checks when it starts (they need not be
+visible, or staged yet, at submission). If sbatch refuses a phase, the phases already submitted are
 cancelled and the exit code is 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shlex
@@ -96,9 +100,18 @@ def in_repo(path: str) -> Path:
     return Path(path) if Path(path).is_absolute() else REPO / path
 
 
+def repo_paths(job):
+    """``job`` (a ``JobConfig``) with the paths its job reads relative to the repository root, where the jobs run,
+    made absolute, so that the launcher checks the same files from any directory."""
+    resume = job.run.resume if job.run.resume in ("", "auto") else str(in_repo(job.run.resume))
+    init_from = str(in_repo(job.run.init_from)) if job.run.init_from else ""
+    return dataclasses.replace(job, backbones=str(in_repo(job.backbones)),
+                               run=dataclasses.replace(job.run, resume=resume, init_from=init_from))
+
+
 def plan(cfg: ContinualConfig, source: str) -> list[PhaseJob]:
     """Check the phases file and every phase's job config; the jobs to submit, in order."""
-    from trainer.job import JobConfig  # torch and the model stack: only once the file is sane
+    from trainer.job import JobConfig, validate_job  # torch and the model stack: only once the file is sane
 
     if not cfg.phases:
         raise ConfigError(f"{source}: 'phases' is empty")
@@ -130,7 +143,11 @@ def plan(cfg: ContinualConfig, source: str) -> list[PhaseJob]:
         if not in_repo(config).is_file():
             raise ConfigError(f"{where}: job config {config!r} not found (relative paths start at {REPO})")
         try:
-            load_config(JobConfig, in_repo(config), [*overrides, f"run.dir={run_dir}"])   # types the model section
+            job = load_config(JobConfig, in_repo(config), [*overrides, f"run.dir={run_dir}"])   # types the model
+            # what the job itself checks at start-up, but the shards (the compute nodes read them when the phase
+            # starts; a phases file may name data that is staged later) and, after the first phase, init_from
+            # (the previous phase's checkpoints, written only when it has run)
+            validate_job(repo_paths(job), data_files=False, init_from=i == 0)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
         options = [f"--job-name={cfg.job_name}-{phase.name}", f"--output={run_root}/{phase.name}-%j.out",

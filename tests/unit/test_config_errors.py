@@ -1,0 +1,188 @@
+"""Every config error of the main job fails before any work: ``trainer.main.main`` returns 2, names the dotted key
+on stderr and creates no run directory (no process group, model or data loader exists yet). Also what the
+continual launcher checks of each phase before it submits anything. Nothing here trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from job_utils import job_command, make_clip_shards
+from task_utils import write_phases
+
+from trainer.checkpoint import CheckpointManager, save_rank_state, write_model_state
+from trainer.config import ConfigError, load_config
+from trainer.data import DataConfig
+from trainer.job import JobConfig, check_batch_size, in_batch_negative_terms, validate_job
+from trainer.main import main
+from trainer.programs.continual import main as continual_main
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    """Two real clip shards of 4 clips (train-000000.tar, train-000001.tar) and their manifest."""
+    return make_clip_shards(tmp_path_factory.mktemp("data"), num_clips=8, clips_per_shard=4)
+
+
+def job_args(run_dir: Path, shards: str, *overrides: str) -> list[str]:
+    """trainer/main.py's arguments as the system tests run it (the demo config, shrunk)."""
+    command = job_command(run_dir, shards, overrides=list(overrides))
+    assert command[1].endswith("main.py")
+    return command[2:]
+
+
+def checkpoint(root: Path, model: bool = True) -> Path:
+    """A complete checkpoint of step 4 under ``<root>/checkpoints``, written as the job writes one (with a model.pt
+    unless ``model`` is False); its directory."""
+    def write(tmp: Path) -> None:
+        if model:
+            write_model_state(tmp, {"w": torch.zeros(2)})
+        save_rank_state(tmp, {})
+
+    return CheckpointManager(root / "checkpoints").save(4, write, {})
+
+
+def assert_refused(argv: list[str], run_dir: Path, key: str, capsys, *also: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "config error: " in err and key in err.split("config error: ", 1)[1], err
+    for text in also:
+        assert text in err, err
+    assert not run_dir.exists()                       # nothing was started
+
+
+def test_the_base_job_of_these_tests_is_valid(tmp_path, shards):
+    args = job_args(tmp_path / "run", shards)
+    validate_job(load_config(JobConfig, args[1], args[2:]))
+
+
+# ---------------------------------------------------------------------------------------------- data.urls
+def test_shards_the_manifest_does_not_list_are_refused(tmp_path, shards, capsys):
+    three = shards.replace("000001}", "000002}")      # train-000002.tar is in no manifest
+    assert three != shards
+    run_dir = tmp_path / "run"
+    assert_refused(job_args(run_dir, three), run_dir, "data.urls", capsys, "train-000002.tar", "(1 shards)")
+
+
+def test_resampled_clip_shards_need_no_manifest_entry(tmp_path, shards):
+    """Resampled clip shards are drawn without counting their samples: the stream never reads the manifest."""
+    args = job_args(tmp_path / "run", shards.replace("000001}", "000002}"), "data.resampled=true",
+                    "data.epoch_batches=2")
+    validate_job(load_config(JobConfig, args[1], args[2:]))
+
+
+def test_urls_that_do_not_expand_are_refused(tmp_path, shards, capsys):
+    run_dir = tmp_path / "run"
+    assert_refused(job_args(run_dir, shards.replace("}", "")), run_dir, "data.urls", capsys, "does not expand")
+
+
+# ---------------------------------------------------------------------------------------------- run.resume / init_from
+@pytest.mark.parametrize("flag", [False, True])
+def test_a_missing_resume_path_is_refused(tmp_path, shards, capsys, flag):
+    run_dir, missing = tmp_path / "run", tmp_path / "elsewhere" / "checkpoints"
+    argv = job_args(run_dir, shards) + (["--resume", str(missing)] if flag else [f"run.resume={missing}"])
+    assert_refused(argv, run_dir, "run.resume", capsys, str(missing))
+
+
+def test_a_resume_root_without_a_complete_checkpoint_is_refused(tmp_path, shards, capsys):
+    root = tmp_path / "other" / "checkpoints"
+    root.mkdir(parents=True)
+    (root / "latest").write_text("step_00000008")      # names a checkpoint that was never completed
+    run_dir = tmp_path / "run"
+    assert_refused(job_args(run_dir, shards, f"run.resume={root}"), run_dir, "run.resume", capsys, str(root))
+
+
+def test_a_missing_init_from_is_refused(tmp_path, shards, capsys):
+    run_dir = tmp_path / "run"
+    assert_refused(job_args(run_dir, shards, f"run.init_from={tmp_path / 'pretrain'}"), run_dir, "run.init_from",
+                   capsys, str(tmp_path / "pretrain"))
+
+
+def test_an_init_from_checkpoint_without_model_state_is_refused(tmp_path, shards, capsys):
+    checkpoint(tmp_path / "pretrain", model=False)
+    run_dir = tmp_path / "run"
+    assert_refused(job_args(run_dir, shards, f"run.init_from={tmp_path / 'pretrain'}"), run_dir, "run.init_from",
+                   capsys, "model.pt")
+
+
+def test_existing_checkpoints_are_accepted_for_resume_and_init_from(tmp_path, shards):
+    step = checkpoint(tmp_path / "pretrain")
+    for resume in ("auto", "", str(step), str(step.parent)):
+        for init_from in (str(tmp_path / "pretrain"), str(step.parent), str(step), str(step / "model.pt")):
+            args = job_args(tmp_path / "run", shards, f"run.resume={resume}", f"run.init_from={init_from}")
+            validate_job(load_config(JobConfig, args[1], args[2:]))
+
+
+# ---------------------------------------------------------------------------------------------- value ranges
+@pytest.mark.parametrize("override, key", [
+    ("data.decode.seconds=0", "decode.seconds"),
+    ("data.decode.frame_size=-32", "decode.frame_size"),
+    ("data.decode.frames_per_segment=0", "decode.frames_per_segment"),
+    ("data.decode.sample_rate=0", "decode.sample_rate"),
+    ("data.decode.audio_shortfall_s=-0.1", "decode.audio_shortfall_s"),
+    ("data.decode.audio_shortfall_s=4", "decode.audio_shortfall_s"),      # the whole clip (decode.seconds=4)
+    ("data.batch_size=1", "data.batch_size"),
+    ("optim.lr=-1", "optim.lr"),
+    ("optim.lr=.nan", "optim.lr"),
+    ("optim.betas=[0.9,1.0]", "optim.betas[1]"),
+    ("optim.betas=[-0.1,0.999]", "optim.betas[0]"),
+    ("optim.weight_decay=-0.01", "optim.weight_decay"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps"),
+    ("optim.min_lr_ratio=1.5", "optim.min_lr_ratio"),
+    ("optim.grad_clip=-1", "optim.grad_clip"),
+])
+def test_out_of_range_values_are_refused_naming_the_key(tmp_path, shards, capsys, override, key):
+    run_dir = tmp_path / "run"
+    assert_refused(job_args(run_dir, shards, override), run_dir, key, capsys)
+
+
+def test_lr_zero_stays_allowed(tmp_path, shards):
+    """A phase that must keep its weights trains at lr 0 (tests/system/test_slurm_jobs.py)."""
+    args = job_args(tmp_path / "run", shards, "optim.lr=0.0")
+    validate_job(load_config(JobConfig, args[1], args[2:]))
+
+
+def test_batch_of_one_is_refused_exactly_when_a_term_takes_negatives_from_the_batch():
+    def job(task: str, batch: int, **model) -> JobConfig:
+        return JobConfig(task=task, data=DataConfig(urls="x.tar", batch_size=batch), model=model)
+
+    assert in_batch_negative_terms(job("unicode", 1).model) == ["CLUB", "Cross-CPC", "CMCM"]
+    assert in_batch_negative_terms(job("unicode", 1, use_club=False, use_cmcm=False).model) == ["Cross-CPC"]
+    assert in_batch_negative_terms(job("comet", 1).model) == ["CLUB", "Cross-CPC", "CMCM"]
+    fccid = job("fccid", 1, a_club=False, v_club=False, av_club=False, te_club=False)
+    assert in_batch_negative_terms(fccid.model) == ["InfoNCE", "Cross-CPC", "CMCM"]   # InfoNCE is never off
+    for cfg in (job("unicode", 1), job("comet", 1), job("fccid", 1), fccid):
+        with pytest.raises(ConfigError, match=r"^data\.batch_size=1: task"):
+            check_batch_size(cfg)
+    # the baseline variant (reconstruction + VQ) has no term across clips: one clip per rank is enough
+    check_batch_size(job("unicode", 1, variant="baseline"))
+    check_batch_size(job("unicode", 1, use_club=False, use_cpc=False, use_cmcm=False))
+    check_batch_size(job("fccid", 2))
+
+
+# ---------------------------------------------------------------------------------------------- the continual launcher
+def test_continual_launcher_checks_each_phase_as_the_job_would(tmp_path, capsys):
+    phases = write_phases(tmp_path / "phases.yaml", [{"name": "a", "overrides": ["data.batch_size=1"]}],
+                          script="slurm/pretrain_av.sh", run_root=str(tmp_path / "runs"))
+    assert continual_main([str(phases), "--dry-run"]) == 2
+    assert "phase 'a': data.batch_size=1" in capsys.readouterr().err
+    phases = write_phases(tmp_path / "phases.yaml", [{"name": "a", "init_from": str(tmp_path / "nowhere")}],
+                          script="slurm/pretrain_av.sh", run_root=str(tmp_path / "runs"))
+    assert continual_main([str(phases), "--dry-run"]) == 2
+    assert "phase 'a': run.init_from=" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_continual_launcher_leaves_chained_init_from_and_shards_to_the_phase_jobs(tmp_path, capsys):
+    """Phase b starts from phase a's checkpoints, which exist only once a has run; the shards are read (and
+    checked) by each phase's job on the compute nodes, and may be staged after submission."""
+    step = checkpoint(tmp_path / "pretrain")
+    phases = write_phases(
+        tmp_path / "phases.yaml",
+        [{"name": "a", "init_from": str(step),
+          "overrides": [f"data.urls={tmp_path}/staged-later/train-{{000000..000003}}.tar"]},
+         {"name": "b"}],
+        script="slurm/pretrain_av.sh", run_root=str(tmp_path / "runs"))
+    assert continual_main([str(phases), "--dry-run"]) == 0, capsys.readouterr().err
+    assert f"run.init_from={tmp_path / 'runs' / 'a' / 'checkpoints'}" in capsys.readouterr().out
