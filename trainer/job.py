@@ -55,11 +55,17 @@ class RunConfig:
     resume: str = "auto"               # "auto": latest complete checkpoint of this run if any | "" | a path
     init_from: str = ""                # a checkpoint (or checkpoints dir) whose model.pt starts the model
     progress: bool = True              # tqdm bar on rank 0
+    # a collective that waits longer than this for a rank (stalled, stopped, vanished) fails the job loudly;
+    # it must exceed the longest legitimate wait: rank 0 writing and hashing a checkpoint, a slow first batch
+    collective_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "grad_accum", "ckpt_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.collective_timeout_s < math.inf:
+            raise ValueError(f"run.collective_timeout_s must be a finite number of seconds > 0, "
+                             f"got {self.collective_timeout_s}")
 
 
 @dataclass

@@ -261,7 +261,7 @@ def train_in_memory(cfg: JobConfig, features: Mapping[str, torch.Tensor]) -> Pat
     from trainer.runtime import create_accelerator, prepare_process_environment
 
     prepare_process_environment()
-    accelerator = create_accelerator(cfg.run.grad_accum, cfg.data.batch_size, cfg.optim.grad_clip)
+    accelerator = create_accelerator(cfg)
     code = train(cfg, accelerator, memory=features)
     if code != 0:
         raise RuntimeError(f"the in-memory job in {cfg.run.dir} ended with exit code {code}")

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.runtime import create_accelerator, prepare_process_environment, shutdown
 
     prepare_process_environment()
-    accelerator = create_accelerator(cfg.run.grad_accum, cfg.data.batch_size, cfg.optim.grad_clip)
+    accelerator = create_accelerator(cfg)
     try:
         code = train(cfg, accelerator)
     except Exception:

@@ -18,11 +18,16 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainer import distributed as dist
+
+if TYPE_CHECKING:
+    from trainer.job import JobConfig
 
 # Exit code that means "checkpoint written after a stop request: requeue/resume me" (sysexits EX_TEMPFAIL).
 EXIT_RESUME = 75
@@ -38,19 +43,26 @@ def prepare_process_environment() -> None:
         sys.modules[ds_comm.__name__].build_shm_op = lambda: None
 
 
-def create_accelerator(gradient_accumulation_steps: int, micro_batch_size: int, gradient_clipping: float):
-    """An ``Accelerator`` with the right process-group backend and the DeepSpeed batch fields filled in.
+def create_accelerator(cfg: JobConfig):
+    """An ``Accelerator`` for job ``cfg``: the right process-group backend, the collective timeout
+    (``run.collective_timeout_s``) and the DeepSpeed batch fields filled in.
 
     The DeepSpeed JSONs in launch/deepspeed/ leave batch sizes and clipping as "auto"; accelerate can only
     infer them from a prepared DataLoader, and our stream is an iterable we keep out of ``prepare``, so the
     job config is the single source of truth and is written into the plugin here.
+
+    The timeout is the watchdog of a stalled or vanished rank: a collective that waits longer for a peer raises
+    on the ranks that wait, the job fails loudly, and the last checkpoint stays as it was (a save is published
+    only when every rank has written its part). accelerate hands it to DeepSpeed's ``init_distributed`` too.
     """
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
+    gradient_accumulation_steps, micro_batch_size = cfg.run.grad_accum, cfg.data.batch_size
     handlers = []
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # launched as several processes (accelerate/torchrun/srun)
-        handlers.append(InitProcessGroupKwargs(backend="nccl" if torch.cuda.is_available() else "gloo"))
+        handlers.append(InitProcessGroupKwargs(backend="nccl" if torch.cuda.is_available() else "gloo",
+                                               timeout=timedelta(seconds=cfg.run.collective_timeout_s)))
     accelerator = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=handlers)
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
@@ -58,7 +70,7 @@ def create_accelerator(gradient_accumulation_steps: int, micro_batch_size: int, 
         ds["train_micro_batch_size_per_gpu"] = micro_batch_size
         ds["gradient_accumulation_steps"] = gradient_accumulation_steps
         ds["train_batch_size"] = micro_batch_size * gradient_accumulation_steps * accelerator.num_processes
-        ds["gradient_clipping"] = gradient_clipping
+        ds["gradient_clipping"] = cfg.optim.grad_clip
         if ds.get("bf16", {}).get("enabled") == "auto":   # launch/deepspeed/*.json: bf16 on GPU, fp32 on CPU
             ds["bf16"]["enabled"] = torch.cuda.is_available()
     return accelerator

@@ -242,3 +242,47 @@ def test_unreachable_mlflow_never_stops_training(tmp_path, shards):
     assert "MLflow at http://127.0.0.1" in proc.stderr and "training goes on" in proc.stderr
     rows = read_metrics(run_dir)
     assert [r["data/samples_seen"] for r in rows] == [4, 8, 12]   # batch 2 x 1 rank x 2 micro-batches per step
+
+
+def _rank_pid(run_dir: Path, rank: int) -> int:
+    """The pid of the training process of ``rank`` whose job writes ``run_dir`` (read from /proc)."""
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes().split(b"\0")
+            environ = (proc_dir / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"run.dir={run_dir}".encode() in cmdline and f"RANK={rank}".encode() in environ and \
+                any(part.endswith(b"trainer/main.py") for part in cmdline):
+            return int(proc_dir.name)
+    raise AssertionError(f"no rank {rank} process of {run_dir}")
+
+
+@pytest.mark.slow
+def test_a_stalled_rank_fails_the_job_within_the_collective_timeout_and_keeps_the_checkpoint(tmp_path, shards):
+    run_dir = tmp_path / "stalled"
+    proc = subprocess.Popen(job_command(run_dir, shards, processes=2, overrides=[
+        f"run.max_steps={STOPPED_RUN_STEPS}", "run.ckpt_every=2", "run.collective_timeout_s=15"]),
+        cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_steps(run_dir, proc, 3)
+    stalled = _rank_pid(run_dir, 1)
+    os.kill(stalled, signal.SIGSTOP)                                       # alive, holding its sockets, silent
+    start = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):                        # never leave it behind
+            try:
+                os.kill(stalled, sig)
+            except ProcessLookupError:
+                pass
+    waited = time.monotonic() - start
+    assert proc.returncode not in (0, 75), err[-3000:]
+    assert waited < 150, f"the job took {waited:.0f} s to fail"            # 15 s timeout + the launcher's 30 s grace
+    assert "timed out" in err.lower() or "timeout" in err.lower(), err[-3000:]
+    manager = CheckpointManager(run_dir / "checkpoints")
+    latest = manager.resolve("auto")                                       # verified against its manifest
+    assert latest is not None and CheckpointManager.read_meta(latest)["step"] >= 2
+    assert not (run_dir / "status.json").exists()                          # neither finished nor stopped

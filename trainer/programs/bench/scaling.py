@@ -342,7 +342,7 @@ def instrumented_trainer(record_dir: Path, main_args: list[str], probe_repeats: 
     cfg = load_config(JobConfig, args.config, args.overrides)
     validate_job(cfg)
     prepare_process_environment()
-    accelerator = create_accelerator(cfg.run.grad_accum, cfg.data.batch_size, cfg.optim.grad_clip)
+    accelerator = create_accelerator(cfg)
     try:
         code = train(cfg, accelerator)
         recorder.uninstall()
