@@ -16,12 +16,13 @@ Evaluation (``trainer.eval.encode``), the TOC relabelling (``trainer.toc``) and 
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 
 from torch import Tensor
 
 
-class SegmentCoder:
+class SegmentCoder(abc.ABC):
     """Mixin of the downstream contract; a model class lists it before ``nn.Module``."""
 
     modalities: tuple[str, ...]
@@ -31,9 +32,9 @@ class SegmentCoder:
         """Every modality this model encodes downstream (a continual model adds the carried ones)."""
         return self.modalities
 
+    @abc.abstractmethod
     def segment_semantic(self, features: Mapping[str, Tensor], modality: str) -> Tensor:
         """The ``(b t D)`` semantic vectors of one modality that ``segment_codes`` quantises."""
-        raise NotImplementedError
 
     def segment_codes(self, features: Mapping[str, Tensor], modality: str) -> tuple[Tensor, Tensor]:
         """``codes (b t)`` int64 and ``quantized (b t D)`` = e[codes] (detached) of one modality.

@@ -46,6 +46,7 @@ Rules every ``CodebookTask`` follows:
 
 from __future__ import annotations
 
+import abc
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -113,7 +114,7 @@ def weighted_total(terms: Mapping[str, Tensor], weights: object) -> Tensor:
     return sum(getattr(weights, name) * value for name, value in terms.items())
 
 
-class CodebookTask:
+class CodebookTask(abc.ABC):
     """Task plumbing around a ``SegmentCoder`` model: CLUB estimators and their optimiser, the CPC time
     generator, batch preparation, the forward through the engine, the post-step codebook update, state, and
     phase hooks that change nothing.
@@ -149,10 +150,10 @@ class CodebookTask:
         """The model's forward, through the engine once one is attached."""
         return self.forward_module(features)
 
+    @abc.abstractmethod
     def loss_terms(self, features: Mapping[str, Tensor], out: Mapping[str, Any], step: int
                    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """``(terms, metrics)``: the unweighted loss terms by loss-config field name, and their parts."""
-        raise NotImplementedError
 
     def compute_loss(self, features: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Forward + every loss term: the weighted total and detached metrics (parts, terms and ``loss``)."""
