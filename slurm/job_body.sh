@@ -104,11 +104,13 @@ request_stop() {
 }
 trap request_stop USR1
 
-# One task per node; SLURM_NODEID is expanded by the bash on each node (single quotes), not here.
+# One task per node, each running accelerate launch under the project's supervisor (trainer/launch.py: signals
+# become one agreed stop, exit 75 after a stop); SLURM_NODEID is expanded by the bash on each node (single
+# quotes), not here.
 srun_cpus=()
 [[ -n "${SLURM_CPUS_PER_TASK:-}" ]] && srun_cpus=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
 srun --nodes="$num_machines" --ntasks-per-node=1 "${srun_cpus[@]}" --kill-on-bad-exit=1 \
-    bash -c 'exec accelerate launch --config_file "$ACCELERATE_CONFIG" \
+    bash -c 'exec python -m trainer.launch --config_file "$ACCELERATE_CONFIG" \
         --num_machines "$CMG_NUM_MACHINES" --num_processes "$CMG_NUM_PROCESSES" --machine_rank "$SLURM_NODEID" \
         --main_process_ip "$CMG_MAIN_ADDR" --main_process_port "$CMG_MAIN_PORT" \
         --deepspeed_multinode_launcher standard \

@@ -1,11 +1,14 @@
 """Entry point of the main job.
 
-    accelerate launch --config_file launch/accelerate/cpu_zero2.yaml trainer/main.py \\
-        --config launch/configs/pretrain_av.yaml [key=value ...]
+    python -m trainer.launch --config_file launch/accelerate/cpu_zero2.yaml trainer/main.py \\
+        --config launch/configs/pretrain_av.yaml [key=value ...]     # accelerate launch under a supervisor
+    accelerate launch --config_file launch/accelerate/cpu_zero2.yaml trainer/main.py ...     # works too
     python trainer/main.py --config launch/configs/demo.yaml run.max_steps=50      # one process
 
 Exit codes: 0 finished; 75 stopped on request (SIGUSR1/SIGTERM or <run_dir>/STOP) after writing a
-checkpoint: run the same command again to resume; 2 bad config (nothing was started); 1 crashed.
+checkpoint: run the same command again to resume; 2 bad config (nothing was started); 1 crashed. Under
+``accelerate launch`` torch elastic turns any non-zero rank exit into 1; ``python -m trainer.launch`` keeps
+these codes (see trainer/launch.py).
 """
 
 from __future__ import annotations
@@ -39,12 +42,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def load_job(args: argparse.Namespace) -> JobConfig:
+    """The validated job config of the parsed command line; raises ``ConfigError`` naming the key."""
+    overrides = list(args.overrides) + ([f"run.resume={args.resume}"] if args.resume is not None else [])
+    cfg = load_config(JobConfig, args.config, overrides)
+    validate_job(cfg)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = list(args.overrides) + ([f"run.resume={args.resume}"] if args.resume is not None else [])
     try:
-        cfg = load_config(JobConfig, args.config, overrides)
-        validate_job(cfg)
+        cfg = load_job(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -57,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from trainer.loop import train
-    from trainer.runtime import create_accelerator, prepare_process_environment, shutdown
+    from trainer.runtime import EXIT_RESUME, SUPERVISED_ENV, create_accelerator, prepare_process_environment, shutdown
 
     prepare_process_environment()
     accelerator = create_accelerator(cfg)
@@ -68,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)
+    if code == EXIT_RESUME and os.environ.get(SUPERVISED_ENV) == "1":
+        code = 0   # python -m trainer.launch exits 75 itself (status.json); torch elastic would call 75 a failure
     shutdown(accelerator, code)
     return code
 

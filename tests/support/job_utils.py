@@ -1,4 +1,5 @@
-"""Run the real main job from tests: tiny synthetic shards, `python trainer/main.py` or `accelerate launch`.
+"""Run the real main job from tests: tiny synthetic shards; `python trainer/main.py` on one process, on several
+`python -m trainer.launch` (accelerate launch under the project's supervisor) or bare `accelerate launch`.
 
     shards = make_clip_shards(tmp_path / "data", num_clips=16, seconds=4, clips_per_shard=4)
     proc = run_job(tmp_path / "run", shards, processes=2, zero=2, overrides=["run.max_steps=6"])
@@ -36,15 +37,19 @@ def make_clip_shards(root: Path, num_clips: int = 16, seconds: int = 4, clips_pe
 
 
 def job_command(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
-                seconds: int = 4, config: Path = DEMO_CONFIG) -> list[str]:
-    """The main job on ``config`` (default: the demo config), shrunk for tests (logs every step, no progress bar)."""
+                seconds: int = 4, config: Path = DEMO_CONFIG, launcher: str = "trainer.launch") -> list[str]:
+    """The main job on ``config`` (default: the demo config), shrunk for tests (logs every step, no progress bar).
+
+    ``launcher``: for several processes, the module that launches them: ``trainer.launch`` or
+    ``accelerate.commands.launch`` (what ``accelerate launch`` runs).
+    """
     args = ["--config", str(config), f"run.dir={run_dir}", f"data.urls={urls}",
             f"data.decode.seconds={seconds}", "data.batch_size=2", "data.num_workers=1", "data.shuffle_buffer=4",
             "run.progress=false", "tracking.log_every=1", "tracking.flush_interval_s=0", *overrides]
     main = str(REPO / "trainer" / "main.py")
     if processes == 1:
         return [sys.executable, main, *args]
-    return [sys.executable, "-m", "accelerate.commands.launch",
+    return [sys.executable, "-m", launcher,
             "--config_file", str(REPO / "launch" / "accelerate" / f"cpu_zero{zero}.yaml"),
             "--num_processes", str(processes), "--main_process_port", str(free_port()), main, *args]
 
@@ -57,8 +62,10 @@ def job_env() -> dict[str, str]:
 
 
 def run_job(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
-            timeout: float = 300, check: bool = True, config: Path = DEMO_CONFIG) -> subprocess.CompletedProcess:
-    proc = subprocess.run(job_command(run_dir, urls, processes, zero, overrides, config=config), cwd=REPO,
+            timeout: float = 300, check: bool = True, config: Path = DEMO_CONFIG,
+            launcher: str = "trainer.launch") -> subprocess.CompletedProcess:
+    proc = subprocess.run(job_command(run_dir, urls, processes, zero, overrides, config=config, launcher=launcher),
+                          cwd=REPO,
                           env=job_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"job exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"

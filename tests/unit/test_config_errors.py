@@ -186,3 +186,35 @@ def test_continual_launcher_leaves_chained_init_from_and_shards_to_the_phase_job
         script="slurm/pretrain_av.sh", run_root=str(tmp_path / "runs"))
     assert continual_main([str(phases), "--dry-run"]) == 0, capsys.readouterr().err
     assert f"run.init_from={tmp_path / 'runs' / 'a' / 'checkpoints'}" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- trainer.launch
+def launcher_argv(run_dir: Path, shards: str, *overrides: str) -> list[str]:
+    """``python -m trainer.launch``'s arguments for 2 processes (accelerate launch options, then the job)."""
+    command = job_command(run_dir, shards, processes=2, overrides=list(overrides))
+    assert command[1:3] == ["-m", "trainer.launch"]
+    return command[3:]
+
+
+def test_the_launcher_refuses_a_bad_config_before_starting_any_process(tmp_path, shards, capsys):
+    """Exit 2 naming the key, with no run directory and no `accelerate launch` (which would print a torch elastic
+    traceback and exit 1 after starting every rank)."""
+    from trainer.launch import launch
+
+    run_dir = tmp_path / "run"
+    assert launch(launcher_argv(run_dir, shards, "data.decode.seconds=0")) == 2
+    err = capsys.readouterr().err
+    assert "config error: " in err and "data.decode.seconds" in err, err
+    assert not run_dir.exists()
+
+
+def test_the_launcher_runs_the_main_job_only(tmp_path, shards, capsys):
+    from trainer.launch import launch
+
+    argv = launcher_argv(tmp_path / "run", shards)
+    script = next(i for i, a in enumerate(argv) if a.endswith("trainer/main.py"))
+    other = tmp_path / "other.py"
+    other.write_text("")
+    argv[script] = str(other)
+    assert launch(argv) == 2
+    assert "the training script must be" in capsys.readouterr().err
