@@ -52,6 +52,44 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+class _GatherRows(torch.autograd.Function):
+    """Forward: every input ``(b ...)`` concatenated over ranks along dim 0 (rank order), all inputs packed into
+    one all_gather. Backward: each input gets ``world ×`` the gradient of its own rows.
+
+    Why ``world ×``: every rank computes the same global-batch loss L from the gathered tensors, but holds the
+    gradient only through its own rows, ∂L/∂(rows of r). The engine then averages gradients over ranks, which
+    would give (1/W) Σ_r ∂L/∂(rows of r) = ∇L / W; scaling by W makes the average exactly ∇L, the gradient one
+    process holding the global batch gets (ALGORITHMS.md §1, "Distributed semantics": N ranks give the result
+    of one process on the global batch).
+    """
+
+    @staticmethod
+    def forward(ctx, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        world, rows = dist.get_world_size(), tensors[0].shape[0]
+        ctx.world, ctx.rank, ctx.rows = world, dist.get_rank(), rows
+        widths = [t[0].numel() for t in tensors]
+        # one fp32 buffer (bf16 activations round-trip exactly), so one collective however many tensors
+        flat = torch.cat([t.detach().reshape(rows, -1).float() for t in tensors], dim=1).contiguous()
+        parts = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(parts, flat)
+        columns = torch.cat(parts, dim=0).split(widths, dim=1)   # (world·rows, width) each
+        return tuple(c.reshape(world * rows, *t.shape[1:]).to(t.dtype) for c, t in zip(columns, tensors))
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        own = slice(ctx.rank * ctx.rows, (ctx.rank + 1) * ctx.rows)
+        return tuple(g[own] * ctx.world if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
+
+
+def gather_rows(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The global batch of each ``(b ...)`` tensor: rows of every rank concatenated in rank order, gradients
+    flowing back into this rank's rows only (scaled for the engine's average, see ``_GatherRows``). Every rank
+    passes the same shapes. Identity in one process. Used for contrastive negatives (``model.negatives=global``)."""
+    if not tensors or world_size() == 1:
+        return list(tensors)
+    return list(_GatherRows.apply(*tensors))
+
+
 def average_gradients_(params: Iterable[torch.nn.Parameter]) -> None:
     """Average ``.grad`` of ``params`` across ranks with ONE all_reduce on a flat buffer.
 

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dist_utils import init_gloo, run_ranks  # noqa: E402
-from trainer.programs.bench.scaling import QUANTIZER, STOP_FLAG, CollectiveRecorder  # noqa: E402
+from trainer.programs.bench.scaling import NEGATIVES, QUANTIZER, STOP_FLAG, CollectiveRecorder  # noqa: E402
 
 
 def _recorder_worker(rank, world, port, out_dir):
@@ -34,6 +34,7 @@ def _recorder_worker(rank, world, port, out_dir):
     club = torch.nn.Linear(3, 2)
     club(torch.ones(1, 3)).sum().backward()
     distributed.average_gradients_(club.parameters())                 # CLUB averaging: one flat all_reduce
+    distributed.gather_rows([torch.ones(2, 3), torch.ones(2, 1, 2)])  # global negatives: one packed all_gather
     assert not StopRequest().agreed_or_file(out_dir / "no-such-file")
     gathered = [None] * world
     tdist.all_gather_object(gathered, rank)                           # calls all_gather inside: counted once
@@ -54,6 +55,7 @@ def test_recorder_attributes_collectives_in_two_ranks(tmp_path):
             ("all_gather", "quantizer codebook init all_gather", 2 * 3 * 2 * 2 * 4),
             ("all_reduce", QUANTIZER, (2 * 4 + 4 * 2) * 4),                            # counts (k m) + sums (m d)
             ("all_reduce", "CLUB gradient averaging", (3 * 2 + 2) * 4),
+            ("all_gather", NEGATIVES, 2 * 2 * (3 + 2) * 4),                            # 2 ranks x b x packed row
             ("all_reduce", STOP_FLAG, 8),
             ("all_gather_object", "other", 0),
         ], roles

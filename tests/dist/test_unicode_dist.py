@@ -1,10 +1,10 @@
-"""2 ranks (gloo, fork workers) vs 1 process on the concatenated global batch.
+"""2 ranks (gloo, fork workers) vs 1 process on the concatenated global batch, training on every Uni-Code term.
 
-What is compared, and why it can be exact: with local-batch negatives (the default) a 2-rank run of
-CPC/CMCM/the CLUB bound is the mean of two half-batch contrastive objectives, which is NOT the global-batch
-objective. So the runs here give those three terms weight 0 (they are still computed, and the CPC
-generator still advances) and train on the per-sample terms, reconstruction and commitment, whose
-2-rank gradient average equals the global-batch gradient. Then, after N steps that include code resets:
+What is compared, and why it can be exact: with global-batch negatives (``model.negatives="global"``, the
+default) every rank computes CPC, CMCM and the CLUB bound over the gathered global batch and keeps the gradient
+of its own rows (tests/dist/test_negatives_dist.py checks each term's value and gradient on its own); the
+per-sample terms, reconstruction and commitment, average over ranks to the global-batch gradient. Then, after
+N steps that include code resets:
 - quantizer buffers (codebook, EMA counts/sums, usage clock, step, reset-generator state): MM-EMA sums the
   ranks' counts and sums with one all_reduce, so both ranks apply the same update;
 - CLUB estimator weights: their own objective (log-likelihood of the paired (z, z̄)) is per-sample, and
@@ -23,51 +23,28 @@ noise amplification rather than distributed exactness.
 import pytest
 import torch
 from dist_utils import assert_two_ranks_match_global_batch, init_gloo, run_ranks
+from unicode_utils import small_unicode_config, unicode_batch
 
 from trainer import distributed
-from trainer.models.club import CLUBConfig
-from trainer.models.encoders import EncoderConfig
-from trainer.models.quantizer import QuantizerConfig
-from trainer.models.unicode import LossConfig, UniCodeConfig
 from trainer.tasks import UniCodeTask
 
-GLOBAL_BATCH, T, STEPS = 8, 4, 6
-
-
-def _config(r_source: str) -> UniCodeConfig:
-    return UniCodeConfig(
-        modalities=("audio", "video"),
-        feature_dims={"audio": 12, "video": 16},
-        spatial_patches={"video": 4},
-        encoder=EncoderConfig(semantic_dim=16, specific_dim=8, ff_dim=32, dropout=0.0, se_reduction=4,
-                              pool_hidden=8, specific_hidden=16, spatial_specific_channels=8, decoder_hidden=16),
-        quantizer=QuantizerConfig(num_codes=16, dim=16, r_source=r_source, reset_steps=2),
-        club=CLUBConfig(hidden_dim=16, inner_steps=3, lr=1e-2),
-        loss=LossConfig(cpc=0.0, cmcm=0.0, mi=0.0),
-    )
-
-
-def _global_batch(step: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1000 + step)
-    audio = torch.randn(GLOBAL_BATCH, T, 12, generator=g)
-    video = torch.randn(GLOBAL_BATCH, T, 2, 2, 16, generator=g)
-    return {"audio": audio, "video": video}
+GLOBAL_BATCH, STEPS = 8, 6
 
 
 def _train(rank: int, world: int, r_source: str) -> dict:
     torch.manual_seed(0)                                     # identical initial weights on every rank
-    task = UniCodeTask(_config(r_source))
+    task = UniCodeTask(small_unicode_config(r_source))
     optimizer = torch.optim.SGD(task.model.parameters(), lr=0.1, momentum=0.9)
     per_step = []
     for step in range(STEPS):
-        local = {k: v.chunk(world)[rank] for k, v in _global_batch(step).items()}
+        local = {k: v.chunk(world)[rank] for k, v in unicode_batch(step, GLOBAL_BATCH).items()}
         loss, metrics = task.compute_loss(local, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients_(task.model.parameters())
         optimizer.step()
         stats = task.after_optimizer_step_()
-        per_step.append({**{k: metrics[k] for k in ("recon", "commit")}, **stats})
+        per_step.append({**{k: metrics[k] for k in ("recon", "commit", "cpc", "cmcm", "mi")}, **stats})
     return {
         "model": {k: v for k, v in task.model.state_dict().items() if not k.startswith("quantizer.")},
         "quantizer": task.model.quantizer.state_dict(),
@@ -96,4 +73,4 @@ def test_two_ranks_match_each_other_bitwise_and_one_process_on_the_global_batch(
 
     resets = sum(int(s["codebook/resets"]) for s in ref["per_step"])
     assert resets > 0, "the run must include code resets"
-    assert_two_ranks_match_global_batch(r0, r1, ref)
+    assert_two_ranks_match_global_batch(r0, r1, ref, global_terms=("cpc", "cmcm", "mi"))

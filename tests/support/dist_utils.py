@@ -98,13 +98,16 @@ def run_ranks(target: Callable[..., Any], world: int, *args: Any, timeout: float
     assert all(c == 0 for c in codes), f"rank exit codes {codes} (0 = ok, 1 = raised, -9 = killed at timeout)"
 
 
-def assert_two_ranks_match_global_batch(r0: dict, r1: dict, ref: dict) -> None:
+def assert_two_ranks_match_global_batch(r0: dict, r1: dict, ref: dict,
+                                        global_terms: tuple[str, ...] = ()) -> None:
     """Compare a 2-rank run (``r0``, ``r1``) with one process on the concatenated batch (``ref``).
 
     Each is ``{"quantizer"|"club"|"model": state dict, "per_step": [metrics dict, ...]}``. Replicated state
     must be bit-identical across ranks and within 1e-6 of the single process (integers exactly);
-    codebook/* statistics come from the reduced counts (equal across ranks, ≈ global); per-sample loss
-    terms of the two half batches average to the global-batch value.
+    codebook/* statistics come from the reduced counts (equal across ranks, ≈ global); ``global_terms``
+    (in-batch terms over global negatives) are computed over the whole global batch on each rank, so they are
+    bit-identical across ranks and ≈ the single process; the other (per-sample) loss terms of the two half
+    batches average to the global-batch value.
     """
     import pytest
     import torch
@@ -122,5 +125,8 @@ def assert_two_ranks_match_global_batch(r0: dict, r1: dict, ref: dict) -> None:
         for key, value in sref.items():
             if key.startswith("codebook/"):
                 assert torch.equal(s0[key], s1[key]) and torch.allclose(s0[key], value, atol=1e-4), (step, key)
+            elif key in global_terms:
+                assert torch.equal(s0[key], s1[key]), (step, key, s0[key], s1[key])
+                assert s0[key].item() == pytest.approx(value.item(), abs=1e-6), (step, key)
             else:
                 assert (s0[key] + s1[key]).item() / 2 == pytest.approx(value.item(), abs=1e-6), (step, key)

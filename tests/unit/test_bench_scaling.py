@@ -56,11 +56,11 @@ def test_analyse_rank_splits_steps_at_stop_flags():
 def test_read_throughput_drops_the_first_window(tmp_path):
     rows = [{"step": 4, "perf/step_s": 1.0}, {"step": 8, "perf/step_s": 0.5}, {"step": 10, "perf/step_s": 0.25}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    got = read_throughput(tmp_path, ranks=2, global_batch=160, wall_s=9.0, load=1.5)
+    got = read_throughput(tmp_path, "global", ranks=2, global_batch=160, wall_s=9.0, load=1.5)
     assert got.steps == 6 and got.step_s == pytest.approx(2.5 / 6) and got.clips_per_s == pytest.approx(384.0)
     (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(SystemExit, match="1 log windows"):
-        read_throughput(tmp_path, ranks=2, global_batch=160, wall_s=9.0, load=1.5)
+        read_throughput(tmp_path, "global", ranks=2, global_batch=160, wall_s=9.0, load=1.5)
 
 
 def test_feature_shards_read_back_through_the_stream(tmp_path):

@@ -203,14 +203,16 @@ def test_pseudo_cpc_with_unit_weights_is_cross_cpc_and_new_code_positions_count_
     codebook = torch.randn(6, 4, generator=g)
     pseudo = pseudo_modality(semantic["audio"], torch.cdist(semantic["audio"], codebook).pow(2), codebook, 6,
                              ReplayConfig())
-    losses = pseudo_cpc_losses(predictions, semantic, pseudo_prediction, pseudo, None, "targets")
+    losses = pseudo_cpc_losses(predictions, semantic, pseudo_prediction, pseudo.sequence, pseudo.weights, None,
+                               "targets")
     reference = cross_cpc_losses({"audio": predictions["audio"], "pseudo": pseudo_prediction},
                                  {"audio": semantic["audio"], "pseudo": pseudo.sequence}, None)
     assert torch.allclose(losses[("audio", "pseudo")], reference[("audio", "pseudo")])
     assert torch.allclose(losses[("pseudo", "audio")], reference[("pseudo", "audio")])
     entries = cpc_entry_losses(predictions["audio"], pseudo.sequence, 1, "targets")        # (1 k b)
     pseudo.weights[0, 3] = 0.0                                            # clip 0's target at t + k = 3 (t=1, k=2)
-    weighted = pseudo_cpc_losses(predictions, semantic, pseudo_prediction, pseudo, 1, "targets")
+    weighted = pseudo_cpc_losses(predictions, semantic, pseudo_prediction, pseudo.sequence, pseudo.weights, 1,
+                                 "targets")
     kept = entries.clone()
     kept[0, 1, 0] = 0.0
     assert torch.allclose(weighted[("audio", "pseudo")], kept.mean())

@@ -357,22 +357,23 @@ def target_weights(weights: Tensor, steps: int, t: int | None) -> Tensor:
 
 
 def pseudo_cpc_losses(predictions: Mapping[str, Tensor], semantic: Mapping[str, Tensor],
-                      pseudo_prediction: Tensor, pseudo: PseudoModality, t: int | None,
+                      pseudo_prediction: Tensor, pseudo_sequence: Tensor, pseudo_weights: Tensor, t: int | None,
                       normalize_over: str) -> dict[tuple[str, str], Tensor]:
     """Cross-CPC between the pseudo-modality P and each current modality a, both directions, position-weighted.
 
     a -> P: a's context predicts P's future codes, each entry weighted by its target position's weight; P -> a:
     P's context (its own LSTM, ``pseudo_prediction (b s k D)``) predicts a's future, weighted by the context
     end's weight. Each term is the mean over entries of weight × cross-entropy, so positions quantised to new
-    codes count ``new_code_weight`` times as much as inherited ones (seed 004 §3.3).
+    codes count ``new_code_weight`` times as much as inherited ones (seed 004 §3.3). ``pseudo_sequence`` and
+    ``pseudo_weights``: a ``PseudoModality``'s ``sequence (b t D)`` and ``weights (b t)``.
     """
     steps = pseudo_prediction.shape[2]
-    to_pseudo = target_weights(pseudo.weights, steps, t)                             # (s' k b)
+    to_pseudo = target_weights(pseudo_weights, steps, t)                             # (s' k b)
     ends = slice(None) if t is None else slice(t, t + 1)
-    from_pseudo = pseudo.weights[:, : pseudo.weights.shape[1] - steps][:, ends].T.unsqueeze(1)   # (s' 1 b)
+    from_pseudo = pseudo_weights[:, : pseudo_weights.shape[1] - steps][:, ends].T.unsqueeze(1)   # (s' 1 b)
     losses = {}
     for a, z in semantic.items():
-        losses[(a, PSEUDO)] = (cpc_entry_losses(predictions[a], pseudo.sequence, t, normalize_over)
+        losses[(a, PSEUDO)] = (cpc_entry_losses(predictions[a], pseudo_sequence, t, normalize_over)
                                * to_pseudo).mean()
         losses[(PSEUDO, a)] = (cpc_entry_losses(pseudo_prediction, z, t, normalize_over) * from_pseudo).mean()
     return losses

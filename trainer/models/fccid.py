@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -95,7 +96,8 @@ class FCCIDConfig:
     Ablation switches (seed 003 Table 5): ``a_club``, ``v_club`` (fine CLUB of audio / video), ``av_club``,
     ``te_club`` (coarse CLUB of the audio-visual / text side). A switched-off term is absent from the loss
     and its estimator is never built. ``encoder`` configures the fine encoders Φ_f, Ψ_f and the decoders;
-    negatives of CPC, CLUB, CMCM and InfoNCE come from the local (per-rank) batch.
+    ``negatives``: where the in-batch negatives of CPC, CLUB, CMCM and InfoNCE come from, as in
+    ``UniCodeConfig``.
     """
 
     # FCCID is defined for exactly these three (seed 003 App. C); a field so that every resolved config
@@ -107,6 +109,7 @@ class FCCIDConfig:
     v_club: bool = True
     av_club: bool = True
     te_club: bool = True
+    negatives: Literal["local", "global"] = "global"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     coarse: CoarseConfig = field(default_factory=CoarseConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -129,6 +132,8 @@ class FCCIDConfig:
             raise ValueError(f"feature_dims has no entry for modalities {missing}")
         if TEXT in self.spatial_patches:
             raise ValueError("spatial_patches: text is a token sequence, it cannot be a spatial map")
+        if self.negatives not in ("local", "global"):
+            raise ValueError(f"negatives must be 'local' or 'global', got {self.negatives!r}")
         if self.quantizer.dim != self.encoder.semantic_dim:
             raise ValueError(f"quantizer.dim {self.quantizer.dim} must equal encoder.semantic_dim "
                              f"{self.encoder.semantic_dim}")

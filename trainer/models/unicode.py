@@ -59,7 +59,9 @@ class UniCodeConfig:
     + plain commitment β||z − sg e||², with no CLUB, Cross-CPC, CMCM, MM-EMA or reset (it overrides those
     fields; see ``effective``). A switched-off term is absent from the loss and its parameters are never built.
 
-    Negatives of CPC, CLUB and CMCM come from the local (per-rank) batch.
+    ``negatives``: where the in-batch negatives of Cross-CPC, CMCM and the CLUB bound come from: "global" (every
+    rank's rows: N ranks train what one process on the global batch trains) or "local" (this rank's batch);
+    trainer/tasks/base.py says how.
     """
 
     modalities: tuple[str, ...] = ("audio", "video")
@@ -69,6 +71,7 @@ class UniCodeConfig:
     use_club: bool = True
     use_cpc: bool = True
     use_cmcm: bool = True
+    negatives: Literal["local", "global"] = "global"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     cpc: CPCConfig = field(default_factory=CPCConfig)
@@ -84,6 +87,8 @@ class UniCodeConfig:
             raise ValueError(f"feature_dims has no entry for modalities {missing}")
         if self.variant not in ("full", "baseline"):
             raise ValueError(f"variant must be 'full' or 'baseline', got {self.variant!r}")
+        if self.negatives not in ("local", "global"):
+            raise ValueError(f"negatives must be 'local' or 'global', got {self.negatives!r}")
         if self.quantizer.dim != self.encoder.semantic_dim:
             raise ValueError(f"quantizer.dim {self.quantizer.dim} must equal encoder.semantic_dim "
                              f"{self.encoder.semantic_dim}")

@@ -37,9 +37,15 @@ Rules every ``CodebookTask`` follows:
   training-mode ``compute_loss`` on every rank alike, so all ranks use the same t (a per-rank t would also
   be a valid estimator; a shared one keeps runs reproducible for any world size). Eval mode averages the
   CPC loss over every t instead and leaves the generator alone;
-- negatives of CPC, CLUB and CMCM are the local (per-rank) batch. With data parallelism this is the mean of
-  per-rank contrastive objectives, not the global-batch objective; the per-sample terms (reconstruction,
-  commitment, the CLUB estimator's likelihood) and the codebook statistics are exact;
+- in-batch negatives (Cross-CPC, CMCM, the CLUB bound, FCCID's InfoNCE, COMET's pseudo-modality CPC) come from
+  the batch ``cfg.negatives`` names (``_negatives_batch``). "global" (default): the tensors they are computed
+  from are all-gathered (one packed collective per micro-batch), every rank computes the global-batch term, and
+  gradients flow into its own rows only, scaled so that the engine's average over ranks is the one-process
+  gradient (``trainer.distributed.gather_rows``): N ranks × B/N train exactly what one process × B trains.
+  "local": each rank's own batch, i.e. the mean of per-rank contrastive objectives, not the global one. With
+  gradient accumulation the negatives are those of one micro-batch across ranks (global batch / accumulation
+  steps clips), as one process with the same micro-batch would see. The per-sample terms (reconstruction,
+  commitment, the CLUB estimators' own likelihood) and the codebook statistics are exact either way;
 - ``state_dict`` holds the CLUB estimators, their optimiser state and the CPC generator state. The model
   (and with it the quantizer buffers) is saved by the engine, not here.
 """
@@ -132,6 +138,7 @@ class CodebookTask(abc.ABC):
         club_cfg: CLUBConfig,
         cpc_cfg: CPCConfig | None,
         average_gradients_fn: Callable[[Iterable[nn.Parameter]], None],
+        gather_rows_fn: Callable[[list[Tensor]], list[Tensor]],
     ):
         self.cfg = cfg
         self.model = model
@@ -139,6 +146,7 @@ class CodebookTask(abc.ABC):
         self.forward_module: Callable[[Mapping[str, Tensor]], dict] = model
         self.modalities = tuple(modalities)
         self.average_gradients_fn = average_gradients_fn
+        self.gather_rows_fn = gather_rows_fn
         self.club_inner_steps = club_cfg.inner_steps
         self.club_nonnegative = club_cfg.nonnegative
         self.club = club
@@ -201,6 +209,20 @@ class CodebookTask(abc.ABC):
                 features[key] = mask.to(device=device, non_blocking=True)
         return features
 
+    # ------------------------------------------------------------------ in-batch negatives
+    def _negatives_batch(self, groups: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
+        """``groups`` (e.g. ``{"semantic": {modality: (b t D)}}``) of the tensors whose rows are in-batch negatives,
+        over the batch ``cfg.negatives`` names: as given ("local") or every rank's rows in rank order ("global":
+        one packed all-gather for all of them; see the module docstring). Same keys, same order."""
+        if self.cfg.negatives == "local":
+            return {name: dict(group) for name, group in groups.items()}
+        keys = [(name, key) for name, group in groups.items() for key in group]
+        gathered = self.gather_rows_fn([groups[name][key] for name, key in keys])
+        batch: dict[str, dict[str, Tensor]] = {name: {} for name in groups}
+        for (name, key), tensor in zip(keys, gathered):
+            batch[name][key] = tensor
+        return batch
+
     # ------------------------------------------------------------------ CLUB
     def _train_estimators_(self, pairs: ClubPairs) -> Tensor:
         """``club.inner_steps`` updates of q_θ maximising Σ_pairs log q_θ(y | x) on detached inputs.
@@ -230,12 +252,13 @@ class CodebookTask(abc.ABC):
                 bounds[name] = bounds[name].clamp_min(0.0)
         return bounds
 
-    def _club_terms(self, pairs: ClubPairs, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Inner estimator updates (training mode only; their log-likelihood goes into ``metrics``), then
-        the MI upper bound of every pair for the main loss."""
+    def _club_terms(self, pairs: ClubPairs, negatives: ClubPairs, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Inner estimator updates on this rank's ``pairs`` (training mode only; their log-likelihood goes into
+        ``metrics``), then the MI upper bound of every pair for the main loss, over ``negatives``: the same pairs
+        over the batch the negatives come from (``_negatives_batch``)."""
         if self.model.training and self.club_inner_steps:
             metrics["club_log_likelihood"] = self._train_estimators_(pairs)
-        return self._mi_upper_bounds(pairs)
+        return self._mi_upper_bounds(negatives)
 
     # ------------------------------------------------------------------ Cross-CPC
     def _draw_cpc_time(self, valid: int) -> int:

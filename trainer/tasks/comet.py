@@ -55,9 +55,10 @@ class COMETTask(UniCodeTask):
         all_reduce_fn: Callable[[Tensor], Tensor] = distributed.all_reduce_sum_,
         all_gather_fn: Callable[[Tensor], Tensor] = distributed.all_gather_cat,
         average_gradients_fn: Callable[[Iterable[nn.Parameter]], None] = distributed.average_gradients_,
+        gather_rows_fn: Callable[[list[Tensor]], list[Tensor]] = distributed.gather_rows,
     ):
         self.all_reduce_fn = all_reduce_fn
-        super().__init__(cfg, all_reduce_fn, all_gather_fn, average_gradients_fn)
+        super().__init__(cfg, all_reduce_fn, all_gather_fn, average_gradients_fn, gather_rows_fn)
         self.ewc_anchor: dict[str, Tensor] = {}     # θ* of earlier phases (the penalty's centre)
         self.ewc_fisher: dict[str, Tensor] = {}     # their cumulative diagonal Fisher
         self.handover: dict[str, Any] = {}          # what end_phase_ computed for the next phase
@@ -87,13 +88,23 @@ class COMETTask(UniCodeTask):
             raise RuntimeError(f"replay.new_codes={self.cfg.replay.new_codes} but this run did not start from a "
                                "previous phase (set run.init_from, or new_codes=0 for a first phase)")
         terms, metrics = super().loss_terms(features, out, step)
-        if self.cfg.use_gate_loss and self.model.adapter is not None and self.model.adapter.router is not None:
-            terms["gate"] = gate_balance_loss(list(out["gates"].values()))
+        # the gate loads and the pseudo-modality CPC's candidates are statistics of the whole batch: over the batch
+        # the negatives come from, like Uni-Code's in-batch terms (a second packed gather: the parent's is its own)
+        use_gate = self.cfg.use_gate_loss and self.model.adapter is not None and self.model.adapter.router is not None
+        contrastive = {"gates": out["gates"]} if use_gate else {}
         if "pseudo" in out:
             pseudo = out["pseudo"]
+            contrastive |= {"cpc_predictions": out["cpc_predictions"], "semantic": out["semantic"],
+                            "pseudo": {"cpc_predictions": out["pseudo_cpc_predictions"], "sequence": pseudo.sequence,
+                                       "weights": pseudo.weights}}
+        batch = self._negatives_batch(contrastive)
+        if use_gate:
+            terms["gate"] = gate_balance_loss(list(batch["gates"].values()))
+        if "pseudo" in out:
             t = self._draw_cpc_time(pseudo.sequence.shape[1] - self.model.cpc_steps) if self.model.training else None
-            pairs = pseudo_cpc_losses(out["cpc_predictions"], out["semantic"], out["pseudo_cpc_predictions"],
-                                      pseudo, t, self.cfg.cpc.normalize_over)
+            pairs = pseudo_cpc_losses(batch["cpc_predictions"], batch["semantic"], batch["pseudo"]["cpc_predictions"],
+                                      batch["pseudo"]["sequence"], batch["pseudo"]["weights"], t,
+                                      self.cfg.cpc.normalize_over)
             terms["pm"] = sum(pairs.values())
             metrics.update({f"pm_{a}2{n}": v for (a, n), v in pairs.items()})
             metrics["pm_old_share"] = pseudo.from_old.float().mean()

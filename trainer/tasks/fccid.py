@@ -11,7 +11,7 @@ The CLUB estimators that the Table 5 switches leave on: ``fine_audio`` q(f̄^a |
 (V_CLUB), ``coarse_audiovisual`` q(c̄ | c) (AV_CLUB: one estimator for audio's and video's clip pairs, as their
 coarse encoders are shared; its bound is the sum of the two) and ``coarse_text`` (TE_CLUB). They train, and
 their bounds enter the loss, exactly as Uni-Code's do (``CodebookTask``, trainer/tasks/base.py); the coarse
-bound's negatives are the other clips of the local batch.
+bound's negatives are the other clips of the batch ``negatives`` names, like every in-batch term's.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class FCCIDTask(CodebookTask):
         all_reduce_fn: Callable[[Tensor], Tensor] = distributed.all_reduce_sum_,
         all_gather_fn: Callable[[Tensor], Tensor] = distributed.all_gather_cat,
         average_gradients_fn: Callable[[Iterable[nn.Parameter]], None] = distributed.average_gradients_,
+        gather_rows_fn: Callable[[list[Tensor]], list[Tensor]] = distributed.gather_rows,
     ):
         model = FCCIDModel(cfg, all_reduce_fn, all_gather_fn)
         club = None
@@ -44,7 +45,7 @@ class FCCIDTask(CodebookTask):
                 name: CLUBEstimator(general, cfg.encoder.specific_dim if name.startswith("fine_") else
                                     cfg.coarse.specific_dim, cfg.club.hidden_dim)
                 for name in cfg.club_estimators})
-        super().__init__(cfg, model, cfg.modalities, club, cfg.club, cfg.cpc, average_gradients_fn)
+        super().__init__(cfg, model, cfg.modalities, club, cfg.club, cfg.cpc, average_gradients_fn, gather_rows_fn)
 
     def _club_pairs(self, out: Mapping[str, Mapping[str, Tensor]]) -> ClubPairs:
         """Bound name -> (estimator, general, specific) for every switched-on estimator; clip vectors as
@@ -80,20 +81,27 @@ class FCCIDTask(CodebookTask):
         metrics.update({f"recon_{m}": v for m, v in recon.items()})
         metrics.update({f"commit_{m}": v for m, v in commit.items()})
 
-        cmcm = cmcm_terms({m: d.unsqueeze(1) for m, d in out["distances"].items()})   # one "segment" per clip
+        # what the in-batch terms compare across clips, over the batch their negatives come from
+        contrastive = ["distances", "cpc_predictions", "fine_semantic", "coarse_general"]
+        if self.club is not None:
+            contrastive += ["fine_specific", "coarse_specific"]
+        batch = self._negatives_batch({key: out[key] for key in contrastive})
+
+        cmcm = cmcm_terms({m: d.unsqueeze(1) for m, d in batch["distances"].items()})   # one "segment" per clip
         terms["cmcm"] = sum(cmcm.values())
         metrics.update({f"cmcm_{a}_{b}": v for (a, b), v in cmcm.items()})
 
-        terms["cpc"], cpc = self._cpc_terms(out["cpc_predictions"], out["fine_semantic"], self.cfg.cpc)
+        terms["cpc"], cpc = self._cpc_terms(batch["cpc_predictions"], batch["fine_semantic"], self.cfg.cpc)
         metrics.update({f"cpc_{a}2{n}": v for (a, n), v in cpc.items()})
 
-        nce = {m: symmetric_info_nce(general[m], general[TEXT], self.cfg.coarse.temperature) for m in FINE_MODALITIES}
+        coarse = batch["coarse_general"]
+        nce = {m: symmetric_info_nce(coarse[m], coarse[TEXT], self.cfg.coarse.temperature) for m in FINE_MODALITIES}
         terms["nce"] = sum(nce.values())
         metrics.update({f"nce_{m}_{TEXT}": v for m, v in nce.items()})
 
         pairs = self._club_pairs(out)
         if pairs:
-            mi = self._club_terms(pairs, metrics)
+            mi = self._club_terms(pairs, self._club_pairs(batch), metrics)
             for level in ("fine", "coarse"):
                 bounds = [v for name, v in mi.items() if name.startswith(f"{level}_")]
                 if bounds:

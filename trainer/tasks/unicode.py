@@ -31,6 +31,7 @@ class UniCodeTask(CodebookTask):
         all_reduce_fn: Callable[[Tensor], Tensor] = distributed.all_reduce_sum_,
         all_gather_fn: Callable[[Tensor], Tensor] = distributed.all_gather_cat,
         average_gradients_fn: Callable[[Iterable[nn.Parameter]], None] = distributed.average_gradients_,
+        gather_rows_fn: Callable[[list[Tensor]], list[Tensor]] = distributed.gather_rows,
     ):
         self.cfg = cfg.effective()
         model = self.model_type(self.cfg, all_reduce_fn, all_gather_fn)
@@ -41,7 +42,7 @@ class UniCodeTask(CodebookTask):
             club = nn.ModuleDict({m: CLUBEstimator(enc.semantic_dim, enc.specific_dim, self.cfg.club.hidden_dim)
                                   for m in modalities})
         super().__init__(self.cfg, model, modalities, club, self.cfg.club,
-                         self.cfg.cpc if self.cfg.use_cpc else None, average_gradients_fn)
+                         self.cfg.cpc if self.cfg.use_cpc else None, average_gradients_fn, gather_rows_fn)
 
     def loss_terms(self, features: Mapping[str, Tensor], out: Mapping[str, Any], step: int
                    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -61,17 +62,29 @@ class UniCodeTask(CodebookTask):
         metrics.update({f"recon_{m}": v for m, v in recon.items()})
         metrics.update({f"commit_{m}": v for m, v in commit.items()})
 
+        # what the in-batch terms compare across clips, over the batch their negatives come from
+        contrastive = {}
         if self.cfg.use_cpc:
-            terms["cpc"], pairs = self._cpc_terms(out["cpc_predictions"], out["semantic"], self.cfg.cpc)
+            contrastive |= {"cpc_predictions": out["cpc_predictions"], "semantic": out["semantic"]}
+        if self.cfg.use_cmcm:
+            contrastive["distances"] = out["distances"]
+        if self.cfg.use_club:
+            contrastive |= {"semantic": out["semantic"], "specific": out["specific"]}
+        batch = self._negatives_batch(contrastive)
+
+        if self.cfg.use_cpc:
+            terms["cpc"], pairs = self._cpc_terms(batch["cpc_predictions"], batch["semantic"], self.cfg.cpc)
             metrics.update({f"cpc_{a}2{n}": v for (a, n), v in pairs.items()})
 
         if self.cfg.use_cmcm:
-            cmcm = cmcm_terms(out["distances"])
+            cmcm = cmcm_terms(batch["distances"])
             terms["cmcm"] = sum(cmcm.values())
             metrics.update({f"cmcm_{a}_{b}": v for (a, b), v in cmcm.items()})
 
         if self.cfg.use_club:
-            mi = self._club_terms({m: (m, out["semantic"][m], out["specific"][m]) for m in self.modalities}, metrics)
+            mi = self._club_terms({m: (m, out["semantic"][m], out["specific"][m]) for m in self.modalities},
+                                  {m: (m, batch["semantic"][m], batch["specific"][m]) for m in self.modalities},
+                                  metrics)
             terms["mi"] = sum(mi.values())
             metrics.update({f"mi_{m}": v for m, v in mi.items()})
 

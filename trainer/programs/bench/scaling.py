@@ -1,7 +1,7 @@
 """Scaling benchmark of the main job: 1 vs 2 ranks at a fixed per-rank batch, and its collectives. Prints tables.
 
-    python -m trainer.programs.bench.scaling [--ranks 1,2] [--batch 64] [--steps 16] [--log-every 4] [--threads 1]
-                                             [--config launch/configs/pretrain_av.yaml]
+    python -m trainer.programs.bench.scaling [--ranks 1,2] [--negatives global,local] [--batch 64] [--steps 16]
+                                             [--log-every 4] [--threads 1] [--config launch/configs/pretrain_av.yaml]
                                              [--accelerate-config launch/accelerate/cpu_zero2.yaml] [--workdir DIR]
 
 Everything runs through the product: ``accelerate launch --config_file <cpu_zero2.yaml> --num_processes N
@@ -17,23 +17,25 @@ machine 2 ranks can at best double clips/s. The machine is shared: every launch'
 load average at its end (its own processes included). On a GPU node pass ``--accelerate-config
 launch/accelerate/gpu_zero2.yaml`` (nccl, bf16) and e.g. ``--ranks 1,8``.
 
-Table 1 (throughput): one plain launch per entry of ``--ranks``; steps/s and clips/s from ``metrics.jsonl``
-(``perf/step_s`` of every log window but the first, which holds start-up and the codebook's data init), and
-each run's ratios to the 1-rank run of this invocation (scaling efficiency = clips/s ratio / ranks).
+Table 1 (throughput): one plain launch per entry of ``--ranks`` and of ``--negatives`` (``model.negatives``:
+where Cross-CPC, CMCM and the CLUB bound take their in-batch negatives; "global" gathers every rank's rows); steps/s
+and clips/s from ``metrics.jsonl`` (``perf/step_s`` of every log window but the first, which holds start-up and
+the codebook's data init), and each run's ratios to the first rank count's run with the same negatives
+(scaling efficiency = clips/s ratio / ranks).
 
-Table 2 (collectives, measured in one more launch with the largest rank count): the same command with
-``-m trainer.programs.bench.scaling --instrumented-trainer`` in place of ``trainer/main.py``. That worker wraps every
-``torch.distributed`` collective in its own process before anything binds them, then runs the main job's
-own pieces (``load_config``, ``create_accelerator``, ``trainer.loop.train``, ``shutdown``). Each call is
-timed and attributed to the code that issued it by walking the caller's frames: the quantizer's MM-EMA
-all_reduce (``MMEMAQuantizer.step_``), CLUB gradient averaging (``average_gradients_``), the stop flag
+Table 2 (collectives, measured in one more launch per ``--negatives`` with the largest rank count; the "in-batch
+negatives all_gather" row is what "global" costs: its bytes per step and share of the step): the same command with
+``-m trainer.programs.bench.scaling --instrumented-trainer`` in place of ``trainer/main.py``. That worker wraps
+every ``torch.distributed`` collective in its own process before anything binds them, then runs the main job's own
+pieces (``load_config``, ``create_accelerator``, ``trainer.loop.train``, ``shutdown``). Each call is timed and
+attributed to the code that issued it by walking the caller's frames: the quantizer's MM-EMA all_reduce
+(``MMEMAQuantizer.step_``), CLUB gradient averaging (``average_gradients_``), the stop flag
 (``StopRequest.agreed_or_file``), the log-step metric reductions, and DeepSpeed's engine collectives by the
 DeepSpeed function that issued them. A step is the span between two stop-flag all_reduces (the loop's last
-collective of every step); the measured steps are those after the first log window, as in Table 1. Time in
-a blocking collective includes waiting for the slower rank to arrive. After training, every rank times
-each all_reduce of the steps alone (same byte size, after a barrier, median of ``--probe-repeats``): the
-transfer cost without that wait. On CUDA tensors the recorder synchronises the device around each call.
-"""
+collective of every step); the measured steps are those after the first log window, as in Table 1. Time in a
+blocking collective includes waiting for the slower rank to arrive. After training, every rank times each
+all_reduce of the steps alone (same byte size, after a barrier, median of ``--probe-repeats``): the transfer cost
+without that wait. On CUDA tensors the recorder synchronises the device around each call. """
 
 from __future__ import annotations
 
@@ -69,10 +71,12 @@ RECORD_NAME = "collectives.rank{rank}.json"
 # calling frame that matches names the role (frames that match nothing, e.g. all_reduce_sum_, are passed).
 QUANTIZER = "quantizer MM-EMA all_reduce"
 STOP_FLAG = "stop flag all_reduce"
+NEGATIVES = "in-batch negatives all_gather"
 PROJECT_ROLES = {
     ("trainer/models/quantizer.py", "step_"): QUANTIZER,
     ("trainer/models/quantizer.py", "maybe_init_"): "quantizer codebook init all_gather",
     ("trainer/distributed.py", "average_gradients_"): "CLUB gradient averaging",
+    ("trainer/distributed.py", "forward"): NEGATIVES,     # _GatherRows.forward: model.negatives=global
     ("trainer/runtime.py", "agreed_or_file"): STOP_FLAG,
     ("trainer/loop.py", "pack_mean"): "logged metrics mean (log steps)",
     ("trainer/data/stream.py", "skip_totals"): "data skip counters (log steps)",
@@ -99,8 +103,10 @@ COLLECTIVES = (
 
 
 # ---------------------------------------------------------------------------------------------- synthetic data
-def write_feature_shards(out_dir: Path, clips: int, clips_per_shard: int, seed: int = 0) -> str:
-    """Feature shards of ``clips`` Gaussian clips at the paper's shapes + their manifest; returns the brace URL.
+def write_feature_shards(out_dir: Path, clips: int, clips_per_shard: int, seed: int = 0,
+                         shapes: dict[str, tuple[int, ...]] = FEATURE_SHAPES, segments: int = SEGMENTS) -> str:
+    """Feature shards of ``clips`` Gaussian clips of ``segments`` segments + their manifest; returns the brace URL.
+    ``shapes``: per-segment feature shape by modality (default: the paper's).
 
     The members and manifest are what ``python -m shards.extract`` writes (its ``output_samples``), so the
     main job reads them with ``data.kind=features`` like extracted features.
@@ -118,11 +124,11 @@ def write_feature_shards(out_dir: Path, clips: int, clips_per_shard: int, seed: 
     for index, start in enumerate(range(0, clips, clips_per_shard)):
         count = min(clips_per_shard, clips - start)
         labels = torch.randint(0, 28, (count,), generator=gen)          # 28 AVE event classes
-        per_second = labels[:, None].expand(count, SEGMENTS)
+        per_second = labels[:, None].expand(count, segments)
         batch = {"key": [f"clip{start + i:06d}" for i in range(count)], "clip_label": labels,
                  "video_labels": per_second, "audio_labels": per_second, "caption": ["synthetic clip"] * count,
                  "labelled": torch.ones(count, dtype=torch.bool)}
-        feats = {m: torch.randn(count, SEGMENTS, *shape, generator=gen) for m, shape in FEATURE_SHAPES.items()}
+        feats = {m: torch.randn(count, segments, *shape, generator=gen) for m, shape in shapes.items()}
         name = f"train-{index:06d}.tar"
         with wds.TarWriter(str(out_dir / name)) as sink:
             for sample in output_samples(batch, feats, np.dtype(np.float16)):
@@ -130,17 +136,17 @@ def write_feature_shards(out_dir: Path, clips: int, clips_per_shard: int, seed: 
         shards.append({"name": name, "samples": count})
     manifest = {"format": FEATURE_MANIFEST_FORMAT, "shards": shards, "total": clips, "skipped": 0,
                 "backbones": "none: Gaussian features written by trainer.programs.bench.scaling",
-                "feature_shapes": {m: list(s) for m, s in FEATURE_SHAPES.items()},
-                "decode": dataclasses.asdict(DecodeConfig(seconds=SEGMENTS)), "dtype": "float16"}
+                "feature_shapes": {m: list(s) for m, s in shapes.items()},
+                "decode": dataclasses.asdict(DecodeConfig(seconds=segments)), "dtype": "float16"}
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return str(out_dir / f"train-{{000000..{len(shards) - 1:06d}}}.tar")
 
 
 # ---------------------------------------------------------------------------------------------- launching
 def job_args(config: str, run_dir: Path, urls: str, batch: int, steps: int, log_every: int,
-             workers: int) -> list[str]:
+             workers: int, negatives: str) -> list[str]:
     """trainer/main.py's arguments for a benchmark run: ``config`` with its run, data and tracking replaced."""
-    return ["--config", config,
+    return ["--config", config, f"model.negatives={negatives}",
             f"run.dir={run_dir}", f"run.max_steps={steps}", f"run.ckpt_every={steps}", "run.progress=false",
             f"data.urls={urls}", "data.kind=features", "data.feature_modalities=[audio,video]",
             f"data.batch_size={batch}", f"data.num_workers={workers}", "data.resampled=true",
@@ -171,6 +177,7 @@ def launch(ranks: int, accelerate_config: str, run_dir: Path, main_args: list[st
 
 @dataclasses.dataclass
 class Throughput:
+    negatives: str        # model.negatives of the run
     ranks: int
     steps: int            # measured optimizer steps (every log window but the first)
     step_s: float         # mean seconds per step over them
@@ -179,7 +186,8 @@ class Throughput:
     load: float           # 1-minute load average when the launch ended
 
 
-def read_throughput(run_dir: Path, ranks: int, global_batch: int, wall_s: float, load: float) -> Throughput:
+def read_throughput(run_dir: Path, negatives: str, ranks: int, global_batch: int, wall_s: float,
+                    load: float) -> Throughput:
     """Steps/s and clips/s from rank 0's ``metrics.jsonl``, first log window dropped."""
     path = run_dir / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -189,7 +197,7 @@ def read_throughput(run_dir: Path, ranks: int, global_batch: int, wall_s: float,
     windows = [(row["step"] - before, row["perf/step_s"]) for row, before in zip(rows[1:], previous)]
     steps = sum(n for n, _ in windows)
     seconds = sum(n * step_s for n, step_s in windows)
-    return Throughput(ranks, steps, seconds / steps, steps * global_batch / seconds, wall_s, load)
+    return Throughput(negatives, ranks, steps, seconds / steps, steps * global_batch / seconds, wall_s, load)
 
 
 # ---------------------------------------------------------------------------------------------- instrumentation
@@ -419,22 +427,26 @@ def _bytes(n: float) -> str:
 
 
 def print_throughput(results: list[Throughput], batch: int) -> None:
-    base = results[0]
+    bases = {}
+    for r in results:
+        bases.setdefault(r.negatives, r)
     print(f"\nTable 1: throughput at {batch} clips per rank per step (global batch = {batch} x ranks); ratios "
-          f"to the {base.ranks}-rank run of this invocation; efficiency = clips/s ratio / rank ratio")
-    header = (f"{'ranks':>5} {'steps':>6} {'s/step':>8} {'steps/s':>8} {'clips/s':>8} {'steps/s ratio':>14} "
-              f"{'clips/s ratio':>14} {'efficiency':>11} {'launch wall s':>14} {'load 1m':>8}")
+          f"to the {results[0].ranks}-rank run with the same negatives, of this invocation; efficiency = clips/s "
+          "ratio / rank ratio")
+    header = (f"{'negatives':>9} {'ranks':>5} {'steps':>6} {'s/step':>8} {'steps/s':>8} {'clips/s':>8} "
+              f"{'steps/s ratio':>14} {'clips/s ratio':>14} {'efficiency':>11} {'launch wall s':>14} {'load 1m':>8}")
     print(header)
     print("-" * len(header))
     for r in results:
+        base = bases[r.negatives]
         clip_ratio = r.clips_per_s / base.clips_per_s
-        print(f"{r.ranks:>5} {r.steps:>6} {r.step_s:>8.3f} {1 / r.step_s:>8.3f} {r.clips_per_s:>8.1f} "
+        print(f"{r.negatives:>9} {r.ranks:>5} {r.steps:>6} {r.step_s:>8.3f} {1 / r.step_s:>8.3f} {r.clips_per_s:>8.1f} "
               f"{base.step_s / r.step_s:>14.2f} {clip_ratio:>14.2f} {clip_ratio * base.ranks / r.ranks:>11.2f} "
               f"{r.wall_s:>14.1f} {r.load:>8.2f}")
 
 
 def _role_order(role: str) -> tuple[int, str]:
-    primary = [QUANTIZER, "CLUB gradient averaging", STOP_FLAG]
+    primary = [NEGATIVES, QUANTIZER, "CLUB gradient averaging", STOP_FLAG]
     if role in primary:
         return primary.index(role), ""
     return (len(primary), role) if role.startswith("engine") else (len(primary) + 1, role)
@@ -443,7 +455,8 @@ def _role_order(role: str) -> tuple[int, str]:
 def print_collectives(ranks: list[RankCollectives], log_every: int, instrumented: Throughput) -> None:
     """Table 2 from every rank's analysis (columns "a / b" are rank 0 / rank 1 ...)."""
     per_rank = " / ".join(f"r{r.rank}" for r in ranks)
-    print(f"\nTable 2: torch.distributed collectives per training step, {len(ranks)} ranks, {ranks[0].steps} "
+    print(f"\nTable 2 (model.negatives={instrumented.negatives}): torch.distributed collectives per training "
+          f"step, {len(ranks)} ranks, {ranks[0].steps} "
           f"measured steps, log every {log_every}; 'in call' = time inside the call incl. waiting for the other "
           f"ranks ({per_rank}); 'alone' = the same all_reduce after a barrier (mean of the ranks' medians)")
     header = (f"{'issued by':<64} {'calls/step':>10} {'range':>5} {'bytes/call':>10} {'in call ms/step':>16} "
@@ -482,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1   # not reached: shutdown leaves through os._exit
     p = argparse.ArgumentParser(prog="python -m trainer.programs.bench.scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--ranks", default="1,2", help="process counts to compare, comma-separated (first: baseline)")
+    p.add_argument("--negatives", default="global,local",
+                   help="model.negatives values to compare, comma-separated (global, local)")
     p.add_argument("--config", default=DEFAULT_JOB_CONFIG,
                    help="experiment YAML, relative to the repo root, whose model and optim sections are used")
     p.add_argument("--batch", type=int, default=0, help="clips per rank per step (0: the config's data.batch_size)")
@@ -498,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default="", help="keep shards and run dirs here (default: a temp dir, removed)")
     a = p.parse_args(argv)
     ranks = [int(n) for n in a.ranks.split(",")]
+    negatives = a.negatives.split(",")
+    if not set(negatives) <= {"global", "local"}:
+        p.error(f"--negatives {a.negatives}: each must be 'global' or 'local'")
     if a.steps < 2 * a.log_every:
         p.error(f"--steps {a.steps} must be >= 2 x --log-every {a.log_every} (the first window is dropped)")
     if any(n < 1 for n in ranks):
@@ -517,30 +535,32 @@ def main(argv: list[str] | None = None) -> int:
               f"{a.config}; {a.accelerate_config}; cpu count {os.cpu_count()}; "
               f"load average {os.getloadavg()[0]:.2f}")
         results = []
-        for n in ranks:
-            run_dir = workdir / f"run-{n}"
-            wall = launch(n, a.accelerate_config, run_dir,
-                          job_args(a.config, run_dir, urls, batch, a.steps, a.log_every, a.workers), a.threads,
-                          a.timeout)
-            results.append(read_throughput(run_dir, n, batch * n, wall, os.getloadavg()[0]))
+        for neg in negatives:
+            for n in ranks:
+                run_dir = workdir / f"run-{neg}-{n}"
+                wall = launch(n, a.accelerate_config, run_dir,
+                              job_args(a.config, run_dir, urls, batch, a.steps, a.log_every, a.workers, neg),
+                              a.threads, a.timeout)
+                results.append(read_throughput(run_dir, neg, n, batch * n, wall, os.getloadavg()[0]))
         print_throughput(results, batch)
         if max(ranks) == 1:
             print("\nNo Table 2: in one process trainer.distributed skips its collectives, the stop flag included, "
                   "so there are no step boundaries to measure between.")
         elif not a.no_collectives:
             n = max(ranks)
-            run_dir = workdir / f"run-{n}-instrumented"
-            run_dir.mkdir(parents=True)
-            wall = launch(n, a.accelerate_config, run_dir,
-                          job_args(a.config, run_dir, urls, batch, a.steps, a.log_every, a.workers), a.threads,
-                          a.timeout, probe_repeats=a.probe_repeats)
-            records = [json.loads((run_dir / RECORD_NAME.format(rank=r)).read_text()) for r in range(n)]
-            analysed = [analyse_rank(record, a.log_every + 1) for record in records]
-            if len({tuple((k, v.calls_per_step) for k, v in r.roles.items()) for r in analysed}) != 1:
-                print(f"WARNING: the ranks issued different collectives per step (a bug: a collective every "
-                      f"rank does not call hangs); records in {run_dir}")
-            instrumented = read_throughput(run_dir, n, batch * n, wall, os.getloadavg()[0])
-            print_collectives(analysed, a.log_every, instrumented)
+            for neg in negatives:
+                run_dir = workdir / f"run-{neg}-{n}-instrumented"
+                run_dir.mkdir(parents=True)
+                wall = launch(n, a.accelerate_config, run_dir,
+                              job_args(a.config, run_dir, urls, batch, a.steps, a.log_every, a.workers, neg),
+                              a.threads, a.timeout, probe_repeats=a.probe_repeats)
+                records = [json.loads((run_dir / RECORD_NAME.format(rank=r)).read_text()) for r in range(n)]
+                analysed = [analyse_rank(record, a.log_every + 1) for record in records]
+                if len({tuple((k, v.calls_per_step) for k, v in r.roles.items()) for r in analysed}) != 1:
+                    print(f"WARNING: the ranks issued different collectives per step (a bug: a collective every "
+                          f"rank does not call hangs); records in {run_dir}")
+                instrumented = read_throughput(run_dir, neg, n, batch * n, wall, os.getloadavg()[0])
+                print_collectives(analysed, a.log_every, instrumented)
         print(f"\n# total {time.perf_counter() - start:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
     finally:
         if not a.workdir:
