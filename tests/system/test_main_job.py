@@ -9,6 +9,8 @@
 - a stop request checkpoints and exits 75 ("resume me"); the resumed job continues the same MLflow run;
 - through the real launcher, SIGTERM to the launcher or SIGUSR1 to rank 1 alone is one agreed stop: a complete
   checkpoint and exit 75 from `trainer.launch`; bare `accelerate launch` checkpoints too but exits 1;
+- an elastic resume (2 ranks -> 1 process -> 2 ranks, ZeRO-2 / plain torch / ZeRO-3) continues the run: the step
+  counter, the MLflow run, the LR schedule, the codebook and CLUB state, and AdamW's moments and step;
 - a real `mlflow server` receives params, metrics and the code-usage PNG.
 """
 
@@ -252,6 +254,71 @@ def test_sigterm_to_bare_accelerate_launch_checkpoints_but_exits_1(tmp_path, sha
     assert proc.returncode == 1, err[-3000:]
 
 
+# ---------------------------------------------------------------------------------------------- elastic resume
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def assert_one_adamw_step(before: dict, after: dict) -> None:
+    """``after`` (an optimizer.pt) is one AdamW step from ``before`` (lr of ``before``, weight decay 0 as in the demo
+    config): the gradient g that moved the first moment, m1 = β1·m0 + (1-β1)·g, moved the second one by
+    v1 = β2·v0 + (1-β2)·g², and the fp32 masters moved by the bias-corrected update of step t. An optimizer
+    re-initialised at a resume (step 1, moments from zero) or masters not carried fail it."""
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    assert before["params"].keys() == after["params"].keys()
+    for name, old in before["params"].items():
+        new = after["params"][name]
+        t = new["step"]
+        assert t == old["step"] + 1, name
+        g = (new["exp_avg"] - b1 * old["exp_avg"]) / (1 - b1)
+        torch.testing.assert_close(new["exp_avg_sq"], b2 * old["exp_avg_sq"] + (1 - b2) * g * g, rtol=1e-5, atol=1e-12)
+        update = before["lr"][0] * new["exp_avg"] / (1 - b1 ** t) / ((new["exp_avg_sq"] / (1 - b2 ** t)).sqrt() + eps)
+        torch.testing.assert_close(new["fp32"], old["fp32"] - update, rtol=0, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_elastic_resume_2_ranks_then_1_process_then_2_ranks_continues_the_run(tmp_path, shards):
+    """2 ZeRO-2 ranks (trainer.launch) to step 3, mid-epoch; `python trainer/main.py` (plain torch) to step 5;
+    `trainer.launch --num_processes 1` (DeepSpeed ZeRO-2) to step 6; 2 ZeRO-3 ranks to step 8. A checkpoint every
+    step, so that every step's optimizer state can be compared with the one before."""
+    run_dir = tmp_path / "elastic"
+    legs = [(2, True, 2, 3), (1, True, 0, 5), (1, False, 2, 6), (2, True, 3, 8)]   # processes, plain, ZeRO, last step
+    engines = {0: "plain torch", 2: "ZeRO-2", 3: "ZeRO-3"}
+    for leg, (processes, plain, zero, last) in enumerate(legs):
+        proc = run_job(run_dir, shards, processes=processes, zero=zero, plain=plain,
+                       overrides=[f"run.max_steps={last}", "run.ckpt_every=1", "run.keep_last=10", RESETS])
+        if leg:
+            old_processes, _, old_zero, old_last = legs[leg - 1]
+            resplit = "; re-split over the new layout: stream, rng" if old_processes != processes else ""
+            assert (f"[cmg] elastic resume from {checkpoint_dir(run_dir, old_last)} (step {old_last}): world size "
+                    f"{old_processes} -> {processes}, engine {engines[old_zero]} -> {engines[zero]}; optimizer state "
+                    f"re-sharded from optimizer.pt{resplit}") in proc.stdout
+    assert status(run_dir) == {"state": "finished", "step": 8}
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 9))                       # every step once
+    assert all(r["lr"] == pytest.approx(1e-3 * (r["step"] + 1) / 20) for r in rows)   # the demo config's warmup
+
+    metas = [CheckpointManager.read_meta(checkpoint_dir(run_dir, step)) for step in range(1, 9)]
+    assert len({m["mlflow_run_id"] for m in metas}) == 1
+    assert [(m["world_size"], m["zero_stage"]) for m in metas] == [(2, 2)] * 3 + [(1, 0)] * 2 + [(1, 2)] + [(2, 3)] * 2
+    assert [m["samples_seen"] for m in metas] == [4, 8, 12, 14, 16, 18, 22, 26]   # 2 clips per rank and step
+    optimizer = [torch.load(checkpoint_dir(run_dir, step) / "optimizer.pt", weights_only=True) for step in range(1, 9)]
+    for before, after in zip(optimizer, optimizer[1:]):                          # across each resume too
+        assert_one_adamw_step(before, after)
+
+    # the codebook's EMA state, reset clocks and the CLUB estimators' optimiser went on counting
+    assert final_model(run_dir)["quantizer.step"].item() == 8
+    club_steps = {int(s["step"]) for s in rank_states(run_dir)[0]["task"]["club_optimizer"]["state"].values()}
+    assert club_steps == {8 * 5}                                                # club.inner_steps: 5 in the demo
+    assert_replicas_bit_identical(run_dir)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cmg-demo").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == list(range(1, 9))
+
+
 # ---------------------------------------------------------------------------------------------- MLflow server
 @pytest.mark.slow
 def test_training_logs_to_a_real_mlflow_server(tmp_path, shards):
@@ -293,19 +360,26 @@ def test_unreachable_mlflow_never_stops_training(tmp_path, shards):
 
 
 def _rank_pid(run_dir: Path, rank: int) -> int:
-    """The pid of the training process of ``rank`` whose job writes ``run_dir`` (read from /proc)."""
+    """The pid of the training process of ``rank`` whose job writes ``run_dir`` (read from /proc).
+
+    Its DataLoader workers are forks with the same command line and environment; the rank is the one whose
+    parent (torch elastic's agent) is not such a process."""
+    parents = {}
     for proc_dir in Path("/proc").iterdir():
         if not proc_dir.name.isdigit():
             continue
         try:
             cmdline = (proc_dir / "cmdline").read_bytes().split(b"\0")
             environ = (proc_dir / "environ").read_bytes().split(b"\0")
-        except OSError:
+            ppid = int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
         if f"run.dir={run_dir}".encode() in cmdline and f"RANK={rank}".encode() in environ and \
                 any(part.endswith(b"trainer/main.py") for part in cmdline):
-            return int(proc_dir.name)
-    raise AssertionError(f"no rank {rank} process of {run_dir}")
+            parents[int(proc_dir.name)] = ppid
+    ranks = [pid for pid, ppid in parents.items() if ppid not in parents]
+    assert len(ranks) == 1, f"rank {rank} processes of {run_dir}: {ranks} (all matches: {parents})"
+    return ranks[0]
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Per modality a, a unidirectional LSTM summarises z^a_{≤t} into c^a_t ∈ R^D and W^a_k c^a_t predicts the
 partner's future segment z^n_{t+k}, k = 1..K. The InfoNCE softmax runs over candidate targets: the true
-z^n_{t+k} and the other clips' z^n_{t+k} of the (local) batch.
+z^n_{t+k} and the other clips' z^n_{t+k} of the batch (this rank's or the global one: ``model.negatives``).
 
 The module computes the predictions W^a_k c^a_t for every valid context end t at once (cheap: T ≈ 10),
 so that everything touching parameters happens inside the model's forward (ZeRO-3 only gathers

@@ -1,7 +1,7 @@
 """COMET as a task object (seed 004 §3): Uni-Code's loss on ``COMETModel`` plus the continual-phase terms.
 
 Loss (metric names in brackets): UniCodeTask's terms [recon, commit, cpc, cmcm, mi and their parts] plus
-    gate   load balancing of the adapter's router over the local batch's tokens (eq. 5)        [gate]
+    gate   load balancing of the adapter's router over the batch's tokens (eq. 5; model.negatives) [gate]
     pm     position-weighted Cross-CPC with the mediator's pseudo-modality (§3.3)       [pm, pm_<a>2pseudo,
            (phases that inherited codes); share of mediator positions on inherited codes  pm_pseudo2<a>, pm_old_share]
     ewc    (λ/2) Σ F (θ − θ*)² with the Fisher and anchors handed over by earlier phases (eq. 6)   [ewc]
