@@ -8,10 +8,17 @@ the feature extractor's defaults for a config-built model, updated with ``proces
 - ``wav2vec2`` / ``hubert``: the raw wave, zero-mean unit-variance per window if ``do_normalize``.
 - ``whisper``: log10-mel (400-point centred STFT, slaney mel to 8 kHz) of the wave zero-padded to
   the encoder's fixed length, clamped to (max - 8), scaled (x + 4) / 4 -> ``input_features (n mel frames)``.
+- ``vggish``: VGGish's fixed front end (torchvggish vggish_params.py, mel_features.py): 25 ms periodic-Hann
+  frames every 10 ms, |512-point FFT| (magnitude, not power), 64 HTK-mel bands over 125-7500 Hz,
+  log(mel + 0.01), cut into examples of 96 frames (0.96 s) with hop 96 -> ``examples (n k 96 64)``; one
+  128-d embedding per example.
 
-A window is one 1-s segment (``audio_window: segment``, like the seeds' per-second VGGish) or the
-whole clip (``clip``: one forward per clip, cheaper for models trained on long inputs). Either way
-each segment's feature is the mean of the encoder tokens whose centre time falls inside it.
+A window is one 1-s segment (``audio_window: segment``) or the whole clip (``clip``: one forward per clip,
+cheaper for models trained on long inputs). Either way each segment's feature is the mean of the encoder
+tokens whose centre time falls inside it. For VGGish a segment window holds exactly one example (its first
+0.96 s); a clip window gives examples starting every 0.96 s from the clip start, which is how the AVE
+features the CMG authors used were cut (10 examples of a 10-s clip, example k <-> second k), and assigns
+example k to second k up to 13-s clips (its centre 0.96 k + 0.4875 s drifts out of second k at k = 13).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from trainer.backbones.config import BackboneConfig
 _AST_DEFAULTS = {"sampling_rate": 16000, "do_normalize": True, "mean": -4.2677393, "std": 4.5689974}
 _WAVE_DEFAULTS = {"sampling_rate": 16000, "do_normalize": True}
 _WHISPER_DEFAULTS = {"sampling_rate": 16000, "n_fft": 400, "hop_length": 160}
+_VGGISH_DEFAULTS = {"sampling_rate": 16000}   # vggish_params.SAMPLE_RATE
 
 # Kaldi fbank framing used by AST's feature extractor
 _KALDI_WINDOW, _KALDI_HOP, _KALDI_FFT, _KALDI_PREEMPHASIS = 400, 160, 512, 0.97
@@ -44,6 +52,29 @@ def kaldi_log_mel(wave: torch.Tensor, mel_filters: torch.Tensor) -> torch.Tensor
     window = torch.hann_window(_KALDI_WINDOW, periodic=False, dtype=wave.dtype, device=wave.device)
     power = torch.fft.rfft(frames * window, n=_KALDI_FFT).abs().pow(2)  # (n frames 257)
     return (power @ mel_filters).clamp(min=_KALDI_MEL_FLOOR).log()
+
+
+# VGGish framing (vggish_params.py: STFT_WINDOW_LENGTH_SECONDS 0.025, STFT_HOP_LENGTH_SECONDS 0.010 at 16 kHz;
+# mel_features.py: FFT length = the next power of two of the window), mel range and log offset
+_VGGISH_WINDOW, _VGGISH_HOP, _VGGISH_FFT = 400, 160, 512
+_VGGISH_MEL_MIN_HZ, _VGGISH_MEL_MAX_HZ, _VGGISH_LOG_OFFSET = 125.0, 7500.0, 0.01
+
+
+def vggish_log_mel(wave: torch.Tensor, mel_filters: torch.Tensor) -> torch.Tensor:
+    """``(n s)`` wave -> ``(n frames mel)`` log-mel, frames = 1 + (s - 400) // 160 (no padding)."""
+    frames = wave.unfold(-1, _VGGISH_WINDOW, _VGGISH_HOP)                   # (n frames 400)
+    window = torch.hann_window(_VGGISH_WINDOW, periodic=True, dtype=wave.dtype, device=wave.device)
+    magnitude = torch.fft.rfft(frames * window, n=_VGGISH_FFT).abs()       # (n frames 257)
+    return (magnitude @ mel_filters + _VGGISH_LOG_OFFSET).log()
+
+
+def vggish_examples(log_mel: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """``(n frames mel)`` -> ``(n k num_frames mel)``: back-to-back examples, k = frames // num_frames; the
+    frames after the last whole example are dropped (vggish_input.waveform_to_examples)."""
+    if log_mel.shape[1] < num_frames:
+        raise ValueError(f"audio (vggish): a window of {log_mel.shape[1]} frames is shorter than one "
+                         f"{num_frames}-frame example; VGGish needs at least 0.975 s of audio")
+    return log_mel.unfold(1, num_frames, num_frames).transpose(-1, -2)
 
 
 def whisper_log_mel(wave: torch.Tensor, mel_filters: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
@@ -88,7 +119,8 @@ class AudioBackbone(FrozenEncoder):
 
     def __init__(self, cfg: BackboneConfig, device: torch.device | str = "cpu"):
         super().__init__(cfg, device)
-        defaults = {"ast": _AST_DEFAULTS, "whisper": _WHISPER_DEFAULTS}.get(cfg.family, _WAVE_DEFAULTS)
+        defaults = {"ast": _AST_DEFAULTS, "whisper": _WHISPER_DEFAULTS,
+                    "vggish": _VGGISH_DEFAULTS}.get(cfg.family, _WAVE_DEFAULTS)
         self.settings: dict[str, Any] = defaults | load_processor_settings(cfg)
         if self.settings["sampling_rate"] != cfg.sample_rate:
             raise ValueError(f"audio: the {cfg.family} feature extractor expects {self.settings['sampling_rate']} Hz "
@@ -109,6 +141,13 @@ class AudioBackbone(FrozenEncoder):
             filters = mel_filter_bank(num_frequency_bins=1 + self.settings["n_fft"] // 2,
                                       num_mel_filters=mc.num_mel_bins, min_frequency=0.0, max_frequency=8000.0,
                                       sampling_rate=cfg.sample_rate, norm="slaney", mel_scale="slaney")
+        elif cfg.family == "vggish":
+            # mel_features.spectrogram_to_mel_matrix: triangles in mel space on the 1127 ln(1 + f/700) scale
+            # (transformers calls it "kaldi"), band edges evenly spaced in mel, no area normalisation
+            filters = mel_filter_bank(num_frequency_bins=_VGGISH_FFT // 2 + 1, num_mel_filters=mc.num_bands,
+                                      min_frequency=_VGGISH_MEL_MIN_HZ, max_frequency=_VGGISH_MEL_MAX_HZ,
+                                      sampling_rate=cfg.sample_rate, norm=None, mel_scale="kaldi",
+                                      triangularize_in_mel_space=True)
         else:
             filters = None
         self.mel_filters = None if filters is None else torch.tensor(filters, dtype=torch.float32,
@@ -126,6 +165,8 @@ class AudioBackbone(FrozenEncoder):
             if s["do_normalize"]:
                 mel = (mel - s["mean"]) / (2 * s["std"])
             return {"input_values": mel}
+        if self.cfg.family == "vggish":
+            return {"examples": vggish_examples(vggish_log_mel(wave, self.mel_filters), mc.num_frames)}
         if self.cfg.family == "whisper":
             samples = self.whisper_frames() * s["hop_length"]
             wave = torch.nn.functional.pad(wave, (0, max(0, samples - wave.shape[1])))[:, :samples]
@@ -147,6 +188,12 @@ class AudioBackbone(FrozenEncoder):
             centre_frame = torch.arange(t_dim) * mc.time_stride + (mc.patch_size - 1) / 2
             column_times = (centre_frame * _KALDI_HOP + _KALDI_WINDOW / 2) / sr
             return column_times.repeat(f_dim), 2     # tokens are frequency-major: (f t) flattened
+        if self.cfg.family == "vggish":
+            # example i spans frames i*F .. i*F+F-1, i.e. samples i*F*hop .. (i*F+F-1)*hop + window
+            frames = 1 + (num_samples - _VGGISH_WINDOW) // _VGGISH_HOP
+            span = (mc.num_frames - 1) * _VGGISH_HOP + _VGGISH_WINDOW
+            starts = torch.arange(frames // mc.num_frames) * mc.num_frames * _VGGISH_HOP
+            return (starts + span / 2) / sr, 0
         if self.cfg.family == "whisper":
             # centred STFT: frame j sits at j*hop; conv2 (stride 2) makes token i sit at frame 2i
             hop = self.settings["hop_length"]
@@ -162,8 +209,10 @@ class AudioBackbone(FrozenEncoder):
     def _encode_windows(self, wave: torch.Tensor, num_segments: int) -> torch.Tensor:
         """``(n s)`` windows of ``num_segments`` segments each -> ``(n num_segments d)``."""
         inputs = {k: v.to(self.dtype) for k, v in self.model_inputs(wave.to(self.device).float()).items()}
-        out = self.model(**inputs, output_hidden_states=self.wants_hidden_states)
-        h = self.hidden(out)                                            # (n k d)
+        if self.cfg.family == "vggish":
+            h = self.model(**inputs)                                    # (n k d): one embedding per example
+        else:
+            h = self.hidden(self.model(**inputs, output_hidden_states=self.wants_hidden_states))   # (n k d)
         if self.cfg.resolved_pooling == "cls":
             # AST's own pooler averages its two leading tokens (CLS and distillation)
             return ((h[:, 0] + h[:, 1]) / 2).unsqueeze(1)

@@ -5,6 +5,10 @@ on every weight, forward passes under ``torch.inference_mode``, outputs returned
 tensors (cloned out of inference mode) so a trainable model can consume them and backprop into
 itself. The weights are never handed to an optimizer and never saved: ``describe()`` records what
 to rebuild them from (name/revision/config plus a fingerprint of the weights).
+
+VGG-19 and VGGish (``NATIVE_FAMILIES``) are this package's own modules (trainer/backbones/vgg.py); their
+weights come from a local ``.pth`` state dict read with ``torch.load(weights_only=True)``: tensors, numeric
+numpy arrays and plain containers only, so a file holding a pickled object is refused, never run.
 """
 
 from __future__ import annotations
@@ -12,15 +16,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 from torch import nn
 from transformers.utils import cached_file
 
-from trainer.backbones.config import BackboneConfig, resolve_model_path
+from trainer.backbones.config import NATIVE_FAMILIES, BackboneConfig, resolve_model_path
+from trainer.backbones.vgg import VGG, VGGConfig, VGGish, VGGishConfig, VGGishPostprocess
 
 # family -> (class used with from_pretrained, class built from a config dict, config class)
 _MODEL_CLASSES: dict[str, tuple[str, str, str]] = {
@@ -34,6 +41,18 @@ _MODEL_CLASSES: dict[str, tuple[str, str, str]] = {
     "bert": ("AutoModel", "BertModel", "BertConfig"),   # AutoModel: any BERT-like (MiniLM, RoBERTa, ...)
     "clip_text": ("CLIPTextModel", "CLIPTextModel", "CLIPTextConfig"),
 }
+# family -> (module, its config dataclass) for NATIVE_FAMILIES
+_NATIVE_CLASSES: dict[str, tuple[type[nn.Module], type]] = {
+    "vgg19": (VGG, VGGConfig),
+    "vggish": (VGGish, VGGishConfig),
+}
+# numpy's array pickling, allowlisted for weights_only loads: torchvggish's PCA file holds numpy arrays
+# (torchvggish issue #11). The rebuild function lives in numpy.core (numpy < 2) or numpy._core (>= 2) and a
+# file names the one it was pickled with. Numeric dtypes only: an object array stays refused.
+_reconstruct = np.zeros(0).__reduce__()[0]
+_NUMPY_ARRAY_GLOBALS = [(_reconstruct, "numpy.core.multiarray._reconstruct"),
+                        (_reconstruct, "numpy._core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                        *{type(np.dtype(code)) for code in np.typecodes["AllFloat"] + np.typecodes["AllInteger"] + "?"}]
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -48,8 +67,60 @@ def _model_class(name: str) -> Any:
     return whisper.WhisperEncoder if name == "WhisperEncoder" else getattr(transformers, name)
 
 
+def load_state_file(path: str, family: str) -> dict[str, torch.Tensor]:
+    """A local ``.pth`` state dict, as tensors; ``torch.load(weights_only=True)`` refuses pickled objects."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{family}: weights file {path!r} not found ({family} reads a local .pth state dict, "
+                                f"not a hub id; see launch/configs/backbones/paper.yaml for where to get it)")
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:   # UnpicklingError for a pickled object, RuntimeError for a non-torch file
+        raise ValueError(f"{family}: {path} is not a plain state dict of tensors: {err}") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{family}: {path} holds a {type(state).__name__}, not a state dict")
+    return {key: torch.as_tensor(value) for key, value in state.items()}
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """Every key of ``module`` from ``state`` (as fp32), no extra key, same shapes; errors name the file."""
+    try:
+        module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit {type(module).__name__}: {err}") from err
+
+
+def load_native_model(cfg: BackboneConfig) -> nn.Module:
+    """VGG-19 / VGGish: a seeded random init from ``config``, or the full architecture with the weights of the
+    ``.pth`` at ``name_or_path``; VGGish's PCA post-processing is added when ``processor.pca_params`` is set."""
+    model_cls, config_cls = _NATIVE_CLASSES[cfg.family]
+    try:
+        model_config = config_cls(**(cfg.config or {}))
+    except TypeError as err:
+        raise ValueError(f"{cfg.family}: bad config {cfg.config}: {err}") from err
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = model_cls(model_config)
+    if cfg.name_or_path is not None:
+        state = load_state_file(cfg.name_or_path, cfg.family)
+        # keep the modules the model has: torchvision's file also holds the classifier head (classifier.*),
+        # which pool5 features never reach; within the kept modules every key must match (strict)
+        own = {key.split(".")[0] for key in model.state_dict()}
+        load_strict(model, {k: v for k, v in state.items() if k.split(".")[0] in own}, cfg.name_or_path)
+    if "pca_params" in cfg.processor:
+        path = cfg.processor["pca_params"]
+        pca = load_state_file(path, cfg.family)
+        model.pproc = VGGishPostprocess(model.config.hidden_size)
+        # torchvggish stores the means as a flat vector and reshapes them into a column when loading
+        means = pca.get("pca_means")
+        load_strict(model.pproc, pca | ({} if means is None else {"pca_means": means.reshape(-1, 1)}), path)
+    return model
+
+
 def load_model(cfg: BackboneConfig, dtype: torch.dtype) -> nn.Module:
     """``from_pretrained`` (honours HF_HUB_OFFLINE, ``revision``) or a seeded random init from ``config``."""
+    if cfg.family in NATIVE_FAMILIES:
+        return load_native_model(cfg).to(dtype)
     pretrained_cls, config_cls_model, config_cls = _MODEL_CLASSES[cfg.family]
     if cfg.name_or_path is not None:
         model = _model_class(pretrained_cls).from_pretrained(
@@ -69,7 +140,7 @@ def load_model(cfg: BackboneConfig, dtype: torch.dtype) -> nn.Module:
 def load_processor_settings(cfg: BackboneConfig) -> dict[str, Any]:
     """The model's ``preprocessor_config.json`` (if it has one) updated with ``cfg.processor``."""
     settings: dict[str, Any] = {}
-    if cfg.name_or_path is not None:
+    if cfg.name_or_path is not None and cfg.family not in NATIVE_FAMILIES:
         path = cached_file(resolve_model_path(cfg.name_or_path), "preprocessor_config.json",
                            revision=cfg.revision, _raise_exceptions_for_missing_entries=False)
         if path is not None:
@@ -141,7 +212,8 @@ class FrozenEncoder(nn.Module):
             "family": self.cfg.family,
             "backbone_config": dataclasses.asdict(self.cfg),
             "model_class": type(self.model).__name__,
-            "model_config": self.model.config.to_diff_dict(),
+            "model_config": (dataclasses.asdict(self.model.config) if self.cfg.family in NATIVE_FAMILIES
+                             else self.model.config.to_diff_dict()),
             "transformers_version": transformers.__version__,
             "weights_sha256": self.fingerprint(),
         }

@@ -4,6 +4,11 @@ A backbone is either loaded with ``from_pretrained`` (``name_or_path``: a hub id
 ``revision`` pins the hub commit; ``HF_HUB_OFFLINE=1`` is honoured by transformers itself) or built
 with random weights from ``config`` (a transformers config dict, seeded so every rank and every run
 gets the same weights; nothing is downloaded). Exactly one of the two must be given.
+
+The paper's own extractors, VGG-19 and VGGish (``NATIVE_FAMILIES``, trainer/backbones/vgg.py), are not
+transformers models: ``name_or_path`` is a local ``.pth`` state dict (torchvision's / torchvggish's files,
+read with ``torch.load(weights_only=True)``) and ``config`` holds the fields of ``VGGConfig`` /
+``VGGishConfig`` (``{}``: the full-size architecture).
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import yaml
 FAMILY_MODALITY: dict[str, str] = {
     "clip_vision": "video",
     "vit": "video",
+    "vgg19": "video",
     "ast": "audio",
     "wav2vec2": "audio",
     "hubert": "audio",
     "whisper": "audio",
+    "vggish": "audio",
     "bert": "text",
     "clip_text": "text",
 }
@@ -38,6 +45,11 @@ POOLINGS: dict[str, tuple[str, ...]] = {
     "text": ("tokens", "mean", "cls"),
 }
 
+# built from trainer/backbones/vgg.py, weights from a local .pth file (no transformers class, no hub)
+NATIVE_FAMILIES = ("vgg19", "vggish")
+# a family whose model has no CLS token defaults to its spatial map instead of the modality's first pooling
+_DEFAULT_POOLING = {"vgg19": "patch"}
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 AUDIO_WINDOWS = ("segment", "clip")
 
@@ -50,9 +62,10 @@ class BackboneConfig:
     revision: str | None = None       # hub revision (branch, tag or commit) for name_or_path
     seed: int = 0                     # seed of the random init when built from ``config``
     layer: int | None = None          # None: the model's final output; k: hidden_states[k] (0 = embeddings)
-    pooling: str = ""                 # "" -> the modality's first entry in POOLINGS
+    pooling: str = ""                 # "" -> the modality's first entry in POOLINGS (vgg19: patch)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"   # auto: bfloat16 on CUDA, float32 on CPU
-    processor: dict[str, Any] = field(default_factory=dict)   # overrides of the model's processor settings
+    # overrides of the model's processor settings; vggish also takes pca_params: torchvggish's PCA .pth
+    processor: dict[str, Any] = field(default_factory=dict)
     max_batch: int = 256              # most images / audio windows / captions per encoder forward
     # video
     frames_per_segment: int | None = None   # frames encoded per 1-s segment (evenly picked); None: all decoded
@@ -73,7 +86,7 @@ class BackboneConfig:
 
     @property
     def resolved_pooling(self) -> str:
-        return self.pooling or POOLINGS[self.modality][0]
+        return self.pooling or _DEFAULT_POOLING.get(self.family) or POOLINGS[self.modality][0]
 
     def validate(self, where: str = "backbone") -> None:
         if self.family not in FAMILY_MODALITY:
@@ -91,8 +104,22 @@ class BackboneConfig:
             raise ValueError(f"{where}: pooling 'cls' needs audio_window 'segment' (one CLS per segment)")
         if self.frames_per_segment is not None and self.frames_per_segment < 1:
             raise ValueError(f"{where}: frames_per_segment must be >= 1 or null")
+        if self.family in NATIVE_FAMILIES:
+            self._validate_native(where)
+        elif "pca_params" in self.processor:
+            raise ValueError(f"{where}: processor.pca_params is a vggish setting, not {self.family}'s")
         if self.max_batch < 1 or self.max_text_length < 2:
             raise ValueError(f"{where}: max_batch must be >= 1 and max_text_length >= 2")
+
+    def _validate_native(self, where: str) -> None:
+        if self.revision is not None or self.layer is not None:
+            raise ValueError(f"{where}: {self.family} loads a local .pth file and returns its final output: "
+                             f"revision and layer must be null")
+        if self.resolved_pooling == "cls":
+            raise ValueError(f"{where}: pooling 'cls' needs a CLS token, which {self.family} has not")
+        if self.family == "vggish" and set(self.processor) - {"pca_params"}:
+            raise ValueError(f"{where}: vggish's front end is fixed (vggish_params.py); processor takes only "
+                             f"pca_params, got {sorted(self.processor)}")
 
 
 @dataclass
@@ -137,10 +164,13 @@ def backbone_config_from_dict(d: dict[str, Any], where: str, base_dir: Path | No
     cfg = BackboneConfig(**d)
     if base_dir is not None:
         # "./x" and "../x" are relative to the YAML file; anything else is a hub id or an absolute path
-        for key in ("name_or_path", "tokenizer"):
-            value = getattr(cfg, key)
+        def resolve(value: Any) -> Any:
             if isinstance(value, str) and value.startswith(("./", "../")):
-                setattr(cfg, key, str((base_dir / value).resolve()))
+                return str((base_dir / value).resolve())
+            return value
+
+        cfg.name_or_path, cfg.tokenizer = resolve(cfg.name_or_path), resolve(cfg.tokenizer)
+        cfg.processor = {key: resolve(value) for key, value in cfg.processor.items()}
     cfg.validate(where)
     return cfg
 

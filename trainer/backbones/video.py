@@ -1,10 +1,12 @@
 """Image encoder applied per frame; frames of a 1-s segment are mean-pooled after the encoder.
 
-The seeds averaged VGG19 pool5 maps over 16 frames per second (seed 000 §B.1); here any CLIP vision
-tower or ViT plays that role, optionally keeping its patch grid ``(b t p d)`` for the CMG video
-semantic encoder (SE gating + spatial attention over positions). Preprocessing follows the model's
-image-processor settings (resize, centre crop, rescale, mean/std) as batched tensor ops on the
-model's device.
+The seeds averaged VGG19 pool5 maps over 16 frames per second (seed 000 §B.1; the AVE paper's extraction,
+which the CMG authors' README points to). ``vgg19`` is that network (trainer/backbones/vgg.py): its
+7x7x512 pool5 map per frame becomes ``(49 512)``, cells row-major like the released ``(7 7 512)`` maps,
+or its global average ``(512)`` with pooling mean. A CLIP vision tower or ViT can play the same role,
+optionally keeping its patch grid ``(b t p d)`` for the CMG video semantic encoder (SE gating + spatial
+attention over positions). Preprocessing follows the model's image-processor settings (resize, centre
+crop, rescale, mean/std) as batched tensor ops on the model's device.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+)
 
 from trainer.backbones.base import FrozenEncoder, load_processor_settings
 from trainer.backbones.config import BackboneConfig
@@ -27,8 +32,12 @@ def family_image_defaults(family: str, image_size: int) -> dict[str, Any]:
     if family == "clip_vision":
         return {"size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size},
                 "do_center_crop": True, "resample": 3, "image_mean": OPENAI_CLIP_MEAN, "image_std": OPENAI_CLIP_STD}
+    # vgg19: torchvision's ImageNet statistics (what vgg19-dcbb9e9d.pth was trained with); the whole frame is
+    # resized to image_size x image_size (no crop: decoded frames are already squashed to a square)
+    imagenet = family == "vgg19"
     return {"size": {"height": image_size, "width": image_size}, "do_center_crop": False, "resample": 2,
-            "image_mean": IMAGENET_STANDARD_MEAN, "image_std": IMAGENET_STANDARD_STD}
+            "image_mean": IMAGENET_DEFAULT_MEAN if imagenet else IMAGENET_STANDARD_MEAN,
+            "image_std": IMAGENET_DEFAULT_STD if imagenet else IMAGENET_STANDARD_STD}
 
 
 def _as_hw(size: Any) -> dict[str, int]:
@@ -88,7 +97,7 @@ class VideoBackbone(FrozenEncoder):
         mc = self.model.config
         settings = family_image_defaults(cfg.family, mc.image_size) | load_processor_settings(cfg)
         self.preprocess = ImagePreprocessor(settings, mc.image_size, self.device)
-        self.grid = mc.image_size // mc.patch_size
+        self.grid = mc.image_size // mc.patch_size     # vgg19: patch_size is the conv stack's stride (32)
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -108,9 +117,12 @@ class VideoBackbone(FrozenEncoder):
     def _encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(n h w 3) uint8`` -> ``(n d)`` or ``(n p d)``."""
         pixels = self.preprocess(frames).to(self.dtype)
+        pooling = self.cfg.resolved_pooling
+        if self.cfg.family == "vgg19":
+            cells = self.model(pixel_values=pixels).flatten(2).transpose(1, 2)   # pool5 (n d h w) -> (n h·w d)
+            return cells.mean(dim=1) if pooling == "mean" else cells
         out = self.model(pixel_values=pixels, output_hidden_states=self.wants_hidden_states)
         h = self.hidden(out)                   # (n 1+p d): CLS first, then the patches row-major
-        pooling = self.cfg.resolved_pooling
         if pooling == "cls":
             return h[:, 0]
         if pooling == "mean":
