@@ -88,7 +88,8 @@ def _one_thread(_: int) -> None:
 
 def output_samples(batch: dict, feats: dict[str, torch.Tensor], dtype: np.dtype) -> Iterator[dict]:
     """One output sample per clip of ``batch`` (text keeps its real tokens only; json and txt only for the
-    clips that had them)."""
+    clips that had them). ``batch["label_extra"]``, where present, gives each clip more json keys (``shards.convert``:
+    ``num_classes`` and AVVP's per-second event sets)."""
     for i, key in enumerate(batch["key"]):
         sample = {"__key__": key}
         for modality, value in feats.items():
@@ -101,6 +102,7 @@ def output_samples(batch: dict, feats: dict[str, torch.Tensor], dtype: np.dtype)
         if batch["labelled"][i]:
             labels = {"clip_label": int(batch["clip_label"][i]), "video_labels": batch["video_labels"][i].tolist(),
                       "audio_labels": batch["audio_labels"][i].tolist()}
+            labels.update(batch["label_extra"][i] if "label_extra" in batch else {})
             sample["json"] = json.dumps(labels).encode()
         if batch["caption"][i] is not None:
             sample["txt"] = batch["caption"][i].encode()

@@ -1,29 +1,47 @@
 """Downstream cross-modal generalisation of a pretraining checkpoint (ALGORITHMS.md §5).
 
-    python -m trainer.evaluate CHECKPOINT [--data URLS] [--kind clips|features] [--backbones YAML]
-                               [--public ROOT] [--tasks classification,localisation,retrieval]
-                               [--cross-data URLS | --cross-public ROOT] [--class-map 0:0,3:1]
-                               [--toc Q] [--toc-lambda 0.3] [--epochs 30] [--json PATH] [--no-tracking]
+    python -m trainer.evaluate CHECKPOINT [--data URLS] [--kind clips|features] [--backbones YAML] [--public ROOT]
+                               [--cross-data URLS | --cross-public ROOT] [--class-map 2:3,4:1]
+                               [--ucf-data URLS --vgg-data URLS] [--ucf-vgg-map 0:0,1:1]
+                               [--tasks classification,localisation,...] [--suite paper] [--pretrain-set 40K]
+                               [--toc Q] [--toc-lambda 0.3] [--epochs N] [--lr LR] [--batch-size B]
+                               [--json PATH] [--no-tracking]
 
 CHECKPOINT: a run directory (its latest checkpoint), a checkpoints directory, ``step_N`` or its model.pt,
-of any registered task (``meta.json["task"]``: Uni-Code, FCCID, ...; every model gives per-segment codes
+of any registered task (``meta.json["task"]``: Uni-Code, FCCID, COMET, ...; every model gives per-segment codes
 through its ``segment_codes``, FCCID through its coarse path). The encoder and codebook are frozen (eval
 mode, no gradients; see ``trainer.eval.encode``). Features come from clip shards (decoded and passed
 through the frozen backbones the pretraining used, checked against the checkpoint's fingerprint), feature
-shards (``shards.extract``), or the public AVE h5/npz layout (``--public``: its train/val/test order files
-when present). Shards are split into train/val/test by a seeded permutation of the clips in key order
-(``--split``).
+shards (``shards.extract``, or the converted released feature sets), or the public AVE h5/npz layout (``--public``:
+its train/val/test order files when present). Shards are split into train/val/test by a seeded permutation of
+the clips in key order (``--split``). Labels are the manifest's per-clip ``clip_label`` and per-second
+``audio_labels`` / ``video_labels``, indices into each dataset's own class list (a converted release's manifest
+names it: ``released.classes``, shards.convert; else AVE's and AVVP's published orders, trainer/data/released.py).
 
-Tasks (trainer/eval/probes.py): AVE-style classification, AVVP-style localisation (micro P/R/F1), X→audio
-zero-shot retrieval (recall@1/5/10; video per segment, text by clip-mean codes), and with a second dataset
-cross-dataset localisation (train on this data's clip labels, test per segment on the other's shared
-classes). ``--toc Q`` keeps the Q codebook dimensions TOC selects (closed form, trainer/toc.py) and every
-head reads only those.
+Datasets and the protocols (``--tasks``; trainer/eval/probes.py) that read them:
+- ``--data`` (AVE's role; default: the pretraining data): ``classification`` (AVE: accuracy, V→A and A→V),
+  ``retrieval`` (X→audio and audio→X, recall@1/5/10), ``class_retrieval`` (every modality pair, both directions,
+  class-level precision@1/5/10, grouped as seed 004's seen / unseen pairs), and the training side of
+  ``cross_dataset``; ``localisation`` too when no second dataset is given;
+- ``--cross-data`` / ``--cross-public`` (AVVP's role: per-modality per-second labels): ``localisation`` (AVVP:
+  micro P/R/F1) and the test side of ``cross_dataset`` (AVE→AVVP: weakly supervised on --data's clip labels,
+  micro F1 per segment on this dataset's shared classes: the 12 of seed 000 §B.2 matched by name, or
+  ``--class-map``);
+- ``--ucf-data`` (video) and ``--vgg-data`` (audio): ``ucf_vgg`` (UCF(v)↔VGG(a): a classifier of the 16 shared
+  classes, class i of one set being class i of the other as the authors pair them, trained on one dataset's
+  modality and tested on the other dataset's other modality; accuracy; ``--ucf-vgg-map`` overrides).
+Without ``--tasks``, every protocol whose data is given runs; a protocol named in ``--tasks`` without its data is
+refused (exit 2, naming the option). Heads train as seed 000 §B.2 says (trainer/eval/paper.py ``PAPER_HEADS``:
+lr 2.5e-4, batch 256, 30 or 50 epochs); ``--epochs/--lr/--batch-size`` override every protocol.
+``--toc Q`` keeps the Q codebook dimensions TOC selects (closed form, trainer/toc.py) and every head reads only those.
+
+``--suite paper`` runs every protocol whose data is given and prints seed 001 Table 1 and Table 3 and seed 003
+Table 1 with the papers' rows and this checkpoint's numbers ("—" where a protocol's data was not given).
 
 Defaults come from the pretraining run's ``config.yaml`` (shard URLs, decoding, backbones, MLflow store and
 experiment). Results are printed as a table and logged as a child MLflow run of the pretraining run (tag
-``mlflow.parentRunId`` = ``meta.json["mlflow_run_id"]``) in the run's own tracking store, with the table
-and a JSON of every number written to ``<run>/evaluation/<checkpoint>[-toc<Q>]/`` and logged as artifacts.
+``mlflow.parentRunId`` = ``meta.json["mlflow_run_id"]``) in the run's own tracking store, with the tables and a
+JSON of every number written to ``<run>/evaluation/<checkpoint>[-toc<Q>]/`` and logged as artifacts.
 Exit codes: 0 done, 2 bad arguments or data (nothing evaluated).
 """
 
@@ -34,32 +52,42 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
+from torch import Tensor
 
 from trainer.config import ConfigError, to_dict
 from trainer.data.features import FeatureError, PublicFeatureConfig
+from trainer.data.released import AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLASSES, shared_class_map
+from trainer.data.stream import DataConfig, expand_shard_urls, read_manifest
 from trainer.eval.encode import (
-    LabelledFeatures, Pretrained, encode_split, load_pretrained, read_public_features,
-    read_shard_features, split_indices,
+    LabelledFeatures, Pretrained, encode_split, load_pretrained, read_public_features, read_shard_features,
+    split_indices, trained_pairs,
 )
+from trainer.eval.paper import PAPER_HEADS, PRETRAIN_SETS, checkpoint_switches, render_tables, table_metrics
 from trainer.eval.probes import (
-    SPLITS, CodeSplit, ProbeConfig, ProbeResult, classification_probe, code_agreement, cross_dataset_probe,
-    localisation_probe, zero_shot_retrieval,
+    SPLITS, CodeSplit, ProbeConfig, ProbeResult, class_retrieval, classification_probe, code_agreement,
+    cross_dataset_classification, cross_dataset_probe, localisation_probe, zero_shot_retrieval,
 )
 from trainer.job import JobConfig, read_run_config
 from trainer.toc import TOCConfig, toc_scores
 from trainer.tracking import Tracker
 
-TASKS = ("classification", "localisation", "retrieval")
+TASKS = ("classification", "localisation", "cross_dataset", "ucf_vgg", "retrieval", "class_retrieval")
 LABELLED_MODALITIES = ("audio", "video")   # the modalities that carry per-segment event labels
+# the datasets a protocol needs beyond --data, and the options that give them
+NEEDS = {"cross_dataset": ("cross",), "ucf_vgg": ("ucf", "vgg")}
+OPTIONS = {"cross": "--cross-data or --cross-public", "ucf": "--ucf-data", "vgg": "--vgg-data"}
+UCF_VGG_CLASSES = 16    # the authors' 16-way UCF↔VGGSound head (haihuangcode/CMG code/src/ucf_vggsound.py)
 
 
 @dataclass
 class SourceConfig:
-    """Where the labelled downstream features come from ("" = the pretraining run's setting)."""
+    """Where one labelled downstream dataset comes from ("" = the pretraining run's setting)."""
 
     urls: str = ""                                        # clip or feature shards
     kind: Literal["", "clips", "features"] = ""
@@ -71,12 +99,17 @@ class SourceConfig:
 
 @dataclass
 class EvaluateConfig:
-    source: SourceConfig = field(default_factory=SourceConfig)
-    cross: SourceConfig | None = None                     # the second dataset of the cross-dataset task
-    class_map: dict[str, int] = field(default_factory=dict)   # {this data's class: the cross data's class}
-    tasks: tuple[str, ...] = TASKS
-    classes: int = 0                                      # 0 = largest label + 1
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)   # AVE's role (see the module docstring)
+    cross: SourceConfig | None = None                     # AVVP's role: localisation and AVE→AVVP's test set
+    ucf: SourceConfig | None = None                       # UCF(v)↔VGG(a): the video dataset...
+    vgg: SourceConfig | None = None                       # ...and the audio dataset
+    class_map: dict[str, int] = field(default_factory=dict)     # AVE→AVVP {data class: cross class}; {}: the 12
+    ucf_vgg_map: dict[str, int] = field(default_factory=dict)   # {UCF class: VGGSound class}; {}: line by line
+    tasks: tuple[str, ...] = ()                           # () = every protocol whose data is given
+    suite: Literal["", "paper"] = ""                      # "paper": also the seed tables
+    pretrain_set: Literal["24K", "40K", "81K"] = "40K"    # seed 001 Table 1's column group for this checkpoint
+    classes: int = 0                                      # classes of --data (0 = largest label + 1)
+    heads: dict[str, ProbeConfig] = field(default_factory=lambda: dict(PAPER_HEADS))   # per protocol
     toc: TOCConfig | None = None
     tracking: bool = True
 
@@ -88,9 +121,26 @@ def run_config(pretrained: Pretrained) -> JobConfig:
     return read_run_config(pretrained.run_dir)
 
 
-def read_source(src: SourceConfig, job: JobConfig, pretrained: Pretrained) -> dict[str, LabelledFeatures]:
-    """train/val/test ``LabelledFeatures`` of one source (official public splits, else a seeded split)."""
-    modalities = pretrained.model.downstream_modalities
+def data_config(src: SourceConfig, job: JobConfig) -> DataConfig:
+    """The pretraining job's data settings for the shards of ``src`` (their own manifest when ``src`` names them)."""
+    return dataclasses.replace(job.data, urls=src.urls or job.data.urls, kind=src.kind or job.data.kind,
+                               manifest="" if src.urls else job.data.manifest)
+
+
+def class_names(src: SourceConfig, job: JobConfig) -> list[str] | None:
+    """The class of each label index, as a converted release's manifest lists them (``released.classes``,
+    shards.convert); None for sets that do not name their classes (the public layout, shards.extract's output)."""
+    if src.public:
+        return None
+    cfg = data_config(src, job)
+    classes = read_manifest(expand_shard_urls(cfg.urls), cfg.manifest)[1].get("released", {}).get("classes")
+    return list(classes) if classes else None
+
+
+def read_source(src: SourceConfig, job: JobConfig, pretrained: Pretrained,
+                modalities: tuple[str, ...]) -> dict[str, LabelledFeatures]:
+    """train/val/test ``LabelledFeatures`` of one source (official public splits, else a seeded split): the
+    ``modalities`` of shards (the public layout always has audio and video)."""
     if src.public:
         root = Path(src.public)
         official = root.is_dir() and all((root / PublicFeatureConfig.order_file.format(split=s)).is_file()
@@ -99,22 +149,21 @@ def read_source(src: SourceConfig, job: JobConfig, pretrained: Pretrained) -> di
             return {s: read_public_features(PublicFeatureConfig(root=str(root), split=s)) for s in SPLITS}
         data = read_public_features(PublicFeatureConfig(root=str(root), split=None))
     else:
-        data_cfg = dataclasses.replace(job.data, urls=src.urls or job.data.urls, kind=src.kind or job.data.kind)
+        data_cfg = data_config(src, job)
         backbones = None
         if data_cfg.kind == "clips":
-            backbones = _backbones(src.backbones or job.backbones, pretrained)
+            backbones = _backbones(src.backbones or job.backbones, pretrained, modalities)
         data = read_shard_features(data_cfg, modalities, backbones)
     parts = split_indices(len(data), src.split, src.split_seed)
     return {name: data.subset(index) for name, index in parts.items()}
 
 
-def _backbones(path: str, pretrained: Pretrained):
+def _backbones(path: str, pretrained: Pretrained, modalities: tuple[str, ...]):
     """The frozen backbones of ``path``, refused unless they are the ones the checkpoint was trained on."""
     from trainer.backbones import FrozenBackbones, load_backbones_config
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"backbones file not found: {path} (pass --backbones)")
-    modalities = pretrained.model.downstream_modalities
     backbones = FrozenBackbones(load_backbones_config(path).only(modalities))
     trained_on = pretrained.meta.get("backbones")
     if trained_on:   # older runs also list backbones of modalities the model never used: compare the model's
@@ -129,87 +178,237 @@ def number_of_classes(parts: list[LabelledFeatures]) -> int:
     return top + 1
 
 
+@dataclass
+class EncodedDataset:
+    """One dataset's frozen codes per split, its number of event classes and their names (when it names them)."""
+
+    splits: dict[str, CodeSplit]
+    classes: int
+    names: list[str] | None = None
+
+    def report(self) -> dict[str, Any]:
+        return {"clips": {name: len(split) for name, split in self.splits.items()}, "classes": self.classes}
+
+
 # ---------------------------------------------------------------------- the run
+
+def selected_tasks(cfg: EvaluateConfig) -> tuple[str, ...]:
+    """``cfg.tasks`` (each refused without its data), or every protocol whose data is given; ``ValueError`` names
+    the missing option."""
+    given = {name for name in OPTIONS if getattr(cfg, name) is not None}
+    half = {"ucf", "vgg"} & given
+    if len(half) == 1:
+        raise ValueError(f"UCF(v)↔VGG(a) needs both datasets: {OPTIONS[next(iter({'ucf', 'vgg'} - half))]} is missing")
+    unknown = [t for t in cfg.tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown} in --tasks; choose from {list(TASKS)}")
+    for task in cfg.tasks:
+        missing = [OPTIONS[name] for name in NEEDS.get(task, ()) if name not in given]
+        if missing:
+            raise ValueError(f"task '{task}' needs its data: give {' and '.join(missing)}")
+    return cfg.tasks or tuple(t for t in TASKS if set(NEEDS.get(t, ())) <= given)
+
+
+def datasets_needed(tasks: tuple[str, ...], cfg: EvaluateConfig) -> list[str]:
+    """The datasets (``data``, ``cross``, ``ucf``, ``vgg``) that ``tasks`` read."""
+    localise_on = "cross" if cfg.cross is not None else "data"
+    needed = {"data"} if set(tasks) & {"classification", "retrieval", "class_retrieval", "cross_dataset"} else set()
+    needed |= {localise_on} if "localisation" in tasks else set()
+    needed |= {name for task in tasks for name in NEEDS.get(task, ())}
+    return [name for name in ("data", "cross", "ucf", "vgg") if name in needed]
+
 
 def directions(modalities: tuple[str, ...]) -> list[tuple[str, str]]:
     labelled = [m for m in modalities if m in LABELLED_MODALITIES]
     return [(a, b) for a in labelled for b in labelled if a != b]
 
 
-def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dict[str, Any]:
-    """Encode, optionally apply TOC, run every task; a JSON-able dict of the results."""
+def read_datasets(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig, roles: list[str],
+                  dims: Tensor | None) -> dict[str, EncodedDataset]:
+    """Read and encode each dataset of ``roles`` (UCF: video only, VGGSound: audio only), keeping the code dimensions
+    ``dims`` (TOC) when given."""
     model = pretrained.model
-    start = time.perf_counter()
-    data = read_source(cfg.source, job, pretrained)
-    splits: dict[str, CodeSplit] = {name: encode_split(model, part) for name, part in data.items()}
-    # cross-dataset: scored on the held-out (test) split of the second dataset
-    cross_test = encode_split(model, read_source(cfg.cross, job, pretrained)["test"]) if cfg.cross else None
-    encoded = time.perf_counter()
-    classes = cfg.classes or number_of_classes(list(data.values()))
-    toc = None
-    if cfg.toc is not None:
-        toc = toc_scores(model.quantizer.codebook, cfg.toc)
-        splits = {name: split.select_dims(toc.selected) for name, split in splits.items()}
-        cross_test = cross_test.select_dims(toc.selected) if cross_test is not None else None
+    modalities = model.downstream_modalities
+    only = {"ucf": ("video",), "vgg": ("audio",)}
+    absent = [m for name in roles for m in only.get(name, ()) if m not in modalities]
+    if absent:
+        raise ValueError(f"UCF(v)↔VGG(a) needs a model that encodes {sorted(set(absent))} "
+                         f"(this one encodes {list(modalities)})")
+    out = {}
+    for name in roles:
+        src = getattr(cfg, "source" if name == "data" else name)
+        try:
+            parts = read_source(src, job, pretrained, only.get(name, modalities))
+            vocabulary = class_names(src, job)
+        except (FeatureError, FileNotFoundError, KeyError, ValueError) as err:
+            if name == "data":        # the default dataset: its errors read as they always did
+                raise
+            raise ValueError(f"{OPTIONS[name]}: {err.args[0] if err.args else err}") from err
+        classes = (cfg.classes if name == "data" else 0) or number_of_classes(list(parts.values()))
+        splits = {split: encode_split(model, part) for split, part in parts.items()}
+        if dims is not None:
+            splits = {split: codes.select_dims(dims) for split, codes in splits.items()}
+        out[name] = EncodedDataset(splits, classes, vocabulary)
+    return out
 
+
+def shared_classes(task: str, cfg: EvaluateConfig,
+                   data: Mapping[str, EncodedDataset]) -> tuple[list[str], dict[int, int]]:
+    """(names, {dataset-1 class: dataset-2 class}) of the classes the two datasets of ``task`` share.
+
+    ``--class-map`` / ``--ucf-vgg-map`` when given. Else AVE→AVVP: the 12 classes of seed 000 §B.2
+    (trainer/data/released.py ``AVE_AVVP_SHARED_CLASSES``) found by name in the two datasets' class lists (their
+    manifests', else ``AVE_CLASSES`` / ``AVVP_CLASSES``); UCF(v)↔VGG(a): class i of one is class i of the other, as
+    the authors pair line i of UCF101sameVGGSound.txt with line i of VGGSoundsameUCF101.txt (16 classes).
+    """
+    given = {"cross_dataset": cfg.class_map, "ucf_vgg": cfg.ucf_vgg_map}[task]
+    if given:
+        pairs = {int(k): v for k, v in sorted(given.items(), key=lambda item: int(item[0]))}
+        return [f"{a}:{b}" for a, b in pairs.items()], pairs
+    if task == "cross_dataset":
+        first, second = data["data"].names or AVE_CLASSES, data["cross"].names or AVVP_CLASSES
+        return ([s.name for s in AVE_AVVP_SHARED_CLASSES],
+                shared_class_map(AVE_AVVP_SHARED_CLASSES, first, second))
+    ucf, vgg = data["ucf"].names, data["vgg"].names
+    if ucf is None or vgg is None:
+        return [f"class {i}" for i in range(UCF_VGG_CLASSES)], {i: i for i in range(UCF_VGG_CLASSES)}
+    if len(ucf) != len(vgg):
+        raise ValueError(f"the UCF-101 shards name {len(ucf)} classes, the VGGSound shards {len(vgg)}: class i of one "
+                         "must be class i of the other (or give --ucf-vgg-map)")
+    return [f"{a} ↔ {b}" for a, b in zip(ucf, vgg)], {i: i for i in range(len(ucf))}
+
+
+def run_probes(tasks: tuple[str, ...], data: dict[str, EncodedDataset], heads: Mapping[str, ProbeConfig],
+               shared: Mapping[str, dict[int, int]], modalities: tuple[str, ...]) -> list[ProbeResult]:
+    """The trained-head protocols, in both directions between audio and video; ``shared``: each cross-dataset
+    protocol's {dataset-1 class: dataset-2 class}."""
     results: list[ProbeResult] = []
-    modalities = model.downstream_modalities        # a continual model's carried modalities included
-    pairs = directions(modalities)
-    for source, target in pairs:
-        if "classification" in cfg.tasks:
-            results.append(classification_probe(splits, source, target, classes, cfg.probe))
-        if "localisation" in cfg.tasks:
-            results.append(localisation_probe(splits, source, target, classes, cfg.probe))
-        if cross_test is not None:
-            class_map = {int(k): v for k, v in cfg.class_map.items()} or {c: c for c in range(classes)}
-            results.append(cross_dataset_probe(splits, cross_test, source, target, classes, class_map, cfg.probe))
+    for source, target in directions(modalities):
+        if "classification" in tasks:
+            results.append(classification_probe(data["data"].splits, source, target, data["data"].classes,
+                                                heads["classification"]))
+        if "localisation" in tasks:
+            localise = data["cross" if "cross" in data else "data"]
+            results.append(localisation_probe(localise.splits, source, target, localise.classes,
+                                              heads["localisation"]))
+        if "cross_dataset" in tasks:
+            class_map = shared["cross_dataset"]
+            classes = max(data["data"].classes, max(class_map) + 1)   # the head scores every shared class
+            results.append(cross_dataset_probe(data["data"].splits, data["cross"].splits["test"], source, target,
+                                               classes, class_map, heads["cross_dataset"]))
+        if "ucf_vgg" in tasks:
+            ucf_to_vgg = shared["ucf_vgg"]
+            first, second, class_map = ((data["ucf"], data["vgg"], ucf_to_vgg) if source == "video" else
+                                        (data["vgg"], data["ucf"], {b: a for a, b in ucf_to_vgg.items()}))
+            results.append(cross_dataset_classification(first.splits, second.splits["test"], source, target,
+                                                        class_map, heads["ucf_vgg"]))
+    return results
+
+
+def run_retrieval(tasks: tuple[str, ...], test: CodeSplit, modalities: tuple[str, ...],
+                  seen: set[frozenset[str]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Zero-shot retrieval on ``test``: X↔audio recall@k (clip i's own counterpart is the match), and every pair's
+    class-level precision@k with seed 004's seen/unseen mark and Avg. (the mean of its six numbers)."""
+    present = [m for m in modalities if m in test.vectors]
     retrieval = {}
-    if "retrieval" in cfg.tasks and "audio" in modalities:
+    if "retrieval" in tasks and "audio" in present:
         # audio-visual pairs share the time axis; text tokens do not, so text retrieves by clip-mean codes
-        retrieval = {m: zero_shot_retrieval(splits["test"], m, "audio", aligned=m in LABELLED_MODALITIES)
-                     for m in modalities
-                     if m != "audio" and m in splits["test"].vectors}
-    test_labels = [labels for m, labels in splits["test"].segment_labels.items() if m in LABELLED_MODALITIES]
-    # micro F1 of random per-segment tags drawn at the labels' own rate: precision = recall = that rate
-    tags = classes * sum(y.numel() for y in test_labels)
-    positive_rate = sum(int((y >= 0).sum()) for y in test_labels) / max(1, tags)
+        for m in (m for m in present if m != "audio"):
+            aligned = m in LABELLED_MODALITIES
+            retrieval[m] = {
+                direction: {f"R@{k}": v for k, v in zero_shot_retrieval(test, q, g, aligned=aligned).items()}
+                for direction, q, g in (("to_audio", m, "audio"), ("from_audio", "audio", m))}
+    pairs = {}
+    if "class_retrieval" in tasks:
+        for a, b in combinations(present, 2):
+            precision = {f"{q}→{g}": {f"P@{k}": v for k, v in class_retrieval(test, q, g).items()}
+                         for q, g in ((a, b), (b, a))}
+            values = [v for scores in precision.values() for v in scores.values()]
+            pairs[f"{a}↔{b}"] = {"seen": frozenset((a, b)) in seen, "precision": precision,
+                                 "avg": sum(values) / len(values)}
+    return retrieval, pairs
+
+
+def positive_rate(dataset: EncodedDataset) -> float:
+    """The share of (clip, segment, class) cells of the test split that carry an event: the micro F1 of random
+    per-segment tags drawn at the labels' own rate (precision = recall = that rate), localisation's chance."""
+    labels = [y for m, y in dataset.splits["test"].segment_labels.items() if m in LABELLED_MODALITIES]
+    cells = dataset.classes * sum(y.numel() for y in labels)
+    return sum(int((y >= 0).sum()) for y in labels) / max(1, cells)
+
+
+def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dict[str, Any]:
+    """Encode, optionally apply TOC, run every selected protocol; a JSON-able dict of the results."""
+    model = pretrained.model
+    tasks = selected_tasks(cfg)
+    start = time.perf_counter()
+    toc = None if cfg.toc is None else toc_scores(model.quantizer.codebook, cfg.toc)
+    data = read_datasets(pretrained, cfg, job, datasets_needed(tasks, cfg), None if toc is None else toc.selected)
+    encoded = time.perf_counter()
+    modalities = model.downstream_modalities        # a continual model's carried modalities included
+    shared = {task: shared_classes(task, cfg, data) for task in ("cross_dataset", "ucf_vgg") if task in tasks}
+    results = run_probes(tasks, data, cfg.heads, {task: pairs for task, (_, pairs) in shared.items()}, modalities)
+    retrieval, pairs = ({}, {}) if "data" not in data else \
+        run_retrieval(tasks, data["data"].splits["test"], modalities, trained_pairs(model))
+
+    localised = data.get("cross") or data.get("data")       # the dataset localisation reads
     agreement = None
-    if {"audio", "video"} <= set(splits["test"].indices):
-        agreement = code_agreement(splits["test"], "audio", "video", classes)[1]
+    if "data" in data and {"audio", "video"} <= set(data["data"].splits["test"].indices):
+        agreement = code_agreement(data["data"].splits["test"], "audio", "video", data["data"].classes)[1]
+    primary = data["data"].report() if "data" in data else {"clips": {}, "classes": 0}
     return {
         "checkpoint": str(pretrained.checkpoint), "task": pretrained.meta.get("task", "unicode"),
-        "step": pretrained.step, "classes": classes,
-        "clips": {name: len(part) for name, part in data.items()},
+        "step": pretrained.step, "tasks": list(tasks), "classes": primary["classes"], "clips": primary["clips"],
+        "datasets": {name: dataset.report() for name, dataset in data.items()},
+        "shared_classes": {task: names for task, (names, _) in shared.items()},
+        "switches": checkpoint_switches(pretrained.meta.get("model_config", {})),
         "toc": None if toc is None else {"dims": toc.selected.tolist(), "lambda": cfg.toc.balance,
                                          "normalize": cfg.toc.normalize},
         "probes": [dataclasses.asdict(r) | {"direction": r.direction} for r in results],
-        "retrieval": {m: {f"R@{k}": v for k, v in scores.items()} for m, scores in retrieval.items()},
-        "same_code_share": agreement, "positive_rate": positive_rate,
+        "retrieval": retrieval, "class_retrieval": pairs,
+        "same_code_share": agreement, "positive_rate": 0.0 if localised is None else positive_rate(localised),
         "encode_s": encoded - start, "probe_s": time.perf_counter() - encoded,
     }
 
 
+def _initials(name: str) -> str:
+    """"video→audio" -> "V→A", "audio↔text" -> "A↔T"."""
+    arrow = "↔" if "↔" in name else "→"
+    return arrow.join(m[0].upper() for m in name.split(arrow))
+
+
 def format_table(report: dict[str, Any]) -> str:
-    clips = report["clips"]
     toc = report["toc"]
     toc_text = "off" if toc is None else f"{len(toc['dims'])} dims (λ={toc['lambda']})"
-    lines = [f"cross-modal generalisation of {report['checkpoint']} ({report['task']}, "
-             f"step {report['step']}): "
-             f"{report['classes']} classes, train/val/test = {clips['train']}/{clips['val']}/{clips['test']} clips, "
-             f"TOC: {toc_text}",
-             "epoch chosen on the source modality's val split; 'cross' = target modality's test split, "
-             "'in-modality' = source modality's test split (same head)",
-             f"{'task':<16}{'dir':<6}{'metric':<10}{'cross':>8}{'in-modality':>13}{'val':>8}{'epoch':>7}"
-             f"{'precision':>11}{'recall':>8}"]
+    lines = [f"cross-modal generalisation of {report['checkpoint']} ({report['task']}, step {report['step']}), "
+             f"TOC: {toc_text}"]
+    roles = {"data": "--data", "cross": "--cross (AVVP)", "ucf": "--ucf-data", "vgg": "--vgg-data"}
+    for name, dataset in report["datasets"].items():
+        clips = dataset["clips"]
+        lines.append(f"  {roles[name]}: {dataset['classes']} classes, train/val/test = "
+                     f"{clips['train']}/{clips['val']}/{clips['test']} clips")
+    lines += ["epoch chosen on the source modality's val split; 'cross' = target modality's test split, "
+              "'in-modality' = source modality's test split (same head)",
+              f"{'task':<16}{'dir':<6}{'metric':<10}{'cross':>8}{'in-modality':>13}{'val':>8}{'epoch':>7}"
+              f"{'precision':>11}{'recall':>8}"]
     lines.append("-" * len(lines[-1]))
     for p in report["probes"]:
         extra = (f"{100 * p['details']['precision']:>11.1f}{100 * p['details']['recall']:>8.1f}"
                  if "precision" in p["details"] else "")
         lines.append(f"{p['task']:<16}{p['direction']:<6}{p['metric']:<10}{100 * p['cross']:>8.1f}"
                      f"{100 * p['in_modality']:>13.1f}{100 * p['val']:>8.1f}{p['epoch']:>7}{extra}")
-    for query, scores in report["retrieval"].items():
-        ranks = "  ".join(f"{k} {100 * v:.1f}" for k, v in scores.items())
-        lines.append(f"{'retrieval':<16}{query[0].upper() + '→A':<6}{'zero-shot':<10}{ranks:>30}  (test split)")
+    for m, scores in report["retrieval"].items():
+        for direction, recall in scores.items():
+            name = _initials(f"{m}→audio" if direction == "to_audio" else f"audio→{m}")
+            ranks = "  ".join(f"{k} {100 * v:.1f}" for k, v in recall.items())
+            lines.append(f"{'retrieval':<16}{name:<6}{'zero-shot':<10}{ranks:>30}  (test split)")
+    for pair, scores in report["class_retrieval"].items():
+        seen = "seen" if scores["seen"] else "unseen"
+        for direction, precision in scores["precision"].items():
+            ranks = "  ".join(f"{k} {100 * v:.1f}" for k, v in precision.items())
+            lines.append(f"{'class retrieval':<16}{_initials(direction):<6}{seen:<10}{ranks:>30}")
+        average = f"Avg. {100 * scores['avg']:.1f}"
+        lines.append(f"{'class retrieval':<16}{_initials(pair):<6}{seen:<10}{average:>30}")
     if report["same_code_share"] is not None:
         lines.append(f"same code at (clip, segment) cells where audio and video carry the same event: "
                      f"{100 * report['same_code_share']:.1f}%")
@@ -218,23 +417,30 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _metric_key(direction: str) -> str:
-    return direction.replace("→", "_to_")
+    return direction.replace("→", "_to_").replace("↔", "_")
 
 
 def report_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """Flat MLflow metrics: ``eval/<task>/<V_to_A>/<cross|in_modality|val>`` and retrieval ``R@k``."""
+    """Flat MLflow metrics: ``eval/<task>/<V_to_A>/<cross|in_modality|val>``, retrieval ``R@k`` both ways and the
+    pairs' class-level ``P@k`` and ``avg``."""
     metrics = {}
     for p in report["probes"]:
         for key in ("cross", "in_modality", "val"):
             metrics[f"eval/{p['task']}/{_metric_key(p['direction'])}/{key}"] = p[key]
-    for query, scores in report["retrieval"].items():
-        metrics.update({f"eval/retrieval/{query}_to_audio/{k}": v for k, v in scores.items()})
+    for m, scores in report["retrieval"].items():
+        for direction, recall in scores.items():
+            name = f"{m}_to_audio" if direction == "to_audio" else f"audio_to_{m}"
+            metrics.update({f"eval/retrieval/{name}/{k}": v for k, v in recall.items()})
+    for pair, scores in report["class_retrieval"].items():
+        for direction, precision in scores["precision"].items():
+            metrics.update({f"eval/class_retrieval/{_metric_key(direction)}/{k}": v for k, v in precision.items()})
+        metrics[f"eval/class_retrieval/{_metric_key(pair)}/avg"] = scores["avg"]
     if report["same_code_share"] is not None:
         metrics["eval/same_code_share"] = report["same_code_share"]
     return metrics
 
 
-def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, report: dict[str, Any],
+def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, metrics: dict[str, float],
                   files: list[Path]) -> str | None:
     """A child run of the pretraining run in the run's tracking store; returns its id (None if not created)."""
     tracking = dataclasses.replace(job.tracking, run_name=f"evaluate-{files[0].parent.name}", flush_interval_s=0.0)
@@ -245,7 +451,7 @@ def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, r
         tags |= {"mlflow.parentRunId": parent, "pretrain_run_id": parent}
     tracker.start(tags=tags)
     tracker.log_params(to_dict(cfg))
-    tracker.log_metrics(report_metrics(report), pretrained.step)
+    tracker.log_metrics(metrics, pretrained.step)
     for path in files:
         tracker.log_artifact(path, "evaluation")
     tracker.end("FINISHED")
@@ -265,29 +471,49 @@ def _class_map(text: str) -> dict[str, int]:
     try:
         return {str(int(a)): int(b) for a, b in (pair.split(":") for pair in text.split(",") if pair)}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--class-map needs pairs like 0:0,3:1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"a class map needs pairs like 0:0,3:1, got {text!r}") from None
+
+
+def head_settings(epochs: int | None, lr: float | None, batch_size: int | None, hidden: int,
+                  seed: int) -> dict[str, ProbeConfig]:
+    """``PAPER_HEADS`` with the command line's overrides (None: the protocol's own setting)."""
+    return {task: dataclasses.replace(cfg, epochs=epochs or cfg.epochs, lr=lr or cfg.lr,
+                                      batch_size=batch_size or cfg.batch_size, seed=seed,
+                                      head=dataclasses.replace(cfg.head, hidden_dim=hidden))
+            for task, cfg in PAPER_HEADS.items()}
 
 
 def parse_args(argv: list[str] | None) -> tuple[str, EvaluateConfig, str | None]:
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
-    p.add_argument("--data", default="", help="clip or feature shard URLs (default: the pretraining data)")
+    p.add_argument("--data", default="", help="clip or feature shard URLs, AVE's role (default: the pretraining data)")
     p.add_argument("--kind", default="", choices=["", "clips", "features"])
     p.add_argument("--backbones", default="", help="backbones YAML for clip shards (default: the run's)")
     p.add_argument("--public", default="", help="public AVE layout: directory of h5 files or one .npz")
     p.add_argument("--split", type=_fractions, default=SourceConfig.split, help="train,val,test fractions")
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--cross-data", default="", help="shards of the second dataset (cross-dataset task)")
+    p.add_argument("--cross-data", default="", help="shards of the AVVP-like dataset (localisation, AVE→AVVP)")
     p.add_argument("--cross-kind", default="", choices=["", "clips", "features"])
-    p.add_argument("--cross-public", default="", help="second dataset in the public layout")
-    p.add_argument("--class-map", type=_class_map, default={}, help="shared classes: this:cross,... "
-                   "(default: identity)")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {list(TASKS)}")
-    p.add_argument("--classes", type=int, default=0, help="number of event classes (default: largest label + 1)")
-    p.add_argument("--epochs", type=int, default=ProbeConfig.epochs)
-    p.add_argument("--lr", type=float, default=ProbeConfig.lr)
-    p.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size)
+    p.add_argument("--cross-public", default="", help="the AVVP-like dataset in the public layout")
+    p.add_argument("--class-map", type=_class_map, default={}, help="AVE→AVVP shared classes data:cross,... "
+                   "(default: the 12 of seed 000 §B.2 in the AVE and AVVP vocabularies)")
+    p.add_argument("--ucf-data", default="", help="shards of the UCF-101 videos (UCF(v)↔VGG(a))")
+    p.add_argument("--ucf-kind", default="", choices=["", "clips", "features"])
+    p.add_argument("--vgg-data", default="", help="shards of the VGGSound audio (UCF(v)↔VGG(a))")
+    p.add_argument("--vgg-kind", default="", choices=["", "clips", "features"])
+    p.add_argument("--ucf-vgg-map", type=_class_map, default={}, help="UCF↔VGG shared classes ucf:vgg,... "
+                   "(default: the authors' 16, the same index in both datasets)")
+    p.add_argument("--tasks", default="", help=f"comma list of {list(TASKS)} (default: every one whose data is given)")
+    p.add_argument("--suite", default="", choices=["", "paper"], help="paper: every protocol whose data is given, "
+                   "and seed 001 Tables 1 and 3 and seed 003 Table 1 with this checkpoint's numbers")
+    p.add_argument("--pretrain-set", default="40K", choices=PRETRAIN_SETS,
+                   help="seed 001 Table 1's column group for this checkpoint's numbers")
+    p.add_argument("--classes", type=int, default=0, help="number of event classes of --data (default: largest "
+                   "label + 1)")
+    p.add_argument("--epochs", type=int, default=None, help="head epochs of every protocol (default: the seeds')")
+    p.add_argument("--lr", type=float, default=None, help="head learning rate (default: seed 000 §B.2's 2.5e-4)")
+    p.add_argument("--batch-size", type=int, default=None, help="head batch size (default: seed 000 §B.2's 256)")
     p.add_argument("--hidden", type=int, default=128, help="hidden width of the two-layer heads")
     p.add_argument("--seed", type=int, default=0, help="head init and batch order")
     p.add_argument("--toc", type=int, default=None, metavar="Q", help="keep the Q dimensions TOC selects")
@@ -297,20 +523,21 @@ def parse_args(argv: list[str] | None) -> tuple[str, EvaluateConfig, str | None]
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     a = p.parse_args(argv)
     tasks = tuple(t for t in a.tasks.split(",") if t)
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        p.error(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    if tasks and a.suite:
+        p.error("--suite paper runs every protocol whose data is given: give --tasks or --suite, not both")
     if a.cross_data and a.cross_public:
         p.error("give --cross-data or --cross-public, not both")
-    source = SourceConfig(a.data, a.kind, a.backbones, a.public, a.split, a.split_seed)
-    cross = None
-    if a.cross_data or a.cross_public:
-        cross = SourceConfig(a.cross_data, a.cross_kind, a.backbones, a.cross_public, a.split, a.split_seed)
-    probe = ProbeConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                        head=dataclasses.replace(ProbeConfig().head, hidden_dim=a.hidden))
+
+    def source(urls: str, kind: str, public: str = "") -> SourceConfig | None:
+        return SourceConfig(urls, kind, a.backbones, public, a.split, a.split_seed) if urls or public else None
+
     toc = TOCConfig(a.toc, a.toc_lambda, not a.toc_raw) if a.toc is not None else None
-    return a.checkpoint, EvaluateConfig(source, cross, a.class_map, tasks, a.classes, probe, toc,
-                                        not a.no_tracking), a.json
+    cfg = EvaluateConfig(
+        SourceConfig(a.data, a.kind, a.backbones, a.public, a.split, a.split_seed),
+        source(a.cross_data, a.cross_kind, a.cross_public), source(a.ucf_data, a.ucf_kind),
+        source(a.vgg_data, a.vgg_kind), a.class_map, a.ucf_vgg_map, tasks, a.suite, a.pretrain_set, a.classes,
+        head_settings(a.epochs, a.lr, a.batch_size, a.hidden, a.seed), toc, not a.no_tracking)
+    return a.checkpoint, cfg, a.json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,10 +557,17 @@ def main(argv: list[str] | None = None) -> int:
     files = [out_dir / "report.json", out_dir / "table.txt"]
     files[0].write_text(json.dumps(report, indent=1))
     files[1].write_text(table + "\n")
+    metrics = report_metrics(report)
+    if cfg.suite == "paper":
+        tables = render_tables(report, cfg.pretrain_set)
+        print("\n" + tables)
+        files.append(out_dir / "paper_tables.txt")
+        files[-1].write_text(tables + "\n")
+        metrics |= table_metrics(report, cfg.pretrain_set)
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1))
     if cfg.tracking:
-        run_id = log_to_mlflow(pretrained, job, cfg, report, files)
+        run_id = log_to_mlflow(pretrained, job, cfg, metrics, files)
         print(f"MLflow run {run_id} (parent {pretrained.meta.get('mlflow_run_id')}) in "
               f"{Tracker(job.tracking, pretrained.run_dir).tracking_uri}")
     return 0

@@ -1,16 +1,22 @@
-"""Downstream metrics, heads and the probe protocol on hand-made cases (trainer/eval)."""
+"""Downstream metrics, heads, the probe protocols, the shared-class lists and the seed tables on hand-made cases
+(trainer/eval)."""
 
 import math
 
 import pytest
 import torch
 
+from comet_utils import comet_config
+from trainer.eval.encode import trained_pairs
 from trainer.eval.heads import EventClassifier, HeadConfig, SegmentTagger
 from trainer.eval.metrics import accuracy, class_precision_at_k, micro_prf, multi_hot, recall_at_k
+from trainer.eval.paper import PAPER_HEADS, PAPER_TABLES, SEED001_TABLE3, checkpoint_switches, render_table, \
+    table_metrics
 from trainer.eval.probes import (
-    CodeSplit, ProbeConfig, _fit, classification_probe, code_agreement, cross_dataset_probe, localisation_probe,
-    map_classes, zero_shot_retrieval,
+    CodeSplit, ProbeConfig, _fit, class_retrieval, classification_probe, code_agreement, cross_dataset_classification,
+    cross_dataset_probe, localisation_probe, map_classes, zero_shot_retrieval,
 )
+from trainer.models.comet import COMETModel
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -195,3 +201,128 @@ def test_code_agreement_per_class_over_cells_where_both_carry_the_event():
 def test_map_classes_keeps_shared_classes_only():
     second = torch.tensor([[2, 0, -1, 1]])             # dataset-2 classes
     assert map_classes(second, {0: 2, 3: 1}).tolist() == [[0, -1, -1, 3]]
+
+
+# ---------------------------------------------------------------- cross-dataset classification
+def _one_modality(modality: str, labels: list[int], codes: torch.Tensor) -> CodeSplit:
+    """Clips of one modality whose every segment (T = 3) has the code vector ``codes[label]``."""
+    label = torch.tensor(labels)
+    return CodeSplit({modality: codes[label].unsqueeze(1).expand(-1, 3, -1).clone()},
+                     {modality: torch.zeros(len(labels), 3, dtype=torch.int64)},
+                     {modality: label.unsqueeze(1).expand(-1, 3).clone()}, label)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_cross_dataset_classification_through_shared_codes(shuffled):
+    # UCF has classes 0..3 (3 is not shared), VGGSound 0..4 (1 and 2 are not shared); shared concept k has code e_k,
+    # every unshared class e_3. UCF class c is concept c; VGGSound class 3 / 0 / 4 is concept 0 / 1 / 2 (class_map),
+    # or with ``shuffled`` concept 1 / 2 / 0: every VGGSound clip then carries another class's code
+    codes = torch.eye(4)
+    class_map = {0: 3, 1: 0, 2: 4}
+    vgg_concept = [2, 3, 3, 1, 0] if shuffled else [1, 3, 3, 0, 2]
+    ucf = {name: _one_modality("video", [0, 1, 2, 3] * 4, codes) for name in ("train", "val", "test")}
+    vgg = {name: _one_modality("audio", [0, 1, 2, 3, 4] * 3, codes[vgg_concept]) for name in ("train", "val", "test")}
+    cfg = ProbeConfig(epochs=40, batch_size=8, lr=1e-2)
+    v_to_a = cross_dataset_classification(ucf, vgg["test"], "video", "audio", class_map, cfg)
+    a_to_v = cross_dataset_classification(vgg, ucf["test"], "audio", "video", {b: a for a, b in class_map.items()}, cfg)
+    assert (v_to_a.task, v_to_a.direction, a_to_v.direction) == ("ucf_vgg", "V→A", "A→V")
+    assert v_to_a.in_modality == a_to_v.in_modality == 1.0
+    assert (v_to_a.cross, a_to_v.cross) == ((0.0, 0.0) if shuffled else (1.0, 1.0))
+    with pytest.raises(ValueError, match=r"no clip of a shared class in \['train', 'val', 'test', 'dataset 2 test'\]"):
+        cross_dataset_classification(ucf, vgg["test"], "video", "audio", {7: 7}, cfg)
+    with pytest.raises(KeyError, match="dataset 2 has no codes for 'video'"):
+        cross_dataset_classification(ucf, vgg["test"], "video", "video", class_map, cfg)
+
+
+# ---------------------------------------------------------------- retrieval
+def _unit(degrees: float) -> torch.Tensor:
+    return torch.tensor([math.cos(math.radians(degrees)), math.sin(math.radians(degrees))])
+
+
+def test_retrieval_in_both_directions_ranks_rows_and_columns():
+    # audio at 0° and 30°, video at 10° and 80° (T = 1): cos = [[0.985, 0.940], [0.174, 0.643]] (video × audio).
+    # video→audio: each row's largest entry is its own clip; audio→video: column 1's largest is video 0
+    audio = torch.stack([_unit(0), _unit(30)]).unsqueeze(1)
+    video = torch.stack([_unit(10), _unit(80)]).unsqueeze(1)
+    split = CodeSplit({"audio": audio, "video": video}, {}, {}, torch.zeros(2, dtype=torch.int64))
+    assert zero_shot_retrieval(split, "video", "audio", ks=(1, 2)) == {1: 1.0, 2: 1.0}
+    assert zero_shot_retrieval(split, "audio", "video", ks=(1, 2)) == {1: 0.5, 2: 1.0}
+
+
+def test_class_retrieval_precision_at_k_by_hand():
+    # text (gallery): classes 0, 0, 1, 1 at 0°, 0°, 90°, 90°; video (queries) at 0°, 36.9°, 45°, 53.1°. A fifth clip
+    # without a class (−1) would be every class-0 query's best match: it takes no part.
+    # video 0, 1, 3 rank their own class first (P@1 = P@2 = 1, P@3 = 2/3); video 2 ties everything, and ties rank
+    # the other class first (0, 0, 1/3)
+    text = torch.stack([_unit(0), _unit(0), _unit(90), _unit(90), _unit(0)]).unsqueeze(1)
+    video = torch.stack([_unit(0), _unit(36.87), _unit(45), _unit(53.13), _unit(0)]).unsqueeze(1)
+    split = CodeSplit({"text": text, "video": video}, {}, {}, torch.tensor([0, 0, 1, 1, -1]))
+    assert class_retrieval(split, "video", "text", ks=(1, 2, 3)) == pytest.approx({1: 3 / 4, 2: 3 / 4, 3: 7 / 12})
+    # text→video: the text at 0° ranks video 0, 1 (class 0), then 2, 3; the text at 90° ranks video 3, 2 (class 1),
+    # then 1: every query scores (1, 1, 2/3)
+    assert class_retrieval(split, "text", "video", ks=(1, 2, 3)) == pytest.approx({1: 1.0, 2: 1.0, 3: 2 / 3})
+
+
+def test_seen_pairs_of_a_continual_model_go_through_the_mediator():
+    # phase 3 of VT -> AT -> IT: image–text trained now, video and audio carried from phases paired with text
+    model = COMETModel(comet_config(("image", "text"), carried=("video", "audio"),
+                                    carried_feature_dims={"video": 12, "audio": 8}))
+    seen = trained_pairs(model)
+    assert seen == {frozenset(p) for p in (("image", "text"), ("video", "text"), ("audio", "text"))}
+    assert frozenset(("video", "audio")) not in seen and frozenset(("image", "audio")) not in seen
+
+
+# ---------------------------------------------------------------- the seeds' settings and tables
+def test_paper_head_settings_are_seed_000_b2():
+    assert {t: (c.lr, c.batch_size, c.epochs) for t, c in PAPER_HEADS.items()} == {
+        "classification": (2.5e-4, 256, 30), "localisation": (2.5e-4, 256, 50), "cross_dataset": (2.5e-4, 256, 50),
+        "ucf_vgg": (2.5e-4, 256, 30)}
+
+
+def _report(probes: dict[tuple[str, str], tuple[float, float]], **extra) -> dict:
+    return {"task": "unicode", "step": 7, "toc": None, **extra,
+            "probes": [{"task": t, "direction": d, "cross": c, "in_modality": i} for (t, d), (c, i) in probes.items()]}
+
+
+TABLE3_SNAPSHOT = """\
+seed 001 Table 3: ablations of audio-visual-text pretraining (VGGSound-AVEL 40K)
+                               AVE           AVVP        AVE→AVVP   UCF(v)↔VGG(a)
+CLUB CPC EMA Reset cmcm       V→A    A→V    V→A    A→V    V→A    A→V    V→A    A→V
+----------------------------------------------------------------------------------
+-  ✓  ✓  ✓  ✓                50.2   51.8   62.4   66.2   50.1   51.2   9.87   9.59
+✓  -  ✓  ✓  ✓                43.8   49.2   59.3   61.1   45.5   50.6   60.6   54.6
+✓  ✓  -  ✓  ✓                52.9   49.9   62.0   67.3   48.1   46.8   66.5   60.5
+✓  ✓  -  -  ✓                33.0   35.5   56.7   61.2    7.4   12.6   43.3   35.2
+✓  ✓  ✓  -  ✓                50.8   47.8   56.4   61.1   47.9   50.4   60.0   49.8
+✓  ✓  ✓  ✓  -                52.4   54.5   57.5   72.9   50.5   48.7   69.9   59.7
+✓  ✓  ✓  ✓  ✓                54.1   55.0   63.4   71.0   53.0   52.4   67.1   60.6
+labelled modality            64.8   65.8   71.0   72.9      -      -   80.0   85.4
+----------------------------------------------------------------------------------
+✓  -  ✓  ✓  ✓ ◀              50.0   25.0   40.0   60.0      —      —      —      —
+labelled modality ◀          90.0   75.0   80.0   70.0      —      —      —      —
+◀ = this checkpoint (unicode, step 7). AVE and UCF↔VGG: accuracy; AVVP and AVE→AVVP: micro F1. 'labelled \
+modality' = the head scored on the modality it was trained on (AVE→AVVP: on AVVP)"""
+
+
+def test_paper_tables_layout_and_this_checkpoints_numbers():
+    # AVE and AVVP given (no second dataset, no UCF/VGGSound): the other columns read "—"
+    report = _report({("classification", "V→A"): (0.5, 0.9), ("classification", "A→V"): (0.25, 0.75),
+                      ("localisation", "V→A"): (0.4, 0.8), ("localisation", "A→V"): (0.6, 0.7)},
+                     switches=checkpoint_switches({"use_club": True, "use_cpc": False, "use_cmcm": True,
+                                                   "quantizer": {"ema_mode": "joint", "reset": True}}))
+    assert render_table(SEED001_TABLE3, report) == TABLE3_SNAPSHOT
+    table1, _, seed003 = (render_table(t, report, "24K").splitlines() for t in PAPER_TABLES)
+    assert table1[1].split() == ["24K", "AVE", "24K", "AVVP", "40K", "AVE", "40K", "AVVP", "81K", "AVE", "81K", "AVVP"]
+    assert table1[-2].split() == ["this", "checkpoint", "◀", "50.0", "25.0", "40.0", "60.0", *["—"] * 8]
+    assert [line.split()[0] for line in seed003[4:15]] == ["CODIS", "TURN", "CMCM", "SimMMDG", "DCID", "FCCID",
+                                                          "CODIS+TOC", "TURN+TOC", "CMCM+TOC", "DCID+TOC", "FCCID+TOC"]
+    assert seed003[4].split()[-1] == "39.9" and seed003[-2].split()[-1] == "—"       # Avg. of all eight only
+    metrics = table_metrics(report, "24K")
+    assert metrics["paper/seed001_table1/ours/24K/AVE/V_to_A"] == 50.0
+    assert metrics["paper/seed001_table3/labelled/AVVP/A_to_V"] == 70.0
+    assert not any("40K" in k or "UCF_VGG" in k or k.endswith("/Avg") for k in metrics)
+    full = _report({(t, d): (0.5, 0.5) for t in ("classification", "localisation", "cross_dataset", "ucf_vgg")
+                    for d in ("V→A", "A→V")})
+    assert table_metrics(full)["paper/seed003_table1/ours/Avg"] == 50.0
+    assert checkpoint_switches({"variant": "baseline", "use_club": True}) == dict.fromkeys(
+        ("CLUB", "Cross-CPC", "MM-EMA", "Reset code", "L_cmcm"), False)

@@ -1,7 +1,7 @@
 """Downstream evaluation of a checkpoint (trainer/evaluate.py, trainer/eval/encode.py): frozen encoder and
-codebook, the public-layout path, checkpoints of every task (Uni-Code, FCCID), and the command on checkpoints in the
-main job's layout written here. The command on checkpoints written by trainer/main.py itself is in
-tests/system/test_evaluate_job.py."""
+codebook, the public-layout path, checkpoints of every task (Uni-Code, FCCID), the command on checkpoints in the
+main job's layout written here, its protocols' data options and `--suite paper` with its MLflow run. The command on
+checkpoints written by trainer/main.py itself is in tests/system/test_evaluate_job.py."""
 
 import hashlib
 import json
@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
+from tracking_utils import mlflow_client, no_ambient_mlflow_env  # noqa: E402
 
 from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain  # noqa: E402
 from trainer.checkpoint import write_manifest
@@ -26,7 +27,11 @@ from trainer.eval.encode import (  # noqa: E402
     split_indices,
 )
 from trainer.eval.probes import ProbeConfig, classification_probe, localisation_probe  # noqa: E402
-from trainer.evaluate import main  # noqa: E402
+from trainer.data.released import AVE_CLASSES, AVVP_CLASSES  # noqa: E402
+from trainer.eval.probes import CodeSplit  # noqa: E402
+from trainer.evaluate import (  # noqa: E402
+    EncodedDataset, EvaluateConfig, head_settings, main, parse_args, run_retrieval, shared_classes,
+)
 from trainer.models.club import CLUBConfig  # noqa: E402
 from trainer.models.encoders import EncoderConfig  # noqa: E402
 from trainer.models.fccid import CoarseConfig, FCCIDConfig, FCCIDModel  # noqa: E402
@@ -37,6 +42,7 @@ CLASSES, SEGMENTS, CLIPS = 3, 4, 30
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+__all__ = ["no_ambient_mlflow_env"]   # autouse pytest fixture (tests/support/tracking_utils.py)
 
 
 TINY_ENCODER = EncoderConfig(semantic_dim=8, specific_dim=4, ff_dim=16, heads=2, se_reduction=4, pool_hidden=4,
@@ -307,3 +313,161 @@ def test_unlabelled_evaluation_data_are_refused_naming_shard_and_key(checkpoint,
     assert main([str(checkpoint), "--data", urls, "--kind", "features", "--no-tracking"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: clips without labels") and f"{tmp_path}/f-000001.tar:c11.json" in err
+
+
+# ---------------------------------------------------------------- the protocols' data, --suite paper
+def _feature_shard(root, modality: str, shape: tuple[int, ...], labels: list[int], seed: int,
+                   classes: list[str]) -> str:
+    """One feature shard (and its manifest, naming ``classes`` as shards.convert does) of clips that have only
+    ``modality``'s features; clip i is of class ``labels[i]`` in every second."""
+    rng = np.random.default_rng(seed)
+    root.mkdir()
+    with wds.TarWriter(str(root / "f-000000.tar")) as sink:
+        for i, label in enumerate(labels):
+            per_second = [label] * SEGMENTS
+            sink.write({"__key__": f"c{i:03d}",
+                        f"{modality}.npy": encode_npy(rng.standard_normal((SEGMENTS, *shape)).astype(np.float32)),
+                        "json": json.dumps({"clip_label": label, "audio_labels": per_second,
+                                            "video_labels": per_second}).encode()})
+    (root / "manifest.json").write_text(json.dumps({
+        "format": FEATURE_MANIFEST_FORMAT, "feature_shapes": {modality: list(shape)}, "decode": {"seconds": SEGMENTS},
+        "shards": [{"name": "f-000000.tar", "samples": len(labels)}], "released": {"classes": classes}}))
+    return str(root / "f-000000.tar")
+
+
+@pytest.fixture(scope="module")
+def ucf_vgg(tmp_path_factory) -> list[str]:
+    """UCF-101 (video only) and VGGSound (audio only) feature shards, 2 clips of each of the 16 shared classes, as
+    the options that give them."""
+    root = tmp_path_factory.mktemp("ucf_vgg")
+    labels = list(range(16)) * 2
+    ucf, vgg = [f"Ucf{i}" for i in range(16)], [f"vgg {i}" for i in range(16)]
+    return ["--ucf-data", _feature_shard(root / "ucf", "video", (4, 8), labels, 0, ucf), "--ucf-kind", "features",
+            "--vgg-data", _feature_shard(root / "vgg", "audio", (6,), labels, 1, vgg), "--vgg-kind", "features"]
+
+
+def test_a_protocol_without_its_data_is_refused_naming_the_option(checkpoint, ucf_vgg, tmp_path, capsys):
+    public = ["--public", str(checkpoint / "public.npz"), "--no-tracking"]
+    for args, expected in (
+            (["--tasks", "ucf_vgg"], "task 'ucf_vgg' needs its data: give --ucf-data and --vgg-data"),
+            (["--tasks", "cross_dataset"], "give --cross-data or --cross-public"),
+            (ucf_vgg[:4], "needs both datasets: --vgg-data is missing"),
+            (["--tasks", "classification,retrieve"], "unknown tasks ['retrieve'] in --tasks"),
+            (["--tasks", "ucf_vgg", "--ucf-data", str(tmp_path / "none.tar"), *ucf_vgg[2:]], "--ucf-data: manifest")):
+        assert main([str(checkpoint), *public, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err, err
+    with pytest.raises(SystemExit, match="2"):
+        parse_args([str(checkpoint), "--tasks", "classification", "--suite", "paper"])
+
+
+def test_heads_train_as_seed_000_says_unless_overridden(checkpoint):
+    _, cfg, _ = parse_args([str(checkpoint)])
+    assert (cfg.heads["classification"].lr, cfg.heads["classification"].batch_size) == (2.5e-4, 256)
+    assert (cfg.heads["classification"].epochs, cfg.heads["localisation"].epochs) == (30, 50)
+    assert cfg.tasks == ()
+    heads = head_settings(epochs=3, lr=None, batch_size=16, hidden=32, seed=5)
+    assert {(h.epochs, h.lr, h.batch_size, h.head.hidden_dim, h.seed) for h in heads.values()} == \
+        {(3, 2.5e-4, 16, 32, 5)}
+
+
+SEED_000_SHARED = ["dog", "car", "helicopter", "violin fiddle", "frying food", "motorcycle", "acoustic guitar",
+                   "banjo", "baby cry", "chainsaw", "cat", "accordion"]
+
+
+def test_the_shared_classes_built_in_by_name_and_by_line():
+    def data(**names) -> dict[str, EncodedDataset]:
+        return {name: EncodedDataset({}, 0, names.get(name)) for name in ("data", "cross", "ucf", "vgg")}
+
+    # AVE→AVVP: seed 000 §B.2's 12, by name in AVE's label columns and AVVP-ECCV20's order (AVE "Bark" is column
+    # 2, AVVP "Dog" index 3; ...; "Accordion" 26 and 16)
+    names, pairs = shared_classes("cross_dataset", EvaluateConfig(), data())
+    assert names == SEED_000_SHARED
+    assert pairs == {2: 3, 4: 1, 6: 19, 7: 13, 10: 5, 13: 18, 14: 20, 17: 10, 19: 22, 21: 8, 22: 4, 26: 16}
+    # a converted AVVP set lists its classes in its own order (AVVP_Categories.txt): the map follows the names
+    _, pairs = shared_classes("cross_dataset", EvaluateConfig(), data(cross=list(reversed(AVVP_CLASSES))))
+    assert pairs[2] == 24 - 3 and pairs[26] == 24 - 16 and set(pairs) == {2, 4, 6, 7, 10, 13, 14, 17, 19, 21, 22, 26}
+    with pytest.raises(ValueError, match="missing from the class lists: \\['Bark'"):
+        shared_classes("cross_dataset", EvaluateConfig(), data(data=list(AVE_CLASSES[3:])))
+    # UCF(v)↔VGG(a): class i of one is class i of the other; 16 of them
+    names, pairs = shared_classes("ucf_vgg", EvaluateConfig(), data())
+    assert len(names) == 16 and pairs == {i: i for i in range(16)}
+    names, pairs = shared_classes("ucf_vgg", EvaluateConfig(), data(ucf=["PlayingCello", "JumpRope"],
+                                                                   vgg=["playing cello", "rope skipping"]))
+    assert names == ["PlayingCello ↔ playing cello", "JumpRope ↔ rope skipping"] and pairs == {0: 0, 1: 1}
+    with pytest.raises(ValueError, match="name 2 classes, the VGGSound shards 1"):
+        shared_classes("ucf_vgg", EvaluateConfig(), data(ucf=["a", "b"], vgg=["a"]))
+    # a map given on the command line wins
+    _, cfg, _ = parse_args(["run", "--class-map", "2:2,0:1", "--ucf-vgg-map", "3:0"])
+    assert shared_classes("cross_dataset", cfg, data()) == (["0:1", "2:2"], {0: 1, 2: 2})
+    assert shared_classes("ucf_vgg", cfg, data()) == (["3:0"], {3: 0})
+
+
+def test_retrieval_in_both_directions_and_pairs_seen_or_unseen():
+    # video = audio of the next clip (rolled): video→audio never finds its own clip at rank 1, nor audio→video;
+    # text = 3 tokens of the same clip's mean audio code (no time axis: matched on clip means): both directions find it
+    g = torch.Generator().manual_seed(0)
+    audio = torch.randn(6, SEGMENTS, 8, generator=g)
+    text = audio.mean(1, keepdim=True).expand(6, 3, 8)
+    split = CodeSplit({"audio": audio, "video": audio.roll(1, 0), "text": text}, {}, {},
+                      torch.tensor([0, 0, 1, 1, 2, 2]))
+    retrieval, pairs = run_retrieval(("retrieval", "class_retrieval"), split, ("audio", "video", "text"),
+                                     {frozenset(("audio", "text"))})
+    assert retrieval["video"]["to_audio"]["R@1"] == retrieval["video"]["from_audio"]["R@1"] == 0.0
+    assert retrieval["text"]["to_audio"]["R@1"] == retrieval["text"]["from_audio"]["R@1"] == 1.0
+    assert set(pairs) == {"audio↔video", "audio↔text", "video↔text"}
+    assert [pairs[p]["seen"] for p in ("audio↔text", "audio↔video")] == [True, False]
+    assert set(pairs["audio↔text"]["precision"]) == {"audio→text", "text→audio"}
+    scores = [v for direction in pairs["audio↔text"]["precision"].values() for v in direction.values()]
+    assert pairs["audio↔text"]["avg"] == pytest.approx(sum(scores) / 6)
+
+
+def test_ucf_vgg_and_the_built_in_class_lists_from_the_command(checkpoint, ucf_vgg, capsys):
+    report_path = checkpoint / "report-ucf.json"
+    assert main([str(checkpoint), "--public", str(checkpoint / "public.npz"), *ucf_vgg, "--epochs", "2",
+                 "--cross-public", str(checkpoint / "other.npz"), "--no-tracking", "--json",
+                 str(report_path)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert report["tasks"] == ["classification", "localisation", "cross_dataset", "ucf_vgg", "retrieval",
+                               "class_retrieval"]
+    assert {(p["task"], p["direction"]) for p in report["probes"] if p["task"] == "ucf_vgg"} == \
+        {("ucf_vgg", "V→A"), ("ucf_vgg", "A→V")}
+    assert report["datasets"]["ucf"]["clips"] == report["datasets"]["vgg"]["clips"] == {"train": 19, "val": 6,
+                                                                                        "test": 7}
+    assert report["shared_classes"]["cross_dataset"] == SEED_000_SHARED
+    assert report["shared_classes"]["ucf_vgg"][:2] == ["Ucf0 ↔ vgg 0", "Ucf1 ↔ vgg 1"]
+    assert set(report["retrieval"]["video"]) == {"to_audio", "from_audio"}
+    assert report["class_retrieval"]["audio↔video"]["seen"] is True
+    assert "ucf_vgg         V→A" in out and "retrieval       A→V" in out and "class retrieval A↔V" in out
+
+
+@pytest.mark.slow
+def test_suite_paper_prints_the_seed_tables_and_logs_them_to_mlflow(checkpoint, ucf_vgg, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run)
+    assert main([str(run), "--public", str(run / "public.npz"), "--cross-public", str(run / "other.npz"),
+                 "--class-map", "0:1,2:2", *ucf_vgg, "--epochs", "2", "--suite", "paper"]) == 0, \
+        capsys.readouterr().err
+    out = capsys.readouterr().out
+    for title in ("seed 001 Table 1:", "seed 001 Table 3:", "seed 003 Table 1:"):
+        assert title in out
+    out_dir = run / "evaluation" / "step_00000008"
+    report = json.loads((out_dir / "report.json").read_text())
+    tables = (out_dir / "paper_tables.txt").read_text()
+    assert tables.rstrip() in out and "✓  ✓  ✓  ✓  ✓ ◀" in tables
+    ours = next(line for line in tables.splitlines() if line.startswith("this checkpoint ◀"))
+    assert ours.count("—") == 8                              # seed 001 Table 1: numbers under 40K only
+
+    client = mlflow_client(f"sqlite:///{run / 'mlflow.db'}")
+    [child] = client.search_runs([client.get_experiment_by_name("cmg-trainer").experiment_id],
+                                 filter_string="tags.phase = 'evaluate'")
+    cross = {(p["task"], p["direction"]): p["cross"] for p in report["probes"]}
+    metrics = child.data.metrics
+    assert metrics["paper/seed003_table1/ours/UCF_VGG/V_to_A"] == pytest.approx(100 * cross[("ucf_vgg", "V→A")])
+    assert metrics["paper/seed001_table1/ours/40K/AVVP/A_to_V"] == pytest.approx(100 * cross[("localisation", "A→V")])
+    assert metrics["paper/seed003_table1/ours/Avg"] == pytest.approx(100 * sum(cross.values()) / 8)
+    assert metrics["eval/ucf_vgg/A_to_V/cross"] == pytest.approx(cross[("ucf_vgg", "A→V")])
+    assert child.data.params["suite"] == "paper" and child.data.params["heads.localisation.epochs"] == "2"
+    assert {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")} == \
+        {"evaluation/report.json", "evaluation/table.txt", "evaluation/paper_tables.txt"}

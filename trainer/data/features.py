@@ -1,10 +1,12 @@
 """Precomputed features: feature shards written by ``shards.extract`` and the public h5/npz layout.
 
-Feature shard members of a clip ``KEY`` (what ``shards.extract`` writes):
+Feature shard members of a clip ``KEY`` (what ``shards.extract`` writes, and ``shards.convert`` from the CMG authors'
+released features, trainer/data/released.py):
     video.npy   float32/16 (t d) or (t p d)  frozen-backbone video features, one row per 1-s segment
     audio.npy   float32/16 (t d)
     text.npy    float32/16 (l d)             caption token features, real tokens only (no padding)
-    json        the clip's labels, same schema as the clip shards (clip_label, video_labels, audio_labels);
+    json        the clip's labels, same schema as the clip shards (clip_label, video_labels, audio_labels; from
+                shards.convert also num_classes and, for AVVP, audio_events / video_events: every class per second);
                 absent for an unlabelled clip (then: no labels, as for clip shards, see trainer/data/decode.py)
     txt         the caption; absent for a clip without one (text.npy holds the encoded caption when text is used)
 plus ``manifest.json`` (format ``FEATURE_MANIFEST_FORMAT``) with the per-shard sample counts, the feature
@@ -89,7 +91,8 @@ def feature_layout(manifest: Mapping[str, Any], modalities: Sequence[str], where
     """The layout of ``modalities`` in the feature shards that manifest ``where`` (already parsed) describes."""
     if manifest.get("format") != FEATURE_MANIFEST_FORMAT:
         raise ValueError(f"manifest {where} has format {manifest.get('format')!r}, not {FEATURE_MANIFEST_FORMAT!r}: "
-                         "DataConfig.kind='features' reads feature shards written by `python -m shards.extract`")
+                         "DataConfig.kind='features' reads feature shards written by `python -m shards.extract` "
+                         "or `python -m shards.convert`")
     try:
         shapes = {str(m): tuple(int(v) for v in shape) for m, shape in manifest["feature_shapes"].items()}
         seconds = int(manifest["decode"]["seconds"])

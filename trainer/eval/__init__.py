@@ -1,8 +1,10 @@
 """Downstream cross-modal generalisation on frozen codes of any task's model (ALGORITHMS.md §5).
 
-- ``metrics``: accuracy, micro precision/recall/F1, recall@k;
+- ``metrics``: accuracy, micro precision/recall/F1, recall@k, class-level precision@k;
 - ``heads``: the AVE event classifier (max over T) and the AVVP per-segment tagger;
-- ``probes``: the protocol (train on A, select on A's validation split, test on B's and A's test split);
+- ``probes``: the protocols (train on A, select on A's validation split, test on B's and A's test split; AVE,
+  AVVP, AVE→AVVP, UCF(v)↔VGG(a); zero-shot retrieval by clip and by class);
+- ``paper``: the seeds' head settings and result tables, filled with one checkpoint's numbers;
 - ``encode``: a pretraining checkpoint -> frozen model; features -> frozen quantised codes.
 
 ``python -m trainer.evaluate`` runs it on a checkpoint and logs to MLflow.

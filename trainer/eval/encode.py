@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from trainer.data.features import (
 )
 from trainer.data.stream import DataConfig, expand_shard_urls, feature_batches
 from trainer.eval.probes import CodeSplit
+from trainer.models.comet import COMETModel
 from trainer.models.inputs import mask_key
 from trainer.tasks import task_spec
 
@@ -92,6 +94,17 @@ def load_pretrained(path: str | Path) -> Pretrained:
     if not bool(model.quantizer.initialized):
         raise ValueError(f"{model_file}: the codebook was never initialised (a checkpoint before any training step)")
     return Pretrained(freeze(model), meta, ckpt)
+
+
+def trained_pairs(model: nn.Module) -> set[frozenset[str]]:
+    """The modality pairs the model was pretrained on, seed 004 §4.3's "seen" pairs (the others are "unseen"): every
+    pair of the modalities one job trains together; a continual (COMET) model also saw each modality it carries
+    from an earlier phase paired with the mediator, which every phase trains (ALGORITHMS.md §4)."""
+    if isinstance(model, COMETModel):
+        cfg = model.comet
+        return ({frozenset(p) for p in combinations(cfg.model_modalities, 2)}
+                | {frozenset((m, cfg.replay.mediator)) for m in cfg.carried})
+    return {frozenset(p) for p in combinations(model.downstream_modalities, 2)}
 
 
 # ---------------------------------------------------------------------- labelled features

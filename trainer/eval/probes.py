@@ -12,10 +12,15 @@ Tasks:
   labels (trained on A's labels, scored against B's); micro F1 over all segments (``metrics.micro_prf``);
 - ``cross_dataset_probe`` (AVE→AVVP): ``EventClassifier`` trained weakly (BCE on the max over T) on
   dataset 1's clip labels, scored per segment on dataset 2's labels of the shared classes; micro F1;
-- ``zero_shot_retrieval`` (X→audio): no training; each query clip's code sequence is matched against
-  every audio clip of the split by the mean over segments of the code vectors' cosine similarity (clip
-  means for text), and its own audio is the relevant item; recall@1/5/10 (the paper trains a retrieval
+- ``cross_dataset_classification`` (UCF(v)↔VGG(a), seed 001 §5.1): ``EventClassifier`` + softmax cross-entropy
+  over the classes both datasets share, trained on dataset 1's source modality, scored on dataset 2's target
+  modality; accuracy;
+- ``zero_shot_retrieval`` (X→audio and audio→X): no training; each query clip's code sequence is matched against
+  every gallery clip of the split by the mean over segments of the code vectors' cosine similarity (clip
+  means for text), and its own counterpart is the relevant item; recall@1/5/10 (the paper trains a retrieval
   model on one query modality first; this zero-shot form needs no second training run);
+- ``class_retrieval`` (seen and unseen modality pairs, seed 004 §4.3): zero-shot too, by the cosine of the clips'
+  mean code vectors; a hit is a gallery clip of the query's event class; class-level precision@1/5/10;
 - ``code_agreement``: a diagnostic, not a paper metric: per event class, how often the two modalities
   pick the very same code at a (clip, segment) where both carry that event.
 
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.eval.heads import EventClassifier, HeadConfig, SegmentTagger
-from trainer.eval.metrics import BACKGROUND, accuracy, micro_prf, multi_hot, recall_at_k
+from trainer.eval.metrics import BACKGROUND, accuracy, class_precision_at_k, micro_prf, multi_hot, recall_at_k
 
 SPLITS = ("train", "val", "test")
 
@@ -243,9 +248,51 @@ def cross_dataset_probe(first: Mapping[str, CodeSplit], second_test: CodeSplit, 
                        {"precision": cross.precision, "recall": cross.recall})
 
 
+def cross_dataset_classification(first: Mapping[str, CodeSplit], second_test: CodeSplit, source: str, target: str,
+                                 class_map: Mapping[int, int], cfg: ProbeConfig) -> ProbeResult:
+    """UCF(v)→VGG(a) (and back): a classifier of the shared classes on dataset 1's ``source`` codes, scored on
+    dataset 2's ``target`` codes.
+
+    ``class_map``: {dataset-1 class: dataset-2 class} of the shared classes; both datasets keep the clips of those
+    classes only, labelled by the shared class's rank in ``class_map``. The head is trained on dataset 1's train
+    split, its epoch chosen on dataset 1's val split (``source``), and it is scored on dataset 2's test split
+    (``target``: the cross number) and dataset 1's (``source``: the in-modality number).
+    """
+    _check_splits(first, (source,))
+    if target not in second_test.vectors:
+        raise KeyError(f"dataset 2 has no codes for '{target}' (has {sorted(second_test.vectors)})")
+    if not class_map:
+        raise ValueError("cross-dataset classification needs at least one shared class in class_map")
+    firsts = sorted(class_map)
+
+    def shared(split: CodeSplit, lookup: Mapping[int, int]) -> CodeSplit:
+        labels = map_classes(split.clip_label, lookup)      # dataset class -> shared rank, others -> background
+        return _labelled(dataclasses.replace(split, clip_label=labels))
+
+    to_rank = {rank: c for rank, c in enumerate(firsts)}
+    train, val, test = (shared(first[s], to_rank) for s in SPLITS)
+    other = shared(second_test, {rank: class_map[c] for rank, c in enumerate(firsts)})
+    empty = [name for name, split in (("train", train), ("val", val), ("test", test), ("dataset 2 test", other))
+             if len(split) == 0]
+    if empty:
+        raise ValueError(f"no clip of a shared class in {empty} (class_map {dict(class_map)})")
+    in_dim = train.vectors[source].shape[-1]
+
+    def score(head: nn.Module, split: CodeSplit, modality: str) -> float:
+        return accuracy(head(split.vectors[modality]), split.clip_label)
+
+    head, epoch, val_score = _train_head(lambda: EventClassifier(in_dim, len(firsts), cfg.head),
+                                         train.vectors[source], train.clip_label, F.cross_entropy,
+                                         lambda h: score(h, val, source), cfg)
+    with torch.no_grad():
+        return ProbeResult("ucf_vgg", source, target, "accuracy", score(head, other, target),
+                           score(head, test, source), val_score, epoch)
+
+
 def zero_shot_retrieval(split: CodeSplit, query: str, gallery: str = "audio",
                         ks: Sequence[int] = (1, 5, 10), aligned: bool | None = None) -> dict[int, float]:
-    """X→audio recall@k in the unified code space, clip i's own audio being the match of query clip i.
+    """query→gallery recall@k in the unified code space (X→audio, audio→X), clip i's own gallery item being the
+    match of query clip i.
 
     Similarity of query clip i and gallery clip j: with ``aligned`` (the two modalities share their time
     axis: audio-visual), mean_t cos(ẑ^query_{i,t}, ẑ^gallery_{j,t}), so the temporal pattern counts; else
@@ -263,6 +310,17 @@ def zero_shot_retrieval(split: CodeSplit, query: str, gallery: str = "audio",
     else:
         similarity = F.normalize(q.mean(1), dim=-1) @ F.normalize(g.mean(1), dim=-1).T
     return recall_at_k(similarity, torch.arange(len(split)), ks)
+
+
+def class_retrieval(split: CodeSplit, query: str, gallery: str, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """query→gallery class-level precision@k over the split's clips with an event class: similarity = cosine of
+    the clips' mean code vectors (captions and segments are not aligned in time), a hit = a gallery clip of the
+    query's class (a caption names the event, so one clip's caption is no better a match than another of its
+    class; seed 004's seen/unseen pairs)."""
+    labelled = _labelled(split)
+    q = F.normalize(labelled.vectors[query].mean(1), dim=-1)
+    g = F.normalize(labelled.vectors[gallery].mean(1), dim=-1)
+    return class_precision_at_k(q @ g.T, labelled.clip_label, labelled.clip_label, ks)
 
 
 def code_agreement(split: CodeSplit, first: str, second: str, num_classes: int) -> tuple[list[float], float]:

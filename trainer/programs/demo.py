@@ -104,7 +104,10 @@ def launch_training(job_config: str, urls: str, run_dir: str, processes: int, ac
 def run_evaluation(run_dir: str, urls: str, quiet: bool = False) -> dict[str, Any] | None:
     """``python -m trainer.evaluate`` of ``run_dir`` on labelled shards; its JSON report (None if it failed)."""
     report = Path(run_dir) / "evaluation" / "report-heldout.json"
-    cmd = [sys.executable, "-m", "trainer.evaluate", run_dir, "--data", urls, "--json", str(report)]
+    # the project's head settings (ProbeConfig's defaults), not the seeds' (trainer/eval/paper.py PAPER_HEADS): seed
+    # 000 §B.2's batch of 256 would be a single step per epoch on the demo's 72 training clips
+    cmd = [sys.executable, "-m", "trainer.evaluate", run_dir, "--data", urls, "--epochs", "30", "--lr", "1e-3",
+           "--batch-size", "64", "--json", str(report)]
     return json.loads(report.read_text()) if _call("evaluate", cmd, quiet) == 0 else None
 
 

@@ -59,9 +59,9 @@ from torch import Tensor
 
 from trainer.config import to_dict
 from trainer.eval.encode import LabelledFeatures, encode_split, split_indices
-from trainer.eval.metrics import class_precision_at_k
 from trainer.eval.probes import (
-    CodeSplit, ProbeConfig, classification_probe, code_agreement, cross_dataset_probe, localisation_probe,
+    CodeSplit, ProbeConfig, class_retrieval, classification_probe, code_agreement, cross_dataset_probe,
+    localisation_probe,
 )
 from trainer.models.club import CLUBConfig
 from trainer.models.comet import AdapterConfig, COMETConfig, COMETModel, ReplayConfig
@@ -212,15 +212,6 @@ def code_split(model: COMETModel, data: SyntheticSet) -> CodeSplit:
     """Frozen codes of every modality the model encodes (carried ones included), with the labels."""
     labelled = LabelledFeatures(data.features, data.segment_labels, data.clip_label)
     return encode_split(model, labelled, model.downstream_modalities)
-
-
-def class_retrieval(split: CodeSplit, query: str, gallery: str) -> dict[int, float]:
-    """query→gallery class-level precision@1/5/10 (a hit is a gallery clip of the query's event class: the
-    captions only name the event, so one clip's caption is no better a match than another of its class);
-    similarity = cosine of the clips' mean code vectors."""
-    q = F.normalize(split.vectors[query].mean(1), dim=-1)
-    g = F.normalize(split.vectors[gallery].mean(1), dim=-1)
-    return class_precision_at_k(q @ g.T, split.clip_label, split.clip_label)
 
 
 def evaluate_phase(model: COMETModel, downstream: dict[str, SyntheticSet], cross: SyntheticSet, classes: int,

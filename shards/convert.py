@@ -1,0 +1,494 @@
+"""Convert the CMG authors' released feature sets into feature shards (what ``python -m shards.extract`` writes).
+
+    python -m shards.convert vggsound-avel --meta vggsound-avel40k.csv --categories VggsoundAVEL40kCategories.txt \\
+        --audio-dir audio/zip --video-dir video/zip --label-dir label/zip \\
+        --prompts vggsoundCategories2Prompts.csv --out feats/vggsound40k
+    python -m shards.convert avvp --audio-annotations AVVP_eval_audio_checked_combined.csv \\
+        --visual-annotations AVVP_eval_visual_checked_combined.csv --categories AVVP_Categories.txt \\
+        --audio-dir AVVP/feature/audio/zip --video-dir AVVP/feature/video/zip --out feats/avvp
+    python -m shards.convert ucf-vggsound --meta ucf2vggsound.csv --categories UCF101sameVGGSound.txt \\
+        --video-dir UCF101/feature/video/zip --out feats/ucf101      # the VGGSound side: vggsound2ucf.csv,
+                                                                     # VGGSoundsameUCF101.txt, --audio-dir
+    python -m shards.convert ave --root AVE-ECCV18-master/data --out feats/ave
+  every set: [--clips-per-shard 256] [--dtype float32|float16] [--skip-bad] [--text-backbones YAML]
+             [--max-shards N] [--no-progress]
+
+The layouts and how each becomes labels are in trainer/data/released.py. ``--out DIR`` receives, per split, shards
+``SPLIT-000000.tar``, ``SPLIT-000001.tar``, ... of ``--clips-per-shard`` clips each (the last one fewer) in the
+metadata's order, and one ``manifest.json`` (format ``FEATURE_MANIFEST_FORMAT``) listing every shard with its split:
+train on one split with ``data.kind=features data.urls='DIR/train-{000000..000093}.tar'`` (the command prints the
+pattern of each split). Splits: VGGSound-AVEL's ``split`` column (train/val/test: 24K = train, 40K = all three),
+AVE's order files, and ``--split NAME`` (default ``all``) for sets without one. Members of a clip (the feature-shard
+format of trainer/data/features.py, written by ``shards.extract.output_samples``):
+
+    audio.npy   (10 128)      VGGish per second          video.npy  (10 49 512)  VGG-19 pool5, 7x7 grid row-major
+    json        clip_label, video_labels, audio_labels (one class per second, -1 = none), num_classes, and for AVVP
+                audio_events / video_events (every annotated class per second)
+    txt         the category's prompt (sets with --prompts)
+    text.npy    the prompt's token features, with --text-backbones (its text backbone; needed to train on text)
+
+Resuming: ``DIR/convert-state.json`` records the arguments (set, inputs, shard size, dtype, ``--skip-bad``, text
+backbone; metadata files by their sha256) and every finished shard. A shard is written to ``NAME.partial`` and
+renamed when complete, so an interrupted run leaves only whole shards; running the same command again keeps the
+finished ones, redoes the rest, and writes ``manifest.json`` once every shard is done (so nothing trains on a half
+conversion). A run with other arguments into the same directory is refused. ``--max-shards N`` stops after N new
+shards (a conversion in several time-limited jobs).
+
+Bad input (a missing or corrupt zip, a pickle that is not a numeric array, a wrong shape, an unknown class) stops
+the conversion with an error naming the file and zip member; with ``--skip-bad`` the clip is left out instead, and
+listed with its error in the manifest (``skipped``, ``released.skipped_clips``) and in the summary. Audio or video
+shorter or longer than 10 s is fitted as the authors fit audio (last row repeated / cut) and counted per modality.
+
+Exit codes: 0 converted (or stopped by --max-shards: run it again to continue); 2 bad arguments, nothing written;
+1 failed (the finished shards are kept: fix the input, or add --skip-bad, and run the same command again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from tqdm import tqdm
+
+from shards.extract import output_samples
+from trainer.data.decode import DecodeConfig
+from trainer.data.features import FEATURE_MANIFEST_FORMAT, FeatureError, PublicFeatureConfig
+from trainer.data.released import (
+    FEATURE_SHAPES, SECONDS, AVEConfig, AVESet, AVVPConfig, AVVPSet, ReleasedClip, ReleasedSet, ZipSet, ZipSetConfig,
+)
+from trainer.data.stream import MANIFEST_NAME
+
+STATE_NAME = "convert-state.json"
+STATE_FORMAT = "cmg-trainer-convert-state/1"
+LOCK_NAME = "convert.lock"
+SPLIT_ORDER = ("train", "val", "test")        # splits in this order first, others after them by name
+SPLIT_PATTERN = re.compile(r"[A-Za-z0-9_]+")
+# the released features' extractors, named in the manifest where extract names its backbones (the families of
+# launch/configs/backbones/paper.yaml, which makes such features from clips)
+RELEASED_BACKBONES = {
+    "audio": {"family": "vggish", "features": "128-d per second", "source": "released by haihuangcode/CMG"},
+    "video": {"family": "vgg19", "pooling": "patch", "features": "pool5 7x7x512 per second",
+              "source": "released by haihuangcode/CMG"},
+}
+
+
+SetConfig = ZipSetConfig | AVVPConfig | AVEConfig
+
+
+class ConvertError(Exception):
+    """Arguments, or an output directory, that forbid converting (exit 2; nothing written)."""
+
+
+@dataclass
+class ConvertConfig:
+    out: str                          # the output directory
+    clips_per_shard: int = 256
+    dtype: str = "float32"            # stored feature dtype: float32 | float16
+    skip_bad: bool = False            # leave unusable clips out (listed) instead of stopping
+    text_backbones: str = ""          # backbones YAML whose text backbone encodes the prompts into text.npy
+    max_shards: int | None = None     # stop after this many new shards (not part of the resume fingerprint)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    name: str
+    split: str
+    keys: tuple[str, ...]
+
+
+def plan_shards(splits: dict[str, list[str]], clips_per_shard: int) -> list[ShardPlan]:
+    """Every split's keys cut into shards ``SPLIT-%06d.tar`` of ``clips_per_shard`` keys, splits in order."""
+    bad = [s for s in splits if not SPLIT_PATTERN.fullmatch(s)]
+    if bad:
+        raise ConvertError(f"split names {bad} cannot name shards (letters, digits and _ only)")
+    ordered = sorted(splits, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
+    return [ShardPlan(f"{split}-{n:06d}.tar", split, tuple(splits[split][start:start + clips_per_shard]))
+            for split in ordered for n, start in enumerate(range(0, len(splits[split]), clips_per_shard))]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b": leaf}: the arguments compared key by key."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@contextlib.contextmanager
+def exclusive(path: Path):
+    """Hold an exclusive ``flock`` on ``path`` for the block (the kernel drops it when the process ends, however it
+    ends), so two conversions never write into one directory at once."""
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConvertError(f"{path.parent}: another shards.convert is writing there ({path} is locked)") from None
+        yield
+
+
+class Ledger:
+    """``convert-state.json``: the arguments a conversion runs with and the shards it has finished."""
+
+    def __init__(self, out_dir: Path, arguments: dict[str, Any]):
+        self.path = out_dir / STATE_NAME
+        arguments = json.loads(json.dumps(arguments))   # as it reads back (tuples become lists)
+        if not self.path.exists():
+            stray = sorted(p.name for p in out_dir.iterdir() if p.suffix == ".tar" or p.name == MANIFEST_NAME)
+            if stray:
+                raise ConvertError(f"{out_dir} holds {stray[:3]} but no {STATE_NAME}: not a conversion to resume; "
+                                   "choose an empty directory")
+            self.state = {"format": STATE_FORMAT, "arguments": arguments, "shards": {}}
+            return
+        self.state = json.loads(self.path.read_text(encoding="utf-8"))
+        if self.state.get("format") != STATE_FORMAT:
+            raise ConvertError(f"{self.path}: format {self.state.get('format')!r}, not {STATE_FORMAT!r}")
+        before, now = flatten(self.state["arguments"]), flatten(arguments)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            detail = "; ".join(f"{k}: {json.dumps(before.get(k))} then, {json.dumps(now.get(k))} now" for k in changed)
+            raise ConvertError(f"{self.path.parent} holds a conversion started with other arguments ({detail}). "
+                               "Run the same command to continue it, or convert into another directory")
+
+    def finished(self, plan: ShardPlan) -> dict[str, Any] | None:
+        """The shard's record if it was written completely (and the file is still the one written)."""
+        entry = self.state["shards"].get(plan.name)
+        path = self.path.parent / plan.name
+        if entry and path.is_file() and path.stat().st_size == entry["bytes"]:
+            return entry
+        return None
+
+    def record(self, plan: ShardPlan, entry: dict[str, Any]) -> None:
+        self.state["shards"][plan.name] = entry
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(self.state, indent=1) + "\n", encoding="utf-8")
+        os.replace(partial, self.path)
+
+
+class PromptEncoder:
+    """Prompt -> its text features ``(1 l d)`` and mask ``(1 l)`` from a text backbone; each distinct prompt is
+    encoded once (a set has one prompt per class)."""
+
+    def __init__(self, yaml_path: str):
+        from trainer.backbones import FrozenBackbones, load_backbones_config
+
+        self.backbones = FrozenBackbones(load_backbones_config(yaml_path).only(["text"]))
+        self._cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, prompt: str) -> dict[str, torch.Tensor]:
+        if prompt not in self._cache:
+            self._cache[prompt] = {k: v.cpu() for k, v in self.backbones.encode({"caption": [prompt]}).items()}
+        return self._cache[prompt]
+
+
+def clip_samples(clip: ReleasedClip, num_classes: int, dtype: np.dtype,
+                 text: PromptEncoder | None) -> list[dict[str, Any]]:
+    """The clip's feature-shard sample, written by ``shards.extract.output_samples`` (a batch of one)."""
+    labels = clip.labels
+    extra = {"num_classes": num_classes} | {f"{m}_events": e for m, e in clip.events.items()}
+    batch = {"key": [clip.key], "labelled": [labels.labelled], "clip_label": [labels.clip],
+             "video_labels": [labels.video], "audio_labels": [labels.audio], "caption": [clip.caption],
+             "label_extra": [extra]}
+    feats = {m: torch.from_numpy(a)[None] for m, a in clip.features.items()}
+    if text is not None:
+        feats |= text(clip.caption)
+    return list(output_samples(batch, feats, dtype))
+
+
+def write_shard(source: ReleasedSet, plan: ShardPlan, path: Path, cfg: ConvertConfig, text: PromptEncoder | None,
+                bar: tqdm) -> dict[str, Any]:
+    """Read the plan's clips and write them to ``path`` (through ``path.partial``); returns the ledger record."""
+    partial = path.with_name(path.name + ".partial")
+    samples, skipped, fitted = 0, [], Counter()
+    try:
+        # mtime fixed: a shard's bytes depend on its clips only, so a resumed conversion equals an uninterrupted one
+        with wds.TarWriter(str(partial), encoder=False, mtime=0.0) as sink:
+            for key in plan.keys:
+                try:
+                    clip = source.read(plan.split, key)
+                except FeatureError as err:        # ReleasedFormatError, or the AVE reader's FeatureError
+                    if not cfg.skip_bad:
+                        raise
+                    skipped.append({"key": key, "split": plan.split, "error": str(err)})
+                    bar.write(f"[shards.convert] skipping {plan.split}/{key}: {err}", file=sys.stderr)
+                else:
+                    for sample in clip_samples(clip, len(source.classes), np.dtype(cfg.dtype), text):
+                        sink.write(sample)
+                    samples += 1
+                    fitted.update(f"{m}/{how}" for m, how in clip.fitted.items())
+                bar.update(1)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return {"split": plan.split, "samples": samples, "bytes": path.stat().st_size, "skipped": skipped,
+            "fitted": dict(sorted(fitted.items()))}
+
+
+def split_urls(names: list[str]) -> str:
+    """Shard names of one split -> its brace pattern, e.g. ``train-{000000..000093}.tar``."""
+    split = names[0].rsplit("-", 1)[0]
+    return names[0] if len(names) == 1 else f"{split}-{{000000..{len(names) - 1:06d}}}.tar"
+
+
+def build_manifest(source: ReleasedSet, plans: list[ShardPlan], ledger: Ledger, cfg: ConvertConfig,
+                   text: PromptEncoder | None) -> dict[str, Any]:
+    records = [(p, ledger.state["shards"][p.name]) for p in plans]
+    shapes = {m: list(FEATURE_SHAPES[m]) for m in source.modalities}
+    backbones: dict[str, Any] = {m: RELEASED_BACKBONES[m] for m in source.modalities}
+    if text is not None:
+        shapes["text"] = list(text.backbones.feature_shapes()["text"])
+        backbones["text"] = text.backbones.describe()["text"]
+    splits: dict[str, dict[str, Any]] = {}
+    for plan, entry in records:
+        split = splits.setdefault(plan.split, {"shards": [], "samples": 0})
+        split["shards"].append(plan.name)
+        split["samples"] += entry["samples"]
+    fitted = Counter()
+    for _, entry in records:
+        fitted.update(entry["fitted"])
+    skipped = [clip for _, entry in records for clip in entry["skipped"]]
+    return {
+        "format": FEATURE_MANIFEST_FORMAT,
+        "shards": [{"name": p.name, "samples": e["samples"], "split": p.split} for p, e in records],
+        "total": sum(e["samples"] for _, e in records), "skipped": len(skipped),
+        "backbones": backbones, "feature_shapes": shapes,
+        "decode": dataclasses.asdict(DecodeConfig(seconds=SECONDS)), "dtype": cfg.dtype,
+        "released": {
+            "set": source.kind, "classes": source.classes, "num_classes": len(source.classes), "labels": source.labels,
+            "splits": {s: {"urls": split_urls(v["shards"]), "shards": len(v["shards"]), "samples": v["samples"]}
+                       for s, v in splits.items()},
+            "fitted": dict(sorted(fitted.items())), "skipped_clips": skipped,
+            "arguments": ledger.state["arguments"],
+        },
+    }
+
+
+def convert(source: ReleasedSet, set_config: SetConfig, cfg: ConvertConfig) -> dict[str, Any]:
+    """Convert (or continue converting) ``source`` into ``cfg.out``. Returns ``{"manifest": ..., "written": n,
+    "remaining": n}``; the manifest is None while shards remain (``cfg.max_shards`` reached)."""
+    if cfg.clips_per_shard < 1:
+        raise ConvertError(f"--clips-per-shard must be >= 1, got {cfg.clips_per_shard}")
+    if cfg.dtype not in ("float32", "float16"):
+        raise ConvertError(f"--dtype must be float32 or float16, got {cfg.dtype!r}")
+    if cfg.text_backbones and not source.captions:
+        raise ConvertError(f"--text-backbones encodes the prompts, but these {source.kind} clips have none "
+                           "(vggsound-avel: give --prompts)")
+    text = PromptEncoder(cfg.text_backbones) if cfg.text_backbones else None
+    arguments = {
+        "set": source.kind, "config": dataclasses.asdict(set_config),
+        "metadata_sha256": {str(p): sha256(p) for p in source.metadata_files()},
+        "clips_per_shard": cfg.clips_per_shard, "dtype": cfg.dtype, "skip_bad": cfg.skip_bad,
+        "text_backbone": text.backbones.describe()["text"] if text is not None else None,
+    }
+    plans = plan_shards(source.splits(), cfg.clips_per_shard)
+    if not plans:
+        raise ConvertError(f"{source.kind}: the metadata lists no clip")
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(out_dir / LOCK_NAME):
+        return convert_locked(source, plans, arguments, out_dir, cfg, text)
+
+
+def convert_locked(source: ReleasedSet, plans: list[ShardPlan], arguments: dict[str, Any], out_dir: Path,
+                   cfg: ConvertConfig, text: PromptEncoder | None) -> dict[str, Any]:
+    ledger = Ledger(out_dir, arguments)
+    for stale in out_dir.glob("*.tar.partial"):   # a shard an interrupted run was writing
+        stale.unlink()
+    todo = [p for p in plans if ledger.finished(p) is None]
+    done = sum(len(p.keys) for p in plans) - sum(len(p.keys) for p in todo)
+    written = 0
+    with tqdm(total=sum(len(p.keys) for p in plans), initial=done, desc=f"convert {source.kind}", unit="clip",
+              disable=not cfg.progress) as bar:
+        for plan in todo:
+            if cfg.max_shards is not None and written >= cfg.max_shards:
+                break
+            ledger.record(plan, write_shard(source, plan, out_dir / plan.name, cfg, text, bar))
+            written += 1
+    remaining = len(todo) - written
+    manifest = None
+    if remaining == 0:
+        manifest = build_manifest(source, plans, ledger, cfg, text)
+        (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return {"manifest": manifest, "written": written, "remaining": remaining}
+
+
+# --- command line ---
+
+def _path(text: str) -> str:
+    """A path argument, absolute (the resume fingerprint must not depend on the working directory)."""
+    return str(Path(text).expanduser().resolve()) if text else ""
+
+
+def parse_args(argv: list[str] | None) -> tuple[SetConfig, str, ConvertConfig]:
+    """(the set's config, its name, the conversion settings); raises ``ConvertError`` (exit 2)."""
+    p = argparse.ArgumentParser(prog="python -m shards.convert", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sets = p.add_subparsers(dest="set", required=True, metavar="SET")
+
+    def add_set(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = sets.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--out", required=True, help="output directory (shards, manifest.json, convert-state.json)")
+        sub.add_argument("--clips-per-shard", type=int, default=256, help="clips per shard (default 256)")
+        sub.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature dtype")
+        sub.add_argument("--skip-bad", action="store_true", help="leave unusable clips out (listed) instead of failing")
+        sub.add_argument("--text-backbones", default="", help="backbones YAML: encode the prompts into text.npy")
+        sub.add_argument("--max-shards", type=int, default=None, help="stop after N new shards (rerun to continue)")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+        return sub
+
+    for name, what in (("vggsound-avel", "VGGSound-AVEL 24K/40K/81K (the pretraining sets)"),
+                       ("ucf-vggsound", "one side of UCF101 <-> VGGSound: UCF101 video or VGGSound audio")):
+        sub = add_set(name, what)
+        sub.add_argument("--meta", required=True, help="CSV with columns category, video_id[, split] (81K: id)")
+        sub.add_argument("--categories", required=name == "ucf-vggsound", default="",
+                         help="class names, one a line (index = line number); not for the 81K list")
+        sub.add_argument("--audio-dir", default="", help="directory of <video_id>.zip audio features")
+        sub.add_argument("--video-dir", default="", help="directory of <video_id>.zip video features")
+        if name == "vggsound-avel":
+            sub.add_argument("--label-dir", default="", help="directory of <video_id>.zip AVC labels (10, 1); "
+                             "without it every second carries the clip's class")
+            sub.add_argument("--prompts", default="", help="label -> prompt CSV: the caption (text modality)")
+        sub.add_argument("--split", default="all", help="split of the rows when the CSV has no split column")
+    sub = add_set("avvp", "AVVP: features with per-modality onset/offset annotations")
+    sub.add_argument("--audio-annotations", required=True, help="TSV of the audible events")
+    sub.add_argument("--visual-annotations", required=True, help="TSV of the visible events")
+    sub.add_argument("--categories", required=True, help="AVVP_Categories.txt")
+    sub.add_argument("--audio-dir", default="", help="directory of <youtube id>.zip audio features")
+    sub.add_argument("--video-dir", default="", help="directory of <youtube id>.zip video features")
+    sub.add_argument("--split", default="all", help="split the clips are recorded under")
+    sub = add_set("ave", "AVE: h5 features, labels and order files")
+    sub.add_argument("--root", required=True, help="directory of visual_feature.h5 and audio_feature.h5")
+    sub.add_argument("--labels", default="labels.h5", help="labels h5 (relative to --root, or absolute)")
+    sub.add_argument("--order", default="{split}_order.h5", help="order h5 per split (relative to --root, or absolute)")
+    sub.add_argument("--splits", default="train,val,test", help="comma list of splits")
+    sub.add_argument("--categories", default="", help="class names of the label columns (default: AVE's 28)")
+    a = p.parse_args(argv)
+
+    if a.clips_per_shard < 1 or (a.max_shards is not None and a.max_shards < 1):
+        raise ConvertError("--clips-per-shard and --max-shards must be >= 1")
+    files, dirs = {}, {}
+    if a.set in ("vggsound-avel", "ucf-vggsound"):
+        set_config: SetConfig = ZipSetConfig(_path(a.meta), _path(a.categories), _path(a.audio_dir), _path(a.video_dir),
+                                       _path(getattr(a, "label_dir", "")), _path(getattr(a, "prompts", "")), a.split)
+        files = {"--meta": set_config.meta, "--categories": set_config.categories, "--prompts": set_config.prompts}
+        dirs = {"--audio-dir": set_config.audio_dir, "--video-dir": set_config.video_dir,
+                "--label-dir": set_config.label_dir}
+        if a.set == "ucf-vggsound" and bool(a.audio_dir) == bool(a.video_dir):
+            raise ConvertError("ucf-vggsound: give --video-dir (the UCF101 side) or --audio-dir (the VGGSound side)")
+    elif a.set == "avvp":
+        set_config = AVVPConfig(_path(a.audio_annotations), _path(a.visual_annotations), _path(a.categories),
+                                _path(a.audio_dir), _path(a.video_dir), a.split)
+        files = {"--audio-annotations": set_config.audio_annotations,
+                 "--visual-annotations": set_config.visual_annotations, "--categories": set_config.categories}
+        dirs = {"--audio-dir": set_config.audio_dir, "--video-dir": set_config.video_dir}
+    else:
+        set_config = AVEConfig(_path(a.root), a.labels, a.order, tuple(s for s in a.splits.split(",") if s),
+                               _path(a.categories))
+        root = Path(set_config.root)
+        files = {"--categories": set_config.categories, "--labels": str(root / set_config.labels),
+                 **{f"--order ({s})": str(root / set_config.order.format(split=s)) for s in set_config.splits},
+                 "--root video": str(root / PublicFeatureConfig.video_file),
+                 "--root audio": str(root / PublicFeatureConfig.audio_file)}
+        dirs = {"--root": set_config.root}
+    if a.set != "ave" and not (set_config.audio_dir or set_config.video_dir):
+        raise ConvertError(f"{a.set}: give --audio-dir and/or --video-dir")
+    missing = [f"{flag} {path}" for flag, path in files.items() if path and not Path(path).is_file()]
+    missing += [f"{flag} {path}" for flag, path in dirs.items() if path and not Path(path).is_dir()]
+    if missing:
+        raise ConvertError(f"not found: {', '.join(missing)}")
+    if a.text_backbones and not Path(a.text_backbones).is_file():
+        raise ConvertError(f"--text-backbones: file not found: {a.text_backbones}")
+    cfg = ConvertConfig(a.out, a.clips_per_shard, a.dtype, a.skip_bad, _path(a.text_backbones), a.max_shards,
+                        not a.no_progress)
+    return set_config, a.set, cfg
+
+
+def open_set(set_config: SetConfig, kind: str) -> ReleasedSet:
+    """The released set of ``set_config`` with its metadata read (raises ``ReleasedFormatError`` on bad metadata)."""
+    if isinstance(set_config, ZipSetConfig):
+        return ZipSet(set_config, kind)
+    if isinstance(set_config, AVVPConfig):
+        return AVVPSet(set_config)
+    return AVESet(set_config)
+
+
+def summary(manifest: dict[str, Any], out: str) -> str:
+    released = manifest["released"]
+    lines = [f"{released['set']}: {manifest['total']} clips ({released['num_classes']} classes) in "
+             f"{len(manifest['shards'])} shards in {out}; {manifest['skipped']} skipped; "
+             f"features {', '.join(f'{m} {tuple(s)}' for m, s in manifest['feature_shapes'].items())} "
+             f"{manifest['dtype']}"]
+    if released["fitted"]:
+        lines.append("fitted to 10 s: " + ", ".join(f"{k} {n}" for k, n in released["fitted"].items()))
+    for clip in released["skipped_clips"]:
+        lines.append(f"  skipped {clip['split']}/{clip['key']}: {clip['error']}")
+    urls = {split: str(Path(out) / info["urls"]) for split, info in released["splits"].items()}
+    for split, info in released["splits"].items():
+        lines.append(f"  {split:<6} {info['samples']:>7} clips  data.urls='{urls[split]}'")
+    if len(urls) > 1:
+        lines.append(f"  {'every':<6} {manifest['total']:>7} clips  data.urls='{'::'.join(urls.values())}'")
+    modalities = ",".join(manifest["feature_shapes"])
+    lines.append(f"train on a split: python trainer/main.py --config CONFIG.yaml data.kind=features "
+                 f"data.feature_modalities=[{modalities}] data.urls='{urls.get('train', next(iter(urls.values())))}'")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        set_config, kind, cfg = parse_args(argv)
+    except ConvertError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        source = open_set(set_config, kind)
+    except FeatureError as err:   # the metadata files (CSV, categories, annotations, h5 order files)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:     # arguments the metadata does not fit (e.g. --categories for a CSV without any)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = convert(source, set_config, cfg)
+    except ConvertError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FeatureError as err:   # a clip
+        print(f"error: {err}\n(finished shards are kept in {cfg.out}: fix the input or add --skip-bad, then run "
+              "the same command again to continue)", file=sys.stderr)
+        return 1
+    if result["manifest"] is None:
+        print(f"stopped after {result['written']} new shards (--max-shards); {result['remaining']} remain: run the "
+              "same command again to continue")
+        return 0
+    print(summary(result["manifest"], cfg.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

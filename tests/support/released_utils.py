@@ -1,0 +1,212 @@
+"""Tiny sets in the CMG authors' released layouts (trainer/data/released.py), with the arrays they hold, shared by
+tests/unit/test_released.py, tests/unit/test_convert.py and tests/system/test_convert_job.py.
+
+File names, CSV columns, zip-of-pickle members and array shapes are the authors' (haihuangcode/CMG
+code/src/dataset/*.py); the values are random. Every builder returns the paths and, per clip, what a reader
+should find.
+"""
+
+from __future__ import annotations
+
+import csv
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from trainer.data.released import AVE_CLASSES, AVVP_CLASSES
+
+VGG_CLASSES = ["playing cello", "rope skipping", "dog barking"]
+VGG_PROMPTS = {"playing cello": ["The deep, warm sound of a cello being played.", "Someone plays the cello."],
+               "rope skipping": ["A rope slaps the ground, again and again.", "A child is skipping rope."],
+               "dog barking": ["A dog barks loudly, then again.", "The dog is barking at the door."]}
+
+
+def pickle_zip(path: Path, array: np.ndarray, protocol: int = 3, member: str | None = None) -> None:
+    """``path`` = a zip holding one pickled array, as the authors release every feature and label."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(member or f"{path.stem}.pkl", pickle.dumps(array, protocol=protocol))
+
+
+def pickle_bytes_zip(path: Path, data: bytes, member: str) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(member, data)
+
+
+class OpensAFileWhenUnpickled:
+    """Pickles to ``open(path, "w")``: loading it with ``pickle.loads`` creates ``path``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@dataclass
+class Clip:
+    category: str
+    split: str
+    audio: np.ndarray | None = None     # as released: (T, 128)
+    video: np.ndarray | None = None     # (T, 7, 7, 512)
+    avc: np.ndarray | None = None       # (10, 1)
+
+
+@dataclass
+class ZipSetFiles:
+    root: Path
+    meta: Path
+    categories: Path
+    audio_dir: Path
+    video_dir: Path
+    label_dir: Path
+    prompts: Path
+    clips: dict[str, Clip] = field(default_factory=dict)   # video_id -> its arrays, in CSV order
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_vggsound_avel(root: Path, splits: list[str], seed: int = 0) -> ZipSetFiles:
+    """VGGSound-AVEL: one CSV row per entry of ``splits`` (its split), audio of 7..10 s, video (10, 7, 7, 512),
+    AVC labels (10, 1); pickles of protocols 2..5 in turn."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    files = ZipSetFiles(root, root / "vggsound-avel40k.csv", _write_lines(root / "VggsoundAVEL40kCategories.txt",
+                                                                           VGG_CLASSES),
+                        root / "audio" / "zip", root / "video" / "zip", root / "label" / "zip",
+                        root / "vggsoundCategories2Prompts.csv")
+    with open(files.prompts, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "prompt"])
+        for label in VGG_CLASSES:
+            for prompt in VGG_PROMPTS[label]:
+                writer.writerow([label, prompt])
+    with open(files.meta, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["category", "video_id", "split"])
+        for n, split in enumerate(splits):
+            video_id = f"-v{n:02d}_x{seed}Yz"
+            clip = Clip(VGG_CLASSES[n % len(VGG_CLASSES)], split,
+                        audio=rng.standard_normal((int(rng.integers(7, 11)), 128)).astype(np.float32),
+                        video=rng.random((10, 7, 7, 512), dtype=np.float32),
+                        avc=(rng.random((10, 1)) < 0.6).astype(np.int64))
+            protocol = 2 + n % 4
+            pickle_zip(files.audio_dir / f"{video_id}.zip", clip.audio, protocol)
+            pickle_zip(files.video_dir / f"{video_id}.zip", clip.video, protocol)
+            pickle_zip(files.label_dir / f"{video_id}.zip", clip.avc, protocol)
+            writer.writerow([clip.category, video_id, split])
+            files.clips[video_id] = clip
+    return files
+
+
+def make_ucf_side(root: Path, clips: int = 3, seed: int = 1) -> ZipSetFiles:
+    """The UCF101 side of UCF101 <-> VGGSound: ucf2vggsound.csv without a split column, video of 8..12 s."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    classes = ["PlayingCello", "JumpRope"]
+    files = ZipSetFiles(root, root / "ucf2vggsound.csv", _write_lines(root / "UCF101sameVGGSound.txt", classes),
+                        Path(), root / "UCF101" / "feature" / "video" / "zip", Path(), Path())
+    lengths = [8, 12, 10]
+    with open(files.meta, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["category", "video_id"])
+        for n in range(clips):
+            video_id = f"v_{classes[n % 2]}_g{n + 1:02d}_c01"
+            clip = Clip(classes[n % 2], "all", video=rng.random((lengths[n % 3], 7, 7, 512), dtype=np.float32))
+            pickle_zip(files.video_dir / f"{video_id}.zip", clip.video)
+            writer.writerow([clip.category, video_id])
+            files.clips[video_id] = clip
+    _write_lines(root / "VGGSoundsameUCF101.txt", ["playing cello", "rope skipping"])
+    return files
+
+
+@dataclass
+class AVVPFiles:
+    root: Path
+    audio_annotations: Path
+    visual_annotations: Path
+    categories: Path
+    audio_dir: Path
+    video_dir: Path
+    audio: dict[str, np.ndarray] = field(default_factory=dict)   # YouTube id -> (T, 128)
+    video: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# filename -> (audio events, visual events) as (label, onset, offset)
+AVVP_EVENTS = {
+    "IgN7v8nWmx8_30_40": ([("Speech", 0, 1), ("Speech", 5, 9), ("Violin_fiddle", 0, 5), ("Violin_fiddle", 6, 8),
+                           ("Violin_fiddle", 9, 10)],
+                          [("Violin_fiddle", 0, 10)]),
+    "KSRjje7GH44_60_70": ([("Blender", 8, 10), ("Speech", 0, 8)], []),
+    "H5WcJwyjxIg_2_12": ([("Baby_cry_infant_cry", 0, 0)], [("Dog", 3, 6), ("Cat", 4, 5)]),
+}
+
+
+def make_avvp(root: Path, seed: int = 2) -> AVVPFiles:
+    """AVVP: the audio annotations as one row per video (comma-separated lists, the authors' *_combined files), the
+    visual ones as one row per event (the original AVVP files); features named by the 11-character YouTube id."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    files = AVVPFiles(root, root / "AVVP_eval_audio_checked_combined.csv",
+                      root / "AVVP_eval_visual_checked_combined.csv",
+                      _write_lines(root / "AVVP_Categories.txt", list(AVVP_CLASSES)),
+                      root / "AVVP" / "feature" / "audio" / "zip", root / "AVVP" / "feature" / "video" / "zip")
+    audio_rows = ["filename\tonset\toffset\tevent_labels"]
+    visual_rows = ["filename\tonset\toffset\tevent_labels"]
+    for filename, (audio, visual) in AVVP_EVENTS.items():
+        if audio:
+            audio_rows.append("\t".join([filename, ",".join(str(e[1]) for e in audio),
+                                         ",".join(str(e[2]) for e in audio), ",".join(e[0] for e in audio)]))
+        visual_rows += [f"{filename}\t{onset}\t{offset}\t{label}" for label, onset, offset in visual]
+        youtube_id = filename[:11]
+        files.audio[youtube_id] = rng.standard_normal((9, 128)).astype(np.float64)
+        files.video[youtube_id] = rng.random((10, 7, 7, 512), dtype=np.float32)
+        pickle_zip(files.audio_dir / f"{youtube_id}.zip", files.audio[youtube_id])
+        pickle_zip(files.video_dir / f"{youtube_id}.zip", files.video[youtube_id])
+    _write_lines(files.audio_annotations, audio_rows)
+    _write_lines(files.visual_annotations, visual_rows)
+    return files
+
+
+@dataclass
+class AVEFiles:
+    root: Path
+    video: np.ndarray          # (n 10 7 7 512)
+    audio: np.ndarray          # (n 10 128)
+    per_second: np.ndarray     # (n 10) class or -1
+    orders: dict[str, list[int]]
+
+
+def make_ave(root: Path, n: int = 6, seed: int = 3) -> AVEFiles:
+    """AVE-ECCV18-master/data: visual_feature.h5, audio_feature.h5, labels.h5 (one-hot, background last) and
+    {train,val,test}_order.h5, dataset keys ``avadataset`` and ``order``."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    video = rng.random((n, 10, 7, 7, 512), dtype=np.float32)
+    audio = rng.standard_normal((n, 10, 128)).astype(np.float32)
+    per_second = np.where(rng.random((n, 10)) < 0.7, rng.integers(0, len(AVE_CLASSES), (n, 1)), -1)
+    labels = np.zeros((n, 10, len(AVE_CLASSES) + 1), np.float32)
+    labels[np.arange(n)[:, None], np.arange(10)[None], np.where(per_second < 0, len(AVE_CLASSES), per_second)] = 1
+    orders = {"train": [4, 0, 2], "val": [1], "test": [5, 3]}
+    for name, array in (("visual_feature.h5", video), ("audio_feature.h5", audio), ("labels.h5", labels)):
+        with h5py.File(root / name, "w") as f:
+            f["avadataset"] = array
+    for split, order in orders.items():
+        with h5py.File(root / f"{split}_order.h5", "w") as f:
+            f["order"] = np.array(order)
+    return AVEFiles(root, video, audio, per_second, orders)
+
+
+def fitted_audio(audio: np.ndarray) -> np.ndarray:
+    """The authors' fit of released audio to 10 s (VGGSOUND_dataset.py): repeat the last row, or cut."""
+    if audio.shape[0] < 10:
+        return np.concatenate([audio, np.tile(audio[-1, :], (10 - audio.shape[0], 1))], axis=0)
+    return audio[:10]
+
