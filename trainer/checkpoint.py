@@ -6,6 +6,8 @@ Layout under ``<run_dir>/checkpoints``::
         engine/               DeepSpeed/accelerate engine state (model, optimizer, scheduler shards; ENGINE_DIR)
         rank_00000.pt         per-rank trainer state (task extras, data stream, RNG states)
         model.pt              consolidated fp32 model state (rank 0; MODEL_FILE)
+        optimizer.pt          the optimizer state by parameter name, independent of world size and ZeRO partitions
+                              (rank 0; OPTIMIZER_FILE): what an elastic resume loads instead of engine/
         task_extra.pt         a task's hand-over to the next phase, when it has one (TASK_EXTRA_FILE)
         meta.json             step, world size, MLflow run id, ... (META; written after every other file but one)
         manifest.json         every other file under the directory: relative path, size in bytes, sha256
@@ -37,10 +39,16 @@ Rules:
 4. loading uses ``torch.load(weights_only=True)``: per-rank state holds only tensors, numbers, strings and
    containers of them (RNG states are tensors), never pickled objects; a file holding anything else is refused;
 5. every load error is a ``CheckpointError`` naming the checkpoint and the file (for the engine: ``engine/``),
-   chained to the original error.
+   chained to the original error;
+6. a checkpoint resumes exactly (``engine/`` and this rank's ``rank_*.pt``) when the world size and the engine
+   (``meta.json``'s ``zero_stage``, 0 = plain torch) are the ones it was written with. Otherwise the resume is
+   *elastic* (``RunCheckpoints.restore``): the engine loads ``model.pt`` and ``optimizer.pt`` into its own
+   partitioning, a part whose state is split over ranks (``Resplittable``: the data stream, the RNG streams)
+   gets every old rank's state, and every other part, identical on all ranks, gets rank 0's. A part can ask for
+   every rank's state at the same world size too (the data stream, when its workers or batch size changed).
 
-This module is the one that knows these files: every reader and writer of ``model.pt``, ``task_extra.pt``,
-``meta.json`` and ``manifest.json`` goes through it (``read_model_state``, ``read_init_source``,
+This module is the one that knows these files: every reader and writer of ``model.pt``, ``optimizer.pt``,
+``task_extra.pt``, ``meta.json`` and ``manifest.json`` goes through it (``read_model_state``, ``read_init_source``,
 ``load_init_state_``, ``verify_checkpoint``, ...), so does the state surgery of ``run.init_from`` (a model started
 from another run's model.pt).
 """
@@ -60,7 +68,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -79,6 +87,7 @@ _HASH_CHUNK = 1 << 20                # bytes read per step while hashing (files 
 _HASH_THREADS = 4                    # files hashed concurrently (hashlib releases the GIL)
 MODEL_FILE = "model.pt"              # consolidated fp32 model state (evaluation, export, the next phase's init)
 TASK_EXTRA_FILE = "task_extra.pt"    # a task's optional hand-over to the next phase (trainer/tasks/base.py)
+OPTIMIZER_FILE = "optimizer.pt"      # optimizer state by parameter name (trainer/engine.py: optimizer_state)
 CODEBOOK_PREFIX = "quantizer."       # model.pt keys of the shared codebook (trainer/models/segment_coder.py)
 
 
@@ -134,6 +143,13 @@ class CheckpointManager:
             if candidate not in tried and _verifies(candidate):
                 return candidate
         return None
+
+    def named_latest(self) -> Path | None:
+        """The checkpoint ``latest`` names, unverified (None without a pointer): a cheap look before any work at
+        what ``run.resume=auto`` will most likely take (the resume itself verifies, and may fall back)."""
+        pointer = self.root / LATEST
+        name = pointer.read_text().strip() if pointer.is_file() else ""
+        return self.root / name if _STEP_DIR.match(name) else None
 
     def resolve(self, resume: str | None) -> Path | None:
         """``None``/"" -> no resume; "auto" -> the newest checkpoint that verifies (``latest``; None if there is
@@ -397,12 +413,27 @@ class Stateful(Protocol):
     def load_state_dict(self, state: Any) -> None: ...
 
 
+@runtime_checkable
+class Resplittable(Stateful, Protocol):
+    """A part whose state differs between ranks and can be re-split over another world size (or layout)."""
+
+    def needs_resplit(self, state: Any) -> bool:
+        """Whether this rank's own saved ``state`` cannot be resumed as it is (same world size), only re-split."""
+
+    def load_resplit(self, states: list[Any]) -> None:
+        """Continue from every old rank's state (in rank order) on this rank of the new world."""
+
+
 class Engine(Protocol):
     """What a checkpoint needs of the training engine (``trainer.engine.TrainEngine``)."""
+
+    zero_stage: int   # 0: plain torch
 
     def save(self, ckpt_dir: Path) -> None: ...
     def load(self, ckpt_dir: Path) -> None: ...
     def model_state_dict(self) -> dict[str, Tensor] | None: ...
+    def optimizer_state(self) -> dict[str, Any] | None: ...
+    def load_resharded(self, model_state: Mapping[str, Tensor], optimizer_state: Mapping[str, Any]) -> None: ...
 
 
 class Handover(Protocol):
@@ -416,9 +447,11 @@ class RunCheckpoints:
     """The checkpoints of one run: what each one holds, written and restored in one place.
 
     ``parts`` is the registry of this rank's stateful parts (name -> ``state_dict``/``load_state_dict``); a
-    checkpoint holds the engine's state (model, optimizer), ``model.pt`` (rank 0), the task's hand-over
-    ``task_extra.pt`` (rank 0, when non-empty), and per rank every part's state plus ``replicas`` (this rank's
-    copies of the replicated state the engine does not own, for cross-rank checks).
+    checkpoint holds the engine's state (model, optimizer), ``model.pt`` and ``optimizer.pt`` (rank 0), the
+    task's hand-over ``task_extra.pt`` (rank 0, when non-empty), and per rank every part's state plus
+    ``replicas`` (this rank's copies of the replicated state the engine does not own, for cross-rank checks).
+    A part that is ``Resplittable`` follows a change of world size; every other part must be identical on all
+    ranks (rule 6 of the module docstring).
     """
 
     def __init__(self, root: Path, keep_last: int, engine: Engine, parts: Mapping[str, Stateful], task: Handover):
@@ -427,23 +460,54 @@ class RunCheckpoints:
         self.manager.clean_partial()
 
     def restore(self, resume: str | None) -> Path | None:
-        """Load the checkpoint ``run.resume`` names into the engine and every part; the directory, or None.
+        """Collective. Load the checkpoint ``run.resume`` names into the engine and every part; the directory,
+        or None. Exact when the world size and engine are the ones it was written with, elastic otherwise
+        (rule 6 of the module docstring), which rank 0 reports in one line.
 
         The checkpoint is verified first (``CheckpointManager.resolve``); a load that fails all the same is a
         ``CheckpointError`` naming the checkpoint and the file (``engine/`` for the engine's state)."""
         ckpt = self.manager.resolve(resume)
-        if ckpt is not None:
+        if ckpt is None:
+            return None
+        meta = CheckpointManager.read_meta(ckpt)
+        old_world, world = int(meta["world_size"]), dist.world_size()
+        old_stage = meta.get("zero_stage", self.engine.zero_stage)   # not in meta.json before elastic resumes
+        reshard = old_world != world or old_stage != self.engine.zero_stage
+        if reshard:
+            optimizer_state = read_optimizer_state(ckpt)
+            try:
+                self.engine.load_resharded(read_model_state(ckpt), optimizer_state)
+            except Exception as err:
+                raise CheckpointError(f"checkpoint {ckpt}: {OPTIMIZER_FILE}: the optimizer state cannot be loaded "
+                                      f"into this engine ({_brief(err)})", ckpt, ckpt / OPTIMIZER_FILE) from err
+        else:
             try:
                 self.engine.load(ckpt)
             except Exception as err:
                 raise CheckpointError(f"checkpoint {ckpt}: {ENGINE_DIR}/: the engine state cannot be loaded "
                                       f"({_brief(err)})", ckpt, ckpt / ENGINE_DIR) from err
-            state = load_rank_state(ckpt)
-            missing = sorted(set(self.parts) - set(state))
-            if missing:
-                raise KeyError(f"{rank_file(ckpt, dist.rank())}: no state for {missing} (written by another version?)")
-            for name, part in self.parts.items():
-                part.load_state_dict(state[name])
+        own = load_rank_state(ckpt) if old_world == world else None
+        every: list[dict[str, Any]] = []   # every old rank's state, read once a part needs them
+        resplit = []
+        for name, part in self.parts.items():
+            splits = isinstance(part, Resplittable)
+            if own is not None and not (splits and part.needs_resplit(_part_state(own, name, ckpt, dist.rank()))):
+                part.load_state_dict(own[name])
+                continue
+            every = every or [load_rank_state(ckpt, rank) for rank in range(old_world)]
+            if splits:
+                part.load_resplit([_part_state(state, name, ckpt, rank) for rank, state in enumerate(every)])
+                resplit.append(name)
+            else:
+                part.load_state_dict(_part_state(every[0], name, ckpt, 0))   # identical on every rank
+        if (reshard or resplit) and dist.rank() == 0:
+            notes = [f"world size {old_world} -> {world}, engine {_engine_name(old_stage)} -> "
+                     f"{_engine_name(self.engine.zero_stage)}"]
+            notes += [f"optimizer state re-sharded from {OPTIMIZER_FILE}"] if reshard else []
+            notes += [f"re-split over the new layout: {', '.join(resplit)}"] if resplit else []
+            notes += ["every other part from rank 0"] if own is None else []
+            print(f"[cmg] elastic resume from {ckpt} (step {meta['step']}): {'; '.join(notes)} (not bit-exact: see "
+                  "README, Elastic resume)", flush=True)
         return ckpt
 
     def save(self, step: int, meta: dict[str, Any]) -> Path:
@@ -453,13 +517,26 @@ class RunCheckpoints:
             model_state = self.engine.model_state_dict()
             if model_state is not None:
                 write_model_state(tmp, model_state)
+            optimizer_state = self.engine.optimizer_state()
+            if optimizer_state is not None:
+                write_optimizer_state(tmp, optimizer_state)
             extra = self.task.extra_state()
             if extra and dist.rank() == 0:
                 write_task_extra(tmp, extra)
             save_rank_state(tmp, {name: part.state_dict() for name, part in self.parts.items()}
                             | {"replicas": self.task.replicated_state()})
 
-        return self.manager.save(step, write, meta)
+        return self.manager.save(step, write, {**meta, "zero_stage": self.engine.zero_stage})
+
+
+def _part_state(state: Mapping[str, Any], name: str, ckpt: Path, rank: int) -> Any:
+    if name not in state:
+        raise KeyError(f"{rank_file(ckpt, rank)}: no state for '{name}' (written by another version?)")
+    return state[name]
+
+
+def _engine_name(zero_stage: int) -> str:
+    return f"ZeRO-{zero_stage}" if zero_stage else "plain torch"
 
 
 # ---------------------------------------------------------------------- model.pt, task_extra.pt, init_from
@@ -485,6 +562,21 @@ def read_codebook(path: str | Path) -> tuple[Tensor, Path]:
     if key not in state:
         raise KeyError(f"{ckpt / MODEL_FILE} has no '{key}' (not the state dict of a codebook model?)")
     return state[key].float(), ckpt
+
+
+def write_optimizer_state(ckpt_dir: Path, state: Mapping[str, Any]) -> None:
+    torch.save(dict(state), Path(ckpt_dir) / OPTIMIZER_FILE)
+
+
+def read_optimizer_state(ckpt_dir: Path) -> dict[str, Any]:
+    """A checkpoint's optimizer state by parameter name (``TrainEngine.optimizer_state``'s format); a
+    ``CheckpointError`` naming optimizer.pt if it is missing or damaged."""
+    ckpt = Path(ckpt_dir)
+    if not (ckpt / OPTIMIZER_FILE).is_file():
+        raise CheckpointError(f"checkpoint {ckpt}: {OPTIMIZER_FILE}: missing (written before elastic resumes "
+                              "existed): resume it with the world size and engine that wrote it", ckpt,
+                              ckpt / OPTIMIZER_FILE)
+    return _load_file(ckpt, OPTIMIZER_FILE, "a plain optimizer state")
 
 
 def write_task_extra(ckpt_dir: Path, extra: Mapping[str, object]) -> None:
@@ -586,15 +678,28 @@ class ProcessRNG:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_rng_state(state)
 
+    def needs_resplit(self, state: dict[str, Any]) -> bool:
+        return False
+
+    def load_resplit(self, states: list[dict[str, Any]]) -> None:
+        """Another world size: one rank's streams cannot be split or merged, so every rank starts new ones, seeded
+        by its rank and the torch RNG state old rank 0 saved (seeds differ between ranks and between checkpoints)."""
+        digest = hashlib.sha256(states[0]["torch"].numpy().tobytes() + f"/{dist.rank()}".encode()).digest()
+        seed = int.from_bytes(digest[:4], "little")
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
 
 def save_rank_state(ckpt_dir: Path, state: dict[str, Any]) -> None:
     torch.save(state, rank_file(ckpt_dir, dist.rank()))
 
 
-def load_rank_state(ckpt_dir: Path) -> dict[str, Any]:
-    """This rank's state in ``ckpt_dir``; a ``CheckpointError`` naming the checkpoint and the file on any failure."""
+def load_rank_state(ckpt_dir: Path, rank: int | None = None) -> dict[str, Any]:
+    """The state ``rank`` (default: this rank) saved in ``ckpt_dir``; a ``CheckpointError`` naming the checkpoint
+    and the file on any failure."""
     ckpt = Path(ckpt_dir)
-    path = rank_file(ckpt, dist.rank())
+    path = rank_file(ckpt, dist.rank() if rank is None else rank)
     if not path.is_file():
         try:
             written = f"written by world size {CheckpointManager.read_meta(ckpt).get('world_size')}"

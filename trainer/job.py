@@ -31,9 +31,9 @@ from typing import Any, Literal
 import yaml
 
 from trainer.backbones import BackbonesConfig, load_backbones_config
-from trainer.checkpoint import MODEL_FILE, CheckpointManager, resolve_checkpoint
+from trainer.checkpoint import MODEL_FILE, CheckpointError, CheckpointManager, resolve_checkpoint
 from trainer.config import ConfigError, build_config, load_config, to_dict
-from trainer.data.stream import DataConfig, expand_shard_urls, manifest_counts, read_manifest
+from trainer.data.stream import DataConfig, data_source, expand_shard_urls, manifest_counts, read_manifest
 from trainer.models.comet import COMETConfig
 from trainer.models.fccid import FCCIDConfig
 from trainer.models.unicode import UniCodeConfig
@@ -224,10 +224,33 @@ def check_batch_size(cfg: JobConfig) -> None:
                           "data.batch_size >= 2 (clips per rank)")
 
 
+def check_resume_data(cfg: JobConfig, ckpt: Path) -> None:
+    """``cfg`` must read the data that ``ckpt``'s stream position refers to (meta.json's ``data_source``): the same
+    shards, shuffled the same way. Another world size, number of workers or batch size per rank is fine: that
+    resume is elastic (trainer/checkpoint.py, rule 6)."""
+    try:
+        saved = CheckpointManager.read_meta(ckpt).get("data_source")
+    except CheckpointError:
+        return   # the resume reports it (run.resume=auto falls back to an older checkpoint)
+    if not saved:   # an in-memory source, or a checkpoint written before meta.json recorded it
+        return
+    for key, value in data_source(cfg.data).items():
+        if saved.get(key) != value:
+            what = "the shard list (sha256 " + value + ")" if key == "urls" else repr(value)
+            raise ConfigError(f"data.{key}: {what} is not what checkpoint {ckpt} was trained on ({saved.get(key)!r}): "
+                              f"its data position refers to those data; resume with the same data.{key}, or start a "
+                              "new run from its model (run.resume='' run.init_from=<checkpoint>)")
+
+
 def check_checkpoint_paths(cfg: JobConfig, init_from: bool = True) -> None:
-    """An explicit ``run.resume`` path and (``init_from``) ``run.init_from`` must name checkpoints that exist."""
+    """An explicit ``run.resume`` path and (``init_from``) ``run.init_from`` must name checkpoints that exist; the
+    checkpoint a resume takes must be of the data ``cfg`` reads (``check_resume_data``)."""
     resume = cfg.run.resume
-    if resume not in ("", "auto"):
+    if resume == "auto":
+        latest = CheckpointManager(Path(cfg.run.dir) / "checkpoints").named_latest()
+        if latest is not None:
+            check_resume_data(cfg, latest)
+    elif resume:
         try:
             found = CheckpointManager(Path(cfg.run.dir) / "checkpoints").resolve(resume)
         except (FileNotFoundError, ValueError) as err:   # missing, or (trainer.checkpoint.CheckpointError) damaged
@@ -240,6 +263,7 @@ def check_checkpoint_paths(cfg: JobConfig, init_from: bool = True) -> None:
         if found is None:
             raise ConfigError(f"run.resume={resume!r}: no complete checkpoint under {resume} (its 'latest' names "
                               "none); give a step_N directory, 'auto' or ''")
+        check_resume_data(cfg, found)
     if init_from and cfg.run.init_from:
         try:
             ckpt = resolve_checkpoint(cfg.run.init_from)

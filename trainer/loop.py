@@ -27,7 +27,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import to_dict
 from trainer.data.memory import MemoryStream
-from trainer.data.stream import feature_batches
+from trainer.data.stream import data_source, feature_batches
 from trainer.engine import TrainEngine
 from trainer.job import JobConfig, job_backbones, resolve_job
 from trainer.runtime import EXIT_RESUME, StopRequest
@@ -168,7 +168,7 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
         return checkpoints.save(counter.step, {
             "phase": cfg.run.phase, "mlflow_run_id": tracker.run_id, "samples_seen": counter.samples_seen,
             "task": cfg.task, "model_config": to_dict(model_cfg), "data_kind": cfg.data.kind,
-            "backbones": backbones_used})
+            "data_source": data_source(cfg.data) if memory is None else None, "backbones": backbones_used})
 
     def finish(state: str, status: str) -> None:
         if is_main:

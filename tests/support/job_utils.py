@@ -37,17 +37,19 @@ def make_clip_shards(root: Path, num_clips: int = 16, seconds: int = 4, clips_pe
 
 
 def job_command(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
-                seconds: int = 4, config: Path = DEMO_CONFIG, launcher: str = "trainer.launch") -> list[str]:
+                seconds: int = 4, config: Path = DEMO_CONFIG, launcher: str = "trainer.launch",
+                plain: bool = True) -> list[str]:
     """The main job on ``config`` (default: the demo config), shrunk for tests (logs every step, no progress bar).
 
     ``launcher``: for several processes, the module that launches them: ``trainer.launch`` or
-    ``accelerate.commands.launch`` (what ``accelerate launch`` runs).
+    ``accelerate.commands.launch`` (what ``accelerate launch`` runs). One process runs as ``python trainer/main.py``
+    (plain torch), or, with ``plain=False``, through ``launcher`` with the DeepSpeed config as well.
     """
     args = ["--config", str(config), f"run.dir={run_dir}", f"data.urls={urls}",
             f"data.decode.seconds={seconds}", "data.batch_size=2", "data.num_workers=1", "data.shuffle_buffer=4",
             "run.progress=false", "tracking.log_every=1", "tracking.flush_interval_s=0", *overrides]
     main = str(REPO / "trainer" / "main.py")
-    if processes == 1:
+    if processes == 1 and plain:
         return [sys.executable, main, *args]
     return [sys.executable, "-m", launcher,
             "--config_file", str(REPO / "launch" / "accelerate" / f"cpu_zero{zero}.yaml"),
@@ -63,8 +65,9 @@ def job_env() -> dict[str, str]:
 
 def run_job(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
             timeout: float = 300, check: bool = True, config: Path = DEMO_CONFIG,
-            launcher: str = "trainer.launch") -> subprocess.CompletedProcess:
-    proc = subprocess.run(job_command(run_dir, urls, processes, zero, overrides, config=config, launcher=launcher),
+            launcher: str = "trainer.launch", plain: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(job_command(run_dir, urls, processes, zero, overrides, config=config, launcher=launcher,
+                                      plain=plain),
                           cwd=REPO,
                           env=job_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

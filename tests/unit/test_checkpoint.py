@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpoint import (MANIFEST, MODEL_FILE, CheckpointError, CheckpointManager, RunCheckpoints,
-                                load_rank_state, rank_file, read_init_source, read_model_state, read_task_extra,
-                                resolve_checkpoint, rng_state, save_rank_state, set_rng_state, verify_checkpoint,
-                                write_model_state, write_task_extra)
+from trainer.checkpoint import (MANIFEST, MODEL_FILE, OPTIMIZER_FILE, CheckpointError, CheckpointManager,
+                                RunCheckpoints, load_rank_state, rank_file, read_init_source, read_model_state,
+                                read_task_extra, resolve_checkpoint, rng_state, save_rank_state, set_rng_state,
+                                verify_checkpoint, write_manifest, write_model_state, write_task_extra)
 
 
 def _writer(value):
@@ -243,8 +243,11 @@ class _Part:
 
 
 class _Engine:
+    zero_stage = 0
+
     def __init__(self, fail=False):
         self.fail = fail
+        self.resharded = None
 
     def save(self, ckpt_dir):
         (ckpt_dir / "engine").mkdir()
@@ -258,6 +261,12 @@ class _Engine:
     def model_state_dict(self):
         return {"w": torch.ones(3)}
 
+    def optimizer_state(self):
+        return {"params": {"w": {"fp32": torch.ones(3), "exp_avg": torch.full((3,), 0.5), "step": 4}}, "lr": [0.1]}
+
+    def load_resharded(self, model_state, optimizer_state):
+        self.resharded = model_state, optimizer_state
+
 
 class _Task:
     def replicated_state(self):
@@ -265,6 +274,50 @@ class _Task:
 
     def extra_state(self):
         return {}
+
+
+class _SplitPart(_Part):
+    """A part whose state is per rank: a resume with another world size hands it every old rank's."""
+
+    def needs_resplit(self, state):
+        return False
+
+    def load_resplit(self, states):
+        self.value = sum(state["value"] for state in states)
+
+
+def _as_if_written_by_two_ranks(ckpt: Path, rank1_state: dict) -> None:
+    """Give a checkpoint written by this one process a rank 1 and the meta.json of a 2-rank job (re-manifested)."""
+    torch.save(rank1_state, rank_file(ckpt, 1))
+    meta = json.loads((ckpt / "meta.json").read_text())
+    (ckpt / "meta.json").write_text(json.dumps(meta | {"world_size": 2}))
+    write_manifest(ckpt)
+
+
+def test_restore_with_another_world_size_is_elastic(tmp_path, capsys):
+    split, same = _SplitPart(), _Part()
+    split.value, same.value = 3, 7
+    ckpt = RunCheckpoints(tmp_path / "ck", 2, _Engine(), {"split": split, "same": same}, _Task()).save(4, {})
+    assert CheckpointManager.read_meta(ckpt)["zero_stage"] == 0
+    _as_if_written_by_two_ranks(ckpt, {"split": {"value": 5}, "same": {"value": 7}, "replicas": {}})
+    engine, split, same = _Engine(), _SplitPart(), _Part()
+    assert RunCheckpoints(tmp_path / "ck", 2, engine, {"split": split, "same": same}, _Task()).restore("auto") == ckpt
+    model_state, optimizer_state = engine.resharded                  # model.pt and optimizer.pt, not engine/
+    assert torch.equal(model_state["w"], torch.ones(3)) and optimizer_state["params"]["w"]["step"] == 4
+    assert split.value == 3 + 5 and same.value == 7                  # every rank's state; rank 0's
+    out = capsys.readouterr().out
+    assert f"[cmg] elastic resume from {ckpt} (step 4): world size 2 -> 1, engine plain torch -> plain torch" in out
+    assert "re-split over the new layout: split; every other part from rank 0 (not bit-exact" in out
+
+
+def test_an_elastic_resume_without_optimizer_state_names_the_file(tmp_path):
+    ckpt = RunCheckpoints(tmp_path / "ck", 2, _Engine(), {"part": _Part()}, _Task()).save(4, {})
+    (ckpt / OPTIMIZER_FILE).unlink()
+    _as_if_written_by_two_ranks(ckpt, {"part": {"value": 0}, "replicas": {}})
+    with pytest.raises(CheckpointError) as info:
+        RunCheckpoints(tmp_path / "ck", 2, _Engine(), {"part": _Part()}, _Task()).restore("auto")
+    assert f"checkpoint {ckpt}: {OPTIMIZER_FILE}: missing" in str(info.value)
+    assert info.value.file == ckpt / OPTIMIZER_FILE
 
 
 def test_restore_round_trip_and_engine_errors_name_the_engine_dir(tmp_path):

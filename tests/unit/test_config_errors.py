@@ -14,6 +14,7 @@ from task_utils import write_phases
 from trainer.checkpoint import CheckpointManager, save_rank_state, write_model_state
 from trainer.config import ConfigError, load_config
 from trainer.data import DataConfig
+from trainer.data.stream import data_source
 from trainer.job import JobConfig, check_batch_size, in_batch_negative_terms, validate_job
 from trainer.main import main
 from trainer.programs.continual import main as continual_main
@@ -32,15 +33,15 @@ def job_args(run_dir: Path, shards: str, *overrides: str) -> list[str]:
     return command[2:]
 
 
-def checkpoint(root: Path, model: bool = True) -> Path:
+def checkpoint(root: Path, model: bool = True, meta: dict | None = None) -> Path:
     """A complete checkpoint of step 4 under ``<root>/checkpoints``, written as the job writes one (with a model.pt
-    unless ``model`` is False); its directory."""
+    unless ``model`` is False, with ``meta`` in its meta.json); its directory."""
     def write(tmp: Path) -> None:
         if model:
             write_model_state(tmp, {"w": torch.zeros(2)})
         save_rank_state(tmp, {})
 
-    return CheckpointManager(root / "checkpoints").save(4, write, {})
+    return CheckpointManager(root / "checkpoints").save(4, write, meta or {})
 
 
 def assert_refused(argv: list[str], run_dir: Path, key: str, capsys, *also: str) -> None:
@@ -104,6 +105,20 @@ def test_an_init_from_checkpoint_without_model_state_is_refused(tmp_path, shards
     run_dir = tmp_path / "run"
     assert_refused(job_args(run_dir, shards, f"run.init_from={tmp_path / 'pretrain'}"), run_dir, "run.init_from",
                    capsys, "model.pt")
+
+
+def test_a_resume_on_other_shards_is_refused_naming_data_urls(tmp_path, shards, capsys):
+    args = job_args(tmp_path / "run", shards)
+    trained_on = data_source(load_config(JobConfig, args[1], args[2:]).data)
+    step = checkpoint(tmp_path / "pretrain", meta={"data_source": trained_on})
+    one_shard = shards.replace("{000000..000001}", "000000")
+    run_dir = tmp_path / "run"
+    assert_refused(job_args(run_dir, one_shard, f"run.resume={step}"), run_dir, "data.urls", capsys, str(step))
+    # run.resume=auto: the checkpoint the run dir's `latest` names
+    checkpoint(run_dir, meta={"data_source": trained_on})
+    assert main(job_args(run_dir, one_shard)) == 2 and "config error: data.urls" in capsys.readouterr().err
+    # another world size (not known here), number of workers or batch size per rank: an elastic resume
+    validate_job(load_config(JobConfig, args[1], [*args[2:], "data.num_workers=2", "data.batch_size=4"]))
 
 
 def test_existing_checkpoints_are_accepted_for_resume_and_init_from(tmp_path, shards):

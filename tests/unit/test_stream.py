@@ -3,6 +3,7 @@ for clip shards and (DataConfig.kind="features") feature shards."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
@@ -465,3 +466,111 @@ def test_configuration_errors_are_clear(good_shards, tmp_path):
     other_shards = ClipStream(DataConfig(urls=urls.replace("000003", "000002"), num_workers=2))
     with pytest.raises(ValueError, match="shards_fingerprint"):
         other_shards.load_state_dict(stream.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------- elastic resume
+@pytest.fixture(scope="module")
+def uneven_shards(clips, tmp_path_factory) -> dict:
+    """Five shards of 3, 2, 2, 2 and 1 clips (the 10 clips in order); the second clip's json is unparsable, and
+    shard 3 is cut in half (the manifest counts what was written)."""
+    src, keys = clips
+    out = tmp_path_factory.mktemp("uneven")
+    samples = [_members(src, key) for key in keys]
+    samples[1]["json"] = b"{oops"
+    sizes = [3, 2, 2, 2, 1]
+    starts = np.cumsum([0, *sizes])
+    for i, (start, size) in enumerate(zip(starts, sizes)):
+        _pack(out / f"train-{i:06d}.tar", samples[start:start + size])
+    manifest = {"shards": [{"name": f"train-{i:06d}.tar", "samples": n} for i, n in enumerate(sizes)]}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    cut = out / "train-000003.tar"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    return {"urls": f"{out}/train-{{000000..000004}}.tar"}
+
+
+def _resumed(cfg: DataConfig, world: int, states: list[dict]) -> list[ClipStream]:
+    """The ``world`` ranks' streams of ``cfg``, continuing from every old rank's ``states`` (none: from the start)."""
+    streams = [ClipStream(cfg, rank=rank, world_size=world) for rank in range(world)]
+    for stream in streams:
+        if states:
+            assert stream.needs_resplit(states[0])
+            stream.load_resplit(states)
+    return streams
+
+
+@pytest.mark.parametrize("steps", [(1, 1), (2, 0), (1, -1)])   # batches per rank before each stop; -1: the epoch's last
+def test_elastic_resume_2_to_1_to_2_delivers_every_sample_of_the_epoch_exactly_once(uneven_shards, steps):
+    """2 ranks x 2 workers (batch 2), stopped; 1 rank x 1 worker (batch 3), stopped; 2 ranks x 2 workers to the end
+    of the epoch. The states pass through torch.save/load (weights_only) as a checkpoint's rank files do."""
+    two = DataConfig(urls=uneven_shards["urls"], batch_size=2, num_workers=2, shuffle_buffer=4, seed=1, decode=DECODE)
+    one = dataclasses.replace(two, batch_size=3, num_workers=1)
+    uninterrupted = [ClipStream(two, rank=rank, world_size=2) for rank in range(2)]
+    good = sorted(_non_pad_keys([b for s in uninterrupted for b in _epoch(s)]))
+    lost = {name: sum(s.skip_totals()[name] for s in uninterrupted) for name in COUNTER_NAMES}
+    assert len(good) < 9 and lost["bad_json"] == 1 and lost["unreadable"] > 0
+    delivered, states = [], []
+    for cfg, world, stop in ((two, 2, steps[0]), (one, 1, steps[1]), (two, 2, None)):
+        streams = _resumed(cfg, world, states)
+        if stop == -1:
+            stop = len(streams[0])
+        counts = set()
+        for stream in streams:
+            batches = _epoch(stream, stop) if stop != 0 else []
+            assert {len(b["key"]) for b in batches} <= {cfg.batch_size}
+            counts.add(len(batches))
+            delivered += _non_pad_keys(batches)
+        assert len(counts) == 1                                    # every rank yields the same number of batches
+        states = [torch.load(io.BytesIO(_saved(s.state_dict())), weights_only=True) for s in streams]
+    assert sorted(delivered) == good                              # nothing lost, nothing repeated
+    assert all(s.epoch == 1 and s.position == 0 and not s.excluded.any() for s in streams)
+    # every skipped sample counted once (the old ranks' counters carried to rank 0), the truncated shard's too
+    assert {name: sum(s.skip_totals()[name] for s in streams) for name in COUNTER_NAMES} == lost
+    assert sorted(_non_pad_keys(_epoch(streams[0]) + _epoch(streams[1]))) == good    # the next epoch is whole
+
+
+def test_a_re_split_epoch_resumes_exactly_at_the_same_layout(uneven_shards):
+    """Stopped again inside the epoch an elastic resume re-planned, the stream resumes it bit-exactly."""
+    two = DataConfig(urls=uneven_shards["urls"], batch_size=2, num_workers=2, shuffle_buffer=4, seed=1, decode=DECODE)
+    old = [ClipStream(two, rank=rank, world_size=2) for rank in range(2)]
+    for stream in old:
+        _epoch(stream, 1)
+    states = [s.state_dict() for s in old]
+    one = dataclasses.replace(two, num_workers=1)
+    reference = _epoch(_resumed(one, 1, states)[0])
+    first = _resumed(one, 1, states)[0]
+    head = _epoch(first, 1)
+    second = ClipStream(one, rank=0, world_size=1)
+    assert not second.needs_resplit(first.state_dict())
+    second.load_state_dict(first.state_dict())
+    tail = _epoch(second)
+    assert len(head) + len(tail) == len(reference) > 1
+    for got, want in zip(head + tail, reference):
+        for name, value in want.items():
+            assert torch.equal(got[name], value) if torch.is_tensor(value) else got[name] == value, name
+
+
+def _saved(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def test_resampled_elastic_resume_keeps_the_epoch_position(good_shards):
+    cfg = DataConfig(urls=good_shards[0], batch_size=2, num_workers=2, resampled=True, epoch_batches=5, decode=DECODE)
+    old = [ClipStream(cfg, rank=rank, world_size=2) for rank in range(2)]
+    for stream in old:
+        _epoch(stream, 2)
+    new = ClipStream(dataclasses.replace(cfg, num_workers=1), rank=0, world_size=1)
+    new.load_resplit([s.state_dict() for s in old])
+    assert (new.epoch, new.position) == (0, 2) and len(_epoch(new)) == 3 and new.epoch == 1
+
+
+def test_a_resume_with_other_shards_is_refused_and_the_same_layout_needs_no_resplit(uneven_shards, good_shards):
+    cfg = DataConfig(urls=uneven_shards["urls"], batch_size=2, num_workers=2, decode=DECODE)
+    state = ClipStream(cfg, rank=0, world_size=2).state_dict()
+    assert not ClipStream(cfg, rank=0, world_size=2).needs_resplit(state)
+    other = ClipStream(dataclasses.replace(cfg, urls=good_shards[0]), rank=0, world_size=1)
+    with pytest.raises(ValueError, match="shards_fingerprint.*other shards"):
+        other.needs_resplit(state)
+    with pytest.raises(ValueError, match="shards_fingerprint"):
+        other.load_resplit([state])

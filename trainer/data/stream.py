@@ -31,10 +31,21 @@ handed out, plus (seed, epoch, position). A restored stream restarts its workers
 rotated by ``position`` (physical worker k plays logical worker (k + position) mod W, so the DataLoader's
 round-robin, which starts at worker 0, yields batch ``position`` first), and each worker skips its raw
 prefix. The batches that follow are exactly those the uninterrupted stream would have yielded.
+
+Elastic resumption (another world size, ``num_workers`` or ``batch_size``; non-resampled): the samples of all
+shards are numbered (shard i's are ``offsets[i] ..`` in read order), and each rank records which samples of
+the current epoch it has consumed: read into a batch it handed out or skipped as corrupt, and, once a worker
+is through its shards' first pass, all of them (those a truncated shard lost included, counted as unreadable
+then). ``load_resplit`` takes every old rank's state: the union of what they consumed is *excluded* from the
+rest of the epoch, which is planned again for the new layout as above from the samples left (a worker leaves
+out the excluded ones before its shuffle buffer). So every sample of that epoch is still delivered unflagged
+exactly once over the old and new ranks together. Resampled mode keeps the epoch's position: each rank draws
+its remaining batches afresh (with replacement anyway).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import itertools
@@ -109,6 +120,14 @@ class DataConfig:
                                  f"names from {list(FEATURE_MODALITIES)}, at least one")
 
 
+def data_source(cfg: DataConfig) -> dict[str, str | int | bool]:
+    """The data settings a saved stream position refers to, by the config key (``urls`` as a digest of the
+    expanded shard list). A resume must keep them; one with another layout re-splits the epoch's rest."""
+    urls = hashlib.sha256("\n".join(expand_shard_urls(cfg.urls)).encode()).hexdigest()[:16]
+    return {"urls": urls, "shuffle_buffer": cfg.shuffle_buffer, "shuffle_shards": cfg.shuffle_shards,
+            "resampled": cfg.resampled, "epoch_batches": cfg.epoch_batches}
+
+
 @dataclass
 class WorkerPlan:
     shards: list[str]  # this logical worker's shards (resampled: the pool it draws from)
@@ -170,20 +189,77 @@ def load_manifest_counts(urls: list[str], manifest: str) -> list[int]:
     return manifest_counts(urls, *read_manifest(urls, manifest))
 
 
-def batches_per_rank(samples: list[list[int]], batch_size: int) -> int:
+def batches_per_rank(samples: list[list[int]], batch_size: int, finished_ok: bool = False) -> int:
     """Smallest N with len(range(l, N, W)) >= ceil(n[r][l] / B) for every rank r and logical worker l.
 
     ``samples[r][l]`` is n, the samples of worker l on rank r; W = len(samples[r]). Worker l yields
     the batches i < N with i mod W == l, and len(range(l, N, W)) >= k  <=>  N >= W·(k − 1) + l + 1.
+    ``finished_ok``: n = 0 is a worker whose shards an elastic resume found consumed (it needs no batch and
+    pads any it gets); otherwise a worker without samples is an error.
     """
     need = 0
     for row in samples:
         workers = len(row)
         for logical, n in enumerate(row):
-            if n <= 0:
+            if n < 0 or (n == 0 and not finished_ok):
                 raise ValueError(f"worker {logical} of a rank has no samples (manifest counts {row})")
             need = max(need, workers * (-(-n // batch_size) - 1) + logical + 1)
     return need
+
+
+_INDEX = "__index__"   # a raw sample's number in the epoch's sample space (non-resampled), added before the shuffle
+
+
+@dataclass(frozen=True)
+class SampleNumbering:
+    """Numbers every sample of the shard list: shard i's samples, in read order, are ``offsets[i]`` to
+    ``offsets[i + 1] - 1`` (``offsets`` from the manifest's per-shard counts)."""
+
+    shard: dict[str, int]   # url -> its index in the shard list
+    offsets: np.ndarray     # (shards + 1) int64
+
+    @classmethod
+    def of(cls, urls: list[str], counts: list[int]) -> SampleNumbering:
+        twice = sorted(url for url, n in collections.Counter(urls).items() if n > 1)
+        if twice:
+            raise ValueError(f"DataConfig.urls lists {len(twice)} shards more than once, e.g. {twice[:3]}")
+        return cls({url: i for i, url in enumerate(urls)}, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+
+    @property
+    def size(self) -> int:
+        return int(self.offsets[-1])
+
+    def span(self, url: str) -> slice:
+        i = self.shard[url]
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    def per_shard(self, flags: np.ndarray) -> np.ndarray:
+        """How many of each shard's samples ``flags`` (one bool per sample) marks."""
+        cumulative = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+        return cumulative[self.offsets[1:]] - cumulative[self.offsets[:-1]]
+
+    def number(self, samples: Iterator[dict], excluded: np.ndarray) -> Iterator[dict]:
+        """``samples`` (raw, in read order) with their number under ``_INDEX``, less those ``excluded`` marks."""
+        ordinals: dict[str, int] = {}
+        for sample in samples:
+            url = sample["__url__"]
+            ordinal = ordinals[url] = ordinals.get(url, -1) + 1
+            where = self.span(url)
+            if where.start + ordinal >= where.stop:
+                raise RuntimeError(f"shard {url} holds more than the {where.stop - where.start} samples its manifest "
+                                   "lists; rewrite it")
+            if not excluded[where.start + ordinal]:
+                yield sample | {_INDEX: where.start + ordinal}
+
+
+def _packed(flags: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(flags))
+
+
+def _unpacked(packed: torch.Tensor, size: int) -> np.ndarray:
+    if packed.numel() != -(-size // 8):
+        raise ValueError(f"stream state marks {packed.numel() * 8} samples, the shards hold {size}")
+    return np.unpackbits(packed.numpy(), count=size).astype(bool)
 
 
 class _EpochSource(IterableDataset):
@@ -191,11 +267,12 @@ class _EpochSource(IterableDataset):
 
     def __init__(self, cfg: DataConfig, decode: Callable[[dict], Any], collate: Callable[[list, list[bool]], dict],
                  seed: int, epoch: int, rank: int, plans: list[WorkerPlan], total: int, position: int,
-                 cursors: list[list[int]]):
+                 cursors: list[list[int]], numbering: SampleNumbering | None, excluded: np.ndarray):
         super().__init__()
         self.cfg, self.decode, self.collate = cfg, decode, collate
         self.seed, self.epoch, self.rank, self.plans = seed, epoch, rank, plans
         self.total, self.position, self.cursors = total, position, cursors
+        self.numbering, self.excluded = numbering, excluded
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -213,6 +290,8 @@ class _EpochSource(IterableDataset):
         else:
             shards = iter([{"url": url} for url in plan.shards])
         samples = wds.tarfile_to_samples(handler=_warn_and_continue)(shards)
+        if self.numbering is not None and pass_index == 0:   # padding passes re-read everything, excluded or not
+            samples = self.numbering.number(samples, self.excluded)
         if cfg.shuffle_buffer > 1:
             samples = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=random.Random(seed))(samples)
         return samples
@@ -222,6 +301,7 @@ class _EpochSource(IterableDataset):
         todo = plan.batches - consumed
         pass_index, raw_index = cursor
         skipped = np.zeros(len(COUNTER_NAMES), np.int64)
+        taken: list[int] = []  # numbers of the epoch's samples read since the previous batch (delivered or skipped)
         clips: list = []  # DecodedClip (kind clips) or FeatureClip (kind features)
         pads: list[bool] = []
         while todo > 0:
@@ -234,6 +314,9 @@ class _EpochSource(IterableDataset):
                 raw_index += 1
                 if real and not cfg.resampled and raw_index > plan.samples:
                     raise RuntimeError(_more_than_manifest(plan))
+                index = raw.pop(_INDEX, None)   # numbered in pass 0 of a non-resampled epoch only
+                if real and index is not None:
+                    taken.append(index)
                 try:
                     clip = self.decode(raw)
                 except CorruptSample as err:
@@ -253,8 +336,9 @@ class _EpochSource(IterableDataset):
                 batch = self.collate(clips, pads)
                 batch["skipped"] = torch.from_numpy(skipped)
                 batch["_worker"], batch["_cursor"] = logical, (pass_index, raw_index)
+                batch["_taken"] = torch.tensor(taken, dtype=torch.int64)
                 yield batch
-                clips, pads, skipped = [], [], np.zeros_like(skipped)
+                clips, pads, skipped, taken = [], [], np.zeros_like(skipped), []
                 if todo == 0:
                     return
             # Only a finite pass gets here: the manifest's count minus what the reader produced is what
@@ -303,6 +387,9 @@ class ClipStream:
     and the next ``iter()`` continues from the next unconsumed batch (a state saved after the last batch
     of an epoch resumes as an empty iteration that rolls over to the next epoch). ``len()`` is the
     current epoch's batch count; epochs differ when the shard order changes which worker reads what.
+
+    A state of the same layout resumes exactly (``load_state_dict``); the states of every rank of another
+    layout continue the epoch re-split over this one (``needs_resplit``, ``load_resplit``; module docstring).
     """
 
     def __init__(self, cfg: DataConfig, rank: int | None = None, world_size: int | None = None,
@@ -323,6 +410,7 @@ class ClipStream:
         needs_manifest = cfg.kind == "features" or not cfg.resampled
         manifest, contents = read_manifest(self.urls, cfg.manifest) if needs_manifest else ("", {})
         self.counts = None if cfg.resampled else manifest_counts(self.urls, manifest, contents)
+        self.numbering = None if cfg.resampled else SampleNumbering.of(self.urls, self.counts)
         # picklable (module-level functions and partials), should a DataLoader ever spawn its workers
         if cfg.kind == "features":
             layout = feature_layout(contents, cfg.feature_modalities, manifest)
@@ -336,9 +424,17 @@ class ClipStream:
         self.seed, self.epoch, self.position = cfg.seed, 0, 0
         self.cursors = self._fresh_cursors()
         self.skipped = np.zeros(len(COUNTER_NAMES), np.int64)  # this rank's totals over all batches handed out
+        # one flag per sample of the shard list (none in resampled mode), for the current epoch: the samples this
+        # rank consumed, and those consumed before an elastic resume re-planned the epoch without them
+        samples = self.numbering.size if self.numbering is not None else 0
+        self.consumed, self.excluded = np.zeros(samples, bool), np.zeros(samples, bool)
 
     def _fresh_cursors(self) -> list[list[int]]:
         return [[0, 0] for _ in range(self.workers)]
+
+    def _next_epoch(self) -> None:
+        self.epoch, self.position, self.cursors = self.epoch + 1, 0, self._fresh_cursors()
+        self.consumed[:], self.excluded[:] = False, False
 
     def plan(self, epoch: int) -> tuple[int, list[WorkerPlan]]:
         """(batches per rank N, this rank's per-logical-worker plans) for ``epoch``."""
@@ -350,8 +446,10 @@ class ClipStream:
         if cfg.shuffle_shards:
             random.Random(stable_seed(self.seed, epoch)).shuffle(order)
         split = [[order[r::self.world_size][worker::w] for worker in range(w)] for r in range(self.world_size)]
-        samples = [[sum(self.counts[i] for i in shard_ids) for shard_ids in row] for row in split]
-        total = batches_per_rank(samples, cfg.batch_size)
+        replanned = epoch == self.epoch and self.excluded.any()   # by an elastic resume: without those samples
+        counts = np.array(self.counts) - (self.numbering.per_shard(self.excluded) if replanned else 0)
+        samples = [[int(sum(counts[i] for i in shard_ids)) for shard_ids in row] for row in split]
+        total = batches_per_rank(samples, cfg.batch_size, finished_ok=replanned)
         plans = [WorkerPlan([self.urls[i] for i in split[self.rank][worker]], samples[self.rank][worker],
                             len(range(worker, total, w))) for worker in range(w)]
         return total, plans
@@ -362,51 +460,94 @@ class ClipStream:
     def __iter__(self) -> Iterator[dict]:
         total, plans = self.plan(self.epoch)
         source = _EpochSource(self.cfg, self.decode, self.collate, self.seed, self.epoch, self.rank, plans, total,
-                              self.position, [list(c) for c in self.cursors])
+                              self.position, [list(c) for c in self.cursors], self.numbering, self.excluded)
         # A private generator: DataLoader draws its workers' base seed from it, so starting an epoch (or a
         # resumed one) never advances the global torch RNG that dropout uses: resume stays bit-exact.
         generator = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch, self.rank, "loader"))
         loader = DataLoader(source, batch_size=None, num_workers=self.cfg.num_workers, worker_init_fn=_worker_init,
                             generator=generator)
         for batch in loader:
-            self.cursors[batch.pop("_worker")] = [int(v) for v in batch.pop("_cursor")]
+            worker = batch.pop("_worker")
+            self.cursors[worker] = [int(v) for v in batch.pop("_cursor")]
+            self.consumed[batch.pop("_taken").numpy()] = True
             self.position += 1
+            # a worker past its first pass (or done) has consumed all of its shards, samples a truncated shard
+            # lost included (its pass counted them as unreadable)
+            finished = self.cursors[worker][0] > 0 or len(range(worker, self.position, self.workers)) == \
+                plans[worker].batches
+            if finished and self.numbering is not None:
+                for url in plans[worker].shards:
+                    self.consumed[self.numbering.span(url)] = True
             self.skipped += batch["skipped"].numpy()
             yield batch if self.transform is None else self.transform(batch)
         if self.position != total:
             raise RuntimeError(f"epoch {self.epoch} ended after {self.position} of {total} batches")
-        self.epoch, self.position, self.cursors = self.epoch + 1, 0, self._fresh_cursors()
+        self._next_epoch()
 
     def skip_totals(self, all_reduce_fn: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict[str, int]:
         """Counters summed over the batches handed out; pass ``distributed.all_reduce_sum_`` for all ranks."""
         totals = all_reduce_fn(torch.from_numpy(self.skipped.copy()))
         return {name: int(v) for name, v in zip(COUNTER_NAMES, totals.tolist())}
 
+    def _source(self) -> dict[str, int]:
+        """What any resumed stream must read too (``data_source``): the same shards, the same way."""
+        return {"shards_fingerprint": stable_seed(*data_source(self.cfg).values())}
+
     def _layout(self) -> dict[str, int]:
-        """What the cursors and position mean only together with: a resumed stream must match it."""
+        """What the cursors and position mean only together with: an exactly resumed stream must match it."""
         cfg = self.cfg
         return {"rank": self.rank, "world_size": self.world_size, "num_workers": cfg.num_workers,
-                "batch_size": cfg.batch_size,
-                "shards_fingerprint": stable_seed(*self.urls, cfg.shuffle_buffer, cfg.shuffle_shards, cfg.resampled,
-                                                  cfg.epoch_batches)}
+                "batch_size": cfg.batch_size}
 
     def state_dict(self) -> dict:
         return {
             "seed": self.seed, "epoch": self.epoch, "position": self.position,
-            "cursors": [list(c) for c in self.cursors], "skipped": self.skipped.tolist(), **self._layout(),
+            "cursors": [list(c) for c in self.cursors], "skipped": self.skipped.tolist(),
+            "consumed": _packed(self.consumed), "excluded": _packed(self.excluded), **self._source(), **self._layout(),
         }
 
+    def _check(self, state: dict, ours: dict[str, int], meaning: str) -> None:
+        for name, value in ours.items():
+            if state[name] != value:
+                raise ValueError(f"stream state has {name}={state[name]} but this stream has {value}: {meaning}")
+
+    def needs_resplit(self, state: dict) -> bool:
+        """Whether this rank's saved ``state`` is of another layout (world size, workers, batch size), so that
+        resuming needs every rank's state (``load_resplit``); a state of other data is an error."""
+        self._check(state, self._source(), "it was saved reading other shards or with other shuffle settings")
+        return any(state[name] != value for name, value in self._layout().items())
+
     def load_state_dict(self, state: dict) -> None:
-        for name, ours in self._layout().items():
-            if state[name] != ours:
-                raise ValueError(f"stream state has {name}={state[name]} but this stream has {ours}: "
-                                 "the saved position cannot be resumed exactly")
+        self._check(state, self._source() | self._layout(), "the saved position cannot be resumed exactly")
         self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
         self.cursors = [[int(p), int(r)] for p, r in state["cursors"]]
         self.skipped = np.array(state["skipped"], np.int64)
         if len(self.cursors) != self.workers or len(self.skipped) != len(COUNTER_NAMES):
             raise ValueError(f"stream state has {len(self.cursors)} cursors / {len(self.skipped)} counters, "
                              f"expected {self.workers} / {len(COUNTER_NAMES)}")
+        self.consumed = _unpacked(state["consumed"], len(self.consumed))
+        self.excluded = _unpacked(state["excluded"], len(self.excluded))
+
+    def load_resplit(self, states: list[dict]) -> None:
+        """Continue the epoch that ``states`` (every rank's, of another layout, in rank order) were in, re-split over
+        this stream's layout: the samples any of them consumed are left out of the epoch's new plan (resampled mode:
+        the epoch's remaining batches are drawn afresh). The skip counters of all old ranks go to rank 0, so
+        their sum over ranks carries on. Not bit-exact: which clips share a batch and their order differ."""
+        for state in states:
+            self._check(state, self._source(), "it was saved reading other shards or with other shuffle settings")
+        positions = {(int(s["seed"]), int(s["epoch"]), int(s["position"])) for s in states}
+        if len(positions) != 1:
+            raise ValueError(f"the ranks' stream states are at different (seed, epoch, position): {sorted(positions)}")
+        (self.seed, self.epoch, position), = positions
+        self.cursors = self._fresh_cursors()
+        self.position = position if self.cfg.resampled else 0   # a re-planned epoch starts at its first batch
+        self.excluded = np.zeros_like(self.excluded)
+        for state in states:
+            self.excluded |= _unpacked(state["excluded"], len(self.excluded))
+            self.excluded |= _unpacked(state["consumed"], len(self.consumed))
+        self.consumed = np.zeros_like(self.consumed)
+        skipped = sum(np.array(s["skipped"], np.int64) for s in states)
+        self.skipped = skipped if self.rank == 0 else np.zeros_like(skipped)
 
 
 def _media_to_features(backbones: FrozenBackbones, batch: dict) -> dict:
