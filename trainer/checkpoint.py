@@ -79,6 +79,7 @@ from trainer.engine import ENGINE_DIR
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 LATEST = "latest"
+BEST = "best.json"   # in the checkpoints root: the checkpoint run.keep_best keeps, with its metric (record_best_)
 META = "meta.json"
 MANIFEST = "manifest.json"           # every other file of a checkpoint with its size and sha256; written last
 _MANIFEST_FORMAT = 1
@@ -221,14 +222,40 @@ class CheckpointManager:
 
     def _prune(self, newest: Path) -> None:
         """Keep-last-k once ``newest`` is published: it and the k-1 newest complete checkpoints before it stay;
-        every older step directory goes (complete or not). Newer step directories (an earlier attempt's, that a
-        resume fell back from) stay until the run overwrites them: ``newest`` is never pruned."""
+        every older step directory goes (complete or not), except the best one (``best.json``, run.keep_best).
+        Newer step directories (an earlier attempt's, that a resume fell back from) stay until the run overwrites
+        them: ``newest`` is never pruned."""
         older = [p for p in self.step_dirs() if _step(p) < _step(newest)]
         complete = [p for p in older if (p / MANIFEST).is_file() or (p / META).is_file()]
         keep = set(complete[-(self.keep_last - 1):]) if self.keep_last > 1 else set()
+        best = self.best()
+        if best is not None:
+            keep.add(self.root / best["checkpoint"])
         for old in older:
             if old not in keep:
                 shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------------ the best checkpoint (run.keep_best)
+    def best(self) -> dict[str, Any] | None:
+        """``{"metric", "value", "step", "checkpoint"}`` of the best checkpoint so far, or None."""
+        path = self.root / BEST
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def record_best_(self, ckpt: Path, metric: str, value: float) -> bool:
+        """Rank 0, after ``ckpt`` was published and probed: make it the best if ``value`` of ``metric`` (higher is
+        better) beats the recorded one, then prune the previous best unless keep-last still holds it. A best.json
+        of another metric (a rerun that changed run.keep_best) is replaced. Returns whether ``ckpt`` is the best."""
+        best = self.best()
+        if best is not None and best["metric"] == metric and best["value"] >= value:
+            return False
+        record = {"metric": metric, "value": value, "step": _step(ckpt), "checkpoint": ckpt.name}
+        tmp = self.root / f".{BEST}.tmp"
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, self.root / BEST)
+        latest = self.named_latest()
+        if latest is not None:
+            self._prune(latest)
+        return True
 
     @staticmethod
     def read_meta(ckpt_dir: Path) -> dict[str, Any]:

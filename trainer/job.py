@@ -34,6 +34,7 @@ from trainer.backbones import BackbonesConfig, load_backbones_config
 from trainer.checkpoint import MODEL_FILE, CheckpointError, CheckpointManager, resolve_checkpoint
 from trainer.config import ConfigError, build_config, load_config, to_dict
 from trainer.data.stream import DataConfig, data_source, expand_shard_urls, manifest_counts, read_manifest
+from trainer.eval.during_training import TrainingProbeConfig, probe_metric_names
 from trainer.models.comet import COMETConfig
 from trainer.models.fccid import FCCIDConfig
 from trainer.models.unicode import UniCodeConfig
@@ -56,8 +57,12 @@ class RunConfig:
     init_from: str = ""                # a checkpoint (or checkpoints dir) whose model.pt starts the model
     progress: bool = True              # tqdm bar on rank 0
     # a collective that waits longer than this for a rank (stalled, stopped, vanished) fails the job loudly;
-    # it must exceed the longest legitimate wait: rank 0 writing and hashing a checkpoint, a slow first batch
+    # it must exceed the longest legitimate wait: rank 0 writing and hashing a checkpoint, a slow first batch,
+    # a downstream probe (eval.every)
     collective_timeout_s: float = 600.0
+    # a probe metric (eval.every; e.g. eval/accuracy_cross_mean, higher is better): its best checkpoint is kept
+    # apart from keep-last pruning and named in <run.dir>/checkpoints/best.json ("" = off)
+    keep_best: str = ""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "grad_accum", "ckpt_every", "keep_last"):
@@ -106,6 +111,7 @@ class JobConfig:
     model: ModelConfig = field(default_factory=dict, metadata={"schema": lambda job: task_spec(job["task"]).config})
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: TrainingProbeConfig = field(default_factory=TrainingProbeConfig)   # downstream probe during pretraining
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -309,4 +315,32 @@ def validate_job(cfg: JobConfig, *, data_files: bool = True, init_from: bool = T
                 raise ConfigError(f"data.urls: {err} (every shard of data.urls must be listed in the manifest "
                                   "written with the shards: check the brace range, or data.manifest)") from None
     check_checkpoint_paths(cfg, init_from=init_from)
+    check_training_probe(cfg, data_files=data_files)
     json.dumps(dataclasses.asdict(cfg))  # every value must be serialisable for the run directory and MLflow
+
+
+def check_training_probe(cfg: JobConfig, data_files: bool = True) -> None:
+    """``eval`` (the probe during pretraining) and ``run.keep_best``, which ranks checkpoints by its metrics."""
+    probe = cfg.eval
+    if probe.every:
+        if not probe.urls:
+            raise ConfigError("eval.urls: eval.every > 0 needs labelled validation shards")
+        if probe.kind != cfg.data.kind:
+            raise ConfigError(f"eval.kind: {probe.kind!r} must be data.kind ({cfg.data.kind!r}): validation clips go "
+                              "through the job's own frozen backbones, validation features must match the job's")
+        if data_files:
+            try:
+                urls = expand_shard_urls(probe.urls)
+                if not urls:
+                    raise ValueError("expands to no shard")
+                read_manifest(urls, probe.manifest)
+            except ValueError as err:
+                raise ConfigError(f"eval.urls: {probe.urls!r}: {err}") from None
+    if cfg.run.keep_best:
+        names = probe_metric_names(tuple(getattr(cfg.model, "modalities", ())))
+        if not probe.every:
+            raise ConfigError(f"run.keep_best: {cfg.run.keep_best!r} ranks checkpoints by a probe metric, but the "
+                              "probe is off: set eval.every and eval.urls")
+        if cfg.run.keep_best not in names:
+            raise ConfigError(f"run.keep_best: {cfg.run.keep_best!r} is not a metric the probe logs for this model "
+                              f"(one of {names})")

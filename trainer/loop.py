@@ -23,12 +23,13 @@ import torch
 from trainer import distributed as dist
 from trainer.backbones import FrozenBackbones
 from trainer.checkpoint import (
-    CheckpointManager, ProcessRNG, RunCheckpoints, load_init_state_, read_init_source,
+    CheckpointManager, ProcessRNG, RunCheckpoints, load_init_state_, read_init_source, rng_state, set_rng_state,
 )
 from trainer.config import to_dict
 from trainer.data.memory import MemoryStream
 from trainer.data.stream import data_source, feature_batches
 from trainer.engine import TrainEngine
+from trainer.eval.during_training import TrainingProbe
 from trainer.job import JobConfig, job_backbones, resolve_job
 from trainer.runtime import EXIT_RESUME, StopRequest
 from trainer.tasks import Task, task_spec
@@ -175,6 +176,9 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
             (run_dir / STATUS_FILE).write_text(json.dumps({"state": state, "step": counter.step}) + "\n")
         tracker.end(status)
 
+    # ---- the downstream probe during pretraining (eval.every; rank 0 probes the checkpoint of its step)
+    probe = TrainingProbe(cfg.eval, cfg.data, backbones) if cfg.eval.every and is_main else None
+
     # ---- the loop
     stop = StopRequest().install()
     global_batch = cfg.data.batch_size * world * cfg.run.grad_accum
@@ -226,10 +230,19 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
                     tracker.log_metrics(phase_metrics, counter.step)
 
             stop_requested = stop.agreed_or_file(run_dir / STOP_FILE, device)
-            if counter.step % cfg.run.ckpt_every == 0 or counter.step == cfg.run.max_steps or stop_requested:
+            probe_step = bool(cfg.eval.every) and counter.step % cfg.eval.every == 0
+            if counter.step % cfg.run.ckpt_every == 0 or counter.step == cfg.run.max_steps or stop_requested \
+                    or probe_step:
                 saved = save_checkpoint()
                 if is_main and progress is None:
                     print(f"[cmg] step {counter.step}: checkpoint {saved}", flush=True)
+            if probe_step and probe is not None:   # the others wait at the next collective (run.collective_timeout_s)
+                probed = run_probe(probe, saved)
+                tracker.log_metrics(probed, counter.step)
+                if cfg.run.keep_best and checkpoints.manager.record_best_(saved, cfg.run.keep_best,
+                                                                          probed[cfg.run.keep_best]):
+                    print(f"[cmg] step {counter.step}: best {cfg.run.keep_best} = {probed[cfg.run.keep_best]:.2f} "
+                          f"so far ({saved.name}, kept apart from pruning)", flush=True)
             if stop_requested and counter.step < cfg.run.max_steps:
                 if is_main:
                     print(f"[cmg] stop requested ({stop.reason(run_dir / STOP_FILE)}): checkpoint at step "
@@ -266,6 +279,16 @@ def train_in_memory(cfg: JobConfig, features: Mapping[str, torch.Tensor]) -> Pat
     if code != 0:
         raise RuntimeError(f"the in-memory job in {cfg.run.dir} ended with exit code {code}")
     return CheckpointManager(Path(cfg.run.dir) / "checkpoints").latest()
+
+
+def run_probe(probe: TrainingProbe, checkpoint: Path) -> dict[str, float]:
+    """``probe(checkpoint)`` with this process's python, numpy and torch RNG states left as they were, so that a run
+    with probes continues (and resumes) exactly as one without."""
+    state = rng_state()
+    try:
+        return probe(checkpoint)
+    finally:
+        set_rng_state(state)
 
 
 def trim_metrics_log(run_dir: Path, step: int) -> None:

@@ -37,6 +37,26 @@ def test_publish_latest_and_keep_last(tmp_path):
     assert state["value"].item() == 30
 
 
+def test_keep_best_survives_keep_last_pruning_until_a_better_one_replaces_it(tmp_path):
+    mgr = CheckpointManager(tmp_path / "ck", keep_last=1)
+    scores = {10: 50.0, 20: 80.0, 30: 70.0, 40: 75.0, 50: 90.0, 60: 10.0}
+    for step, score in scores.items():
+        ckpt = mgr.save(step, _writer(step), {})
+        better = mgr.record_best_(ckpt, "eval/accuracy_cross_mean", score)
+        assert better == (score == max(v for s, v in scores.items() if s <= step))
+        best = mgr.best()
+        kept = [p.name for p in mgr.complete()]
+        # keep-last-1 leaves only the newest, and the best one apart from it
+        assert kept == sorted({ckpt.name, best["checkpoint"]}), (step, kept)
+    assert mgr.best() == {"metric": "eval/accuracy_cross_mean", "value": 90.0, "step": 50,
+                          "checkpoint": "step_00000050"}
+    assert [p.name for p in mgr.complete()] == ["step_00000050", "step_00000060"]
+    assert load_rank_state(tmp_path / "ck" / "step_00000050")["value"].item() == 50   # intact, loadable
+    # a rerun that ranks by another metric starts its own record
+    assert mgr.record_best_(tmp_path / "ck" / "step_00000060", "eval/accuracy_audio_to_video", 1.0)
+    assert [p.name for p in mgr.complete()] == ["step_00000060"]
+
+
 def test_crash_mid_save_leaves_previous_checkpoint(tmp_path):
     mgr = CheckpointManager(tmp_path / "ck", keep_last=1)
     mgr.save(1, _writer(1), {})

@@ -129,6 +129,26 @@ def test_existing_checkpoints_are_accepted_for_resume_and_init_from(tmp_path, sh
             validate_job(load_config(JobConfig, args[1], args[2:]))
 
 
+# ---------------------------------------------------------------------------------------------- eval / keep_best
+@pytest.mark.parametrize("overrides, key", [
+    (["run.keep_best=eval/accuracy_cross_mean"], "run.keep_best"),                 # the probe is off
+    (["eval.every=2", "eval.urls={shards}", "run.keep_best=loss"], "run.keep_best"),  # not a probe metric
+    (["eval.every=2"], "eval.urls"),                                                # no validation shards
+    (["eval.every=2", "eval.urls=/nonexistent/val-{{000000..000001}}.tar"], "eval.urls"),
+    (["eval.every=2", "eval.urls={shards}", "eval.kind=features"], "eval.kind"),   # the job trains on clips
+    (["eval.every=-1"], "eval"),
+])
+def test_probe_and_keep_best_errors_are_refused_naming_the_key(tmp_path, shards, capsys, overrides, key):
+    run_dir = tmp_path / "run"
+    assert_refused(job_args(run_dir, shards, *(o.format(shards=shards) for o in overrides)), run_dir, key, capsys)
+
+
+def test_a_probe_on_labelled_shards_ranking_checkpoints_is_accepted(tmp_path, shards):
+    args = job_args(tmp_path / "run", shards, "eval.every=2", f"eval.urls={shards}",
+                    "run.keep_best=eval/accuracy_video_to_audio")
+    validate_job(load_config(JobConfig, args[1], args[2:]))
+
+
 # ---------------------------------------------------------------------------------------------- value ranges
 @pytest.mark.parametrize("override, key", [
     ("data.decode.seconds=0", "decode.seconds"),

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import glob
 import hashlib
 import itertools
 import json
@@ -149,8 +150,18 @@ def shard_name(url: str) -> str:
 
 
 def expand_shard_urls(urls: str) -> list[str]:
-    """Brace patterns (``'::'``-separated) -> the list of shard URLs."""
-    return wds.shardlists.expand_urls(urls)
+    """Brace patterns and local globs (``'::'``-separated) -> the list of shard URLs.
+
+    A part with a glob character (``*?[``) that is a local path is replaced by its matches, sorted (so the paper
+    configs can name ``feats/vggsound40k/train-*.tar`` whatever shard count the conversion wrote); every other
+    part is webdataset's brace expansion."""
+    shards: list[str] = []
+    for part in urls.split("::"):
+        if any(c in part for c in "*?[") and "://" not in part and not part.startswith("pipe:"):
+            shards.extend(sorted(glob.glob(part)))
+        else:
+            shards.extend(wds.shardlists.expand_urls(part))
+    return shards
 
 
 def read_manifest(urls: list[str], manifest: str) -> tuple[str, dict[str, Any]]:

@@ -1,0 +1,69 @@
+"""The seeds' pretraining runs as configs (launch/configs/paper/): their hyper-parameters, and that each one is a
+valid job once `python -m shards.convert` has written the released set where the config expects it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from job_utils import REPO
+from released_utils import make_vggsound_avel
+
+from shards.convert import main as convert_main
+from trainer.config import load_config
+from trainer.data.stream import expand_shard_urls
+from trainer.job import JobConfig, validate_job
+
+PAPER = REPO / "launch" / "configs" / "paper"
+NOMINAL_CLIPS = {"24k": 24000, "40k": 40000, "81k": 81000}
+# method -> (modalities, Cross-CPC K, epochs of the authors' pretrain.sh)
+METHODS = {"av": (("audio", "video"), 2, 6), "avt": (("audio", "video", "text"), 1, 6),
+           "fccid": (("audio", "video", "text"), 2, 4)}
+
+
+def test_every_seed_run_has_a_config():
+    names = sorted(p.stem for p in PAPER.glob("*.yaml"))
+    # AVT and FCCID need the text prompts, which 81K (no categories) does not have
+    assert names == ["av_vggsound24k", "av_vggsound40k", "av_vggsound81k", "avt_vggsound24k", "avt_vggsound40k",
+                     "fccid_vggsound24k", "fccid_vggsound40k"]
+
+
+@pytest.mark.parametrize("path", sorted(PAPER.glob("*.yaml")), ids=lambda p: p.stem)
+def test_paper_configs_carry_the_seed_hyperparameters(path):
+    method, size = path.stem.split("_vggsound")
+    modalities, steps_k, epochs = METHODS[method]
+    cfg = load_config(JobConfig, path)
+    model = cfg.model
+    assert cfg.task == ("fccid" if method == "fccid" else "unicode")
+    assert tuple(model.modalities) == modalities
+    assert cfg.data.kind == "features" and tuple(cfg.data.feature_modalities) == modalities
+    assert cfg.data.batch_size == 64 and cfg.optim.lr == 4e-4 and cfg.optim.grad_clip == 0.5
+    q = model.quantizer
+    assert (q.num_codes, q.dim, q.decay, q.reset, q.reset_steps) == (400, 256, 0.99, True, 200)
+    assert model.cpc.steps_for(len(modalities)) == steps_k
+    assert model.club.inner_steps == 5
+    assert cfg.run.max_steps == math.ceil(epochs * NOMINAL_CLIPS[size] / 64)
+
+
+def test_local_globs_expand_to_their_sorted_matches(tmp_path):
+    for name in ("val-000000.tar", "train-000001.tar", "train-000000.tar"):
+        (tmp_path / name).touch()
+    assert expand_shard_urls(str(tmp_path / "train-*.tar")) == [str(tmp_path / f"train-00000{i}.tar") for i in (0, 1)]
+    assert len(expand_shard_urls(f"{tmp_path}/*.tar::{tmp_path}/val-{{000000..000000}}.tar")) == 4
+    assert expand_shard_urls(str(tmp_path / "test-*.tar")) == []
+
+
+@pytest.mark.parametrize("name", ["av_vggsound24k", "av_vggsound40k"])
+def test_a_paper_config_is_a_valid_job_on_the_converted_release(tmp_path, monkeypatch, name):
+    files = make_vggsound_avel(tmp_path / "released", ["train"] * 4 + ["val", "test"])
+    monkeypatch.chdir(tmp_path)            # the configs name feats/vggsound40k/... relative to the working directory
+    assert convert_main(["vggsound-avel", "--meta", str(files.meta), "--categories", str(files.categories),
+                         "--audio-dir", str(files.audio_dir), "--video-dir", str(files.video_dir),
+                         "--label-dir", str(files.label_dir), "--prompts", str(files.prompts),
+                         "--out", "feats/vggsound40k", "--clips-per-shard", "2"]) == 0
+    cfg = load_config(JobConfig, PAPER / f"{name}.yaml")
+    validate_job(cfg)
+    shards = expand_shard_urls(cfg.data.urls)
+    assert [Path(s).name.split("-")[0] for s in shards] == (
+        ["train", "train"] if name.endswith("24k") else ["test", "train", "train", "val"])
