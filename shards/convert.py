@@ -45,7 +45,6 @@ Exit codes: 0 converted (or stopped by --max-shards: run it again to continue); 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import fcntl
@@ -64,6 +63,7 @@ import torch
 import webdataset as wds
 from tqdm import tqdm
 
+from shards.cli import convert_parser
 from shards.extract import output_samples
 from trainer.data.decode import DecodeConfig
 from trainer.data.features import FEATURE_MANIFEST_FORMAT, FeatureError, PublicFeatureConfig
@@ -347,48 +347,7 @@ def _path(text: str) -> str:
 
 def parse_args(argv: list[str] | None) -> tuple[SetConfig, str, ConvertConfig]:
     """(the set's config, its name, the conversion settings); raises ``ConvertError`` (exit 2)."""
-    p = argparse.ArgumentParser(prog="python -m shards.convert", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sets = p.add_subparsers(dest="set", required=True, metavar="SET")
-
-    def add_set(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = sets.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--out", required=True, help="output directory (shards, manifest.json, convert-state.json)")
-        sub.add_argument("--clips-per-shard", type=int, default=256, help="clips per shard (default 256)")
-        sub.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature dtype")
-        sub.add_argument("--skip-bad", action="store_true", help="leave unusable clips out (listed) instead of failing")
-        sub.add_argument("--text-backbones", default="", help="backbones YAML: encode the prompts into text.npy")
-        sub.add_argument("--max-shards", type=int, default=None, help="stop after N new shards (rerun to continue)")
-        sub.add_argument("--no-progress", action="store_true", help="no progress bar")
-        return sub
-
-    for name, what in (("vggsound-avel", "VGGSound-AVEL 24K/40K/81K (the pretraining sets)"),
-                       ("ucf-vggsound", "one side of UCF101 <-> VGGSound: UCF101 video or VGGSound audio")):
-        sub = add_set(name, what)
-        sub.add_argument("--meta", required=True, help="CSV with columns category, video_id[, split] (81K: id)")
-        sub.add_argument("--categories", required=name == "ucf-vggsound", default="",
-                         help="class names, one a line (index = line number); not for the 81K list")
-        sub.add_argument("--audio-dir", default="", help="directory of <video_id>.zip audio features")
-        sub.add_argument("--video-dir", default="", help="directory of <video_id>.zip video features")
-        if name == "vggsound-avel":
-            sub.add_argument("--label-dir", default="", help="directory of <video_id>.zip AVC labels (10, 1); "
-                             "without it every second carries the clip's class")
-            sub.add_argument("--prompts", default="", help="label -> prompt CSV: the caption (text modality)")
-        sub.add_argument("--split", default="all", help="split of the rows when the CSV has no split column")
-    sub = add_set("avvp", "AVVP: features with per-modality onset/offset annotations")
-    sub.add_argument("--audio-annotations", required=True, help="TSV of the audible events")
-    sub.add_argument("--visual-annotations", required=True, help="TSV of the visible events")
-    sub.add_argument("--categories", required=True, help="AVVP_Categories.txt")
-    sub.add_argument("--audio-dir", default="", help="directory of <youtube id>.zip audio features")
-    sub.add_argument("--video-dir", default="", help="directory of <youtube id>.zip video features")
-    sub.add_argument("--split", default="all", help="split the clips are recorded under")
-    sub = add_set("ave", "AVE: h5 features, labels and order files")
-    sub.add_argument("--root", required=True, help="directory of visual_feature.h5 and audio_feature.h5")
-    sub.add_argument("--labels", default="labels.h5", help="labels h5 (relative to --root, or absolute)")
-    sub.add_argument("--order", default="{split}_order.h5", help="order h5 per split (relative to --root, or absolute)")
-    sub.add_argument("--splits", default="train,val,test", help="comma list of splits")
-    sub.add_argument("--categories", default="", help="class names of the label columns (default: AVE's 28)")
-    a = p.parse_args(argv)
+    a = convert_parser().parse_args(argv)   # torch-free, for `cmg shards convert --help`
 
     if a.clips_per_shard < 1 or (a.max_shards is not None and a.max_shards < 1):
         raise ConvertError("--clips-per-shard and --max-shards must be >= 1")

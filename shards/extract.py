@@ -19,13 +19,12 @@ without txt). A caption is required only when the backbones encode text (a clip 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from shards.cli import extract_parser
 from trainer.backbones import FrozenBackbones, config_to_dict, load_backbones_config
 from trainer.data.collate import collate_clips
 from trainer.data.decode import CorruptSample, DecodeConfig, decode_sample
@@ -52,14 +52,31 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-class ShardBatches(IterableDataset):
-    """Decoded clip batches of whole input shards; a batch never spans two shards.
+# The clips of one input unit given as files rather than a shard: (KEY, {member suffix: file}) in order, as
+# shards.write.collect_clips finds them (``trainer.encode`` reads mp4 files this way).
+ClipFiles = Sequence[tuple[str, Mapping[str, Path]]]
 
-    Yields ``(shard index, batch or None, skipped, last)``; ``last`` closes the shard (its batch may be
-    None when the shard's tail was all corrupt). DataLoader worker w takes this rank's shards ``[w::W]``.
+
+def raw_samples(source: str | ClipFiles) -> Iterator[dict]:
+    """The raw samples (member suffix -> bytes, ``__key__``, ``__url__``) of a shard URL, or of clip files read
+    into the very samples ``shards.write`` would pack them into."""
+    if isinstance(source, str):
+        yield from wds.tarfile_to_samples()(iter([{"url": source}]))
+        return
+    for key, files in source:
+        yield {"__key__": key, "__url__": str(next(iter(files.values())).parent),
+               **{member: path.read_bytes() for member, path in files.items()}}
+
+
+class ShardBatches(IterableDataset):
+    """Decoded clip batches of whole input units (a shard URL, or ``ClipFiles``); a batch never spans two units.
+
+    Yields ``(unit index, batch or None, skipped, last)``; ``last`` closes the unit (its batch may be
+    None when the unit's tail was all corrupt). DataLoader worker w takes this rank's units ``[w::W]``.
     """
 
-    def __init__(self, shards: list[tuple[int, str]], decode: DecodeConfig, batch_size: int, require_caption: bool):
+    def __init__(self, shards: list[tuple[int, str | ClipFiles]], decode: DecodeConfig, batch_size: int,
+                 require_caption: bool):
         super().__init__()
         self.shards, self.decode, self.batch_size = shards, decode, batch_size
         self.require_caption = require_caption
@@ -67,13 +84,13 @@ class ShardBatches(IterableDataset):
     def __iter__(self) -> Iterator[tuple[int, dict | None, int, bool]]:
         info = get_worker_info()
         mine = self.shards[info.id::info.num_workers] if info is not None else self.shards
-        for index, url in mine:
+        for index, source in mine:
             clips, skipped = [], 0
-            for raw in wds.tarfile_to_samples()(iter([{"url": url}])):
+            for raw in raw_samples(source):
                 try:
                     clips.append(decode_sample(raw, self.decode, self.require_caption))
                 except CorruptSample as err:
-                    print(f"[shards.extract] skipping {err}", file=sys.stderr)
+                    print(f"[cmg] skipping {err}", file=sys.stderr)
                     skipped += 1
                     continue
                 if len(clips) == self.batch_size:
@@ -82,14 +99,28 @@ class ShardBatches(IterableDataset):
             yield index, collate_clips(clips, [False] * len(clips)) if clips else None, skipped, True
 
 
-def _one_thread(_: int) -> None:
+def one_thread(_: int) -> None:
     torch.set_num_threads(1)
+
+
+def annotation_members(batch: dict, i: int) -> dict[str, bytes]:
+    """The json (labels, of the decoded seconds) and txt (caption) members of clip ``i`` of ``batch``, where it has
+    them. ``batch["label_extra"]``, where present, gives each clip more json keys (``shards.convert``: ``num_classes``
+    and AVVP's per-second event sets)."""
+    members = {}
+    if batch["labelled"][i]:
+        labels = {"clip_label": int(batch["clip_label"][i]), "video_labels": batch["video_labels"][i].tolist(),
+                  "audio_labels": batch["audio_labels"][i].tolist()}
+        labels.update(batch["label_extra"][i] if "label_extra" in batch else {})
+        members["json"] = json.dumps(labels).encode()
+    if batch["caption"][i] is not None:
+        members["txt"] = batch["caption"][i].encode()
+    return members
 
 
 def output_samples(batch: dict, feats: dict[str, torch.Tensor], dtype: np.dtype) -> Iterator[dict]:
     """One output sample per clip of ``batch`` (text keeps its real tokens only; json and txt only for the
-    clips that had them). ``batch["label_extra"]``, where present, gives each clip more json keys (``shards.convert``:
-    ``num_classes`` and AVVP's per-second event sets)."""
+    clips that had them, ``annotation_members``)."""
     for i, key in enumerate(batch["key"]):
         sample = {"__key__": key}
         for modality, value in feats.items():
@@ -99,14 +130,7 @@ def output_samples(batch: dict, feats: dict[str, torch.Tensor], dtype: np.dtype)
             if modality == "text":
                 array = array[feats["text_mask"][i]]
             sample[f"{modality}.npy"] = encode_npy(array.cpu().numpy().astype(dtype))
-        if batch["labelled"][i]:
-            labels = {"clip_label": int(batch["clip_label"][i]), "video_labels": batch["video_labels"][i].tolist(),
-                      "audio_labels": batch["audio_labels"][i].tolist()}
-            labels.update(batch["label_extra"][i] if "label_extra" in batch else {})
-            sample["json"] = json.dumps(labels).encode()
-        if batch["caption"][i] is not None:
-            sample["txt"] = batch["caption"][i].encode()
-        yield sample
+        yield sample | annotation_members(batch, i)
 
 
 def extract(src: str, backbones_yaml: str, out: str, batch_size: int = 16, num_workers: int = 2,
@@ -133,7 +157,7 @@ def extract(src: str, backbones_yaml: str, out: str, batch_size: int = 16, num_w
     backbones = FrozenBackbones(load_backbones_config(backbones_yaml), device or default_device())
     shard_batches = ShardBatches(mine, decode, batch_size, require_caption="text" in backbones.modalities)
     loader = DataLoader(shard_batches, batch_size=None,
-                        num_workers=min(num_workers, len(mine)), worker_init_fn=_one_thread)
+                        num_workers=min(num_workers, len(mine)), worker_init_fn=one_thread)
     writers: dict[int, wds.TarWriter] = {}
     counts = {i: 0 for i, _ in mine}
     skipped = 0
@@ -170,15 +194,20 @@ def extract(src: str, backbones_yaml: str, out: str, batch_size: int = 16, num_w
     return part
 
 
-def merge_manifest_parts(out_dir: Path, world_size: int, timeout_s: float) -> dict:
-    """Wait for every rank's part, then write ``manifest.json`` with all shards in input order."""
-    paths = [out_dir / f"manifest.rank-{r}-of-{world_size}.json" for r in range(world_size)]
+def wait_for_files(paths: list[Path], timeout_s: float, what: str) -> None:
+    """Rank 0 waiting for the files the other ranks write (no collective: ranks share only the filesystem)."""
     deadline = time.monotonic() + timeout_s
     while not all(p.exists() for p in paths):
         if time.monotonic() > deadline:
             missing = [str(p) for p in paths if not p.exists()]
-            raise TimeoutError(f"rank 0 waited {timeout_s} s for the manifest parts {missing}")
+            raise TimeoutError(f"rank 0 waited {timeout_s} s for {what} {missing[:5]} ({len(missing)} missing)")
         time.sleep(0.5)
+
+
+def merge_manifest_parts(out_dir: Path, world_size: int, timeout_s: float) -> dict:
+    """Wait for every rank's part, then write ``manifest.json`` with all shards in input order."""
+    paths = [out_dir / f"manifest.rank-{r}-of-{world_size}.json" for r in range(world_size)]
+    wait_for_files(paths, timeout_s, "the manifest parts")
     parts = [json.loads(p.read_text()) for p in paths]
     first = parts[0]
     for part in parts[1:]:
@@ -197,20 +226,7 @@ def merge_manifest_parts(out_dir: Path, world_size: int, timeout_s: float) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shards.extract", description=__doc__.split("\n\n")[0])
-    d = DecodeConfig()
-    p.add_argument("--src", required=True, help="clip shards, brace pattern, e.g. 'clips/train-{000000..000009}.tar'")
-    p.add_argument("--backbones", required=True, help="backbones YAML, e.g. launch/configs/backbones/tiny.yaml")
-    p.add_argument("--out", required=True, help="feature shard pattern, e.g. 'feats/train-%%06d.tar'")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per backbone batch")
-    p.add_argument("--num-workers", type=int, default=2, help="decoding DataLoader workers per rank")
-    p.add_argument("--seconds", type=int, default=d.seconds)
-    p.add_argument("--frames-per-segment", type=int, default=d.frames_per_segment)
-    p.add_argument("--frame-size", type=int, default=d.frame_size)
-    p.add_argument("--sample-rate", type=int, default=d.sample_rate)
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature dtype")
-    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
-    a = p.parse_args(argv)
+    a = extract_parser().parse_args(argv)   # torch-free, for `cmg shards extract --help`
     decode = DecodeConfig(seconds=a.seconds, frames_per_segment=a.frames_per_segment, frame_size=a.frame_size,
                           sample_rate=a.sample_rate)
     part = extract(a.src, a.backbones, a.out, a.batch_size, a.num_workers, decode, a.dtype,

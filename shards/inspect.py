@@ -19,7 +19,6 @@ Exits 1 if anything is bad, else 0.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import webdataset as wds
 
+from shards.cli import inspect_parser
 from trainer.data.decode import CorruptSample, member_set, probe_sample, unknown_members
 from trainer.data.stream import MANIFEST_NAME, shard_name
 
@@ -123,15 +123,7 @@ def inspect_shards(urls: list[str], manifest: str | None = None, seconds: float 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shards.inspect", description=__doc__.split("\n\n")[0])
-    p.add_argument("urls", nargs="+",
-                   help="shard URLs: brace patterns ('OUT/train-{000000..000003}.tar'), globs or several paths")
-    p.add_argument("--manifest", default=None,
-                   help="manifest.json to check counts against (default: next to the shards)")
-    p.add_argument("--members", action="store_true", help="print the member set of every sample")
-    p.add_argument("--seconds", type=float, default=None,
-                   help="flag clips shorter than this (the decode.seconds of the training config)")
-    a = p.parse_args(argv)
+    a = inspect_parser().parse_args(argv)   # torch-free, for `cmg shards inspect --help`
     try:
         urls = expand_shard_args(a.urls)
     except FileNotFoundError as err:

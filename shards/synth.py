@@ -31,7 +31,6 @@ same bytes (x264 runs single-threaded for this).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from shards.cli import synth_parser
 from shards.media import encode_mp4, encode_wav
 from trainer.data.decode import BACKGROUND
 
@@ -286,19 +286,7 @@ def synthesise(cfg: SynthConfig, out: Path, progress: bool = True) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> tuple[SynthConfig, Path]:
-    p = argparse.ArgumentParser(prog="python -m shards.synth", description=__doc__.split("\n\n")[0])
-    d = SynthConfig()
-    p.add_argument("--out", required=True, type=Path, help="output directory (created)")
-    p.add_argument("--num-clips", type=int, default=d.num_clips)
-    p.add_argument("--classes", type=int, default=d.classes)
-    p.add_argument("--seconds", type=int, default=d.seconds)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--fps", type=int, default=d.fps)
-    p.add_argument("--size", type=int, default=d.size)
-    p.add_argument("--sr", type=int, default=d.sample_rate, help="audio sample rate (Hz)")
-    p.add_argument("--wav", action="store_true", help="also write KEY.wav (16-bit PCM)")
-    p.add_argument("--unlabelled", action="store_true", help="write the media only: no KEY.txt, no KEY.json")
-    a = p.parse_args(argv)
+    a = synth_parser().parse_args(argv)   # torch-free, for `cmg shards synth --help`
     cfg = SynthConfig(num_clips=a.num_clips, classes=a.classes, seconds=a.seconds, seed=a.seed, fps=a.fps,
                       size=a.size, sample_rate=a.sr, write_wav=a.wav, unlabelled=a.unlabelled)
     return cfg, a.out

@@ -17,7 +17,6 @@ them), the total, the media parameters seen, the skipped clips, and what the pac
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -27,6 +26,7 @@ from pathlib import Path
 import webdataset as wds
 from tqdm import tqdm
 
+from shards.cli import write_parser
 from trainer.data.decode import (
     AUDIO_MEMBERS, CAPTION_MEMBER, KNOWN_MEMBERS, LABEL_MEMBER, ClipInfo, CorruptSample, member_set, probe_sample,
 )
@@ -146,14 +146,7 @@ def write_shards(src: Path, pattern: str, max_count: int = 1000, max_size: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shards.write", description=__doc__.split("\n\n")[0])
-    p.add_argument("--src", required=True, type=Path,
-                   help="directory of KEY.mp4 files, each with optional KEY.json, KEY.txt, KEY.wav/KEY.flac")
-    p.add_argument("--out", required=True, help="shard pattern, e.g. 'OUT/train-%%06d.tar'")
-    p.add_argument("--max-count", type=int, default=1000, help="samples per shard at most")
-    p.add_argument("--max-size", type=float, default=1e9, help="bytes per shard (approximate upper bound)")
-    p.add_argument("--skip-bad", action="store_true", help="leave undecodable clips out (listed in the manifest)")
-    a = p.parse_args(argv)
+    a = write_parser().parse_args(argv)   # torch-free, for `cmg shards write --help`
     try:
         manifest = write_shards(a.src, a.out, a.max_count, a.max_size, a.skip_bad)
     except BadClip as err:

@@ -2,7 +2,10 @@
 # Submit continual phases as a chain of Slurm jobs (one per phase, afterok-chained; see trainer/programs/continual.py).
 #   slurm/continual.sh launch/configs/continual_vt_at_it.yaml [--dry-run]
 # Paths inside the phases file start at the repository root; the phases file itself at the current directory.
+# The Python is found as for every script here (slurm/env.sh: PYTHON, the active virtualenv, the repository's
+# .venv, python3 on PATH), so no environment needs activating.
 set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python}" -m trainer.programs.continual "$@"
+cmg_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$cmg_repo/slurm/env.sh"
+export PYTHONPATH="$cmg_repo${PYTHONPATH:+:$PYTHONPATH}"
+exec "$CMG_PYTHON" -m trainer.programs.continual "$@"

@@ -2,7 +2,12 @@
 # after their #SBATCH headers and defaults; not a batch script itself.
 #
 # Every setting is an environment variable (sbatch exports the submitting environment), e.g.
+#   CONFIG=launch/configs/pretrain_avt.yaml RUN_DIR=runs/avt1 slurm/submit.sh slurm/pretrain_avt.sh run.max_steps=5000
 #   CONFIG=launch/configs/pretrain_avt.yaml RUN_DIR=runs/avt1 sbatch slurm/pretrain_avt.sh run.max_steps=5000
+#
+# `bash slurm/pretrain_av.sh --check [key=value ...]` (outside a job) checks the job as it would start, and starts
+# nothing: the config and its overrides, the shards' manifest, the backbones file, RUN_DIR's checkpoints
+# (`python -m trainer.launch --check`); exit 0, or 2 naming the problem. slurm/submit.sh runs it before sbatch.
 #
 #   CONFIG             job YAML for trainer/main.py (default: the calling script's)
 #   RUN_DIR            run directory (default runs/<job name>-<job id>; a requeued job keeps its id, so it
@@ -15,7 +20,10 @@
 #   NPROC_PER_NODE     training processes per node (default: the node's allocated GPUs; without GPUs, one CPU
 #                      process per allocated CPU, --cpus-per-task)
 #   MAIN_PROCESS_PORT  rendezvous port on the first node (default 20000 + job id mod 20000)
-#   CMG_REPO           repository root (default: the directory sbatch was called from, $SLURM_SUBMIT_DIR)
+#   CMG_REPO           repository root (default: the directory sbatch was called from, $SLURM_SUBMIT_DIR; the jobs
+#                      run there, and relative paths start there)
+#   PYTHON             the project's Python (default: the active virtualenv, else the repository's .venv, else
+#                      python3 on PATH: slurm/env.sh, shared by every script here)
 #
 # Preemption: Slurm sends USR1 to this shell (--signal=B:USR1@120, or `scancel -b -s USR1 JOB`). The trap
 # asks the trainer to stop ($RUN_DIR/STOP: it checkpoints and writes status.json state "stopped"); once srun
@@ -24,28 +32,26 @@
 
 set -euo pipefail
 
-if [[ -z "${SLURM_JOB_ID:-}" ]]; then
-    echo "slurm/job_body.sh: not inside a Slurm job; submit the script with sbatch" >&2
+check_only=0
+if [[ "${1:-}" == --check ]]; then
+    check_only=1
+    shift
+elif [[ -z "${SLURM_JOB_ID:-}" ]]; then
+    echo "slurm/job_body.sh: not inside a Slurm job; submit the script with slurm/submit.sh (checks the job first)" \
+         "or sbatch, or check it here with --check" >&2
     exit 2
 fi
 
-cd "${CMG_REPO:-$SLURM_SUBMIT_DIR}"
+# This file's repository: the one the batch script sourced it from (CMG_REPO, else the submit directory), or the
+# script's own when run by hand with --check.
+cmg_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$cmg_repo"
+source slurm/env.sh
 : "${CONFIG:?CONFIG (job YAML) is not set}"
 if [[ ! -f "$CONFIG" ]]; then
     echo "slurm/job_body.sh: CONFIG=$CONFIG: no such file (relative paths start at $PWD)" >&2
     exit 2
 fi
-if ! command -v accelerate > /dev/null; then
-    if [[ -x .venv/bin/accelerate ]]; then
-        export PATH="$PWD/.venv/bin:$PATH"   # the project's virtualenv (make venv), when none is active
-    else
-        echo "slurm/job_body.sh: no 'accelerate' on PATH and no $PWD/.venv: activate the project's environment" \
-             "before sbatch (the job inherits it)" >&2
-        exit 2
-    fi
-fi
-RUN_DIR="$(realpath -m "${RUN_DIR:-runs/${SLURM_JOB_NAME}-${SLURM_JOB_ID}}")"
-mkdir -p "$RUN_DIR"
 
 # Overrides: EXTRA split on whitespace with globbing off (a value like [video,text] is a glob pattern),
 # then the script's own arguments as given.
@@ -54,6 +60,16 @@ set -f
 overrides=(${EXTRA:-})
 set +f
 overrides+=("$@")
+
+if (( check_only )); then
+    # What the job's launcher validates before it starts any process, with the same parser; RUN_DIR when given
+    # (its checkpoints decide what a resume would take), else the config's run.dir.
+    exec "$CMG_PYTHON" -m trainer.launch --check --config_file "${ACCELERATE_CONFIG:-launch/accelerate/cpu_zero2.yaml}" \
+        trainer/main.py --config "$CONFIG" "${overrides[@]}" ${RUN_DIR:+"run.dir=$(realpath -m "$RUN_DIR")"}
+fi
+
+RUN_DIR="$(realpath -m "${RUN_DIR:-runs/${SLURM_JOB_NAME}-${SLURM_JOB_ID}}")"
+mkdir -p "$RUN_DIR"
 
 # GPUs this job may use on a node: those Slurm granted (SLURM_GPUS_ON_NODE) that really exist (a node
 # without cgroups shows every GPU to nvidia-smi; a test cluster may grant GPUs that are not there).
@@ -138,6 +154,9 @@ fi
 
 state="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["state"])' "$RUN_DIR/status.json" \
          2> /dev/null || echo none)"
+if [[ "$rc" == 75 ]]; then   # srun reports every non-zero exit as "error: ... Exited with exit code 75"
+    echo "[slurm] srun exit code 75: the trainer stopped after writing a checkpoint (not a failure)"
+fi
 echo "[slurm] srun exit code $rc, trainer status: $state"
 
 if (( preempted )) && [[ "$state" == stopped ]]; then

@@ -1,15 +1,20 @@
 #!/bin/bash
 # Uni-Code audio-visual-text pretraining (seed 000 §B.1: launch/configs/pretrain_avt.yaml).
-#   sbatch slurm/pretrain_avt.sh                                 # from the repository root
-#   RUN_DIR=runs/avt1 MLFLOW_TRACKING_URI=http://mlflow:5000 sbatch slurm/pretrain_avt.sh run.max_steps=5000
-# Every #SBATCH line can be overridden on the sbatch command line; the environment variables the job
-# reads (CONFIG, RUN_DIR, MLFLOW_TRACKING_URI, EXTRA, ACCELERATE_CONFIG, NPROC_PER_NODE, ...) are
-# documented in slurm/job_body.sh. Site options (--partition, --account, --qos) go on the command line.
+#   slurm/submit.sh slurm/pretrain_avt.sh                        # checks the job here, then sbatch; log in RUN_DIR
+#   RUN_DIR=runs/avt1 MLFLOW_TRACKING_URI=http://mlflow:5000 slurm/submit.sh slurm/pretrain_avt.sh run.max_steps=5000
+#   sbatch slurm/pretrain_avt.sh                                 # also works (checked only when it starts)
+#   bash slurm/pretrain_avt.sh --check [key=value ...]           # just the check (exit 0, or 2 naming the problem)
+# The headers ask for what any partition has, so the script runs as written on a CPU-only cluster: one node, one
+# task, 2 CPUs (2 training processes over gloo). Site options and GPUs go on the command line, which overrides every
+# #SBATCH line; with GPUs the job starts one process per allocated GPU:
+#   slurm/submit.sh --partition=gpu --gpus-per-node=8 --cpus-per-task=64 slurm/pretrain_avt.sh
+# The environment variables the job reads (CONFIG, RUN_DIR, MLFLOW_TRACKING_URI, EXTRA, ACCELERATE_CONFIG,
+# NPROC_PER_NODE, PYTHON, ...) are documented in slurm/job_body.sh. Without slurm/submit.sh, the log goes to
+# <job name>-<job id>.out in the submit directory unless you give --output.
 #SBATCH --job-name=cmg-pretrain-avt
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --gpus-per-node=1
-#SBATCH --cpus-per-task=16
+#SBATCH --cpus-per-task=2
 #SBATCH --time=24:00:00
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
@@ -17,4 +22,4 @@
 #SBATCH --output=%x-%j.out
 
 : "${CONFIG:=launch/configs/pretrain_avt.yaml}"
-source "${CMG_REPO:-${SLURM_SUBMIT_DIR:-.}}/slurm/job_body.sh"
+source "${CMG_REPO:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}/slurm/job_body.sh"

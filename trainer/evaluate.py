@@ -47,7 +47,6 @@ Exit codes: 0 done, 2 bad arguments or data (nothing evaluated).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -60,6 +59,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from trainer.cli import evaluate_parser
 from trainer.config import ConfigError, to_dict
 from trainer.data.features import FeatureError, PublicFeatureConfig
 from trainer.data.released import AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLASSES, shared_class_map
@@ -68,14 +68,15 @@ from trainer.eval.encode import (
     LabelledFeatures, Pretrained, encode_split, load_pretrained, read_public_features, read_shard_features,
     split_indices, trained_pairs,
 )
-from trainer.eval.paper import PAPER_HEADS, PRETRAIN_SETS, checkpoint_switches, render_tables, table_metrics
+from trainer.eval.paper import PAPER_HEADS, checkpoint_switches, render_tables, table_metrics
 from trainer.eval.probes import (
     SPLITS, CodeSplit, ProbeConfig, ProbeResult, class_retrieval, classification_probe, code_agreement,
     cross_dataset_classification, cross_dataset_probe, localisation_probe, zero_shot_retrieval,
 )
 from trainer.job import JobConfig, read_run_config
+from trainer.pretrained import frozen_backbones
 from trainer.toc import TOCConfig, toc_scores
-from trainer.tracking import Tracker
+from trainer.tracking import Tracker, log_metrics_to_run
 
 TASKS = ("classification", "localisation", "cross_dataset", "ucf_vgg", "retrieval", "class_retrieval")
 LABELLED_MODALITIES = ("audio", "video")   # the modalities that carry per-segment event labels
@@ -160,15 +161,10 @@ def read_source(src: SourceConfig, job: JobConfig, pretrained: Pretrained,
 
 def _backbones(path: str, pretrained: Pretrained, modalities: tuple[str, ...]):
     """The frozen backbones of ``path``, refused unless they are the ones the checkpoint was trained on."""
-    from trainer.backbones import FrozenBackbones, load_backbones_config
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"backbones file not found: {path} (pass --backbones)")
-    backbones = FrozenBackbones(load_backbones_config(path).only(modalities))
-    trained_on = pretrained.meta.get("backbones")
-    if trained_on:   # older runs also list backbones of modalities the model never used: compare the model's
-        backbones.load_state_dict({"backbones": {m: d for m, d in trained_on.items() if m in modalities}})
-    return backbones
+    # older runs also list backbones of modalities the model never used: only the model's are built and compared
+    return frozen_backbones(pretrained.meta.get("backbones"), modalities, yaml=path)
 
 
 def number_of_classes(parts: list[LabelledFeatures]) -> int:
@@ -442,8 +438,11 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, metrics: dict[str, float],
                   files: list[Path]) -> str | None:
-    """A child run of the pretraining run in the run's tracking store; returns its id (None if not created)."""
-    tracking = dataclasses.replace(job.tracking, run_name=f"evaluate-{files[0].parent.name}", flush_interval_s=0.0)
+    """A child run of the pretraining run in the run's tracking store, and the same numbers on the pretraining run
+    itself at the checkpoint's step (``eval/toc<Q>/...`` with ``--toc Q``), where they sit beside its training curves
+    and compare across its checkpoints; returns the child run's id (None if not created)."""
+    tracking = dataclasses.replace(job.tracking, run_name=f"evaluate-{files[0].parent.name}", flush_interval_s=0.0,
+                                   system_metrics=False)
     tracker = Tracker(tracking, pretrained.run_dir)
     parent = pretrained.meta.get("mlflow_run_id")
     tags = {"phase": "evaluate", "checkpoint": str(pretrained.checkpoint), "checkpoint_step": pretrained.step}
@@ -455,24 +454,14 @@ def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, m
     for path in files:
         tracker.log_artifact(path, "evaluation")
     tracker.end("FINISHED")
+    if parent:
+        variant = f"/toc{cfg.toc.dims}/" if cfg.toc is not None else "/"
+        log_metrics_to_run(tracking, pretrained.run_dir, parent,
+                           {k.replace("/", variant, 1): v for k, v in metrics.items()}, pretrained.step)
     return tracker.run_id
 
 
 # ---------------------------------------------------------------------- command line
-
-def _fractions(text: str) -> tuple[float, float, float]:
-    parts = tuple(float(v) for v in text.split(","))
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"--split needs three fractions like 0.6,0.2,0.2, got {text!r}")
-    return parts
-
-
-def _class_map(text: str) -> dict[str, int]:
-    try:
-        return {str(int(a)): int(b) for a, b in (pair.split(":") for pair in text.split(",") if pair)}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a class map needs pairs like 0:0,3:1, got {text!r}") from None
-
 
 def head_settings(epochs: int | None, lr: float | None, batch_size: int | None, hidden: int,
                   seed: int) -> dict[str, ProbeConfig]:
@@ -484,43 +473,7 @@ def head_settings(epochs: int | None, lr: float | None, batch_size: int | None, 
 
 
 def parse_args(argv: list[str] | None) -> tuple[str, EvaluateConfig, str | None]:
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint")
-    p.add_argument("--data", default="", help="clip or feature shard URLs, AVE's role (default: the pretraining data)")
-    p.add_argument("--kind", default="", choices=["", "clips", "features"])
-    p.add_argument("--backbones", default="", help="backbones YAML for clip shards (default: the run's)")
-    p.add_argument("--public", default="", help="public AVE layout: directory of h5 files or one .npz")
-    p.add_argument("--split", type=_fractions, default=SourceConfig.split, help="train,val,test fractions")
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--cross-data", default="", help="shards of the AVVP-like dataset (localisation, AVE→AVVP)")
-    p.add_argument("--cross-kind", default="", choices=["", "clips", "features"])
-    p.add_argument("--cross-public", default="", help="the AVVP-like dataset in the public layout")
-    p.add_argument("--class-map", type=_class_map, default={}, help="AVE→AVVP shared classes data:cross,... "
-                   "(default: the 12 of seed 000 §B.2 in the AVE and AVVP vocabularies)")
-    p.add_argument("--ucf-data", default="", help="shards of the UCF-101 videos (UCF(v)↔VGG(a))")
-    p.add_argument("--ucf-kind", default="", choices=["", "clips", "features"])
-    p.add_argument("--vgg-data", default="", help="shards of the VGGSound audio (UCF(v)↔VGG(a))")
-    p.add_argument("--vgg-kind", default="", choices=["", "clips", "features"])
-    p.add_argument("--ucf-vgg-map", type=_class_map, default={}, help="UCF↔VGG shared classes ucf:vgg,... "
-                   "(default: the authors' 16, the same index in both datasets)")
-    p.add_argument("--tasks", default="", help=f"comma list of {list(TASKS)} (default: every one whose data is given)")
-    p.add_argument("--suite", default="", choices=["", "paper"], help="paper: every protocol whose data is given, "
-                   "and seed 001 Tables 1 and 3 and seed 003 Table 1 with this checkpoint's numbers")
-    p.add_argument("--pretrain-set", default="40K", choices=PRETRAIN_SETS,
-                   help="seed 001 Table 1's column group for this checkpoint's numbers")
-    p.add_argument("--classes", type=int, default=0, help="number of event classes of --data (default: largest "
-                   "label + 1)")
-    p.add_argument("--epochs", type=int, default=None, help="head epochs of every protocol (default: the seeds')")
-    p.add_argument("--lr", type=float, default=None, help="head learning rate (default: seed 000 §B.2's 2.5e-4)")
-    p.add_argument("--batch-size", type=int, default=None, help="head batch size (default: seed 000 §B.2's 256)")
-    p.add_argument("--hidden", type=int, default=128, help="hidden width of the two-layer heads")
-    p.add_argument("--seed", type=int, default=0, help="head init and batch order")
-    p.add_argument("--toc", type=int, default=None, metavar="Q", help="keep the Q dimensions TOC selects")
-    p.add_argument("--toc-lambda", type=float, default=TOCConfig.balance)
-    p.add_argument("--toc-raw", action="store_true", help="TOC on the raw (not L2-normalised) codebook")
-    p.add_argument("--json", default=None, help="also write the report to this file")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p = evaluate_parser()   # torch-free, for `cmg eval --help` (trainer/cli.py)
     a = p.parse_args(argv)
     tasks = tuple(t for t in a.tasks.split(",") if t)
     if tasks and a.suite:

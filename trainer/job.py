@@ -138,6 +138,10 @@ class ResolvedJob:
     config: JobConfig                               # ``model`` with feature_dims / spatial_patches from the source
     feature_shapes: dict[str, tuple[int, ...]]      # per-segment feature shape of every modality the source gives
     backbones: BackbonesConfig | None               # the frozen backbones of the trained modalities (clip shards)
+    # where model.feature_dims / spatial_patches came from; "" = not resolved (the data cannot be read here), with
+    # ``unresolved`` saying why (``resolve_job(need_data=False)``, for --print-config)
+    derived_from: str = ""
+    unresolved: str = ""
 
     @property
     def model(self) -> ModelConfig:
@@ -152,13 +156,27 @@ class ResolvedJob:
         (Path(run_dir) / RESOLVED_CONFIG_FILE).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def describe(self) -> str:
-        """``--print-config``: the resolved config as YAML, then what the data source delivers, as comments."""
+        """``--print-config``: the config the run uses as YAML, then, as comments, which values come from the data
+        (and from where) and which keys this kind of data does not read."""
+        cfg = self.config
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        shapes = ", ".join(f"{m} {tuple(s)}" for m, s in self.feature_shapes.items())
-        lines = [f"# feature shapes per segment: {shapes}"]
+        if self.derived_from:
+            shapes = ", ".join(f"{m} {tuple(self.feature_shapes[m])}" for m in self.model.modalities)
+            lines = [f"# model.feature_dims and model.spatial_patches: derived from {self.derived_from}",
+                     f"# feature shapes per segment of the trained modalities: {shapes}"]
+            unused = sorted(set(self.feature_shapes) - set(self.model.modalities))
+            if unused:
+                lines.append(f"# the source also delivers {unused}: not used by this model")
+        else:
+            lines = [f"# model.feature_dims and model.spatial_patches: derived from the data when the run starts; "
+                     f"not readable here ({self.unresolved}), so the values above are the defaults"]
         if self.backbones is not None:
             lines += [f"# backbone {m}: {spec['family']} {spec['name_or_path'] or '(random weights from its config)'}, "
                       f"pooling {spec['pooling']}" for m, spec in to_dict(self.backbones).items() if spec]
+        if cfg.data.kind == "clips":
+            lines.append("# not read with data.kind=clips: data.feature_modalities")
+        else:
+            lines.append(f"# not read with data.kind={cfg.data.kind}: backbones, data.decode")
         return text + "\n".join(lines) + "\n"
 
 
@@ -177,7 +195,10 @@ def source_feature_shapes(cfg: JobConfig, backbones: BackbonesConfig | None) -> 
     built (``FrozenBackbones.feature_shapes``; the loop asks the instance it trains with instead).
     """
     if cfg.data.kind == "features":
-        manifest = read_manifest(expand_shard_urls(cfg.data.urls), cfg.data.manifest)[1]
+        urls = expand_shard_urls(cfg.data.urls)
+        if not urls:
+            raise ConfigError(f"data.urls: {cfg.data.urls!r} expands to no shard")
+        manifest = read_manifest(urls, cfg.data.manifest)[1]
         if "feature_shapes" not in manifest:
             raise ConfigError(f"data.urls: the manifest of {cfg.data.urls!r} has no feature_shapes "
                               "(is it a clip-shard manifest? set data.kind=clips)")
@@ -189,10 +210,25 @@ def source_feature_shapes(cfg: JobConfig, backbones: BackbonesConfig | None) -> 
     return FrozenBackbones(backbones).feature_shapes()
 
 
-def resolve_job(cfg: JobConfig, feature_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ResolvedJob:
-    """``cfg`` resolved against its data source (``feature_shapes`` when the caller already knows them)."""
+def resolve_job(cfg: JobConfig, feature_shapes: Mapping[str, tuple[int, ...]] | None = None,
+                need_data: bool = True) -> ResolvedJob:
+    """``cfg`` resolved against its data source (``feature_shapes`` when the caller already knows them).
+
+    ``need_data=False`` (``--print-config``): a source that cannot be read here (shards or their manifest not there
+    yet, backbones not downloadable) leaves the model section unresolved instead of failing."""
     backbones = job_backbones(cfg) if cfg.data.kind == "clips" else None
-    shapes = dict(feature_shapes) if feature_shapes is not None else source_feature_shapes(cfg, backbones)
+    derived_from = (f"the backbones' output shapes ({cfg.backbones})" if cfg.data.kind == "clips" else
+                    f"the manifest of data.urls ({cfg.data.manifest or 'manifest.json next to the shards'})")
+    if feature_shapes is not None:
+        shapes = dict(feature_shapes)
+        derived_from = f"the {cfg.data.kind} source"
+    else:
+        try:
+            shapes = source_feature_shapes(cfg, backbones)
+        except (ConfigError, OSError, ValueError) as err:
+            if need_data:
+                raise
+            return ResolvedJob(cfg, {}, backbones, derived_from="", unresolved=str(err).splitlines()[0])
     model = cfg.model
     missing = [m for m in model.modalities if m not in shapes]
     if missing:
@@ -209,7 +245,8 @@ def resolve_job(cfg: JobConfig, feature_shapes: Mapping[str, tuple[int, ...]] | 
         model = dataclasses.replace(model, feature_dims=dims, spatial_patches=patches)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from err
-    return ResolvedJob(dataclasses.replace(cfg, model=model), {m: tuple(s) for m, s in shapes.items()}, backbones)
+    return ResolvedJob(dataclasses.replace(cfg, model=model), {m: tuple(s) for m, s in shapes.items()}, backbones,
+                       derived_from=derived_from)
 
 
 def in_batch_negative_terms(model: ModelConfig) -> list[str]:

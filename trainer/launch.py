@@ -2,12 +2,14 @@
 shell and Slurm one agreed stop and a distinguishable exit code.
 
     python -m trainer.launch [accelerate launch options] trainer/main.py --config JOB.yaml [key=value ...]
+    python -m trainer.launch --check [the same arguments]       # validate as below and start nothing: exit 0 or 2
 
 It takes exactly ``accelerate launch``'s arguments and runs the real ``accelerate launch`` as its child. What it
 adds, because torch elastic (the agent inside ``accelerate launch``) cannot do it:
 
 - **Config errors before any work.** The job config is loaded and validated here, before a process starts:
-  exit 2 naming the key, no ``ChildFailedError`` traceback.
+  exit 2 naming the key, no ``ChildFailedError`` traceback. ``--check`` stops there (exit 0 when the job would
+  start): what slurm/submit.sh runs on the login node before it queues a job (``slurm/pretrain_av.sh --check``).
 - **Signals become one agreed stop.** SIGTERM, SIGUSR1, SIGINT and SIGHUP to this process write
   ``<run_dir>/STOP`` (re-written every 2 s until the job ends, since a starting job deletes a stale one). The
   ranks agree on it at the next step, checkpoint and leave. torch elastic alone forwards only TERM/INT/HUP/QUIT
@@ -90,13 +92,15 @@ class Supervisor:
 
 
 def launch(argv: list[str]) -> int:
-    """Validate the job, run it under ``accelerate launch``, and map its outcome to 0 / 75 / the failure code."""
+    """Validate the job, run it under ``accelerate launch``, and map its outcome to 0 / 75 / the failure code; with
+    a leading ``--check``, only validate (0 or 2)."""
     from accelerate.commands.launch import launch_command_parser
 
     from trainer.config import ConfigError
     from trainer.main import load_job, parse_args
 
-    launch_args = launch_command_parser().parse_args(argv)
+    check_only = argv[:1] == ["--check"]
+    launch_args = launch_command_parser().parse_args(argv[1:] if check_only else argv)
     script = Path(launch_args.training_script)
     if not script.is_file() or script.resolve() != MAIN_SCRIPT:
         print(f"trainer.launch: the training script must be {MAIN_SCRIPT} (got {launch_args.training_script}); "
@@ -111,6 +115,11 @@ def launch(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if check_only:
+        print(f"[cmg launch] check passed: {job_args.config or 'the default config'} (phase {cfg.run.phase}, "
+              f"{cfg.run.max_steps} steps, run dir {cfg.run.dir}; data {cfg.data.urls or cfg.data.kind}): config "
+              "and overrides, shard manifest, backbones file and checkpoints are as the job needs them", flush=True)
+        return 0
 
     run_dir = Path(cfg.run.dir)
     (run_dir / STATUS_FILE).unlink(missing_ok=True)   # only this job's outcome may be read below

@@ -27,26 +27,25 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import traceback  # noqa: E402
 
+from trainer.cli import train_parser  # noqa: E402
 from trainer.config import ConfigError, load_config  # noqa: E402
 from trainer.job import JobConfig, resolve_job, validate_job  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="trainer/main.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="experiment YAML (launch/configs/*.yaml); defaults if omitted")
-    parser.add_argument("--resume", help="'auto' (default: latest complete checkpoint of run.dir), '' or a path")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved job (model dims from the data source, backbones) and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. run.max_steps=200 data.batch_size=16")
-    return parser.parse_args(argv)
+    return train_parser().parse_args(argv)   # torch-free, for `cmg train --help` (trainer/cli.py)
 
 
 def load_job(args: argparse.Namespace) -> JobConfig:
-    """The validated job config of the parsed command line; raises ``ConfigError`` naming the key."""
+    """The validated job config of the parsed command line; raises ``ConfigError`` naming the key.
+
+    ``--print-config`` validates what needs no data, shards or checkpoints (it works before they exist)."""
     overrides = list(args.overrides) + ([f"run.resume={args.resume}"] if args.resume is not None else [])
     cfg = load_config(JobConfig, args.config, overrides)
-    validate_job(cfg)
+    if args.print_config:
+        validate_job(cfg, data_files=False, init_from=False)
+    else:
+        validate_job(cfg)
     return cfg
 
 
@@ -58,11 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     if args.print_config:
-        try:
-            print(resolve_job(cfg).describe(), end="")
-        except ConfigError as err:
-            print(f"config error: {err}", file=sys.stderr)
-            return 2
+        print(resolve_job(cfg, need_data=False).describe(), end="")
         return 0
 
     from trainer.loop import train

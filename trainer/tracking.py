@@ -5,15 +5,38 @@ same methods doing nothing, so the loop has no ``if rank == 0`` around tracking)
 
     tracker = create_tracker(cfg.tracking, run_dir, is_main=rank == 0)
     tracker.load_state_dict(ckpt["tracking"])        # on resume only: continue the same MLflow run
-    tracker.start(tags={"phase": "pretrain_av"})     # + git commit, world size, Slurm job id
-    tracker.log_config(cfg)                          # flattened params + config/resolved.yaml
+    tracker.start(tags={"phase": "pretrain_av"})     # + git, user, source, world size, Slurm job id
+    tracker.log_config(job)                          # params, config/resolved.yaml, description, the shard set
     for step in ...:
         if tracker.should_log(step):                 # same answer on every rank (collectives stay matched)
-            tracker.log_metrics({"loss/total": loss, "codes/perplexity": ppl}, step)
-            tracker.log_code_usage({"audio": n_a, "video": n_v}, step, plot=tracker.should_plot(step))
+            tracker.log_metrics({"loss": loss, "cpc": cpc, "codebook/perplexity": ppl}, step)
+        if tracker.should_plot(step):
+            tracker.log_code_usage({"audio": n_a, "video": n_v}, step, plot=True)
     ckpt["tracking"] = tracker.state_dict()          # run id + anything not yet delivered
     tracker.log_tensor(codebook, "codebook/final.npy")
     tracker.end("FINISHED")                          # "KILLED" on preemption, "FAILED" on a crash
+
+What a run looks like in MLflow (``mlflow_metric_key`` has the rules):
+- the experiment carries ``mlflow.experimentKind = custom_model_development`` (MLflow's "Machine learning" kind);
+  MLflow 3.17's UI reads the kind from its own "GenAI | Model training" switch instead (the address that
+  trainer/programs/mlflow_ui.py prints sets it);
+- metric names are grouped for the run page, which draws one chart per metric in sections named by the key up
+  to its last "/" and sorts sections and charts by name (mlflow/server/js, ``getBaseChartAndSectionConfigs``).
+  The loop's names become ``1 loss/total`` (alone in the first section), ``1 loss/terms/<term>``,
+  ``2 codebook/step/<stat>`` (one optimizer step), ``2 codebook/window/<class>`` (the steps since the previous
+  code-usage figure), ``3 data/…``, ``4 perf/…``, ``5 optim/…``; the numbers put the sections in reading order.
+  ``eval/…``, ``paper/…`` and MLflow's ``system/…`` keep their names. <run_dir>/metrics.jsonl keeps the loop's
+  own names;
+- the code-usage figures are artifacts (``code_usage/step_<N>.png``, previewed in the Artifacts tab): MLflow 3.17's
+  image charts (``log_image`` with a step) open on step 0 and print every param of the run over the picture;
+- tags: MLflow's standard ones (user, source, git commit and branch: ``mlflow.tracking.context``) and a
+  description (``mlflow.note.content``) written from the job config; the shard set as the run's dataset input
+  (digest: the manifest's sha256);
+- system metrics (CPU, memory, disk, network; GPU with ``nvidia-ml-py`` installed) from MLflow's own
+  ``SystemMetricsMonitor`` in its thread, as ``system/…``;
+- the default store is a sqlite file in the run directory with the artifacts beside it; MLflow records absolute
+  artifact paths, so a moved or copied run directory is re-pointed when a tracker or
+  ``python -m trainer.programs.mlflow_ui`` opens it (``relocate_local_store``).
 
 Delivery and failure policy. Everything is logged synchronously from the calling thread, but:
 - a call first queues its data in memory (metrics in a bounded buffer that drops the oldest points and
@@ -31,26 +54,27 @@ Delivery and failure policy. Everything is logged synchronously from the calling
 - a batch the server *rejects* (HTTP 4xx: an invalid value, a deleted run) is dropped with a warning
   rather than retried forever; a rejected run creation disables the tracker;
 - exact re-sends are harmless: every metric keeps the timestamp it was logged with, and MLflow's SQL
-  store ignores a point identical in key, step, timestamp and value.
+  store ignores a point identical in key, step, timestamp and value;
+- the system-metrics thread stops by itself when MLflow is unreachable (MLflow's behaviour); ``end`` waits
+  for it at most about one HTTP attempt.
+Why not ``mlflow``'s fluent API with async logging: its queue lives in a thread and dies with the process, while
+this queue is bounded, survives a preemption in the checkpoint (``state_dict``) and never blocks a step.
 The tracker raises only for caller bugs detected before any I/O (an unknown end status, a bad
 artifact name, malformed code-usage counts, ``start()`` twice), never for tracking failures.
-
-Code-usage classes (CMG paper, seed 001 §5.5 Fig. 4; appendix seed 000 §E Fig. 2): for each code, the
-share of its assignments that came from each modality decides whether it is used by one modality only
-(share >= ``dominance``, 80% in the paper), shared, or unused; see ``classify_code_usage``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
+import json
 import logging
-import math
 import os
 import posixpath
 import re
+import sqlite3
 import subprocess
+import threading
 import time
 import warnings
 from collections import deque
@@ -64,6 +88,7 @@ import torch
 import yaml
 
 from trainer import distributed
+from trainer.code_usage import classify_code_usage, plot_code_usage
 from trainer.config import flatten, to_dict
 
 log = logging.getLogger(__name__)
@@ -75,6 +100,13 @@ MAX_TAG_VALUE_CHARS = 8000
 MAX_KEY_CHARS = 250
 PARAMS_PER_REQUEST = 100
 METRICS_PER_REQUEST = 1000
+
+# The experiment kind MLflow's UI offers as "Machine learning" (ExperimentKind.CUSTOM_MODEL_DEVELOPMENT in
+# mlflow/server/js; the tag mlflow/demo/generators/traces.py sets to "genai_development" for GenAI experiments).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
+RUN_NOTE_TAG = "mlflow.note.content"       # the run page's "Description" (mlflow.utils.mlflow_tags.MLFLOW_RUN_NOTE)
+LOCAL_ARTIFACTS = "mlartifacts"            # artifact root of a sqlite store, next to the database file
 
 RunStatus = Literal["FINISHED", "KILLED", "FAILED"]
 
@@ -89,6 +121,8 @@ class TrackingConfig:
     log_every: int = 10                  # metrics every K steps (should_log)
     plot_every: int = 500                # code-usage plot every K steps (should_plot)
     usage_dominance: float = 0.8         # Fig. 4 threshold: a code is "<m> only" when m has >= this share
+    system_metrics: bool = True          # MLflow's system metrics (CPU, memory, disk, network, GPU) as system/*
+    system_metrics_interval_s: float = 10.0   # their sampling interval
     flush_interval_s: float = 10.0       # healthy: send the queue at most this often (0: on every call)
     http_timeout_s: int = 5              # MLFLOW_HTTP_REQUEST_TIMEOUT for the tracker's calls (whole seconds)
     http_max_retries: int = 0            # MLFLOW_HTTP_REQUEST_MAX_RETRIES for the tracker's calls
@@ -105,6 +139,8 @@ class TrackingConfig:
             raise ValueError(f"http_max_retries must be in [0, 10], got {self.http_max_retries}")
         if self.flush_interval_s < 0:
             raise ValueError(f"flush_interval_s must be >= 0, got {self.flush_interval_s}")
+        if self.system_metrics_interval_s <= 0:
+            raise ValueError(f"system_metrics_interval_s must be > 0, got {self.system_metrics_interval_s}")
         if self.retry_interval_s < 0 or self.max_retry_interval_s < self.retry_interval_s:
             raise ValueError("need 0 <= retry_interval_s <= max_retry_interval_s, got "
                              f"{self.retry_interval_s} and {self.max_retry_interval_s}")
@@ -128,16 +164,50 @@ def resolve_tracking_uri(cfg: TrackingConfig, run_dir: str | Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
 
 
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store (None for a server or another database)."""
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix):]).resolve() if tracking_uri.startswith(prefix) else None
+
+
 def _local_artifact_root(tracking_uri: str) -> str | None:
     """Artifact root for experiments created in a server-less sqlite store: next to the database file.
 
     Without it MLflow would put them in ./mlruns of whatever the working directory is. For an HTTP
     server the server's own default (usually its proxied artifact store) applies.
     """
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
-        return None
-    return (Path(tracking_uri[len(prefix):]).resolve().parent / "mlartifacts").as_uri()
+    db = _sqlite_file(tracking_uri)
+    return (db.parent / LOCAL_ARTIFACTS).as_uri() if db is not None else None
+
+
+def relocate_local_store(db: str | Path) -> int:
+    """Re-point the artifact paths of a sqlite store whose directory was moved or copied; returns rows changed.
+
+    MLflow stores the absolute artifact location of every experiment, run and logged model (its SQL store resolves
+    relative ones against the working directory: mlflow.utils.uri.resolve_uri_if_local), and has no way to move
+    them (mlflow/mlflow#3144, #8226). The experiments the tracker creates keep their artifacts in ``mlartifacts``
+    next to the database, so a location ``file://<old dir>/mlartifacts[/...]`` under another directory is the
+    same tree at its new place: rewrite that prefix to this database's directory.
+    """
+    new_root = (Path(db).resolve().parent / LOCAL_ARTIFACTS).as_uri()
+    # (table, key column, location column); logged_models exists from MLflow 3
+    columns = (("experiments", "experiment_id", "artifact_location"), ("runs", "run_uuid", "artifact_uri"),
+               ("logged_models", "model_id", "artifact_location"))
+    changed = 0
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        old_roots = {loc for (loc,) in conn.execute("SELECT artifact_location FROM experiments")
+                     if loc and loc.startswith("file://") and loc.endswith("/" + LOCAL_ARTIFACTS) and loc != new_root}
+        for table, key, column in columns:
+            if table not in tables:
+                continue
+            for row_key, location in conn.execute(f"SELECT {key}, {column} FROM {table}").fetchall():
+                old = next((r for r in old_roots if location == r or (location or "").startswith(r + "/")), None)
+                if old is not None:
+                    conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?",
+                                 (new_root + location[len(old):], row_key))
+                    changed += 1
+    return changed
 
 
 _INVALID_KEY_CHARS = re.compile(r"[^/\w.\- :]")
@@ -157,6 +227,33 @@ def clean_key(key: str) -> str:
         digest = hashlib.sha1(str(key).encode()).hexdigest()[:10]
         cleaned = f"{cleaned[:MAX_KEY_CHARS - 11]}_{digest}"
     return cleaned
+
+
+# The run page's sections, in reading order: the number in front of each name is what orders them (see the
+# module docstring). ``codebook/<stat>`` from the loop is a statistic of one optimizer step (trainer/models/
+# quantizer.py ``MMEMAQuantizer.step_``); ``codebook/window/<class>`` counts codes over the code-usage window.
+METRIC_SECTIONS = {"loss": "1 loss", "codebook": "2 codebook", "data": "3 data", "perf": "4 perf", "optim": "5 optim"}
+# The loop's names without a group: the loss, its terms (every name not listed here), and these.
+UNGROUPED_METRICS = {"loss": "loss/total", "lr": "optim/lr",
+                     "club_log_likelihood": "optim/club_log_likelihood",   # the CLUB estimators' fit, not in the loss
+                     "pm_old_share": "data/pm_old_share"}   # COMET: mediator positions on inherited codes
+
+
+def mlflow_metric_key(name: str) -> str:
+    """The MLflow name of a metric the loop logs as ``name``: ``loss`` -> ``1 loss/total``, a loss term ``cpc`` ->
+    ``1 loss/terms/cpc``, ``codebook/perplexity`` -> ``2 codebook/step/perplexity``, ``codebook/window/shared`` ->
+    ``2 codebook/window/shared``, ``perf/clips_per_s`` -> ``4 perf/clips_per_s``, ``lr`` -> ``5 optim/lr``;
+    other groups (``eval/``, ``paper/``, ``system/``) unchanged. Idempotent."""
+    if "/" not in name:
+        name = UNGROUPED_METRICS.get(name, f"loss/terms/{name}")
+    group, _, rest = name.partition("/")
+    if group not in METRIC_SECTIONS:
+        return name
+    if group == "loss" and rest != "total" and not rest.startswith("terms/"):
+        rest = f"terms/{rest}"
+    elif group == "codebook" and not rest.startswith(("step/", "window/")):
+        rest = f"step/{rest}"
+    return f"{METRIC_SECTIONS[group]}/{rest}"
 
 
 def _shorten(value: str, limit: int) -> str:
@@ -185,11 +282,13 @@ def mlflow_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _tag_values(tags: Mapping[str, Any]) -> dict[str, str]:
-    return {clean_key(k): _shorten(str(v), MAX_TAG_VALUE_CHARS) for k, v in tags.items()}
+    """Tag values as MLflow stores them (strings); a None value means "no such tag", not the text "None"."""
+    return {clean_key(k): _shorten(str(v), MAX_TAG_VALUE_CHARS) for k, v in tags.items() if v is not None}
 
 
 def _git_tags(repo_dir: Path) -> dict[str, str]:
-    """Commit of the working tree that runs (MLflow's standard tag, shown in the UI) and whether it is dirty."""
+    """Commit of the working tree that runs (MLflow's standard tag, shown as the run's source) and whether it is
+    dirty; MLflow's own git context reads the repository of the entry script, which may be another one."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
@@ -201,176 +300,82 @@ def _git_tags(repo_dir: Path) -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower()}
 
 
-# ----------------------------------------------------------------------------------------------------
-# Code usage (CMG Fig. 4)
+def run_description(job: Mapping[str, Any]) -> str | None:
+    """The run page's description of a main-job config tree (``JobConfig.to_dict()``); None for other trees.
 
-_MODALITY_COLOURS = {"audio": "#d62728", "video": "#1f77b4", "text": "#2ca02c",
-                     "image": "#ff7f0e", "speech": "#8c564b"}
-_SPARE_COLOURS = ("#e377c2", "#17becf", "#7f7f7f", "#aec7e8", "#ff9896")
-_SHARED_COLOUR, _MIXED_COLOUR, _UNUSED_COLOUR = "#9467bd", "#bcbd22", "#000000"
-
-
-@dataclass(frozen=True)
-class CodeUsage:
-    """Per-code usage classes. ``counts`` is ``(n m)``: assignments of modality ``modalities[i]`` to each code.
-
-    ``class_names`` in display order: ``shared``, ``<modality>_only`` per modality, ``mixed`` (three or
-    more modalities only), ``unused``; ``code_class`` ``(m,)`` indexes into it.
+    What ran on what, and how to read the charts: the sections follow ``METRIC_SECTIONS``.
     """
-    modalities: tuple[str, ...]
-    counts: np.ndarray
-    class_names: tuple[str, ...]
-    code_class: np.ndarray
-    dominance: float
+    if not {"task", "model", "run", "data"} <= set(job):
+        return None
+    model, run, data = job["model"], job["run"], job["data"]
+    modalities = " + ".join(model.get("modalities") or [])
+    codes = (model.get("quantizer") or {}).get("num_codes")
+    init = f" Started from `{run['init_from']}`." if run.get("init_from") else ""
+    return "\n".join([
+        f"**{job['task']}** pretraining, phase `{run.get('phase')}`: {modalities} into one codebook of {codes} "
+        f"codes; {run.get('max_steps')} optimizer steps of {data.get('batch_size')} clips per rank, "
+        f"from {data.get('kind')} shards `{data.get('urls')}`.{init}",
+        "",
+        "Model metrics, in reading order:",
+        f"- **{METRIC_SECTIONS['loss']}**: the weighted total; **…/terms**: each unweighted term (its weight is the "
+        "param `model.loss.<term>`) and its parts per modality or modality pair.",
+        f"- **{METRIC_SECTIONS['codebook']}/step**: codes used by this optimizer step's assignments, perplexity, "
+        f"resets; **…/window**: codes classed by the modalities that used them since the previous code-usage "
+        f"figure (every `tracking.plot_every` steps; the figures are in Artifacts, `code_usage/`).",
+        f"- **{METRIC_SECTIONS['data']}**, **{METRIC_SECTIONS['perf']}**, **{METRIC_SECTIONS['optim']}**: samples "
+        "seen and skipped, throughput, learning rate and the CLUB estimators' log-likelihood (trained apart from "
+        "the loss). `eval/…`: downstream evaluations of this run's checkpoints.",
+        "",
+        "CPU, memory and GPU are in the System metrics tab. <run dir>/metrics.jsonl has the same numbers under the "
+        "loop's names (`loss`, `cpc`, `codebook/perplexity`, ...).",
+    ])
 
-    def summary(self) -> dict[str, int]:
-        """Number of codes in each class, e.g. ``{"shared": 370, "audio_only": 12, ..., "unused": 3}``."""
-        return {name: int((self.code_class == i).sum()) for i, name in enumerate(self.class_names)}
 
-    def order(self) -> np.ndarray:
-        """Code indices sorted by class (display order), then by total assignments, most used first."""
-        return np.lexsort((-self.counts.sum(0), self.code_class))
+def shard_dataset(job: Mapping[str, Any]):
+    """The shard set of a main-job config tree as an MLflow dataset (``mlflow.entities.Dataset``), or None.
 
-    def shares(self) -> np.ndarray:
-        """``(n m)`` fraction of each code's assignments per modality (0 for unused codes)."""
-        total = self.counts.sum(0)
-        return np.divide(self.counts, total, out=np.zeros_like(self.counts), where=total > 0)
-
-
-def classify_code_usage(counts: Mapping[str, Any], dominance: float = 0.8) -> CodeUsage:
-    """Class of each code from per-modality usage counts ``{"audio": (m,), "video": (m,), ...}``.
-
-    With s_k the share of code i's assignments that came from modality k (seed 001 Fig. 4: red / blue
-    when one modality holds more than 80%, green when each holds more than 20%; appendix Fig. 2 adds
-    black for never-activated codes):
-    - ``unused``: no assignments;
-    - ``<k>_only``: s_k >= ``dominance`` (``dominance=1`` means strictly one modality);
-    - ``shared``: otherwise, with two modalities; with n >= 3, only if every modality uses the code and
-      holds at least (1 - dominance) / (n - 1) of it (the two-modality rule, generalised);
-    - ``mixed`` (n >= 3): the rest: no modality dominates but some modality barely or never uses it.
-    Counts may be integer or fractional (EMA counts), tensors or arrays; they must be non-negative.
+    Digest: the first 16 hex digits of the manifest's sha256 (the shard writer lists every shard's name and
+    sample count there, so new or rewritten shards change it), or of the URL pattern when there is no manifest
+    to read (remote shards without ``data.manifest``). Profile: shards and samples.
     """
-    if not 0.5 < dominance <= 1.0:
-        raise ValueError(f"dominance must be in (0.5, 1], got {dominance}")
-    if not isinstance(counts, Mapping):
-        raise ValueError(f"code-usage counts must map modality names to (m,) counts, got {type(counts).__name__}")
-    if len(counts) < 2:
-        raise ValueError(f"code-usage counts need at least two modalities, got {list(counts)}")
-    rows, size = [], None
-    for name, value in counts.items():
-        arr = torch.as_tensor(value).detach().cpu().double().numpy()
-        if arr.ndim != 1 or arr.size == 0:
-            raise ValueError(f"code-usage counts['{name}'] has shape {tuple(arr.shape)}; expected (m,) with m >= 1")
-        if size is not None and arr.size != size:
-            raise ValueError(f"code-usage counts['{name}'] has {arr.size} codes; "
-                             f"counts['{next(iter(counts))}'] has {size}")
-        if not np.isfinite(arr).all() or (arr < 0).any():
-            raise ValueError(f"code-usage counts['{name}'] must be finite and non-negative")
-        size = arr.size
-        rows.append(arr)
-    modalities = tuple(str(k) for k in counts)
-    n = len(modalities)
-    class_names = ("shared", *(f"{m}_only" for m in modalities), *(("mixed",) if n >= 3 else ()), "unused")
-    index = {name: i for i, name in enumerate(class_names)}
+    from mlflow.entities import Dataset
 
-    usage = CodeUsage(modalities, np.stack(rows), class_names, np.full(size, index["unused"]), dominance)
-    share = usage.shares()
-    used = usage.counts.sum(0) > 0
-    single = used & (share.max(0) >= dominance)
-    only_index = np.array([index[f"{m}_only"] for m in modalities])
-    usage.code_class[single] = only_index[share.argmax(0)[single]]
-    rest = used & ~single
-    if n == 2:
-        usage.code_class[rest] = index["shared"]   # not dominated <=> each share > 1 - dominance
-    else:
-        # 1e-12: (1 - 0.7) / 2 is 0.15000000000000002 in floats; a share of exactly 15% must pass.
-        by_all = (share.min(0) >= (1.0 - dominance) / (n - 1) - 1e-12) & (usage.counts.min(0) > 0)
-        usage.code_class[rest & by_all] = index["shared"]
-        usage.code_class[rest & ~by_all] = index["mixed"]
-    return usage
+    from trainer.data.stream import expand_shard_urls, manifest_counts, read_manifest
+
+    data = job.get("data") if isinstance(job.get("data"), Mapping) else None
+    if not data or data.get("kind") not in ("clips", "features") or not data.get("urls"):
+        return None
+    urls = expand_shard_urls(data["urls"])
+    profile: dict[str, Any] = {"shards": len(urls)}
+    try:
+        manifest, contents = read_manifest(urls, data.get("manifest") or "")
+        digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
+        profile |= {"samples": sum(manifest_counts(urls, manifest, contents)), "manifest": manifest}
+    except (OSError, ValueError):   # no manifest to read here: the job itself refuses what it cannot count
+        digest = hashlib.sha256(data["urls"].encode()).hexdigest()[:16]
+    local = ":" not in urls[0].split("/")[0]
+    name = f"{Path(urls[0]).parent.name or 'shards'} ({data['kind']})" if local else f"{data['kind']} shards"
+    return Dataset(name=name, digest=digest, source_type="local" if local else "uri",
+                   source=json.dumps({"uri": data["urls"]}), profile=json.dumps(profile))
 
 
-def _class_style(usage: CodeUsage) -> list[tuple[str, str]]:
-    """(legend label, colour) per class, in ``usage.class_names`` order."""
-    n, d = len(usage.modalities), usage.dominance
-    spare = iter(_SPARE_COLOURS * (1 + n // len(_SPARE_COLOURS)))
-    colour = {m: _MODALITY_COLOURS.get(m) or next(spare) for m in usage.modalities}
-    style = []
-    for name in usage.class_names:
-        if name == "shared":
-            label = (f"shared by {' & '.join(usage.modalities)}" if n == 2
-                     else f"shared by all (each >= {(1 - d) / (n - 1):.0%})")
-            style.append((label, _SHARED_COLOUR))
-        elif name == "mixed":
-            style.append(("mixed (not shared by all)", _MIXED_COLOUR))
-        elif name == "unused":
-            style.append(("unused", _UNUSED_COLOUR))
-        else:
-            modality = name[:-len("_only")]
-            style.append((f"{modality} only (>= {d:.0%})", colour[modality]))
-    return style
-
-
-def plot_code_usage(counts: CodeUsage | Mapping[str, Any], path: str | Path | None = None, *,
-                    dominance: float = 0.8, title: str | None = None) -> Path | bytes:
-    """Draw the code-usage figure (like seed 001 Fig. 4) as a PNG; return ``path``, or the bytes if no path.
-
-    Top: one dot per code on a square grid, coloured by class, codes sorted by class and then by use
-    (so the picture reads as proportions), class counts in the legend. Bottom: for the same order, a
-    stacked bar per code with each modality's share of its assignments.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg directly: no pyplot global state
-    from matplotlib.colors import to_rgb
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    usage = counts if isinstance(counts, CodeUsage) else classify_code_usage(counts, dominance)
-    order = usage.order()
-    m = order.size
-    style = _class_style(usage)
-    cols = math.ceil(math.sqrt(m))
-    rows = math.ceil(m / cols)
-    palette = np.array([to_rgb(colour) for _, colour in style])
-
-    fig = Figure(figsize=(9, 6.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    grid_ax, share_ax = fig.subplots(2, 1, height_ratios=[3, 1])
-    # One dot per code, row by row from the top left, in display order.
-    cell_pt = 4.5 * 72 / cols                       # the grid axes are about 4.5 inches wide
-    grid_ax.scatter(np.arange(m) % cols, np.arange(m) // cols, c=palette[usage.code_class[order]],
-                    s=(0.8 * cell_pt) ** 2, marker="s", linewidths=0)
-    grid_ax.set_xlim(-0.5, cols - 0.5)
-    grid_ax.set_ylim(rows - 0.5, -0.5)
-    grid_ax.set_aspect("equal")
-    grid_ax.set_xticks([])
-    grid_ax.set_yticks([])
-    grid_ax.set_title(title or f"code usage: {m} codes, {' / '.join(usage.modalities)}")
-    summary = usage.summary()
-    grid_ax.legend(handles=[Patch(color=c, label=f"{label}: {summary[name]}")
-                            for name, (label, c) in zip(usage.class_names, style)],
-                   loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
-
-    share = usage.shares()[:, order]
-    bottom = np.zeros(m)
-    for i, modality in enumerate(usage.modalities):
-        label, colour = style[usage.class_names.index(f"{modality}_only")]
-        share_ax.bar(np.arange(m), share[i], bottom=bottom, width=1.0, color=colour, linewidth=0,
-                     label=modality)
-        bottom += share[i]
-    share_ax.set_xlim(-0.5, m - 0.5)
-    share_ax.set_ylim(0, 1)
-    share_ax.set_ylabel("share")
-    share_ax.set_xlabel("code (sorted as above)")
-    share_ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
-
-    if path is None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        return buf.getvalue()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    return path
+@contextlib.contextmanager
+def _http_settings(cfg: TrackingConfig) -> Iterator[None]:
+    """MLflow reads these per request; scope them to the tracker's calls and restore the caller's."""
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(cfg.http_max_retries),
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": str(cfg.http_timeout_s),
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}   # keeps the progress bar clean
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -412,19 +417,23 @@ class NullTracker:
         return step % self.cfg.plot_every == 0
 
     def start(self, run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> None:
-        """Create the run, or continue run ``run_id`` (or the one from ``load_state_dict``)."""
+        """Create the run, or continue run ``run_id`` (or the one from ``load_state_dict``). A tag whose value is
+        None is not set; ``resumed_from_step`` (the step a resumed job continues from) also starts its first
+        code-usage window."""
 
     def log_config(self, cfg: Any, artifact_file: str = "config/resolved.yaml") -> None:
-        """Flattened params of a config dataclass/mapping, plus the resolved config as a YAML artifact."""
+        """Flattened params of a config dataclass/mapping, plus the resolved config as a YAML artifact; for a main
+        job's config also the run's description and its shard set as the dataset input."""
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Params from a (nested) mapping; see ``mlflow_params`` for key/value limits."""
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Scalar metrics (floats or one-element tensors) at ``step``; queued, sent in batches."""
+        """Scalar metrics (floats or one-element tensors) at ``step``, named in MLflow by ``mlflow_metric_key``;
+        queued, sent in batches."""
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Run tags; values are stringified."""
+        """Run tags; values are stringified, None values skipped."""
 
     def log_artifact(self, local_path: str | Path, artifact_dir: str | None = None) -> None:
         """Upload an existing file under ``artifact_dir`` of the run."""
@@ -436,7 +445,9 @@ class NullTracker:
         """A tensor as ``.npy`` (numpy, no pickle) or ``.pt`` (loads with ``weights_only=True``)."""
 
     def log_code_usage(self, counts: Mapping[str, Any], step: int, plot: bool = False) -> None:
-        """``codes/<class>`` and ``codes/active`` metrics from per-modality counts; with ``plot``, the PNG too."""
+        """``codebook/window/<class>`` and ``codebook/window/active`` metrics from per-modality counts accumulated
+        since the previous call; with ``plot``, the figure too (artifact ``code_usage/step_<N>.png``, and the same
+        file in ``<run_dir>/tracking/``)."""
 
     def flush(self) -> bool:
         """Try to deliver everything queued now, ignoring the retry wait; True if nothing is left."""
@@ -463,6 +474,7 @@ class Tracker(NullTracker):
         self._client = None
         self._run_id: str | None = None
         self._resuming = False         # _run_id came from a checkpoint and has not been reopened yet
+        self._reopened = False         # the run existed before this job (system metrics continue its steps)
         self._run_ready = False
         self._started = False
         self._closed = False
@@ -470,6 +482,7 @@ class Tracker(NullTracker):
         self._params: dict[str, str] = {}            # queued
         self._sent_params: dict[str, str] = {}       # known to the server (MLflow params are immutable)
         self._tags: dict[str, str] = {}
+        self._inputs: list[Any] = []                 # mlflow.entities.Dataset of the job's data, queued
         self._metrics: deque[tuple[str, float, int, int]] = deque()   # (key, value, timestamp ms, step)
         self._artifacts: list[tuple[str, str | None]] = []           # (local file, artifact dir)
         self._status: str | None = None
@@ -478,6 +491,8 @@ class Tracker(NullTracker):
         self._next_attempt = 0.0
         self._retry_interval = cfg.retry_interval_s
         self._warned: set[str] = set()
+        self._monitor = None    # mlflow's SystemMetricsMonitor once the run exists; False: off, or stopped
+        self._usage_since = 0                        # last step of the previous code-usage window
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -496,8 +511,10 @@ class Tracker(NullTracker):
         self._started = True
         if run_id is not None:
             self._run_id, self._resuming = run_id, True
+        tags = dict(tags or {})
+        self._usage_since = int(tags.get("resumed_from_step") or 0)
         self._tags.update(_tag_values(self._default_tags()))
-        self._tags.update(_tag_values(tags or {}))
+        self._tags.update(_tag_values(tags))
         self._deliver()
 
     def log_config(self, cfg: Any, artifact_file: str = "config/resolved.yaml") -> None:
@@ -506,6 +523,16 @@ class Tracker(NullTracker):
             raise TypeError(f"log_config needs a config dataclass or mapping, got {type(cfg).__name__}")
         self._params.update(mlflow_params(tree))
         self._save_artifact(artifact_file, lambda path: path.write_text(yaml.safe_dump(dict(tree), sort_keys=False)))
+        description = run_description(tree)
+        if description and RUN_NOTE_TAG not in self._tags:
+            self._tags[RUN_NOTE_TAG] = _shorten(description, MAX_TAG_VALUE_CHARS)
+        try:
+            dataset = shard_dataset(tree)
+        except ValueError as err:   # a pattern that does not expand: the job reports it; the run just lacks it
+            self._warn_once("dataset", f"data.urls not logged as the run's dataset: {err}")
+            dataset = None
+        if dataset is not None:
+            self._inputs.append(dataset)
         self._deliver()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -525,7 +552,7 @@ class Tracker(NullTracker):
                 self._dropped_metrics += 1
                 self._warn_once("metrics-full", f"MLflow metric buffer full ({self.cfg.max_buffered_metrics} "
                                 "points); dropping the oldest (count in tracker.stats.dropped_metrics)")
-            self._metrics.append((clean_key(key), value, timestamp, int(step)))
+            self._metrics.append((clean_key(mlflow_metric_key(str(key))), value, timestamp, int(step)))
         self._deliver()
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -565,11 +592,15 @@ class Tracker(NullTracker):
     def log_code_usage(self, counts: Mapping[str, Any], step: int, plot: bool = False) -> None:
         usage = classify_code_usage(counts, self.cfg.usage_dominance)
         summary = usage.summary()
-        metrics = {f"codes/{name}": n for name, n in summary.items()}
-        metrics["codes/active"] = usage.code_class.size - summary["unused"]
+        window = f"steps {self._usage_since + 1}-{step}" if step > self._usage_since else f"step {step}"
+        self._usage_since = step
+        metrics = {f"codebook/window/{name}": n for name, n in summary.items()}
+        metrics["codebook/window/active"] = usage.code_class.size - summary["unused"]
         if plot:
+            run_name = self.cfg.run_name or self.run_dir.name
+            title = f"{run_name}: code usage over {window} (step {step})"
             self._save_artifact(f"code_usage/step_{step:08d}.png",
-                                lambda path: plot_code_usage(usage, path, title=f"code usage at step {step}"))
+                                lambda path: plot_code_usage(usage, path, title=title))
         self.log_metrics(metrics, step)
 
     def flush(self) -> bool:
@@ -581,6 +612,7 @@ class Tracker(NullTracker):
             raise ValueError(f"run status must be FINISHED, KILLED or FAILED, got {status!r}")
         if self._closed:
             return
+        self._stop_system_metrics()
         self._status = status
         if self._started:
             self._deliver(force=True)
@@ -643,38 +675,23 @@ class Tracker(NullTracker):
         self._artifacts.append(entry)
 
     def _pending(self) -> bool:
-        return bool(self._metrics or self._params or self._tags or self._artifacts or self._status
+        return bool(self._metrics or self._params or self._tags or self._inputs or self._artifacts or self._status
                     or not self._run_ready)
 
     # -- delivery -----------------------------------------------------------------------------------
 
     def _default_tags(self) -> dict[str, Any]:
-        tags: dict[str, Any] = {"world_size": distributed.world_size()}
+        from mlflow.tracking.context.registry import resolve_tags
+
+        tags: dict[str, Any] = resolve_tags()   # mlflow.user, mlflow.source.name/type, and git when it finds it
+        tags["world_size"] = distributed.world_size()
         tags.update(_git_tags(Path(__file__).resolve().parent.parent))
         if os.environ.get("SLURM_JOB_ID"):
             tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
         return tags
 
-    @contextlib.contextmanager
-    def _http_settings(self) -> Iterator[None]:
-        """MLflow reads these per request; scope them to the tracker's calls and restore the caller's."""
-        settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.cfg.http_max_retries),
-                    "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.cfg.http_timeout_s),
-                    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}   # keeps the progress bar clean
-        saved = {name: os.environ.get(name) for name in settings}
-        os.environ.update(settings)
-        try:
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-
     def _deliver(self, force: bool = False) -> None:
-        """Send the queue, in order run -> params -> tags -> metrics -> artifacts -> status.
+        """Send the queue, in order run -> params -> tags -> inputs -> metrics -> artifacts -> status.
 
         Unless ``force``, nothing happens before ``_next_attempt``: ``flush_interval_s`` after a
         delivery, the (growing) retry interval after a failure.
@@ -685,10 +702,11 @@ class Tracker(NullTracker):
         if not force and now < self._next_attempt:
             return
         try:
-            with self._http_settings():
+            with _http_settings(self.cfg):
                 self._ensure_run()
                 self._send_params()
                 self._send_tags()
+                self._send_inputs()
                 self._send_metrics()
                 self._send_artifacts()
                 self._send_status()
@@ -716,12 +734,18 @@ class Tracker(NullTracker):
         self._connected = True
         self._retry_interval = self.cfg.retry_interval_s
         self._next_attempt = now + self.cfg.flush_interval_s
+        if self._monitor is None and self.cfg.system_metrics and self._status is None:
+            self._start_system_metrics()
 
     def _ensure_run(self) -> None:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         if self._client is None:
+            db = _sqlite_file(self.tracking_uri)
+            if db is not None and db.is_file() and relocate_local_store(db):
+                log.warning("MLflow store %s was moved: its artifact paths now point to %s", db,
+                            db.parent / LOCAL_ARTIFACTS)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         if self._run_ready:
             return
@@ -739,6 +763,7 @@ class Tracker(NullTracker):
                 self._client.update_run(self._run_id, status="RUNNING")
                 self._sent_params = dict(run.data.params)
                 self._tags["resume_count"] = str(int(run.data.tags.get("resume_count", "0")) + 1)
+                self._reopened = True
             self._resuming = False
         if self._run_id is None:
             run = self._client.create_run(self._experiment_id(), run_name=self.cfg.run_name or self.run_dir.name)
@@ -750,10 +775,13 @@ class Tracker(NullTracker):
 
         experiment = self._client.get_experiment_by_name(self.cfg.experiment)
         if experiment is not None:
+            if EXPERIMENT_KIND_TAG not in experiment.tags:   # an older run's experiment; a kind set by hand stays
+                self._client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND)
             return experiment.experiment_id
         try:
             return self._client.create_experiment(self.cfg.experiment,
-                                                  artifact_location=_local_artifact_root(self.tracking_uri))
+                                                  artifact_location=_local_artifact_root(self.tracking_uri),
+                                                  tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND})
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":   # another job created it just now
                 raise
@@ -786,6 +814,22 @@ class Tracker(NullTracker):
             self._send_batch("tags", len(chunk), tags=[RunTag(k, v) for k, v in chunk])
             for k, _ in chunk:
                 del self._tags[k]
+
+    def _send_inputs(self) -> None:
+        """``mlflow.log_input`` through the client: the run's training data, shown under Datasets (a dataset
+        already logged to the run, as on a resume, is stored once)."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        while self._inputs:
+            try:
+                self._client.log_inputs(self._run_id, [DatasetInput(self._inputs[0],
+                                                                    [InputTag(MLFLOW_DATASET_CONTEXT, "train")])])
+            except Exception as err:  # noqa: BLE001 - sorted into rejected (drop) or transient (re-raise)
+                if not _is_rejection(err):
+                    raise
+                self._reject("dataset", 1, err)
+            self._inputs.pop(0)
 
     def _send_metrics(self) -> None:
         from mlflow.entities import Metric
@@ -827,6 +871,30 @@ class Tracker(NullTracker):
             self._client.set_terminated(self._run_id, self._status)
             self._status = None
 
+    def _start_system_metrics(self) -> None:
+        """MLflow's system-metrics thread for this run (what ``mlflow.start_run(log_system_metrics=True)``
+        starts); on a reopened run its steps continue after the last ones logged."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        try:
+            self._monitor = SystemMetricsMonitor(self._run_id, sampling_interval=self.cfg.system_metrics_interval_s,
+                                                 resume_logging=self._reopened, tracking_uri=self.tracking_uri)
+            self._monitor.start()
+        except Exception as err:  # noqa: BLE001 - psutil missing, or the store unreadable right now: no system tab
+            self._monitor = False   # tried: not again
+            self._warn_once("system-metrics", f"MLflow system metrics are off for this run: {err}")
+
+    def _stop_system_metrics(self) -> None:
+        """Stop the monitor (it logs what it sampled). Its thread may be in an MLflow request with MLflow's own
+        retries (minutes when the server is down): wait for it at most about one of the tracker's attempts."""
+        monitor, self._monitor = self._monitor, False
+        if not monitor:
+            return
+        with _http_settings(self.cfg):
+            stopper = threading.Thread(target=monitor.finish, name="stop-system-metrics", daemon=True)
+            stopper.start()
+            stopper.join(self.cfg.system_metrics_interval_s + self.cfg.http_timeout_s * (self.cfg.http_max_retries + 2))
+
     def _reject(self, kind: str, count: int, err: Exception) -> None:
         self._rejected += count
         self._warn_once(f"rejected:{kind}", f"MLflow rejected {count} {kind} of run {self._run_id} ({err}); "
@@ -857,6 +925,30 @@ def create_tracker(cfg: TrackingConfig, run_dir: str | Path, *, is_main: bool) -
     return NullTracker(cfg)
 
 
+def log_metrics_to_run(cfg: TrackingConfig, run_dir: str | Path, run_id: str, metrics: Mapping[str, float],
+                       step: int) -> bool:
+    """Add ``metrics`` at ``step`` to the existing run ``run_id`` (in the store ``cfg`` and ``run_dir`` resolve to),
+    leaving its status and end time alone: how an evaluation puts its numbers on the pretraining run as well as on
+    its own child run. One bounded attempt; a failure warns and returns False."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    uri = resolve_tracking_uri(cfg, run_dir)
+    timestamp = int(time.time() * 1000)
+    points = [Metric(clean_key(mlflow_metric_key(k)), float(v), timestamp, int(step)) for k, v in metrics.items()]
+    try:
+        with _http_settings(cfg):
+            client = MlflowClient(uri)
+            for i in range(0, len(points), METRICS_PER_REQUEST):
+                client.log_batch(run_id, metrics=points[i:i + METRICS_PER_REQUEST])
+    except Exception as err:  # noqa: BLE001 - the numbers are in the child run and the report files anyway
+        warnings.warn(f"could not add {len(points)} metrics to MLflow run {run_id} at {uri}: {err}",
+                      TrackingWarning, stacklevel=2)
+        return False
+    return True
+
+
 __all__ = ["TrackingConfig", "TrackingWarning", "Tracker", "NullTracker", "TrackerStats", "create_tracker",
-           "resolve_tracking_uri", "mlflow_params", "clean_key", "CodeUsage", "classify_code_usage",
-           "plot_code_usage"]
+           "resolve_tracking_uri", "mlflow_params", "mlflow_metric_key", "clean_key", "relocate_local_store",
+           "run_description", "shard_dataset", "log_metrics_to_run"]
+

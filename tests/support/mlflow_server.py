@@ -14,7 +14,9 @@
 - the server runs in its own session, so ``stop`` ends it and its uvicorn worker together by killing
   the process group (SIGTERM, then SIGKILL after ``stop_timeout``);
 - ``start`` waits for ``GET /health`` and fails with the tail of the server log if the server exits
-  or is not ready within ``timeout`` seconds.
+  or is not ready within ``timeout`` seconds;
+- ``command`` replaces the ``mlflow server`` command line (e.g. ``python -m trainer.programs.mlflow_ui RUN_DIR``); it
+  must listen on ``port``. Its output is in ``log_path``.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from dist_utils import free_port
 
 
 class MlflowServer:
-    def __init__(self, root: str | Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, root: str | Path, port: int | None = None, host: str = "127.0.0.1",
+                 command: list[str] | None = None) -> None:
         self.root = Path(root)
         self.host = host
         self.port = port if port is not None else free_port()
+        self.command = command
         self.log_path = self.root / "server.log"
         self._proc: subprocess.Popen | None = None
 
@@ -48,10 +52,10 @@ class MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        cmd = [sys.executable, "-m", "mlflow", "server",
-               "--backend-store-uri", f"sqlite:///{(self.root / 'mlflow.db').resolve()}",
-               "--artifacts-destination", str((self.root / "artifacts").resolve()),
-               "--host", self.host, "--port", str(self.port), "--workers", "1"]
+        cmd = self.command or [sys.executable, "-m", "mlflow", "server",
+                               "--backend-store-uri", f"sqlite:///{(self.root / 'mlflow.db').resolve()}",
+                               "--artifacts-destination", str((self.root / "artifacts").resolve()),
+                               "--host", self.host, "--port", str(self.port), "--workers", "1"]
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                           cwd=self.root, start_new_session=True)

@@ -48,6 +48,10 @@ def test_command_on_a_checkpoint_of_the_main_job_logs_a_child_mlflow_run(tmp_pat
     assert child.data.tags["mlflow.parentRunId"] == meta["mlflow_run_id"]
     cell = next(p for p in report["probes"] if p["task"] == "classification" and p["direction"] == "V→A")
     assert child.data.metrics["eval/classification/V_to_A/cross"] == pytest.approx(cell["cross"])
+    # the same numbers on the pretraining run, at the checkpoint's step, and its status left alone
+    assert parent.data.metrics["eval/classification/V_to_A/cross"] == pytest.approx(cell["cross"])
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "eval/classification/V_to_A/cross")] == [4]
+    assert parent.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")} == \
         {"evaluation/report.json", "evaluation/table.txt"}
 

@@ -1,12 +1,12 @@
-"""The Slurm batch scripts and the continual-phase launcher, against the real local Slurm (fixture
+"""The Slurm batch scripts, slurm/submit.sh and the continual-phase launcher, against the real local Slurm (fixture
 ``slurm_cluster``, tests/support/conftest_slurm.py).
 
 Jobs train a tiny Uni-Code model (tiny random-init backbones) on synthetic clip shards written once per
-module. Every job has a --time limit, its output in the test's tmp dir, and CPU-only overrides of the GPU
-headers (--gpus-per-node=0); jobs still active at the end of a test are cancelled. sbatch runs from the
-repository root (the scripts find slurm/job_body.sh and the accelerate configs through the submit dir),
-with the virtualenv's bin first on PATH so the jobs' `accelerate` and `python` are the project's. The checks of
-the launch files that need no cluster are in tests/unit/test_slurm_launch.py.
+module. Every job has a --time limit and its output in the test's tmp dir; jobs still active at the end of a test
+are cancelled. sbatch runs from the repository root (the scripts find slurm/job_body.sh and the accelerate configs
+through the submit dir), with the virtualenv's bin first on PATH so the jobs' `accelerate` and `python` are the
+project's; the slurm/submit.sh tests run it as written, without either (slurm/env.sh finds the repository's .venv).
+The checks of the launch files that need no cluster are in tests/unit/test_slurm_launch.py.
 """
 
 import json
@@ -24,6 +24,7 @@ from task_utils import write_phases
 
 from shards.synth import SynthConfig, synthesise
 from shards.write import write_shards
+from trainer.tracking import mlflow_metric_key
 
 REPO = Path(__file__).resolve().parents[2]
 SECONDS = 4
@@ -106,7 +107,7 @@ def _mlflow_runs(tracking_uri: str):
 
 
 def _metric_steps(client, run, key: str = "loss") -> list[int]:
-    return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, mlflow_metric_key(key)))
 
 
 def _poll(condition, what: str, timeout: float, context=lambda: ""):
@@ -187,6 +188,8 @@ def test_usr1_preemption_checkpoints_requeues_and_resumes_in_the_same_mlflow_run
     text = out.read_text()
     assert "(restart 0)" in text and "(restart 1)" in text
     assert f"checkpoint at step {stopped_at} written" in text
+    assert "the trainer stopped after writing a checkpoint (not a failure)" in text
+    assert "Traceback" not in text and "FAILED" not in text          # a stop is no failure: no torch elastic banner
     assert json.loads((run_dir / "status.json").read_text()) == {"state": "finished", "step": max_steps}
     assert (checkpoints / "latest").read_text().strip() == f"step_{max_steps:08d}"
     # One run, each logged step exactly once across the two Slurm runs of the job.
@@ -215,6 +218,55 @@ def test_usr1_during_trainer_start_up_is_not_lost(job_env, jobs, tiny_config, tm
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "stopped" and status["step"] < 60
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{status['step']:08d}"
+
+
+def _submit(cluster, cwd: Path, config: Path, *args: str, run_dir: Path | None = None, name: str = "submit",
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """`slurm/submit.sh ARGS` as a user runs it from ``cwd``: no virtualenv active and none on PATH (the scripts find
+    the repository's .venv), only the cluster's SLURM_CONF and the job's CONFIG and RUN_DIR set."""
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": os.environ.get("HOME", "/root"), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "CONFIG": str(config), **cluster.env()}
+    if run_dir is not None:
+        env["RUN_DIR"] = str(run_dir)
+    command = [str(REPO / "slurm" / "submit.sh"), f"--time={JOB_MINUTES}", f"--job-name={name}", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_submit_checks_then_runs_the_script_as_written_on_a_cpu_only_cluster(slurm_cluster, jobs, tiny_config,
+                                                                            tmp_path):
+    # As the README has it, from the repository root, with no resource options: the headers alone (no GPU, 2 CPUs)
+    # must fit a CPU-only node.
+    run_dir = tmp_path / "run"
+    done = _submit(slurm_cluster, REPO, tiny_config, "slurm/pretrain_av.sh", "run.max_steps=10", run_dir=run_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = int(done.stdout.strip().splitlines()[-1])
+    jobs.append(job)
+    assert "[cmg launch] check passed" in done.stdout
+    assert f"[submit] job {job}: run dir {run_dir}, log {run_dir}/slurm-{job}.out" in done.stdout
+    info = slurm_cluster.job_info(job)
+    assert info["NumCPUs"] == "2" and "gpu" not in info.get("TresPerNode", "")
+    assert slurm_cluster.wait_job(job, "COMPLETED", timeout=JOB_TIMEOUT_S) == "COMPLETED"
+    log = (run_dir / f"slurm-{job}.out").read_text()            # the job's log is in its run directory
+    assert "1 node(s) x 2 process(es), launch/accelerate/cpu_zero2.yaml" in log
+    assert json.loads((run_dir / "status.json").read_text()) == {"state": "finished", "step": 10}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, message", [
+    ("data.urls=/nonexistent/train-{000000..000001}.tar", "config error: data: manifest /nonexistent/manifest.json"),
+    ("model.quantizer.num_codez=3", "config error: unknown config key 'model.quantizer.num_codez'"),
+])
+def test_submit_refuses_a_bad_job_before_anything_is_queued(slurm_cluster, tiny_config, tmp_path, override, message):
+    name = f"refused-{tmp_path.name}"
+    done = _submit(slurm_cluster, tmp_path, tiny_config, str(REPO / "slurm" / "pretrain_av.sh"), override,
+                   run_dir=tmp_path / "run", name=name, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr and "[submit] not submitted" in done.stderr
+    assert "Traceback" not in done.stderr
+    # no job of that name, not even a finished one (the cluster keeps their records for a day)
+    assert slurm_cluster.run("squeue", "-h", "-t", "all", f"--name={name}").stdout.strip() == ""
+    assert not (tmp_path / "run").exists()
 
 
 def _submit_chain(phases_file: Path) -> dict[str, int]:

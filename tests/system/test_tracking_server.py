@@ -1,16 +1,22 @@
 """trainer/tracking.py against a real ``mlflow server`` (sqlite backend, loopback; tests/support/mlflow_server.py).
 
 One server serves the module (``mlflow_server`` fixture); the unreachable-then-reachable test starts a
-second one on the port its tracker was pointed at while nothing listened there.
+second one on the port its tracker was pointed at while nothing listened there. The last test reads a short
+training run the way the browser UI does (``python -m trainer.programs.mlflow_ui``, MLflow's REST API).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 import subprocess
+import sys
 import time
+import urllib.parse
+import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +35,7 @@ from tracking_utils import (  # noqa: E402
 )
 
 from trainer.config import flatten, to_dict  # noqa: E402
-from trainer.tracking import Tracker, TrackingConfig, create_tracker  # noqa: E402
+from trainer.tracking import Tracker, TrackingConfig, create_tracker, mlflow_metric_key  # noqa: E402
 
 __all__ = ["no_ambient_mlflow_env"]   # autouse pytest fixture (tests/support/tracking_utils.py)
 
@@ -82,12 +88,13 @@ def test_training_loop_logs_everything(mlflow_server, tmp_path, monkeypatch):
     expected_params = {k: str(v) for k, v in flatten(to_dict(job)).items()}
     expected_params["notes"] = "n" * (6000 - 23) + "...[500 more chars cut]"
     assert run.data.params == expected_params
-    assert metric_history(client, tracker.run_id, "loss/total") == [(s, 8.0 / s) for s in (5, 10, 15, 20, 25, 30)]
-    assert metric_history(client, tracker.run_id, "loss/commit") == [(s, s / 16) for s in (5, 10, 15, 20, 25, 30)]
+    # grouped for the run page (trainer.tracking.mlflow_metric_key)
+    assert metric_history(client, tracker.run_id, "1 loss/total") == [(s, 8.0 / s) for s in (5, 10, 15, 20, 25, 30)]
+    assert metric_history(client, tracker.run_id, "1 loss/terms/commit") == [(s, s / 16) for s in (5, 10, 15, 20, 25,
+                                                                                                   30)]
     # codes 0..7: audio only, video only, shared, audio only (9 of 10), unused, shared, shared, unused
-    assert run.data.metrics["codes/audio_only"] == 2 and run.data.metrics["codes/video_only"] == 1
-    assert run.data.metrics["codes/shared"] == 3 and run.data.metrics["codes/unused"] == 2
-    assert run.data.metrics["codes/active"] == 6
+    window = {k.removeprefix("2 codebook/window/"): v for k, v in run.data.metrics.items() if "window/" in k}
+    assert window == {"audio_only": 2, "video_only": 1, "shared": 3, "unused": 2, "active": 6}
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
     tags = run.data.tags
@@ -143,7 +150,7 @@ def test_resume_continues_the_same_run_and_step_axis(mlflow_server, tmp_path):
     assert [r.info.run_id for r in runs] == [first.run_id]
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert metric_history(client, first.run_id, "loss") == [(s, s / 8) for s in range(1, 21)]
+    assert metric_history(client, first.run_id, mlflow_metric_key("loss")) == [(s, s / 8) for s in range(1, 21)]
     assert run.data.params == {"lr": "0.0004", "max_steps": "10"}
     assert run.data.tags["resume_count"] == "1" and run.data.tags["params_changed"] == "max_steps"
 
@@ -158,9 +165,9 @@ def test_metrics_wait_for_the_flush_interval(mlflow_server, tmp_path):
         tracker.log_metrics({"loss": step / 4, "lr": 0.5}, step)
     assert tracker.stats.pending_metrics == 20                 # queued: no request in the interval
     client = mlflow_client(mlflow_server.url)
-    assert client.get_metric_history(tracker.run_id, "loss") == []
+    assert client.get_metric_history(tracker.run_id, mlflow_metric_key("loss")) == []
     assert tracker.flush() and tracker.stats.pending_metrics == 0
-    assert metric_history(client, tracker.run_id, "loss") == [(s, s / 4) for s in range(10)]
+    assert metric_history(client, tracker.run_id, mlflow_metric_key("loss")) == [(s, s / 4) for s in range(10)]
     tracker.end("FINISHED")
 
 
@@ -181,7 +188,7 @@ def test_rejected_batches_are_dropped_not_retried(mlflow_server, tmp_path):
     client.restore_run(tracker.run_id)
     tracker.log_metrics({"loss": 3.0}, 3)                      # no backoff: delivered at once
     tracker.end("FINISHED")
-    assert metric_history(client, tracker.run_id, "loss") == [(1, 1.0), (3, 3.0)]
+    assert metric_history(client, tracker.run_id, mlflow_metric_key("loss")) == [(1, 1.0), (3, 3.0)]
 
 
 @pytest.mark.slow
@@ -198,7 +205,8 @@ def test_undelivered_metrics_travel_in_the_checkpoint(mlflow_server, tmp_path):
     up.load_state_dict(state)
     up.start()
     up.end("FINISHED")
-    assert metric_history(mlflow_client(mlflow_server.url), up.run_id, "loss") == [(s, s / 2) for s in range(1, 6)]
+    assert metric_history(mlflow_client(mlflow_server.url), up.run_id, mlflow_metric_key("loss")) == \
+        [(s, s / 2) for s in range(1, 6)]
 
 
 @pytest.mark.slow
@@ -231,7 +239,61 @@ def test_unreachable_server_buffers_then_flushes_when_it_comes_up(tmp_path):
         run = client.get_run(tracker.run_id)
         assert run.info.status == "FINISHED" and run.data.tags["phase"] == "pretrain_av"
         assert run.data.params == {"lr": "0.0004"}
-        assert metric_history(client, tracker.run_id, "loss") == [(s, s / 4) for s in range(11, 31)]
-        assert "codes/shared" not in run.data.metrics
+        assert metric_history(client, tracker.run_id, mlflow_metric_key("loss")) == [(s, s / 4) for s in range(11, 31)]
+        assert mlflow_metric_key("codebook/window/shared") not in run.data.metrics
         assert [a.path for a in client.list_artifacts(tracker.run_id, "code_usage")] == ["code_usage/step_00000000.png"]
     assert tracker.stats.connected and tracker.stats.pending_artifacts == 0
+
+
+def _rest(base: str, endpoint: str, **query: str):
+    """GET ``base/endpoint?query`` from the MLflow server: parsed JSON, or the bytes of a file."""
+    url = f"{base}/{endpoint}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        body = response.read()
+        return json.loads(body) if response.headers.get_content_type() == "application/json" else body
+
+
+@pytest.mark.slow   # ~60 s: a 12-step job (1 process), then `mlflow ui` on its moved run directory
+def test_a_short_run_reads_as_a_training_run_in_the_mlflow_ui(tmp_path):
+    """What a browser gets from `python -m trainer.programs.mlflow_ui RUN_DIR`, through MLflow's REST API: the training
+    kind, grouped metric sections, system metrics, the code-usage figures, the dataset and description, served
+    from a run directory that was moved after training."""
+    from job_utils import make_clip_shards, run_job
+
+    shards = make_clip_shards(tmp_path / "data")
+    trained = tmp_path / "run"
+    run_job(trained, shards, overrides=["run.max_steps=12", "tracking.plot_every=6",
+                                        "tracking.system_metrics_interval_s=1"])
+    run_dir = tmp_path / "moved" / "run"
+    run_dir.parent.mkdir()
+    trained.rename(run_dir)
+
+    port = free_port()
+    command = [sys.executable, "-m", "trainer.programs.mlflow_ui", str(run_dir), "--port", str(port), "--workers", "1"]
+    with MlflowServer(tmp_path / "ui", port=port, command=command) as ui:
+        page = re.search(r"^open (\S+)", ui.log_tail(100_000), re.M).group(1)
+        experiment_id, run_id = re.search(r"#/experiments/(\d+)/runs/(\w+)/model-metrics", page).groups()
+        assert page.endswith("?workflowType=machine_learning")    # MLflow 3.17: the UI's mode switch, not the tag
+        experiment = _rest(ui.url, "api/2.0/mlflow/experiments/get", experiment_id=experiment_id)["experiment"]
+        assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == \
+            "custom_model_development"
+        run = _rest(ui.url, "api/2.0/mlflow/runs/get", run_id=run_id)["run"]
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        sections = sorted({key.rsplit("/", 1)[0] for key in metrics if not key.startswith("system/")})
+        assert sections == ["1 loss", "1 loss/terms", "2 codebook/step", "2 codebook/window", "3 data", "4 perf",
+                            "5 optim"], sections
+        assert {"1 loss/total", "1 loss/terms/cpc", "2 codebook/step/perplexity", "2 codebook/window/shared",
+                "4 perf/clips_per_s", "5 optim/lr"} <= metrics
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= metrics
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert tags["mlflow.note.content"].startswith("**unicode** pretraining, phase `demo`")
+        assert tags["mlflow.source.git.commit"] and "resumed_from_step" not in tags
+        (dataset,) = run["inputs"]["dataset_inputs"]
+        manifest = Path(shards).parent / "manifest.json"
+        assert dataset["dataset"]["digest"] == hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+
+        figures = [f["path"] for f in _rest(ui.url, "api/2.0/mlflow/artifacts/list", run_id=run_id,
+                                             path="code_usage")["files"]]
+        assert figures == ["code_usage/step_00000006.png", "code_usage/step_00000012.png"]
+        # served from the moved directory: the store's artifact paths were re-pointed when the ui opened it
+        assert _rest(ui.url, "get-artifact", path=figures[-1], run_uuid=run_id).startswith(PNG_SIGNATURE)

@@ -67,3 +67,23 @@ def test_a_paper_config_is_a_valid_job_on_the_converted_release(tmp_path, monkey
     shards = expand_shard_urls(cfg.data.urls)
     assert [Path(s).name.split("-")[0] for s in shards] == (
         ["train", "train"] if name.endswith("24k") else ["test", "train", "train", "val"])
+
+
+def test_print_config_works_without_data_and_says_what_the_data_decides(tmp_path, capsys, monkeypatch):
+    from trainer.main import main
+
+    monkeypatch.chdir(tmp_path)                                      # no feats/ here: the release is not converted
+    assert main(["--config", str(PAPER / "avt_vggsound40k.yaml"), "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "derived from the data when the run starts; not readable here (data.urls" in out
+    assert "# not read with data.kind=features: backbones, data.decode" in out
+    # once converted: the dims come from the manifest
+    files = make_vggsound_avel(tmp_path / "released", ["train"] * 2)
+    assert convert_main(["vggsound-avel", "--meta", str(files.meta), "--categories", str(files.categories),
+                         "--audio-dir", str(files.audio_dir), "--video-dir", str(files.video_dir),
+                         "--out", "feats/vggsound40k"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(PAPER / "av_vggsound40k.yaml"), "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "feature_dims:\n    audio: 128\n    video: 512\n" in out
+    assert "derived from the manifest of data.urls" in out and "audio (128,), video (49, 512)" in out

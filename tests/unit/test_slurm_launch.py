@@ -1,12 +1,15 @@
 """The Slurm launch files without a cluster: the pretraining configs carry the seed hyperparameters, the batch
-scripts have their cluster headers, and the continual launcher (trainer/programs/continual.py) chains and checks a
-phases file in a dry run. Against the real local Slurm: tests/system/test_slurm_jobs.py."""
+scripts have headers any partition accepts and a --check, and the continual launcher (trainer/programs/continual.py)
+chains and checks a phases file in a dry run; the scripts find the project's Python without an active environment.
+Against the real local Slurm: tests/system/test_slurm_jobs.py."""
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
-from job_utils import REPO
+from job_utils import REPO, make_clip_shards
 from task_utils import write_phases
 
 from trainer.programs.continual import main as continual_main
@@ -54,16 +57,54 @@ def _sbatch_headers(script: Path) -> dict[str, str]:
 def test_batch_scripts_have_cluster_headers_and_source_the_shared_body(name):
     script = REPO / "slurm" / f"{name}.sh"
     headers = _sbatch_headers(script)
-    for key in ("nodes", "ntasks-per-node", "gpus-per-node", "cpus-per-task", "time", "job-name"):
+    for key in ("nodes", "ntasks-per-node", "cpus-per-task", "time", "job-name"):
         assert key in headers, f"{script.name} lacks #SBATCH --{key}"
+    # what any partition has, so `sbatch` of the script as written runs on a CPU-only cluster; GPUs are asked for
+    # on the command line (the header comment says how)
+    assert not {"gpus-per-node", "gpus", "gres", "gpus-per-task", "partition", "mem"} & set(headers)
+    assert int(headers["cpus-per-task"]) <= 2 and headers["nodes"] == "1"
+    assert "--gpus-per-node=8" in script.read_text()
     assert headers["ntasks-per-node"] == "1"
     assert headers["signal"] == "B:USR1@120"
     assert "requeue" in headers
     assert headers["open-mode"] == "append"
     assert "%j" in headers["output"]
     body_lines = [line for line in script.read_text().splitlines() if line.startswith("source ")]
-    assert body_lines == ['source "${CMG_REPO:-${SLURM_SUBMIT_DIR:-.}}/slurm/job_body.sh"']
+    assert body_lines == ['source "${CMG_REPO:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}/slurm/job_body.sh"']
     assert f"launch/configs/{name}.yaml" in script.read_text()
+
+
+def _outside_any_environment(**extra: str) -> dict[str, str]:
+    """A login shell's environment: no virtualenv active, none on PATH, no Slurm job."""
+    keep = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "HF_HUB_OFFLINE")}
+    return {**keep, "PATH": "/usr/bin:/bin", **extra}
+
+
+def test_check_validates_the_job_from_anywhere_without_an_active_environment(tmp_path):
+    """`bash slurm/pretrain_av.sh --check`: the job's own start-up validation (trainer.launch --check), nothing
+    started; the scripts find the repository's .venv (slurm/env.sh) like every script in slurm/."""
+    shards = make_clip_shards(tmp_path / "data")
+    script = str(REPO / "slurm" / "pretrain_av.sh")
+    env = _outside_any_environment(CONFIG="launch/configs/demo.yaml", RUN_DIR=str(tmp_path / "run"))
+    good = subprocess.run(["bash", script, "--check", f"data.urls={shards}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0, good.stderr
+    assert f"check passed: launch/configs/demo.yaml (phase demo, 300 steps, run dir {tmp_path / 'run'}" in good.stdout
+    bad = subprocess.run(["bash", script, "--check", f"data.urls={shards}", "optim.lr=fast"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "config key 'optim.lr' (from override 'optim.lr=fast')" in bad.stderr, bad.stderr
+    assert not (tmp_path / "run").exists()   # a check creates nothing
+    no_python = subprocess.run(["bash", script, "--check"], cwd=tmp_path, env={**env, "PYTHON": "no-such-python"},
+                               capture_output=True, text=True, timeout=60)
+    assert no_python.returncode == 2 and "PYTHON=no-such-python: no such program" in no_python.stderr
+
+
+def test_continual_dry_run_works_without_an_active_environment():
+    done = subprocess.run([str(REPO / "slurm" / "continual.sh"), "launch/configs/continual_vt_at_it.yaml",
+                           "--dry-run"], cwd=REPO, env=_outside_any_environment(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"cd {REPO}\n") and done.stdout.count(" sbatch --parsable ") == 3
 
 
 def test_continual_dry_run_chains_the_seed_004_phases(capsys):

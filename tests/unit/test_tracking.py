@@ -1,13 +1,16 @@
-"""trainer/tracking.py without a server: code-usage classes and plots, params, config, the null tracker, failure
-handling when the server is down or silent, and a real sqlite store. Against a real ``mlflow server``:
-tests/system/test_tracking_server.py.
+"""trainer/tracking.py without a server: metric names, params, config, the null tracker, failure handling when the
+server is down or silent, a real sqlite store and moving it; and the code-usage classes and figure
+(trainer/code_usage.py). Against a real ``mlflow server``: tests/system/test_tracking_server.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
+import json
 import os
+import shutil
 import socket
 import time
 import urllib.parse
@@ -25,16 +28,16 @@ from tracking_utils import (  # noqa: E402
     PNG_SIGNATURE, metric_history, mlflow_client, no_ambient_mlflow_env, tracking_warnings,
 )
 
+from trainer.code_usage import classify_code_usage, plot_code_usage  # noqa: E402
 from trainer.config import ConfigError, load_config  # noqa: E402
 from trainer.tracking import (  # noqa: E402
     NullTracker,
     Tracker,
     TrackingConfig,
-    classify_code_usage,
     clean_key,
     create_tracker,
+    mlflow_metric_key,
     mlflow_params,
-    plot_code_usage,
     resolve_tracking_uri,
 )
 
@@ -53,8 +56,6 @@ def test_two_modality_classes_match_fig4_rule():
     # 9/10 and 8/10 reach the 80% share -> single-modality; 5/5 -> shared; no assignment -> unused.
     assert names == ["audio_only", "video_only", "shared", "video_only", "unused", "audio_only", "audio_only"]
     assert usage.summary() == {"shared": 1, "audio_only": 3, "video_only": 2, "unused": 1}
-    # display order: class (shared, audio, video, unused), then most used first
-    assert usage.order().tolist() == [2, 0, 5, 6, 1, 3, 4]
     # strict "only" with dominance 1: 1/9, 9/1 and 8/2 become shared
     strict = classify_code_usage({"audio": audio, "video": video}, dominance=1.0)
     assert strict.summary() == {"shared": 4, "audio_only": 1, "video_only": 1, "unused": 1}
@@ -125,6 +126,44 @@ def test_params_respect_mlflow_limits():
         _validate_param_name(key)      # MLflow's own validators: raise if the name would be refused
         _validate_metric_name(key)
     assert clean_key("loss/recon") == "loss/recon" and clean_key("a//b") == "a/b"
+
+
+def test_metric_names_put_the_loss_first_on_the_run_page():
+    """MLflow's run page draws sections named by the key up to its last '/' and sorts sections and charts by name."""
+    loop = ["loss", "cpc", "cpc_audio2video", "mi", "recon_video", "club_log_likelihood", "lr", "codebook/perplexity",
+            "codebook/active_codes", "codebook/window/shared", "codebook/window/active", "data/skipped",
+            "perf/clips_per_s", "eval/accuracy_cross_mean", "system/cpu_utilization_percentage"]
+    names = {name: mlflow_metric_key(name) for name in loop}
+    assert names["loss"] == "1 loss/total" and names["cpc"] == "1 loss/terms/cpc"
+    assert names["codebook/active_codes"] == "2 codebook/step/active_codes"      # one optimizer step
+    assert names["codebook/window/active"] == "2 codebook/window/active"         # since the previous figure
+    assert names["lr"] == "5 optim/lr" and names["club_log_likelihood"] == "5 optim/club_log_likelihood"
+    assert names["eval/accuracy_cross_mean"] == "eval/accuracy_cross_mean"
+    assert names["system/cpu_utilization_percentage"] == "system/cpu_utilization_percentage"
+    assert all(mlflow_metric_key(v) == v for v in names.values())              # idempotent
+    sections = sorted({v.rsplit("/", 1)[0] for v in names.values() if not v.startswith("system/")})
+    assert sections == ["1 loss", "1 loss/terms", "2 codebook/step", "2 codebook/window", "3 data", "4 perf",
+                        "5 optim", "eval"]
+
+
+def test_run_description_and_dataset_of_a_job_config(tmp_path):
+    from trainer.tracking import run_description, shard_dataset
+
+    shards = tmp_path / "pretrain_shards"
+    shards.mkdir()
+    manifest = {"shards": [{"name": f"train-{i:06d}.tar", "samples": 4} for i in range(3)], "total": 12}
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    job = {"task": "unicode", "run": {"phase": "demo", "max_steps": 30, "init_from": ""},
+           "data": {"kind": "clips", "urls": f"{shards}/train-{{000000..000002}}.tar", "manifest": "", "batch_size": 2},
+           "model": {"modalities": ["audio", "video"], "quantizer": {"num_codes": 16}}}
+    text = run_description(job)
+    assert "**unicode** pretraining, phase `demo`: audio + video into one codebook of 16 codes" in text
+    assert "**1 loss**" in text and "**2 codebook/step**" in text
+    dataset = shard_dataset(job)
+    digest = hashlib.sha256((shards / "manifest.json").read_bytes()).hexdigest()[:16]
+    assert (dataset.name, dataset.digest, dataset.source_type) == ("pretrain_shards (clips)", digest, "local")
+    assert json.loads(dataset.profile)["samples"] == 12 and json.loads(dataset.source)["uri"] == job["data"]["urls"]
+    assert run_description({"lr": 1}) is None and shard_dataset({"lr": 1}) is None
 
 
 def test_tracking_uri_resolution(tmp_path, monkeypatch):
@@ -226,8 +265,8 @@ def test_unresponsive_server_is_bounded_by_the_http_timeout(tmp_path, monkeypatc
 @pytest.mark.slow   # ~5 s: MLflow creates and migrates a fresh sqlite database
 def test_sqlite_default_works_without_a_server(tmp_path):
     run_dir = tmp_path / "run"
-    tracker = Tracker(TrackingConfig(experiment="local"), run_dir)
-    tracker.start(tags={"phase": "demo"})
+    tracker = Tracker(TrackingConfig(experiment="local", system_metrics=False), run_dir)
+    tracker.start(tags={"phase": "demo", "resumed_from_step": None})
     for step in range(1, 4):
         tracker.log_metrics({"loss": step / 4}, step)
     codebook = torch.arange(12, dtype=torch.float32).reshape(3, 4)
@@ -238,8 +277,51 @@ def test_sqlite_default_works_without_a_server(tmp_path):
     client = mlflow_client(f"sqlite:///{run_dir.resolve()}/mlflow.db")
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
-    assert metric_history(client, tracker.run_id, "loss") == [(1, 0.25), (2, 0.5), (3, 0.75)]
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "resumed_from_step" not in run.data.tags                  # None means no tag, not the text "None"
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert metric_history(client, tracker.run_id, "1 loss/total") == [(1, 0.25), (2, 0.5), (3, 0.75)]
     assert run.info.artifact_uri.startswith((run_dir.resolve() / "mlartifacts").as_uri())
     stored = Path(urllib.parse.unquote(urllib.parse.urlparse(run.info.artifact_uri).path)) / "codebook" / "final.npy"
     assert stored.is_relative_to(run_dir.resolve() / "mlartifacts")
     assert np.array_equal(np.load(stored, allow_pickle=False), codebook.numpy())
+
+
+@pytest.mark.slow   # ~8 s: two trackers on a sqlite store
+def test_a_moved_or_copied_run_directory_still_opens(tmp_path):
+    """MLflow stores absolute artifact paths; the tracker (or `python -m trainer.programs.mlflow_ui`) re-points them."""
+    first = tmp_path / "first"
+    tracker = Tracker(TrackingConfig(experiment="local", system_metrics=False), first)
+    tracker.start()
+    tracker.log_tensor(torch.ones(2), "codebook/final.npy")
+    tracker.end("FINISHED")
+    run_id = tracker.run_id
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.copytree(first, tmp_path / "copy")
+    first.rename(moved)
+
+    # a job resuming the moved run directory logs next to its database again. That job is a new process: forget
+    # the artifact location this one's MLflow cached per run id (mlflow/tracking/_tracking_service/client.py)
+    from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
+
+    mlflow_tracking_utils._artifact_repos_cache.clear()
+    resumed = Tracker(TrackingConfig(experiment="local", system_metrics=False), moved)
+    resumed.load_state_dict({"run_id": run_id, "metrics": [], "artifacts": []})
+    resumed.start()
+    resumed.log_tensor(torch.zeros(2), "codebook/resumed.npy")
+    resumed.end("FINISHED")
+    client = mlflow_client(f"sqlite:///{moved / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.info.artifact_uri == (moved / "mlartifacts").as_uri() + f"/{run_id}/artifacts"
+    out = Path(client.download_artifacts(run_id, "codebook", str(tmp_path / "download")))
+    assert sorted(p.name for p in out.iterdir()) == ["final.npy", "resumed.npy"]
+
+    # the untouched copy: the ui command re-points it and prints the run page in the training UI
+    from trainer.programs.mlflow_ui import main as ui_main
+
+    assert ui_main([str(tmp_path / "copy"), "--port", "5999", "--print-only"]) == 0
+    copy_client = mlflow_client(f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}")
+    assert copy_client.get_run(run_id).info.artifact_uri.startswith((tmp_path / "copy" / "mlartifacts").as_uri())
+    assert np.array_equal(np.load(copy_client.download_artifacts(run_id, "codebook/final.npy", str(tmp_path / "c"))),
+                          np.ones(2))

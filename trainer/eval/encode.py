@@ -4,6 +4,10 @@
     data = read_shard_features(data_cfg, backbones)         # clip shards (decoded + backbones) or feature shards
     data = read_public_features(PublicFeatureConfig(...))   # or the public AVE h5/npz layout
     split = encode_split(pretrained.model, data)            # trainer.eval.probes.CodeSplit
+    encoded = encode_features(pretrained.model, features, ["video"])   # codes, code vectors, semantic vectors
+
+Every downstream encoding goes through ``encode_segments`` (evaluation, ``trainer.pretrained.CMGModel`` and
+``cmg encode``), so the codes of a clip are the same whichever of them produced them.
 
 Any registered task's checkpoint works: ``meta.json["task"]`` (default "unicode") picks the model config
 class and the task (``trainer.tasks.task_spec``) that builds the model, and codes come from the model's
@@ -36,6 +40,7 @@ from trainer.data.stream import DataConfig, expand_shard_urls, feature_batches
 from trainer.eval.probes import CodeSplit
 from trainer.models.comet import COMETModel
 from trainer.models.inputs import mask_key
+from trainer.models.segment_coder import SegmentEncoding
 from trainer.tasks import task_spec
 
 
@@ -75,25 +80,32 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_pretrained(path: str | Path) -> Pretrained:
-    """Rebuild the model of ``meta.json["task"]`` (default "unicode") from ``meta.json["model_config"]``
-    through the task registry and load ``model.pt`` (weights only)."""
-    ckpt = resolve_checkpoint(path)
-    meta = CheckpointManager.read_meta(ckpt)
-    if "model_config" not in meta:
-        raise KeyError(f"{ckpt / 'meta.json'} has no model_config (keys: {sorted(meta)})")
-    task = meta.get("task", "unicode")
-    cfg = model_config_from_dict(meta["model_config"], str(ckpt / "meta.json"), task)
-    model_file = ckpt / MODEL_FILE
-    state = read_model_state(ckpt)
+def frozen_model(task: str, model_config: Mapping[str, Any], state: Mapping[str, Tensor], config_source: str,
+                 weights_source: str) -> nn.Module:
+    """The model of ``task`` rebuilt from a resolved ``model_config`` (as meta.json holds it) through the task
+    registry, with the weights ``state``, frozen. Errors name the files they came from (the ``*_source``)."""
+    cfg = model_config_from_dict(model_config, config_source, task)
     model = task_spec(task).task(cfg).model
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{model_file} does not fit the model of {ckpt / 'meta.json'}: {err}") from err
+        raise ValueError(f"{weights_source} does not fit the model of {config_source}: {err}") from err
     if not bool(model.quantizer.initialized):
-        raise ValueError(f"{model_file}: the codebook was never initialised (a checkpoint before any training step)")
-    return Pretrained(freeze(model), meta, ckpt)
+        raise ValueError(f"{weights_source}: the codebook was never initialised (a checkpoint before any training "
+                         "step)")
+    return freeze(model)
+
+
+def load_pretrained(path: str | Path) -> Pretrained:
+    """Rebuild the model of ``meta.json["task"]`` (default "unicode") from ``meta.json["model_config"]``
+    and load ``model.pt`` (weights only)."""
+    ckpt = resolve_checkpoint(path)
+    meta = CheckpointManager.read_meta(ckpt)
+    if "model_config" not in meta:
+        raise KeyError(f"{ckpt / 'meta.json'} has no model_config (keys: {sorted(meta)})")
+    model = frozen_model(meta.get("task", "unicode"), meta["model_config"], read_model_state(ckpt),
+                         str(ckpt / "meta.json"), str(ckpt / MODEL_FILE))
+    return Pretrained(model, meta, ckpt)
 
 
 def trained_pairs(model: nn.Module) -> set[frozenset[str]]:
@@ -216,35 +228,44 @@ def read_public_features(cfg: PublicFeatureConfig) -> LabelledFeatures:
 # ---------------------------------------------------------------------- codes
 
 @torch.no_grad()
-def encode_modality(model: nn.Module, modality: str, x: Tensor, mask: Tensor | None = None,
-                    batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """Frozen codes of one modality: ``x (n t ...)`` -> (ẑ ``(n t D)`` code vectors, ``(n t)`` code indices).
-
-    ``model.segment_codes`` in batches (any task's model); ``mask (n t)`` is the modality's token mask. The
-    model must be in eval mode (see ``freeze``).
-    """
+def encode_segments(model: nn.Module, modality: str, x: Tensor, mask: Tensor | None = None,
+                    batch_size: int = 256) -> SegmentEncoding:
+    """Frozen encoding of one modality, ``x (n t ...)`` -> codes ``(n t)``, code vectors ẑ and semantic vectors z
+    ``(n t D)``: ``model.segment_encoding`` in batches (any task's model); ``mask (n t)`` is the modality's token
+    mask. The model must be in eval mode (see ``freeze``)."""
     if model.training:
-        raise RuntimeError("encode_modality needs a frozen model in eval mode (trainer.eval.encode.freeze)")
-    vectors, indices = [], []
+        raise RuntimeError("encoding needs a frozen model in eval mode (trainer.eval.encode.freeze)")
+    parts = []
     for start in range(0, x.shape[0], batch_size):
         part = slice(start, start + batch_size)
         features = {modality: x[part].float()}
         if mask is not None:
             features[mask_key(modality)] = mask[part].bool()
-        codes, quantized = model.segment_codes(features, modality)
-        vectors.append(quantized)
-        indices.append(codes)
-    return torch.cat(vectors), torch.cat(indices)
+        parts.append(model.segment_encoding(features, modality))
+    return SegmentEncoding(*(torch.cat(column) for column in zip(*parts)))
+
+
+def encode_modality(model: nn.Module, modality: str, x: Tensor, mask: Tensor | None = None,
+                    batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Frozen codes of one modality: ``x (n t ...)`` -> (ẑ ``(n t D)`` code vectors, ``(n t)`` code indices)."""
+    encoded = encode_segments(model, modality, x, mask, batch_size)
+    return encoded.quantized, encoded.codes
+
+
+def encode_features(model: nn.Module, features: Mapping[str, Tensor],
+                    modalities: Sequence[str]) -> dict[str, SegmentEncoding]:
+    """Frozen encodings of ``modalities`` from ``features`` keyed by the model's modality names (with each one's
+    ``<modality>_mask`` where the features have it)."""
+    missing = [m for m in modalities if m not in features]
+    if missing:
+        raise KeyError(f"the data have no {missing} features (have {sorted(features)})")
+    return {m: encode_segments(model, m, features[m], features.get(mask_key(m))) for m in modalities}
 
 
 def encode_split(model: nn.Module, data: LabelledFeatures, modalities: Sequence[str] | None = None) -> CodeSplit:
     """Frozen codes of every (or the given) modality of ``data``, with its labels, as a probe split."""
     if modalities is None:
         modalities = [m for m in model.downstream_modalities if m in data.features]
-    vectors, indices = {}, {}
-    for m in modalities:
-        if m not in data.features:
-            raise KeyError(f"the data have no '{m}' features (have {sorted(data.features)})")
-        vectors[m], indices[m] = encode_modality(model, m, data.features[m], data.features.get(mask_key(m)))
-    return CodeSplit(vectors, indices, {m: data.segment_labels[m] for m in modalities if m in data.segment_labels},
-                     data.clip_label)
+    encoded = encode_features(model, data.features, modalities)
+    return CodeSplit({m: e.quantized for m, e in encoded.items()}, {m: e.codes for m, e in encoded.items()},
+                     {m: data.segment_labels[m] for m in modalities if m in data.segment_labels}, data.clip_label)

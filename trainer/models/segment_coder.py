@@ -8,7 +8,8 @@ A ``SegmentCoder`` is an ``nn.Module`` with
 - ``quantizer``: the shared ``MMEMAQuantizer`` submodule (buffers only; its ``quantizer.*`` entries of the
   model's state dict are the codebook and its EMA statistics);
 - ``segment_semantic(features, modality)``: the ``(b t D)`` vectors a modality's code sequence is chosen for;
-- ``segment_codes(features, modality)``: their nearest codes (CMG eq. 2).
+- ``segment_codes(features, modality)``: their nearest codes (CMG eq. 2);
+- ``segment_encoding(features, modality)``: codes, code vectors and the semantic vectors together (one pass).
 
 Evaluation (``trainer.eval.encode``), the TOC relabelling (``trainer.toc``) and the checkpoint format
 (``trainer.checkpoint``) rely on these names and nothing else of a model.
@@ -18,8 +19,17 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from torch import Tensor
+
+
+class SegmentEncoding(NamedTuple):
+    """One modality's downstream encoding, per segment."""
+
+    codes: Tensor       # (b t) int64: index of the nearest code
+    quantized: Tensor   # (b t D) e[codes], detached
+    semantic: Tensor    # (b t D) z^m, the vectors the codes were chosen for
 
 
 class SegmentCoder(abc.ABC):
@@ -36,10 +46,16 @@ class SegmentCoder(abc.ABC):
     def segment_semantic(self, features: Mapping[str, Tensor], modality: str) -> Tensor:
         """The ``(b t D)`` semantic vectors of one modality that ``segment_codes`` quantises."""
 
-    def segment_codes(self, features: Mapping[str, Tensor], modality: str) -> tuple[Tensor, Tensor]:
-        """``codes (b t)`` int64 and ``quantized (b t D)`` = e[codes] (detached) of one modality.
+    def segment_encoding(self, features: Mapping[str, Tensor], modality: str) -> SegmentEncoding:
+        """Codes, code vectors and semantic vectors of one modality (see ``SegmentEncoding``).
 
         No state changes in any mode; for downstream use call it on a frozen model (eval mode, no_grad).
         """
-        quantized = self.quantizer.quantize(self.segment_semantic(features, modality))
-        return quantized.codes, quantized.codewords
+        semantic = self.segment_semantic(features, modality)
+        quantized = self.quantizer.quantize(semantic)
+        return SegmentEncoding(quantized.codes, quantized.codewords, semantic)
+
+    def segment_codes(self, features: Mapping[str, Tensor], modality: str) -> tuple[Tensor, Tensor]:
+        """``codes (b t)`` int64 and ``quantized (b t D)`` = e[codes] (detached) of one modality."""
+        encoding = self.segment_encoding(features, modality)
+        return encoding.codes, encoding.quantized

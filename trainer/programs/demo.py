@@ -148,9 +148,10 @@ def print_pointers(run_dir: Path) -> None:
     print(f"checkpoint:        {run_dir / 'checkpoints' / latest}")
     if figures:
         print(f"code-usage figure: {figures[-1]}  (seed 001 Fig. 4: purple = codes both modalities use)")
-    print(f"MLflow UI:         {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri "
-          f"sqlite:///{(run_dir / 'mlflow.db').resolve()} --port 5000   # then open http://127.0.0.1:5000 "
-          "(experiment cmg-demo: the training run and its evaluation child run)")
+    # trainer/programs/mlflow_ui.py re-points a moved run directory's store, prints the run page's address in
+    # MLflow's "Model training" mode, and runs `mlflow ui` on the store
+    print(f"MLflow UI:         {sys.executable} -m trainer.programs.mlflow_ui {run_dir} --port 5000   # prints the run "
+          "page to open (experiment cmg-demo: the training run, with the evaluation's numbers, and its child run)")
 
 
 def main(argv: list[str] | None = None) -> int:

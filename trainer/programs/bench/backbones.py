@@ -17,7 +17,6 @@ and the share of a clip's time spent decoding vs in the backbones (both measured
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.programs.bench.cli import backbones_parser
 from trainer.programs.harness import REPO
 
 CONFIG_DIR = REPO / "launch" / "configs" / "backbones"
@@ -59,13 +59,7 @@ def time_encoder(encoder, inputs, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.programs.bench.backbones", description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", default="tiny,tiny-alt,base-random", help="backbone YAML names, comma-separated")
-    p.add_argument("--clips", type=int, default=8, help="clips synthesised and decoded")
-    p.add_argument("--batch", type=int, default=4, help="clips per backbone forward")
-    p.add_argument("--repeats", type=int, default=3, help="timed forwards per backbone (median)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    a = p.parse_args(argv)
+    a = backbones_parser().parse_args(argv)   # torch-free, for `cmg bench backbones --help`
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if a.threads:
         torch.set_num_threads(a.threads)

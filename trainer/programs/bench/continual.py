@@ -68,9 +68,10 @@ from trainer.models.comet import AdapterConfig, COMETConfig, COMETModel, ReplayC
 from trainer.models.encoders import EncoderConfig
 from trainer.models.quantizer import QuantizerConfig
 from trainer.loop import last_logged
+from trainer.programs.bench.cli import continual_parser
 from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain, with_club_lr, with_overrides
 from trainer.programs.bench.synthetic_features import (
-    WORLDS, SyntheticFeatureConfig, SyntheticSet, SyntheticWorld, world_config,
+    SyntheticFeatureConfig, SyntheticSet, SyntheticWorld, world_config,
 )
 from trainer.programs.harness import fan_out, mean, run_json_child, verdict
 
@@ -423,26 +424,7 @@ def _run_child(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.programs.bench.continual",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=ContinualConfig().train.steps, help="training steps per phase")
-    parser.add_argument("--world", default="default", help=f"the synthetic world, one of {list(WORLDS)}")
-    parser.add_argument("--methods", default="dcid,comet",
-                        help=f"comma list of {list(METHODS)}")
-    parser.add_argument("--order", default="vt,at,it", help=f"phases, comma list of {list(PAIR_NAMES)}")
-    parser.add_argument("--jobs", type=int, default=2, help="methods trained at the same time (processes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per method process")
-    parser.add_argument("--probe-epochs", type=int, default=ProbeConfig.epochs)
-    parser.add_argument("--seeds", default="0",
-                        help="comma list of seeds (model init, batch order, probes); targets are checked on the mean")
-    parser.add_argument("--new-codes", type=int, default=ContinualConfig.new_codes, help="K2 per later phase (COMET)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override of every phase's COMETConfig (repeatable), e.g. --set loss.ewc=10")
-    parser.add_argument("--json", default=None, help="also write all results to this JSON file")
-    parser.add_argument("--mlflow", default=None, metavar="DIR",
-                        help="also log every phase's evaluation to MLflow (sqlite store DIR/mlflow.db, a run per "
-                             "method)")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser = continual_parser()   # torch-free, for `cmg bench continual --help`
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:

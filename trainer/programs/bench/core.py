@@ -17,7 +17,6 @@ measured in the same process right after the steps (target <= 2.0).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -25,6 +24,7 @@ import time
 
 import torch
 
+from trainer.programs.bench.cli import core_parser
 from trainer.programs.harness import run_json_child
 
 CONFIGS = {
@@ -102,12 +102,7 @@ def run_one(name: str, steps: int, warmup: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {list(CONFIGS)}")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser = core_parser()   # torch-free, for `cmg bench core --help`
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

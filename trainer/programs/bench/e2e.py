@@ -21,7 +21,6 @@ Runs go one at a time (each already uses both cores); ``key=value`` arguments ov
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -32,6 +31,7 @@ from typing import Any
 
 from trainer.config import load_config
 from trainer.job import JobConfig
+from trainer.programs.bench.cli import e2e_parser
 from trainer.programs.demo import DemoConfig, launch_training, prepare_clips, prepare_shards, run_evaluation, summary
 from trainer.programs.harness import Target, half_range, mean, print_targets
 
@@ -121,15 +121,7 @@ def check_targets(results: dict[tuple[str, int], list[dict[str, Any]]]) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.programs.bench.e2e", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="0,1", help="comma list of seeds (clips, model init, batch order)")
-    parser.add_argument("--classes", type=int, default=DemoConfig().pretrain.classes, help="event classes of the world")
-    parser.add_argument("--processes", default="1,2", help="comma list of process counts")
-    parser.add_argument("--rows", default="full,baseline", help=f"comma list of {list(ROWS)}")
-    parser.add_argument("--data-dir", default="e2e_data", help="synthetic corpora (kept and reused)")
-    parser.add_argument("--runs", default="runs/e2e", help="run directories (replaced)")
-    parser.add_argument("--json", default=None, help="also write all results to this JSON file")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="job config overrides for every run")
+    parser = e2e_parser()   # torch-free, for `cmg bench e2e --help`
     args = parser.parse_args(argv)
     seeds = [int(v) for v in args.seeds.split(",")]
     processes = [int(v) for v in args.processes.split(",")]

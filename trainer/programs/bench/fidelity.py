@@ -74,6 +74,7 @@ from trainer.models.encoders import EncoderConfig
 from trainer.models.fccid import CoarseConfig, FCCIDConfig
 from trainer.models.quantizer import QuantizerConfig
 from trainer.models.unicode import UniCodeConfig
+from trainer.programs.bench.cli import fidelity_parser
 from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain, with_club_lr, with_overrides
 from trainer.programs.bench.synthetic_features import (
     WORLDS, SyntheticFeatureConfig, SyntheticSet, SyntheticWorld, world_config,
@@ -555,31 +556,7 @@ def _continual_child(method: str, world: str, seed: int, args: argparse.Namespac
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.programs.bench.fidelity",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=PretrainConfig.steps, help="pretraining steps per row")
-    parser.add_argument("--rows", default="", help=f"comma list of groups {list(ROW_GROUPS)} and rows "
-                        f"{list(ROWS)} (default: all; with --worlds: claims)")
-    parser.add_argument("--worlds", default="", help=f"sweep: comma list of {list(WORLDS)} or 'all'; every claim "
-                        "per world and on the mean, the continual methods included")
-    parser.add_argument("--continual-steps", type=int, default=800, help="steps per continual phase (--worlds)")
-    parser.add_argument("--no-continual", action="store_true", help="sweep without the continual methods")
-    parser.add_argument("--club-lr", type=float, default=PretrainConfig.club_lr,
-                        help="CLUB estimators' learning rate (default 0: the pretraining lr, as in the paper)")
-    parser.add_argument("--jobs", type=int, default=2, help="pretrainings run at the same time (processes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per pretraining process")
-    parser.add_argument("--probe-epochs", type=int, default=ProbeConfig.epochs)
-    parser.add_argument("--seeds", default="0", help="comma list of seeds (model init, batch order, probe); "
-                        "the tables show the mean and ± half range")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override of every row's model config (repeatable), e.g. --set loss.mi=1.0")
-    parser.add_argument("--runs", default="", help="keep every pretraining's run directory (checkpoint, "
-                        "metrics.jsonl) under this directory (default: a temporary one, removed)")
-    parser.add_argument("--mlflow", default="", metavar="DIR", help="also log every pretraining to MLflow "
-                        "(sqlite store DIR/mlflow.db)")
-    parser.add_argument("--json", default=None, help="also write all results to this JSON file")
-    parser.add_argument("--world", default="default", help=argparse.SUPPRESS)
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser = fidelity_parser()   # torch-free, for `cmg bench fidelity --help`
     args = parser.parse_args(argv)
     if args.mlflow:
         args.mlflow = str(Path(args.mlflow).resolve())

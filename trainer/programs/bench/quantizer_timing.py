@@ -12,7 +12,6 @@ prints this benchmark's own table.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -20,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
+from trainer.programs.bench.cli import quantizer_timing_parser
 
 
 @dataclass
@@ -98,15 +98,7 @@ def time_quantizer_step(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=80)
-    parser.add_argument("--segments", type=int, default=10)
-    parser.add_argument("--codes", type=int, default=400)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--modalities", default="audio,video")
-    parser.add_argument("--repeats", type=int, default=60)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
-    args = parser.parse_args(argv)
+    args = quantizer_timing_parser().parse_args(argv)   # torch-free, for `cmg bench quantizer_timing --help`
     if args.threads:
         torch.set_num_threads(args.threads)
     modalities = tuple(args.modalities.split(","))

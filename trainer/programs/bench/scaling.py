@@ -39,7 +39,6 @@ without that wait. On CUDA tensors the recorder synchronises the device around e
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -58,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.programs.bench.cli import scaling_parser
 from trainer.programs.harness import REPO, free_port, run_child
 
 MAIN_SCRIPT = REPO / "trainer" / "main.py"
@@ -493,24 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         #     [main.py args]
         instrumented_trainer(Path(argv[1]), argv[3:], int(argv[2]))
         return 1   # not reached: shutdown leaves through os._exit
-    p = argparse.ArgumentParser(prog="python -m trainer.programs.bench.scaling", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ranks", default="1,2", help="process counts to compare, comma-separated (first: baseline)")
-    p.add_argument("--negatives", default="global,local",
-                   help="model.negatives values to compare, comma-separated (global, local)")
-    p.add_argument("--config", default=DEFAULT_JOB_CONFIG,
-                   help="experiment YAML, relative to the repo root, whose model and optim sections are used")
-    p.add_argument("--batch", type=int, default=0, help="clips per rank per step (0: the config's data.batch_size)")
-    p.add_argument("--steps", type=int, default=16, help="optimizer steps per launch")
-    p.add_argument("--log-every", type=int, default=4, help="log window; the first window is the warm-up")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per rank (OMP_NUM_THREADS)")
-    p.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
-    p.add_argument("--clips", type=int, default=160, help="synthetic clips in the feature shards")
-    p.add_argument("--accelerate-config", default=DEFAULT_ACCELERATE_CONFIG,
-                   help="accelerate YAML, relative to the repo root (GPU: launch/accelerate/gpu_zero2.yaml)")
-    p.add_argument("--no-collectives", action="store_true", help="skip the instrumented launch (Table 2)")
-    p.add_argument("--probe-repeats", type=int, default=20, help="timed lone repeats of each step all_reduce")
-    p.add_argument("--timeout", type=float, default=600, help="seconds per launch")
-    p.add_argument("--workdir", default="", help="keep shards and run dirs here (default: a temp dir, removed)")
+    p = scaling_parser()   # torch-free, for `cmg bench scaling --help`
     a = p.parse_args(argv)
     ranks = [int(n) for n in a.ranks.split(",")]
     negatives = a.negatives.split(",")

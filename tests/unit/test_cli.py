@@ -1,0 +1,168 @@
+"""The ``cmg`` command (trainer/cli.py): every command's ``--help`` runs without importing torch and lists its options
+with their defaults, ``train``'s every config key; the defaults the torch-free parsers read from the source
+(trainer/config_doc.py) are the imported configs' own; commands reach their programs. How fast the help answers is a
+measurement (README), not a test: here it is only checked that torch stays out, which is what makes it fast."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from job_utils import REPO
+
+from trainer.cli import COMMANDS, main
+from trainer.config import flatten, to_dict
+from trainer.config_doc import Source, config_defaults, config_reference, constant, dataclass_section, dict_keys
+
+HELPS = [["train"], ["eval"], ["encode"], ["continual"], *(["shards", n] for n in COMMANDS["shards"]),
+         ["shards", "convert", "ave"], *(["bench", n] for n in COMMANDS["bench"])]
+
+
+HELP_SCRIPT = """
+import contextlib, io, sys
+from trainer.cli import main
+for args in HELPS:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([*args, "--help"])
+    assert code == 0 and "usage:" in out.getvalue(), (args, code, out.getvalue())
+print(sorted(m for m in ("torch", "transformers", "webdataset", "mlflow", "decord") if m in sys.modules))
+"""
+
+
+def test_every_help_runs_without_importing_torch():
+    script = f"HELPS = {[[], ['shards'], ['bench'], *HELPS]}\n{HELP_SCRIPT}"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args", HELPS, ids=" ".join)
+def test_help_lists_every_option_with_its_default(args, capsys):
+    assert main([*args, "--help"]) == 0
+    text = capsys.readouterr().out
+    # continual parses in its own (torch-free) module, and a sub-parser keeps the program's name
+    own_name = args[0] == "continual" or args[-1] == "ave"
+    assert text.startswith("usage: " if own_name else f"usage: cmg {' '.join(args)}")
+    if args[0] == "encode":
+        assert "clips per backbone and model batch (default: 16)" in text
+
+
+def test_train_help_lists_every_config_key_with_its_default_and_doc(capsys):
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    for line in ("run.max_steps=1000", "data.decode.seconds=10", "backbones=launch/configs/backbones/tiny.yaml",
+                 "model.quantizer.num_codes=400", "model.coarse.temperature=0.1", "model.adapter.experts=6",
+                 "model.club.nonnegative=true", "optim.lr=0.0004", "tracking.experiment=cmg-trainer"):
+        assert f"  {line}" in text, line
+    assert "optimizer steps of the whole run (a resumed run continues to it)" in text
+    for task in ("unicode", "fccid", "comet"):
+        assert f"model (task={task}:" in text
+    assert "spatial_patches are *derived* from the data source" in text   # the job's own docstring
+
+
+def _same_defaults(section_values: dict, real: dict) -> None:
+    """Flattened, the source's values equal the imported ones, but for those only their expression gives (Source)."""
+    found, expected = flatten(section_values), flatten(real)
+    computed = [k for k, v in found.items() if isinstance(v, Source)]
+    expected = {k: v for k, v in expected.items() if not any(k == c or k.startswith(c + ".") for c in computed)}
+    assert {k: v for k, v in found.items() if k not in computed} == expected
+
+
+def test_config_reference_is_the_job_configs_defaults():
+    """Every key and default of ``cmg train --help`` against the imported dataclasses (each task's model section)."""
+    from trainer.job import JobConfig
+    from trainer.tasks import TASKS
+
+    job = config_defaults("trainer.job", "JobConfig").values()
+    _same_defaults({k: v for k, v in job.items() if k != "model"},
+                   {k: v for k, v in to_dict(JobConfig()).items() if k != "model"})
+    for task, spec in TASKS.items():
+        section = dataclass_section(constant("trainer.tasks", "TASKS")[task].config)
+        assert (section.cls.module, section.cls.name) == (spec.config.__module__, spec.config.__name__)
+        assert list(section.fields) == [f.name for f in dataclasses.fields(spec.config)]
+        assert isinstance(section.feature_dims, Source)   # default_feature_dims(): shown as written
+        _same_defaults(section.values(), to_dict(spec.config()))
+    assert config_reference().count("model.quantizer.num_codes=400") == len(TASKS)
+
+
+def test_parser_defaults_read_from_the_source_are_the_programs_own():
+    from shards.synth import SynthConfig
+    from trainer.data.decode import DecodeConfig
+    from trainer.eval.paper import PRETRAIN_SETS
+    from trainer.eval.probes import ProbeConfig
+    from trainer.evaluate import TASKS, SourceConfig
+    from trainer.programs.bench import continual, core, e2e, fidelity, scaling
+    from trainer.programs.bench.jobs import PretrainConfig
+    from trainer.programs.bench.synthetic_features import WORLDS
+    from trainer.programs.demo import DemoConfig
+    from trainer.toc import TOCConfig
+
+    for module, cls in [("shards.synth", SynthConfig), ("trainer.data.decode", DecodeConfig),
+                        ("trainer.evaluate", SourceConfig), ("trainer.toc", TOCConfig),
+                        ("trainer.eval.probes", ProbeConfig), ("trainer.programs.bench.jobs", PretrainConfig),
+                        ("trainer.programs.bench.continual", continual.ContinualConfig),
+                        ("trainer.programs.demo", DemoConfig)]:
+        _same_defaults(config_defaults(module, cls.__name__).values(), to_dict(cls()))
+    assert constant("trainer.evaluate", "TASKS") == TASKS
+    assert constant("trainer.eval.paper", "PRETRAIN_SETS") == PRETRAIN_SETS
+    assert constant("trainer.programs.bench.synthetic_features", "WORLDS") == WORLDS
+    assert constant("trainer.programs.bench.core", "CONFIGS") == core.CONFIGS
+    assert list(constant("trainer.programs.bench.continual", "METHODS")) == list(continual.METHODS)
+    assert constant("trainer.programs.bench.continual", "PAIR_NAMES") == continual.PAIR_NAMES
+    assert constant("trainer.programs.bench.e2e", "ROWS") == e2e.ROWS
+    assert list(constant("trainer.programs.bench.fidelity", "ROWS")) == list(fidelity.ROWS)
+    assert dict_keys("trainer.programs.bench.fidelity", "ROW_GROUPS") == list(fidelity.ROW_GROUPS)
+    assert constant("trainer.programs.bench.scaling", "DEFAULT_JOB_CONFIG") == scaling.DEFAULT_JOB_CONFIG
+    assert constant("trainer.programs.bench.scaling", "DEFAULT_ACCELERATE_CONFIG") == \
+        scaling.DEFAULT_ACCELERATE_CONFIG
+
+
+def test_a_field_doc_is_its_trailing_comment_else_the_comments_above(tmp_path, monkeypatch):
+    package = tmp_path / "docpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "cfg.py").write_text(
+        "from dataclasses import dataclass, field\n\n"
+        "SIZES = (2, *(4, 8))\n\n\n"
+        "@dataclass\nclass Inner:\n    k: int = 1 << 3   # shifted\n\n\n"
+        "@dataclass\nclass Outer:\n    # first line\n    # second line\n    size: int = SIZES[0] if False else 3\n"
+        "    sizes: tuple[int, ...] = SIZES\n    inner: Inner = field(default_factory=lambda: Inner(k=5))\n"
+        "    made: dict = field(default_factory=dict)\n    later: int = Inner.k\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    outer = config_defaults("docpkg.cfg", "Outer")
+    assert outer.fields["size"].doc == "first line second line" and isinstance(outer.size, Source)
+    assert outer.sizes == (2, 4, 8) and outer.inner.k == 5 and outer.made == {} and outer.later == 8
+    assert outer.inner.fields["k"].doc == "shifted"
+
+
+def test_commands_run_their_programs_and_bad_commands_exit_2(tmp_path, capsys):
+    assert main([]) == 2
+    assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    assert main(["shards", "nope"]) == 2
+    assert main(["shards", "synth", "--out", str(tmp_path / "clips"), "--num-clips", "1", "--seconds", "1",
+                 "--size", "16"]) == 0
+    assert (tmp_path / "clips").is_dir() and len(list((tmp_path / "clips").glob("*.mp4"))) == 1
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_python_dash_m_trainer_and_the_console_script():
+    proc = subprocess.run([sys.executable, "-m", "trainer", "--help"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert proc.returncode == 0 and "encode" in proc.stdout
+    cmg = Path(sys.executable).with_name("cmg")   # pyproject [project.scripts], installed by `make install`
+    proc = subprocess.run([str(cmg), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "synth | write | inspect | convert | extract" in proc.stdout
+
+
+def test_every_command_names_a_program_that_exists():
+    from trainer.config_doc import module_file
+
+    for command in [c for c in COMMANDS.values() if not isinstance(c, dict)] + \
+            [c for group in COMMANDS.values() if isinstance(group, dict) for c in group.values()]:
+        assert module_file(command.module).is_file()
+        assert dataclasses.is_dataclass(command)

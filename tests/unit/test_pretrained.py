@@ -1,0 +1,273 @@
+"""Codes out (trainer/pretrained.py, trainer/encode.py): a checkpoint of every task, written by the main job's loop
+on clip shards, encodes clips through ``CMGModel.encode`` and ``cmg encode`` to exactly the codes evaluation gives the
+same clips; ``save_pretrained`` -> ``from_pretrained`` keeps them, loading safetensors and JSON only, without the run
+directory; ``cmg encode`` writes shards or a table, resumes, and splits its work over DataLoader workers. Over two
+ranks: tests/dist/test_encode_dist.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from encode_utils import MODELS, clip_corpus, train_run
+from job_utils import REPO
+
+from trainer import CMGModel
+from trainer.data.features import decode_npy
+from trainer.encode import main as encode_main
+from trainer.encode import read_codes
+from trainer.eval.encode import encode_split, load_pretrained, read_shard_features
+from trainer.evaluate import SourceConfig, _backbones, data_config
+from trainer.job import read_run_config
+from trainer.pretrained import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TASKS = sorted(MODELS)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return clip_corpus(tmp_path_factory.mktemp("clips"))
+
+
+@pytest.fixture(scope="module")
+def runs(corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {task: train_run(root / task, corpus, task) for task in TASKS}
+
+
+@pytest.fixture(scope="module")
+def evaluation_codes(runs):
+    """Per task: {modality: (n t) codes} as ``python -m trainer.evaluate`` encodes the run's own (labelled) shards,
+    clips in key order, with -1 past a caption's end."""
+    out = {}
+    for task, run in runs.items():
+        pretrained, job = load_pretrained(run), read_run_config(run)
+        modalities = pretrained.model.downstream_modalities
+        data = read_shard_features(data_config(SourceConfig(), job), modalities,
+                                   _backbones(job.backbones, pretrained, modalities))
+        split = encode_split(pretrained.model, data)
+        masks = {m: data.features[f"{m}_mask"] for m in modalities if f"{m}_mask" in data.features}
+        out[task] = {m: codes.masked_fill(~masks[m], -1) if m in masks else codes for m, codes in split.indices.items()}
+        out[task]["keys"] = data.keys
+    return out
+
+
+def _inputs(model: CMGModel, corpus) -> dict:
+    streams = set(model.streams.values())
+    return {s: corpus.captions() if s == "text" else [str(p) for p in corpus.mp4s()] for s in streams}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_api_encodes_paths_bytes_and_tensors_to_the_codes_evaluation_gives(task, runs, corpus, evaluation_codes):
+    expected = evaluation_codes[task]
+    assert expected["keys"] == corpus.keys
+    model = CMGModel.from_pretrained(runs[task])
+    assert model.task == task and sorted(model.modalities) == sorted(k for k in expected if k != "keys")
+    out = model.encode(**_inputs(model, corpus), batch_size=3)
+    for m, codes in out.items():
+        assert torch.equal(codes.codes, expected[m]), m
+        n, t = codes.codes.shape
+        assert codes.quantized.shape == codes.semantic.shape == (n, t, model.codebook.shape[1])
+        real = codes.codes >= 0
+        assert torch.equal(codes.quantized[real], model.codebook[codes.codes[real]])
+    # raw mp4 bytes and decoded tensors give the same codes as the files
+    audio = [p.read_bytes() for p in corpus.mp4s()[:2]]
+    assert torch.equal(model.encode(audio=audio)["audio"].codes, expected["audio"][:2])
+    from trainer.data.decode import decode_audio
+    decoded = torch.stack([torch.from_numpy(decode_audio(b, model.decode, "x")) for b in audio])
+    assert torch.equal(model.encode(audio=decoded)["audio"].codes, expected["audio"][:2])
+    assert torch.equal(model.encode(audio=decoded[0])["audio"].codes, expected["audio"][:1])
+
+
+def test_encode_refuses_streams_the_model_has_not(runs, corpus):
+    model = CMGModel.from_pretrained(runs["unicode"])
+    with pytest.raises(ValueError, match=r"encodes no \['text'\]"):
+        model.encode(text="a red square")
+    with pytest.raises(ValueError, match="give video="):
+        model.encode()
+    with pytest.raises(ValueError, match="a decoded clip has 5 dims"):
+        model.encode(video=torch.zeros(2, 3, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_save_pretrained_round_trip_gives_identical_codes_from_safetensors_and_json_alone(task, runs, corpus, tmp_path,
+                                                                                         monkeypatch):
+    model = CMGModel.from_pretrained(runs[task])
+    before = model.encode(**_inputs(model, corpus))
+    model.save_pretrained(tmp_path / "export")
+    # the run directory is not needed: move it away while the export is read
+    moved = tmp_path / "moved-run"
+    shutil.move(runs[task], moved)
+    try:
+        def no_pickles(*args, **kwargs):
+            raise AssertionError("torch.load called: the export must load without pickles")
+
+        monkeypatch.setattr(torch, "load", no_pickles)
+        again = CMGModel.from_pretrained(tmp_path / "export")
+        after = again.encode(**_inputs(again, corpus))
+    finally:
+        monkeypatch.undo()
+        shutil.move(moved, runs[task])
+    assert before.keys() == after.keys()
+    for m in before:
+        for name in ("codes", "quantized", "semantic"):
+            assert torch.equal(getattr(before[m], name), getattr(after[m], name)), (m, name)
+    config = json.loads((tmp_path / "export" / CONFIG_FILE).read_text())
+    assert config["format"] == EXPORT_FORMAT and config["task"] == task
+    assert config["model_config"] == load_pretrained(runs[task]).meta["model_config"]
+    assert config["codebook"] == {"tensor": "quantizer.codebook", "num_codes": 8, "dim": 16}
+    assert {s: r["weights_sha256"] for s, r in config["backbones"].items()} == \
+        {s: r["weights_sha256"] for s, r in load_pretrained(runs[task]).meta["backbones"].items()}
+    state = safetensors.torch.load_file(tmp_path / "export" / WEIGHTS_FILE)
+    assert torch.equal(state["quantizer.codebook"], model.codebook)
+    if "text" in config["backbones"]:   # the local vocabulary travels with the export
+        assert config["backbones"]["text"]["backbone_config"]["tokenizer"].startswith("./backbones/text/")
+
+
+def test_from_pretrained_refuses_backbones_that_differ_from_the_recorded_ones(runs, tmp_path):
+    model = CMGModel.from_pretrained(runs["unicode"])
+    model.save_pretrained(tmp_path / "export")
+    config = json.loads((tmp_path / "export" / CONFIG_FILE).read_text())
+    config["backbones"]["audio"]["backbone_config"]["seed"] = 1     # other random weights
+    (tmp_path / "export" / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="audio backbone differs in weights_sha256"):
+        CMGModel.from_pretrained(tmp_path / "export")
+
+
+def _cli_codes(path: Path, modalities) -> dict[str, dict[str, np.ndarray]]:
+    """{key: {modality: codes}} of a cmg encode output (a directory of shards, or a table)."""
+    if path.suffix == ".npz":
+        table = np.load(path, allow_pickle=False)
+        return {str(k): {m: table[f"{m}.codes"][i] for m in modalities} for i, k in enumerate(table["key"])}
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path).to_pydict()
+        return {k: {m: np.array(table[f"{m}.codes"][i]) for m in modalities} for i, k in enumerate(table["key"])}
+    urls = [str(p) for p in sorted(path.glob("codes-*.tar"))]
+    return {row["key"]: {m: row[f"{m}.codes"] for m in modalities} for row in read_codes(urls, modalities)}
+
+
+def _same_codes(found: dict, expected: dict, keys: list[str]) -> None:
+    assert sorted(found) == keys
+    for i, key in enumerate(keys):
+        for m, codes in found[key].items():
+            want = expected[m][i]
+            np.testing.assert_array_equal(codes, want[want >= 0].numpy() if len(codes) < len(want) else want.numpy())
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_cli_on_mp4_files_and_on_shards_gives_the_codes_evaluation_gives(task, runs, corpus, evaluation_codes,
+                                                                        tmp_path, capsys):
+    modalities = sorted(k for k in evaluation_codes[task] if k != "keys")
+    # a directory of mp4 files (with their captions next to them) -> one table; two DataLoader workers
+    table = tmp_path / "codes.npz"
+    assert encode_main([str(runs[task]), str(corpus.clips), "--out", str(table), "--clips-per-shard", "3",
+                        "--num-workers", "2", "--batch-size", "2", "--no-progress"]) == 0
+    assert "clips/s" in capsys.readouterr().out
+    _same_codes(_cli_codes(table, modalities), evaluation_codes[task], corpus.keys)
+    assert not (tmp_path / "codes.npz.parts").exists()
+    # the training shards -> code shards with their manifest and codebook
+    out = tmp_path / "codes"
+    assert encode_main([str(runs[task]), corpus.urls, "--out", str(out), "--num-workers", "0", "--no-progress"]) == 0
+    _same_codes(_cli_codes(out, modalities), evaluation_codes[task], corpus.keys)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["total"] == len(corpus.keys) and manifest["model"]["task"] == task
+    assert [s["name"] for s in manifest["shards"]] == ["codes-000000.tar", "codes-000001.tar"]
+    np.testing.assert_array_equal(np.load(out / "codebook.npy"), CMGModel.from_pretrained(runs[task]).codebook)
+
+
+def test_cli_shards_hold_codes_semantic_vectors_and_the_clips_labels(runs, corpus, tmp_path):
+    out = tmp_path / "codes"
+    assert encode_main([str(runs["fccid"]), str(corpus.clips), "--out", str(out), "--num-workers", "0",
+                        "--no-progress"]) == 0
+    from shards.extract import raw_samples
+
+    sample = next(raw_samples(str(out / "codes-000000.tar")))
+    assert sorted(sample) == sorted(["__key__", "__url__", "json", "txt", *(f"{m}.{kind}.npy" for m in
+                                     ("audio", "text", "video") for kind in ("codes", "z"))])
+    codes, z = decode_npy(sample["video.codes.npy"], "x"), decode_npy(sample["video.z.npy"], "x")
+    assert codes.dtype == np.int64 and codes.shape == (10,) and z.dtype == np.float32 and z.shape == (10, 16)
+    assert decode_npy(sample["text.codes.npy"], "x").shape[0] <= 10      # real tokens only
+    assert json.loads(sample["json"])["clip_label"] >= 0
+
+
+def test_cli_parquet_table_matches_the_npz_one(runs, corpus, tmp_path):
+    pytest.importorskip("pyarrow")
+    args = [str(runs["unicode"]), str(corpus.clips), "--num-workers", "0", "--no-progress"]
+    assert encode_main([*args, "--out", str(tmp_path / "c.npz")]) == 0
+    assert encode_main([*args, "--out", str(tmp_path / "c.parquet")]) == 0
+    npz = _cli_codes(tmp_path / "c.npz", ["audio", "video"])
+    parquet = _cli_codes(tmp_path / "c.parquet", ["audio", "video"])
+    assert npz.keys() == parquet.keys()
+    for key in npz:
+        for m in ("audio", "video"):
+            np.testing.assert_array_equal(npz[key][m], parquet[key][m])
+    assert (tmp_path / "c.codebook.npy").is_file()
+
+
+def test_cli_resumes_skipping_finished_units_and_refuses_other_inputs(runs, corpus, tmp_path, capsys):
+    out = tmp_path / "codes"
+    args = [str(runs["unicode"]), str(corpus.clips), "--out", str(out), "--clips-per-shard", "3", "--num-workers", "0",
+            "--no-progress"]
+    assert encode_main(args) == 0
+    first = _cli_codes(out, ["audio", "video"])
+    assert sorted(p.name for p in out.glob("codes-*.tar")) == ["codes-000000.tar", "codes-000001.tar",
+                                                               "codes-000002.tar"]
+    assert "0 of 3 units already done" in capsys.readouterr().out
+    (out / "codes-000001.tar").unlink()                      # as if the run had died while writing it...
+    (out / ".codes-000001.tar.tmp-999").write_bytes(b"half")   # ...leaving its temporary file
+    stamps = {name: (out / name).stat().st_mtime_ns for name in ("codes-000000.tar", "codes-000002.tar")}
+    assert encode_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "3 clips in" in printed and "2 of 3 units already done" in printed
+    again = _cli_codes(out, ["audio", "video"])
+    assert again.keys() == first.keys()
+    assert all(np.array_equal(again[k][m], first[k][m]) for k in first for m in ("audio", "video"))
+    assert stamps == {name: (out / name).stat().st_mtime_ns for name in stamps}
+    assert not list(out.glob(".*.tmp-*"))
+    assert json.loads((out / "manifest.json").read_text())["total"] == len(corpus.keys)
+    # other inputs into the same output are refused, naming the unit
+    assert encode_main([*args[:-5], "--out", str(out), "--clips-per-shard", "4", "--num-workers", "0",
+                        "--no-progress"]) == 2
+    assert "codes-000000.tar was encoded from" in capsys.readouterr().err
+
+
+def test_cli_errors_exit_2_with_a_message(runs, tmp_path, capsys):
+    assert encode_main([str(runs["unicode"]), str(tmp_path / "nothing-*.mp4"), "--out", str(tmp_path / "o")]) == 2
+    assert "no file matches" in capsys.readouterr().err
+    assert encode_main([str(tmp_path / "no-run"), str(REPO / "README.md"), "--out", str(tmp_path / "o")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_loads_in_a_fresh_process_and_cmg_encode_uses_it(runs, corpus, evaluation_codes, tmp_path):
+    """What a new user does: export, then in new processes the Python API and the console script."""
+    CMGModel.from_pretrained(runs["unicode"]).save_pretrained(tmp_path / "export")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    script = ("import json, sys; from trainer import CMGModel; m = CMGModel.from_pretrained(sys.argv[1]); "
+              "out = m.encode(video=sys.argv[2:], audio=sys.argv[2:]); "
+              "print(json.dumps({k: v.codes.tolist() for k, v in out.items()}))")
+    mp4s = [str(p) for p in corpus.mp4s()]
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "export"), *mp4s], capture_output=True,
+                          text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    codes = json.loads(proc.stdout.splitlines()[-1])
+    for m in ("audio", "video"):
+        assert codes[m] == evaluation_codes["unicode"][m].tolist()
+    cmg = Path(sys.executable).with_name("cmg")
+    proc = subprocess.run([str(cmg), "encode", str(tmp_path / "export"), str(corpus.clips / "*.mp4"), "--out",
+                           str(tmp_path / "codes.npz"), "--no-progress"], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "clips/s" in proc.stdout
+    _same_codes(_cli_codes(tmp_path / "codes.npz", ["audio", "video"]), evaluation_codes["unicode"], corpus.keys)

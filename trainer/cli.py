@@ -1,0 +1,245 @@
+"""``cmg``: one command for every program of the project (also ``python -m trainer``).
+
+    cmg train --config launch/configs/demo.yaml run.max_steps=50      # = python trainer/main.py (same arguments)
+    cmg eval runs/demo --data 'demo_data/eval_shards/train-{000000..000007}.tar'
+    cmg encode runs/demo 'clips/*.mp4' --out codes.npz
+    cmg shards synth|write|inspect|convert|extract ...                  # = python -m shards.<name>
+    cmg continual PHASES.yaml [--dry-run]                               # = python -m trainer.programs.continual
+    cmg bench backbones|continual|core|e2e|fidelity|quantizer_timing|scaling ...
+    cmg [COMMAND ...] --help
+
+Each command runs its program's ``main(argv)`` with the remaining arguments; ``accelerate launch trainer/main.py``,
+``python -m trainer.launch`` and every ``python -m <program>`` keep working as before. The dispatcher imports a
+program only to run it: ``--help`` builds the command's parser alone, and every parser is built without torch (the
+programs' modules import it, which takes seconds). So a program whose module imports torch gets its parser from a
+``cli`` module (this one for train, eval and encode; ``shards/cli.py``; ``trainer/programs/bench/cli.py``), which it
+parses with too, and whose defaults come from the source (``trainer.config_doc``). Programs are named here by string,
+so the library never imports them (tests/unit/test_layering.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import textwrap
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from trainer.config_doc import config_defaults, config_reference, constant, module_docstring
+
+
+@dataclass(frozen=True)
+class Command:
+    main: str                   # "module:function", the program's main(argv) -> exit code
+    parser: str | None = None   # "module:function" building its parser without torch; None: the module is light
+    summary: str = ""           # one line for `cmg --help` ("": the first sentence of the module's docstring)
+
+    @property
+    def module(self) -> str:
+        return self.main.split(":")[0]
+
+    def line(self) -> str:
+        first = module_docstring(self.module).split("\n\n")[0].replace("\n", " ").split(". ")[0]
+        return textwrap.shorten(self.summary or first, 100, placeholder=" ...")
+
+
+def _bench(name: str) -> Command:
+    return Command(f"trainer.programs.bench.{name}:main", f"trainer.programs.bench.cli:{name}_parser")
+
+
+def _shards(name: str) -> Command:
+    return Command(f"shards.{name}:main", f"shards.cli:{name}_parser")
+
+
+COMMANDS: dict[str, Command | dict[str, Command]] = {
+    "train": Command("trainer.main:main", "trainer.cli:train_parser",
+                     "Train a model: the main job (trainer/main.py; accelerate / trainer.launch for several ranks)"),
+    "eval": Command("trainer.evaluate:main", "trainer.cli:evaluate_parser"),
+    "encode": Command("trainer.encode:main", "trainer.cli:encode_parser"),
+    "shards": {name: _shards(name) for name in ("synth", "write", "inspect", "convert", "extract")},
+    "continual": Command("trainer.programs.continual:main"),
+    "ui": Command("trainer.programs.mlflow_ui:main"),
+    "bench": {name: _bench(name) for name in
+              ("backbones", "continual", "core", "e2e", "fidelity", "quantizer_timing", "scaling")},
+}
+GROUPS = {"shards": "make, check and convert WebDataset shards (python -m shards.<name>)",
+          "bench": "benchmarks that print tables (python -m trainer.programs.bench.<name>)"}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and every option's default after its help (options without help too), unless the
+    help says it already, the option is a flag or it has no default."""
+
+    @staticmethod
+    def _note(action: argparse.Action) -> str:
+        if action.default in (None, argparse.SUPPRESS) or action.nargs == 0 or not action.option_strings:
+            return ""
+        return f"(default: {'%(default)r' if action.default == '' else '%(default)s'})"
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and self._note(action):
+            action = copy.copy(action)
+            action.help = self._note(action)
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "default" in text or not self._note(action) else f"{text} {self._note(action)}"
+
+
+def _resolve(target: str) -> Callable:
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _usage(commands: dict[str, Command | dict[str, Command]], prog: str) -> str:
+    width = max(len(name) for name in commands) + 2
+    lines = [f"usage: {prog} COMMAND [ARGS ...]   ({prog} COMMAND --help: its options)", "", "commands:"]
+    for name, command in commands.items():
+        summary = GROUPS[name] if isinstance(command, dict) else command.line()
+        lines.append(f"  {name:<{width}}{summary}")
+        if isinstance(command, dict):
+            lines.append(f"  {'':<{width}}  {' | '.join(command)}")
+    return "\n".join(lines)
+
+
+def _wants_help(argv: Sequence[str]) -> bool:
+    before = argv[:argv.index("--")] if "--" in argv else argv
+    return any(a in ("-h", "--help") for a in before)
+
+
+def _dispatch(commands: dict[str, Command | dict[str, Command]], argv: list[str], prog: str) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage(commands, prog))
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        print(f"{prog}: unknown command {name!r}\n\n{_usage(commands, prog)}", file=sys.stderr)
+        return 2
+    command = commands[name]
+    if isinstance(command, dict):
+        return _dispatch(command, rest, f"{prog} {name}")
+    if command.parser is not None and _wants_help(rest):
+        parser = _resolve(command.parser)()
+        parser.prog = f"{prog} {name}"
+        try:
+            parser.parse_args(rest)   # prints the help (of a sub-parser too: cmg shards convert ave --help)
+        except SystemExit as stop:
+            return int(stop.code or 0)
+    return int(_resolve(command.main)(rest) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _dispatch(COMMANDS, list(sys.argv[1:] if argv is None else argv), "cmg")
+    except SystemExit as stop:   # argparse's errors and --help inside a program's main
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+
+
+# ---------------------------------------------------------------------- cmg train
+class _TrainParser(argparse.ArgumentParser):
+    """The config reference is read from the source only when the help is printed, not at every job start."""
+
+    def format_help(self) -> str:
+        sections = module_docstring("trainer.job").split("\n\n")[1]
+        self.epilog = ("config sections (of --config YAML files; key=value overrides, e.g. run.max_steps=200):\n"
+                       f"{sections}\n\nconfig keys and their defaults:\n{config_reference()}")
+        return super().format_help()
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = _TrainParser(prog="trainer/main.py", description=module_docstring("trainer.main"),
+                          formatter_class=HelpFormatter)
+    parser.add_argument("--config", help="experiment YAML (launch/configs/*.yaml); defaults if omitted")
+    parser.add_argument("--resume", help="'auto' (default: latest complete checkpoint of run.dir), '' or a path")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved job (model dims from the data source, backbones) and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. run.max_steps=200 data.batch_size=16")
+    return parser
+
+
+# ---------------------------------------------------------------------- cmg eval
+def _fractions(text: str) -> tuple[float, float, float]:
+    parts = tuple(float(v) for v in text.split(","))
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"--split needs three fractions like 0.6,0.2,0.2, got {text!r}")
+    return parts
+
+
+def _class_map(text: str) -> dict[str, int]:
+    try:
+        return {str(int(a)): int(b) for a, b in (pair.split(":") for pair in text.split(",") if pair)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a class map needs pairs like 0:0,3:1, got {text!r}") from None
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    """``python -m trainer.evaluate``'s options (trainer/evaluate.py turns them into an ``EvaluateConfig``)."""
+    doc = module_docstring("trainer.evaluate")
+    source = config_defaults("trainer.evaluate", "SourceConfig")
+    tasks = list(constant("trainer.evaluate", "TASKS"))
+    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=doc.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("checkpoint", help="run directory, checkpoints directory, step_N or its model.pt")
+    p.add_argument("--data", default="", help="clip or feature shard URLs, AVE's role (default: the pretraining data)")
+    p.add_argument("--kind", default="", choices=["", "clips", "features"])
+    p.add_argument("--backbones", default="", help="backbones YAML for clip shards (default: the run's)")
+    p.add_argument("--public", default="", help="public AVE layout: directory of h5 files or one .npz")
+    p.add_argument("--split", type=_fractions, default=tuple(source.split), help="train,val,test fractions")
+    p.add_argument("--split-seed", type=int, default=source.split_seed)
+    p.add_argument("--cross-data", default="", help="shards of the AVVP-like dataset (localisation, AVE→AVVP)")
+    p.add_argument("--cross-kind", default="", choices=["", "clips", "features"])
+    p.add_argument("--cross-public", default="", help="the AVVP-like dataset in the public layout")
+    p.add_argument("--class-map", type=_class_map, default={}, help="AVE→AVVP shared classes data:cross,... "
+                   "(default: the 12 of seed 000 §B.2 in the AVE and AVVP vocabularies)")
+    p.add_argument("--ucf-data", default="", help="shards of the UCF-101 videos (UCF(v)↔VGG(a))")
+    p.add_argument("--ucf-kind", default="", choices=["", "clips", "features"])
+    p.add_argument("--vgg-data", default="", help="shards of the VGGSound audio (UCF(v)↔VGG(a))")
+    p.add_argument("--vgg-kind", default="", choices=["", "clips", "features"])
+    p.add_argument("--ucf-vgg-map", type=_class_map, default={}, help="UCF↔VGG shared classes ucf:vgg,... "
+                   "(default: the authors' 16, the same index in both datasets)")
+    p.add_argument("--tasks", default="", help=f"comma list of {tasks} (default: every one whose data is given)")
+    p.add_argument("--suite", default="", choices=["", "paper"], help="paper: every protocol whose data is given, "
+                   "and seed 001 Tables 1 and 3 and seed 003 Table 1 with this checkpoint's numbers")
+    p.add_argument("--pretrain-set", default="40K", choices=constant("trainer.eval.paper", "PRETRAIN_SETS"),
+                   help="seed 001 Table 1's column group for this checkpoint's numbers")
+    p.add_argument("--classes", type=int, default=0, help="number of event classes of --data (default: largest "
+                   "label + 1)")
+    p.add_argument("--epochs", type=int, default=None, help="head epochs of every protocol (default: the seeds')")
+    p.add_argument("--lr", type=float, default=None, help="head learning rate (default: seed 000 §B.2's 2.5e-4)")
+    p.add_argument("--batch-size", type=int, default=None, help="head batch size (default: seed 000 §B.2's 256)")
+    p.add_argument("--hidden", type=int, default=128, help="hidden width of the two-layer heads")
+    p.add_argument("--seed", type=int, default=0, help="head init and batch order")
+    p.add_argument("--toc", type=int, default=None, metavar="Q", help="keep the Q dimensions TOC selects")
+    p.add_argument("--toc-lambda", type=float, default=config_defaults("trainer.toc", "TOCConfig").balance)
+    p.add_argument("--toc-raw", action="store_true", help="TOC on the raw (not L2-normalised) codebook")
+    p.add_argument("--json", default=None, help="also write the report to this file")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    return p
+
+
+# ---------------------------------------------------------------------- cmg encode
+def encode_parser() -> argparse.ArgumentParser:
+    """``python -m trainer.encode``'s options (trainer/encode.py)."""
+    p = argparse.ArgumentParser(prog="python -m trainer.encode", description=module_docstring("trainer.encode"),
+                                formatter_class=HelpFormatter)
+    p.add_argument("model", help="a run directory, checkpoints directory, step_N, model.pt, or an export directory "
+                   "(CMGModel.save_pretrained)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip shards (brace pattern or glob of .tar), a glob of "
+                   "mp4 files, a directory of KEY.mp4 files, or mp4 files")
+    p.add_argument("--out", required=True, help="a directory (WebDataset shards), or a table: OUT.npz or "
+                   "OUT.parquet (Parquet needs pyarrow)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per backbone and model batch")
+    p.add_argument("--num-workers", type=int, default=2,
+                   help="DataLoader processes decoding clips for each rank (0: in the main process)")
+    p.add_argument("--clips-per-shard", type=int, default=100,
+                   help="mp4 inputs: clips per output shard, the unit of work and of resumption")
+    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    p.add_argument("--backbones", default=None, help="backbones YAML instead of the recorded backbones (their "
+                   "fingerprints are still checked)")
+    p.add_argument("--merge-timeout", type=float, default=3600.0,
+                   help="seconds rank 0 waits for the other ranks' outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p

@@ -1,0 +1,335 @@
+"""``CMGModel``: a trained codebook model with the frozen backbones it was trained on (clips in, codes out), and the
+export format, which this module alone reads and writes.
+
+    from trainer import CMGModel
+    model = CMGModel.from_pretrained("runs/demo")              # run / checkpoints / step dir, model.pt, or an export
+    out = model.encode(video="clip.mp4", audio="clip.mp4")    # paths, mp4 bytes or decoded tensors; lists for batches
+    out["video"].codes                                        # (b t) int64: the code of every one-second segment
+    out["video"].quantized, out["video"].semantic             # (b t D): its code vector e[code], the z it encodes
+    model.save_pretrained("exports/demo")                     # model.safetensors + config.json, movable
+
+Any registered task works (Uni-Code, FCCID, COMET: ``trainer.tasks.TASKS``): codes come from the model's
+``segment_encoding`` through ``trainer.eval.encode.encode_features``, the path evaluation encodes with, so a clip gets
+the codes evaluation gives it. Media are decoded as in training (the run's ``data.decode``: ``decode_video`` /
+``decode_audio`` of trainer/data/decode.py) and go through the frozen backbones the checkpoint names, rebuilt from its
+record and refused unless their weights' fingerprints match it (``FrozenBackbones.load_state_dict``).
+
+Export format (``EXPORT_FORMAT``), a directory:
+
+    model.safetensors   the task model's state dict: every parameter and buffer, the codebook ``quantizer.codebook``
+                        included (safetensors: raw tensors, nothing pickled)
+    config.json         format      EXPORT_FORMAT
+                        task        the name in trainer.tasks.TASKS that rebuilds the model from model_config
+                        model_config the resolved model config, as the checkpoint's meta.json holds it
+                        modalities  the modalities ``encode`` gives codes for, each with its data stream
+                        backbones   per data stream (video/audio/text) the frozen backbone as recorded in training
+                                    (``FrozenEncoder.describe``: its BackboneConfig, model class and config,
+                                    weights_sha256), or null for a model trained on feature shards naming none
+                        decode      the DecodeConfig the training decoded clips with
+                        codebook    {"tensor": "quantizer.codebook", "num_codes": M, "dim": D}
+                        source      the checkpoint it came from and its step (information)
+    backbones/<stream>/ a local tokenizer file or directory a backbone names, copied: the weights fingerprint does not
+                        cover the vocabulary, and ``./`` paths in config.json are read relative to the export
+
+The backbones' weights are not copied: a hub id is fetched as in training, a local path must exist where the record
+says (or ``from_pretrained(..., backbones=YAML)`` points elsewhere; the fingerprints are checked all the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+from trainer.backbones import FrozenBackbones, backbones_config_from_dict, load_backbones_config
+from trainer.data.decode import DecodeConfig, decode_audio, decode_video
+from trainer.eval.encode import encode_features, frozen_model, load_pretrained
+from trainer.models.inputs import mask_key
+
+EXPORT_FORMAT = "cmg-trainer-pretrained/1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CODEBOOK_TENSOR = "quantizer.codebook"
+STREAM_INPUT = {"video": "video", "audio": "audio", "text": "caption"}   # batch key of each (trainer/data/collate.py)
+
+# What ``encode`` takes for a video or an audio track: a file path, the file's bytes (mp4; wav/flac for audio), a
+# decoded clip (video (t f h w 3) uint8, audio (t s) float), a batch of decoded clips, or a list of any of these.
+Media = str | os.PathLike | bytes | np.ndarray | Tensor | Sequence[Any]
+
+
+@dataclass
+class Codes:
+    """One modality's encoding of a batch of clips (CPU tensors)."""
+
+    codes: Tensor                 # (b t) int64: the code of each segment (text: each token); -1 past a caption's end
+    quantized: Tensor             # (b t D) the codes' vectors e[codes]
+    semantic: Tensor              # (b t D) the semantic vectors z^m the codes were chosen for
+    mask: Tensor | None = None    # (b t) bool, True = a real token (text); None: every segment is real
+
+
+class CMGModel:
+    """A frozen codebook model and its frozen backbones; build it with ``from_pretrained``."""
+
+    def __init__(self, model: nn.Module, task: str, model_config: dict[str, Any], decode: DecodeConfig,
+                 backbones: FrozenBackbones | None, source: dict[str, Any]):
+        self.model, self.task, self.model_config = model, task, model_config
+        self.decode, self.backbones, self.source = decode, backbones, source
+        self.streams = modality_streams(model, model_config)
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        backbones: str | Path | None = None) -> CMGModel:
+        """The model of an export directory (``save_pretrained``), or of a checkpoint: a run, checkpoints or step
+        directory, or a ``model.pt`` (as ``trainer.eval.encode.load_pretrained`` resolves them).
+
+        ``backbones``: a backbones YAML to load the frozen backbones from instead of the recorded specs (weights
+        moved, or a model trained on feature shards that names none); recorded fingerprints are still enforced.
+        """
+        path, device = Path(path), torch.device(device)
+        if is_export(path):
+            config = read_export_config(path)
+            state = safetensors.torch.load_file(path / WEIGHTS_FILE)
+            model = frozen_model(config["task"], config["model_config"], state, str(path / CONFIG_FILE),
+                                 str(path / WEIGHTS_FILE))
+            task, model_config, records = config["task"], config["model_config"], config["backbones"]
+            decode, source, base_dir = DecodeConfig(**config["decode"]), config["source"], path
+        else:
+            pretrained = load_pretrained(path)
+            task, model_config = pretrained.meta.get("task", "unicode"), pretrained.meta["model_config"]
+            model, (records, decode) = pretrained.model, _training_media(pretrained)
+            source = {"checkpoint": str(pretrained.checkpoint.resolve()), "step": pretrained.step}
+            base_dir = None
+        streams = sorted(set(modality_streams(model, model_config).values()))
+        return cls(model.to(device), task, model_config, decode,
+                   frozen_backbones(records, streams, backbones, base_dir, device), source)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the export directory (module docstring): ``model.safetensors`` and ``config.json``."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {name: t.detach().cpu().contiguous() for name, t in self.model.state_dict().items()}
+        safetensors.torch.save_file(state, out / WEIGHTS_FILE, metadata={"format": EXPORT_FORMAT})
+        records = None if self.backbones is None else _portable(self.backbones.describe(), out)
+        codebook = self.codebook
+        config = {
+            "format": EXPORT_FORMAT, "task": self.task, "model_config": self.model_config,
+            "modalities": {m: {"stream": s} for m, s in self.streams.items()}, "backbones": records,
+            "decode": dataclasses.asdict(self.decode),
+            "codebook": {"tensor": CODEBOOK_TENSOR, "num_codes": codebook.shape[0], "dim": codebook.shape[1]},
+            "source": self.source,
+        }
+        (out / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+        return out
+
+    # ------------------------------------------------------------------ what it is
+    @property
+    def device(self) -> torch.device:
+        return self.model.quantizer.codebook.device
+
+    @property
+    def codebook(self) -> Tensor:
+        """``(M D)`` the shared codebook, on the CPU (``codebook[codes]`` = the codes' vectors)."""
+        return self.model.quantizer.codebook.detach().cpu()
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities ``encode`` gives codes for: those whose data stream has a backbone."""
+        have = set(self.backbones.modalities) if self.backbones is not None else set()
+        return [m for m, stream in self.streams.items() if stream in have]
+
+    def describe(self) -> dict[str, Any]:
+        """What encoded a set of codes: task, source checkpoint and step, backbone fingerprints (JSON-able)."""
+        fingerprints = {} if self.backbones is None else \
+            {s: d["weights_sha256"] for s, d in self.backbones.describe().items()}
+        return {"task": self.task, "source": self.source, "backbones": fingerprints,
+                "decode": dataclasses.asdict(self.decode)}
+
+    # ------------------------------------------------------------------ encoding
+    def _backbones(self) -> FrozenBackbones:
+        if self.backbones is None:
+            raise ValueError("this model names no backbones (trained on feature shards without a record of them): "
+                             "load it with CMGModel.from_pretrained(..., backbones=YAML)")
+        return self.backbones
+
+    def encode(self, video: Media | None = None, audio: Media | None = None, text: str | Sequence[str] | None = None,
+               batch_size: int = 16) -> dict[str, Codes]:
+        """Codes of the clips given per data stream, keyed by model modality (only the modalities whose stream
+        was given). ``batch_size`` clips are decoded and encoded at a time."""
+        given = {s: v for s, v in {"video": video, "audio": audio, "text": text}.items() if v is not None}
+        if not given:
+            raise ValueError("give video=, audio= and/or text= (paths, mp4 bytes, decoded tensors or captions)")
+        unknown = [s for s in given if s not in self.streams.values() or s not in self._backbones().modalities]
+        if unknown:
+            raise ValueError(f"the model encodes no {unknown} (its modalities: {self.modalities})")
+        inputs = {s: _batched(s, v, self.decode) for s, v in given.items()}
+        parts: dict[str, list[Codes]] = {}
+        for stream, clips in inputs.items():
+            for start in range(0, len(clips), batch_size):
+                chunk = {STREAM_INPUT[stream]: clips[start:start + batch_size]}
+                for m, codes in self.encode_batch(chunk).items():
+                    parts.setdefault(m, []).append(codes)
+        return {m: _concat(chunks) for m, chunks in parts.items()}
+
+    @torch.no_grad()
+    def encode_batch(self, batch: Mapping[str, Any]) -> dict[str, Codes]:
+        """Codes of a decoded clip batch (``trainer.data.collate_clips``'s keys: ``video (b t f h w 3)`` uint8,
+        ``audio (b t s)`` float, ``caption`` list of str) for every modality of the model whose stream the batch
+        holds (other keys are ignored)."""
+        streams = [s for s in self._backbones().modalities if STREAM_INPUT[s] in batch]
+        # the encoders of these streams only; each is loaded once per process and shared (trainer.backbones)
+        backbones = FrozenBackbones(self.backbones.config.only(streams), self.backbones.device)
+        features = backbones.encode({STREAM_INPUT[s]: batch[STREAM_INPUT[s]] for s in streams})
+        wanted = [m for m in self.modalities if self.streams[m] in streams]
+        inputs = {m: features[self.streams[m]] for m in wanted}
+        inputs |= {mask_key(m): features[mask_key(self.streams[m])] for m in wanted
+                   if mask_key(self.streams[m]) in features}
+        encoded = encode_features(self.model, inputs, wanted)
+        out = {}
+        for m, e in encoded.items():
+            mask = inputs.get(mask_key(m))
+            codes = e.codes if mask is None else e.codes.masked_fill(~mask, -1)
+            out[m] = Codes(codes.cpu(), e.quantized.cpu(), e.semantic.cpu(), None if mask is None else mask.cpu())
+        return out
+
+
+def modality_streams(model: nn.Module, model_config: Mapping[str, Any]) -> dict[str, str]:
+    """Model modality -> the data stream (video/audio/text) its features come from: the same name, except where
+    a COMET phase trained a stream under another name (``rename``, e.g. video -> image)."""
+    renamed = {name: stream for stream, name in model_config.get("rename", {}).items()}
+    return {m: renamed.get(m, m) for m in model.downstream_modalities}
+
+
+# ---------------------------------------------------------------------- the export format
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is an export directory (its config.json names ``EXPORT_FORMAT``)."""
+    config = Path(path) / CONFIG_FILE
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("format") == EXPORT_FORMAT
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def read_export_config(path: Path) -> dict[str, Any]:
+    """config.json of an export directory, checked for the keys ``from_pretrained`` reads."""
+    config = json.loads((Path(path) / CONFIG_FILE).read_text())
+    missing = [k for k in ("task", "model_config", "backbones", "decode", "source") if k not in config]
+    if missing or not (Path(path) / WEIGHTS_FILE).is_file():
+        raise ValueError(f"{path}: not a complete {EXPORT_FORMAT} export (config.json lacks {missing}, or no "
+                         f"{WEIGHTS_FILE})")
+    return config
+
+
+def _portable(records: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Backbone records with each local tokenizer copied under ``out/backbones/<stream>/`` and named relative
+    to ``out`` (``backbones_config_from_dict`` resolves ``./`` paths against the export when loading it)."""
+    records = json.loads(json.dumps(records))   # a deep copy
+    for stream, record in records.items():
+        tokenizer = record["backbone_config"].get("tokenizer")
+        if not tokenizer or not Path(tokenizer).exists():
+            continue   # none, or a hub id
+        target = out / "backbones" / stream / Path(tokenizer).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if Path(tokenizer).is_dir():
+            shutil.copytree(tokenizer, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(tokenizer, target)
+        record["backbone_config"]["tokenizer"] = "./" + target.relative_to(out).as_posix()
+    return records
+
+
+# ---------------------------------------------------------------------- what a checkpoint's training used
+def _training_media(pretrained: Any) -> tuple[dict[str, Any] | None, DecodeConfig]:
+    """(backbone records, DecodeConfig) of the run that wrote ``pretrained``: the checkpoint's meta.json and the
+    run's config.yaml; for a run on feature shards, what their manifest says the extraction used."""
+    from trainer.data.stream import expand_shard_urls, read_manifest
+    from trainer.job import RESOLVED_CONFIG_FILE, read_run_config
+
+    if not (pretrained.run_dir / RESOLVED_CONFIG_FILE).is_file():
+        print(f"[cmg] {pretrained.run_dir / RESOLVED_CONFIG_FILE} not found: decoding media with the default "
+              "data.decode settings, which may not be the training's", file=sys.stderr)
+    job = read_run_config(pretrained.run_dir)
+    records, decode = pretrained.meta.get("backbones"), job.data.decode
+    if job.data.kind == "features":
+        try:
+            manifest = read_manifest(expand_shard_urls(job.data.urls), job.data.manifest)[1]
+        except ValueError:   # the feature shards are not reachable from here
+            manifest = {}
+        records = records or manifest.get("backbones")
+        decode = DecodeConfig(**manifest["decode"]) if "decode" in manifest else decode
+    return records, decode
+
+
+def frozen_backbones(records: Mapping[str, Any] | None, streams: Sequence[str], yaml: str | Path | None = None,
+                     base_dir: Path | None = None, device: str | torch.device = "cpu") -> FrozenBackbones | None:
+    """The frozen backbones of ``streams`` as ``records`` describe them (a checkpoint's meta.json ``backbones``; their
+    ``./`` paths relative to ``base_dir``), or as the backbones YAML ``yaml`` configures them, refused unless their
+    weights match the recorded fingerprints (``FrozenBackbones.load_state_dict``). None: nothing to build them from."""
+    recorded = {s: r for s, r in (records or {}).items() if s in streams}
+    if yaml is not None:
+        config = load_backbones_config(yaml).only(list(streams))
+    elif recorded:
+        config = backbones_config_from_dict({s: r["backbone_config"] for s, r in recorded.items()}, "backbones",
+                                            base_dir)
+    else:
+        return None
+    backbones = FrozenBackbones(config, device)
+    if recorded:
+        backbones.load_state_dict({"backbones": recorded})
+    return backbones
+
+
+# ---------------------------------------------------------------------- inputs and outputs
+def _batched(stream: str, value: Any, decode: DecodeConfig) -> Tensor | list[str]:
+    """One stream's input as a batch: decoded clips ``(b ...)`` (video uint8, audio float32) or captions."""
+    if stream == "text":
+        return [value] if isinstance(value, str) else list(value)
+    decoder: Callable[[bytes, DecodeConfig, str], np.ndarray] = decode_video if stream == "video" else decode_audio
+    clip_dims = 5 if stream == "video" else 2          # (t f h w 3) | (t s)
+    if isinstance(value, (np.ndarray, Tensor)):
+        clips = torch.as_tensor(value)
+        if clips.ndim not in (clip_dims, clip_dims + 1):
+            raise ValueError(f"{stream}: a decoded clip has {clip_dims} dims and a batch {clip_dims + 1}, got a "
+                             f"tensor of shape {tuple(clips.shape)}")
+        clips = clips.unsqueeze(0) if clips.ndim == clip_dims else clips
+    else:
+        items = [value] if isinstance(value, (str, os.PathLike, bytes, bytearray)) else list(value)
+        decoded = []
+        for item in items:
+            if isinstance(item, (str, os.PathLike)):
+                item = decoder(Path(item).read_bytes(), decode, str(item))
+            elif isinstance(item, (bytes, bytearray)):
+                item = decoder(bytes(item), decode, f"{stream} bytes")
+            decoded.append(torch.as_tensor(np.asarray(item)))
+        clips = torch.stack(decoded)
+    return clips if stream == "video" else clips.float()
+
+
+def _concat(parts: list[Codes]) -> Codes:
+    """Batches of one modality, in order; text tokens padded to the longest (code -1, zero vectors, mask False)."""
+    if len(parts) == 1:
+        return parts[0]
+    longest = max(p.codes.shape[1] for p in parts)
+
+    def cat(name: str, fill: float) -> Tensor:
+        tensors = [getattr(p, name) for p in parts]
+        padded = [torch.nn.functional.pad(t.to(torch.float32 if t.dtype == torch.bool else t.dtype),
+                                          (0, 0) * (t.ndim - 2) + (0, longest - t.shape[1]), value=fill)
+                  for t in tensors]
+        return torch.cat(padded).to(tensors[0].dtype)
+
+    masked = parts[0].mask is not None
+    return Codes(cat("codes", -1), cat("quantized", 0.0), cat("semantic", 0.0), cat("mask", 0.0) if masked else None)

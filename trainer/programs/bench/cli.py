@@ -1,0 +1,144 @@
+"""The command lines of the benchmarks (``cmg bench <name>``, ``python -m trainer.programs.bench.<name>``), built
+without importing them: their modules import torch, and ``--help`` must answer at once (trainer/cli.py). Each
+benchmark parses its arguments with its parser here; the defaults and names that live in the benchmarks' code are
+read from its source (``trainer.config_doc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from trainer.cli import HelpFormatter
+from trainer.config_doc import config_defaults, constant, dict_keys, module_docstring
+
+BENCH = "trainer.programs.bench"
+
+
+def _parser(name: str, whole_doc: bool = False) -> argparse.ArgumentParser:
+    doc = module_docstring(f"{BENCH}.{name}")
+    return argparse.ArgumentParser(prog=f"python -m {BENCH}.{name}", formatter_class=HelpFormatter,
+                                   description=doc if whole_doc else doc.split("\n\n")[0])
+
+
+def backbones_parser() -> argparse.ArgumentParser:
+    p = _parser("backbones")
+    p.add_argument("--configs", default="tiny,tiny-alt,base-random", help="backbone YAML names, comma-separated")
+    p.add_argument("--clips", type=int, default=8, help="clips synthesised and decoded")
+    p.add_argument("--batch", type=int, default=4, help="clips per backbone forward")
+    p.add_argument("--repeats", type=int, default=3, help="timed forwards per backbone (median)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    return p
+
+
+def continual_parser() -> argparse.ArgumentParser:
+    d = config_defaults(f"{BENCH}.continual", "ContinualConfig")
+    p = _parser("continual")
+    p.add_argument("--steps", type=int, default=d.train.steps, help="training steps per phase")
+    p.add_argument("--world", default="default",
+                   help=f"the synthetic world, one of {list(constant(f'{BENCH}.synthetic_features', 'WORLDS'))}")
+    p.add_argument("--methods", default="dcid,comet",
+                   help=f"comma list of {list(constant(f'{BENCH}.continual', 'METHODS'))}")
+    p.add_argument("--order", default="vt,at,it",
+                   help=f"phases, comma list of {list(constant(f'{BENCH}.continual', 'PAIR_NAMES'))}")
+    p.add_argument("--jobs", type=int, default=2, help="methods trained at the same time (processes)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per method process")
+    p.add_argument("--probe-epochs", type=int, default=config_defaults("trainer.eval.probes", "ProbeConfig").epochs)
+    p.add_argument("--seeds", default="0",
+                   help="comma list of seeds (model init, batch order, probes); targets are checked on the mean")
+    p.add_argument("--new-codes", type=int, default=d.new_codes, help="K2 per later phase (COMET)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of every phase's COMETConfig (repeatable), e.g. --set loss.ewc=10")
+    p.add_argument("--json", default=None, help="also write all results to this JSON file")
+    p.add_argument("--mlflow", default=None, metavar="DIR",
+                   help="also log every phase's evaluation to MLflow (sqlite store DIR/mlflow.db, a run per method)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def core_parser() -> argparse.ArgumentParser:
+    configs = list(constant(f"{BENCH}.core", "CONFIGS"))
+    p = _parser("core", whole_doc=True)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--configs", default=",".join(configs), help=f"comma list of {configs}")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def e2e_parser() -> argparse.ArgumentParser:
+    p = _parser("e2e")
+    p.add_argument("--seeds", default="0,1", help="comma list of seeds (clips, model init, batch order)")
+    demo = config_defaults("trainer.programs.demo", "DemoConfig")
+    p.add_argument("--classes", type=int, default=demo.pretrain.classes, help="event classes of the world")
+    p.add_argument("--processes", default="1,2", help="comma list of process counts")
+    p.add_argument("--rows", default="full,baseline", help=f"comma list of {list(constant(f'{BENCH}.e2e', 'ROWS'))}")
+    p.add_argument("--data-dir", default="e2e_data", help="synthetic corpora (kept and reused)")
+    p.add_argument("--runs", default="runs/e2e", help="run directories (replaced)")
+    p.add_argument("--json", default=None, help="also write all results to this JSON file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="job config overrides for every run")
+    return p
+
+
+def fidelity_parser() -> argparse.ArgumentParser:
+    d = config_defaults(f"{BENCH}.jobs", "PretrainConfig")
+    worlds = list(constant(f"{BENCH}.synthetic_features", "WORLDS"))
+    p = _parser("fidelity")
+    p.add_argument("--steps", type=int, default=d.steps, help="pretraining steps per row")
+    p.add_argument("--rows", default="", help=f"comma list of groups {dict_keys(f'{BENCH}.fidelity', 'ROW_GROUPS')} "
+                   f"and rows {list(constant(f'{BENCH}.fidelity', 'ROWS'))} (default: all; with --worlds: claims)")
+    p.add_argument("--worlds", default="", help=f"sweep: comma list of {worlds} or 'all'; every claim "
+                   "per world and on the mean, the continual methods included")
+    p.add_argument("--continual-steps", type=int, default=800, help="steps per continual phase (--worlds)")
+    p.add_argument("--no-continual", action="store_true", help="sweep without the continual methods")
+    p.add_argument("--club-lr", type=float, default=d.club_lr,
+                   help="CLUB estimators' learning rate (default 0: the pretraining lr, as in the paper)")
+    p.add_argument("--jobs", type=int, default=2, help="pretrainings run at the same time (processes)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per pretraining process")
+    p.add_argument("--probe-epochs", type=int, default=config_defaults("trainer.eval.probes", "ProbeConfig").epochs)
+    p.add_argument("--seeds", default="0", help="comma list of seeds (model init, batch order, probe); "
+                   "the tables show the mean and ± half range")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of every row's model config (repeatable), e.g. --set loss.mi=1.0")
+    p.add_argument("--runs", default="", help="keep every pretraining's run directory (checkpoint, "
+                   "metrics.jsonl) under this directory (default: a temporary one, removed)")
+    p.add_argument("--mlflow", default="", metavar="DIR", help="also log every pretraining to MLflow "
+                   "(sqlite store DIR/mlflow.db)")
+    p.add_argument("--json", default=None, help="also write all results to this JSON file")
+    p.add_argument("--world", default="default", help=argparse.SUPPRESS)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def quantizer_timing_parser() -> argparse.ArgumentParser:
+    p = _parser("quantizer_timing", whole_doc=True)
+    p.add_argument("--batch", type=int, default=80)
+    p.add_argument("--segments", type=int, default=10)
+    p.add_argument("--codes", type=int, default=400)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--modalities", default="audio,video")
+    p.add_argument("--repeats", type=int, default=60)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    return p
+
+
+def scaling_parser() -> argparse.ArgumentParser:
+    p = _parser("scaling")
+    p.add_argument("--ranks", default="1,2", help="process counts to compare, comma-separated (first: baseline)")
+    p.add_argument("--negatives", default="global,local",
+                   help="model.negatives values to compare, comma-separated (global, local)")
+    p.add_argument("--config", default=constant(f"{BENCH}.scaling", "DEFAULT_JOB_CONFIG"),
+                   help="experiment YAML, relative to the repo root, whose model and optim sections are used")
+    p.add_argument("--batch", type=int, default=0, help="clips per rank per step (0: the config's data.batch_size)")
+    p.add_argument("--steps", type=int, default=16, help="optimizer steps per launch")
+    p.add_argument("--log-every", type=int, default=4, help="log window; the first window is the warm-up")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank (OMP_NUM_THREADS)")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
+    p.add_argument("--clips", type=int, default=160, help="synthetic clips in the feature shards")
+    p.add_argument("--accelerate-config", default=constant(f"{BENCH}.scaling", "DEFAULT_ACCELERATE_CONFIG"),
+                   help="accelerate YAML, relative to the repo root (GPU: launch/accelerate/gpu_zero2.yaml)")
+    p.add_argument("--no-collectives", action="store_true", help="skip the instrumented launch (Table 2)")
+    p.add_argument("--probe-repeats", type=int, default=20, help="timed lone repeats of each step all_reduce")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per launch")
+    p.add_argument("--workdir", default="", help="keep shards and run dirs here (default: a temp dir, removed)")
+    return p
