@@ -13,11 +13,17 @@ Columns: median milliseconds per phase over ``--steps`` steps after ``--warmup``
 after the model and inputs are built, so it is the training step's high-water mark) and the RSS before
 the steps; the quantizer-step / bare-nearest-neighbour ratio from ``trainer.programs.bench.quantizer_timing``,
 measured in the same process right after the steps (target <= 2.0).
+
+Achieved FLOP/s: the FLOPs of one step (forward, every loss term and the CLUB inner updates, backward;
+``torch.utils.flop_counter.FlopCounterMode`` on one extra, untimed step) divided by the median step time, and
+its ratio to what a large fp32 matmul (2048³, ``--matmul-size``) reaches in the same process right after the
+steps: how close the step comes to the machine's own matmul speed (issue target >= 0.6).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -49,7 +55,31 @@ def _paper_features(modalities: tuple[str, ...], generator: torch.Generator) -> 
     return {m: torch.randn(shapes[m], generator=generator) for m in modalities}
 
 
-def run_one(name: str, steps: int, warmup: int) -> dict:
+def counted_flops(fn) -> int:
+    """FLOPs of ``fn()`` as torch's FLOP counter counts them (matmuls, convolutions, attention; forward and any
+    backward run inside ``fn``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a ``size``³ fp32 matmul in this process (best of ``repeats``, after one warm-up)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * size ** 3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048) -> dict:
     """Build the configuration ``name``, time ``warmup + steps`` training steps and the quantizer ratio."""
     from trainer.programs.bench.quantizer_timing import time_quantizer_step
     from trainer.models.unicode import UniCodeConfig
@@ -84,6 +114,14 @@ def run_one(name: str, steps: int, warmup: int) -> dict:
                 phases[key].append(value * 1e3)
     peak_kib = _status_kib("VmHWM")
 
+    def one_step() -> None:
+        loss, _ = task.compute_loss(batches[0], warmup + steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+    step_flops = counted_flops(one_step)   # untimed; the optimizer does not step, the next timing does not follow
+    matmul = matmul_flops_per_s(matmul_size)
+
     timing = time_quantizer_step(BATCH, SEGMENTS, task.cfg.quantizer.num_codes, task.cfg.quantizer.dim,
                                  modalities, task.cfg.quantizer)
     return {
@@ -97,6 +135,9 @@ def run_one(name: str, steps: int, warmup: int) -> dict:
         "nearest_neighbour_ms": timing.nearest_neighbour_ms,
         "ratio": timing.ratio,
         "resets_last_step": int(last_stats["codebook/resets"]),
+        "step_gflop": step_flops / 1e9,
+        "step_gflops": step_flops / 1e9 / (statistics.median(phases["step"]) / 1e3),
+        "matmul_gflops": matmul / 1e9,
         "threads": torch.get_num_threads(),
     }
 
@@ -107,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(run_one(args.child, args.steps, args.warmup)))
+        print(json.dumps(run_one(args.child, args.steps, args.warmup, args.matmul_size)))
         return
 
     names = args.configs.split(",")
@@ -117,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in names:
         cmd = [sys.executable, "-m", "trainer.programs.bench.core", "--child", name, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--threads", str(args.threads)]
+               "--warmup", str(args.warmup), "--threads", str(args.threads), "--matmul-size", str(args.matmul_size)]
         rows.append(run_json_child(cmd, f"benchmark child '{name}'"))
 
     print(f"Uni-Code training step, B={BATCH} T={SEGMENTS} M=400 D=256, audio 128, video 7x7x512, "
@@ -136,6 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     print("fwd+loss includes the 5 CLUB inner updates; ema+reset = after_optimizer_step_ (MM-EMA, usage, reset);"
           " rss = before the steps, peak = VmHWM during them;\nratio = quantizer step (quantize + accumulate_ +"
           " step_) / bare nearest-neighbour matmul+argmin, same shapes and process (target <= 2.0).")
+    print(f"\nAchieved FLOP/s (torch's FLOP counter on one untimed step / median step time) against a "
+          f"{args.matmul_size}³ fp32 matmul in the same process (target >= 0.6); load average {os.getloadavg()[0]:.2f}")
+    header = f"{'config':<12}{'GFLOP/step':>11}{'step GFLOP/s':>13}{'matmul GFLOP/s':>15}{'ratio':>7}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['name']:<12}{r['step_gflop']:>11.1f}{r['step_gflops']:>13.1f}{r['matmul_gflops']:>15.1f}"
+              f"{r['step_gflops'] / r['matmul_gflops']:>7.2f}")
 
 
 if __name__ == "__main__":
