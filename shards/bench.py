@@ -10,6 +10,17 @@ native size + all audio resampled to 16 kHz mono), and the ClipStream end to end
 decode, collate, DataLoader transfer) with ``--workers`` processes. Each figure is the median of
 ``--repeats`` interleaved rounds; the ratio column divides by the PyAV row, so the table means something
 on any machine.
+
+A second table sets the decoders' supply against what training consumes, per workload (``--workloads``):
+``demo`` (launch/configs/demo.yaml: its decode settings, tiny backbones and model, clips like ``make demo``'s) and
+``paper`` (launch/configs/paper/av_vggsound24k.yaml's model and batch at the seeds' feature shapes, clips decoded as
+launch/configs/backbones/paper.yaml says, AVE's 16 frames per second at 224 px, from 25 fps 224 px sources).
+Demand = the job's per-rank batch / the main process's time per step: the training step (forward, every loss term,
+backward, AdamW, the codebook update; all torch threads, median of ``--steps`` after one warm-up) plus, for clip
+shards, the frozen backbones on the decoded batch (they run in the training process). Supply = ``decode_sample``
+clips/s on one core (one DataLoader worker), and a full PyAV decode of the same clips for reference. Their
+quotient is the number of decoding cores one training process needs. The paper's backbones are not in its demand:
+VGG-19 and VGGish run once, offline, in ``shards.extract`` (their cost: ``trainer.programs.bench.backbones``).
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -32,8 +43,15 @@ import webdataset as wds
 
 from shards.synth import SynthConfig, synthesise
 from shards.write import write_shards
+from trainer.backbones.frozen import FrozenBackbones
+from trainer.config import load_config
 from trainer.data import ClipStream, DataConfig, DecodeConfig, decode_sample
+from trainer.data.collate import collate_clips
 from trainer.data.decode import decode_audio, decode_video
+from trainer.job import JobConfig, job_backbones, resolve_job
+from trainer.tasks import task_spec
+
+REPO = Path(__file__).resolve().parent.parent
 
 PYAV_ROW = "PyAV full decode (all frames + audio)"
 
@@ -66,6 +84,103 @@ def _median_rates(n: int, rows: dict[str, Callable[[], None]], repeats: int) -> 
     return {name: n / statistics.median(t) for name, t in times.items()}
 
 
+@dataclass(frozen=True)
+class Workload:
+    """A training setup whose data supply and demand ``supply_and_demand`` measures."""
+
+    job_config: Path                   # the job YAML: model, per-rank batch, decode settings, backbones
+    source: SynthConfig                # clips like the ones the setup decodes
+    decode: DecodeConfig | None        # None: the job's data.decode
+    feature_shapes: dict[str, tuple[int, ...]] | None   # per-segment feature shapes; None: the job's backbones'
+
+
+WORKLOADS = {
+    "demo": Workload(REPO / "launch/configs/demo.yaml",
+                     SynthConfig(num_clips=16, classes=5, seconds=10, size=64, seed=0), None, None),
+    "paper": Workload(REPO / "launch/configs/paper/av_vggsound24k.yaml",
+                      SynthConfig(num_clips=6, classes=5, seconds=10, fps=25, size=224, seed=0),
+                      DecodeConfig(seconds=10, frames_per_segment=16, frame_size=224),
+                      {"audio": (128,), "video": (49, 512)}),
+}
+
+
+def _median_seconds(work: Callable[[], object], repeats: int) -> float:
+    work()                                                     # warm-up (allocations, first-call paths)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_demand(job: JobConfig, feature_shapes: dict[str, tuple[int, ...]], segments: int, steps: int) -> float:
+    """Seconds of one training step of ``job``'s task and model on a per-rank batch of random features: forward,
+    every loss term, backward, AdamW step and ``after_optimizer_step_``, in this process, one process."""
+    torch.manual_seed(0)
+    task = task_spec(job.task).task(resolve_job(job, feature_shapes).model)
+    optimizer = torch.optim.AdamW(task.model.parameters(), lr=job.optim.lr)
+    generator = torch.Generator().manual_seed(0)
+    features = {m: torch.randn(job.data.batch_size, segments, *shape, generator=generator)
+                for m, shape in feature_shapes.items()}
+    counter = iter(range(1 << 30))
+
+    def step() -> None:
+        loss, _ = task.compute_loss(features, next(counter))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        task.after_optimizer_step_()
+
+    return _median_seconds(step, steps)
+
+
+def supply_and_demand(name: str, workload: Workload, tmp: Path, steps: int, threads: int) -> dict:
+    """One row of the supply/demand table (see the module docstring)."""
+    job = load_config(JobConfig, workload.job_config)
+    decode_cfg = workload.decode or job.data.decode
+    clips = tmp / f"{name}-clips"
+    synthesise(workload.source, clips, progress=False)
+    manifest = write_shards(clips, f"{tmp}/{name}-shards/train-%06d.tar", max_count=workload.source.num_clips,
+                            progress=False)
+    urls = [f"{tmp}/{name}-shards/{Path(s['name']).name}" for s in manifest["shards"]]
+    samples = list(wds.tarfile_to_samples()(iter([{"url": u} for u in urls])))
+    torch.set_num_threads(1)                                   # supply: one DataLoader worker's core
+    decode_s = _median_seconds(lambda: [decode_sample(s, decode_cfg) for s in samples], 2) / len(samples)
+    pyav_s = _median_seconds(lambda: [pyav_full_decode(s["mp4"], decode_cfg.sample_rate) for s in samples],
+                             2) / len(samples)
+    torch.set_num_threads(threads)                             # demand: the training process, all its threads
+    backbones_s = 0.0
+    shapes = workload.feature_shapes
+    if shapes is None:                                         # clip shards: the backbones run in the trainer
+        backbones = FrozenBackbones(job_backbones(job), "cpu")
+        shapes = backbones.feature_shapes()
+        decoded = [decode_sample(samples[i % len(samples)], decode_cfg) for i in range(job.data.batch_size)]
+        batch = collate_clips(decoded, [False] * len(decoded))
+        backbones_s = _median_seconds(lambda: backbones.encode(batch), steps)
+    step_s = training_demand(job, shapes, decode_cfg.seconds, steps)
+    demand = job.data.batch_size / (step_s + backbones_s)
+    return {"name": name, "batch": job.data.batch_size, "step_s": step_s, "backbones_s": backbones_s,
+            "demand": demand, "decode": 1 / decode_s, "pyav": 1 / pyav_s, "cores": demand * decode_s,
+            "decode_cfg": decode_cfg, "source": workload.source}
+
+
+def print_supply_and_demand(rows: list[dict], threads: int) -> None:
+    print(f"\nSupply and demand: clips/s one training process consumes (per-rank batch / main-process time per step, "
+          f"{threads} torch threads) vs clips/s one core decodes")
+    print(f"| {'workload':8s} | {'source clips':>18s} | {'decode T x F @ px':>17s} | {'batch':>5s} | {'step s':>7s} | "
+          f"{'backbones s':>11s} | {'consumes':>8s} | {'decode/core':>11s} | {'PyAV/core':>9s} | {'cores':>5s} |")
+    print("|" + "|".join("-" * width for width in (10, 20, 19, 7, 9, 13, 10, 13, 11, 7)) + "|")
+    for r in rows:
+        src, dec = r["source"], r["decode_cfg"]
+        print(f"| {r['name']:8s} | {f'{src.seconds} s {src.fps} fps {src.size} px':>18s} | "
+              f"{f'{dec.seconds} x {dec.frames_per_segment} @ {dec.frame_size}':>17s} | {r['batch']:5d} | "
+              f"{r['step_s']:7.3f} | {r['backbones_s']:11.3f} | {r['demand']:8.1f} | {r['decode']:11.1f} | "
+              f"{r['pyav']:9.1f} | {r['cores']:5.2f} |")
+    print("consumes = clips/s; cores = decoding cores (decode_sample, one per DataLoader worker) one training process "
+          "needs to never wait for data")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m shards.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=48)
@@ -74,7 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the end-to-end row")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workloads", default=",".join(WORKLOADS),
+                   help=f"comma list of {list(WORKLOADS)} for the supply/demand table ('' = none)")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per workload (after one warm-up)")
     a = p.parse_args(argv)
+    workloads = [w for w in a.workloads.split(",") if w]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        p.error(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     decode_cfg = replace(DecodeConfig(), seconds=a.seconds)
     with tempfile.TemporaryDirectory(prefix="cmg-bench-") as tmp:
@@ -112,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     per_worker = rates[stream_name] / max(1, a.workers)
     print(f"ClipStream per worker: {per_worker:.1f} clips/s ({per_worker / reference:.2f}x PyAV full decode), "
           f"{len(os.sched_getaffinity(0))} usable cores")
+    if workloads:
+        with tempfile.TemporaryDirectory(prefix="cmg-bench-") as tmp:
+            rows = [supply_and_demand(w, WORKLOADS[w], Path(tmp), a.steps, threads) for w in workloads]
+        print_supply_and_demand(rows, threads)
     return 0
 
 

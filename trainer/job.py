@@ -63,6 +63,9 @@ class RunConfig:
     # a probe metric (eval.every; e.g. eval/accuracy_cross_mean, higher is better): its best checkpoint is kept
     # apart from keep-last pruning and named in <run.dir>/checkpoints/best.json ("" = off)
     keep_best: str = ""
+    # torch.compile the task's forward and loss terms (CodebookTask.compile_). Off by default: on the 2-core CPU at
+    # the paper's shapes the compiled step was slower than eager's chunked spatial paths (README, Performance)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "grad_accum", "ckpt_every", "keep_last"):

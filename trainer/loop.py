@@ -146,6 +146,8 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     model, optimizer = accelerator.prepare(task.model, optimizer)
     task.attach_engine_(model)
+    if cfg.run.compile:
+        task.compile_()
     engine = TrainEngine(accelerator, model, optimizer, scheduler, task.model, cfg.optim.grad_clip)
     torch.manual_seed(cfg.run.seed + 1 + rank)
 

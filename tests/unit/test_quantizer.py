@@ -338,9 +338,11 @@ def test_exactly_one_all_reduce_per_step_and_gather_only_at_init():
 
 
 @pytest.mark.parametrize("ema_mode", ["joint", "sequential", "plain"])
-def test_training_step_never_reads_a_tensor_back_to_the_host(ema_mode):
+def test_training_step_never_reads_a_tensor_back_to_the_host(ema_mode, monkeypatch):
     # .item(), bool(tensor), .tolist() and value-tensor masked_fill_ all go through
-    # aten::_local_scalar_dense; on an accelerator each would be a device sync.
+    # aten::_local_scalar_dense; on an accelerator each would be a device sync. The step as it runs on an
+    # accelerator (on a CPU, reset_dead_codes_ skips its update when nothing is dead, a free host read).
+    monkeypatch.setattr(MMEMAQuantizer, "_host_reads_are_free", property(lambda self: False))
     q = make(num_codes=16, dim=8, reset_steps=1, ema_mode=ema_mode)
     gen = torch.Generator().manual_seed(0)
     batches = [{m: torch.randn(2, 3, 8, generator=gen) for m in AV} for _ in range(3)]
@@ -517,3 +519,36 @@ def test_adopt_across_phases_keeps_codebook_and_remaps_usage_clocks_by_name():
     with pytest.raises(ValueError, match="num_codes/dim differ"):
         MMEMAQuantizer(QuantizerConfig(num_codes=8, dim=2), ["video", "text"]).adopt_(old.state_dict(),
                                                                                       ["audio", "video"])
+
+
+def test_cpu_skip_of_an_empty_reset_matches_the_branch_free_update_bit_for_bit(monkeypatch):
+    # With reset_steps=2 some steps reset codes and most do not; the shortcut (no code dead: skip the update, still
+    # draw) and the accelerator's branch-free update must leave every buffer and the generator identical.
+    gen = torch.Generator().manual_seed(1)
+    batches = [{m: torch.randn(3, 4, 8, generator=gen) for m in AV} for _ in range(12)]
+
+    def run(host_reads_free: bool) -> tuple[dict, list[dict]]:
+        monkeypatch.setattr(MMEMAQuantizer, "_host_reads_are_free", property(lambda self: host_reads_free))
+        q = make(num_codes=16, dim=8, reset_steps=2)
+        stats = _run_steps(q, batches)
+        return {**q.state_dict(), "rng": q.reset_rng_state}, stats
+
+    fast, fast_stats = run(True)
+    plain, plain_stats = run(False)
+    resets = [int(s["resets"]) for s in plain_stats]
+    assert 0 in resets and any(resets)                                # both kinds of step happened
+    assert resets == [int(s["resets"]) for s in fast_stats]
+    assert fast.keys() == plain.keys()
+    assert all(torch.equal(fast[k], plain[k]) for k in fast)
+
+
+@pytest.mark.parametrize("r_source", ["cross_attention", "paired"])
+@pytest.mark.parametrize("modalities", [AV, ("audio", "video", "text")])
+def test_ema_targets_are_half_of_z_plus_the_partner_view(r_source, modalities):
+    q = make(modalities, r_source=r_source, dim=8)
+    gen = torch.Generator().manual_seed(0)
+    semantic = {m: torch.randn(2, 5, 8, generator=gen, dtype=torch.float64) for m in modalities}
+    r = q.partner_view(semantic)
+    targets = q._ema_targets(semantic)
+    expected = torch.cat([((semantic[m] + r[m]) / 2).reshape(-1, 8) for m in modalities])
+    torch.testing.assert_close(targets, expected, rtol=1e-12, atol=1e-12)

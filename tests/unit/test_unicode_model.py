@@ -181,13 +181,15 @@ def test_spatial_gate_and_pool_hand_cases():
     gate = ChannelGate(6, reduction=2)
     torch.nn.init.zeros_(gate.excite[2].weight)
     torch.nn.init.zeros_(gate.excite[2].bias)                # sigmoid(0) = 1/2 on every channel
-    assert torch.allclose(gate(x), x / 2)
+    assert torch.allclose(gate(x), torch.full((1, 1, 6), 0.5))
     pool = AttentionPool(6, hidden=3)
     torch.nn.init.zeros_(pool.score[2].weight)               # equal scores -> the mean over patches
-    assert torch.allclose(pool(x), x.mean(dim=2))
+    ones = torch.ones(1, 1, 6)
+    assert torch.allclose(pool(x, ones), x.mean(dim=2))
+    assert torch.allclose(pool(x, gate(x)), x.mean(dim=2) / 2)   # the gated map x · 1/2
     with torch.no_grad():
         pool.score[2].bias.fill_(7.0)                        # a constant shift leaves softmax unchanged
-    assert torch.allclose(pool(x), x.mean(dim=2))
+    assert torch.allclose(pool(x, ones), x.mean(dim=2))
 
 
 def test_sinusoidal_table_values():

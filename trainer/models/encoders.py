@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from trainer.models.spatial import gated_attention_pool, patch_decode
+
 
 @dataclass
 class EncoderConfig:
@@ -47,7 +49,8 @@ class EncoderConfig:
 
 
 class ChannelGate(nn.Module):
-    """Squeeze-and-excitation over channels: x · sigmoid(W2 relu(W1 mean_p x)). ``(b t p c)`` -> same."""
+    """Squeeze-and-excitation over channels: the gates sigmoid(W2 relu(W1 mean_p x)), ``(b t p c)`` -> ``(b t c)``;
+    the gated map is x · gates (formed chunk by chunk inside ``AttentionPool``)."""
 
     def __init__(self, channels: int, reduction: int):
         super().__init__()
@@ -55,19 +58,22 @@ class ChannelGate(nn.Module):
         self.excite = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels), nn.Sigmoid())
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.excite(x.mean(dim=-2, keepdim=True))
+        return self.excite(x.mean(dim=-2))
 
 
 class AttentionPool(nn.Module):
-    """Spatial attention pooling: Σ_p softmax_p(w·tanh(W x_p)) x_p. ``(b t p c)`` -> ``(b t c)``."""
+    """Spatial attention pooling of the gated map u = x · gates: Σ_p softmax_p(w·tanh(W u_p)) u_p.
+    ``x`` ``(b t p c)`` (a frozen feature), ``gates`` ``(b t c)`` -> ``(b t c)`` (``trainer.models.spatial``)."""
 
     def __init__(self, channels: int, hidden: int):
         super().__init__()
         self.score = nn.Sequential(nn.Linear(channels, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
-    def forward(self, x: Tensor) -> Tensor:
-        weights = torch.softmax(self.score(x), dim=-2)  # (b t p 1)
-        return (weights * x).sum(dim=-2)
+    def forward(self, x: Tensor, gates: Tensor) -> Tensor:
+        first, _, last = self.score
+        pooled = gated_attention_pool(x.flatten(0, -3), gates.flatten(0, -2),
+                                      first.weight, first.bias, last.weight, last.bias)
+        return pooled.view(*x.shape[:-2], x.shape[-1])
 
 
 def sinusoidal_table(length: int, dim: int) -> Tensor:
@@ -103,7 +109,7 @@ class SemanticEncoder(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.spatial:
-            x = self.pool(self.gate(x))
+            x = self.pool(x, self.gate(x))
         h = self.project(x)
         if self.positional != "none":
             if h.shape[1] > self.position_table.shape[0]:
@@ -146,6 +152,7 @@ class Decoder(nn.Module):
 
     def forward(self, quantized: Tensor, specific: Tensor) -> Tensor:
         h = self.hidden(torch.cat([quantized, specific], dim=-1))  # (b t h)
-        if self.patch_embedding is not None:
-            h = h.unsqueeze(-2) + self.patch_embedding  # (b t p h): one query per patch position
+        if self.patch_embedding is not None:   # one query per patch position: relu(h + embedding_p), decoded
+            decoded = patch_decode(h.flatten(0, -2), self.patch_embedding, self.out.weight, self.out.bias)
+            return decoded.view(*h.shape[:-1], *decoded.shape[1:])
         return self.out(torch.relu(h))

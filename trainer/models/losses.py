@@ -14,15 +14,43 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.models.spatial import plain_required
+
 
 def reconstruction_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
     """MSE between the decoder output and the frozen backbone feature (never a trainable tensor).
 
-    ``reconstruction``, ``target``: identical shapes, e.g. ``(b t d)`` or ``(b t h w c)``.
+    ``reconstruction``, ``target``: identical shapes, e.g. ``(b t d)`` or ``(b t h w c)``. Same value and gradient
+    as ``F.mse_loss(reconstruction, target)``; the forward sums the squares chunk by chunk instead of writing the
+    whole squared difference to memory first (a 7×7×512 video map per segment is 80 MB per batch at the paper's
+    shapes, and a fresh tensor that size costs more than the arithmetic on it).
     """
     if reconstruction.shape != target.shape:
         raise ValueError(f"reconstruction shape {tuple(reconstruction.shape)} != target {tuple(target.shape)}")
-    return F.mse_loss(reconstruction, target.detach())
+    if plain_required(reconstruction, target):      # vmap / grad (COMET's per-clip Fisher), torch.compile
+        return F.mse_loss(reconstruction, target.detach())
+    return _MeanSquaredError.apply(reconstruction, target.detach())
+
+
+class _MeanSquaredError(torch.autograd.Function):
+    CHUNK = 1 << 18   # elements per chunk of the forward's running sum (1 MiB in fp32)
+
+    @staticmethod
+    def forward(ctx, prediction: Tensor, target: Tensor) -> Tensor:
+        flat_prediction, flat_target = prediction.reshape(-1), target.reshape(-1)
+        total = prediction.new_zeros((), dtype=torch.float64 if prediction.dtype == torch.float64 else torch.float32)
+        buffer = prediction.new_empty(min(_MeanSquaredError.CHUNK, flat_prediction.numel()))
+        for start in range(0, flat_prediction.numel(), _MeanSquaredError.CHUNK):
+            end = min(start + _MeanSquaredError.CHUNK, flat_prediction.numel())
+            difference = torch.sub(flat_prediction[start:end], flat_target[start:end], out=buffer[: end - start])
+            total += torch.dot(difference, difference).to(total.dtype)
+        ctx.save_for_backward(prediction, target)
+        return (total / prediction.numel()).to(prediction.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        prediction, target = ctx.saved_tensors
+        return torch.sub(prediction, target).mul_(grad * (2.0 / prediction.numel())), None
 
 
 def commitment_losses(

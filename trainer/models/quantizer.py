@@ -168,6 +168,11 @@ class MMEMAQuantizer(nn.Module):
         """The reset generator's state (uint8, CPU); saved in ``state_dict`` as ``_extra_state``."""
         return self._generator.get_state()
 
+    @property
+    def _host_reads_are_free(self) -> bool:
+        """Whether reading a buffer's value on the host costs nothing (CPU) or a device sync (accelerators)."""
+        return self.codebook.device.type == "cpu"
+
     def _require_fp32(self) -> None:
         # A module-wide cast (module.bfloat16(), e.g. by a bf16 engine) would also cast these buffers.
         if self.codebook.dtype != torch.float32 or self.stats_accumulator.dtype != torch.float32:
@@ -200,7 +205,7 @@ class MMEMAQuantizer(nn.Module):
     def quantize(self, z: Tensor) -> QuantizeOutput:
         """Nearest code of every vector of ``z (... d)``; no state change (CMG eq. 2, straight-through)."""
         dist = self.distances(z)
-        codes = dist.argmin(-1)
+        codes = dist.min(-1).indices    # = argmin (first minimum on ties), but torch's CPU min(dim) is ~2.5x faster
         codewords = F.embedding(codes, self.codebook).detach()
         quantized = _StraightThrough.apply(z.float(), codewords)
         return QuantizeOutput(quantized=quantized, codes=codes, codewords=codewords, distances=dist)
@@ -212,10 +217,16 @@ class MMEMAQuantizer(nn.Module):
         Sign (Rademacher) noise has unit variance like a Gaussian but costs one 32-bit draw per 32
         entries: drawing ``randn(M, D)`` every step was a third of ``step_``'s time at M=400, D=256.
         """
-        d = self.cfg.dim
-        words = self._draw(torch.randint, 0, 2**32, (rows, -(-d // 32)))
+        return self._signs(self._draw_sign_words(rows))
+
+    def _draw_sign_words(self, rows: int) -> Tensor:
+        """The draw behind ``_sign_noise``: ``(rows ⌈d/32⌉)`` random 32-bit words."""
+        return self._draw(torch.randint, 0, 2**32, (rows, -(-self.cfg.dim // 32)))
+
+    def _signs(self, words: Tensor) -> Tensor:
+        """``(rows d)`` signs ±1, one per bit of ``words``."""
         bits = (words.unsqueeze(-1) >> torch.arange(32, device=words.device)) & 1      # (rows words 32)
-        return bits.view(rows, -1)[:, :d].float().mul_(2.0).sub_(1.0)
+        return bits.view(words.shape[0], -1)[:, : self.cfg.dim].float().mul_(2.0).sub_(1.0)
 
     def _perturbed(self, vectors: Tensor, noise: Tensor) -> Tensor:
         """``vectors (n d)`` plus ``noise (n d)`` scaled to reset_noise × each vector's RMS."""
@@ -236,6 +247,7 @@ class MMEMAQuantizer(nn.Module):
         self.initialized.fill_(True)
         self._known_initialized = True
 
+    @torch.compiler.disable        # once per run, with the seeded generator: eager under run.compile too
     @torch.no_grad()
     def maybe_init_(self, semantic: Mapping[str, Tensor]) -> None:
         """Data-dependent init from the first global training batch; a no-op afterwards and in eval.
@@ -284,6 +296,25 @@ class MMEMAQuantizer(nn.Module):
             if len(set(shapes.values())) != 1:
                 raise ValueError(f"r_source 'paired' needs one (b t d) shape for all modalities, got {shapes}")
 
+    def _partners(self, semantic: Mapping[str, Tensor]) -> dict[str, list[tuple[Tensor | None, Tensor]]]:
+        """For every modality m, one ``(weights, z^n)`` per partner n: r^m's share from n is ``weights @ z^n``
+        (cross_attention; ``weights`` ``(b t_m t_n)``) or z^n itself (paired; ``weights`` None)."""
+        seen: dict[str, list[tuple[Tensor | None, Tensor]]] = {name: [] for name in self.modalities}
+        for i, a in enumerate(self.modalities):
+            for b in self.modalities[i + 1:]:
+                za, zb = semantic[a], semantic[b]
+                if self.cfg.r_source == "paired":
+                    seen[a].append((None, zb))
+                    seen[b].append((None, za))
+                    continue
+                # One score matrix serves both directions: a attends over b's segments (axis 2), b over
+                # a's (axis 1). Both softmaxes run along axis 1 of a view: torch's CPU softmax over a
+                # short last axis (T = 10) is ~3x slower than over a middle one.
+                scores = torch.bmm(za, zb.transpose(1, 2)).mul_(1.0 / math.sqrt(self.cfg.dim))   # (b ta tb)
+                seen[a].append((scores.transpose(1, 2).softmax(1).transpose(1, 2), zb))
+                seen[b].append((scores.softmax(1).transpose(1, 2), za))
+        return seen
+
     def partner_view(self, semantic: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """r^m ``(b t d)`` for every modality m: the partners' information as seen from m (CMG §4.3).
 
@@ -291,28 +322,39 @@ class MMEMAQuantizer(nn.Module):
         same clip (parameter-free scaled dot-product attention, query z^m, key = value z^n).
         paired: r^m = z^n at the same (clip, segment). With several partners r^m is their mean.
         """
-        seen: dict[str, list[Tensor]] = {name: [] for name in self.modalities}
-        for i, a in enumerate(self.modalities):
-            for b in self.modalities[i + 1:]:
-                za, zb = semantic[a], semantic[b]
-                if self.cfg.r_source == "paired":
-                    seen[a].append(zb)
-                    seen[b].append(za)
-                    continue
-                # One score matrix serves both directions: a attends over b's segments (axis 2), b over
-                # a's (axis 1). Both softmaxes run along axis 1 of a view: torch's CPU softmax over a
-                # short last axis (T = 10) is ~3x slower than over a middle one.
-                scores = torch.bmm(za, zb.transpose(1, 2)).mul_(1.0 / math.sqrt(self.cfg.dim))   # (b ta tb)
-                a_over_b = scores.transpose(1, 2).softmax(1).transpose(1, 2)                   # (b ta tb)
-                seen[a].append(torch.bmm(a_over_b, zb))
-                seen[b].append(torch.bmm(scores.softmax(1).transpose(1, 2), za))
-        return {name: views[0] if len(views) == 1 else torch.stack(views).mean(0) for name, views in seen.items()}
+        views = {name: [zn if w is None else torch.bmm(w, zn) for w, zn in shares]
+                 for name, shares in self._partners(semantic).items()}
+        return {name: v[0] if len(v) == 1 else torch.stack(v).mean(0) for name, v in views.items()}
 
+    def _ema_targets(self, semantic: Mapping[str, Tensor]) -> Tensor:
+        """(z^m + r^m) / 2 (CMG eq. 7's summand) of every modality, its rows stacked in modality order:
+        ``(Σ_m b t_m, d)``; r^m as ``partner_view`` gives it. Each attention share is added inside its product
+        (``baddbmm``), so neither r^m nor the sum is a separate pass, and every modality writes straight into
+        the one tensor that ``accumulate_`` then adds up."""
+        d = self.cfg.dim
+        out = next(iter(semantic.values())).new_empty(sum(z.numel() for z in semantic.values()) // d, d)
+        start = 0
+        for name, shares in self._partners(semantic).items():
+            z = semantic[name]
+            target = out[start:start + z.shape[0] * z.shape[1]].view(z.shape)
+            start += z.shape[0] * z.shape[1]
+            share = 0.5 / len(shares)
+            for i, (weights, zn) in enumerate(shares):
+                base, beta = (z, 0.5) if i == 0 else (target, 1.0)
+                if weights is None:
+                    torch.add(base.mul(beta), zn, alpha=share, out=target)
+                else:
+                    torch.baddbmm(base, weights, zn, beta=beta, alpha=share, out=target)
+        return out
+
+    @torch.compiler.disable        # in-place statistics in views of one flat buffer: eager under run.compile
     @torch.no_grad()
     def accumulate_(self, semantic: Mapping[str, Tensor], codes: Mapping[str, Tensor]) -> None:
         """Add this micro-batch's LOCAL counts n^m ``(m)`` and sums Σ(z^m + r^m)/2 ``(m d)`` (training only).
 
         semantic[m]: ``(b t d)``; codes[m]: ``(b t)`` int64 from ``quantize``. In plain mode the sums are Σ z^m.
+        One ``bincount`` and one ``index_add_`` for all modalities: code k of modality i is row i·M + k of the
+        per-modality statistics.
         """
         if not self.training:
             return
@@ -321,19 +363,20 @@ class MMEMAQuantizer(nn.Module):
             if name not in codes or codes[name].shape != semantic[name].shape[:-1]:
                 got = tuple(codes[name].shape) if name in codes else "missing"
                 raise ValueError(f"codes['{name}'] must be {tuple(semantic[name].shape[:-1])}, got {got}")
+        m, d = self.cfg.num_codes, self.cfg.dim
         with torch.autocast(device_type=self.codebook.device.type, enabled=False):
             z = {name: semantic[name].detach().float() for name in self.modalities}
             if self.cfg.ema_mode == "plain":
-                targets, weight = z, 1.0
+                targets = torch.cat([z[name].reshape(-1, d) for name in self.modalities])
             else:
-                r = self.partner_view(z)
-                targets, weight = {name: z[name] + r[name] for name in self.modalities}, 0.5   # eq. 7: (z + r)/2
+                targets = self._ema_targets(z)                                          # eq. 7: (z + r)/2
             counts, sums = self._accumulated()
-            for i, name in enumerate(self.modalities):
-                idx = codes[name].reshape(-1)
-                counts[i] += torch.bincount(idx, minlength=self.cfg.num_codes)
-                sums[i if self.cfg.ema_mode == "sequential" else 0].index_add_(
-                    0, idx, targets[name].reshape(-1, self.cfg.dim), alpha=weight)
+            per_modality = torch.cat([codes[name].reshape(-1) + i * m for i, name in enumerate(self.modalities)])
+            counts.view(-1).add_(torch.bincount(per_modality, minlength=counts.numel()))
+            if self.cfg.ema_mode == "sequential":
+                sums.view(-1, d).index_add_(0, per_modality, targets)
+            else:
+                sums[0].index_add_(0, torch.cat([codes[name].reshape(-1) for name in self.modalities]), targets)
 
     # ------------------------------------------------------------------ the training-step update
     @torch.no_grad()
@@ -475,7 +518,13 @@ class MMEMAQuantizer(nn.Module):
         stale = (step - self.last_used) >= self.cfg.reset_steps            # (k m)
         dead = stale.any(0) if self.cfg.reset_rule == "all" else stale.all(0)
         uniform = self._draw(torch.rand, m)
-        noise = self._sign_noise(m)
+        words = self._draw_sign_words(m)
+        if self._host_reads_are_free and not bool(dead.any()):
+            # The usual step: nothing to reset, and the update below would change nothing. On a CPU this check
+            # is free (it skips most of step_'s time); on a GPU it would be a host sync, so there every step
+            # runs the branch-free update. The draws above are made either way: the generator stays in step.
+            return dead.sum()
+        noise = self._signs(words)
         # Source of code i = the j-th kept code, j = floor(u_i · n_kept); every code if none is kept.
         candidates = torch.where(dead.all(), torch.ones_like(dead), ~dead)
         rank_of = candidates.cumsum(0)                                       # (m) 1-based rank of each candidate
@@ -500,9 +549,11 @@ class MMEMAQuantizer(nn.Module):
             "codes_used_all": (users == len(self.modalities)).sum(),
             "resets": resets,
         }
+        used_by = used.sum(1)                                                # (k) codes each modality used
+        used_only_by = (used & (users == 1)).sum(1)                          # (k) codes no other modality used
         for i, name in enumerate(self.modalities):
-            stats[f"codes_used_{name}"] = used[i].sum()
-            stats[f"codes_used_only_{name}"] = (used[i] & (users == 1)).sum()
+            stats[f"codes_used_{name}"] = used_by[i]
+            stats[f"codes_used_only_{name}"] = used_only_by[i]
         return stats
 
 

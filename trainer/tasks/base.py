@@ -78,6 +78,7 @@ class Task(Protocol):
 
     def to(self, device: torch.device | str) -> Task: ...
     def attach_engine_(self, module: Callable[[Mapping[str, Tensor]], dict]) -> None: ...
+    def compile_(self) -> None: ...
     def prepare_batch(self, batch: Mapping[str, Any], device: torch.device | str | None = None
                       ) -> dict[str, Tensor]: ...
     def forward(self, features: Mapping[str, Tensor]) -> dict: ...
@@ -175,6 +176,15 @@ class CodebookTask(abc.ABC):
         self.forward_module = module
         self.model.quantizer.float()
 
+    def compile_(self) -> None:
+        """``torch.compile`` the model's forward (in place: the engine keeps calling the same module, and state_dict
+        keys do not change) and ``loss_terms`` (``run.compile``). What must stay eager is marked
+        ``torch.compiler.disable``: the CLUB estimators' inner updates (their own backward and optimiser step) and
+        the in-batch negatives' all-gather. Values equal eager's to float tolerance, and the compiled step keeps
+        the state a checkpoint holds, so resume stays exact (tests/system/test_compile_job.py)."""
+        self.model.compile()
+        self.loss_terms = torch.compile(self.loss_terms)
+
     def to(self, device: torch.device | str) -> CodebookTask:
         """Move model and CLUB estimators (in place, so optimiser references stay valid)."""
         self.model.to(device)
@@ -210,6 +220,7 @@ class CodebookTask(abc.ABC):
         return features
 
     # ------------------------------------------------------------------ in-batch negatives
+    @torch.compiler.disable
     def _negatives_batch(self, groups: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
         """``groups`` (e.g. ``{"semantic": {modality: (b t D)}}``) of the tensors whose rows are in-batch negatives,
         over the batch ``cfg.negatives`` names: as given ("local") or every rank's rows in rank order ("global":
@@ -224,6 +235,7 @@ class CodebookTask(abc.ABC):
         return batch
 
     # ------------------------------------------------------------------ CLUB
+    @torch.compiler.disable
     def _train_estimators_(self, pairs: ClubPairs) -> Tensor:
         """``club.inner_steps`` updates of q_θ maximising Σ_pairs log q_θ(y | x) on detached inputs.
 
@@ -261,10 +273,15 @@ class CodebookTask(abc.ABC):
         return self._mi_upper_bounds(negatives)
 
     # ------------------------------------------------------------------ Cross-CPC
+    @torch.compiler.disable
     def _draw_cpc_time(self, valid: int) -> int:
         """Context end t ~ U{0, …, valid − 1} from the task's CPU generator (host-side: no device sync)."""
         return int(torch.randint(valid, (), generator=self.cpc_generator))
 
+    # Eager under run.compile: the context end t is a new Python int each step, which dynamo turns into a dynamic
+    # shape, and the compiled backward of the t-slices came out wrong (torch 2.13, CPU: the gradient into the
+    # candidate modality's z off by up to 70 %; tests/system/test_compile_job.py). CPC is a small part of a step.
+    @torch.compiler.disable
     def _cpc_terms(self, predictions: Mapping[str, Tensor], semantic: Mapping[str, Tensor],
                    cpc_cfg: CPCConfig) -> tuple[Tensor, dict[tuple[str, str], Tensor]]:
         """Cross-CPC (CMG eq. 6): (the weighted sum over ordered pairs, each pair's loss).

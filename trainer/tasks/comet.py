@@ -101,10 +101,7 @@ class COMETTask(UniCodeTask):
         if use_gate:
             terms["gate"] = gate_balance_loss(list(batch["gates"].values()))
         if "pseudo" in out:
-            t = self._draw_cpc_time(pseudo.sequence.shape[1] - self.model.cpc_steps) if self.model.training else None
-            pairs = pseudo_cpc_losses(batch["cpc_predictions"], batch["semantic"], batch["pseudo"]["cpc_predictions"],
-                                      batch["pseudo"]["sequence"], batch["pseudo"]["weights"], t,
-                                      self.cfg.cpc.normalize_over)
+            pairs = self._pseudo_cpc_terms(batch)
             terms["pm"] = sum(pairs.values())
             metrics.update({f"pm_{a}2{n}": v for (a, n), v in pairs.items()})
             metrics["pm_old_share"] = pseudo.from_old.float().mean()
@@ -112,6 +109,14 @@ class COMETTask(UniCodeTask):
             params = self._adapter_parameters()
             terms["ewc"] = 0.5 * ewc_penalty(params, self.ewc_anchor, self.ewc_fisher)   # (λ/2) Σ F (θ − θ*)²
         return terms, metrics
+
+    @torch.compiler.disable     # a per-step context end t, as in CodebookTask._cpc_terms
+    def _pseudo_cpc_terms(self, batch: Mapping[str, Any]) -> dict[tuple[str, str], Tensor]:
+        """The pseudo-modality Cross-CPC pairs over the negatives' batch (``_negatives_batch``), at one random t."""
+        pseudo = batch["pseudo"]
+        t = self._draw_cpc_time(pseudo["sequence"].shape[1] - self.model.cpc_steps) if self.model.training else None
+        return pseudo_cpc_losses(batch["cpc_predictions"], batch["semantic"], pseudo["cpc_predictions"],
+                                 pseudo["sequence"], pseudo["weights"], t, self.cfg.cpc.normalize_over)
 
     def after_optimizer_step_(self) -> dict[str, Tensor]:
         """MM-EMA step, then (``replay.protect_inherited``) restart the inherited codes' reset clocks."""

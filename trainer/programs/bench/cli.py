@@ -63,7 +63,9 @@ def core_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--configs", default=",".join(configs), help=f"comma list of {configs}")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n³ fp32 matmul the step is compared with")
+    p.add_argument("--compile", action="store_true", help="also time each config with run.compile (torch.compile)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--compiled-child", action="store_true", help=argparse.SUPPRESS)
     return p
 
 

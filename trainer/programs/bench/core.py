@@ -1,6 +1,7 @@
 """Benchmark of one Uni-Code training step at the paper's shapes (CPU, fp32). Prints a table.
 
     python -m trainer.programs.bench.core [--steps 5] [--warmup 2] [--threads 0] [--configs av,avt,av-baseline]
+                                          [--compile]
 
 Shapes (seed 001 / appendix B.1): B=80 clips, T=10 segments, M=400 codes, D=256; audio 128-d, video a
 7×7×512 VGG-19 pool5 map per segment, text 10 BERT tokens × 768 (AVT). One step =
@@ -18,6 +19,11 @@ Achieved FLOP/s: the FLOPs of one step (forward, every loss term and the CLUB in
 ``torch.utils.flop_counter.FlopCounterMode`` on one extra, untimed step) divided by the median step time, and
 its ratio to what a large fp32 matmul (2048³, ``--matmul-size``) reaches in the same process right after the
 steps: how close the step comes to the machine's own matmul speed (issue target >= 0.6).
+
+``--compile`` adds a row per configuration with ``run.compile`` (``CodebookTask.compile_``: ``torch.compile`` of the
+forward and the loss terms), timed after ``--warmup`` + 3 steps (the compilations and the recompilation once the
+codebook is initialised happen there); its FLOPs are counted on an eager step first, since the counter cannot see
+inside compiled kernels.
 """
 
 from __future__ import annotations
@@ -79,8 +85,9 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048) -> dict:
-    """Build the configuration ``name``, time ``warmup + steps`` training steps and the quantizer ratio."""
+def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, compiled: bool = False) -> dict:
+    """Build the configuration ``name`` (with ``run.compile`` if ``compiled``), time ``warmup + steps`` training
+    steps and the quantizer ratio."""
     from trainer.programs.bench.quantizer_timing import time_quantizer_step
     from trainer.models.unicode import UniCodeConfig
     from trainer.tasks import UniCodeTask
@@ -91,6 +98,16 @@ def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048) -> dict
     optimizer = torch.optim.Adam(task.model.parameters(), lr=4e-4)
     generator = torch.Generator().manual_seed(0)
     batches = [_paper_features(modalities, generator) for _ in range(2)]
+
+    def one_step(step: int) -> None:
+        loss, _ = task.compute_loss(batches[0], step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+    if compiled:   # the counter cannot see inside compiled kernels: count an eager step, then compile
+        step_flops = counted_flops(lambda: one_step(0))
+        task.compile_()
+        warmup += 3
     rss_before_kib = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")                                   # reset VmHWM to the current RSS
@@ -113,19 +130,14 @@ def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048) -> dict
             for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
                 phases[key].append(value * 1e3)
     peak_kib = _status_kib("VmHWM")
-
-    def one_step() -> None:
-        loss, _ = task.compute_loss(batches[0], warmup + steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-
-    step_flops = counted_flops(one_step)   # untimed; the optimizer does not step, the next timing does not follow
+    if not compiled:   # untimed; the optimizer does not step, the next timing does not follow
+        step_flops = counted_flops(lambda: one_step(warmup + steps))
     matmul = matmul_flops_per_s(matmul_size)
 
     timing = time_quantizer_step(BATCH, SEGMENTS, task.cfg.quantizer.num_codes, task.cfg.quantizer.dim,
                                  modalities, task.cfg.quantizer)
     return {
-        "name": name,
+        "name": name + (" compiled" if compiled else ""),
         "model_params": sum(p.numel() for p in task.model.parameters()),
         "club_params": sum(p.numel() for p in task.club.parameters()) if task.club is not None else 0,
         **{f"{k}_ms": statistics.median(v) for k, v in phases.items()},
@@ -134,6 +146,7 @@ def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048) -> dict
         "quantizer_step_ms": timing.quantizer_step_ms,
         "nearest_neighbour_ms": timing.nearest_neighbour_ms,
         "ratio": timing.ratio,
+        "ratio_matmul_argmin": timing.ratio_matmul_argmin,
         "resets_last_step": int(last_stats["codebook/resets"]),
         "step_gflop": step_flops / 1e9,
         "step_gflops": step_flops / 1e9 / (statistics.median(phases["step"]) / 1e3),
@@ -148,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(run_one(args.child, args.steps, args.warmup, args.matmul_size)))
+        print(json.dumps(run_one(args.child, args.steps, args.warmup, args.matmul_size, args.compiled_child)))
         return
 
     names = args.configs.split(",")
@@ -157,33 +170,38 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
     rows = []
     for name in names:
-        cmd = [sys.executable, "-m", "trainer.programs.bench.core", "--child", name, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--threads", str(args.threads), "--matmul-size", str(args.matmul_size)]
-        rows.append(run_json_child(cmd, f"benchmark child '{name}'"))
+        for compiled in (False, True) if args.compile else (False,):
+            cmd = [sys.executable, "-m", "trainer.programs.bench.core", "--child", name, "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--threads", str(args.threads), "--matmul-size", str(args.matmul_size),
+                   *(["--compiled-child"] if compiled else [])]
+            rows.append(run_json_child(cmd, f"benchmark child '{name}'"))
 
     print(f"Uni-Code training step, B={BATCH} T={SEGMENTS} M=400 D=256, audio 128, video 7x7x512, "
           f"text {TEXT_TOKENS}x768; CPU fp32, {rows[0]['threads']} threads, median of {args.steps} steps "
           f"after {args.warmup} warm-up")
-    header = (f"{'config':<12}{'params':>10}{'CLUB':>9}{'fwd+loss':>10}{'backward':>10}{'adam':>8}"
+    header = (f"{'config':<21}{'params':>10}{'CLUB':>9}{'fwd+loss':>10}{'backward':>10}{'adam':>8}"
               f"{'ema+reset':>10}{'step ms':>9}{'rss MiB':>9}{'peak MiB':>10}{'q-step ms':>10}{'NN ms':>8}"
-              f"{'ratio':>7}")
+              f"{'ratio':>7}{'vs mm+am':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['name']:<12}{r['model_params'] / 1e6:>9.2f}M{r['club_params'] / 1e3:>8.0f}k"
+        print(f"{r['name']:<21}{r['model_params'] / 1e6:>9.2f}M{r['club_params'] / 1e3:>8.0f}k"
               f"{r['forward+losses_ms']:>10.1f}{r['backward_ms']:>10.1f}{r['optimizer_ms']:>8.1f}"
               f"{r['ema+reset_ms']:>10.2f}{r['step_ms']:>9.1f}{r['rss_before_mib']:>9.0f}{r['peak_rss_mib']:>10.0f}"
-              f"{r['quantizer_step_ms']:>10.3f}{r['nearest_neighbour_ms']:>8.3f}{r['ratio']:>7.2f}")
+              f"{r['quantizer_step_ms']:>10.3f}{r['nearest_neighbour_ms']:>8.3f}{r['ratio']:>7.2f}"
+              f"{r['ratio_matmul_argmin']:>9.2f}")
     print("fwd+loss includes the 5 CLUB inner updates; ema+reset = after_optimizer_step_ (MM-EMA, usage, reset);"
           " rss = before the steps, peak = VmHWM during them;\nratio = quantizer step (quantize + accumulate_ +"
-          " step_) / bare nearest-neighbour matmul+argmin, same shapes and process (target <= 2.0).")
+          " step_) / bare nearest-neighbour search (addmm + min), same shapes and process (target <= 2.0);\nvs mm+am ="
+          " the same quantizer step / (z @ eᵀ).argmin, the baseline of earlier tables"
+          " (trainer/programs/bench/quantizer_timing.py).")
     print(f"\nAchieved FLOP/s (torch's FLOP counter on one untimed step / median step time) against a "
           f"{args.matmul_size}³ fp32 matmul in the same process (target >= 0.6); load average {os.getloadavg()[0]:.2f}")
-    header = f"{'config':<12}{'GFLOP/step':>11}{'step GFLOP/s':>13}{'matmul GFLOP/s':>15}{'ratio':>7}"
+    header = f"{'config':<21}{'GFLOP/step':>11}{'step GFLOP/s':>13}{'matmul GFLOP/s':>15}{'ratio':>7}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['name']:<12}{r['step_gflop']:>11.1f}{r['step_gflops']:>13.1f}{r['matmul_gflops']:>15.1f}"
+        print(f"{r['name']:<21}{r['step_gflop']:>11.1f}{r['step_gflops']:>13.1f}{r['matmul_gflops']:>15.1f}"
               f"{r['step_gflops'] / r['matmul_gflops']:>7.2f}")
 
 

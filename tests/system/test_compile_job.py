@@ -1,0 +1,101 @@
+"""``run.compile``: the task's forward and loss terms under ``torch.compile`` (CodebookTask.compile_).
+
+- one ``compute_loss`` on the same state and batch gives every term and every parameter gradient that eager gives,
+  to float tolerance (Uni-Code with a spatial video map, and FCCID);
+- the main job's loop with ``run.compile=true`` resumes exactly: 3 steps, a new process-like restart (the task is
+  rebuilt and compiled again), 3 more, against 6 uninterrupted compiled steps: the same logged terms and the same
+  final model, bit for bit. Its first step's loss is eager's to float tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from fccid_utils import DIMS, B, L, T
+from fccid_utils import small_cfg as small_fccid_config
+from unicode_utils import small_unicode_config, unicode_batch
+
+from trainer.checkpoint import MODEL_FILE, CheckpointManager
+from trainer.data.stream import DataConfig
+from trainer.job import JobConfig, OptimConfig, RunConfig
+from trainer.loop import METRICS_FILE, train_in_memory
+from trainer.tasks import FCCIDTask, UniCodeTask
+from trainer.tracking import TrackingConfig
+
+pytestmark = pytest.mark.slow
+
+
+def _fccid_batch() -> dict[str, torch.Tensor]:
+    """Four clips of the toy FCCID shapes (tests/support/fccid_utils.py), captions of 3, 4, 7 and 5 tokens."""
+    g = torch.Generator().manual_seed(3)
+    return {"audio": torch.randn(B, T, DIMS["audio"], generator=g),
+            "video": torch.randn(B, T, 2, 2, DIMS["video"], generator=g),
+            "text": torch.randn(B, L, DIMS["text"], generator=g),
+            "text_mask": torch.arange(L) < torch.tensor([3, 4, 7, 5]).unsqueeze(1)}
+
+
+@pytest.mark.parametrize("kind", ["unicode", "fccid"])
+def test_compiled_loss_terms_and_gradients_match_eager(kind):
+    torch.compiler.reset()
+    build = (lambda: UniCodeTask(small_unicode_config())) if kind == "unicode" else (
+        lambda: FCCIDTask(small_fccid_config()))
+    batch = unicode_batch(0, 6) if kind == "unicode" else _fccid_batch()
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        task = build()
+        if compiled:
+            task.compile_()
+        for step in range(2):                  # step 0 initialises the codebook; step 1 is a trained state
+            torch.manual_seed(10 + step)
+            loss, metrics = task.compute_loss(batch, step)
+            task.model.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in task.model.named_parameters() if p.grad is not None}
+            task.after_optimizer_step_()
+        results.append((metrics, grads))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    assert eager.keys() == compiled.keys()
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert eager_grads.keys() == compiled_grads.keys() and len(eager_grads) > 10
+    for name, grad in eager_grads.items():
+        scale = max(1.0, grad.abs().max().item())
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def _job(run_dir, max_steps: int, compile: bool) -> JobConfig:
+    model = small_unicode_config()
+    return JobConfig(run=RunConfig(dir=str(run_dir), max_steps=max_steps, ckpt_every=3, progress=False,
+                                   compile=compile),
+                     data=DataConfig(kind="memory", batch_size=4, num_workers=0), model=model,
+                     optim=OptimConfig(lr=1e-3), tracking=TrackingConfig(enabled=False, log_every=1))
+
+
+def _rows(run_dir) -> list[dict]:
+    """The logged rows without the timings (perf/*)."""
+    rows = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]
+
+
+def test_compiled_job_resumes_exactly_and_starts_where_eager_starts(tmp_path):
+    torch.compiler.reset()
+    features = {"audio": torch.cat([unicode_batch(s, 4)["audio"] for s in range(4)]),
+                "video": torch.cat([unicode_batch(s, 4)["video"] for s in range(4)]).flatten(2, 3)}   # (n t p c)
+    train_in_memory(_job(tmp_path / "whole", 6, compile=True), features)
+    train_in_memory(_job(tmp_path / "resumed", 3, compile=True), features)
+    train_in_memory(_job(tmp_path / "resumed", 6, compile=True), features)      # resumes from step 3
+    train_in_memory(_job(tmp_path / "eager", 1, compile=False), features)
+
+    whole, resumed = _rows(tmp_path / "whole"), _rows(tmp_path / "resumed")
+    assert [r["step"] for r in whole] == [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    assert whole == resumed
+    final = [CheckpointManager(tmp_path / run / "checkpoints").latest() for run in ("whole", "resumed")]
+    states = [torch.load(path / MODEL_FILE, weights_only=True) for path in final]
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    eager = _rows(tmp_path / "eager")[0]
+    for term in ("loss", "recon", "commit", "cpc", "cmcm", "mi"):
+        assert eager[term] == pytest.approx(whole[0][term], rel=1e-5, abs=1e-6), term
