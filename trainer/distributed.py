@@ -14,10 +14,27 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from types import ModuleType
 
 import torch
 import torch.distributed as dist
+
+
+def set_new_group_timeout(timeout: timedelta) -> None:
+    """Give every process group created from now on the collective timeout ``timeout`` (call before the engine
+    builds its groups).
+
+    ``init_process_group(timeout=...)`` sets it for the world group only. A ``new_group`` without a timeout of its
+    own (DeepSpeed's clone of the world group, on which ZeRO reduces gradients and gathers parameters) gets the
+    backend's default, 30 min for gloo and 10 for nccl, so a rank stalled inside one of DeepSpeed's collectives
+    hung the job instead of failing it (tests/system/test_main_job.py, the stalled-rank test, failed one CI run
+    that way). torch has no public setter: the default is the module global that ``new_group`` reads when called.
+    """
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    distributed_c10d.default_pg_nccl_timeout = timeout
 
 
 def is_distributed() -> bool:

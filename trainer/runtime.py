@@ -63,8 +63,10 @@ def create_accelerator(cfg: JobConfig):
     gradient_accumulation_steps, micro_batch_size = cfg.run.grad_accum, cfg.data.batch_size
     handlers = []
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # launched as several processes (accelerate/torchrun/srun)
+        timeout = timedelta(seconds=cfg.run.collective_timeout_s)
         handlers.append(InitProcessGroupKwargs(backend="nccl" if torch.cuda.is_available() else "gloo",
-                                               timeout=timedelta(seconds=cfg.run.collective_timeout_s)))
+                                               timeout=timeout))
+        dist.set_new_group_timeout(timeout)   # DeepSpeed's own groups too, not only the world group
     accelerator = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=handlers)
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
