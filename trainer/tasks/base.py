@@ -179,9 +179,10 @@ class CodebookTask(abc.ABC):
     def compile_(self) -> None:
         """``torch.compile`` the model's forward (in place: the engine keeps calling the same module, and state_dict
         keys do not change) and ``loss_terms`` (``run.compile``). What must stay eager is marked
-        ``torch.compiler.disable``: the CLUB estimators' inner updates (their own backward and optimiser step) and
-        the in-batch negatives' all-gather. Values equal eager's to float tolerance, and the compiled step keeps
-        the state a checkpoint holds, so resume stays exact (tests/system/test_compile_job.py)."""
+        ``torch.compiler.disable``: the CLUB estimators' inner updates (their own backward and optimiser step), the
+        in-batch negatives' all-gather, Cross-CPC (``_cpc_terms``) and the codebook's init and statistics. Values
+        equal eager's to float tolerance, and the compiled step keeps the state a checkpoint holds, so resume stays
+        exact (tests/system/test_compile_job.py)."""
         self.model.compile()
         self.loss_terms = torch.compile(self.loss_terms)
 
