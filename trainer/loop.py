@@ -275,7 +275,7 @@ def train_in_memory(cfg: JobConfig, features: Mapping[str, torch.Tensor]) -> Pat
     """
     from trainer.runtime import create_accelerator, prepare_process_environment
 
-    prepare_process_environment()
+    prepare_process_environment(cfg)
     accelerator = create_accelerator(cfg)
     code = train(cfg, accelerator, memory=features)
     if code != 0:

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.loop import train
     from trainer.runtime import EXIT_RESUME, SUPERVISED_ENV, create_accelerator, prepare_process_environment, shutdown
 
-    prepare_process_environment()
+    prepare_process_environment(cfg)
     accelerator = create_accelerator(cfg)
     try:
         code = train(cfg, accelerator)

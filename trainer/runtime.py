@@ -7,11 +7,16 @@ Handles the known CPU traps (shared/notes/env_feasibility.md §2) in the product
   all-reduce uses: we skip building it; the optimizer is a torch one, so no FusedAdam/CPUAdam JIT either;
 - gloo's run-loop thread can abort the interpreter at exit if the process group dies while an engine still
   references it: ``shutdown`` drops every engine reference, collects, ends the accelerator (which destroys
-  the group) and leaves through ``os._exit`` with the intended exit code.
+  the group) and leaves through ``os._exit`` with the intended exit code;
+- glibc malloc hands every block above its mmap threshold (32 MiB at most) back to the kernel when it is freed,
+  so each step's large activations are page-faulted in again: ``keep_freed_host_memory`` (``run.
+  keep_freed_host_memory``) keeps freed memory in the process for the next step.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import importlib
 import os
@@ -35,8 +40,37 @@ EXIT_RESUME = 75
 SUPERVISED_ENV = "CMG_SUPERVISED"
 
 
-def prepare_process_environment() -> None:
-    """Environment defaults; must run before deepspeed/accelerate create a process group."""
+# mallopt parameters of glibc's <malloc.h>
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_host_memory() -> bool:
+    """Make glibc malloc keep freed memory for the process's next allocations; False where there is no glibc.
+
+    By default glibc serves a block above its mmap threshold (dynamic, at most 32 MiB) with a fresh ``mmap`` and
+    unmaps it on free, and trims freed memory at the top of the heap: the step's tens-of-MB activations at the
+    paper's shapes are then page-faulted in (zero-filled by the kernel) again at every step. ``M_MMAP_MAX = 0``
+    serves them from the heap and ``M_TRIM_THRESHOLD`` at its maximum keeps the heap, so a step reuses the
+    previous step's pages: 5-7 % less step time on the 2-core CPU, peak RSS 2-6 % higher (README,
+    Performance). It only changes allocations made after the call, in this process and its later forks
+    (DataLoader workers); blocks already mapped are unmapped when freed, as before.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def prepare_process_environment(cfg: JobConfig) -> None:
+    """Environment defaults and the host allocator (``run.keep_freed_host_memory``); must run before
+    deepspeed/accelerate create a process group."""
+    if cfg.run.keep_freed_host_memory:
+        keep_freed_host_memory()
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -62,12 +62,13 @@ def train_run(run_dir: Path, corpus: Corpus, task: str, steps: int = 2) -> Path:
     from trainer.runtime import create_accelerator, prepare_process_environment
 
     cfg = build_config(JobConfig, {
-        "run": {"dir": str(run_dir), "max_steps": steps, "ckpt_every": steps, "resume": "", "progress": False},
+        "run": {"dir": str(run_dir), "max_steps": steps, "ckpt_every": steps, "resume": "", "progress": False,
+                "keep_freed_host_memory": False},   # pytest's own process keeps glibc's default malloc
         "data": {"urls": corpus.urls, "batch_size": 2, "num_workers": 0, "shuffle_buffer": 0, "decode": DECODE},
         "backbones": str(TINY_YAML), "task": task, "model": MODELS[task], "optim": {"lr": 1e-3},
         "tracking": {"enabled": False}}, source="tests/support/encode_utils.py")
     validate_job(cfg)
-    prepare_process_environment()
+    prepare_process_environment(cfg)
     code = train(cfg, create_accelerator(cfg))
     assert code == 0, f"training {task} ended with exit code {code}"
     return run_dir

@@ -9,6 +9,7 @@ import json
 import sys
 import os
 import pickle
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from trainer.data import (  # noqa: E402
     batches_per_rank,
     decode_sample,
 )
+from trainer.data import stream as stream_module  # noqa: E402
 from trainer.data.decode import decode_audio  # noqa: E402
 from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy  # noqa: E402
 
@@ -426,6 +428,25 @@ def test_epochs_reshuffle_but_cover_the_same_samples(good_shards):
     assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(keys)
     assert epochs[0] != epochs[1]
     assert stream.state_dict()["epoch"] == 2
+
+
+def test_a_stop_signal_to_a_worker_that_is_starting_is_ignored(good_shards, monkeypatch):
+    """A launcher's SIGTERM reaches the rank's whole process group; a worker that an epoch has just forked gets it
+    before its ``worker_init_fn`` has ignored it (torch's worker loop installs a die-on-SIGTERM handler first). The
+    workers start with the stop signals blocked, so it waits, and is dropped when ignored: no worker dies, the
+    epoch is whole, and the rank's own signal mask is as it was."""
+    urls, keys = good_shards
+    worker_init = stream_module._worker_init
+
+    def signalled_while_starting(worker_id: int) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        worker_init(worker_id)
+
+    monkeypatch.setattr(stream_module, "_worker_init", signalled_while_starting)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    stream = ClipStream(DataConfig(urls=urls, batch_size=2, num_workers=2, shuffle_buffer=0, decode=DECODE))
+    assert sorted(_non_pad_keys(_epoch(stream))) == sorted(keys)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
 
 
 def test_pipe_urls_stream_through_a_shell_command(good_shards):

@@ -46,6 +46,7 @@ its remaining batches afresh (with replacement anyway).
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import glob
 import hashlib
@@ -379,10 +380,27 @@ def _warn_and_continue(exn: Exception) -> bool:
 WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Around the fork of the DataLoader workers: they start with the stop signals blocked.
+
+    torch's worker loop installs its own SIGTERM handler (print, then die) before it calls ``worker_init_fn``; a
+    signal to the process group in between killed a worker that an epoch had just started (seen in CI). A blocked
+    signal stays pending in the new worker until ``_worker_init`` ignores it, which discards it. The rank's own
+    mask is restored at once, so a signal sent to the rank meanwhile is delivered to it then, not lost.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_IGNORED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
     for sig in WORKER_IGNORED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_IGNORED_SIGNALS)
 
 
 class ClipStream:
@@ -477,7 +495,9 @@ class ClipStream:
         generator = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch, self.rank, "loader"))
         loader = DataLoader(source, batch_size=None, num_workers=self.cfg.num_workers, worker_init_fn=_worker_init,
                             generator=generator)
-        for batch in loader:
+        with _stop_signals_held():
+            batches = iter(loader)   # forks the workers
+        for batch in batches:
             worker = batch.pop("_worker")
             self.cursors[worker] = [int(v) for v in batch.pop("_cursor")]
             self.consumed[batch.pop("_taken").numpy()] = True

@@ -64,8 +64,10 @@ def core_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default=",".join(configs), help=f"comma list of {configs}")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n³ fp32 matmul the step is compared with")
     p.add_argument("--compile", action="store_true", help="also time each config with run.compile (torch.compile)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="also time each config with glibc's default malloc (run.keep_freed_host_memory=false)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--compiled-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-mode", default="eager", help=argparse.SUPPRESS)
     return p
 
 

@@ -1,7 +1,7 @@
 """Benchmark of one Uni-Code training step at the paper's shapes (CPU, fp32). Prints a table.
 
     python -m trainer.programs.bench.core [--steps 5] [--warmup 2] [--threads 0] [--configs av,avt,av-baseline]
-                                          [--compile]
+                                          [--compile] [--default-malloc]
 
 Shapes (seed 001 / appendix B.1): B=80 clips, T=10 segments, M=400 codes, D=256; audio 128-d, video a
 7×7×512 VGG-19 pool5 map per segment, text 10 BERT tokens × 768 (AVT). One step =
@@ -24,6 +24,10 @@ steps: how close the step comes to the machine's own matmul speed (issue target 
 forward and the loss terms), timed after ``--warmup`` + 3 steps (the compilations and the recompilation once the
 codebook is initialised happen there); its FLOPs are counted on an eager step first, since the counter cannot see
 inside compiled kernels.
+
+Every row keeps freed memory in the process as the job does (``run.keep_freed_host_memory``, on by default:
+``trainer.runtime.keep_freed_host_memory``); ``--default-malloc`` adds a row per configuration with glibc's
+default malloc, which unmaps the step's large freed blocks so that the next step page-faults them in again.
 """
 
 from __future__ import annotations
@@ -85,13 +89,19 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, compiled: bool = False) -> dict:
-    """Build the configuration ``name`` (with ``run.compile`` if ``compiled``), time ``warmup + steps`` training
-    steps and the quantizer ratio."""
+def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, mode: str = "eager") -> dict:
+    """Build the configuration ``name``, time ``warmup + steps`` training steps and the quantizer ratio.
+
+    ``mode``: "eager" as the job runs by default; "compiled" with ``run.compile``; "default malloc"
+    with ``run.keep_freed_host_memory=false`` (every other mode keeps freed memory, as the job does)."""
     from trainer.programs.bench.quantizer_timing import time_quantizer_step
     from trainer.models.unicode import UniCodeConfig
+    from trainer.runtime import keep_freed_host_memory
     from trainer.tasks import UniCodeTask
 
+    compiled = mode == "compiled"
+    if mode != "default malloc":
+        keep_freed_host_memory()
     modalities, variant = CONFIGS[name]
     torch.manual_seed(0)
     task = UniCodeTask(UniCodeConfig(modalities=modalities, variant=variant))
@@ -137,7 +147,7 @@ def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, compile
     timing = time_quantizer_step(BATCH, SEGMENTS, task.cfg.quantizer.num_codes, task.cfg.quantizer.dim,
                                  modalities, task.cfg.quantizer)
     return {
-        "name": name + (" compiled" if compiled else ""),
+        "name": name + ("" if mode == "eager" else f" {mode}"),
         "model_params": sum(p.numel() for p in task.model.parameters()),
         "club_params": sum(p.numel() for p in task.club.parameters()) if task.club is not None else 0,
         **{f"{k}_ms": statistics.median(v) for k, v in phases.items()},
@@ -161,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(run_one(args.child, args.steps, args.warmup, args.matmul_size, args.compiled_child)))
+        print(json.dumps(run_one(args.child, args.steps, args.warmup, args.matmul_size, args.child_mode)))
         return
 
     names = args.configs.split(",")
@@ -169,23 +179,24 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
     rows = []
+    modes = ["eager", *(["compiled"] if args.compile else []), *(["default malloc"] if args.default_malloc else [])]
     for name in names:
-        for compiled in (False, True) if args.compile else (False,):
+        for mode in modes:
             cmd = [sys.executable, "-m", "trainer.programs.bench.core", "--child", name, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--threads", str(args.threads), "--matmul-size", str(args.matmul_size),
-                   *(["--compiled-child"] if compiled else [])]
-            rows.append(run_json_child(cmd, f"benchmark child '{name}'"))
+                   "--child-mode", mode]
+            rows.append(run_json_child(cmd, f"benchmark child '{name}' ({mode})"))
 
     print(f"Uni-Code training step, B={BATCH} T={SEGMENTS} M=400 D=256, audio 128, video 7x7x512, "
           f"text {TEXT_TOKENS}x768; CPU fp32, {rows[0]['threads']} threads, median of {args.steps} steps "
           f"after {args.warmup} warm-up")
-    header = (f"{'config':<21}{'params':>10}{'CLUB':>9}{'fwd+loss':>10}{'backward':>10}{'adam':>8}"
+    header = (f"{'config':<26}{'params':>10}{'CLUB':>9}{'fwd+loss':>10}{'backward':>10}{'adam':>8}"
               f"{'ema+reset':>10}{'step ms':>9}{'rss MiB':>9}{'peak MiB':>10}{'q-step ms':>10}{'NN ms':>8}"
               f"{'ratio':>7}{'vs mm+am':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['name']:<21}{r['model_params'] / 1e6:>9.2f}M{r['club_params'] / 1e3:>8.0f}k"
+        print(f"{r['name']:<26}{r['model_params'] / 1e6:>9.2f}M{r['club_params'] / 1e3:>8.0f}k"
               f"{r['forward+losses_ms']:>10.1f}{r['backward_ms']:>10.1f}{r['optimizer_ms']:>8.1f}"
               f"{r['ema+reset_ms']:>10.2f}{r['step_ms']:>9.1f}{r['rss_before_mib']:>9.0f}{r['peak_rss_mib']:>10.0f}"
               f"{r['quantizer_step_ms']:>10.3f}{r['nearest_neighbour_ms']:>8.3f}{r['ratio']:>7.2f}"
@@ -197,11 +208,11 @@ def main(argv: list[str] | None = None) -> None:
           " (trainer/programs/bench/quantizer_timing.py).")
     print(f"\nAchieved FLOP/s (torch's FLOP counter on one untimed step / median step time) against a "
           f"{args.matmul_size}³ fp32 matmul in the same process (target >= 0.6); load average {os.getloadavg()[0]:.2f}")
-    header = f"{'config':<21}{'GFLOP/step':>11}{'step GFLOP/s':>13}{'matmul GFLOP/s':>15}{'ratio':>7}"
+    header = f"{'config':<26}{'GFLOP/step':>11}{'step GFLOP/s':>13}{'matmul GFLOP/s':>15}{'ratio':>7}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['name']:<21}{r['step_gflop']:>11.1f}{r['step_gflops']:>13.1f}{r['matmul_gflops']:>15.1f}"
+        print(f"{r['name']:<26}{r['step_gflop']:>11.1f}{r['step_gflops']:>13.1f}{r['matmul_gflops']:>15.1f}"
               f"{r['step_gflops'] / r['matmul_gflops']:>7.2f}")
 
 

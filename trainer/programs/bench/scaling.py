@@ -349,7 +349,7 @@ def instrumented_trainer(record_dir: Path, main_args: list[str], probe_repeats: 
     args = parse_args(main_args)
     cfg = load_config(JobConfig, args.config, args.overrides)
     validate_job(cfg)
-    prepare_process_environment()
+    prepare_process_environment(cfg)
     accelerator = create_accelerator(cfg)
     try:
         code = train(cfg, accelerator)
