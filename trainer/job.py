@@ -67,7 +67,7 @@ class RunConfig:
     # the paper's shapes the compiled step was slower than eager's chunked spatial paths (README, Performance)
     compile: bool = False
     # glibc malloc keeps freed memory for the next step instead of unmapping it (runtime.keep_freed_host_memory):
-    # 5-7 % faster steps on the CPU at the paper's shapes, peak RSS 2-6 % higher
+    # 1.03-1.13x faster steps on the CPU at the paper's shapes, peak RSS 2-7 % higher
     keep_freed_host_memory: bool = True
 
     def __post_init__(self) -> None:

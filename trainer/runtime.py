@@ -51,7 +51,7 @@ def keep_freed_host_memory() -> bool:
     unmaps it on free, and trims freed memory at the top of the heap: the step's tens-of-MB activations at the
     paper's shapes are then page-faulted in (zero-filled by the kernel) again at every step. ``M_MMAP_MAX = 0``
     serves them from the heap and ``M_TRIM_THRESHOLD`` at its maximum keeps the heap, so a step reuses the
-    previous step's pages: 5-7 % less step time on the 2-core CPU, peak RSS 2-6 % higher (README,
+    previous step's pages: steps 1.03-1.13x faster on the 2-core CPU, peak RSS 2-7 % higher (README,
     Performance). It only changes allocations made after the call, in this process and its later forks
     (DataLoader workers); blocks already mapped are unmapped when freed, as before.
     """
