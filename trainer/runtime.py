@@ -52,8 +52,10 @@ def keep_freed_host_memory() -> bool:
     paper's shapes are then page-faulted in (zero-filled by the kernel) again at every step. ``M_MMAP_MAX = 0``
     serves them from the heap and ``M_TRIM_THRESHOLD`` at its maximum keeps the heap, so a step reuses the
     previous step's pages: steps 1.03-1.13x faster on the 2-core CPU, peak RSS 2-7 % higher (README,
-    Performance). It only changes allocations made after the call, in this process and its later forks
-    (DataLoader workers); blocks already mapped are unmapped when freed, as before.
+    Performance). The heap can hold more than the live tensors: torch's ``posix_memalign`` asks for a freed
+    block's size plus padding, so one 64 MiB tensor freed and allocated alone grows the heap by 6-8 blocks before
+    its pages are reused (tests/unit/test_host_memory.py). It only changes allocations made after the call, in
+    this process and its later forks (DataLoader workers); blocks already mapped are unmapped when freed.
     """
     name = ctypes.util.find_library("c")
     try:
