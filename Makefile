@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export DS_ACCELERATOR ?= cpu
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-numerics test-fast bench clean
 
 install: $(STAMP)
 
@@ -24,12 +24,22 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/python -m trainer.programs.demo
 
+# KERNELS=avx2 or KERNELS=default runs the tests on the CPU kernels of a machine without AVX-512, or of any x86-64
+# (trainer/programs/kernels.py; tests/README.md "Numerics")
+KERNELS ?= native
+RUN_ON_KERNELS = $(BIN)/python -m trainer.programs.kernels $(KERNELS)
+
 test: install
 	$(BIN)/python -m ruff check trainer shards tests
-	$(BIN)/python -m pytest -q -ra tests
+	$(RUN_ON_KERNELS) $(BIN)/python -m pytest -q -ra tests
+
+# the tests that compare runs summed in another order (marker numerics), on the kernels of both other CPU kinds
+test-numerics: install
+	$(BIN)/python -m trainer.programs.kernels avx2 $(BIN)/python -m pytest -q -ra -m numerics tests
+	$(BIN)/python -m trainer.programs.kernels default $(BIN)/python -m pytest -q -ra -m numerics tests
 
 test-fast: install
-	$(BIN)/python -m pytest -q -ra -m "not slow" tests
+	$(RUN_ON_KERNELS) $(BIN)/python -m pytest -q -ra -m "not slow" tests
 
 bench: install
 	$(BIN)/python -m shards.bench

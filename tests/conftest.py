@@ -4,6 +4,13 @@ import torch
 pytest_plugins = ["conftest_slurm"]
 
 
+def pytest_collection_modifyitems(items):
+    """Every test of ``tests/dist`` compares ranks with one process: mark it ``numerics`` (tests/README.md)."""
+    for item in items:
+        if item.path.parent.name == "dist":
+            item.add_marker(pytest.mark.numerics)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny matmuls: one thread is fastest, and the 2-core box is shared (torch's default would oversubscribe).

@@ -72,6 +72,7 @@ import logging
 import os
 import posixpath
 import re
+import shutil
 import sqlite3
 import subprocess
 import threading
@@ -178,6 +179,30 @@ def _local_artifact_root(tracking_uri: str) -> str | None:
     """
     db = _sqlite_file(tracking_uri)
     return (db.parent / LOCAL_ARTIFACTS).as_uri() if db is not None else None
+
+
+def create_local_store(db: Path) -> None:
+    """A new sqlite store at ``db``: a copy of an empty one that was migrated once per machine and MLflow version.
+
+    MLflow brings every new database to its schema by running each of its migrations in turn (alembic), which took
+    about a fifth of a tiny job's start-up (py-spy on ``trainer/main.py`` with ``run.max_steps=1``); a copy of the
+    result is the same database. The copy is written atomically (several ranks or jobs may start at once).
+    """
+    import mlflow
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cmg-trainer"
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    if not template.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        scratch = cache / f"{template.name}.{os.getpid()}.tmp"
+        store = SqlAlchemyStore(f"sqlite:///{scratch}", (cache / LOCAL_ARTIFACTS).as_uri())
+        store.engine.dispose()
+        os.replace(scratch, template)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    scratch = db.with_name(f"{db.name}.{os.getpid()}.tmp")
+    shutil.copyfile(template, scratch)
+    os.replace(scratch, db)
 
 
 def relocate_local_store(db: str | Path) -> int:
@@ -743,7 +768,9 @@ class Tracker(NullTracker):
 
         if self._client is None:
             db = _sqlite_file(self.tracking_uri)
-            if db is not None and db.is_file() and relocate_local_store(db):
+            if db is not None and not db.is_file():
+                create_local_store(db)
+            elif db is not None and relocate_local_store(db):
                 log.warning("MLflow store %s was moved: its artifact paths now point to %s", db,
                             db.parent / LOCAL_ARTIFACTS)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)

@@ -10,7 +10,7 @@ N steps that include code resets:
 - CLUB estimator weights: their own objective (log-likelihood of the paired (z, z̄)) is per-sample, and
   their gradients are averaged across ranks before each inner Adam step;
 - every model parameter (plain SGD with momentum, gradients averaged by one all_reduce per step)
-are bit-identical on both ranks and equal within 1e-6 to one process that saw the whole batch each step
+are bit-identical on both ranks and equal up to the reordering of sums (tests/support/numerics.py) to one process that saw the whole batch each step
 (r_source "paired" as the issue asks, and the default "cross_attention", which is per clip too).
 Step statistics (resets, codes used) agree exactly.
 

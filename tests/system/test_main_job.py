@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from job_utils import REPO, job_command, job_env, make_clip_shards, read_metrics, run_job
+import yaml
+from job_utils import DEMO_CONFIG, REPO, job_command, job_env, make_clip_shards, read_metrics, run_job
+from numerics import COMPOUNDED_ULPS, assert_reordered_close
 
 from trainer.checkpoint import CheckpointManager
 from trainer.tracking import mlflow_metric_key
@@ -95,6 +97,7 @@ def test_bad_config_fails_before_any_work(tmp_path, shards, override, message):
 
 # ---------------------------------------------------------------------------------------------- one process
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_single_process_signal_checkpoints_exits_75_and_resumes_exactly(tmp_path, shards):
     steps = [f"run.max_steps={STOPPED_RUN_STEPS}"]
     reference = tmp_path / "reference"
@@ -164,6 +167,7 @@ def assert_replicas_bit_identical(run_dir: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_zero2_and_zero3_keep_codebook_and_club_bit_identical_across_ranks(tmp_path, zero2_reference, shards):
     assert_replicas_bit_identical(zero2_reference)
     resets = sum(r["codebook/resets"] for r in read_metrics(zero2_reference))
@@ -173,7 +177,9 @@ def test_zero2_and_zero3_keep_codebook_and_club_bit_identical_across_ranks(tmp_p
     assert_replicas_bit_identical(zero3)
     # the stages reduce gradients in a different order (all-reduce vs reduce-scatter): same run up to rounding
     z2, z3 = losses(zero2_reference), losses(zero3)
-    assert z2.keys() == z3.keys() and all(abs(z2[k] - z3[k]) <= 1e-5 * abs(z2[k]) for k in z2), (z2, z3)
+    assert z2.keys() == z3.keys()
+    for key in z2:
+        assert_reordered_close(z3[key], z2[key], ulps=COMPOUNDED_ULPS, what=f"{key} ZeRO-3 vs ZeRO-2")
     # the consolidated model.pt (gathered from ZeRO-3 partitions) holds every rank's codebook
     replicated = rank_states(zero3)[1]["replicas"]["quantizer.codebook"]
     assert torch.equal(final_model(zero3)["quantizer.codebook"], replicated)
@@ -181,6 +187,7 @@ def test_zero2_and_zero3_keep_codebook_and_club_bit_identical_across_ranks(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_zero2_resume_after_planned_split_is_bitwise_exact(tmp_path, zero2_reference, shards):
     run_dir = tmp_path / "split"
     run_job(run_dir, shards, processes=2, zero=2, overrides=[f"run.max_steps={STEPS // 2}", RESETS])
@@ -274,12 +281,14 @@ def assert_one_adamw_step(before: dict, after: dict) -> None:
         t = new["step"]
         assert t == old["step"] + 1, name
         g = (new["exp_avg"] - b1 * old["exp_avg"]) / (1 - b1)
-        torch.testing.assert_close(new["exp_avg_sq"], b2 * old["exp_avg_sq"] + (1 - b2) * g * g, rtol=1e-5, atol=1e-12)
+        # DeepSpeed's CPU Adam evaluates these in its own (vectorised, fused) order: the same formula, reordered
+        assert_reordered_close(new["exp_avg_sq"], b2 * old["exp_avg_sq"] + (1 - b2) * g * g, what=f"{name} v")
         update = before["lr"][0] * new["exp_avg"] / (1 - b1 ** t) / ((new["exp_avg_sq"] / (1 - b2 ** t)).sqrt() + eps)
-        torch.testing.assert_close(new["fp32"], old["fp32"] - update, rtol=1e-6, atol=1e-7)
+        assert_reordered_close(new["fp32"], old["fp32"] - update, what=f"{name} master")
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_elastic_resume_2_ranks_then_1_process_then_2_ranks_continues_the_run(tmp_path, shards):
     """2 ZeRO-2 ranks (trainer.launch) to step 3, mid-epoch; `python trainer/main.py` (plain torch) to step 5;
     `trainer.launch --num_processes 1` (DeepSpeed ZeRO-2) to step 6; 2 ZeRO-3 ranks to step 8. A checkpoint every
@@ -337,7 +346,8 @@ def test_training_logs_to_a_real_mlflow_server(tmp_path, shards):
         run_id = CheckpointManager.read_meta(CheckpointManager(run_dir / "checkpoints").latest())["mlflow_run_id"]
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
-        assert run.data.params["model.quantizer.num_codes"] == "16"   # launch/configs/demo.yaml
+        demo = yaml.safe_load(DEMO_CONFIG.read_text())
+        assert run.data.params["model.quantizer.num_codes"] == str(demo["model"]["quantizer"]["num_codes"])
         assert run.data.params["run.max_steps"] == "6"
         assert run.data.tags["phase"] == "demo" and run.data.tags["world_size"] == "1"
         for name in ("loss", "recon", "cpc", "mi", "cmcm", "codebook/perplexity", "codebook/codes_used_audio",

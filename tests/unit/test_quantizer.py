@@ -160,8 +160,29 @@ def test_nearest_code_by_one_matmul_equals_brute_force():
     assert torch.allclose(out.distances, brute, rtol=1e-5, atol=1e-4)
     assert out.codes.dtype == torch.int64 and out.codes.shape == (4, 7)
     assert torch.allclose(q.distances(z), brute, rtol=1e-5, atol=1e-4)
-    # a vector sitting on a code has distance exactly clamped at >= 0 (expansion may cancel below 0)
-    assert q.distances(q.codebook[:5]).diagonal().min() >= 0
+    # a vector sitting on a code: the expansion's rounding floor, d·eps·(||z||² + ||e||²), never 0 or below
+    on_code = q.distances(q.codebook[:5]).diagonal()
+    floor = 16 * 2.0 ** -23 * 2 * q.codebook[:5].pow(2).sum(-1)
+    assert torch.allclose(on_code, floor, rtol=1e-5)
+
+
+def test_a_vector_within_rounding_of_a_code_gets_no_gradient_on_any_cpu():
+    """z a few ulps off a code (what the encoder gives for the same clip in another batch shape, or on another CPU):
+    the expansion then holds only rounding (0 on one machine, 1e-4 on another, measured with the plain clamp at 0),
+    and √ of it gave CMCM gradients anywhere from 0 to 1e-3 per vector. At the floor: every distance is the floor
+    and no gradient reaches z, whatever the batch shape."""
+    q = make(num_codes=8, dim=64)
+    q.codebook.copy_(torch.randn(8, 64, generator=torch.Generator().manual_seed(4)) * 3)
+    signs = torch.randint(0, 2, (8, 64), generator=torch.Generator().manual_seed(5)).float() * 2 - 1
+    near = q.codebook * (1 + 4 * 2.0 ** -23 * signs)
+    floor = 64 * 2.0 ** -23 * (near.pow(2).sum(-1) + q.codebook.pow(2).sum(-1))
+    for rows in (slice(0, 8), slice(0, 3), slice(2, 3)):        # other batch shapes: other matmul blockings
+        z = near[rows].clone().requires_grad_()
+        d = q.distances(z)
+        on_code = d[torch.arange(d.shape[0]), torch.arange(8)[rows]]
+        assert torch.allclose(on_code, floor[rows], rtol=1e-5)
+        on_code.clamp_min(1e-12).sqrt().sum().backward()
+        assert not z.grad.any()
 
 
 def test_quantize_ignores_autocast_and_returns_fp32():

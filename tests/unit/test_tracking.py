@@ -35,6 +35,7 @@ from trainer.tracking import (  # noqa: E402
     Tracker,
     TrackingConfig,
     clean_key,
+    create_local_store,
     create_tracker,
     mlflow_metric_key,
     mlflow_params,
@@ -285,6 +286,22 @@ def test_sqlite_default_works_without_a_server(tmp_path):
     stored = Path(urllib.parse.unquote(urllib.parse.urlparse(run.info.artifact_uri).path)) / "codebook" / "final.npy"
     assert stored.is_relative_to(run_dir.resolve() / "mlartifacts")
     assert np.array_equal(np.load(stored, allow_pickle=False), codebook.numpy())
+
+
+def test_a_new_local_store_is_a_copy_of_one_migrated_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, second = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
+    create_local_store(first)
+    [template] = (tmp_path / "cache" / "cmg-trainer").glob("mlflow-*-empty.db")
+    migrated_at = template.stat().st_mtime_ns
+    create_local_store(second)
+    assert template.stat().st_mtime_ns == migrated_at                   # migrated once, copied since
+    assert first.read_bytes() == second.read_bytes() == template.read_bytes()
+    assert not list(second.parent.glob("*.tmp")) and not list(template.parent.glob("*.tmp"))
+    client = mlflow_client(f"sqlite:///{second}")                     # MLflow refuses a store behind its schema
+    run = client.create_run(client.create_experiment("x"))
+    client.log_metric(run.info.run_id, "m", 1.0, step=1)
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "m")] == [(1, 1.0)]
 
 
 @pytest.mark.slow   # ~8 s: two trackers on a sqlite store

@@ -74,6 +74,13 @@ class CodeSplit:
         """The same split with only code dimensions ``dims`` (TOC, seed 003 §3.2)."""
         return dataclasses.replace(self, vectors={m: v.index_select(-1, dims) for m, v in self.vectors.items()})
 
+    @staticmethod
+    def concat(splits: Sequence[CodeSplit]) -> CodeSplit:
+        """The clips of ``splits`` in order, as one split (their clips have the same number of segments)."""
+        fields = ("vectors", "indices", "segment_labels")
+        return CodeSplit(*({m: torch.cat([getattr(s, f)[m] for s in splits]) for m in getattr(splits[0], f)}
+                           for f in fields), torch.cat([s.clip_label for s in splits]))
+
     def subset(self, keep: Tensor) -> CodeSplit:
         """Clips where ``keep`` ``(n)`` bool is True."""
         return CodeSplit({m: v[keep] for m, v in self.vectors.items()}, {m: v[keep] for m, v in self.indices.items()},

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer import distributed
+from trainer.models.eager import eager_under_compile
 
 
 @dataclass
@@ -189,7 +190,13 @@ class MMEMAQuantizer(nn.Module):
     def distances(self, z: Tensor) -> Tensor:
         """Squared distances ``(... d) -> (... m)``: ||z||² − 2 z·eᵀ + ||e||², one matmul, fp32, autocast off.
 
-        Clamped at 0 (cancellation can make the expansion slightly negative). Differentiable w.r.t. z.
+        Floored at the expansion's own rounding error, d·eps·(||z||² + ||e||²): the matmul sums d products, and
+        two summation orders (another CPU's kernels, a batch split over ranks) differ by up to that much
+        (tests/support/numerics.py). Below it a value says nothing about the distance, only about the order; for a
+        vector sitting on a code (data init copies batch vectors into the codebook) it would come out as 0 on one
+        machine and 1e-7 on another, and CMCM's √ turns that into a gradient anywhere from 0 to 10⁴. At the
+        floor the distance has no gradient (the floor is a constant), the same on every CPU. Differentiable
+        w.r.t. z above the floor.
         """
         if z.shape[-1] != self.cfg.dim:
             raise ValueError(f"quantizer expects vectors of dim {self.cfg.dim}, got shape {tuple(z.shape)}")
@@ -198,8 +205,12 @@ class MMEMAQuantizer(nn.Module):
             flat = z.float().reshape(-1, self.cfg.dim)
             e = self.codebook
             # vector_norm avoids (n d) temporaries; the matmul result is then updated in place
-            cross = torch.addmm(torch.linalg.vector_norm(e, dim=1).square(), flat, e.t(), alpha=-2.0)
-            dist = cross.add_(torch.linalg.vector_norm(flat, dim=1, keepdim=True).square()).clamp_min_(0.0)
+            e_sq = torch.linalg.vector_norm(e, dim=1).square()                     # (m)
+            z_sq = torch.linalg.vector_norm(flat, dim=1, keepdim=True).square()    # (n 1)
+            dist = torch.addmm(e_sq, flat, e.t(), alpha=-2.0).add_(z_sq)
+            floor = torch.add(z_sq.detach(), e_sq).mul_(self.cfg.dim * torch.finfo(torch.float32).eps)
+            # where, not clamp_min(floor): the compiled graph of a tensor clamp_min aborted (torch 2.13, CPU)
+            dist = torch.where(dist > floor, dist, floor)
         return dist.view(*z.shape[:-1], self.cfg.num_codes)
 
     def quantize(self, z: Tensor) -> QuantizeOutput:
@@ -247,7 +258,7 @@ class MMEMAQuantizer(nn.Module):
         self.initialized.fill_(True)
         self._known_initialized = True
 
-    @torch.compiler.disable        # once per run, with the seeded generator: eager under run.compile too
+    @eager_under_compile        # once per run, with the seeded generator: eager under run.compile too
     @torch.no_grad()
     def maybe_init_(self, semantic: Mapping[str, Tensor]) -> None:
         """Data-dependent init from the first global training batch; a no-op afterwards and in eval.
@@ -347,7 +358,7 @@ class MMEMAQuantizer(nn.Module):
                     torch.baddbmm(base, weights, zn, beta=beta, alpha=share, out=target)
         return out
 
-    @torch.compiler.disable        # in-place statistics in views of one flat buffer: eager under run.compile
+    @eager_under_compile        # in-place statistics in views of one flat buffer: eager under run.compile
     @torch.no_grad()
     def accumulate_(self, semantic: Mapping[str, Tensor], codes: Mapping[str, Tensor]) -> None:
         """Add this micro-batch's LOCAL counts n^m ``(m)`` and sums Σ(z^m + r^m)/2 ``(m d)`` (training only).

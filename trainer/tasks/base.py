@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from trainer.models.club import CLUBConfig, club_upper_bound
+from trainer.models.eager import eager_under_compile, keep_marked_eager_
 from trainer.models.cpc import CPCConfig, cross_cpc_losses
 from trainer.models.losses import cmcm_loss, code_log_distribution
 from trainer.models.inputs import mask_key
@@ -179,10 +180,13 @@ class CodebookTask(abc.ABC):
     def compile_(self) -> None:
         """``torch.compile`` the model's forward (in place: the engine keeps calling the same module, and state_dict
         keys do not change) and ``loss_terms`` (``run.compile``). What must stay eager is marked
-        ``torch.compiler.disable``: the CLUB estimators' inner updates (their own backward and optimiser step), the
-        in-batch negatives' all-gather, Cross-CPC (``_cpc_terms``) and the codebook's init and statistics. Values
-        equal eager's to float tolerance, and the compiled step keeps the state a checkpoint holds, so resume stays
-        exact (tests/system/test_compile_job.py)."""
+        ``eager_under_compile`` (trainer/models/eager.py) and wrapped in ``torch.compiler.disable`` here: the CLUB
+        estimators' inner updates (their own backward and optimiser step), the in-batch negatives' all-gather,
+        Cross-CPC (``_cpc_terms``) and the codebook's init and statistics. Values equal eager's to float tolerance,
+        and the compiled step keeps the state a checkpoint holds, so resume stays exact
+        (tests/system/test_compile_job.py)."""
+        for obj in (self, *self.model.modules()):
+            keep_marked_eager_(obj)
         self.model.compile()
         self.loss_terms = torch.compile(self.loss_terms)
 
@@ -221,7 +225,7 @@ class CodebookTask(abc.ABC):
         return features
 
     # ------------------------------------------------------------------ in-batch negatives
-    @torch.compiler.disable
+    @eager_under_compile
     def _negatives_batch(self, groups: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
         """``groups`` (e.g. ``{"semantic": {modality: (b t D)}}``) of the tensors whose rows are in-batch negatives,
         over the batch ``cfg.negatives`` names: as given ("local") or every rank's rows in rank order ("global":
@@ -236,7 +240,7 @@ class CodebookTask(abc.ABC):
         return batch
 
     # ------------------------------------------------------------------ CLUB
-    @torch.compiler.disable
+    @eager_under_compile
     def _train_estimators_(self, pairs: ClubPairs) -> Tensor:
         """``club.inner_steps`` updates of q_θ maximising Σ_pairs log q_θ(y | x) on detached inputs.
 
@@ -274,7 +278,7 @@ class CodebookTask(abc.ABC):
         return self._mi_upper_bounds(negatives)
 
     # ------------------------------------------------------------------ Cross-CPC
-    @torch.compiler.disable
+    @eager_under_compile
     def _draw_cpc_time(self, valid: int) -> int:
         """Context end t ~ U{0, …, valid − 1} from the task's CPU generator (host-side: no device sync)."""
         return int(torch.randint(valid, (), generator=self.cpc_generator))
@@ -282,7 +286,7 @@ class CodebookTask(abc.ABC):
     # Eager under run.compile: the context end t is a new Python int each step, which dynamo turns into a dynamic
     # shape, and the compiled backward of the t-slices came out wrong (torch 2.13, CPU: the gradient into the
     # candidate modality's z off by up to 70 %; tests/system/test_compile_job.py). CPC is a small part of a step.
-    @torch.compiler.disable
+    @eager_under_compile
     def _cpc_terms(self, predictions: Mapping[str, Tensor], semantic: Mapping[str, Tensor],
                    cpc_cfg: CPCConfig) -> tuple[Tensor, dict[tuple[str, str], Tensor]]:
         """Cross-CPC (CMG eq. 6): (the weighted sum over ordered pairs, each pair's loss).

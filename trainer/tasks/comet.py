@@ -39,6 +39,7 @@ from trainer.models.comet import (
     COMETConfig, COMETModel, cumulative_fisher, ewc_penalty, fisher_from_gradients, gate_balance_loss,
     normalized_fisher, pseudo_cpc_losses,
 )
+from trainer.models.eager import eager_under_compile
 from trainer.models.inputs import mask_key
 from trainer.tasks.unicode import UniCodeTask
 
@@ -110,7 +111,7 @@ class COMETTask(UniCodeTask):
             terms["ewc"] = 0.5 * ewc_penalty(params, self.ewc_anchor, self.ewc_fisher)   # (λ/2) Σ F (θ − θ*)²
         return terms, metrics
 
-    @torch.compiler.disable     # a per-step context end t, as in CodebookTask._cpc_terms
+    @eager_under_compile     # a per-step context end t, as in CodebookTask._cpc_terms
     def _pseudo_cpc_terms(self, batch: Mapping[str, Any]) -> dict[tuple[str, str], Tensor]:
         """The pseudo-modality Cross-CPC pairs over the negatives' batch (``_negatives_batch``), at one random t."""
         pseudo = batch["pseudo"]

@@ -73,7 +73,11 @@ def core_parser() -> argparse.ArgumentParser:
 
 def e2e_parser() -> argparse.ArgumentParser:
     p = _parser("e2e")
-    p.add_argument("--seeds", default="0,1", help="comma list of seeds (clips, model init, batch order)")
+    p.add_argument("--world", default="per-seed", choices=list(constant(f"{BENCH}.e2e", "WORLDS")),
+                   help="per-seed: a world per seed; demo: make demo's clips; e2e: tests/system/test_e2e.py's")
+    p.add_argument("--seeds", default="0,1", help="comma list of seeds (model init, batch order; clips with per-seed)")
+    p.add_argument("--kernels", default="native",
+                   help="comma list of CPU kernel levels (python -m trainer.programs.kernels): native, avx2, default")
     demo = config_defaults("trainer.programs.demo", "DemoConfig")
     p.add_argument("--classes", type=int, default=demo.pretrain.classes, help="event classes of the world")
     p.add_argument("--processes", default="1,2", help="comma list of process counts")
@@ -81,6 +85,7 @@ def e2e_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="e2e_data", help="synthetic corpora (kept and reused)")
     p.add_argument("--runs", default="runs/e2e", help="run directories (replaced)")
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
+    p.add_argument("--markdown", default=None, help="also write the table, targets and runs as a generated docs page")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="job config overrides for every run")
     return p
 
