@@ -16,8 +16,8 @@ def _has_avx2() -> bool:
 
 
 def test_a_level_sets_its_caps_and_native_clears_inherited_ones():
-    env = kernel_env("default", {"ATEN_CPU_CAPABILITY": "avx2", "PATH": "/bin"})
-    assert env == {"PATH": "/bin", **KERNEL_LEVELS["default"]}
+    env = kernel_env("default", {"ATEN_CPU_CAPABILITY": "avx2", "PATH": "/bin", "TORCHINDUCTOR_CACHE_DIR": "/c"})
+    assert env == {"PATH": "/bin", **KERNEL_LEVELS["default"], "TORCHINDUCTOR_CACHE_DIR": "/c-default"}
     assert kernel_env("native", {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "PATH": "/bin"}) == {"PATH": "/bin"}
     with pytest.raises(SystemExit, match="unknown kernel level 'avx9'"):
         kernel_env("avx9")

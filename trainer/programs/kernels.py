@@ -15,8 +15,10 @@ level that depends on the machine.
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
+import tempfile
 
 KERNEL_LEVELS: dict[str, dict[str, str]] = {
     "native": {},
@@ -27,13 +29,21 @@ KERNEL_LEVELS: dict[str, dict[str, str]] = {
 
 def kernel_env(level: str, base: dict[str, str] | None = None) -> dict[str, str]:
     """``base`` (default: this process's environment) with the variables of kernel level ``level``; the caps of the
-    other levels are removed, so ``native`` really is the machine's own."""
+    other levels are removed, so ``native`` really is the machine's own.
+
+    A capped level also gets an inductor cache of its own (``TORCHINDUCTOR_CACHE_DIR`` + ``-<level>``): inductor's
+    cache key does not include the cap, and a kernel compiled at another level failed to run (``run.compile`` tests at
+    ``avx2`` after a native run: "tuple args required")."""
     if level not in KERNEL_LEVELS:
         raise SystemExit(f"unknown kernel level {level!r}; choose from {', '.join(KERNEL_LEVELS)}")
     env = dict(os.environ if base is None else base)
     for name in {name for caps in KERNEL_LEVELS.values() for name in caps}:
         env.pop(name, None)
-    return {**env, **KERNEL_LEVELS[level]}
+    if level == "native":
+        return env
+    default_cache = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")   # inductor's own
+    cache = env.get("TORCHINDUCTOR_CACHE_DIR") or default_cache
+    return {**env, **KERNEL_LEVELS[level], "TORCHINDUCTOR_CACHE_DIR": f"{cache}-{level}"}
 
 
 def main(argv: list[str] | None = None) -> int:
