@@ -5,10 +5,14 @@ pytest_plugins = ["conftest_slurm"]
 
 
 def pytest_collection_modifyitems(items):
-    """Every test of ``tests/dist`` compares ranks with one process: mark it ``numerics`` (tests/README.md)."""
+    """Every test of ``tests/dist`` compares ranks with one process: mark it ``numerics``. Every test on the local
+    Slurm runs in one pytest-xdist worker (group ``slurm``): one cluster, whose jobs queue for its CPUs anyway
+    (tests/README.md, "Running")."""
     for item in items:
         if item.path.parent.name == "dist":
             item.add_marker(pytest.mark.numerics)
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 @pytest.fixture(scope="module")
