@@ -1,5 +1,6 @@
 """The product path end to end on a world the demo does not use: unlabelled clips -> shards -> 2-process ZeRO-2
-``trainer/main.py`` with the demo's config -> ``python -m trainer.evaluate`` on held-out labelled clips.
+``trainer/main.py`` with the demo's config (its codebook sized for this world's 4 events, as the recipe sizes it:
+``trainer.programs.bench.e2e.world_codes``) -> ``python -m trainer.evaluate`` on held-out labelled clips.
 
 It checks the margin the demo's recipe keeps on every run of its sweep (``trainer.programs.demo.MARGIN``;
 docs/recipe_sweep.md): the e2e world, one of the sweep's seeds at one of its CPU kernel levels, pinned so that the
@@ -15,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from trainer.programs.bench.e2e import E2E_WORLD, corpora, run_one  # noqa: E402
+from trainer.programs.bench.e2e import E2E_WORLD, corpora, run_one, world_codes  # noqa: E402
 from trainer.programs.demo import DemoConfig  # noqa: E402
 from trainer.programs.kernels import kernel_env  # noqa: E402
 
@@ -27,7 +28,8 @@ KERNELS = "avx2"  # one of the sweep's kernel levels, and one that every x86-64 
 def test_main_job_learns_a_unified_codebook_on_another_world(tmp_path):
     demo = DemoConfig()
     urls = corpora(tmp_path / "data", E2E_WORLD["classes"], E2E_WORLD["seed"], demo)   # the sweep's --world e2e
-    result = run_one("full", 2, urls, tmp_path / "run", (f"run.seed={SEED}", f"data.seed={SEED}"), demo,
+    codes = f"model.quantizer.num_codes={world_codes(E2E_WORLD['classes'])}"          # the recipe's, for 4 events
+    result = run_one("full", 2, urls, tmp_path / "run", (f"run.seed={SEED}", f"data.seed={SEED}", codes), demo,
                      kernel_env(KERNELS))
     assert result["classes"] == 4
     missed = [t for t in result["margin"] if not t["met"]]

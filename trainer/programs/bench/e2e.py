@@ -10,7 +10,8 @@ The world (the synthetic corpora): ``per-seed`` gives every seed a world of its 
 ``demo_data``); ``e2e`` is the one tests/system/test_e2e.py trains on (``E2E_WORLD``). ``shards.synth`` writes an
 unlabelled pretraining corpus (mp4 only) and a labelled downstream corpus of the same world (other clips),
 ``shards.write`` packs both, ``trainer/main.py`` pretrains on the unlabelled shards with the demo's job config
-(``launch/configs/demo.yaml``: decord decoding and tiny frozen backbones on the fly) in one plain process or in two
+(``launch/configs/demo.yaml``, with the codebook size of the world's event count, ``world_codes``: decord decoding
+and tiny frozen backbones on the fly) in one plain process or in two
 (``accelerate launch``, DeepSpeed ZeRO-2 over gloo), both at the demo's global batch (32 clips), and
 ``python -m trainer.evaluate`` probes the checkpoint on the labelled clips. Each seed sets ``run.seed`` and
 ``data.seed`` (model init, batch order); each kernel level (``trainer.programs.kernels``) runs every process of the
@@ -51,6 +52,18 @@ ROWS = {"full": (), "baseline": ("model.variant=baseline",)}
 CELLS = (("classification", "V→A"), ("classification", "A→V"), ("localisation", "V→A"), ("localisation", "A→V"))
 WORLDS = ("per-seed", "demo", "e2e")
 E2E_WORLD = {"classes": 4, "seed": 3}     # tests/system/test_e2e.py's world: 4 events, synth seeds 16 / 17
+
+
+def world_codes(classes: int) -> int:
+    """The codebook size of the recipe for a world of ``classes`` events: 2·classes + 2, the codes a private pair
+    per event and a background per modality would take and no more (12 for the demo's 5 events, as
+    ``launch/configs/demo.yaml`` has it). With more, each modality kept codes of its own (docs/diagnosis.md §5)."""
+    return 2 * classes + 2
+
+
+def world_classes(world: str, classes: int, demo: DemoConfig) -> int:
+    """The events of ``world`` (``classes``: those of a ``per-seed`` world)."""
+    return {"demo": demo.pretrain.classes, "e2e": E2E_WORLD["classes"]}.get(world, classes)
 
 
 def corpora(data_dir: Path, classes: int, seed: int, demo: DemoConfig) -> tuple[str, str]:
@@ -194,13 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results: dict[tuple[str, int, str], list[dict[str, Any]]] = {
         (r, p, k): [] for r in rows for p in processes for k in kernels}
-    classes = args.classes
+    classes = world_classes(args.world, args.classes, demo)
+    codes = f"model.quantizer.num_codes={world_codes(classes)}"   # before the overrides, which win
     for seed in seeds:
         urls = world_corpora(args.world, Path(args.data_dir), args.classes, seed, demo)
         for (row, procs, level), runs in results.items():
             run_dir = Path(args.runs) / f"{args.world}-seed{seed}-{row}-{procs}p-{level}"
             runs.append({"seed": seed, **run_one(row, procs, urls, run_dir, (
-                f"run.seed={seed}", f"data.seed={seed}", *args.overrides), demo, envs[level])})
+                f"run.seed={seed}", f"data.seed={seed}", codes, *args.overrides), demo, envs[level])})
             classes = runs[-1]["classes"]
             print(f"{row} {procs}p {level} seed {seed}: " + ", ".join(
                 f"{v:.1f}" for v in runs[-1]["cells"]) + f"; same code {runs[-1]['same_code']:.1f} %", flush=True)
