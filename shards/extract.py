@@ -24,8 +24,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,35 +69,50 @@ def raw_samples(source: str | ClipFiles) -> Iterator[dict]:
                **{member: path.read_bytes() for member, path in files.items()}}
 
 
+def skip_record(err: CorruptSample) -> dict[str, str]:
+    """What a manifest says of a skipped input: where (``shard:key.member`` or ``folder:key.member``), the reason
+    (one of ``trainer.data.decode.SKIP_REASONS``) and the decoder's detail."""
+    return {"where": err.where, "reason": err.reason, "detail": err.detail}
+
+
+def collate_batch(clips: list) -> dict:
+    """Decoded clips of one length -> a batch (``collate_clips``, none of them a pad)."""
+    return collate_clips(clips, [False] * len(clips))
+
+
 class ShardBatches(IterableDataset):
     """Decoded clip batches of whole input units (a shard URL, or ``ClipFiles``); a batch never spans two units.
 
-    Yields ``(unit index, batch or None, skipped, last)``; ``last`` closes the unit (its batch may be
-    None when the unit's tail was all corrupt). DataLoader worker w takes this rank's units ``[w::W]``.
+    Yields ``(unit index, batch or None, skips, last)``: ``skips`` are the ``skip_record`` of the clips skipped since
+    the previous yield; ``last`` closes the unit (its batch may be None when the unit's tail was all corrupt).
+    DataLoader worker w takes this rank's units ``[w::W]``. ``decoder`` decodes a raw sample (default: the training's
+    window, ``decode_sample``) and ``collate`` makes the batch of ``batch_size`` decoded clips (default:
+    ``collate_batch``; ``list`` keeps the clips, e.g. whole clips of several lengths).
     """
 
     def __init__(self, shards: list[tuple[int, str | ClipFiles]], decode: DecodeConfig, batch_size: int,
-                 require_caption: bool):
+                 require_caption: bool, decoder: Callable[..., Any] = decode_sample,
+                 collate: Callable[[list], Any] = collate_batch):
         super().__init__()
         self.shards, self.decode, self.batch_size = shards, decode, batch_size
-        self.require_caption = require_caption
+        self.require_caption, self.decoder, self.collate = require_caption, decoder, collate
 
     def __iter__(self) -> Iterator[tuple[int, dict | None, int, bool]]:
         info = get_worker_info()
         mine = self.shards[info.id::info.num_workers] if info is not None else self.shards
         for index, source in mine:
-            clips, skipped = [], 0
+            clips, skips = [], []
             for raw in raw_samples(source):
                 try:
-                    clips.append(decode_sample(raw, self.decode, self.require_caption))
+                    clips.append(self.decoder(raw, self.decode, self.require_caption))
                 except CorruptSample as err:
                     print(f"[cmg] skipping {err}", file=sys.stderr)
-                    skipped += 1
+                    skips.append(skip_record(err))
                     continue
                 if len(clips) == self.batch_size:
-                    yield index, collate_clips(clips, [False] * len(clips)), skipped, False
-                    clips, skipped = [], 0
-            yield index, collate_clips(clips, [False] * len(clips)) if clips else None, skipped, True
+                    yield index, self.collate(clips), skips, False
+                    clips, skips = [], []
+            yield index, self.collate(clips) if clips else None, skips, True
 
 
 def one_thread(_: int) -> None:
@@ -163,8 +179,8 @@ def extract(src: str, backbones_yaml: str, out: str, batch_size: int = 16, num_w
     skipped = 0
     seconds = {"backbone": 0.0, "total": time.perf_counter()}
     bar = tqdm(total=expected, desc=f"extract rank {rank}/{world_size}", unit="clip", disable=not progress)
-    for index, batch, bad, last in loader:
-        skipped += bad
+    for index, batch, skips, last in loader:
+        skipped += len(skips)
         if index not in writers:
             writers[index] = wds.TarWriter(out % index)
         if batch is not None:

@@ -9,6 +9,9 @@ MODEL: a run directory (its latest checkpoint), a checkpoints directory, step_N,
 (``CMGModel.save_pretrained``). Clips are decoded as the model's training decoded them and go through the frozen
 backbones it names, fingerprints checked (trainer/pretrained.py). No labels are needed: a clip is its video and audio
 (``KEY.mp4``, or ``KEY.wav``/``KEY.flac`` for the audio) and, when the model encodes text, its caption (``KEY.txt``).
+Every second of a clip of any length is coded (a 3-s clip gives 3 codes per modality, a 95-s one 95; longer than the
+training's ``data.decode.seconds``, in consecutive windows: trainer/pretrained.py). An mp4 without an audio track is
+coded without audio: its sample has no audio members, and the manifest lists it under ``absent``.
 
 INPUT: clip shards (a brace pattern, or a glob, of .tar files, as ``shards.write`` packs them), or mp4 files: a glob,
 a directory of ``KEY.mp4`` files, or the files themselves; a file's ``KEY.wav``/``.flac``/``.txt``/``.json`` next to
@@ -16,15 +19,18 @@ it belong to the clip, as ``shards.write`` packs them. Give shards or mp4 files,
 
 OUT, one of:
 - a directory: WebDataset shards ``OUT/codes-%06d.tar`` whose clip ``KEY`` has, for every modality m the model
-  encodes, ``KEY.<m>.codes.npy`` ``(t)`` int64 (the code of each segment; text: of each real token) and
+  encodes and the clip has, ``KEY.<m>.codes.npy`` ``(t)`` int64 (the code of each second; text: of each real token) and
   ``KEY.<m>.z.npy`` ``(t D)`` float32 (the semantic vectors the codes were chosen for), plus the clip's ``json`` /
   ``txt`` where it has them; ``OUT/codebook.npy`` ``(M D)`` (a code's vector: ``codebook[code]``) and
   ``OUT/manifest.json`` (shards and counts, the model's task, source and backbone fingerprints). ``.npy`` members are
   written with ``allow_pickle=False`` (read them with ``trainer.data.features.decode_npy``);
 - ``OUT.npz``: one table, a row per clip in input order: ``key`` (n), ``<m>.codes`` (n t) int64, ``<m>.z``
-  (n t D) float32 (text: padded to the longest caption, code -1 and zero vectors past a caption's end), ``codebook``;
+  (n t D) float32, padded to the longest clip (text: caption), code -1 and zero vectors past a clip's end (all -1 for
+  a modality the clip lacks), ``codebook``;
 - ``OUT.parquet`` (needs pyarrow, which MLflow installs; without it, write ``.npz``): columns ``key``, ``<m>.codes``
-  (list of int64) and ``<m>.z`` (list of D-float32 lists), real tokens only; the codebook in ``OUT.codebook.npy``.
+  (list of int64) and ``<m>.z`` (list of D-float32 lists), real seconds and tokens only (empty for a modality the clip
+  lacks); the codebook in ``OUT.codebook.npy``.
+A table's manifest is ``OUT.manifest.json`` next to it.
 
 Work: a unit is an input shard, or ``--clips-per-shard`` mp4 clips in sorted order; unit i becomes ``codes-<i>.tar``.
 Rank r of a launch (RANK / WORLD_SIZE, as accelerate launch and torchrun set them; no process group is formed) takes
@@ -33,10 +39,21 @@ backbones and the model run in the rank's process, on its device. Resumable: a u
 temporary name and renamed when complete, so a rerun skips the units whose shard exists (and refuses an ``OUT``
 written from other inputs). Rank 0 waits for every unit, then writes the manifest, or assembles the table from the
 shards (kept in ``OUT.parts/`` until then). Prints each rank's throughput in clips/s (decode, backbones and model).
+
+Bad inputs: a clip that does not decode is skipped, never fatal. Each skipped clip is named with its reason as it
+happens (``[cmg] skipping shard:key.member: reason: detail``), listed under ``skipped_inputs`` (``where``, ``reason``
+one of ``trainer.data.decode.SKIP_REASONS``, ``detail``) in the manifest (a directory's ``manifest.json``; a table's
+``OUT.manifest.json`` next to it) and counted by reason in the last line. Exit codes (``EXIT_*``):
+- 0: every input was encoded;
+- 3: the output is written, and some inputs were skipped (the manifest lists them);
+- 2: nothing was written: a bad argument or model, or every input skipped; one line on stderr says why, and no
+  ``OUT.parts`` or unit shard of this run is left behind. A leftover ``OUT.parts`` of an interrupted run of the same
+  inputs is resumed; one of other inputs is refused with the command that clears it.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -54,17 +71,17 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from shards.extract import (
-    ClipFiles, ShardBatches, annotation_members, default_device, launch_rank, one_thread, raw_samples, wait_for_files,
-)
+from shards.extract import ClipFiles, ShardBatches, default_device, launch_rank, one_thread, raw_samples, wait_for_files
 from shards.inspect import expand_shard_args
 from shards.write import collect_clips
 from trainer.cli import encode_parser
+from trainer.data.decode import WholeClip, decode_whole_sample
 from trainer.data.features import decode_npy, encode_npy
 from trainer.data.stream import MANIFEST_NAME, load_manifest_counts
 from trainer.pretrained import CMGModel, Codes
 
 CODES_FORMAT = "cmg-trainer-codes/1"
+EXIT_OK, EXIT_ERROR, EXIT_SKIPPED = 0, 2, 3   # module docstring, "Exit codes"
 PART = "codes-{:06d}.tar"
 UNITS_DIR = ".units"          # per-unit records (name, samples, source), written before the unit's shard
 TABLES = (".npz", ".parquet")
@@ -155,16 +172,33 @@ def work_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts") if out.suffix in TABLES else out
 
 
-def code_samples(batch: dict, encoded: dict[str, Codes]) -> Iterator[dict]:
-    """One output sample per clip of ``batch``: its codes and semantic vectors per modality (text: real tokens only),
-    and its json / txt where it has them."""
-    for i, key in enumerate(batch["key"]):
-        sample = {"__key__": key}
-        for m, codes in encoded.items():
-            real = slice(None) if codes.mask is None else codes.mask[i]
-            sample[f"{m}.codes.npy"] = encode_npy(codes.codes[i][real].numpy())
-            sample[f"{m}.z.npy"] = encode_npy(codes.semantic[i][real].numpy().astype(np.float32))
-        yield sample | annotation_members(batch, i)
+def code_samples(clips: list[WholeClip], encoded: dict[str, list[Codes | None]]) -> Iterator[dict]:
+    """One output sample per clip: its codes and semantic vectors per modality it has (text: real tokens only; a
+    modality the clip lacks, such as the audio of an mp4 without a track, has no members), and its json (labels of
+    its seconds) / txt where it has them."""
+    for i, clip in enumerate(clips):
+        sample = {"__key__": clip.key}
+        for m, per_clip in encoded.items():
+            if per_clip[i] is not None:
+                sample[f"{m}.codes.npy"] = encode_npy(per_clip[i].codes.numpy())
+                sample[f"{m}.z.npy"] = encode_npy(per_clip[i].semantic.numpy().astype(np.float32))
+        if clip.labels.labelled:
+            sample["json"] = json.dumps({"clip_label": clip.labels.clip, "video_labels": clip.labels.video.tolist(),
+                                         "audio_labels": clip.labels.audio.tolist()}).encode()
+        if clip.caption is not None:
+            sample["txt"] = clip.caption.encode()
+        yield sample
+
+
+def absent_records(clips: list[WholeClip], encoded: dict[str, list[Codes | None]]) -> list[dict[str, str]]:
+    """What a manifest says of the modalities clips lack (coded without them): ``{"where", "modality", "detail"}``."""
+    return [{"where": f"{clip.url}:{clip.key}" if clip.url else clip.key, "modality": m,
+             "detail": "the mp4 has no audio track" if m == "audio" else f"no {m} in the clip"}
+            for m, per_clip in encoded.items() for clip, codes in zip(clips, per_clip) if codes is None]
+
+
+class NothingEncoded(ValueError):
+    """Every input was skipped: there is nothing to write (exit 2)."""
 
 
 def _record(work: Path, unit: Unit) -> dict[str, Any] | None:
@@ -174,8 +208,25 @@ def _record(work: Path, unit: Unit) -> dict[str, Any] | None:
     record = json.loads((work / UNITS_DIR / f"{unit.index:06d}.json").read_text())
     if record["source"] != unit.describe():
         raise ValueError(f"{work / unit.name} was encoded from {record['source']!r}, not {unit.describe()!r}: "
-                         "these inputs need another --out")
+                         f"these inputs need another --out, or remove the earlier output first (rm -r {work})")
     return record
+
+
+def skip_summary(skips: list[dict[str, str]]) -> str:
+    """``"3 skipped (2 bad_video, 1 bad_audio)"``, or ``"0 skipped"``."""
+    reasons = collections.Counter(s["reason"] for s in skips)
+    by_reason = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items(), key=lambda r: (-r[1], r[0])))
+    return f"{len(skips)} skipped" + (f" ({by_reason})" if skips else "")
+
+
+def _remove_outputs(work: Path, units: list[Unit]) -> None:
+    """What the units wrote into ``work``: their shards and records (and ``work`` itself if that leaves it empty)."""
+    for unit in units:
+        (work / unit.name).unlink(missing_ok=True)
+        (work / UNITS_DIR / f"{unit.index:06d}.json").unlink(missing_ok=True)
+    for folder in (work / UNITS_DIR, work):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -196,77 +247,96 @@ def encode_units(model: CMGModel, units: list[Unit], out: Path, batch_size: int 
             stale.unlink()
     by_index = {u.index: u for u in todo}
     start = time.perf_counter()
-    clips = skipped = 0
+    clips = 0
+    skips: list[dict[str, str]] = []
     model_s = 0.0
     if todo:
         require_caption = "text" in {model.streams[m] for m in model.modalities}   # captions are encoded
-        batches = ShardBatches([(u.index, u.source) for u in todo], model.decode, batch_size, require_caption)
+        batches = ShardBatches([(u.index, u.source) for u in todo], model.decode, batch_size, require_caption,
+                               decoder=decode_whole_sample, collate=list)
         loader = DataLoader(batches, batch_size=None, num_workers=min(num_workers, len(todo)),
                             worker_init_fn=one_thread)
         bar = tqdm(total=_expected_clips(todo), desc=f"encode rank {rank}/{world_size}", unit="clip",
                    disable=not progress)
-        writers: dict[int, tuple[wds.TarWriter, Path, list[int]]] = {}
-        for index, batch, bad, last in loader:
-            skipped += bad
+        writers: dict[int, tuple[wds.TarWriter, Path, list[int], list[dict[str, str]]]] = {}
+        for index, batch, skipped, last in loader:
+            skips += skipped
             unit = by_index[index]
             if index not in writers:
                 tmp = work / f".{unit.name}.tmp-{os.getpid()}"
-                writers[index] = (wds.TarWriter(str(tmp)), tmp, [0, 0])
-            writer, tmp, counts = writers[index]
-            counts[1] += bad
-            if batch is not None:
+                writers[index] = (wds.TarWriter(str(tmp)), tmp, [0], [], [])
+            writer, tmp, counts, unit_skips, unit_absent = writers[index]
+            unit_skips += skipped
+            if batch is not None:     # whole clips of any length (decode_whole_sample)
                 began = time.perf_counter()
-                encoded = model.encode_batch(batch)
+                encoded = model.encode_whole_clips(batch, batch_size)
                 model_s += time.perf_counter() - began
                 for sample in code_samples(batch, encoded):
                     writer.write(sample)
-                counts[0] += len(batch["key"])
-                clips += len(batch["key"])
-                bar.update(len(batch["key"]))
+                unit_absent += absent_records(batch, encoded)
+                counts[0] += len(batch)
+                clips += len(batch)
+                bar.update(len(batch))
             if last:
                 writer.close()
-                record = {"name": unit.name, "samples": counts[0], "skipped": counts[1], "source": unit.describe()}
+                record = {"name": unit.name, "samples": counts[0], "skipped": len(unit_skips),
+                          "skipped_inputs": unit_skips, "absent": unit_absent, "source": unit.describe()}
                 _write_atomic(work / UNITS_DIR / f"{index:06d}.json", json.dumps(record).encode())
                 os.replace(tmp, work / unit.name)   # the unit is done once its shard has its name
                 del writers[index]
         bar.close()
     seconds = time.perf_counter() - start
     return {"rank": rank, "world_size": world_size, "units": len(mine), "resumed": len(mine) - len(todo),
-            "clips": clips, "skipped": skipped, "seconds": seconds, "model_seconds": model_s,
+            "clips": clips, "skipped_inputs": skips, "seconds": seconds, "model_seconds": model_s,
             "clips_per_s": clips / seconds if clips else 0.0}
 
 
 def finish(model: CMGModel, units: list[Unit], out: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
-    """Rank 0, once every unit's shard exists: the manifest and codebook of a directory, or the table."""
+    """Rank 0, once every unit's shard exists: the manifest and codebook of a directory, or the table (and its
+    manifest). Raises ``NothingEncoded``, having removed the units' shards, when every input was skipped."""
     work = work_dir(out)
     wait_for_files([work / u.name for u in units], timeout_s, "the units' shards")
     records = [_record(work, u) for u in units]
+    skipped = [s for r in records for s in r.get("skipped_inputs", [])]   # none in an older version's records
     manifest = {
         "format": CODES_FORMAT, "model": model.describe(),
         "modalities": {m: {"stream": model.streams[m], "dim": model.codebook.shape[1]} for m in model.modalities},
         "codebook": "codebook.npy", "shards": records,
-        "total": sum(r["samples"] for r in records), "skipped": sum(r["skipped"] for r in records),
+        "total": sum(r["samples"] for r in records), "skipped": len(skipped), "skipped_inputs": skipped,
+        "absent": [a for r in records for a in r.get("absent", [])],
     }
+    if manifest["total"] == 0:
+        _remove_outputs(work, units)
+        first = f"; the first: {skipped[0]['where']}: {skipped[0]['reason']}: {skipped[0]['detail']}" if skipped else ""
+        raise NothingEncoded(f"no clip could be encoded, nothing was written to {out}: {skip_summary(skipped)}{first}")
     if out.suffix not in TABLES:
         np.save(out / "codebook.npy", model.codebook.numpy(), allow_pickle=False)
         _write_atomic(out / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
         return manifest
     rows = list(read_codes([str(work / u.name) for u in units], model.modalities))
+    _write_atomic(table_manifest(out), (json.dumps(manifest | {"shards": None}, indent=1) + "\n").encode())
     write_table(rows, out, model.modalities, model.codebook.numpy(), manifest)
     shutil.rmtree(work)
     return manifest
 
 
+def table_manifest(out: Path) -> Path:
+    """``OUT.manifest.json``: the manifest of a table ``OUT.npz`` / ``OUT.parquet`` (its skipped inputs included)."""
+    return out.with_name(out.stem + ".manifest.json")
+
+
 # ---------------------------------------------------------------------- tables
 def read_codes(urls: list[str], modalities: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """The clips of code shards: ``{"key", "<m>.codes", "<m>.z"}`` arrays (never unpickled), in order."""
+    """The clips of code shards: ``{"key", "<m>.codes", "<m>.z"}`` arrays (never unpickled), in order; a modality
+    the clip lacks (the manifest's ``absent``) has no entry."""
     for url in urls:
         for sample in raw_samples(url):
             row = {"key": sample["__key__"]}
             for m in modalities:
                 for name in ("codes", "z"):
                     member = f"{m}.{name}.npy"
-                    row[f"{m}.{name}"] = decode_npy(sample[member], f"{url}:{row['key']}.{member}")
+                    if member in sample:
+                        row[f"{m}.{name}"] = decode_npy(sample[member], f"{url}:{row['key']}.{member}")
             yield row
 
 
@@ -280,6 +350,9 @@ def write_table(rows: list[dict[str, Any]], out: Path, modalities: Sequence[str]
                 manifest: dict[str, Any]) -> None:
     """``rows`` as ``OUT.npz`` or ``OUT.parquet`` (module docstring), written under a temporary name first."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
+    none = {"codes": np.zeros(0, np.int64), "z": np.zeros((0, codebook.shape[1]), np.float32)}   # a modality absent
+    rows = [{f"{m}.{name}": r.get(f"{m}.{name}", empty) for m in modalities for name, empty in none.items()}
+            | {"key": r["key"]} for r in rows]
     if out.suffix == ".npz":
         columns = {"key": np.array([r["key"] for r in rows])}
         for m in modalities:
@@ -329,17 +402,22 @@ def main(argv: list[str] | None = None) -> int:
         model = CMGModel.from_pretrained(a.model, torch.device(a.device) if a.device else default_device(),
                                          a.backbones)
         done = encode_units(model, units, out, a.batch_size, a.num_workers, rank, world_size, not a.no_progress)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"rank {rank}/{world_size}: {done['clips']} clips in {done['seconds']:.1f} s = {done['clips_per_s']:.2f} "
-          f"clips/s (decode in {min(a.num_workers, done['units'])} worker(s), backbones + model "
-          f"{done['model_seconds']:.1f} s); {done['skipped']} skipped, {done['resumed']} of {done['units']} units "
-          f"already done")
-    if rank == 0:
+        print(f"rank {rank}/{world_size}: {done['clips']} clips in {done['seconds']:.1f} s = "
+              f"{done['clips_per_s']:.2f} clips/s (decode in {min(a.num_workers, done['units'])} worker(s), backbones "
+              f"+ model {done['model_seconds']:.1f} s); {skip_summary(done['skipped_inputs'])}, {done['resumed']} of "
+              f"{done['units']} units already done" + (f" (an earlier run's, resumed from {work_dir(out)}; remove it "
+                                                       "to start over)" if done["resumed"] else ""))
+        if rank != 0:
+            return EXIT_SKIPPED if done["skipped_inputs"] else EXIT_OK
         manifest = finish(model, units, out, a.merge_timeout)
-        print(f"{manifest['total']} clips ({', '.join(model.modalities)}) in {out}")
-    return 0
+    except (FileNotFoundError, ValueError, KeyError) as err:   # NothingEncoded included
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    listed = out / MANIFEST_NAME if out.suffix not in TABLES else table_manifest(out)
+    print(f"{manifest['total']} clips ({', '.join(model.modalities)}) in {out}; "
+          f"{skip_summary(manifest['skipped_inputs'])}"
+          + (f", listed under 'skipped_inputs' in {listed}" if manifest["skipped"] else ""))
+    return EXIT_SKIPPED if manifest["skipped"] else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -6,13 +6,21 @@ export format, which this module alone reads and writes.
     out = model.encode(video="clip.mp4", audio="clip.mp4")    # paths, mp4 bytes or decoded tensors; lists for batches
     out["video"].codes                                        # (b t) int64: the code of every one-second segment
     out["video"].quantized, out["video"].semantic             # (b t D): its code vector e[code], the z it encodes
+    out["video"].mask                                         # (b t) True = a real second (None: clips of one length)
     model.save_pretrained("exports/demo")                     # model.safetensors + config.json, movable
 
 Any registered task works (Uni-Code, FCCID, COMET: ``trainer.tasks.TASKS``): codes come from the model's
 ``segment_encoding`` through ``trainer.eval.encode.encode_features``, the path evaluation encodes with, so a clip gets
-the codes evaluation gives it. Media are decoded as in training (the run's ``data.decode``: ``decode_video`` /
-``decode_audio`` of trainer/data/decode.py) and go through the frozen backbones the checkpoint names, rebuilt from its
-record and refused unless their weights' fingerprints match it (``FrozenBackbones.load_state_dict``).
+the codes evaluation gives it. Media are decoded with the run's ``data.decode`` settings (frames per segment, frame
+size, sample rate) and go through the frozen backbones the checkpoint names, rebuilt from its record and refused
+unless their weights' fingerprints match it (``FrozenBackbones.load_state_dict``).
+
+Every second of a clip is coded, whatever its length (``trainer.data.decode.clip_seconds``: a 3-s clip gives 3 codes,
+a 95-s one 95). The encoders were trained on windows of ``data.decode.seconds`` (T), and they attend across the
+seconds of their input, so a longer clip is coded as consecutive windows of T seconds, the last one shorter, each
+encoded on its own as in training, and their codes are concatenated (``encode_windows``); a clip of at most T seconds
+is one window. Clips of several lengths come back padded to the longest: code -1 and zero vectors past a clip's end,
+and ``mask`` False there.
 
 Export format (``EXPORT_FORMAT``), a directory:
 
@@ -53,7 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.backbones import FrozenBackbones, backbones_config_from_dict, load_backbones_config
-from trainer.data.decode import DecodeConfig, decode_audio, decode_video
+from trainer.data.decode import DecodeConfig, WholeClip, decode_whole_audio, decode_whole_video
 from trainer.eval.encode import encode_features, frozen_model, load_pretrained
 from trainer.models.inputs import mask_key
 
@@ -72,10 +80,10 @@ Media = str | os.PathLike | bytes | np.ndarray | Tensor | Sequence[Any]
 class Codes:
     """One modality's encoding of a batch of clips (CPU tensors)."""
 
-    codes: Tensor                 # (b t) int64: the code of each segment (text: each token); -1 past a caption's end
+    codes: Tensor                 # (b t) int64: the code of each segment (text: each token); -1 past a clip's end
     quantized: Tensor             # (b t D) the codes' vectors e[codes]
     semantic: Tensor              # (b t D) the semantic vectors z^m the codes were chosen for
-    mask: Tensor | None = None    # (b t) bool, True = a real token (text); None: every segment is real
+    mask: Tensor | None = None    # (b t) bool, True = a real segment or token; None: every segment is real
 
 
 class CMGModel:
@@ -173,20 +181,70 @@ class CMGModel:
         unknown = [s for s in given if s not in self.streams.values() or s not in self._backbones().modalities]
         if unknown:
             raise ValueError(f"the model encodes no {unknown} (its modalities: {self.modalities})")
-        inputs = {s: _batched(s, v, self.decode) for s, v in given.items()}
-        parts: dict[str, list[Codes]] = {}
-        for stream, clips in inputs.items():
-            for start in range(0, len(clips), batch_size):
-                chunk = {STREAM_INPUT[stream]: clips[start:start + batch_size]}
-                for m, codes in self.encode_batch(chunk).items():
-                    parts.setdefault(m, []).append(codes)
-        return {m: _concat(chunks) for m, chunks in parts.items()}
+        out: dict[str, Codes] = {}
+        for stream, value in given.items():
+            if stream == "text":
+                captions = [value] if isinstance(value, str) else list(value)
+                parts: dict[str, list[Codes]] = {}
+                for start in range(0, len(captions), batch_size):
+                    for m, codes in self.encode_batch({"caption": captions[start:start + batch_size]}).items():
+                        parts.setdefault(m, []).append(codes)
+                out |= {m: _concat(chunks) for m, chunks in parts.items()}
+            else:
+                out |= {m: _stacked(clips) for m, clips in
+                        self.encode_windows(stream, _clips(stream, value, self.decode), batch_size).items()}
+        return out
+
+    @torch.no_grad()
+    def encode_windows(self, stream: str, clips: Sequence[Tensor], batch_size: int = 16) -> dict[str, list[Codes]]:
+        """Per model modality of ``stream`` (video or audio), the codes of each decoded clip ``(t ...)`` of any length:
+        ``Codes`` of one clip, ``codes (t)``, ``quantized`` and ``semantic (t D)``. A clip is cut into consecutive
+        windows of ``decode.seconds`` (the last one shorter), windows of one length are encoded together,
+        ``batch_size`` at a time, and each clip's windows are concatenated again (module docstring)."""
+        window = self.decode.seconds
+        pieces = [(i, start, clip[start:start + window]) for i, clip in enumerate(clips)
+                  for start in range(0, len(clip), window)]
+        by_length: dict[int, list[tuple[int, int, Tensor]]] = {}
+        for piece in pieces:
+            by_length.setdefault(len(piece[2]), []).append(piece)
+        coded: dict[str, dict[tuple[int, int], Codes]] = {}
+        for group in by_length.values():
+            for first in range(0, len(group), batch_size):
+                chunk = group[first:first + batch_size]
+                batch = {STREAM_INPUT[stream]: torch.stack([piece for _, _, piece in chunk])}
+                for m, codes in self.encode_batch(batch).items():
+                    for j, (i, start, _) in enumerate(chunk):
+                        coded.setdefault(m, {})[i, start] = Codes(codes.codes[j], codes.quantized[j],
+                                                                  codes.semantic[j])
+        return {m: [Codes(*(torch.cat([getattr(parts[i, start], name) for start in range(0, len(clip), window)])
+                            for name in ("codes", "quantized", "semantic")))
+                    for i, clip in enumerate(clips)]
+                for m, parts in coded.items()}
+
+    def encode_whole_clips(self, clips: Sequence[WholeClip], batch_size: int = 16) -> dict[str, list[Codes | None]]:
+        """Per model modality, the codes of each clip decoded by ``trainer.data.decode.decode_whole_sample`` (one
+        clip's ``Codes`` as in ``encode_windows``; text: its caption's real tokens), or None where the clip lacks the
+        modality's stream (an mp4 without an audio track)."""
+        out: dict[str, list[Codes | None]] = {}
+        for stream in sorted({self.streams[m] for m in self.modalities}):
+            if stream == "text":
+                for m, codes in self.encode(text=[c.caption for c in clips], batch_size=batch_size).items():
+                    out[m] = [Codes(codes.codes[i][real], codes.quantized[i][real], codes.semantic[i][real])
+                              for i, real in enumerate(codes.mask)]
+                continue
+            have = [i for i, clip in enumerate(clips) if getattr(clip, stream) is not None]
+            out |= {m: [None] * len(clips) for m in self.modalities if self.streams[m] == stream}
+            media = [torch.from_numpy(getattr(clips[i], stream)) for i in have]
+            for m, coded in (self.encode_windows(stream, media, batch_size) if media else {}).items():
+                for i, codes in zip(have, coded):
+                    out[m][i] = codes
+        return out
 
     @torch.no_grad()
     def encode_batch(self, batch: Mapping[str, Any]) -> dict[str, Codes]:
-        """Codes of a decoded clip batch (``trainer.data.collate_clips``'s keys: ``video (b t f h w 3)`` uint8,
-        ``audio (b t s)`` float, ``caption`` list of str) for every modality of the model whose stream the batch
-        holds (other keys are ignored)."""
+        """Codes of a decoded batch of clips of one length (``trainer.data.collate_clips``'s keys: ``video (b t f h w
+        3)`` uint8, ``audio (b t s)`` float, ``caption`` list of str) for every modality of the model whose stream the
+        batch holds (other keys are ignored), each clip encoded as one window."""
         streams = [s for s in self._backbones().modalities if STREAM_INPUT[s] in batch]
         # the encoders of these streams only; each is loaded once per process and shared (trainer.backbones)
         backbones = FrozenBackbones(self.backbones.config.only(streams), self.backbones.device)
@@ -293,35 +351,44 @@ def frozen_backbones(records: Mapping[str, Any] | None, streams: Sequence[str], 
 
 
 # ---------------------------------------------------------------------- inputs and outputs
-def _batched(stream: str, value: Any, decode: DecodeConfig) -> Tensor | list[str]:
-    """One stream's input as a batch: decoded clips ``(b ...)`` (video uint8, audio float32) or captions."""
-    if stream == "text":
-        return [value] if isinstance(value, str) else list(value)
-    decoder: Callable[[bytes, DecodeConfig, str], np.ndarray] = decode_video if stream == "video" else decode_audio
+def _clips(stream: str, value: Any, decode: DecodeConfig) -> list[Tensor]:
+    """One time stream's input as decoded clips ``(t ...)`` of any length (video uint8, audio float32): files and
+    bytes are decoded whole (every second), a decoded clip or batch is taken as it is."""
     clip_dims = 5 if stream == "video" else 2          # (t f h w 3) | (t s)
+    decoder: Callable[[bytes, DecodeConfig, str], np.ndarray] = \
+        decode_whole_video if stream == "video" else decode_whole_audio
     if isinstance(value, (np.ndarray, Tensor)):
-        clips = torch.as_tensor(value)
-        if clips.ndim not in (clip_dims, clip_dims + 1):
+        tensor = torch.as_tensor(value)
+        if tensor.ndim not in (clip_dims, clip_dims + 1):
             raise ValueError(f"{stream}: a decoded clip has {clip_dims} dims and a batch {clip_dims + 1}, got a "
-                             f"tensor of shape {tuple(clips.shape)}")
-        clips = clips.unsqueeze(0) if clips.ndim == clip_dims else clips
+                             f"tensor of shape {tuple(tensor.shape)}")
+        items: list[Any] = list(tensor.unsqueeze(0) if tensor.ndim == clip_dims else tensor)
     else:
         items = [value] if isinstance(value, (str, os.PathLike, bytes, bytearray)) else list(value)
-        decoded = []
-        for item in items:
-            if isinstance(item, (str, os.PathLike)):
-                item = decoder(Path(item).read_bytes(), decode, str(item))
-            elif isinstance(item, (bytes, bytearray)):
-                item = decoder(bytes(item), decode, f"{stream} bytes")
-            decoded.append(torch.as_tensor(np.asarray(item)))
-        clips = torch.stack(decoded)
-    return clips if stream == "video" else clips.float()
+    clips = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            item = decoder(Path(item).read_bytes(), decode, str(item))
+        elif isinstance(item, (bytes, bytearray)):
+            item = decoder(bytes(item), decode, f"{stream} bytes")
+        clip = torch.as_tensor(np.asarray(item))
+        clips.append(clip if stream == "video" else clip.float())
+    return clips
 
 
-def _concat(parts: list[Codes]) -> Codes:
-    """Batches of one modality, in order; text tokens padded to the longest (code -1, zero vectors, mask False)."""
+def _stacked(clips: list[Codes]) -> Codes:
+    """One clip's ``Codes`` each -> a batch, padded to the longest clip (code -1, zero vectors, ``mask`` False) when
+    their lengths differ."""
+    return _concat([Codes(c.codes[None], c.quantized[None], c.semantic[None],
+                          torch.ones(1, len(c.codes), dtype=torch.bool)) for c in clips],
+                   keep_mask=len({len(c.codes) for c in clips}) > 1)
+
+
+def _concat(parts: list[Codes], keep_mask: bool = True) -> Codes:
+    """Batches of one modality, in order, padded to the longest (code -1, zero vectors, mask False); ``keep_mask``
+    False drops the mask (every segment is real)."""
     if len(parts) == 1:
-        return parts[0]
+        return parts[0] if keep_mask else dataclasses.replace(parts[0], mask=None)
     longest = max(p.codes.shape[1] for p in parts)
 
     def cat(name: str, fill: float) -> Tensor:
@@ -331,5 +398,5 @@ def _concat(parts: list[Codes]) -> Codes:
                   for t in tensors]
         return torch.cat(padded).to(tensors[0].dtype)
 
-    masked = parts[0].mask is not None
+    masked = keep_mask and parts[0].mask is not None
     return Codes(cat("codes", -1), cat("quantized", 0.0), cat("semantic", 0.0), cat("mask", 0.0) if masked else None)

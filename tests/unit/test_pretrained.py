@@ -239,7 +239,89 @@ def test_cli_resumes_skipping_finished_units_and_refuses_other_inputs(runs, corp
     # other inputs into the same output are refused, naming the unit
     assert encode_main([*args[:-5], "--out", str(out), "--clips-per-shard", "4", "--num-workers", "0",
                         "--no-progress"]) == 2
-    assert "codes-000000.tar was encoded from" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "codes-000000.tar was encoded from" in err and f"rm -r {out}" in err
+
+
+def _clip(path: Path, seconds: int, fps: int, size: tuple[int, int], audio: bool, seed: int) -> Path:
+    """A clip made with PyAV (shards.media): ``seconds`` s of moving noise at ``fps``, ``size`` (w, h), a tone."""
+    from shards.media import encode_mp4
+
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (seconds * fps, size[1], size[0], 3), dtype=np.uint8)
+    tone = (0.3 * np.sin(np.arange(seconds * 16000) * 2 * np.pi * (200 + 50 * seed) / 16000)).astype(np.float32)
+    path.write_bytes(encode_mp4(frames, tone if audio else None, fps, 16000))
+    return path
+
+
+def test_clips_of_any_length_give_a_code_per_second_through_the_cli_the_api_and_an_export(runs, tmp_path):
+    """3, 7, 12 and 95 s at other frame rates and sizes than training's, the 12-s one without audio."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    specs = {"a3": (3, 8, (32, 32), True), "b7": (7, 12, (48, 40), True), "c12": (12, 10, (64, 48), False),
+             "d95": (95, 4, (32, 32), True)}
+    paths = {key: _clip(folder / f"{key}.mp4", *spec, seed=i) for i, (key, spec) in enumerate(specs.items())}
+    rows = {"video": [3, 7, 12, 95], "audio": [3, 7, 0, 95]}
+
+    out = tmp_path / "codes.npz"
+    assert encode_main([str(runs["unicode"]), str(folder), "--out", str(out), "--num-workers", "0",
+                        "--no-progress", "--batch-size", "3"]) == 0       # a clip without audio is not a skip
+    table = np.load(out)
+    assert list(table["key"]) == list(specs)
+    for m in ("audio", "video"):
+        assert (table[f"{m}.codes"] >= 0).sum(1).tolist() == rows[m], m
+        assert table[f"{m}.codes"].shape == (4, 95) and table[f"{m}.z"].shape == (4, 95, 16)
+    manifest = json.loads((tmp_path / "codes.manifest.json").read_text())
+    assert manifest["skipped"] == 0 and [(a["where"].rsplit(":", 1)[1], a["modality"]) for a in manifest["absent"]] \
+        == [("c12", "audio")] and manifest["absent"][0]["detail"] == "the mp4 has no audio track"
+
+    model = CMGModel.from_pretrained(runs["unicode"])
+    model.save_pretrained(tmp_path / "export")
+    with_audio = [str(paths[k]) for k in ("a3", "b7", "d95")]
+    for loaded in (model, CMGModel.from_pretrained(tmp_path / "export")):
+        video = loaded.encode(video=[str(p) for p in paths.values()], batch_size=2)["video"]
+        assert video.mask.sum(1).tolist() == rows["video"]
+        assert torch.equal(video.codes, torch.from_numpy(table["video.codes"]))
+        audio = loaded.encode(audio=with_audio)["audio"]
+        assert torch.equal(audio.codes, torch.from_numpy(table["audio.codes"][[0, 1, 3]]))
+    # the 95-s clip: windows of the training's 10 s, each coded on its own (its first 10 s alone give its first codes)
+    from trainer.data.decode import decode_whole_video
+
+    decoded = torch.from_numpy(decode_whole_video(paths["d95"].read_bytes(), model.decode, "d95"))
+    assert decoded.shape[0] == 95 and model.decode.seconds == 10
+    assert torch.equal(model.encode(video=decoded[:10])["video"].codes[0], video.codes[3, :10])
+    assert torch.equal(model.encode(video=decoded[90:])["video"].codes[0], video.codes[3, 90:])
+
+
+def test_cli_skips_bad_clips_lists_them_exits_3_and_all_bad_input_exits_2_leaving_nothing(runs, corpus, tmp_path,
+                                                                                           capfd):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(4096))       # no video at all
+    (bad / "empty.mp4").write_bytes(b"")
+    model = [str(runs["unicode"]), "--num-workers", "0", "--no-progress"]
+    good = [str(p) for p in corpus.mp4s()[:2]]
+
+    assert encode_main([*model, *good, str(bad), "--out", str(tmp_path / "codes.npz")]) == 3
+    printed = capfd.readouterr()
+    assert "2 clips (audio, video)" in printed.out and "2 skipped (1 bad_video, 1 empty_member)" in printed.out
+    assert "ERROR opening" not in printed.err and "Traceback" not in printed.err   # decord's own output stays off
+    assert all(line.isprintable() for line in printed.err.splitlines())   # no binary bytes from a bad input
+    manifest = json.loads((tmp_path / "codes.manifest.json").read_text())
+    assert manifest["total"] == 2 and manifest["skipped"] == 2
+    reasons = {s["where"].rsplit(":", 1)[1]: (s["reason"], s["detail"]) for s in manifest["skipped_inputs"]}
+    assert reasons == {"garbage.mp4": ("bad_video", "decord cannot open it (Invalid data found when processing "
+                                                    "input)"),
+                       "empty.mp4": ("empty_member", "member is empty")}
+    assert list(np.load(tmp_path / "codes.npz")["key"]) == corpus.keys[:2]
+
+    for attempt in range(2):      # nothing is left behind that would block or change the next run
+        assert encode_main([*model, str(bad), "--out", str(tmp_path / "none.npz")]) == 2
+        err = capfd.readouterr().err
+        lines = [line for line in err.splitlines() if not line.startswith("[cmg] skipping")]
+        assert len(lines) == 1 and lines[0].startswith("error: no clip could be encoded, nothing was written"), err
+        assert "2 skipped (1 bad_video, 1 empty_member)" in lines[0]
+        assert sorted(p.name for p in tmp_path.glob("none*")) == []
 
 
 def test_cli_errors_exit_2_with_a_message(runs, tmp_path, capsys):

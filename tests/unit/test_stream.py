@@ -216,7 +216,8 @@ def test_decoders_reject_each_kind_of_corruption(clips):
         decode_sample(good | {"json": b'{"clip_label": 0, "video_labels": [0, 0]}'}, DECODE)
     three_s = json.loads(good["json"])
     three_s.update(video_labels=three_s["video_labels"] + [-1], audio_labels=three_s["audio_labels"] + [-1])
-    with pytest.raises(CorruptSample, match="16 frames, need frame 22"):  # 2 s of video asked for 3 s
+    with pytest.raises(CorruptSample, match=r"too short: the clip lasts 2.00 s \(16 frames at 8 fps\), 3 s are "
+                                            r"decoded"):  # 2 s of video asked for 3 s
         decode_sample(good | {"json": json.dumps(three_s).encode()}, DecodeConfig(seconds=3, frames_per_segment=2))
     with pytest.raises(CorruptSample, match="labels cover 2 s, need 3 s"):
         decode_sample(good, DecodeConfig(seconds=3))
@@ -229,6 +230,9 @@ def test_an_unopenable_video_is_reported_once_not_also_printed_by_decord(clips, 
     with pytest.raises(CorruptSample, match="bad_video: decord cannot open it .*Invalid data found"):
         decode_sample(good | {"mp4": b"not a video"}, DECODE)       # the reason decord logged, in the message
     assert "ERROR opening" not in capfd.readouterr().err       # decord's C++ logger writes to fd 2 itself
+    with pytest.raises(CorruptSample, match="bad_audio: decord cannot read audio"):
+        decode_sample(good | {"wav": b"RIFF not a wave"}, DECODE)
+    assert capfd.readouterr().err == ""
     print("stderr works again", file=sys.stderr)
     assert "stderr works again" in capfd.readouterr().err
 
@@ -428,6 +432,51 @@ def test_epochs_reshuffle_but_cover_the_same_samples(good_shards):
     assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(keys)
     assert epochs[0] != epochs[1]
     assert stream.state_dict()["epoch"] == 2
+
+
+def _batch_tensors(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)} | {"key": batch["key"]}
+
+
+def test_a_decode_cache_gives_the_same_batches_and_decodes_each_clip_once(bad_shards, tmp_path, monkeypatch):
+    """Two epochs with ``data.decode_cache`` and without: the same batches bit for bit, the same skips counted in
+    both epochs; with the cache, the second epoch decodes nothing. A cache file that does not load is decoded again."""
+    from trainer.data import decode as decode_module
+
+    decoded = []
+    real_decode_video = decode_module.decode_video
+    monkeypatch.setattr(decode_module, "decode_video", lambda data, cfg, where: decoded.append(where) or
+                        real_decode_video(data, cfg, where))
+    runs = {}
+    for cache in ("", str(tmp_path / "cache")):
+        cfg = DataConfig(urls=bad_shards["urls"], batch_size=2, num_workers=0, shuffle_buffer=4, decode=DECODE,
+                         decode_cache=cache)
+        stream, epochs, decodes = ClipStream(cfg), [], []
+        for _ in range(2):
+            decoded.clear()
+            epochs.append([_batch_tensors(b) for b in _epoch(stream)])
+            decodes.append(len([where for where in decoded if ":truncated." not in where]))   # those that succeed
+        runs[cache or "none"] = epochs, decodes, stream.skip_totals()
+    (plain, plain_decodes, plain_skips), (cached, cached_decodes, cached_skips) = runs.values()
+    assert len(plain) == len(cached) == 2
+    for a, b in zip(plain[0] + plain[1], cached[0] + cached[1]):
+        assert a.keys() == b.keys() and a["key"] == b["key"]
+        assert all(torch.equal(a[k], b[k]) for k in a if k != "key")
+    assert plain_skips == cached_skips and cached_skips["bad_video"] == 2     # the truncated clip, in both epochs
+    # without the cache every epoch decodes each clip (and the repeats that pad its last batches) again; with it,
+    # each clip once, and the clip that never decodes is tried in every epoch
+    assert min(plain_decodes) >= len(bad_shards["good"])
+    assert cached_decodes == [len(bad_shards["good"]), 0]
+    kept = sorted((tmp_path / "cache").glob("*/*.npz"))
+    assert len(kept) == len(bad_shards["good"])
+    kept[0].write_bytes(b"not a zip")                   # e.g. a disk that filled up: decoded again, replaced
+    cfg = DataConfig(urls=bad_shards["urls"], batch_size=2, num_workers=0, shuffle_buffer=4, decode=DECODE,
+                     decode_cache=str(tmp_path / "cache"))
+    decoded.clear()
+    again = [_batch_tensors(b) for b in _epoch(ClipStream(cfg))]
+    assert len([where for where in decoded if ":truncated." not in where]) == 1
+    assert all(torch.equal(a["video"], b["video"]) for a, b in zip(again, cached[0]))
+    assert len(sorted((tmp_path / "cache").glob("*/*.npz"))) == len(bad_shards["good"])
 
 
 def test_a_stop_signal_to_a_worker_that_is_starting_is_ignored(good_shards, monkeypatch):

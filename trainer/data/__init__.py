@@ -53,7 +53,10 @@ from trainer.data.decode import (
     CorruptSample,
     DecodeConfig,
     DecodedClip,
+    WholeClip,
+    clip_seconds,
     decode_sample,
+    decode_whole_sample,
     probe_sample,
 )
 from trainer.data.features import FeatureClip, collate_feature_clips, decode_feature_sample
@@ -61,6 +64,7 @@ from trainer.data.stream import DATA_KINDS, ClipStream, DataConfig, WorkerPlan, 
 
 __all__ = [
     "BACKGROUND", "COUNTER_NAMES", "DATA_KINDS", "SKIP_REASONS", "ClipInfo", "ClipStream", "CorruptSample",
-    "DataConfig", "DecodeConfig", "DecodedClip", "FeatureClip", "WorkerPlan", "batches_per_rank", "collate_clips",
-    "collate_feature_clips", "decode_feature_sample", "decode_sample", "feature_batches", "probe_sample",
+    "DataConfig", "DecodeConfig", "DecodedClip", "FeatureClip", "WholeClip", "WorkerPlan", "batches_per_rank",
+    "clip_seconds", "collate_clips", "collate_feature_clips", "decode_feature_sample", "decode_sample",
+    "decode_whole_sample", "feature_batches", "probe_sample",
 ]

@@ -28,11 +28,14 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import decord
 import numpy as np
 from decord import AudioReader, VideoReader
+
+if TYPE_CHECKING:
+    from trainer.data.cache import DecodeCache
 
 # ffmpeg inside decord logs every corrupt input to stderr; the stream reports corrupt samples itself
 decord.logging.set_level(decord.logging.QUIET)
@@ -258,7 +261,10 @@ def _open_video(data: bytes, where: str, size: int | None = None) -> VideoReader
                 return VideoReader(io.BytesIO(data), num_threads=1)
             return VideoReader(io.BytesIO(data), num_threads=1, width=size, height=size)
     except Exception as err:  # decord raises RuntimeError / DECORDError on anything it cannot open
-        reason = logged[-1].split("ERROR opening: ")[-1][-200:] if logged else str(err).splitlines()[0]
+        # decord's line is "ERROR opening: <its name for the input>, <ffmpeg's reason>"; the name of an in-memory input
+        # is its first bytes, binary: only the reason is kept
+        reason = logged[-1].rsplit(", ", 1)[-1] if logged else str(err).splitlines()[0]
+        reason = "".join(c for c in reason if c.isprintable())[-200:]
         raise CorruptSample("bad_video", where, f"decord cannot open it ({reason})") from err
 
 
@@ -274,14 +280,20 @@ def _read_frames(reader: VideoReader, indices: list[int], where: str) -> np.ndar
 def decode_video(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
     """mp4 bytes -> (t f h w 3) uint8, t = cfg.seconds, f = cfg.frames_per_segment, h = w = cfg.frame_size."""
     reader = _open_video(data, where, cfg.frame_size)
-    indices = segment_frame_indices(reader.get_avg_fps(), cfg.seconds, cfg.frames_per_segment)
+    fps = reader.get_avg_fps()
+    indices = segment_frame_indices(fps, cfg.seconds, cfg.frames_per_segment)
+    if indices[-1] >= len(reader) and fps > 0:
+        raise CorruptSample("bad_video", where, f"too short: the clip lasts {len(reader) / fps:.2f} s ({len(reader)} "
+                                                f"frames at {fps:g} fps), {cfg.seconds} s are decoded (decode.seconds)")
     frames = _read_frames(reader, indices, where)
     return frames.reshape(cfg.seconds, cfg.frames_per_segment, cfg.frame_size, cfg.frame_size, 3)
 
 
 def _read_audio(data: bytes, sample_rate: int, where: str) -> np.ndarray:
+    logged: list[str] = []
     try:
-        reader = AudioReader(io.BytesIO(data), sample_rate=sample_rate, mono=True)
+        with _fd2_captured(logged):   # as for the video: decord's own report of a bad input stays off the terminal
+            reader = AudioReader(io.BytesIO(data), sample_rate=sample_rate, mono=True)
     except Exception as err:  # no audio stream, undecodable codec, garbage bytes
         raise CorruptSample("bad_audio", where, f"decord cannot read audio ({str(err).splitlines()[0]})") from err
     # AudioReader decodes the whole track into ``_array`` (channels, samples) when it opens. The public
@@ -295,22 +307,105 @@ def decode_audio(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
     wave = _read_audio(data, cfg.sample_rate, where)
     need = cfg.seconds * cfg.sample_rate
     if len(wave) < need - cfg.audio_shortfall_s * cfg.sample_rate:
-        raise CorruptSample("bad_audio", where, f"{len(wave) / cfg.sample_rate:.2f} s of audio, need {cfg.seconds} s")
+        raise CorruptSample("bad_audio", where, f"too short: {len(wave) / cfg.sample_rate:.2f} s of audio, "
+                                                f"{cfg.seconds} s are decoded (decode.seconds)")
     # AAC adds encoder padding at the end (decord returns ~0.05 s extra): keep the first T seconds
     wave = np.pad(wave[:need], (0, max(0, need - len(wave))))
     return wave.reshape(cfg.seconds, cfg.sample_rate).astype(np.float32, copy=False)
 
 
-def decode_sample(sample: Mapping[str, Any], cfg: DecodeConfig, require_caption: bool = False) -> DecodedClip:
+def clip_seconds(duration: float) -> int:
+    """The one-second segments a whole clip of ``duration`` seconds is coded as: its whole seconds, and a last partial
+    second from half a second on (a 7.4-s clip gives 7, a 7.5-s one 8); at least 1."""
+    return max(1, math.floor(duration + 0.5))
+
+
+def decode_whole_video(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
+    """mp4 bytes -> ``(t f h w 3)`` uint8 for every second of the clip, t = ``clip_seconds`` of its duration (frame
+    indices past the last frame read the last frame: the end of a last partial second)."""
+    reader = _open_video(data, where, cfg.frame_size)
+    fps, frames = reader.get_avg_fps(), len(reader)
+    if frames == 0 or not fps > 0:
+        raise CorruptSample("bad_video", where, f"no frames to decode ({frames} frames at {fps} fps)")
+    seconds = clip_seconds(frames / fps)
+    indices = [min(i, frames - 1) for i in segment_frame_indices(fps, seconds, cfg.frames_per_segment)]
+    return _read_frames(reader, indices, where).reshape(seconds, cfg.frames_per_segment, cfg.frame_size,
+                                                        cfg.frame_size, 3)
+
+
+def decode_whole_audio(data: bytes, cfg: DecodeConfig, where: str, seconds: int | None = None) -> np.ndarray:
+    """mp4/wav/flac bytes -> ``(t s)`` float32 mono for every second of the track (t = ``clip_seconds`` of its
+    duration), or for ``seconds`` seconds (those of the clip's video): cut, or zero-padded past the track's end."""
+    wave = _read_audio(data, cfg.sample_rate, where)
+    if len(wave) == 0:
+        raise CorruptSample("bad_audio", where, "the audio track holds no samples")
+    seconds = clip_seconds(len(wave) / cfg.sample_rate) if seconds is None else seconds
+    need = seconds * cfg.sample_rate
+    wave = np.pad(wave[:need], (0, max(0, need - len(wave))))
+    return wave.reshape(seconds, cfg.sample_rate).astype(np.float32, copy=False)
+
+
+NO_AUDIO_STREAM = "Can't find audio stream"   # decord's message for a container without an audio track
+
+
+@dataclass
+class WholeClip:
+    """Every second of one clip, as ``decode_whole_sample`` decodes it for coding (not for training)."""
+
+    key: str
+    video: np.ndarray  # (t f h w 3) uint8, t = clip_seconds of the video's duration
+    audio: np.ndarray | None  # (t s) float32; None: the clip has no audio (an mp4 without a track, no wav/flac)
+    caption: str | None
+    labels: ClipLabels  # of the t seconds (BACKGROUND past the json's last second)
+    url: str
+
+
+def decode_whole_sample(sample: Mapping[str, Any], cfg: DecodeConfig, require_caption: bool = False) -> WholeClip:
+    """Decode every second of one raw sample (``clip_seconds`` of its video) for coding; raises ``CorruptSample``.
+
+    The audio (a wav/flac member, else the mp4's track) is cut or zero-padded to the video's seconds; an mp4 without
+    an audio track and no wav/flac member gives ``audio=None`` instead of a skip."""
+    audio_member = _audio_member(sample)
+    required = [VIDEO_MEMBER] + ([CAPTION_MEMBER] if require_caption else [])
+    for member in required + [m for m in (*OPTIONAL_MEMBERS, audio_member) if m in sample and m not in required]:
+        check_member(sample, member)
+    caption = sample_caption(sample)
+    labels = parse_labels(sample[LABEL_MEMBER], member_where(sample, LABEL_MEMBER)) if LABEL_MEMBER in sample else None
+    video = decode_whole_video(sample[VIDEO_MEMBER], cfg, member_where(sample, VIDEO_MEMBER))
+    seconds = len(video)
+    try:
+        audio = decode_whole_audio(sample[audio_member], cfg, member_where(sample, audio_member), seconds)
+    except CorruptSample as err:
+        if audio_member != VIDEO_MEMBER or NO_AUDIO_STREAM not in err.detail:
+            raise
+        audio = None
+    if labels is None:
+        labels = ClipLabels.unlabelled(seconds)
+    else:   # the json's seconds, cut or extended with BACKGROUND to the clip's
+        fit = [np.pad(v[:seconds], (0, max(0, seconds - len(v))), constant_values=BACKGROUND)
+               for v in (labels.video, labels.audio)]
+        labels = ClipLabels(fit[0], fit[1], labels.clip, labels.num_classes)
+    return WholeClip(str(sample.get("__key__")), video, audio, caption, labels, str(sample.get("__url__", "")))
+
+
+def decode_sample(sample: Mapping[str, Any], cfg: DecodeConfig, require_caption: bool = False,
+                  cache: DecodeCache | None = None) -> DecodedClip:
     """Decode one raw sample; raises ``CorruptSample`` (cheap members are checked first). Without a txt
     member the caption is None, or with ``require_caption`` (the caption is encoded) the sample is corrupt
-    ("missing_member"); without a json member the clip has no labels (``ClipLabels.unlabelled``)."""
+    ("missing_member"); without a json member the clip has no labels (``ClipLabels.unlabelled``). With a ``cache``
+    (trainer/data/cache.py), the video and audio of a clip decoded before are read from it, and kept after a decode."""
     _check_members(sample, require_caption)
     audio_member = _audio_member(sample)
     labels = sample_labels(sample, cfg.seconds)
     caption = sample_caption(sample)
-    video = decode_video(sample[VIDEO_MEMBER], cfg, member_where(sample, VIDEO_MEMBER))
-    audio = decode_audio(sample[audio_member], cfg, member_where(sample, audio_member))
+    kept = cache.load(sample) if cache is not None else None
+    if kept is not None:
+        video, audio = kept
+    else:
+        video = decode_video(sample[VIDEO_MEMBER], cfg, member_where(sample, VIDEO_MEMBER))
+        audio = decode_audio(sample[audio_member], cfg, member_where(sample, audio_member))
+        if cache is not None:
+            cache.save(sample, video, audio)
     return DecodedClip(str(sample.get("__key__")), video, audio, caption, labels, len(unknown_members(sample)),
                        str(sample.get("__url__", "")))
 

@@ -67,6 +67,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer import distributed
+from trainer.data.cache import DecodeCache
 from trainer.data.collate import COUNTER_INDEX, COUNTER_NAMES, collate_clips
 from trainer.data.decode import CorruptSample, DecodeConfig, decode_sample
 from trainer.data.features import (
@@ -100,6 +101,9 @@ class DataConfig:
     epoch_batches: int = 0  # batches per rank per epoch in resampled mode
     seed: int = 0
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # kind "clips" only
+    # kind "clips": a directory where each clip's decoded video and audio are kept after its first decode and read
+    # back in later epochs, bit for bit the same batches ("" = decode every time; trainer/data/cache.py)
+    decode_cache: str = ""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the key of the first bad setting."""
@@ -448,7 +452,9 @@ class ClipStream:
             if contents.get("format") == FEATURE_MANIFEST_FORMAT:
                 raise ValueError(f"manifest {manifest} describes feature shards (format {FEATURE_MANIFEST_FORMAT!r}), "
                                  "but DataConfig.kind is 'clips': set DataConfig.kind='features'")
-            self.decode = functools.partial(decode_sample, cfg=cfg.decode, require_caption=require_caption)
+            cache = DecodeCache(cfg.decode_cache, cfg.decode) if cfg.decode_cache else None
+            self.decode = functools.partial(decode_sample, cfg=cfg.decode, require_caption=require_caption,
+                                            cache=cache)
             self.collate = collate_clips
         self.seed, self.epoch, self.position = cfg.seed, 0, 0
         self.cursors = self._fresh_cursors()

@@ -5,7 +5,8 @@ that transfer across modalities.
    and a separate **labelled** downstream corpus (``demo_data/eval_clips``: mp4 + per-second labels), both
    kept if already complete, and pack each into WebDataset shards;
 2. pretrain Uni-Code on the unlabelled shards: 2 CPU processes, DeepSpeed ZeRO-2 over gloo, clips decoded
-   on the fly and encoded by tiny random-init frozen backbones (``accelerate launch --config_file
+   on the fly (each clip once: later epochs read its decoded arrays from ``demo_data/decode_cache``,
+   ``data.decode_cache``) and encoded by tiny random-init frozen backbones (``accelerate launch --config_file
    launch/accelerate/cpu_zero2.yaml trainer/main.py --config launch/configs/demo.yaml``), logging to MLflow;
 3. evaluate the checkpoint on the held-out labelled clips (``python -m trainer.evaluate``): heads trained on
    one modality's codes, tested on the other's;
@@ -73,7 +74,9 @@ def prepare_shards(clips: Path, out: Path, total: int, max_count: int) -> str:
     """Write shards unless a manifest of this source with the right total exists; returns the shard URLs."""
     manifest_path = out / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    if manifest.get("source") == str(clips) and manifest.get("total") == total:
+    # the same folder however it is named (relative or absolute): rewriting shards that a run reads would break it
+    same_source = "source" in manifest and Path(manifest["source"]).resolve() == clips.resolve()
+    if same_source and manifest.get("total") == total:
         print(f"shards: reusing {len(manifest['shards'])} shards in {out}")
     else:
         manifest = write_shards(clips, str(out / SHARD_PATTERN), max_count=max_count)
@@ -92,12 +95,19 @@ def _call(what: str, cmd: list[str], quiet: bool, env: Mapping[str, str] | None 
     return code
 
 
+def decode_cache(urls: str) -> str:
+    """Where the programs keep the decoded clips of the shards ``urls`` (``data.decode_cache``, trainer/data/cache.py):
+    ``decode_cache`` next to the shards' folder, so that every run on the same corpus decodes each clip once."""
+    return str(Path(urls).parent.parent / "decode_cache")
+
+
 def launch_training(job_config: str, urls: str, run_dir: str, processes: int, accelerate_config: str,
                     overrides: tuple[str, ...] = (), quiet: bool = False, env: Mapping[str, str] | None = None) -> int:
-    """``trainer/main.py`` on ``urls``: one plain process, or ``processes`` under ``accelerate launch``
-    (``accelerate_config``: DeepSpeed ZeRO-2 over gloo here). Returns its exit code."""
+    """``trainer/main.py`` on ``urls`` (their clips decoded once, ``decode_cache``): one plain process, or
+    ``processes`` under ``accelerate launch`` (``accelerate_config``: DeepSpeed ZeRO-2 over gloo here). Returns its
+    exit code."""
     job = [str(REPO / "trainer" / "main.py"), "--config", job_config, f"data.urls={urls}", f"run.dir={run_dir}",
-           *overrides]
+           f"data.decode_cache={decode_cache(urls)}", *overrides]
     launcher = ["-m", "accelerate.commands.launch", "--config_file", accelerate_config, "--num_processes",
                 str(processes), "--main_process_port", str(free_port())] if processes > 1 else []
     return _call("train", [sys.executable, *launcher, *job] + (["run.progress=false"] if quiet else []), quiet, env)
