@@ -5,8 +5,8 @@
 It checks the margin the demo's recipe keeps on every run of its sweep (``trainer.programs.demo.MARGIN``;
 docs/recipe_sweep.md): the e2e world, one of the sweep's seeds at one of its CPU kernel levels, pinned so that the
 trajectory does not depend on whether this machine has AVX-512. What still differs between two CPUs of that level
-(MKL's blocking per CPU model) moves the run like another seed would, and the sweep shows that every seed keeps the
-margin, so a rounding difference cannot take the run below the demo's targets.
+(MKL's blocking per CPU model) moves the run like another seed would, and the sweep shows that every seed at that
+level keeps the margin, so a rounding difference cannot take the run below the demo's targets.
 """
 
 import os
