@@ -258,7 +258,8 @@ def encode_units(model: CMGModel, units: list[Unit], out: Path, batch_size: int 
                             worker_init_fn=one_thread)
         bar = tqdm(total=_expected_clips(todo), desc=f"encode rank {rank}/{world_size}", unit="clip",
                    disable=not progress)
-        writers: dict[int, tuple[wds.TarWriter, Path, list[int], list[dict[str, str]]]] = {}
+        # per unit in progress: its writer, temporary file, clip count, skipped inputs and absent modalities
+        writers: dict[int, tuple[wds.TarWriter, Path, list[int], list[dict[str, str]], list[dict[str, str]]]] = {}
         for index, batch, skipped, last in loader:
             skips += skipped
             unit = by_index[index]
