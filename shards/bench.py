@@ -46,7 +46,7 @@ from shards.write import write_shards
 from trainer.backbones.frozen import FrozenBackbones
 from trainer.config import load_config
 from trainer.data import ClipStream, DataConfig, DecodeConfig, decode_sample
-from trainer.data.collate import collate_clips
+from trainer.data.collate import collate_samples
 from trainer.data.decode import decode_audio, decode_video
 from trainer.job import JobConfig, job_backbones, resolve_job
 from trainer.tasks import task_spec
@@ -156,7 +156,7 @@ def supply_and_demand(name: str, workload: Workload, tmp: Path, steps: int, thre
         backbones = FrozenBackbones(job_backbones(job), "cpu")
         shapes = backbones.feature_shapes()
         decoded = [decode_sample(samples[i % len(samples)], decode_cfg) for i in range(job.data.batch_size)]
-        batch = collate_clips(decoded, [False] * len(decoded))
+        batch = collate_samples(decoded, [False] * len(decoded))
         backbones_s = _median_seconds(lambda: backbones.encode(batch), steps)
     step_s = training_demand(job, shapes, decode_cfg.seconds, steps)
     demand = job.data.batch_size / (step_s + backbones_s)

@@ -31,17 +31,28 @@ def synth_parser() -> argparse.ArgumentParser:
     p.add_argument("--sr", type=int, default=d.sample_rate, help="audio sample rate (Hz)")
     p.add_argument("--wav", action="store_true", help="also write KEY.wav (16-bit PCM)")
     p.add_argument("--unlabelled", action="store_true", help="write the media only: no KEY.txt, no KEY.json")
+    p.add_argument("--pairs", default="", choices=("", "image+text", "audio+text", "image+audio", "video+text"),
+                   help="write pairs of one event each (jpg/wav/silent mp4 + captions) instead of clips")
     return p
 
 
 def write_parser() -> argparse.ArgumentParser:
     p = _parser("write")
     p.add_argument("--src", required=True, type=Path,
-                   help="directory of KEY.mp4 files, each with optional KEY.json, KEY.txt, KEY.wav/KEY.flac")
+                   help="directory of samples: KEY.mp4, KEY.wav/.flac, KEY.jpg/.jpeg/.png/.webp, KEY.txt, KEY.json")
     p.add_argument("--out", required=True, help="shard pattern, e.g. 'OUT/train-%%06d.tar'")
+    p.add_argument("--modalities", default="video,audio",
+                   help="comma list every sample must give: video, audio, image, text (e.g. image,text)")
+    p.add_argument("--captions", type=Path, default=None,
+                   help="captions from a .csv/.tsv (header row) or .jsonl file instead of KEY.txt files")
+    p.add_argument("--key-column", default="key", help="the caption file's column of stems or file names")
+    p.add_argument("--caption-column", action="append", default=None,
+                   help="a caption column (repeat for several: Clotho's caption_1 ... caption_5; default: caption)")
+    p.add_argument("--delimiter", default=None, help="CSV separator (default: ',' for .csv, tab for .tsv)")
     p.add_argument("--max-count", type=int, default=1000, help="samples per shard at most")
     p.add_argument("--max-size", type=float, default=1e9, help="bytes per shard (approximate upper bound)")
-    p.add_argument("--skip-bad", action="store_true", help="leave undecodable clips out (listed in the manifest)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave undecodable and unpaired samples out (listed in the manifest)")
     return p
 
 
@@ -51,9 +62,9 @@ def inspect_parser() -> argparse.ArgumentParser:
                    help="shard URLs: brace patterns ('OUT/train-{000000..000003}.tar'), globs or several paths")
     p.add_argument("--manifest", default=None,
                    help="manifest.json to check counts against (default: next to the shards)")
-    p.add_argument("--members", action="store_true", help="print the member set of every sample")
+    p.add_argument("--members", action="store_true", help="print the member and modality sets of every sample")
     p.add_argument("--seconds", type=float, default=None,
-                   help="flag clips shorter than this (the decode.seconds of the training config)")
+                   help="flag video or audio shorter than this (the decode.seconds of the training config)")
     return p
 
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from shards.cli import extract_parser
 from trainer.backbones import FrozenBackbones, config_to_dict, load_backbones_config
-from trainer.data.collate import collate_clips
+from trainer.data.collate import collate_samples
 from trainer.data.decode import CorruptSample, DecodeConfig, decode_sample
 from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy
 from trainer.data.stream import MANIFEST_NAME, load_manifest_counts
@@ -76,8 +76,8 @@ def skip_record(err: CorruptSample) -> dict[str, str]:
 
 
 def collate_batch(clips: list) -> dict:
-    """Decoded clips of one length -> a batch (``collate_clips``, none of them a pad)."""
-    return collate_clips(clips, [False] * len(clips))
+    """Decoded clips of one length -> a batch (``collate_samples``, none of them a pad)."""
+    return collate_samples(clips, [False] * len(clips))
 
 
 class ShardBatches(IterableDataset):
@@ -85,17 +85,17 @@ class ShardBatches(IterableDataset):
 
     Yields ``(unit index, batch or None, skips, last)``: ``skips`` are the ``skip_record`` of the clips skipped since
     the previous yield; ``last`` closes the unit (its batch may be None when the unit's tail was all corrupt).
-    DataLoader worker w takes this rank's units ``[w::W]``. ``decoder`` decodes a raw sample (default: the training's
-    window, ``decode_sample``) and ``collate`` makes the batch of ``batch_size`` decoded clips (default:
-    ``collate_batch``; ``list`` keeps the clips, e.g. whole clips of several lengths).
+    DataLoader worker w takes this rank's units ``[w::W]``. ``decoder`` decodes the ``modalities`` of a raw
+    sample (default: the training's window, ``decode_sample``) and ``collate`` makes the batch of ``batch_size``
+    decoded clips (default: ``collate_batch``; ``list`` keeps the clips, e.g. whole clips of several lengths).
     """
 
     def __init__(self, shards: list[tuple[int, str | ClipFiles]], decode: DecodeConfig, batch_size: int,
-                 require_caption: bool, decoder: Callable[..., Any] = decode_sample,
+                 modalities: Sequence[str], decoder: Callable[..., Any] = decode_sample,
                  collate: Callable[[list], Any] = collate_batch):
         super().__init__()
         self.shards, self.decode, self.batch_size = shards, decode, batch_size
-        self.require_caption, self.decoder, self.collate = require_caption, decoder, collate
+        self.modalities, self.decoder, self.collate = tuple(modalities), decoder, collate
 
     def __iter__(self) -> Iterator[tuple[int, dict | None, int, bool]]:
         info = get_worker_info()
@@ -104,7 +104,7 @@ class ShardBatches(IterableDataset):
             clips, skips = [], []
             for raw in raw_samples(source):
                 try:
-                    clips.append(self.decoder(raw, self.decode, self.require_caption))
+                    clips.append(self.decoder(raw, self.decode, self.modalities))
                 except CorruptSample as err:
                     print(f"[cmg] skipping {err}", file=sys.stderr)
                     skips.append(skip_record(err))
@@ -171,7 +171,7 @@ def extract(src: str, backbones_yaml: str, out: str, batch_size: int = 16, num_w
     except ValueError:   # no manifest next to the clip shards: the bar runs without a total
         expected = None
     backbones = FrozenBackbones(load_backbones_config(backbones_yaml), device or default_device())
-    shard_batches = ShardBatches(mine, decode, batch_size, require_caption="text" in backbones.modalities)
+    shard_batches = ShardBatches(mine, decode, batch_size, backbones.modalities)
     loader = DataLoader(shard_batches, batch_size=None,
                         num_workers=min(num_workers, len(mine)), worker_init_fn=one_thread)
     writers: dict[int, wds.TarWriter] = {}

@@ -6,14 +6,16 @@
 URLS are one or more shard URLs: brace patterns, globs ('OUT/*.tar') or a list the shell expanded.
 
 Reads the shards with webdataset, probes every sample the way the writer does
-(``trainer.data.probe_sample``) and prints shards, samples and seconds, which members the samples have
-(one count per distinct member set, e.g. ``members  mp4+json+txt: 90 samples, mp4: 6 samples``: a sample
-without json has no labels, one without txt no caption; ``--members`` also prints every sample's set),
-then one line per bad member with its reason. Bad means: a member that does not decode, a required
-member (the mp4) that is missing or an empty one, a member the stream never reads (e.g. ``.pyd``: it is
-reported, never unpickled), an unreadable tar, a shard whose sample count differs from the manifest
-(``manifest.json`` next to the shards is used when present), or with ``--seconds S`` a clip whose video or
-audio is shorter than the S seconds a training run decodes (``decode.seconds``; the stream would skip it).
+(``trainer.data.probe_sample``) and prints shards, samples and seconds, the modalities the samples give
+(one count per distinct set, e.g. ``modalities  video+audio+text: 90 samples, image+text: 10 samples``) and
+which members they have (e.g. ``members  mp4+json+txt: 90 samples, jpg+txt: 10 samples``: a sample without
+json has no labels, one without txt no caption; ``--members`` also prints every sample's sets), then one line
+per bad member with its reason. Bad means: a member that does not decode, a sample that names no modality, an
+empty member, members that disagree (two images, or an image and an mp4), a member the stream never reads
+(e.g. ``.pyd``: it is reported, never unpickled), an unreadable tar, a shard whose sample count differs from
+the manifest (``manifest.json`` next to the shards is used when present), or with ``--seconds S`` a sample whose
+video or audio is shorter than the S seconds a training run decodes (``decode.seconds``; the stream would skip
+it).
 Exits 1 if anything is bad, else 0.
 """
 
@@ -50,6 +52,7 @@ class Report:
     seconds: float = 0.0
     bad: list[BadMember] = field(default_factory=list)
     members: list[tuple[str, str]] = field(default_factory=list)  # (shard:KEY, its member set "mp4+json+txt")
+    modalities: list[tuple[str, str]] = field(default_factory=list)  # (shard:KEY, "video+audio+text"), good ones
 
     @property
     def samples(self) -> int:
@@ -58,6 +61,10 @@ class Report:
     def member_counts(self) -> dict[str, int]:
         """Samples per distinct member set, most common first."""
         return dict(Counter(members for _, members in self.members).most_common())
+
+    def modality_counts(self) -> dict[str, int]:
+        """Good samples per distinct modality set, most common first."""
+        return dict(Counter(modalities for _, modalities in self.modalities).most_common())
 
 
 def _manifest_counts(urls: list[str], manifest: str | None) -> tuple[str | None, dict[str, int]]:
@@ -86,7 +93,7 @@ def expand_shard_args(patterns: list[str]) -> list[str]:
 
 
 def inspect_shards(urls: list[str], manifest: str | None = None, seconds: float | None = None) -> Report:
-    """Every sample of ``urls`` probed; with ``seconds``, clips shorter than that are bad (``too_short``)."""
+    """Every sample of ``urls`` probed; with ``seconds``, video or audio shorter than that is bad (``too_short``)."""
     report = Report()
     manifest_path, expected = _manifest_counts(urls, manifest)
     for url in urls:
@@ -106,14 +113,15 @@ def inspect_shards(urls: list[str], manifest: str | None = None, seconds: float 
             except CorruptSample as err:
                 report.bad.append(BadMember(err.where, err.reason, err.detail))
                 continue
-            report.seconds += info.seconds
-            shortest = min(info.seconds, info.audio_seconds)
-            if seconds is not None and shortest < seconds:
-                report.bad.append(BadMember(f"{url}:{sample['__key__']}", "too_short",
-                                            f"video {info.seconds:.2f} s, audio {info.audio_seconds:.2f} s; "
-                                            f"training decodes {seconds:g} s"))
+            report.seconds += info.seconds or 0.0
+            timed = {"video": info.seconds if info.fps is not None else None, "audio": info.audio_seconds}
+            timed = {m: t for m, t in timed.items() if t is not None}
+            if seconds is not None and timed and min(timed.values()) < seconds:
+                report.bad.append(BadMember(f"{url}:{sample['__key__']}", "too_short", ", ".join(
+                    f"{m} {t:.2f} s" for m, t in timed.items()) + f"; training decodes {seconds:g} s"))
             else:
                 report.good += 1
+                report.modalities.append((f"{url}:{sample['__key__']}", "+".join(info.modalities)))
         report.samples_per_shard[url] = count
         name = shard_name(url)
         if manifest_path and expected.get(name) != count:
@@ -135,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seconds  {report.seconds:.1f}")
     for url, count in report.samples_per_shard.items():
         print(f"  {url}: {count} samples")
+    kinds = report.modality_counts()
+    print(f"modalities  {', '.join(f'{kind}: {n} samples' for kind, n in kinds.items()) or 'none'}")
     counts = report.member_counts()
     print(f"members  {', '.join(f'{members}: {n} samples' for members, n in counts.items()) or 'none'}")
     if a.members:
+        given = dict(report.modalities)
         for where, members in report.members:
-            print(f"  {where}: {members}")
+            print(f"  {where}: {members} ({given.get(where, 'bad')})")
     print(f"bad members: {len(report.bad) or 'none'}")
     for bad in report.bad:
         print(f"  {bad}")

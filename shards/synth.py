@@ -1,12 +1,20 @@
-"""Synthetic audio-visual clips with known per-second, per-modality ground truth.
+"""Synthetic audio-visual clips, and pair corpora of the same events, with known per-second, per-modality ground truth.
 
     python -m shards.synth --out DIR --num-clips N --classes K --seconds 10 --seed S \
-        [--fps 8 --size 96 --sr 16000] [--wav] [--unlabelled]
+        [--fps 8 --size 96 --sr 16000] [--wav] [--unlabelled] [--pairs image+text|audio+text|image+audio|video+text]
 
 writes, per clip ``KEY``: ``KEY.mp4`` (H.264 video + AAC audio), ``KEY.txt`` (a caption) and
 ``KEY.json`` (labels), plus ``KEY.wav`` (the same audio as 16-bit PCM) with ``--wav``. With
 ``--unlabelled`` only the media are written (no txt, no json): a pretraining corpus as users have it,
 the same clips as without the flag.
+
+With ``--pairs``, each item is a pair of one event (``KEY.json`` labels it as a clip is labelled), the way image-text,
+audio-text, image-sound and video-text corpora come: ``KEY.jpg`` (one frame of the class's square on the item's
+background), ``KEY.wav`` (the item's audio track: the class's chord on its seconds), ``KEY.mp4`` (the video track,
+silent) and ``KEY.txt`` with two captions, one per line, that describe only the modality they pair with (the square's
+colour for an image, its motion too for a video, the chord for audio). The events are the clip world's classes
+(``event_classes``: the same colours and chords), so a model trained on clips and one trained on pairs code the same
+events (a continual chain on them has a measurable answer).
 
 Event signatures (recoverable from one decoded second, see tests/unit/test_synth_shards.py):
 - video: class c draws a square of side size/3 in the fully saturated colour of hue 360°·c/K, moving
@@ -31,13 +39,15 @@ same bytes (x264 runs single-threaded for this).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from shards.cli import synth_parser
@@ -62,6 +72,12 @@ CAPTION_TEMPLATES = (  # {square} is "a red square" / "an orange square"; {Squar
     "The sound of {sound} accompanies {square} {motion}.",
     "Someone plays {sound} as {square} keeps {motion}.",
 )
+PAIR_KINDS = ("image+text", "audio+text", "image+audio", "video+text")
+PAIR_CAPTIONS = {   # per modality a caption describes; {sound} is "a low 220 Hz chord"
+    "image": ("{Square} on a grey background.", "A picture of {square}.", "{Square}, standing still."),
+    "audio": ("{Sound} plays.", "One can hear {sound}.", "A recording of {sound}."),
+    "video": ("{Square} is {motion}.", "A video of {square} {motion}.", "{Square} keeps {motion}."),
+}
 # Per-second kinds of the label chain: (video has the event, audio has the event)
 KINDS = ((True, True), (False, True), (True, False), (False, False))
 KIND_START = (0.5, 0.15, 0.15, 0.2)  # both, audio only, video only, background
@@ -79,6 +95,7 @@ class SynthConfig:
     sample_rate: int = 16000
     write_wav: bool = False  # also write KEY.wav (PCM) next to the mp4
     unlabelled: bool = False  # write no KEY.txt and no KEY.json: media only
+    pairs: str = ""  # "" (clips) or one of PAIR_KINDS: pairs of one event each (module docstring)
 
 
 @dataclass(frozen=True)
@@ -259,43 +276,93 @@ def clip_json(cfg: SynthConfig, plan: ClipPlan, cls: EventClass) -> dict:
     }
 
 
+def pair_captions(cfg: SynthConfig, plan: ClipPlan, cls: EventClass) -> list[str]:
+    """Two distinct captions of the item's text partner (the pair's other modality), chosen by the item's seed."""
+    partner = cfg.pairs.removesuffix("+text")
+    templates = PAIR_CAPTIONS[partner]
+    rng = np.random.default_rng([cfg.seed, plan.index, 2])
+    chosen = rng.choice(len(templates), size=2, replace=False)
+    fill = {"square": cls.square, "Square": cls.square.capitalize(), "motion": cls.motion, "sound": cls.sound,
+            "Sound": cls.sound[:1].upper() + cls.sound[1:]}   # not str.capitalize(): it would write "hz"
+    return [templates[int(i)].format(**fill) for i in chosen]
+
+
+def pair_labels(cfg: SynthConfig, plan: ClipPlan) -> ClipPlan:
+    """The item's labels for its pair kind: one segment for an image with its captions; with audio or video,
+    ``seconds`` per-second labels, BACKGROUND for a modality the pair lacks, and an image showing its event on every
+    second of the sound it pairs with."""
+    modalities = set(cfg.pairs.split("+"))
+    if not modalities & {"audio", "video"}:
+        return replace(plan, video_labels=[plan.clip_label], audio_labels=[BACKGROUND])
+    none = [BACKGROUND] * cfg.seconds
+    video = [plan.clip_label] * cfg.seconds if "image" in modalities else \
+        plan.video_labels if "video" in modalities else none
+    return replace(plan, video_labels=video, audio_labels=plan.audio_labels if "audio" in modalities else none)
+
+
+def write_pair(cfg: SynthConfig, plan: ClipPlan, cls: EventClass, stem: Path) -> None:
+    """The files of one pair item (module docstring)."""
+    modalities = cfg.pairs.split("+")
+    if "image" in modalities:
+        still = replace(plan, video_labels=[cls.index])
+        frame = render_video(replace(cfg, seconds=1, fps=1), still, cls)[0]
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=95)
+        stem.with_suffix(".jpg").write_bytes(buf.getvalue())
+    if "audio" in modalities:
+        stem.with_suffix(".wav").write_bytes(encode_wav(render_audio(cfg, plan, cls), cfg.sample_rate))
+    if "video" in modalities:
+        stem.with_suffix(".mp4").write_bytes(encode_mp4(render_video(cfg, plan, cls), None, cfg.fps, cfg.sample_rate))
+    if "text" in modalities:
+        stem.with_suffix(".txt").write_text("\n".join(pair_captions(cfg, plan, cls)) + "\n", encoding="utf-8")
+    if not cfg.unlabelled:
+        labelled = pair_labels(cfg, plan)
+        record = clip_json(replace(cfg, seconds=len(labelled.video_labels)), labelled, cls) | {"pairs": cfg.pairs}
+        stem.with_suffix(".json").write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
 def synthesise(cfg: SynthConfig, out: Path, progress: bool = True) -> list[str]:
-    """Write ``cfg.num_clips`` clips into ``out``; returns their keys in index order."""
+    """Write ``cfg.num_clips`` clips (or pair items) into ``out``; returns their keys in index order."""
     if cfg.num_clips < 1 or cfg.seconds < 1 or cfg.fps < 1 or cfg.sample_rate < 1:
         raise ValueError(f"num_clips, seconds, fps and sample_rate must be >= 1: {cfg}")
     if cfg.size < 6 or cfg.size % 2:
         raise ValueError(f"size must be even and >= 6 (yuv420p, a visible square), got {cfg.size}")
+    if cfg.pairs and cfg.pairs not in PAIR_KINDS:
+        raise ValueError(f"pairs must be one of {list(PAIR_KINDS)}, got {cfg.pairs!r}")
     classes = event_classes(cfg.classes)
     # Balanced classes: clip i gets entry i of a seeded permutation of (0, 1, ..., K-1, 0, 1, ...)
     clip_labels = np.random.default_rng([cfg.seed]).permutation(np.arange(cfg.num_clips) % cfg.classes)
     out.mkdir(parents=True, exist_ok=True)
     keys = []
-    for index in tqdm(range(cfg.num_clips), desc="synth", unit="clip", disable=not progress):
+    for index in tqdm(range(cfg.num_clips), desc="synth", unit="item" if cfg.pairs else "clip", disable=not progress):
         cls = classes[int(clip_labels[index])]
         plan = plan_clip(cfg, index, cls)
-        audio = render_audio(cfg, plan, cls)
         stem = out / plan.key
+        keys.append(plan.key)
+        if cfg.pairs:
+            write_pair(cfg, plan, cls, stem)
+            continue
+        audio = render_audio(cfg, plan, cls)
         stem.with_suffix(".mp4").write_bytes(encode_mp4(render_video(cfg, plan, cls), audio, cfg.fps, cfg.sample_rate))
         if not cfg.unlabelled:
             stem.with_suffix(".txt").write_text(plan.caption + "\n", encoding="utf-8")
             stem.with_suffix(".json").write_text(json.dumps(clip_json(cfg, plan, cls)) + "\n", encoding="utf-8")
         if cfg.write_wav:
             stem.with_suffix(".wav").write_bytes(encode_wav(audio, cfg.sample_rate))
-        keys.append(plan.key)
     return keys
 
 
 def parse_args(argv: list[str] | None) -> tuple[SynthConfig, Path]:
     a = synth_parser().parse_args(argv)   # torch-free, for `cmg shards synth --help`
     cfg = SynthConfig(num_clips=a.num_clips, classes=a.classes, seconds=a.seconds, seed=a.seed, fps=a.fps,
-                      size=a.size, sample_rate=a.sr, write_wav=a.wav, unlabelled=a.unlabelled)
+                      size=a.size, sample_rate=a.sr, write_wav=a.wav, unlabelled=a.unlabelled, pairs=a.pairs)
     return cfg, a.out
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, out = parse_args(argv)
     keys = synthesise(cfg, out)
-    print(f"wrote {len(keys)} clips to {out} ({json.dumps(asdict(cfg))})")
+    print(f"wrote {len(keys)} {cfg.pairs + ' items' if cfg.pairs else 'clips'} to {out} ({json.dumps(asdict(cfg))})")
     return 0
 
 

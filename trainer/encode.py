@@ -251,8 +251,8 @@ def encode_units(model: CMGModel, units: list[Unit], out: Path, batch_size: int 
     skips: list[dict[str, str]] = []
     model_s = 0.0
     if todo:
-        require_caption = "text" in {model.streams[m] for m in model.modalities}   # captions are encoded
-        batches = ShardBatches([(u.index, u.source) for u in todo], model.decode, batch_size, require_caption,
+        streams = sorted({model.streams[m] for m in model.modalities})   # with text, captions are encoded
+        batches = ShardBatches([(u.index, u.source) for u in todo], model.decode, batch_size, streams,
                                decoder=decode_whole_sample, collate=list)
         loader = DataLoader(batches, batch_size=None, num_workers=min(num_workers, len(todo)),
                             worker_init_fn=one_thread)

@@ -210,5 +210,6 @@ def test_bare_mp4s_are_packed_and_inspect_counts_member_sets(clips, tmp_path, ca
     printed = capsys.readouterr().out
     assert "samples  6 (6 good, 0 bad)" in printed and "bad members: none" in printed
     assert "members  mp4+json+txt: 3 samples, mp4: 2 samples, mp4+txt: 1 samples" in printed
-    assert f"  {out}/train-000000.tar:{keys[3]}: mp4\n" in printed
-    assert f"  {out}/train-000001.tar:{keys[5]}: mp4+txt\n" in printed
+    assert "modalities  video+audio+text: 4 samples, video+audio: 2 samples" in printed
+    assert f"  {out}/train-000000.tar:{keys[3]}: mp4 (video+audio)\n" in printed
+    assert f"  {out}/train-000001.tar:{keys[5]}: mp4+txt (video+audio+text)\n" in printed

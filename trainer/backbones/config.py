@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
-# family -> modality; the family picks the transformers class and the preprocessing recipe.
+# family -> modality; the family picks the transformers class and the preprocessing recipe. A video family also
+# encodes the image modality (one image as one segment of one frame: trainer/backbones/video.py, ImageBackbone).
 FAMILY_MODALITY: dict[str, str] = {
     "clip_vision": "video",
     "vit": "video",
@@ -122,30 +123,38 @@ class BackboneConfig:
                              f"pca_params, got {sorted(self.processor)}")
 
 
+# the modalities a run can encode (the keys of a backbones YAML); the family of each must encode this one
+BACKBONE_MODALITIES = ("video", "audio", "image", "text")
+FAMILY_KIND = {"video": "video", "audio": "audio", "image": "video", "text": "text"}
+
+
 @dataclass
 class BackbonesConfig:
     """The frozen encoders of a run, keyed by modality; a missing modality is not encoded."""
 
     video: BackboneConfig | None = None
     audio: BackboneConfig | None = None
+    image: BackboneConfig | None = None   # a video family (clip_vision, vit, vgg19) applied to one image
     text: BackboneConfig | None = None
 
     def items(self) -> list[tuple[str, BackboneConfig]]:
-        return [(m, c) for m in ("video", "audio", "text") if (c := getattr(self, m)) is not None]
+        return [(m, c) for m in BACKBONE_MODALITIES if (c := getattr(self, m)) is not None]
 
     def only(self, modalities: Sequence[str]) -> BackbonesConfig:
         """The same config without the encoders of modalities outside ``modalities`` (never run them)."""
-        missing = [m for m in modalities if m in ("video", "audio", "text") and getattr(self, m) is None]
+        missing = [m for m in modalities if m in BACKBONE_MODALITIES and getattr(self, m) is None]
         if missing:
             raise ValueError(f"backbones: no encoder configured for modalities {missing}")
-        return dataclasses.replace(self, **{m: None for m in ("video", "audio", "text") if m not in modalities})
+        return dataclasses.replace(self, **{m: None for m in BACKBONE_MODALITIES if m not in modalities})
 
     def validate(self, where: str = "backbones") -> None:
         for modality, cfg in self.items():
             cfg.validate(f"{where}.{modality}")
-            if cfg.modality != modality:
+            if cfg.modality != FAMILY_KIND[modality]:
                 raise ValueError(f"{where}.{modality}: family {cfg.family!r} encodes {cfg.modality}, "
                                  f"not {modality}")
+        if self.image is not None and self.image.frames_per_segment is not None:
+            raise ValueError(f"{where}.image: frames_per_segment must be null (an image is one frame)")
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -177,9 +186,9 @@ def backbone_config_from_dict(d: dict[str, Any], where: str, base_dir: Path | No
 
 def backbones_config_from_dict(d: dict[str, Any], where: str = "backbones",
                                base_dir: Path | None = None) -> BackbonesConfig:
-    unknown = set(d) - {"video", "audio", "text"}
+    unknown = set(d) - set(BACKBONE_MODALITIES)
     if unknown:
-        raise ValueError(f"{where}: unknown modalities {sorted(unknown)}; known: video, audio, text")
+        raise ValueError(f"{where}: unknown modalities {sorted(unknown)}; known: {', '.join(BACKBONE_MODALITIES)}")
     cfg = BackbonesConfig(**{m: backbone_config_from_dict(v, f"{where}.{m}", base_dir)
                              for m, v in d.items() if v is not None})
     cfg.validate(where)
@@ -187,12 +196,12 @@ def backbones_config_from_dict(d: dict[str, Any], where: str = "backbones",
 
 
 def load_backbones_config(path: str | Path) -> BackbonesConfig:
-    """Read a backbones YAML file (top-level keys: video, audio, text)."""
+    """Read a backbones YAML file (top-level keys: video, audio, image, text)."""
     path = Path(path)
     with open(path) as f:
         data = yaml.safe_load(f)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping with keys video/audio/text, got {type(data).__name__}")
+        raise ValueError(f"{path}: expected a mapping with keys video/audio/image/text, got {type(data).__name__}")
     return backbones_config_from_dict(data, where=str(path), base_dir=path.parent)
 
 

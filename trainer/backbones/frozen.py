@@ -20,31 +20,35 @@ from trainer.backbones.audio import AudioBackbone
 from trainer.backbones.base import FrozenEncoder
 from trainer.backbones.config import BackboneConfig, BackbonesConfig
 from trainer.backbones.text import TextBackbone
-from trainer.backbones.video import VideoBackbone
+from trainer.backbones.video import ImageBackbone, VideoBackbone
 
 _ENCODER_CLASSES: dict[str, type[FrozenEncoder]] = {
-    "video": VideoBackbone, "audio": AudioBackbone, "text": TextBackbone,
+    "video": VideoBackbone, "audio": AudioBackbone, "image": ImageBackbone, "text": TextBackbone,
 }
 # one instance per (config, device) per process: large models are loaded once, not per batch
 _LOADED: dict[tuple[str, str], FrozenEncoder] = {}
 
 
-def load_backbone(cfg: BackboneConfig, device: torch.device | str = "cpu") -> FrozenEncoder:
-    key = (json.dumps(dataclasses.asdict(cfg), sort_keys=True), str(torch.device(device)))
+def load_backbone(cfg: BackboneConfig, device: torch.device | str = "cpu",
+                  modality: str | None = None) -> FrozenEncoder:
+    """The encoder of ``modality`` (default: the family's, ``cfg.modality``; "image" for a video family applied to
+    images), loaded once per process."""
+    modality = modality or cfg.modality
+    key = (modality, json.dumps(dataclasses.asdict(cfg), sort_keys=True), str(torch.device(device)))
     if key not in _LOADED:
-        _LOADED[key] = _ENCODER_CLASSES[cfg.modality](cfg, device)
+        _LOADED[key] = _ENCODER_CLASSES[modality](cfg, device)
     return _LOADED[key]
 
 
 class FrozenBackbones:
-    """Decoded batch -> features: ``video (b t d)|(b t p d)``, ``audio (b t d)``, ``text (b l d)`` and
-    ``text_mask (b l)``, all fp32 on the backbones' device."""
+    """Decoded batch -> features: ``video (b t d)|(b t p d)``, ``audio (b t d)``, ``image (b 1 d)|(b 1 p d)``,
+    ``text (b l d)`` and ``text_mask (b l)``, all fp32 on the backbones' device."""
 
     def __init__(self, cfg: BackbonesConfig, device: torch.device | str = "cpu"):
         cfg.validate()
         self.config = cfg
         self.device = torch.device(device)
-        self.encoders: dict[str, FrozenEncoder] = {m: load_backbone(c, self.device) for m, c in cfg.items()}
+        self.encoders: dict[str, FrozenEncoder] = {m: load_backbone(c, self.device, m) for m, c in cfg.items()}
 
     @property
     def modalities(self) -> list[str]:
@@ -55,14 +59,14 @@ class FrozenBackbones:
             yield from encoder.parameters()
 
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Per-segment (video, audio) or per-token (text) feature shape of each modality."""
+        """Per-segment (video, audio, image) or per-token (text) feature shape of each modality."""
         shapes: dict[str, tuple[int, ...]] = {}
         for modality, encoder in self.encoders.items():
-            shapes[modality] = encoder.feature_shape if modality == "video" else (encoder.hidden_size,)
+            shapes[modality] = encoder.feature_shape if modality in ("video", "image") else (encoder.hidden_size,)
         return shapes
 
     def encode(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Decoded batch (keys video, audio, caption) -> features of every configured modality."""
+        """Decoded batch (keys video, audio, image, caption) -> features of every configured modality."""
         out: dict[str, torch.Tensor] = {}
         for modality, encoder in self.encoders.items():
             source = "caption" if modality == "text" else modality

@@ -140,3 +140,13 @@ class VideoBackbone(FrozenEncoder):
             # mean over the frames of each segment, after the encoder (seed 000 §B.1)
             per_segment = per_frame.float().reshape(b, t, n, *per_frame.shape[1:]).mean(dim=2)
         return self.finish(per_segment)
+
+
+class ImageBackbone(VideoBackbone):
+    """``image (b h w 3) uint8`` -> ``(b 1 d)`` or ``(b 1 p d)``: a video family's encoder applied to each image as a
+    segment of one frame (its own modality and config key, ``backbones.image``, not a still clip of the video's)."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dtype != torch.uint8 or image.dim() != 4 or image.shape[-1] != 3:
+            raise ValueError(f"image: expected uint8 (b h w 3), got {image.dtype} {tuple(image.shape)}")
+        return super().forward(image[:, None, None])

@@ -6,11 +6,14 @@
         ...
 
 Clip batch format, ``DataConfig.kind = "clips"`` (a dict; b = batch_size, t = DecodeConfig.seconds
-one-second segments, f = frames per segment, h = w = frame_size, s = sample_rate, c = len(COUNTER_NAMES)):
+one-second segments with video or audio, else 1 (``decode.segments_of``), f = frames per segment, h = w = frame_size,
+s = sample_rate, c = len(COUNTER_NAMES)). Of the media, only the modalities the stream reads are there
+(``ClipStream(..., modalities=...)``: the frozen backbones' modalities; default video and audio):
 
     "video"         uint8   (b t f h w 3)  RGB frames, frame j of segment t at (t + (j + 0.5)/f) s
     "audio"         float32 (b t s)        mono waveform at sample_rate, second t in row t
-    "caption"       list[str | None] (b)   None = the sample has no txt member
+    "image"         uint8   (b h w 3)      RGB image (one segment)
+    "caption"       list[str | None] (b)   None = the sample has no txt member; of several captions, the epoch's pick
     "video_labels"  int64   (b t)          per-second class index of the visual event, -1 = background
     "audio_labels"  int64   (b t)          per-second class index of the audible event, -1 = background
     "clip_label"    int64   (b)            the clip's event class (AVE-style clip label), -1 = none
@@ -45,14 +48,15 @@ zeros). The trainer sums "skipped" over the batches it consumed and all-reduces 
 padded clips can be dropped from evaluation with ``is_pad``.
 """
 
-from trainer.data.collate import COUNTER_NAMES, collate_clips
+from trainer.data.collate import COUNTER_NAMES, collate_samples
 from trainer.data.decode import (
     BACKGROUND,
+    SAMPLE_MODALITIES,
     SKIP_REASONS,
-    ClipInfo,
     CorruptSample,
     DecodeConfig,
-    DecodedClip,
+    DecodedSample,
+    SampleInfo,
     WholeClip,
     clip_seconds,
     decode_sample,
@@ -63,8 +67,8 @@ from trainer.data.features import FeatureClip, collate_feature_clips, decode_fea
 from trainer.data.stream import DATA_KINDS, ClipStream, DataConfig, WorkerPlan, batches_per_rank, feature_batches
 
 __all__ = [
-    "BACKGROUND", "COUNTER_NAMES", "DATA_KINDS", "SKIP_REASONS", "ClipInfo", "ClipStream", "CorruptSample",
-    "DataConfig", "DecodeConfig", "DecodedClip", "FeatureClip", "WholeClip", "WorkerPlan", "batches_per_rank",
-    "clip_seconds", "collate_clips", "collate_feature_clips", "decode_feature_sample", "decode_sample",
-    "decode_whole_sample", "feature_batches", "probe_sample",
+    "BACKGROUND", "COUNTER_NAMES", "DATA_KINDS", "SAMPLE_MODALITIES", "SKIP_REASONS", "ClipStream", "CorruptSample",
+    "DataConfig", "DecodeConfig", "DecodedSample", "FeatureClip", "SampleInfo", "WholeClip", "WorkerPlan",
+    "batches_per_rank", "clip_seconds", "collate_feature_clips", "collate_samples", "decode_feature_sample",
+    "decode_sample", "decode_whole_sample", "feature_batches", "probe_sample",
 ]

@@ -1,5 +1,5 @@
-"""``DecodeCache``: the decoded video and audio of clips kept on disk after their first decode (``data.decode_cache``),
-the format of which this module alone reads and writes.
+"""``DecodeCache``: the decoded media (video, audio, image) of samples kept on disk after their first decode
+(``data.decode_cache``), the format of which this module alone reads and writes.
 
 A training job reads every clip once per epoch, and decoding it is most of the CPU a small model costs: at the demo's
 settings a training process consumes what two decoding cores supply (``python -m shards.bench``, "Supply and demand").
@@ -7,10 +7,12 @@ The decode of a clip is deterministic (no random crop or augmentation: ``trainer
 arrays of its first decode are kept and later epochs read them back: the batches, and so the run, are bit for bit
 those of a job without the cache (tests/unit/test_stream.py checks it).
 
-Layout: ``<root>/<2 hex>/<32 hex>.npz``, one uncompressed ``numpy.savez`` file per clip with the members ``video.npy``
-``(t f h w 3)`` uint8 and ``audio.npy`` ``(t s)`` float32, read with ``allow_pickle=False``. The name is a digest of
+Layout: ``<root>/<2 hex>/<32 hex>.npz``, one uncompressed ``numpy.savez`` file per sample with a member per decoded
+modality, those of ``trainer.data.decode.DecodedSample.media`` (``video.npy`` ``(t f h w 3)`` uint8, ``audio.npy``
+``(t s)`` float32, ``image.npy`` ``(h w 3)`` uint8), read with ``allow_pickle=False``. The name is a digest of
 what the arrays depend on: the shard (its URL, and for a local file its size and modification time, so a rewritten
-shard is decoded again), the sample's key and every ``DecodeConfig`` field. Files are written under a temporary name
+shard is decoded again), the sample's key and every ``DecodeConfig`` field (a job that reads other modalities of the
+sample decodes it again and keeps what it decoded). Files are written under a temporary name
 and renamed, so workers of several ranks may share a root; a file that does not load or has other shapes is decoded
 again and replaced. Only the media are kept: the labels and the caption are parsed from the sample every time, and a
 sample that fails to decode is never cached, so it is skipped and counted in every epoch as without the cache.
@@ -33,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data.decode import DecodeConfig
+from trainer.data.decode import AUDIO, IMAGE, VIDEO, DecodeConfig
 
 
 class DecodeCache:
@@ -58,30 +60,32 @@ class DecodeCache:
         digest = hashlib.sha256(f"{shard}\0{sample.get('__key__')}\0{self._settings}".encode()).hexdigest()[:32]
         return self.root / digest[:2] / f"{digest}.npz"
 
-    def _shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def _layout(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """dtype and shape of each modality's array."""
         cfg = self.cfg
-        return ((cfg.seconds, cfg.frames_per_segment, cfg.frame_size, cfg.frame_size, 3),
-                (cfg.seconds, cfg.sample_rate))
+        return {VIDEO: (np.dtype(np.uint8), (cfg.seconds, cfg.frames_per_segment, cfg.frame_size, cfg.frame_size, 3)),
+                AUDIO: (np.dtype(np.float32), (cfg.seconds, cfg.sample_rate)),
+                IMAGE: (np.dtype(np.uint8), (cfg.frame_size, cfg.frame_size, 3))}
 
-    def load(self, sample: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(video, audio)`` of ``sample`` as first decoded, or None (not kept yet, unreadable, or of other shapes)."""
+    def load(self, sample: Mapping[str, Any], modalities: list[str]) -> dict[str, np.ndarray] | None:
+        """The ``modalities``' arrays of ``sample`` as first decoded, or None (not kept yet, unreadable, lacking one of
+        them, or of other shapes)."""
+        layout = self._layout()
         try:
             with np.load(self.path(sample), allow_pickle=False) as kept:
-                video, audio = kept["video"], kept["audio"]
+                media = {m: kept[m] for m in modalities}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
             return None
-        video_shape, audio_shape = self._shapes()
-        if video.dtype != np.uint8 or video.shape != video_shape or audio.dtype != np.float32 or \
-                audio.shape != audio_shape:
+        if any((array.dtype, array.shape) != layout[m] for m, array in media.items()):
             return None
-        return video, audio
+        return media
 
-    def save(self, sample: Mapping[str, Any], video: np.ndarray, audio: np.ndarray) -> None:
+    def save(self, sample: Mapping[str, Any], media: Mapping[str, np.ndarray]) -> None:
         """Keep the media of ``sample``: written to a temporary name, then renamed (another writer may win)."""
         path = self.path(sample)
         path.parent.mkdir(exist_ok=True)
         buffer = io.BytesIO()
-        np.savez(buffer, video=video, audio=audio)
+        np.savez(buffer, **media)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_bytes(buffer.getvalue())
         os.replace(tmp, path)

@@ -1,14 +1,18 @@
 """Explicit decoders: one raw WebDataset sample (member suffix -> bytes) to arrays.
 
-Members that are read, and nothing else:
-    mp4         video (decord VideoReader) and, unless a wav/flac member is present, audio (AudioReader)
-    wav, flac   audio, preferred over the mp4's track when present
-    json        optional labels: {"clip_label": int, "video_labels": [int]*L, "audio_labels": [int]*L, ...}
-    txt         optional caption (utf-8)
-Pretraining data are unlabelled clips: a sample without a json member has no labels (every per-second
-label and the clip label are BACKGROUND, ``ClipLabels.labelled`` is False), one without a txt member has
-caption None. A txt member is required only where the caption is encoded (``require_caption``: the frozen
-backbones include text). An optional member that is present must still decode.
+A sample holds any subset of the modalities (named string keys, ``SAMPLE_MODALITIES``), each from its members:
+    video       mp4                     decord VideoReader: ``decode.seconds`` one-second segments of frames
+    audio       wav or flac, else the mp4's audio track (decord AudioReader): ``decode.seconds`` seconds
+    image       jpg, jpeg, png or webp  Pillow (those four formats only): one image, one segment
+    text        txt                     the caption: utf-8, one caption per line (several lines: several
+                                        captions of one item; ``decode_sample`` picks one, ``caption_seed``)
+and optionally
+    json        labels: {"clip_label": int, "video_labels": [int]*L, "audio_labels": [int]*L, ...}
+A job names the modalities it reads (``modalities``); a sample that lacks one of them, or whose member for it
+does not decode, is skipped. Members the job does not read are not decoded (a wav beside the mp4 of an image
+job, say) and are counted as ignored. Pretraining data are unlabelled: a sample without a json member has no
+labels (every per-segment label and the clip label are BACKGROUND, ``ClipLabels.labelled`` is False), one
+without a txt member has caption None. An optional member that is present must still decode.
 Every other member is ignored: it is never handed to any decoder, so ``.pyd``/``.pickle``/``.pth``
 members are never unpickled. Metadata keys that webdataset adds (``__key__``, ``__url__``) are read
 as strings.
@@ -20,19 +24,21 @@ and whose message names the shard, the key and the member; the stream counts the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import decord
 import numpy as np
 from decord import AudioReader, VideoReader
+from PIL import Image
 
 if TYPE_CHECKING:
     from trainer.data.cache import DecodeCache
@@ -41,15 +47,41 @@ if TYPE_CHECKING:
 decord.logging.set_level(decord.logging.QUIET)
 
 BACKGROUND = -1  # label of a second without an event in that modality
-# bad_feature: a feature-shard ``.npy`` member that is unreadable or has the wrong shape (trainer/data/features.py)
-SKIP_REASONS = ("missing_member", "empty_member", "bad_video", "bad_audio", "bad_json", "bad_text", "bad_feature")
+VIDEO, AUDIO, IMAGE, TEXT = "video", "audio", "image", "text"
+MEDIA_MODALITIES = (VIDEO, AUDIO, IMAGE)       # decoded to arrays (the batch's uint8 / float32 tensors)
+SAMPLE_MODALITIES = (*MEDIA_MODALITIES, TEXT)  # text: the caption, a string the text backbone tokenises
+CLIP_MODALITIES = (VIDEO, AUDIO)               # what a clip job reads unless it names others
+TIMED_MODALITIES = (VIDEO, AUDIO)              # decoded as decode.seconds one-second segments; an image is one
+# too_short: a video or audio shorter than the decode.seconds a job reads; conflicting_members: members that
+# disagree about the modality a job reads (an image member and an mp4, or two image members, where the job
+# reads an image); bad_feature: a feature-shard ``.npy`` member that is unreadable or has the wrong shape
+# (trainer/data/features.py)
+SKIP_REASONS = ("missing_member", "empty_member", "bad_video", "bad_audio", "bad_image", "bad_json", "bad_text",
+                "bad_feature", "too_short", "conflicting_members")
 VIDEO_MEMBER, LABEL_MEMBER, CAPTION_MEMBER = "mp4", "json", "txt"
 AUDIO_MEMBERS = ("wav", "flac")  # separate audio, in order of preference
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")   # what Pillow may read an image member as (never GIF, TIFF, ...)
 OPTIONAL_MEMBERS = (LABEL_MEMBER, CAPTION_MEMBER)
-# every member the stream reads, in the order member sets are written ("mp4+wav+json+txt")
-MEMBER_ORDER = (VIDEO_MEMBER, *AUDIO_MEMBERS, *OPTIONAL_MEMBERS)
+# every member the stream reads, in the order member sets are written ("mp4+wav+json+txt", "jpg+txt")
+MEMBER_ORDER = (VIDEO_MEMBER, *AUDIO_MEMBERS, *IMAGE_MEMBERS, *OPTIONAL_MEMBERS)
 KNOWN_MEMBERS = frozenset(MEMBER_ORDER)
 META_KEYS = frozenset({"__key__", "__url__", "__local_path__"})
+
+
+def check_modalities(modalities: Collection[str], where: str) -> tuple[str, ...]:
+    """``modalities`` as a tuple in ``SAMPLE_MODALITIES`` order; ``ValueError`` naming ``where`` unless they are
+    distinct names from ``SAMPLE_MODALITIES``, at least one."""
+    names = list(modalities)
+    if not names or len(set(names)) < len(names) or any(m not in SAMPLE_MODALITIES for m in names):
+        raise ValueError(f"{where}: {names} must be distinct names from {list(SAMPLE_MODALITIES)}, at least one")
+    return tuple(m for m in SAMPLE_MODALITIES if m in names)
+
+
+def segments_of(modalities: Collection[str], cfg: DecodeConfig) -> int:
+    """The one-second segments a sample of ``modalities`` is decoded to: ``decode.seconds`` with video or audio, one
+    for an image alone (with or without its caption). Its per-segment labels have that length."""
+    return cfg.seconds if any(m in modalities for m in TIMED_MODALITIES) else 1
 
 
 class CorruptSample(ValueError):
@@ -98,27 +130,29 @@ class ClipLabels:
 
 
 @dataclass
-class DecodedClip:
+class DecodedSample:
     key: str
-    video: np.ndarray  # (t f h w 3) uint8
-    audio: np.ndarray  # (t s) float32
-    caption: str | None  # None: no txt member
+    # the job's media modalities: video (t f h w 3) uint8, audio (t s) float32, image (h w 3) uint8
+    media: dict[str, np.ndarray]
+    caption: str | None  # None: no txt member (of several captions, the one picked)
     labels: ClipLabels
     ignored_members: int  # members present but never decoded
     url: str  # the shard it was read from ("" outside a shard)
 
 
 @dataclass
-class ClipInfo:
-    """What ``probe_sample`` learns about a clip (for the shard writer's manifest and the inspector)."""
+class SampleInfo:
+    """What ``probe_sample`` learns about a sample (for the shard writer's manifest and the inspector)."""
 
-    seconds: float  # video duration: frames / fps
-    fps: float
-    width: int
-    height: int
-    audio_seconds: float
+    modalities: tuple[str, ...]  # what the sample can give, in SAMPLE_MODALITIES order
+    seconds: float | None  # video duration (frames / fps), else the audio's; None: an image alone
+    fps: float | None  # None: no video
+    width: int | None  # of the video, else of the image
+    height: int | None
+    audio_seconds: float | None  # None: no audio (no wav/flac, and an mp4 without a track)
     label_seconds: int | None  # None: no json member
     num_classes: int | None
+    captions: int  # lines of the txt member (0: none)
 
 
 def member_where(sample: Mapping[str, Any], member: str) -> str:
@@ -153,12 +187,39 @@ def _audio_member(sample: Mapping[str, Any]) -> str:
     return next((m for m in AUDIO_MEMBERS if m in sample), VIDEO_MEMBER)
 
 
-def _check_members(sample: Mapping[str, Any], require_caption: bool) -> None:
-    """Raise ``CorruptSample`` unless the video, the audio and (``require_caption``) the caption members hold
-    bytes, and the optional members that are present are not empty."""
-    required = [VIDEO_MEMBER, _audio_member(sample)] + ([CAPTION_MEMBER] if require_caption else [])
-    for member in required + [m for m in OPTIONAL_MEMBERS if m in sample and m not in required]:
+def _image_member(sample: Mapping[str, Any], beside_video: bool = False) -> str:
+    """The sample's one image member; ``CorruptSample`` if it has none, several, or (unless ``beside_video``) an mp4
+    beside it: a job that reads the image cannot tell which of the two the sample meant."""
+    images = [m for m in IMAGE_MEMBERS if m in sample]
+    if not images:
+        raise CorruptSample("missing_member", member_where(sample, "|".join(IMAGE_MEMBERS)),
+                            f"no image member ({', '.join(IMAGE_MEMBERS)})")
+    if len(images) > 1 or (VIDEO_MEMBER in sample and not beside_video):
+        both = images + ([VIDEO_MEMBER] if VIDEO_MEMBER in sample else [])
+        raise CorruptSample("conflicting_members", member_where(sample, "+".join(both)),
+                            "the job reads one image, the sample has " + " and ".join(both))
+    return images[0]
+
+
+def media_members(sample: Mapping[str, Any], modalities: Collection[str],
+                  image_beside_video: bool = False) -> dict[str, str]:
+    """Modality -> the member it is decoded from (``text``: txt), for the ``modalities`` a job reads; raises
+    ``CorruptSample`` unless each of those members and every optional member present holds some bytes, or where the
+    members disagree (``_image_member``; ``image_beside_video``: a probe's view, a clip with its thumbnail)."""
+    source = {VIDEO: lambda: VIDEO_MEMBER, AUDIO: lambda: _audio_member(sample),
+              IMAGE: lambda: _image_member(sample, image_beside_video), TEXT: lambda: CAPTION_MEMBER}
+    members = {m: source[m]() for m in modalities}
+    for member in [*members.values(), *(m for m in OPTIONAL_MEMBERS if m in sample and m not in members.values())]:
         check_member(sample, member)
+    return members
+
+
+def sample_modalities(sample: Mapping[str, Any]) -> tuple[str, ...]:
+    """The modalities a raw sample's members name (an mp4 counts as audio too: whether it has a track shows only
+    when it is decoded, ``probe_sample``)."""
+    has = {VIDEO: VIDEO_MEMBER in sample, AUDIO: VIDEO_MEMBER in sample or any(m in sample for m in AUDIO_MEMBERS),
+           IMAGE: any(m in sample for m in IMAGE_MEMBERS), TEXT: CAPTION_MEMBER in sample}
+    return tuple(m for m in SAMPLE_MODALITIES if has[m])
 
 
 def _label_list(obj: dict, name: str, num_classes: int | None, where: str) -> list[int]:
@@ -209,21 +270,35 @@ def sample_labels(sample: Mapping[str, Any], seconds: int) -> ClipLabels:
     return decode_labels(sample[LABEL_MEMBER], seconds, member_where(sample, LABEL_MEMBER))
 
 
-def decode_caption(data: bytes, where: str) -> str:
+def decode_captions(data: bytes, where: str) -> list[str]:
+    """A txt member's captions: its non-blank lines, stripped (an item of AudioCaps, Clotho, Flickr30k or MSCOCO
+    has several; ``shards.write`` writes them one per line)."""
     try:
-        text = data.decode("utf-8").strip()
+        lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise CorruptSample("bad_text", where, f"not utf-8 ({err})") from err
-    if not text:
+    captions = [line.strip() for line in lines if line.strip()]
+    if not captions:
         raise CorruptSample("bad_text", where, "caption is blank")
-    return text
+    return captions
 
 
-def sample_caption(sample: Mapping[str, Any]) -> str | None:
-    """The sample's caption, or None without a txt member."""
+def pick_caption(captions: list[str], key: str, seed: int | None) -> str:
+    """One of an item's captions: the first with ``seed`` None (coding, evaluation), else the one a digest of
+    (``seed``, ``key``) picks. The stream passes a seed of (``data.seed``, epoch): each epoch trains on another of
+    an item's captions, the same on every run and after a resume."""
+    if seed is None or len(captions) == 1:
+        return captions[0]
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return captions[int.from_bytes(digest[:8], "little") % len(captions)]
+
+
+def sample_caption(sample: Mapping[str, Any], seed: int | None = None) -> str | None:
+    """The sample's caption (of several, the one ``pick_caption`` picks with ``seed``), or None without a txt member."""
     if CAPTION_MEMBER not in sample:
         return None
-    return decode_caption(sample[CAPTION_MEMBER], member_where(sample, CAPTION_MEMBER))
+    captions = decode_captions(sample[CAPTION_MEMBER], member_where(sample, CAPTION_MEMBER))
+    return pick_caption(captions, str(sample.get("__key__")), seed)
 
 
 def segment_frame_indices(fps: float, seconds: int, per_segment: int) -> list[int]:
@@ -283,7 +358,7 @@ def decode_video(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
     fps = reader.get_avg_fps()
     indices = segment_frame_indices(fps, cfg.seconds, cfg.frames_per_segment)
     if indices[-1] >= len(reader) and fps > 0:
-        raise CorruptSample("bad_video", where, f"too short: the clip lasts {len(reader) / fps:.2f} s ({len(reader)} "
+        raise CorruptSample("too_short", where, f"the clip lasts {len(reader) / fps:.2f} s ({len(reader)} "
                                                 f"frames at {fps:g} fps), {cfg.seconds} s are decoded (decode.seconds)")
     frames = _read_frames(reader, indices, where)
     return frames.reshape(cfg.seconds, cfg.frames_per_segment, cfg.frame_size, cfg.frame_size, 3)
@@ -299,7 +374,10 @@ def _read_audio(data: bytes, sample_rate: int, where: str) -> np.ndarray:
     # AudioReader decodes the whole track into ``_array`` (channels, samples) when it opens. The public
     # ``reader[:]`` rebuilds it through a Python list of every sample index: 14.6 of 18 ms per 10-s
     # clip measured here. tests/unit/test_stream.py checks that both give the same array.
-    return reader._array[0]
+    wave = reader._array[0]
+    if len(wave) == 0:   # a 0-s file, or a header with no samples
+        raise CorruptSample("bad_audio", where, "the audio holds no samples")
+    return wave
 
 
 def decode_audio(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
@@ -307,7 +385,7 @@ def decode_audio(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
     wave = _read_audio(data, cfg.sample_rate, where)
     need = cfg.seconds * cfg.sample_rate
     if len(wave) < need - cfg.audio_shortfall_s * cfg.sample_rate:
-        raise CorruptSample("bad_audio", where, f"too short: {len(wave) / cfg.sample_rate:.2f} s of audio, "
+        raise CorruptSample("too_short", where, f"{len(wave) / cfg.sample_rate:.2f} s of audio, "
                                                 f"{cfg.seconds} s are decoded (decode.seconds)")
     # AAC adds encoder padding at the end (decord returns ~0.05 s extra): keep the first T seconds
     wave = np.pad(wave[:need], (0, max(0, need - len(wave))))
@@ -337,8 +415,6 @@ def decode_whole_audio(data: bytes, cfg: DecodeConfig, where: str, seconds: int 
     """mp4/wav/flac bytes -> ``(t s)`` float32 mono for every second of the track (t = ``clip_seconds`` of its
     duration), or for ``seconds`` seconds (those of the clip's video): cut, or zero-padded past the track's end."""
     wave = _read_audio(data, cfg.sample_rate, where)
-    if len(wave) == 0:
-        raise CorruptSample("bad_audio", where, "the audio track holds no samples")
     seconds = clip_seconds(len(wave) / cfg.sample_rate) if seconds is None else seconds
     need = seconds * cfg.sample_rate
     wave = np.pad(wave[:need], (0, max(0, need - len(wave))))
@@ -360,13 +436,15 @@ class WholeClip:
     url: str
 
 
-def decode_whole_sample(sample: Mapping[str, Any], cfg: DecodeConfig, require_caption: bool = False) -> WholeClip:
+def decode_whole_sample(sample: Mapping[str, Any], cfg: DecodeConfig,
+                        modalities: Collection[str] = CLIP_MODALITIES) -> WholeClip:
     """Decode every second of one raw sample (``clip_seconds`` of its video) for coding; raises ``CorruptSample``.
 
-    The audio (a wav/flac member, else the mp4's track) is cut or zero-padded to the video's seconds; an mp4 without
-    an audio track and no wav/flac member gives ``audio=None`` instead of a skip."""
+    The video is required whatever ``modalities`` (those coded) name; with ``text`` among them, the caption too (of
+    several, the first). The audio (a wav/flac member, else the mp4's track) is cut or zero-padded to the video's
+    seconds; an mp4 without an audio track and no wav/flac member gives ``audio=None`` instead of a skip."""
     audio_member = _audio_member(sample)
-    required = [VIDEO_MEMBER] + ([CAPTION_MEMBER] if require_caption else [])
+    required = [VIDEO_MEMBER] + ([CAPTION_MEMBER] if TEXT in modalities else [])
     for member in required + [m for m in (*OPTIONAL_MEMBERS, audio_member) if m in sample and m not in required]:
         check_member(sample, member)
     caption = sample_caption(sample)
@@ -388,51 +466,100 @@ def decode_whole_sample(sample: Mapping[str, Any], cfg: DecodeConfig, require_ca
     return WholeClip(str(sample.get("__key__")), video, audio, caption, labels, str(sample.get("__url__", "")))
 
 
-def decode_sample(sample: Mapping[str, Any], cfg: DecodeConfig, require_caption: bool = False,
-                  cache: DecodeCache | None = None) -> DecodedClip:
-    """Decode one raw sample; raises ``CorruptSample`` (cheap members are checked first). Without a txt
-    member the caption is None, or with ``require_caption`` (the caption is encoded) the sample is corrupt
-    ("missing_member"); without a json member the clip has no labels (``ClipLabels.unlabelled``). With a ``cache``
-    (trainer/data/cache.py), the video and audio of a clip decoded before are read from it, and kept after a decode."""
-    _check_members(sample, require_caption)
-    audio_member = _audio_member(sample)
-    labels = sample_labels(sample, cfg.seconds)
-    caption = sample_caption(sample)
-    kept = cache.load(sample) if cache is not None else None
-    if kept is not None:
-        video, audio = kept
-    else:
-        video = decode_video(sample[VIDEO_MEMBER], cfg, member_where(sample, VIDEO_MEMBER))
-        audio = decode_audio(sample[audio_member], cfg, member_where(sample, audio_member))
+def _read_image(data: bytes, where: str) -> Image.Image:
+    """The member's image, decoded whole, as RGB; Pillow reads JPEG, PNG and WebP only, whatever the suffix."""
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+            size = image.size
+            if 0 not in size:
+                image.load()   # a truncated or corrupt stream fails here, after the header
+                return image.convert("RGB")
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:   # UnidentifiedImageError is an OSError
+        raise CorruptSample("bad_image", where, f"Pillow cannot decode it ({err})") from err
+    raise CorruptSample("bad_image", where, f"{size[0]}x{size[1]} pixels")
+
+
+def decode_image(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
+    """jpg/png/webp bytes -> ``(h w 3)`` uint8 RGB, h = w = ``cfg.frame_size`` (resized bilinearly, aspect not kept, as
+    the video's frames are)."""
+    rgb = _read_image(data, where).resize((cfg.frame_size, cfg.frame_size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _decode_media(sample: Mapping[str, Any], members: Mapping[str, str], cfg: DecodeConfig) -> dict[str, np.ndarray]:
+    decoders = {VIDEO: decode_video, AUDIO: decode_audio, IMAGE: decode_image}
+    return {m: decoders[m](sample[member], cfg, member_where(sample, member))
+            for m, member in members.items() if m in decoders}
+
+
+def decode_sample(sample: Mapping[str, Any], cfg: DecodeConfig, modalities: Collection[str] = CLIP_MODALITIES,
+                  cache: DecodeCache | None = None, caption_seed: int | None = None) -> DecodedSample:
+    """Decode the ``modalities`` a job reads from one raw sample; raises ``CorruptSample`` (cheap members are checked
+    first). With ``text`` among them the sample needs a txt member ("missing_member"), otherwise a caption is read
+    where present (None without); of several captions, ``pick_caption`` picks one with ``caption_seed``. Without a
+    json member the sample has no labels (``ClipLabels.unlabelled``). With a ``cache`` (trainer/data/cache.py), the
+    media of a sample decoded before are read from it, and kept after a decode."""
+    members = media_members(sample, modalities)
+    labels = sample_labels(sample, segments_of(modalities, cfg))
+    caption = sample_caption(sample, caption_seed)
+    media_modalities = [m for m in modalities if m in MEDIA_MODALITIES]
+    media = cache.load(sample, media_modalities) if cache is not None else None
+    if media is None:
+        media = _decode_media(sample, members, cfg)
         if cache is not None:
-            cache.save(sample, video, audio)
-    return DecodedClip(str(sample.get("__key__")), video, audio, caption, labels, len(unknown_members(sample)),
-                       str(sample.get("__url__", "")))
+            cache.save(sample, media)
+    ignored = len(unknown_members(sample)) + sum(
+        m in KNOWN_MEMBERS and m not in members.values() and m not in OPTIONAL_MEMBERS for m in sample)
+    return DecodedSample(str(sample.get("__key__")), media, caption, labels, ignored, str(sample.get("__url__", "")))
 
 
-def probe_sample(sample: Mapping[str, Any], sample_rate: int = DecodeConfig.sample_rate) -> ClipInfo:
-    """Check that every member the stream reads decodes, and measure the clip (raises ``CorruptSample``).
-
-    Reads the json and the caption where present, opens the video at its native size and decodes one frame
-    per second plus the last one (a truncated stream fails there), and decodes the whole audio track.
-    """
-    _check_members(sample, require_caption=False)
-    where_video = member_where(sample, VIDEO_MEMBER)
-    where_labels = member_where(sample, LABEL_MEMBER)
-    labels = parse_labels(sample[LABEL_MEMBER], where_labels) if LABEL_MEMBER in sample else None
-    sample_caption(sample)
-    reader = _open_video(sample[VIDEO_MEMBER], where_video)
+def _probe_video(sample: Mapping[str, Any]) -> tuple[float, float, int, int]:
+    """(seconds, fps, width, height) of the mp4: opened at its native size, one frame per second and the last one
+    decoded (a truncated stream fails there)."""
+    where = member_where(sample, VIDEO_MEMBER)
+    reader = _open_video(sample[VIDEO_MEMBER], where)
     fps, frames = reader.get_avg_fps(), len(reader)
     if frames == 0 or not fps > 0:
-        raise CorruptSample("bad_video", where_video, f"{frames} frames at {fps} fps")
+        raise CorruptSample("bad_video", where, f"{frames} frames at {fps} fps")
     seconds = frames / fps
     indices = sorted({min(frames - 1, int((t + 0.5) * fps)) for t in range(math.ceil(seconds))} | {frames - 1})
-    height, width = _read_frames(reader, indices, where_video).shape[1:3]
-    if labels is not None and len(labels.video) > math.ceil(seconds - 1e-6):
-        raise CorruptSample("bad_json", where_labels,
-                            f"labels cover {len(labels.video)} s but the video lasts {seconds:.2f} s")
+    height, width = _read_frames(reader, indices, where).shape[1:3]
+    return seconds, fps, int(width), int(height)
+
+
+def probe_sample(sample: Mapping[str, Any], sample_rate: int = DecodeConfig.sample_rate) -> SampleInfo:
+    """Check that every member the stream reads decodes, and measure the sample (raises ``CorruptSample``).
+
+    Reads the json and the caption where present, the video (``_probe_video``), the image, and the whole audio
+    (a wav/flac member, else the mp4's track: an mp4 without one is a sample without audio). A sample that names no
+    modality (a json alone, say) is "missing_member"."""
+    named = sample_modalities(sample)
+    if not named:
+        raise CorruptSample("missing_member", member_where(sample, "*"), "no member of any modality (mp4, "
+                            f"{', '.join(AUDIO_MEMBERS)}, {', '.join(IMAGE_MEMBERS)}, txt)")
+    media_members(sample, named, image_beside_video=True)
+    where_labels = member_where(sample, LABEL_MEMBER)
+    labels = parse_labels(sample[LABEL_MEMBER], where_labels) if LABEL_MEMBER in sample else None
+    captions = len(decode_captions(sample[CAPTION_MEMBER], member_where(sample, CAPTION_MEMBER))) \
+        if CAPTION_MEMBER in sample else 0
+    seconds = fps = width = height = audio_seconds = None
+    if VIDEO in named:
+        seconds, fps, width, height = _probe_video(sample)
+    if IMAGE in named:
+        member = _image_member(sample, beside_video=True)
+        width, height = _read_image(sample[member], member_where(sample, member)).size
     audio_member = _audio_member(sample)
-    wave = _read_audio(sample[audio_member], sample_rate, member_where(sample, audio_member))
-    audio_seconds = len(wave) / sample_rate
+    try:
+        if AUDIO in named:
+            wave = _read_audio(sample[audio_member], sample_rate, member_where(sample, audio_member))
+            audio_seconds = len(wave) / sample_rate
+    except CorruptSample as err:
+        if audio_member != VIDEO_MEMBER or NO_AUDIO_STREAM not in err.detail:
+            raise
+    seconds = seconds if seconds is not None else audio_seconds
+    if labels is not None and seconds is not None and len(labels.video) > math.ceil(seconds - 1e-6):
+        raise CorruptSample("bad_json", where_labels,
+                            f"labels cover {len(labels.video)} s but the sample lasts {seconds:.2f} s")
+    modalities = tuple(m for m in named if m != AUDIO or audio_seconds is not None)
     label_seconds, num_classes = (None, None) if labels is None else (len(labels.video), labels.num_classes)
-    return ClipInfo(seconds, fps, int(width), int(height), audio_seconds, label_seconds, num_classes)
+    return SampleInfo(modalities, seconds, fps, width, height, audio_seconds, label_seconds, num_classes, captions)

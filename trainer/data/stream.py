@@ -1,7 +1,8 @@
 """WebDataset shards -> decoded batches, split over ranks and DataLoader workers, resumable.
 
-One stream for both kinds of shards (``DataConfig.kind``): "clips" (mp4/wav [+ json + txt], decoded by
-``decode.decode_sample`` and stacked by ``collate.collate_clips``) and "features" (the ``.npy`` feature
+One stream for both kinds of shards (``DataConfig.kind``): "clips" (samples of any subset of video, audio, image
+and text [+ json], the modalities a job reads decoded by ``decode.decode_sample`` and stacked by
+``collate.collate_samples``) and "features" (the ``.npy`` feature
 shards that ``python -m shards.extract`` writes, decoded by ``features.decode_feature_sample`` with the
 shapes their manifest lists and stacked by ``features.collate_feature_clips``). Everything below holds
 for both: only the per-sample decoder and the collate function differ.
@@ -56,7 +57,7 @@ import random
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -68,8 +69,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer import distributed
 from trainer.data.cache import DecodeCache
-from trainer.data.collate import COUNTER_INDEX, COUNTER_NAMES, collate_clips
-from trainer.data.decode import CorruptSample, DecodeConfig, decode_sample
+from trainer.data.collate import COUNTER_INDEX, COUNTER_NAMES, collate_samples
+from trainer.data.decode import (
+    CLIP_MODALITIES, MEDIA_MODALITIES, CorruptSample, DecodeConfig, check_modalities, decode_sample,
+)
 from trainer.data.features import (
     FEATURE_MANIFEST_FORMAT, FEATURE_MODALITIES, collate_feature_clips, decode_feature_sample, feature_layout,
 )
@@ -318,7 +321,10 @@ class _EpochSource(IterableDataset):
         pass_index, raw_index = cursor
         skipped = np.zeros(len(COUNTER_NAMES), np.int64)
         taken: list[int] = []  # numbers of the epoch's samples read since the previous batch (delivered or skipped)
-        clips: list = []  # DecodedClip (kind clips) or FeatureClip (kind features)
+        clips: list = []  # DecodedSample (kind clips) or FeatureClip (kind features)
+        # of an item's several captions, each epoch trains on the one a seed of (seed, epoch) picks (pick_caption)
+        decode = functools.partial(self.decode, caption_seed=stable_seed(self.seed, self.epoch)) \
+            if self.cfg.kind == "clips" else self.decode
         pads: list[bool] = []
         while todo > 0:
             # Pass 0 is the epoch's real data; later passes (non-resampled only) re-read it as padding,
@@ -334,7 +340,7 @@ class _EpochSource(IterableDataset):
                 if real and index is not None:
                     taken.append(index)
                 try:
-                    clip = self.decode(raw)
+                    clip = decode(raw)
                 except CorruptSample as err:
                     if real:
                         skipped[COUNTER_INDEX[err.reason]] += 1
@@ -412,9 +418,10 @@ class ClipStream:
 
     ``cfg.kind`` picks the shards' decoder and collate function (clip or feature batches, see
     ``trainer/data/__init__.py``). ``transform``, if given, maps each batch in this process after the
-    stream's bookkeeping (e.g. frozen backbones on the GPU, see ``feature_batches``). ``require_caption``
-    (kind "clips", where the caption is encoded): a clip without a txt member is skipped as "missing_member";
-    otherwise its caption is None. json and txt members are optional for kind "features".
+    stream's bookkeeping (e.g. frozen backbones on the GPU, see ``feature_batches``). ``modalities`` (kind "clips"):
+    those decoded into each batch (``trainer.data.decode.SAMPLE_MODALITIES``; a sample lacking one is skipped as
+    "missing_member"); without ``text`` among them a caption is read where present (None otherwise). json and txt
+    members are optional for kind "features".
 
     Iterating to the end of an epoch advances ``epoch``; stopping early (``break``) keeps the position,
     and the next ``iter()`` continues from the next unconsumed batch (a state saved after the last batch
@@ -426,7 +433,7 @@ class ClipStream:
     """
 
     def __init__(self, cfg: DataConfig, rank: int | None = None, world_size: int | None = None,
-                 transform: Callable[[dict], dict] | None = None, require_caption: bool = False):
+                 transform: Callable[[dict], dict] | None = None, modalities: Sequence[str] = CLIP_MODALITIES):
         cfg.validate()
         self.cfg, self.transform = cfg, transform
         self.rank = distributed.rank() if rank is None else rank
@@ -453,9 +460,9 @@ class ClipStream:
                 raise ValueError(f"manifest {manifest} describes feature shards (format {FEATURE_MANIFEST_FORMAT!r}), "
                                  "but DataConfig.kind is 'clips': set DataConfig.kind='features'")
             cache = DecodeCache(cfg.decode_cache, cfg.decode) if cfg.decode_cache else None
-            self.decode = functools.partial(decode_sample, cfg=cfg.decode, require_caption=require_caption,
-                                            cache=cache)
-            self.collate = collate_clips
+            modalities = check_modalities(modalities, "the stream's modalities")
+            self.decode = functools.partial(decode_sample, cfg=cfg.decode, modalities=modalities, cache=cache)
+            self.collate = collate_samples
         self.seed, self.epoch, self.position = cfg.seed, 0, 0
         self.cursors = self._fresh_cursors()
         self.skipped = np.zeros(len(COUNTER_NAMES), np.int64)  # this rank's totals over all batches handed out
@@ -539,7 +546,7 @@ class ClipStream:
     def state_dict(self) -> dict:
         return {
             "seed": self.seed, "epoch": self.epoch, "position": self.position,
-            "cursors": [list(c) for c in self.cursors], "skipped": self.skipped.tolist(),
+            "cursors": [list(c) for c in self.cursors], "skipped": dict(zip(COUNTER_NAMES, self.skipped.tolist())),
             "consumed": _packed(self.consumed), "excluded": _packed(self.excluded), **self._source(), **self._layout(),
         }
 
@@ -558,10 +565,9 @@ class ClipStream:
         self._check(state, self._source() | self._layout(), "the saved position cannot be resumed exactly")
         self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
         self.cursors = [[int(p), int(r)] for p, r in state["cursors"]]
-        self.skipped = np.array(state["skipped"], np.int64)
-        if len(self.cursors) != self.workers or len(self.skipped) != len(COUNTER_NAMES):
-            raise ValueError(f"stream state has {len(self.cursors)} cursors / {len(self.skipped)} counters, "
-                             f"expected {self.workers} / {len(COUNTER_NAMES)}")
+        self.skipped = saved_counters(state["skipped"])
+        if len(self.cursors) != self.workers:
+            raise ValueError(f"stream state has {len(self.cursors)} cursors, expected {self.workers}")
         self.consumed = _unpacked(state["consumed"], len(self.consumed))
         self.excluded = _unpacked(state["excluded"], len(self.excluded))
 
@@ -583,14 +589,33 @@ class ClipStream:
             self.excluded |= _unpacked(state["excluded"], len(self.excluded))
             self.excluded |= _unpacked(state["consumed"], len(self.consumed))
         self.consumed = np.zeros_like(self.consumed)
-        skipped = sum(np.array(s["skipped"], np.int64) for s in states)
+        skipped = sum(saved_counters(s["skipped"]) for s in states)
         self.skipped = skipped if self.rank == 0 else np.zeros_like(skipped)
+
+
+# the counters of a stream state saved before they were kept by name (a list in this order)
+_POSITIONAL_COUNTERS = ("missing_member", "empty_member", "bad_video", "bad_audio", "bad_json", "bad_text",
+                        "bad_feature", "unreadable", "ignored_member")
+
+
+def saved_counters(saved: Mapping[str, int] | list[int]) -> np.ndarray:
+    """A state's skip counters in ``COUNTER_NAMES`` order: saved by name (a reason it lacks counts 0), or as the
+    positional list of older checkpoints."""
+    if isinstance(saved, list):
+        if len(saved) != len(_POSITIONAL_COUNTERS):
+            raise ValueError(f"stream state has {len(saved)} counters, expected {len(_POSITIONAL_COUNTERS)}")
+        saved = dict(zip(_POSITIONAL_COUNTERS, saved))
+    unknown = sorted(set(saved) - set(COUNTER_NAMES))
+    if unknown:
+        raise ValueError(f"stream state counts skip reasons {unknown} this version does not know: "
+                         f"{list(COUNTER_NAMES)}")
+    return np.array([int(saved.get(name, 0)) for name in COUNTER_NAMES], np.int64)
 
 
 def _media_to_features(backbones: FrozenBackbones, batch: dict) -> dict:
     """A clip batch with its decoded media replaced by the backbones' features (the feature-shard keys)."""
     features = backbones.encode(batch)
-    return {name: value for name, value in batch.items() if name not in ("video", "audio")} | features
+    return {name: value for name, value in batch.items() if name not in MEDIA_MODALITIES} | features
 
 
 def feature_batches(cfg: DataConfig, backbones: FrozenBackbones | None = None, rank: int | None = None,
@@ -605,4 +630,4 @@ def feature_batches(cfg: DataConfig, backbones: FrozenBackbones | None = None, r
     if backbones is None:
         return ClipStream(cfg, rank, world_size)
     return ClipStream(cfg, rank, world_size, functools.partial(_media_to_features, backbones),
-                      require_caption="text" in backbones.modalities)
+                      modalities=backbones.modalities)

@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     from trainer.backbones import FrozenBackbones, load_backbones_config
-    from trainer.data.collate import collate_clips
+    from trainer.data.collate import collate_samples
 
     clips, decode_s = decoded_clips(a.clips)
     batch_clips = (clips * -(-a.batch // len(clips)))[:a.batch]
-    batch = collate_clips(batch_clips, [False] * a.batch)
+    batch = collate_samples(batch_clips, [False] * a.batch)
     print(f"# {a.batch}-clip batch: video {tuple(batch['video'].shape)} uint8, audio {tuple(batch['audio'].shape)}, "
           f"{len(batch['caption'])} captions; torch threads {torch.get_num_threads()}; cpu count {os.cpu_count()}")
 
