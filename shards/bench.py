@@ -5,7 +5,9 @@
 Synthesises clips into a temporary directory, packs them into shards, loads the raw samples into memory
 and times, single-threaded, each stage on the same bytes: decord video at the default DecodeConfig
 (T one-second segments x F frames, resized), decord audio (AAC -> 16 kHz mono), the whole
-``decode_sample`` (what one DataLoader worker does per clip), a full PyAV decode (every frame to RGB at
+``decode_sample`` (what one DataLoader worker does per clip), the same for image-text and audio-text pairs
+(``shards.synth --pairs``: a JPEG of the clips' frame size and its captions, a 16-bit PCM wav of the clips' length
+and its captions; per item), a full PyAV decode (every frame to RGB at
 native size + all audio resampled to 16 kHz mono), and the ClipStream end to end (tar reading, shuffle,
 decode, collate, DataLoader transfer) with ``--workers`` processes. Each figure is the median of
 ``--repeats`` interleaved rounds; the ratio column divides by the PyAV row, so the table means something
@@ -181,6 +183,13 @@ def print_supply_and_demand(rows: list[dict], threads: int) -> None:
           "needs to never wait for data")
 
 
+def pair_samples(synth: SynthConfig, folder: Path) -> list[dict[str, bytes | str]]:
+    """Raw samples (member -> bytes) of ``synth``'s pair items, written into ``folder``."""
+    keys = synthesise(synth, folder, progress=False)
+    return [{"__key__": key, **{p.suffix[1:]: p.read_bytes() for p in sorted(folder.glob(f"{key}.*"))}}
+            for key in keys]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m shards.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=48)
@@ -209,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         urls = f"{tmp}/shards/train-{{000000..{len(manifest['shards']) - 1:06d}}}.tar"
         samples = list(wds.tarfile_to_samples()(iter([{"url": u} for u in wds.shardlists.expand_urls(urls)])))
         n = len(samples)
+        pairs = {kind: pair_samples(replace(synth, pairs=kind), Path(tmp) / kind) for kind in ("image+text",
+                                                                                                 "audio+text")}
 
         def stream_epoch() -> None:
             cfg = DataConfig(urls=urls, batch_size=4, num_workers=a.workers, decode=decode_cfg)
@@ -220,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             "decord video: T x F frames, resized": lambda: [decode_video(s["mp4"], decode_cfg, "") for s in samples],
             "decord audio: AAC -> 16 kHz mono": lambda: [decode_audio(s["mp4"], decode_cfg, "") for s in samples],
             "decode_sample (one worker's work)": lambda: [decode_sample(s, decode_cfg) for s in samples],
+            "decode_sample, image+text pairs (jpg + txt)": lambda: [
+                decode_sample(s, decode_cfg, ("image", "text")) for s in pairs["image+text"]],
+            "decode_sample, audio+text pairs (wav + txt)": lambda: [
+                decode_sample(s, decode_cfg, ("audio", "text")) for s in pairs["audio+text"]],
             PYAV_ROW: lambda: [pyav_full_decode(s["mp4"], decode_cfg.sample_rate) for s in samples],
             stream_name: stream_epoch,
         }

@@ -62,7 +62,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     "continual": Command("trainer.programs.continual:main"),
     "ui": Command("trainer.programs.mlflow_ui:main"),
     "bench": {name: _bench(name) for name in
-              ("backbones", "continual", "core", "e2e", "fidelity", "quantizer_timing", "scaling")},
+              ("backbones", "continual", "core", "e2e", "fidelity", "pairs", "quantizer_timing", "scaling")},
 }
 GROUPS = {"shards": "make, check and convert WebDataset shards (python -m shards.<name>)",
           "bench": "benchmarks that print tables (python -m trainer.programs.bench.<name>)"}

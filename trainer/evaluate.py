@@ -215,8 +215,15 @@ def datasets_needed(tasks: tuple[str, ...], cfg: EvaluateConfig) -> list[str]:
 
 
 def directions(modalities: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Ordered (source, target) pairs of the modalities with per-segment labels (audio, video)."""
     labelled = [m for m in modalities if m in LABELLED_MODALITIES]
     return [(a, b) for a in labelled for b in labelled if a != b]
+
+
+def clip_directions(modalities: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The directions of the clip-label probes: those between audio and video where a model codes both, else every
+    ordered pair of its modalities (a pair model: image↔text, audio↔text, video↔text, whose items carry a class)."""
+    return directions(modalities) or [(a, b) for a in modalities for b in modalities if a != b]
 
 
 def read_datasets(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig, roles: list[str],
@@ -276,13 +283,14 @@ def shared_classes(task: str, cfg: EvaluateConfig,
 
 def run_probes(tasks: tuple[str, ...], data: dict[str, EncodedDataset], heads: Mapping[str, ProbeConfig],
                shared: Mapping[str, dict[int, int]], modalities: tuple[str, ...]) -> list[ProbeResult]:
-    """The trained-head protocols, in both directions between audio and video; ``shared``: each cross-dataset
-    protocol's {dataset-1 class: dataset-2 class}."""
+    """The trained-head protocols, in both directions between audio and video (classification: ``clip_directions``);
+    ``shared``: each cross-dataset protocol's {dataset-1 class: dataset-2 class}."""
     results: list[ProbeResult] = []
-    for source, target in directions(modalities):
-        if "classification" in tasks:
+    if "classification" in tasks:
+        for source, target in clip_directions(modalities):
             results.append(classification_probe(data["data"].splits, source, target, data["data"].classes,
                                                 heads["classification"]))
+    for source, target in directions(modalities):
         if "localisation" in tasks:
             localise = data["cross" if "cross" in data else "data"]
             results.append(localisation_probe(localise.splits, source, target, localise.classes,

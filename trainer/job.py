@@ -189,9 +189,32 @@ class ResolvedJob:
 def job_backbones(cfg: JobConfig) -> BackbonesConfig:
     """The backbones YAML restricted to the modalities the model trains (others are never loaded or run)."""
     try:
-        return load_backbones_config(cfg.backbones).only(cfg.model.modalities)
+        backbones = load_backbones_config(cfg.backbones).only(cfg.model.modalities)
     except ValueError as err:
         raise ConfigError(f"backbones ({cfg.backbones}): {err}") from err
+    check_segments(cfg, backbones)
+    return backbones
+
+
+def check_segments(cfg: JobConfig, backbones: BackbonesConfig) -> None:
+    """The modalities the model pairs segment by segment (``TaskSpec.aligned``) must come with as many segments:
+    ``data.decode.seconds`` for video and audio, ``max_text_length`` tokens for a caption (``text_padding:
+    max_length``); an image, or a caption pooled to one vector, is one segment, repeated along its partners'
+    (``trainer.models.inputs.repeat_single_segments``). ``ConfigError`` naming the keys otherwise."""
+    counts: dict[str, int | None] = {}
+    for m in task_spec(cfg.task).aligned(cfg.model):
+        if m in ("video", "audio"):
+            counts[f"{m} (data.decode.seconds)"] = cfg.data.decode.seconds
+        elif m == "text" and backbones.text is not None and backbones.text.resolved_pooling == "tokens":
+            padded = backbones.text.text_padding == "max_length"
+            counts["text (max_text_length)"] = backbones.text.max_text_length if padded else None
+    if len(set(counts.values())) > 1:
+        given = ", ".join(f"{name}: {'each batch its longest caption' if n is None else n}"
+                          for name, n in counts.items())
+        raise ConfigError(f"model.modalities {list(cfg.model.modalities)}: the model pairs them segment by segment, "
+                          f"but they come with different numbers of segments ({given}); in the backbones file "
+                          f"{cfg.backbones}, set text_padding: max_length and max_text_length: "
+                          f"{cfg.data.decode.seconds} (or pooling: mean), or change data.decode.seconds")
 
 
 def source_feature_shapes(cfg: JobConfig, backbones: BackbonesConfig | None) -> dict[str, tuple[int, ...]]:

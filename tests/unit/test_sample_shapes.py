@@ -312,10 +312,51 @@ def test_synthetic_pairs_carry_the_clip_worlds_events_and_pack_as_their_modaliti
             captions = (tmp_path / "items" / f"{key}.txt").read_text().splitlines()
             assert len(captions) == 2 and len(set(captions)) == 2
             partner = modalities[0]
-            assert all((f"{cls.root_hz} Hz" in c) == (partner == "audio") for c in captions)
+            assert all((f"{cls.root_hz} hz" in c) == (partner == "audio") for c in captions)
             assert all((cls.colour in c) == (partner != "audio") for c in captions)
         segments = 1 if set(modalities) <= {"image", "text"} else SECONDS
         assert len(meta["video_labels"]) == len(meta["audio_labels"]) == segments
     manifest = write_shards(tmp_path / "items", f"{tmp_path}/out/train-%06d.tar", progress=False,
                             modalities=tuple(modalities))
     assert manifest["total"] == 4 and manifest["labelled"] == 4
+
+
+def test_a_single_segment_modality_is_repeated_along_its_partners_segments_in_training_batches():
+    from trainer.models.inputs import repeat_single_segments
+
+    image, text = torch.randn(2, 1, 16, 8), torch.randn(2, 10, 8)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    out = repeat_single_segments({"image": image, "text": text, "text_mask": mask}, ("image", "text"))
+    assert out["image"].shape == (2, 10, 16, 8) and torch.equal(out["image"][:, 7], image[:, 0])
+    assert out["text"] is text and out["text_mask"] is mask
+    same = {"audio": torch.randn(2, 10, 8), "video": torch.randn(2, 10, 16, 8)}
+    assert repeat_single_segments(same, ("audio", "video")) == same                      # nothing to repeat
+    mixed = {"image": image, "audio": torch.randn(2, 10, 8), "text": torch.randn(2, 7, 8)}
+    assert repeat_single_segments(mixed, ("image", "audio", "text"))["image"].shape[1] == 1   # no one length
+
+
+def test_clip_label_probes_run_between_audio_and_video_or_else_between_every_pair():
+    from trainer.evaluate import clip_directions
+
+    assert clip_directions(("audio", "video", "text")) == [("audio", "video"), ("video", "audio")]
+    assert clip_directions(("image", "text")) == [("image", "text"), ("text", "image")]
+    assert clip_directions(("audio", "text")) == [("audio", "text"), ("text", "audio")]
+
+
+def test_a_job_whose_paired_modalities_have_different_segment_counts_fails_at_config_time():
+    from trainer.config import ConfigError, load_config
+    from trainer.job import JobConfig, job_backbones
+
+    demo = Path(__file__).resolve().parents[2] / "launch" / "configs" / "demo.yaml"
+    tiny = demo.parent / "backbones" / "tiny.yaml"
+    ok = load_config(JobConfig, demo, [f"backbones={tiny}", "model.modalities=[audio,text]", "data.decode.seconds=10"])
+    assert sorted(m for m, _ in job_backbones(ok).items()) == ["audio", "text"]
+    bad = load_config(JobConfig, demo, [f"backbones={tiny}", "model.modalities=[audio,text]", "data.decode.seconds=4"])
+    with pytest.raises(ConfigError, match=r"audio \(data.decode.seconds\): 4, text \(max_text_length\): 10.*"
+                                          r"max_text_length: 4"):
+        job_backbones(bad)
+    image = load_config(JobConfig, demo, [f"backbones={demo.parent / 'backbones' / 'tiny_image_text.yaml'}",
+                                          "model.modalities=[image,text]", "data.decode.seconds=4"])
+    job_backbones(image)                                      # an image is one segment, repeated along the tokens
+    fccid = load_config(JobConfig, demo.parent / "demo_fccid.yaml", ["data.decode.seconds=4", f"backbones={tiny}"])
+    job_backbones(fccid)                                      # FCCID meets text at the coarse level

@@ -104,7 +104,9 @@ class ProbeResult:
         return f"{self.source[0].upper()}→{self.target[0].upper()}"
 
 
-def _check_splits(splits: Mapping[str, CodeSplit], modalities: Sequence[str]) -> None:
+def _check_splits(splits: Mapping[str, CodeSplit], modalities: Sequence[str], segment_labels: bool = True) -> None:
+    """Every split is there, holds clips and the codes of ``modalities`` (and, with ``segment_labels``, their
+    per-segment labels: an image or a caption has only its item's class)."""
     missing = [s for s in SPLITS if s not in splits]
     if missing:
         raise KeyError(f"probe needs splits {list(SPLITS)}, missing {missing}")
@@ -112,10 +114,11 @@ def _check_splits(splits: Mapping[str, CodeSplit], modalities: Sequence[str]) ->
         split = splits[name]
         if len(split) == 0:
             raise ValueError(f"split '{name}' has no clips")
-        absent = [m for m in modalities if m not in split.vectors or m not in split.segment_labels]
+        absent = [m for m in modalities if m not in split.vectors or (segment_labels and m not in split.segment_labels)]
         if absent:
-            raise KeyError(f"split '{name}' has no codes or labels for modalities {absent} "
-                           f"(has {sorted(split.vectors)})")
+            raise KeyError(f"split '{name}' has no codes{' or segment labels' if segment_labels else ''} for "
+                           f"modalities {absent} (codes of {sorted(split.vectors)}, segment labels of "
+                           f"{sorted(split.segment_labels)})")
 
 
 def _fit(head: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -163,7 +166,7 @@ def _labelled(split: CodeSplit) -> CodeSplit:
 def classification_probe(splits: Mapping[str, CodeSplit], source: str, target: str, num_classes: int,
                          cfg: ProbeConfig) -> ProbeResult:
     """AVE-style: train on ``source`` clip labels, choose the epoch on source val, test source and target."""
-    _check_splits(splits, (source, target))
+    _check_splits(splits, (source, target), segment_labels=False)
     train, val, test = (_labelled(splits[s]) for s in SPLITS)
     in_dim = train.vectors[source].shape[-1]
 

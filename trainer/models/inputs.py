@@ -14,8 +14,9 @@ from torch import Tensor
 
 
 def default_feature_dims() -> dict[str, int]:
-    """Channel dim c per modality of the paper's backbones: VGGish audio, VGG-19 video, BERT text."""
-    return {"audio": 128, "video": 512, "text": 768}
+    """Channel dim c per modality of the paper's backbones: VGGish audio, VGG-19 video (and image: a frame encoder
+    applied to one image), BERT text. A job replaces them with its source's (trainer/job.py)."""
+    return {"audio": 128, "video": 512, "image": 512, "text": 768}
 
 
 def default_spatial_patches() -> dict[str, int]:
@@ -53,3 +54,21 @@ def feature_mask(features: Mapping[str, Tensor], modality: str, segments: tuple[
     if mask is not None and tuple(mask.shape) != tuple(segments):
         raise ValueError(f"features['{key}'] must be {tuple(segments)}, got {tuple(mask.shape)}")
     return mask
+
+
+def repeat_single_segments(features: Mapping[str, Tensor], modalities: tuple[str, ...]) -> dict[str, Tensor]:
+    """``features`` with each modality of one segment (an image: ``(b 1 ...)``) repeated along the segments of the
+    others, where those share one length T > 1 (a caption's T tokens): the terms that pair segments across
+    modalities (CMCM, the CLUB bound's negatives, Cross-CPC) then pair the image with each token, as an image is
+    as true of every word of its caption. Other inputs are returned as given."""
+    lengths = {m: features[m].shape[1] for m in modalities}
+    longer = {t for t in lengths.values() if t > 1}
+    if len(longer) != 1 or 1 not in lengths.values():
+        return dict(features)
+    segments = longer.pop()
+    out = dict(features)
+    for m, t in lengths.items():
+        if t == 1:
+            x = features[m]
+            out[m] = x.expand(x.shape[0], segments, *x.shape[2:]).contiguous()
+    return out

@@ -7,7 +7,9 @@ names a task (tests/unit/test_task_contract.py runs every registered task throug
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from trainer.models.comet import COMETConfig
 from trainer.models.fccid import FCCIDConfig
@@ -18,15 +20,26 @@ from trainer.tasks.fccid import FCCIDTask
 from trainer.tasks.unicode import UniCodeTask
 
 
+def every_modality(model: Any) -> tuple[str, ...]:
+    return tuple(model.modalities)
+
+
+def all_but_text(model: Any) -> tuple[str, ...]:
+    return tuple(m for m in model.modalities if m != "text")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     config: type        # dataclass of the job's `model` section
     task: type          # built as task(config)
+    # the modalities of a `model` section that the model pairs segment by segment (FCCID meets text at the coarse
+    # level, a mean over segments); a job checks that their inputs have as many segments (trainer/job.py)
+    aligned: Callable[[Any], tuple[str, ...]] = every_modality
 
 
 TASKS: dict[str, TaskSpec] = {
     "unicode": TaskSpec(UniCodeConfig, UniCodeTask),
-    "fccid": TaskSpec(FCCIDConfig, FCCIDTask),
+    "fccid": TaskSpec(FCCIDConfig, FCCIDTask, all_but_text),
     "comet": TaskSpec(COMETConfig, COMETTask),
 }
 

@@ -65,7 +65,7 @@ from trainer.models.club import CLUBConfig, club_upper_bound
 from trainer.models.eager import eager_under_compile, keep_marked_eager_
 from trainer.models.cpc import CPCConfig, cross_cpc_losses
 from trainer.models.losses import cmcm_loss, code_log_distribution
-from trainer.models.inputs import mask_key
+from trainer.models.inputs import mask_key, repeat_single_segments
 
 if TYPE_CHECKING:
     from trainer.checkpoint import InitSource
@@ -222,7 +222,7 @@ class CodebookTask(abc.ABC):
                 if empty.numel():
                     raise ValueError(f"batch['{key}'] has rows without any real token: {empty.tolist()[:8]}")
                 features[key] = mask.to(device=device, non_blocking=True)
-        return features
+        return repeat_single_segments(features, self.modalities)
 
     # ------------------------------------------------------------------ in-batch negatives
     @eager_under_compile

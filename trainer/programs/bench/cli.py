@@ -90,6 +90,19 @@ def e2e_parser() -> argparse.ArgumentParser:
     return p
 
 
+def pairs_parser() -> argparse.ArgumentParser:
+    p = _parser("pairs")
+    p.add_argument("--pairs", default=",".join(constant(f"{BENCH}.pairs", "PAIRS")),
+                   help="comma list of pair corpora to train and evaluate on")
+    p.add_argument("--seed", type=int, default=0, help="run.seed and data.seed of every run")
+    p.add_argument("--data-dir", default="pairs_data", help="synthetic pair corpora (kept and reused)")
+    p.add_argument("--runs", default="runs/pairs", help="run directories (replaced)")
+    p.add_argument("--json", default=None, help="also write all results to this JSON file")
+    p.add_argument("--markdown", default=None, help="also write the table and targets as a generated docs page")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="job config overrides for every run")
+    return p
+
+
 def fidelity_parser() -> argparse.ArgumentParser:
     d = config_defaults(f"{BENCH}.jobs", "PretrainConfig")
     worlds = list(constant(f"{BENCH}.synthetic_features", "WORLDS"))

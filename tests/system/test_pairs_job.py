@@ -1,0 +1,45 @@
+"""The real job on pair shards (trainer/main.py on ``shards.synth --pairs`` items packed by ``shards.write``): an
+image-text and an audio-text job train through the product's path, the image through its own backbone as one
+segment repeated along its caption's tokens, and resume exactly. Whether such runs learn is measured by
+``python -m trainer.programs.bench.pairs`` (docs/results/pairs.md)."""
+
+from pathlib import Path
+
+import pytest
+from job_utils import REPO, read_metrics, run_job
+
+from shards.synth import SynthConfig, synthesise
+from shards.write import write_shards
+from trainer.checkpoint import CheckpointManager
+from trainer.programs.bench.pairs import PAIR_JOBS
+
+ITEMS = 8
+SECONDS = 10   # audio seconds as many as a caption's tokens (launch/configs/backbones/tiny.yaml: 10)
+
+
+def pair_shards(root: Path, kind: str) -> str:
+    synthesise(SynthConfig(num_clips=ITEMS, classes=3, seconds=SECONDS, size=32, seed=3, pairs=kind, unlabelled=True),
+               root / "items", progress=False)
+    manifest = write_shards(root / "items", f"{root}/shards/train-%06d.tar", max_count=2, progress=False,
+                            modalities=tuple(kind.split("+")))
+    assert manifest["total"] == ITEMS
+    return f"{root}/shards/train-{{000000..000003}}.tar"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["image+text", "audio+text"])
+def test_a_pair_job_trains_on_its_two_modalities_and_resumes_exactly(tmp_path, kind):
+    urls = pair_shards(tmp_path / "data", kind)
+    overrides = [*(o.replace("backbones=", f"backbones={REPO}/") for o in PAIR_JOBS[kind]),
+                 "model.quantizer.reset_steps=2", f"data.decode.seconds={SECONDS}"]
+    reference, split = tmp_path / "reference", tmp_path / "split"
+    run_job(reference, urls, overrides=["run.max_steps=4", *overrides])
+    run_job(split, urls, overrides=["run.max_steps=2", *overrides])
+    run_job(split, urls, overrides=["run.max_steps=4", *overrides])            # resumes at step 2
+    rows = read_metrics(reference)
+    first, second = kind.split("+")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(f"cmcm_{first}_{second}" in r and f"recon_{first}" in r and r["data/skipped"] == 0 for r in rows)
+    assert {r["step"]: r["loss"] for r in read_metrics(split)} == {r["step"]: r["loss"] for r in rows}
+    meta = CheckpointManager.read_meta(CheckpointManager(reference / "checkpoints").latest())
+    assert tuple(meta["model_config"]["modalities"]) == (first, second)
