@@ -20,7 +20,8 @@ launch/configs/backbones/paper.yaml says, AVE's 16 frames per second at 224 px, 
 Demand = the job's per-rank batch / the main process's time per step: the training step (forward, every loss term,
 backward, AdamW, the codebook update; all torch threads, median of ``--steps`` after one warm-up) plus, for clip
 shards, the frozen backbones on the decoded batch (they run in the training process). Supply = ``decode_sample``
-clips/s on one core (one DataLoader worker), and a full PyAV decode of the same clips for reference. Their
+clips/s on one core (one DataLoader worker), and a full PyAV decode of the same clips for reference (median of 3
+rounds that interleave the two). Their
 quotient is the number of decoding cores one training process needs. The paper's backbones are not in its demand:
 VGG-19 and VGGish run once, offline, in ``shards.extract`` (their cost: ``trainer.programs.bench.backbones``).
 """
@@ -148,9 +149,11 @@ def supply_and_demand(name: str, workload: Workload, tmp: Path, steps: int, thre
     urls = [f"{tmp}/{name}-shards/{Path(s['name']).name}" for s in manifest["shards"]]
     samples = list(wds.tarfile_to_samples()(iter([{"url": u} for u in urls])))
     torch.set_num_threads(1)                                   # supply: one DataLoader worker's core
-    decode_s = _median_seconds(lambda: [decode_sample(s, decode_cfg) for s in samples], 2) / len(samples)
-    pyav_s = _median_seconds(lambda: [pyav_full_decode(s["mp4"], decode_cfg.sample_rate) for s in samples],
-                             2) / len(samples)
+    decode_sample(samples[0], decode_cfg)                      # warm-up (decord's first open)
+    supply = _median_rates(len(samples), {   # interleaved rounds: a change of load lands on both alike
+        "decode": lambda: [decode_sample(s, decode_cfg) for s in samples],
+        "pyav": lambda: [pyav_full_decode(s["mp4"], decode_cfg.sample_rate) for s in samples]}, 3)
+    decode_s, pyav_s = 1 / supply["decode"], 1 / supply["pyav"]
     torch.set_num_threads(threads)                             # demand: the training process, all its threads
     backbones_s = 0.0
     shapes = workload.feature_shapes
