@@ -360,3 +360,20 @@ def test_a_job_whose_paired_modalities_have_different_segment_counts_fails_at_co
     job_backbones(image)                                      # an image is one segment, repeated along the tokens
     fccid = load_config(JobConfig, demo.parent / "demo_fccid.yaml", ["data.decode.seconds=4", f"backbones={tiny}"])
     job_backbones(fccid)                                      # FCCID meets text at the coarse level
+
+
+def test_the_stream_names_each_skipped_sample_on_stderr_and_counts_it_by_reason(tmp_path, capfd):
+    shard = tmp_path / "train-000000.tar"
+    with wds.TarWriter(str(shard), encoder=False) as sink:
+        sink.write({"__key__": "good", "jpg": image_bytes(10), "txt": b"a caption"})
+        sink.write({"__key__": "broken", "jpg": b"\xff\xd8 not a jpeg", "txt": b"a caption"})
+        sink.write({"__key__": "lonely", "jpg": image_bytes(20)})
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": [{"name": shard.name, "samples": 3}]}))
+    stream = ClipStream(DataConfig(urls=str(shard), batch_size=1, num_workers=0, shuffle_buffer=0, decode=DECODE),
+                        rank=0, world_size=1, modalities=("image", "text"))
+    delivered = [(key, bool(pad)) for b in stream for key, pad in zip(b["key"], b["is_pad"])]
+    assert delivered == [("good", False), ("good", True), ("good", True)]   # the epoch's 3 batches, padded
+    err = capfd.readouterr().err
+    assert f"[trainer.data] skipping {shard}:broken.jpg: bad_image: Pillow cannot decode it" in err
+    assert f"[trainer.data] skipping {shard}:lonely.txt: missing_member" in err
+    assert {k: v for k, v in stream.skip_totals().items() if v} == {"bad_image": 1, "missing_member": 1}

@@ -71,7 +71,7 @@ from trainer import distributed
 from trainer.data.cache import DecodeCache
 from trainer.data.collate import COUNTER_INDEX, COUNTER_NAMES, collate_samples
 from trainer.data.decode import (
-    CLIP_MODALITIES, MEDIA_MODALITIES, CorruptSample, DecodeConfig, check_modalities, decode_sample,
+    CLIP_MODALITIES, MEDIA_MODALITIES, SKIP_REASONS, CorruptSample, DecodeConfig, check_modalities, decode_sample,
 )
 from trainer.data.features import (
     FEATURE_MANIFEST_FORMAT, FEATURE_MODALITIES, collate_feature_clips, decode_feature_sample, feature_layout,
@@ -344,6 +344,7 @@ class _EpochSource(IterableDataset):
                 except CorruptSample as err:
                     if real:
                         skipped[COUNTER_INDEX[err.reason]] += 1
+                        _name_skip(err, int(skipped[:len(SKIP_REASONS)].sum()))
                     continue
                 good_in_pass += 1
                 if real:
@@ -374,6 +375,20 @@ class _EpochSource(IterableDataset):
 
 def _more_than_manifest(plan: WorkerPlan) -> str:
     return f"shards {plan.shards} hold more than the {plan.samples} samples their manifest lists; rewrite it"
+
+
+NAMED_SKIPS = 20   # skipped samples a worker names on stderr per batch window before it only counts them
+
+
+def _name_skip(err: CorruptSample, since_last_batch: int) -> None:
+    """Name a skipped sample (shard:key.member: reason: detail) on stderr; past ``NAMED_SKIPS`` since the worker's
+    previous batch, say once that the rest are only counted (``data/skipped_<reason>``; ``shards.inspect`` lists
+    every one)."""
+    if since_last_batch <= NAMED_SKIPS:
+        print(f"[trainer.data] skipping {err}", file=sys.stderr)
+    elif since_last_batch == NAMED_SKIPS + 1:
+        print("[trainer.data] more skipped samples before this worker's next batch: counted in data/skipped_<reason>, "
+              "not named (python -m shards.inspect lists every one)", file=sys.stderr)
 
 
 def _warn_and_continue(exn: Exception) -> bool:
