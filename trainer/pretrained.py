@@ -242,7 +242,7 @@ class CMGModel:
 
     @torch.no_grad()
     def encode_batch(self, batch: Mapping[str, Any]) -> dict[str, Codes]:
-        """Codes of a decoded batch of clips of one length (``trainer.data.collate_clips``'s keys: ``video (b t f h w
+        """Codes of a decoded batch of clips of one length (``trainer.data.collate_samples``'s keys: ``video (b t f h w
         3)`` uint8, ``audio (b t s)`` float, ``caption`` list of str) for every modality of the model whose stream the
         batch holds (other keys are ignored), each clip encoded as one window."""
         streams = [s for s in self._backbones().modalities if STREAM_INPUT[s] in batch]
