@@ -71,6 +71,17 @@ def core_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _product_runs(p: argparse.ArgumentParser, data_dir: str, runs: str) -> argparse.ArgumentParser:
+    """The options of a bench that trains through the product's path: where its corpora and runs go, its outputs,
+    and job config overrides."""
+    p.add_argument("--data-dir", default=data_dir, help="synthetic corpora (kept and reused)")
+    p.add_argument("--runs", default=runs, help="run directories (replaced)")
+    p.add_argument("--json", default=None, help="also write all results to this JSON file")
+    p.add_argument("--markdown", default=None, help="also write the table, targets and runs as a generated docs page")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="job config overrides for every run")
+    return p
+
+
 def e2e_parser() -> argparse.ArgumentParser:
     p = _parser("e2e")
     p.add_argument("--world", default="per-seed", choices=list(constant(f"{BENCH}.e2e", "WORLDS")),
@@ -82,12 +93,7 @@ def e2e_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=demo.pretrain.classes, help="event classes of the world")
     p.add_argument("--processes", default="1,2", help="comma list of process counts")
     p.add_argument("--rows", default="full,baseline", help=f"comma list of {list(constant(f'{BENCH}.e2e', 'ROWS'))}")
-    p.add_argument("--data-dir", default="e2e_data", help="synthetic corpora (kept and reused)")
-    p.add_argument("--runs", default="runs/e2e", help="run directories (replaced)")
-    p.add_argument("--json", default=None, help="also write all results to this JSON file")
-    p.add_argument("--markdown", default=None, help="also write the table, targets and runs as a generated docs page")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="job config overrides for every run")
-    return p
+    return _product_runs(p, "e2e_data", "runs/e2e")
 
 
 def pairs_parser() -> argparse.ArgumentParser:
@@ -95,12 +101,7 @@ def pairs_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", default=",".join(constant(f"{BENCH}.pairs", "PAIRS")),
                    help="comma list of pair corpora to train and evaluate on")
     p.add_argument("--seed", type=int, default=0, help="run.seed and data.seed of every run")
-    p.add_argument("--data-dir", default="pairs_data", help="synthetic pair corpora (kept and reused)")
-    p.add_argument("--runs", default="runs/pairs", help="run directories (replaced)")
-    p.add_argument("--json", default=None, help="also write all results to this JSON file")
-    p.add_argument("--markdown", default=None, help="also write the table and targets as a generated docs page")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="job config overrides for every run")
-    return p
+    return _product_runs(p, "pairs_data", "runs/pairs")
 
 
 def fidelity_parser() -> argparse.ArgumentParser:
