@@ -7,8 +7,11 @@
 
 MODEL: a run directory (its latest checkpoint), a checkpoints directory, step_N, a model.pt, or an export directory
 (``CMGModel.save_pretrained``). Clips are decoded as the model's training decoded them and go through the frozen
-backbones it names, fingerprints checked (trainer/pretrained.py). No labels are needed: a clip is its video and audio
-(``KEY.mp4``, or ``KEY.wav``/``KEY.flac`` for the audio) and, when the model encodes text, its caption (``KEY.txt``).
+backbones it names, fingerprints checked (trainer/pretrained.py). No labels are needed: a sample is what it has of
+the model's media streams (``KEY.mp4`` video, ``KEY.wav``/``KEY.flac`` or the mp4's track for the audio,
+``KEY.jpg``/``.png``/``.webp`` for an image: one segment) and, when the model encodes text, its caption
+(``KEY.txt``); audio+text and image+text shards (``shards.write --modalities``) encode as they are, a modality a
+sample lacks is listed under ``absent``.
 Every second of a clip of any length is coded (a 3-s clip gives 3 codes per modality, a 95-s one 95; longer than the
 training's ``data.decode.seconds``, in consecutive windows: trainer/pretrained.py). An mp4 without an audio track is
 coded without audio: its sample has no audio members, and the manifest lists it under ``absent``.
@@ -193,7 +196,8 @@ def code_samples(clips: list[WholeClip], encoded: dict[str, list[Codes | None]])
 def absent_records(clips: list[WholeClip], encoded: dict[str, list[Codes | None]]) -> list[dict[str, str]]:
     """What a manifest says of the modalities clips lack (coded without them): ``{"where", "modality", "detail"}``."""
     return [{"where": f"{clip.url}:{clip.key}" if clip.url else clip.key, "modality": m,
-             "detail": "the mp4 has no audio track" if m == "audio" else f"no {m} in the clip"}
+             "detail": "the mp4 has no audio track" if m == "audio" and clip.video is not None else
+             f"the sample has no {m} member"}
             for m, per_clip in encoded.items() for clip, codes in zip(clips, per_clip) if codes is None]
 
 

@@ -193,7 +193,26 @@ def job_backbones(cfg: JobConfig) -> BackbonesConfig:
     except ValueError as err:
         raise ConfigError(f"backbones ({cfg.backbones}): {err}") from err
     check_segments(cfg, backbones)
+    check_window(cfg)
     return backbones
+
+
+def check_window(cfg: JobConfig) -> None:
+    """A job that pads clips shorter than the window (``data.decode.min_seconds`` below ``data.decode.seconds``) needs
+    a task that trains on padded seconds, and clips long enough for Cross-CPC to have a context end (more seconds than
+    its K prediction steps). ``ConfigError`` naming the keys otherwise."""
+    decode, spec = cfg.data.decode, task_spec(cfg.task)
+    if not decode.pads or not any(m in ("video", "audio") for m in cfg.model.modalities):
+        return
+    if not spec.pads:
+        raise ConfigError(f"data.decode.min_seconds={decode.min_seconds}: task {cfg.task!r} trains on whole windows "
+                          f"only (set data.decode.min_seconds: null, or cut the clips to data.decode.seconds="
+                          f"{decode.seconds})")
+    steps = spec.cpc_steps(cfg.model)
+    if decode.min_seconds <= steps:
+        raise ConfigError(f"data.decode.min_seconds={decode.min_seconds}: Cross-CPC predicts {steps} seconds ahead "
+                          f"(model.cpc.prediction_steps), so a clip needs at least {steps + 1} s to have a context "
+                          f"end; set data.decode.min_seconds >= {steps + 1}")
 
 
 def check_segments(cfg: JobConfig, backbones: BackbonesConfig) -> None:

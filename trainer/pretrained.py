@@ -61,7 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.backbones import FrozenBackbones, backbones_config_from_dict, load_backbones_config
-from trainer.data.decode import DecodeConfig, WholeClip, decode_whole_audio, decode_whole_video
+from trainer.data.decode import DecodeConfig, WholeClip, decode_image, decode_whole_audio, decode_whole_video
 from trainer.eval.encode import encode_features, frozen_model, load_pretrained
 from trainer.models.inputs import mask_key
 
@@ -69,10 +69,12 @@ EXPORT_FORMAT = "cmg-trainer-pretrained/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CODEBOOK_TENSOR = "quantizer.codebook"
-STREAM_INPUT = {"video": "video", "audio": "audio", "text": "caption"}   # batch key of each (trainer/data/collate.py)
+# batch key of each data stream (trainer/data/collate.py)
+STREAM_INPUT = {"video": "video", "audio": "audio", "image": "image", "text": "caption"}
 
-# What ``encode`` takes for a video or an audio track: a file path, the file's bytes (mp4; wav/flac for audio), a
-# decoded clip (video (t f h w 3) uint8, audio (t s) float), a batch of decoded clips, or a list of any of these.
+# What ``encode`` takes for a video, an audio track or an image: a file path, the file's bytes (mp4; wav/flac for
+# audio; jpg/png/webp for an image), a decoded clip (video (t f h w 3) uint8, audio (t s) float) or image
+# ((h w 3) uint8), a batch of them, or a list of any of these.
 Media = str | os.PathLike | bytes | np.ndarray | Tensor | Sequence[Any]
 
 
@@ -172,12 +174,14 @@ class CMGModel:
         return self.backbones
 
     def encode(self, video: Media | None = None, audio: Media | None = None, text: str | Sequence[str] | None = None,
-               batch_size: int = 16) -> dict[str, Codes]:
+               image: Media | None = None, batch_size: int = 16) -> dict[str, Codes]:
         """Codes of the clips given per data stream, keyed by model modality (only the modalities whose stream
-        was given). ``batch_size`` clips are decoded and encoded at a time."""
-        given = {s: v for s, v in {"video": video, "audio": audio, "text": text}.items() if v is not None}
+        was given; an image is one segment). ``batch_size`` clips are decoded and encoded at a time."""
+        given = {s: v for s, v in {"video": video, "audio": audio, "image": image, "text": text}.items()
+                 if v is not None}
         if not given:
-            raise ValueError("give video=, audio= and/or text= (paths, mp4 bytes, decoded tensors or captions)")
+            raise ValueError("give video=, audio=, image= and/or text= (paths, file bytes, decoded tensors or "
+                             "captions)")
         unknown = [s for s in given if s not in self.streams.values() or s not in self._backbones().modalities]
         if unknown:
             raise ValueError(f"the model encodes no {unknown} (its modalities: {self.modalities})")
@@ -190,6 +194,9 @@ class CMGModel:
                     for m, codes in self.encode_batch({"caption": captions[start:start + batch_size]}).items():
                         parts.setdefault(m, []).append(codes)
                 out |= {m: _concat(chunks) for m, chunks in parts.items()}
+            elif stream == "image":
+                out |= {m: _stacked(coded) for m, coded in self.encode_images(_images(value, self.decode),
+                                                                              batch_size).items()}
             else:
                 out |= {m: _stacked(clips) for m, clips in
                         self.encode_windows(stream, _clips(stream, value, self.decode), batch_size).items()}
@@ -221,10 +228,20 @@ class CMGModel:
                     for i, clip in enumerate(clips)]
                 for m, parts in coded.items()}
 
+    def encode_images(self, images: Tensor, batch_size: int = 16) -> dict[str, list[Codes]]:
+        """Per model modality of the image stream, the codes of each decoded image of ``images`` ``(b h w 3)``: one
+        segment each (``Codes`` of ``codes (1)``, ``quantized`` and ``semantic (1 D)``)."""
+        coded: dict[str, list[Codes]] = {}
+        for start in range(0, len(images), batch_size):
+            for m, codes in self.encode_batch({"image": images[start:start + batch_size]}).items():
+                coded.setdefault(m, []).extend(Codes(codes.codes[j], codes.quantized[j], codes.semantic[j])
+                                               for j in range(len(codes.codes)))
+        return coded
+
     def encode_whole_clips(self, clips: Sequence[WholeClip], batch_size: int = 16) -> dict[str, list[Codes | None]]:
         """Per model modality, the codes of each clip decoded by ``trainer.data.decode.decode_whole_sample`` (one
-        clip's ``Codes`` as in ``encode_windows``; text: its caption's real tokens), or None where the clip lacks the
-        modality's stream (an mp4 without an audio track)."""
+        clip's ``Codes`` as in ``encode_windows``; an image: one segment; text: its caption's real tokens), or None
+        where the clip lacks the modality's stream (an mp4 without an audio track, an image+text sample's video)."""
         out: dict[str, list[Codes | None]] = {}
         for stream in sorted({self.streams[m] for m in self.modalities}):
             if stream == "text":
@@ -235,7 +252,11 @@ class CMGModel:
             have = [i for i, clip in enumerate(clips) if getattr(clip, stream) is not None]
             out |= {m: [None] * len(clips) for m in self.modalities if self.streams[m] == stream}
             media = [torch.from_numpy(getattr(clips[i], stream)) for i in have]
-            for m, coded in (self.encode_windows(stream, media, batch_size) if media else {}).items():
+            if not media:
+                continue
+            coded_stream = self.encode_images(torch.stack(media), batch_size) if stream == "image" else \
+                self.encode_windows(stream, media, batch_size)
+            for m, coded in coded_stream.items():
                 for i, codes in zip(have, coded):
                     out[m][i] = codes
         return out
@@ -351,29 +372,43 @@ def frozen_backbones(records: Mapping[str, Any] | None, streams: Sequence[str], 
 
 
 # ---------------------------------------------------------------------- inputs and outputs
-def _clips(stream: str, value: Any, decode: DecodeConfig) -> list[Tensor]:
-    """One time stream's input as decoded clips ``(t ...)`` of any length (video uint8, audio float32): files and
-    bytes are decoded whole (every second), a decoded clip or batch is taken as it is."""
-    clip_dims = 5 if stream == "video" else 2          # (t f h w 3) | (t s)
-    decoder: Callable[[bytes, DecodeConfig, str], np.ndarray] = \
-        decode_whole_video if stream == "video" else decode_whole_audio
+# per media stream: how a file of it is decoded (every second of a clip; an image at the frame size), and the dims of
+# one decoded item: video (t f h w 3) uint8, audio (t s) float, image (h w 3) uint8
+STREAM_DECODERS: dict[str, tuple[Callable[[bytes, DecodeConfig, str], np.ndarray], int, str]] = {
+    "video": (decode_whole_video, 5, "(t f h w 3)"), "audio": (decode_whole_audio, 2, "(t s)"),
+    "image": (decode_image, 3, "(h w 3)")}
+
+
+def _decoded(stream: str, value: Any, decode: DecodeConfig) -> list[Tensor]:
+    """One media stream's input as decoded items (``STREAM_DECODERS``): files and bytes are decoded (a clip whole,
+    every second), a decoded item or batch is taken as it is."""
+    decoder, dims, layout = STREAM_DECODERS[stream]
     if isinstance(value, (np.ndarray, Tensor)):
         tensor = torch.as_tensor(value)
-        if tensor.ndim not in (clip_dims, clip_dims + 1):
-            raise ValueError(f"{stream}: a decoded clip has {clip_dims} dims and a batch {clip_dims + 1}, got a "
-                             f"tensor of shape {tuple(tensor.shape)}")
-        items: list[Any] = list(tensor.unsqueeze(0) if tensor.ndim == clip_dims else tensor)
-    else:
-        items = [value] if isinstance(value, (str, os.PathLike, bytes, bytearray)) else list(value)
-    clips = []
+        if tensor.ndim not in (dims, dims + 1):
+            raise ValueError(f"{stream}: a decoded item is {layout} and a batch has one more dim, got a tensor of "
+                             f"shape {tuple(tensor.shape)}")
+        return list(tensor.unsqueeze(0) if tensor.ndim == dims else tensor)
+    items = [value] if isinstance(value, (str, os.PathLike, bytes, bytearray)) else list(value)
+    decoded = []
     for item in items:
         if isinstance(item, (str, os.PathLike)):
             item = decoder(Path(item).read_bytes(), decode, str(item))
         elif isinstance(item, (bytes, bytearray)):
             item = decoder(bytes(item), decode, f"{stream} bytes")
-        clip = torch.as_tensor(np.asarray(item))
-        clips.append(clip if stream == "video" else clip.float())
-    return clips
+        decoded.append(torch.as_tensor(np.asarray(item)))
+    return decoded
+
+
+def _clips(stream: str, value: Any, decode: DecodeConfig) -> list[Tensor]:
+    """One time stream's input as decoded clips ``(t ...)`` of any length (video uint8, audio float32)."""
+    return [clip if stream == "video" else clip.float() for clip in _decoded(stream, value, decode)]
+
+
+def _images(value: Any, decode: DecodeConfig) -> Tensor:
+    """``encode``'s image input as decoded images ``(b h w 3)`` uint8 (files and bytes decoded at the training's
+    ``frame_size``)."""
+    return torch.stack(_decoded("image", value, decode))
 
 
 def _stacked(clips: list[Codes]) -> Codes:

@@ -31,13 +31,13 @@ from trainer.tasks import UniCodeTask
 GLOBAL_BATCH, STEPS = 8, 6
 
 
-def _train(rank: int, world: int, r_source: str) -> dict:
+def _train(rank: int, world: int, r_source: str, padded: bool) -> dict:
     torch.manual_seed(0)                                     # identical initial weights on every rank
     task = UniCodeTask(small_unicode_config(r_source))
     optimizer = torch.optim.SGD(task.model.parameters(), lr=0.1, momentum=0.9)
     per_step = []
     for step in range(STEPS):
-        local = {k: v.chunk(world)[rank] for k, v in unicode_batch(step, GLOBAL_BATCH).items()}
+        local = {k: v.chunk(world)[rank] for k, v in unicode_batch(step, GLOBAL_BATCH, padded).items()}
         loss, metrics = task.compute_loss(local, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -53,10 +53,10 @@ def _train(rank: int, world: int, r_source: str) -> dict:
     }
 
 
-def _worker(rank: int, world: int, port: int, out_dir, r_source: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir, r_source: str, padded: bool) -> None:
     if world > 1:
         init_gloo(rank, world, port)
-    torch.save(_train(rank, world, r_source), out_dir / f"world{world}_rank{rank}.pt")
+    torch.save(_train(rank, world, r_source, padded), out_dir / f"world{world}_rank{rank}.pt")
 
 
 def _load(path):
@@ -64,10 +64,13 @@ def _load(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("r_source", ["paired", "cross_attention"])
-def test_two_ranks_match_each_other_bitwise_and_one_process_on_the_global_batch(tmp_path, r_source):
-    run_ranks(_worker, 2, tmp_path, r_source, timeout=120)
-    run_ranks(_worker, 1, tmp_path, r_source, timeout=120)
+@pytest.mark.parametrize("r_source, padded", [("paired", False), ("cross_attention", False),
+                                              ("cross_attention", True)])
+def test_two_ranks_match_each_other_bitwise_and_one_process_on_the_global_batch(tmp_path, r_source, padded):
+    """``padded``: clips of 3 or 4 real segments with a ``segment_mask`` (trainer/models/inputs.py): the mask is
+    gathered with the in-batch negatives, and the masked statistics are reduced like the others."""
+    run_ranks(_worker, 2, tmp_path, r_source, padded, timeout=120)
+    run_ranks(_worker, 1, tmp_path, r_source, padded, timeout=120)
     r0, r1 = _load(tmp_path / "world2_rank0.pt"), _load(tmp_path / "world2_rank1.pt")
     ref = _load(tmp_path / "world1_rank0.pt")
 

@@ -26,9 +26,14 @@ def small_unicode_config(r_source: str = "cross_attention", **overrides) -> UniC
     return UniCodeConfig(**fields | overrides)
 
 
-def unicode_batch(step: int, clips: int) -> dict[str, torch.Tensor]:
-    """The global batch of ``step``: ``clips`` clips of audio and video features (seeded by the step)."""
+def unicode_batch(step: int, clips: int, padded: bool = False) -> dict[str, torch.Tensor]:
+    """The global batch of ``step``: ``clips`` clips of audio and video features (seeded by the step); ``padded``:
+    clips of 3 or 4 real segments (the rest padding) and their ``segment_mask``."""
     g = torch.Generator().manual_seed(1000 + step)
     audio = torch.randn(clips, T, 12, generator=g)
     video = torch.randn(clips, T, 2, 2, 16, generator=g)
-    return {"audio": audio, "video": video}
+    batch = {"audio": audio, "video": video}
+    if padded:
+        lengths = torch.randint(T - 1, T + 1, (clips,), generator=g)
+        batch["segment_mask"] = torch.arange(T) < lengths.unsqueeze(1)
+    return batch

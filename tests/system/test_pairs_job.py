@@ -1,12 +1,20 @@
 """The real job on pair shards (trainer/main.py on ``shards.synth --pairs`` items packed by ``shards.write``): an
 image-text and an audio-text job train through the product's path, the image through its own backbone as one
-segment repeated along its caption's tokens, and resume exactly. Whether such runs learn is measured by
+segment repeated along its caption's tokens, and resume exactly; ``cmg encode`` then codes the same shards (an image
+as one segment, a 10-s audio as 10), as the API does. Whether such runs learn is measured by
 ``python -m trainer.programs.bench.pairs`` (docs/results/pairs.md)."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import webdataset as wds
 from job_utils import REPO, read_metrics, run_job
+
+from trainer.encode import EXIT_OK
+from trainer.encode import main as encode_main
+from trainer.pretrained import CMGModel
 
 from shards.synth import SynthConfig, synthesise
 from shards.write import write_shards
@@ -43,3 +51,16 @@ def test_a_pair_job_trains_on_its_two_modalities_and_resumes_exactly(tmp_path, k
     assert {r["step"]: r["loss"] for r in read_metrics(split)} == {r["step"]: r["loss"] for r in rows}
     meta = CheckpointManager.read_meta(CheckpointManager(reference / "checkpoints").latest())
     assert tuple(meta["model_config"]["modalities"]) == (first, second)
+
+    out = tmp_path / "codes.npz"
+    assert encode_main([str(reference), urls, "--out", str(out), "--num-workers", "0", "--no-progress"]) == EXIT_OK
+    table = np.load(out, allow_pickle=False)
+    assert table[f"{first}.codes"].shape == (ITEMS, 1 if first == "image" else SECONDS)
+    assert (table[f"{first}.codes"] >= 0).all() and table[f"{second}.codes"].shape[0] == ITEMS
+    samples = sorted(wds.WebDataset(urls, shardshuffle=False), key=lambda s: s["__key__"])
+    order = np.argsort(table["key"])
+    model = CMGModel.from_pretrained(reference)
+    member = "jpg" if first == "image" else "wav"
+    api = model.encode(**{first: [s[member] for s in samples]})[first]
+    assert torch.equal(api.codes, torch.from_numpy(table[f"{first}.codes"][order]))
+

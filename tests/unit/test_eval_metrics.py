@@ -103,8 +103,15 @@ def test_event_classifier_is_two_linear_layers_then_max_over_segments():
 
 
 # ---------------------------------------------------------------- protocol
+class _LinearHead(torch.nn.Linear):
+    """A probe head's interface (codes, real segments) on a plain linear map."""
+
+    def forward(self, x, real=None):
+        return super().forward(x)
+
+
 def test_fit_keeps_the_weights_of_the_best_validation_epoch():
-    head = torch.nn.Linear(2, 1)
+    head = _LinearHead(2, 1)
     snapshots, scores = [], iter([0.2, 0.9, 0.5, 0.9])
 
     def validate(h):
@@ -112,8 +119,8 @@ def test_fit_keeps_the_weights_of_the_best_validation_epoch():
         return next(scores)
 
     x, y = torch.randn(8, 2), torch.randn(8, 1)
-    epoch, best = _fit(head, x, y, torch.nn.functional.mse_loss, validate, ProbeConfig(epochs=4, batch_size=4),
-                       torch.Generator().manual_seed(0))
+    epoch, best = _fit(head, x, y, lambda out, target, real: torch.nn.functional.mse_loss(out, target), validate,
+                       ProbeConfig(epochs=4, batch_size=4), torch.Generator().manual_seed(0))
     assert (epoch, best) == (2, 0.9)                                  # the first epoch reaching the best score
     assert all(torch.equal(head.state_dict()[k], snapshots[1][k]) for k in snapshots[1])
     assert not torch.equal(head.weight, snapshots[3]["weight"])       # training went on after epoch 2
@@ -334,3 +341,26 @@ def test_paper_tables_layout_and_this_checkpoints_numbers():
     assert table_metrics(full)["paper/seed003_table1/ours/Avg"] == 50.0
     assert checkpoint_switches({"variant": "baseline", "use_club": True}) == dict.fromkeys(
         ("CLUB", "Cross-CPC", "MM-EMA", "Reset code", "L_cmcm"), False)
+
+
+def test_heads_losses_and_f1_read_only_the_real_segments_of_whole_clips():
+    """Whole clips padded to the longest (CodeSplit.mask): the clip head's max, the per-segment loss and the
+    per-segment F1 ignore what the padding holds."""
+    from trainer.eval.probes import _segment_bce, _tag_f1
+
+    torch.manual_seed(0)
+    head = EventClassifier(4, 3, HeadConfig(hidden_dim=8))
+    x = torch.randn(2, 5, 4)
+    real = torch.tensor([[True, True, True, False, False], [True] * 5])
+    garbage = x.clone()
+    garbage[0, 3:] = 100 * torch.randn(2, 4)
+    assert torch.allclose(head(garbage, real)[0], head(x[:1, :3])[0])
+    assert torch.allclose(head(garbage, real)[1], head(x[1:])[0])
+    logits, labels = head.segment_logits(garbage), torch.tensor([[0, 1, -1, -1, -1], [2, 2, -1, 0, 1]])
+    targets = torch.nn.functional.one_hot(labels.clamp_min(0), 3).float() * (labels >= 0).unsqueeze(-1)
+    flat = torch.cat([logits[0, :3], logits[1]]), torch.cat([targets[0, :3], targets[1]])
+    assert torch.allclose(_segment_bce(logits, targets, real),
+                          torch.nn.functional.binary_cross_entropy_with_logits(*flat))
+    ours = _tag_f1(logits, labels, 3, 0.5, real)
+    theirs = _tag_f1(torch.cat([logits[0, :3], logits[1]]), torch.cat([labels[0, :3], labels[1]]), 3, 0.5)
+    assert (ours.precision, ours.recall, ours.f1) == (theirs.precision, theirs.recall, theirs.f1)

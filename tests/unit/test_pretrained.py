@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+import webdataset as wds
 from encode_utils import MODELS, clip_corpus, train_run
 from job_utils import REPO
 
@@ -94,7 +95,7 @@ def test_encode_refuses_streams_the_model_has_not(runs, corpus):
         model.encode(text="a red square")
     with pytest.raises(ValueError, match="give video="):
         model.encode()
-    with pytest.raises(ValueError, match="a decoded clip has 5 dims"):
+    with pytest.raises(ValueError, match=r"video: a decoded item is \(t f h w 3\)"):
         model.encode(video=torch.zeros(2, 3, dtype=torch.uint8))
 
 
@@ -291,6 +292,26 @@ def test_clips_of_any_length_give_a_code_per_second_through_the_cli_the_api_and_
     assert decoded.shape[0] == 95 and model.decode.seconds == 10
     assert torch.equal(model.encode(video=decoded[:10])["video"].codes[0], video.codes[3, :10])
     assert torch.equal(model.encode(video=decoded[90:])["video"].codes[0], video.codes[3, 90:])
+
+    # evaluation reads the same clips whole from a labelled shard and codes every second, in the same windows
+    shard = tmp_path / "eval" / "train-000000.tar"
+    shard.parent.mkdir()
+    with_audio = {k: specs[k][0] for k in ("a3", "b7", "d95")}
+    with wds.TarWriter(str(shard), encoder=False) as sink:
+        for key, seconds in with_audio.items():
+            labels = {"clip_label": 0, "video_labels": [0] * seconds, "audio_labels": [0] * seconds}
+            sink.write({"__key__": key, "mp4": paths[key].read_bytes(), "json": json.dumps(labels).encode()})
+    (shard.parent / "manifest.json").write_text(json.dumps({"shards": [{"name": shard.name, "samples": 3}]}))
+    pretrained, job = load_pretrained(runs["unicode"]), read_run_config(runs["unicode"])
+    data = read_shard_features(data_config(SourceConfig(urls=str(shard)), job), ("audio", "video"),
+                               _backbones(job.backbones, pretrained, ("audio", "video")))
+    assert data.keys == list(with_audio) and data.window == 10
+    assert data.features["segment_mask"].sum(1).tolist() == list(with_audio.values())
+    assert (data.segment_labels["video"] >= 0).sum(1).tolist() == list(with_audio.values())
+    split = encode_split(pretrained.model, data)
+    assert torch.equal(split.mask, data.features["segment_mask"])
+    for m in ("audio", "video"):
+        assert torch.equal(split.indices[m], torch.from_numpy(table[f"{m}.codes"][[0, 1, 3]])), m
 
 
 def test_cli_skips_bad_clips_lists_them_exits_3_and_all_bad_input_exits_2_leaving_nothing(runs, corpus, tmp_path,

@@ -161,7 +161,7 @@ def test_each_bad_input_is_skipped_with_its_reason_naming_shard_key_and_member()
             decode_sample(sample(**members), DECODE, modalities)
         assert (info.value.reason, info.value.where) == (reason, f"shard.tar:{where}"), (modalities, list(members))
     short = encode_mp4(np.zeros((FPS, SIZE, SIZE, 3), np.uint8), None, FPS, SR)     # 1 s where 2 are decoded
-    with pytest.raises(CorruptSample, match="too_short: the clip lasts 1.00 s"):
+    with pytest.raises(CorruptSample, match="too_short: the clip has 1 s, training reads at least 2 s"):
         decode_sample(sample(mp4=short, txt=txt), DECODE, ("video", "text"))
 
 

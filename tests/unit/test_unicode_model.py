@@ -217,7 +217,7 @@ def test_nonnegative_club_bound_clamps_an_estimator_error_at_zero(nonnegative):
         estimator.logvar[2].weight.zero_()
     x = torch.tensor([[[1.0] * 16], [[-1.0] * 16]], requires_grad=True)   # (b=2 t=1 16)
     y = x[[1, 0], :, :8]            # each clip's z̄ is the OTHER clip's μ: the positive fits worse than the negative
-    bound = task._mi_upper_bounds({"audio": ("audio", x, y)})["audio"]
+    bound = task._mi_upper_bounds({"audio": ("audio", x, y, None)})["audio"]
     # (negative − positive) / 2σ² summed over 8 dims: (0 − 2²) / 2 · 8 = −16, an estimator error (MI >= 0)
     assert bound.item() == (0.0 if nonnegative else -16.0)
     bound.backward()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -65,10 +65,13 @@ class FrozenBackbones:
             shapes[modality] = encoder.feature_shape if modality in ("video", "image") else (encoder.hidden_size,)
         return shapes
 
-    def encode(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Decoded batch (keys video, audio, image, caption) -> features of every configured modality."""
+    def encode(self, batch: Mapping[str, Any], modalities: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """Decoded batch (keys video, audio, image, caption) -> features of every configured modality (or of
+        ``modalities`` among them)."""
         out: dict[str, torch.Tensor] = {}
         for modality, encoder in self.encoders.items():
+            if modalities is not None and modality not in modalities:
+                continue
             source = "caption" if modality == "text" else modality
             if source not in batch:
                 raise KeyError(f"batch has no {source!r} for the {modality} backbone (keys: {sorted(batch)})")

@@ -5,11 +5,12 @@ A training job reads every clip once per epoch, and decoding it is most of the C
 settings a training process consumes what two decoding cores supply (``python -m shards.bench``, "Supply and demand").
 The decode of a clip is deterministic (no random crop or augmentation: ``trainer.data.decode.decode_sample``), so the
 arrays of its first decode are kept and later epochs read them back: the batches, and so the run, are bit for bit
-those of a job without the cache (tests/unit/test_stream.py checks it).
+those of a job without the cache (tests/unit/test_stream.py checks it). What is kept is the whole clip, every second
+of it; each epoch's window (a long clip's window moves from epoch to epoch) is cut from it.
 
 Layout: ``<root>/<2 hex>/<32 hex>.npz``, one uncompressed ``numpy.savez`` file per sample with a member per decoded
-modality, those of ``trainer.data.decode.DecodedSample.media`` (``video.npy`` ``(t f h w 3)`` uint8, ``audio.npy``
-``(t s)`` float32, ``image.npy`` ``(h w 3)`` uint8), read with ``allow_pickle=False``. The name is a digest of
+modality (``video.npy`` ``(S f h w 3)`` uint8 and ``audio.npy`` ``(S s)`` float32 for the clip's S seconds,
+``image.npy`` ``(h w 3)`` uint8), read with ``allow_pickle=False``. The name is a digest of
 what the arrays depend on: the shard (its URL, and for a local file its size and modification time, so a rewritten
 shard is decoded again), the sample's key and every ``DecodeConfig`` field (a job that reads other modalities of the
 sample decodes it again and keeps what it decoded). Files are written under a temporary name
@@ -17,7 +18,8 @@ and renamed, so workers of several ranks may share a root; a file that does not 
 again and replaced. Only the media are kept: the labels and the caption are parsed from the sample every time, and a
 sample that fails to decode is never cached, so it is skipped and counted in every epoch as without the cache.
 
-A clip costs its decoded size on disk (the demo's: 10 s of 16-kHz float32 audio and 20 frames of 32 px, about 0.7 MB).
+A clip costs its decoded size on disk (the demo's: 10 s of 16-kHz float32 audio and 20 frames of 32 px, about 0.7 MB;
+a long clip, its every second).
 Nothing removes the files: delete the root when the shards or the disk space go.
 """
 
@@ -61,22 +63,24 @@ class DecodeCache:
         return self.root / digest[:2] / f"{digest}.npz"
 
     def _layout(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-        """dtype and shape of each modality's array."""
+        """dtype and shape of each modality's array, without the leading seconds of video and audio."""
         cfg = self.cfg
-        return {VIDEO: (np.dtype(np.uint8), (cfg.seconds, cfg.frames_per_segment, cfg.frame_size, cfg.frame_size, 3)),
-                AUDIO: (np.dtype(np.float32), (cfg.seconds, cfg.sample_rate)),
+        return {VIDEO: (np.dtype(np.uint8), (cfg.frames_per_segment, cfg.frame_size, cfg.frame_size, 3)),
+                AUDIO: (np.dtype(np.float32), (cfg.sample_rate,)),
                 IMAGE: (np.dtype(np.uint8), (cfg.frame_size, cfg.frame_size, 3))}
 
     def load(self, sample: Mapping[str, Any], modalities: list[str]) -> dict[str, np.ndarray] | None:
         """The ``modalities``' arrays of ``sample`` as first decoded, or None (not kept yet, unreadable, lacking one of
-        them, or of other shapes)."""
+        them, or of other shapes: video and audio of one length of at least a second)."""
         layout = self._layout()
         try:
             with np.load(self.path(sample), allow_pickle=False) as kept:
                 media = {m: kept[m] for m in modalities}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
             return None
-        if any((array.dtype, array.shape) != layout[m] for m, array in media.items()):
+        timed = {m: a for m, a in media.items() if m in (VIDEO, AUDIO)}
+        if any((a.dtype, a.shape[1:] if m in timed else a.shape) != layout[m] for m, a in media.items()) \
+                or any(a.ndim == 0 or len(a) == 0 for a in timed.values()) or len({len(a) for a in timed.values()}) > 1:
             return None
         return media
 

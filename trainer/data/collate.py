@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from trainer.data.decode import SKIP_REASONS, DecodedSample
+from trainer.data.decode import BACKGROUND, SKIP_REASONS, TIMED_MODALITIES, DecodedSample
+from trainer.models.inputs import SEGMENT_MASK
 
 if TYPE_CHECKING:
     from trainer.data.features import FeatureClip
@@ -35,10 +37,30 @@ def collate_annotations(clips: Sequence[DecodedSample | FeatureClip]) -> dict:
     }
 
 
-def collate_samples(samples: Sequence[DecodedSample], is_pad: Sequence[bool]) -> dict:
+def collate_samples(samples: Sequence[DecodedSample], is_pad: Sequence[bool], segment_mask: bool = False) -> dict:
     """Decoded ``samples`` of one batch (the same media modalities) -> tensors (the stream adds the batch's "skipped"
-    counters)."""
+    counters). Video, audio and labels are zero-padded (BACKGROUND for labels) to the longest sample's seconds
+    (whole clips of any length; training windows all have the window's). ``segment_mask``: add ``segment_mask``
+    ``(b t)`` bool, True on each sample's real seconds (trainer/models/inputs.py says what padding is to a model)."""
     if len(samples) != len(is_pad):
         raise ValueError(f"{len(samples)} samples but {len(is_pad)} pad flags")
+    segments = max(len(s.labels.video) for s in samples)
+    samples = [_padded_to(s, segments) for s in samples]
     media = {m: torch.from_numpy(np.stack([s.media[m] for s in samples])) for m in samples[0].media}
-    return collate_annotations(samples) | media | {"is_pad": torch.tensor(list(is_pad), dtype=torch.bool)}
+    batch = collate_annotations(samples) | media | {"is_pad": torch.tensor(list(is_pad), dtype=torch.bool)}
+    if segment_mask:
+        batch[SEGMENT_MASK] = torch.arange(segments) < torch.tensor([s.seconds for s in samples]).unsqueeze(1)
+    return batch
+
+
+def _padded_to(sample: DecodedSample, segments: int) -> DecodedSample:
+    """``sample`` with its video, audio and labels padded to ``segments`` seconds (as it is if it has them)."""
+    extra = segments - len(sample.labels.video)
+    if extra == 0:
+        return sample
+    media = {m: np.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1)) if m in TIMED_MODALITIES else a
+             for m, a in sample.media.items()}
+    labels = dataclasses.replace(sample.labels, **{name: np.pad(getattr(sample.labels, name), (0, extra),
+                                                                constant_values=BACKGROUND)
+                                                   for name in ("video", "audio")})
+    return dataclasses.replace(sample, media=media, labels=labels)

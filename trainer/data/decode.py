@@ -1,11 +1,11 @@
 """Explicit decoders: one raw WebDataset sample (member suffix -> bytes) to arrays.
 
 A sample holds any subset of the modalities (named string keys, ``SAMPLE_MODALITIES``), each from its members:
-    video       mp4                     decord VideoReader: ``decode.seconds`` one-second segments of frames
-    audio       wav or flac, else the mp4's audio track (decord AudioReader): ``decode.seconds`` seconds
+    video       mp4                     decord VideoReader: a window of ``decode.seconds`` one-second segments
+    audio       wav or flac, else the mp4's audio track (decord AudioReader): the same window's seconds
     image       jpg, jpeg, png or webp  Pillow (those four formats only): one image, one segment
     text        txt                     the caption: utf-8, one caption per line (several lines: several
-                                        captions of one item; ``decode_sample`` picks one, ``caption_seed``)
+                                        captions of one item; ``decode_sample`` picks one, ``sample_seed``)
 and optionally
     json        labels: {"clip_label": int, "video_labels": [int]*L, "audio_labels": [int]*L, ...}
 A job names the modalities it reads (``modalities``); a sample that lacks one of them, or whose member for it
@@ -17,6 +17,15 @@ Every other member is ignored: it is never handed to any decoder, so ``.pyd``/``
 members are never unpickled. Metadata keys that webdataset adds (``__key__``, ``__url__``) are read
 as strings.
 
+Clips of any length (``decode_sample``): a clip of S seconds (``clip_seconds``: its whole seconds, and a last partial
+second from half a second on) gives a window of T = ``decode.seconds`` seconds. A longer clip gives a window at a
+start of whole seconds drawn from a digest of (``sample_seed``, key) — the stream's seed is (``data.seed``, epoch),
+so every epoch trains on another window of a long clip, the same on every run and after a resume; without a seed
+the window starts at 0. A shorter clip of at least ``decode.min_seconds`` seconds gives its S seconds, which
+``collate_samples`` pads to T with zeros and a ``segment_mask`` (trainer/models/inputs.py says what a padded
+second is to the model); below that it is skipped as ``too_short``. Windows start on whole seconds so that the
+seconds a job trains on are the very seconds ``cmg encode`` codes (every second from 0).
+
 A sample that cannot be decoded raises ``CorruptSample`` whose ``reason`` is one of ``SKIP_REASONS``
 and whose message names the shard, the key and the member; the stream counts these by reason.
 """
@@ -24,6 +33,7 @@ and whose message names the shard, the key and the member; the stream counts the
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -31,7 +41,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +61,9 @@ VIDEO, AUDIO, IMAGE, TEXT = "video", "audio", "image", "text"
 MEDIA_MODALITIES = (VIDEO, AUDIO, IMAGE)       # decoded to arrays (the batch's uint8 / float32 tensors)
 SAMPLE_MODALITIES = (*MEDIA_MODALITIES, TEXT)  # text: the caption, a string the text backbone tokenises
 CLIP_MODALITIES = (VIDEO, AUDIO)               # what a clip job reads unless it names others
-TIMED_MODALITIES = (VIDEO, AUDIO)              # decoded as decode.seconds one-second segments; an image is one
-# too_short: a video or audio shorter than the decode.seconds a job reads; conflicting_members: members that
+TIMED_MODALITIES = (VIDEO, AUDIO)              # decoded as a window of one-second segments; an image is one
+# too_short: a clip shorter than decode.min_seconds, or an audio track that stops more than audio_shortfall_s
+# before its clip's video; conflicting_members: members that
 # disagree about the modality a job reads (an image member and an mp4, or two image members, where the job
 # reads an image); bad_feature: a feature-shard ``.npy`` member that is unreadable or has the wrong shape
 # (trainer/data/features.py)
@@ -96,7 +107,11 @@ class CorruptSample(ValueError):
 
 @dataclass
 class DecodeConfig:
-    seconds: int = 10  # T: one-second segments decoded from the start of each clip
+    seconds: int = 10  # T: the window of one-second segments a training batch holds per clip
+    # the shortest clip trained on: a clip of min_seconds <= S < seconds is padded to the window with a segment
+    # mask; shorter ones are skipped (too_short). None: seconds (only whole windows: the paper's setting, and every
+    # batch without a mask). Models with Cross-CPC need more than its K prediction steps (trainer/job.py checks).
+    min_seconds: int | None = None
     frames_per_segment: int = 4  # F: frames sampled per segment, centred in F equal slices
     frame_size: int = 64  # frames are resized to frame_size x frame_size (aspect not kept)
     sample_rate: int = 16000  # audio is resampled to this rate, mono
@@ -108,10 +123,23 @@ class DecodeConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"decode.{name} must be >= 1, got {value}")
+        if self.min_seconds is not None and not 1 <= self.min_seconds <= self.seconds:
+            raise ValueError(f"decode.min_seconds must be in [1, decode.seconds={self.seconds}] or null, "
+                             f"got {self.min_seconds}")
         # not (0 <= x < seconds) also refuses NaN; a shortfall of a whole clip would accept clips without audio
         if not 0.0 <= self.audio_shortfall_s < self.seconds:
             raise ValueError(f"decode.audio_shortfall_s must be in [0, decode.seconds={self.seconds}), "
                              f"got {self.audio_shortfall_s}")
+
+    @property
+    def shortest(self) -> int:
+        """The fewest seconds of a clip that training reads (``min_seconds``, or the whole window)."""
+        return self.seconds if self.min_seconds is None else self.min_seconds
+
+    @property
+    def pads(self) -> bool:
+        """Whether clips shorter than the window are padded (and clip batches carry a ``segment_mask``)."""
+        return self.shortest < self.seconds
 
 
 @dataclass
@@ -135,7 +163,10 @@ class DecodedSample:
     # the job's media modalities: video (t f h w 3) uint8, audio (t s) float32, image (h w 3) uint8
     media: dict[str, np.ndarray]
     caption: str | None  # None: no txt member (of several captions, the one picked)
-    labels: ClipLabels
+    labels: ClipLabels  # of the media's segments (BACKGROUND on padding)
+    # the real segments of the media: video and audio hold decode.seconds segments, of which the first ``seconds``
+    # are the clip's and the rest zero padding (a clip shorter than the window); 1 for an image alone
+    seconds: int
     ignored_members: int  # members present but never decoded
     url: str  # the shard it was read from ("" outside a shard)
 
@@ -301,12 +332,34 @@ def sample_caption(sample: Mapping[str, Any], seed: int | None = None) -> str | 
     return pick_caption(captions, str(sample.get("__key__")), seed)
 
 
-def segment_frame_indices(fps: float, seconds: int, per_segment: int) -> list[int]:
-    """Frame indices, segment-major: frame j of segment t is floor((t + (j + 0.5)/F)·fps).
+def segment_frame_indices(fps: float, seconds: int, per_segment: int, start: int = 0) -> list[int]:
+    """Frame indices, segment-major, of the seconds [start, start + seconds): frame j of segment t is
+    floor((t + (j + 0.5)/F)·fps).
 
     The F samples sit at the centres of F equal slices of the second, so F = fps picks every frame.
     """
-    return [int(math.floor((t + (j + 0.5) / per_segment) * fps)) for t in range(seconds) for j in range(per_segment)]
+    return [int(math.floor((t + (j + 0.5) / per_segment) * fps))
+            for t in range(start, start + seconds) for j in range(per_segment)]
+
+
+def window_start(choices: int, key: str, seed: int | None) -> int:
+    """The first second of a training window, of ``choices`` possible ones: 0 with ``seed`` None, else the one a
+    digest of (``seed``, ``key``) picks (independent of ``pick_caption``'s)."""
+    if seed is None or choices == 1:
+        return 0
+    digest = hashlib.sha256(f"{seed}\0{key}\0window".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % choices
+
+
+def clip_window(seconds: int, where: str, cfg: DecodeConfig, key: str, seed: int | None) -> tuple[int, int]:
+    """(start, count): the seconds of a clip of ``seconds`` that training reads (module docstring)."""
+    if seconds < cfg.shortest:
+        hint = ("decode.min_seconds; lower it to pad shorter clips" if cfg.min_seconds is not None else
+                "decode.seconds; set decode.min_seconds to pad shorter clips to the window with a mask")
+        raise CorruptSample("too_short", where, f"the clip has {seconds} s, training reads at least {cfg.shortest} s "
+                                                f"({hint})")
+    count = min(seconds, cfg.seconds)
+    return window_start(seconds - count + 1, key, seed), count
 
 
 @contextlib.contextmanager
@@ -352,16 +405,32 @@ def _read_frames(reader: VideoReader, indices: list[int], where: str) -> np.ndar
         raise CorruptSample("bad_video", where, f"frame decoding failed ({str(err).splitlines()[0]})") from err
 
 
+def _video_length(reader: VideoReader, where: str) -> tuple[float, int]:
+    """(fps, frames) of an opened video that has frames."""
+    fps, frames = reader.get_avg_fps(), len(reader)
+    if frames == 0 or not fps > 0:
+        raise CorruptSample("bad_video", where, f"no frames to decode ({frames} frames at {fps} fps)")
+    return fps, frames
+
+
+def _read_seconds(reader: VideoReader, fps: float, frames: int, start: int, count: int, cfg: DecodeConfig,
+                  where: str) -> np.ndarray:
+    """``(count f h w 3)`` uint8: the seconds [start, start + count) (indices past the last frame read the last one:
+    the end of a last partial second)."""
+    indices = [min(i, frames - 1) for i in segment_frame_indices(fps, count, cfg.frames_per_segment, start)]
+    return _read_frames(reader, indices, where).reshape(count, cfg.frames_per_segment, cfg.frame_size,
+                                                        cfg.frame_size, 3)
+
+
 def decode_video(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
-    """mp4 bytes -> (t f h w 3) uint8, t = cfg.seconds, f = cfg.frames_per_segment, h = w = cfg.frame_size."""
+    """mp4 bytes -> (t f h w 3) uint8, t = cfg.seconds from the start, f = cfg.frames_per_segment, h = w =
+    cfg.frame_size; a clip of fewer seconds (``clip_seconds``) is "too_short"."""
     reader = _open_video(data, where, cfg.frame_size)
-    fps = reader.get_avg_fps()
-    indices = segment_frame_indices(fps, cfg.seconds, cfg.frames_per_segment)
-    if indices[-1] >= len(reader) and fps > 0:
-        raise CorruptSample("too_short", where, f"the clip lasts {len(reader) / fps:.2f} s ({len(reader)} "
-                                                f"frames at {fps:g} fps), {cfg.seconds} s are decoded (decode.seconds)")
-    frames = _read_frames(reader, indices, where)
-    return frames.reshape(cfg.seconds, cfg.frames_per_segment, cfg.frame_size, cfg.frame_size, 3)
+    fps, frames = _video_length(reader, where)
+    if clip_seconds(frames / fps) < cfg.seconds:
+        raise CorruptSample("too_short", where, f"the clip lasts {frames / fps:.2f} s ({frames} frames at {fps:g} "
+                                                f"fps), {cfg.seconds} s are decoded (decode.seconds)")
+    return _read_seconds(reader, fps, frames, 0, cfg.seconds, cfg, where)
 
 
 def _read_audio(data: bytes, sample_rate: int, where: str) -> np.ndarray:
@@ -402,13 +471,8 @@ def decode_whole_video(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray
     """mp4 bytes -> ``(t f h w 3)`` uint8 for every second of the clip, t = ``clip_seconds`` of its duration (frame
     indices past the last frame read the last frame: the end of a last partial second)."""
     reader = _open_video(data, where, cfg.frame_size)
-    fps, frames = reader.get_avg_fps(), len(reader)
-    if frames == 0 or not fps > 0:
-        raise CorruptSample("bad_video", where, f"no frames to decode ({frames} frames at {fps} fps)")
-    seconds = clip_seconds(frames / fps)
-    indices = [min(i, frames - 1) for i in segment_frame_indices(fps, seconds, cfg.frames_per_segment)]
-    return _read_frames(reader, indices, where).reshape(seconds, cfg.frames_per_segment, cfg.frame_size,
-                                                        cfg.frame_size, 3)
+    fps, frames = _video_length(reader, where)
+    return _read_seconds(reader, fps, frames, 0, clip_seconds(frames / fps), cfg, where)
 
 
 def decode_whole_audio(data: bytes, cfg: DecodeConfig, where: str, seconds: int | None = None) -> np.ndarray:
@@ -426,44 +490,62 @@ NO_AUDIO_STREAM = "Can't find audio stream"   # decord's message for a container
 
 @dataclass
 class WholeClip:
-    """Every second of one clip, as ``decode_whole_sample`` decodes it for coding (not for training)."""
+    """Every second of one sample, as ``decode_whole_sample`` decodes it for coding (not for training). A media
+    stream the sample lacks is None (an mp4 without an audio track, an audio+text or image+text sample)."""
 
     key: str
-    video: np.ndarray  # (t f h w 3) uint8, t = clip_seconds of the video's duration
-    audio: np.ndarray | None  # (t s) float32; None: the clip has no audio (an mp4 without a track, no wav/flac)
+    video: np.ndarray | None  # (t f h w 3) uint8, t = clip_seconds of the video's duration
+    audio: np.ndarray | None  # (t s) float32: the video's t seconds, else the track's own
+    image: np.ndarray | None  # (h w 3) uint8
     caption: str | None
-    labels: ClipLabels  # of the t seconds (BACKGROUND past the json's last second)
+    labels: ClipLabels  # of the t seconds (BACKGROUND past the json's last second; 1 for an image alone)
     url: str
 
 
 def decode_whole_sample(sample: Mapping[str, Any], cfg: DecodeConfig,
                         modalities: Collection[str] = CLIP_MODALITIES) -> WholeClip:
-    """Decode every second of one raw sample (``clip_seconds`` of its video) for coding; raises ``CorruptSample``.
+    """Decode every second of one raw sample for coding, of the media streams of ``modalities`` it has; raises
+    ``CorruptSample``.
 
-    The video is required whatever ``modalities`` (those coded) name; with ``text`` among them, the caption too (of
-    several, the first). The audio (a wav/flac member, else the mp4's track) is cut or zero-padded to the video's
-    seconds; an mp4 without an audio track and no wav/flac member gives ``audio=None`` instead of a skip."""
-    audio_member = _audio_member(sample)
-    required = [VIDEO_MEMBER] + ([CAPTION_MEMBER] if TEXT in modalities else [])
-    for member in required + [m for m in (*OPTIONAL_MEMBERS, audio_member) if m in sample and m not in required]:
-        check_member(sample, member)
+    A sample needs one of the media streams ``modalities`` name ("missing_member" naming them otherwise), and with
+    ``text`` among them its caption (of several, the first); a media stream it lacks is None, coded without. The audio
+    (a wav/flac member, else the mp4's track) is cut or zero-padded to the video's seconds where there is a video; an
+    mp4 without an audio track gives ``audio=None`` instead of a skip. An image is one segment."""
+    wanted = [m for m in MEDIA_MODALITIES if m in modalities]
+    have = [m for m in wanted if m in sample_modalities(sample)]
+    if not have:
+        members = {VIDEO: VIDEO_MEMBER, AUDIO: "|".join((*AUDIO_MEMBERS, VIDEO_MEMBER)), IMAGE: "|".join(IMAGE_MEMBERS)}
+        raise CorruptSample("missing_member", member_where(sample, "|".join(members[m] for m in wanted)),
+                            f"no member of {', '.join(wanted)}")
+    members = media_members(sample, [*have, *([TEXT] if TEXT in modalities else [])])
     caption = sample_caption(sample)
     labels = parse_labels(sample[LABEL_MEMBER], member_where(sample, LABEL_MEMBER)) if LABEL_MEMBER in sample else None
-    video = decode_whole_video(sample[VIDEO_MEMBER], cfg, member_where(sample, VIDEO_MEMBER))
-    seconds = len(video)
-    try:
-        audio = decode_whole_audio(sample[audio_member], cfg, member_where(sample, audio_member), seconds)
-    except CorruptSample as err:
-        if audio_member != VIDEO_MEMBER or NO_AUDIO_STREAM not in err.detail:
-            raise
-        audio = None
+    video = audio = image = None
+    if IMAGE in members:
+        image = decode_image(sample[members[IMAGE]], cfg, member_where(sample, members[IMAGE]))
+    if VIDEO in members:
+        video = decode_whole_video(sample[VIDEO_MEMBER], cfg, member_where(sample, VIDEO_MEMBER))
+    if AUDIO in members:
+        try:
+            audio = decode_whole_audio(sample[members[AUDIO]], cfg, member_where(sample, members[AUDIO]),
+                                       None if video is None else len(video))
+        except CorruptSample as err:
+            if members[AUDIO] != VIDEO_MEMBER or NO_AUDIO_STREAM not in err.detail:
+                raise
+    if video is None and audio is None and image is None:   # an mp4 of an audio-only job without its track
+        raise CorruptSample("bad_audio", member_where(sample, VIDEO_MEMBER), "the mp4 has no audio track")
+    seconds = len(video) if video is not None else len(audio) if audio is not None else 1
+    return WholeClip(str(sample.get("__key__")), video, audio, image, caption, _fitted_labels(labels, seconds),
+                     str(sample.get("__url__", "")))
+
+
+def _fitted_labels(labels: ClipLabels | None, seconds: int) -> ClipLabels:
+    """The labels of a whole clip of ``seconds``: the json's, cut or extended with BACKGROUND to them."""
     if labels is None:
-        labels = ClipLabels.unlabelled(seconds)
-    else:   # the json's seconds, cut or extended with BACKGROUND to the clip's
-        fit = [np.pad(v[:seconds], (0, max(0, seconds - len(v))), constant_values=BACKGROUND)
-               for v in (labels.video, labels.audio)]
-        labels = ClipLabels(fit[0], fit[1], labels.clip, labels.num_classes)
-    return WholeClip(str(sample.get("__key__")), video, audio, caption, labels, str(sample.get("__url__", "")))
+        return ClipLabels.unlabelled(seconds)
+    fit = [np.pad(v[:seconds], (0, max(0, seconds - len(v))), constant_values=BACKGROUND)
+           for v in (labels.video, labels.audio)]
+    return ClipLabels(fit[0], fit[1], labels.clip, labels.num_classes)
 
 
 def _read_image(data: bytes, where: str) -> Image.Image:
@@ -486,31 +568,94 @@ def decode_image(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def _decode_media(sample: Mapping[str, Any], members: Mapping[str, str], cfg: DecodeConfig) -> dict[str, np.ndarray]:
-    decoders = {VIDEO: decode_video, AUDIO: decode_audio, IMAGE: decode_image}
-    return {m: decoders[m](sample[member], cfg, member_where(sample, member))
-            for m, member in members.items() if m in decoders}
+# (clip seconds S, where) -> (start, count): the seconds of a clip that ``_decode_media`` decodes
+SecondsPick = Callable[[int, str], tuple[int, int]]
+
+
+def _whole_clip(seconds: int, where: str) -> tuple[int, int]:
+    del where
+    return 0, seconds
+
+
+def _decode_media(sample: Mapping[str, Any], members: Mapping[str, str], cfg: DecodeConfig,
+                  pick: SecondsPick) -> tuple[dict[str, np.ndarray], int, int]:
+    """(media, start, count): the image, and the seconds ``pick`` chooses of the video and the audio (unpadded).
+    The clip's seconds are the video's where there is one; its audio track must then last until the video's end
+    but for ``audio_shortfall_s``. (0, 1) for an image alone."""
+    media: dict[str, np.ndarray] = {}
+    start, count, duration = 0, 1, None
+    if IMAGE in members:
+        media[IMAGE] = decode_image(sample[members[IMAGE]], cfg, member_where(sample, members[IMAGE]))
+    if VIDEO in members:
+        where = member_where(sample, members[VIDEO])
+        reader = _open_video(sample[members[VIDEO]], where, cfg.frame_size)
+        fps, frames = _video_length(reader, where)
+        duration = frames / fps
+        start, count = pick(clip_seconds(duration), where)
+        media[VIDEO] = _read_seconds(reader, fps, frames, start, count, cfg, where)
+    if AUDIO in members:
+        where, rate = member_where(sample, members[AUDIO]), cfg.sample_rate
+        wave = _read_audio(sample[members[AUDIO]], rate, where)
+        if duration is None:
+            start, count = pick(clip_seconds(len(wave) / rate), where)
+        elif len(wave) < (duration - cfg.audio_shortfall_s) * rate:
+            raise CorruptSample("too_short", where, f"{len(wave) / rate:.2f} s of audio in a clip of {duration:.2f} s "
+                                                    f"(up to decode.audio_shortfall_s={cfg.audio_shortfall_s} s less "
+                                                    "is zero-padded)")
+        # AAC adds encoder padding at the end (decord returns ~0.05 s extra): the window's samples, zero-padded
+        part = wave[start * rate:(start + count) * rate]
+        media[AUDIO] = np.pad(part, (0, count * rate - len(part))).reshape(count, rate).astype(np.float32, copy=False)
+    return media, start, count
+
+
+def _window_labels(labels: ClipLabels | None, start: int, count: int, segments: int, where: str) -> ClipLabels:
+    """The labels of the seconds [start, start + count), BACKGROUND on the padding up to ``segments``."""
+    if labels is None:
+        return ClipLabels.unlabelled(segments)
+    if len(labels.video) < start + count:
+        raise CorruptSample("bad_json", where, f"labels cover {len(labels.video)} s, the window reads seconds "
+                                               f"{start}..{start + count - 1}")
+    fit = [np.pad(v[start:start + count], (0, segments - count), constant_values=BACKGROUND)
+           for v in (labels.video, labels.audio)]
+    return ClipLabels(fit[0], fit[1], labels.clip, labels.num_classes)
 
 
 def decode_sample(sample: Mapping[str, Any], cfg: DecodeConfig, modalities: Collection[str] = CLIP_MODALITIES,
-                  cache: DecodeCache | None = None, caption_seed: int | None = None) -> DecodedSample:
+                  cache: DecodeCache | None = None, sample_seed: int | None = None,
+                  whole: bool = False) -> DecodedSample:
     """Decode the ``modalities`` a job reads from one raw sample; raises ``CorruptSample`` (cheap members are checked
     first). With ``text`` among them the sample needs a txt member ("missing_member"), otherwise a caption is read
-    where present (None without); of several captions, ``pick_caption`` picks one with ``caption_seed``. Without a
-    json member the sample has no labels (``ClipLabels.unlabelled``). With a ``cache`` (trainer/data/cache.py), the
-    media of a sample decoded before are read from it, and kept after a decode."""
+    where present (None without); of several captions, ``pick_caption`` picks one with ``sample_seed``, which also
+    places the window in a long clip (module docstring). Without a json member the sample has no labels
+    (``ClipLabels.unlabelled``). With a ``cache`` (trainer/data/cache.py), the whole clip is decoded once, kept, and
+    each window cut from it: the same arrays as a decode of the window alone. ``whole``: every second of the clip
+    instead of a window (evaluation: unpadded, any length; the first of several captions; the json's labels cut or
+    extended with BACKGROUND to them, as ``decode_whole_sample`` does)."""
     members = media_members(sample, modalities)
-    labels = sample_labels(sample, segments_of(modalities, cfg))
-    caption = sample_caption(sample, caption_seed)
-    media_modalities = [m for m in modalities if m in MEDIA_MODALITIES]
-    media = cache.load(sample, media_modalities) if cache is not None else None
-    if media is None:
-        media = _decode_media(sample, members, cfg)
-        if cache is not None:
+    key, where_labels = str(sample.get("__key__")), member_where(sample, LABEL_MEMBER)
+    labels = parse_labels(sample[LABEL_MEMBER], where_labels) if LABEL_MEMBER in sample else None
+    caption = sample_caption(sample, None if whole else sample_seed)     # coding reads the first of several
+    window = _whole_clip if whole else functools.partial(clip_window, cfg=cfg, key=key, seed=sample_seed)
+    timed = [m for m in modalities if m in TIMED_MODALITIES]
+    if cache is None:
+        media, start, count = _decode_media(sample, members, cfg, window)
+    else:
+        media = cache.load(sample, [m for m in modalities if m in MEDIA_MODALITIES])
+        if media is None:
+            media = _decode_media(sample, members, cfg, _whole_clip)[0]
             cache.save(sample, media)
+        start, count = window(len(media[timed[0]]), member_where(sample, members[timed[0]])) if timed else (0, 1)
+        media = {m: a[start:start + count] if m in timed else a for m, a in media.items()}
+    if whole:
+        labels = _fitted_labels(labels, count)
+    else:
+        segments = segments_of(modalities, cfg)
+        media = {m: np.pad(a, [(0, segments - count)] + [(0, 0)] * (a.ndim - 1)) if m in timed else a
+                 for m, a in media.items()}
+        labels = _window_labels(labels, start, count, segments, where_labels)
     ignored = len(unknown_members(sample)) + sum(
         m in KNOWN_MEMBERS and m not in members.values() and m not in OPTIONAL_MEMBERS for m in sample)
-    return DecodedSample(str(sample.get("__key__")), media, caption, labels, ignored, str(sample.get("__url__", "")))
+    return DecodedSample(key, media, caption, labels, count, ignored, str(sample.get("__url__", "")))
 
 
 def _probe_video(sample: Mapping[str, Any]) -> tuple[float, float, int, int]:

@@ -71,7 +71,8 @@ from trainer import distributed
 from trainer.data.cache import DecodeCache
 from trainer.data.collate import COUNTER_INDEX, COUNTER_NAMES, collate_samples
 from trainer.data.decode import (
-    CLIP_MODALITIES, MEDIA_MODALITIES, SKIP_REASONS, CorruptSample, DecodeConfig, check_modalities, decode_sample,
+    CLIP_MODALITIES, MEDIA_MODALITIES, SKIP_REASONS, TIMED_MODALITIES, CorruptSample, DecodeConfig,
+    check_modalities, decode_sample,
 )
 from trainer.data.features import (
     FEATURE_MANIFEST_FORMAT, FEATURE_MODALITIES, collate_feature_clips, decode_feature_sample, feature_layout,
@@ -322,8 +323,9 @@ class _EpochSource(IterableDataset):
         skipped = np.zeros(len(COUNTER_NAMES), np.int64)
         taken: list[int] = []  # numbers of the epoch's samples read since the previous batch (delivered or skipped)
         clips: list = []  # DecodedSample (kind clips) or FeatureClip (kind features)
-        # of an item's several captions, each epoch trains on the one a seed of (seed, epoch) picks (pick_caption)
-        decode = functools.partial(self.decode, caption_seed=stable_seed(self.seed, self.epoch)) \
+        # of an item's several captions, each epoch trains on the one a seed of (seed, epoch) picks (pick_caption),
+        # and on the window of a long clip that seed places (decode.window_start)
+        decode = functools.partial(self.decode, sample_seed=stable_seed(self.seed, self.epoch)) \
             if self.cfg.kind == "clips" else self.decode
         pads: list[bool] = []
         while todo > 0:
@@ -436,7 +438,8 @@ class ClipStream:
     stream's bookkeeping (e.g. frozen backbones on the GPU, see ``feature_batches``). ``modalities`` (kind "clips"):
     those decoded into each batch (``trainer.data.decode.SAMPLE_MODALITIES``; a sample lacking one is skipped as
     "missing_member"); without ``text`` among them a caption is read where present (None otherwise). json and txt
-    members are optional for kind "features".
+    members are optional for kind "features". ``whole_clips`` (kind "clips"): every second of each clip instead of a
+    training window (evaluation), batches padded to their longest clip with a ``segment_mask``.
 
     Iterating to the end of an epoch advances ``epoch``; stopping early (``break``) keeps the position,
     and the next ``iter()`` continues from the next unconsumed batch (a state saved after the last batch
@@ -448,7 +451,8 @@ class ClipStream:
     """
 
     def __init__(self, cfg: DataConfig, rank: int | None = None, world_size: int | None = None,
-                 transform: Callable[[dict], dict] | None = None, modalities: Sequence[str] = CLIP_MODALITIES):
+                 transform: Callable[[dict], dict] | None = None, modalities: Sequence[str] = CLIP_MODALITIES,
+                 whole_clips: bool = False):
         cfg.validate()
         self.cfg, self.transform = cfg, transform
         self.rank = distributed.rank() if rank is None else rank
@@ -476,8 +480,13 @@ class ClipStream:
                                  "but DataConfig.kind is 'clips': set DataConfig.kind='features'")
             cache = DecodeCache(cfg.decode_cache, cfg.decode) if cfg.decode_cache else None
             modalities = check_modalities(modalities, "the stream's modalities")
-            self.decode = functools.partial(decode_sample, cfg=cfg.decode, modalities=modalities, cache=cache)
-            self.collate = collate_samples
+            self.decode = functools.partial(decode_sample, cfg=cfg.decode, modalities=modalities, cache=cache,
+                                            whole=whole_clips)
+            # a job that pads short clips marks the real seconds of every clip batch (config-wide: every rank's
+            # batches carry the same keys, which the in-batch negatives' all-gather relies on)
+            timed = any(m in TIMED_MODALITIES for m in modalities)
+            self.collate = functools.partial(collate_samples,
+                                             segment_mask=timed and (cfg.decode.pads or whole_clips))
         self.seed, self.epoch, self.position = cfg.seed, 0, 0
         self.cursors = self._fresh_cursors()
         self.skipped = np.zeros(len(COUNTER_NAMES), np.int64)  # this rank's totals over all batches handed out
@@ -627,22 +636,40 @@ def saved_counters(saved: Mapping[str, int] | list[int]) -> np.ndarray:
     return np.array([int(saved.get(name, 0)) for name in COUNTER_NAMES], np.int64)
 
 
-def _media_to_features(backbones: FrozenBackbones, batch: dict) -> dict:
-    """A clip batch with its decoded media replaced by the backbones' features (the feature-shard keys)."""
-    features = backbones.encode(batch)
+def _media_to_features(backbones: FrozenBackbones, batch: dict, window: int | None = None) -> dict:
+    """A clip batch with its decoded media replaced by the backbones' features (the feature-shard keys). ``window``:
+    video and audio longer than that many seconds (whole clips) go through the backbones in consecutive windows of
+    it, zero-padded past the end, as training gave them its windows (a backbone that attends across seconds, e.g. an
+    audio encoder with ``audio_window: clip``, never sees more than a window); per-second backbones give the same
+    features either way."""
+    timed = [m for m in TIMED_MODALITIES if m in backbones.modalities]
+    seconds = max((batch[m].shape[1] for m in timed), default=0)
+    if window is None or seconds <= window:
+        features = backbones.encode(batch)
+    else:
+        windows = -(-seconds // window)
+        cut = {}
+        for m in timed:
+            x = batch[m]
+            x = torch.cat([x, x.new_zeros(x.shape[0], windows * window - seconds, *x.shape[2:])], dim=1)
+            cut[m] = x.reshape(x.shape[0] * windows, window, *x.shape[2:])
+        features = {m: f.reshape(batch[m].shape[0], windows * window, *f.shape[2:])[:, :seconds]
+                    for m, f in backbones.encode(cut, timed).items()}
+        features |= backbones.encode(batch, [m for m in backbones.modalities if m not in timed])
     return {name: value for name, value in batch.items() if name not in MEDIA_MODALITIES} | features
 
 
 def feature_batches(cfg: DataConfig, backbones: FrozenBackbones | None = None, rank: int | None = None,
-                    world_size: int | None = None) -> ClipStream:
+                    world_size: int | None = None, whole_clips: bool = False) -> ClipStream:
     """This rank's feature batches (``video``/``audio``/``text`` + ``text_mask`` features, labels, ``is_pad``,
     ``skipped``): feature shards as they are (kind "features"), or clip shards through ``backbones``,
     applied in this process on their device (kind "clips"). Clips need a caption only when ``backbones``
-    encode text; labels are never needed."""
+    encode text; labels are never needed. ``whole_clips`` (kind "clips"): every second of each clip (evaluation),
+    through the backbones in windows of ``decode.seconds`` (``_media_to_features``), with a ``segment_mask``."""
     if (cfg.kind == "clips") != (backbones is not None):
         raise ValueError(f"DataConfig.kind={cfg.kind!r}: clip shards need the frozen backbones to become features, "
                          "feature shards already hold them (pass backbones exactly for kind 'clips')")
     if backbones is None:
         return ClipStream(cfg, rank, world_size)
-    return ClipStream(cfg, rank, world_size, functools.partial(_media_to_features, backbones),
-                      modalities=backbones.modalities)
+    transform = functools.partial(_media_to_features, backbones, window=cfg.decode.seconds if whole_clips else None)
+    return ClipStream(cfg, rank, world_size, transform, modalities=backbones.modalities, whole_clips=whole_clips)

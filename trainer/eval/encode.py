@@ -39,7 +39,8 @@ from trainer.data.features import (
 from trainer.data.stream import DataConfig, expand_shard_urls, feature_batches
 from trainer.eval.probes import CodeSplit
 from trainer.models.comet import COMETModel
-from trainer.models.inputs import mask_key
+from trainer.data.decode import BACKGROUND, TIMED_MODALITIES
+from trainer.models.inputs import SEGMENT_MASK, mask_key
 from trainer.models.segment_coder import SegmentEncoding
 from trainer.tasks import task_spec
 
@@ -125,10 +126,15 @@ def trained_pairs(model: nn.Module) -> set[frozenset[str]]:
 class LabelledFeatures:
     """Clips with features and labels, in memory (clips in the same order in every field)."""
 
-    features: dict[str, Tensor]          # modality -> (n t c) | (n t p c); text (n l c) + text_mask (n l)
+    # modality -> (n t c) | (n t p c); text (n l c) + text_mask (n l); whole clips of several lengths: padded to the
+    # longest, with segment_mask (n t) True on each clip's real seconds
+    features: dict[str, Tensor]
     segment_labels: dict[str, Tensor]    # audio / video: (n t) int64 class per segment, −1 = background
     clip_label: Tensor                   # (n) int64
     keys: list[str] = field(default_factory=list)
+    # whole clips: the seconds of the windows their video and audio are encoded in (the training's
+    # data.decode.seconds; ``encode_segments``); None: every clip is one window
+    window: int | None = None
 
     def __len__(self) -> int:
         return int(self.clip_label.shape[0])
@@ -137,7 +143,7 @@ class LabelledFeatures:
         """The clips at ``index`` (1-d int64), in that order."""
         return LabelledFeatures({k: v[index] for k, v in self.features.items()},
                                 {k: v[index] for k, v in self.segment_labels.items()}, self.clip_label[index],
-                                [self.keys[i] for i in index.tolist()] if self.keys else [])
+                                [self.keys[i] for i in index.tolist()] if self.keys else [], self.window)
 
 
 def split_indices(n: int, fractions: Sequence[float], seed: int) -> dict[str, Tensor]:
@@ -151,24 +157,29 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> dict[str, Te
     return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
 
 
-def _concat(batches: list[dict[str, Any]], modalities: Sequence[str]) -> LabelledFeatures:
+def _padded_cat(parts: list[Tensor], fill: float | bool = 0) -> Tensor:
+    """``(b t ...)`` tensors concatenated along b, each padded with ``fill`` along t to the longest."""
+    longest = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, 0) * (p.ndim - 2) + (0, longest - p.shape[1]), value=fill)
+                      for p in parts])
+
+
+def _concat(batches: list[dict[str, Any]], modalities: Sequence[str], window: int | None) -> LabelledFeatures:
     """Feature batches (trainer/data format) -> one ``LabelledFeatures``, sorted by clip key.
 
-    Text tokens are zero-padded to the longest caption of all batches (each batch pads to its own).
+    Text tokens are zero-padded to the longest caption of all batches (each batch pads to its own), whole clips to
+    the longest clip (``segment_mask`` False and labels background past a clip's end).
     """
     keys = [k for b in batches for k in b["key"]]
     order = torch.tensor(sorted(range(len(keys)), key=keys.__getitem__), dtype=torch.int64)
     features: dict[str, Tensor] = {}
-    for name in [*modalities, *(mask_key(m) for m in modalities)]:
+    for name in [*modalities, *(mask_key(m) for m in modalities), SEGMENT_MASK]:
         parts = [b[name] for b in batches if name in b]
-        if not parts:
-            continue
-        longest = max(p.shape[1] for p in parts)
-        parts = [torch.nn.functional.pad(p, (0, 0) * (p.ndim - 2) + (0, longest - p.shape[1])) for p in parts]
-        features[name] = torch.cat(parts)[order]
-    labels = {m: torch.cat([b[f"{m}_labels"] for b in batches])[order] for m in ("audio", "video")}
+        if parts:
+            features[name] = _padded_cat(parts, False if name == SEGMENT_MASK else 0)[order]
+    labels = {m: _padded_cat([b[f"{m}_labels"] for b in batches], BACKGROUND)[order] for m in ("audio", "video")}
     return LabelledFeatures(features, labels, torch.cat([b["clip_label"] for b in batches])[order],
-                            [keys[i] for i in order.tolist()])
+                            [keys[i] for i in order.tolist()], window if SEGMENT_MASK in features else None)
 
 
 def _drop_pads(batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,7 +209,9 @@ def read_shard_features(cfg: DataConfig, modalities: Sequence[str], backbones=No
     """Every clip of one pass over clip shards (through ``backbones``) or feature shards, in key order.
 
     The stream runs in this process as rank 0 of 1, without shuffling; padded repeats are dropped. Every clip
-    must have labels (a json member): the first batch with an unlabelled clip raises ``ValueError``.
+    must have labels (a json member): the first batch with an unlabelled clip raises ``ValueError``. Clips are read
+    whole, every second of any length (``feature_batches(..., whole_clips=True)``), and encoded later in windows of
+    ``cfg.decode.seconds`` (``LabelledFeatures.window``), as ``CMGModel.encode`` codes them.
     """
     shards = expand_shard_urls(cfg.urls)
     cfg = dataclasses.replace(cfg, resampled=False, shuffle_buffer=0, shuffle_shards=False,
@@ -207,13 +220,13 @@ def read_shard_features(cfg: DataConfig, modalities: Sequence[str], backbones=No
         cfg.feature_modalities = [m for m in modalities if m in FEATURE_MODALITIES]
     batches = []
     with torch.no_grad():
-        for batch in feature_batches(cfg, backbones, rank=0, world_size=1):
+        for batch in feature_batches(cfg, backbones, rank=0, world_size=1, whole_clips=cfg.kind == "clips"):
             batch = _drop_pads(batch)
             _require_labels(batch)
             batches.append(batch)
     if not batches:
         raise ValueError(f"{cfg.urls}: no clips")
-    return _concat(batches, modalities)
+    return _concat(batches, modalities, cfg.decode.seconds)
 
 
 def read_public_features(cfg: PublicFeatureConfig) -> LabelledFeatures:
@@ -222,27 +235,54 @@ def read_public_features(cfg: PublicFeatureConfig) -> LabelledFeatures:
     clips = [dataset[i] for i in range(len(dataset))]
     if not clips:
         raise ValueError(f"{cfg.root}: split {cfg.split!r} has no clips")
-    return _concat([collate_feature_clips(clips)], ("audio", "video"))
+    return _concat([collate_feature_clips(clips)], ("audio", "video"), None)
 
 
 # ---------------------------------------------------------------------- codes
 
 @torch.no_grad()
 def encode_segments(model: nn.Module, modality: str, x: Tensor, mask: Tensor | None = None,
-                    batch_size: int = 256) -> SegmentEncoding:
+                    batch_size: int = 256, real: Tensor | None = None, window: int | None = None) -> SegmentEncoding:
     """Frozen encoding of one modality, ``x (n t ...)`` -> codes ``(n t)``, code vectors ẑ and semantic vectors z
     ``(n t D)``: ``model.segment_encoding`` in batches (any task's model); ``mask (n t)`` is the modality's token
-    mask. The model must be in eval mode (see ``freeze``)."""
+    mask. The model must be in eval mode (see ``freeze``).
+
+    Whole clips (``real (n t)``: each clip's real seconds, padding after them; or clips longer than ``window``): each
+    clip is encoded in consecutive windows of ``window`` seconds of its own (the last one shorter), each window on
+    its own and windows of one length together, as ``CMGModel.encode_windows`` does; padded seconds get code -1 and
+    zero vectors."""
     if model.training:
         raise RuntimeError("encoding needs a frozen model in eval mode (trainer.eval.encode.freeze)")
-    parts = []
-    for start in range(0, x.shape[0], batch_size):
-        part = slice(start, start + batch_size)
-        features = {modality: x[part].float()}
-        if mask is not None:
-            features[mask_key(modality)] = mask[part].bool()
-        parts.append(model.segment_encoding(features, modality))
-    return SegmentEncoding(*(torch.cat(column) for column in zip(*parts)))
+    if real is None and (window is None or x.shape[1] <= window):
+        parts = []
+        for start in range(0, x.shape[0], batch_size):
+            part = slice(start, start + batch_size)
+            features = {modality: x[part].float()}
+            if mask is not None:
+                features[mask_key(modality)] = mask[part].bool()
+            parts.append(model.segment_encoding(features, modality))
+        return SegmentEncoding(*(torch.cat(column) for column in zip(*parts)))
+    lengths = real.sum(1).tolist() if real is not None else [x.shape[1]] * x.shape[0]
+    window = window or x.shape[1]
+    by_length: dict[int, list[tuple[int, int]]] = {}
+    for i, length in enumerate(lengths):
+        for start in range(0, length, window):
+            by_length.setdefault(min(window, length - start), []).append((i, start))
+    codes = torch.full(x.shape[:2], -1, dtype=torch.int64)
+    quantized = semantic = None
+    for length, pieces in by_length.items():
+        for first in range(0, len(pieces), batch_size):
+            chunk = pieces[first:first + batch_size]
+            windows = torch.stack([x[i, start:start + length] for i, start in chunk]).float()
+            encoded = model.segment_encoding({modality: windows}, modality)
+            if quantized is None:
+                quantized = encoded.quantized.new_zeros(*x.shape[:2], encoded.quantized.shape[-1])
+                semantic = encoded.semantic.new_zeros(*x.shape[:2], encoded.semantic.shape[-1])
+            for j, (i, start) in enumerate(chunk):
+                codes[i, start:start + length] = encoded.codes[j]
+                quantized[i, start:start + length] = encoded.quantized[j]
+                semantic[i, start:start + length] = encoded.semantic[j]
+    return SegmentEncoding(codes.to(quantized.device), quantized, semantic)
 
 
 def encode_modality(model: nn.Module, modality: str, x: Tensor, mask: Tensor | None = None,
@@ -252,20 +292,25 @@ def encode_modality(model: nn.Module, modality: str, x: Tensor, mask: Tensor | N
     return encoded.quantized, encoded.codes
 
 
-def encode_features(model: nn.Module, features: Mapping[str, Tensor],
-                    modalities: Sequence[str]) -> dict[str, SegmentEncoding]:
+def encode_features(model: nn.Module, features: Mapping[str, Tensor], modalities: Sequence[str],
+                    window: int | None = None) -> dict[str, SegmentEncoding]:
     """Frozen encodings of ``modalities`` from ``features`` keyed by the model's modality names (with each one's
-    ``<modality>_mask`` where the features have it)."""
+    ``<modality>_mask`` where the features have it; video and audio of whole clips with their ``segment_mask`` and
+    in windows of ``window`` seconds: ``encode_segments``)."""
     missing = [m for m in modalities if m not in features]
     if missing:
         raise KeyError(f"the data have no {missing} features (have {sorted(features)})")
-    return {m: encode_segments(model, m, features[m], features.get(mask_key(m))) for m in modalities}
+    return {m: encode_segments(model, m, features[m], features.get(mask_key(m)),
+                               real=features.get(SEGMENT_MASK) if m in TIMED_MODALITIES else None,
+                               window=window if m in TIMED_MODALITIES else None)
+            for m in modalities}
 
 
 def encode_split(model: nn.Module, data: LabelledFeatures, modalities: Sequence[str] | None = None) -> CodeSplit:
     """Frozen codes of every (or the given) modality of ``data``, with its labels, as a probe split."""
     if modalities is None:
         modalities = [m for m in model.downstream_modalities if m in data.features]
-    encoded = encode_features(model, data.features, modalities)
+    encoded = encode_features(model, data.features, modalities, data.window)
     return CodeSplit({m: e.quantized for m, e in encoded.items()}, {m: e.codes for m, e in encoded.items()},
-                     {m: data.segment_labels[m] for m in modalities if m in data.segment_labels}, data.clip_label)
+                     {m: data.segment_labels[m] for m in modalities if m in data.segment_labels}, data.clip_label,
+                     data.features.get(SEGMENT_MASK))

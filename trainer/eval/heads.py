@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 
@@ -26,19 +27,23 @@ class HeadConfig:
 
 
 class SegmentTagger(nn.Module):
-    """``(b t d)`` codes -> ``(b t c)`` per-segment logits: Linear -> ReLU -> Linear (AVVP head)."""
+    """``(b t d)`` codes -> ``(b t c)`` per-segment logits: Linear -> ReLU -> Linear (AVVP head). ``real`` ``(b t)``
+    (whole clips padded to the longest; None: all real) is for the caller's loss and metrics: a segment's logits do
+    not depend on the others."""
 
     def __init__(self, in_dim: int, num_classes: int, cfg: HeadConfig):
         super().__init__()
         self.layers = nn.Sequential(nn.Linear(in_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout),
                                     nn.Linear(cfg.hidden_dim, num_classes))
 
-    def forward(self, codes: Tensor) -> Tensor:
+    def forward(self, codes: Tensor, real: Tensor | None = None) -> Tensor:
+        del real
         return self.layers(codes)
 
 
 class EventClassifier(SegmentTagger):
-    """``(b t d)`` codes -> ``(b c)`` clip logits: the tagger's per-segment logits, max over T (AVE head).
+    """``(b t d)`` codes -> ``(b c)`` clip logits: the tagger's per-segment logits, max over T (AVE head), over the
+    real segments ``real`` ``(b t)`` marks (None: all).
 
     ``segment_logits`` exposes the scores before the max, which the cross-dataset task reads per segment.
     """
@@ -46,5 +51,8 @@ class EventClassifier(SegmentTagger):
     def segment_logits(self, codes: Tensor) -> Tensor:
         return super().forward(codes)
 
-    def forward(self, codes: Tensor) -> Tensor:
-        return self.segment_logits(codes).amax(dim=1)
+    def forward(self, codes: Tensor, real: Tensor | None = None) -> Tensor:
+        logits = self.segment_logits(codes)
+        if real is not None:
+            logits = logits.masked_fill(~real.unsqueeze(-1), -torch.inf)
+        return logits.amax(dim=1)

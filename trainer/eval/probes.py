@@ -41,6 +41,7 @@ from trainer.eval.heads import EventClassifier, HeadConfig, SegmentTagger
 from trainer.eval.metrics import BACKGROUND, accuracy, class_precision_at_k, micro_prf, multi_hot, recall_at_k
 
 SPLITS = ("train", "val", "test")
+TIMED = ("video", "audio")     # the modalities whose codes are per second (a whole clip's may be padded)
 
 
 @dataclass
@@ -66,9 +67,18 @@ class CodeSplit:
     indices: dict[str, Tensor]          # modality -> (n t) int64 code index
     segment_labels: dict[str, Tensor]   # modality -> (n t) int64 class per segment, −1 = background
     clip_label: Tensor                  # (n) int64, −1 = no event
+    # (n t) bool: whole clips of several lengths, True on each clip's real seconds of its video and audio codes (past
+    # its end: code -1, zero vectors, background labels); None: every segment is real
+    mask: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.clip_label.shape[0])
+
+    def real(self, modality: str) -> Tensor | None:
+        """The real segments of ``modality``'s codes ``(n t)``, or None (all real: no mask, or text, an image)."""
+        if self.mask is None or self.vectors[modality].shape[1] != self.mask.shape[1] or modality not in TIMED:
+            return None
+        return self.mask
 
     def select_dims(self, dims: Tensor) -> CodeSplit:
         """The same split with only code dimensions ``dims`` (TOC, seed 003 §3.2)."""
@@ -78,13 +88,16 @@ class CodeSplit:
     def concat(splits: Sequence[CodeSplit]) -> CodeSplit:
         """The clips of ``splits`` in order, as one split (their clips have the same number of segments)."""
         fields = ("vectors", "indices", "segment_labels")
+        masks = [s.mask for s in splits]
         return CodeSplit(*({m: torch.cat([getattr(s, f)[m] for s in splits]) for m in getattr(splits[0], f)}
-                           for f in fields), torch.cat([s.clip_label for s in splits]))
+                           for f in fields), torch.cat([s.clip_label for s in splits]),
+                         None if masks[0] is None else torch.cat(masks))
 
     def subset(self, keep: Tensor) -> CodeSplit:
         """Clips where ``keep`` ``(n)`` bool is True."""
         return CodeSplit({m: v[keep] for m, v in self.vectors.items()}, {m: v[keep] for m, v in self.indices.items()},
-                         {m: v[keep] for m, v in self.segment_labels.items()}, self.clip_label[keep])
+                         {m: v[keep] for m, v in self.segment_labels.items()}, self.clip_label[keep],
+                         None if self.mask is None else self.mask[keep])
 
 
 @dataclass
@@ -121,9 +134,14 @@ def _check_splits(splits: Mapping[str, CodeSplit], modalities: Sequence[str], se
                            f"{sorted(split.segment_labels)})")
 
 
-def _fit(head: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor],
-         validate: Callable[[nn.Module], float], cfg: ProbeConfig, generator: torch.Generator) -> tuple[int, float]:
-    """Adam on ``(inputs, targets)`` for ``cfg.epochs``; keeps the weights of the best validation epoch.
+# a probe's loss of the head's output, the targets and the inputs' real segments (None: all)
+ProbeLoss = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+
+
+def _fit(head: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: ProbeLoss, validate: Callable[[nn.Module], float],
+         cfg: ProbeConfig, generator: torch.Generator, real: Tensor | None = None) -> tuple[int, float]:
+    """Adam on ``(inputs, targets)`` (``real`` ``(n t)``: their real segments, None: all) for ``cfg.epochs``; keeps the
+    weights of the best validation epoch.
 
     Returns (best epoch, its validation score); the first epoch reaching the best score wins.
     """
@@ -135,7 +153,8 @@ def _fit(head: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable[[Te
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start:start + cfg.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(head(inputs[batch]), targets[batch]).backward()
+            batch_real = None if real is None else real[batch]
+            loss_fn(head(inputs[batch], batch_real), targets[batch], batch_real).backward()
             optimizer.step()
         head.eval()
         with torch.no_grad():
@@ -148,15 +167,28 @@ def _fit(head: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable[[Te
     return best_epoch, best_score
 
 
-def _train_head(make_head: Callable[[], nn.Module], inputs: Tensor, targets: Tensor,
-                loss_fn: Callable[[Tensor, Tensor], Tensor], validate: Callable[[nn.Module], float],
-                cfg: ProbeConfig) -> tuple[nn.Module, int, float]:
+def _train_head(make_head: Callable[[], nn.Module], inputs: Tensor, targets: Tensor, loss_fn: ProbeLoss,
+                validate: Callable[[nn.Module], float], cfg: ProbeConfig,
+                real: Tensor | None = None) -> tuple[nn.Module, int, float]:
     """Build and fit a head under ``cfg.seed`` without touching the caller's global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         head = make_head()
-        epoch, score = _fit(head, inputs, targets, loss_fn, validate, cfg, torch.Generator().manual_seed(cfg.seed))
+        epoch, score = _fit(head, inputs, targets, loss_fn, validate, cfg, torch.Generator().manual_seed(cfg.seed),
+                            real)
     return head, epoch, score
+
+
+def _clip_cross_entropy(logits: Tensor, labels: Tensor, real: Tensor | None) -> Tensor:
+    del real                     # clip logits: the head's max ran over the real segments already
+    return F.cross_entropy(logits, labels)
+
+
+def _segment_bce(logits: Tensor, targets: Tensor, real: Tensor | None) -> Tensor:
+    """Per-segment multi-label loss over the real segments."""
+    if real is not None:
+        logits, targets = logits[real], targets[real]
+    return F.binary_cross_entropy_with_logits(logits, targets)
 
 
 def _labelled(split: CodeSplit) -> CodeSplit:
@@ -171,17 +203,20 @@ def classification_probe(splits: Mapping[str, CodeSplit], source: str, target: s
     in_dim = train.vectors[source].shape[-1]
 
     def score(head: nn.Module, split: CodeSplit, modality: str) -> float:
-        return accuracy(head(split.vectors[modality]), split.clip_label)
+        return accuracy(head(split.vectors[modality], split.real(modality)), split.clip_label)
 
     head, epoch, val_score = _train_head(lambda: EventClassifier(in_dim, num_classes, cfg.head),
-                                         train.vectors[source], train.clip_label, F.cross_entropy,
-                                         lambda h: score(h, val, source), cfg)
+                                         train.vectors[source], train.clip_label, _clip_cross_entropy,
+                                         lambda h: score(h, val, source), cfg, train.real(source))
     with torch.no_grad():
         return ProbeResult("classification", source, target, "accuracy", score(head, test, target),
                            score(head, test, source), val_score, epoch)
 
 
-def _tag_f1(logits: Tensor, labels: Tensor, num_classes: int, threshold: float):
+def _tag_f1(logits: Tensor, labels: Tensor, num_classes: int, threshold: float, real: Tensor | None = None):
+    """Micro P/R/F1 of the per-segment tags over the real segments."""
+    if real is not None:
+        logits, labels = logits[real], labels[real]
     return micro_prf(torch.sigmoid(logits) > threshold, multi_hot(labels, num_classes))
 
 
@@ -193,12 +228,13 @@ def localisation_probe(splits: Mapping[str, CodeSplit], source: str, target: str
     in_dim = train.vectors[source].shape[-1]
 
     def prf(head: nn.Module, split: CodeSplit, modality: str):
-        return _tag_f1(head(split.vectors[modality]), split.segment_labels[modality], num_classes, cfg.threshold)
+        return _tag_f1(head(split.vectors[modality]), split.segment_labels[modality], num_classes, cfg.threshold,
+                       split.real(modality))
 
     targets = multi_hot(train.segment_labels[source], num_classes).float()
     head, epoch, val_score = _train_head(lambda: SegmentTagger(in_dim, num_classes, cfg.head),
-                                         train.vectors[source], targets, F.binary_cross_entropy_with_logits,
-                                         lambda h: prf(h, val, source).f1, cfg)
+                                         train.vectors[source], targets, _segment_bce,
+                                         lambda h: prf(h, val, source).f1, cfg, train.real(source))
     with torch.no_grad():
         cross, own = prf(head, test, target), prf(head, test, source)
     return ProbeResult("localisation", source, target, "f1", cross.f1, own.f1, val_score, epoch,
@@ -231,24 +267,29 @@ def cross_dataset_probe(first: Mapping[str, CodeSplit], second_test: CodeSplit, 
     in_dim = train.vectors[source].shape[-1]
     shared = torch.tensor(sorted(class_map), dtype=torch.int64)
 
-    def weak_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    def weak_loss(logits: Tensor, labels: Tensor, real: Tensor | None) -> Tensor:
+        del real                 # clip logits: the head's max ran over the real segments already
         return F.binary_cross_entropy_with_logits(logits, multi_hot(labels, num_classes).float())
 
     def weak_f1(head: nn.Module) -> float:
         # the epoch is chosen on what the test scores (events above the threshold), at the clip level, where
         # dataset 1 has labels: argmax accuracy peaks in early epochs whose sigmoids are all still below the
         # threshold, and such a head localises nothing (F1 = 0) on dataset 2
-        predicted = torch.sigmoid(head(val.vectors[source])) > cfg.threshold
+        predicted = torch.sigmoid(head(val.vectors[source], val.real(source))) > cfg.threshold
         return micro_prf(predicted, multi_hot(val.clip_label, num_classes)).f1
 
     head, epoch, val_score = _train_head(lambda: EventClassifier(in_dim, num_classes, cfg.head),
-                                         train.vectors[source], train.clip_label, weak_loss, weak_f1, cfg)
+                                         train.vectors[source], train.clip_label, weak_loss, weak_f1, cfg,
+                                         train.real(source))
 
     def prf(modality: str):
         if modality not in second_test.vectors:
             raise KeyError(f"dataset 2 has no codes for '{modality}' (has {sorted(second_test.vectors)})")
         logits = head.segment_logits(second_test.vectors[modality]).index_select(-1, shared)
         labels = map_classes(second_test.segment_labels[modality], class_map)
+        real = second_test.real(modality)
+        if real is not None:
+            logits, labels = logits[real], labels[real]
         truth = multi_hot(labels, num_classes).index_select(-1, shared)
         return micro_prf(torch.sigmoid(logits) > cfg.threshold, truth)
 
@@ -289,11 +330,11 @@ def cross_dataset_classification(first: Mapping[str, CodeSplit], second_test: Co
     in_dim = train.vectors[source].shape[-1]
 
     def score(head: nn.Module, split: CodeSplit, modality: str) -> float:
-        return accuracy(head(split.vectors[modality]), split.clip_label)
+        return accuracy(head(split.vectors[modality], split.real(modality)), split.clip_label)
 
     head, epoch, val_score = _train_head(lambda: EventClassifier(in_dim, len(firsts), cfg.head),
-                                         train.vectors[source], train.clip_label, F.cross_entropy,
-                                         lambda h: score(h, val, source), cfg)
+                                         train.vectors[source], train.clip_label, _clip_cross_entropy,
+                                         lambda h: score(h, val, source), cfg, train.real(source))
     with torch.no_grad():
         return ProbeResult("ucf_vgg", source, target, "accuracy", score(head, other, target),
                            score(head, test, source), val_score, epoch)

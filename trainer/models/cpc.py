@@ -76,6 +76,7 @@ def cross_cpc_losses(
     t: int | None,
     normalize_over: str = "targets",
     include_same_modality: bool = False,
+    real: Tensor | None = None,
 ) -> dict[tuple[str, str], Tensor]:
     """L^{a2n}_cpc (eq. 6) for every ordered pair of distinct modalities (plus a→a if asked).
 
@@ -83,6 +84,11 @@ def cross_cpc_losses(
     (0-based, 0 <= t < s), or None for the mean over every valid t (the expectation of the random-t loss).
     Score of context i against candidate j: z^n_{j,t+k} · W^a_k c^a_{i,t}; the loss is the mean over k
     (and t) and over clips of the cross-entropy with the positive on the diagonal. Returns {(a, n): scalar}.
+
+    ``real`` ``(b t)`` bool (None: every segment is real; padding only ever follows a clip's real segments): t is a
+    context end of a clip of L real segments when t + K < L, as for the clip unpadded; at each t those clips are the
+    queries and the candidates, and the mean runs over those (query, t, k) only: a batch of clips padded to T gives
+    the value of the same clips unpadded.
     """
     losses = {}
     for a, pred in predictions.items():
@@ -97,5 +103,8 @@ def cross_cpc_losses(
             # candidates[:, s, k − 1] = z^n_{s+k} for every clip: windows of K segments starting at s + 1
             candidates = z[:, 1:].unfold(1, steps, 1).transpose(-1, -2)[:, ends]  # (b s' k d)
             scores = einsum("iskd,jskd->skij", query, candidates)  # (s' k contexts candidates)
-            losses[(a, n)] = diagonal_cross_entropy(scores, normalize_over)
+            valid = None
+            if real is not None:   # valid[s, k − 1, i]: segment s + K of clip i is real (s is one of its context ends)
+                valid = real[:, steps:][:, ends].t().unsqueeze(1).expand(-1, steps, -1)
+            losses[(a, n)] = diagonal_cross_entropy(scores, normalize_over, valid)
     return losses

@@ -45,7 +45,8 @@ from trainer.models.club import CLUBConfig
 from trainer.models.cpc import CPCConfig, CrossCPC
 from trainer.models.encoders import Decoder, EncoderConfig, SemanticEncoder, SpecificEncoder
 from trainer.models.inputs import (
-    default_feature_dims, default_spatial_patches, feature_input, feature_mask, mask_key,
+    SEGMENT_MASK, default_feature_dims, default_spatial_patches, feature_input, feature_mask, mask_key,
+    real_segments,
 )
 from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
 from trainer.models.segment_coder import SegmentCoder
@@ -155,7 +156,9 @@ class FCCIDModel(SegmentCoder, nn.Module):
     """Fine and coarse encoders, the shared MM-EMA codebook, decoders and the fine Cross-CPC.
 
     ``forward(features)`` takes ``audio (b t c)``, ``video (b t c)|(b t p c)|(b t h w c)``, ``text (b l c)`` and
-    optional ``text_mask (b l)`` (True = real token) and returns a dict of modality-keyed dicts:
+    optional ``text_mask (b l)`` (True = real token) and ``segment_mask (b t)`` (True = a real second of audio and
+    video: padded seconds are hidden from the fine encoders and from the clip means) and returns a dict of
+    modality-keyed dicts:
         fine_semantic          f^m   (b t D)          audio, video
         fine_specific          f̄^m   (b t d̄)          audio, video
         coarse_general         c^m   (b D)            audio, video, text
@@ -209,10 +212,10 @@ class FCCIDModel(SegmentCoder, nn.Module):
         return feature_input(features, modality, self.cfg.feature_dims, self.cfg.spatial_patches)
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
-        unexpected = sorted(set(features) - {*self.modalities, mask_key(TEXT)})
+        unexpected = sorted(set(features) - {*self.modalities, mask_key(TEXT), SEGMENT_MASK})
         if unexpected:
             raise KeyError(f"unexpected feature keys {unexpected}; FCCID takes {list(self.modalities)} "
-                           f"and optional '{mask_key(TEXT)}'")
+                           f"and optional '{mask_key(TEXT)}' and '{SEGMENT_MASK}'")
         x = {m: self._input(features, m) for m in self.modalities}
         audio_video = {m: tuple(x[m].shape[:2]) for m in FINE_MODALITIES}
         if len(set(audio_video.values())) != 1:
@@ -220,10 +223,11 @@ class FCCIDModel(SegmentCoder, nn.Module):
         if x[TEXT].shape[0] != x["audio"].shape[0]:
             raise ValueError(f"features['{TEXT}'] has {x[TEXT].shape[0]} clips, audio/video {x['audio'].shape[0]}")
         text_mask = feature_mask(features, TEXT, x[TEXT].shape[:2])
+        real = real_segments(features, audio_video["audio"])    # audio's and video's seconds (None: all real)
 
-        fine_semantic = {m: self.fine_semantic[m](x[m]) for m in FINE_MODALITIES}          # seed 003 eq. 1
+        fine_semantic = {m: self.fine_semantic[m](x[m], real) for m in FINE_MODALITIES}    # seed 003 eq. 1
         fine_specific = {m: self.fine_specific[m](x[m]) for m in FINE_MODALITIES}
-        pooled = {m: fine_semantic[m].mean(1) for m in FINE_MODALITIES}
+        pooled = {m: mean_over_time(fine_semantic[m], real) for m in FINE_MODALITIES}
         pooled[TEXT] = mean_over_time(x[TEXT], text_mask)
         projected = {m: self.project[COARSE_SIDE[m]](pooled[m]) for m in self.modalities}
         general = {m: self.coarse_general[COARSE_SIDE[m]](projected[m]) for m in self.modalities}   # eq. 5

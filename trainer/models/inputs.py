@@ -2,8 +2,14 @@
 
 A model receives a dict keyed by modality name: ``(b t c)`` vectors, or for a modality listed in
 ``spatial_patches`` a map ``(b t h w c)`` / ``(b t p c)`` (e.g. VGG-19 pool5, 7×7×512), and optionally
-``"<modality>_mask"`` ``(b t)`` bool, True = real token (text). Uni-Code, FCCID and the downstream encoding
-all check their inputs here, so a bad tensor gets the same message naming its key wherever it enters.
+``"<modality>_mask"`` ``(b t)`` bool, True = real token (text), and ``"segment_mask"`` ``(b t)`` bool, True = a real
+second of the clip, False = padding past the end of a clip shorter than the window (``data.decode.min_seconds``).
+The two differ on purpose: a token mask only hides padding tokens from attention (every position is still a
+segment for the losses and the codebook, as in the paper's fixed 10-token captions), while a padded second is
+nothing at all: it is hidden from attention and left out of every loss term, the codebook statistics and the code
+counts, so a clip padded to the window trains as the same clip unpadded (tests/unit/test_padded_windows.py).
+Uni-Code, FCCID and the downstream encoding all check their inputs here, so a bad tensor gets the same message
+naming its key wherever it enters.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ def default_feature_dims() -> dict[str, int]:
 def default_spatial_patches() -> dict[str, int]:
     """Patches p per segment of the modalities that keep a spatial map: VGG-19 pool5 is 7×7."""
     return {"video": 49}
+
+
+SEGMENT_MASK = "segment_mask"
 
 
 def mask_key(modality: str) -> str:
@@ -54,6 +63,21 @@ def feature_mask(features: Mapping[str, Tensor], modality: str, segments: tuple[
     if mask is not None and tuple(mask.shape) != tuple(segments):
         raise ValueError(f"features['{key}'] must be {tuple(segments)}, got {tuple(mask.shape)}")
     return mask
+
+
+def real_segments(features: Mapping[str, Tensor], segments: tuple[int, int]) -> Tensor | None:
+    """``features["segment_mask"]`` checked to be ``segments`` = (b t); None if absent (every segment is real)."""
+    mask = features.get(SEGMENT_MASK)
+    if mask is not None and tuple(mask.shape) != tuple(segments):
+        raise ValueError(f"features['{SEGMENT_MASK}'] must be {tuple(segments)}, got {tuple(mask.shape)}")
+    return mask
+
+
+def attention_mask(token_mask: Tensor | None, real: Tensor | None) -> Tensor | None:
+    """The key-padding mask of an encoder: the real tokens of the real segments (either mask may be None)."""
+    if token_mask is None or real is None:
+        return real if token_mask is None else token_mask
+    return token_mask & real
 
 
 def repeat_single_segments(features: Mapping[str, Tensor], modalities: tuple[str, ...]) -> dict[str, Tensor]:

@@ -17,8 +17,9 @@ from torch import Tensor
 from trainer.models.spatial import plain_required
 
 
-def reconstruction_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
-    """MSE between the decoder output and the frozen backbone feature (never a trainable tensor).
+def reconstruction_loss(reconstruction: Tensor, target: Tensor, real: Tensor | None = None) -> Tensor:
+    """MSE between the decoder output and the frozen backbone feature (never a trainable tensor); with ``real``
+    ``(b t)`` bool, over the real segments only (the rows ``real`` marks).
 
     ``reconstruction``, ``target``: identical shapes, e.g. ``(b t d)`` or ``(b t h w c)``. Same value and gradient
     as ``F.mse_loss(reconstruction, target)``; the forward sums the squares chunk by chunk instead of writing the
@@ -27,6 +28,8 @@ def reconstruction_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
     """
     if reconstruction.shape != target.shape:
         raise ValueError(f"reconstruction shape {tuple(reconstruction.shape)} != target {tuple(target.shape)}")
+    if real is not None:
+        reconstruction, target = reconstruction[real], target[real]
     if plain_required(reconstruction, target):      # vmap / grad (COMET's per-clip Fisher), torch.compile
         return F.mse_loss(reconstruction, target.detach())
     return _MeanSquaredError.apply(reconstruction, target.detach())
@@ -58,6 +61,7 @@ def commitment_losses(
     codewords: Mapping[str, Tensor],
     self_weight: float,
     partner_weight: float,
+    real: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Modified commitment loss (CMG eq. 8) for any number of modalities, one scalar per modality.
 
@@ -67,8 +71,12 @@ def commitment_losses(
     partner_weight = β/2. Authors' code: 2β and β (AV), 2β and β/2 per partner (AVT) — the same form
     with self_weight = 2β, partner_weight = β. partner_weight = 0 is the plain VQ-VAE commitment (eq. 3).
 
-    semantic[m], codewords[m]: ``(b t d)``; codewords are the pre-update codes (stop-gradient here).
+    semantic[m], codewords[m]: ``(b t d)``; codewords are the pre-update codes (stop-gradient here). ``real``
+    ``(b t)`` bool (None: all): the mean runs over the real segments only.
     """
+    if real is not None:
+        semantic = {m: z[real] for m, z in semantic.items()}
+        codewords = {m: e[real] for m, e in codewords.items()}
     losses = {}
     for a, z in semantic.items():
         loss = self_weight * F.mse_loss(z, codewords[a].detach())
@@ -80,13 +88,18 @@ def commitment_losses(
     return losses
 
 
-def diagonal_cross_entropy(scores: Tensor, normalize_over: str = "targets") -> Tensor:
+def diagonal_cross_entropy(scores: Tensor, normalize_over: str = "targets", valid: Tensor | None = None) -> Tensor:
     """InfoNCE on a score matrix whose positives sit on the diagonal.
 
     ``scores``: ``(... i j)`` with rows i = contexts (queries) and columns j = candidate targets.
     ``normalize_over="targets"``: softmax over each row's candidates (CMG eq. 6: the denominator runs
     over z_j ∈ Z_b). ``"contexts"``: softmax over each column (what the authors' CPC code computed).
     Returns the mean over leading dims and over the diagonal entries. Stable: uses logsumexp.
+
+    ``valid`` ``(... n)`` bool (None: all): the clips that take part at each leading index (padded segments are
+    not): an invalid clip is neither a candidate in any softmax nor a positive in the mean, so the value is the one
+    of the valid clips' score matrix alone. Invalid scores are filled with the dtype's lowest finite value, not
+    −∞: a softmax over no valid entry then stays finite (and is left out), where −∞ would put NaN in the backward.
     """
     if scores.shape[-1] != scores.shape[-2]:
         raise ValueError(f"score matrix must be square in its last two dims, got {tuple(scores.shape)}")
@@ -96,15 +109,20 @@ def diagonal_cross_entropy(scores: Tensor, normalize_over: str = "targets") -> T
         dim = -2
     else:
         raise ValueError(f"normalize_over must be 'targets' or 'contexts', got {normalize_over!r}")
+    if valid is not None:
+        other = valid.unsqueeze(-2) if dim == -1 else valid.unsqueeze(-1)
+        scores = scores.masked_fill(~other, torch.finfo(scores.dtype).min)
     positives = scores.diagonal(dim1=-2, dim2=-1)  # (... n)
-    return (torch.logsumexp(scores, dim=dim) - positives).mean()
+    losses = torch.logsumexp(scores, dim=dim) - positives
+    return losses.mean() if valid is None else losses[valid].mean()
 
 
-def code_log_distribution(squared_distances: Tensor) -> Tensor:
+def code_log_distribution(squared_distances: Tensor, real: Tensor | None = None) -> Tensor:
     """log P_b of the CMCM clip-level code distribution: P_b = mean_t softmax_k(−||z_{b,t} − e_k||).
 
     ``squared_distances``: ``(b t m)`` squared Euclidean distances to the M codes (may carry tiny
     negative rounding from the ||z||² − 2z·e + ||e||² expansion). Returns ``(b m)`` log-probabilities.
+    ``real`` ``(b t)`` bool (None: all): the mean runs over each clip's real segments only (every clip has one).
 
     Distances are clamped before the square root. The floor is 1e-12 rather than exactly 0: a vector
     sitting on a code (data init copies batch vectors into the codebook) would otherwise hit sqrt'(0) = ∞,
@@ -113,7 +131,10 @@ def code_log_distribution(squared_distances: Tensor) -> Tensor:
     distances = squared_distances.clamp_min(1e-12).sqrt()
     log_p_segments = torch.log_softmax(-distances, dim=-1)  # (b t m)
     # log mean_t p = logsumexp_t log p − log T, computed without leaving log space
-    return torch.logsumexp(log_p_segments, dim=1) - math.log(squared_distances.shape[1])
+    if real is None:
+        return torch.logsumexp(log_p_segments, dim=1) - math.log(squared_distances.shape[1])
+    log_p_segments = log_p_segments.masked_fill(~real.unsqueeze(-1), -math.inf)
+    return torch.logsumexp(log_p_segments, dim=1) - real.sum(1, keepdim=True).to(log_p_segments.dtype).log()
 
 
 def cmcm_loss(log_p_a: Tensor, log_p_b: Tensor) -> Tensor:

@@ -260,13 +260,14 @@ class MMEMAQuantizer(nn.Module):
 
     @eager_under_compile        # once per run, with the seeded generator: eager under run.compile too
     @torch.no_grad()
-    def maybe_init_(self, semantic: Mapping[str, Tensor]) -> None:
+    def maybe_init_(self, semantic: Mapping[str, Tensor], real: Tensor | None = None) -> None:
         """Data-dependent init from the first global training batch; a no-op afterwards and in eval.
 
         semantic[m]: ``(b t d)``. The batch is all-gathered (rank order; with gradient accumulation it is
         the first micro-batch of every rank), so every rank draws the same M of its B·T·k vectors (without
         replacement when there are enough) with the same generator: e = drawn vectors + reset_noise
-        relative noise (which separates repeats), N = 1, o = e.
+        relative noise (which separates repeats), N = 1, o = e. ``real`` ``(b t)`` bool (None: all): only the
+        real segments' vectors are drawn from (it is gathered with them).
         """
         if self.cfg.init != "data" or not self.training or self._known_initialized:
             return
@@ -277,6 +278,9 @@ class MMEMAQuantizer(nn.Module):
         m, d = self.cfg.num_codes, self.cfg.dim
         pool = torch.cat([self.all_gather_fn(semantic[name].detach().float().contiguous()).reshape(-1, d)
                           for name in self.modalities])
+        if real is not None:
+            keep = self.all_gather_fn(real.float().contiguous()).reshape(-1) > 0
+            pool = pool[keep.repeat(len(self.modalities))]
         n = pool.shape[0]
         if n >= m:
             pick = torch.randperm(n, generator=self._generator)[:m]
@@ -307,9 +311,11 @@ class MMEMAQuantizer(nn.Module):
             if len(set(shapes.values())) != 1:
                 raise ValueError(f"r_source 'paired' needs one (b t d) shape for all modalities, got {shapes}")
 
-    def _partners(self, semantic: Mapping[str, Tensor]) -> dict[str, list[tuple[Tensor | None, Tensor]]]:
+    def _partners(self, semantic: Mapping[str, Tensor], real: Tensor | None = None
+                  ) -> dict[str, list[tuple[Tensor | None, Tensor]]]:
         """For every modality m, one ``(weights, z^n)`` per partner n: r^m's share from n is ``weights @ z^n``
-        (cross_attention; ``weights`` ``(b t_m t_n)``) or z^n itself (paired; ``weights`` None)."""
+        (cross_attention; ``weights`` ``(b t_m t_n)``) or z^n itself (paired; ``weights`` None). With ``real``
+        ``(b t)`` (padded segments False) a query attends to the partner's real segments only."""
         seen: dict[str, list[tuple[Tensor | None, Tensor]]] = {name: [] for name in self.modalities}
         for i, a in enumerate(self.modalities):
             for b in self.modalities[i + 1:]:
@@ -322,6 +328,9 @@ class MMEMAQuantizer(nn.Module):
                 # a's (axis 1). Both softmaxes run along axis 1 of a view: torch's CPU softmax over a
                 # short last axis (T = 10) is ~3x slower than over a middle one.
                 scores = torch.bmm(za, zb.transpose(1, 2)).mul_(1.0 / math.sqrt(self.cfg.dim))   # (b ta tb)
+                if real is not None:   # the lowest finite value, not −∞: a padded query's row stays finite
+                    padded = ~(real.unsqueeze(2) & real.unsqueeze(1))
+                    scores = scores.masked_fill_(padded, torch.finfo(scores.dtype).min)
                 seen[a].append((scores.transpose(1, 2).softmax(1).transpose(1, 2), zb))
                 seen[b].append((scores.softmax(1).transpose(1, 2), za))
         return seen
@@ -337,7 +346,7 @@ class MMEMAQuantizer(nn.Module):
                  for name, shares in self._partners(semantic).items()}
         return {name: v[0] if len(v) == 1 else torch.stack(v).mean(0) for name, v in views.items()}
 
-    def _ema_targets(self, semantic: Mapping[str, Tensor]) -> Tensor:
+    def _ema_targets(self, semantic: Mapping[str, Tensor], real: Tensor | None = None) -> Tensor:
         """(z^m + r^m) / 2 (CMG eq. 7's summand) of every modality, its rows stacked in modality order:
         ``(Σ_m b t_m, d)``; r^m as ``partner_view`` gives it. Each attention share is added inside its product
         (``baddbmm``), so neither r^m nor the sum is a separate pass, and every modality writes straight into
@@ -345,7 +354,7 @@ class MMEMAQuantizer(nn.Module):
         d = self.cfg.dim
         out = next(iter(semantic.values())).new_empty(sum(z.numel() for z in semantic.values()) // d, d)
         start = 0
-        for name, shares in self._partners(semantic).items():
+        for name, shares in self._partners(semantic, real).items():
             z = semantic[name]
             target = out[start:start + z.shape[0] * z.shape[1]].view(z.shape)
             start += z.shape[0] * z.shape[1]
@@ -360,10 +369,12 @@ class MMEMAQuantizer(nn.Module):
 
     @eager_under_compile        # in-place statistics in views of one flat buffer: eager under run.compile
     @torch.no_grad()
-    def accumulate_(self, semantic: Mapping[str, Tensor], codes: Mapping[str, Tensor]) -> None:
+    def accumulate_(self, semantic: Mapping[str, Tensor], codes: Mapping[str, Tensor],
+                    real: Tensor | None = None) -> None:
         """Add this micro-batch's LOCAL counts n^m ``(m)`` and sums Σ(z^m + r^m)/2 ``(m d)`` (training only).
 
         semantic[m]: ``(b t d)``; codes[m]: ``(b t)`` int64 from ``quantize``. In plain mode the sums are Σ z^m.
+        ``real`` ``(b t)`` bool (None: all): padded segments add nothing (and r^m attends to real ones only).
         One ``bincount`` and one ``index_add_`` for all modalities: code k of modality i is row i·M + k of the
         per-modality statistics.
         """
@@ -380,14 +391,18 @@ class MMEMAQuantizer(nn.Module):
             if self.cfg.ema_mode == "plain":
                 targets = torch.cat([z[name].reshape(-1, d) for name in self.modalities])
             else:
-                targets = self._ema_targets(z)                                          # eq. 7: (z + r)/2
+                targets = self._ema_targets(z, real)                                    # eq. 7: (z + r)/2
             counts, sums = self._accumulated()
+            flat_codes = torch.cat([codes[name].reshape(-1) for name in self.modalities])
             per_modality = torch.cat([codes[name].reshape(-1) + i * m for i, name in enumerate(self.modalities)])
+            if real is not None:
+                keep = real.reshape(-1).repeat(len(self.modalities))
+                targets, flat_codes, per_modality = targets[keep], flat_codes[keep], per_modality[keep]
             counts.view(-1).add_(torch.bincount(per_modality, minlength=counts.numel()))
             if self.cfg.ema_mode == "sequential":
                 sums.view(-1, d).index_add_(0, per_modality, targets)
             else:
-                sums[0].index_add_(0, torch.cat([codes[name].reshape(-1) for name in self.modalities]), targets)
+                sums[0].index_add_(0, flat_codes, targets)
 
     # ------------------------------------------------------------------ the training-step update
     @torch.no_grad()

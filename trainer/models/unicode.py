@@ -8,7 +8,9 @@ task (``trainer.tasks.unicode``).
 Features come as a dict keyed by modality name (layouts and checks: ``trainer.models.inputs``); the
 optional ``"<modality>_mask"`` ``(b t)`` bool marks real tokens (text) and only masks attention keys: every
 position, padding included, is a segment for the losses and the codebook, as in the paper's AVT setting
-where a caption is a fixed 10-token sequence.
+where a caption is a fixed 10-token sequence. The optional ``"segment_mask"`` ``(b t)`` marks the real seconds of
+clips padded to the window: padded seconds are hidden from attention and from the codebook statistics here, and
+from every loss term in the task.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from trainer.models.club import CLUBConfig
 from trainer.models.cpc import CPCConfig, CrossCPC
 from trainer.models.encoders import Decoder, EncoderConfig, SemanticEncoder, SpecificEncoder
 from trainer.models.inputs import (
-    default_feature_dims, default_spatial_patches, feature_input, feature_mask, mask_key,
+    SEGMENT_MASK, attention_mask, default_feature_dims, default_spatial_patches, feature_input, feature_mask,
+    mask_key, real_segments,
 )
 from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
 from trainer.models.segment_coder import SegmentCoder
@@ -161,14 +164,15 @@ class UniCodeModel(SegmentCoder, nn.Module):
         if modality not in self.modalities:
             raise KeyError(f"the model has no '{modality}' encoder (modalities {list(self.modalities)})")
         x = self._input(features, modality)
-        return self.semantic[modality](x, feature_mask(features, modality, x.shape[:2]))
+        return self.semantic[modality](x, attention_mask(feature_mask(features, modality, x.shape[:2]),
+                                                         real_segments(features, x.shape[:2])))
 
     def _check_keys(self, features: Mapping[str, Tensor]) -> None:
-        allowed = set(self.modalities) | {mask_key(m) for m in self.modalities}
-        unexpected = sorted(set(features) - allowed)
+        masks = [mask_key(m) for m in self.modalities] + [SEGMENT_MASK]
+        unexpected = sorted(set(features) - set(self.modalities) - set(masks))
         if unexpected:
             raise KeyError(f"unexpected feature keys {unexpected}; expected modalities {list(self.modalities)} "
-                           f"and optional masks {[mask_key(m) for m in self.modalities]}")
+                           f"and optional masks {masks}")
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
         self._check_keys(features)
@@ -176,16 +180,17 @@ class UniCodeModel(SegmentCoder, nn.Module):
         lengths = {m: x.shape[:2] for m, x in inputs.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"modalities must share (batch, segments); got {dict(lengths)}")
-        masks = {m: feature_mask(features, m, lengths[m]) for m in self.modalities}
+        real = real_segments(features, next(iter(lengths.values())))
+        masks = {m: attention_mask(feature_mask(features, m, lengths[m]), real) for m in self.modalities}
 
         semantic = {m: self.semantic[m](inputs[m], masks[m]) for m in self.modalities}   # CMG eq. 1
         specific = {m: self.specific[m](inputs[m]) for m in self.modalities}
         if self.training:
-            self.quantizer.maybe_init_(semantic)
+            self.quantizer.maybe_init_(semantic, real)
         quantized = {m: self.quantizer.quantize(semantic[m]) for m in self.modalities}     # CMG eq. 2
         codes = {m: q.codes for m, q in quantized.items()}
         if self.training:
-            self.quantizer.accumulate_(semantic, codes)
+            self.quantizer.accumulate_(semantic, codes, real)
         out = {
             "semantic": semantic,
             "specific": specific,

@@ -28,6 +28,15 @@ def all_but_text(model: Any) -> tuple[str, ...]:
     return tuple(m for m in model.modalities if m != "text")
 
 
+def unicode_cpc_steps(model: UniCodeConfig) -> int:
+    eff = model.effective()
+    return eff.cpc.steps_for(len(eff.modalities)) if eff.use_cpc else 0
+
+
+def fccid_cpc_steps(model: FCCIDConfig) -> int:
+    return model.cpc.steps_for(len(all_but_text(model)))
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     config: type        # dataclass of the job's `model` section
@@ -35,12 +44,17 @@ class TaskSpec:
     # the modalities of a `model` section that the model pairs segment by segment (FCCID meets text at the coarse
     # level, a mean over segments); a job checks that their inputs have as many segments (trainer/job.py)
     aligned: Callable[[Any], tuple[str, ...]] = every_modality
+    # the Cross-CPC prediction steps K of a `model` section (0: no Cross-CPC); a clip needs more seconds than that
+    cpc_steps: Callable[[Any], int] = unicode_cpc_steps
+    # whether the task trains on clips padded to the window (``segment_mask``, data.decode.min_seconds)
+    pads: bool = True
 
 
 TASKS: dict[str, TaskSpec] = {
     "unicode": TaskSpec(UniCodeConfig, UniCodeTask),
-    "fccid": TaskSpec(FCCIDConfig, FCCIDTask, all_but_text),
-    "comet": TaskSpec(COMETConfig, COMETTask),
+    "fccid": TaskSpec(FCCIDConfig, FCCIDTask, all_but_text, fccid_cpc_steps),
+    # COMET's gate balance, pseudo-modality Cross-CPC and per-clip Fisher take no segment mask (yet): whole windows
+    "comet": TaskSpec(COMETConfig, COMETTask, pads=False),
 }
 
 

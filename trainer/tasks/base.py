@@ -65,7 +65,7 @@ from trainer.models.club import CLUBConfig, club_upper_bound
 from trainer.models.eager import eager_under_compile, keep_marked_eager_
 from trainer.models.cpc import CPCConfig, cross_cpc_losses
 from trainer.models.losses import cmcm_loss, code_log_distribution
-from trainer.models.inputs import mask_key, repeat_single_segments
+from trainer.models.inputs import SEGMENT_MASK, mask_key, repeat_single_segments
 
 if TYPE_CHECKING:
     from trainer.checkpoint import InitSource
@@ -97,13 +97,15 @@ class Task(Protocol):
     def extra_state(self) -> dict[str, Any]: ...
 
 
-# bound name -> (estimator key, x, y): the CLUB bound "name" of q_θ[key](y | x), x = z (b t D), y = z̄ (b t d̄)
-ClubPairs = Mapping[str, tuple[str, Tensor, Tensor]]
+# bound name -> (estimator key, x, y, real): the CLUB bound "name" of q_θ[key](y | x), x = z (b t D), y = z̄ (b t d̄),
+# over the segments ``real`` (b t) marks (None: all of them)
+ClubPairs = Mapping[str, tuple[str, Tensor, Tensor, Tensor | None]]
 
 
-def cmcm_terms(distances: Mapping[str, Tensor]) -> dict[tuple[str, str], Tensor]:
-    """CMCM for every unordered pair of modalities, from each modality's ``(b t M)`` squared code distances."""
-    log_p = {m: code_log_distribution(d) for m, d in distances.items()}
+def cmcm_terms(distances: Mapping[str, Tensor], real: Tensor | None = None) -> dict[tuple[str, str], Tensor]:
+    """CMCM for every unordered pair of modalities, from each modality's ``(b t M)`` squared code distances (over the
+    real segments ``real`` ``(b t)`` marks, None: all)."""
+    log_p = {m: code_log_distribution(d, real) for m, d in distances.items()}
     return {(a, b): cmcm_loss(log_p[a], log_p[b]) for a, b in itertools.combinations(distances, 2)}
 
 
@@ -120,6 +122,28 @@ def loss_and_metrics(terms: Mapping[str, Tensor], weights: object,
 def weighted_total(terms: Mapping[str, Tensor], weights: object) -> Tensor:
     """Σ weight · term, each term weighted by the loss config field of the same name."""
     return sum(getattr(weights, name) * value for name, value in terms.items())
+
+
+def rank_share(real: Tensor | None, batch_real: Tensor | None) -> Tensor | float:
+    """The weight of this rank's mean over its real segments (``real`` ``(b t)``) that makes the ranks' average the
+    mean over the real segments of the batch the negatives come from (``batch_real``, this rank's rows among them):
+    ranks may hold different numbers of real segments, and the engine averages their gradients with equal weights.
+    1 without padding (None) and in one process."""
+    if real is None:
+        return 1.0
+    return real.sum().float() * (batch_real.shape[0] / real.shape[0]) / batch_real.sum().float()
+
+
+def _checked_mask(mask: Any, key: str) -> Tensor:
+    """``batch[key]`` as a ``(b t)`` bool tensor with a real entry in every row (attention over no key would be NaN,
+    and a clip without a real segment has nothing to train)."""
+    if not isinstance(mask, Tensor) or mask.ndim != 2:
+        raise ValueError(f"batch['{key}'] must be a (b t) tensor, got {getattr(mask, 'shape', mask)}")
+    mask = mask.bool()
+    empty = (~mask.any(dim=1)).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(f"batch['{key}'] has rows without any real token: {empty.tolist()[:8]}")
+    return mask
 
 
 class CodebookTask(abc.ABC):
@@ -204,6 +228,9 @@ class CodebookTask(abc.ABC):
         without any real token is an error here (attention over no keys would give NaN later).
         """
         features = {}
+        if SEGMENT_MASK in batch:
+            features[SEGMENT_MASK] = _checked_mask(batch[SEGMENT_MASK], SEGMENT_MASK).to(device=device,
+                                                                                         non_blocking=True)
         for m in self.modalities:
             if m not in batch:
                 raise KeyError(f"batch lacks modality '{m}' (got keys {sorted(batch)})")
@@ -214,14 +241,7 @@ class CodebookTask(abc.ABC):
             features[m] = value.to(device=device, dtype=torch.float32, non_blocking=True)
             key = mask_key(m)
             if key in batch:
-                mask = batch[key]
-                if not isinstance(mask, Tensor) or mask.ndim != 2:
-                    raise ValueError(f"batch['{key}'] must be a (b t) tensor, got {getattr(mask, 'shape', mask)}")
-                mask = mask.bool()
-                empty = (~mask.any(dim=1)).nonzero().flatten()
-                if empty.numel():
-                    raise ValueError(f"batch['{key}'] has rows without any real token: {empty.tolist()[:8]}")
-                features[key] = mask.to(device=device, non_blocking=True)
+                features[key] = _checked_mask(batch[key], key).to(device=device, non_blocking=True)
         return repeat_single_segments(features, self.modalities)
 
     # ------------------------------------------------------------------ in-batch negatives
@@ -241,16 +261,19 @@ class CodebookTask(abc.ABC):
 
     # ------------------------------------------------------------------ CLUB
     @eager_under_compile
-    def _train_estimators_(self, pairs: ClubPairs) -> Tensor:
-        """``club.inner_steps`` updates of q_θ maximising Σ_pairs log q_θ(y | x) on detached inputs.
+    def _train_estimators_(self, pairs: list[tuple[str, Tensor, Tensor, Tensor | None, Tensor | None]]) -> Tensor:
+        """``club.inner_steps`` updates of q_θ maximising Σ_pairs log q_θ(y | x) on detached inputs (each pair
+        ``(key, x, y, real, batch_real)``: over its real segments, weighted by ``rank_share``).
 
         Returns the summed log-likelihood of the last inner step (before its update), detached.
         Called only with ``club.inner_steps >= 1``.
         """
-        detached = [(key, x.detach(), y.detach()) for key, x, y in pairs.values()]
+        detached = [(key, x.detach(), y.detach(), 1.0) if real is None else
+                    (key, x.detach()[real], y.detach()[real], rank_share(real, batch_real).detach())
+                    for key, x, y, real, batch_real in pairs]
         for _ in range(self.club_inner_steps):
             self.club_optimizer.zero_grad(set_to_none=True)
-            log_likelihood = sum(self.club[key].log_likelihood(x, y) for key, x, y in detached)
+            log_likelihood = sum(share * self.club[key].log_likelihood(x, y) for key, x, y, share in detached)
             (-log_likelihood).backward()
             self.average_gradients_fn(self.club.parameters())
             self.club_optimizer.step()
@@ -261,10 +284,10 @@ class CodebookTask(abc.ABC):
     def _mi_upper_bounds(self, pairs: ClubPairs) -> dict[str, Tensor]:
         """CMG eq. 5 per pair, with q_θ evaluated on detached parameters (gradients reach x and y only)."""
         bounds = {}
-        for name, (key, x, y) in pairs.items():
+        for name, (key, x, y, real) in pairs.items():
             frozen = {n: p.detach() for n, p in self.club[key].named_parameters()}
             mu, logvar = functional_call(self.club[key], frozen, (x,))
-            bounds[name] = club_upper_bound(mu, logvar, y)
+            bounds[name] = club_upper_bound(mu, logvar, y, real)
             if self.club_nonnegative:
                 bounds[name] = bounds[name].clamp_min(0.0)
         return bounds
@@ -274,7 +297,8 @@ class CodebookTask(abc.ABC):
         ``metrics``), then the MI upper bound of every pair for the main loss, over ``negatives``: the same pairs
         over the batch the negatives come from (``_negatives_batch``)."""
         if self.model.training and self.club_inner_steps:
-            metrics["club_log_likelihood"] = self._train_estimators_(pairs)
+            metrics["club_log_likelihood"] = self._train_estimators_(
+                [(*pair, negatives[name][3]) for name, pair in pairs.items()])
         return self._mi_upper_bounds(negatives)
 
     # ------------------------------------------------------------------ Cross-CPC
@@ -288,16 +312,21 @@ class CodebookTask(abc.ABC):
     # candidate modality's z off by up to 70 %; tests/system/test_compile_job.py). CPC is a small part of a step.
     @eager_under_compile
     def _cpc_terms(self, predictions: Mapping[str, Tensor], semantic: Mapping[str, Tensor],
-                   cpc_cfg: CPCConfig) -> tuple[Tensor, dict[tuple[str, str], Tensor]]:
+                   cpc_cfg: CPCConfig, real: Tensor | None = None) -> tuple[Tensor, dict[tuple[str, str], Tensor]]:
         """Cross-CPC (CMG eq. 6): (the weighted sum over ordered pairs, each pair's loss).
 
         Training: one random context end per step (CMG §4.2); evaluation: the mean over all of them, which
-        is the random-t loss's expectation and leaves the training generator untouched.
+        is the random-t loss's expectation and leaves the training generator untouched. With padded clips
+        (``real`` ``(b t)``) t is drawn among the context ends of the longest clip (every clip of one length L:
+        those of L, as unpadded), and each (t, k) is scored over the clips whose segment t + k is real.
         """
-        t = self._draw_cpc_time(next(iter(predictions.values())).shape[1]) if self.model.training else None
+        ends = next(iter(predictions.values())).shape[1]
+        if real is not None:    # T − K context ends of a clip of T segments; here of the longest clip's
+            ends = int(real.sum(1).max()) - (real.shape[1] - ends)
+        t = self._draw_cpc_time(ends) if self.model.training else None
         same_weight = cpc_cfg.same_modality_weight
         pairs = cross_cpc_losses(predictions, semantic, t, cpc_cfg.normalize_over,
-                                 include_same_modality=same_weight != 0.0)
+                                 include_same_modality=same_weight != 0.0, real=real)
         return sum(v if a != n else same_weight * v for (a, n), v in pairs.items()), pairs
 
     # ------------------------------------------------------------------ after the step

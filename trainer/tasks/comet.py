@@ -40,7 +40,7 @@ from trainer.models.comet import (
     normalized_fisher, pseudo_cpc_losses,
 )
 from trainer.models.eager import eager_under_compile
-from trainer.models.inputs import mask_key
+from trainer.models.inputs import SEGMENT_MASK, mask_key
 from trainer.tasks.unicode import UniCodeTask
 
 
@@ -73,7 +73,11 @@ class COMETTask(UniCodeTask):
         return self
 
     def prepare_batch(self, batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Tensor]:
-        """UniCodeTask's checks after renaming data streams to model modalities (``rename``, e.g. video -> image)."""
+        """UniCodeTask's checks after renaming data streams to model modalities (``rename``, e.g. video -> image).
+        Clips padded to the window are refused (the job refuses ``data.decode.min_seconds`` for COMET up front)."""
+        if SEGMENT_MASK in batch:
+            raise ValueError(f"COMET trains on whole windows: its gate balance, pseudo-modality Cross-CPC and Fisher "
+                             f"take no padded seconds, and the batch has a '{SEGMENT_MASK}'")
         renamed = dict(batch)
         for source, name in self.cfg.rename.items():
             for old, new in ((source, name), (mask_key(source), mask_key(name))):

@@ -24,8 +24,9 @@ from torch import Tensor, nn
 from trainer import distributed
 from trainer.models.club import CLUBEstimator
 from trainer.models.fccid import COARSE_SIDE, FINE_MODALITIES, TEXT, FCCIDConfig, FCCIDModel
+from trainer.models.inputs import SEGMENT_MASK
 from trainer.models.losses import commitment_losses, reconstruction_loss, symmetric_info_nce
-from trainer.tasks.base import ClubPairs, CodebookTask, cmcm_terms
+from trainer.tasks.base import ClubPairs, CodebookTask, cmcm_terms, rank_share
 
 
 class FCCIDTask(CodebookTask):
@@ -47,18 +48,19 @@ class FCCIDTask(CodebookTask):
                 for name in cfg.club_estimators})
         super().__init__(cfg, model, cfg.modalities, club, cfg.club, cfg.cpc, average_gradients_fn, gather_rows_fn)
 
-    def _club_pairs(self, out: Mapping[str, Mapping[str, Tensor]]) -> ClubPairs:
-        """Bound name -> (estimator, general, specific) for every switched-on estimator; clip vectors as
-        length-1 sequences ``(b 1 d)`` (eq. 6 with T = 1: negatives are the other clips)."""
+    def _club_pairs(self, out: Mapping[str, Mapping[str, Tensor]], real: Tensor | None) -> ClubPairs:
+        """Bound name -> (estimator, general, specific, real) for every switched-on estimator: fine pairs over the
+        real seconds ``real`` ``(b t)`` marks (None: all), clip vectors as length-1 sequences ``(b 1 d)`` (eq. 6 with
+        T = 1: negatives are the other clips)."""
         pairs = {}
         for m in FINE_MODALITIES:
             if self.club is not None and f"fine_{m}" in self.club:
-                pairs[f"fine_{m}"] = (f"fine_{m}", out["fine_semantic"][m], out["fine_specific"][m])
+                pairs[f"fine_{m}"] = (f"fine_{m}", out["fine_semantic"][m], out["fine_specific"][m], real)
         for m in self.modalities:
             estimator = f"coarse_{COARSE_SIDE[m]}"
             if self.club is not None and estimator in self.club:
                 pairs[f"coarse_{m}"] = (estimator, out["coarse_general"][m].unsqueeze(1),
-                                        out["coarse_specific"][m].unsqueeze(1))
+                                        out["coarse_specific"][m].unsqueeze(1), None)
         return pairs
 
     def loss_terms(self, features: Mapping[str, Tensor], out: Mapping[str, Any], step: int
@@ -73,7 +75,20 @@ class FCCIDTask(CodebookTask):
         metrics: dict[str, Tensor] = {}
         terms: dict[str, Tensor] = {}
 
-        recon = {m: reconstruction_loss(out["reconstruction"][m], out["reconstruction_target"][m])
+        # padded seconds of short clips (None: none) are left out of the per-second terms (trainer/models/inputs.py)
+        real = features.get(SEGMENT_MASK)
+        # what the in-batch terms compare across clips, over the batch their negatives come from
+        contrastive = ["distances", "cpc_predictions", "fine_semantic", "coarse_general"]
+        if self.club is not None:
+            contrastive += ["fine_specific", "coarse_specific"]
+        groups = {key: out[key] for key in contrastive} | ({"segments": {"real": real}} if real is not None else {})
+        batch = self._negatives_batch(groups)
+        batch_real = batch["segments"]["real"] if real is not None else None
+
+        share = rank_share(real, batch_real)   # per-second means over real seconds, weighted to the batch's mean
+        recon = {m: share * reconstruction_loss(out["reconstruction"][m], out["reconstruction_target"][m], real)
+                 if m in FINE_MODALITIES else reconstruction_loss(out["reconstruction"][m],
+                                                                  out["reconstruction_target"][m])
                  for m in self.modalities}
         commit = commitment_losses(general, out["codewords"], weights.commit_self, weights.commit_partner)
         terms["recon"] = sum(recon.values())
@@ -81,17 +96,12 @@ class FCCIDTask(CodebookTask):
         metrics.update({f"recon_{m}": v for m, v in recon.items()})
         metrics.update({f"commit_{m}": v for m, v in commit.items()})
 
-        # what the in-batch terms compare across clips, over the batch their negatives come from
-        contrastive = ["distances", "cpc_predictions", "fine_semantic", "coarse_general"]
-        if self.club is not None:
-            contrastive += ["fine_specific", "coarse_specific"]
-        batch = self._negatives_batch({key: out[key] for key in contrastive})
-
         cmcm = cmcm_terms({m: d.unsqueeze(1) for m, d in batch["distances"].items()})   # one "segment" per clip
         terms["cmcm"] = sum(cmcm.values())
         metrics.update({f"cmcm_{a}_{b}": v for (a, b), v in cmcm.items()})
 
-        terms["cpc"], cpc = self._cpc_terms(batch["cpc_predictions"], batch["fine_semantic"], self.cfg.cpc)
+        terms["cpc"], cpc = self._cpc_terms(batch["cpc_predictions"], batch["fine_semantic"], self.cfg.cpc,
+                                            batch_real)
         metrics.update({f"cpc_{a}2{n}": v for (a, n), v in cpc.items()})
 
         coarse = batch["coarse_general"]
@@ -99,9 +109,9 @@ class FCCIDTask(CodebookTask):
         terms["nce"] = sum(nce.values())
         metrics.update({f"nce_{m}_{TEXT}": v for m, v in nce.items()})
 
-        pairs = self._club_pairs(out)
+        pairs = self._club_pairs(out, real)
         if pairs:
-            mi = self._club_terms(pairs, self._club_pairs(batch), metrics)
+            mi = self._club_terms(pairs, self._club_pairs(batch, batch_real), metrics)
             for level in ("fine", "coarse"):
                 bounds = [v for name, v in mi.items() if name.startswith(f"{level}_")]
                 if bounds:

@@ -14,9 +14,10 @@ from torch import Tensor, nn
 
 from trainer import distributed
 from trainer.models.club import CLUBEstimator
+from trainer.models.inputs import SEGMENT_MASK
 from trainer.models.losses import commitment_losses, reconstruction_loss
 from trainer.models.unicode import UniCodeConfig, UniCodeModel
-from trainer.tasks.base import CodebookTask, cmcm_terms
+from trainer.tasks.base import CodebookTask, cmcm_terms, rank_share
 
 
 class UniCodeTask(CodebookTask):
@@ -55,15 +56,11 @@ class UniCodeTask(CodebookTask):
         metrics: dict[str, Tensor] = {}
         terms: dict[str, Tensor] = {}
 
-        recon = {m: reconstruction_loss(out["reconstruction"][m], features[m]) for m in self.modalities}
-        commit = commitment_losses(out["semantic"], out["codewords"], weights.commit_self, weights.commit_partner)
-        terms["recon"] = sum(recon.values())
-        terms["commit"] = sum(commit.values())
-        metrics.update({f"recon_{m}": v for m, v in recon.items()})
-        metrics.update({f"commit_{m}": v for m, v in commit.items()})
+        # padded seconds of short clips (None: none) are left out of every term (trainer/models/inputs.py)
+        real = features.get(SEGMENT_MASK)
+        contrastive = {"segments": {"real": real}} if real is not None else {}
 
         # what the in-batch terms compare across clips, over the batch their negatives come from
-        contrastive = {}
         if self.cfg.use_cpc:
             contrastive |= {"cpc_predictions": out["cpc_predictions"], "semantic": out["semantic"]}
         if self.cfg.use_cmcm:
@@ -71,19 +68,32 @@ class UniCodeTask(CodebookTask):
         if self.cfg.use_club:
             contrastive |= {"semantic": out["semantic"], "specific": out["specific"]}
         batch = self._negatives_batch(contrastive)
+        batch_real = batch["segments"]["real"] if real is not None else None
+
+        share = rank_share(real, batch_real)   # per-sample means over real segments, weighted to the batch's mean
+        recon = {m: share * reconstruction_loss(out["reconstruction"][m], features[m], real) for m in self.modalities}
+        commit = commitment_losses(out["semantic"], out["codewords"], weights.commit_self, weights.commit_partner,
+                                   real)
+        commit = {m: share * v for m, v in commit.items()}
+        terms["recon"] = sum(recon.values())
+        terms["commit"] = sum(commit.values())
+        metrics.update({f"recon_{m}": v for m, v in recon.items()})
+        metrics.update({f"commit_{m}": v for m, v in commit.items()})
 
         if self.cfg.use_cpc:
-            terms["cpc"], pairs = self._cpc_terms(batch["cpc_predictions"], batch["semantic"], self.cfg.cpc)
+            terms["cpc"], pairs = self._cpc_terms(batch["cpc_predictions"], batch["semantic"], self.cfg.cpc,
+                                                  batch_real)
             metrics.update({f"cpc_{a}2{n}": v for (a, n), v in pairs.items()})
 
         if self.cfg.use_cmcm:
-            cmcm = cmcm_terms(batch["distances"])
+            cmcm = cmcm_terms(batch["distances"], batch_real)
             terms["cmcm"] = sum(cmcm.values())
             metrics.update({f"cmcm_{a}_{b}": v for (a, b), v in cmcm.items()})
 
         if self.cfg.use_club:
-            mi = self._club_terms({m: (m, out["semantic"][m], out["specific"][m]) for m in self.modalities},
-                                  {m: (m, batch["semantic"][m], batch["specific"][m]) for m in self.modalities},
+            mi = self._club_terms({m: (m, out["semantic"][m], out["specific"][m], real) for m in self.modalities},
+                                  {m: (m, batch["semantic"][m], batch["specific"][m], batch_real)
+                                   for m in self.modalities},
                                   metrics)
             terms["mi"] = sum(mi.values())
             metrics.update({f"mi_{m}": v for m, v in mi.items()})

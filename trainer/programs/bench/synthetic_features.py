@@ -116,8 +116,8 @@ class SyntheticSet(LabelledFeatures):
         """The clips at ``index`` (1-d int64), in that order."""
         base = super().subset(index)
         return SyntheticSet(base.features, base.segment_labels, base.clip_label, base.keys,
-                            {k: v[index] for k, v in self.nuisance.items()},
-                            [self.prompts[i] for i in index.tolist()] if self.prompts else [])
+                            nuisance={k: v[index] for k, v in self.nuisance.items()},
+                            prompts=[self.prompts[i] for i in index.tolist()] if self.prompts else [])
 
 
 class _Renderer:
@@ -206,7 +206,8 @@ class SyntheticWorld:
             templates = torch.randint(len(PROMPT_TEMPLATES), (n,), generator=g).tolist()
             prompts = [self.prompt(int(c), k) for c, k in zip(clip_label.tolist(), templates)]
             features["text"], features["text_mask"] = self._render_text(prompts, g)
-        return SyntheticSet(features, labels, clip_label, [f"{seed}:{i}" for i in range(n)], nuisance, prompts)
+        return SyntheticSet(features, labels, clip_label, [f"{seed}:{i}" for i in range(n)], nuisance=nuisance,
+                            prompts=prompts)
 
     def _render_text(self, prompts: list[str], g: torch.Generator) -> tuple[Tensor, Tensor]:
         """Prompts -> word-vector tokens ``(n l dt)`` + noise, zero-padded, and the mask ``(n l)``."""
