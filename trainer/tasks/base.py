@@ -124,13 +124,11 @@ def weighted_total(terms: Mapping[str, Tensor], weights: object) -> Tensor:
     return sum(getattr(weights, name) * value for name, value in terms.items())
 
 
-def rank_share(real: Tensor | None, batch_real: Tensor | None) -> Tensor | float:
+def rank_share(real: Tensor, batch_real: Tensor) -> Tensor:
     """The weight of this rank's mean over its real segments (``real`` ``(b t)``) that makes the ranks' average the
     mean over the real segments of the batch the negatives come from (``batch_real``, this rank's rows among them):
     ranks may hold different numbers of real segments, and the engine averages their gradients with equal weights.
-    1 without padding (None) and in one process."""
-    if real is None:
-        return 1.0
+    1 in one process (and with global negatives, a batch without padding has no mask at all)."""
     return real.sum().float() * (batch_real.shape[0] / real.shape[0]) / batch_real.sum().float()
 
 
@@ -268,12 +266,13 @@ class CodebookTask(abc.ABC):
         Returns the summed log-likelihood of the last inner step (before its update), detached.
         Called only with ``club.inner_steps >= 1``.
         """
-        detached = [(key, x.detach(), y.detach(), 1.0) if real is None else
+        detached = [(key, x.detach(), y.detach(), None) if real is None else
                     (key, x.detach()[real], y.detach()[real], rank_share(real, batch_real).detach())
                     for key, x, y, real, batch_real in pairs]
         for _ in range(self.club_inner_steps):
             self.club_optimizer.zero_grad(set_to_none=True)
-            log_likelihood = sum(share * self.club[key].log_likelihood(x, y) for key, x, y, share in detached)
+            terms = [(self.club[key].log_likelihood(x, y), share) for key, x, y, share in detached]
+            log_likelihood = sum(value if share is None else share * value for value, share in terms)
             (-log_likelihood).backward()
             self.average_gradients_fn(self.club.parameters())
             self.club_optimizer.step()

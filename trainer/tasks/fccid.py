@@ -77,6 +77,11 @@ class FCCIDTask(CodebookTask):
 
         # padded seconds of short clips (None: none) are left out of the per-second terms (trainer/models/inputs.py)
         real = features.get(SEGMENT_MASK)
+        recon = {m: reconstruction_loss(out["reconstruction"][m], out["reconstruction_target"][m],
+                                        real if m in FINE_MODALITIES else None)
+                 for m in self.modalities}
+        commit = commitment_losses(general, out["codewords"], weights.commit_self, weights.commit_partner)
+
         # what the in-batch terms compare across clips, over the batch their negatives come from
         contrastive = ["distances", "cpc_predictions", "fine_semantic", "coarse_general"]
         if self.club is not None:
@@ -84,13 +89,9 @@ class FCCIDTask(CodebookTask):
         groups = {key: out[key] for key in contrastive} | ({"segments": {"real": real}} if real is not None else {})
         batch = self._negatives_batch(groups)
         batch_real = batch["segments"]["real"] if real is not None else None
-
-        share = rank_share(real, batch_real)   # per-second means over real seconds, weighted to the batch's mean
-        recon = {m: share * reconstruction_loss(out["reconstruction"][m], out["reconstruction_target"][m], real)
-                 if m in FINE_MODALITIES else reconstruction_loss(out["reconstruction"][m],
-                                                                  out["reconstruction_target"][m])
-                 for m in self.modalities}
-        commit = commitment_losses(general, out["codewords"], weights.commit_self, weights.commit_partner)
+        if real is not None:   # per-second means over real seconds, weighted to the mean over the batch's
+            share = rank_share(real, batch_real)
+            recon = {m: share * v if m in FINE_MODALITIES else v for m, v in recon.items()}
         terms["recon"] = sum(recon.values())
         terms["commit"] = sum(commit.values())
         metrics.update({f"recon_{m}": v for m, v in recon.items()})

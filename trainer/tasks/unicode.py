@@ -58,23 +58,25 @@ class UniCodeTask(CodebookTask):
 
         # padded seconds of short clips (None: none) are left out of every term (trainer/models/inputs.py)
         real = features.get(SEGMENT_MASK)
-        contrastive = {"segments": {"real": real}} if real is not None else {}
+        recon = {m: reconstruction_loss(out["reconstruction"][m], features[m], real) for m in self.modalities}
+        commit = commitment_losses(out["semantic"], out["codewords"], weights.commit_self, weights.commit_partner,
+                                   real)
 
         # what the in-batch terms compare across clips, over the batch their negatives come from
+        contrastive = {}
         if self.cfg.use_cpc:
             contrastive |= {"cpc_predictions": out["cpc_predictions"], "semantic": out["semantic"]}
         if self.cfg.use_cmcm:
             contrastive["distances"] = out["distances"]
         if self.cfg.use_club:
             contrastive |= {"semantic": out["semantic"], "specific": out["specific"]}
+        if real is not None:
+            contrastive["segments"] = {"real": real}
         batch = self._negatives_batch(contrastive)
         batch_real = batch["segments"]["real"] if real is not None else None
-
-        share = rank_share(real, batch_real)   # per-sample means over real segments, weighted to the batch's mean
-        recon = {m: share * reconstruction_loss(out["reconstruction"][m], features[m], real) for m in self.modalities}
-        commit = commitment_losses(out["semantic"], out["codewords"], weights.commit_self, weights.commit_partner,
-                                   real)
-        commit = {m: share * v for m, v in commit.items()}
+        if real is not None:   # per-sample means over real segments, weighted to the mean over the batch's
+            share = rank_share(real, batch_real)
+            recon, commit = ({m: share * v for m, v in part.items()} for part in (recon, commit))
         terms["recon"] = sum(recon.values())
         terms["commit"] = sum(commit.values())
         metrics.update({f"recon_{m}": v for m, v in recon.items()})
