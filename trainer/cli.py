@@ -227,8 +227,9 @@ def encode_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument("model", help="a run directory, checkpoints directory, step_N, model.pt, or an export directory "
                    "(CMGModel.save_pretrained)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip shards (brace pattern or glob of .tar), a glob of "
-                   "mp4 files, a directory of KEY.mp4 files, or mp4 files")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip shards (brace pattern or glob of .tar), or media "
+                   "files (KEY.mp4, KEY.wav/.flac, KEY.jpg/.png/.webp; with their KEY.txt/.json): a glob, a directory "
+                   "or the files")
     p.add_argument("--out", required=True, help="a directory (WebDataset shards), or a table: OUT.npz or "
                    "OUT.parquet (Parquet needs pyarrow)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per backbone and model batch")

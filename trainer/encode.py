@@ -16,9 +16,10 @@ Every second of a clip of any length is coded (a 3-s clip gives 3 codes per moda
 training's ``data.decode.seconds``, in consecutive windows: trainer/pretrained.py). An mp4 without an audio track is
 coded without audio: its sample has no audio members, and the manifest lists it under ``absent``.
 
-INPUT: clip shards (a brace pattern, or a glob, of .tar files, as ``shards.write`` packs them), or mp4 files: a glob,
-a directory of ``KEY.mp4`` files, or the files themselves; a file's ``KEY.wav``/``.flac``/``.txt``/``.json`` next to
-it belong to the clip, as ``shards.write`` packs them. Give shards or mp4 files, not both.
+INPUT: clip shards (a brace pattern, or a glob, of .tar files, as ``shards.write`` packs them), or media files
+(``KEY.mp4``, ``KEY.wav``/``.flac``, ``KEY.jpg``/``.jpeg``/``.png``/``.webp``): a glob, a directory of them, or the
+files themselves; the files of one KEY in one folder (with its ``KEY.txt``/``.json``) are one sample, as
+``shards.write`` packs them. Give shards or media files, not both.
 
 OUT, one of:
 - a directory: WebDataset shards ``OUT/codes-%06d.tar`` whose clip ``KEY`` has, for every modality m the model
@@ -35,7 +36,8 @@ OUT, one of:
   lacks); the codebook in ``OUT.codebook.npy``.
 A table's manifest is ``OUT.manifest.json`` next to it.
 
-Work: a unit is an input shard, or ``--clips-per-shard`` mp4 clips in sorted order; unit i becomes ``codes-<i>.tar``.
+Work: a unit is an input shard, or ``--clips-per-shard`` samples of media files in sorted order; unit i becomes
+``codes-<i>.tar``.
 Rank r of a launch (RANK / WORLD_SIZE, as accelerate launch and torchrun set them; no process group is formed) takes
 units ``[r::world]``; its ``--num-workers`` DataLoader processes decode them (worker w: its units ``[w::W]``) while the
 backbones and the model run in the rank's process, on its device. Resumable: a unit's shard is written under a
@@ -78,7 +80,7 @@ from shards.extract import ClipFiles, ShardBatches, default_device, launch_rank,
 from shards.inspect import expand_shard_args
 from shards.write import collect_clips
 from trainer.cli import encode_parser
-from trainer.data.decode import WholeClip, decode_whole_sample
+from trainer.data.decode import AUDIO_MEMBERS, IMAGE_MEMBERS, VIDEO_MEMBER, WholeClip, decode_whole_sample
 from trainer.data.features import decode_npy, encode_npy
 from trainer.data.stream import MANIFEST_NAME, load_manifest_counts
 from trainer.pretrained import CMGModel, Codes
@@ -107,16 +109,26 @@ class Unit:
 
 
 # ---------------------------------------------------------------------- inputs
-def _clip_files(mp4s: list[Path]) -> list[tuple[str, dict[str, Path]]]:
-    """Each mp4 with the files of its clip next to it (``shards.write.collect_clips``), keys unique."""
+MEDIA_SUFFIXES = (VIDEO_MEMBER, *AUDIO_MEMBERS, *IMAGE_MEMBERS)   # the files that make a sample: KEY.mp4, KEY.jpg, ...
+
+
+def _media_suffix(path: Path) -> str:
+    return path.name.partition(".")[2].lower()
+
+
+def _clip_files(paths: list[Path]) -> list[tuple[str, dict[str, Path]]]:
+    """The sample of each media file with the files of its key next to it (``shards.write.collect_clips``: KEY.mp4
+    with KEY.wav, KEY.txt, KEY.json, ...; a KEY.jpg with its KEY.txt), once per key, keys unique across folders."""
     clips, seen, folders = [], {}, {}
-    for path in mp4s:
+    for path in paths:
         key = path.name.partition(".")[0]
         folder = folders.setdefault(path.parent, collect_clips(path.parent))
-        if folder.get(key, {}).get("mp4") != path:
-            raise ValueError(f"{path}: not a clip file KEY.mp4 (a key holds no dot)")
+        if folder.get(key, {}).get(_media_suffix(path)) != path:
+            raise ValueError(f"{path}: not a media file KEY.{'|'.join(MEDIA_SUFFIXES)} (a key holds no dot)")
         if key in seen:
-            raise ValueError(f"two clips have the key {key!r}: {seen[key]} and {path}")
+            if seen[key].parent == path.parent:    # KEY.mp4 and KEY.wav of one sample
+                continue
+            raise ValueError(f"two samples have the key {key!r}: {seen[key]} and {path}")
         seen[key] = path
         clips.append((key, dict(folder[key])))
     return clips
@@ -125,14 +137,15 @@ def _clip_files(mp4s: list[Path]) -> list[tuple[str, dict[str, Path]]]:
 def input_units(inputs: Sequence[str], clips_per_shard: int) -> list[Unit]:
     """The units of work of ``inputs`` (module docstring), in order."""
     shards: list[str] = []
-    mp4s: list[Path] = []
+    files: list[Path] = []
     for spec in inputs:
         path = Path(spec)
         if path.is_dir():
-            found = [files["mp4"] for files in collect_clips(path).values() if "mp4" in files]
+            found = [member for sample in collect_clips(path).values() for suffix, member in sample.items()
+                     if suffix in MEDIA_SUFFIXES]
             if not found:
-                raise ValueError(f"{spec}: no KEY.mp4 file in this directory")
-            mp4s += found
+                raise ValueError(f"{spec}: no media file (KEY.{'|'.join(MEDIA_SUFFIXES)}) in this directory")
+            files += found
         elif spec.endswith(".tar") or "{" in spec or spec.startswith("pipe:"):
             found = expand_shard_args([spec])   # brace patterns expanded, globs matched
             missing = [url for url in found if ":" not in url.split("/")[0] and not Path(url).is_file()]
@@ -143,18 +156,18 @@ def input_units(inputs: Sequence[str], clips_per_shard: int) -> list[Unit]:
             matched = sorted(glob(spec))
             if not matched:
                 raise ValueError(f"{spec}: no file matches")
-            mp4s += [Path(m) for m in matched if m.lower().endswith(".mp4")]
+            files += [Path(m) for m in matched if _media_suffix(Path(m)) in MEDIA_SUFFIXES]
         elif path.is_file():
-            mp4s.append(path)
+            files.append(path)
         else:
             raise ValueError(f"{spec}: not found")
-    if shards and mp4s:
-        raise ValueError("give clip shards or mp4 files, not both")
+    if shards and files:
+        raise ValueError("give clip shards or media files, not both")
     if shards:
         return [Unit(i, url) for i, url in enumerate(shards)]
-    if not mp4s:
-        raise ValueError(f"{list(inputs)}: no mp4 file")
-    clips = _clip_files(mp4s)
+    if not files:
+        raise ValueError(f"{list(inputs)}: no media file ({', '.join(MEDIA_SUFFIXES)})")
+    clips = _clip_files(files)
     return [Unit(i, clips[start:start + clips_per_shard])
             for i, start in enumerate(range(0, len(clips), clips_per_shard))]
 

@@ -63,4 +63,12 @@ def test_a_pair_job_trains_on_its_two_modalities_and_resumes_exactly(tmp_path, k
     member = "jpg" if first == "image" else "wav"
     api = model.encode(**{first: [s[member] for s in samples]})[first]
     assert torch.equal(api.codes, torch.from_numpy(table[f"{first}.codes"][order]))
+    # the items' folder itself (KEY.jpg or KEY.wav with KEY.txt): the same codes as their shards
+    files = tmp_path / "files.npz"
+    assert encode_main([str(reference), str(tmp_path / "data" / "items"), "--out", str(files), "--num-workers", "0",
+                        "--no-progress"]) == EXIT_OK
+    from_files = np.load(files, allow_pickle=False)
+    assert sorted(from_files["key"]) == sorted(table["key"])
+    for m in (first, second):
+        assert np.array_equal(from_files[f"{m}.codes"][np.argsort(from_files["key"])], table[f"{m}.codes"][order])
 
