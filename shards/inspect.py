@@ -14,8 +14,8 @@ per bad member with its reason. Bad means: a member that does not decode, a samp
 empty member, members that disagree (two images, or an image and an mp4), a member the stream never reads
 (e.g. ``.pyd``: it is reported, never unpickled), an unreadable tar, a shard whose sample count differs from
 the manifest (``manifest.json`` next to the shards is used when present), or with ``--seconds S`` a sample whose
-video or audio is shorter than the S seconds a training run decodes (``decode.seconds``; the stream would skip
-it).
+video or audio is shorter than the S seconds a training run reads at the least (``decode.min_seconds``, else
+``decode.seconds``; the stream would skip it).
 Exits 1 if anything is bad, else 0.
 """
 
