@@ -22,7 +22,9 @@ Datasets and the protocols (``--tasks``; trainer/eval/probes.py) that read them:
 - ``--data`` (AVE's role; default: the pretraining data): ``classification`` (AVE: accuracy, V→A and A→V),
   ``retrieval`` (X→audio and audio→X, recall@1/5/10), ``class_retrieval`` (every modality pair, both directions,
   class-level precision@1/5/10, grouped as seed 004's seen / unseen pairs), and the training side of
-  ``cross_dataset``; ``localisation`` too when no second dataset is given;
+  ``cross_dataset``; ``localisation`` too when no second dataset is given; ``zero_shot_retrieval`` (only when
+  ``--tasks`` names it: seed 003 Table 2 and seed 004's retrieval; every item of --data, unlabelled pairs of any
+  modalities and several captions per item, R@1/5/10 both ways and their mean; trainer/eval/retrieval.py);
 - ``--cross-data`` / ``--cross-public`` (AVVP's role: per-modality per-second labels): ``localisation`` (AVVP:
   micro P/R/F1) and the test side of ``cross_dataset`` (AVE→AVVP: weakly supervised on --data's clip labels,
   micro F1 per segment on this dataset's shared classes: the 12 of seed 000 §B.2 matched by name, or
@@ -71,14 +73,17 @@ from trainer.eval.encode import (
 from trainer.eval.paper import PAPER_HEADS, checkpoint_switches, render_tables, table_metrics
 from trainer.eval.probes import (
     SPLITS, CodeSplit, ProbeConfig, ProbeResult, class_retrieval, classification_probe, code_agreement,
-    cross_dataset_classification, cross_dataset_probe, localisation_probe, zero_shot_retrieval,
+    cross_dataset_classification, cross_dataset_probe, localisation_probe, paired_clip_retrieval,
 )
+from trainer.eval.retrieval import read_retrieval_items, zero_shot_retrieval
 from trainer.job import JobConfig, read_run_config
-from trainer.pretrained import frozen_backbones
+from trainer.pretrained import CMGModel, frozen_backbones
 from trainer.toc import TOCConfig, toc_scores
 from trainer.tracking import Tracker, log_metrics_to_run
 
-TASKS = ("classification", "localisation", "cross_dataset", "ucf_vgg", "retrieval", "class_retrieval")
+TASKS = ("classification", "localisation", "cross_dataset", "ucf_vgg", "retrieval", "class_retrieval",
+         "zero_shot_retrieval")
+ON_REQUEST = ("zero_shot_retrieval",)   # run only when --tasks names them: they read --data as unlabelled pairs
 LABELLED_MODALITIES = ("audio", "video")   # the modalities that carry per-segment event labels
 # the datasets a protocol needs beyond --data, and the options that give them
 NEEDS = {"cross_dataset": ("cross",), "ucf_vgg": ("ucf", "vgg")}
@@ -202,7 +207,7 @@ def selected_tasks(cfg: EvaluateConfig) -> tuple[str, ...]:
         missing = [OPTIONS[name] for name in NEEDS.get(task, ()) if name not in given]
         if missing:
             raise ValueError(f"task '{task}' needs its data: give {' and '.join(missing)}")
-    return cfg.tasks or tuple(t for t in TASKS if set(NEEDS.get(t, ())) <= given)
+    return cfg.tasks or tuple(t for t in TASKS if set(NEEDS.get(t, ())) <= given and t not in ON_REQUEST)
 
 
 def datasets_needed(tasks: tuple[str, ...], cfg: EvaluateConfig) -> list[str]:
@@ -320,7 +325,7 @@ def run_retrieval(tasks: tuple[str, ...], test: CodeSplit, modalities: tuple[str
         for m in (m for m in present if m != "audio"):
             aligned = m in LABELLED_MODALITIES
             retrieval[m] = {
-                direction: {f"R@{k}": v for k, v in zero_shot_retrieval(test, q, g, aligned=aligned).items()}
+                direction: {f"R@{k}": v for k, v in paired_clip_retrieval(test, q, g, aligned=aligned).items()}
                 for direction, q, g in (("to_audio", m, "audio"), ("from_audio", "audio", m))}
     pairs = {}
     if "class_retrieval" in tasks:
@@ -331,6 +336,23 @@ def run_retrieval(tasks: tuple[str, ...], test: CodeSplit, modalities: tuple[str
             pairs[f"{a}↔{b}"] = {"seen": frozenset((a, b)) in seen, "precision": precision,
                                  "avg": sum(values) / len(values)}
     return retrieval, pairs
+
+
+def run_zero_shot_retrieval(pretrained: Pretrained, src: SourceConfig, job: JobConfig,
+                            dims: Tensor | None) -> dict[str, Any]:
+    """Seed 003 Table 2's protocol on every item of ``src`` (clip shards of any pairs: image+text, audio+text,
+    image+audio, video+text, audio-video): every pair of the model's modalities present, R@1/5/10 both ways and their
+    mean (trainer/eval/retrieval.py), on the code dimensions ``dims`` (TOC) when given."""
+    data_cfg = data_config(src, job)
+    if data_cfg.kind != "clips":
+        raise ValueError(f"zero_shot_retrieval reads clip shards (mp4, wav/flac, jpg/png/webp with their txt); "
+                         f"{data_cfg.urls} are {data_cfg.kind!r} shards")
+    coder = CMGModel.from_pretrained(pretrained.checkpoint, backbones=src.backbones or None)
+    items = read_retrieval_items(coder, data_cfg.urls)
+    if dims is not None:
+        items = items.select_dims(dims)
+    return {"urls": data_cfg.urls, "items": len(items.keys), "skipped": len(items.skipped),
+            "pairs": zero_shot_retrieval(items, trained_pairs(pretrained.model))}
 
 
 def positive_rate(dataset: EncodedDataset) -> float:
@@ -354,6 +376,8 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
     results = run_probes(tasks, data, cfg.heads, {task: pairs for task, (_, pairs) in shared.items()}, modalities)
     retrieval, pairs = ({}, {}) if "data" not in data else \
         run_retrieval(tasks, data["data"].splits["test"], modalities, trained_pairs(model))
+    zero_shot = run_zero_shot_retrieval(pretrained, cfg.source, job, None if toc is None else toc.selected) \
+        if "zero_shot_retrieval" in tasks else {}
 
     localised = data.get("cross") or data.get("data")       # the dataset localisation reads
     agreement = None
@@ -373,7 +397,7 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
         "toc": None if toc is None else {"dims": toc.selected.tolist(), "lambda": cfg.toc.balance,
                                          "normalize": cfg.toc.normalize},
         "probes": [dataclasses.asdict(r) | {"direction": r.direction} for r in results],
-        "retrieval": retrieval, "class_retrieval": pairs,
+        "retrieval": retrieval, "class_retrieval": pairs, "zero_shot_retrieval": zero_shot,
         "same_code_share": agreement, "positive_rate": 0.0 if localised is None else positive_rate(localised),
         "encode_s": encoded - start, "probe_s": time.perf_counter() - encoded,
     }
@@ -395,11 +419,12 @@ def format_table(report: dict[str, Any]) -> str:
         clips = dataset["clips"]
         lines.append(f"  {roles[name]}: {dataset['classes']} classes, train/val/test = "
                      f"{clips['train']}/{clips['val']}/{clips['test']} clips")
-    lines += ["epoch chosen on the source modality's val split; 'cross' = target modality's test split, "
-              "'in-modality' = source modality's test split (same head)",
-              f"{'task':<16}{'dir':<6}{'metric':<10}{'cross':>8}{'in-modality':>13}{'val':>8}{'epoch':>7}"
-              f"{'precision':>11}{'recall':>8}"]
-    lines.append("-" * len(lines[-1]))
+    if report["probes"] or report["retrieval"] or report["class_retrieval"]:
+        lines += ["epoch chosen on the source modality's val split; 'cross' = target modality's test split, "
+                  "'in-modality' = source modality's test split (same head)",
+                  f"{'task':<16}{'dir':<6}{'metric':<10}{'cross':>8}{'in-modality':>13}{'val':>8}{'epoch':>7}"
+                  f"{'precision':>11}{'recall':>8}"]
+        lines.append("-" * len(lines[-1]))
     for p in report["probes"]:
         extra = (f"{100 * p['details']['precision']:>11.1f}{100 * p['details']['recall']:>8.1f}"
                  if "precision" in p["details"] else "")
@@ -417,11 +442,31 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"{'class retrieval':<16}{_initials(direction):<6}{seen:<10}{ranks:>30}")
         average = f"Avg. {100 * scores['avg']:.1f}"
         lines.append(f"{'class retrieval':<16}{_initials(pair):<6}{seen:<10}{average:>30}")
+    if report["zero_shot_retrieval"]:
+        lines += zero_shot_lines(report["zero_shot_retrieval"])
     if report["same_code_share"] is not None:
         lines.append(f"same code at (clip, segment) cells where audio and video carry the same event (every split): "
                      f"{100 * report['same_code_share']:.1f}%")
-    lines.append(f"encoding {report['encode_s']:.1f} s, heads {report['probe_s']:.1f} s")
+    lines.append(f"encoding {report['encode_s']:.1f} s, heads and retrieval {report['probe_s']:.1f} s")
     return "\n".join(lines)
+
+
+def zero_shot_lines(zero_shot: dict[str, Any]) -> list[str]:
+    """The zero-shot retrieval table: per pair, R@1/5/10 each way, their mean (the seeds' number) and chance."""
+    lines = [f"zero-shot retrieval on {zero_shot['items']} items of {zero_shot['urls']} "
+             f"({zero_shot['skipped']} corrupt samples skipped); pooled code vectors, cosine; R@1 / R@5 / R@10 (%)",
+             f"{'pair':<8}{'':<8}{'dir':<8}{'R@1':>7}{'R@5':>7}{'R@10':>7}   chance R@1/5/10   queries"]
+    for pair, scores in zero_shot["pairs"].items():
+        seen = "seen" if scores["seen"] else "unseen"
+        for direction, recall in scores["directions"].items():
+            chance = " / ".join(f"{100 * v:.1f}" for v in scores["chance"][direction].values())
+            lines.append(f"{_initials(pair):<8}{seen:<8}{_initials(direction):<8}"
+                         + "".join(f"{100 * v:>7.1f}" for v in recall.values())
+                         + f"   {chance:<17} {scores['queries'][direction]}")
+        lines.append(f"{_initials(pair):<8}{seen:<8}{'mean':<8}" + "".join(f"{100 * v:>7.1f}"
+                                                                         for v in scores["mean"].values())
+                     + (f"   ({scores['without']} items lack one of the two)" if scores["without"] else ""))
+    return lines
 
 
 def _metric_key(direction: str) -> str:
@@ -443,6 +488,11 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
         for direction, precision in scores["precision"].items():
             metrics.update({f"eval/class_retrieval/{_metric_key(direction)}/{k}": v for k, v in precision.items()})
         metrics[f"eval/class_retrieval/{_metric_key(pair)}/avg"] = scores["avg"]
+    for pair, scores in report["zero_shot_retrieval"].get("pairs", {}).items():
+        for direction, recall in scores["directions"].items():
+            metrics.update({f"eval/zero_shot_retrieval/{_metric_key(direction)}/{k}": v for k, v in recall.items()})
+        metrics.update({f"eval/zero_shot_retrieval/{_metric_key(pair)}/mean_{k}": v
+                        for k, v in scores["mean"].items()})
     if report["same_code_share"] is not None:
         metrics["eval/same_code_share"] = report["same_code_share"]
     return metrics

@@ -238,12 +238,14 @@ class CMGModel:
                                                for j in range(len(codes.codes)))
         return coded
 
-    def encode_whole_clips(self, clips: Sequence[WholeClip], batch_size: int = 16) -> dict[str, list[Codes | None]]:
+    def encode_whole_clips(self, clips: Sequence[WholeClip], batch_size: int = 16,
+                           streams: Sequence[str] | None = None) -> dict[str, list[Codes | None]]:
         """Per model modality, the codes of each clip decoded by ``trainer.data.decode.decode_whole_sample`` (one
-        clip's ``Codes`` as in ``encode_windows``; an image: one segment; text: its caption's real tokens), or None
-        where the clip lacks the modality's stream (an mp4 without an audio track, an image+text sample's video)."""
+        clip's ``Codes`` as in ``encode_windows``; an image: one segment; text: its first caption's real tokens), or
+        None where the clip lacks the modality's stream (an mp4 without an audio track, an image+text sample's video).
+        ``streams``: only the modalities of these data streams (None: every stream the model codes)."""
         out: dict[str, list[Codes | None]] = {}
-        for stream in sorted({self.streams[m] for m in self.modalities}):
+        for stream in sorted({self.streams[m] for m in self.modalities} & set(streams or self.streams.values())):
             if stream == "text":
                 for m, codes in self.encode(text=[c.caption for c in clips], batch_size=batch_size).items():
                     out[m] = [Codes(codes.codes[i][real], codes.quantized[i][real], codes.semantic[i][real])
@@ -251,7 +253,7 @@ class CMGModel:
                 continue
             have = [i for i, clip in enumerate(clips) if getattr(clip, stream) is not None]
             out |= {m: [None] * len(clips) for m in self.modalities if self.streams[m] == stream}
-            media = [torch.from_numpy(getattr(clips[i], stream)) for i in have]
+            media = [torch.from_numpy(_writable(getattr(clips[i], stream))) for i in have]
             if not media:
                 continue
             coded_stream = self.encode_images(torch.stack(media), batch_size) if stream == "image" else \
@@ -435,3 +437,8 @@ def _concat(parts: list[Codes], keep_mask: bool = True) -> Codes:
 
     masked = keep_mask and parts[0].mask is not None
     return Codes(cat("codes", -1), cat("quantized", 0.0), cat("semantic", 0.0), cat("mask", 0.0) if masked else None)
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """``array``, copied when it is read-only (a decoder's view of its buffer): torch tensors assume they may write."""
+    return array if array.flags.writeable else array.copy()

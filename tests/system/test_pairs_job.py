@@ -1,9 +1,11 @@
 """The real job on pair shards (trainer/main.py on ``shards.synth --pairs`` items packed by ``shards.write``): an
 image-text and an audio-text job train through the product's path, the image through its own backbone as one
 segment repeated along its caption's tokens, and resume exactly; ``cmg encode`` then codes the same shards (an image
-as one segment, a 10-s audio as 10), as the API does. Whether such runs learn is measured by
-``python -m trainer.programs.bench.pairs`` (docs/results/pairs.md)."""
+as one segment, a 10-s audio as 10), as the API does, and ``trainer.evaluate --tasks zero_shot_retrieval`` ranks
+them (every caption of an item, both directions) as the API's codes rank them. Whether such runs learn is measured
+by ``python -m trainer.programs.bench.pairs`` (docs/results/pairs.md)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,9 @@ from job_utils import REPO, read_metrics, run_job
 
 from trainer.encode import EXIT_OK
 from trainer.encode import main as encode_main
+from trainer.eval.metrics import recall_at_k
+from trainer.eval.retrieval import pooled
+from trainer.evaluate import main as evaluate_main
 from trainer.pretrained import CMGModel
 
 from shards.synth import SynthConfig, synthesise
@@ -72,3 +77,32 @@ def test_a_pair_job_trains_on_its_two_modalities_and_resumes_exactly(tmp_path, k
     for m in (first, second):
         assert np.array_equal(from_files[f"{m}.codes"][np.argsort(from_files["key"])], table[f"{m}.codes"][order])
 
+    # zero-shot retrieval on the same items through trainer.evaluate: both captions of every item are queries and
+    # relevant gallery rows, and the numbers are those of the API's codes pooled and ranked here
+    report = tmp_path / "retrieval.json"
+    assert evaluate_main([str(reference), "--tasks", "zero_shot_retrieval", "--data", urls, "--no-tracking",
+                          "--json", str(report)]) == 0
+    zero_shot = json.loads(report.read_text())["zero_shot_retrieval"]
+    forward, backward = f"{first}→{second}", f"{second}→{first}"
+    scores = zero_shot["pairs"][f"{first}↔{second}"]
+    assert zero_shot["items"] == ITEMS and scores["items"] == ITEMS and scores["seen"] and scores["without"] == 0
+    assert scores["queries"] == {forward: ITEMS, backward: 2 * ITEMS}          # synth writes two captions an item
+    captions = [(i, c) for i, s in enumerate(samples) for c in s["txt"].decode().splitlines() if c.strip()]
+    text = model.encode(text=[c for _, c in captions])[second]
+    media = torch.stack([pooled(type(api)(*(getattr(api, f)[i] if getattr(api, f) is not None else None
+                                            for f in ("codes", "quantized", "semantic", "mask"))))
+                         for i in range(ITEMS)])
+    words = torch.stack([pooled(type(text)(text.codes[j], text.quantized[j], text.semantic[j], text.mask[j]))
+                         for j in range(len(captions))])
+    similarity = torch.nn.functional.normalize(media, dim=-1) @ torch.nn.functional.normalize(words, dim=-1).T
+    relevant = torch.arange(ITEMS)[:, None] == torch.tensor([i for i, _ in captions])[None, :]
+    for direction, (sim, rel) in {forward: (similarity, relevant), backward: (similarity.T, relevant.T)}.items():
+        expected = {f"R@{k}": v for k, v in recall_at_k(sim, rel).items()}
+        assert scores["directions"][direction] == pytest.approx(expected, abs=1e-9), direction
+    assert scores["chance"][forward]["R@1"] == pytest.approx(2 / (2 * ITEMS))    # 2 of 16 captions relevant
+    assert scores["chance"][backward]["R@5"] == pytest.approx(5 / ITEMS)
+    # TOC: the same protocol on the dimensions it keeps
+    assert evaluate_main([str(reference), "--tasks", "zero_shot_retrieval", "--data", urls, "--no-tracking",
+                          "--toc", "4", "--json", str(report)]) == 0
+    toc = json.loads(report.read_text())
+    assert len(toc["toc"]["dims"]) == 4 and toc["zero_shot_retrieval"]["pairs"][f"{first}↔{second}"]["items"] == ITEMS

@@ -1,6 +1,7 @@
 """Downstream metrics, heads, the probe protocols, the shared-class lists and the seed tables on hand-made cases
 (trainer/eval)."""
 
+import itertools
 import math
 
 import pytest
@@ -14,7 +15,7 @@ from trainer.eval.paper import PAPER_HEADS, PAPER_TABLES, SEED001_TABLE3, checkp
     table_metrics
 from trainer.eval.probes import (
     CodeSplit, ProbeConfig, _fit, class_retrieval, classification_probe, code_agreement, cross_dataset_classification,
-    cross_dataset_probe, localisation_probe, map_classes, zero_shot_retrieval,
+    cross_dataset_probe, localisation_probe, map_classes, paired_clip_retrieval,
 )
 from trainer.models.comet import COMETModel
 
@@ -65,12 +66,38 @@ def test_micro_prf_all_empty_predictions_and_zero_division():
     assert (prf.precision, prf.recall, prf.f1) == (1.0, 1.0, 1.0)
 
 
-def test_recall_at_k_hand_ranked_with_ties_counted_against_the_query():
+def test_recall_at_k_hand_ranked_with_ties_in_random_order():
     similarity = torch.tensor([[0.9, 0.1, 0.5, 0.3],    # relevant 0 ranks first
                                [0.2, 0.4, 0.8, 0.9],    # relevant 1 ranks third
-                               [0.5, 0.5, 0.5, 0.5]])   # all tied: relevant 2 counts as last
+                               [0.5, 0.5, 0.5, 0.5]])   # all tied: relevant 2 ranks 1st..4th with 1/4 each
     recall = recall_at_k(similarity, torch.tensor([0, 1, 2]), ks=(1, 2, 3, 4))
-    assert recall == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 2 / 3, 4: 1.0})
+    assert recall == pytest.approx({1: (1 + 0 + 1 / 4) / 3, 2: (1 + 0 + 2 / 4) / 3, 3: (1 + 1 + 3 / 4) / 3, 4: 1.0})
+
+
+def test_recall_at_k_with_several_relevant_items_and_ties_by_hand():
+    # query 0: matches 1 and 3; item 0 (no match) scores above both, item 3 ties with item 2 (no match) at 0.6:
+    #   a = 1, e = 1, r = 1 -> R@1 = 0; R@2 = 1 - P(X >= 1) = 1 - 1/2; R@3 = 1
+    # query 1: matches 0 and 2, both tied with items 1 and 3 at 0.5: a = 0, e = 2, r = 2 -> R@1 = 1 - 2/4 = 1/2,
+    #   R@2 = 1 - (2/4)(1/3) = 5/6, R@3 = 1
+    # query 2: one match, item 3, scoring first: 1 for every k
+    similarity = torch.tensor([[0.9, 0.4, 0.6, 0.6],
+                               [0.5, 0.5, 0.5, 0.5],
+                               [0.1, 0.2, 0.3, 0.4]])
+    relevant = torch.tensor([[False, True, False, True],
+                             [True, False, True, False],
+                             [False, False, False, True]])
+    recall = recall_at_k(similarity, relevant, ks=(1, 2, 3))
+    assert recall == pytest.approx({1: (0 + 1 / 2 + 1) / 3, 2: (1 / 2 + 5 / 6 + 1) / 3, 3: 1.0})
+    # the expectation over tie orders equals the mean over every order of the tied items
+    orders = list(itertools.permutations(range(4)))
+    hits = 0.0
+    for order in orders:                       # a tiny epsilon per position breaks ties in this order
+        broken = similarity[1] + 1e-6 * torch.tensor([3 - order.index(j) for j in range(4)], dtype=torch.float32)
+        ranked = broken.argsort(descending=True)
+        hits += float(relevant[1][ranked[:2]].any())
+    assert hits / len(orders) == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match="no relevant item"):
+        recall_at_k(similarity, torch.zeros(3, 4, dtype=torch.bool))
 
 
 def test_class_precision_at_k_hand_ranked_with_ties_against_the_query():
@@ -176,11 +203,11 @@ def test_zero_shot_retrieval_finds_the_paired_clip():
     audio = torch.randn(12, 5, 8, generator=g)
     split = CodeSplit({"audio": audio, "video": audio + 0.01 * torch.randn(12, 5, 8, generator=g)}, {}, {},
                       torch.zeros(12, dtype=torch.int64))
-    assert zero_shot_retrieval(split, "video") == {1: 1.0, 5: 1.0, 10: 1.0}
+    assert paired_clip_retrieval(split, "video") == {1: 1.0, 5: 1.0, 10: 1.0}
     split.vectors["text"] = audio.mean(1, keepdim=True).expand(12, 3, 8)            # 3 "tokens", no time axis
-    assert zero_shot_retrieval(split, "text") == {1: 1.0, 5: 1.0, 10: 1.0}           # matched on clip means
+    assert paired_clip_retrieval(split, "text") == {1: 1.0, 5: 1.0, 10: 1.0}           # matched on clip means
     split.vectors["video"] = split.vectors["video"][torch.roll(torch.arange(12), 1)]   # pairs broken
-    assert zero_shot_retrieval(split, "video", ks=(1,))[1] == 0.0
+    assert paired_clip_retrieval(split, "video", ks=(1,))[1] == 0.0
 
 
 def test_retrieval_aligned_per_segment_or_by_clip_means():
@@ -189,11 +216,11 @@ def test_retrieval_aligned_per_segment_or_by_clip_means():
     # own clip vs 0.75 / (0.7071 · 1.1180) = 0.9487 for the other -> each picks its own.
     audio = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [2.0, 0.0]]])
     split = CodeSplit({"audio": audio, "text": audio.flip(1)}, {}, {}, torch.zeros(2, dtype=torch.int64))
-    assert zero_shot_retrieval(split, "text", ks=(1,)) == {1: 0.0}                 # equal lengths: aligned
-    assert zero_shot_retrieval(split, "text", ks=(1,), aligned=False) == {1: 1.0}
+    assert paired_clip_retrieval(split, "text", ks=(1,)) == {1: 0.0}                 # equal lengths: aligned
+    assert paired_clip_retrieval(split, "text", ks=(1,), aligned=False) == {1: 1.0}
     split.vectors["text"] = torch.cat([split.vectors["text"], torch.zeros(2, 1, 2)], 1)
     with pytest.raises(ValueError, match="aligned retrieval needs equal segments"):
-        zero_shot_retrieval(split, "text", aligned=True)
+        paired_clip_retrieval(split, "text", aligned=True)
 
 
 def test_code_agreement_per_class_over_cells_where_both_carry_the_event():
@@ -260,8 +287,8 @@ def test_retrieval_in_both_directions_ranks_rows_and_columns():
     audio = torch.stack([_unit(0), _unit(30)]).unsqueeze(1)
     video = torch.stack([_unit(10), _unit(80)]).unsqueeze(1)
     split = CodeSplit({"audio": audio, "video": video}, {}, {}, torch.zeros(2, dtype=torch.int64))
-    assert zero_shot_retrieval(split, "video", "audio", ks=(1, 2)) == {1: 1.0, 2: 1.0}
-    assert zero_shot_retrieval(split, "audio", "video", ks=(1, 2)) == {1: 0.5, 2: 1.0}
+    assert paired_clip_retrieval(split, "video", "audio", ks=(1, 2)) == {1: 1.0, 2: 1.0}
+    assert paired_clip_retrieval(split, "audio", "video", ks=(1, 2)) == {1: 0.5, 2: 1.0}
 
 
 def test_class_retrieval_precision_at_k_by_hand():

@@ -324,12 +324,17 @@ def pick_caption(captions: list[str], key: str, seed: int | None) -> str:
     return captions[int.from_bytes(digest[:8], "little") % len(captions)]
 
 
+def sample_captions(sample: Mapping[str, Any]) -> list[str]:
+    """Every caption of the sample's txt member, in order ([] without one)."""
+    if CAPTION_MEMBER not in sample:
+        return []
+    return decode_captions(sample[CAPTION_MEMBER], member_where(sample, CAPTION_MEMBER))
+
+
 def sample_caption(sample: Mapping[str, Any], seed: int | None = None) -> str | None:
     """The sample's caption (of several, the one ``pick_caption`` picks with ``seed``), or None without a txt member."""
-    if CAPTION_MEMBER not in sample:
-        return None
-    captions = decode_captions(sample[CAPTION_MEMBER], member_where(sample, CAPTION_MEMBER))
-    return pick_caption(captions, str(sample.get("__key__")), seed)
+    captions = sample_captions(sample)
+    return pick_caption(captions, str(sample.get("__key__")), seed) if captions else None
 
 
 def segment_frame_indices(fps: float, seconds: int, per_segment: int, start: int = 0) -> list[int]:
@@ -497,9 +502,14 @@ class WholeClip:
     video: np.ndarray | None  # (t f h w 3) uint8, t = clip_seconds of the video's duration
     audio: np.ndarray | None  # (t s) float32: the video's t seconds, else the track's own
     image: np.ndarray | None  # (h w 3) uint8
-    caption: str | None
+    captions: tuple[str, ...]  # every caption of the txt member, in order (): none
     labels: ClipLabels  # of the t seconds (BACKGROUND past the json's last second; 1 for an image alone)
     url: str
+
+    @property
+    def caption(self) -> str | None:
+        """The caption a clip is coded with: the first of several (None: no txt member)."""
+        return self.captions[0] if self.captions else None
 
 
 def decode_whole_sample(sample: Mapping[str, Any], cfg: DecodeConfig,
@@ -508,9 +518,10 @@ def decode_whole_sample(sample: Mapping[str, Any], cfg: DecodeConfig,
     ``CorruptSample``.
 
     A sample needs one of the media streams ``modalities`` name ("missing_member" naming them otherwise), and with
-    ``text`` among them its caption (of several, the first); a media stream it lacks is None, coded without. The audio
-    (a wav/flac member, else the mp4's track) is cut or zero-padded to the video's seconds where there is a video; an
-    mp4 without an audio track gives ``audio=None`` instead of a skip. An image is one segment."""
+    ``text`` among them its captions (all of them; a clip is coded with the first); a media stream it lacks is None,
+    coded without. The audio (a wav/flac member, else the mp4's track) is cut or zero-padded to the video's seconds
+    where there is a video; an mp4 without an audio track gives ``audio=None`` instead of a skip. An image is one
+    segment."""
     wanted = [m for m in MEDIA_MODALITIES if m in modalities]
     have = [m for m in wanted if m in sample_modalities(sample)]
     if not have:
@@ -518,7 +529,7 @@ def decode_whole_sample(sample: Mapping[str, Any], cfg: DecodeConfig,
         raise CorruptSample("missing_member", member_where(sample, "|".join(members[m] for m in wanted)),
                             f"no member of {', '.join(wanted)}")
     members = media_members(sample, [*have, *([TEXT] if TEXT in modalities else [])])
-    caption = sample_caption(sample)
+    captions = tuple(sample_captions(sample))
     labels = parse_labels(sample[LABEL_MEMBER], member_where(sample, LABEL_MEMBER)) if LABEL_MEMBER in sample else None
     video = audio = image = None
     if IMAGE in members:
@@ -535,7 +546,7 @@ def decode_whole_sample(sample: Mapping[str, Any], cfg: DecodeConfig,
     if video is None and audio is None and image is None:   # an mp4 of an audio-only job without its track
         raise CorruptSample("bad_audio", member_where(sample, VIDEO_MEMBER), "the mp4 has no audio track")
     seconds = len(video) if video is not None else len(audio) if audio is not None else 1
-    return WholeClip(str(sample.get("__key__")), video, audio, image, caption, _fitted_labels(labels, seconds),
+    return WholeClip(str(sample.get("__key__")), video, audio, image, captions, _fitted_labels(labels, seconds),
                      str(sample.get("__url__", "")))
 
 

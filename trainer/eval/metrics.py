@@ -67,18 +67,43 @@ def micro_prf(predicted: Tensor, target: Tensor) -> PRF:
 
 
 def recall_at_k(similarity: Tensor, relevant: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
-    """Share of queries whose relevant gallery item ranks in the top k, for each k.
+    """Share of queries with a relevant gallery item in the top k, for each k (docs/evaluation.md, "Zero-shot
+    retrieval").
 
-    ``similarity``: ``(q g)``, higher = closer; ``relevant``: ``(q)`` gallery index of each query's match.
-    Ties are broken against the query (an item is ranked after every other item with the same score), so
-    a constant similarity scores no better than its worst case.
+    ``similarity``: ``(q g)``, higher = closer. ``relevant``: ``(q)`` the gallery index of each query's one match, or
+    ``(q g)`` bool, several matches per query (an audio clip and its five captions: the query is a hit when any of them
+    ranks within k, as in vsepp and the authors' ``i2t``). Every query needs at least one match.
+
+    Ties are ranked in a uniformly random order and the expectation is reported, so the score does not depend on how a
+    sort breaks ties, and a constant similarity scores chance (k / g with one match). For a query whose best match
+    scores s: ``a`` items that are not matches score above s, and ``e`` others and ``r`` matches score exactly s. Its
+    best match ranks ``a + X``, X the non-matches drawn before the first of r matches from the e + r tied items, and
+    P(X >= x) = prod_{i<x} (e - i) / (e + r - i); the query is a hit within k with probability 1 - P(X >= k - a)
+    (0 when a >= k).
     """
-    if similarity.ndim != 2 or relevant.shape != similarity.shape[:1]:
-        raise ValueError(f"similarity must be (q g) and relevant (q), got {tuple(similarity.shape)} "
+    if similarity.ndim != 2 or relevant.shape not in (similarity.shape[:1], similarity.shape):
+        raise ValueError(f"similarity must be (q g) and relevant (q) or (q g), got {tuple(similarity.shape)} "
                          f"and {tuple(relevant.shape)}")
-    match = similarity.gather(1, relevant.unsqueeze(1))                    # (q 1)
-    rank = (similarity >= match).sum(1) - 1                               # others scoring at least as high
-    return {k: (rank < k).float().mean().item() for k in ks}
+    if relevant.ndim == 1:
+        relevant = torch.nn.functional.one_hot(relevant, similarity.shape[1]).bool()
+    relevant = relevant.bool()
+    if not relevant.any(1).all():
+        raise ValueError(f"queries {(~relevant.any(1)).nonzero().flatten().tolist()[:10]} have no relevant item")
+    best = similarity.masked_fill(~relevant, float("-inf")).amax(1, keepdim=True)       # (q 1)
+    above = ((similarity > best) & ~relevant).sum(1)                                      # a: nothing relevant above
+    tied = similarity == best
+    others = (tied & ~relevant).sum(1).double()                                           # e
+    matches = (tied & relevant).sum(1).double()                                           # r >= 1
+    out = {}
+    for k in ks:
+        need = (k - above).clamp(min=0)             # X must stay below this for a hit
+        # P(X >= need) = prod_{i < need} (e - i) / (e + r - i): 0 once a factor's numerator reaches 0
+        steps = torch.arange(int(need.max()) if len(need) else 0, dtype=torch.float64)
+        factors = ((others[:, None] - steps) / (others[:, None] + matches[:, None] - steps)).clamp(min=0)
+        factors = torch.where(steps[None] < need[:, None], factors, torch.ones_like(factors))
+        miss = factors.prod(1)
+        out[k] = torch.where(need > 0, 1 - miss, torch.zeros_like(miss)).mean().item()
+    return out
 
 
 def class_precision_at_k(similarity: Tensor, query_class: Tensor, gallery_class: Tensor,

@@ -15,7 +15,7 @@ Tasks:
 - ``cross_dataset_classification`` (UCF(v)↔VGG(a), seed 001 §5.1): ``EventClassifier`` + softmax cross-entropy
   over the classes both datasets share, trained on dataset 1's source modality, scored on dataset 2's target
   modality; accuracy;
-- ``zero_shot_retrieval`` (X→audio and audio→X): no training; each query clip's code sequence is matched against
+- ``paired_clip_retrieval`` (X→audio and audio→X): no training; each query clip's code sequence is matched against
   every gallery clip of the split by the mean over segments of the code vectors' cosine similarity (clip
   means for text), and its own counterpart is the relevant item; recall@1/5/10 (the paper trains a retrieval
   model on one query modality first; this zero-shot form needs no second training run);
@@ -340,7 +340,7 @@ def cross_dataset_classification(first: Mapping[str, CodeSplit], second_test: Co
                            score(head, test, source), val_score, epoch)
 
 
-def zero_shot_retrieval(split: CodeSplit, query: str, gallery: str = "audio",
+def paired_clip_retrieval(split: CodeSplit, query: str, gallery: str = "audio",
                         ks: Sequence[int] = (1, 5, 10), aligned: bool | None = None) -> dict[int, float]:
     """query→gallery recall@k in the unified code space (X→audio, audio→X), clip i's own gallery item being the
     match of query clip i.

@@ -1,0 +1,146 @@
+"""Zero-shot cross-modal retrieval over the unified codes (seed 003 Table 2, seed 004 Tables 1-4): no training, every
+item of an evaluation set ranked against every query of another modality (docs/evaluation.md, "Zero-shot retrieval").
+
+    model = CMGModel.from_pretrained("runs/clotho")
+    items = read_retrieval_items(model, "data/clotho-eval/eval-{000000..000003}.tar")
+    scores = pair_retrieval(items, "audio", "text")     # R@1/5/10 of audio→text, text→audio and their mean
+
+What is compared: an item's **code vectors averaged over its real segments** (ẑ = e[code] of every second of an audio
+clip or a video, of the one segment of an image, of every token of a caption; quantize first, then mean), by cosine
+similarity, as the authors' retrieval evaluation does (haihuangcode/CMG ``ACL25-FCID&TOC``: the VQ output of each
+modality, mean over time, cosine; ``retrieval_utils.py`` is derived from vsepp). The code vectors, not the semantic
+vectors z, because the codes are what the method unifies across modalities: two items that land on the same codes are
+close whatever encoder produced them, while z^m of two modalities live in spaces only the codebook ties together.
+
+An item with several captions (Clotho and MSCOCO: 5) gives one text row per caption: a caption query has one correct
+item; an audio or image query is a hit when any of its captions ranks within k (``trainer.eval.metrics.recall_at_k``,
+which also ranks ties in random order and reports the expectation). A pair is scored on the items that have both
+modalities; the others are counted in ``without``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from shards.extract import ShardBatches
+from trainer.data.decode import decode_whole_sample
+from trainer.data.stream import expand_shard_urls
+from trainer.eval.metrics import recall_at_k
+from trainer.pretrained import CMGModel, Codes
+
+KS = (1, 5, 10)
+
+
+def pooled(codes: Codes) -> Tensor:
+    """``(D)``: the mean of one item's code vectors over its real segments (or tokens)."""
+    quantized = codes.quantized if codes.mask is None else codes.quantized[codes.mask]
+    return quantized.float().mean(0)
+
+
+@dataclass
+class ModalityRows:
+    """One modality's rows: a pooled code vector each and the item it belongs to (text: a row per caption)."""
+
+    vectors: Tensor          # (rows D)
+    items: Tensor            # (rows) int64, an index into ``RetrievalItems.keys``
+
+
+@dataclass
+class RetrievalItems:
+    """Every item of an evaluation set, per model modality present in it."""
+
+    keys: list[str]
+    rows: dict[str, ModalityRows]
+    skipped: list[dict[str, str]] = field(default_factory=list)    # corrupt samples (trainer.data.decode.skip_record)
+
+    def select_dims(self, dims: Tensor) -> RetrievalItems:
+        """The same items with only the code dimensions ``dims`` (TOC, trainer/toc.py)."""
+        return RetrievalItems(self.keys, {m: ModalityRows(r.vectors[:, dims], r.items) for m, r in self.rows.items()},
+                              self.skipped)
+
+
+def read_retrieval_items(model: CMGModel, urls: str, batch_size: int = 16) -> RetrievalItems:
+    """Decode every sample of the shards ``urls`` whole (``decode_whole_sample``: clips of any length, images, audio,
+    every caption) and pool the codes ``model`` gives each of its modalities. Corrupt samples are skipped, each named
+    on stderr and counted in ``skipped``."""
+    shards = expand_shard_urls(urls)
+    streams = sorted({model.streams[m] for m in model.modalities})
+    text = [m for m in model.modalities if model.streams[m] == "text"]
+    keys: list[str] = []
+    vectors: dict[str, list[Tensor]] = {}
+    items: dict[str, list[int]] = {}
+    skipped: list[dict[str, str]] = []
+
+    def add(modality: str, item: int, vector: Tensor) -> None:
+        vectors.setdefault(modality, []).append(vector)
+        items.setdefault(modality, []).append(item)
+
+    batches = ShardBatches(list(enumerate(shards)), model.decode, batch_size, streams, decoder=decode_whole_sample,
+                           collate=list)
+    for _, clips, skips, _ in batches:
+        skipped += skips
+        if clips is None:
+            continue
+        first = len(keys)
+        keys += [clip.key for clip in clips]
+        media = model.encode_whole_clips(clips, batch_size, streams=[s for s in streams if s != "text"])
+        for m, coded in media.items():
+            for i, codes in enumerate(coded):
+                if codes is not None:
+                    add(m, first + i, pooled(codes))
+        captions = [(first + i, caption) for i, clip in enumerate(clips) for caption in clip.captions]
+        if text and captions:
+            encoded = model.encode(text=[caption for _, caption in captions], batch_size=batch_size)
+            for m in text:
+                for row, (item, _) in enumerate(captions):
+                    add(m, item, pooled(Codes(*(getattr(encoded[m], f)[row] for f in ("codes", "quantized",
+                                                                                       "semantic", "mask")))))
+    if not keys:
+        raise ValueError(f"{urls}: no items to retrieve (skipped {len(skipped)} corrupt samples)")
+    if skipped:
+        print(f"[cmg] zero-shot retrieval: skipped {len(skipped)} corrupt samples of {urls}", file=sys.stderr)
+    rows = {m: ModalityRows(torch.stack(vectors[m]), torch.tensor(items[m])) for m in model.modalities if m in vectors}
+    return RetrievalItems(keys, rows, skipped)
+
+
+def _direction(similarity: Tensor, relevant: Tensor, ks: Sequence[int]) -> dict[str, float]:
+    return {f"R@{k}": v for k, v in recall_at_k(similarity, relevant, ks).items()}
+
+
+def pair_retrieval(data: RetrievalItems, first: str, second: str, ks: Sequence[int] = KS) -> dict[str, Any]:
+    """R@k of ``first``→``second`` and ``second``→``first`` on the items that have both, their mean per k, and what
+    chance (a constant similarity) would score in each direction."""
+    a, b = data.rows[first], data.rows[second]
+    both = torch.tensor(sorted(set(a.items.tolist()) & set(b.items.tolist())), dtype=torch.int64)
+    if len(both) < 2:
+        raise ValueError(f"zero-shot retrieval {first}↔{second}: {len(both)} items have both modalities")
+    keep_a, keep_b = torch.isin(a.items, both), torch.isin(b.items, both)
+    va, ia = F.normalize(a.vectors[keep_a], dim=-1), a.items[keep_a]
+    vb, ib = F.normalize(b.vectors[keep_b], dim=-1), b.items[keep_b]
+    similarity = va @ vb.T                                      # (rows of first, rows of second): cosine
+    relevant = ia[:, None] == ib[None, :]
+    forward, backward = f"{first}→{second}", f"{second}→{first}"
+    scores = {forward: _direction(similarity, relevant, ks), backward: _direction(similarity.T, relevant.T, ks)}
+    chance = {forward: _direction(torch.zeros_like(similarity), relevant, ks),
+              backward: _direction(torch.zeros_like(similarity.T), relevant.T, ks)}
+    items_with = set(a.items.tolist()) | set(b.items.tolist())
+    return {"directions": scores,
+            "mean": {k: (scores[forward][k] + scores[backward][k]) / 2 for k in scores[forward]},
+            "chance": chance, "items": len(both), "queries": {forward: int(keep_a.sum()), backward: int(keep_b.sum())},
+            "without": len(items_with) - len(both)}
+
+
+def zero_shot_retrieval(data: RetrievalItems, seen: set[frozenset[str]], ks: Sequence[int] = KS) -> dict[str, Any]:
+    """Every pair of modalities present in ``data``: ``pair_retrieval`` and whether the model trained the pair (seed
+    004's seen / unseen)."""
+    present = list(data.rows)
+    return {f"{a}↔{b}": pair_retrieval(data, a, b, ks) | {"seen": frozenset((a, b)) in seen}
+            for a, b in combinations(present, 2)}
