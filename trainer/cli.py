@@ -200,9 +200,13 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--vgg-kind", default="", choices=["", "clips", "features"])
     p.add_argument("--ucf-vgg-map", type=_class_map, default={}, help="UCF↔VGG shared classes ucf:vgg,... "
                    "(default: the authors' 16, the same index in both datasets)")
+    p.add_argument("--retrieval-data", default="", help="clip shards of unlabelled pairs for zero_shot_retrieval "
+                   "('::' joins several sets: MSCOCO::Clotho::FlickrSound; default with --tasks zero_shot_retrieval: "
+                   "--data)")
     p.add_argument("--tasks", default="", help=f"comma list of {tasks} (default: every one whose data is given)")
     p.add_argument("--suite", default="", choices=["", "paper"], help="paper: every protocol whose data is given, "
-                   "and seed 001 Tables 1 and 3 and seed 003 Table 1 with this checkpoint's numbers")
+                   "and seed 001 Tables 1 and 3, seed 003 Tables 1 and 2 and seed 004 Tables 2-4 (at the "
+                   "checkpoint's continual stage) with this checkpoint's numbers")
     p.add_argument("--pretrain-set", default="40K", choices=constant("trainer.eval.paper", "PRETRAIN_SETS"),
                    help="seed 001 Table 1's column group for this checkpoint's numbers")
     p.add_argument("--classes", type=int, default=0, help="number of event classes of --data (default: largest "

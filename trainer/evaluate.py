@@ -22,9 +22,10 @@ Datasets and the protocols (``--tasks``; trainer/eval/probes.py) that read them:
 - ``--data`` (AVE's role; default: the pretraining data): ``classification`` (AVE: accuracy, V→A and A→V),
   ``retrieval`` (X→audio and audio→X, recall@1/5/10), ``class_retrieval`` (every modality pair, both directions,
   class-level precision@1/5/10, grouped as seed 004's seen / unseen pairs), and the training side of
-  ``cross_dataset``; ``localisation`` too when no second dataset is given; ``zero_shot_retrieval`` (only when
-  ``--tasks`` names it: seed 003 Table 2 and seed 004's retrieval; every item of --data, unlabelled pairs of any
-  modalities and several captions per item, R@1/5/10 both ways and their mean; trainer/eval/retrieval.py);
+  ``cross_dataset``; ``localisation`` too when no second dataset is given;
+- ``--retrieval-data`` (or ``--data`` when ``--tasks`` names the protocol): ``zero_shot_retrieval`` (seed 003 Table
+  2 and seed 004's retrieval: every item of unlabelled clip shards of any pairs, several captions per item, every
+  pair of the model's modalities present, R@1/5/10 both ways and their mean; trainer/eval/retrieval.py);
 - ``--cross-data`` / ``--cross-public`` (AVVP's role: per-modality per-second labels): ``localisation`` (AVVP:
   micro P/R/F1) and the test side of ``cross_dataset`` (AVE→AVVP: weakly supervised on --data's clip labels,
   micro F1 per segment on this dataset's shared classes: the 12 of seed 000 §B.2 matched by name, or
@@ -37,8 +38,9 @@ refused (exit 2, naming the option). Heads train as seed 000 §B.2 says (trainer
 lr 2.5e-4, batch 256, 30 or 50 epochs); ``--epochs/--lr/--batch-size`` override every protocol.
 ``--toc Q`` keeps the Q codebook dimensions TOC selects (closed form, trainer/toc.py) and every head reads only those.
 
-``--suite paper`` runs every protocol whose data is given and prints seed 001 Table 1 and Table 3 and seed 003
-Table 1 with the papers' rows and this checkpoint's numbers ("—" where a protocol's data was not given).
+``--suite paper`` runs every protocol whose data is given and prints seed 001 Table 1 and Table 3, seed 003 Tables 1
+and 2 and seed 004 Tables 2-4 (seen-pair retrieval, at the checkpoint's continual stage) with the papers' rows and
+this checkpoint's numbers ("—" where a protocol's data was not given).
 
 Defaults come from the pretraining run's ``config.yaml`` (shard URLs, decoding, backbones, MLflow store and
 experiment). Results are printed as a table and logged as a child MLflow run of the pretraining run (tag
@@ -70,7 +72,7 @@ from trainer.eval.encode import (
     LabelledFeatures, Pretrained, encode_split, load_pretrained, read_public_features, read_shard_features,
     split_indices, trained_pairs,
 )
-from trainer.eval.paper import PAPER_HEADS, checkpoint_switches, render_tables, table_metrics
+from trainer.eval.paper import PAPER_HEADS, checkpoint_stage, checkpoint_switches, render_tables, table_metrics
 from trainer.eval.probes import (
     SPLITS, CodeSplit, ProbeConfig, ProbeResult, class_retrieval, classification_probe, code_agreement,
     cross_dataset_classification, cross_dataset_probe, localisation_probe, paired_clip_retrieval,
@@ -83,11 +85,11 @@ from trainer.tracking import Tracker, log_metrics_to_run
 
 TASKS = ("classification", "localisation", "cross_dataset", "ucf_vgg", "retrieval", "class_retrieval",
          "zero_shot_retrieval")
-ON_REQUEST = ("zero_shot_retrieval",)   # run only when --tasks names them: they read --data as unlabelled pairs
 LABELLED_MODALITIES = ("audio", "video")   # the modalities that carry per-segment event labels
 # the datasets a protocol needs beyond --data, and the options that give them
-NEEDS = {"cross_dataset": ("cross",), "ucf_vgg": ("ucf", "vgg")}
-OPTIONS = {"cross": "--cross-data or --cross-public", "ucf": "--ucf-data", "vgg": "--vgg-data"}
+NEEDS = {"cross_dataset": ("cross",), "ucf_vgg": ("ucf", "vgg"), "zero_shot_retrieval": ("retrieval",)}
+OPTIONS = {"cross": "--cross-data or --cross-public", "ucf": "--ucf-data", "vgg": "--vgg-data",
+           "retrieval": "--retrieval-data"}
 UCF_VGG_CLASSES = 16    # the authors' 16-way UCF↔VGGSound head (haihuangcode/CMG code/src/ucf_vggsound.py)
 
 
@@ -109,6 +111,7 @@ class EvaluateConfig:
     cross: SourceConfig | None = None                     # AVVP's role: localisation and AVE→AVVP's test set
     ucf: SourceConfig | None = None                       # UCF(v)↔VGG(a): the video dataset...
     vgg: SourceConfig | None = None                       # ...and the audio dataset
+    retrieval: SourceConfig | None = None                 # unlabelled pairs for zero_shot_retrieval (else: source)
     class_map: dict[str, int] = field(default_factory=dict)     # AVE→AVVP {data class: cross class}; {}: the 12
     ucf_vgg_map: dict[str, int] = field(default_factory=dict)   # {UCF class: VGGSound class}; {}: line by line
     tasks: tuple[str, ...] = ()                           # () = every protocol whose data is given
@@ -204,10 +207,12 @@ def selected_tasks(cfg: EvaluateConfig) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown tasks {unknown} in --tasks; choose from {list(TASKS)}")
     for task in cfg.tasks:
+        if task == "zero_shot_retrieval":     # named: reads --retrieval-data, else --data
+            continue
         missing = [OPTIONS[name] for name in NEEDS.get(task, ()) if name not in given]
         if missing:
             raise ValueError(f"task '{task}' needs its data: give {' and '.join(missing)}")
-    return cfg.tasks or tuple(t for t in TASKS if set(NEEDS.get(t, ())) <= given and t not in ON_REQUEST)
+    return cfg.tasks or tuple(t for t in TASKS if set(NEEDS.get(t, ())) <= given)
 
 
 def datasets_needed(tasks: tuple[str, ...], cfg: EvaluateConfig) -> list[str]:
@@ -215,7 +220,7 @@ def datasets_needed(tasks: tuple[str, ...], cfg: EvaluateConfig) -> list[str]:
     localise_on = "cross" if cfg.cross is not None else "data"
     needed = {"data"} if set(tasks) & {"classification", "retrieval", "class_retrieval", "cross_dataset"} else set()
     needed |= {localise_on} if "localisation" in tasks else set()
-    needed |= {name for task in tasks for name in NEEDS.get(task, ())}
+    needed |= {name for task in tasks for name in NEEDS.get(task, ()) if name != "retrieval"}
     return [name for name in ("data", "cross", "ucf", "vgg") if name in needed]
 
 
@@ -376,8 +381,8 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
     results = run_probes(tasks, data, cfg.heads, {task: pairs for task, (_, pairs) in shared.items()}, modalities)
     retrieval, pairs = ({}, {}) if "data" not in data else \
         run_retrieval(tasks, data["data"].splits["test"], modalities, trained_pairs(model))
-    zero_shot = run_zero_shot_retrieval(pretrained, cfg.source, job, None if toc is None else toc.selected) \
-        if "zero_shot_retrieval" in tasks else {}
+    zero_shot = run_zero_shot_retrieval(pretrained, cfg.retrieval or cfg.source, job,
+                                        None if toc is None else toc.selected) if "zero_shot_retrieval" in tasks else {}
 
     localised = data.get("cross") or data.get("data")       # the dataset localisation reads
     agreement = None
@@ -394,6 +399,7 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
         "datasets": {name: dataset.report() for name, dataset in data.items()},
         "shared_classes": {task: names for task, (names, _) in shared.items()},
         "switches": checkpoint_switches(pretrained.meta.get("model_config", {})),
+        "stage": checkpoint_stage(pretrained.meta.get("model_config", {})),
         "toc": None if toc is None else {"dims": toc.selected.tolist(), "lambda": cfg.toc.balance,
                                          "normalize": cfg.toc.normalize},
         "probes": [dataclasses.asdict(r) | {"direction": r.direction} for r in results],
@@ -550,7 +556,8 @@ def parse_args(argv: list[str] | None) -> tuple[str, EvaluateConfig, str | None]
     cfg = EvaluateConfig(
         SourceConfig(a.data, a.kind, a.backbones, a.public, a.split, a.split_seed),
         source(a.cross_data, a.cross_kind, a.cross_public), source(a.ucf_data, a.ucf_kind),
-        source(a.vgg_data, a.vgg_kind), a.class_map, a.ucf_vgg_map, tasks, a.suite, a.pretrain_set, a.classes,
+        source(a.vgg_data, a.vgg_kind), source(a.retrieval_data, "clips"), a.class_map, a.ucf_vgg_map, tasks,
+        a.suite, a.pretrain_set, a.classes,
         head_settings(a.epochs, a.lr, a.batch_size, a.hidden, a.seed), toc, not a.no_tracking)
     return a.checkpoint, cfg, a.json
 

@@ -11,8 +11,8 @@ from comet_utils import comet_config
 from trainer.eval.encode import trained_pairs
 from trainer.eval.heads import EventClassifier, HeadConfig, SegmentTagger
 from trainer.eval.metrics import accuracy, class_precision_at_k, micro_prf, multi_hot, recall_at_k
-from trainer.eval.paper import PAPER_HEADS, PAPER_TABLES, SEED001_TABLE3, checkpoint_switches, render_table, \
-    table_metrics
+from trainer.eval.paper import PAPER_HEADS, PAPER_TABLES, SEED001_TABLE3, checkpoint_stage, checkpoint_switches, \
+    paper_tables, render_table, table_metrics
 from trainer.eval.probes import (
     CodeSplit, ProbeConfig, _fit, class_retrieval, classification_probe, code_agreement, cross_dataset_classification,
     cross_dataset_probe, localisation_probe, map_classes, paired_clip_retrieval,
@@ -353,7 +353,7 @@ def test_paper_tables_layout_and_this_checkpoints_numbers():
                      switches=checkpoint_switches({"use_club": True, "use_cpc": False, "use_cmcm": True,
                                                    "quantizer": {"ema_mode": "joint", "reset": True}}))
     assert render_table(SEED001_TABLE3, report) == TABLE3_SNAPSHOT
-    table1, _, seed003 = (render_table(t, report, "24K").splitlines() for t in PAPER_TABLES)
+    table1, _, seed003, _ = (render_table(t, report, "24K").splitlines() for t in PAPER_TABLES)
     assert table1[1].split() == ["24K", "AVE", "24K", "AVVP", "40K", "AVE", "40K", "AVVP", "81K", "AVE", "81K", "AVVP"]
     assert table1[-2].split() == ["this", "checkpoint", "◀", "50.0", "25.0", "40.0", "60.0", *["—"] * 8]
     assert [line.split()[0] for line in seed003[4:15]] == ["CODIS", "TURN", "CMCM", "SimMMDG", "DCID", "FCCID",
@@ -368,6 +368,38 @@ def test_paper_tables_layout_and_this_checkpoints_numbers():
     assert table_metrics(full)["paper/seed003_table1/ours/Avg"] == 50.0
     assert checkpoint_switches({"variant": "baseline", "use_club": True}) == dict.fromkeys(
         ("CLUB", "Cross-CPC", "MM-EMA", "Reset code", "L_cmcm"), False)
+
+
+def _zero_shot(pair: str, forward: tuple[float, float, float], backward: tuple[float, float, float]) -> dict:
+    first, second = pair.split("↔")
+    directions = {f"{first}→{second}": dict(zip(("R@1", "R@5", "R@10"), forward)),
+                  f"{second}→{first}": dict(zip(("R@1", "R@5", "R@10"), backward))}
+    ks = ("R@1", "R@5", "R@10")
+    return {"directions": directions, "mean": {k: (a + b) / 2 for k, a, b in zip(ks, forward, backward)}}
+
+
+def test_retrieval_tables_take_the_pair_means_and_the_stage_of_the_checkpoint():
+    # image↔text given in the text→image order, audio↔text: the pair columns read the means whatever the order
+    pairs = {"text↔image": _zero_shot("text↔image", (0.02, 0.10, 0.20), (0.04, 0.12, 0.30)),
+             "audio↔text": _zero_shot("audio↔text", (0.05, 0.15, 0.25), (0.07, 0.17, 0.27))}
+    report = _report({}, zero_shot_retrieval={"pairs": pairs}, stage=checkpoint_stage({"carried": ["video"]}))
+    assert report["stage"] == "Second Stage" and checkpoint_stage({}) == "First Stage"
+    tables = {t.key: t for t in paper_tables(report)}
+    assert set(tables) == {"seed001_table1", "seed001_table3", "seed003_table1", "seed003_table2",
+                           "seed004_table2_second", "seed004_table3_second"}    # MSCOCO's table: third stage only
+    seed003 = render_table(tables["seed003_table2"], report).splitlines()
+    assert seed003[1].split() == ["MSCOCO", "(I↔T)", "Clotho", "(A↔T)", "FlickrSound", "(I↔A)"]
+    assert seed003[4].split() == ["CMCM", "0.5", "4.2", "7.2", "1.62", "8.04", "14.87", "2.2", "9.8", "15.6", "7.1"]
+    assert seed003[-2].split() == ["this", "checkpoint", "◀", "3.0", "11.0", "25.0", "6.0", "16.0", "26.0",
+                                   *["—"] * 4]
+    clotho = render_table(tables["seed004_table3_second"], report).splitlines()
+    assert clotho[4].split()[:2] == ["TURN", "6.22"] and clotho[4].split()[-1] == "19.8"       # the paper's 19.83
+    assert clotho[-2].split() == ["this", "checkpoint", "◀", "7.0", "17.0", "27.0", "5.0", "15.0", "25.0", "16.0"]
+    metrics = table_metrics(report)
+    assert metrics["paper/seed003_table2/ours/Clotho/audio_text/R@5"] == pytest.approx(16.0)
+    assert metrics["paper/seed004_table3_second/ours/audio/text_to_audio/R@1"] == pytest.approx(7.0)
+    assert metrics["paper/seed004_table3_second/ours/Avg"] == pytest.approx(16.0)
+    assert not any(k.startswith("paper/seed004_table2") for k in metrics)      # no video↔text data given
 
 
 def test_heads_losses_and_f1_read_only_the_real_segments_of_whole_clips():

@@ -30,7 +30,8 @@ from trainer.eval.probes import ProbeConfig, classification_probe, localisation_
 from trainer.data.released import AVE_CLASSES, AVVP_CLASSES  # noqa: E402
 from trainer.eval.probes import CodeSplit  # noqa: E402
 from trainer.evaluate import (  # noqa: E402
-    EncodedDataset, EvaluateConfig, head_settings, main, parse_args, run_retrieval, shared_classes,
+    EncodedDataset, EvaluateConfig, datasets_needed, head_settings, main, parse_args, run_retrieval, selected_tasks,
+    shared_classes,
 )
 from trainer.models.club import CLUBConfig  # noqa: E402
 from trainer.models.encoders import EncoderConfig  # noqa: E402
@@ -353,12 +354,24 @@ def test_a_protocol_without_its_data_is_refused_naming_the_option(checkpoint, uc
             (["--tasks", "cross_dataset"], "give --cross-data or --cross-public"),
             (ucf_vgg[:4], "needs both datasets: --vgg-data is missing"),
             (["--tasks", "classification,retrieve"], "unknown tasks ['retrieve'] in --tasks"),
-            (["--tasks", "ucf_vgg", "--ucf-data", str(tmp_path / "none.tar"), *ucf_vgg[2:]], "--ucf-data: manifest")):
+            (["--tasks", "ucf_vgg", "--ucf-data", str(tmp_path / "none.tar"), *ucf_vgg[2:]], "--ucf-data: manifest"),
+            (["--tasks", "zero_shot_retrieval", "--data", ucf_vgg[1], "--kind", "features"],
+             "zero_shot_retrieval reads clip shards")):
         assert main([str(checkpoint), *public, *args]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error: ") and expected in err, err
     with pytest.raises(SystemExit, match="2"):
         parse_args([str(checkpoint), "--tasks", "classification", "--suite", "paper"])
+
+
+def test_zero_shot_retrieval_runs_when_its_data_is_given_or_it_is_named(checkpoint):
+    _, cfg, _ = parse_args([str(checkpoint)])
+    assert "zero_shot_retrieval" not in selected_tasks(cfg)
+    _, cfg, _ = parse_args([str(checkpoint), "--retrieval-data", "coco.tar::clotho.tar"])
+    assert "zero_shot_retrieval" in selected_tasks(cfg) and cfg.retrieval.urls == "coco.tar::clotho.tar"
+    assert "retrieval" not in datasets_needed(selected_tasks(cfg), cfg)     # not read as a labelled dataset
+    _, cfg, _ = parse_args([str(checkpoint), "--tasks", "zero_shot_retrieval"])   # named: reads --data
+    assert selected_tasks(cfg) == ("zero_shot_retrieval",) and cfg.retrieval is None
 
 
 def test_heads_train_as_seed_000_says_unless_overridden(checkpoint):

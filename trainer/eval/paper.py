@@ -1,13 +1,15 @@
 """The seeds' downstream settings and result tables, filled with one checkpoint's numbers (``--suite paper``).
 
 - ``PAPER_HEADS``: how each protocol's head is trained (seed 000 §B.2, epochs from the authors' scripts);
-- ``PAPER_TABLES``: seed 001 Table 1 and Table 3 and seed 003 Table 1 with the papers' columns, rows and published
-  numbers; ``render_table`` appends this checkpoint's rows ("—" where its protocol's data was not given) and
-  ``table_metrics`` gives those numbers as flat metrics.
+- ``PAPER_TABLES``: seed 001 Table 1 and Table 3, seed 003 Table 1 and Table 2 with the papers' columns, rows and
+  published numbers, and seed 004 Tables 2-4 (seen-pair retrieval after each continual stage) at the stage of the
+  checkpoint (``paper_tables``); ``render_table`` appends this checkpoint's rows ("—" where its protocol's data was
+  not given) and ``table_metrics`` gives those numbers as flat metrics.
 
-A table column reads one probe of the evaluation report (``trainer.evaluate``): its task and direction, the
-``cross`` number (the target modality's test split) in the checkpoint's row and the ``in_modality`` number in the
-"labelled modality" row of seed 001 Table 3. Numbers are percentages, as the papers print them.
+A table column reads one number of the evaluation report (``trainer.evaluate``): a probe's task and direction (the
+``cross`` number, the target modality's test split, in the checkpoint's row and the ``in_modality`` number in the
+"labelled modality" row of seed 001 Table 3), or a zero-shot retrieval R@k of a direction ("text→video") or the
+mean of a pair's two directions ("image↔text"). Numbers are percentages, as the papers print them.
 """
 
 from __future__ import annotations
@@ -37,17 +39,28 @@ DIRECTIONS = ("V→A", "A→V")
 SWITCHES = ("CLUB", "Cross-CPC", "MM-EMA", "Reset code", "L_cmcm")   # seed 001 Table 3's ablation columns
 
 
+ZERO_SHOT = "zero_shot_retrieval"
+STAGES = ("First Stage", "Second Stage", "Third Stage")     # seed 004's continual stages
+
+
 @dataclass(frozen=True)
 class Column:
     group: str              # the header above it, e.g. "AVE→AVVP"
     name: str               # its metric key, e.g. "AVE_to_AVVP"
-    task: str               # the probe task whose number fills it
-    direction: str          # "V→A" or "A→V"
+    task: str               # the protocol whose number fills it
+    direction: str          # "V→A" or "A→V"; retrieval: "text→video", or a pair "image↔text" (mean of both ways)
     pretrain: str = ""      # seed 001 Table 1: the pretraining subset of its column group ("" = any)
+    metric: str = ""        # retrieval: "R@1", "R@5" or "R@10"
 
     @property
     def key(self) -> str:
-        return "/".join([*([self.pretrain] if self.pretrain else []), self.name, self.direction.replace("→", "_to_")])
+        direction = self.direction.replace("→", "_to_").replace("↔", "_")
+        return "/".join([*([self.pretrain] if self.pretrain else []), self.name, direction,
+                         *([self.metric] if self.metric else [])])
+
+    @property
+    def heading(self) -> str:
+        return self.metric or self.direction
 
 
 @dataclass(frozen=True)
@@ -130,7 +143,90 @@ SEED003_TABLE1 = PaperTable(
           ("FCCID+TOC", (55.9, 55.0, 43.6, 45.1, 57.4, 58.5, 69.6, 62.0))),
     average=True, note="Avg. = the mean of the row's eight numbers (this checkpoint's: only when all eight are there)")
 
-PAPER_TABLES = (SEED001_TABLE1, SEED001_TABLE3, SEED003_TABLE1)
+RECALLS = ("R@1", "R@5", "R@10")
+
+
+def _recall_columns(group: str, name: str, direction: str) -> tuple[Column, ...]:
+    return tuple(Column(group, name, ZERO_SHOT, direction, metric=k) for k in RECALLS)
+
+
+SEED003_TABLE2 = PaperTable(
+    "seed003_table2", "seed 003 Table 2: cross-modal zero-shot retrieval, mean of the two directions", "Method",
+    (*_recall_columns("MSCOCO (I↔T)", "MSCOCO", "image↔text"), *_recall_columns("Clotho (A↔T)", "Clotho", "audio↔text"),
+     *_recall_columns("FlickrSound (I↔A)", "FlickrSound", "audio↔image")),
+    _rows(("CMCM", (0.50, 4.20, 7.20, 1.62, 8.04, 14.87, 2.20, 9.80, 15.60)),
+          ("DCID", (0.80, 5.00, 8.30, 2.06, 9.00, 16.70, 3.10, 11.10, 17.20)),
+          ("FCCID", (1.30, 4.90, 9.60, 2.87, 10.73, 18.19, 3.10, 11.80, 17.50)),
+          ("CMCM+TOC", (0.70, 4.50, 7.70, 1.93, 8.43, 15.33, 2.40, 10.60, 16.10)),
+          ("DCID+TOC", (1.10, 5.30, 8.80, 2.59, 9.00, 17.08, 3.60, 11.80, 17.80)),
+          ("FCCID+TOC", (1.50, 5.10, 10.40, 3.16, 11.15, 19.04, 3.80, 12.20, 18.40))),
+    average=True, note="each number the mean of the two directions (trainer/eval/retrieval.py, docs/evaluation.md); "
+                       "Avg. = the mean of the row's nine numbers")
+
+# seed 004 Tables 2-4, seen pairs: per stage T→X R@1/5/10, X→T R@1/5/10 (the papers' Avg. is the mean of the six);
+# None where the paper prints "-". The last two rows are the paper's runs in the altered training order.
+SEED004_ROWS = ("TURN", "CMCM", "DCID", "TURN+COMET", "CMCM+COMET", "DCID+COMET", "DCID (altered order)",
+                "DCID+COMET (altered order)")
+_NONE6 = (None,) * 6
+SEED004_SEEN = {
+    "video": ("seed004_table2", "seed 004 Table 2: video↔text retrieval (MSVD), seen pair", {
+        "First Stage": ((2.69, 9.1, 15.22, 2.54, 9.4, 15.37), (2.69, 10, 16.42, 3.13, 10.9, 17.91),
+                        (3.58, 11.49, 18.66, 2.69, 10.45, 17.76), (2.99, 10.45, 16.87, 3.58, 11.04, 16.87),
+                        (2.54, 12.84, 19.4, 3.58, 11.19, 18.81), (2.84, 12.09, 19.7, 2.84, 11.64, 19.85),
+                        _NONE6, _NONE6),
+        "Second Stage": ((0.6, 2.24, 4.48, 0.3, 2.39, 4.03), (0.6, 2.54, 5.07, 0.6, 1.94, 4.33),
+                         (0.75, 2.99, 5.37, 0.3, 1.79, 3.88), (0.6, 2.24, 4.48, 0.3, 2.39, 4.03),
+                         (0.45, 3.43, 6.87, 0.3, 2.09, 5.22), (1.04, 4.03, 7.31, 0.6, 4.03, 7.01),
+                         (3.58, 11.49, 18.96, 3.13, 12.24, 20.45), (3.43, 12.84, 20.3, 3.73, 12.69, 18.81)),
+        "Third Stage": ((2.99, 9.1, 13.13, 2.39, 7.46, 13.43), (2.99, 10.3, 14.48, 1.94, 9.25, 14.93),
+                        (2.24, 9.4, 16.87, 3.13, 8.51, 14.48), (2.39, 9.55, 15.97, 1.64, 8.21, 14.48),
+                        (3.28, 9.7, 15.67, 3.13, 10.3, 14.18), (2.99, 9.7, 17.01, 2.99, 9.85, 15.82),
+                        (2.39, 9.25, 14.03, 2.39, 8.66, 13.73), (3.88, 10.9, 16.87, 2.09, 10.15, 15.52))}),
+    "audio": ("seed004_table3", "seed 004 Table 3: audio↔text retrieval (Clotho), seen pair", {
+        "First Stage": (*(_NONE6,) * 6, (6.99, 25.65, 36.56, 6.22, 22.97, 32.54),
+                        (7.27, 23.25, 37.42, 10.53, 23.44, 37.32)),
+        "Second Stage": ((6.22, 22.68, 36.46, 5.74, 18.66, 29.19), (8.52, 24.59, 38.47, 7.18, 25.84, 35.41),
+                         (9.86, 27.08, 39.81, 5.74, 24.4, 35.41), (8.04, 25.36, 38.56, 7.18, 20.57, 33.01),
+                         (8.61, 26.79, 40.77, 7.18, 23.92, 36.84), (9.86, 25.84, 38.09, 7.66, 27.27, 37.32),
+                         (3.06, 10.62, 18.66, 2.39, 8.61, 14.83), (3.07, 11.48, 20.29, 5.74, 11.0, 18.66)),
+        "Third Stage": ((2.2, 12.63, 21.15, 1.91, 10.05, 18.66), (3.06, 13.68, 24.31, 0.96, 11.96, 18.18),
+                        (3.06, 12.73, 20.67, 2.39, 8.13, 16.27), (3.06, 14.45, 25.26, 2.39, 9.57, 14.35),
+                        (4.02, 15.5, 23.64, 3.83, 11.48, 21.53), (3.16, 13.97, 25.26, 2.87, 12.92, 21.53),
+                        (2.87, 8.13, 16.65, 0.48, 7.18, 11.0), (2.68, 11.1, 17.8, 2.39, 8.61, 13.4))}),
+    "image": ("seed004_table4", "seed 004 Table 4: image↔text retrieval (MSCOCO), seen pair", {
+        "Third Stage": ((2.7, 12, 19.1, 3.4, 11.1, 18.1), (2.6, 11.5, 19.4, 3.7, 13.4, 20.5),
+                        (3.6, 11.5, 20.4, 3.7, 13.4, 21.5), (3.3, 12.1, 18.9, 3.1, 13.1, 20.5),
+                        (3.7, 12.5, 20.3, 3.3, 12.1, 20.5), (3.5, 13.5, 21.1, 3.2, 11.8, 23.2),
+                        (2.8, 11.3, 18.7, 3.0, 11.6, 19.1), (3.6, 12.5, 21.0, 3.0, 13.4, 22.1))}),
+}
+
+
+def seed004_table(modality: str, stage: str) -> PaperTable | None:
+    """Seed 004's seen-pair retrieval table of ``modality``↔text at ``stage`` (None: the paper has no such stage)."""
+    key, title, stages = SEED004_SEEN[modality]
+    if stage not in stages:
+        return None
+    columns = (*_recall_columns(f"{stage} T→{modality[0].upper()}", modality, f"text→{modality}"),
+               *_recall_columns(f"{stage} {modality[0].upper()}→T", modality, f"{modality}→text"))
+    rows = tuple(PaperRow(label, values) for label, values in zip(SEED004_ROWS, stages[stage]))
+    return PaperTable(f"{key}_{stage.split()[0].lower()}", f"{title}, {stage}", "Method", columns, rows,
+                      average=True, note=f"Avg. = the mean of the row's six numbers; this checkpoint is at the {stage} "
+                                         "(1 + the modalities carried from earlier phases)")
+
+
+def checkpoint_stage(model_config: Mapping[str, Any]) -> str:
+    """The continual stage of a checkpoint: a COMET phase carries the modalities of every earlier phase (VT → AT →
+    IT: the second carries video, the third video and audio); any other checkpoint is a first stage."""
+    return STAGES[min(len(model_config.get("carried", ())), len(STAGES) - 1)]
+
+
+PAPER_TABLES = (SEED001_TABLE1, SEED001_TABLE3, SEED003_TABLE1, SEED003_TABLE2)
+
+
+def paper_tables(report: Mapping[str, Any]) -> tuple[PaperTable, ...]:
+    """Every table ``--suite paper`` prints for this report: ``PAPER_TABLES`` and seed 004's at its stage."""
+    stage = report.get("stage", STAGES[0])
+    return (*PAPER_TABLES, *(t for t in (seed004_table(m, stage) for m in SEED004_SEEN) if t is not None))
 
 
 # ---------------------------------------------------------------------- this checkpoint
@@ -151,21 +247,34 @@ def _switch_label(switches: Mapping[str, bool | None]) -> str:
     return "  ".join({True: "✓", False: "-", None: "?"}[switches.get(s)] for s in SWITCHES)
 
 
-def _probe_values(report: Mapping[str, Any], field: str) -> dict[tuple[str, str], float]:
-    return {(p["task"], p["direction"]): 100 * p[field] for p in report["probes"]}
+def _canonical_pair(pair: str) -> str:
+    return "↔".join(sorted(pair.split("↔")))
 
 
-def _our_values(table: PaperTable, found: Mapping[tuple[str, str], float], pretrain: str) -> list[float | None]:
-    return [found.get((c.task, c.direction)) if c.pretrain in ("", pretrain) else None for c in table.columns]
+def _report_values(report: Mapping[str, Any], field: str) -> dict[tuple[str, str, str], float]:
+    """(task, direction, metric) -> % of the report: every probe's ``field``; with ``cross``, every zero-shot
+    retrieval R@k of a direction and of a pair's mean (pairs named in sorted order)."""
+    values = {(p["task"], p["direction"], ""): 100 * p[field] for p in report["probes"]}
+    if field == "cross":
+        for pair, scores in report.get(ZERO_SHOT, {}).get("pairs", {}).items():
+            values |= {(ZERO_SHOT, _canonical_pair(pair), k): 100 * v for k, v in scores["mean"].items()}
+            for direction, recall in scores["directions"].items():
+                values |= {(ZERO_SHOT, direction, k): 100 * v for k, v in recall.items()}
+    return values
+
+
+def _our_values(table: PaperTable, found: Mapping[tuple[str, str, str], float], pretrain: str) -> list[float | None]:
+    return [found.get((c.task, c.direction, c.metric)) if c.pretrain in ("", pretrain) else None
+            for c in table.columns]
 
 
 def our_rows(table: PaperTable, report: Mapping[str, Any], pretrain: str = "40K") -> dict[str, list[float | None]]:
     """This checkpoint's rows of ``table``: {"ours": cross numbers, "labelled": in-modality numbers (tables with that
     row)}; None where the report has no such probe (its data was not given). ``pretrain``: the column group of
     seed 001 Table 1 that this checkpoint's numbers go to."""
-    rows = {"ours": _our_values(table, _probe_values(report, "cross"), pretrain)}
+    rows = {"ours": _our_values(table, _report_values(report, "cross"), pretrain)}
     if table.labelled is not None:
-        rows["labelled"] = _our_values(table, _probe_values(report, "in_modality"), pretrain)
+        rows["labelled"] = _our_values(table, _report_values(report, "in_modality"), pretrain)
     return rows
 
 
@@ -192,7 +301,7 @@ def render_table(table: PaperTable, report: Mapping[str, Any], pretrain: str = "
     avg = f"{'Avg.':>{width}}" if table.average else ""
     lines = [table.title,
              " " * label_width + "".join(f"{g:^{n * width}}" for g, n in groups),
-             f"{table.label_header:<{label_width}}" + "".join(f"{c.direction:>{width}}" for c in table.columns) + avg]
+             f"{table.label_header:<{label_width}}" + "".join(f"{c.heading:>{width}}" for c in table.columns) + avg]
     lines.append("-" * len(lines[-1]))
 
     def row(label: str, values, published: bool) -> str:
@@ -220,13 +329,13 @@ def render_table(table: PaperTable, report: Mapping[str, Any], pretrain: str = "
 
 
 def render_tables(report: Mapping[str, Any], pretrain: str = "40K") -> str:
-    return "\n\n".join(render_table(t, report, pretrain) for t in PAPER_TABLES)
+    return "\n\n".join(render_table(t, report, pretrain) for t in paper_tables(report))
 
 
 def table_metrics(report: Mapping[str, Any], pretrain: str = "40K") -> dict[str, float]:
     """Every number of this checkpoint's rows: ``paper/<table>/<ours|labelled>/<column>`` (and ``.../Avg``), in %."""
     metrics = {}
-    for table in PAPER_TABLES:
+    for table in paper_tables(report):
         for row, values in our_rows(table, report, pretrain).items():
             metrics.update({f"paper/{table.key}/{row}/{c.key}": v for c, v in zip(table.columns, values)
                             if v is not None})

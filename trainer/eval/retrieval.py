@@ -7,10 +7,8 @@ item of an evaluation set ranked against every query of another modality (docs/e
 
 What is compared: an item's **code vectors averaged over its real segments** (ẑ = e[code] of every second of an audio
 clip or a video, of the one segment of an image, of every token of a caption; quantize first, then mean), by cosine
-similarity, as the authors' retrieval evaluation does (haihuangcode/CMG ``ACL25-FCID&TOC``: the VQ output of each
-modality, mean over time, cosine; ``retrieval_utils.py`` is derived from vsepp). The code vectors, not the semantic
-vectors z, because the codes are what the method unifies across modalities: two items that land on the same codes are
-close whatever encoder produced them, while z^m of two modalities live in spaces only the codebook ties together.
+similarity, the metric of the authors' ``retrieval_utils.py`` (haihuangcode/CMG ``ACL25-FCID&TOC``, derived from
+vsepp); which vectors their unpublished evaluation scripts compared, and why this choice, is in docs/evaluation.md.
 
 An item with several captions (Clotho and MSCOCO: 5) gives one text row per caption: a caption query has one correct
 item; an audio or image query is a hit when any of its captions ranks within k (``trainer.eval.metrics.recall_at_k``,
