@@ -65,7 +65,7 @@ from torch import Tensor
 
 from trainer.cli import evaluate_parser
 from trainer.config import ConfigError, to_dict
-from trainer.data.features import FeatureError, PublicFeatureConfig
+from trainer.data.features import FEATURE_MANIFEST_FORMAT, FeatureError, PublicFeatureConfig
 from trainer.data.released import AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLASSES, shared_class_map
 from trainer.data.stream import DataConfig, expand_shard_urls, read_manifest
 from trainer.eval.encode import (
@@ -77,7 +77,7 @@ from trainer.eval.probes import (
     SPLITS, CodeSplit, ProbeConfig, ProbeResult, class_retrieval, classification_probe, code_agreement,
     cross_dataset_classification, cross_dataset_probe, localisation_probe, paired_clip_retrieval,
 )
-from trainer.eval.retrieval import read_retrieval_items, zero_shot_retrieval
+from trainer.eval.retrieval import read_retrieval_items, retrieval_sets, zero_shot_retrieval
 from trainer.job import JobConfig, read_run_config
 from trainer.pretrained import CMGModel, frozen_backbones
 from trainer.toc import TOCConfig, toc_scores
@@ -343,21 +343,31 @@ def run_retrieval(tasks: tuple[str, ...], test: CodeSplit, modalities: tuple[str
     return retrieval, pairs
 
 
-def run_zero_shot_retrieval(pretrained: Pretrained, src: SourceConfig, job: JobConfig,
+def run_zero_shot_retrieval(pretrained: Pretrained, spec: str, src: SourceConfig, job: JobConfig,
                             dims: Tensor | None) -> dict[str, Any]:
-    """Seed 003 Table 2's protocol on every item of ``src`` (clip shards of any pairs: image+text, audio+text,
-    image+audio, video+text, audio-video): every pair of the model's modalities present, R@1/5/10 both ways and their
-    mean (trainer/eval/retrieval.py), on the code dimensions ``dims`` (TOC) when given."""
-    data_cfg = data_config(src, job)
-    if data_cfg.kind != "clips":
-        raise ValueError(f"zero_shot_retrieval reads clip shards (mp4, wav/flac, jpg/png/webp with their txt); "
-                         f"{data_cfg.urls} are {data_cfg.kind!r} shards")
+    """Seed 003 Table 2's protocol on every item of each set of ``spec`` (``--retrieval-data``; "": ``src``'s shards,
+    one set): clip shards of any pairs (image+text, audio+text, image+audio, video+text, audio-video), every pair of
+    the model's modalities present, R@1/5/10 both ways and their mean (trainer/eval/retrieval.py), on the code
+    dimensions ``dims`` (TOC) when given."""
+    sets = retrieval_sets(spec) if spec else [("data", data_config(src, job).urls)]
+    for _, urls in sets:
+        try:
+            manifest = read_manifest(expand_shard_urls(urls), "")[1]
+        except ValueError:
+            manifest = {}
+        if manifest.get("format") == FEATURE_MANIFEST_FORMAT:
+            raise ValueError(f"zero_shot_retrieval reads clip shards (mp4, wav/flac, jpg/png/webp with their txt); "
+                             f"{urls} are feature shards")
     coder = CMGModel.from_pretrained(pretrained.checkpoint, backbones=src.backbones or None)
-    items = read_retrieval_items(coder, data_cfg.urls)
-    if dims is not None:
-        items = items.select_dims(dims)
-    return {"urls": data_cfg.urls, "items": len(items.keys), "skipped": len(items.skipped),
-            "pairs": zero_shot_retrieval(items, trained_pairs(pretrained.model))}
+    seen = trained_pairs(pretrained.model)
+    datasets = {}
+    for name, urls in sets:
+        items = read_retrieval_items(coder, urls)
+        if dims is not None:
+            items = items.select_dims(dims)
+        datasets[name] = {"urls": urls, "items": len(items.keys), "skipped": len(items.skipped),
+                          "pairs": zero_shot_retrieval(items, seen)}
+    return {"datasets": datasets}
 
 
 def positive_rate(dataset: EncodedDataset) -> float:
@@ -381,7 +391,7 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
     results = run_probes(tasks, data, cfg.heads, {task: pairs for task, (_, pairs) in shared.items()}, modalities)
     retrieval, pairs = ({}, {}) if "data" not in data else \
         run_retrieval(tasks, data["data"].splits["test"], modalities, trained_pairs(model))
-    zero_shot = run_zero_shot_retrieval(pretrained, cfg.retrieval or cfg.source, job,
+    zero_shot = run_zero_shot_retrieval(pretrained, cfg.retrieval.urls if cfg.retrieval else "", cfg.source, job,
                                         None if toc is None else toc.selected) if "zero_shot_retrieval" in tasks else {}
 
     localised = data.get("cross") or data.get("data")       # the dataset localisation reads
@@ -458,20 +468,22 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def zero_shot_lines(zero_shot: dict[str, Any]) -> list[str]:
-    """The zero-shot retrieval table: per pair, R@1/5/10 each way, their mean (the seeds' number) and chance."""
-    lines = [f"zero-shot retrieval on {zero_shot['items']} items of {zero_shot['urls']} "
-             f"({zero_shot['skipped']} corrupt samples skipped); pooled code vectors, cosine; R@1 / R@5 / R@10 (%)",
-             f"{'pair':<8}{'':<8}{'dir':<8}{'R@1':>7}{'R@5':>7}{'R@10':>7}   chance R@1/5/10   queries"]
-    for pair, scores in zero_shot["pairs"].items():
-        seen = "seen" if scores["seen"] else "unseen"
-        for direction, recall in scores["directions"].items():
-            chance = " / ".join(f"{100 * v:.1f}" for v in scores["chance"][direction].values())
-            lines.append(f"{_initials(pair):<8}{seen:<8}{_initials(direction):<8}"
-                         + "".join(f"{100 * v:>7.1f}" for v in recall.values())
-                         + f"   {chance:<17} {scores['queries'][direction]}")
-        lines.append(f"{_initials(pair):<8}{seen:<8}{'mean':<8}" + "".join(f"{100 * v:>7.1f}"
-                                                                         for v in scores["mean"].values())
-                     + (f"   ({scores['without']} items lack one of the two)" if scores["without"] else ""))
+    """The zero-shot retrieval table: per set and pair, R@1/5/10 each way, their mean (the seeds' number) and chance."""
+    lines = []
+    for name, dataset in zero_shot["datasets"].items():
+        lines += [f"zero-shot retrieval on {name}: {dataset['items']} items of {dataset['urls']} "
+                  f"({dataset['skipped']} corrupt samples skipped); pooled code vectors, cosine; R@1 / R@5 / R@10 (%)",
+                  f"{'pair':<8}{'':<8}{'dir':<8}{'R@1':>7}{'R@5':>7}{'R@10':>7}   chance R@1/5/10   queries"]
+        for pair, scores in dataset["pairs"].items():
+            seen = "seen" if scores["seen"] else "unseen"
+            for direction, recall in scores["directions"].items():
+                chance = " / ".join(f"{100 * v:.1f}" for v in scores["chance"][direction].values())
+                lines.append(f"{_initials(pair):<8}{seen:<8}{_initials(direction):<8}"
+                             + "".join(f"{100 * v:>7.1f}" for v in recall.values())
+                             + f"   {chance:<17} {scores['queries'][direction]}")
+            lines.append(f"{_initials(pair):<8}{seen:<8}{'mean':<8}" + "".join(f"{100 * v:>7.1f}"
+                                                                             for v in scores["mean"].values())
+                         + (f"   ({scores['without']} items lack one of the two)" if scores["without"] else ""))
     return lines
 
 
@@ -494,11 +506,13 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
         for direction, precision in scores["precision"].items():
             metrics.update({f"eval/class_retrieval/{_metric_key(direction)}/{k}": v for k, v in precision.items()})
         metrics[f"eval/class_retrieval/{_metric_key(pair)}/avg"] = scores["avg"]
-    for pair, scores in report["zero_shot_retrieval"].get("pairs", {}).items():
-        for direction, recall in scores["directions"].items():
-            metrics.update({f"eval/zero_shot_retrieval/{_metric_key(direction)}/{k}": v for k, v in recall.items()})
-        metrics.update({f"eval/zero_shot_retrieval/{_metric_key(pair)}/mean_{k}": v
-                        for k, v in scores["mean"].items()})
+    for name, dataset in report["zero_shot_retrieval"].get("datasets", {}).items():
+        for pair, scores in dataset["pairs"].items():
+            for direction, recall in scores["directions"].items():
+                metrics.update({f"eval/zero_shot_retrieval/{name}/{_metric_key(direction)}/{k}": v
+                                for k, v in recall.items()})
+            metrics.update({f"eval/zero_shot_retrieval/{name}/{_metric_key(pair)}/mean_{k}": v
+                            for k, v in scores["mean"].items()})
     if report["same_code_share"] is not None:
         metrics["eval/same_code_share"] = report["same_code_share"]
     return metrics

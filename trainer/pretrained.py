@@ -398,7 +398,7 @@ def _decoded(stream: str, value: Any, decode: DecodeConfig) -> list[Tensor]:
             item = decoder(Path(item).read_bytes(), decode, str(item))
         elif isinstance(item, (bytes, bytearray)):
             item = decoder(bytes(item), decode, f"{stream} bytes")
-        decoded.append(torch.as_tensor(np.asarray(item)))
+        decoded.append(torch.as_tensor(_writable(np.asarray(item))))
     return decoded
 
 

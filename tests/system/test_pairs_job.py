@@ -82,7 +82,7 @@ def test_a_pair_job_trains_on_its_two_modalities_and_resumes_exactly(tmp_path, k
     report = tmp_path / "retrieval.json"
     assert evaluate_main([str(reference), "--tasks", "zero_shot_retrieval", "--data", urls, "--no-tracking",
                           "--json", str(report)]) == 0
-    zero_shot = json.loads(report.read_text())["zero_shot_retrieval"]
+    zero_shot = json.loads(report.read_text())["zero_shot_retrieval"]["datasets"]["data"]
     forward, backward = f"{first}→{second}", f"{second}→{first}"
     scores = zero_shot["pairs"][f"{first}↔{second}"]
     assert zero_shot["items"] == ITEMS and scores["items"] == ITEMS and scores["seen"] and scores["without"] == 0
@@ -101,8 +101,9 @@ def test_a_pair_job_trains_on_its_two_modalities_and_resumes_exactly(tmp_path, k
         assert scores["directions"][direction] == pytest.approx(expected, abs=1e-9), direction
     assert scores["chance"][forward]["R@1"] == pytest.approx(2 / (2 * ITEMS))    # 2 of 16 captions relevant
     assert scores["chance"][backward]["R@5"] == pytest.approx(5 / ITEMS)
-    # TOC: the same protocol on the dimensions it keeps
-    assert evaluate_main([str(reference), "--tasks", "zero_shot_retrieval", "--data", urls, "--no-tracking",
-                          "--toc", "4", "--json", str(report)]) == 0
+    # TOC: the same protocol on the dimensions it keeps; --retrieval-data names the set
+    assert evaluate_main([str(reference), "--tasks", "zero_shot_retrieval", "--retrieval-data", f"pairs={urls}",
+                          "--no-tracking", "--toc", "4", "--json", str(report)]) == 0
     toc = json.loads(report.read_text())
-    assert len(toc["toc"]["dims"]) == 4 and toc["zero_shot_retrieval"]["pairs"][f"{first}↔{second}"]["items"] == ITEMS
+    assert len(toc["toc"]["dims"]) == 4
+    assert toc["zero_shot_retrieval"]["datasets"]["pairs"]["pairs"][f"{first}↔{second}"]["items"] == ITEMS

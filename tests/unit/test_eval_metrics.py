@@ -378,11 +378,14 @@ def _zero_shot(pair: str, forward: tuple[float, float, float], backward: tuple[f
     return {"directions": directions, "mean": {k: (a + b) / 2 for k, a, b in zip(ks, forward, backward)}}
 
 
-def test_retrieval_tables_take_the_pair_means_and_the_stage_of_the_checkpoint():
-    # image↔text given in the text→image order, audio↔text: the pair columns read the means whatever the order
-    pairs = {"text↔image": _zero_shot("text↔image", (0.02, 0.10, 0.20), (0.04, 0.12, 0.30)),
-             "audio↔text": _zero_shot("audio↔text", (0.05, 0.15, 0.25), (0.07, 0.17, 0.27))}
-    report = _report({}, zero_shot_retrieval={"pairs": pairs}, stage=checkpoint_stage({"carried": ["video"]}))
+def test_retrieval_tables_take_each_sets_numbers_and_the_stage_of_the_checkpoint():
+    # MSCOCO's images through the video encoder (as the authors feed them), the text first; Clotho audio↔text; a set
+    # with two pairs fills no column
+    datasets = {"mscoco": {"pairs": {"text↔video": _zero_shot("text↔video", (0.02, 0.10, 0.20), (0.04, 0.12, 0.30))}},
+                "clotho": {"pairs": {"audio↔text": _zero_shot("audio↔text", (0.05, 0.15, 0.25), (0.07, 0.17, 0.27))}},
+                "valor": {"pairs": {"audio↔text": _zero_shot("audio↔text", (1, 1, 1), (1, 1, 1)),
+                                    "video↔text": _zero_shot("video↔text", (1, 1, 1), (1, 1, 1))}}}
+    report = _report({}, zero_shot_retrieval={"datasets": datasets}, stage=checkpoint_stage({"carried": ["video"]}))
     assert report["stage"] == "Second Stage" and checkpoint_stage({}) == "First Stage"
     tables = {t.key: t for t in paper_tables(report)}
     assert set(tables) == {"seed001_table1", "seed001_table3", "seed003_table1", "seed003_table2",
@@ -396,8 +399,8 @@ def test_retrieval_tables_take_the_pair_means_and_the_stage_of_the_checkpoint():
     assert clotho[4].split()[:2] == ["TURN", "6.22"] and clotho[4].split()[-1] == "19.8"       # the paper's 19.83
     assert clotho[-2].split() == ["this", "checkpoint", "◀", "7.0", "17.0", "27.0", "5.0", "15.0", "25.0", "16.0"]
     metrics = table_metrics(report)
-    assert metrics["paper/seed003_table2/ours/Clotho/audio_text/R@5"] == pytest.approx(16.0)
-    assert metrics["paper/seed004_table3_second/ours/audio/text_to_audio/R@1"] == pytest.approx(7.0)
+    assert metrics["paper/seed003_table2/ours/Clotho/clotho/R@5"] == pytest.approx(16.0)
+    assert metrics["paper/seed004_table3_second/ours/clotho/clotho/text_to_X/R@1"] == pytest.approx(7.0)
     assert metrics["paper/seed004_table3_second/ours/Avg"] == pytest.approx(16.0)
     assert not any(k.startswith("paper/seed004_table2") for k in metrics)      # no video↔text data given
 

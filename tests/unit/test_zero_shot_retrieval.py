@@ -4,7 +4,9 @@ directions, items lacking one modality, chance and TOC's dimensions."""
 import pytest
 import torch
 
-from trainer.eval.retrieval import ModalityRows, RetrievalItems, pair_retrieval, pooled, zero_shot_retrieval
+from trainer.eval.retrieval import (
+    ModalityRows, RetrievalItems, pair_retrieval, pooled, retrieval_sets, zero_shot_retrieval,
+)
 from trainer.pretrained import Codes
 
 
@@ -74,3 +76,13 @@ def test_fewer_than_two_shared_items_are_refused_naming_the_pair():
     items.rows["text"] = ModalityRows(items.rows["text"].vectors[:2], torch.tensor([0, 0]))
     with pytest.raises(ValueError, match="audio↔text: 1 items have both"):
         pair_retrieval(items, "audio", "text")
+
+
+def test_retrieval_sets_are_named_explicitly_by_their_manifest_or_by_their_folder(tmp_path):
+    (tmp_path / "conv").mkdir()
+    (tmp_path / "conv" / "manifest.json").write_text('{"released": {"set": "clotho"}}')
+    spec = f"coco=a/x-{{0..1}}.tar::{tmp_path}/conv/eval-0.tar::{tmp_path}/flickr/test-0.tar"
+    assert retrieval_sets(spec) == [("coco", "a/x-{0..1}.tar"), ("clotho", f"{tmp_path}/conv/eval-0.tar"),
+                                    ("flickr", f"{tmp_path}/flickr/test-0.tar")]
+    with pytest.raises(ValueError, match="names the set 'coco' twice"):
+        retrieval_sets("coco=a.tar::coco=b.tar")

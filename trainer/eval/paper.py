@@ -8,8 +8,10 @@
 
 A table column reads one number of the evaluation report (``trainer.evaluate``): a probe's task and direction (the
 ``cross`` number, the target modality's test split, in the checkpoint's row and the ``in_modality`` number in the
-"labelled modality" row of seed 001 Table 3), or a zero-shot retrieval R@k of a direction ("text→video") or the
-mean of a pair's two directions ("image↔text"). Numbers are percentages, as the papers print them.
+"labelled modality" row of seed 001 Table 3), or a zero-shot retrieval R@k of one evaluation set (``--retrieval-data``,
+named as ``shards.convert`` names the released sets: mscoco, clotho, flickrsound, msvd): the mean of its pair's two
+directions ("clotho"), or text→X / X→text ("msvd:text→*", "msvd:*→text"), whatever the model calls X (the authors feed
+images through the video encoder). Numbers are percentages, as the papers print them.
 """
 
 from __future__ import annotations
@@ -48,13 +50,13 @@ class Column:
     group: str              # the header above it, e.g. "AVE→AVVP"
     name: str               # its metric key, e.g. "AVE_to_AVVP"
     task: str               # the protocol whose number fills it
-    direction: str          # "V→A" or "A→V"; retrieval: "text→video", or a pair "image↔text" (mean of both ways)
+    direction: str          # "V→A" or "A→V"; retrieval: a set ("clotho", the mean of both ways), "msvd:text→*"
     pretrain: str = ""      # seed 001 Table 1: the pretraining subset of its column group ("" = any)
     metric: str = ""        # retrieval: "R@1", "R@5" or "R@10"
 
     @property
     def key(self) -> str:
-        direction = self.direction.replace("→", "_to_").replace("↔", "_")
+        direction = self.direction.replace("→", "_to_").replace("↔", "_").replace(":", "/").replace("*", "X")
         return "/".join([*([self.pretrain] if self.pretrain else []), self.name, direction,
                          *([self.metric] if self.metric else [])])
 
@@ -147,13 +149,14 @@ RECALLS = ("R@1", "R@5", "R@10")
 
 
 def _recall_columns(group: str, name: str, direction: str) -> tuple[Column, ...]:
+    """R@1/5/10 of one retrieval number: ``direction`` a set's name (its pair's mean), "SET:text→*" or "SET:*→text"."""
     return tuple(Column(group, name, ZERO_SHOT, direction, metric=k) for k in RECALLS)
 
 
 SEED003_TABLE2 = PaperTable(
     "seed003_table2", "seed 003 Table 2: cross-modal zero-shot retrieval, mean of the two directions", "Method",
-    (*_recall_columns("MSCOCO (I↔T)", "MSCOCO", "image↔text"), *_recall_columns("Clotho (A↔T)", "Clotho", "audio↔text"),
-     *_recall_columns("FlickrSound (I↔A)", "FlickrSound", "audio↔image")),
+    (*_recall_columns("MSCOCO (I↔T)", "MSCOCO", "mscoco"), *_recall_columns("Clotho (A↔T)", "Clotho", "clotho"),
+     *_recall_columns("FlickrSound (I↔A)", "FlickrSound", "flickrsound")),
     _rows(("CMCM", (0.50, 4.20, 7.20, 1.62, 8.04, 14.87, 2.20, 9.80, 15.60)),
           ("DCID", (0.80, 5.00, 8.30, 2.06, 9.00, 16.70, 3.10, 11.10, 17.20)),
           ("FCCID", (1.30, 4.90, 9.60, 2.87, 10.73, 18.19, 3.10, 11.80, 17.50)),
@@ -168,8 +171,8 @@ SEED003_TABLE2 = PaperTable(
 SEED004_ROWS = ("TURN", "CMCM", "DCID", "TURN+COMET", "CMCM+COMET", "DCID+COMET", "DCID (altered order)",
                 "DCID+COMET (altered order)")
 _NONE6 = (None,) * 6
-SEED004_SEEN = {
-    "video": ("seed004_table2", "seed 004 Table 2: video↔text retrieval (MSVD), seen pair", {
+SEED004_SEEN = {      # table key, title, letter of the non-text modality, evaluation set, published rows per stage
+    "msvd": ("seed004_table2", "seed 004 Table 2: video↔text retrieval (MSVD), seen pair", {
         "First Stage": ((2.69, 9.1, 15.22, 2.54, 9.4, 15.37), (2.69, 10, 16.42, 3.13, 10.9, 17.91),
                         (3.58, 11.49, 18.66, 2.69, 10.45, 17.76), (2.99, 10.45, 16.87, 3.58, 11.04, 16.87),
                         (2.54, 12.84, 19.4, 3.58, 11.19, 18.81), (2.84, 12.09, 19.7, 2.84, 11.64, 19.85),
@@ -182,7 +185,7 @@ SEED004_SEEN = {
                         (2.24, 9.4, 16.87, 3.13, 8.51, 14.48), (2.39, 9.55, 15.97, 1.64, 8.21, 14.48),
                         (3.28, 9.7, 15.67, 3.13, 10.3, 14.18), (2.99, 9.7, 17.01, 2.99, 9.85, 15.82),
                         (2.39, 9.25, 14.03, 2.39, 8.66, 13.73), (3.88, 10.9, 16.87, 2.09, 10.15, 15.52))}),
-    "audio": ("seed004_table3", "seed 004 Table 3: audio↔text retrieval (Clotho), seen pair", {
+    "clotho": ("seed004_table3", "seed 004 Table 3: audio↔text retrieval (Clotho), seen pair", {
         "First Stage": (*(_NONE6,) * 6, (6.99, 25.65, 36.56, 6.22, 22.97, 32.54),
                         (7.27, 23.25, 37.42, 10.53, 23.44, 37.32)),
         "Second Stage": ((6.22, 22.68, 36.46, 5.74, 18.66, 29.19), (8.52, 24.59, 38.47, 7.18, 25.84, 35.41),
@@ -193,7 +196,7 @@ SEED004_SEEN = {
                         (3.06, 12.73, 20.67, 2.39, 8.13, 16.27), (3.06, 14.45, 25.26, 2.39, 9.57, 14.35),
                         (4.02, 15.5, 23.64, 3.83, 11.48, 21.53), (3.16, 13.97, 25.26, 2.87, 12.92, 21.53),
                         (2.87, 8.13, 16.65, 0.48, 7.18, 11.0), (2.68, 11.1, 17.8, 2.39, 8.61, 13.4))}),
-    "image": ("seed004_table4", "seed 004 Table 4: image↔text retrieval (MSCOCO), seen pair", {
+    "mscoco": ("seed004_table4", "seed 004 Table 4: image↔text retrieval (MSCOCO), seen pair", {
         "Third Stage": ((2.7, 12, 19.1, 3.4, 11.1, 18.1), (2.6, 11.5, 19.4, 3.7, 13.4, 20.5),
                         (3.6, 11.5, 20.4, 3.7, 13.4, 21.5), (3.3, 12.1, 18.9, 3.1, 13.1, 20.5),
                         (3.7, 12.5, 20.3, 3.3, 12.1, 20.5), (3.5, 13.5, 21.1, 3.2, 11.8, 23.2),
@@ -201,13 +204,15 @@ SEED004_SEEN = {
 }
 
 
-def seed004_table(modality: str, stage: str) -> PaperTable | None:
-    """Seed 004's seen-pair retrieval table of ``modality``↔text at ``stage`` (None: the paper has no such stage)."""
-    key, title, stages = SEED004_SEEN[modality]
+def seed004_table(dataset: str, stage: str) -> PaperTable | None:
+    """Seed 004's seen-pair retrieval table of the evaluation set ``dataset`` at ``stage`` (None: the paper has no such
+    stage)."""
+    key, title, stages = SEED004_SEEN[dataset]
     if stage not in stages:
         return None
-    columns = (*_recall_columns(f"{stage} T→{modality[0].upper()}", modality, f"text→{modality}"),
-               *_recall_columns(f"{stage} {modality[0].upper()}→T", modality, f"{modality}→text"))
+    letter = {"msvd": "V", "clotho": "A", "mscoco": "I"}[dataset]
+    columns = (*_recall_columns(f"{stage} T→{letter}", dataset, f"{dataset}:text→*"),
+               *_recall_columns(f"{stage} {letter}→T", dataset, f"{dataset}:*→text"))
     rows = tuple(PaperRow(label, values) for label, values in zip(SEED004_ROWS, stages[stage]))
     return PaperTable(f"{key}_{stage.split()[0].lower()}", f"{title}, {stage}", "Method", columns, rows,
                       average=True, note=f"Avg. = the mean of the row's six numbers; this checkpoint is at the {stage} "
@@ -247,19 +252,22 @@ def _switch_label(switches: Mapping[str, bool | None]) -> str:
     return "  ".join({True: "✓", False: "-", None: "?"}[switches.get(s)] for s in SWITCHES)
 
 
-def _canonical_pair(pair: str) -> str:
-    return "↔".join(sorted(pair.split("↔")))
-
-
 def _report_values(report: Mapping[str, Any], field: str) -> dict[tuple[str, str, str], float]:
-    """(task, direction, metric) -> % of the report: every probe's ``field``; with ``cross``, every zero-shot
-    retrieval R@k of a direction and of a pair's mean (pairs named in sorted order)."""
+    """(task, direction, metric) -> % of the report: every probe's ``field``; with ``cross``, the zero-shot retrieval
+    R@k of every evaluation set with one modality pair: its mean ("clotho") and, when one of the two is text, each
+    direction ("clotho:text→*", "clotho:*→text")."""
     values = {(p["task"], p["direction"], ""): 100 * p[field] for p in report["probes"]}
     if field == "cross":
-        for pair, scores in report.get(ZERO_SHOT, {}).get("pairs", {}).items():
-            values |= {(ZERO_SHOT, _canonical_pair(pair), k): 100 * v for k, v in scores["mean"].items()}
+        for name, dataset in report.get(ZERO_SHOT, {}).get("datasets", {}).items():
+            if len(dataset["pairs"]) != 1:
+                continue
+            (pair, scores), = dataset["pairs"].items()
+            values |= {(ZERO_SHOT, name, k): 100 * v for k, v in scores["mean"].items()}
             for direction, recall in scores["directions"].items():
-                values |= {(ZERO_SHOT, direction, k): 100 * v for k, v in recall.items()}
+                query, gallery = direction.split("→")
+                if "text" in (query, gallery):
+                    side = "text→*" if query == "text" else "*→text"
+                    values |= {(ZERO_SHOT, f"{name}:{side}", k): 100 * v for k, v in recall.items()}
     return values
 
 

@@ -18,10 +18,12 @@ modalities; the others are counted in ``without``.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +32,7 @@ from torch import Tensor
 
 from shards.extract import ShardBatches
 from trainer.data.decode import decode_whole_sample
-from trainer.data.stream import expand_shard_urls
+from trainer.data.stream import expand_shard_urls, read_manifest
 from trainer.eval.metrics import recall_at_k
 from trainer.pretrained import CMGModel, Codes
 
@@ -134,6 +136,25 @@ def pair_retrieval(data: RetrievalItems, first: str, second: str, ks: Sequence[i
             "mean": {k: (scores[forward][k] + scores[backward][k]) / 2 for k in scores[forward]},
             "chance": chance, "items": len(both), "queries": {forward: int(keep_a.sum()), backward: int(keep_b.sum())},
             "without": len(items_with) - len(both)}
+
+
+def retrieval_sets(spec: str) -> list[tuple[str, str]]:
+    """``--retrieval-data``: ``'::'``-separated sets, each ``NAME=URLS`` or ``URLS`` -> [(name, urls)]. An unnamed set
+    takes the name its manifest gives (``released.set`` of ``shards.convert``'s output), else its folder's name."""
+    sets = []
+    for part in (p for p in spec.split("::") if p):
+        name, _, urls = part.partition("=") if re.fullmatch(r"[A-Za-z0-9_.-]+=.+", part) else ("", "", part)
+        if not name:
+            shards = expand_shard_urls(urls)
+            try:
+                name = read_manifest(shards, "")[1].get("released", {}).get("set", "")
+            except ValueError:
+                name = ""
+            name = name or (Path(shards[0]).parent.name if shards else urls)
+        if name in dict(sets):
+            raise ValueError(f"--retrieval-data names the set {name!r} twice: give each set a name, NAME=URLS")
+        sets.append((name, urls))
+    return sets
 
 
 def zero_shot_retrieval(data: RetrievalItems, seen: set[frozenset[str]], ks: Sequence[int] = KS) -> dict[str, Any]:
