@@ -84,7 +84,7 @@ def prepare_shards(clips: Path, out: Path, total: int, max_count: int) -> str:
     return str(out / f"train-{{000000..{len(manifest['shards']) - 1:06d}}}.tar")
 
 
-def _call(what: str, cmd: list[str], quiet: bool, env: Mapping[str, str] | None = None) -> int:
+def run_product_command(what: str, cmd: list[str], quiet: bool, env: Mapping[str, str] | None = None) -> int:
     """Run a product command (one torch thread per process: two processes share the 2 cores) in ``env`` (default:
     this process's environment); its exit code."""
     print(f"{what}:", " ".join(cmd[1:]), flush=True)
@@ -110,7 +110,8 @@ def launch_training(job_config: str, urls: str, run_dir: str, processes: int, ac
            f"data.decode_cache={decode_cache(urls)}", *overrides]
     launcher = ["-m", "accelerate.commands.launch", "--config_file", accelerate_config, "--num_processes",
                 str(processes), "--main_process_port", str(free_port())] if processes > 1 else []
-    return _call("train", [sys.executable, *launcher, *job] + (["run.progress=false"] if quiet else []), quiet, env)
+    return run_product_command("train", [sys.executable, *launcher, *job] + (["run.progress=false"] if quiet else []),
+                               quiet, env)
 
 
 def run_evaluation(run_dir: str, urls: str, quiet: bool = False,
@@ -121,7 +122,7 @@ def run_evaluation(run_dir: str, urls: str, quiet: bool = False,
     # 000 §B.2's batch of 256 would be a single step per epoch on the demo's 72 training clips
     cmd = [sys.executable, "-m", "trainer.evaluate", run_dir, "--data", urls, "--epochs", "30", "--lr", "1e-3",
            "--batch-size", "64", "--json", str(report)]
-    return json.loads(report.read_text()) if _call("evaluate", cmd, quiet, env) == 0 else None
+    return json.loads(report.read_text()) if run_product_command("evaluate", cmd, quiet, env) == 0 else None
 
 
 @dataclass(frozen=True)

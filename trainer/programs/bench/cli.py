@@ -33,7 +33,8 @@ def backbones_parser() -> argparse.ArgumentParser:
 def continual_parser() -> argparse.ArgumentParser:
     d = config_defaults(f"{BENCH}.continual", "ContinualConfig")
     p = _parser("continual")
-    p.add_argument("--steps", type=int, default=d.train.steps, help="training steps per phase")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps per phase (default {d.train.steps}; "
+                   "--raw: the phase configs' run.max_steps)")
     p.add_argument("--world", default="default",
                    help=f"the synthetic world, one of {list(constant(f'{BENCH}.synthetic_features', 'WORLDS'))}")
     p.add_argument("--methods", default="dcid,comet",
@@ -52,6 +53,12 @@ def continual_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow", default=None, metavar="DIR",
                    help="also log every phase's evaluation to MLflow (sqlite store DIR/mlflow.db, a run per method)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--raw", action="store_true", help="the chain from raw pair shards through trainer/main.py and "
+                   "trainer.evaluate (trainer/programs/bench/continual_pairs.py; methods dcid and comet, --set as "
+                   "model.KEY=VALUE job overrides, one seed)")
+    p.add_argument("--data-dir", default="pairs_data", help="--raw: the pair corpora (kept and reused)")
+    p.add_argument("--runs", default="runs/continual_pairs", help="--raw: run directories (replaced)")
+    p.add_argument("--markdown", default=None, help="--raw: also write the table and targets as a generated docs page")
     return p
 
 
@@ -131,6 +138,12 @@ def fidelity_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
     p.add_argument("--world", default="default", help=argparse.SUPPRESS)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--raw", action="store_true", help="the chain from raw pair shards through trainer/main.py and "
+                   "trainer.evaluate (trainer/programs/bench/continual_pairs.py; methods dcid and comet, --set as "
+                   "model.KEY=VALUE job overrides, one seed)")
+    p.add_argument("--data-dir", default="pairs_data", help="--raw: the pair corpora (kept and reused)")
+    p.add_argument("--runs", default="runs/continual_pairs", help="--raw: run directories (replaced)")
+    p.add_argument("--markdown", default=None, help="--raw: also write the table and targets as a generated docs page")
     return p
 
 

@@ -426,6 +426,12 @@ def _run_child(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     parser = continual_parser()   # torch-free, for `cmg bench continual --help`
     args = parser.parse_args(argv)
+    if args.raw:
+        from trainer.programs.bench.continual_pairs import main as raw_main
+
+        return raw_main(args, list(sys.argv[1:] if argv is None else argv))
+    if args.steps is None:
+        args.steps = ContinualConfig().train.steps
     torch.set_num_threads(args.threads)
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")]
