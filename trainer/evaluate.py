@@ -350,7 +350,8 @@ def run_zero_shot_retrieval(pretrained: Pretrained, spec: str, src: SourceConfig
     the model's modalities present, R@1/5/10 both ways and their mean (trainer/eval/retrieval.py), on the code
     dimensions ``dims`` (TOC) when given."""
     sets = retrieval_sets(spec) if spec else [("data", data_config(src, job).urls)]
-    for _, urls in sets:
+    held: dict[str, set[str] | None] = {}       # the data streams each set's manifest says its samples hold
+    for name, urls in sets:
         try:
             manifest = read_manifest(expand_shard_urls(urls), "")[1]
         except ValueError:
@@ -358,11 +359,18 @@ def run_zero_shot_retrieval(pretrained: Pretrained, spec: str, src: SourceConfig
         if manifest.get("format") == FEATURE_MANIFEST_FORMAT:
             raise ValueError(f"zero_shot_retrieval reads clip shards (mp4, wav/flac, jpg/png/webp with their txt); "
                              f"{urls} are feature shards")
+        kinds = manifest.get("modalities")
+        held[name] = {m for kind in kinds for m in kind.split("+")} if isinstance(kinds, dict) else None
     coder = CMGModel.from_pretrained(pretrained.checkpoint, backbones=src.backbones or None)
     seen = trained_pairs(pretrained.model)
     datasets = {}
     for name, urls in sets:
-        items = read_retrieval_items(coder, urls)
+        coded = [m for m in coder.modalities if held[name] is None or coder.streams[m] in held[name]]
+        if len(coded) < 2:   # e.g. audio-text pairs before the phase that adds audio: nothing to rank
+            datasets[name] = {"urls": urls, "items": 0, "skipped": 0, "pairs": {},
+                              "note": f"the model codes {coded or 'none'} of its modalities {sorted(held[name])}"}
+            continue
+        items = read_retrieval_items(coder, urls, streams=[coder.streams[m] for m in coded])
         if dims is not None:
             items = items.select_dims(dims)
         datasets[name] = {"urls": urls, "items": len(items.keys), "skipped": len(items.skipped),
@@ -471,6 +479,9 @@ def zero_shot_lines(zero_shot: dict[str, Any]) -> list[str]:
     """The zero-shot retrieval table: per set and pair, R@1/5/10 each way, their mean (the seeds' number) and chance."""
     lines = []
     for name, dataset in zero_shot["datasets"].items():
+        if "note" in dataset:
+            lines.append(f"zero-shot retrieval on {name}: nothing to rank, {dataset['note']}")
+            continue
         lines += [f"zero-shot retrieval on {name}: {dataset['items']} items of {dataset['urls']} "
                   f"({dataset['skipped']} corrupt samples skipped); pooled code vectors, cosine; R@1 / R@5 / R@10 (%)",
                   f"{'pair':<8}{'':<8}{'dir':<8}{'R@1':>7}{'R@5':>7}{'R@10':>7}   chance R@1/5/10   queries"]

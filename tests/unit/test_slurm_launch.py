@@ -114,7 +114,7 @@ def test_continual_dry_run_chains_the_seed_004_phases(capsys):
     phases = lines[1:]
     assert len(phases) == 3
     root = REPO / "runs" / "continual_vt_at_it"
-    expected = [("video_text", "[video,text]"), ("audio_text", "[audio,text]"), ("image_text", "[video,text]")]
+    expected = [("video_text", "[video,text]"), ("audio_text", "[audio,text]"), ("image_text", "[image,text]")]
     for i, (line, (name, modalities)) in enumerate(zip(phases, expected)):
         assert line.startswith(f"CONFIG=launch/configs/pretrain_avt.yaml RUN_DIR={root / name} sbatch --parsable ")
         assert f"'model.modalities={modalities}'" in line

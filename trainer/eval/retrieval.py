@@ -67,13 +67,15 @@ class RetrievalItems:
                               self.skipped)
 
 
-def read_retrieval_items(model: CMGModel, urls: str, batch_size: int = 16) -> RetrievalItems:
+def read_retrieval_items(model: CMGModel, urls: str, batch_size: int = 16,
+                         streams: Sequence[str] | None = None) -> RetrievalItems:
     """Decode every sample of the shards ``urls`` whole (``decode_whole_sample``: clips of any length, images, audio,
-    every caption) and pool the codes ``model`` gives each of its modalities. Corrupt samples are skipped, each named
-    on stderr and counted in ``skipped``."""
+    every caption) and pool the codes ``model`` gives each of its modalities (only those of the data ``streams``
+    when given: the ones the set holds). Corrupt samples are skipped, each named on stderr and counted in
+    ``skipped``."""
     shards = expand_shard_urls(urls)
-    streams = sorted({model.streams[m] for m in model.modalities})
-    text = [m for m in model.modalities if model.streams[m] == "text"]
+    streams = sorted({model.streams[m] for m in model.modalities} & set(streams or model.streams.values()))
+    text = [m for m in model.modalities if model.streams[m] == "text" and "text" in streams]
     keys: list[str] = []
     vectors: dict[str, list[Tensor]] = {}
     items: dict[str, list[int]] = {}
