@@ -120,6 +120,25 @@ def convert_parser() -> argparse.ArgumentParser:
     sub.add_argument("--audio-dir", default="", help="directory of <youtube id>.zip audio features")
     sub.add_argument("--video-dir", default="", help="directory of <youtube id>.zip video features")
     sub.add_argument("--split", default="all", help="split the clips are recorded under")
+    for name, what in (("mscoco", "MSCOCO image-caption retrieval set (image features read as video)"),
+                       ("clotho", "Clotho audio-caption retrieval set (5 captions per audio)"),
+                       ("flickrsound", "FlickrSound image-audio retrieval set"),
+                       ("msvd", "MSVD video-caption retrieval set"),
+                       ("valor32k", "VALOR32K audio-video-caption set")):
+        sub = add_set(name, f"{what}: one zip of a pickled array per item (trainer/data/released_pairs.py)")
+        if name == "flickrsound":
+            sub.add_argument("--meta", required=True, help="CSV with a filename column (test.csv)")
+        else:
+            sub.add_argument("--captions", required=True, help={
+                "mscoco": "JSON with annotations [{image_id, caption}] (val_part_1.json)",
+                "clotho": "CSV with columns file_name, caption_1..caption_5",
+                "msvd": "CSV with columns video_name, caption (a row per caption)",
+                "valor32k": "JSON list of {video_id, desc} (desc_test.json)"}[name])
+        if name in ("mscoco", "flickrsound", "msvd", "valor32k"):
+            sub.add_argument("--video-dir", required=True, help="directory of <id>.zip video (or image) features")
+        if name in ("clotho", "flickrsound", "valor32k"):
+            sub.add_argument("--audio-dir", required=True, help="directory of <id>.zip audio features")
+        sub.add_argument("--split", default="test", help="split the items are recorded under")
     sub = add_set("ave", "AVE: h5 features, labels and order files")
     sub.add_argument("--root", required=True, help="directory of visual_feature.h5 and audio_feature.h5")
     sub.add_argument("--labels", default="labels.h5", help="labels h5 (relative to --root, or absolute)")

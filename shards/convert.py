@@ -10,6 +10,9 @@
         --video-dir UCF101/feature/video/zip --out feats/ucf101      # the VGGSound side: vggsound2ucf.csv,
                                                                      # VGGSoundsameUCF101.txt, --audio-dir
     python -m shards.convert ave --root AVE-ECCV18-master/data --out feats/ave
+    python -m shards.convert clotho --captions clotho_captions_evaluation.csv --audio-dir clotho2.1/feature/zip \
+        --out feats/clotho      # the retrieval sets: mscoco, clotho, flickrsound, msvd, valor32k
+                                # (trainer/data/released_pairs.py; zero-shot retrieval reads them)
   every set: [--clips-per-shard 256] [--dtype float32|float16] [--skip-bad] [--text-backbones YAML]
              [--max-shards N] [--no-progress]
 
@@ -68,8 +71,10 @@ from shards.extract import output_samples
 from trainer.data.decode import DecodeConfig
 from trainer.data.features import FEATURE_MANIFEST_FORMAT, FeatureError, PublicFeatureConfig
 from trainer.data.released import (
-    FEATURE_SHAPES, SECONDS, AVEConfig, AVESet, AVVPConfig, AVVPSet, ReleasedClip, ReleasedSet, ZipSet, ZipSetConfig,
+    FEATURE_SHAPES, SECONDS, AVEConfig, AVESet, AVVPConfig, AVVPSet, ReleasedClip, ReleasedFormatError, ReleasedSet,
+    ZipSet, ZipSetConfig,
 )
+from trainer.data.released_pairs import PAIR_SETS, PairSet, PairSetConfig
 from trainer.data.stream import MANIFEST_NAME
 
 STATE_NAME = "convert-state.json"
@@ -86,7 +91,7 @@ RELEASED_BACKBONES = {
 }
 
 
-SetConfig = ZipSetConfig | AVVPConfig | AVEConfig
+SetConfig = ZipSetConfig | AVVPConfig | AVEConfig | PairSetConfig
 
 
 class ConvertError(Exception):
@@ -220,9 +225,21 @@ def clip_samples(clip: ReleasedClip, num_classes: int, dtype: np.dtype,
     return list(output_samples(batch, feats, dtype))
 
 
+def item_shapes(clip: ReleasedClip, expected: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The clip's feature shape after the time axis per modality, refused unless it is the set's (``expected``: the
+    first item's; {} before any) — items of a retrieval set vary in length only."""
+    shapes = {m: list(a.shape[1:]) for m, a in clip.features.items()}
+    wrong = {m: s for m, s in shapes.items() if m in expected and s != expected[m]}
+    if wrong:
+        raise ReleasedFormatError(f"{clip.key}: feature shape after the time axis {wrong}, but the set's items have "
+                                  f"{ {m: expected[m] for m in wrong} }")
+    return shapes
+
+
 def write_shard(source: ReleasedSet, plan: ShardPlan, path: Path, cfg: ConvertConfig, text: PromptEncoder | None,
-                bar: tqdm) -> dict[str, Any]:
-    """Read the plan's clips and write them to ``path`` (through ``path.partial``); returns the ledger record."""
+                bar: tqdm, shapes: dict[str, list[int]]) -> dict[str, Any]:
+    """Read the plan's clips and write them to ``path`` (through ``path.partial``); returns the ledger record.
+    ``shapes``: the items' shapes after the time axis so far (filled from this shard's first item when empty)."""
     partial = path.with_name(path.name + ".partial")
     samples, skipped, fitted = 0, [], Counter()
     try:
@@ -231,6 +248,7 @@ def write_shard(source: ReleasedSet, plan: ShardPlan, path: Path, cfg: ConvertCo
             for key in plan.keys:
                 try:
                     clip = source.read(plan.split, key)
+                    shapes |= item_shapes(clip, shapes)
                 except FeatureError as err:        # ReleasedFormatError, or the AVE reader's FeatureError
                     if not cfg.skip_bad:
                         raise
@@ -247,7 +265,7 @@ def write_shard(source: ReleasedSet, plan: ShardPlan, path: Path, cfg: ConvertCo
         partial.unlink(missing_ok=True)
         raise
     return {"split": plan.split, "samples": samples, "bytes": path.stat().st_size, "skipped": skipped,
-            "fitted": dict(sorted(fitted.items()))}
+            "fitted": dict(sorted(fitted.items())), "shapes": dict(shapes)}
 
 
 def split_urls(names: list[str]) -> str:
@@ -259,8 +277,10 @@ def split_urls(names: list[str]) -> str:
 def build_manifest(source: ReleasedSet, plans: list[ShardPlan], ledger: Ledger, cfg: ConvertConfig,
                    text: PromptEncoder | None) -> dict[str, Any]:
     records = [(p, ledger.state["shards"][p.name]) for p in plans]
-    shapes = {m: list(FEATURE_SHAPES[m]) for m in source.modalities}
-    backbones: dict[str, Any] = {m: RELEASED_BACKBONES[m] for m in source.modalities}
+    variable = getattr(source, "variable_length", False)
+    recorded = next((e["shapes"] for _, e in records if e.get("shapes")), {})
+    shapes = {m: recorded.get(m) if variable else list(FEATURE_SHAPES[m]) for m in source.modalities}
+    backbones: dict[str, Any] = {m: None if variable else RELEASED_BACKBONES[m] for m in source.modalities}
     if text is not None:
         shapes["text"] = list(text.backbones.feature_shapes()["text"])
         backbones["text"] = text.backbones.describe()["text"]
@@ -278,9 +298,11 @@ def build_manifest(source: ReleasedSet, plans: list[ShardPlan], ledger: Ledger, 
         "shards": [{"name": p.name, "samples": e["samples"], "split": p.split} for p, e in records],
         "total": sum(e["samples"] for _, e in records), "skipped": len(skipped),
         "backbones": backbones, "feature_shapes": shapes,
-        "decode": dataclasses.asdict(DecodeConfig(seconds=SECONDS)), "dtype": cfg.dtype,
+        # a retrieval set's items vary in length: no decode window (None)
+        "decode": None if variable else dataclasses.asdict(DecodeConfig(seconds=SECONDS)), "dtype": cfg.dtype,
         "released": {
             "set": source.kind, "classes": source.classes, "num_classes": len(source.classes), "labels": source.labels,
+            "captions": source.captions,
             "splits": {s: {"urls": split_urls(v["shards"]), "shards": len(v["shards"]), "samples": v["samples"]}
                        for s, v in splits.items()},
             "fitted": dict(sorted(fitted.items())), "skipped_clips": skipped,
@@ -323,12 +345,14 @@ def convert_locked(source: ReleasedSet, plans: list[ShardPlan], arguments: dict[
     todo = [p for p in plans if ledger.finished(p) is None]
     done = sum(len(p.keys) for p in plans) - sum(len(p.keys) for p in todo)
     written = 0
+    # the items' shapes after the time axis, as the finished shards recorded them (a resumed run checks against them)
+    shapes = next((dict(e["shapes"]) for e in ledger.state["shards"].values() if e.get("shapes")), {})
     with tqdm(total=sum(len(p.keys) for p in plans), initial=done, desc=f"convert {source.kind}", unit="clip",
               disable=not cfg.progress) as bar:
         for plan in todo:
             if cfg.max_shards is not None and written >= cfg.max_shards:
                 break
-            ledger.record(plan, write_shard(source, plan, out_dir / plan.name, cfg, text, bar))
+            ledger.record(plan, write_shard(source, plan, out_dir / plan.name, cfg, text, bar, shapes))
             written += 1
     remaining = len(todo) - written
     manifest = None
@@ -360,6 +384,11 @@ def parse_args(argv: list[str] | None) -> tuple[SetConfig, str, ConvertConfig]:
                 "--label-dir": set_config.label_dir}
         if a.set == "ucf-vggsound" and bool(a.audio_dir) == bool(a.video_dir):
             raise ConvertError("ucf-vggsound: give --video-dir (the UCF101 side) or --audio-dir (the VGGSound side)")
+    elif a.set in PAIR_SETS:
+        set_config = PairSetConfig(_path(getattr(a, "captions", "")), _path(getattr(a, "meta", "")),
+                                   _path(getattr(a, "video_dir", "")), _path(getattr(a, "audio_dir", "")), a.split)
+        files = {"--captions": set_config.captions, "--meta": set_config.meta}
+        dirs = {"--audio-dir": set_config.audio_dir, "--video-dir": set_config.video_dir}
     elif a.set == "avvp":
         set_config = AVVPConfig(_path(a.audio_annotations), _path(a.visual_annotations), _path(a.categories),
                                 _path(a.audio_dir), _path(a.video_dir), a.split)
@@ -394,12 +423,14 @@ def open_set(set_config: SetConfig, kind: str) -> ReleasedSet:
         return ZipSet(set_config, kind)
     if isinstance(set_config, AVVPConfig):
         return AVVPSet(set_config)
+    if isinstance(set_config, PairSetConfig):
+        return PairSet(set_config, kind)
     return AVESet(set_config)
 
 
 def summary(manifest: dict[str, Any], out: str) -> str:
     released = manifest["released"]
-    lines = [f"{released['set']}: {manifest['total']} clips ({released['num_classes']} classes) in "
+    lines = [f"{released['set']}: {manifest['total']} items ({released['num_classes']} classes) in "
              f"{len(manifest['shards'])} shards in {out}; {manifest['skipped']} skipped; "
              f"features {', '.join(f'{m} {tuple(s)}' for m, s in manifest['feature_shapes'].items())} "
              f"{manifest['dtype']}"]
@@ -413,8 +444,13 @@ def summary(manifest: dict[str, Any], out: str) -> str:
     if len(urls) > 1:
         lines.append(f"  {'every':<6} {manifest['total']:>7} clips  data.urls='{'::'.join(urls.values())}'")
     modalities = ",".join(manifest["feature_shapes"])
-    lines.append(f"train on a split: python trainer/main.py --config CONFIG.yaml data.kind=features "
-                 f"data.feature_modalities=[{modalities}] data.urls='{urls.get('train', next(iter(urls.values())))}'")
+    if manifest["decode"] is None:     # a retrieval set (trainer/data/released_pairs.py)
+        lines.append(f"rank it: python -m trainer.evaluate RUN --tasks zero_shot_retrieval --retrieval-data "
+                     f"'{released['set']}={'::'.join(urls.values())}'")
+    else:
+        train = urls.get("train", next(iter(urls.values())))
+        lines.append(f"train on a split: python trainer/main.py --config CONFIG.yaml data.kind=features "
+                     f"data.feature_modalities=[{modalities}] data.urls='{train}'")
     return "\n".join(lines)
 
 

@@ -77,7 +77,7 @@ from trainer.eval.probes import (
     SPLITS, CodeSplit, ProbeConfig, ProbeResult, class_retrieval, classification_probe, code_agreement,
     cross_dataset_classification, cross_dataset_probe, localisation_probe, paired_clip_retrieval,
 )
-from trainer.eval.retrieval import read_retrieval_items, retrieval_sets, zero_shot_retrieval
+from trainer.eval.retrieval import read_feature_items, read_retrieval_items, retrieval_sets, zero_shot_retrieval
 from trainer.job import JobConfig, read_run_config
 from trainer.pretrained import CMGModel, frozen_backbones
 from trainer.toc import TOCConfig, toc_scores
@@ -346,20 +346,21 @@ def run_retrieval(tasks: tuple[str, ...], test: CodeSplit, modalities: tuple[str
 def run_zero_shot_retrieval(pretrained: Pretrained, spec: str, src: SourceConfig, job: JobConfig,
                             dims: Tensor | None) -> dict[str, Any]:
     """Seed 003 Table 2's protocol on every item of each set of ``spec`` (``--retrieval-data``; "": ``src``'s shards,
-    one set): clip shards of any pairs (image+text, audio+text, image+audio, video+text, audio-video), every pair of
-    the model's modalities present, R@1/5/10 both ways and their mean (trainer/eval/retrieval.py), on the code
-    dimensions ``dims`` (TOC) when given."""
+    one set): clip shards of any pairs (image+text, audio+text, image+audio, video+text, audio-video) or feature shards
+    (the authors' released retrieval sets, ``shards.convert``), every pair of the model's modalities present,
+    R@1/5/10 both ways and their mean (trainer/eval/retrieval.py), on the code dimensions ``dims`` (TOC) when given."""
     sets = retrieval_sets(spec) if spec else [("data", data_config(src, job).urls)]
     held: dict[str, set[str] | None] = {}       # the data streams each set's manifest says its samples hold
+    features: dict[str, bool] = {}              # feature shards (a converted release) rather than media
     for name, urls in sets:
         try:
             manifest = read_manifest(expand_shard_urls(urls), "")[1]
         except ValueError:
             manifest = {}
-        if manifest.get("format") == FEATURE_MANIFEST_FORMAT:
-            raise ValueError(f"zero_shot_retrieval reads clip shards (mp4, wav/flac, jpg/png/webp with their txt); "
-                             f"{urls} are feature shards")
-        kinds = manifest.get("modalities")
+        features[name] = manifest.get("format") == FEATURE_MANIFEST_FORMAT
+        kinds = manifest.get("modalities") if not features[name] else \
+            {"+".join([*manifest.get("feature_shapes", {}), *(["text"] if manifest.get("released", {}).get(
+                "captions") else [])]): 1}
         held[name] = {m for kind in kinds for m in kind.split("+")} if isinstance(kinds, dict) else None
     coder = CMGModel.from_pretrained(pretrained.checkpoint, backbones=src.backbones or None)
     seen = trained_pairs(pretrained.model)
@@ -370,7 +371,8 @@ def run_zero_shot_retrieval(pretrained: Pretrained, spec: str, src: SourceConfig
             datasets[name] = {"urls": urls, "items": 0, "skipped": 0, "pairs": {},
                               "note": f"the model codes {coded or 'none'} of its modalities {sorted(held[name])}"}
             continue
-        items = read_retrieval_items(coder, urls, streams=[coder.streams[m] for m in coded])
+        items = read_feature_items(coder, urls) if features[name] else \
+            read_retrieval_items(coder, urls, streams=[coder.streams[m] for m in coded])
         if dims is not None:
             items = items.select_dims(dims)
         datasets[name] = {"urls": urls, "items": len(items.keys), "skipped": len(items.skipped),

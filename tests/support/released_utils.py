@@ -9,6 +9,7 @@ should find.
 from __future__ import annotations
 
 import csv
+import json
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -210,3 +211,85 @@ def fitted_audio(audio: np.ndarray) -> np.ndarray:
         return np.concatenate([audio, np.tile(audio[-1, :], (10 - audio.shape[0], 1))], axis=0)
     return audio[:10]
 
+
+
+# --- the retrieval sets (trainer/data/released_pairs.py) ---
+
+@dataclass
+class PairRelease:
+    """Paths of one retrieval set and, per item id, what a reader should find."""
+
+    args: list[str]                                                  # the shards.convert arguments after the set
+    features: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)   # id -> modality -> released array
+    captions: dict[str, list[str]] = field(default_factory=dict)    # id -> its captions, in order
+
+
+PAIR_WORDS = ("a dog barks", "rain falls on a roof", "a cello plays", "a car passes by", "children are laughing")
+
+
+def numpy1_pickle(array: np.ndarray) -> bytes:
+    """``array`` pickled as numpy 1 (and a release written by Python 3.7) names it: ``numpy.core.multiarray``, protocol
+    2, whose GLOBAL opcodes spell module names as text."""
+    data = pickle.dumps(array, protocol=2)
+    assert b"numpy._core" in data or b"numpy.core" in data
+    return data.replace(b"numpy._core", b"numpy.core")
+
+
+def make_pair_release(root: Path, kind: str, items: int = 6, seed: int = 0) -> PairRelease:
+    """A tiny retrieval set ``kind`` in the authors' layout: arrays of random length (1-4 steps), video as the 7x7x512
+    grid, audio (t 128), an image as one (7 7 512) grid; captions as the set has them (Clotho and MSCOCO 5 each)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    release = PairRelease([])
+    dirs = {"video": root / "feature" / "video" / "zip", "audio": root / "feature" / "audio" / "zip"}
+    for folder in dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    modalities = {"mscoco": ("video",), "clotho": ("audio",), "flickrsound": ("audio", "video"),
+                  "msvd": ("video",), "valor32k": ("video", "audio")}[kind]
+    ids = {"mscoco": [f"{139 + 7 * i:012}" for i in range(items)], "clotho": [f"clip {i}" for i in range(items)],
+           "flickrsound": [f"fs_{i}" for i in range(items)], "msvd": [f"vid{i}_0_5" for i in range(items)],
+           "valor32k": [f"v{i:04d}" for i in range(items)]}[kind]
+    for n, key in enumerate(ids):
+        length = int(rng.integers(1, 5))
+        arrays = {}
+        for m in modalities:
+            if m == "audio":
+                arrays[m] = rng.normal(size=(length, 128))
+            elif kind == "flickrsound":
+                arrays[m] = rng.normal(size=(7, 7, 512)).astype(np.float32)        # one image, no time axis
+            else:
+                arrays[m] = rng.normal(size=(length, 7, 7, 512)).astype(np.float32)
+            if n == 0:   # the first item as a Python 3.7 / numpy 1 release pickles it
+                pickle_bytes_zip(dirs[m] / f"{key}.zip", numpy1_pickle(arrays[m]), f"{key}.pkl")
+            else:
+                pickle_zip(dirs[m] / f"{key}.zip", arrays[m])
+        release.features[key] = arrays
+        count = {"mscoco": 5, "clotho": 5, "flickrsound": 0, "msvd": 2, "valor32k": 1}[kind]
+        release.captions[key] = [f"{PAIR_WORDS[(n + j) % len(PAIR_WORDS)]}, take {j}" for j in range(count)]
+    if kind == "mscoco":
+        annotations = [{"image_id": int(key), "id": 10 * n + j, "caption": c}
+                       for j in range(5) for n, key in enumerate(ids) for c in release.captions[key][j:j + 1]]
+        (root / "val_part_1.json").write_text(json.dumps({"annotations": annotations}))
+        release.args = ["--captions", str(root / "val_part_1.json"), "--video-dir", str(dirs["video"])]
+    elif kind == "clotho":
+        with open(root / "clotho_captions_evaluation.csv", "w", newline="", encoding="utf-8-sig") as handle:  # a BOM
+            writer = csv.writer(handle)
+            writer.writerow(["file_name", *(f"caption_{j}" for j in range(1, 6))])
+            writer.writerows([f"{key}.wav", *release.captions[key]] for key in ids)
+        release.args = ["--captions", str(root / "clotho_captions_evaluation.csv"), "--audio-dir", str(dirs["audio"])]
+    elif kind == "flickrsound":
+        _write_lines(root / "test.csv", ["filename", *(f"{key}.wav" for key in ids)])
+        release.args = ["--meta", str(root / "test.csv"), "--audio-dir", str(dirs["audio"]),
+                        "--video-dir", str(dirs["video"])]
+    elif kind == "msvd":
+        with open(root / "msvd_test.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["video_name", "caption"])
+            writer.writerows([key, c] for key in ids for c in release.captions[key])
+        release.args = ["--captions", str(root / "msvd_test.csv"), "--video-dir", str(dirs["video"])]
+    else:
+        (root / "desc_test.json").write_text(json.dumps([{"video_id": key, "desc": release.captions[key][0]}
+                                                         for key in ids]))
+        release.args = ["--captions", str(root / "desc_test.json"), "--video-dir", str(dirs["video"]),
+                        "--audio-dir", str(dirs["audio"])]
+    return release

@@ -336,7 +336,8 @@ def test_rename_trains_an_image_modality_on_the_video_stream():
 def test_continual_comet_phases_file_checks_and_chains_three_phase_configs(capsys, phases, prefix):
     assert continual_main([str(REPO / "launch" / "configs" / phases), "--dry-run"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "sbatch" in line]
-    assert [line.split()[0] for line in lines] == [f"CONFIG=launch/configs/{prefix}{p}.yaml" for p in ("vt", "at", "it")]
+    assert [line.split()[0] for line in lines] == [f"CONFIG=launch/configs/{prefix}{phase}.yaml"
+                                                   for phase in ("vt", "at", "it")]
     assert "run.init_from=" not in lines[0] and all("run.init_from=" in line for line in lines[1:])
 
 

@@ -355,8 +355,7 @@ def test_a_protocol_without_its_data_is_refused_naming_the_option(checkpoint, uc
             (ucf_vgg[:4], "needs both datasets: --vgg-data is missing"),
             (["--tasks", "classification,retrieve"], "unknown tasks ['retrieve'] in --tasks"),
             (["--tasks", "ucf_vgg", "--ucf-data", str(tmp_path / "none.tar"), *ucf_vgg[2:]], "--ucf-data: manifest"),
-            (["--tasks", "zero_shot_retrieval", "--data", ucf_vgg[1], "--kind", "features"],
-             "zero_shot_retrieval reads clip shards")):
+            (["--tasks", "zero_shot_retrieval", "--retrieval-data", "a=x.tar::a=y.tar"], "names the set 'a' twice")):
         assert main([str(checkpoint), *public, *args]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error: ") and expected in err, err

@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shards.extract import ShardBatches
-from trainer.data.decode import decode_whole_sample
+from shards.extract import ShardBatches, raw_samples, skip_record
+from trainer.data.decode import CorruptSample, decode_whole_sample, member_where, sample_captions
+from trainer.data.features import decode_npy
+from trainer.eval.encode import encode_segments
 from trainer.data.stream import expand_shard_urls, read_manifest
 from trainer.eval.metrics import recall_at_k
 from trainer.pretrained import CMGModel, Codes
@@ -111,6 +113,66 @@ def read_retrieval_items(model: CMGModel, urls: str, batch_size: int = 16,
         print(f"[cmg] zero-shot retrieval: skipped {len(skipped)} corrupt samples of {urls}", file=sys.stderr)
     rows = {m: ModalityRows(torch.stack(vectors[m]), torch.tensor(items[m])) for m in model.modalities if m in vectors}
     return RetrievalItems(keys, rows, skipped)
+
+
+def read_feature_items(model: CMGModel, urls: str, batch_size: int = 64) -> RetrievalItems:
+    """Every sample of feature shards (``shards.convert``'s retrieval sets, ``shards.extract``'s output): each
+    ``<stream>.npy`` the model codes, ``(t ...)`` of any length, encoded as ``CMGModel`` encodes clips (windows of the
+    training's ``data.decode.seconds``), and every caption of the txt member through the model's text backbone. A
+    member that does not decode (``decode_npy``: numeric arrays only, never unpickled) or does not fit the model is
+    skipped, named on stderr and counted."""
+    keys: list[str] = []
+    arrays: dict[str, list[tuple[int, Tensor]]] = {}
+    captions: list[tuple[int, str]] = []
+    skipped: list[dict[str, str]] = []
+    by_stream = {model.streams[m]: m for m in model.modalities}
+    for url in expand_shard_urls(urls):
+        for sample in raw_samples(url):
+            item, members = len(keys), {}
+            try:
+                for stream, m in by_stream.items():
+                    member = f"{stream}.npy"
+                    if stream != "text" and member in sample:
+                        members[m] = torch.from_numpy(decode_npy(sample[member], member_where(sample, member)))
+                texts = sample_captions(sample) if "text" in by_stream else []
+            except CorruptSample as err:
+                print(f"[cmg] skipping {err}", file=sys.stderr)
+                skipped.append(skip_record(err))
+                continue
+            keys.append(str(sample["__key__"]))
+            for m, x in members.items():
+                arrays.setdefault(m, []).append((item, x.float()))
+            captions += [(item, c) for c in texts]
+    if not keys:
+        raise ValueError(f"{urls}: no items to retrieve (skipped {len(skipped)} corrupt samples)")
+    vectors: dict[str, list[Tensor]] = {}
+    items: dict[str, list[int]] = {}
+    for m, rows in arrays.items():
+        by_length: dict[tuple[int, ...], list[tuple[int, Tensor]]] = {}
+        for item, x in rows:
+            by_length.setdefault(tuple(x.shape), []).append((item, x))
+        for group in by_length.values():
+            for start in range(0, len(group), batch_size):
+                chunk = group[start:start + batch_size]
+                try:
+                    coded = encode_segments(model.model, m, torch.stack([x for _, x in chunk]),
+                                            window=model.decode.seconds)
+                except RuntimeError as err:      # a feature size the model's encoder does not take
+                    raise ValueError(f"{urls}: {m} features of shape {tuple(chunk[0][1].shape)} do not fit the "
+                                     f"model's {m} encoder ({err})") from err
+                for j, (item, _) in enumerate(chunk):
+                    vectors.setdefault(m, []).append(coded.quantized[j].float().mean(0))
+                    items.setdefault(m, []).append(item)
+    text = by_stream.get("text")
+    if text is not None and captions:
+        encoded = model.encode(text=[c for _, c in captions], batch_size=batch_size)[text]
+        for row, (item, _) in enumerate(captions):
+            vectors.setdefault(text, []).append(pooled(Codes(encoded.codes[row], encoded.quantized[row],
+                                                             encoded.semantic[row], encoded.mask[row])))
+            items.setdefault(text, []).append(item)
+    rows_of = {m: ModalityRows(torch.stack(vectors[m]), torch.tensor(items[m])) for m in model.modalities
+               if m in vectors}
+    return RetrievalItems(keys, rows_of, skipped)
 
 
 def _direction(similarity: Tensor, relevant: Tensor, ks: Sequence[int]) -> dict[str, float]:
