@@ -366,7 +366,9 @@ def run_zero_shot_retrieval(pretrained: Pretrained, spec: str, src: SourceConfig
     seen = trained_pairs(pretrained.model)
     datasets = {}
     for name, urls in sets:
-        coded = [m for m in coder.modalities if held[name] is None or coder.streams[m] in held[name]]
+        # media need the model's backbone of their stream; feature shards only their modality's encoder
+        candidates = list(coder.streams) if features[name] else coder.modalities
+        coded = [m for m in candidates if held[name] is None or coder.streams[m] in held[name]]
         if len(coded) < 2:   # e.g. audio-text pairs before the phase that adds audio: nothing to rank
             datasets[name] = {"urls": urls, "items": 0, "skipped": 0, "pairs": {},
                               "note": f"the model codes {coded or 'none'} of its modalities {sorted(held[name])}"}

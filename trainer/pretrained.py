@@ -359,7 +359,9 @@ def frozen_backbones(records: Mapping[str, Any] | None, streams: Sequence[str], 
     """The frozen backbones of ``streams`` as ``records`` describe them (a checkpoint's meta.json ``backbones``; their
     ``./`` paths relative to ``base_dir``), or as the backbones YAML ``yaml`` configures them, refused unless their
     weights match the recorded fingerprints (``FrozenBackbones.load_state_dict``). None: nothing to build them from."""
-    recorded = {s: r for s, r in (records or {}).items() if s in streams}
+    # a record without a backbone_config names an extractor this project cannot rebuild (the authors' VGGish and VGG-19
+    # of a released feature set): the model then codes that stream's features only, not its media
+    recorded = {s: r for s, r in (records or {}).items() if s in streams and "backbone_config" in (r or {})}
     if yaml is not None:
         config = load_backbones_config(yaml).only(list(streams))
     elif recorded:

@@ -11,8 +11,9 @@ import sys
 
 import pytest
 from job_utils import REPO, job_env, read_metrics, run_job
-from released_utils import make_vggsound_avel
+from released_utils import make_pair_release, make_vggsound_avel
 
+from shards.convert import main as convert_main
 from trainer.checkpoint import CheckpointManager
 
 
@@ -36,3 +37,48 @@ def test_main_trains_on_converted_vggsound_avel_features(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["loss"]) for m in metrics)
     checkpoint = CheckpointManager(run_dir / "checkpoints").latest()
     assert checkpoint is not None and json.loads((checkpoint / "meta.json").read_text())["step"] == 2
+
+
+@pytest.mark.slow
+def test_paper_suite_ranks_the_converted_retrieval_sets_and_prints_seed_003_table_2_and_seed_004s(tmp_path):
+    """A text model trained on converted VGGSound-AVEL features (prompts through the tiny text backbone), then fake
+    MSCOCO, Clotho, FlickrSound and MSVD releases converted and ranked by ``--suite paper``: every set's pair is
+    scored on all its items and captions, and the tables show this checkpoint's numbers in their columns."""
+    files = make_vggsound_avel(tmp_path / "released", ["train"] * 6 + ["test"] * 2)
+    feats = tmp_path / "feats"
+    tiny = REPO / "launch" / "configs" / "backbones" / "tiny.yaml"
+    assert convert_main(["vggsound-avel", "--meta", str(files.meta), "--categories", str(files.categories),
+                         "--audio-dir", str(files.audio_dir), "--video-dir", str(files.video_dir), "--prompts",
+                         str(files.prompts), "--text-backbones", str(tiny), "--out", str(feats), "--no-progress"]) == 0
+    run_dir = tmp_path / "run"
+    run_job(run_dir, str(feats / "train-000000.tar"), overrides=[
+        "data.kind=features", "data.feature_modalities=[audio,video,text]", "model.modalities=[audio,video,text]",
+        "run.max_steps=2"])
+    sets = {}
+    for kind in ("mscoco", "clotho", "flickrsound", "msvd"):
+        release = make_pair_release(tmp_path / kind, kind, items=5)
+        assert convert_main([kind, *release.args, "--out", str(tmp_path / f"{kind}_feats"), "--no-progress"]) == 0
+        sets[kind] = (release, str(tmp_path / f"{kind}_feats" / "test-000000.tar"))
+    report_path = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.evaluate", str(run_dir), "--suite", "paper", "--epochs", "1", "--no-tracking",
+         "--retrieval-data", "::".join(urls for _, urls in sets.values()), "--json", str(report_path)],
+        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    datasets = json.loads(report_path.read_text())["zero_shot_retrieval"]["datasets"]
+    assert list(datasets) == list(sets)                                  # named by their manifests
+    for kind, (release, _) in sets.items():
+        (pair, scores), = datasets[kind]["pairs"].items()
+        assert datasets[kind]["items"] == 5 and scores["items"] == 5
+        captions = sum(len(c) for c in release.captions.values())
+        if kind != "flickrsound":                     # a caption query per caption, an item query per item
+            assert sorted(scores["queries"].values()) == [5, captions], (kind, scores["queries"])
+    lines = done.stdout.splitlines()
+    table2 = lines.index(next(line for line in lines if line.startswith("seed 003 Table 2")))
+    ours = next(line for line in lines[table2:] if line.startswith("this checkpoint"))
+    assert "—" not in ours and len(ours.split()) == 3 + 9 + 1                  # 9 numbers and their Avg.
+    for title in ("seed 004 Table 2: video↔text retrieval (MSVD), seen pair, First Stage",
+                  "seed 004 Table 3: audio↔text retrieval (Clotho), seen pair, First Stage"):
+        start = lines.index(title)
+        ours = next(line for line in lines[start:] if line.startswith("this checkpoint"))
+        assert "—" not in ours, (title, ours)

@@ -125,7 +125,9 @@ def read_feature_items(model: CMGModel, urls: str, batch_size: int = 64) -> Retr
     arrays: dict[str, list[tuple[int, Tensor]]] = {}
     captions: list[tuple[int, str]] = []
     skipped: list[dict[str, str]] = []
-    by_stream = {model.streams[m]: m for m in model.modalities}
+    by_stream = {stream: m for m, stream in model.streams.items()}     # features need no backbone, captions do
+    if "text" in by_stream and (model.backbones is None or "text" not in model.backbones.modalities):
+        del by_stream["text"]
     for url in expand_shard_urls(urls):
         for sample in raw_samples(url):
             item, members = len(keys), {}
@@ -170,8 +172,7 @@ def read_feature_items(model: CMGModel, urls: str, batch_size: int = 64) -> Retr
             vectors.setdefault(text, []).append(pooled(Codes(encoded.codes[row], encoded.quantized[row],
                                                              encoded.semantic[row], encoded.mask[row])))
             items.setdefault(text, []).append(item)
-    rows_of = {m: ModalityRows(torch.stack(vectors[m]), torch.tensor(items[m])) for m in model.modalities
-               if m in vectors}
+    rows_of = {m: ModalityRows(torch.stack(vectors[m]), torch.tensor(items[m])) for m in model.streams if m in vectors}
     return RetrievalItems(keys, rows_of, skipped)
 
 
