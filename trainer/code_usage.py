@@ -21,6 +21,11 @@ _MODALITY_COLOURS = {"audio": "#d62728", "video": "#1f77b4", "text": "#2ca02c",
                      "image": "#ff7f0e", "speech": "#8c564b"}
 _SPARE_COLOURS = ("#e377c2", "#17becf", "#7f7f7f", "#aec7e8", "#ff9896")
 _SHARED_COLOUR, _MIXED_COLOUR, _UNUSED_COLOUR = "#9467bd", "#bcbd22", "#000000"
+# seed 003 Figs. 5-6, seed 004 Fig. 3 (three modalities): red = one modality holds more than 95 % of a code's
+# activations, green = all three hold at least 5 %, blue = the rest
+SEED_THREE_MODALITIES = {"dominance": 0.95, "shared_floor": 0.05}
+_SEED_COLOURS = {"single": "#d62728", "shared": "#2ca02c", "mixed": "#1f77b4"}
+_SEED_BAR_COLOURS = ("#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class CodeUsage:
     class_names: tuple[str, ...]
     code_class: np.ndarray
     dominance: float
+    shared_floor: float | None = None
 
     def summary(self) -> dict[str, int]:
         """Number of codes in each class, e.g. ``{"shared": 370, "audio_only": 12, ..., "unused": 3}``."""
@@ -46,7 +52,8 @@ class CodeUsage:
         return np.divide(self.counts, total, out=np.zeros_like(self.counts), where=total > 0)
 
 
-def classify_code_usage(counts: Mapping[str, Any], dominance: float = 0.8) -> CodeUsage:
+def classify_code_usage(counts: Mapping[str, Any], dominance: float = 0.8,
+                        shared_floor: float | None = None) -> CodeUsage:
     """Class of each code from per-modality usage counts ``{"audio": (m,), "video": (m,), ...}``.
 
     With s_k the share of code i's assignments that came from modality k (seed 001 Fig. 4: red / blue
@@ -55,7 +62,8 @@ def classify_code_usage(counts: Mapping[str, Any], dominance: float = 0.8) -> Co
     - ``unused``: no assignments;
     - ``<k>_only``: s_k >= ``dominance`` (``dominance=1`` means strictly one modality);
     - ``shared``: otherwise, with two modalities; with n >= 3, only if every modality uses the code and
-      holds at least (1 - dominance) / (n - 1) of it (the two-modality rule, generalised);
+      holds at least ``shared_floor`` of it (default (1 - dominance) / (n - 1): the two-modality rule, generalised;
+      seed 003 Figs. 5-6 and seed 004 Fig. 3 use dominance 0.95 and a floor of 5 %, ``SEED_THREE_MODALITIES``);
     - ``mixed`` (n >= 3): the rest: no modality dominates but some modality barely or never uses it.
     Counts may be integer or fractional (EMA counts), tensors or arrays; they must be non-negative.
     """
@@ -82,7 +90,8 @@ def classify_code_usage(counts: Mapping[str, Any], dominance: float = 0.8) -> Co
     class_names = ("shared", *(f"{m}_only" for m in modalities), *(("mixed",) if n >= 3 else ()), "unused")
     index = {name: i for i, name in enumerate(class_names)}
 
-    usage = CodeUsage(modalities, np.stack(rows), class_names, np.full(size, index["unused"]), dominance)
+    usage = CodeUsage(modalities, np.stack(rows), class_names, np.full(size, index["unused"]), dominance,
+                      shared_floor)
     share = usage.shares()
     used = usage.counts.sum(0) > 0
     single = used & (share.max(0) >= dominance)
@@ -92,8 +101,9 @@ def classify_code_usage(counts: Mapping[str, Any], dominance: float = 0.8) -> Co
     if n == 2:
         usage.code_class[rest] = index["shared"]   # not dominated <=> each share > 1 - dominance
     else:
+        floor = (1.0 - dominance) / (n - 1) if shared_floor is None else shared_floor
         # 1e-12: (1 - 0.7) / 2 is 0.15000000000000002 in floats; a share of exactly 15% must pass.
-        by_all = (share.min(0) >= (1.0 - dominance) / (n - 1) - 1e-12) & (usage.counts.min(0) > 0)
+        by_all = (share.min(0) >= floor - 1e-12) & (usage.counts.min(0) > 0)
         usage.code_class[rest & by_all] = index["shared"]
         usage.code_class[rest & ~by_all] = index["mixed"]
     return usage
@@ -104,28 +114,31 @@ def _modality_colours(modalities: tuple[str, ...]) -> dict[str, str]:
     return {m: _MODALITY_COLOURS.get(m) or next(spare) for m in modalities}
 
 
-def _class_style(usage: CodeUsage) -> list[tuple[str, str]]:
-    """(legend label, colour) per class, in ``usage.class_names`` order; a ``<m>_only`` class has m's colour."""
+def _class_style(usage: CodeUsage, seed_colours: bool = False) -> list[tuple[str, str]]:
+    """(legend label, colour) per class, in ``usage.class_names`` order; a ``<m>_only`` class has m's colour, or
+    with ``seed_colours`` the seeds' three-modality figure's: red one modality, green shared by all, blue the rest."""
     n, d = len(usage.modalities), usage.dominance
+    floor = (1 - d) / max(n - 1, 1) if usage.shared_floor is None else usage.shared_floor
     colour = _modality_colours(usage.modalities)
     style = []
     for name in usage.class_names:
         if name == "shared":
             label = (f"shared by {' & '.join(usage.modalities)}" if n == 2
-                     else f"shared by all (each >= {(1 - d) / (n - 1):.0%})")
-            style.append((label, _SHARED_COLOUR))
+                     else f"shared by all (each >= {floor:.0%})")
+            style.append((label, _SEED_COLOURS["shared"] if seed_colours else _SHARED_COLOUR))
         elif name == "mixed":
-            style.append(("mixed (not shared by all)", _MIXED_COLOUR))
+            style.append(("mixed (not shared by all)", _SEED_COLOURS["mixed"] if seed_colours else _MIXED_COLOUR))
         elif name == "unused":
             style.append(("unused", _UNUSED_COLOUR))
         else:
             modality = name[:-len("_only")]
-            style.append((f"{modality} only (>= {d:.0%})", colour[modality]))
+            style.append((f"{modality} only (>= {d:.0%})", _SEED_COLOURS["single"] if seed_colours else
+                          colour[modality]))
     return style
 
 
 def plot_code_usage(counts: CodeUsage | Mapping[str, Any], path: str | Path | None = None, *,
-                    dominance: float = 0.8, title: str | None = None) -> Path | bytes:
+                    dominance: float = 0.8, title: str | None = None, seed_colours: bool = False) -> Path | bytes:
     """Draw the code-usage figure (after seed 001 Fig. 4) as a PNG; return ``path``, or the bytes if no path.
 
     Codes stay in index order, so figures of one run compare position by position across steps. Top: one stacked
@@ -141,8 +154,10 @@ def plot_code_usage(counts: CodeUsage | Mapping[str, Any], path: str | Path | No
     usage = counts if isinstance(counts, CodeUsage) else classify_code_usage(counts, dominance)
     m = usage.code_class.size
     codes = np.arange(m)
-    style = _class_style(usage)
-    modality_colour = _modality_colours(usage.modalities)
+    style = _class_style(usage, seed_colours)
+    # the seeds' class colours are red, green and blue: the bars then take colours that none of the classes has
+    modality_colour = dict(zip(usage.modalities, _SEED_BAR_COLOURS * 2)) if seed_colours else \
+        _modality_colours(usage.modalities)
     summary = usage.summary()
 
     fig = Figure(figsize=(10, 5), layout="constrained")
@@ -181,4 +196,4 @@ def plot_code_usage(counts: CodeUsage | Mapping[str, Any], path: str | Path | No
     return path
 
 
-__all__ = ["CodeUsage", "classify_code_usage", "plot_code_usage"]
+__all__ = ["SEED_THREE_MODALITIES", "CodeUsage", "classify_code_usage", "plot_code_usage"]

@@ -65,6 +65,7 @@ from torch import Tensor
 
 from trainer.cli import evaluate_parser
 from trainer.config import ConfigError, to_dict
+from trainer.code_usage import SEED_THREE_MODALITIES, classify_code_usage, plot_code_usage
 from trainer.data.features import FEATURE_MANIFEST_FORMAT, FeatureError, PublicFeatureConfig
 from trainer.data.released import AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLASSES, shared_class_map
 from trainer.data.stream import DataConfig, expand_shard_urls, read_manifest
@@ -378,7 +379,8 @@ def run_zero_shot_retrieval(pretrained: Pretrained, spec: str, src: SourceConfig
         if dims is not None:
             items = items.select_dims(dims)
         datasets[name] = {"urls": urls, "items": len(items.keys), "skipped": len(items.skipped),
-                          "pairs": zero_shot_retrieval(items, seen)}
+                          "pairs": zero_shot_retrieval(items, seen),
+                          "code_counts": {m: c.tolist() for m, c in items.code_counts.items()}}
     return {"datasets": datasets}
 
 
@@ -533,6 +535,20 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
+def code_usage_figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """``code_usage_<set>.png`` for each retrieval set coded in three or more modalities (VALOR32K: video, audio,
+    text), as seed 003 Figs. 5-6 and seed 004 Fig. 3 draw it (trainer/code_usage.py ``SEED_THREE_MODALITIES``)."""
+    figures = []
+    for name, dataset in report["zero_shot_retrieval"].get("datasets", {}).items():
+        counts = dataset.get("code_counts", {})
+        if len(counts) >= 3:
+            usage = classify_code_usage(counts, **SEED_THREE_MODALITIES)
+            dataset["code_usage"] = usage.summary()
+            title = f"{report['task']} step {report['step']}: codes chosen on {name} ({dataset['items']} items)"
+            figures.append(plot_code_usage(usage, out_dir / f"code_usage_{name}.png", title=title, seed_colours=True))
+    return figures
+
+
 def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, metrics: dict[str, float],
                   files: list[Path]) -> str | None:
     """A child run of the pretraining run in the run's tracking store, and the same numbers on the pretraining run
@@ -605,7 +621,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = pretrained.run_dir / "evaluation" / (pretrained.checkpoint.name +
                                                    (f"-toc{cfg.toc.dims}" if cfg.toc is not None else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = [out_dir / "report.json", out_dir / "table.txt"]
+    for stale in (*out_dir.glob("code_usage_*.png"), out_dir / "paper_tables.txt"):   # an earlier evaluation's
+        stale.unlink(missing_ok=True)
+    figures = code_usage_figures(report, out_dir)
+    files = [out_dir / "report.json", out_dir / "table.txt", *figures]
     files[0].write_text(json.dumps(report, indent=1))
     files[1].write_text(table + "\n")
     metrics = report_metrics(report)

@@ -42,8 +42,9 @@ def test_main_trains_on_converted_vggsound_avel_features(tmp_path):
 @pytest.mark.slow
 def test_paper_suite_ranks_the_converted_retrieval_sets_and_prints_seed_003_table_2_and_seed_004s(tmp_path):
     """A text model trained on converted VGGSound-AVEL features (prompts through the tiny text backbone), then fake
-    MSCOCO, Clotho, FlickrSound and MSVD releases converted and ranked by ``--suite paper``: every set's pair is
-    scored on all its items and captions, and the tables show this checkpoint's numbers in their columns."""
+    MSCOCO, Clotho, FlickrSound, MSVD and VALOR32K releases converted and ranked by ``--suite paper``: every set's
+    pair is scored on all its items and captions, and the tables show this checkpoint's numbers in their columns;
+    VALOR32K's three modalities get the seeds' code-usage figure."""
     files = make_vggsound_avel(tmp_path / "released", ["train"] * 6 + ["test"] * 2)
     feats = tmp_path / "feats"
     tiny = REPO / "launch" / "configs" / "backbones" / "tiny.yaml"
@@ -55,7 +56,7 @@ def test_paper_suite_ranks_the_converted_retrieval_sets_and_prints_seed_003_tabl
         "data.kind=features", "data.feature_modalities=[audio,video,text]", "model.modalities=[audio,video,text]",
         "run.max_steps=2"])
     sets = {}
-    for kind in ("mscoco", "clotho", "flickrsound", "msvd"):
+    for kind in ("mscoco", "clotho", "flickrsound", "msvd", "valor32k"):
         release = make_pair_release(tmp_path / kind, kind, items=5)
         assert convert_main([kind, *release.args, "--out", str(tmp_path / f"{kind}_feats"), "--no-progress"]) == 0
         sets[kind] = (release, str(tmp_path / f"{kind}_feats" / "test-000000.tar"))
@@ -67,7 +68,13 @@ def test_paper_suite_ranks_the_converted_retrieval_sets_and_prints_seed_003_tabl
     assert done.returncode == 0, done.stderr[-3000:]
     datasets = json.loads(report_path.read_text())["zero_shot_retrieval"]["datasets"]
     assert list(datasets) == list(sets)                                  # named by their manifests
-    for kind, (release, _) in sets.items():
+    valor = datasets.pop("valor32k")              # video, audio and text: three pairs and the code-usage figure
+    assert set(valor["pairs"]) == {"audio↔video", "audio↔text", "video↔text"}
+    assert sum(valor["code_usage"].values()) == 12
+    figure = run_dir / "evaluation" / CheckpointManager(run_dir / "checkpoints").latest().name / \
+        "code_usage_valor32k.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for kind, (release, _) in list(sets.items())[:4]:
         (pair, scores), = datasets[kind]["pairs"].items()
         assert datasets[kind]["items"] == 5 and scores["items"] == 5
         captions = sum(len(c) for c in release.captions.values())

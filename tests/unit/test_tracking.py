@@ -342,3 +342,21 @@ def test_a_moved_or_copied_run_directory_still_opens(tmp_path):
     assert copy_client.get_run(run_id).info.artifact_uri.startswith((tmp_path / "copy" / "mlartifacts").as_uri())
     assert np.array_equal(np.load(copy_client.download_artifacts(run_id, "codebook/final.npy", str(tmp_path / "c"))),
                           np.ones(2))
+
+
+def test_three_modality_code_usage_with_the_seeds_rule():
+    """Seed 003 Figs. 5-6 / seed 004 Fig. 3: red when one modality holds > 95 % of a code, green when all three hold
+    at least 5 %, blue otherwise (``SEED_THREE_MODALITIES``), by hand on five codes."""
+    from trainer.code_usage import SEED_THREE_MODALITIES, classify_code_usage, plot_code_usage
+
+    counts = {"video": [96, 5, 10, 0, 0], "audio": [2, 5, 85, 50, 0], "text": [2, 90, 5, 50, 0]}
+    usage = classify_code_usage(counts, **SEED_THREE_MODALITIES)
+    # code 0: video 96 % -> video only; 1: 5/5/90 % -> all >= 5 %: shared; 2: 10/85/5: shared; 3: video 0: mixed
+    assert [usage.class_names[c] for c in usage.code_class] == ["video_only", "shared", "shared", "mixed", "unused"]
+    # the default floor, the two-modality rule generalised ((1 - 0.95) / 2 = 2.5 %), lets a 3 % share pass; the
+    # seeds' 5 % does not
+    loose = classify_code_usage({"video": [3, 60], "audio": [3, 37], "text": [94, 3]}, dominance=0.95)
+    strict = classify_code_usage({"video": [3, 60], "audio": [3, 37], "text": [94, 3]}, **SEED_THREE_MODALITIES)
+    assert [loose.class_names[c] for c in loose.code_class] == ["shared", "shared"]
+    assert [strict.class_names[c] for c in strict.code_class] == ["mixed", "mixed"]
+    assert plot_code_usage(usage, seed_colours=True)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -62,11 +62,26 @@ class RetrievalItems:
     keys: list[str]
     rows: dict[str, ModalityRows]
     skipped: list[dict[str, str]] = field(default_factory=list)    # corrupt samples (trainer.data.decode.skip_record)
+    # modality -> (M) how often each code was chosen over every real segment or token (the code-usage figure)
+    code_counts: dict[str, Tensor] = field(default_factory=dict)
 
     def select_dims(self, dims: Tensor) -> RetrievalItems:
         """The same items with only the code dimensions ``dims`` (TOC, trainer/toc.py)."""
         return RetrievalItems(self.keys, {m: ModalityRows(r.vectors[:, dims], r.items) for m, r in self.rows.items()},
-                              self.skipped)
+                              self.skipped, self.code_counts)
+
+
+class CodeCounter:
+    """Per modality, how often each of the codebook's M codes is chosen."""
+
+    def __init__(self, num_codes: int):
+        self.num_codes, self.counts = num_codes, {}
+
+    def add(self, modality: str, codes: Tensor) -> None:
+        """``codes`` of real segments or tokens (padding, code -1, is left out)."""
+        codes = codes[codes >= 0].flatten()
+        self.counts[modality] = self.counts.get(modality, torch.zeros(self.num_codes)) + \
+            torch.bincount(codes, minlength=self.num_codes).double()
 
 
 def read_retrieval_items(model: CMGModel, urls: str, batch_size: int = 16,
@@ -83,9 +98,12 @@ def read_retrieval_items(model: CMGModel, urls: str, batch_size: int = 16,
     items: dict[str, list[int]] = {}
     skipped: list[dict[str, str]] = []
 
-    def add(modality: str, item: int, vector: Tensor) -> None:
-        vectors.setdefault(modality, []).append(vector)
+    counter = CodeCounter(model.codebook.shape[0])
+
+    def add(modality: str, item: int, codes: Codes) -> None:
+        vectors.setdefault(modality, []).append(pooled(codes))
         items.setdefault(modality, []).append(item)
+        counter.add(modality, codes.codes if codes.mask is None else codes.codes[codes.mask])
 
     batches = ShardBatches(list(enumerate(shards)), model.decode, batch_size, streams, decoder=decode_whole_sample,
                            collate=list)
@@ -99,20 +117,20 @@ def read_retrieval_items(model: CMGModel, urls: str, batch_size: int = 16,
         for m, coded in media.items():
             for i, codes in enumerate(coded):
                 if codes is not None:
-                    add(m, first + i, pooled(codes))
+                    add(m, first + i, codes)
         captions = [(first + i, caption) for i, clip in enumerate(clips) for caption in clip.captions]
         if text and captions:
             encoded = model.encode(text=[caption for _, caption in captions], batch_size=batch_size)
             for m in text:
                 for row, (item, _) in enumerate(captions):
-                    add(m, item, pooled(Codes(*(getattr(encoded[m], f)[row] for f in ("codes", "quantized",
-                                                                                       "semantic", "mask")))))
+                    add(m, item, Codes(*(getattr(encoded[m], f)[row] for f in ("codes", "quantized", "semantic",
+                                                                                 "mask"))))
     if not keys:
         raise ValueError(f"{urls}: no items to retrieve (skipped {len(skipped)} corrupt samples)")
     if skipped:
         print(f"[cmg] zero-shot retrieval: skipped {len(skipped)} corrupt samples of {urls}", file=sys.stderr)
     rows = {m: ModalityRows(torch.stack(vectors[m]), torch.tensor(items[m])) for m in model.modalities if m in vectors}
-    return RetrievalItems(keys, rows, skipped)
+    return RetrievalItems(keys, rows, skipped, counter.counts)
 
 
 def read_feature_items(model: CMGModel, urls: str, batch_size: int = 64) -> RetrievalItems:
@@ -149,6 +167,7 @@ def read_feature_items(model: CMGModel, urls: str, batch_size: int = 64) -> Retr
         raise ValueError(f"{urls}: no items to retrieve (skipped {len(skipped)} corrupt samples)")
     vectors: dict[str, list[Tensor]] = {}
     items: dict[str, list[int]] = {}
+    counter = CodeCounter(model.codebook.shape[0])
     for m, rows in arrays.items():
         by_length: dict[tuple[int, ...], list[tuple[int, Tensor]]] = {}
         for item, x in rows:
@@ -162,18 +181,20 @@ def read_feature_items(model: CMGModel, urls: str, batch_size: int = 64) -> Retr
                 except RuntimeError as err:      # a feature size the model's encoder does not take
                     raise ValueError(f"{urls}: {m} features of shape {tuple(chunk[0][1].shape)} do not fit the "
                                      f"model's {m} encoder ({err})") from err
+                counter.add(m, coded.codes)
                 for j, (item, _) in enumerate(chunk):
                     vectors.setdefault(m, []).append(coded.quantized[j].float().mean(0))
                     items.setdefault(m, []).append(item)
     text = by_stream.get("text")
     if text is not None and captions:
         encoded = model.encode(text=[c for _, c in captions], batch_size=batch_size)[text]
+        counter.add(text, encoded.codes)
         for row, (item, _) in enumerate(captions):
             vectors.setdefault(text, []).append(pooled(Codes(encoded.codes[row], encoded.quantized[row],
                                                              encoded.semantic[row], encoded.mask[row])))
             items.setdefault(text, []).append(item)
     rows_of = {m: ModalityRows(torch.stack(vectors[m]), torch.tensor(items[m])) for m in model.streams if m in vectors}
-    return RetrievalItems(keys, rows_of, skipped)
+    return RetrievalItems(keys, rows_of, skipped, counter.counts)
 
 
 def _direction(similarity: Tensor, relevant: Tensor, ks: Sequence[int]) -> dict[str, float]:
