@@ -383,3 +383,30 @@ def test_continual_bench_checks_the_targets_on_the_mean_over_seeds():
     assert checks[0][2] == "75.0 vs 70.0 (mean of 2 seed(s); better in 1)"
     assert checks[2][2] == "25.0 vs 30.0 (mean of 2 seed(s); better in 1)"
     assert check_targets([runs[0][1:]], ContinualConfig()) == []      # no DCID row, nothing to compare
+
+
+def test_raw_continual_bench_reads_each_sets_named_pair_and_checks_the_unseen_margin():
+    from trainer.programs.bench.continual_pairs import EVAL_SETS, format_table, stage_numbers, targets
+
+    def pair(mean: float, chance: float, seen: bool) -> dict:
+        recall = {"R@1": mean, "R@5": mean, "R@10": mean}
+        return {"mean": recall, "chance": {"a→b": {k: chance for k in recall}, "b→a": {k: chance for k in recall}},
+                "seen": seen}
+
+    report = {"zero_shot_retrieval": {"datasets": {
+        "video_text": {"pairs": {"video↔text": pair(0.2, 0.01, True)}},
+        "audio_text": {"pairs": {}, "note": "the model codes ['text'] of its modalities ['audio', 'text']"},
+        "image_audio": {"pairs": {"audio↔image": pair(0.1, 0.04, False)}},
+        # the demo clips carry captions too: their video↔audio pair is the one read
+        "video_audio": {"pairs": {"video↔text": pair(1.0, 0.0, True), "audio↔text": pair(1.0, 0.0, True),
+                                  "video↔audio": pair(0.06, 0.04, False)}}}}}
+    sets = stage_numbers(report)
+    assert set(sets) == {"video_text", "image_audio", "video_audio"}
+    assert sets["video_audio"]["recall"]["R@1"] == pytest.approx(6.0) and not sets["video_audio"]["seen"]
+    assert sets["image_audio"]["chance"]["R@5"] == pytest.approx(4.0)
+    results = {"comet": [{"phase": "image_text", "sets": sets, "train_s": 1.0}]}
+    (check,) = targets(results)
+    assert check.met and check.value == pytest.approx(10.0) and check.bound == pytest.approx(8.0)
+    lines = format_table(results, "title")
+    assert lines[2].split()[2:] == list(EVAL_SETS)
+    assert "20.0 / 20.0 / 20.0 s" in lines[4] and "—" in lines[4] and "10.0 / 10.0 / 10.0 u" in lines[4]
