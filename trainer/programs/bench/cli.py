@@ -138,12 +138,6 @@ def fidelity_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
     p.add_argument("--world", default="default", help=argparse.SUPPRESS)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--raw", action="store_true", help="the chain from raw pair shards through trainer/main.py and "
-                   "trainer.evaluate (trainer/programs/bench/continual_pairs.py; methods dcid and comet, --set as "
-                   "model.KEY=VALUE job overrides, one seed)")
-    p.add_argument("--data-dir", default="pairs_data", help="--raw: the pair corpora (kept and reused)")
-    p.add_argument("--runs", default="runs/continual_pairs", help="--raw: run directories (replaced)")
-    p.add_argument("--markdown", default=None, help="--raw: also write the table and targets as a generated docs page")
     return p
 
 
