@@ -48,11 +48,13 @@ from shards.synth import SynthConfig, synthesise
 from shards.write import write_shards
 from trainer.backbones.frozen import FrozenBackbones
 from trainer.config import load_config
-from trainer.data import ClipStream, DataConfig, DecodeConfig, decode_sample
+from trainer.data import ClipStream, decode_sample
+from trainer.configs.data import DataConfig, DecodeConfig
 from trainer.data.collate import collate_samples
 from trainer.data.decode import decode_audio, decode_video
-from trainer.job import JobConfig, job_backbones, resolve_job
-from trainer.tasks import task_spec
+from trainer.job import job_backbones, resolve_job
+from trainer.configs.job import JobConfig
+from trainer.tasks import task_class
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,7 +123,7 @@ def training_demand(job: JobConfig, feature_shapes: dict[str, tuple[int, ...]], 
     """Seconds of one training step of ``job``'s task and model on a per-rank batch of random features: forward,
     every loss term, backward, AdamW step and ``after_optimizer_step_``, in this process, one process."""
     torch.manual_seed(0)
-    task = task_spec(job.task).task(resolve_job(job, feature_shapes).model)
+    task = task_class(job.task)(resolve_job(job, feature_shapes).model)
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=job.optim.lr)
     generator = torch.Generator().manual_seed(0)
     features = {m: torch.randn(job.data.batch_size, segments, *shape, generator=generator)

@@ -68,7 +68,7 @@ from tqdm import tqdm
 
 from shards.cli import convert_parser
 from shards.extract import output_samples
-from trainer.data.decode import DecodeConfig
+from trainer.configs.data import DecodeConfig
 from trainer.data.features import FEATURE_MANIFEST_FORMAT, FeatureError, PublicFeatureConfig
 from trainer.data.released import (
     FEATURE_SHAPES, SECONDS, AVEConfig, AVESet, AVVPConfig, AVVPSet, ReleasedClip, ReleasedFormatError, ReleasedSet,

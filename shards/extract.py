@@ -37,7 +37,8 @@ from tqdm import tqdm
 from shards.cli import extract_parser
 from trainer.backbones import FrozenBackbones, config_to_dict, load_backbones_config
 from trainer.data.collate import collate_samples
-from trainer.data.decode import CorruptSample, DecodeConfig, decode_sample
+from trainer.data.decode import CorruptSample, decode_sample
+from trainer.configs.data import DecodeConfig
 from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy
 from trainer.data.stream import MANIFEST_NAME, load_manifest_counts
 

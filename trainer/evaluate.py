@@ -68,42 +68,32 @@ from trainer.config import ConfigError, to_dict
 from trainer.code_usage import SEED_THREE_MODALITIES, classify_code_usage, plot_code_usage
 from trainer.data.features import FEATURE_MANIFEST_FORMAT, FeatureError, PublicFeatureConfig
 from trainer.data.released import AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLASSES, shared_class_map
-from trainer.data.stream import DataConfig, expand_shard_urls, read_manifest
+from trainer.data.stream import expand_shard_urls, read_manifest
+from trainer.configs.data import DataConfig
 from trainer.eval.encode import (
     LabelledFeatures, Pretrained, encode_split, load_pretrained, read_public_features, read_shard_features,
-    split_indices, trained_pairs,
+    split_indices,
 )
 from trainer.eval.paper import PAPER_HEADS, checkpoint_stage, checkpoint_switches, render_tables, table_metrics
 from trainer.eval.probes import (
-    SPLITS, CodeSplit, ProbeConfig, ProbeResult, class_retrieval, classification_probe, code_agreement,
+    SPLITS, CodeSplit, ProbeResult, class_retrieval, classification_probe, code_agreement,
     cross_dataset_classification, cross_dataset_probe, localisation_probe, paired_clip_retrieval,
 )
+from trainer.configs.eval import ProbeConfig, TOCConfig
 from trainer.eval.retrieval import read_feature_items, read_retrieval_items, retrieval_sets, zero_shot_retrieval
-from trainer.job import JobConfig, read_run_config
+from trainer.job import read_run_config
+from trainer.configs.job import JobConfig
 from trainer.pretrained import CMGModel, frozen_backbones
-from trainer.toc import TOCConfig, toc_scores
+from trainer.toc import toc_scores
 from trainer.tracking import Tracker, log_metrics_to_run
+from trainer.configs.eval import SourceConfig, TASKS
 
-TASKS = ("classification", "localisation", "cross_dataset", "ucf_vgg", "retrieval", "class_retrieval",
-         "zero_shot_retrieval")
 LABELLED_MODALITIES = ("audio", "video")   # the modalities that carry per-segment event labels
 # the datasets a protocol needs beyond --data, and the options that give them
 NEEDS = {"cross_dataset": ("cross",), "ucf_vgg": ("ucf", "vgg"), "zero_shot_retrieval": ("retrieval",)}
 OPTIONS = {"cross": "--cross-data or --cross-public", "ucf": "--ucf-data", "vgg": "--vgg-data",
            "retrieval": "--retrieval-data"}
 UCF_VGG_CLASSES = 16    # the authors' 16-way UCF↔VGGSound head (haihuangcode/CMG code/src/ucf_vggsound.py)
-
-
-@dataclass
-class SourceConfig:
-    """Where one labelled downstream dataset comes from ("" = the pretraining run's setting)."""
-
-    urls: str = ""                                        # clip or feature shards
-    kind: Literal["", "clips", "features"] = ""
-    backbones: str = ""                                   # backbones YAML for clip shards
-    public: str = ""                                      # public AVE layout root (dir of h5 files or a .npz)
-    split: tuple[float, float, float] = (0.6, 0.2, 0.2)   # train/val/test fractions when no official split
-    split_seed: int = 0
 
 
 @dataclass
@@ -364,7 +354,7 @@ def run_zero_shot_retrieval(pretrained: Pretrained, spec: str, src: SourceConfig
                 "captions") else [])]): 1}
         held[name] = {m for kind in kinds for m in kind.split("+")} if isinstance(kinds, dict) else None
     coder = CMGModel.from_pretrained(pretrained.checkpoint, backbones=src.backbones or None)
-    seen = trained_pairs(pretrained.model)
+    seen = pretrained.model.trained_pairs
     datasets = {}
     for name, urls in sets:
         # media need the model's backbone of their stream; feature shards only their modality's encoder
@@ -404,7 +394,7 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
     shared = {task: shared_classes(task, cfg, data) for task in ("cross_dataset", "ucf_vgg") if task in tasks}
     results = run_probes(tasks, data, cfg.heads, {task: pairs for task, (_, pairs) in shared.items()}, modalities)
     retrieval, pairs = ({}, {}) if "data" not in data else \
-        run_retrieval(tasks, data["data"].splits["test"], modalities, trained_pairs(model))
+        run_retrieval(tasks, data["data"].splits["test"], modalities, model.trained_pairs)
     zero_shot = run_zero_shot_retrieval(pretrained, cfg.retrieval.urls if cfg.retrieval else "", cfg.source, job,
                                         None if toc is None else toc.selected) if "zero_shot_retrieval" in tasks else {}
 

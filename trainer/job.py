@@ -1,17 +1,8 @@
-"""The main job's typed config, and the checks that make a bad config fail before any work starts.
+"""The checks that make a bad job config fail before any work starts, and the job resolved against its data.
 
-    run        where the run lives, how long it trains, checkpoint cadence, resume / init
-    data       the shard stream (trainer.data.DataConfig): clip shards (decoded + backbones) or feature shards
-    backbones  path of a backbones YAML (launch/configs/backbones/*.yaml), used with data.kind = clips
-    task       which task trains ("unicode"; see trainer.tasks.TASKS): it fixes the schema of `model`
-    model      the task's model and losses, typed by the task (for "unicode": trainer.models.unicode.UniCodeConfig)
-               as soon as the config is built, so a bad key fails before any work; its feature_dims and
-               spatial_patches are *derived* from the data source (backbone output shapes or the feature shards'
-               manifest) by ``resolve_job``, so they never disagree with what the stream delivers
-    optim      AdamW + schedule of the trainable model (the CLUB estimators have their own optimiser)
-    tracking   MLflow (trainer.tracking.TrackingConfig)
-
-Global batch = data.batch_size (per rank) x world size x run.grad_accum.
+The config itself (``JobConfig`` and its sections, documented there) is trainer/configs/job.py, torch-free, so
+that a bad key or value fails at once (trainer/config.py); the checks here read the filesystem (shard manifests,
+backbones file, checkpoints) and import the modules that own those formats only when they run.
 
 ``resolve_job`` turns a ``JobConfig`` into the one object the job runs from (``ResolvedJob``): the config with
 the model section completed, the source's feature shapes and the backbones that produce them. The loop, the
@@ -22,110 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import yaml
 
-from trainer.backbones import BackbonesConfig, load_backbones_config
-from trainer.checkpoint import MODEL_FILE, CheckpointError, CheckpointManager, resolve_checkpoint
-from trainer.config import ConfigError, build_config, load_config, to_dict
-from trainer.data.stream import DataConfig, data_source, expand_shard_urls, manifest_counts, read_manifest
-from trainer.eval.during_training import TrainingProbeConfig, probe_metric_names
-from trainer.models.comet import COMETConfig
-from trainer.models.fccid import FCCIDConfig
-from trainer.models.unicode import UniCodeConfig
-from trainer.tasks import TASKS, task_spec
-from trainer.tracking import TrackingConfig
-
-ModelConfig = UniCodeConfig | FCCIDConfig | COMETConfig   # the `model` section of each task in TASKS
-
-
-@dataclass
-class RunConfig:
-    dir: str = "runs/default"          # run directory: resolved config, checkpoints, MLflow sqlite store
-    phase: str = "pretrain"            # tag of this phase (continual chains name theirs)
-    seed: int = 0                      # model init (same on every rank) and per-rank RNG streams (seed + rank)
-    max_steps: int = 1000              # optimizer steps of the whole run (a resumed run continues to it)
-    grad_accum: int = 1                # micro-batches per optimizer step
-    ckpt_every: int = 500              # steps between checkpoints (also one at the end and on a stop request)
-    keep_last: int = 2                 # complete checkpoints kept
-    resume: str = "auto"               # "auto": latest complete checkpoint of this run if any | "" | a path
-    init_from: str = ""                # a checkpoint (or checkpoints dir) whose model.pt starts the model
-    progress: bool = True              # tqdm bar on rank 0
-    # a collective that waits longer than this for a rank (stalled, stopped, vanished) fails the job loudly;
-    # it must exceed the longest legitimate wait: rank 0 writing and hashing a checkpoint, a slow first batch,
-    # a downstream probe (eval.every)
-    collective_timeout_s: float = 600.0
-    # a probe metric (eval.every; e.g. eval/accuracy_cross_mean, higher is better): its best checkpoint is kept
-    # apart from keep-last pruning and named in <run.dir>/checkpoints/best.json ("" = off)
-    keep_best: str = ""
-    # torch.compile the task's forward and loss terms (CodebookTask.compile_). Off by default: on the 2-core CPU at
-    # the paper's shapes the compiled step was slower than eager's chunked spatial paths (README, Performance)
-    compile: bool = False
-    # glibc malloc keeps freed memory for the next step instead of unmapping it (runtime.keep_freed_host_memory):
-    # 1.03-1.13x faster steps on the CPU at the paper's shapes, peak RSS 2-7 % higher
-    keep_freed_host_memory: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("max_steps", "grad_accum", "ckpt_every", "keep_last"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.collective_timeout_s < math.inf:
-            raise ValueError(f"run.collective_timeout_s must be a finite number of seconds > 0, "
-                             f"got {self.collective_timeout_s}")
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 4e-4                   # seed 000 §B.1
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    schedule: Literal["constant", "cosine"] = "constant"
-    min_lr_ratio: float = 0.0          # cosine floor, as a fraction of lr
-    grad_clip: float = 1.0             # max global gradient norm (0 = off)
-
-    def __post_init__(self) -> None:
-        # `not (a <= x)` rather than `x < a`: NaN fails every comparison and is refused too
-        # lr 0 is allowed: a phase that must not move its weights (tests/system/test_slurm_jobs.py) trains at lr 0
-        if not 0.0 <= self.lr < math.inf:
-            raise ValueError(f"optim.lr must be a finite number >= 0, got {self.lr}")
-        for i, beta in enumerate(self.betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"optim.betas[{i}] must be in [0, 1), got {beta}")
-        if not 0.0 <= self.weight_decay < math.inf:
-            raise ValueError(f"optim.weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0.0 <= self.grad_clip < math.inf:
-            raise ValueError(f"optim.grad_clip must be a finite number >= 0 (0 = off), got {self.grad_clip}")
-
-
-@dataclass
-class JobConfig:
-    run: RunConfig = field(default_factory=RunConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    backbones: str = "launch/configs/backbones/tiny.yaml"
-    task: str = "unicode"
-    # typed by the task: TASKS[task].config (a mapping given to the constructor is typed in __post_init__)
-    model: ModelConfig = field(default_factory=dict, metadata={"schema": lambda job: task_spec(job["task"]).config})
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    eval: TrainingProbeConfig = field(default_factory=TrainingProbeConfig)   # downstream probe during pretraining
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"config key 'task': {self.task!r} is not one of {sorted(TASKS)}")
-        schema = task_spec(self.task).config
-        if not isinstance(self.model, schema):
-            data = self.model if isinstance(self.model, Mapping) else to_dict(self.model)
-            self.model = build_config(schema, data, "model", f"the model section of task {self.task!r}")
+from trainer.config import ConfigError, load_config, to_dict
+from trainer.configs.backbones import BackbonesConfig, load_backbones_config
+from trainer.configs.job import JobConfig
+from trainer.configs.model import ModelConfig
+from trainer.eval.during_training import probe_metric_names
 
 
 RESOLVED_CONFIG_FILE = "config.yaml"   # in the run directory: the resolved job config (``ResolvedJob.write``)
@@ -201,14 +100,14 @@ def check_window(cfg: JobConfig) -> None:
     """A job that pads clips shorter than the window (``data.decode.min_seconds`` below ``data.decode.seconds``) needs
     a task that trains on padded seconds, and clips long enough for Cross-CPC to have a context end (more seconds than
     its K prediction steps). ``ConfigError`` naming the keys otherwise."""
-    decode, spec = cfg.data.decode, task_spec(cfg.task)
+    decode = cfg.data.decode
     if not decode.pads or not any(m in ("video", "audio") for m in cfg.model.modalities):
         return
-    if not spec.pads:
+    if not cfg.model.pads:
         raise ConfigError(f"data.decode.min_seconds={decode.min_seconds}: task {cfg.task!r} trains on whole windows "
                           f"only (set data.decode.min_seconds: null, or cut the clips to data.decode.seconds="
                           f"{decode.seconds})")
-    steps = spec.cpc_steps(cfg.model)
+    steps = cfg.model.cpc_steps()
     if decode.min_seconds <= steps:
         raise ConfigError(f"data.decode.min_seconds={decode.min_seconds}: Cross-CPC predicts {steps} seconds ahead "
                           f"(model.cpc.prediction_steps), so a clip needs at least {steps + 1} s to have a context "
@@ -216,12 +115,12 @@ def check_window(cfg: JobConfig) -> None:
 
 
 def check_segments(cfg: JobConfig, backbones: BackbonesConfig) -> None:
-    """The modalities the model pairs segment by segment (``TaskSpec.aligned``) must come with as many segments:
-    ``data.decode.seconds`` for video and audio, ``max_text_length`` tokens for a caption (``text_padding:
+    """The modalities the model pairs segment by segment (``ModelConfig.aligned_modalities``) must come with as many
+    segments: ``data.decode.seconds`` for video and audio, ``max_text_length`` tokens for a caption (``text_padding:
     max_length``); an image, or a caption pooled to one vector, is one segment, repeated along its partners'
     (``trainer.models.inputs.repeat_single_segments``). ``ConfigError`` naming the keys otherwise."""
     counts: dict[str, int | None] = {}
-    for m in task_spec(cfg.task).aligned(cfg.model):
+    for m in cfg.model.aligned_modalities():
         if m in ("video", "audio"):
             counts[f"{m} (data.decode.seconds)"] = cfg.data.decode.seconds
         elif m == "text" and backbones.text is not None and backbones.text.resolved_pooling == "tokens":
@@ -243,6 +142,8 @@ def source_feature_shapes(cfg: JobConfig, backbones: BackbonesConfig | None) -> 
     built (``FrozenBackbones.feature_shapes``; the loop asks the instance it trains with instead).
     """
     if cfg.data.kind == "features":
+        from trainer.data.stream import expand_shard_urls, read_manifest
+
         urls = expand_shard_urls(cfg.data.urls)
         if not urls:
             raise ConfigError(f"data.urls: {cfg.data.urls!r} expands to no shard")
@@ -297,17 +198,9 @@ def resolve_job(cfg: JobConfig, feature_shapes: Mapping[str, tuple[int, ...]] | 
                        derived_from=derived_from)
 
 
-def in_batch_negative_terms(model: ModelConfig) -> list[str]:
-    """The loss terms of ``model`` whose negatives are the other clips of the rank's own batch."""
-    if isinstance(model, FCCIDConfig):   # InfoNCE, Cross-CPC and CMCM always; CLUB when an estimator is on
-        return ["InfoNCE", "Cross-CPC", "CMCM"] + (["CLUB"] if model.club_estimators else [])
-    eff = model.effective()              # Uni-Code and COMET (its pseudo-modality term is a Cross-CPC term)
-    return [name for name, on in (("CLUB", eff.use_club), ("Cross-CPC", eff.use_cpc), ("CMCM", eff.use_cmcm)) if on]
-
-
 def check_batch_size(cfg: JobConfig) -> None:
     """``data.batch_size`` (per rank) must give the in-batch negatives at least one other clip."""
-    terms = in_batch_negative_terms(cfg.model)
+    terms = cfg.model.in_batch_negative_terms()
     if terms and cfg.data.batch_size < 2:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size}: task {cfg.task!r} takes the negatives of "
                           f"{', '.join(terms)} from the other clips of each rank's batch (the CLUB bound cannot "
@@ -319,6 +212,9 @@ def check_resume_data(cfg: JobConfig, ckpt: Path) -> None:
     """``cfg`` must read the data that ``ckpt``'s stream position refers to (meta.json's ``data_source``): the same
     shards, shuffled the same way. Another world size, number of workers or batch size per rank is fine: that
     resume is elastic (trainer/checkpoint.py, rule 6)."""
+    from trainer.checkpoint import CheckpointError, CheckpointManager
+    from trainer.data.stream import data_source
+
     try:
         saved = CheckpointManager.read_meta(ckpt).get("data_source")
     except CheckpointError:
@@ -336,6 +232,8 @@ def check_resume_data(cfg: JobConfig, ckpt: Path) -> None:
 def check_checkpoint_paths(cfg: JobConfig, init_from: bool = True) -> None:
     """An explicit ``run.resume`` path and (``init_from``) ``run.init_from`` must name checkpoints that exist; the
     checkpoint a resume takes must be of the data ``cfg`` reads (``check_resume_data``)."""
+    from trainer.checkpoint import MODEL_FILE, CheckpointManager, resolve_checkpoint
+
     resume = cfg.run.resume
     if resume == "auto":
         latest = CheckpointManager(Path(cfg.run.dir) / "checkpoints").named_latest()
@@ -372,6 +270,8 @@ def validate_job(cfg: JobConfig, *, data_files: bool = True, init_from: bool = T
     launcher passes both for a phase whose data the compute nodes read later, or whose ``init_from`` is a
     checkpoint the previous phase has yet to write (``trainer/programs/continual.py``).
     """
+    from trainer.data.stream import expand_shard_urls, manifest_counts, read_manifest
+
     try:
         cfg.data.validate()
     except ValueError as err:
@@ -414,6 +314,8 @@ def check_training_probe(cfg: JobConfig, data_files: bool = True) -> None:
             raise ConfigError(f"eval.kind: {probe.kind!r} must be data.kind ({cfg.data.kind!r}): validation clips go "
                               "through the job's own frozen backbones, validation features must match the job's")
         if data_files:
+            from trainer.data.stream import expand_shard_urls, read_manifest
+
             try:
                 urls = expand_shard_urls(probe.urls)
                 if not urls:

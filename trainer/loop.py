@@ -30,9 +30,10 @@ from trainer.data.memory import MemoryStream
 from trainer.data.stream import data_source, feature_batches
 from trainer.engine import TrainEngine
 from trainer.eval.during_training import TrainingProbe
-from trainer.job import JobConfig, job_backbones, resolve_job
+from trainer.job import job_backbones, resolve_job
+from trainer.configs.job import JobConfig
 from trainer.runtime import EXIT_RESUME, StopRequest
-from trainer.tasks import Task, task_spec
+from trainer.tasks import Task, task_class
 from trainer.tracking import create_tracker
 
 STOP_FILE = "STOP"            # `touch <run_dir>/STOP` asks a running job to checkpoint and exit (Slurm uses it)
@@ -127,7 +128,7 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
 
     # ---- model: identical initial weights on every rank (the seed), then per-rank RNG streams
     torch.manual_seed(cfg.run.seed)
-    task: Task = task_spec(cfg.task).task(model_cfg).to(device)
+    task: Task = task_class(cfg.task)(model_cfg).to(device)
     backbones_used = backbones.describe() if backbones is not None else None
     if cfg.run.init_from:
         init = read_init_source(cfg.run.init_from)

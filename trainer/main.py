@@ -29,7 +29,8 @@ import traceback  # noqa: E402
 
 from trainer.cli import train_parser  # noqa: E402
 from trainer.config import ConfigError, load_config  # noqa: E402
-from trainer.job import JobConfig, resolve_job, validate_job  # noqa: E402
+from trainer.job import resolve_job, validate_job
+from trainer.configs.job import JobConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -61,7 +61,8 @@ import torch
 from torch import Tensor, nn
 
 from trainer.backbones import FrozenBackbones, backbones_config_from_dict, load_backbones_config
-from trainer.data.decode import DecodeConfig, WholeClip, decode_image, decode_whole_audio, decode_whole_video
+from trainer.data.decode import WholeClip, decode_image, decode_whole_audio, decode_whole_video
+from trainer.configs.data import DecodeConfig
 from trainer.eval.encode import encode_features, frozen_model, load_pretrained
 from trainer.models.inputs import mask_key
 

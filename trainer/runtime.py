@@ -33,7 +33,7 @@ from accelerate.utils import parse_flag_from_env
 from trainer import distributed as dist
 
 if TYPE_CHECKING:
-    from trainer.job import JobConfig
+    from trainer.configs.job import JobConfig
 
 # Exit code that means "checkpoint written after a stop request: requeue/resume me" (sysexits EX_TEMPFAIL).
 EXIT_RESUME = 75

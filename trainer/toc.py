@@ -24,18 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-
-@dataclass
-class TOCConfig:
-    dims: int = 128             # Q, dimensions kept (seed 003: 128 of 256)
-    balance: float = 0.3        # λ of eq. 17
-    normalize: bool = True      # L2-normalise the codes first (the paper's assumption for eq. 15)
-
-    def __post_init__(self) -> None:
-        if self.dims < 1 or not 0.0 <= self.balance <= 1.0:
-            raise ValueError(f"TOC needs dims >= 1 and balance (λ) in [0, 1], got {self}")
+from trainer.configs.eval import TOCConfig
 
 
 @dataclass

@@ -19,7 +19,8 @@ def _recorder_worker(rank, world, port, out_dir):
     import torch.distributed as tdist
 
     from trainer import distributed
-    from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
+    from trainer.models.quantizer import MMEMAQuantizer
+    from trainer.configs.model import QuantizerConfig
     from trainer.runtime import StopRequest
 
     original = tdist.all_reduce

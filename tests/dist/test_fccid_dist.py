@@ -9,9 +9,7 @@ from dist_utils import assert_two_ranks_match_global_batch, init_gloo, run_ranks
 from fccid_utils import DIMS, L, small_cfg
 
 from trainer import distributed
-from trainer.models.club import CLUBConfig
-from trainer.models.fccid import FCCIDLossConfig
-from trainer.models.quantizer import QuantizerConfig
+from trainer.configs.model import CLUBConfig, FCCIDLossConfig, QuantizerConfig
 from trainer.tasks import FCCIDTask
 
 GLOBAL_BATCH, DIST_T, STEPS = 8, 4, 6

@@ -14,7 +14,8 @@ from feature_utils import CLIP_URLS, DECODE, FEATURE_URLS, TINY_YAML, clip_shard
 from numerics import assert_reordered_close
 
 from shards.extract import extract
-from trainer.data import ClipStream, DataConfig
+from trainer.data import ClipStream
+from trainer.configs.data import DataConfig
 
 __all__ = ["clip_shards", "feature_shards"]   # pytest fixtures (tests/support/feature_utils.py), used by name
 

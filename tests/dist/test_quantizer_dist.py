@@ -15,7 +15,8 @@ import torch
 from dist_utils import init_gloo, run_ranks
 from numerics import COMPOUNDED_ULPS, assert_reordered_close
 from trainer import distributed
-from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
+from trainer.models.quantizer import MMEMAQuantizer
+from trainer.configs.model import QuantizerConfig
 
 AV = ("audio", "video")
 WORLD, CLIPS, SEGMENTS, STEPS = 2, 8, 3, 8

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from trainer.models.club import CLUBConfig
-from trainer.models.comet import AdapterConfig, COMETConfig, EWCConfig, ReplayConfig
-from trainer.models.encoders import EncoderConfig
-from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
+from trainer.configs.model import (
+    AdapterConfig, CLUBConfig, COMETConfig, EWCConfig, EncoderConfig, QuantizerConfig, ReplayConfig
+)
+from trainer.models.quantizer import MMEMAQuantizer
 
 T, D = 5, 16
 DIMS = {"video": 12, "audio": 8, "text": 10, "image": 6}

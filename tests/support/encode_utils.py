@@ -57,7 +57,8 @@ def train_run(run_dir: Path, corpus: Corpus, task: str, steps: int = 2) -> Path:
     """``task`` trained for ``steps`` by the main job's loop on the corpus's clip shards through the tiny backbones
     (one process, plain torch, no tracking); returns the run directory."""
     from trainer.config import build_config
-    from trainer.job import JobConfig, validate_job
+    from trainer.job import validate_job
+    from trainer.configs.job import JobConfig
     from trainer.loop import train
     from trainer.runtime import create_accelerator, prepare_process_environment
 

@@ -1,10 +1,7 @@
 """Toy FCCID sizes and config shared by the FCCID tests (tests/unit/test_fccid.py, tests/dist/test_fccid_dist.py,
 tests/system/test_fccid_job.py)."""
 
-from trainer.models.club import CLUBConfig
-from trainer.models.encoders import EncoderConfig
-from trainer.models.fccid import CoarseConfig, FCCIDConfig
-from trainer.models.quantizer import QuantizerConfig
+from trainer.configs.model import CLUBConfig, CoarseConfig, EncoderConfig, FCCIDConfig, QuantizerConfig
 
 B, T, L = 4, 5, 7
 DIMS = {"audio": 12, "video": 16, "text": 20}

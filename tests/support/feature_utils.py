@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 from shards.extract import extract  # noqa: E402
 from shards.synth import SynthConfig, synthesise  # noqa: E402
 from shards.write import write_shards  # noqa: E402
-from trainer.data import DecodeConfig  # noqa: E402
+from trainer.configs.data import DecodeConfig
 
 TINY_YAML = "launch/configs/backbones/tiny.yaml"
 SECONDS = 2

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.models.club import CLUBConfig
-from trainer.models.encoders import EncoderConfig
-from trainer.models.quantizer import QuantizerConfig
-from trainer.models.unicode import UniCodeConfig
+from trainer.configs.model import CLUBConfig, EncoderConfig, QuantizerConfig, UniCodeConfig
 
 T = 4
 

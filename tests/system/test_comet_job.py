@@ -17,7 +17,7 @@ from job_utils import REPO, make_clip_shards, read_metrics, run_job  # noqa: E40
 from trainer.eval.encode import load_pretrained  # noqa: E402
 from trainer.evaluate import main as evaluate_main  # noqa: E402
 from trainer.checkpoint import read_model_state, read_task_extra  # noqa: E402
-from trainer.eval.probes import ProbeConfig  # noqa: E402
+from trainer.configs.eval import ProbeConfig
 
 
 # ---------------------------------------------------------------- the main job, two phases

@@ -19,11 +19,11 @@ from numerics import COMPOUNDED_ULPS, assert_reordered_close
 from unicode_utils import small_unicode_config, unicode_batch
 
 from trainer.checkpoint import MODEL_FILE, CheckpointManager
-from trainer.data.stream import DataConfig
-from trainer.job import JobConfig, OptimConfig, RunConfig
+from trainer.configs.data import DataConfig
+from trainer.configs.job import JobConfig, OptimConfig, RunConfig
 from trainer.loop import METRICS_FILE, train_in_memory
 from trainer.tasks import FCCIDTask, UniCodeTask
-from trainer.tracking import TrackingConfig
+from trainer.configs.tracking import TrackingConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.numerics]
 

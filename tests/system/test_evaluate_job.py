@@ -25,7 +25,7 @@ def test_command_on_a_checkpoint_of_the_main_job_logs_a_child_mlflow_run(tmp_pat
     from mlflow import MlflowClient
 
     from shards.extract import extract
-    from trainer.data import DecodeConfig
+    from trainer.configs.data import DecodeConfig
 
     shards = make_clip_shards(tmp_path / "data", num_clips=16, seconds=4, clips_per_shard=4)
     run = tmp_path / "run"

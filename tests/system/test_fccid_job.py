@@ -12,7 +12,8 @@ from job_utils import REPO, make_clip_shards, read_metrics, run_job
 
 from trainer.checkpoint import CheckpointManager
 from trainer.config import build_config
-from trainer.models.fccid import FCCIDConfig, FCCIDModel
+from trainer.models.fccid import FCCIDModel
+from trainer.configs.model import FCCIDConfig
 
 DEMO_FCCID = REPO / "launch" / "configs" / "demo_fccid.yaml"
 JOB_OVERRIDES = ["model.quantizer.reset_steps=2"]   # codes unused for 2 steps are reset: the runs include resets

@@ -9,7 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 from trainer.programs.bench.fidelity import FidelityConfig, PretrainConfig, run_rows  # noqa: E402
-from trainer.eval.probes import ProbeConfig  # noqa: E402
+from trainer.configs.eval import ProbeConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

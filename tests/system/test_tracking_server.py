@@ -35,7 +35,8 @@ from tracking_utils import (  # noqa: E402
 )
 
 from trainer.config import flatten, to_dict  # noqa: E402
-from trainer.tracking import Tracker, TrackingConfig, create_tracker, mlflow_metric_key  # noqa: E402
+from trainer.tracking import Tracker, create_tracker, mlflow_metric_key
+from trainer.configs.tracking import TrackingConfig
 
 __all__ = ["no_ambient_mlflow_env"]   # autouse pytest fixture (tests/support/tracking_utils.py)
 

@@ -74,7 +74,7 @@ def _same_defaults(section_values: dict, real: dict) -> None:
 
 def test_config_reference_is_the_job_configs_defaults():
     """Every key and default of ``cmg train --help`` against the imported dataclasses (each task's model section)."""
-    from trainer.job import JobConfig
+    from trainer.configs.job import JobConfig
     from trainer.tasks import TASKS
 
     job = config_defaults("trainer.job", "JobConfig").values()
@@ -91,15 +91,16 @@ def test_config_reference_is_the_job_configs_defaults():
 
 def test_parser_defaults_read_from_the_source_are_the_programs_own():
     from shards.synth import SynthConfig
-    from trainer.data.decode import DecodeConfig
-    from trainer.eval.paper import PRETRAIN_SETS
-    from trainer.eval.probes import ProbeConfig
-    from trainer.evaluate import TASKS, SourceConfig
+    from trainer.configs.data import DecodeConfig
+    from trainer.configs.eval import PRETRAIN_SETS
+    from trainer.configs.eval import ProbeConfig
+    from trainer.evaluate import TASKS
+    from trainer.configs.eval import SourceConfig
     from trainer.programs.bench import continual, core, e2e, fidelity, scaling
     from trainer.programs.bench.jobs import PretrainConfig
     from trainer.programs.bench.synthetic_features import WORLDS
     from trainer.programs.demo import DemoConfig
-    from trainer.toc import TOCConfig
+    from trainer.configs.eval import TOCConfig
 
     for module, cls in [("shards.synth", SynthConfig), ("trainer.data.decode", DecodeConfig),
                         ("trainer.evaluate", SourceConfig), ("trainer.toc", TOCConfig),

@@ -14,9 +14,11 @@ import webdataset as wds
 
 from shards.media import encode_mp4, encode_wav
 from trainer.config import ConfigError, load_config
-from trainer.data import ClipStream, CorruptSample, DataConfig, DecodeConfig, decode_sample
+from trainer.data import ClipStream, CorruptSample, decode_sample
+from trainer.configs.data import DataConfig, DecodeConfig
 from trainer.data.decode import decode_whole_audio, decode_whole_video
-from trainer.job import JobConfig, job_backbones
+from trainer.job import job_backbones
+from trainer.configs.job import JobConfig
 from trainer.models.inputs import SEGMENT_MASK
 
 SIZE, SR, FPS = 32, 16000, 4

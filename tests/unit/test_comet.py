@@ -22,12 +22,13 @@ from task_utils import write_phase  # noqa: E402
 
 from trainer.programs.continual import main as continual_main  # noqa: E402
 from trainer.checkpoint import load_init_state_, read_init_source  # noqa: E402
-from trainer.models.comet import (  # noqa: E402
-    AdapterConfig, CMoEAdapter, ReplayConfig, cpc_entry_losses, cumulative_fisher, ewc_penalty, farthest_points,
-    gate_balance_loss, pseudo_cpc_losses, pseudo_modality,
+from trainer.models.comet import (
+    CMoEAdapter, cpc_entry_losses, cumulative_fisher, ewc_penalty, farthest_points, gate_balance_loss,
+    pseudo_cpc_losses, pseudo_modality,
 )
+from trainer.configs.model import AdapterConfig, QuantizerConfig, ReplayConfig
 from trainer.models.cpc import cross_cpc_losses  # noqa: E402
-from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig  # noqa: E402
+from trainer.models.quantizer import MMEMAQuantizer
 from trainer.tasks.comet import COMETTask  # noqa: E402
 
 

@@ -13,9 +13,10 @@ from task_utils import write_phases
 
 from trainer.checkpoint import CheckpointManager, save_rank_state, write_model_state
 from trainer.config import ConfigError, load_config
-from trainer.data import DataConfig
+from trainer.configs.data import DataConfig
 from trainer.data.stream import data_source
-from trainer.job import JobConfig, check_batch_size, in_batch_negative_terms, validate_job
+from trainer.job import check_batch_size, validate_job
+from trainer.configs.job import JobConfig
 from trainer.main import main
 from trainer.programs.continual import main as continual_main
 
@@ -182,11 +183,11 @@ def test_batch_of_one_is_refused_exactly_when_a_term_takes_negatives_from_the_ba
     def job(task: str, batch: int, **model) -> JobConfig:
         return JobConfig(task=task, data=DataConfig(urls="x.tar", batch_size=batch), model=model)
 
-    assert in_batch_negative_terms(job("unicode", 1).model) == ["CLUB", "Cross-CPC", "CMCM"]
-    assert in_batch_negative_terms(job("unicode", 1, use_club=False, use_cmcm=False).model) == ["Cross-CPC"]
-    assert in_batch_negative_terms(job("comet", 1).model) == ["CLUB", "Cross-CPC", "CMCM"]
+    assert job("unicode", 1).model.in_batch_negative_terms() == ["CLUB", "Cross-CPC", "CMCM"]
+    assert job("unicode", 1, use_club=False, use_cmcm=False).model.in_batch_negative_terms() == ["Cross-CPC"]
+    assert job("comet", 1).model.in_batch_negative_terms() == ["CLUB", "Cross-CPC", "CMCM"]
     fccid = job("fccid", 1, a_club=False, v_club=False, av_club=False, te_club=False)
-    assert in_batch_negative_terms(fccid.model) == ["InfoNCE", "Cross-CPC", "CMCM"]   # InfoNCE is never off
+    assert fccid.model.in_batch_negative_terms() == ["InfoNCE", "Cross-CPC", "CMCM"]   # InfoNCE is never off
     for cfg in (job("unicode", 1), job("comet", 1), job("fccid", 1), fccid):
         with pytest.raises(ConfigError, match=r"^data\.batch_size=1: task"):
             check_batch_size(cfg)

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from comet_utils import comet_config
-from trainer.eval.encode import trained_pairs
-from trainer.eval.heads import EventClassifier, HeadConfig, SegmentTagger
+from trainer.eval.heads import EventClassifier, SegmentTagger
+from trainer.configs.eval import HeadConfig, ProbeConfig
 from trainer.eval.metrics import accuracy, class_precision_at_k, micro_prf, multi_hot, recall_at_k
 from trainer.eval.paper import PAPER_HEADS, PAPER_TABLES, SEED001_TABLE3, checkpoint_stage, checkpoint_switches, \
     paper_tables, render_table, table_metrics
 from trainer.eval.probes import (
-    CodeSplit, ProbeConfig, _fit, class_retrieval, classification_probe, code_agreement, cross_dataset_classification,
+    CodeSplit, _fit, class_retrieval, classification_probe, code_agreement, cross_dataset_classification,
     cross_dataset_probe, localisation_probe, map_classes, paired_clip_retrieval,
 )
 from trainer.models.comet import COMETModel
@@ -309,7 +309,7 @@ def test_seen_pairs_of_a_continual_model_go_through_the_mediator():
     # phase 3 of VT -> AT -> IT: image–text trained now, video and audio carried from phases paired with text
     model = COMETModel(comet_config(("image", "text"), carried=("video", "audio"),
                                     carried_feature_dims={"video": 12, "audio": 8}))
-    seen = trained_pairs(model)
+    seen = model.trained_pairs
     assert seen == {frozenset(p) for p in (("image", "text"), ("video", "text"), ("audio", "text"))}
     assert frozenset(("video", "audio")) not in seen and frozenset(("image", "audio")) not in seen
 

@@ -20,24 +20,22 @@ from tracking_utils import mlflow_client, no_ambient_mlflow_env  # noqa: E402
 from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain  # noqa: E402
 from trainer.checkpoint import write_manifest
 from trainer.config import ConfigError, to_dict  # noqa: E402
-from trainer.data import DataConfig  # noqa: E402
+from trainer.configs.data import DataConfig
 from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy  # noqa: E402
 from trainer.eval.encode import (  # noqa: E402
     LabelledFeatures, encode_modality, encode_split, load_pretrained, model_config_from_dict, read_shard_features,
     split_indices,
 )
-from trainer.eval.probes import ProbeConfig, classification_probe, localisation_probe  # noqa: E402
+from trainer.eval.probes import classification_probe, localisation_probe
+from trainer.configs.eval import ProbeConfig
 from trainer.data.released import AVE_CLASSES, AVVP_CLASSES  # noqa: E402
 from trainer.eval.probes import CodeSplit  # noqa: E402
 from trainer.evaluate import (  # noqa: E402
     EncodedDataset, EvaluateConfig, datasets_needed, head_settings, main, parse_args, run_retrieval, selected_tasks,
     shared_classes,
 )
-from trainer.models.club import CLUBConfig  # noqa: E402
-from trainer.models.encoders import EncoderConfig  # noqa: E402
-from trainer.models.fccid import CoarseConfig, FCCIDConfig, FCCIDModel  # noqa: E402
-from trainer.models.quantizer import QuantizerConfig  # noqa: E402
-from trainer.models.unicode import UniCodeConfig  # noqa: E402
+from trainer.configs.model import CLUBConfig, CoarseConfig, EncoderConfig, FCCIDConfig, QuantizerConfig, UniCodeConfig
+from trainer.models.fccid import FCCIDModel
 
 CLASSES, SEGMENTS, CLIPS = 3, 4, 30
 

@@ -10,11 +10,12 @@ from fccid_utils import B, DIMS, L, SWITCHES, T, small_cfg
 from job_utils import REPO
 
 from trainer.config import ConfigError, load_config
-from trainer.job import JobConfig
-from trainer.models.fccid import CoarseConfig, FCCIDConfig, FCCIDLossConfig, mean_over_time
+from trainer.configs.job import JobConfig
+from trainer.models.fccid import mean_over_time
+from trainer.configs.model import CoarseConfig, FCCIDConfig, FCCIDLossConfig, QuantizerConfig
 from trainer.models.losses import commitment_losses, symmetric_info_nce
-from trainer.models.quantizer import QuantizerConfig
-from trainer.tasks import FCCIDTask, task_spec
+from trainer.configs.model import model_config_class
+from trainer.tasks import FCCIDTask, task_class
 
 
 def features(batch=B, seed=0, lengths=(3, 4, 7, 5)):
@@ -237,7 +238,7 @@ def test_config_through_the_project_loader_and_the_task_registry():
     cfg = load_config(FCCIDConfig, overrides=["av_club=false", "coarse.temperature=0.07", "loss.nce=0.5"])
     assert cfg.club_estimators == ("fine_audio", "fine_video", "coarse_text")
     assert cfg.coarse.temperature == 0.07 and cfg.loss.nce == 0.5 and cfg.modalities == ("audio", "video", "text")
-    assert task_spec("fccid").config is FCCIDConfig and task_spec("fccid").task is FCCIDTask
+    assert model_config_class("fccid") is FCCIDConfig and task_class("fccid") is FCCIDTask
     with pytest.raises(ConfigError, match="coarse.temprature"):
         load_config(FCCIDConfig, overrides=["coarse.temprature=0.5"])
     with pytest.raises(ValueError, match="temperature"):

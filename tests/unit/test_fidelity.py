@@ -19,8 +19,7 @@ from trainer.programs.bench.synthetic_features import (  # noqa: E402
     BACKGROUND, WORLDS, SyntheticFeatureConfig, SyntheticWorld, world_config,
 )
 from trainer.programs.harness import Target  # noqa: E402
-from trainer.models.fccid import FCCIDConfig  # noqa: E402
-from trainer.models.unicode import UniCodeConfig  # noqa: E402
+from trainer.configs.model import FCCIDConfig, UniCodeConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

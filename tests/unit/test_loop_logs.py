@@ -8,14 +8,12 @@ import signal
 
 import torch
 
-from trainer.data.stream import DataConfig
-from trainer.job import JobConfig, OptimConfig, RunConfig
+from trainer.configs.data import DataConfig
+from trainer.configs.job import JobConfig, OptimConfig, RunConfig
 from trainer.loop import METRICS_FILE, data_metrics, train_in_memory
-from trainer.models.encoders import EncoderConfig
-from trainer.models.quantizer import QuantizerConfig
-from trainer.models.unicode import UniCodeConfig
+from trainer.configs.model import EncoderConfig, QuantizerConfig, UniCodeConfig
 from trainer.runtime import StopRequest
-from trainer.tracking import TrackingConfig
+from trainer.configs.tracking import TrackingConfig
 
 
 def _job(run_dir, max_steps: int) -> JobConfig:

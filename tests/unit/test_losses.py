@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from trainer.models.club import CLUBEstimator, club_upper_bound, gaussian_log_likelihood
-from trainer.models.cpc import CPCConfig, CrossCPC, cross_cpc_losses
+from trainer.models.cpc import CrossCPC, cross_cpc_losses
+from trainer.configs.model import CPCConfig
 from trainer.models.losses import (
     cmcm_loss,
     code_log_distribution,

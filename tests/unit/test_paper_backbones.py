@@ -30,7 +30,8 @@ from trainer.backbones import BackboneConfig, FrozenBackbones, load_backbone, lo
 from trainer.backbones.audio import AudioBackbone, vggish_examples, vggish_log_mel  # noqa: E402
 from trainer.backbones.video import VideoBackbone  # noqa: E402
 from trainer.backbones.vgg import VGG, VGGConfig, VGGish, VGGishConfig  # noqa: E402
-from trainer.data import ClipStream, DataConfig  # noqa: E402
+from trainer.data import ClipStream
+from trainer.configs.data import DataConfig
 
 __all__ = ["clip_shards", "no_network"]   # pytest fixtures (tests/support/), used by name
 

@@ -13,7 +13,8 @@ from released_utils import make_vggsound_avel
 from shards.convert import main as convert_main
 from trainer.config import load_config
 from trainer.data.stream import expand_shard_urls
-from trainer.job import JobConfig, validate_job
+from trainer.job import validate_job
+from trainer.configs.job import JobConfig
 
 PAPER = REPO / "launch" / "configs" / "paper"
 NOMINAL_CLIPS = {"24k": 24000, "40k": 40000, "81k": 81000}

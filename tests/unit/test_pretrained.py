@@ -26,7 +26,8 @@ from trainer.data.features import decode_npy
 from trainer.encode import main as encode_main
 from trainer.encode import read_codes
 from trainer.eval.encode import encode_split, load_pretrained, read_shard_features
-from trainer.evaluate import SourceConfig, _backbones, data_config
+from trainer.evaluate import _backbones, data_config
+from trainer.configs.eval import SourceConfig
 from trainer.job import read_run_config
 from trainer.pretrained import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE
 

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig, laplace_smoothed
+from trainer.models.quantizer import MMEMAQuantizer, laplace_smoothed
+from trainer.configs.model import QuantizerConfig
 
 AV = ("audio", "video")
 

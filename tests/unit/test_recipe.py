@@ -3,7 +3,7 @@ events (``world_codes``), and ``launch/configs/demo.yaml`` holds that size for `
 the sweep's pages train the same recipe."""
 
 from trainer.config import load_config
-from trainer.job import JobConfig
+from trainer.configs.job import JobConfig
 from trainer.programs.bench.e2e import E2E_WORLD, world_classes, world_codes
 from trainer.programs.demo import DemoConfig
 

@@ -23,7 +23,8 @@ from shards import inspect as shard_inspect  # noqa: E402
 from shards.media import encode_mp4, encode_wav  # noqa: E402
 from shards.write import BadClip, read_captions, write_shards  # noqa: E402
 from trainer.backbones import BackboneConfig, BackbonesConfig, FrozenBackbones, backbones_config_from_dict  # noqa: E402
-from trainer.data import COUNTER_NAMES, ClipStream, CorruptSample, DataConfig, DecodeConfig, decode_sample  # noqa: E402
+from trainer.data import COUNTER_NAMES, ClipStream, CorruptSample, decode_sample
+from trainer.configs.data import DataConfig, DecodeConfig
 from trainer.data.decode import MEMBER_ORDER, pick_caption, probe_sample  # noqa: E402
 from trainer.data.stream import saved_counters  # noqa: E402
 
@@ -345,7 +346,8 @@ def test_clip_label_probes_run_between_audio_and_video_or_else_between_every_pai
 
 def test_a_job_whose_paired_modalities_have_different_segment_counts_fails_at_config_time():
     from trainer.config import ConfigError, load_config
-    from trainer.job import JobConfig, job_backbones
+    from trainer.job import job_backbones
+    from trainer.configs.job import JobConfig
 
     demo = Path(__file__).resolve().parents[2] / "launch" / "configs" / "demo.yaml"
     tiny = demo.parent / "backbones" / "tiny.yaml"

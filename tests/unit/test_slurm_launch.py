@@ -15,7 +15,7 @@ from task_utils import write_phases
 from trainer.programs.continual import main as continual_main
 from trainer.backbones import load_backbones_config
 from trainer.config import load_config
-from trainer.job import JobConfig
+from trainer.configs.job import JobConfig
 
 
 @pytest.mark.parametrize(

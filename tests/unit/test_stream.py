@@ -24,15 +24,8 @@ from shards import inspect as shard_inspect  # noqa: E402
 from shards.media import encode_mp4, encode_wav  # noqa: E402
 from shards.synth import SynthConfig, synthesise  # noqa: E402
 from shards.write import write_shards  # noqa: E402
-from trainer.data import (  # noqa: E402
-    COUNTER_NAMES,
-    ClipStream,
-    CorruptSample,
-    DataConfig,
-    DecodeConfig,
-    batches_per_rank,
-    decode_sample,
-)
+from trainer.data import COUNTER_NAMES, ClipStream, CorruptSample, batches_per_rank, decode_sample
+from trainer.configs.data import DataConfig, DecodeConfig
 from trainer.data import stream as stream_module  # noqa: E402
 from trainer.data.decode import decode_audio  # noqa: E402
 from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy  # noqa: E402

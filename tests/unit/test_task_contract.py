@@ -2,7 +2,7 @@
 
 ``CASES`` holds a toy config and batch per task name; a task added to ``trainer.tasks.TASKS`` without a case
 fails ``test_every_registered_task_has_a_case``, and then runs through every test below. The last test adds a
-fourth task as one module plus one registry entry and trains it through the main job's loop.
+fourth task as one module plus a line in each registry (its config's and its task's) and trains it through the main job's loop.
 """
 
 from __future__ import annotations
@@ -20,19 +20,17 @@ import torch
 from torch import nn
 
 from trainer.config import to_dict
-from trainer.data.stream import DataConfig
+from trainer.configs.data import DataConfig
 from trainer.eval.encode import load_pretrained
-from trainer.job import JobConfig, OptimConfig, RunConfig
+from trainer.configs.job import JobConfig, OptimConfig, RunConfig
 from trainer.loop import train_in_memory
-from trainer.models.club import CLUBConfig
-from trainer.models.comet import AdapterConfig, COMETConfig
-from trainer.models.encoders import EncoderConfig
-from trainer.models.fccid import CoarseConfig, FCCIDConfig
-from trainer.models.quantizer import QuantizerConfig
+from trainer.configs.model import (
+    TASK_CONFIGS,
+    AdapterConfig, CLUBConfig, COMETConfig, CoarseConfig, EncoderConfig, FCCIDConfig, QuantizerConfig, UniCodeConfig
+)
 from trainer.models.segment_coder import SegmentCoder
-from trainer.models.unicode import UniCodeConfig
-from trainer.tasks import TASKS, Task, TaskSpec, task_spec
-from trainer.tracking import TrackingConfig
+from trainer.tasks import TASKS, Task, task_class
+from trainer.configs.tracking import TrackingConfig
 
 B, T, L = 4, 5, 7
 DIMS = {"audio": 12, "video": 16, "text": 20}
@@ -80,7 +78,7 @@ CASES = {
 
 def _task(name: str, seed: int = 0) -> Task:
     torch.manual_seed(seed)
-    return task_spec(name).task(CASES[name].config())
+    return task_class(name)(CASES[name].config())
 
 
 def _features(task: Task, name: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -101,7 +99,7 @@ def _tensor_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_every_registered_task_has_a_case():
-    assert set(CASES) == set(TASKS)
+    assert set(CASES) == set(TASKS) == set(TASK_CONFIGS)   # the torch side and the config side agree
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -227,14 +225,15 @@ class ReconstructionOnlyTask(UniCodeTask):
 '''
 
 
-def test_a_fourth_task_is_one_module_and_one_registry_line(tmp_path, monkeypatch):
+def test_a_fourth_task_is_one_module_and_a_line_in_each_registry(tmp_path, monkeypatch):
     path = tmp_path / "reconstruction_only.py"
     path.write_text(textwrap.dedent(FOURTH_TASK))
     spec = importlib.util.spec_from_file_location("reconstruction_only", path)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "reconstruction_only", module)
     spec.loader.exec_module(module)
-    monkeypatch.setitem(TASKS, "reconstruction_only", TaskSpec(UniCodeConfig, module.ReconstructionOnlyTask))
+    monkeypatch.setitem(TASK_CONFIGS, "reconstruction_only", UniCodeConfig)   # the config side (torch-free)
+    monkeypatch.setitem(TASKS, "reconstruction_only", module.ReconstructionOnlyTask)
 
     g = torch.Generator().manual_seed(0)
     features = {"audio": torch.randn(16, T, DIMS["audio"], generator=g),

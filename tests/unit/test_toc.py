@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from trainer.checkpoint import write_manifest, write_model_state
-from trainer.toc import TOCConfig, cosine_summary, main, toc_scores
+from trainer.toc import cosine_summary, main, toc_scores
+from trainer.configs.eval import TOCConfig
 
 
 def test_spec_numbers_without_normalisation():

@@ -30,17 +30,11 @@ from tracking_utils import (  # noqa: E402
 
 from trainer.code_usage import classify_code_usage, plot_code_usage  # noqa: E402
 from trainer.config import ConfigError, load_config  # noqa: E402
-from trainer.tracking import (  # noqa: E402
-    NullTracker,
-    Tracker,
-    TrackingConfig,
-    clean_key,
-    create_local_store,
-    create_tracker,
-    mlflow_metric_key,
-    mlflow_params,
+from trainer.tracking import (
+    NullTracker, Tracker, clean_key, create_local_store, create_tracker, mlflow_metric_key, mlflow_params,
     resolve_tracking_uri,
 )
+from trainer.configs.tracking import TrackingConfig
 
 __all__ = ["no_ambient_mlflow_env"]   # autouse pytest fixture (tests/support/tracking_utils.py)
 

@@ -7,12 +7,10 @@ import pytest
 import torch
 
 from trainer.config import ConfigError, load_config
-from trainer.models.club import CLUBConfig
-from trainer.models.cpc import CPCConfig
-from trainer.models.encoders import AttentionPool, ChannelGate, EncoderConfig, sinusoidal_table
+from trainer.configs.model import CLUBConfig, CPCConfig, EncoderConfig, LossConfig, QuantizerConfig, UniCodeConfig
+from trainer.models.encoders import AttentionPool, ChannelGate, sinusoidal_table
 from trainer.models.losses import commitment_losses
-from trainer.models.quantizer import QuantizerConfig
-from trainer.models.unicode import LossConfig, UniCodeConfig, UniCodeModel
+from trainer.models.unicode import UniCodeModel
 from trainer.tasks import UniCodeTask
 
 B, T = 4, 5

@@ -6,7 +6,7 @@
 """
 
 from trainer.backbones.audio import AudioBackbone
-from trainer.backbones.config import (
+from trainer.configs.backbones import (
     BackboneConfig,
     BackbonesConfig,
     backbones_config_from_dict,

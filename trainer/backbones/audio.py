@@ -30,7 +30,7 @@ import torch
 from transformers.audio_utils import mel_filter_bank
 
 from trainer.backbones.base import FrozenEncoder, load_processor_settings
-from trainer.backbones.config import BackboneConfig
+from trainer.configs.backbones import BackboneConfig
 
 _AST_DEFAULTS = {"sampling_rate": 16000, "do_normalize": True, "mean": -4.2677393, "std": 4.5689974}
 _WAVE_DEFAULTS = {"sampling_rate": 16000, "do_normalize": True}

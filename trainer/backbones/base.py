@@ -26,7 +26,7 @@ import transformers
 from torch import nn
 from transformers.utils import cached_file
 
-from trainer.backbones.config import NATIVE_FAMILIES, BackboneConfig, resolve_model_path
+from trainer.configs.backbones import NATIVE_FAMILIES, BackboneConfig, resolve_model_path
 from trainer.backbones.vgg import VGG, VGGConfig, VGGish, VGGishConfig, VGGishPostprocess
 
 # family -> (class used with from_pretrained, class built from a config dict, config class)

@@ -18,7 +18,7 @@ import torch
 
 from trainer.backbones.audio import AudioBackbone
 from trainer.backbones.base import FrozenEncoder
-from trainer.backbones.config import BackboneConfig, BackbonesConfig
+from trainer.configs.backbones import BackboneConfig, BackbonesConfig
 from trainer.backbones.text import TextBackbone
 from trainer.backbones.video import ImageBackbone, VideoBackbone
 

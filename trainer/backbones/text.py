@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerBase
 
 from trainer.backbones.base import FrozenEncoder
-from trainer.backbones.config import BackboneConfig, resolve_model_path
+from trainer.configs.backbones import BackboneConfig, resolve_model_path
 
 
 def load_tokenizer(cfg: BackboneConfig) -> PreTrainedTokenizerBase:

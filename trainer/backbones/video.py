@@ -21,7 +21,7 @@ from transformers.image_utils import (
 )
 
 from trainer.backbones.base import FrozenEncoder, load_processor_settings
-from trainer.backbones.config import BackboneConfig
+from trainer.configs.backbones import BackboneConfig
 
 # PIL resample ids as stored in preprocessor_config.json -> interpolate modes
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}

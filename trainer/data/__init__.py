@@ -50,21 +50,12 @@ padded clips can be dropped from evaluation with ``is_pad``.
 
 from trainer.data.collate import COUNTER_NAMES, collate_samples
 from trainer.data.decode import (
-    BACKGROUND,
-    SAMPLE_MODALITIES,
-    SKIP_REASONS,
-    CorruptSample,
-    DecodeConfig,
-    DecodedSample,
-    SampleInfo,
-    WholeClip,
-    clip_seconds,
-    decode_sample,
-    decode_whole_sample,
-    probe_sample,
+    BACKGROUND, SAMPLE_MODALITIES, SKIP_REASONS, CorruptSample, DecodedSample, SampleInfo, WholeClip, clip_seconds,
+    decode_sample, decode_whole_sample, probe_sample,
 )
+from trainer.configs.data import DATA_KINDS, DataConfig, DecodeConfig
 from trainer.data.features import FeatureClip, collate_feature_clips, decode_feature_sample
-from trainer.data.stream import DATA_KINDS, ClipStream, DataConfig, WorkerPlan, batches_per_rank, feature_batches
+from trainer.data.stream import ClipStream, WorkerPlan, batches_per_rank, feature_batches
 
 __all__ = [
     "BACKGROUND", "COUNTER_NAMES", "DATA_KINDS", "SAMPLE_MODALITIES", "SKIP_REASONS", "ClipStream", "CorruptSample",

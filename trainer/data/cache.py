@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data.decode import AUDIO, IMAGE, VIDEO, DecodeConfig
+from trainer.data.decode import AUDIO, IMAGE, VIDEO
+from trainer.configs.data import DecodeConfig
 
 
 class DecodeCache:

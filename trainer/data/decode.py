@@ -50,6 +50,8 @@ import numpy as np
 from decord import AudioReader, VideoReader
 from PIL import Image
 
+from trainer.configs.data import DecodeConfig
+
 if TYPE_CHECKING:
     from trainer.data.cache import DecodeCache
 
@@ -103,43 +105,6 @@ class CorruptSample(ValueError):
             raise ValueError(f"unknown skip reason {reason!r}")
         super().__init__(f"{where}: {reason}: {detail}")
         self.reason, self.where, self.detail = reason, where, detail
-
-
-@dataclass
-class DecodeConfig:
-    seconds: int = 10  # T: the window of one-second segments a training batch holds per clip
-    # the shortest clip trained on: a clip of min_seconds <= S < seconds is padded to the window with a segment
-    # mask; shorter ones are skipped (too_short). None: seconds (only whole windows: the paper's setting, and every
-    # batch without a mask). Models with Cross-CPC need more than its K prediction steps (trainer/job.py checks).
-    min_seconds: int | None = None
-    frames_per_segment: int = 4  # F: frames sampled per segment, centred in F equal slices
-    frame_size: int = 64  # frames are resized to frame_size x frame_size (aspect not kept)
-    sample_rate: int = 16000  # audio is resampled to this rate, mono
-    # AAC/decoder rounding can leave the audio a little short; up to this much is zero-padded
-    audio_shortfall_s: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("seconds", "frames_per_segment", "frame_size", "sample_rate"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"decode.{name} must be >= 1, got {value}")
-        if self.min_seconds is not None and not 1 <= self.min_seconds <= self.seconds:
-            raise ValueError(f"decode.min_seconds must be in [1, decode.seconds={self.seconds}] or null, "
-                             f"got {self.min_seconds}")
-        # not (0 <= x < seconds) also refuses NaN; a shortfall of a whole clip would accept clips without audio
-        if not 0.0 <= self.audio_shortfall_s < self.seconds:
-            raise ValueError(f"decode.audio_shortfall_s must be in [0, decode.seconds={self.seconds}), "
-                             f"got {self.audio_shortfall_s}")
-
-    @property
-    def shortest(self) -> int:
-        """The fewest seconds of a clip that training reads (``min_seconds``, or the whole window)."""
-        return self.seconds if self.min_seconds is None else self.min_seconds
-
-    @property
-    def pads(self) -> bool:
-        """Whether clips shorter than the window are padded (and clip batches carry a ``segment_mask``)."""
-        return self.shortest < self.seconds
 
 
 @dataclass

@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.configs.data import FEATURE_MODALITIES
 from trainer.data.collate import collate_annotations
 from trainer.data.decode import (
     META_KEYS, OPTIONAL_MEMBERS, ClipLabels, CorruptSample, check_member, member_where, sample_caption, sample_labels,
 )
 
-FEATURE_MODALITIES = ("video", "audio", "text")
 FEATURE_MANIFEST_FORMAT = "cmg-trainer-features/1"   # manifest.json "format" of shards.extract's output
 KNOWN_FEATURE_MEMBERS = frozenset({f"{m}.npy" for m in FEATURE_MODALITIES} | set(OPTIONAL_MEMBERS))
 

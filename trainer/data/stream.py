@@ -58,9 +58,9 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -68,66 +68,20 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer import distributed
+from trainer.configs.data import DataConfig
 from trainer.data.cache import DecodeCache
 from trainer.data.collate import COUNTER_INDEX, COUNTER_NAMES, collate_samples
 from trainer.data.decode import (
-    CLIP_MODALITIES, MEDIA_MODALITIES, SKIP_REASONS, TIMED_MODALITIES, CorruptSample, DecodeConfig,
-    check_modalities, decode_sample,
+    CLIP_MODALITIES, MEDIA_MODALITIES, SKIP_REASONS, TIMED_MODALITIES, CorruptSample, check_modalities, decode_sample,
 )
 from trainer.data.features import (
-    FEATURE_MANIFEST_FORMAT, FEATURE_MODALITIES, collate_feature_clips, decode_feature_sample, feature_layout,
+    FEATURE_MANIFEST_FORMAT, collate_feature_clips, decode_feature_sample, feature_layout,
 )
 
 if TYPE_CHECKING:
     from trainer.backbones import FrozenBackbones
 
 MANIFEST_NAME = "manifest.json"
-# "memory": feature tensors a program hands to ``trainer.loop.train`` (trainer/data/memory.py), never from a YAML
-DATA_KINDS = ("clips", "features", "memory")
-
-
-@dataclass
-class DataConfig:
-    urls: str = ""  # brace pattern(s), '::'-separated: local paths or webdataset 'pipe:' URLs
-    # "clips": mp4/wav [+ json + txt] shards (shards.write); "features": feature shards (shards.extract);
-    # "memory": in-memory tensors passed by a program to trainer.loop.train (the synthetic benchmarks)
-    kind: Literal["clips", "features", "memory"] = "clips"
-    # kind "features": the modalities whose {modality}.npy members are read (and batched under that key)
-    feature_modalities: list[str] = field(default_factory=lambda: list(FEATURE_MODALITIES))
-    # the shards' manifest.json (per-shard counts; feature shapes for kind "features"); default: next to
-    # the first local shard. Not read for kind "clips" in resampled mode.
-    manifest: str = ""
-    batch_size: int = 8  # clips per batch on each rank
-    num_workers: int = 2  # DataLoader worker processes per rank (0 = decode in the training process)
-    shuffle_buffer: int = 64  # raw samples in each worker's shuffle buffer; 0 or 1 keeps shard order
-    shuffle_shards: bool = True  # reshuffle the shard list every epoch (non-resampled)
-    resampled: bool = False  # draw shards with replacement; an epoch is epoch_batches batches
-    epoch_batches: int = 0  # batches per rank per epoch in resampled mode
-    seed: int = 0
-    decode: DecodeConfig = field(default_factory=DecodeConfig)  # kind "clips" only
-    # kind "clips": a directory where each clip's decoded video and audio are kept after its first decode and read
-    # back in later epochs, bit for bit the same batches ("" = decode every time; trainer/data/cache.py)
-    decode_cache: str = ""
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the key of the first bad setting."""
-        if self.kind not in DATA_KINDS:
-            raise ValueError(f"DataConfig.kind: {self.kind!r} is not one of {list(DATA_KINDS)}")
-        if self.kind == "memory":
-            raise ValueError("DataConfig.kind 'memory' is for programs that pass feature tensors to "
-                             "trainer.loop.train(..., memory=...); a job reads shards: set kind 'clips' or 'features'")
-        if not self.urls:
-            raise ValueError("DataConfig.urls is empty: give shard URLs, e.g. 'data/train-{000000..000009}.tar'")
-        if self.batch_size < 1 or self.num_workers < 0:
-            raise ValueError(f"DataConfig.batch_size must be >= 1 and DataConfig.num_workers >= 0, got "
-                             f"{self.batch_size}, {self.num_workers}")
-        if self.resampled and self.epoch_batches < 1:
-            raise ValueError("resampled mode needs DataConfig.epoch_batches >= 1 (batches per rank per epoch)")
-        if self.kind == "features":
-            names = self.feature_modalities
-            if not names or len(set(names)) < len(names) or any(m not in FEATURE_MODALITIES for m in names):
-                raise ValueError(f"DataConfig.feature_modalities: {self.feature_modalities} must be distinct "
-                                 f"names from {list(FEATURE_MODALITIES)}, at least one")
 
 
 def data_source(cfg: DataConfig) -> dict[str, str | int | bool]:

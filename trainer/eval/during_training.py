@@ -18,39 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+from trainer.configs.eval import TrainingProbeConfig
 
 if TYPE_CHECKING:   # the job config (trainer/job.py) holds TrainingProbeConfig: keep this module light to import
-    from trainer.data import DataConfig
+    from trainer.configs.data import DataConfig
     from trainer.eval.encode import LabelledFeatures
 
 PROBED_MODALITIES = ("audio", "video")
 METRIC_PREFIX = "eval/accuracy_"
 MEAN_METRIC = "eval/accuracy_cross_mean"
-
-
-@dataclass
-class TrainingProbeConfig:
-    """``eval`` section of a job: the downstream probe during pretraining (off unless ``every`` > 0)."""
-
-    every: int = 0                     # optimizer steps between probes (0 = off), each on the checkpoint of its step
-    urls: str = ""                     # labelled validation shards (json members with labels), brace patterns
-    kind: Literal["clips", "features"] = "clips"   # must be data.kind: clips go through the job's backbones
-    manifest: str = ""                 # "" = manifest.json next to the shards
-    split: tuple[float, float, float] = (0.6, 0.2, 0.2)   # of the validation clips: head train / epoch choice / score
-    split_seed: int = 0
-    epochs: int = 10                   # head training epochs (the best on the source's part is kept)
-    lr: float = 1e-3
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        if self.every < 0:
-            raise ValueError(f"eval.every must be >= 0 (0 = off), got {self.every}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError(f"eval needs epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, "
-                             f"{self.lr}")
 
 
 def probe_metric_names(modalities: tuple[str, ...]) -> list[str]:
@@ -81,7 +59,8 @@ class TrainingProbe:
     def __call__(self, checkpoint: Path) -> dict[str, float]:
         """The probe metrics (accuracy, %) of ``checkpoint``."""
         from trainer.eval.encode import encode_split, load_pretrained
-        from trainer.eval.probes import ProbeConfig, classification_probe
+        from trainer.eval.probes import classification_probe
+        from trainer.configs.eval import ProbeConfig
 
         model = load_pretrained(checkpoint).model
         modalities = tuple(m for m in PROBED_MODALITIES if m in model.downstream_modalities)

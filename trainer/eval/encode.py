@@ -10,7 +10,7 @@ Every downstream encoding goes through ``encode_segments`` (evaluation, ``traine
 ``cmg encode``), so the codes of a clip are the same whichever of them produced them.
 
 Any registered task's checkpoint works: ``meta.json["task"]`` (default "unicode") picks the model config
-class and the task (``trainer.tasks.task_spec``) that builds the model, and codes come from the model's
+class and the task (``trainer.tasks.task_class``) that builds the model, and codes come from the model's
 ``segment_codes(features, modality)`` (``trainer.models.segment_coder``): Uni-Code quantises z^m per
 segment, FCCID sends every segment through its coarse path (seed 003 §3.1), so both keep the time axis.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,15 @@ from torch import Tensor, nn
 
 from trainer.checkpoint import MODEL_FILE, CheckpointManager, read_model_state, resolve_checkpoint
 from trainer.config import ConfigError, build_config
-from trainer.data.features import (
-    FEATURE_MODALITIES, PublicFeatureConfig, PublicFeatureDataset, collate_feature_clips,
-)
-from trainer.data.stream import DataConfig, expand_shard_urls, feature_batches
+from trainer.data.features import PublicFeatureConfig, PublicFeatureDataset, collate_feature_clips
+from trainer.configs.data import DataConfig, FEATURE_MODALITIES
+from trainer.data.stream import expand_shard_urls, feature_batches
 from trainer.eval.probes import CodeSplit
-from trainer.models.comet import COMETModel
 from trainer.data.decode import BACKGROUND, TIMED_MODALITIES
 from trainer.models.inputs import SEGMENT_MASK, mask_key
 from trainer.models.segment_coder import SegmentEncoding
-from trainer.tasks import task_spec
+from trainer.configs.model import model_config_class
+from trainer.tasks import task_class
 
 
 
@@ -52,7 +50,7 @@ def model_config_from_dict(data: Mapping[str, Any], source: str, task: str = "un
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: model_config must be a mapping, got {type(data).__name__}")
     try:
-        config_class = task_spec(task).config
+        config_class = model_config_class(task)
     except KeyError as err:
         raise ConfigError(f"{source}: {err.args[0]}") from None
     return build_config(config_class, data, "model_config", source)
@@ -86,7 +84,7 @@ def frozen_model(task: str, model_config: Mapping[str, Any], state: Mapping[str,
     """The model of ``task`` rebuilt from a resolved ``model_config`` (as meta.json holds it) through the task
     registry, with the weights ``state``, frozen. Errors name the files they came from (the ``*_source``)."""
     cfg = model_config_from_dict(model_config, config_source, task)
-    model = task_spec(task).task(cfg).model
+    model = task_class(task)(cfg).model
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -108,16 +106,6 @@ def load_pretrained(path: str | Path) -> Pretrained:
                          str(ckpt / "meta.json"), str(ckpt / MODEL_FILE))
     return Pretrained(model, meta, ckpt)
 
-
-def trained_pairs(model: nn.Module) -> set[frozenset[str]]:
-    """The modality pairs the model was pretrained on, seed 004 §4.3's "seen" pairs (the others are "unseen"): every
-    pair of the modalities one job trains together; a continual (COMET) model also saw each modality it carries
-    from an earlier phase paired with the mediator, which every phase trains (ALGORITHMS.md §4)."""
-    if isinstance(model, COMETModel):
-        cfg = model.comet
-        return ({frozenset(p) for p in combinations(cfg.model_modalities, 2)}
-                | {frozenset((m, cfg.replay.mediator)) for m in cfg.carried})
-    return {frozenset(p) for p in combinations(model.downstream_modalities, 2)}
 
 
 # ---------------------------------------------------------------------- labelled features

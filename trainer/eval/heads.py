@@ -10,20 +10,10 @@ one linear map) applied to every segment's code vector:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-
-
-@dataclass
-class HeadConfig:
-    hidden_dim: int = 128
-    dropout: float = 0.0      # between the two layers (the frozen encoder itself never runs dropout)
-
-    def __post_init__(self) -> None:
-        if self.hidden_dim < 1 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"HeadConfig needs hidden_dim >= 1 and dropout in [0, 1), got {self}")
+from trainer.configs.eval import HeadConfig
 
 
 class SegmentTagger(nn.Module):

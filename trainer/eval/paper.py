@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.eval.probes import ProbeConfig
+from trainer.configs.eval import ProbeConfig
+from trainer.configs.eval import PRETRAIN_SETS
 
 # Seed 000 §B.2: AVE heads train with "the learning rate as 2.5e-4, and the batch size as 256"; AVVP: "Other settings
 # are the same as the cross-modal event classification"; AVE→AVVP: "The other training details are the same as the
@@ -36,7 +37,6 @@ PAPER_HEADS: dict[str, ProbeConfig] = {
     "ucf_vgg": ProbeConfig(epochs=30, batch_size=256, lr=2.5e-4),
 }
 
-PRETRAIN_SETS = ("24K", "40K", "81K")       # the VGGSound-AVEL pretraining subsets of seed 001 Table 1
 DIRECTIONS = ("V→A", "A→V")
 SWITCHES = ("CLUB", "Cross-CPC", "MM-EMA", "Reset code", "L_cmcm")   # seed 001 Table 3's ablation columns
 

@@ -37,26 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.eval.heads import EventClassifier, HeadConfig, SegmentTagger
+from trainer.eval.heads import EventClassifier, SegmentTagger
 from trainer.eval.metrics import BACKGROUND, accuracy, class_precision_at_k, micro_prf, multi_hot, recall_at_k
+from trainer.configs.eval import ProbeConfig
 
 SPLITS = ("train", "val", "test")
 TIMED = ("video", "audio")     # the modalities whose codes are per second (a whole clip's may be padded)
-
-
-@dataclass
-class ProbeConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    threshold: float = 0.5            # sigmoid threshold of the multi-label heads
-    seed: int = 0                     # head init, batch order and dropout (the caller's RNG is left alone)
-    head: HeadConfig = field(default_factory=HeadConfig)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"ProbeConfig needs epochs >= 1, batch_size >= 1, lr > 0; got {self}")
 
 
 @dataclass

@@ -11,24 +11,8 @@ uses, kept apart on purpose:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from torch import Tensor, nn
-
-
-@dataclass
-class CLUBConfig:
-    hidden_dim: int = 256
-    lr: float = 4e-4          # appendix B.1 learning rate
-    inner_steps: int = 5      # appendix B.1: "the first forward will be updated 5 times"
-    # True: the main loss takes max(bound, 0). Mutual information is never negative, so a negative vCLUB value
-    # is the estimator's error (q_θ lags behind encoders that moved); minimising it further rewards the
-    # encoders for fooling q_θ, and the bound has no floor (see COMETConfig, where this is on).
-    nonnegative: bool = False
-
-    def __post_init__(self) -> None:
-        if self.hidden_dim < 1 or self.inner_steps < 0 or self.lr <= 0:
-            raise ValueError(f"CLUBConfig needs hidden_dim >= 1, inner_steps >= 0, lr > 0; got {self}")
 
 
 class CLUBEstimator(nn.Module):

@@ -33,8 +33,8 @@ video backbone, without touching the video modality of an earlier phase.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from itertools import combinations
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,175 +42,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from trainer import distributed
-from trainer.models.club import CLUBConfig
 from trainer.models.cpc import CrossCPC
 from trainer.models.encoders import SemanticEncoder
 from trainer.models.inputs import feature_mask
 from trainer.models.losses import commitment_losses, reconstruction_loss
-from trainer.models.unicode import LossConfig, UniCodeConfig, UniCodeModel, mask_key
+from trainer.models.unicode import UniCodeModel, mask_key
+from trainer.configs.model import AdapterConfig, COMETConfig, COMETLossConfig, EWCConfig, ReplayConfig
 
 PSEUDO = "pseudo"   # name of the pseudo-modality in Cross-CPC terms and metrics
-
-
-@dataclass
-class AdapterConfig:
-    """CMoE-Adapter structure (seed 004 §3.2) and its Table 6 switches."""
-
-    experts: int = 6                 # O (seed 004 Fig. 2: 6 is best)
-    mixture: bool = True             # False: "MoE -> single adapter": one expert, no router (so no gate loss)
-    specific_layers: bool = True     # False: ablation "SL": experts have only their common layer
-    # True: the common layers start at zero like the specific ones, so the residual adapter starts as the identity
-    # (y = x) and a first phase starts exactly as Uni-Code ("identical to traditional CMG", seed 004 §3.3). With
-    # nn.Linear's random init the continual bench's phase-1 video codes lost 8 points of in-modality accuracy and
-    # 11 of localisation F1 (88.0 / 66.8 vs 96.0 / 78.4, seed 0), and their sharing with text.
-    identity_init: bool = True
-    # True: a modality carried over from an earlier phase is encoded by a frozen snapshot of the whole adapter
-    # (common layers, router, its specific layer) as that phase left it, so its inputs to the codebook never drift
-    # however the shared layers move for later pairs (seed 004 §3.2 wants "the Encoder's encoding ability for
-    # previous modalities [to remain] unchanged"); EWC then keeps the mediator's path in place. False: carried
-    # modalities go through the live adapter, protected by EWC alone. In the continual bench (seeds 0/1) the
-    # snapshot lifted COMET's unseen-pair Avg from 74.5/69.4 to 80.8/83.2 after phase 2 and from 64.5/61.2 to
-    # 73.4/79.3 after phase 3, and cut the video–text forgetting from 30.1/29.1 to 19.0/9.5 points.
-    freeze_carried: bool = True
-
-    def __post_init__(self) -> None:
-        if self.experts < 1:
-            raise ValueError(f"adapter.experts must be >= 1, got {self.experts}")
-
-    @property
-    def num_experts(self) -> int:
-        return self.experts if self.mixture else 1
-
-
-@dataclass
-class ReplayConfig:
-    """Dynamic codebook expansion and pseudo-modality replay (seed 004 §3.3)."""
-
-    mediator: str = "text"           # modality present in every phase (B of the paper)
-    # codes appended to the inherited codebook when this phase starts from a previous one (K2; 0 in phase 1)
-    new_codes: int = 0
-    # An inherited code is "close enough" to a mediator vector z when ||z − e||² <= match_threshold · ||z||²
-    # (a relative squared distance, so the rule does not depend on the feature scale); else the nearest new code
-    # is taken. 0.5 admits codes within ~41° of z for equal norms.
-    match_threshold: float = 0.5
-    new_code_weight: float = 0.1     # weight of pseudo-modality positions quantised to new codes (old: 1)
-    # True: inherited codes are never reset (no data of this phase keeps a carried modality's codes in use). Off
-    # by default: in the continual bench trainer/programs/bench/continual.py it kept the carried video on codes the new
-    # pair never used, and the unseen pair's Avg after phases 2 / 3 fell from 80.8 / 73.4 to 68.8 / 60.4 (seed 0)
-    # and from 83.2 / 79.3 to 60.6 / 56.0 (seed 1)
-    protect_inherited: bool = False
-    # Where the appended codes start. "data": at the phase's first training step, on the mediator's vectors of
-    # the global batch farthest from every inherited code (greedy farthest-point selection), so they stand for
-    # what the old codebook does not cover in the modality that bridges the phases (the new modality's encoder
-    # is still random then: codes placed on its vectors would give it a private corner of the codebook);
-    # "copies": perturbed copies of inherited codes (MMEMAQuantizer.expand_ alone), which sit next to the codes
-    # they copy and split their data.
-    new_code_init: Literal["data", "copies"] = "data"
-
-    def __post_init__(self) -> None:
-        if self.new_codes < 0:
-            raise ValueError(f"replay.new_codes must be >= 0, got {self.new_codes}")
-        if self.match_threshold < 0.0 or not 0.0 <= self.new_code_weight <= 1.0:
-            raise ValueError(f"replay needs match_threshold >= 0 and new_code_weight in [0, 1], got "
-                             f"{self.match_threshold}, {self.new_code_weight}")
-
-
-@dataclass
-class EWCConfig:
-    """Elastic weight consolidation of the adapter (seed 004 eq. 6); λ is ``COMETLossConfig.ewc``."""
-
-    fisher_batches: int = 16         # batches of the phase's data (per rank) the diagonal Fisher is averaged over
-    # "mean": each phase's Fisher is divided by its mean entry before it joins the running sum, so λ does not
-    # depend on the loss scale (a reparametrisation of λ); "none": the raw Fisher, as eq. 6 writes it
-    normalize: Literal["mean", "none"] = "mean"
-    # also consolidate the router: the paper names only the common and activated specific layers, but the router
-    # is shared too, and its drift re-mixes the experts of modalities no later phase trains
-    include_router: bool = False
-
-    def __post_init__(self) -> None:
-        if self.fisher_batches < 1:
-            raise ValueError(f"ewc.fisher_batches must be >= 1, got {self.fisher_batches}")
-
-
-@dataclass
-class COMETLossConfig(LossConfig):
-    """Uni-Code's weights plus COMET's: L = L_CMG + gate · L_gate + (ewc/2) · Σ F (θ − θ*)² + pm · L_pm."""
-
-    gate: float = 0.01               # load balancing (eq. 5)
-    ewc: float = 100.0               # λ of eq. 6 (with ewc.normalize = "mean": per unit mean Fisher)
-    pm: float = 1.0                  # pseudo-modality Cross-CPC
-
-
-@dataclass
-class COMETConfig(UniCodeConfig):
-    """Uni-Code's model config plus the adapter, replay and EWC, and what earlier phases left behind.
-
-    Ablation switches (seed 004 Table 6): ``use_pseudo_modality`` (PM), ``adapter.mixture`` (MoE -> single
-    adapter), ``use_gate_loss``, ``use_ewc``, ``adapter.specific_layers`` (SL), and ``use_adapter=False``, which
-    removes the adapter altogether: the paper's "w/o MoE" row, which "also eliminates" the gate loss, EWC and
-    SL, when PM stays on; with PM off too it is plain DCID fine-tuned phase after phase (the baseline of seed 004
-    Table 1), still carrying earlier modalities' encoders for evaluation.
-
-    ``carried`` and the ``carried_*`` maps are written by the task when a phase starts from a previous one
-    (``COMETTask.begin_phase_``), never by hand: they end up in the checkpoint's meta.json.
-    """
-
-    loss: COMETLossConfig = field(default_factory=COMETLossConfig)
-    # the MI bound clamped at 0 (CLUBConfig.nonnegative): without it the text path of the continual bench's third
-    # phase drove the bound to −9…−19 against a lagging estimator, the router collapsed and every pair fell to chance
-    club: CLUBConfig = field(default_factory=lambda: CLUBConfig(nonnegative=True))
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    replay: ReplayConfig = field(default_factory=ReplayConfig)
-    ewc: EWCConfig = field(default_factory=EWCConfig)
-    use_adapter: bool = True
-    use_pseudo_modality: bool = True
-    use_gate_loss: bool = True
-    use_ewc: bool = True
-    rename: dict[str, str] = field(default_factory=dict)          # data stream -> model modality, e.g. {video: image}
-    carried: tuple[str, ...] = ()                                 # model modalities of earlier phases (frozen)
-    carried_feature_dims: dict[str, int] = field(default_factory=dict)
-    carried_spatial_patches: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.carried = tuple(self.carried)
-        unknown = sorted(set(self.rename) - set(self.modalities))
-        if unknown:
-            raise ValueError(f"rename maps {unknown}, which are not among modalities {list(self.modalities)}")
-        names = self.model_modalities
-        if len(set(names)) != len(names) or set(self.rename.values()) & set(self.modalities):
-            raise ValueError(f"rename {self.rename} must give distinct names that are not data modalities "
-                             f"({list(self.modalities)})")
-        if set(self.carried) & set(names) or len(set(self.carried)) != len(self.carried):
-            raise ValueError(f"carried {list(self.carried)} must be distinct and not trained in this phase "
-                             f"({list(names)})")
-        missing = [m for m in self.carried if m not in self.carried_feature_dims]
-        if missing:
-            raise ValueError(f"carried_feature_dims has no entry for carried modalities {missing}")
-        if self.use_pseudo_modality and self.replay.new_codes and self.replay.mediator not in names:
-            raise ValueError(f"pseudo-modality replay needs the mediator '{self.replay.mediator}' among this "
-                             f"phase's modalities {list(names)}")
-
-    @property
-    def model_modalities(self) -> tuple[str, ...]:
-        """The modalities this phase trains, by their model names (``rename`` applied)."""
-        return tuple(self.rename.get(m, m) for m in self.modalities)
-
-    @property
-    def known_modalities(self) -> tuple[str, ...]:
-        """Every modality the model can encode: this phase's, then those carried from earlier phases."""
-        return self.model_modalities + self.carried
-
-    def core(self) -> UniCodeConfig:
-        """The Uni-Code config of the model's trained part: model names, with the carried modalities' feature
-        shapes merged in (``UniCodeModel._input`` then checks their inputs too)."""
-        dims = {self.rename.get(m, m): d for m, d in self.feature_dims.items() if m in self.modalities}
-        patches = {self.rename.get(m, m): p for m, p in self.spatial_patches.items() if m in self.modalities}
-        return UniCodeConfig(
-            modalities=self.model_modalities, variant=self.variant,
-            feature_dims=dims | self.carried_feature_dims, spatial_patches=patches | self.carried_spatial_patches,
-            use_club=self.use_club, use_cpc=self.use_cpc, use_cmcm=self.use_cmcm, encoder=self.encoder,
-            quantizer=self.quantizer, cpc=self.cpc, club=self.club, loss=self.loss)
 
 
 # ---------------------------------------------------------------------- CMoE-Adapter
@@ -517,6 +356,14 @@ class COMETModel(UniCodeModel):
         """Every modality this model encodes downstream: this phase's and the carried ones (``modalities`` is
         only this phase's, which the training forward needs)."""
         return self.comet.known_modalities
+
+    @property
+    def trained_pairs(self) -> set[frozenset[str]]:
+        """This phase's pairs, and each modality carried from an earlier phase paired with the mediator, which every
+        phase trains (ALGORITHMS.md §4)."""
+        cfg = self.comet
+        return ({frozenset(p) for p in combinations(cfg.model_modalities, 2)}
+                | {frozenset((m, cfg.replay.mediator)) for m in cfg.carried})
 
     def segment_semantic(self, features: Mapping[str, Tensor], modality: str) -> Tensor:
         """The adapted z^m ``(b t D)`` of any known modality, this phase's or a carried one (``segment_codes``,

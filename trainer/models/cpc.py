@@ -12,35 +12,10 @@ parameters there); the loss then picks the step t drawn by the task.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 from torch import Tensor, einsum, nn
 
 from trainer.models.losses import diagonal_cross_entropy
-
-
-@dataclass
-class CPCConfig:
-    prediction_steps: int | None = None   # K; None = the paper's choice: 2 for AV, 1 for three modalities
-    lstm_layers: int = 1                  # paper: 1; authors' code: 2 (compatibility option)
-    normalize_over: Literal["targets", "contexts"] = "targets"   # "contexts" = authors' code
-    same_modality_weight: float = 0.0     # authors' code adds a→a terms with weight 0.1
-    seed: int = 0                         # seeds the task's generator that draws t (identical on all ranks)
-
-    def __post_init__(self) -> None:
-        if self.prediction_steps is not None and self.prediction_steps < 1:
-            raise ValueError(f"prediction_steps must be >= 1 or None, got {self.prediction_steps}")
-        if self.lstm_layers < 1:
-            raise ValueError(f"lstm_layers must be >= 1, got {self.lstm_layers}")
-        if self.normalize_over not in ("targets", "contexts"):
-            raise ValueError(f"normalize_over must be 'targets' or 'contexts', got {self.normalize_over!r}")
-
-    def steps_for(self, num_modalities: int) -> int:
-        """K: explicit, or appendix B.1's default (2 for two modalities, 1 for three or more)."""
-        if self.prediction_steps is not None:
-            return self.prediction_steps
-        return 2 if num_modalities == 2 else 1
 
 
 class CrossCPC(nn.Module):

@@ -14,38 +14,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from trainer.models.spatial import gated_attention_pool, patch_decode
-
-
-@dataclass
-class EncoderConfig:
-    semantic_dim: int = 256               # D (appendix B.1: 256 for every modality)
-    specific_dim: int = 256               # d̄ (appendix B.1: T × 256 for audio and text)
-    layers: int = 2
-    heads: int = 4
-    ff_dim: int = 1024
-    dropout: float = 0.1
-    positional: Literal["none", "learned", "sinusoidal"] = "none"
-    max_len: int = 64                     # segments covered by the learned positional table
-    se_reduction: int = 16                # SE gating bottleneck: c -> c / se_reduction -> c
-    pool_hidden: int = 128                # spatial attention pooling scorer width
-    specific_hidden: int = 256
-    spatial_specific_channels: int = 64   # per-patch width of the spatial specific encoder
-    decoder_hidden: int = 256
-
-    def __post_init__(self) -> None:
-        if self.semantic_dim % self.heads:
-            raise ValueError(f"semantic_dim {self.semantic_dim} is not divisible by heads {self.heads}")
-        if self.positional not in ("none", "learned", "sinusoidal"):
-            raise ValueError(f"positional must be 'none', 'learned' or 'sinusoidal', got {self.positional!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+from trainer.configs.model import EncoderConfig
 
 
 class ChannelGate(nn.Module):

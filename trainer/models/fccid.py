@@ -34,110 +34,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from trainer import distributed
-from trainer.models.club import CLUBConfig
-from trainer.models.cpc import CPCConfig, CrossCPC
-from trainer.models.encoders import Decoder, EncoderConfig, SemanticEncoder, SpecificEncoder
-from trainer.models.inputs import (
-    SEGMENT_MASK, default_feature_dims, default_spatial_patches, feature_input, feature_mask, mask_key,
-    real_segments,
-)
-from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
+from trainer.models.cpc import CrossCPC
+from trainer.models.encoders import Decoder, SemanticEncoder, SpecificEncoder
+from trainer.models.inputs import SEGMENT_MASK, feature_input, feature_mask, mask_key, real_segments
+from trainer.models.quantizer import MMEMAQuantizer
 from trainer.models.segment_coder import SegmentCoder
-from trainer.models.unicode import LossConfig
-
-FINE_MODALITIES = ("audio", "video")   # segment-aligned: the fine level
-TEXT = "text"                          # holistic: coarse level only
-# modality -> its coarse side (the paper's av / te): owner of the projection P, Φ_c, Ψ_c and the coarse CLUB
-COARSE_SIDE = {"audio": "audiovisual", "video": "audiovisual", TEXT: "text"}
-# CLUB estimator -> the FCCIDConfig switch (seed 003 Table 5 column) that builds it
-CLUB_SWITCHES = {"fine_audio": "a_club", "fine_video": "v_club",
-                 "coarse_audiovisual": "av_club", "coarse_text": "te_club"}
-
-
-@dataclass
-class CoarseConfig:
-    """The coarse level (CCID): projections P, coarse general Φ_c and specific Ψ_c encoders, InfoNCE."""
-
-    hidden_dim: int = 256         # width of the Φ_c / Ψ_c MLPs
-    specific_dim: int = 256       # d̄_c of c̄
-    # τ of the cosine InfoNCE. seed 003 §4.2 writes 1.0, but the authors' code calls info-nce-pytorch's
-    # InfoNCE() without arguments, whose default is 0.1 in every release that accepts its two-argument call
-    # (docs/diagnosis.md §3); at 1.0 the loss stays near chance on cosine scores in [-1, 1].
-    temperature: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.hidden_dim < 1 or self.specific_dim < 1:
-            raise ValueError(f"coarse.hidden_dim and coarse.specific_dim must be >= 1, got {self}")
-        if self.temperature <= 0:
-            raise ValueError(f"coarse.temperature must be > 0, got {self.temperature}")
-
-
-@dataclass
-class FCCIDLossConfig(LossConfig):
-    """Weights of seed 003 eq. 10: L_recon + L_commit + L_cmcm + (L_cpc + L_nce) + (CLUB_f + CLUB_c).
-
-    ``mi`` weighs L_MImin = CLUB_fine + CLUB_coarse; the commitment weights are Uni-Code's (CMG eq. 8),
-    applied to the clip codes of audio, video and text.
-    """
-
-    nce: float = 1.0
-
-
-@dataclass
-class FCCIDConfig:
-    """Model and task configuration of FCCID pretraining (audio, video, text; seed 003 App. C).
-
-    Ablation switches (seed 003 Table 5): ``a_club``, ``v_club`` (fine CLUB of audio / video), ``av_club``,
-    ``te_club`` (coarse CLUB of the audio-visual / text side). A switched-off term is absent from the loss
-    and its estimator is never built. ``encoder`` configures the fine encoders Φ_f, Ψ_f and the decoders;
-    ``negatives``: where the in-batch negatives of CPC, CLUB, CMCM and InfoNCE come from, as in
-    ``UniCodeConfig``.
-    """
-
-    # FCCID is defined for exactly these three (seed 003 App. C); a field so that every resolved config
-    # (meta.json, config.yaml) names its modalities like Uni-Code's does
-    modalities: tuple[str, ...] = (*FINE_MODALITIES, TEXT)
-    feature_dims: dict[str, int] = field(default_factory=default_feature_dims)       # channel dim c per modality
-    spatial_patches: dict[str, int] = field(default_factory=default_spatial_patches)  # p for spatial-map inputs
-    a_club: bool = True
-    v_club: bool = True
-    av_club: bool = True
-    te_club: bool = True
-    negatives: Literal["local", "global"] = "global"
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    coarse: CoarseConfig = field(default_factory=CoarseConfig)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    cpc: CPCConfig = field(default_factory=CPCConfig)
-    club: CLUBConfig = field(default_factory=CLUBConfig)
-    loss: FCCIDLossConfig = field(default_factory=FCCIDLossConfig)
-
-    @property
-    def club_estimators(self) -> tuple[str, ...]:
-        """The CLUB estimators switched on (keys of ``CLUB_SWITCHES``)."""
-        return tuple(name for name, switch in CLUB_SWITCHES.items() if getattr(self, switch))
-
-    def __post_init__(self) -> None:
-        if set(self.modalities) != {*FINE_MODALITIES, TEXT} or len(self.modalities) != 3:
-            raise ValueError(f"modalities: FCCID pairs audio and video at the fine level and adds text at the "
-                             f"coarse level; it needs exactly {[*FINE_MODALITIES, TEXT]}, got {list(self.modalities)}")
-        self.modalities = (*FINE_MODALITIES, TEXT)
-        missing = [m for m in self.modalities if m not in self.feature_dims]
-        if missing:
-            raise ValueError(f"feature_dims has no entry for modalities {missing}")
-        if TEXT in self.spatial_patches:
-            raise ValueError("spatial_patches: text is a token sequence, it cannot be a spatial map")
-        if self.negatives not in ("local", "global"):
-            raise ValueError(f"negatives must be 'local' or 'global', got {self.negatives!r}")
-        if self.quantizer.dim != self.encoder.semantic_dim:
-            raise ValueError(f"quantizer.dim {self.quantizer.dim} must equal encoder.semantic_dim "
-                             f"{self.encoder.semantic_dim}")
+from trainer.configs.model import COARSE_SIDE, FCCIDConfig, FINE_MODALITIES, TEXT
 
 
 def mean_over_time(x: Tensor, mask: Tensor | None = None) -> Tensor:

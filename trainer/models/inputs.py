@@ -19,17 +19,6 @@ from collections.abc import Mapping
 from torch import Tensor
 
 
-def default_feature_dims() -> dict[str, int]:
-    """Channel dim c per modality of the paper's backbones: VGGish audio, VGG-19 video (and image: a frame encoder
-    applied to one image), BERT text. A job replaces them with its source's (trainer/job.py)."""
-    return {"audio": 128, "video": 512, "image": 512, "text": 768}
-
-
-def default_spatial_patches() -> dict[str, int]:
-    """Patches p per segment of the modalities that keep a spatial map: VGG-19 pool5 is 7×7."""
-    return {"video": 49}
-
-
 SEGMENT_MASK = "segment_mask"
 
 

@@ -29,7 +29,6 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,44 +36,7 @@ from torch import Tensor, nn
 
 from trainer import distributed
 from trainer.models.eager import eager_under_compile
-
-
-@dataclass
-class QuantizerConfig:
-    """The shared codebook and its MM-EMA update; defaults are the paper's (seed 001 §4.3, seed 000 §B)."""
-
-    num_codes: int = 400          # M
-    dim: int = 256                # D
-    decay: float = 0.99           # gamma of MM-EMA (CMG eq. 7)
-    epsilon: float = 1e-5         # Laplace smoothing of N (preserves sum N); > 0 so unused codes never divide by 0
-    # "data": codebook from the first global batch (ema_count 1) | "uniform": authors' init (+-1/M, count 0)
-    init: Literal["data", "uniform"] = "data"
-    # "joint": one MM-EMA step per training step (eq. 7) | "sequential": authors' code, one EMA step per
-    # modality (compat option) | "plain": ablation "w/o MM-EMA", EMA of every modality's own z, no r term
-    ema_mode: Literal["joint", "sequential", "plain"] = "joint"
-    # "cross_attention": parameter-free scaled dot-product attention of z^m over the partner's segments of
-    # the same clip (paper) | "paired": the partner's z at the same (clip, segment) (authors' code)
-    r_source: Literal["cross_attention", "paired"] = "cross_attention"
-    reset: bool = True            # code reset (CMG §4.3)
-    # "all": keep a code only if EVERY modality used it within reset_steps (paper) | "any": authors' code
-    reset_rule: Literal["all", "any"] = "all"
-    reset_steps: int = 200        # N_re, counted in training steps
-    reset_noise: float = 0.01     # noise RMS relative to the copied code's RMS
-    seed: int = 0                 # seeds the reset/init generator identically on all ranks
-
-    def __post_init__(self) -> None:
-        if self.num_codes < 2:
-            raise ValueError(f"quantizer.num_codes must be >= 2, got {self.num_codes}")
-        if self.dim < 1:
-            raise ValueError(f"quantizer.dim must be >= 1, got {self.dim}")
-        if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f"quantizer.decay must be in [0, 1), got {self.decay}")
-        if self.epsilon <= 0.0:
-            raise ValueError(f"quantizer.epsilon must be > 0, got {self.epsilon}")
-        if self.reset_steps < 1:
-            raise ValueError(f"quantizer.reset_steps must be >= 1, got {self.reset_steps}")
-        if self.reset_noise < 0.0:
-            raise ValueError(f"quantizer.reset_noise must be >= 0, got {self.reset_noise}")
+from trainer.configs.model import QuantizerConfig
 
 
 @dataclass

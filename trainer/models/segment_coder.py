@@ -5,6 +5,7 @@ A ``SegmentCoder`` is an ``nn.Module`` with
 - ``modalities``: the names of the modalities its training forward takes (``features`` keys);
 - ``downstream_modalities``: every modality it gives codes for downstream; the training ones unless a model
   carries more (COMET keeps the modalities of earlier phases);
+- ``trained_pairs``: the modality pairs it was pretrained on, seed 004 §4.3's "seen" pairs (the others are "unseen");
 - ``quantizer``: the shared ``MMEMAQuantizer`` submodule (buffers only; its ``quantizer.*`` entries of the
   model's state dict are the codebook and its EMA statistics);
 - ``segment_semantic(features, modality)``: the ``(b t D)`` vectors a modality's code sequence is chosen for;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from itertools import combinations
 from typing import NamedTuple
 
 from torch import Tensor
@@ -41,6 +43,11 @@ class SegmentCoder(abc.ABC):
     def downstream_modalities(self) -> tuple[str, ...]:
         """Every modality this model encodes downstream (a continual model adds the carried ones)."""
         return self.modalities
+
+    @property
+    def trained_pairs(self) -> set[frozenset[str]]:
+        """Every pair of the modalities one job trains together (a continual model adds those of earlier phases)."""
+        return {frozenset(p) for p in combinations(self.downstream_modalities, 2)}
 
     @abc.abstractmethod
     def segment_semantic(self, features: Mapping[str, Tensor], modality: str) -> Tensor:

@@ -15,99 +15,17 @@ from every loss term in the task.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
 
 from torch import Tensor, nn
 
 from trainer import distributed
-from trainer.models.club import CLUBConfig
-from trainer.models.cpc import CPCConfig, CrossCPC
-from trainer.models.encoders import Decoder, EncoderConfig, SemanticEncoder, SpecificEncoder
-from trainer.models.inputs import (
-    SEGMENT_MASK, attention_mask, default_feature_dims, default_spatial_patches, feature_input, feature_mask,
-    mask_key, real_segments,
-)
-from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
+from trainer.models.cpc import CrossCPC
+from trainer.models.encoders import Decoder, SemanticEncoder, SpecificEncoder
+from trainer.models.inputs import SEGMENT_MASK, attention_mask, feature_input, feature_mask, mask_key, real_segments
+from trainer.models.quantizer import MMEMAQuantizer
 from trainer.models.segment_coder import SegmentCoder
-
-
-@dataclass
-class LossConfig:
-    """Weights of L = L_recon + L_commit + L_cpc + L_cmcm + L_MI (CMG §4.4: all 1) and of eq. 8.
-
-    ``mi`` is 0.1, not the paper's 1 (docs/diagnosis.md §2): the vCLUB bound pushes the semantic features
-    with a force that does not shrink with the true MI, and at weight 1 it outweighed Cross-CPC early in
-    training and emptied z (full Uni-Code below "w/o CLUB" on 4 of 5 synthetic worlds, by up to 32 points).
-    At 0.1 it still takes nuisance out of z and no world is worse than without CLUB.
-    """
-
-    recon: float = 1.0
-    commit: float = 1.0
-    cpc: float = 1.0
-    cmcm: float = 1.0
-    mi: float = 0.1
-    commit_self: float = 0.25       # β (eq. 8); authors' code: 2β = 0.5
-    commit_partner: float = 0.125   # β/2, spread as a mean over partners; authors' code: β = 0.25
-
-
-@dataclass
-class UniCodeConfig:
-    """Model and task configuration of Uni-Code pretraining.
-
-    Ablation switches (CMG Table 2): ``use_club``, ``use_cpc``, ``quantizer.ema_mode="plain"`` (w/o MM-EMA),
-    ``quantizer.reset=False``, ``use_cmcm``. ``variant="baseline"`` is seed 001 §4.1: reconstruction + EMA VQ
-    + plain commitment β||z − sg e||², with no CLUB, Cross-CPC, CMCM, MM-EMA or reset (it overrides those
-    fields; see ``effective``). A switched-off term is absent from the loss and its parameters are never built.
-
-    ``negatives``: where the in-batch negatives of Cross-CPC, CMCM and the CLUB bound come from: "global" (every
-    rank's rows: N ranks train what one process on the global batch trains) or "local" (this rank's batch);
-    trainer/tasks/base.py says how.
-    """
-
-    modalities: tuple[str, ...] = ("audio", "video")
-    variant: Literal["full", "baseline"] = "full"
-    feature_dims: dict[str, int] = field(default_factory=default_feature_dims)       # channel dim c per modality
-    spatial_patches: dict[str, int] = field(default_factory=default_spatial_patches)  # p for spatial-map inputs
-    use_club: bool = True
-    use_cpc: bool = True
-    use_cmcm: bool = True
-    negatives: Literal["local", "global"] = "global"
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    cpc: CPCConfig = field(default_factory=CPCConfig)
-    club: CLUBConfig = field(default_factory=CLUBConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-
-    def __post_init__(self) -> None:
-        self.modalities = tuple(self.modalities)
-        if len(self.modalities) < 1 or len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"modalities must be distinct names, got {list(self.modalities)}")
-        missing = [m for m in self.modalities if m not in self.feature_dims]
-        if missing:
-            raise ValueError(f"feature_dims has no entry for modalities {missing}")
-        if self.variant not in ("full", "baseline"):
-            raise ValueError(f"variant must be 'full' or 'baseline', got {self.variant!r}")
-        if self.negatives not in ("local", "global"):
-            raise ValueError(f"negatives must be 'local' or 'global', got {self.negatives!r}")
-        if self.quantizer.dim != self.encoder.semantic_dim:
-            raise ValueError(f"quantizer.dim {self.quantizer.dim} must equal encoder.semantic_dim "
-                             f"{self.encoder.semantic_dim}")
-        if self.variant == "full" and (self.use_cpc or self.use_cmcm) and len(self.modalities) < 2:
-            raise ValueError("Cross-CPC and CMCM pair modalities: they need at least two")
-
-    def effective(self) -> UniCodeConfig:
-        """The config with ``variant`` applied: "full" unchanged, "baseline" = seed 001 §4.1."""
-        if self.variant == "full":
-            return self
-        return dataclasses.replace(
-            self,
-            use_club=False, use_cpc=False, use_cmcm=False,
-            quantizer=dataclasses.replace(self.quantizer, ema_mode="plain", reset=False),
-            loss=dataclasses.replace(self.loss, commit_partner=0.0),
-        )
+from trainer.configs.model import UniCodeConfig
 
 
 class UniCodeModel(SegmentCoder, nn.Module):

@@ -111,7 +111,8 @@ def repo_paths(job):
 
 def plan(cfg: ContinualConfig, source: str) -> list[PhaseJob]:
     """Check the phases file and every phase's job config; the jobs to submit, in order."""
-    from trainer.job import JobConfig, validate_job  # torch and the model stack: only once the file is sane
+    from trainer.job import validate_job
+    from trainer.configs.job import JobConfig
 
     if not cfg.phases:
         raise ConfigError(f"{source}: 'phases' is empty")

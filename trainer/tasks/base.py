@@ -61,9 +61,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from trainer.models.club import CLUBConfig, club_upper_bound
+from trainer.models.club import club_upper_bound
+from trainer.configs.model import CLUBConfig, CPCConfig
 from trainer.models.eager import eager_under_compile, keep_marked_eager_
-from trainer.models.cpc import CPCConfig, cross_cpc_losses
+from trainer.models.cpc import cross_cpc_losses
 from trainer.models.losses import cmcm_loss, code_log_distribution
 from trainer.models.inputs import SEGMENT_MASK, mask_key, repeat_single_segments
 

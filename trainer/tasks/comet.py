@@ -36,9 +36,10 @@ from trainer import distributed
 from trainer.checkpoint import MODEL_FILE, InitSource
 from trainer.config import build_config
 from trainer.models.comet import (
-    COMETConfig, COMETModel, cumulative_fisher, ewc_penalty, fisher_from_gradients, gate_balance_loss,
-    normalized_fisher, pseudo_cpc_losses,
+    COMETModel, cumulative_fisher, ewc_penalty, fisher_from_gradients, gate_balance_loss, normalized_fisher,
+    pseudo_cpc_losses,
 )
+from trainer.configs.model import COMETConfig
 from trainer.models.eager import eager_under_compile
 from trainer.models.inputs import SEGMENT_MASK, mask_key
 from trainer.tasks.unicode import UniCodeTask

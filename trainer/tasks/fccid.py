@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from trainer import distributed
 from trainer.models.club import CLUBEstimator
-from trainer.models.fccid import COARSE_SIDE, FINE_MODALITIES, TEXT, FCCIDConfig, FCCIDModel
+from trainer.models.fccid import FCCIDModel
+from trainer.configs.model import COARSE_SIDE, FINE_MODALITIES, TEXT, FCCIDConfig
 from trainer.models.inputs import SEGMENT_MASK
 from trainer.models.losses import commitment_losses, reconstruction_loss, symmetric_info_nce
 from trainer.tasks.base import ClubPairs, CodebookTask, cmcm_terms, rank_share

@@ -16,7 +16,8 @@ from trainer import distributed
 from trainer.models.club import CLUBEstimator
 from trainer.models.inputs import SEGMENT_MASK
 from trainer.models.losses import commitment_losses, reconstruction_loss
-from trainer.models.unicode import UniCodeConfig, UniCodeModel
+from trainer.models.unicode import UniCodeModel
+from trainer.configs.model import UniCodeConfig
 from trainer.tasks.base import CodebookTask, cmcm_terms, rank_share
 
 

@@ -34,7 +34,8 @@ CONFIG_DIR = REPO / "launch" / "configs" / "backbones"
 def decoded_clips(num_clips: int) -> tuple[list, float]:
     """Synthesise ``num_clips`` clips, decode them with the stream's decoder; (clips, mean decode s/clip)."""
     from shards.synth import SynthConfig, synthesise
-    from trainer.data.decode import DecodeConfig, decode_sample
+    from trainer.data.decode import decode_sample
+    from trainer.configs.data import DecodeConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         keys = synthesise(SynthConfig(num_clips=num_clips, seconds=10), Path(tmp), progress=False)

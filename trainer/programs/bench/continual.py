@@ -60,13 +60,11 @@ from torch import Tensor
 from trainer.config import to_dict
 from trainer.eval.encode import LabelledFeatures, encode_split, split_indices
 from trainer.eval.probes import (
-    CodeSplit, ProbeConfig, class_retrieval, classification_probe, code_agreement, cross_dataset_probe,
-    localisation_probe,
+    CodeSplit, class_retrieval, classification_probe, code_agreement, cross_dataset_probe, localisation_probe,
 )
-from trainer.models.club import CLUBConfig
-from trainer.models.comet import AdapterConfig, COMETConfig, COMETModel, ReplayConfig
-from trainer.models.encoders import EncoderConfig
-from trainer.models.quantizer import QuantizerConfig
+from trainer.configs.eval import ProbeConfig
+from trainer.configs.model import AdapterConfig, CLUBConfig, COMETConfig, EncoderConfig, QuantizerConfig, ReplayConfig
+from trainer.models.comet import COMETModel
 from trainer.loop import last_logged
 from trainer.programs.bench.cli import continual_parser
 from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain, with_club_lr, with_overrides
@@ -266,7 +264,8 @@ def run_method(method: Method, cfg: ContinualConfig, mlflow_dir: str | None = No
     phase number) are also logged to MLflow (sqlite store in that directory)."""
     tracker, mlflow_uri = None, ""
     if mlflow_dir:
-        from trainer.tracking import Tracker, TrackingConfig
+        from trainer.tracking import Tracker
+        from trainer.configs.tracking import TrackingConfig
 
         root = Path(mlflow_dir).resolve()
         mlflow_uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -18,7 +18,7 @@ loss, EWC, pseudo-modality replay of the text mediator); ``dcid`` turns the adap
 (Uni-Code fine-tuned sequentially, carrying earlier encoders for evaluation). After every phase ``python -m
 trainer.evaluate --tasks zero_shot_retrieval`` ranks every held-out set whose two modalities the stage encodes:
 R@1/5/10, each the mean of the two directions (docs/evaluation.md). A pair is seen when the model trained it together
-or through the text mediator (``trainer.eval.encode.trained_pairs``).
+or through the text mediator (``SegmentCoder.trained_pairs``).
 
 Target: at the third stage, DCID+COMET's unseen image↔audio pair, never trained together, at least ``UNSEEN_MARGIN``
 times chance in mean R@1/5/10. The world has 5 events and the held-out set 24 items of each, so the best an encoder

@@ -95,7 +95,7 @@ def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, mode: s
     ``mode``: "eager" as the job runs by default; "compiled" with ``run.compile``; "default malloc"
     with ``run.keep_freed_host_memory=false`` (every other mode keeps freed memory, as the job does)."""
     from trainer.programs.bench.quantizer_timing import time_quantizer_step
-    from trainer.models.unicode import UniCodeConfig
+    from trainer.configs.model import UniCodeConfig
     from trainer.runtime import keep_freed_host_memory
     from trainer.tasks import UniCodeTask
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import load_config
-from trainer.job import JobConfig
+from trainer.configs.job import JobConfig
 from trainer.programs.bench.cli import e2e_parser
 from trainer.programs.demo import (MARGIN, DemoConfig, launch_training, prepare_clips, prepare_shards, run_evaluation,
                                    summary)

@@ -68,19 +68,16 @@ import torch
 from torch import Tensor, nn
 
 from trainer.eval.encode import encode_split, split_indices
-from trainer.eval.probes import CodeSplit, ProbeConfig, classification_probe, code_agreement, localisation_probe
-from trainer.models.club import CLUBConfig
-from trainer.models.encoders import EncoderConfig
-from trainer.models.fccid import CoarseConfig, FCCIDConfig
-from trainer.models.quantizer import QuantizerConfig
-from trainer.models.unicode import UniCodeConfig
+from trainer.eval.probes import CodeSplit, classification_probe, code_agreement, localisation_probe
+from trainer.configs.eval import ProbeConfig, TOCConfig
+from trainer.configs.model import CLUBConfig, CoarseConfig, EncoderConfig, FCCIDConfig, QuantizerConfig, UniCodeConfig
 from trainer.programs.bench.cli import fidelity_parser
 from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain, with_club_lr, with_overrides
 from trainer.programs.bench.synthetic_features import (
     WORLDS, SyntheticFeatureConfig, SyntheticSet, SyntheticWorld, world_config,
 )
 from trainer.programs.harness import Target, fan_out, half_range, mean, print_targets, run_json_child, verdict
-from trainer.toc import TOCConfig, toc_scores
+from trainer.toc import toc_scores
 
 MODALITIES = ("audio", "video")     # the labelled modalities: the probes' sources and targets
 TEXT = "text"

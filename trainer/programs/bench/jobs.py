@@ -18,12 +18,12 @@ from typing import Any
 from torch import Tensor
 
 from trainer.config import build_config, parse_override, to_dict
-from trainer.data.stream import DataConfig
+from trainer.configs.data import DataConfig
 from trainer.eval.encode import Pretrained, load_pretrained
-from trainer.job import JobConfig, OptimConfig, RunConfig
+from trainer.configs.job import JobConfig, OptimConfig, RunConfig
 from trainer.loop import last_logged, train_in_memory
-from trainer.tasks import TASKS
-from trainer.tracking import TrackingConfig
+from trainer.configs.model import TASK_CONFIGS
+from trainer.configs.tracking import TrackingConfig
 
 
 @dataclass
@@ -46,9 +46,9 @@ class PretrainConfig:
 
 
 def task_name(model: Any) -> str:
-    """The registered task (``trainer.tasks.TASKS``) whose model config ``model`` is."""
-    for name, spec in TASKS.items():
-        if type(model) is spec.config:
+    """The registered task (``trainer.configs.model.TASK_CONFIGS``) whose model config ``model`` is."""
+    for name, config in TASK_CONFIGS.items():
+        if type(model) is config:
             return name
     raise TypeError(f"no registered task takes a {type(model).__name__}")
 

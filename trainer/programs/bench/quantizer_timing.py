@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from trainer.models.quantizer import MMEMAQuantizer, QuantizerConfig
+from trainer.models.quantizer import MMEMAQuantizer
+from trainer.configs.model import QuantizerConfig
 from trainer.programs.bench.cli import quantizer_timing_parser
 
 

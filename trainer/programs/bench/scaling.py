@@ -114,7 +114,7 @@ def write_feature_shards(out_dir: Path, clips: int, clips_per_shard: int, seed: 
     import webdataset as wds
 
     from shards.extract import output_samples
-    from trainer.data.decode import DecodeConfig
+    from trainer.configs.data import DecodeConfig
     from trainer.data.features import FEATURE_MANIFEST_FORMAT
     from trainer.data.stream import MANIFEST_NAME
 
@@ -341,7 +341,8 @@ def instrumented_trainer(record_dir: Path, main_args: list[str], probe_repeats: 
     # Imported only now: DeepSpeed and accelerate must find the recorder's wrappers when they bind collectives.
     from trainer import distributed
     from trainer.config import load_config
-    from trainer.job import JobConfig, validate_job
+    from trainer.job import validate_job
+    from trainer.configs.job import JobConfig
     from trainer.loop import train
     from trainer.main import parse_args
     from trainer.runtime import create_accelerator, prepare_process_environment, shutdown
@@ -504,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(n < 1 for n in ranks):
         p.error(f"--ranks {a.ranks}: every count must be >= 1")
     from trainer.config import load_config
-    from trainer.job import JobConfig
+    from trainer.configs.job import JobConfig
 
     batch = a.batch or load_config(JobConfig, REPO / a.config).data.batch_size
 
