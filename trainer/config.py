@@ -1,18 +1,30 @@
 """Typed nested configs: dataclasses in, YAML and ``key=value`` overrides validated on the way.
 
 Rules (torchtitan style):
-- every component declares its own ``@dataclass`` with defaults; a job config nests them;
+- every component declares its own ``@dataclass`` with defaults; a job config nests them. The config dataclasses
+  live in torch-free modules (trainer/configs/, tests/unit/test_layering.py), so that a config is checked, and
+  ``--help`` lists it, without importing torch;
 - a YAML file and command-line overrides (``model.quantizer.num_codes=512``) are merged onto the defaults;
-- an unknown key, a value of the wrong type, or a value outside a ``Literal[...]`` fails *before any work*
-  with a ``ConfigError`` naming the dotted key and the file it came from;
+- an unknown key, a value of the wrong type, a value outside a ``Literal[...]`` and a value a component's
+  ``__post_init__`` refuses fail *before any work*, all at once: one ``ConfigError`` lists every error, each with
+  the dotted key and the file or override it came from (an unknown key with the known keys closest to it);
 - ``to_dict`` gives the resolved config back (saved in the run directory, flattened for MLflow params);
 - a section whose type depends on sibling keys (the job's ``model``, typed by its ``task``) declares
   ``metadata={"schema": f}``: ``f(values)`` gets the sibling values (given or default) and returns the type.
+
+Relative paths. A field declared with ``metadata={"path": True}`` holds a path (``data.urls``: several, '::'-joined;
+a ``pipe:`` command or a URL is left alone). Written in a config file, or left at its default, a relative path names
+a path under the repository root (``REPO_ROOT``, the directory holding launch/: the repo's configs are written so);
+given as a ``key=value`` override, it is read from the current directory, as a shell argument is. Run from the
+repository root (as slurm/submit.sh and the Makefile do) the two agree and paths are kept as written; run from
+elsewhere, the file's and the defaults' relative paths are made absolute under the root. Absolute paths are kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,17 +34,26 @@ import yaml
 
 T = TypeVar("T")
 
+REPO_ROOT = Path(__file__).resolve().parent.parent   # the directory holding launch/ (a checkout of the repository)
+
 
 class ConfigError(ValueError):
-    """A config key is unknown, ill-typed or out of range; the message names the key and its source."""
+    """Config keys are unknown, ill-typed or out of range; the message names each key and its source."""
+
+    def __init__(self, message: str, errors: Sequence[str] = ()):
+        errors = list(errors) or [message]
+        super().__init__(message if len(errors) == 1 else
+                         f"{len(errors)} config errors:\n" + "\n".join(f"  - {e}" for e in errors))
+        self.errors = errors
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against annotation ``tp`` and convert where lossless (int -> float, list -> tuple)."""
+def _coerce(value: Any, tp: Any, key: str, source: str, errors: list[str] | None = None) -> Any:
+    """Check ``value`` against annotation ``tp`` and convert where lossless (int -> float, list -> tuple); the
+    errors inside a nested section go to ``errors`` (``_build``), the others are raised."""
     where = f"config key '{key}' (from {source})"
     origin = get_origin(tp)
     if tp is Any:
@@ -60,7 +81,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
-        return _build(tp, value, key, source)
+        if errors is None:
+            return build_config(tp, value, key, source)
+        return _build(tp, value, key, source, errors)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
@@ -107,40 +130,67 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 
 def build_config(cls: type[T], data: Mapping[str, Any], prefix: str = "", source: str = "a mapping") -> T:
     """A config dataclass from a plain mapping (e.g. a checkpoint's ``meta.json``), validated like a file;
-    errors name ``prefix.key``."""
-    return _build(cls, data, prefix, source)
+    errors name ``prefix.key``; ``ConfigError`` listing every error."""
+    errors: list[str] = []
+    obj = _build(cls, data, prefix, source, errors)
+    if errors:
+        raise ConfigError(errors[0], errors)
+    return obj
 
 
-def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str) -> T:
+def _dotted(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _unknown_key(cls: type, key: str, dotted: str, known: Sequence[str], source: str) -> str:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return (f"unknown config key '{dotted}' (from {source}): {hint}{cls.__name__} accepts: "
+            f"{', '.join(sorted(known))}")
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str, errors: list[str]) -> T:
+    """``cls`` from ``data``; every error is appended to ``errors`` and its key left at its default, so that the
+    rest is still checked (the result is then only good for finding more errors)."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        dotted = ", ".join(f"'{prefix + '.' if prefix else ''}{k}'" for k in unknown)
-        raise ConfigError(f"unknown config key {dotted} (from {source}); "
-                          f"{cls.__name__} accepts: {', '.join(sorted(fields))}")
+    for key in sorted(set(data) - set(fields)):
+        errors.append(_unknown_key(cls, str(key), _dotted(prefix, str(key)), list(fields), source))
     kwargs = {}
     for name, value in data.items():
+        if name not in fields:
+            continue
         hint = hints[name]
+        key = _dotted(prefix, name)
         if "schema" in fields[name].metadata:
             # the section's type depends on sibling keys (the job's model section on its task)
             siblings = {f.name: data.get(f.name, f.default) for f in fields.values()}
             try:
                 hint = fields[name].metadata["schema"](siblings)
             except (KeyError, ValueError) as err:
-                raise ConfigError(f"config section '{prefix + '.' if prefix else ''}{name}' (from {source}): "
-                                  f"{err.args[0] if err.args else err}") from None
+                errors.append(f"config section '{key}' (from {source}): {err.args[0] if err.args else err}")
+                continue
         default = _section_default(fields[name])
         if default is not None and isinstance(value, Mapping):
             # a section names only the keys it changes: the rest keep this parent's defaults, which may differ
             # from the section class's own (e.g. COMETConfig's CLUB section)
             value = _merge(to_dict(default), value)
-        kwargs[name] = _coerce(value, hint, f"{prefix + '.' if prefix else ''}{name}", source)
+        before = len(errors)
+        try:
+            coerced = _coerce(value, hint, key, source, errors)
+        except ConfigError as err:
+            errors.append(str(err))
+            continue
+        if len(errors) == before:
+            kwargs[name] = coerced
     try:
-        obj = cls(**kwargs)
+        return cls(**kwargs)
     except (TypeError, ValueError) as err:  # __post_init__ checks of a component
-        raise ConfigError(f"config section '{prefix or cls.__name__}' (from {source}): {err}") from err
-    return obj
+        errors.append(f"config section '{prefix or cls.__name__}' (from {source}): {err}")
+    try:
+        return cls()
+    except (TypeError, ValueError):
+        return None
 
 
 def _section_default(f: dataclasses.Field) -> Any:
@@ -218,15 +268,63 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults of ``cls`` <- YAML file <- ``key=value`` overrides, each layer validated with its source.
+    """Defaults of ``cls`` <- YAML file <- ``key=value`` overrides, each layer validated with its source; one
+    ``ConfigError`` lists every error of every layer.
 
     A mapping-valued key set in YAML replaces the default mapping (so a config can drop a modality);
-    an override merges into the config resolved so far (``dims.video=512`` adds a key).
+    an override merges into the config resolved so far (``dims.video=512`` adds a key). Relative paths: the
+    module docstring.
     """
-    cfg = _build(cls, {}, "", "defaults")
+    errors: list[str] = []
+    data: dict[str, Any] = {}
     if path is not None:
-        cfg = _build(cls, read_yaml(path), "", str(path))
+        try:
+            data = read_yaml(path)
+        except ConfigError as err:
+            errors.append(str(err))
+    cfg = _build(cls, data, "", str(path) if path is not None else "defaults", errors)
+    if cfg is not None:
+        _paths_from_root(cfg)
     for text in overrides:
-        data = _merge(to_dict(cfg), parse_override(text))
-        cfg = _build(cls, data, "", f"override {text!r}")
+        try:
+            update = parse_override(text)
+        except ConfigError as err:
+            errors.append(str(err))
+            continue
+        if cfg is None:
+            continue
+        before = len(errors)
+        built = _build(cls, _merge(to_dict(cfg), update), "", f"override {text!r}", errors)
+        if len(errors) == before:
+            cfg = built
+    if errors:
+        raise ConfigError(errors[0], errors)
     return cfg
+
+
+
+def from_root(value: str, root: Path = REPO_ROOT) -> str:
+    """A path (or '::'-joined paths) of a config file, as the current directory reads it: relative ones are under
+    ``root`` (module docstring, "Relative paths")."""
+    if not value or Path.cwd().resolve() == root:
+        return value
+    parts = []
+    for part in value.split("::"):
+        local = part and not part.startswith(("pipe:", "/")) and "://" not in part and not os.path.isabs(part)
+        parts.append(str(root / part) if local else part)
+    return "::".join(parts)
+
+
+def _paths_from_root(cfg: Any, prefix: str = "") -> None:
+    """The path fields of ``cfg`` that the file set or left at their defaults, read from the repository root."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = _dotted(prefix, f.name)
+        if dataclasses.is_dataclass(value):
+            _paths_from_root(value, key)
+        elif f.metadata.get("path") and isinstance(value, str) and value not in PATH_WORDS.get(key, ()):
+            object.__setattr__(cfg, f.name, from_root(value))
+
+
+# values of path keys that are words, not paths
+PATH_WORDS = {"run.resume": ("auto",)}

@@ -39,9 +39,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainer.loop import STATUS_FILE, STOP_FILE, status_of
-from trainer.runtime import EXIT_RESUME, SUPERVISED_ENV
-
 MAIN_SCRIPT = Path(__file__).resolve().parent / "main.py"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1   # linux/prctl.h
@@ -62,6 +59,8 @@ class Supervisor:
         self.forwarded = False
 
     def _on_signal(self, signum, _frame) -> None:
+        from trainer.loop import STOP_FILE
+
         name = signal.Signals(signum).name
         if not self.stop_signal:
             self.stop_signal = name
@@ -74,6 +73,8 @@ class Supervisor:
             self.child.terminate()
 
     def _request_stop(self) -> None:
+        from trainer.loop import STOP_FILE
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / STOP_FILE).touch()
 
@@ -91,35 +92,56 @@ class Supervisor:
                     self._request_stop()   # the job deletes a stale STOP when it starts: keep it there
 
 
+def training_script_args(argv: list[str]) -> tuple[str, list[str]] | None:
+    """(the training script, its arguments) of ``accelerate launch``'s arguments, found without accelerate's parser
+    (importing it imports torch): the first argument naming trainer/main.py, and what follows it. None if none does."""
+    for i, arg in enumerate(argv):
+        if arg.endswith(".py") and Path(arg).is_file() and Path(arg).resolve() == MAIN_SCRIPT:
+            return arg, argv[i + 1:]
+    return None
+
+
 def launch(argv: list[str]) -> int:
     """Validate the job, run it under ``accelerate launch``, and map its outcome to 0 / 75 / the failure code; with
-    a leading ``--check``, only validate (0 or 2)."""
-    from accelerate.commands.launch import launch_command_parser
+    a leading ``--check``, only validate (0 or 2).
 
+    The job's config is loaded and checked before anything imports torch (accelerate's parser does): a bad key or
+    value exits 2 at once."""
     from trainer.config import ConfigError
     from trainer.main import load_job, parse_args
 
     check_only = argv[:1] == ["--check"]
-    launch_args = launch_command_parser().parse_args(argv[1:] if check_only else argv)
-    script = Path(launch_args.training_script)
-    if not script.is_file() or script.resolve() != MAIN_SCRIPT:
-        print(f"trainer.launch: the training script must be {MAIN_SCRIPT} (got {launch_args.training_script}); "
+    accelerate_argv = argv[1:] if check_only else argv
+    found = training_script_args(accelerate_argv)
+    if found is None:
+        print(f"trainer.launch: the training script must be {MAIN_SCRIPT} (arguments: {' '.join(accelerate_argv)}); "
               "use accelerate launch for other scripts", file=sys.stderr)
         return 2
-    job_args = parse_args(launch_args.training_script_args)
+    script, script_args = found
+    job_args = parse_args(script_args)
     if job_args.print_config:   # no processes needed: answer here
         from trainer.main import main
-        return main(launch_args.training_script_args)
+        return main(script_args)
     try:
         cfg = load_job(job_args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
+        return 2
+    from accelerate.commands.launch import launch_command_parser
+
+    launch_args = launch_command_parser().parse_args(accelerate_argv)   # accelerate's own options (exit 2 if bad)
+    if Path(launch_args.training_script).resolve() != Path(script).resolve():
+        print(f"trainer.launch: accelerate reads {launch_args.training_script} as the training script, not {script}",
+              file=sys.stderr)
         return 2
     if check_only:
         print(f"[cmg launch] check passed: {job_args.config or 'the default config'} (phase {cfg.run.phase}, "
               f"{cfg.run.max_steps} steps, run dir {cfg.run.dir}; data {cfg.data.urls or cfg.data.kind}): config "
               "and overrides, shard manifest, backbones file and checkpoints are as the job needs them", flush=True)
         return 0
+
+    from trainer.loop import STATUS_FILE, STOP_FILE, status_of
+    from trainer.runtime import EXIT_RESUME, SUPERVISED_ENV
 
     run_dir = Path(cfg.run.dir)
     (run_dir / STATUS_FILE).unlink(missing_ok=True)   # only this job's outcome may be read below

@@ -4,6 +4,7 @@ continual launcher checks of each phase before it submits anything. Nothing here
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,82 @@ def test_the_launcher_runs_the_main_job_only(tmp_path, shards, capsys):
     argv[script] = str(other)
     assert launch(argv) == 2
     assert "the training script must be" in capsys.readouterr().err
+
+
+THREE_MISTAKES = """
+run:
+  max_step: 10          # unknown key (max_steps)
+optim:
+  lr: fast              # wrong type
+data:
+  decode:
+    seconds: 0          # out of range (DecodeConfig.__post_init__)
+"""
+
+CHECK_SCRIPT = """
+import sys, time
+start = time.perf_counter()
+from trainer.launch import launch
+code = launch(sys.argv[1:])
+print(code, round(time.perf_counter() - start, 3), sorted(m for m in ("torch", "webdataset", "accelerate")
+                                                             if m in sys.modules))
+"""
+
+
+def test_a_config_with_three_mistakes_lists_all_three_at_once_without_torch(tmp_path):
+    """``python -m trainer.launch --check`` (what slurm/submit.sh runs before it queues a job) on a config with an
+    unknown key, a value of the wrong type and one out of range: exit 2 naming all three with their file, the
+    unknown key with the close one, before anything imports torch (which alone takes longer than the 2 s allowed)."""
+    import subprocess
+    import sys
+
+    from job_utils import REPO
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(THREE_MISTAKES)
+    argv = ["--check", "--config_file", "launch/accelerate/cpu_zero2.yaml", "trainer/main.py", "--config", str(config)]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, *argv], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    elapsed = time.perf_counter() - start
+    code, _, imported = proc.stdout.strip().split(" ", 2)
+    assert code == "2" and imported == "[]", (proc.stdout, proc.stderr)
+    err = proc.stderr
+    assert "3 config errors" in err, err
+    assert f"unknown config key 'run.max_step' (from {config}): did you mean 'max_steps'?" in err
+    assert f"config key 'optim.lr' (from {config}): expected a number, got 'fast'" in err
+    assert f"config section 'data.decode' (from {config}): decode.seconds must be >= 1, got 0" in err
+    assert elapsed < 2.0, elapsed
+
+
+def test_errors_of_the_file_and_of_each_override_are_listed_with_their_source(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("optim:\n  lr: -1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(JobConfig, config, ["run.max_steps=0", "tracking.experimnt=x", "model.quantizer.num_codes=1"])
+    errors = caught.value.errors
+    assert len(errors) == 4, errors
+    assert errors[0].startswith(f"config section 'optim' (from {config}): optim.lr must be")
+    assert "(from override 'run.max_steps=0'): run.max_steps must be >= 1" in errors[1]
+    assert "unknown config key 'tracking.experimnt' (from override 'tracking.experimnt=x'): did you mean " \
+           "'experiment'?" in errors[2]
+    assert "(from override 'model.quantizer.num_codes=1')" in errors[3]
+
+
+def test_relative_paths_of_a_config_file_are_read_from_the_repository_root(tmp_path, monkeypatch):
+    """A config file's relative paths (and the defaults') name paths under the repository root, an override's are read
+    from the current directory, absolute paths and pipe: commands are kept (trainer/config.py, "Relative paths")."""
+    from job_utils import REPO
+
+    config = tmp_path / "c.yaml"
+    config.write_text("run:\n  dir: runs/x\ndata:\n  urls: data/a-{0..1}.tar::pipe:cat b.tar::/abs/c.tar\n")
+    monkeypatch.chdir(REPO)
+    at_root = load_config(JobConfig, config)
+    assert (at_root.run.dir, at_root.backbones) == ("runs/x", "launch/configs/backbones/tiny.yaml")  # as written
+    monkeypatch.chdir(tmp_path)
+    elsewhere = load_config(JobConfig, config, ["run.init_from=ckpt/step_4"])
+    assert elsewhere.run.dir == str(Path(REPO) / "runs/x")
+    assert elsewhere.backbones == str(Path(REPO) / "launch/configs/backbones/tiny.yaml")
+    assert elsewhere.data.urls == f"{Path(REPO) / 'data/a-{0..1}.tar'}::pipe:cat b.tar::/abs/c.tar"
+    assert elsewhere.run.init_from == "ckpt/step_4"      # an override: from the current directory, as given
+    assert elsewhere.run.resume == "auto"                # a word, not a path

@@ -2,7 +2,7 @@
 
 ``CASES`` holds a toy config and batch per task name; a task added to ``trainer.tasks.TASKS`` without a case
 fails ``test_every_registered_task_has_a_case``, and then runs through every test below. The last test adds a
-fourth task as one module plus a line in each registry (its config's and its task's) and trains it through the main job's loop.
+fourth task as one module plus a line in each registry and trains it through the main job's loop.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ class DecodeConfig:
 
 @dataclass
 class DataConfig:
-    urls: str = ""  # brace pattern(s), '::'-separated: local paths or webdataset 'pipe:' URLs
+    # brace pattern(s), '::'-separated: local paths or webdataset 'pipe:' URLs
+    urls: str = field(default="", metadata={"path": True})
     # "clips": mp4/wav [+ json + txt] shards (shards.write); "features": feature shards (shards.extract);
     # "memory": in-memory tensors passed by a program to trainer.loop.train (the synthetic benchmarks)
     kind: Literal["clips", "features", "memory"] = "clips"
@@ -62,7 +63,7 @@ class DataConfig:
     feature_modalities: list[str] = field(default_factory=lambda: list(FEATURE_MODALITIES))
     # the shards' manifest.json (per-shard counts; feature shapes for kind "features"); default: next to
     # the first local shard. Not read for kind "clips" in resampled mode.
-    manifest: str = ""
+    manifest: str = field(default="", metadata={"path": True})
     batch_size: int = 8  # clips per batch on each rank
     num_workers: int = 2  # DataLoader worker processes per rank (0 = decode in the training process)
     shuffle_buffer: int = 64  # raw samples in each worker's shuffle buffer; 0 or 1 keeps shard order
@@ -73,7 +74,7 @@ class DataConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # kind "clips" only
     # kind "clips": a directory where each clip's decoded video and audio are kept after its first decode and read
     # back in later epochs, bit for bit the same batches ("" = decode every time; trainer/data/cache.py)
-    decode_cache: str = ""
+    decode_cache: str = field(default="", metadata={"path": True})
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the key of the first bad setting."""

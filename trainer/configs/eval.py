@@ -19,9 +19,10 @@ class TrainingProbeConfig:
     """``eval`` section of a job: the downstream probe during pretraining (off unless ``every`` > 0)."""
 
     every: int = 0                     # optimizer steps between probes (0 = off), each on the checkpoint of its step
-    urls: str = ""                     # labelled validation shards (json members with labels), brace patterns
+    # labelled validation shards (json members with labels), brace patterns
+    urls: str = field(default="", metadata={"path": True})
     kind: Literal["clips", "features"] = "clips"   # must be data.kind: clips go through the job's backbones
-    manifest: str = ""                 # "" = manifest.json next to the shards
+    manifest: str = field(default="", metadata={"path": True})   # "" = manifest.json next to the shards
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)   # of the validation clips: head train / epoch choice / score
     split_seed: int = 0
     epochs: int = 10                   # head training epochs (the best on the source's part is kept)

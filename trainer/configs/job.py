@@ -34,15 +34,18 @@ from trainer.configs.tracking import TrackingConfig
 
 @dataclass
 class RunConfig:
-    dir: str = "runs/default"          # run directory: resolved config, checkpoints, MLflow sqlite store
+    # run directory: resolved config, checkpoints, MLflow sqlite store
+    dir: str = field(default="runs/default", metadata={"path": True})
     phase: str = "pretrain"            # tag of this phase (continual chains name theirs)
     seed: int = 0                      # model init (same on every rank) and per-rank RNG streams (seed + rank)
     max_steps: int = 1000              # optimizer steps of the whole run (a resumed run continues to it)
     grad_accum: int = 1                # micro-batches per optimizer step
     ckpt_every: int = 500              # steps between checkpoints (also one at the end and on a stop request)
     keep_last: int = 2                 # complete checkpoints kept
-    resume: str = "auto"               # "auto": latest complete checkpoint of this run if any | "" | a path
-    init_from: str = ""                # a checkpoint (or checkpoints dir) whose model.pt starts the model
+    # "auto": latest complete checkpoint of this run if any | "" | a path
+    resume: str = field(default="auto", metadata={"path": True})
+    # a checkpoint (or checkpoints dir) whose model.pt starts the model
+    init_from: str = field(default="", metadata={"path": True})
     progress: bool = True              # tqdm bar on rank 0
     # a collective that waits longer than this for a rank (stalled, stopped, vanished) fails the job loudly;
     # it must exceed the longest legitimate wait: rank 0 writing and hashing a checkpoint, a slow first batch,
@@ -99,7 +102,7 @@ class OptimConfig:
 class JobConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    backbones: str = "launch/configs/backbones/tiny.yaml"
+    backbones: str = field(default="launch/configs/backbones/tiny.yaml", metadata={"path": True})
     task: str = "unicode"
     # typed by the task: TASK_CONFIGS[task] (a mapping given to the constructor is typed in __post_init__)
     model: ModelConfig = field(default_factory=dict, metadata={"schema": lambda job: model_config_class(job["task"])})
