@@ -13,21 +13,33 @@ Each command runs its program's ``main(argv)`` with the remaining arguments; ``a
 program only to run it: ``--help`` builds the command's parser alone, and every parser is built without torch (the
 programs' modules import it, which takes seconds). So a program whose module imports torch gets its parser from a
 ``cli`` module (this one for train, eval and encode; ``shards/cli.py``; ``trainer/programs/bench/cli.py``), which it
-parses with too, and whose defaults come from the source (``trainer.config_doc``). Programs are named here by string,
-so the library never imports them (tests/unit/test_layering.py).
+parses with too, and whose defaults are the torch-free config dataclasses' own (trainer/configs/). Programs are named
+here by string, so the library never imports them (tests/unit/test_layering.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
+import dataclasses
+import functools
 import importlib
+import importlib.util
+import inspect
+import io
 import textwrap
 import sys
+import tokenize
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from trainer.config_doc import config_defaults, config_reference, constant, module_docstring
+import yaml
+
+from trainer.config import to_dict
+from trainer.configs.eval import PRETRAIN_SETS, TASKS, SourceConfig, TOCConfig
 
 
 @dataclass(frozen=True)
@@ -138,12 +150,107 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
 
 
+# ---------------------------------------------------------------------- module docstrings and config keys
+def module_file(name: str) -> Path:
+    """The source file of module ``name``, found from its top-level package alone (importing ``a.b.c`` would run
+    the ``__init__`` of ``a.b``, which may import torch)."""
+    top, *rest = name.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"no package {top!r}")
+    base = Path(next(iter(spec.submodule_search_locations))).joinpath(*rest)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    raise ModuleNotFoundError(f"no source for module {name!r} (looked for {base}.py and {base}/__init__.py)")
+
+
+def module_docstring(name: str) -> str:
+    """The docstring of module ``name``, read from its file without importing it (its module may import torch)."""
+    return ast.get_docstring(ast.parse(module_file(name).read_text(encoding="utf-8"))) or ""
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its comment in the class's source: the comment on its line, else the comment lines right above
+    it (how the config dataclasses document their keys); a base class's fields first."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs |= field_docs(base)
+    lines, _ = inspect.getsourcelines(cls)
+    comments, code = {}, set()
+    for token in tokenize.generate_tokens(io.StringIO(textwrap.dedent("".join(lines))).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+        elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+            code.update(range(token.start[0], token.end[0] + 1))
+    for node in ast.parse(textwrap.dedent("".join(lines))).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            trailing = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+            above, n = [], node.lineno - 1
+            while n in comments and n not in code:
+                above.insert(0, comments[n])
+                n -= 1
+            docs[node.target.id] = trailing[0] if trailing else " ".join(above)
+    return docs
+
+
+def _text(value: Any) -> str:
+    """A value as ``key=value`` overrides and YAML files write it."""
+    return yaml.safe_dump(to_dict(value), default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+
+
+def _key_lines(cfg: Any, prefix: str, width: int, only: str = "") -> list[str]:
+    """``key=default`` and its doc for every field of ``cfg`` (``only``: that field), nested sections flattened."""
+    lines = []
+    docs = field_docs(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if only and f.name != only:
+            continue
+        key, value = f"{prefix}{f.name}", getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += _key_lines(value, key + ".", width)
+            continue
+        head, doc = f"  {key}={_text(value)}", docs.get(f.name, "")
+        if doc and len(head) < 46:
+            lines += textwrap.wrap(doc, width, initial_indent=head.ljust(47), subsequent_indent=" " * 47)
+        else:
+            lines.append(head)
+            lines += textwrap.wrap(doc, width, initial_indent=" " * 47, subsequent_indent=" " * 47) if doc else []
+    return lines
+
+
+def config_reference(width: int = 118) -> str:
+    """Every key of the job config (trainer.configs.job.JobConfig) with its default and doc: one block per section;
+    the ``model`` section once per registered task (trainer.configs.model.TASK_CONFIGS), since the task types it."""
+    from trainer.configs.job import JobConfig
+    from trainer.configs.model import TASK_CONFIGS
+
+    job, docs, blocks = JobConfig(), field_docs(JobConfig), []
+    for f in dataclasses.fields(job):
+        value = getattr(job, f.name)
+        if "schema" in f.metadata:
+            for task, config in TASK_CONFIGS.items():
+                summary = (config.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+                blocks.append(f"{f.name} (task={task}: {config.__name__}, {config.__module__})  {summary}".rstrip())
+                blocks += _key_lines(config(), f.name + ".", width)
+        elif dataclasses.is_dataclass(value):
+            blocks.append(f"{f.name} ({type(value).__name__}, {type(value).__module__})  {docs.get(f.name, '')}"
+                          .rstrip())
+            blocks += _key_lines(value, f.name + ".", width)
+        else:
+            blocks += _key_lines(job, "", width, only=f.name)
+        blocks.append("")
+    return "\n".join(blocks).rstrip() + "\n"
+
+
 # ---------------------------------------------------------------------- cmg train
 class _TrainParser(argparse.ArgumentParser):
     """The config reference is read from the source only when the help is printed, not at every job start."""
 
     def format_help(self) -> str:
-        sections = module_docstring("trainer.job").split("\n\n")[1]
+        sections = module_docstring("trainer.configs.job").split("\n\n")[1]
         self.epilog = ("config sections (of --config YAML files; key=value overrides, e.g. run.max_steps=200):\n"
                        f"{sections}\n\nconfig keys and their defaults:\n{config_reference()}")
         return super().format_help()
@@ -178,8 +285,8 @@ def _class_map(text: str) -> dict[str, int]:
 def evaluate_parser() -> argparse.ArgumentParser:
     """``python -m trainer.evaluate``'s options (trainer/evaluate.py turns them into an ``EvaluateConfig``)."""
     doc = module_docstring("trainer.evaluate")
-    source = config_defaults("trainer.evaluate", "SourceConfig")
-    tasks = list(constant("trainer.evaluate", "TASKS"))
+    source = SourceConfig()
+    tasks = list(TASKS)
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=doc.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="run directory, checkpoints directory, step_N or its model.pt")
@@ -207,7 +314,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="", choices=["", "paper"], help="paper: every protocol whose data is given, "
                    "and seed 001 Tables 1 and 3, seed 003 Tables 1 and 2 and seed 004 Tables 2-4 (at the "
                    "checkpoint's continual stage) with this checkpoint's numbers")
-    p.add_argument("--pretrain-set", default="40K", choices=constant("trainer.eval.paper", "PRETRAIN_SETS"),
+    p.add_argument("--pretrain-set", default="40K", choices=PRETRAIN_SETS,
                    help="seed 001 Table 1's column group for this checkpoint's numbers")
     p.add_argument("--classes", type=int, default=0, help="number of event classes of --data (default: largest "
                    "label + 1)")
@@ -217,7 +324,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=128, help="hidden width of the two-layer heads")
     p.add_argument("--seed", type=int, default=0, help="head init and batch order")
     p.add_argument("--toc", type=int, default=None, metavar="Q", help="keep the Q dimensions TOC selects")
-    p.add_argument("--toc-lambda", type=float, default=config_defaults("trainer.toc", "TOCConfig").balance)
+    p.add_argument("--toc-lambda", type=float, default=TOCConfig().balance)
     p.add_argument("--toc-raw", action="store_true", help="TOC on the raw (not L2-normalised) codebook")
     p.add_argument("--json", default=None, help="also write the report to this file")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")

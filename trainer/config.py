@@ -154,6 +154,7 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str, erro
     rest is still checked (the result is then only good for finding more errors)."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    start = len(errors)
     for key in sorted(set(data) - set(fields)):
         errors.append(_unknown_key(cls, str(key), _dotted(prefix, str(key)), list(fields), source))
     kwargs = {}
@@ -186,7 +187,8 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str, erro
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:  # __post_init__ checks of a component
-        errors.append(f"config section '{prefix or cls.__name__}' (from {source}): {err}")
+        if len(errors) == start:   # else it may only follow from a key left at its default above
+            errors.append(f"config section '{prefix or cls.__name__}' (from {source}): {err}")
     try:
         return cls()
     except (TypeError, ValueError):
@@ -303,9 +305,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
 
 
 
-def from_root(value: str, root: Path = REPO_ROOT) -> str:
+def from_root(value: str) -> str:
     """A path (or '::'-joined paths) of a config file, as the current directory reads it: relative ones are under
-    ``root`` (module docstring, "Relative paths")."""
+    ``REPO_ROOT`` (module docstring, "Relative paths")."""
+    root = REPO_ROOT
     if not value or Path.cwd().resolve() == root:
         return value
     parts = []

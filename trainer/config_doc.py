@@ -1,9 +1,9 @@
 """Config dataclasses and constants read from their source with ``ast``, without importing it.
 
-The modules that define the job's configs import torch (``trainer.job`` takes ~2 s to import), and ``cmg ... --help``
-must answer at once: so the command lines (trainer/cli.py, shards/cli.py, trainer/programs/bench/cli.py) take their
-defaults from here, and ``cmg train --help`` lists every config key of ``trainer.job.JobConfig`` with its default and
-its comment from here (``config_reference``). Nothing is imported but the top-level package, to find the files.
+The benchmarks' and shard programs' modules import torch, and ``cmg ... --help`` must answer at once: so their
+command lines (shards/cli.py, trainer/programs/bench/cli.py) take defaults and names that still live in those modules
+from here. (The job's configs are torch-free, trainer/configs/: ``cmg train``, ``eval`` and ``encode`` read them.)
+Nothing is imported but the top-level package, to find the files.
 
 What is evaluated: literals and tuples/lists/sets/dicts of them, module constants (followed through ``from X import``),
 ``Cls.field`` defaults, ``list``/``tuple``/``dict``/``set`` calls, arithmetic on numbers, ``lambda: x``,
@@ -20,13 +20,11 @@ import functools
 import importlib.util
 import io
 import operator
-import textwrap
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 
 class Source(str):
@@ -324,49 +322,3 @@ def dict_keys(module: str, name: str) -> list[Any]:
                 isinstance(t, ast.Name) and t.id == name for t in targets):
             return [_eval(key, module) for key in node.value.keys]
     raise NotEvaluable(f"{module}: no top-level dict display {name!r}")
-
-
-# ---------------------------------------------------------------------- cmg train --help
-def _text(value: Any) -> str:
-    """A value as ``key=value`` overrides and YAML files write it."""
-    if isinstance(value, Source):
-        return f"<{value}>"
-    return yaml.safe_dump(plain(value), default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
-
-
-def _key_lines(section: Section, prefix: str, width: int) -> list[str]:
-    lines = []
-    for name, f in section.fields.items():
-        key = f"{prefix}{name}"
-        if isinstance(f.default, Section):
-            lines += _key_lines(f.default, key + ".", width)
-            continue
-        head = f"  {key}=" + ("(required)" if f.required else _text(f.default))
-        doc = f.doc or ""
-        if doc and len(head) < 46:
-            lines += textwrap.wrap(doc, width, initial_indent=head.ljust(47), subsequent_indent=" " * 47)
-        else:
-            lines.append(head)
-            lines += textwrap.wrap(doc, width, initial_indent=" " * 47, subsequent_indent=" " * 47) if doc else []
-    return lines
-
-
-def config_reference(module: str = "trainer.job", name: str = "JobConfig", width: int = 118) -> str:
-    """Every key of the job config with its default and doc: one block per section; the ``model`` section once per
-    registered task (trainer.tasks.TASKS), since the task types it."""
-    job = config_defaults(module, name)
-    tasks = {task: spec.config for task, spec in constant("trainer.tasks", "TASKS").items()}
-    blocks = []
-    for key, f in job.fields.items():
-        if f.typed_by:
-            for task, config in tasks.items():
-                section = dataclass_section(config)
-                blocks.append(f"{key} (task={task}: {config.name}, {config.module})  {section.doc}".rstrip())
-                blocks += _key_lines(section, key + ".", width)
-        elif isinstance(f.default, Section):
-            blocks.append(f"{key} ({f.default.cls.name}, {f.default.cls.module})  {f.doc}".rstrip())
-            blocks += _key_lines(f.default, key + ".", width)
-        else:
-            blocks += _key_lines(Section(job.cls, {key: f}), "", width)
-        blocks.append("")
-    return "\n".join(blocks).rstrip() + "\n"

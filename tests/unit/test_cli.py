@@ -15,7 +15,7 @@ from job_utils import REPO
 
 from trainer.cli import COMMANDS, main
 from trainer.config import flatten, to_dict
-from trainer.config_doc import Source, config_defaults, config_reference, constant, dataclass_section, dict_keys
+from trainer.config_doc import Source, config_defaults, constant, dict_keys
 
 HELPS = [["train"], ["eval"], ["encode"], ["continual"], *(["shards", n] for n in COMMANDS["shards"]),
          ["shards", "convert", "ave"], *(["bench", n] for n in COMMANDS["bench"])]
@@ -72,21 +72,28 @@ def _same_defaults(section_values: dict, real: dict) -> None:
     assert {k: v for k, v in found.items() if k not in computed} == expected
 
 
-def test_config_reference_is_the_job_configs_defaults():
-    """Every key and default of ``cmg train --help`` against the imported dataclasses (each task's model section)."""
-    from trainer.configs.job import JobConfig
-    from trainer.tasks import TASKS
+def test_config_reference_is_the_job_configs_defaults(capsys):
+    """``cmg train --help`` lists the imported (torch-free) dataclasses: every key with its default, once per task
+    for the model section, and a field's comment as its doc."""
+    from trainer.cli import config_reference, field_docs
+    from trainer.configs.job import JobConfig, RunConfig
+    from trainer.configs.model import TASK_CONFIGS
 
-    job = config_defaults("trainer.job", "JobConfig").values()
-    _same_defaults({k: v for k, v in job.items() if k != "model"},
-                   {k: v for k, v in to_dict(JobConfig()).items() if k != "model"})
-    for task, spec in TASKS.items():
-        section = dataclass_section(constant("trainer.tasks", "TASKS")[task].config)
-        assert (section.cls.module, section.cls.name) == (spec.config.__module__, spec.config.__name__)
-        assert list(section.fields) == [f.name for f in dataclasses.fields(spec.config)]
-        assert isinstance(section.feature_dims, Source)   # default_feature_dims(): shown as written
-        _same_defaults(section.values(), to_dict(spec.config()))
-    assert config_reference().count("model.quantizer.num_codes=400") == len(TASKS)
+    def keys(cfg, prefix=""):
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            yield from keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+
+    text = config_reference()
+    for key in keys(JobConfig()):
+        assert f"  {key}=" in text, key
+    for task, config in TASK_CONFIGS.items():
+        for key in keys(config(), "model."):
+            assert f"  {key}=" in text, (task, key)
+    assert text.count("model.quantizer.num_codes=400") == len(TASK_CONFIGS)
+    assert "model.feature_dims={audio: 128, image: 512, text: 768, video: 512}" in text   # the default, not its code
+    assert field_docs(RunConfig)["max_steps"] == "optimizer steps of the whole run (a resumed run continues to it)"
+    assert field_docs(RunConfig)["keep_best"].startswith("a probe metric (eval.every;")     # the lines above it
 
 
 def test_parser_defaults_read_from_the_source_are_the_programs_own():
@@ -161,7 +168,7 @@ def test_python_dash_m_trainer_and_the_console_script():
 
 
 def test_every_command_names_a_program_that_exists():
-    from trainer.config_doc import module_file
+    from trainer.cli import module_file
 
     for command in [c for c in COMMANDS.values() if not isinstance(c, dict)] + \
             [c for group in COMMANDS.values() if isinstance(group, dict) for c in group.values()]:

@@ -3,7 +3,9 @@
 - the library (``trainer`` outside ``trainer/programs/``, and ``shards``) never imports ``trainer.programs``;
 - ``torch.distributed`` is reached only in ``trainer/distributed.py`` (every collective of the project is there);
 - the models (``trainer/models/``) import neither checkpointing, tracking nor the launch stack
-  (``trainer.checkpoint``, ``trainer.tracking``, ``accelerate``, ``deepspeed``, ``mlflow``).
+  (``trainer.checkpoint``, ``trainer.tracking``, ``accelerate``, ``deepspeed``, ``mlflow``);
+- the config modules (``trainer/config.py``, ``trainer/configs/``) import the standard library, PyYAML and each
+  other only: no torch, so that a config is checked and ``--help`` lists it at once (trainer/config.py).
 
 Each check lists every offending ``file:line`` and what it found there.
 """
@@ -11,6 +13,7 @@ Each check lists every offending ``file:line`` and what it found there.
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +25,8 @@ PROGRAMS = "trainer/programs"
 DISTRIBUTED_HOME = "trainer/distributed.py"
 MODELS = "trainer/models"
 MODELS_MUST_NOT_IMPORT = ("trainer.checkpoint", "trainer.tracking", "accelerate", "deepspeed", "mlflow")
+CONFIG_MODULES = ("trainer/config.py", "trainer/configs/")
+CONFIG_MAY_IMPORT = ("trainer.config", "trainer.configs", "yaml", "__future__")
 
 
 def module_name(path: str) -> str:
@@ -105,6 +110,13 @@ def models_import_infrastructure(files: list[tuple[str, ast.Module]]) -> list[st
             if any(within(module, banned) for banned in MODELS_MUST_NOT_IMPORT)]
 
 
+def config_modules_import_more(files: list[tuple[str, ast.Module]]) -> list[str]:
+    return [f"{path}:{line}: imports {module}" for path, tree in files if path.startswith(CONFIG_MODULES)
+            for line, module in imported_modules(tree, path)
+            if module.split(".")[0] not in sys.stdlib_module_names
+            and not any(within(module, allowed) for allowed in CONFIG_MAY_IMPORT)]
+
+
 def _report(offences: list[str], rule: str) -> str:
     return f"{rule}:\n" + "\n".join(offences)
 
@@ -122,6 +134,11 @@ def test_torch_distributed_only_in_trainer_distributed(parsed):
 def test_models_import_no_checkpoint_tracking_or_launch_stack(parsed):
     offences = models_import_infrastructure(parsed)
     assert not offences, _report(offences, f"{MODELS}/ imports one of {MODELS_MUST_NOT_IMPORT}")
+
+
+def test_config_modules_import_no_torch_nor_the_code_they_configure(parsed):
+    offences = config_modules_import_more(parsed)
+    assert not offences, _report(offences, f"{CONFIG_MODULES} import beyond {CONFIG_MAY_IMPORT} and the stdlib")
 
 
 # ---------------------------------------------------------------- the checks catch what they must
@@ -188,3 +205,22 @@ def test_models_check_catches_infrastructure_imports(source):
 def test_models_check_lets_models_import_the_library():
     source = "from trainer.config import to_dict\nfrom trainer.distributed import all_reduce_sum_\nimport torch"
     assert not models_import_infrastructure(_parse("trainer/models/x.py", source))
+
+
+@pytest.mark.parametrize("source", [
+    "import torch",
+    "from torch import nn",
+    "from trainer.models.unicode import UniCodeModel",
+    "def f():\n    from trainer.data.stream import expand_shard_urls",
+    "import numpy as np",
+])
+def test_config_check_catches_imports_beyond_the_configs(source):
+    assert config_modules_import_more(_parse("trainer/configs/model.py", source))
+    assert config_modules_import_more(_parse("trainer/config.py", source))
+    assert not config_modules_import_more(_parse("trainer/job.py", source))
+
+
+def test_config_check_lets_configs_import_the_stdlib_yaml_and_each_other():
+    source = ("import dataclasses\nfrom typing import Literal\nimport yaml\nfrom trainer.config import build_config\n"
+              "from trainer.configs.data import DataConfig\nfrom . import model")
+    assert not config_modules_import_more(_parse("trainer/configs/job.py", source))
