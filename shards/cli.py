@@ -1,7 +1,7 @@
 """The command lines of the shards programs (``cmg shards synth|write|inspect|convert|extract``, ``python -m
 shards.<name>``), built without importing them: their modules import torch (webdataset does), and ``--help`` must
-answer at once (trainer/cli.py). Each program parses its arguments with its parser here; defaults that live in the
-programs' configs are read from their source (``trainer.config_doc``).
+answer at once (trainer/cli.py). Each program parses its arguments with its parser here; defaults are those of the
+programs' torch-free configs (shards/config.py, trainer/configs/data.py).
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainer.cli import HelpFormatter
-from trainer.config_doc import config_defaults, module_docstring
+from shards.config import PAIR_KINDS, SynthConfig
+from trainer.cli import HelpFormatter, module_docstring
+from trainer.configs.data import DecodeConfig
 
 
 def _parser(name: str, **kwargs) -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def _parser(name: str, **kwargs) -> argparse.ArgumentParser:
 
 
 def synth_parser() -> argparse.ArgumentParser:
-    d = config_defaults("shards.synth", "SynthConfig")
+    d = SynthConfig()
     p = _parser("synth")
     p.add_argument("--out", required=True, type=Path, help="output directory (created)")
     p.add_argument("--num-clips", type=int, default=d.num_clips)
@@ -31,7 +32,7 @@ def synth_parser() -> argparse.ArgumentParser:
     p.add_argument("--sr", type=int, default=d.sample_rate, help="audio sample rate (Hz)")
     p.add_argument("--wav", action="store_true", help="also write KEY.wav (16-bit PCM)")
     p.add_argument("--unlabelled", action="store_true", help="write the media only: no KEY.txt, no KEY.json")
-    p.add_argument("--pairs", default="", choices=("", "image+text", "audio+text", "image+audio", "video+text"),
+    p.add_argument("--pairs", default="", choices=("", *PAIR_KINDS),
                    help="write pairs of one event each (jpg/wav/silent mp4 + captions) instead of clips")
     return p
 
@@ -69,7 +70,7 @@ def inspect_parser() -> argparse.ArgumentParser:
 
 
 def extract_parser() -> argparse.ArgumentParser:
-    d = config_defaults("trainer.data.decode", "DecodeConfig")
+    d = DecodeConfig()
     p = _parser("extract")
     p.add_argument("--src", required=True, help="clip shards, brace pattern, e.g. 'clips/train-{000000..000009}.tar'")
     p.add_argument("--backbones", required=True, help="backbones YAML, e.g. launch/configs/backbones/tiny.yaml")

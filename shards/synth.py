@@ -51,6 +51,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from shards.cli import synth_parser
+from shards.config import PAIR_KINDS, SynthConfig
 from shards.media import encode_mp4, encode_wav
 from trainer.data.decode import BACKGROUND
 
@@ -72,7 +73,6 @@ CAPTION_TEMPLATES = (  # {square} is "a red square" / "an orange square"; {Squar
     "The sound of {sound} accompanies {square} {motion}.",
     "Someone plays {sound} as {square} keeps {motion}.",
 )
-PAIR_KINDS = ("image+text", "audio+text", "image+audio", "video+text")
 # per modality a caption describes: a few words each (the tiny test backbones read 10 tokens of a caption, and
 # these are words of their vocabulary: launch/configs/backbones/tiny-wordpiece-vocab.txt)
 PAIR_CAPTIONS = {
@@ -84,20 +84,6 @@ PAIR_CAPTIONS = {
 KINDS = ((True, True), (False, True), (True, False), (False, False))
 KIND_START = (0.5, 0.15, 0.15, 0.2)  # both, audio only, video only, background
 KIND_STAY = 0.6  # probability that second t+1 keeps the kind of second t
-
-
-@dataclass
-class SynthConfig:
-    num_clips: int = 16
-    classes: int = 5
-    seconds: int = 10
-    seed: int = 0
-    fps: int = 8
-    size: int = 96  # frame side in pixels (even: yuv420p)
-    sample_rate: int = 16000
-    write_wav: bool = False  # also write KEY.wav (PCM) next to the mp4
-    unlabelled: bool = False  # write no KEY.txt and no KEY.json: media only
-    pairs: str = ""  # "" (clips) or one of PAIR_KINDS: pairs of one event each (module docstring)
 
 
 @dataclass(frozen=True)

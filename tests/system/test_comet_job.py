@@ -82,8 +82,9 @@ def test_two_phases_through_the_main_job(tmp_path):
 
 @pytest.mark.slow
 def test_continual_bench_runs_two_phases_and_prints_both_tables():
-    from trainer.programs.bench.continual import METHODS, ContinualConfig, format_tables, run_method
-    from trainer.programs.bench.jobs import PretrainConfig
+    from trainer.programs.bench.continual import format_tables, run_method
+    from trainer.programs.bench.config import METHODS, ContinualConfig
+    from trainer.programs.bench.config import PretrainConfig
 
     cfg = ContinualConfig(order=("vt", "at"), phase_clips=96, downstream_clips=80, new_codes=8,
                           train=PretrainConfig(steps=2, batch_size=32), probe=ProbeConfig(epochs=1))

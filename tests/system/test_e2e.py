@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 from trainer.programs.bench.e2e import E2E_WORLD, corpora, run_one, world_codes  # noqa: E402
-from trainer.programs.demo import DemoConfig  # noqa: E402
+from trainer.programs.config import DemoConfig
 from trainer.programs.kernels import kernel_env  # noqa: E402
 
 SEED = 0          # one of the sweep's seeds (docs/results/recipe_e2e.md lists this run)

@@ -8,7 +8,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from trainer.programs.bench.fidelity import FidelityConfig, PretrainConfig, run_rows  # noqa: E402
+from trainer.programs.bench.fidelity import FidelityConfig, run_rows
+from trainer.programs.bench.config import PretrainConfig
 from trainer.configs.eval import ProbeConfig
 
 

@@ -1,7 +1,8 @@
 """The ``cmg`` command (trainer/cli.py): every command's ``--help`` runs without importing torch and lists its options
-with their defaults, ``train``'s every config key; the defaults the torch-free parsers read from the source
-(trainer/config_doc.py) are the imported configs' own; commands reach their programs. How fast the help answers is a
-measurement (README), not a test: here it is only checked that torch stays out, which is what makes it fast."""
+with their defaults, ``train``'s every config key; the parsers' defaults are the configs' own (the torch-free config
+modules: trainer/configs/, shards/config.py, trainer/programs/config.py, trainer/programs/bench/config.py, which the
+programs import too); commands reach their programs. How fast the help answers is a measurement (README), not a test:
+here it is only checked that torch stays out, which is what makes it fast."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ import pytest
 from job_utils import REPO
 
 from trainer.cli import COMMANDS, main
-from trainer.config import flatten, to_dict
-from trainer.config_doc import Source, config_defaults, constant, dict_keys
 
 HELPS = [["train"], ["eval"], ["encode"], ["continual"], *(["shards", n] for n in COMMANDS["shards"]),
          ["shards", "convert", "ave"], *(["bench", n] for n in COMMANDS["bench"])]
@@ -64,14 +63,6 @@ def test_train_help_lists_every_config_key_with_its_default_and_doc(capsys):
     assert "spatial_patches are *derived* from the data source" in text   # the job's own docstring
 
 
-def _same_defaults(section_values: dict, real: dict) -> None:
-    """Flattened, the source's values equal the imported ones, but for those only their expression gives (Source)."""
-    found, expected = flatten(section_values), flatten(real)
-    computed = [k for k, v in found.items() if isinstance(v, Source)]
-    expected = {k: v for k, v in expected.items() if not any(k == c or k.startswith(c + ".") for c in computed)}
-    assert {k: v for k, v in found.items() if k not in computed} == expected
-
-
 def test_config_reference_is_the_job_configs_defaults(capsys):
     """``cmg train --help`` lists the imported (torch-free) dataclasses: every key with its default, once per task
     for the model section, and a field's comment as its doc."""
@@ -96,55 +87,49 @@ def test_config_reference_is_the_job_configs_defaults(capsys):
     assert field_docs(RunConfig)["keep_best"].startswith("a probe metric (eval.every;")     # the lines above it
 
 
-def test_parser_defaults_read_from_the_source_are_the_programs_own():
-    from shards.synth import SynthConfig
+def test_parser_defaults_are_the_programs_configs():
+    """The parsers built without torch take their defaults and choices from the configs the programs run with."""
+    from shards.cli import extract_parser, synth_parser
+    from shards.config import SynthConfig
+    from trainer.cli import evaluate_parser
     from trainer.configs.data import DecodeConfig
-    from trainer.configs.eval import PRETRAIN_SETS
-    from trainer.configs.eval import ProbeConfig
-    from trainer.evaluate import TASKS
-    from trainer.configs.eval import SourceConfig
-    from trainer.programs.bench import continual, core, e2e, fidelity, scaling
-    from trainer.programs.bench.jobs import PretrainConfig
-    from trainer.programs.bench.synthetic_features import WORLDS
-    from trainer.programs.demo import DemoConfig
-    from trainer.configs.eval import TOCConfig
+    from trainer.configs.eval import PRETRAIN_SETS, ProbeConfig, SourceConfig, TOCConfig
+    from trainer.programs.bench import cli as bench
+    from trainer.programs.bench import continual, core, e2e, fidelity, synthetic_features
+    from trainer.programs.bench.config import ContinualConfig, PretrainConfig
+    from trainer.programs.config import DemoConfig
 
-    for module, cls in [("shards.synth", SynthConfig), ("trainer.data.decode", DecodeConfig),
-                        ("trainer.evaluate", SourceConfig), ("trainer.toc", TOCConfig),
-                        ("trainer.eval.probes", ProbeConfig), ("trainer.programs.bench.jobs", PretrainConfig),
-                        ("trainer.programs.bench.continual", continual.ContinualConfig),
-                        ("trainer.programs.demo", DemoConfig)]:
-        _same_defaults(config_defaults(module, cls.__name__).values(), to_dict(cls()))
-    assert constant("trainer.evaluate", "TASKS") == TASKS
-    assert constant("trainer.eval.paper", "PRETRAIN_SETS") == PRETRAIN_SETS
-    assert constant("trainer.programs.bench.synthetic_features", "WORLDS") == WORLDS
-    assert constant("trainer.programs.bench.core", "CONFIGS") == core.CONFIGS
-    assert list(constant("trainer.programs.bench.continual", "METHODS")) == list(continual.METHODS)
-    assert constant("trainer.programs.bench.continual", "PAIR_NAMES") == continual.PAIR_NAMES
-    assert constant("trainer.programs.bench.e2e", "ROWS") == e2e.ROWS
-    assert list(constant("trainer.programs.bench.fidelity", "ROWS")) == list(fidelity.ROWS)
-    assert dict_keys("trainer.programs.bench.fidelity", "ROW_GROUPS") == list(fidelity.ROW_GROUPS)
-    assert constant("trainer.programs.bench.scaling", "DEFAULT_JOB_CONFIG") == scaling.DEFAULT_JOB_CONFIG
-    assert constant("trainer.programs.bench.scaling", "DEFAULT_ACCELERATE_CONFIG") == \
-        scaling.DEFAULT_ACCELERATE_CONFIG
+    synth = synth_parser().parse_args(["--out", "x"])
+    assert (synth.num_clips, synth.classes, synth.seconds, synth.fps, synth.size, synth.sr) == tuple(
+        getattr(SynthConfig(), k) for k in ("num_clips", "classes", "seconds", "fps", "size", "sample_rate"))
+    extract = extract_parser().parse_args(["--src", "a", "--backbones", "b", "--out", "c"])
+    assert (extract.seconds, extract.frames_per_segment) == (DecodeConfig().seconds, DecodeConfig().frames_per_segment)
+    evaluate = evaluate_parser().parse_args(["run"])
+    assert (evaluate.split, evaluate.split_seed) == (SourceConfig().split, SourceConfig().split_seed)
+    assert evaluate.toc_lambda == TOCConfig().balance and evaluate.pretrain_set in PRETRAIN_SETS
+    assert bench.continual_parser().parse_args([]).new_codes == ContinualConfig().new_codes
+    assert bench.continual_parser().parse_args([]).probe_epochs == ProbeConfig().epochs
+    assert bench.fidelity_parser().parse_args([]).steps == PretrainConfig().steps
+    assert bench.e2e_parser().parse_args([]).classes == DemoConfig().pretrain.classes
+    assert bench.core_parser().parse_args([]).configs.split(",") == list(core.CORE_CONFIGS)
+    # the programs read the very objects the parsers list
+    assert continual.METHODS is bench.METHODS and fidelity.ROWS is bench.ROWS and e2e.E2E_ROWS is bench.E2E_ROWS
+    assert synthetic_features.WORLDS is bench.WORLDS
 
 
 def test_a_field_doc_is_its_trailing_comment_else_the_comments_above(tmp_path, monkeypatch):
-    package = tmp_path / "docpkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "cfg.py").write_text(
-        "from dataclasses import dataclass, field\n\n"
-        "SIZES = (2, *(4, 8))\n\n\n"
+    from trainer.cli import field_docs
+
+    (tmp_path / "docmod.py").write_text(
+        "from dataclasses import dataclass, field\n\n\n"
         "@dataclass\nclass Inner:\n    k: int = 1 << 3   # shifted\n\n\n"
-        "@dataclass\nclass Outer:\n    # first line\n    # second line\n    size: int = SIZES[0] if False else 3\n"
-        "    sizes: tuple[int, ...] = SIZES\n    inner: Inner = field(default_factory=lambda: Inner(k=5))\n"
-        "    made: dict = field(default_factory=dict)\n    later: int = Inner.k\n")
+        "@dataclass\nclass Outer(Inner):\n    # first line\n    # second line\n    size: int = 3\n"
+        "    plain: int = 4\n    inner: Inner = field(default_factory=lambda: Inner(k=5))  # a section\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    outer = config_defaults("docpkg.cfg", "Outer")
-    assert outer.fields["size"].doc == "first line second line" and isinstance(outer.size, Source)
-    assert outer.sizes == (2, 4, 8) and outer.inner.k == 5 and outer.made == {} and outer.later == 8
-    assert outer.inner.fields["k"].doc == "shifted"
+    import docmod
+
+    assert field_docs(docmod.Outer) == {"k": "shifted", "size": "first line second line", "plain": "",
+                                        "inner": "a section"}
 
 
 def test_commands_run_their_programs_and_bad_commands_exit_2(tmp_path, capsys):

@@ -345,7 +345,8 @@ def test_continual_comet_phases_file_checks_and_chains_three_phase_configs(capsy
 # ---------------------------------------------------------------- the continual bench
 
 def test_continual_world_adds_a_still_image_and_spoken_captions():
-    from trainer.programs.bench.continual import ContinualWorld, ContinualWorldConfig
+    from trainer.programs.bench.continual import ContinualWorld
+    from trainer.programs.bench.config import ContinualWorldConfig
 
     world = ContinualWorld(ContinualWorldConfig())
     data = world.sample(20, seed=4)
@@ -372,7 +373,8 @@ def _bench_row(method: str, unseen: tuple[float, float], video_text: tuple[float
 
 
 def test_continual_bench_checks_the_targets_on_the_mean_over_seeds():
-    from trainer.programs.bench.continual import ContinualConfig, check_targets
+    from trainer.programs.bench.continual import check_targets
+    from trainer.programs.bench.config import ContinualConfig
 
     runs = [[_bench_row("dcid", (0.8, 0.7), (0.9, 0.8, 0.7)), _bench_row("comet", (0.7, 0.8), (0.9, 0.9, 0.8))],
             [_bench_row("dcid", (0.6, 0.7), (0.9, 0.8, 0.5)), _bench_row("comet", (0.8, 0.6), (0.9, 0.9, 0.5))]]

@@ -17,7 +17,8 @@ import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 from tracking_utils import mlflow_client, no_ambient_mlflow_env  # noqa: E402
 
-from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain  # noqa: E402
+from trainer.programs.bench.jobs import bench_job, pretrain
+from trainer.programs.bench.config import PretrainConfig
 from trainer.checkpoint import write_manifest
 from trainer.config import ConfigError, to_dict  # noqa: E402
 from trainer.configs.data import DataConfig

@@ -10,14 +10,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from trainer.programs.bench.fidelity import (  # noqa: E402
-    CELLS, ROWS, TABLE1, FidelityConfig, PretrainConfig, bench_model_config, claims, compare_methods,
-    format_claims, format_table1, mean_claims, nuisance_r2, pretraining_jobs, row_model_config, select_rows,
+from trainer.programs.bench.fidelity import (
+    CELLS, FidelityConfig, bench_model_config, claims, compare_methods, format_claims, format_table1, mean_claims,
+    nuisance_r2, pretraining_jobs, row_model_config, select_rows,
 )
+from trainer.programs.bench.config import PretrainConfig, ROWS, SyntheticFeatureConfig, TABLE1, WORLDS
 from trainer.programs.bench.jobs import task_name  # noqa: E402
-from trainer.programs.bench.synthetic_features import (  # noqa: E402
-    BACKGROUND, WORLDS, SyntheticFeatureConfig, SyntheticWorld, world_config,
-)
+from trainer.programs.bench.synthetic_features import BACKGROUND, SyntheticWorld, world_config
 from trainer.programs.harness import Target  # noqa: E402
 from trainer.configs.model import FCCIDConfig, UniCodeConfig
 

@@ -4,8 +4,9 @@
 - ``torch.distributed`` is reached only in ``trainer/distributed.py`` (every collective of the project is there);
 - the models (``trainer/models/``) import neither checkpointing, tracking nor the launch stack
   (``trainer.checkpoint``, ``trainer.tracking``, ``accelerate``, ``deepspeed``, ``mlflow``);
-- the config modules (``trainer/config.py``, ``trainer/configs/``) import the standard library, PyYAML and each
-  other only: no torch, so that a config is checked and ``--help`` lists it at once (trainer/config.py).
+- the config modules (``trainer/config.py``, ``trainer/configs/`` and the programs' ``config.py``) import the
+  standard library, PyYAML and each other only: no torch, so that a config is checked and ``--help`` lists it at
+  once (trainer/config.py).
 
 Each check lists every offending ``file:line`` and what it found there.
 """
@@ -25,8 +26,10 @@ PROGRAMS = "trainer/programs"
 DISTRIBUTED_HOME = "trainer/distributed.py"
 MODELS = "trainer/models"
 MODELS_MUST_NOT_IMPORT = ("trainer.checkpoint", "trainer.tracking", "accelerate", "deepspeed", "mlflow")
-CONFIG_MODULES = ("trainer/config.py", "trainer/configs/")
-CONFIG_MAY_IMPORT = ("trainer.config", "trainer.configs", "yaml", "__future__")
+CONFIG_MODULES = ("trainer/config.py", "trainer/configs/", "shards/config.py", "trainer/programs/config.py",
+                  "trainer/programs/bench/config.py")
+CONFIG_MAY_IMPORT = ("trainer.config", "trainer.configs", "shards.config", "trainer.programs.config",
+                     "trainer.programs.bench.config", "yaml", "__future__")
 
 
 def module_name(path: str) -> str:

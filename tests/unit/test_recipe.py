@@ -5,7 +5,7 @@ the sweep's pages train the same recipe."""
 from trainer.config import load_config
 from trainer.configs.job import JobConfig
 from trainer.programs.bench.e2e import E2E_WORLD, world_classes, world_codes
-from trainer.programs.demo import DemoConfig
+from trainer.programs.config import DemoConfig
 
 
 def test_the_demo_config_has_the_codebook_the_rule_gives_its_world():

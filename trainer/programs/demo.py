@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +36,9 @@ from shards.synth import SynthConfig, clip_key, synthesise
 from shards.write import write_shards
 from trainer.data.stream import MANIFEST_NAME
 from trainer.programs.harness import REPO, Target, free_port, print_targets
+from trainer.programs.config import DemoConfig
 
 SHARD_PATTERN = "train-%06d.tar"
-
-
-@dataclass
-class DemoConfig:
-    data_dir: str = "demo_data"
-    # the pretraining corpus: unlabelled clips of a 5-event world (synth seed 0)
-    pretrain: SynthConfig = field(default_factory=lambda: SynthConfig(num_clips=256, classes=5, seconds=10, seed=0,
-                                                                       size=64, unlabelled=True))
-    # the downstream corpus: other clips of the same world, labelled per second (synth seed 1)
-    downstream: SynthConfig = field(default_factory=lambda: SynthConfig(num_clips=120, classes=5, seconds=10, seed=1,
-                                                                         size=64))
-    shard_max_count: int = 16
-    job_config: str = str(REPO / "launch" / "configs" / "demo.yaml")
-    accelerate_config: str = str(REPO / "launch" / "accelerate" / "cpu_zero2.yaml")
-    processes: int = 2
-    run_dir: str = "runs/demo"
-    overrides: tuple[str, ...] = ()     # key=value on the job config (e.g. run.max_steps=100)
 
 
 def prepare_clips(synth: SynthConfig, clips: Path) -> Path:

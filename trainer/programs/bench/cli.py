@@ -1,15 +1,20 @@
 """The command lines of the benchmarks (``cmg bench <name>``, ``python -m trainer.programs.bench.<name>``), built
 without importing them: their modules import torch, and ``--help`` must answer at once (trainer/cli.py). Each
-benchmark parses its arguments with its parser here; the defaults and names that live in the benchmarks' code are
-read from its source (``trainer.config_doc``).
+benchmark parses its arguments with its parser here; the defaults and names are those of the torch-free configs
+(trainer/programs/bench/config.py, trainer/programs/config.py, trainer/configs/).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from trainer.cli import HelpFormatter
-from trainer.config_doc import config_defaults, constant, dict_keys, module_docstring
+from trainer.cli import HelpFormatter, module_docstring
+from trainer.configs.eval import ProbeConfig
+from trainer.programs.bench.config import (
+    CORE_CONFIGS, DEFAULT_ACCELERATE_CONFIG, DEFAULT_JOB_CONFIG, E2E_ROWS, E2E_WORLDS, METHODS, PAIR_NAMES, PAIRS,
+    ROW_GROUPS, ROWS, WORLDS, ContinualConfig, PretrainConfig,
+)
+from trainer.programs.config import DemoConfig
 
 BENCH = "trainer.programs.bench"
 
@@ -31,19 +36,19 @@ def backbones_parser() -> argparse.ArgumentParser:
 
 
 def continual_parser() -> argparse.ArgumentParser:
-    d = config_defaults(f"{BENCH}.continual", "ContinualConfig")
+    d = ContinualConfig()
     p = _parser("continual")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per phase (default {d.train.steps}; "
                    "--raw: the phase configs' run.max_steps)")
     p.add_argument("--world", default="default",
-                   help=f"the synthetic world, one of {list(constant(f'{BENCH}.synthetic_features', 'WORLDS'))}")
+                   help=f"the synthetic world, one of {list(WORLDS)}")
     p.add_argument("--methods", default="dcid,comet",
-                   help=f"comma list of {list(constant(f'{BENCH}.continual', 'METHODS'))}")
+                   help=f"comma list of {list(METHODS)}")
     p.add_argument("--order", default="vt,at,it",
-                   help=f"phases, comma list of {list(constant(f'{BENCH}.continual', 'PAIR_NAMES'))}")
+                   help=f"phases, comma list of {list(PAIR_NAMES)}")
     p.add_argument("--jobs", type=int, default=2, help="methods trained at the same time (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per method process")
-    p.add_argument("--probe-epochs", type=int, default=config_defaults("trainer.eval.probes", "ProbeConfig").epochs)
+    p.add_argument("--probe-epochs", type=int, default=ProbeConfig().epochs)
     p.add_argument("--seeds", default="0",
                    help="comma list of seeds (model init, batch order, probes); targets are checked on the mean")
     p.add_argument("--new-codes", type=int, default=d.new_codes, help="K2 per later phase (COMET)")
@@ -63,7 +68,7 @@ def continual_parser() -> argparse.ArgumentParser:
 
 
 def core_parser() -> argparse.ArgumentParser:
-    configs = list(constant(f"{BENCH}.core", "CONFIGS"))
+    configs = list(CORE_CONFIGS)
     p = _parser("core", whole_doc=True)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -91,33 +96,33 @@ def _product_runs(p: argparse.ArgumentParser, data_dir: str, runs: str) -> argpa
 
 def e2e_parser() -> argparse.ArgumentParser:
     p = _parser("e2e")
-    p.add_argument("--world", default="per-seed", choices=list(constant(f"{BENCH}.e2e", "WORLDS")),
+    p.add_argument("--world", default="per-seed", choices=list(E2E_WORLDS),
                    help="per-seed: a world per seed; demo: make demo's clips; e2e: tests/system/test_e2e.py's")
     p.add_argument("--seeds", default="0,1", help="comma list of seeds (model init, batch order; clips with per-seed)")
     p.add_argument("--kernels", default="native",
                    help="comma list of CPU kernel levels (python -m trainer.programs.kernels): native, avx2, default")
-    demo = config_defaults("trainer.programs.demo", "DemoConfig")
+    demo = DemoConfig()
     p.add_argument("--classes", type=int, default=demo.pretrain.classes, help="event classes of the world")
     p.add_argument("--processes", default="1,2", help="comma list of process counts")
-    p.add_argument("--rows", default="full,baseline", help=f"comma list of {list(constant(f'{BENCH}.e2e', 'ROWS'))}")
+    p.add_argument("--rows", default="full,baseline", help=f"comma list of {list(E2E_ROWS)}")
     return _product_runs(p, "e2e_data", "runs/e2e")
 
 
 def pairs_parser() -> argparse.ArgumentParser:
     p = _parser("pairs")
-    p.add_argument("--pairs", default=",".join(constant(f"{BENCH}.pairs", "PAIRS")),
+    p.add_argument("--pairs", default=",".join(PAIRS),
                    help="comma list of pair corpora to train and evaluate on")
     p.add_argument("--seed", type=int, default=0, help="run.seed and data.seed of every run")
     return _product_runs(p, "pairs_data", "runs/pairs")
 
 
 def fidelity_parser() -> argparse.ArgumentParser:
-    d = config_defaults(f"{BENCH}.jobs", "PretrainConfig")
-    worlds = list(constant(f"{BENCH}.synthetic_features", "WORLDS"))
+    d = PretrainConfig()
+    worlds = list(WORLDS)
     p = _parser("fidelity")
     p.add_argument("--steps", type=int, default=d.steps, help="pretraining steps per row")
-    p.add_argument("--rows", default="", help=f"comma list of groups {dict_keys(f'{BENCH}.fidelity', 'ROW_GROUPS')} "
-                   f"and rows {list(constant(f'{BENCH}.fidelity', 'ROWS'))} (default: all; with --worlds: claims)")
+    p.add_argument("--rows", default="", help=f"comma list of groups {list(ROW_GROUPS)} "
+                   f"and rows {list(ROWS)} (default: all; with --worlds: claims)")
     p.add_argument("--worlds", default="", help=f"sweep: comma list of {worlds} or 'all'; every claim "
                    "per world and on the mean, the continual methods included")
     p.add_argument("--continual-steps", type=int, default=800, help="steps per continual phase (--worlds)")
@@ -126,7 +131,7 @@ def fidelity_parser() -> argparse.ArgumentParser:
                    help="CLUB estimators' learning rate (default 0: the pretraining lr, as in the paper)")
     p.add_argument("--jobs", type=int, default=2, help="pretrainings run at the same time (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per pretraining process")
-    p.add_argument("--probe-epochs", type=int, default=config_defaults("trainer.eval.probes", "ProbeConfig").epochs)
+    p.add_argument("--probe-epochs", type=int, default=ProbeConfig().epochs)
     p.add_argument("--seeds", default="0", help="comma list of seeds (model init, batch order, probe); "
                    "the tables show the mean and ± half range")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -158,7 +163,7 @@ def scaling_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", default="1,2", help="process counts to compare, comma-separated (first: baseline)")
     p.add_argument("--negatives", default="global,local",
                    help="model.negatives values to compare, comma-separated (global, local)")
-    p.add_argument("--config", default=constant(f"{BENCH}.scaling", "DEFAULT_JOB_CONFIG"),
+    p.add_argument("--config", default=DEFAULT_JOB_CONFIG,
                    help="experiment YAML, relative to the repo root, whose model and optim sections are used")
     p.add_argument("--batch", type=int, default=0, help="clips per rank per step (0: the config's data.batch_size)")
     p.add_argument("--steps", type=int, default=16, help="optimizer steps per launch")
@@ -166,7 +171,7 @@ def scaling_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (OMP_NUM_THREADS)")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
     p.add_argument("--clips", type=int, default=160, help="synthetic clips in the feature shards")
-    p.add_argument("--accelerate-config", default=constant(f"{BENCH}.scaling", "DEFAULT_ACCELERATE_CONFIG"),
+    p.add_argument("--accelerate-config", default=DEFAULT_ACCELERATE_CONFIG,
                    help="accelerate YAML, relative to the repo root (GPU: launch/accelerate/gpu_zero2.yaml)")
     p.add_argument("--no-collectives", action="store_true", help="skip the instrumented launch (Table 2)")
     p.add_argument("--probe-repeats", type=int, default=20, help="timed lone repeats of each step all_reduce")

@@ -48,7 +48,6 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -67,26 +66,17 @@ from trainer.configs.model import AdapterConfig, CLUBConfig, COMETConfig, Encode
 from trainer.models.comet import COMETModel
 from trainer.loop import last_logged
 from trainer.programs.bench.cli import continual_parser
-from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain, with_club_lr, with_overrides
-from trainer.programs.bench.synthetic_features import (
-    SyntheticFeatureConfig, SyntheticSet, SyntheticWorld, world_config,
-)
+from trainer.programs.bench.jobs import bench_job, pretrain, with_club_lr, with_overrides
+from trainer.programs.bench.synthetic_features import SyntheticSet, SyntheticWorld, world_config
 from trainer.programs.harness import fan_out, mean, run_json_child, verdict
+from trainer.programs.bench.config import ContinualConfig, ContinualWorldConfig, METHODS, Method, PAIR_NAMES
 
 LABELLED = ("video", "audio", "image")          # modalities with per-segment event labels
-PAIR_NAMES = {"vt": "video", "at": "audio", "it": "image", "st": "speech"}
 DIRECTIONS = (("video", "audio"), ("audio", "video"))
 TABLE1_TASKS = ("classification", "localisation", "cross_dataset")
 
 
 # ---------------------------------------------------------------------- data
-
-@dataclass
-class ContinualWorldConfig:
-    base: SyntheticFeatureConfig = field(default_factory=lambda: SyntheticFeatureConfig(text=True))
-    image_dim: int = 64
-    speech_dim: int = 64
-    still_noise: float = 0.05          # per-segment noise of an image held still (relative to unit feature RMS)
 
 
 class ContinualWorld:
@@ -136,58 +126,6 @@ def _unit_rms(x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------- methods
-
-@dataclass(frozen=True)
-class Method:
-    """One row: COMET's components on (True) or off; ``comet=False`` is DCID fine-tuned sequentially."""
-
-    name: str
-    comet: bool = True
-    adapter: bool = True
-    pseudo_modality: bool = True
-    mixture: bool = True
-    gate_loss: bool = True
-    ewc: bool = True
-    specific_layers: bool = True
-
-    def model_config(self, base: COMETConfig, new_codes: int) -> COMETConfig:
-        if not self.comet:
-            return dataclasses.replace(base, use_adapter=False, use_pseudo_modality=False, use_gate_loss=False,
-                                       use_ewc=False)
-        return dataclasses.replace(
-            base, use_adapter=self.adapter, use_pseudo_modality=self.pseudo_modality, use_gate_loss=self.gate_loss,
-            use_ewc=self.ewc,
-            adapter=dataclasses.replace(base.adapter, mixture=self.mixture, specific_layers=self.specific_layers),
-            replay=dataclasses.replace(base.replay, new_codes=new_codes))
-
-
-METHODS = {m.name: m for m in (
-    Method("dcid", comet=False),
-    Method("comet"),
-    Method("comet_no_moe", adapter=False),
-    Method("comet_no_pm", pseudo_modality=False),
-    Method("comet_single", mixture=False),
-    Method("comet_no_gate", gate_loss=False),
-    Method("comet_no_ewc", ewc=False),
-    Method("comet_no_sl", specific_layers=False),
-)}
-
-
-@dataclass
-class ContinualConfig:
-    world: ContinualWorldConfig = field(default_factory=ContinualWorldConfig)
-    order: tuple[str, ...] = ("vt", "at", "it")
-    phase_clips: int = 2048
-    downstream_clips: int = 1200
-    split: tuple[float, float, float] = (0.5, 0.25, 0.25)
-    phase_seed: int = 11             # phase i's corpus uses phase_seed + i
-    downstream_seed: int = 2
-    cross_seed: int = 3              # the second corpus of AVE→AVVP
-    num_codes: int = 64
-    new_codes: int = 32              # K2 per later phase (COMET)
-    train: PretrainConfig = field(default_factory=lambda: PretrainConfig(steps=800))
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    model_overrides: tuple[str, ...] = ()   # key=value on every phase's COMETConfig, e.g. loss.ewc=10
 
 
 def bench_model_config(world: ContinualWorldConfig, modality: str, num_codes: int,

@@ -44,9 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.programs.bench.pairs import pair_corpus
-from trainer.programs.demo import (
-    DemoConfig, launch_training, prepare_clips, prepare_shards, run_product_command,
-)
+from trainer.programs.demo import launch_training, prepare_clips, prepare_shards, run_product_command
+from trainer.programs.config import DemoConfig
 from trainer.programs.harness import REPO, Target, print_targets
 
 CONFIGS = REPO / "launch" / "configs"

@@ -41,13 +41,9 @@ import time
 import torch
 
 from trainer.programs.bench.cli import core_parser
+from trainer.programs.bench.config import CORE_CONFIGS
 from trainer.programs.harness import run_json_child
 
-CONFIGS = {
-    "av": (("audio", "video"), "full"),
-    "avt": (("audio", "video", "text"), "full"),
-    "av-baseline": (("audio", "video"), "baseline"),
-}
 BATCH, SEGMENTS, TEXT_TOKENS = 80, 10, 10
 
 
@@ -102,7 +98,7 @@ def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, mode: s
     compiled = mode == "compiled"
     if mode != "default malloc":
         keep_freed_host_memory()
-    modalities, variant = CONFIGS[name]
+    modalities, variant = CORE_CONFIGS[name]
     torch.manual_seed(0)
     task = UniCodeTask(UniCodeConfig(modalities=modalities, variant=variant))
     optimizer = torch.optim.Adam(task.model.parameters(), lr=4e-4)
@@ -175,9 +171,9 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     names = args.configs.split(",")
-    unknown = [n for n in names if n not in CONFIGS]
+    unknown = [n for n in names if n not in CORE_CONFIGS]
     if unknown:
-        parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+        parser.error(f"unknown configs {unknown}; choose from {list(CORE_CONFIGS)}")
     rows = []
     modes = ["eager", *(["compiled"] if args.compile else []), *(["default malloc"] if args.default_malloc else [])]
     for name in names:

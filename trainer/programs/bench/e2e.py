@@ -43,14 +43,13 @@ from typing import Any
 from trainer.config import load_config
 from trainer.configs.job import JobConfig
 from trainer.programs.bench.cli import e2e_parser
-from trainer.programs.demo import (MARGIN, DemoConfig, launch_training, prepare_clips, prepare_shards, run_evaluation,
-                                   summary)
+from trainer.programs.bench.config import E2E_ROWS
+from trainer.programs.demo import MARGIN, launch_training, prepare_clips, prepare_shards, run_evaluation, summary
+from trainer.programs.config import DemoConfig
 from trainer.programs.harness import Target, print_targets
 from trainer.programs.kernels import kernel_env
 
-ROWS = {"full": (), "baseline": ("model.variant=baseline",)}
 CELLS = (("classification", "V→A"), ("classification", "A→V"), ("localisation", "V→A"), ("localisation", "A→V"))
-WORLDS = ("per-seed", "demo", "e2e")
 E2E_WORLD = {"classes": 4, "seed": 3}     # tests/system/test_e2e.py's world: 4 events, synth seeds 16 / 17
 
 
@@ -79,7 +78,7 @@ def corpora(data_dir: Path, classes: int, seed: int, demo: DemoConfig) -> tuple[
 
 
 def world_corpora(world: str, data_dir: Path, classes: int, seed: int, demo: DemoConfig) -> tuple[str, str]:
-    """The corpora ``world`` (one of ``WORLDS``) trains and evaluates seed ``seed`` on."""
+    """The corpora ``world`` (one of ``E2E_WORLDS``) trains and evaluates seed ``seed`` on."""
     if world == "demo":
         data = Path(demo.data_dir)
         return (prepare_shards(prepare_clips(demo.pretrain, data / "pretrain_clips"), data / "pretrain_shards",
@@ -105,7 +104,7 @@ def run_one(row: str, processes: int, urls: tuple[str, str], run_dir: Path, over
     per_rank = global_batch(demo) // processes
     start = time.perf_counter()
     code = launch_training(demo.job_config, urls[0], str(run_dir), processes, demo.accelerate_config,
-                           (*ROWS[row], f"data.batch_size={per_rank}", *overrides), quiet=True, env=env)
+                           (*E2E_ROWS[row], f"data.batch_size={per_rank}", *overrides), quiet=True, env=env)
     if code != 0:
         raise SystemExit(f"e2e: training {row} on {processes} process(es) failed with exit code {code}")
     trained = time.perf_counter()
@@ -199,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     processes = [int(v) for v in args.processes.split(",")]
     kernels = args.kernels.split(",")
     rows = args.rows.split(",")
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in rows if r not in E2E_ROWS]
     if unknown:
-        parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+        parser.error(f"unknown rows {unknown}; choose from {list(E2E_ROWS)}")
     envs = {level: kernel_env(level) for level in kernels}
     demo = DemoConfig()
     start = time.perf_counter()

@@ -62,7 +62,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -72,10 +72,9 @@ from trainer.eval.probes import CodeSplit, classification_probe, code_agreement,
 from trainer.configs.eval import ProbeConfig, TOCConfig
 from trainer.configs.model import CLUBConfig, CoarseConfig, EncoderConfig, FCCIDConfig, QuantizerConfig, UniCodeConfig
 from trainer.programs.bench.cli import fidelity_parser
-from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain, with_club_lr, with_overrides
-from trainer.programs.bench.synthetic_features import (
-    WORLDS, SyntheticFeatureConfig, SyntheticSet, SyntheticWorld, world_config,
-)
+from trainer.programs.bench.jobs import bench_job, pretrain, with_club_lr, with_overrides
+from trainer.programs.bench.config import PretrainConfig, ROWS, ROW_GROUPS, Row, SyntheticFeatureConfig, TABLE1, WORLDS
+from trainer.programs.bench.synthetic_features import SyntheticSet, SyntheticWorld, world_config
 from trainer.programs.harness import Target, fan_out, half_range, mean, print_targets, run_json_child, verdict
 from trainer.toc import toc_scores
 
@@ -84,75 +83,6 @@ TEXT = "text"
 DIRECTIONS = (("video", "audio"), ("audio", "video"))
 TASKS_PROBED = ("classification", "localisation")
 ModelConfig = UniCodeConfig | FCCIDConfig
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the synthetic tables.
-
-    Seed 001 Table 2 rows switch Uni-Code components off (the baseline is §4.1's own variant); seed 003
-    Table 1 rows choose the method (``task``), add the text modality (``text``), switch FCCID's coarse CLUB
-    terms or its InfoNCE temperature, or read another row's model through TOC (``toc_of``: the name of that
-    row; such a row pretrains nothing itself).
-    """
-
-    name: str
-    club: bool = True
-    cpc: bool = True
-    mm_ema: bool = True
-    reset: bool = True
-    cmcm: bool = True
-    baseline: bool = False
-    task: Literal["unicode", "fccid"] = "unicode"
-    text: bool = False
-    toc_of: str = ""
-    coarse_club: bool = True      # FCCID's AV_CLUB and TE_CLUB (seed 003 Table 5 columns 3-4)
-    temperature: float = CoarseConfig.temperature   # FCCID's InfoNCE τ (0.1: the authors' code; seed 003's text: 1.0)
-
-    @property
-    def in_table2(self) -> bool:
-        """A seed 001 Table 2 row: audio-visual Uni-Code, codes read in full."""
-        return self.task == "unicode" and not self.text and not self.toc_of
-
-    @property
-    def pretrained(self) -> str:
-        """The row whose pretraining this row's codes come from (itself, or its TOC base)."""
-        return self.toc_of or self.name
-
-    def model_config(self, base: UniCodeConfig) -> UniCodeConfig:
-        """``base`` with this row's Table 2 components switched off."""
-        if self.baseline:
-            return dataclasses.replace(base, variant="baseline")
-        quantizer, loss = base.quantizer, base.loss
-        if not self.mm_ema:   # w/o MM-EMA: plain EMA of each modality's own z and the plain commitment (eq. 3)
-            quantizer = dataclasses.replace(quantizer, ema_mode="plain")
-            loss = dataclasses.replace(loss, commit_partner=0.0)
-        quantizer = dataclasses.replace(quantizer, reset=self.reset and base.quantizer.reset)
-        return dataclasses.replace(base, use_club=self.club, use_cpc=self.cpc, use_cmcm=self.cmcm,
-                                   quantizer=quantizer, loss=loss)
-
-
-ROWS = {row.name: row for row in (
-    Row("baseline", baseline=True),
-    Row("no_club", club=False),
-    Row("no_cpc", cpc=False),
-    Row("no_club_cpc", club=False, cpc=False),
-    Row("no_mm_ema", mm_ema=False),
-    Row("no_reset", reset=False),
-    Row("no_cmcm", cmcm=False),
-    Row("no_mm_ema_reset", mm_ema=False, reset=False),
-    Row("full"),
-    Row("unicode_avt", text=True),
-    Row("fccid", task="fccid", text=True),
-    Row("fccid_fine_club", task="fccid", text=True, coarse_club=False),
-    Row("fccid_tau1", task="fccid", text=True, temperature=1.0),
-    Row("unicode_avt_toc", toc_of="unicode_avt"),
-    Row("fccid_toc", toc_of="fccid"),
-)}
-TABLE1 = ("full", "unicode_avt", "fccid", "fccid_fine_club", "fccid_tau1", "unicode_avt_toc", "fccid_toc")
-CLAIM_ROWS = ("baseline", "full", "no_cpc", "no_club", "unicode_avt", "fccid")   # what the claims need
-ROW_GROUPS = {"all": tuple(ROWS), "table1": TABLE1, "table2": tuple(n for n, r in ROWS.items() if r.in_table2),
-              "claims": CLAIM_ROWS}
 
 
 def select_rows(text: str) -> list[str]:
@@ -593,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(rows, cfg)
         continual, method_runs = {}, []
         if sweep and not args.no_continual:
-            from trainer.programs.bench.continual import ContinualConfig, mean_target_numbers
+            from trainer.programs.bench.continual import mean_target_numbers
+            from trainer.programs.bench.config import ContinualConfig
 
             method_runs = [(job_args[0], out) for (fn, job_args), out in zip(jobs, done)
                            if fn is _continual_child and job_args[1] == w]

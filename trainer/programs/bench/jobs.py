@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +23,7 @@ from trainer.configs.job import JobConfig, OptimConfig, RunConfig
 from trainer.loop import last_logged, train_in_memory
 from trainer.configs.model import TASK_CONFIGS
 from trainer.configs.tracking import TrackingConfig
-
-
-@dataclass
-class PretrainConfig:
-    """The bench's optimisation schedule (the same for every row of a table)."""
-
-    steps: int = 600
-    batch_size: int = 64
-    lr: float = 1e-3
-    # CLUB estimators' Adam lr; 0 = ``lr``: the paper trains encoders and estimators at one rate (4e-4, seed 000
-    # App. B.1). An estimator slower than the encoders lags and the encoders exploit it: FCCID's clip-level CLUB
-    # bound (64 pairs per step) can then run off to large negative values (``--club-lr 4e-4`` shows it).
-    club_lr: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 0
-
-    @property
-    def estimator_lr(self) -> float:
-        return self.club_lr or self.lr
+from trainer.programs.bench.config import PretrainConfig
 
 
 def task_name(model: Any) -> str:

@@ -32,10 +32,10 @@ from shards.synth import SynthConfig, synthesise
 from shards.write import write_shards
 from trainer.data.stream import MANIFEST_NAME
 from trainer.programs.bench.cli import pairs_parser
-from trainer.programs.demo import SHARD_PATTERN, DemoConfig, launch_training, run_evaluation
+from trainer.programs.demo import SHARD_PATTERN, launch_training, run_evaluation
+from trainer.programs.config import DemoConfig
 from trainer.programs.harness import Target, print_targets
 
-PAIRS = ("video+text", "audio+text", "image+text")
 # job overrides per pair kind: the two modalities; an image is one segment, so its captions are one sentence vector
 # each (launch/configs/backbones/tiny_image_text.yaml) and Cross-CPC, which predicts later segments, has none to predict
 PAIR_JOBS = {

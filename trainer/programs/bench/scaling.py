@@ -61,8 +61,6 @@ from trainer.programs.bench.cli import scaling_parser
 from trainer.programs.harness import REPO, free_port, run_child
 
 MAIN_SCRIPT = REPO / "trainer" / "main.py"
-DEFAULT_ACCELERATE_CONFIG = "launch/accelerate/cpu_zero2.yaml"
-DEFAULT_JOB_CONFIG = "launch/configs/pretrain_av.yaml"
 SEGMENTS = 10                                              # seconds per clip (seed 001: 10 one-second segments)
 FEATURE_SHAPES = {"audio": (128,), "video": (49, 512)}     # per segment: VGGish 128-d, VGG-19 pool5 7x7x512
 RECORD_NAME = "collectives.rank{rank}.json"

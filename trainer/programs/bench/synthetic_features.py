@@ -37,63 +37,10 @@ import torch
 from torch import Tensor
 
 from trainer.eval.encode import LabelledFeatures
+from trainer.programs.bench.config import KINDS, PROMPT_TEMPLATES, SyntheticFeatureConfig, WORLDS
 
 BACKGROUND = -1
-# Per-segment kinds of the label chain: (video has the event, audio has the event)
-KINDS = ((True, True), (False, True), (True, False), (False, False))
 FILLER_WORDS = ("the", "a", "of", "is", "and", "there", "sound", "someone", "can", "be", "heard", "seen", "while")
-PROMPT_TEMPLATES = (   # {noun} / {verb}: the class's own words; everything else is shared filler
-    "there is a {noun} and {verb} can be heard",
-    "the sound of {verb} while a {noun} is seen",
-    "someone {verb} and a {noun} is there",
-)
-
-
-@dataclass
-class SyntheticFeatureConfig:
-    """The world and the clip statistics. Scales are in units of the event prototype's RMS (1)."""
-
-    classes: int = 10
-    segments: int = 10
-    audio_dim: int = 64
-    video_dim: int = 64
-    text_dim: int = 32
-    event_dim: int = 16
-    nuisance_dim: int = 16
-    render_hidden: int = 128            # width of each modality's random rendering network
-    segment_jitter: float = 0.3         # per-segment deviation of an event latent from its prototype
-    background_scale: float = 1.0       # RMS of the unrelated latent of a background segment
-    nuisance_scale: float = 2.0         # per-clip nuisance RMS: stronger than the event on purpose
-    nuisance_drift: float = 0.2         # per-segment deviation of the nuisance from its clip value
-    sensor_noise: float = 0.1           # iid noise on every feature entry (features have unit RMS)
-    kind_start: tuple[float, float, float, float] = (0.5, 0.15, 0.15, 0.2)   # both, audio, video, background
-    kind_stay: float = 0.6              # probability that segment t+1 keeps the kind of segment t
-    text: bool = False                  # also render text prompts (tokens ``text``, mask ``text_mask``)
-    text_length: int = 0                # tokens per caption after zero-padding; 0 = the call's longest prompt
-    world_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.classes < 2 or self.segments < 2:
-            raise ValueError(f"need >= 2 classes and >= 2 segments, got {self.classes}, {self.segments}")
-        if len(self.kind_start) != len(KINDS) or abs(sum(self.kind_start) - 1.0) > 1e-6 or min(self.kind_start) < 0:
-            raise ValueError(f"kind_start must be 4 probabilities summing to 1, got {self.kind_start}")
-        if not 0.0 <= self.kind_stay <= 1.0:
-            raise ValueError(f"kind_stay must be in [0, 1], got {self.kind_stay}")
-        longest = max(len(t.split()) for t in PROMPT_TEMPLATES)
-        if self.text_length and self.text_length < longest:
-            raise ValueError(f"text_length {self.text_length} is shorter than the longest prompt ({longest} words)")
-
-
-# The world grid of the benchmarks' sweeps (``--worlds``): changes to the defaults above. Nuisance 1-4x the
-# event, 5-15 classes, labels that switch more or less often between segments, more or fewer segments where
-# audio and video carry the event together.
-WORLDS: dict[str, dict[str, object]] = {
-    "default": {},                                                       # K=10, nuisance x2, stay 0.6, 50 % both
-    "easy": {"classes": 5, "nuisance_scale": 1.0},
-    "nuisance4": {"nuisance_scale": 4.0},
-    "k15_choppy": {"classes": 15, "nuisance_scale": 3.0, "kind_stay": 0.4},
-    "k15_sticky_apart": {"classes": 15, "kind_stay": 0.8, "kind_start": (0.3, 0.25, 0.25, 0.2)},
-}
 
 
 def world_config(name: str, base: SyntheticFeatureConfig | None = None) -> SyntheticFeatureConfig:
