@@ -18,6 +18,7 @@ a path under the repository root (``REPO_ROOT``, the directory holding launch/: 
 given as a ``key=value`` override, it is read from the current directory, as a shell argument is. Run from the
 repository root (as slurm/submit.sh and the Makefile do) the two agree and paths are kept as written; run from
 elsewhere, the file's and the defaults' relative paths are made absolute under the root. Absolute paths are kept.
+(Installed without the repository, there is no root: every relative path is read from the current directory.)
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str, erro
         try:
             coerced = _coerce(value, hint, key, source, errors)
         except ConfigError as err:
-            errors.append(str(err))
+            errors.extend(err.errors)
             continue
         if len(errors) == before:
             kwargs[name] = coerced
@@ -283,7 +284,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         try:
             data = read_yaml(path)
         except ConfigError as err:
-            errors.append(str(err))
+            errors.extend(err.errors)
     cfg = _build(cls, data, "", str(path) if path is not None else "defaults", errors)
     if cfg is not None:
         _paths_from_root(cfg)
@@ -291,7 +292,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         try:
             update = parse_override(text)
         except ConfigError as err:
-            errors.append(str(err))
+            errors.extend(err.errors)
             continue
         if cfg is None:
             continue
@@ -309,7 +310,7 @@ def from_root(value: str) -> str:
     """A path (or '::'-joined paths) of a config file, as the current directory reads it: relative ones are under
     ``REPO_ROOT`` (module docstring, "Relative paths")."""
     root = REPO_ROOT
-    if not value or Path.cwd().resolve() == root:
+    if not value or not (root / "launch").is_dir() or Path.cwd().resolve() == root:   # installed: no repository
         return value
     parts = []
     for part in value.split("::"):

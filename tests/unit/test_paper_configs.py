@@ -59,6 +59,7 @@ def test_local_globs_expand_to_their_sorted_matches(tmp_path):
 def test_a_paper_config_is_a_valid_job_on_the_converted_release(tmp_path, monkeypatch, name):
     files = make_vggsound_avel(tmp_path / "released", ["train"] * 4 + ["val", "test"])
     # the configs name feats/vggsound40k/... under the repository root (trainer/config.py): tmp_path stands in for it
+    (tmp_path / "launch").mkdir()
     monkeypatch.setattr("trainer.config.REPO_ROOT", tmp_path)
     monkeypatch.chdir(tmp_path)
     assert convert_main(["vggsound-avel", "--meta", str(files.meta), "--categories", str(files.categories),
@@ -75,6 +76,7 @@ def test_a_paper_config_is_a_valid_job_on_the_converted_release(tmp_path, monkey
 def test_print_config_works_without_data_and_says_what_the_data_decides(tmp_path, capsys, monkeypatch):
     from trainer.main import main
 
+    (tmp_path / "launch").mkdir()
     monkeypatch.setattr("trainer.config.REPO_ROOT", tmp_path)        # a stand-in repository root (as above)
     monkeypatch.chdir(tmp_path)                                      # no feats/ here: the release is not converted
     assert main(["--config", str(PAPER / "avt_vggsound40k.yaml"), "--print-config"]) == 0

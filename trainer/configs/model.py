@@ -10,6 +10,7 @@ the task trains on padded windows). The model code (trainer/models/*.py) imports
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
@@ -509,5 +510,7 @@ TASK_CONFIGS: dict[str, type[ModelConfig]] = {
 def model_config_class(task: str) -> type[ModelConfig]:
     """The config class of the ``model`` section of ``task``; ``KeyError`` naming the known tasks otherwise."""
     if task not in TASK_CONFIGS:
-        raise KeyError(f"unknown task {task!r}; known: {sorted(TASK_CONFIGS)}")
+        close = difflib.get_close_matches(task, TASK_CONFIGS, n=1) if isinstance(task, str) else []
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise KeyError(f"unknown task {task!r} (config key 'task'); {hint}known: {sorted(TASK_CONFIGS)}")
     return TASK_CONFIGS[task]
