@@ -14,8 +14,9 @@
 
 Global batch = data.batch_size (per rank) x world size x run.grad_accum.
 
-Paths in a config file (run.dir, data.urls, backbones, ...) are read from the repository root, paths given as
-``key=value`` overrides from the current directory (trainer/config.py, ``PATH_KEYS``).
+Relative paths (the fields declared ``metadata={"path": True}``: run.dir, data.urls, backbones, ...) written in a
+config file are read from the repository root, those given as ``key=value`` overrides from the current directory
+(trainer/config.py, "Relative paths"; docs/data.md).
 """
 
 from __future__ import annotations
