@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
-from tracking_utils import mlflow_client, no_ambient_mlflow_env  # noqa: E402
+from tracking_utils import mlflow_client  # noqa: E402
 
 from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain  # noqa: E402
 from trainer.checkpoint import write_manifest
@@ -42,8 +42,7 @@ from trainer.models.unicode import UniCodeConfig  # noqa: E402
 CLASSES, SEGMENTS, CLIPS = 3, 4, 30
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-__all__ = ["no_ambient_mlflow_env"]   # autouse pytest fixture (tests/support/tracking_utils.py)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_ambient_mlflow_env")   # tests/conftest.py, tracking_utils.py
 
 
 TINY_ENCODER = EncoderConfig(semantic_dim=8, specific_dim=4, ff_dim=16, heads=2, se_reduction=4, pool_hidden=4,

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 import yaml  # noqa: E402
 from feature_utils import (  # noqa: E402
-    CLIP_URLS, DECODE, FEATURE_URLS, SECONDS, TINY_YAML, clip_shards, feature_shards,
+    CLIP_URLS, DECODE, FEATURE_URLS, SECONDS, TINY_YAML,
 )
 
 from shards.extract import extract  # noqa: E402
@@ -38,7 +38,6 @@ from trainer.data.features import (  # noqa: E402
     collate_feature_clips, decode_feature_sample, decode_npy, encode_npy, feature_layout,
 )
 
-__all__ = ["clip_shards", "feature_shards"]   # pytest fixtures (tests/support/feature_utils.py), used by name
 
 LAYOUT = FeatureLayout(seconds=2, dims={"video": (4, 8), "audio": (3,)})
 
