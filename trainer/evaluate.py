@@ -66,9 +66,10 @@ from torch import Tensor
 from trainer.cli import evaluate_parser
 from trainer.config import ConfigError, to_dict
 from trainer.code_usage import SEED_THREE_MODALITIES, classify_code_usage, plot_code_usage
-from trainer.data.features import FEATURE_MANIFEST_FORMAT, FeatureError, PublicFeatureConfig
+from trainer.data.features import FeatureError, PublicFeatureConfig
+from trainer.data.manifest import ShardManifest
 from trainer.data.released import AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLASSES, shared_class_map
-from trainer.data.stream import DataConfig, expand_shard_urls, read_manifest
+from trainer.data.stream import DataConfig, expand_shard_urls
 from trainer.eval.encode import (
     LabelledFeatures, Pretrained, encode_split, load_pretrained, read_public_features, read_shard_features,
     split_indices, trained_pairs,
@@ -143,7 +144,7 @@ def class_names(src: SourceConfig, job: JobConfig) -> list[str] | None:
     if src.public:
         return None
     cfg = data_config(src, job)
-    classes = read_manifest(expand_shard_urls(cfg.urls), cfg.manifest)[1].get("released", {}).get("classes")
+    classes = ShardManifest.of_shards(expand_shard_urls(cfg.urls), cfg.manifest).released_value("classes")
     return list(classes) if classes else None
 
 
@@ -355,13 +356,15 @@ def run_zero_shot_retrieval(pretrained: Pretrained, spec: str, src: SourceConfig
     features: dict[str, bool] = {}              # feature shards (a converted release) rather than media
     for name, urls in sets:
         try:
-            manifest = read_manifest(expand_shard_urls(urls), "")[1]
+            manifest = ShardManifest.of_shards(expand_shard_urls(urls))
         except ValueError:
-            manifest = {}
-        features[name] = manifest.get("format") == FEATURE_MANIFEST_FORMAT
-        kinds = manifest.get("modalities") if not features[name] else \
-            {"+".join([*manifest.get("feature_shapes", {}), *(["text"] if manifest.get("released", {}).get(
-                "captions") else [])]): 1}
+            manifest = None
+        features[name] = manifest is not None and manifest.is_features
+        if features[name]:
+            text = ["text"] if manifest.released_value("captions") else []
+            kinds = {"+".join([*(manifest.feature_shapes or {}), *text]): 1}
+        else:
+            kinds = manifest.modalities if manifest is not None else None
         held[name] = {m for kind in kinds for m in kind.split("+")} if isinstance(kinds, dict) else None
     coder = CMGModel.from_pretrained(pretrained.checkpoint, backbones=src.backbones or None)
     seen = trained_pairs(pretrained.model)

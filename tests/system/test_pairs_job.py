@@ -35,7 +35,7 @@ def pair_shards(root: Path, kind: str) -> str:
                root / "items", progress=False)
     manifest = write_shards(root / "items", f"{root}/shards/train-%06d.tar", max_count=2, progress=False,
                             modalities=tuple(kind.split("+")))
-    assert manifest["total"] == ITEMS
+    assert manifest.total == ITEMS
     return f"{root}/shards/train-{{000000..000003}}.tar"
 
 

@@ -35,7 +35,8 @@ from trainer.data import (  # noqa: E402
 )
 from trainer.data import stream as stream_module  # noqa: E402
 from trainer.data.decode import decode_audio  # noqa: E402
-from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy  # noqa: E402
+from trainer.data.features import encode_npy
+from trainer.data.manifest import FEATURE_FORMAT  # noqa: E402
 
 SECONDS, SIZE, SR = 2, 32, 16000
 DECODE = DecodeConfig(seconds=SECONDS, frames_per_segment=2, frame_size=SIZE, sample_rate=SR)
@@ -135,7 +136,7 @@ def _feature_members(src: Path, key: str, index: int) -> dict[str, bytes]:
 def _feature_manifest(counts: dict[str, int]) -> str:
     """What ``shards.extract`` writes, as far as the stream reads it."""
     shards = [{"name": name, "samples": count} for name, count in counts.items()]
-    return json.dumps({"format": FEATURE_MANIFEST_FORMAT, "feature_shapes": FEATURE_SHAPES,
+    return json.dumps({"format": FEATURE_FORMAT, "feature_shapes": FEATURE_SHAPES,
                        "decode": {"seconds": SECONDS}, "shards": shards})
 
 

@@ -52,14 +52,11 @@ import functools
 import glob
 import hashlib
 import itertools
-import json
 import random
-import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -74,14 +71,12 @@ from trainer.data.decode import (
     CLIP_MODALITIES, MEDIA_MODALITIES, SKIP_REASONS, TIMED_MODALITIES, CorruptSample, DecodeConfig,
     check_modalities, decode_sample,
 )
-from trainer.data.features import (
-    FEATURE_MANIFEST_FORMAT, FEATURE_MODALITIES, collate_feature_clips, decode_feature_sample, feature_layout,
-)
+from trainer.data.features import FEATURE_MODALITIES, collate_feature_clips, decode_feature_sample, feature_layout
+from trainer.data.manifest import ShardManifest
 
 if TYPE_CHECKING:
     from trainer.backbones import FrozenBackbones
 
-MANIFEST_NAME = "manifest.json"
 # "memory": feature tensors a program hands to ``trainer.loop.train`` (trainer/data/memory.py), never from a YAML
 DATA_KINDS = ("clips", "features", "memory")
 
@@ -150,14 +145,6 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-def shard_name(url: str) -> str:
-    """The ``*.tar`` file name inside a local path or a ``pipe:`` command (the manifest's key)."""
-    names = re.findall(r"[^/\s'\"]+\.tar\b", url)
-    if not names:
-        raise ValueError(f"shard URL {url!r} names no .tar file")
-    return names[-1]
-
-
 def expand_shard_urls(urls: str) -> list[str]:
     """Brace patterns and local globs (``'::'``-separated) -> the list of shard URLs.
 
@@ -171,42 +158,6 @@ def expand_shard_urls(urls: str) -> list[str]:
         else:
             shards.extend(wds.shardlists.expand_urls(part))
     return shards
-
-
-def read_manifest(urls: list[str], manifest: str) -> tuple[str, dict[str, Any]]:
-    """(path, parsed contents) of ``manifest``, or of manifest.json next to the first local shard of ``urls``."""
-    if not manifest:
-        if ":" in urls[0].split("/")[0]:
-            raise ValueError(f"cannot locate a manifest for {urls[0]!r}: set DataConfig.manifest")
-        manifest = str(Path(urls[0]).parent / MANIFEST_NAME)
-    try:
-        contents = json.loads(Path(manifest).read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ValueError(f"manifest {manifest} not found (it gives the per-shard sample counts and, for feature "
-                         "shards, their shapes: write shards with `python -m shards.write` or `python -m "
-                         "shards.extract`, or set DataConfig.manifest)") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"manifest {manifest}: not valid JSON ({err!r})") from err
-    if not isinstance(contents, dict):
-        raise ValueError(f"manifest {manifest}: expected a JSON object, got {type(contents).__name__}")
-    return manifest, contents
-
-
-def manifest_counts(urls: list[str], manifest: str, contents: Mapping[str, Any]) -> list[int]:
-    """Samples per shard of ``urls`` from the parsed manifest ``contents`` (read from ``manifest``)."""
-    try:
-        counts = {entry["name"]: int(entry["samples"]) for entry in contents["shards"]}
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"manifest {manifest}: expected {{'shards': [{{'name', 'samples'}}, ...]}} ({err!r})") from err
-    missing = [url for url in urls if shard_name(url) not in counts]
-    if missing:
-        raise ValueError(f"manifest {manifest} lists no sample count for {missing[:3]} ({len(missing)} shards)")
-    return [counts[shard_name(url)] for url in urls]
-
-
-def load_manifest_counts(urls: list[str], manifest: str) -> list[int]:
-    """Samples per shard of ``urls`` from the manifest written by ``shards.write`` / ``shards.extract``."""
-    return manifest_counts(urls, *read_manifest(urls, manifest))
 
 
 def batches_per_rank(samples: list[list[int]], batch_size: int, finished_ok: bool = False) -> int:
@@ -467,16 +418,16 @@ class ClipStream:
                              "or use fewer workers")
         # counts for the epoch plan (non-resampled); feature shapes for kind "features" (any mode)
         needs_manifest = cfg.kind == "features" or not cfg.resampled
-        manifest, contents = read_manifest(self.urls, cfg.manifest) if needs_manifest else ("", {})
-        self.counts = None if cfg.resampled else manifest_counts(self.urls, manifest, contents)
+        manifest = ShardManifest.of_shards(self.urls, cfg.manifest) if needs_manifest else None
+        self.counts = None if manifest is None or cfg.resampled else manifest.counts(self.urls)
         self.numbering = None if cfg.resampled else SampleNumbering.of(self.urls, self.counts)
         # picklable (module-level functions and partials), should a DataLoader ever spawn its workers
         if cfg.kind == "features":
-            layout = feature_layout(contents, cfg.feature_modalities, manifest)
+            layout = feature_layout(manifest, cfg.feature_modalities)
             self.decode, self.collate = functools.partial(decode_feature_sample, layout=layout), collate_feature_clips
         else:
-            if contents.get("format") == FEATURE_MANIFEST_FORMAT:
-                raise ValueError(f"manifest {manifest} describes feature shards (format {FEATURE_MANIFEST_FORMAT!r}), "
+            if manifest is not None and manifest.is_features:
+                raise ValueError(f"manifest {manifest.where} describes feature shards (format {manifest.format!r}), "
                                  "but DataConfig.kind is 'clips': set DataConfig.kind='features'")
             cache = DecodeCache(cfg.decode_cache, cfg.decode) if cfg.decode_cache else None
             modalities = check_modalities(modalities, "the stream's modalities")
