@@ -174,7 +174,7 @@ def _backbones(path: str, pretrained: Pretrained, modalities: tuple[str, ...]):
     if not Path(path).is_file():
         raise FileNotFoundError(f"backbones file not found: {path} (pass --backbones)")
     # older runs also list backbones of modalities the model never used: only the model's are built and compared
-    return frozen_backbones(pretrained.meta.get("backbones"), modalities, yaml=path)
+    return frozen_backbones(pretrained.meta.backbones, modalities, yaml=path)
 
 
 def number_of_classes(parts: list[LabelledFeatures]) -> int:
@@ -421,12 +421,12 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
         agreement = code_agreement(every_clip, "audio", "video", data["data"].classes)[1]
     primary = data["data"].report() if "data" in data else {"clips": {}, "classes": 0}
     return {
-        "checkpoint": str(pretrained.checkpoint), "task": pretrained.meta.get("task", "unicode"),
+        "checkpoint": str(pretrained.checkpoint), "task": pretrained.meta.task,
         "step": pretrained.step, "tasks": list(tasks), "classes": primary["classes"], "clips": primary["clips"],
         "datasets": {name: dataset.report() for name, dataset in data.items()},
         "shared_classes": {task: names for task, (names, _) in shared.items()},
-        "switches": checkpoint_switches(pretrained.meta.get("model_config", {})),
-        "stage": checkpoint_stage(pretrained.meta.get("model_config", {})),
+        "switches": checkpoint_switches(pretrained.meta.model_config or {}),
+        "stage": checkpoint_stage(pretrained.meta.model_config or {}),
         "toc": None if toc is None else {"dims": toc.selected.tolist(), "lambda": cfg.toc.balance,
                                          "normalize": cfg.toc.normalize},
         "probes": [dataclasses.asdict(r) | {"direction": r.direction} for r in results],
@@ -560,7 +560,7 @@ def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, m
     tracking = dataclasses.replace(job.tracking, run_name=f"evaluate-{files[0].parent.name}", flush_interval_s=0.0,
                                    system_metrics=False)
     tracker = Tracker(tracking, pretrained.run_dir)
-    parent = pretrained.meta.get("mlflow_run_id")
+    parent = pretrained.meta.mlflow_run_id
     tags = {"phase": "evaluate", "checkpoint": str(pretrained.checkpoint), "checkpoint_step": pretrained.step}
     if parent:
         tags |= {"mlflow.parentRunId": parent, "pretrain_run_id": parent}
@@ -641,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(json_path).write_text(json.dumps(report, indent=1))
     if cfg.tracking:
         run_id = log_to_mlflow(pretrained, job, cfg, metrics, files)
-        print(f"MLflow run {run_id} (parent {pretrained.meta.get('mlflow_run_id')}) in "
+        print(f"MLflow run {run_id} (parent {pretrained.meta.mlflow_run_id}) in "
               f"{Tracker(job.tracking, pretrained.run_dir).tracking_uri}")
     return 0
 

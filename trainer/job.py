@@ -31,7 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from trainer.backbones import BackbonesConfig, load_backbones_config
-from trainer.checkpoint import MODEL_FILE, CheckpointError, CheckpointManager, resolve_checkpoint
+from trainer.checkpoint import MODEL_FILE, CheckpointError, CheckpointManager, read_meta, resolve_checkpoint
 from trainer.config import ConfigError, build_config, load_config, to_dict
 from trainer.data.manifest import ShardManifest
 from trainer.data.stream import DataConfig, data_source, expand_shard_urls
@@ -321,7 +321,7 @@ def check_resume_data(cfg: JobConfig, ckpt: Path) -> None:
     shards, shuffled the same way. Another world size, number of workers or batch size per rank is fine: that
     resume is elastic (trainer/checkpoint.py, rule 6)."""
     try:
-        saved = CheckpointManager.read_meta(ckpt).get("data_source")
+        saved = read_meta(ckpt).data_source
     except CheckpointError:
         return   # the resume reports it (run.resume=auto falls back to an older checkpoint)
     if not saved:   # an in-memory source, or a checkpoint written before meta.json recorded it

@@ -117,7 +117,7 @@ class CMGModel:
             decode, source, base_dir = DecodeConfig(**config["decode"]), config["source"], path
         else:
             pretrained = load_pretrained(path)
-            task, model_config = pretrained.meta.get("task", "unicode"), pretrained.meta["model_config"]
+            task, model_config = pretrained.meta.task, pretrained.meta.model_config
             model, (records, decode) = pretrained.model, _training_media(pretrained)
             source = {"checkpoint": str(pretrained.checkpoint.resolve()), "step": pretrained.step}
             base_dir = None
@@ -344,7 +344,7 @@ def _training_media(pretrained: Any) -> tuple[dict[str, Any] | None, DecodeConfi
         print(f"[cmg] {pretrained.run_dir / RESOLVED_CONFIG_FILE} not found: decoding media with the default "
               "data.decode settings, which may not be the training's", file=sys.stderr)
     job = read_run_config(pretrained.run_dir)
-    records, decode = pretrained.meta.get("backbones"), job.data.decode
+    records, decode = pretrained.meta.backbones, job.data.decode
     if job.data.kind == "features":
         try:
             manifest = ShardManifest.of_shards(expand_shard_urls(job.data.urls), job.data.manifest)

@@ -21,7 +21,7 @@ from trainer.programs.bench.jobs import PretrainConfig, bench_job, pretrain  # n
 from trainer.checkpoint import write_manifest
 from trainer.config import ConfigError, to_dict  # noqa: E402
 from trainer.data import DataConfig  # noqa: E402
-from trainer.data.features import encode_npy
+from trainer.data.features import encode_npy  # noqa: E402
 from trainer.data.manifest import FEATURE_FORMAT  # noqa: E402
 from trainer.eval.encode import (  # noqa: E402
     LabelledFeatures, encode_modality, encode_split, load_pretrained, model_config_from_dict, read_shard_features,
@@ -80,7 +80,7 @@ def _write_run(run, model, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     ckpt = run / "checkpoints" / "step_00000008"
     ckpt.mkdir(parents=True)
     torch.save(model.state_dict(), ckpt / "model.pt")
-    (ckpt / "meta.json").write_text(json.dumps({"step": 8, "mlflow_run_id": None, **meta}))
+    (ckpt / "meta.json").write_text(json.dumps({"step": 8, "world_size": 1, "mlflow_run_id": None, **meta}))
     write_manifest(ckpt)
     (run / "checkpoints" / "latest").write_text(ckpt.name)
     np.savez(run / "public.npz", **arrays)
