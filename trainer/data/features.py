@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.data.batch import Batch
 from trainer.data.collate import collate_annotations
 from trainer.data.manifest import FEATURE_FORMAT, ShardManifest
 from trainer.data.decode import (
@@ -148,13 +149,13 @@ def pad_tokens(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor
     return tokens, mask
 
 
-def collate_feature_clips(clips: Sequence[FeatureClip], is_pad: Sequence[bool] | None = None) -> dict[str, Any]:
+def collate_feature_clips(clips: Sequence[FeatureClip], is_pad: Sequence[bool] | None = None) -> Batch:
     """Feature clips -> the feature batch: ``video (b t d)|(b t p d)``, ``audio (b t d)``, ``text (b l d)`` +
     ``text_mask (b l)`` (zero-padded to the longest caption), and the clip batch's other entries (key, url,
     caption, labels, labelled, is_pad), features instead of media."""
     if is_pad is not None and len(clips) != len(is_pad):
         raise ValueError(f"{len(clips)} clips but {len(is_pad)} pad flags")
-    batch: dict[str, Any] = collate_annotations(clips)
+    batch = collate_annotations(clips)
     for modality in clips[0].features:
         arrays = [c.features[modality] for c in clips]
         if modality == "text":

@@ -65,6 +65,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer import distributed
+from trainer.data.batch import Batch
 from trainer.data.cache import DecodeCache
 from trainer.data.collate import COUNTER_INDEX, COUNTER_NAMES, collate_samples
 from trainer.data.decode import (
@@ -384,8 +385,8 @@ def _worker_init(_: int) -> None:
 class ClipStream:
     """The rank's batches, one epoch per ``iter()``; stateful (seed, epoch, position) and resumable.
 
-    ``cfg.kind`` picks the shards' decoder and collate function (clip or feature batches, see
-    ``trainer/data/__init__.py``). ``transform``, if given, maps each batch in this process after the
+    ``cfg.kind`` picks the shards' decoder and collate function (clip or feature ``Batch``es,
+    trainer/data/batch.py). ``transform``, if given, maps each batch in this process after the
     stream's bookkeeping (e.g. frozen backbones on the GPU, see ``feature_batches``). ``modalities`` (kind "clips"):
     those decoded into each batch (``trainer.data.decode.SAMPLE_MODALITIES``; a sample lacking one is skipped as
     "missing_member"); without ``text`` among them a caption is read where present (None otherwise). json and txt
@@ -402,7 +403,7 @@ class ClipStream:
     """
 
     def __init__(self, cfg: DataConfig, rank: int | None = None, world_size: int | None = None,
-                 transform: Callable[[dict], dict] | None = None, modalities: Sequence[str] = CLIP_MODALITIES,
+                 transform: Callable[[Batch], Batch] | None = None, modalities: Sequence[str] = CLIP_MODALITIES,
                  whole_clips: bool = False):
         cfg.validate()
         self.cfg, self.transform = cfg, transform
@@ -474,7 +475,7 @@ class ClipStream:
     def __len__(self) -> int:
         return self.plan(self.epoch)[0]
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Batch]:
         total, plans = self.plan(self.epoch)
         source = _EpochSource(self.cfg, self.decode, self.collate, self.seed, self.epoch, self.rank, plans, total,
                               self.position, [list(c) for c in self.cursors], self.numbering, self.excluded)
@@ -587,7 +588,7 @@ def saved_counters(saved: Mapping[str, int] | list[int]) -> np.ndarray:
     return np.array([int(saved.get(name, 0)) for name in COUNTER_NAMES], np.int64)
 
 
-def _media_to_features(backbones: FrozenBackbones, batch: dict, window: int | None = None) -> dict:
+def _media_to_features(backbones: FrozenBackbones, batch: Batch, window: int | None = None) -> Batch:
     """A clip batch with its decoded media replaced by the backbones' features (the feature-shard keys). ``window``:
     video and audio longer than that many seconds (whole clips) go through the backbones in consecutive windows of
     it, zero-padded past the end, as training gave them its windows (a backbone that attends across seconds, e.g. an
