@@ -108,7 +108,8 @@ class ShardManifest:
         optional = {"feature_shapes": self.feature_shapes, "backbones": self.backbones, "released": self.released,
                     "modalities": self.modalities}
         return {"format": self.format, "shards": [s.to_json() for s in self.shards], "total": self.total,
-                **({"decode": self.decode} if self.is_features else {}),   # null: a retrieval set (no window)
+                # a feature manifest always says its decode window (null: a retrieval set's items have none)
+                **({"decode": self.decode} if self.is_features or self.decode is not None else {}),
                 **{key: value for key, value in optional.items() if value is not None}, **self.details}
 
     def write(self, directory: str | Path) -> Path:
