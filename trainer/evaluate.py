@@ -360,11 +360,9 @@ def run_zero_shot_retrieval(pretrained: Pretrained, spec: str, src: SourceConfig
         except ValueError:
             manifest = None
         features[name] = manifest is not None and manifest.is_features
-        if features[name]:
-            text = ["text"] if manifest.released_value("captions") else []
-            kinds = {"+".join([*(manifest.feature_shapes or {}), *text]): 1}
-        else:
-            kinds = manifest.modalities if manifest is not None else None
+        text = ["text"] if manifest is not None and manifest.released_value("captions") else []
+        kinds = {"+".join([*(manifest.feature_shapes or {}), *text]): 1} if features[name] else \
+            (manifest.modalities if manifest is not None else None)
         held[name] = {m for kind in kinds for m in kind.split("+")} if isinstance(kinds, dict) else None
     coder = CMGModel.from_pretrained(pretrained.checkpoint, backbones=src.backbones or None)
     seen = trained_pairs(pretrained.model)
