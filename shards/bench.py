@@ -152,7 +152,7 @@ def supply_and_demand(name: str, workload: Workload, tmp: Path, steps: int, thre
     synthesise(workload.source, clips, progress=False)
     manifest = write_shards(clips, f"{tmp}/{name}-shards/train-%06d.tar", max_count=workload.source.num_clips,
                             progress=False)
-    urls = [f"{tmp}/{name}-shards/{Path(s['name']).name}" for s in manifest["shards"]]
+    urls = [f"{tmp}/{name}-shards/{s.name}" for s in manifest.shards]
     samples = list(wds.tarfile_to_samples()(iter([{"url": u} for u in urls])))
     torch.set_num_threads(1)                                   # supply: one DataLoader worker's core
     decode_sample(samples[0], decode_cfg)                      # warm-up (decord's first open)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         shard_count = max(1, a.workers)
         manifest = write_shards(Path(tmp) / "clips", f"{tmp}/shards/train-%06d.tar",
                                 max_count=-(-a.clips // shard_count), progress=False)
-        urls = f"{tmp}/shards/train-{{000000..{len(manifest['shards']) - 1:06d}}}.tar"
+        urls = f"{tmp}/shards/train-{{000000..{len(manifest.shards) - 1:06d}}}.tar"
         samples = list(wds.tarfile_to_samples()(iter([{"url": u} for u in wds.shardlists.expand_urls(urls)])))
         n = len(samples)
         pairs = {kind: pair_samples(replace(synth, pairs=kind), Path(tmp) / kind) for kind in ("image+text",

@@ -31,9 +31,10 @@ from typing import Any, Literal
 import yaml
 
 from trainer.backbones import BackbonesConfig, load_backbones_config
-from trainer.checkpoint import MODEL_FILE, CheckpointError, CheckpointManager, resolve_checkpoint
+from trainer.checkpoint import MODEL_FILE, CheckpointError, CheckpointManager, read_meta, resolve_checkpoint
 from trainer.config import ConfigError, build_config, load_config, to_dict
-from trainer.data.stream import DataConfig, data_source, expand_shard_urls, manifest_counts, read_manifest
+from trainer.data.manifest import ShardManifest
+from trainer.data.stream import DataConfig, data_source, expand_shard_urls
 from trainer.eval.during_training import TrainingProbeConfig, probe_metric_names
 from trainer.models.comet import COMETConfig
 from trainer.models.fccid import FCCIDConfig
@@ -246,11 +247,11 @@ def source_feature_shapes(cfg: JobConfig, backbones: BackbonesConfig | None) -> 
         urls = expand_shard_urls(cfg.data.urls)
         if not urls:
             raise ConfigError(f"data.urls: {cfg.data.urls!r} expands to no shard")
-        manifest = read_manifest(urls, cfg.data.manifest)[1]
-        if "feature_shapes" not in manifest:
+        manifest = ShardManifest.of_shards(urls, cfg.data.manifest)
+        if manifest.feature_shapes is None:
             raise ConfigError(f"data.urls: the manifest of {cfg.data.urls!r} has no feature_shapes "
                               "(is it a clip-shard manifest? set data.kind=clips)")
-        return {m: tuple(s) for m, s in manifest["feature_shapes"].items()}
+        return {m: tuple(s) for m, s in manifest.feature_shapes.items()}
     if backbones is None:
         raise ConfigError(f"data.kind={cfg.data.kind!r}: give the feature shapes of an in-memory source")
     from trainer.backbones import FrozenBackbones
@@ -320,7 +321,7 @@ def check_resume_data(cfg: JobConfig, ckpt: Path) -> None:
     shards, shuffled the same way. Another world size, number of workers or batch size per rank is fine: that
     resume is elastic (trainer/checkpoint.py, rule 6)."""
     try:
-        saved = CheckpointManager.read_meta(ckpt).get("data_source")
+        saved = read_meta(ckpt).data_source
     except CheckpointError:
         return   # the resume reports it (run.resume=auto falls back to an older checkpoint)
     if not saved:   # an in-memory source, or a checkpoint written before meta.json recorded it
@@ -390,12 +391,12 @@ def validate_job(cfg: JobConfig, *, data_files: bool = True, init_from: bool = T
         if not urls:
             raise ConfigError(f"data.urls: {cfg.data.urls!r} expands to no shard")
         try:
-            manifest, contents = read_manifest(urls, cfg.data.manifest)
+            manifest = ShardManifest.of_shards(urls, cfg.data.manifest)
         except ValueError as err:
             raise ConfigError(f"data: {err}") from err
         if not cfg.data.resampled:   # the epoch plan counts every shard's samples from the manifest
             try:
-                manifest_counts(urls, manifest, contents)
+                manifest.counts(urls)
             except ValueError as err:
                 raise ConfigError(f"data.urls: {err} (every shard of data.urls must be listed in the manifest "
                                   "written with the shards: check the brace range, or data.manifest)") from None
@@ -418,7 +419,7 @@ def check_training_probe(cfg: JobConfig, data_files: bool = True) -> None:
                 urls = expand_shard_urls(probe.urls)
                 if not urls:
                     raise ValueError("expands to no shard")
-                read_manifest(urls, probe.manifest)
+                ShardManifest.of_shards(urls, probe.manifest)
             except ValueError as err:
                 raise ConfigError(f"eval.urls: {probe.urls!r}: {err}") from None
     if cfg.run.keep_best:
