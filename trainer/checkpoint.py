@@ -375,7 +375,7 @@ class RunCheckpoints:
             notes += [f"re-split over the new layout: {', '.join(resplit)}"] if resplit else []
             notes += ["every other part from rank 0"] if own is None else []
             print(f"[cmg] elastic resume from {ckpt} (step {meta.step}): {'; '.join(notes)} (not bit-exact: see "
-                  "README, Elastic resume)", flush=True)
+                  "docs/training.md, Elastic resume)", flush=True)
         return ckpt
 
     def save(self, step: int, meta: CheckpointMeta) -> Path:
