@@ -24,13 +24,19 @@ clips/s on one core (one DataLoader worker), and a full PyAV decode of the same 
 rounds that interleave the two). Their
 quotient is the number of decoding cores one training process needs. The paper's backbones are not in its demand:
 VGG-19 and VGGish run once, offline, in ``shards.extract`` (their cost: ``trainer.programs.bench.backbones``).
+
+``--json FILE`` writes every figure, with the command and the machine's load; ``--markdown FILE`` writes both tables
+as a generated docs page (docs/performance/decode.md), and ``--from-json FILE --markdown PAGE`` renders a saved JSON
+again without measuring.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -148,7 +154,7 @@ def supply_and_demand(name: str, workload: Workload, tmp: Path, steps: int, thre
     synthesise(workload.source, clips, progress=False)
     manifest = write_shards(clips, f"{tmp}/{name}-shards/train-%06d.tar", max_count=workload.source.num_clips,
                             progress=False)
-    urls = [f"{tmp}/{name}-shards/{Path(s['name']).name}" for s in manifest["shards"]]
+    urls = [f"{tmp}/{name}-shards/{s.name}" for s in manifest.shards]
     samples = list(wds.tarfile_to_samples()(iter([{"url": u} for u in urls])))
     torch.set_num_threads(1)                                   # supply: one DataLoader worker's core
     decode_sample(samples[0], decode_cfg)                      # warm-up (decord's first open)
@@ -167,25 +173,51 @@ def supply_and_demand(name: str, workload: Workload, tmp: Path, steps: int, thre
         backbones_s = _median_seconds(lambda: backbones.encode(batch), steps)
     step_s = training_demand(job, shapes, decode_cfg.seconds, steps)
     demand = job.data.batch_size / (step_s + backbones_s)
-    return {"name": name, "batch": job.data.batch_size, "step_s": step_s, "backbones_s": backbones_s,
-            "demand": demand, "decode": 1 / decode_s, "pyav": 1 / pyav_s, "cores": demand * decode_s,
-            "decode_cfg": decode_cfg, "source": workload.source}
+    src = workload.source
+    return {"name": name, "source": f"{src.seconds} s {src.fps} fps {src.size} px",
+            "decode": f"{decode_cfg.seconds} x {decode_cfg.frames_per_segment} @ {decode_cfg.frame_size}",
+            "batch": job.data.batch_size, "step_s": step_s, "backbones_s": backbones_s, "demand": demand,
+            "decode_per_core": 1 / decode_s, "pyav_per_core": 1 / pyav_s, "cores": demand * decode_s}
 
 
-def print_supply_and_demand(rows: list[dict], threads: int) -> None:
-    print(f"\nSupply and demand: clips/s one training process consumes (per-rank batch / main-process time per step, "
-          f"{threads} torch threads) vs clips/s one core decodes")
-    print(f"| {'workload':8s} | {'source clips':>18s} | {'decode T x F @ px':>17s} | {'batch':>5s} | {'step s':>7s} | "
-          f"{'backbones s':>11s} | {'consumes':>8s} | {'decode/core':>11s} | {'PyAV/core':>9s} | {'cores':>5s} |")
-    print("|" + "|".join("-" * width for width in (10, 20, 19, 7, 9, 13, 10, 13, 11, 7)) + "|")
-    for r in rows:
-        src, dec = r["source"], r["decode_cfg"]
-        print(f"| {r['name']:8s} | {f'{src.seconds} s {src.fps} fps {src.size} px':>18s} | "
-              f"{f'{dec.seconds} x {dec.frames_per_segment} @ {dec.frame_size}':>17s} | {r['batch']:5d} | "
-              f"{r['step_s']:7.3f} | {r['backbones_s']:11.3f} | {r['demand']:8.1f} | {r['decode']:11.1f} | "
-              f"{r['pyav']:9.1f} | {r['cores']:5.2f} |")
-    print("consumes = clips/s; cores = decoding cores (decode_sample, one per DataLoader worker) one training process "
-          "needs to never wait for data")
+def decode_table(result: dict) -> list[str]:
+    """The decode table (markdown lines) of a result as ``--json`` writes it."""
+    reference = result["rates"][PYAV_ROW]
+    lines = [result["setting"], "", "| path | clips/s | ms/clip | vs PyAV full decode |", "|---|---|---|---|"]
+    lines += [f"| {name} | {rate:.1f} | {1000 / rate:.1f} | {rate / reference:.2f}x |"
+              for name, rate in result["rates"].items()]
+    per_worker = result["rates"][result["stream_row"]] / max(1, result["workers"])
+    lines += ["", f"ClipStream per worker: {per_worker:.1f} clips/s ({per_worker / reference:.2f}x PyAV full decode), "
+              f"{result['cores']} usable cores"]
+    return lines
+
+
+def supply_table(result: dict) -> list[str]:
+    """The supply/demand table (markdown lines); none when no workload ran."""
+    if not result["supply"]:
+        return []
+    lines = [f"Supply and demand: clips/s one training process consumes (per-rank batch / main-process time per step, "
+             f"{result['threads']} torch threads) vs clips/s one core decodes", "",
+             "| workload | source clips | decode T x F @ px | batch | step s | backbones s | consumes clips/s | "
+             "decode clips/s per core | PyAV full decode per core | decoding cores per training process |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['source']} | {r['decode']} | {r['batch']} | {r['step_s']:.3f} | "
+              f"{r['backbones_s']:.3f} | {r['demand']:.1f} | {r['decode_per_core']:.1f} | {r['pyav_per_core']:.1f} | "
+              f"{r['cores']:.2f} |" for r in result["supply"]]
+    return lines + ["", "consumes = clips/s; cores = decoding cores (decode_sample, one per DataLoader worker) one "
+                    "training process needs to never wait for data"]
+
+
+def markdown(result: dict) -> str:
+    """The generated docs page: the command, the load it ran under, both tables."""
+    command = result["command"]
+    load = result["load"]
+    return "\n".join([
+        f"<!-- written by `{command}`; re-run it to update this page, do not edit by hand -->",
+        "# Decode throughput, and decoding supply against training demand", "", f"Command: `{command}`", "",
+        f"Load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end; ratios compare rows of this "
+        "run, so they mean something on any machine, absolute rates only on this one.", "",
+        *decode_table(result), "", *supply_table(result)]) + "\n"
 
 
 def pair_samples(synth: SynthConfig, folder: Path) -> list[dict[str, bytes | str]]:
@@ -206,11 +238,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help=f"comma list of {list(WORKLOADS)} for the supply/demand table ('' = none)")
     p.add_argument("--steps", type=int, default=3, help="timed training steps per workload (after one warm-up)")
+    p.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    p.add_argument("--markdown", default=None, help="also write both tables as a generated docs page")
+    p.add_argument("--from-json", default=None, metavar="FILE",
+                   help="measure nothing: render FILE (written by --json) again, to --markdown")
     a = p.parse_args(argv)
+    if a.from_json:
+        if not a.markdown:
+            p.error("--from-json needs --markdown")
+        Path(a.markdown).write_text(markdown(json.loads(Path(a.from_json).read_text())))
+        return 0
     workloads = [w for w in a.workloads.split(",") if w]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         p.error(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
+    load_start = os.getloadavg()[0]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     decode_cfg = replace(DecodeConfig(), seconds=a.seconds)
@@ -220,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         shard_count = max(1, a.workers)
         manifest = write_shards(Path(tmp) / "clips", f"{tmp}/shards/train-%06d.tar",
                                 max_count=-(-a.clips // shard_count), progress=False)
-        urls = f"{tmp}/shards/train-{{000000..{len(manifest['shards']) - 1:06d}}}.tar"
+        urls = f"{tmp}/shards/train-{{000000..{len(manifest.shards) - 1:06d}}}.tar"
         samples = list(wds.tarfile_to_samples()(iter([{"url": u} for u in wds.shardlists.expand_urls(urls)])))
         n = len(samples)
         pairs = {kind: pair_samples(replace(synth, pairs=kind), Path(tmp) / kind) for kind in ("image+text",
@@ -244,21 +286,24 @@ def main(argv: list[str] | None = None) -> int:
             stream_name: stream_epoch,
         }
         rates = _median_rates(n, rows, a.repeats)
-    reference = rates[PYAV_ROW]
-    print(f"clips: {n} x {a.seconds} s, {a.fps} fps, {a.size}x{a.size}, AAC 16 kHz; decode T={decode_cfg.seconds} "
-          f"F={decode_cfg.frames_per_segment} size={decode_cfg.frame_size} sr={decode_cfg.sample_rate}; "
-          f"median of {a.repeats}; 1 thread per process")
-    print(f"| {'path':45s} | {'clips/s':>8s} | {'ms/clip':>8s} | {'vs PyAV full':>12s} |")
-    print(f"|{'-' * 47}|{'-' * 10}|{'-' * 10}|{'-' * 14}|")
-    for name, rate in rates.items():
-        print(f"| {name:45s} | {rate:8.1f} | {1000 / rate:8.1f} | {rate / reference:11.2f}x |")
-    per_worker = rates[stream_name] / max(1, a.workers)
-    print(f"ClipStream per worker: {per_worker:.1f} clips/s ({per_worker / reference:.2f}x PyAV full decode), "
-          f"{len(os.sched_getaffinity(0))} usable cores")
+    supply = []
     if workloads:
         with tempfile.TemporaryDirectory(prefix="cmg-bench-") as tmp:
-            rows = [supply_and_demand(w, WORKLOADS[w], Path(tmp), a.steps, threads) for w in workloads]
-        print_supply_and_demand(rows, threads)
+            supply = [supply_and_demand(w, WORKLOADS[w], Path(tmp), a.steps, threads) for w in workloads]
+    command = "python -m shards.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    result = {"command": command, "load": [load_start, os.getloadavg()[0]], "threads": threads,
+              "cores": len(os.sched_getaffinity(0)), "workers": a.workers, "stream_row": stream_name,
+              "setting": f"clips: {n} x {a.seconds} s, {a.fps} fps, {a.size}x{a.size}, AAC 16 kHz; decode "
+                         f"T={decode_cfg.seconds} F={decode_cfg.frames_per_segment} size={decode_cfg.frame_size} "
+                         f"sr={decode_cfg.sample_rate}; median of {a.repeats} interleaved rounds; 1 thread per process",
+              "rates": rates, "supply": supply}
+    print("\n".join(decode_table(result)))
+    if supply:
+        print("\n" + "\n".join(supply_table(result)))
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=1))
+    if a.markdown:
+        Path(a.markdown).write_text(markdown(result))
     return 0
 
 

@@ -18,7 +18,8 @@
 
 The layouts and how each becomes labels are in trainer/data/released.py. ``--out DIR`` receives, per split, shards
 ``SPLIT-000000.tar``, ``SPLIT-000001.tar``, ... of ``--clips-per-shard`` clips each (the last one fewer) in the
-metadata's order, and one ``manifest.json`` (format ``FEATURE_MANIFEST_FORMAT``) listing every shard with its split:
+metadata's order, and one ``manifest.json`` (format ``FEATURE_FORMAT`` of trainer/data/manifest.py) listing every
+shard with its split:
 train on one split with ``data.kind=features data.urls='DIR/train-{000000..000093}.tar'`` (the command prints the
 pattern of each split). Splits: VGGSound-AVEL's ``split`` column (train/val/test: 24K = train, 40K = all three),
 AVE's order files, and ``--split NAME`` (default ``all``) for sets without one. Members of a clip (the feature-shard
@@ -69,13 +70,13 @@ from tqdm import tqdm
 from shards.cli import convert_parser
 from shards.extract import output_samples
 from trainer.configs.data import DecodeConfig
-from trainer.data.features import FEATURE_MANIFEST_FORMAT, FeatureError, PublicFeatureConfig
+from trainer.data.features import FeatureError, PublicFeatureConfig
+from trainer.data.manifest import FEATURE_FORMAT, MANIFEST_NAME, ShardEntry, ShardManifest
 from trainer.data.released import (
     FEATURE_SHAPES, SECONDS, AVEConfig, AVESet, AVVPConfig, AVVPSet, ReleasedClip, ReleasedFormatError, ReleasedSet,
     ZipSet, ZipSetConfig,
 )
 from trainer.data.released_pairs import PAIR_SETS, PairSet, PairSetConfig
-from trainer.data.stream import MANIFEST_NAME
 
 STATE_NAME = "convert-state.json"
 STATE_FORMAT = "cmg-trainer-convert-state/1"
@@ -275,7 +276,7 @@ def split_urls(names: list[str]) -> str:
 
 
 def build_manifest(source: ReleasedSet, plans: list[ShardPlan], ledger: Ledger, cfg: ConvertConfig,
-                   text: PromptEncoder | None) -> dict[str, Any]:
+                   text: PromptEncoder | None) -> ShardManifest:
     records = [(p, ledger.state["shards"][p.name]) for p in plans]
     variable = getattr(source, "variable_length", False)
     recorded = next((e["shapes"] for _, e in records if e.get("shapes")), {})
@@ -293,14 +294,12 @@ def build_manifest(source: ReleasedSet, plans: list[ShardPlan], ledger: Ledger, 
     for _, entry in records:
         fitted.update(entry["fitted"])
     skipped = [clip for _, entry in records for clip in entry["skipped"]]
-    return {
-        "format": FEATURE_MANIFEST_FORMAT,
-        "shards": [{"name": p.name, "samples": e["samples"], "split": p.split} for p, e in records],
-        "total": sum(e["samples"] for _, e in records), "skipped": len(skipped),
-        "backbones": backbones, "feature_shapes": shapes,
+    return ShardManifest(
+        FEATURE_FORMAT, [ShardEntry(p.name, e["samples"], {"split": p.split}) for p, e in records],
+        sum(e["samples"] for _, e in records), feature_shapes=shapes,
         # a retrieval set's items vary in length: no decode window (None)
-        "decode": None if variable else dataclasses.asdict(DecodeConfig(seconds=SECONDS)), "dtype": cfg.dtype,
-        "released": {
+        decode=None if variable else dataclasses.asdict(DecodeConfig(seconds=SECONDS)), backbones=backbones,
+        released={
             "set": source.kind, "classes": source.classes, "num_classes": len(source.classes), "labels": source.labels,
             "captions": source.captions,
             "splits": {s: {"urls": split_urls(v["shards"]), "shards": len(v["shards"]), "samples": v["samples"]}
@@ -308,7 +307,7 @@ def build_manifest(source: ReleasedSet, plans: list[ShardPlan], ledger: Ledger, 
             "fitted": dict(sorted(fitted.items())), "skipped_clips": skipped,
             "arguments": ledger.state["arguments"],
         },
-    }
+        details={"skipped": len(skipped), "dtype": cfg.dtype})
 
 
 def convert(source: ReleasedSet, set_config: SetConfig, cfg: ConvertConfig) -> dict[str, Any]:
@@ -358,7 +357,7 @@ def convert_locked(source: ReleasedSet, plans: list[ShardPlan], arguments: dict[
     manifest = None
     if remaining == 0:
         manifest = build_manifest(source, plans, ledger, cfg, text)
-        (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        manifest.write(out_dir)
     return {"manifest": manifest, "written": written, "remaining": remaining}
 
 
@@ -428,12 +427,12 @@ def open_set(set_config: SetConfig, kind: str) -> ReleasedSet:
     return AVESet(set_config)
 
 
-def summary(manifest: dict[str, Any], out: str) -> str:
-    released = manifest["released"]
-    lines = [f"{released['set']}: {manifest['total']} items ({released['num_classes']} classes) in "
-             f"{len(manifest['shards'])} shards in {out}; {manifest['skipped']} skipped; "
-             f"features {', '.join(f'{m} {tuple(s)}' for m, s in manifest['feature_shapes'].items())} "
-             f"{manifest['dtype']}"]
+def summary(manifest: ShardManifest, out: str) -> str:
+    released = manifest.released
+    lines = [f"{released['set']}: {manifest.total} items ({released['num_classes']} classes) in "
+             f"{len(manifest.shards)} shards in {out}; {manifest.details['skipped']} skipped; "
+             f"features {', '.join(f'{m} {tuple(s)}' for m, s in manifest.feature_shapes.items())} "
+             f"{manifest.details['dtype']}"]
     if released["fitted"]:
         lines.append("fitted to 10 s: " + ", ".join(f"{k} {n}" for k, n in released["fitted"].items()))
     for clip in released["skipped_clips"]:
@@ -442,9 +441,9 @@ def summary(manifest: dict[str, Any], out: str) -> str:
     for split, info in released["splits"].items():
         lines.append(f"  {split:<6} {info['samples']:>7} clips  data.urls='{urls[split]}'")
     if len(urls) > 1:
-        lines.append(f"  {'every':<6} {manifest['total']:>7} clips  data.urls='{'::'.join(urls.values())}'")
-    modalities = ",".join(manifest["feature_shapes"])
-    if manifest["decode"] is None:     # a retrieval set (trainer/data/released_pairs.py)
+        lines.append(f"  {'every':<6} {manifest.total:>7} clips  data.urls='{'::'.join(urls.values())}'")
+    modalities = ",".join(manifest.feature_shapes)
+    if manifest.decode is None:     # a retrieval set (trainer/data/released_pairs.py)
         lines.append(f"rank it: python -m trainer.evaluate RUN --tasks zero_shot_retrieval --retrieval-data "
                      f"'{released['set']}={'::'.join(urls.values())}'")
     else:

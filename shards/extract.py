@@ -37,10 +37,10 @@ from tqdm import tqdm
 from shards.cli import extract_parser
 from trainer.backbones import FrozenBackbones, config_to_dict, load_backbones_config
 from trainer.data.collate import collate_samples
-from trainer.data.decode import CorruptSample, decode_sample
 from trainer.configs.data import DecodeConfig
-from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy
-from trainer.data.stream import MANIFEST_NAME, load_manifest_counts
+from trainer.data.decode import CorruptSample, decode_sample
+from trainer.data.features import encode_npy
+from trainer.data.manifest import FEATURE_FORMAT, ShardEntry, ShardManifest
 
 
 def launch_rank() -> tuple[int, int]:
@@ -167,8 +167,9 @@ def extract(src: str, backbones_yaml: str, out: str, batch_size: int = 16, num_w
     out_dir = Path(out).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = [(i, url) for i, url in enumerate(urls)][rank::world_size]
+    mine_urls = [url for _, url in mine]
     try:
-        expected = sum(load_manifest_counts([url for _, url in mine], "")) if mine else 0
+        expected = sum(ShardManifest.of_shards(mine_urls).counts(mine_urls)) if mine else 0
     except ValueError:   # no manifest next to the clip shards: the bar runs without a total
         expected = None
     backbones = FrozenBackbones(load_backbones_config(backbones_yaml), device or default_device())
@@ -221,7 +222,7 @@ def wait_for_files(paths: list[Path], timeout_s: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def merge_manifest_parts(out_dir: Path, world_size: int, timeout_s: float) -> dict:
+def merge_manifest_parts(out_dir: Path, world_size: int, timeout_s: float) -> ShardManifest:
     """Wait for every rank's part, then write ``manifest.json`` with all shards in input order."""
     paths = [out_dir / f"manifest.rank-{r}-of-{world_size}.json" for r in range(world_size)]
     wait_for_files(paths, timeout_s, "the manifest parts")
@@ -232,13 +233,13 @@ def merge_manifest_parts(out_dir: Path, world_size: int, timeout_s: float) -> di
             if part[key] != first[key]:
                 raise ValueError(f"rank {part['rank']} extracted with a different {key} than rank 0")
     shards = sorted((s for p in parts for s in p["shards"]), key=lambda s: s["name"])
-    manifest = {
-        "format": FEATURE_MANIFEST_FORMAT,
-        "shards": shards, "total": sum(s["samples"] for s in shards),
-        "skipped": sum(p["skipped"] for p in parts),
-        **{key: first[key] for key in ("backbones", "feature_shapes", "backbones_config", "decode", "dtype")},
-    }
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = ShardManifest(
+        FEATURE_FORMAT, [ShardEntry(s["name"], s["samples"], {"source": s["source"]}) for s in shards],
+        sum(s["samples"] for s in shards), feature_shapes=first["feature_shapes"], decode=first["decode"],
+        backbones=first["backbones"],
+        details={"skipped": sum(p["skipped"] for p in parts), "backbones_config": first["backbones_config"],
+                 "dtype": first["dtype"]})
+    manifest.write(out_dir)
     return manifest
 
 

@@ -22,7 +22,6 @@ Exits 1 if anything is bad, else 0.
 from __future__ import annotations
 
 import glob
-import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import webdataset as wds
 
 from shards.cli import inspect_parser
 from trainer.data.decode import CorruptSample, member_set, probe_sample, unknown_members
-from trainer.data.stream import MANIFEST_NAME, shard_name
+from trainer.data.manifest import MANIFEST_NAME, ShardManifest, shard_name
 
 
 @dataclass
@@ -73,8 +72,7 @@ def _manifest_counts(urls: list[str], manifest: str | None) -> tuple[str | None,
         if manifest:
             raise FileNotFoundError(f"manifest {manifest} not found")
         return None, {}
-    entries = json.loads(path.read_text(encoding="utf-8"))["shards"]
-    return str(path), {entry["name"]: int(entry["samples"]) for entry in entries}
+    return str(path), {entry.name: entry.samples for entry in ShardManifest.read(path).shards}
 
 
 def expand_shard_args(patterns: list[str]) -> list[str]:

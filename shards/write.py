@@ -38,7 +38,6 @@ import csv
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import webdataset as wds
@@ -49,22 +48,13 @@ from trainer.data.decode import (
     AUDIO, AUDIO_MEMBERS, CAPTION_MEMBER, CLIP_MODALITIES, KNOWN_MEMBERS, LABEL_MEMBER, TEXT, CorruptSample,
     SampleInfo, check_modalities, media_members, member_set, probe_sample, sample_modalities,
 )
-from trainer.data.stream import MANIFEST_NAME
-
-MANIFEST_FORMAT = "cmg-trainer-shards/1"
+from trainer.data.manifest import CLIP_FORMAT, ShardEntry, ShardManifest
 UNPAIRED = "unpaired"   # the manifest's reason for a stem left out because it lacks a modality (--skip-bad)
 LISTED = 20             # stems an error message lists before it says how many more there are
 
 
 class BadClip(ValueError):
     """A source sample that cannot be packed (message names the file)."""
-
-
-@dataclass
-class ShardRecord:
-    name: str
-    samples: int
-    bytes: int
 
 
 def collect_clips(src: Path) -> dict[str, dict[str, Path]]:
@@ -221,7 +211,7 @@ def pair(src: Path, modalities: tuple[str, ...], captions: dict[str, list[str]] 
 
 def write_shards(src: Path, pattern: str, max_count: int = 1000, max_size: float = 1e9, skip_bad: bool = False,
                  progress: bool = True, modalities: tuple[str, ...] = CLIP_MODALITIES,
-                 captions: dict[str, list[str]] | None = None) -> dict:
+                 captions: dict[str, list[str]] | None = None) -> ShardManifest:
     """Pack every sample of ``src`` that gives ``modalities`` into shards named by ``pattern`` (``%06d`` style), with
     ``captions`` (stem -> captions, ``read_captions``) as their txt members; returns the manifest."""
     if "%" not in Path(pattern).name:
@@ -236,7 +226,7 @@ def write_shards(src: Path, pattern: str, max_count: int = 1000, max_size: float
     if not clips:
         raise BadClip(f"{src}: no sample gives {'+'.join(modalities)} (files KEY.mp4, KEY.wav/.flac, KEY.jpg/.png/"
                       f".webp, KEY.txt, KEY.json)")
-    records: list[ShardRecord] = []
+    records: list[ShardEntry] = []
     infos: list[SampleInfo] = []
     audio_members: set[str] = set()
     member_sets: Counter[str] = Counter()
@@ -244,7 +234,7 @@ def write_shards(src: Path, pattern: str, max_count: int = 1000, max_size: float
     stored_captions = 0
 
     def finished(fname: str) -> None:
-        records.append(ShardRecord(Path(fname).name, sink.count, Path(fname).stat().st_size))
+        records.append(ShardEntry(Path(fname).name, sink.count, {"bytes": Path(fname).stat().st_size}))
 
     # encoder=False: members are written as the bytes read from the files, never re-encoded
     sink = wds.ShardWriter(pattern, maxcount=max_count, maxsize=max_size, verbose=0, post=finished, encoder=False)
@@ -282,22 +272,19 @@ def write_shards(src: Path, pattern: str, max_count: int = 1000, max_size: float
     for record in empty:
         (out_dir / record.name).unlink()
     records = [r for r in records if r.samples > 0]
-    manifest = {
-        "format": MANIFEST_FORMAT,
+    manifest = ShardManifest(CLIP_FORMAT, records, sum(r.samples for r in records),
+                             modalities=dict(modality_sets.most_common()), details={
         "source": str(src),
         "pattern": Path(pattern).name,
-        "shards": [vars(r) for r in records],
-        "total": sum(r.samples for r in records),
         "seconds": round(sum(i.seconds for i in infos if i.seconds is not None), 3),
         "media": _media_summary(infos, audio_members),
         "skipped": skipped,
-        "modalities": dict(modality_sets.most_common()),
         "members": dict(member_sets.most_common()),
         "captions": stored_captions,
         "labelled": _samples_with(LABEL_MEMBER, member_sets),
         "captioned": _samples_with(CAPTION_MEMBER, member_sets),
-    }
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    })
+    manifest.write(out_dir)
     return manifest
 
 
@@ -311,11 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     except BadClip as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    kinds = ", ".join(f"{n} {m}" for m, n in manifest["modalities"].items())
-    print(f"wrote {manifest['total']} samples ({kinds}; {manifest['seconds']:.1f} s) into {len(manifest['shards'])} "
-          f"shards in {Path(a.out).parent}; skipped {len(manifest['skipped'])}; {manifest['labelled']} labelled, "
-          f"{manifest['captioned']} captioned ({manifest['captions']} captions)")
-    for entry in manifest["skipped"]:
+    kinds = ", ".join(f"{n} {m}" for m, n in manifest.modalities.items())
+    details = manifest.details
+    print(f"wrote {manifest.total} samples ({kinds}; {details['seconds']:.1f} s) into {len(manifest.shards)} "
+          f"shards in {Path(a.out).parent}; skipped {len(details['skipped'])}; {details['labelled']} labelled, "
+          f"{details['captioned']} captioned ({details['captions']} captions)")
+    for entry in details["skipped"]:
         print(f"  skipped {entry['error']}")
     return 0
 

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-pytest_plugins = ["conftest_slurm"]
+# fixtures that test modules of several levels share (tests/support/; tests/README.md): pytest registers every
+# fixture of these modules for the whole suite, so a test takes one by naming it; none of them is autouse
+pytest_plugins = ["conftest_slurm", "backbone_utils", "feature_utils", "tracking_utils"]
 
 # module-scoped fixtures that train runs (or start a server) several tests of their module read: each pytest-xdist
 # worker that ran one of those tests would build its own

@@ -47,25 +47,24 @@ Rules:
    gets every old rank's state, and every other part, identical on all ranks, gets rank 0's. A part can ask for
    every rank's state at the same world size too (the data stream, when its workers or batch size changed).
 
-This module is the one that knows these files: every reader and writer of ``model.pt``, ``optimizer.pt``,
-``task_extra.pt``, ``meta.json`` and ``manifest.json`` goes through it (``read_model_state``, ``read_init_source``,
-``load_init_state_``, ``verify_checkpoint``, ...), so does the state surgery of ``run.init_from`` (a model started
-from another run's model.pt).
+This module and trainer/checkpoint_format.py (the file names, ``meta.json`` as ``CheckpointMeta``, ``manifest.json``
+and verification, the weights-only load) are the ones that know these files: every reader and writer of
+``model.pt``, ``optimizer.pt``, ``task_extra.pt``, ``meta.json`` and ``manifest.json`` goes through them
+(``read_model_state``, ``read_meta``, ``read_init_source``, ``load_init_state_``, ``verify_checkpoint``, ...), so does
+the state surgery of ``run.init_from`` (a model started from another run's model.pt).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import pickle
 import random
 import re
 import shutil
-import sys
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -75,35 +74,20 @@ import torch
 from torch import Tensor, nn
 
 from trainer import distributed as dist
+from trainer.checkpoint_format import (
+    MANIFEST, META, MODEL_FILE, OPTIMIZER_FILE, TASK_EXTRA_FILE, CheckpointError, CheckpointMeta, brief, load_file,
+    read_meta, report, verify_checkpoint, write_manifest, write_meta,
+)
 from trainer.engine import ENGINE_DIR
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 LATEST = "latest"
 BEST = "best.json"   # in the checkpoints root: the checkpoint run.keep_best keeps, with its metric (record_best_)
-META = "meta.json"
-MANIFEST = "manifest.json"           # every other file of a checkpoint with its size and sha256; written last
-_MANIFEST_FORMAT = 1
-_META_MANIFEST_KEY = "manifest"      # meta.json's promise that a manifest was written (absent: an older checkpoint)
-_HASH_CHUNK = 1 << 20                # bytes read per step while hashing (files are streamed, never read whole)
-_HASH_THREADS = 4                    # files hashed concurrently (hashlib releases the GIL)
-MODEL_FILE = "model.pt"              # consolidated fp32 model state (evaluation, export, the next phase's init)
-TASK_EXTRA_FILE = "task_extra.pt"    # a task's optional hand-over to the next phase (trainer/tasks/base.py)
-OPTIMIZER_FILE = "optimizer.pt"      # optimizer state by parameter name (trainer/engine.py: optimizer_state)
 CODEBOOK_PREFIX = "quantizer."       # model.pt keys of the shared codebook (trainer/models/segment_coder.py)
 
 
 def rank_file(ckpt_dir: Path, rank: int) -> Path:
     return Path(ckpt_dir) / f"rank_{rank:05d}.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is incomplete, damaged or unreadable. The message names the checkpoint and the file;
-    ``checkpoint`` and ``file`` hold them (``None`` where not known). A ``ValueError``, so the command-line
-    tools that report bad input as ``error: ...`` (evaluate, toc) report these the same way."""
-
-    def __init__(self, message: str, checkpoint: Path | None = None, file: Path | None = None):
-        super().__init__(message)
-        self.checkpoint, self.file = checkpoint, file
 
 
 class CheckpointManager:
@@ -139,7 +123,7 @@ class CheckpointManager:
                     return candidate
                 tried.add(candidate)
             else:
-                _report(f"{pointer} names {name!r}, not a checkpoint directory; looking for the newest one")
+                report(f"{pointer} names {name!r}, not a checkpoint directory; looking for the newest one")
         for candidate in reversed(self.step_dirs()):
             if candidate not in tried and _verifies(candidate):
                 return candidate
@@ -187,8 +171,9 @@ class CheckpointManager:
         dist.barrier()
 
     # ------------------------------------------------------------------ saving
-    def save(self, step: int, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
-        """Collective: every rank calls it. ``write(tmp_dir)`` writes this rank's part of the checkpoint."""
+    def save(self, step: int, write: Callable[[Path], None], meta: CheckpointMeta | None = None) -> Path:
+        """Collective: every rank calls it. ``write(tmp_dir)`` writes this rank's part of the checkpoint; ``meta``
+        goes into its meta.json with this ``step``, this world size and the manifest's promise."""
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"step_{step:08d}"
         # all ranks must agree on the temp name: derive it from the step and a token broadcast via the fs
@@ -204,8 +189,8 @@ class CheckpointManager:
             missing = [r for r in range(dist.world_size()) if not rank_file(tmp, r).is_file()]
             if missing:
                 raise RuntimeError(f"checkpoint {tmp}: ranks {missing} wrote no state; not publishing it")
-            meta = {"step": step, "world_size": dist.world_size(), **meta, _META_MANIFEST_KEY: MANIFEST}
-            (tmp / META).write_text(json.dumps(meta, indent=1))
+            write_meta(tmp, dataclasses.replace(meta or CheckpointMeta(step, dist.world_size()), step=step,
+                                                world_size=dist.world_size(), manifest=MANIFEST))
             write_manifest(tmp)   # last: it lists (and so vouches for) every other file, meta.json included
             _fsync_dir(tmp)
             if final.exists():  # re-saving the same step (e.g. a stop signal right after a periodic save)
@@ -257,10 +242,6 @@ class CheckpointManager:
             self._prune(latest)
         return True
 
-    @staticmethod
-    def read_meta(ckpt_dir: Path) -> dict[str, Any]:
-        return _read_json(Path(ckpt_dir), META)
-
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory meant by ``path``, verified: itself (a step directory, or one with a manifest or
@@ -280,158 +261,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
                           f"{path} or {path / 'checkpoints'}", path)
 
 
-# ---------------------------------------------------------------------- manifest and verification
-def write_manifest(ckpt_dir: str | Path) -> Path:
-    """Write ``ckpt_dir/manifest.json``: every other file under ``ckpt_dir`` with its size and sha256 (streamed
-    in chunks). Written last, it marks the checkpoint complete (the file itself is fsynced; the caller fsyncs the
-    directory before publishing it)."""
-    ckpt = Path(ckpt_dir)
-    files = _files_of(ckpt)
-    digests = _sha256_all([ckpt / f for f in files])
-    entries = [{"path": f, "size": (ckpt / f).stat().st_size, "sha256": d} for f, d in zip(files, digests)]
-    target = ckpt / MANIFEST
-    with open(target, "w") as out:
-        json.dump({"format": _MANIFEST_FORMAT, "hash": "sha256", "files": entries}, out, indent=1)
-        out.flush()
-        os.fsync(out.fileno())
-    return target
-
-
-def verify_checkpoint(ckpt_dir: str | Path) -> None:
-    """Check that ``ckpt_dir`` is complete and undamaged; a ``CheckpointError`` naming it and the file if not.
-
-    The manifest must be readable and every file it lists (meta.json among them) present with its size and
-    sha256 (sizes are checked for all files before anything is hashed). Files the manifest does not list are not
-    looked at. A directory with a meta.json that promises no manifest (written before checkpoints carried one)
-    passes with a warning: there is nothing to check it against.
-    """
-    ckpt = Path(ckpt_dir)
-    if not ckpt.is_dir():
-        raise CheckpointError(f"checkpoint {ckpt}: not a directory", ckpt)
-    if not (ckpt / MANIFEST).is_file():
-        if not (ckpt / META).is_file():
-            raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} missing (and {META} too): not a complete "
-                                  "checkpoint", ckpt, ckpt / MANIFEST)
-        if _META_MANIFEST_KEY in _read_json(ckpt, META):
-            raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} missing ({META} says one was written)",
-                                  ckpt, ckpt / MANIFEST)
-        _report(f"checkpoint {ckpt}: no {MANIFEST} (written before checkpoints carried one): its files are not "
-                "verified")
-        return
-    entries = _read_manifest(ckpt)
-    if META not in {e["path"] for e in entries}:
-        raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} does not list {META}", ckpt, ckpt / MANIFEST)
-    for entry in entries:
-        path = ckpt / entry["path"]
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {ckpt}: {entry['path']}: missing (listed in {MANIFEST})", ckpt, path)
-        size = path.stat().st_size
-        if size != entry["size"]:
-            raise CheckpointError(f"checkpoint {ckpt}: {entry['path']}: {size} bytes, {MANIFEST} says "
-                                  f"{entry['size']} (truncated or rewritten)", ckpt, path)
-    for entry, digest in zip(entries, _sha256_all([ckpt / e["path"] for e in entries])):
-        if digest != entry["sha256"]:
-            raise CheckpointError(f"checkpoint {ckpt}: {entry['path']}: sha256 {digest[:16]}… differs from "
-                                  f"{MANIFEST}'s {entry['sha256'][:16]}… (damaged)", ckpt, ckpt / entry["path"])
-
-
-def _read_manifest(ckpt: Path) -> list[dict[str, Any]]:
-    """The manifest's file entries, checked for shape; a ``CheckpointError`` naming manifest.json if it is bad."""
-    data = _read_json(ckpt, MANIFEST)
-    entries = data.get("files") if isinstance(data, dict) else None
-
-    def good(e: Any) -> bool:
-        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)
-                and isinstance(e.get("size"), int)):
-            return False
-        rel = Path(e["path"])
-        return not rel.is_absolute() and ".." not in rel.parts and e["path"] != MANIFEST
-
-    if not isinstance(entries, list) or not all(good(e) for e in entries):
-        raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST}: malformed (expected {{\"files\": [{{\"path\", "
-                              "\"size\", \"sha256\"}, ...]}, relative paths inside the checkpoint)",
-                              ckpt, ckpt / MANIFEST)
-    return entries
-
-
-def _read_json(ckpt: Path, name: str) -> Any:
-    path = ckpt / name
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise CheckpointError(f"checkpoint {ckpt}: {name}: missing", ckpt, path) from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"checkpoint {ckpt}: {name}: unreadable ({type(err).__name__}: {err}; truncated or "
-                              "damaged)", ckpt, path) from err
-
-
-def _files_of(ckpt: Path) -> list[str]:
-    """Every file under ``ckpt`` but the manifest, as sorted relative POSIX paths."""
-    found = (p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file())
-    return sorted(f for f in found if f != MANIFEST)
-
-
-def _sha256(path: Path) -> str:
-    digest, buffer = hashlib.sha256(), bytearray(_HASH_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
-
-
-def _sha256_all(paths: list[Path]) -> list[str]:
-    if len(paths) <= 1:
-        return [_sha256(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, len(paths))) as pool:
-        return list(pool.map(_sha256, paths))
-
-
 def _verifies(ckpt: Path) -> bool:
     """Whether ``ckpt`` verifies; if not, reports it (with the failing file) as skipped."""
     try:
         verify_checkpoint(ckpt)
     except CheckpointError as err:
-        _report(f"skipping {err}")
+        report(f"skipping {err}")
         return False
     return True
 
 
-def _report(message: str) -> None:
-    if dist.rank() == 0:
-        print(f"[cmg] {message}", file=sys.stderr, flush=True)
-
-
 def _step(path: Path) -> int:
     return int(_STEP_DIR.match(path.name).group(1))
-
-
-def _load_file(ckpt: Path, name: str, holds: str) -> Any:
-    """``torch.load(weights_only=True)`` of ``ckpt/name``; any failure a ``CheckpointError`` naming both.
-
-    A file that holds anything but ``holds`` (tensors, numbers, strings and containers of them) is refused,
-    never unpickled; that message does not repeat torch's advice to load it with ``weights_only`` off.
-    """
-    path = Path(ckpt) / name
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        text = str(err)
-        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f"it holds a pickled object ({found.group(1)})" if found else "it holds pickled objects"
-            refusal = CheckpointError(f"checkpoint {ckpt}: {name}: not {holds}: {what}; refused, never unpickled",
-                                      Path(ckpt), path)
-            raise refusal from None   # torch's text (still in __context__) suggests loading it unsafely
-        raise CheckpointError(f"checkpoint {ckpt}: {name}: cannot be loaded ({_brief(err)}); truncated or "
-                              "damaged?", Path(ckpt), path) from err
-
-
-def _brief(err: BaseException) -> str:
-    """``Type: first sentence`` of an error (torch's messages run on for lines)."""
-    lines = str(err).strip().splitlines()
-    first = lines[0].split(". ")[0][:200] if lines else ""
-    return f"{type(err).__name__}: {first}" if first and "weights_only" not in first else type(err).__name__
 
 
 # ---------------------------------------------------------------------- one run's checkpoints
@@ -496,9 +337,9 @@ class RunCheckpoints:
         ckpt = self.manager.resolve(resume)
         if ckpt is None:
             return None
-        meta = CheckpointManager.read_meta(ckpt)
-        old_world, world = int(meta["world_size"]), dist.world_size()
-        old_stage = meta.get("zero_stage", self.engine.zero_stage)   # not in meta.json before elastic resumes
+        meta = read_meta(ckpt)
+        old_world, world = meta.world_size, dist.world_size()
+        old_stage = self.engine.zero_stage if meta.zero_stage is None else meta.zero_stage
         reshard = old_world != world or old_stage != self.engine.zero_stage
         if reshard:
             optimizer_state = read_optimizer_state(ckpt)
@@ -506,13 +347,13 @@ class RunCheckpoints:
                 self.engine.load_resharded(read_model_state(ckpt), optimizer_state)
             except Exception as err:
                 raise CheckpointError(f"checkpoint {ckpt}: {OPTIMIZER_FILE}: the optimizer state cannot be loaded "
-                                      f"into this engine ({_brief(err)})", ckpt, ckpt / OPTIMIZER_FILE) from err
+                                      f"into this engine ({brief(err)})", ckpt, ckpt / OPTIMIZER_FILE) from err
         else:
             try:
                 self.engine.load(ckpt)
             except Exception as err:
                 raise CheckpointError(f"checkpoint {ckpt}: {ENGINE_DIR}/: the engine state cannot be loaded "
-                                      f"({_brief(err)})", ckpt, ckpt / ENGINE_DIR) from err
+                                      f"({brief(err)})", ckpt, ckpt / ENGINE_DIR) from err
         own = load_rank_state(ckpt) if old_world == world else None
         every: list[dict[str, Any]] = []   # every old rank's state, read once a part needs them
         resplit = []
@@ -533,12 +374,13 @@ class RunCheckpoints:
             notes += [f"optimizer state re-sharded from {OPTIMIZER_FILE}"] if reshard else []
             notes += [f"re-split over the new layout: {', '.join(resplit)}"] if resplit else []
             notes += ["every other part from rank 0"] if own is None else []
-            print(f"[cmg] elastic resume from {ckpt} (step {meta['step']}): {'; '.join(notes)} (not bit-exact: see "
-                  "README, Elastic resume)", flush=True)
+            print(f"[cmg] elastic resume from {ckpt} (step {meta.step}): {'; '.join(notes)} (not bit-exact: see "
+                  "docs/training.md, Elastic resume)", flush=True)
         return ckpt
 
-    def save(self, step: int, meta: dict[str, Any]) -> Path:
-        """Collective: the checkpoint of ``step`` with ``meta`` in its meta.json; its directory."""
+    def save(self, step: int, meta: CheckpointMeta) -> Path:
+        """Collective: the checkpoint of ``step`` with ``meta`` (and the engine's ``zero_stage``) in its meta.json;
+        its directory."""
         def write(tmp: Path) -> None:
             self.engine.save(tmp)
             model_state = self.engine.model_state_dict()
@@ -553,7 +395,7 @@ class RunCheckpoints:
             save_rank_state(tmp, {name: part.state_dict() for name, part in self.parts.items()}
                             | {"replicas": self.task.replicated_state()})
 
-        return self.manager.save(step, write, {**meta, "zero_stage": self.engine.zero_stage})
+        return self.manager.save(step, write, dataclasses.replace(meta, zero_stage=self.engine.zero_stage))
 
 
 def _part_state(state: Mapping[str, Any], name: str, ckpt: Path, rank: int) -> Any:
@@ -578,7 +420,7 @@ def read_model_state(ckpt_dir: Path) -> dict[str, Tensor]:
     if not (ckpt / MODEL_FILE).is_file():
         raise CheckpointError(f"checkpoint {ckpt}: {MODEL_FILE}: missing (the consolidated model state)",
                               ckpt, ckpt / MODEL_FILE)
-    return _load_file(ckpt, MODEL_FILE, "a plain tensor state dict")
+    return load_file(ckpt, MODEL_FILE, "a plain tensor state dict")
 
 
 def read_codebook(path: str | Path) -> tuple[Tensor, Path]:
@@ -603,7 +445,7 @@ def read_optimizer_state(ckpt_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {ckpt}: {OPTIMIZER_FILE}: missing (written before elastic resumes "
                               "existed): resume it with the world size and engine that wrote it", ckpt,
                               ckpt / OPTIMIZER_FILE)
-    return _load_file(ckpt, OPTIMIZER_FILE, "a plain optimizer state")
+    return load_file(ckpt, OPTIMIZER_FILE, "a plain optimizer state")
 
 
 def write_task_extra(ckpt_dir: Path, extra: Mapping[str, object]) -> None:
@@ -613,7 +455,7 @@ def write_task_extra(ckpt_dir: Path, extra: Mapping[str, object]) -> None:
 def read_task_extra(ckpt_dir: Path) -> dict[str, object]:
     """A task's hand-over to the next phase; ``{}`` when the checkpoint has none."""
     path = Path(ckpt_dir) / TASK_EXTRA_FILE
-    return _load_file(Path(ckpt_dir), TASK_EXTRA_FILE, "plain state") if path.is_file() else {}
+    return load_file(Path(ckpt_dir), TASK_EXTRA_FILE, "plain state") if path.is_file() else {}
 
 
 @dataclass
@@ -621,21 +463,21 @@ class InitSource:
     """A finished checkpoint that a run starts from (``run.init_from``), as read from disk once."""
 
     checkpoint: Path                      # the step directory
-    meta: dict[str, object]               # its meta.json
+    meta: CheckpointMeta                  # its meta.json
     model_state: dict[str, Tensor]        # its model.pt
     extra: dict[str, object]              # its task_extra.pt ({} if none)
 
     @property
     def modalities(self) -> list[str]:
         """The modalities that run trained (its model config's)."""
-        return list(self.meta["model_config"]["modalities"])
+        return list((self.meta.model_config or {})["modalities"])
 
 
 def read_init_source(source: str) -> InitSource:
     """The checkpoint ``run.init_from`` names (a step, checkpoints or run directory, or a model.pt), verified."""
     try:
         ckpt = resolve_checkpoint(source)
-        return InitSource(ckpt, CheckpointManager.read_meta(ckpt), read_model_state(ckpt), read_task_extra(ckpt))
+        return InitSource(ckpt, read_meta(ckpt), read_model_state(ckpt), read_task_extra(ckpt))
     except CheckpointError as err:
         raise CheckpointError(f"run.init_from={source!r}: {err}", err.checkpoint, err.file) from err
 
@@ -729,9 +571,9 @@ def load_rank_state(ckpt_dir: Path, rank: int | None = None) -> dict[str, Any]:
     path = rank_file(ckpt, dist.rank() if rank is None else rank)
     if not path.is_file():
         try:
-            written = f"written by world size {CheckpointManager.read_meta(ckpt).get('world_size')}"
+            written = f"written by world size {read_meta(ckpt).world_size}"
         except CheckpointError:
             written = f"its {META} unreadable"
         raise CheckpointError(f"checkpoint {ckpt}: {path.name}: missing (checkpoint {written}, this job runs world "
                               f"size {dist.world_size()})", ckpt, path)
-    return _load_file(ckpt, path.name, "plain per-rank state")
+    return load_file(ckpt, path.name, "plain per-rank state")

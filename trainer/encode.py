@@ -64,7 +64,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from glob import glob
 from pathlib import Path
@@ -82,10 +82,9 @@ from shards.write import collect_clips
 from trainer.cli import encode_parser
 from trainer.data.decode import AUDIO_MEMBERS, IMAGE_MEMBERS, VIDEO_MEMBER, WholeClip, decode_whole_sample
 from trainer.data.features import decode_npy, encode_npy
-from trainer.data.stream import MANIFEST_NAME, load_manifest_counts
+from trainer.data.manifest import CODES_FORMAT, MANIFEST_NAME, ShardEntry, ShardManifest
 from trainer.pretrained import CMGModel, Codes
 
-CODES_FORMAT = "cmg-trainer-codes/1"
 EXIT_OK, EXIT_ERROR, EXIT_SKIPPED = 0, 2, 3   # module docstring, "Exit codes"
 PART = "codes-{:06d}.tar"
 UNITS_DIR = ".units"          # per-unit records (name, samples, source), written before the unit's shard
@@ -176,7 +175,7 @@ def _expected_clips(units: list[Unit]) -> int | None:
     """Clips in ``units`` (shards: from their manifest, if it is next to them; else unknown)."""
     shards = [u.source for u in units if isinstance(u.source, str)]
     try:
-        counted = sum(load_manifest_counts(shards, "")) if shards else 0
+        counted = sum(ShardManifest.of_shards(shards).counts(shards)) if shards else 0
     except ValueError:
         return None
     return counted + sum(len(u.source) for u in units if not isinstance(u.source, str))
@@ -309,31 +308,31 @@ def encode_units(model: CMGModel, units: list[Unit], out: Path, batch_size: int 
             "clips_per_s": clips / seconds if clips else 0.0}
 
 
-def finish(model: CMGModel, units: list[Unit], out: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
+def finish(model: CMGModel, units: list[Unit], out: Path, timeout_s: float = 3600.0) -> ShardManifest:
     """Rank 0, once every unit's shard exists: the manifest and codebook of a directory, or the table (and its
     manifest). Raises ``NothingEncoded``, having removed the units' shards, when every input was skipped."""
     work = work_dir(out)
     wait_for_files([work / u.name for u in units], timeout_s, "the units' shards")
     records = [_record(work, u) for u in units]
     skipped = [s for r in records for s in r.get("skipped_inputs", [])]   # none in an older version's records
-    manifest = {
-        "format": CODES_FORMAT, "model": model.describe(),
-        "modalities": {m: {"stream": model.streams[m], "dim": model.codebook.shape[1]} for m in model.modalities},
-        "codebook": "codebook.npy", "shards": records,
-        "total": sum(r["samples"] for r in records), "skipped": len(skipped), "skipped_inputs": skipped,
-        "absent": [a for r in records for a in r.get("absent", [])],
-    }
-    if manifest["total"] == 0:
+    manifest = ShardManifest(
+        CODES_FORMAT, [ShardEntry(r["name"], r["samples"], {k: v for k, v in r.items() if k not in ("name", "samples")})
+                       for r in records], sum(r["samples"] for r in records),
+        modalities={m: {"stream": model.streams[m], "dim": model.codebook.shape[1]} for m in model.modalities},
+        details={"model": model.describe(), "codebook": "codebook.npy", "skipped": len(skipped),
+                 "skipped_inputs": skipped, "absent": [a for r in records for a in r.get("absent", [])]})
+    if manifest.total == 0:
         _remove_outputs(work, units)
         first = f"; the first: {skipped[0]['where']}: {skipped[0]['reason']}: {skipped[0]['detail']}" if skipped else ""
         raise NothingEncoded(f"no clip could be encoded, nothing was written to {out}: {skip_summary(skipped)}{first}")
     if out.suffix not in TABLES:
         np.save(out / "codebook.npy", model.codebook.numpy(), allow_pickle=False)
-        _write_atomic(out / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
+        manifest.write(out)
         return manifest
     rows = list(read_codes([str(work / u.name) for u in units], model.modalities))
-    _write_atomic(table_manifest(out), (json.dumps(manifest | {"shards": None}, indent=1) + "\n").encode())
-    write_table(rows, out, model.modalities, model.codebook.numpy(), manifest)
+    table = manifest.to_json() | {"shards": None}   # a table's manifest: no shards
+    _write_atomic(table_manifest(out), (json.dumps(table, indent=1) + "\n").encode())
+    write_table(rows, out, model.modalities, model.codebook.numpy(), table)
     shutil.rmtree(work)
     return manifest
 
@@ -365,7 +364,7 @@ def _padded(arrays: list[np.ndarray], fill: float) -> np.ndarray:
 
 
 def write_table(rows: list[dict[str, Any]], out: Path, modalities: Sequence[str], codebook: np.ndarray,
-                manifest: dict[str, Any]) -> None:
+                manifest: Mapping[str, Any]) -> None:
     """``rows`` as ``OUT.npz`` or ``OUT.parquet`` (module docstring), written under a temporary name first."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
     none = {"codes": np.zeros(0, np.int64), "z": np.zeros((0, codebook.shape[1]), np.float32)}   # a modality absent
@@ -389,7 +388,7 @@ def write_table(rows: list[dict[str, Any]], out: Path, modalities: Sequence[str]
             z = np.concatenate([r[f"{m}.z"] for r in rows])
             vectors = pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1)), z.shape[-1])
             columns[f"{m}.z"] = pa.ListArray.from_arrays(offsets, vectors)
-        table = pa.table(columns).replace_schema_metadata({"cmg": json.dumps(manifest | {"shards": None})})
+        table = pa.table(columns).replace_schema_metadata({"cmg": json.dumps(dict(manifest))})
         pq.write_table(table, tmp)
         np.save(out.with_name(out.stem + ".codebook.npy"), codebook, allow_pickle=False)
     os.replace(tmp, out)
@@ -432,10 +431,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     listed = out / MANIFEST_NAME if out.suffix not in TABLES else table_manifest(out)
-    print(f"{manifest['total']} clips ({', '.join(model.modalities)}) in {out}; "
-          f"{skip_summary(manifest['skipped_inputs'])}"
-          + (f", listed under 'skipped_inputs' in {listed}" if manifest["skipped"] else ""))
-    return EXIT_SKIPPED if manifest["skipped"] else EXIT_OK
+    skipped = manifest.details["skipped_inputs"]
+    print(f"{manifest.total} clips ({', '.join(model.modalities)}) in {out}; {skip_summary(skipped)}"
+          + (f", listed under 'skipped_inputs' in {listed}" if skipped else ""))
+    return EXIT_SKIPPED if skipped else EXIT_OK
 
 
 if __name__ == "__main__":

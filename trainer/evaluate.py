@@ -66,9 +66,10 @@ from torch import Tensor
 from trainer.cli import evaluate_parser
 from trainer.config import ConfigError, to_dict
 from trainer.code_usage import SEED_THREE_MODALITIES, classify_code_usage, plot_code_usage
-from trainer.data.features import FEATURE_MANIFEST_FORMAT, FeatureError, PublicFeatureConfig
+from trainer.data.features import FeatureError, PublicFeatureConfig
+from trainer.data.manifest import ShardManifest
 from trainer.data.released import AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLASSES, shared_class_map
-from trainer.data.stream import expand_shard_urls, read_manifest
+from trainer.data.stream import expand_shard_urls
 from trainer.configs.data import DataConfig
 from trainer.eval.encode import (
     LabelledFeatures, Pretrained, encode_split, load_pretrained, read_public_features, read_shard_features,
@@ -133,7 +134,7 @@ def class_names(src: SourceConfig, job: JobConfig) -> list[str] | None:
     if src.public:
         return None
     cfg = data_config(src, job)
-    classes = read_manifest(expand_shard_urls(cfg.urls), cfg.manifest)[1].get("released", {}).get("classes")
+    classes = ShardManifest.of_shards(expand_shard_urls(cfg.urls), cfg.manifest).released_value("classes")
     return list(classes) if classes else None
 
 
@@ -163,7 +164,7 @@ def _backbones(path: str, pretrained: Pretrained, modalities: tuple[str, ...]):
     if not Path(path).is_file():
         raise FileNotFoundError(f"backbones file not found: {path} (pass --backbones)")
     # older runs also list backbones of modalities the model never used: only the model's are built and compared
-    return frozen_backbones(pretrained.meta.get("backbones"), modalities, yaml=path)
+    return frozen_backbones(pretrained.meta.backbones, modalities, yaml=path)
 
 
 def number_of_classes(parts: list[LabelledFeatures]) -> int:
@@ -345,13 +346,13 @@ def run_zero_shot_retrieval(pretrained: Pretrained, spec: str, src: SourceConfig
     features: dict[str, bool] = {}              # feature shards (a converted release) rather than media
     for name, urls in sets:
         try:
-            manifest = read_manifest(expand_shard_urls(urls), "")[1]
+            manifest = ShardManifest.of_shards(expand_shard_urls(urls))
         except ValueError:
-            manifest = {}
-        features[name] = manifest.get("format") == FEATURE_MANIFEST_FORMAT
-        kinds = manifest.get("modalities") if not features[name] else \
-            {"+".join([*manifest.get("feature_shapes", {}), *(["text"] if manifest.get("released", {}).get(
-                "captions") else [])]): 1}
+            manifest = None
+        features[name] = manifest is not None and manifest.is_features
+        text = ["text"] if manifest is not None and manifest.released_value("captions") else []
+        kinds = {"+".join([*(manifest.feature_shapes or {}), *text]): 1} if features[name] else \
+            (manifest.modalities if manifest is not None else None)
         held[name] = {m for kind in kinds for m in kind.split("+")} if isinstance(kinds, dict) else None
     coder = CMGModel.from_pretrained(pretrained.checkpoint, backbones=src.backbones or None)
     seen = pretrained.model.trained_pairs
@@ -408,12 +409,12 @@ def evaluate(pretrained: Pretrained, cfg: EvaluateConfig, job: JobConfig) -> dic
         agreement = code_agreement(every_clip, "audio", "video", data["data"].classes)[1]
     primary = data["data"].report() if "data" in data else {"clips": {}, "classes": 0}
     return {
-        "checkpoint": str(pretrained.checkpoint), "task": pretrained.meta.get("task", "unicode"),
+        "checkpoint": str(pretrained.checkpoint), "task": pretrained.meta.task,
         "step": pretrained.step, "tasks": list(tasks), "classes": primary["classes"], "clips": primary["clips"],
         "datasets": {name: dataset.report() for name, dataset in data.items()},
         "shared_classes": {task: names for task, (names, _) in shared.items()},
-        "switches": checkpoint_switches(pretrained.meta.get("model_config", {})),
-        "stage": checkpoint_stage(pretrained.meta.get("model_config", {})),
+        "switches": checkpoint_switches(pretrained.meta.model_config or {}),
+        "stage": checkpoint_stage(pretrained.meta.model_config or {}),
         "toc": None if toc is None else {"dims": toc.selected.tolist(), "lambda": cfg.toc.balance,
                                          "normalize": cfg.toc.normalize},
         "probes": [dataclasses.asdict(r) | {"direction": r.direction} for r in results],
@@ -547,7 +548,7 @@ def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, m
     tracking = dataclasses.replace(job.tracking, run_name=f"evaluate-{files[0].parent.name}", flush_interval_s=0.0,
                                    system_metrics=False)
     tracker = Tracker(tracking, pretrained.run_dir)
-    parent = pretrained.meta.get("mlflow_run_id")
+    parent = pretrained.meta.mlflow_run_id
     tags = {"phase": "evaluate", "checkpoint": str(pretrained.checkpoint), "checkpoint_step": pretrained.step}
     if parent:
         tags |= {"mlflow.parentRunId": parent, "pretrain_run_id": parent}
@@ -628,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(json_path).write_text(json.dumps(report, indent=1))
     if cfg.tracking:
         run_id = log_to_mlflow(pretrained, job, cfg, metrics, files)
-        print(f"MLflow run {run_id} (parent {pretrained.meta.get('mlflow_run_id')}) in "
+        print(f"MLflow run {run_id} (parent {pretrained.meta.mlflow_run_id}) in "
               f"{Tracker(job.tracking, pretrained.run_dir).tracking_uri}")
     return 0
 

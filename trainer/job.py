@@ -142,16 +142,17 @@ def source_feature_shapes(cfg: JobConfig, backbones: BackbonesConfig | None) -> 
     built (``FrozenBackbones.feature_shapes``; the loop asks the instance it trains with instead).
     """
     if cfg.data.kind == "features":
-        from trainer.data.stream import expand_shard_urls, read_manifest
+        from trainer.data.manifest import ShardManifest
+        from trainer.data.stream import expand_shard_urls
 
         urls = expand_shard_urls(cfg.data.urls)
         if not urls:
             raise ConfigError(f"data.urls: {cfg.data.urls!r} expands to no shard")
-        manifest = read_manifest(urls, cfg.data.manifest)[1]
-        if "feature_shapes" not in manifest:
+        manifest = ShardManifest.of_shards(urls, cfg.data.manifest)
+        if manifest.feature_shapes is None:
             raise ConfigError(f"data.urls: the manifest of {cfg.data.urls!r} has no feature_shapes "
                               "(is it a clip-shard manifest? set data.kind=clips)")
-        return {m: tuple(s) for m, s in manifest["feature_shapes"].items()}
+        return {m: tuple(s) for m, s in manifest.feature_shapes.items()}
     if backbones is None:
         raise ConfigError(f"data.kind={cfg.data.kind!r}: give the feature shapes of an in-memory source")
     from trainer.backbones import FrozenBackbones
@@ -212,11 +213,11 @@ def check_resume_data(cfg: JobConfig, ckpt: Path) -> None:
     """``cfg`` must read the data that ``ckpt``'s stream position refers to (meta.json's ``data_source``): the same
     shards, shuffled the same way. Another world size, number of workers or batch size per rank is fine: that
     resume is elastic (trainer/checkpoint.py, rule 6)."""
-    from trainer.checkpoint import CheckpointError, CheckpointManager
+    from trainer.checkpoint import CheckpointError, read_meta
     from trainer.data.stream import data_source
 
     try:
-        saved = CheckpointManager.read_meta(ckpt).get("data_source")
+        saved = read_meta(ckpt).data_source
     except CheckpointError:
         return   # the resume reports it (run.resume=auto falls back to an older checkpoint)
     if not saved:   # an in-memory source, or a checkpoint written before meta.json recorded it
@@ -270,7 +271,8 @@ def validate_job(cfg: JobConfig, *, data_files: bool = True, init_from: bool = T
     launcher passes both for a phase whose data the compute nodes read later, or whose ``init_from`` is a
     checkpoint the previous phase has yet to write (``trainer/programs/continual.py``).
     """
-    from trainer.data.stream import expand_shard_urls, manifest_counts, read_manifest
+    from trainer.data.manifest import ShardManifest
+    from trainer.data.stream import expand_shard_urls
 
     try:
         cfg.data.validate()
@@ -290,12 +292,12 @@ def validate_job(cfg: JobConfig, *, data_files: bool = True, init_from: bool = T
         if not urls:
             raise ConfigError(f"data.urls: {cfg.data.urls!r} expands to no shard")
         try:
-            manifest, contents = read_manifest(urls, cfg.data.manifest)
+            manifest = ShardManifest.of_shards(urls, cfg.data.manifest)
         except ValueError as err:
             raise ConfigError(f"data: {err}") from err
         if not cfg.data.resampled:   # the epoch plan counts every shard's samples from the manifest
             try:
-                manifest_counts(urls, manifest, contents)
+                manifest.counts(urls)
             except ValueError as err:
                 raise ConfigError(f"data.urls: {err} (every shard of data.urls must be listed in the manifest "
                                   "written with the shards: check the brace range, or data.manifest)") from None
@@ -314,13 +316,14 @@ def check_training_probe(cfg: JobConfig, data_files: bool = True) -> None:
             raise ConfigError(f"eval.kind: {probe.kind!r} must be data.kind ({cfg.data.kind!r}): validation clips go "
                               "through the job's own frozen backbones, validation features must match the job's")
         if data_files:
-            from trainer.data.stream import expand_shard_urls, read_manifest
+            from trainer.data.manifest import ShardManifest
+            from trainer.data.stream import expand_shard_urls
 
             try:
                 urls = expand_shard_urls(probe.urls)
                 if not urls:
                     raise ValueError("expands to no shard")
-                read_manifest(urls, probe.manifest)
+                ShardManifest.of_shards(urls, probe.manifest)
             except ValueError as err:
                 raise ConfigError(f"eval.urls: {probe.urls!r}: {err}") from None
     if cfg.run.keep_best:

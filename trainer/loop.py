@@ -23,7 +23,8 @@ import torch
 from trainer import distributed as dist
 from trainer.backbones import FrozenBackbones
 from trainer.checkpoint import (
-    CheckpointManager, ProcessRNG, RunCheckpoints, load_init_state_, read_init_source, rng_state, set_rng_state,
+    CheckpointManager, CheckpointMeta, ProcessRNG, RunCheckpoints, load_init_state_, read_init_source, rng_state,
+    set_rng_state,
 )
 from trainer.config import to_dict
 from trainer.data.memory import MemoryStream
@@ -139,7 +140,7 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
         if backbones_used is not None:
             # modalities carried from earlier phases were encoded by those phases' backbones: the meta names them
             # too, so the evaluation of this checkpoint checks their features against the right fingerprints
-            earlier = init.meta.get("backbones") or {}
+            earlier = init.meta.backbones or {}
             carried = task.model.downstream_modalities
             backbones_used = {m: d for m, d in earlier.items() if m in carried} | backbones_used
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
@@ -169,10 +170,10 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
     tracker.log_config(job.to_dict())
 
     def save_checkpoint() -> Path:
-        return checkpoints.save(counter.step, {
-            "phase": cfg.run.phase, "mlflow_run_id": tracker.run_id, "samples_seen": counter.samples_seen,
-            "task": cfg.task, "model_config": to_dict(model_cfg), "data_kind": cfg.data.kind,
-            "data_source": data_source(cfg.data) if memory is None else None, "backbones": backbones_used})
+        return checkpoints.save(counter.step, CheckpointMeta(
+            counter.step, world, phase=cfg.run.phase, mlflow_run_id=tracker.run_id, samples_seen=counter.samples_seen,
+            task=cfg.task, model_config=to_dict(model_cfg), data_kind=cfg.data.kind,
+            data_source=data_source(cfg.data) if memory is None else None, backbones=backbones_used))
 
     def finish(state: str, status: str) -> None:
         if is_main:

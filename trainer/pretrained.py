@@ -118,7 +118,7 @@ class CMGModel:
             decode, source, base_dir = DecodeConfig(**config["decode"]), config["source"], path
         else:
             pretrained = load_pretrained(path)
-            task, model_config = pretrained.meta.get("task", "unicode"), pretrained.meta["model_config"]
+            task, model_config = pretrained.meta.task, pretrained.meta.model_config
             model, (records, decode) = pretrained.model, _training_media(pretrained)
             source = {"checkpoint": str(pretrained.checkpoint.resolve()), "step": pretrained.step}
             base_dir = None
@@ -337,21 +337,23 @@ def _portable(records: dict[str, Any], out: Path) -> dict[str, Any]:
 def _training_media(pretrained: Any) -> tuple[dict[str, Any] | None, DecodeConfig]:
     """(backbone records, DecodeConfig) of the run that wrote ``pretrained``: the checkpoint's meta.json and the
     run's config.yaml; for a run on feature shards, what their manifest says the extraction used."""
-    from trainer.data.stream import expand_shard_urls, read_manifest
+    from trainer.data.manifest import ShardManifest
+    from trainer.data.stream import expand_shard_urls
     from trainer.job import RESOLVED_CONFIG_FILE, read_run_config
 
     if not (pretrained.run_dir / RESOLVED_CONFIG_FILE).is_file():
         print(f"[cmg] {pretrained.run_dir / RESOLVED_CONFIG_FILE} not found: decoding media with the default "
               "data.decode settings, which may not be the training's", file=sys.stderr)
     job = read_run_config(pretrained.run_dir)
-    records, decode = pretrained.meta.get("backbones"), job.data.decode
+    records, decode = pretrained.meta.backbones, job.data.decode
     if job.data.kind == "features":
         try:
-            manifest = read_manifest(expand_shard_urls(job.data.urls), job.data.manifest)[1]
+            manifest = ShardManifest.of_shards(expand_shard_urls(job.data.urls), job.data.manifest)
         except ValueError:   # the feature shards are not reachable from here
-            manifest = {}
-        records = records or manifest.get("backbones")
-        decode = DecodeConfig(**manifest["decode"]) if "decode" in manifest else decode
+            manifest = None
+        if manifest is not None:
+            records = records or manifest.backbones
+            decode = DecodeConfig(**manifest.decode) if manifest.decode is not None else decode
     return records, decode
 
 

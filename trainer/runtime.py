@@ -52,8 +52,8 @@ def keep_freed_host_memory() -> bool:
     unmaps it on free, and trims freed memory at the top of the heap: the step's tens-of-MB activations at the
     paper's shapes are then page-faulted in (zero-filled by the kernel) again at every step. ``M_MMAP_MAX = 0``
     serves them from the heap and ``M_TRIM_THRESHOLD`` at its maximum keeps the heap, so a step reuses the
-    previous step's pages: steps 1.03-1.13x faster on the 2-core CPU, peak RSS 2-7 % higher (README,
-    Performance). The heap can hold more than the live tensors: torch's ``posix_memalign`` asks for a freed
+    previous step's pages: steps faster on the CPU at a small cost in peak RSS (docs/performance.md,
+    "Training step"). The heap can hold more than the live tensors: torch's ``posix_memalign`` asks for a freed
     block's size plus padding, so one 64 MiB tensor freed and allocated alone grows the heap by 6-8 blocks before
     its pages are reused (tests/unit/test_host_memory.py). It only changes allocations made after the call, in
     this process and its later forks (DataLoader workers); blocks already mapped are unmapped when freed.

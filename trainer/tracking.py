@@ -327,7 +327,8 @@ def shard_dataset(job: Mapping[str, Any]):
     """
     from mlflow.entities import Dataset
 
-    from trainer.data.stream import expand_shard_urls, manifest_counts, read_manifest
+    from trainer.data.manifest import ShardManifest
+    from trainer.data.stream import expand_shard_urls
 
     data = job.get("data") if isinstance(job.get("data"), Mapping) else None
     if not data or data.get("kind") not in ("clips", "features") or not data.get("urls"):
@@ -335,9 +336,9 @@ def shard_dataset(job: Mapping[str, Any]):
     urls = expand_shard_urls(data["urls"])
     profile: dict[str, Any] = {"shards": len(urls)}
     try:
-        manifest, contents = read_manifest(urls, data.get("manifest") or "")
-        digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
-        profile |= {"samples": sum(manifest_counts(urls, manifest, contents)), "manifest": manifest}
+        manifest = ShardManifest.of_shards(urls, data.get("manifest") or "")
+        digest = manifest.digest[:16]
+        profile |= {"samples": sum(manifest.counts(urls)), "manifest": str(manifest.path)}
     except (OSError, ValueError):   # no manifest to read here: the job itself refuses what it cannot count
         digest = hashlib.sha256(data["urls"].encode()).hexdigest()[:16]
     local = ":" not in urls[0].split("/")[0]

@@ -6,13 +6,13 @@ import dataclasses
 
 import pytest
 import torch
-from backbone_utils import CAPTIONS, no_network, random_audio, random_video, tiny_backbones, vocab_file
+from backbone_utils import CAPTIONS, random_audio, random_video, tiny_backbones
 from dist_utils import init_gloo, run_ranks
 
 from trainer.backbones import FrozenBackbones
 from trainer.distributed import all_gather_cat
 
-__all__ = ["no_network", "vocab_file"]   # pytest fixtures (tests/support/backbone_utils.py), used by name
+pytestmark = pytest.mark.usefixtures("no_network")   # connections refused (tests/support/backbone_utils.py)
 
 
 def _rank_features(rank, world, port, vocab):

@@ -10,14 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from dist_utils import run_ranks
-from feature_utils import CLIP_URLS, DECODE, FEATURE_URLS, TINY_YAML, clip_shards, feature_shards
+from feature_utils import CLIP_URLS, DECODE, FEATURE_URLS, TINY_YAML
 from numerics import assert_reordered_close
 
 from shards.extract import extract
 from trainer.data import ClipStream
 from trainer.configs.data import DataConfig
-
-__all__ = ["clip_shards", "feature_shards"]   # pytest fixtures (tests/support/feature_utils.py), used by name
 
 
 def _extract_rank(rank, world, port, clip_dir, out_dir):

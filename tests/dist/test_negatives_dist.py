@@ -15,7 +15,7 @@ import pytest
 import torch
 from comet_utils import comet_batch, comet_config
 from dist_utils import init_gloo, run_ranks
-from fccid_utils import DIMS, L, small_cfg
+from fccid_utils import fccid_batch, small_cfg
 from numerics import assert_reordered_close
 from task_utils import write_phase
 from unicode_utils import small_unicode_config, unicode_batch
@@ -28,15 +28,6 @@ from trainer.tasks.comet import COMETTask
 GLOBAL_BATCH = 8
 PER_SAMPLE = {"recon", "commit"}
 AT_ITS_ANCHOR = {"ewc"}   # EWC at the start of a phase: θ = θ*, so value and gradient are 0 (on every rank)
-
-
-def fccid_batch(clips: int, seed: int = 7) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, L + 1, (clips,), generator=g)
-    return {"audio": torch.randn(clips, 4, DIMS["audio"], generator=g),
-            "video": torch.randn(clips, 4, 2, 2, DIMS["video"], generator=g),
-            "text": torch.randn(clips, L, DIMS["text"], generator=g),
-            "text_mask": torch.arange(L) < lengths.unsqueeze(1)}
 
 
 def build(kind: str, negatives: str, phase_dir: Path
@@ -53,7 +44,7 @@ def build(kind: str, negatives: str, phase_dir: Path
         return UniCodeTask(small_unicode_config(negatives=negatives)), unicode_batch(0, GLOBAL_BATCH), \
             unicode_batch(1, GLOBAL_BATCH)
     if kind == "fccid":
-        return FCCIDTask(small_cfg(negatives=negatives)), fccid_batch(GLOBAL_BATCH), fccid_batch(GLOBAL_BATCH, 8)
+        return FCCIDTask(small_cfg(negatives=negatives)), fccid_batch(GLOBAL_BATCH, 7), fccid_batch(GLOBAL_BATCH, 8)
     # COMET's second phase (audio-text after video-text): inherited codes, new codes, the pseudo-modality
     task = COMETTask(comet_config(("audio", "text"), new_codes=4, negatives=negatives))
     init = read_init_source(str(phase_dir))

@@ -1,8 +1,10 @@
 """Tiny random-init backbones (nothing is downloaded) and the offline guard, shared by the backbone tests
 (tests/unit/test_backbones.py, tests/dist/test_backbones_dist.py).
 
-A test module imports the fixtures by name (``from backbone_utils import no_network, vocab_file``: pytest finds
-them in the module); ``no_network`` is autouse there, so every test of that module runs with connections refused.
+Its fixtures are registered for the whole suite (``pytest_plugins`` in tests/conftest.py): a test names them. A
+module whose every test must run with connections refused opts in with
+``pytestmark = pytest.mark.usefixtures("no_network")``. ``trainer.backbones`` (transformers) is imported where a
+config is built, not here: every pytest run imports this module.
 """
 
 from __future__ import annotations
@@ -13,18 +15,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import socket  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from trainer.backbones import BackboneConfig, BackbonesConfig  # noqa: E402
+if TYPE_CHECKING:
+    from trainer.backbones import BackboneConfig, BackbonesConfig
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "dog", "barks", "car", "engine", "loud",
          "violin", "is", "playing", ".", "##s"] + list("abcdefghijklmnopqrstuvwxyz")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection fails loudly (the tests must work fully offline)."""
     def refuse(*args, **kwargs):
@@ -41,6 +45,8 @@ def vocab_file(tmp_path_factory) -> str:
 
 
 def tiny_config(family: str, vocab: str | None = None, **overrides) -> BackboneConfig:
+    from trainer.backbones import BackboneConfig
+
     configs = {
         "clip_vision": dict(image_size=32, patch_size=8, **TINY),
         "vit": dict(image_size=32, patch_size=8, **TINY),
@@ -78,5 +84,7 @@ CAPTIONS = ["a dog barks .", "the loud car engine is playing a violin", "a violi
 
 
 def tiny_backbones(vocab: str) -> BackbonesConfig:
+    from trainer.backbones import BackbonesConfig
+
     return BackbonesConfig(video=tiny_config("clip_vision", pooling="patch"), audio=tiny_config("ast"),
                            text=tiny_config("bert", vocab))

@@ -1,8 +1,10 @@
 """Synthetic clip shards and the feature shards ``shards.extract`` makes of them (tiny backbones), shared by the
 feature-cache tests (tests/unit/test_features.py, tests/dist/test_features_dist.py).
 
-A test module imports the module-scoped fixtures ``clip_shards`` and ``feature_shards`` by name (pytest finds them
-in the module); each module builds its own once.
+The module-scoped fixtures ``clip_shards`` and ``feature_shards`` are registered for the whole suite
+(``pytest_plugins`` in tests/conftest.py): a test names them, and each test module that does builds its own once.
+``shards.extract`` (the backbones, transformers) is imported where features are extracted, not here: every pytest run
+imports this module.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from shards.extract import extract  # noqa: E402
 from shards.synth import SynthConfig, synthesise  # noqa: E402
 from shards.write import write_shards  # noqa: E402
 from trainer.configs.data import DecodeConfig
@@ -40,6 +41,8 @@ FEATURE_URLS = "f-{000000..000002}.tar"
 
 @pytest.fixture(scope="module")
 def feature_shards(clip_shards, tmp_path_factory) -> Path:
+    from shards.extract import extract
+
     out = tmp_path_factory.mktemp("feats")
     extract(str(clip_shards / CLIP_URLS), TINY_YAML, str(out / "f-%06d.tar"), batch_size=2, num_workers=0,
             decode=DECODE, rank=0, world_size=1, progress=False)

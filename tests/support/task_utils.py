@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from trainer.checkpoint import CheckpointManager, save_rank_state, write_model_state, write_task_extra
+from trainer.checkpoint import CheckpointManager, CheckpointMeta, save_rank_state, write_model_state, write_task_extra
 from trainer.config import to_dict
 
 
@@ -22,7 +22,7 @@ def write_phase(run_dir: Path, task, model_cfg, step: int) -> Path:
         save_rank_state(tmp, {})
 
     return CheckpointManager(Path(run_dir) / "checkpoints").save(
-        step, write, {"task": "comet", "model_config": to_dict(model_cfg)})
+        step, write, CheckpointMeta(step, 1, task="comet", model_config=to_dict(model_cfg)))
 
 
 def write_phases(path: Path, phases: list[dict], **top) -> Path:

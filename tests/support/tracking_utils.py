@@ -1,7 +1,8 @@
 """MLflow helpers shared by the tracking tests (tests/unit/test_tracking.py, tests/system/test_tracking_server.py).
 
-A test module imports the autouse fixture ``no_ambient_mlflow_env`` by name (pytest finds it in the module): no
-MLFLOW_* or SLURM_JOB_ID setting of the calling shell reaches its tests.
+``no_ambient_mlflow_env`` is registered for the whole suite (``pytest_plugins`` in tests/conftest.py); a module opts
+in with ``pytestmark = pytest.mark.usefixtures("no_ambient_mlflow_env")``: no MLFLOW_* or SLURM_JOB_ID setting of
+the calling shell reaches its tests.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from trainer.tracking import TrackingWarning
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def no_ambient_mlflow_env(monkeypatch):
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
                  "SLURM_JOB_ID"):

@@ -1,4 +1,5 @@
-"""A toy Uni-Code config and seeded global batches shared by the multi-process tests (tests/dist/)."""
+"""A toy Uni-Code config and seeded global batches shared by the multi-process tests (tests/dist/), and the toy encoder
+widths that fccid_utils.py builds on."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ from trainer.configs.model import CLUBConfig, EncoderConfig, QuantizerConfig, Un
 T = 4
 
 
+def small_encoder_config() -> EncoderConfig:
+    """The toy encoder widths of the Uni-Code and the FCCID test configs (FCCID's ``encoder``: its fine encoders)."""
+    return EncoderConfig(semantic_dim=16, specific_dim=8, ff_dim=32, dropout=0.0, se_reduction=4, pool_hidden=8,
+                         specific_hidden=16, spatial_specific_channels=8, decoder_hidden=16)
+
+
 def small_unicode_config(r_source: str = "cross_attention", **overrides) -> UniCodeConfig:
     """Audio ``(b T 12)`` and a spatial video map ``(b T 2 2 16)``, every term on, codes reset after 2 idle steps."""
     fields = dict(
         modalities=("audio", "video"),
         feature_dims={"audio": 12, "video": 16},
         spatial_patches={"video": 4},
-        encoder=EncoderConfig(semantic_dim=16, specific_dim=8, ff_dim=32, dropout=0.0, se_reduction=4,
-                              pool_hidden=8, specific_hidden=16, spatial_specific_channels=8, decoder_hidden=16),
+        encoder=small_encoder_config(),
         quantizer=QuantizerConfig(num_codes=16, dim=16, r_source=r_source, reset_steps=2),
         club=CLUBConfig(hidden_dim=16, inner_steps=3, lr=1e-2),
     )

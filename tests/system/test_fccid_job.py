@@ -10,7 +10,7 @@ import torch
 from fccid_utils import SWITCHES
 from job_utils import REPO, make_clip_shards, read_metrics, run_job
 
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint import CheckpointManager, read_meta
 from trainer.config import build_config
 from trainer.models.fccid import FCCIDModel
 from trainer.configs.model import FCCIDConfig
@@ -51,9 +51,9 @@ def test_main_job_trains_fccid_resumes_exactly_and_its_checkpoint_gives_segment_
     assert all(torch.equal(v, final["split"][k]) for k, v in final["reference"].items())
 
     ckpt = _latest(reference)
-    meta = CheckpointManager.read_meta(ckpt)
-    assert meta["step"] == 4 and meta["task"] == "fccid"
-    cfg = build_config(FCCIDConfig, meta["model_config"], "model_config")
+    meta = read_meta(ckpt)
+    assert meta.step == 4 and meta.task == "fccid"
+    cfg = build_config(FCCIDConfig, meta.model_config, "model_config")
     assert dataclasses.asdict(cfg.coarse) == {"hidden_dim": 64, "specific_dim": 32, "temperature": 0.1}   # demo's
     model = FCCIDModel(cfg)
     model.load_state_dict(final["reference"])

@@ -30,7 +30,7 @@ import yaml
 from job_utils import DEMO_CONFIG, REPO, job_command, job_env, make_clip_shards, read_metrics, run_job
 from numerics import COMPOUNDED_ULPS, assert_reordered_close
 
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint import CheckpointManager, read_meta
 from trainer.tracking import mlflow_metric_key
 
 STEPS = 8
@@ -114,7 +114,7 @@ def test_single_process_signal_checkpoints_exits_75_and_resumes_exactly(tmp_path
     stopped_at = status(run_dir)
     assert stopped_at["state"] == "stopped" and 2 <= stopped_at["step"] < STOPPED_RUN_STEPS
     ckpt = CheckpointManager(run_dir / "checkpoints").latest()
-    assert CheckpointManager.read_meta(ckpt)["step"] == stopped_at["step"]
+    assert read_meta(ckpt).step == stopped_at["step"]
 
     last = stopped_at["step"] + RESUMED_STEPS
     run_job(run_dir, shards, overrides=[f"run.max_steps={last}"])
@@ -149,7 +149,7 @@ def test_sigterm_to_the_whole_process_group_checkpoints_and_exits_75(tmp_path, s
     assert "killed by signal" not in err
     stopped_at = status(run_dir)
     assert stopped_at["state"] == "stopped" and "stop requested (SIGTERM)" in out
-    assert CheckpointManager.read_meta(CheckpointManager(run_dir / "checkpoints").latest())["step"] == \
+    assert read_meta(CheckpointManager(run_dir / "checkpoints").latest()).step == \
         stopped_at["step"]
 
 
@@ -234,7 +234,7 @@ def stop_through_the_launcher(tmp_path, shards, launcher: str, send) -> tuple[su
     stopped = status(run_dir)
     assert stopped["state"] == "stopped" and stopped["step"] < STOPPED_RUN_STEPS, err[-3000:]
     latest = CheckpointManager(run_dir / "checkpoints").resolve("auto")     # verified against its manifest
-    assert CheckpointManager.read_meta(latest)["step"] == stopped["step"]
+    assert read_meta(latest).step == stopped["step"]
     return proc, out, err, run_dir
 
 
@@ -314,10 +314,10 @@ def test_elastic_resume_2_ranks_then_1_process_then_2_ranks_continues_the_run(tm
     assert [r["step"] for r in rows] == list(range(1, 9))                       # every step once
     assert all(r["lr"] == pytest.approx(1e-3 * (r["step"] + 1) / 20) for r in rows)   # the demo config's warmup
 
-    metas = [CheckpointManager.read_meta(checkpoint_dir(run_dir, step)) for step in range(1, 9)]
-    assert len({m["mlflow_run_id"] for m in metas}) == 1
-    assert [(m["world_size"], m["zero_stage"]) for m in metas] == [(2, 2)] * 3 + [(1, 0)] * 2 + [(1, 2)] + [(2, 3)] * 2
-    assert [m["samples_seen"] for m in metas] == [4, 8, 12, 14, 16, 18, 22, 26]   # 2 clips per rank and step
+    metas = [read_meta(checkpoint_dir(run_dir, step)) for step in range(1, 9)]
+    assert len({m.mlflow_run_id for m in metas}) == 1
+    assert [(m.world_size, m.zero_stage) for m in metas] == [(2, 2)] * 3 + [(1, 0)] * 2 + [(1, 2)] + [(2, 3)] * 2
+    assert [m.samples_seen for m in metas] == [4, 8, 12, 14, 16, 18, 22, 26]   # 2 clips per rank and step
     optimizer = [torch.load(checkpoint_dir(run_dir, step) / "optimizer.pt", weights_only=True) for step in range(1, 9)]
     for before, after in zip(optimizer, optimizer[1:]):                          # across each resume too
         assert_one_adamw_step(before, after)
@@ -347,7 +347,7 @@ def test_training_logs_to_a_real_mlflow_server(tmp_path, shards):
         run_job(run_dir, shards, overrides=["run.max_steps=6", f"tracking.tracking_uri={server.url}",
                                             "tracking.plot_every=3"])
         client = MlflowClient(server.url)
-        run_id = CheckpointManager.read_meta(CheckpointManager(run_dir / "checkpoints").latest())["mlflow_run_id"]
+        run_id = read_meta(CheckpointManager(run_dir / "checkpoints").latest()).mlflow_run_id
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
         demo = yaml.safe_load(DEMO_CONFIG.read_text())
@@ -426,5 +426,5 @@ def test_a_stalled_rank_fails_the_job_within_the_collective_timeout_and_keeps_th
     assert "timed out" in err.lower() or "timeout" in err.lower(), err[-3000:]
     manager = CheckpointManager(run_dir / "checkpoints")
     latest = manager.resolve("auto")                                       # verified against its manifest
-    assert latest is not None and CheckpointManager.read_meta(latest)["step"] >= 2
+    assert latest is not None and read_meta(latest).step >= 2
     assert not (run_dir / "status.json").exists()                          # neither finished nor stopped

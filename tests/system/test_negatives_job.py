@@ -70,7 +70,7 @@ def test_two_ranks_with_global_negatives_train_what_one_process_trains_and_local
             assert_reordered_close(b[term], a[term], ulps=COMPOUNDED_ULPS, what=f"step {a['step']} {term}")
     # The codebook is the EMA of every step's z: it agrees only if the encoders trained alike. (Not every weight is
     # compared: a few have an exactly-zero gradient, e.g. the bias of a softmax scorer, and Adam turns their
-    # rounding noise into ±lr steps in either run; tests/dist/test_unicode_dist.py compares weights under SGD.)
+    # rounding noise into ±lr steps in either run; tests/dist/test_codebook_dist.py compares weights under SGD.)
     reference, model = final_model(tmp_path / "one"), final_model(tmp_path / "two")
     for name in ("quantizer.codebook", "quantizer.ema_count", "quantizer.ema_sum"):
         assert_reordered_close(model[name], reference[name], ulps=COMPOUNDED_ULPS, what=name)

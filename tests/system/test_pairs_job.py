@@ -23,7 +23,7 @@ from trainer.pretrained import CMGModel
 
 from shards.synth import SynthConfig, synthesise
 from shards.write import write_shards
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint import CheckpointManager, read_meta
 from trainer.programs.bench.pairs import PAIR_JOBS
 
 ITEMS = 8
@@ -35,7 +35,7 @@ def pair_shards(root: Path, kind: str) -> str:
                root / "items", progress=False)
     manifest = write_shards(root / "items", f"{root}/shards/train-%06d.tar", max_count=2, progress=False,
                             modalities=tuple(kind.split("+")))
-    assert manifest["total"] == ITEMS
+    assert manifest.total == ITEMS
     return f"{root}/shards/train-{{000000..000003}}.tar"
 
 
@@ -54,8 +54,8 @@ def test_a_pair_job_trains_on_its_two_modalities_and_resumes_exactly(tmp_path, k
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(f"cmcm_{first}_{second}" in r and f"recon_{first}" in r and r["data/skipped"] == 0 for r in rows)
     assert {r["step"]: r["loss"] for r in read_metrics(split)} == {r["step"]: r["loss"] for r in rows}
-    meta = CheckpointManager.read_meta(CheckpointManager(reference / "checkpoints").latest())
-    assert tuple(meta["model_config"]["modalities"]) == (first, second)
+    meta = read_meta(CheckpointManager(reference / "checkpoints").latest())
+    assert tuple(meta.model_config["modalities"]) == (first, second)
 
     out = tmp_path / "codes.npz"
     assert encode_main([str(reference), urls, "--out", str(out), "--num-workers", "0", "--no-progress"]) == EXIT_OK

@@ -235,8 +235,8 @@ def _submit(cluster, cwd: Path, config: Path, *args: str, run_dir: Path | None =
 @pytest.mark.slow
 def test_submit_checks_then_runs_the_script_as_written_on_a_cpu_only_cluster(slurm_cluster, jobs, tiny_config,
                                                                             tmp_path):
-    # As the README has it, from the repository root, with no resource options: the headers alone (no GPU, 2 CPUs)
-    # must fit a CPU-only node.
+    # As docs/training.md (Slurm) has it, from the repository root, with no resource options: the headers alone
+    # (no GPU, 2 CPUs) must fit a CPU-only node.
     run_dir = tmp_path / "run"
     done = _submit(slurm_cluster, REPO, tiny_config, "slurm/pretrain_av.sh", "run.max_steps=10", run_dir=run_dir)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -31,14 +31,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from dist_utils import free_port  # noqa: E402
 from mlflow_server import MlflowServer  # noqa: E402
 from tracking_utils import (  # noqa: E402
-    PNG_SIGNATURE, metric_history, mlflow_client, no_ambient_mlflow_env, tracking_warnings,
+    PNG_SIGNATURE, metric_history, mlflow_client, tracking_warnings,
 )
 
 from trainer.config import flatten, to_dict  # noqa: E402
 from trainer.tracking import Tracker, create_tracker, mlflow_metric_key
 from trainer.configs.tracking import TrackingConfig
 
-__all__ = ["no_ambient_mlflow_env"]   # autouse pytest fixture (tests/support/tracking_utils.py)
+pytestmark = pytest.mark.usefixtures("no_ambient_mlflow_env")   # tests/support/tracking_utils.py
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from backbone_utils import (  # noqa: E402
-    CAPTIONS, TINY, no_network, random_audio, random_video, tiny_backbones, tiny_config, vocab_file,
+    CAPTIONS, TINY, random_audio, random_video, tiny_backbones, tiny_config,
 )
 from PIL import Image  # noqa: E402
 
@@ -32,7 +32,7 @@ from trainer.backbones.audio import AudioBackbone, segment_pooling_weights  # no
 from trainer.backbones.text import TextBackbone  # noqa: E402
 from trainer.backbones.video import ImagePreprocessor, VideoBackbone, family_image_defaults  # noqa: E402
 
-__all__ = ["no_network", "vocab_file"]   # pytest fixtures (tests/support/backbone_utils.py), used by name
+pytestmark = pytest.mark.usefixtures("no_network")   # connections refused (tests/support/backbone_utils.py)
 
 VIDEO_CASES = [("clip_vision", "cls"), ("clip_vision", "patch"), ("vit", "mean"), ("vit", "patch")]
 AUDIO_FAMILIES = ["ast", "wav2vec2", "hubert", "whisper"]

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from trainer.checkpoint import (MANIFEST, MODEL_FILE, OPTIMIZER_FILE, CheckpointError, CheckpointManager,
-                                RunCheckpoints, load_rank_state, rank_file, read_init_source, read_model_state,
-                                read_task_extra, resolve_checkpoint, rng_state, save_rank_state, set_rng_state,
-                                verify_checkpoint, write_manifest, write_model_state, write_task_extra)
+                                CheckpointMeta, RunCheckpoints, load_rank_state, rank_file, read_init_source, read_meta,
+                                read_model_state, read_task_extra, resolve_checkpoint, rng_state, save_rank_state,
+                                set_rng_state, verify_checkpoint, write_manifest, write_model_state, write_task_extra)
+from trainer.checkpoint_format import META_VERSION, write_meta
 
 
 def _writer(value):
@@ -27,12 +28,11 @@ def test_publish_latest_and_keep_last(tmp_path):
     mgr = CheckpointManager(tmp_path / "ck", keep_last=2)
     assert mgr.latest() is None and mgr.resolve("auto") is None
     for step in (10, 20, 30):
-        mgr.save(step, _writer(step), {"mlflow_run_id": "abc"})
+        mgr.save(step, _writer(step), CheckpointMeta(step, 1, mlflow_run_id="abc"))
     names = [p.name for p in mgr.complete()]
     assert names == ["step_00000020", "step_00000030"]          # keep-last-2
     assert mgr.latest().name == "step_00000030"
-    assert mgr.read_meta(mgr.latest()) == {"step": 30, "world_size": 1, "mlflow_run_id": "abc",
-                                           "manifest": "manifest.json"}
+    assert read_meta(mgr.latest()) == CheckpointMeta(30, 1, mlflow_run_id="abc", manifest="manifest.json")
     state = load_rank_state(mgr.resolve("auto"))
     assert state["value"].item() == 30
 
@@ -41,7 +41,7 @@ def test_keep_best_survives_keep_last_pruning_until_a_better_one_replaces_it(tmp
     mgr = CheckpointManager(tmp_path / "ck", keep_last=1)
     scores = {10: 50.0, 20: 80.0, 30: 70.0, 40: 75.0, 50: 90.0, 60: 10.0}
     for step, score in scores.items():
-        ckpt = mgr.save(step, _writer(step), {})
+        ckpt = mgr.save(step, _writer(step))
         better = mgr.record_best_(ckpt, "eval/accuracy_cross_mean", score)
         assert better == (score == max(v for s, v in scores.items() if s <= step))
         best = mgr.best()
@@ -59,14 +59,14 @@ def test_keep_best_survives_keep_last_pruning_until_a_better_one_replaces_it(tmp
 
 def test_crash_mid_save_leaves_previous_checkpoint(tmp_path):
     mgr = CheckpointManager(tmp_path / "ck", keep_last=1)
-    mgr.save(1, _writer(1), {})
+    mgr.save(1, _writer(1))
 
     def crashing(tmp):
         (tmp / "half_written.bin").write_bytes(b"xx")
         raise RuntimeError("killed mid-save")
 
     with pytest.raises(RuntimeError):
-        mgr.save(2, crashing, {})
+        mgr.save(2, crashing)
     assert mgr.latest().name == "step_00000001"                  # untouched
     assert load_rank_state(mgr.latest())["value"].item() == 1
     assert any(p.name.startswith(".tmp-") for p in mgr.root.iterdir())
@@ -76,7 +76,7 @@ def test_crash_mid_save_leaves_previous_checkpoint(tmp_path):
 
 def test_incomplete_dir_is_never_resumed(tmp_path, capsys):
     mgr = CheckpointManager(tmp_path / "ck")
-    mgr.save(5, _writer(5), {})
+    mgr.save(5, _writer(5))
     (mgr.root / "step_00000009").mkdir()                         # no meta.json: not complete
     (mgr.root / "latest").write_text("step_00000009")            # even a bad pointer falls back
     assert mgr.latest().name == "step_00000005"
@@ -92,7 +92,7 @@ def test_rng_state_round_trip_is_exact(tmp_path):
     state = rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(3))
     mgr = CheckpointManager(tmp_path / "ck")
-    mgr.save(1, lambda tmp: save_rank_state(tmp, {"rng": state}), {})
+    mgr.save(1, lambda tmp: save_rank_state(tmp, {"rng": state}))
     random.seed(9)
     np.random.seed(9)
     torch.manual_seed(9)
@@ -125,7 +125,7 @@ DAMAGE = {"truncated": _truncate, "deleted": Path.unlink}
 
 
 def test_manifest_lists_every_other_file_with_size_and_sha256(tmp_path):
-    ckpt = CheckpointManager(tmp_path / "ck").save(1, _full_writer(1), {})
+    ckpt = CheckpointManager(tmp_path / "ck").save(1, _full_writer(1))
     manifest = json.loads((ckpt / MANIFEST).read_text())
     files = {e["path"]: e for e in manifest["files"]}
     assert sorted(files) == sorted(k for k in KINDS if k != MANIFEST)       # meta.json included, itself not
@@ -139,8 +139,8 @@ def test_manifest_lists_every_other_file_with_size_and_sha256(tmp_path):
 @pytest.mark.parametrize("name", KINDS)
 def test_resume_falls_back_past_a_damaged_file_and_names_it(tmp_path, capsys, name, damage):
     mgr = CheckpointManager(tmp_path / "ck", keep_last=3)
-    old = mgr.save(1, _full_writer(1), {})
-    new = mgr.save(2, _full_writer(2), {})
+    old = mgr.save(1, _full_writer(1))
+    new = mgr.save(2, _full_writer(2))
     DAMAGE[damage](new / name)
     capsys.readouterr()
 
@@ -158,8 +158,8 @@ def test_resume_falls_back_past_a_damaged_file_and_names_it(tmp_path, capsys, na
 
 def test_checksum_mismatch_of_same_size_is_caught(tmp_path, capsys):
     mgr = CheckpointManager(tmp_path / "ck", keep_last=3)
-    old = mgr.save(1, _full_writer(1), {})
-    new = mgr.save(2, _full_writer(2), {})
+    old = mgr.save(1, _full_writer(1))
+    new = mgr.save(2, _full_writer(2))
     data = bytearray((new / MODEL_FILE).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (new / MODEL_FILE).write_bytes(bytes(data))
@@ -169,7 +169,7 @@ def test_checksum_mismatch_of_same_size_is_caught(tmp_path, capsys):
 
 def test_no_checkpoint_verifies_is_an_error_not_a_fresh_start(tmp_path, capsys):
     mgr = CheckpointManager(tmp_path / "ck", keep_last=3)
-    first, second = (mgr.save(s, _full_writer(s), {}) for s in (1, 2))
+    first, second = (mgr.save(s, _full_writer(s)) for s in (1, 2))
     _truncate(rank_file(first, 0))
     (second / MANIFEST).unlink()
     with pytest.raises(CheckpointError, match="no checkpoint under .* verifies"):
@@ -180,15 +180,15 @@ def test_no_checkpoint_verifies_is_an_error_not_a_fresh_start(tmp_path, capsys):
 
 
 def test_prune_never_deletes_the_new_checkpoint_after_a_fallback(tmp_path, capsys):
-    CheckpointManager(tmp_path / "ck", keep_last=2).save(1, _full_writer(1), {})
-    damaged = CheckpointManager(tmp_path / "ck", keep_last=2).save(3, _full_writer(3), {})
+    CheckpointManager(tmp_path / "ck", keep_last=2).save(1, _full_writer(1))
+    damaged = CheckpointManager(tmp_path / "ck", keep_last=2).save(3, _full_writer(3))
     _truncate(rank_file(damaged, 0))
     mgr = CheckpointManager(tmp_path / "ck", keep_last=1)                  # the resumed run keeps one
     assert mgr.resolve("auto").name == "step_00000001"
-    two = mgr.save(2, _full_writer(2), {})                                  # the resumed run's next checkpoint
+    two = mgr.save(2, _full_writer(2))                                  # the resumed run's next checkpoint
     assert [p.name for p in mgr.step_dirs()] == ["step_00000002", "step_00000003"]   # step 1 pruned, 3 left
     assert mgr.resolve("auto") == two
-    verify_checkpoint(mgr.save(3, _full_writer(3), {}))                     # the damaged one is overwritten
+    verify_checkpoint(mgr.save(3, _full_writer(3)))                     # the damaged one is overwritten
     assert [p.name for p in mgr.step_dirs()] == ["step_00000003"]
 
 
@@ -196,18 +196,18 @@ def test_prune_never_deletes_the_new_checkpoint_after_a_fallback(tmp_path, capsy
 def test_keep_last_counts_complete_checkpoints_before_the_new_one(tmp_path):
     mgr = CheckpointManager(tmp_path / "ck", keep_last=6)
     for step in (1, 2, 3, 4):
-        mgr.save(step, _writer(step), {})
+        mgr.save(step, _writer(step))
     assert [p.name for p in mgr.complete()] == [f"step_{s:08d}" for s in (1, 2, 3, 4)]
     (mgr.root / "step_00000000").mkdir()                         # debris (no manifest, no meta.json)
     mgr = CheckpointManager(tmp_path / "ck", keep_last=2)
-    mgr.save(5, _writer(5), {})
+    mgr.save(5, _writer(5))
     assert [p.name for p in mgr.step_dirs()] == ["step_00000004", "step_00000005"]
 
 @pytest.mark.parametrize("empty", [False, True])
 @pytest.mark.parametrize("name, read", [("rank_00000.pt", load_rank_state), (MODEL_FILE, read_model_state),
                                         ("task_extra.pt", read_task_extra)])
 def test_loading_a_damaged_file_names_checkpoint_and_file(tmp_path, name, read, empty):
-    ckpt = CheckpointManager(tmp_path / "ck").save(1, _full_writer(1), {})
+    ckpt = CheckpointManager(tmp_path / "ck").save(1, _full_writer(1))
     if empty:
         (ckpt / name).write_bytes(b"")
     else:
@@ -244,7 +244,7 @@ def test_checkpoint_without_manifest_from_before_manifests_is_taken_with_a_warni
     ckpt = tmp_path / "checkpoints" / "step_00000007"
     ckpt.mkdir(parents=True)
     write_model_state(ckpt, {"w": torch.ones(2)})
-    (ckpt / "meta.json").write_text(json.dumps({"step": 7}))               # no "manifest": an older checkpoint
+    (ckpt / "meta.json").write_text(json.dumps({"step": 7, "world_size": 1}))   # no "manifest": an older checkpoint
     (tmp_path / "checkpoints" / "latest").write_text(ckpt.name)
     assert resolve_checkpoint(tmp_path) == ckpt
     assert CheckpointManager(tmp_path / "checkpoints").resolve("auto") == ckpt
@@ -317,8 +317,9 @@ def _as_if_written_by_two_ranks(ckpt: Path, rank1_state: dict) -> None:
 def test_restore_with_another_world_size_is_elastic(tmp_path, capsys):
     split, same = _SplitPart(), _Part()
     split.value, same.value = 3, 7
-    ckpt = RunCheckpoints(tmp_path / "ck", 2, _Engine(), {"split": split, "same": same}, _Task()).save(4, {})
-    assert CheckpointManager.read_meta(ckpt)["zero_stage"] == 0
+    parts = {"split": split, "same": same}
+    ckpt = RunCheckpoints(tmp_path / "ck", 2, _Engine(), parts, _Task()).save(4, CheckpointMeta(4, 1))
+    assert read_meta(ckpt).zero_stage == 0
     _as_if_written_by_two_ranks(ckpt, {"split": {"value": 5}, "same": {"value": 7}, "replicas": {}})
     engine, split, same = _Engine(), _SplitPart(), _Part()
     assert RunCheckpoints(tmp_path / "ck", 2, engine, {"split": split, "same": same}, _Task()).restore("auto") == ckpt
@@ -331,7 +332,7 @@ def test_restore_with_another_world_size_is_elastic(tmp_path, capsys):
 
 
 def test_an_elastic_resume_without_optimizer_state_names_the_file(tmp_path):
-    ckpt = RunCheckpoints(tmp_path / "ck", 2, _Engine(), {"part": _Part()}, _Task()).save(4, {})
+    ckpt = RunCheckpoints(tmp_path / "ck", 2, _Engine(), {"part": _Part()}, _Task()).save(4, CheckpointMeta(4, 1))
     (ckpt / OPTIMIZER_FILE).unlink()
     _as_if_written_by_two_ranks(ckpt, {"part": {"value": 0}, "replicas": {}})
     with pytest.raises(CheckpointError) as info:
@@ -343,7 +344,7 @@ def test_an_elastic_resume_without_optimizer_state_names_the_file(tmp_path):
 def test_restore_round_trip_and_engine_errors_name_the_engine_dir(tmp_path):
     part = _Part()
     part.value = 5
-    RunCheckpoints(tmp_path / "ck", 2, _Engine(), {"part": part}, _Task()).save(4, {})
+    RunCheckpoints(tmp_path / "ck", 2, _Engine(), {"part": part}, _Task()).save(4, CheckpointMeta(4, 1))
     fresh = _Part()
     ckpt = RunCheckpoints(tmp_path / "ck", 2, _Engine(), {"part": fresh}, _Task()).restore("auto")
     assert ckpt.name == "step_00000004" and fresh.value == 5
@@ -351,3 +352,37 @@ def test_restore_round_trip_and_engine_errors_name_the_engine_dir(tmp_path):
         RunCheckpoints(tmp_path / "ck", 2, _Engine(fail=True), {"part": _Part()}, _Task()).restore("auto")
     assert f"checkpoint {ckpt}: engine/" in str(info.value) and info.value.file == ckpt / "engine"
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+# ---------------------------------------------------------------------- meta.json (CheckpointMeta)
+def test_meta_round_trips_through_meta_json(tmp_path):
+    meta = CheckpointMeta(12, 4, zero_stage=2, task="comet", model_config={"modalities": ["audio", "video"]},
+                          backbones={"audio": {"family": "ast"}}, phase="p1", mlflow_run_id="r1", samples_seen=96,
+                          data_kind="features", data_source={"urls": "abc"}, manifest=MANIFEST)
+    write_meta(tmp_path, meta)
+    assert read_meta(tmp_path) == meta
+    assert json.loads((tmp_path / "meta.json").read_text())["version"] == META_VERSION
+
+
+def test_an_old_meta_json_without_version_loads_with_the_defaults_of_its_time(tmp_path):
+    # what the manager wrote before meta.json had a version (and before it named the task or the engine)
+    (tmp_path / "meta.json").write_text(json.dumps({"step": 7, "world_size": 2, "mlflow_run_id": None,
+                                                    "model_config": {"modalities": ["video"]}, "retired": 1}))
+    meta = read_meta(tmp_path)
+    assert meta == CheckpointMeta(7, 2, model_config={"modalities": ["video"]})
+    assert meta.version == 1 and meta.task == "unicode" and meta.zero_stage is None and meta.manifest is None
+
+
+@pytest.mark.parametrize(("contents", "error"), [
+    ({"step": 1, "world_size": 1, "version": META_VERSION + 1},
+     rf"version {META_VERSION + 1}, written by a newer trainer \(this one reads up to {META_VERSION}\)"),
+    ({"world_size": 1}, "'step' must be an integer, got None"),
+    ({"step": 1, "world_size": "2"}, "'world_size' must be an integer"),
+    ({"step": 1, "world_size": 1, "task": 3}, "'task' must be str, got 3"),
+    ([1], "expected a JSON object, got list"),
+])
+def test_a_bad_or_future_meta_json_is_refused_naming_the_file_and_key(tmp_path, contents, error):
+    (tmp_path / "meta.json").write_text(json.dumps(contents))
+    with pytest.raises(CheckpointError, match=rf"checkpoint {tmp_path}: meta.json: {error}") as info:
+        read_meta(tmp_path)
+    assert info.value.file == tmp_path / "meta.json"

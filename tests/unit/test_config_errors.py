@@ -12,7 +12,7 @@ import torch
 from job_utils import job_command, make_clip_shards
 from task_utils import write_phases
 
-from trainer.checkpoint import CheckpointManager, save_rank_state, write_model_state
+from trainer.checkpoint import CheckpointManager, CheckpointMeta, save_rank_state, write_model_state
 from trainer.config import ConfigError, load_config
 from trainer.configs.data import DataConfig
 from trainer.data.stream import data_source
@@ -43,7 +43,7 @@ def checkpoint(root: Path, model: bool = True, meta: dict | None = None) -> Path
             write_model_state(tmp, {"w": torch.zeros(2)})
         save_rank_state(tmp, {})
 
-    return CheckpointManager(root / "checkpoints").save(4, write, meta or {})
+    return CheckpointManager(root / "checkpoints").save(4, write, CheckpointMeta(4, 1, **(meta or {})))
 
 
 def assert_refused(argv: list[str], run_dir: Path, key: str, capsys, *also: str) -> None:

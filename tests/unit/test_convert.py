@@ -27,7 +27,8 @@ from shards.convert import MANIFEST_NAME, STATE_NAME, main  # noqa: E402
 from trainer.data import ClipStream
 from trainer.configs.data import DataConfig
 from trainer.data.decode import BACKGROUND  # noqa: E402
-from trainer.data.features import FEATURE_MANIFEST_FORMAT, decode_feature_sample, feature_layout  # noqa: E402
+from trainer.data.features import decode_feature_sample, feature_layout  # noqa: E402
+from trainer.data.manifest import FEATURE_FORMAT, ShardManifest  # noqa: E402
 from trainer.data.released import AVVP_CLASSES  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,7 +79,7 @@ def reference(released, tmp_path_factory) -> Path:
 
 def test_converted_vggsound_avel_holds_the_released_arrays(released, reference, capsys):
     manifest = json.loads((reference / MANIFEST_NAME).read_text())
-    assert manifest["format"] == FEATURE_MANIFEST_FORMAT
+    assert manifest["format"] == FEATURE_FORMAT
     assert manifest["feature_shapes"] == {"audio": [128], "video": [49, 512]} and manifest["decode"]["seconds"] == 10
     assert [(s["name"], s["samples"], s["split"]) for s in manifest["shards"]] == [
         ("train-000000.tar", 2, "train"), ("train-000001.tar", 2, "train"), ("train-000002.tar", 2, "train"),
@@ -88,7 +89,7 @@ def test_converted_vggsound_avel_holds_the_released_arrays(released, reference, 
     assert released_info["splits"]["train"] == {"urls": "train-{000000..000002}.tar", "shards": 3, "samples": 6}
     short = sum(c.audio.shape[0] < 10 for c in released.clips.values())
     assert released_info["fitted"] == ({"audio/padded": short} if short else {})
-    layout = feature_layout(manifest, ["audio", "video"], "manifest")
+    layout = feature_layout(ShardManifest.read(reference), ["audio", "video"])
     samples = shard_samples(reference)
     ids = list(released.clips)
     in_split_order = [k for split in ("train", "val", "test") for k in ids if released.clips[k].split == split]
@@ -254,7 +255,7 @@ def test_avvp_conversion_keeps_per_modality_labels_and_every_event(tmp_path):
     speech, violin = AVVP_CLASSES.index("Speech"), AVVP_CLASSES.index("Violin_fiddle")
     assert labels["audio_events"][0] == [speech, violin] and labels["video_events"] == [[violin]] * 10
     assert labels["audio_labels"][0] == speech and labels["num_classes"] == 25
-    layout = feature_layout(manifest, ["audio", "video"], "manifest")
+    layout = feature_layout(ShardManifest.read(out), ["audio", "video"])
     clip = decode_feature_sample({"__key__": "KSRjje7GH44_60_70", **samples["KSRjje7GH44_60_70"][1]}, layout)
     assert clip.labels.video.tolist() == [BACKGROUND] * 10 and clip.labels.audio.tolist()[0] == speech
 
@@ -264,7 +265,7 @@ def test_ave_and_ucf_conversions(tmp_path):
     assert main(["ave", "--root", str(ave.root), "--out", str(tmp_path / "ave-out"), "--no-progress"]) == 0
     manifest = json.loads((tmp_path / "ave-out" / MANIFEST_NAME).read_text())
     assert {s: v["samples"] for s, v in manifest["released"]["splits"].items()} == {"train": 3, "val": 1, "test": 2}
-    layout = feature_layout(manifest, ["audio", "video"], "manifest")
+    layout = feature_layout(ShardManifest.read(tmp_path / "ave-out"), ["audio", "video"])
     name, sample = shard_samples(tmp_path / "ave-out")["00005"]
     clip = decode_feature_sample({"__key__": "00005", **sample}, layout)
     assert name == "test-000000.tar" and np.array_equal(clip.features["audio"], ave.audio[5])

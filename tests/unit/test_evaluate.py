@@ -15,14 +15,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
-from tracking_utils import mlflow_client, no_ambient_mlflow_env  # noqa: E402
+from tracking_utils import mlflow_client  # noqa: E402
 
 from trainer.programs.bench.jobs import bench_job, pretrain
 from trainer.programs.bench.config import PretrainConfig
 from trainer.checkpoint import write_manifest
 from trainer.config import ConfigError, to_dict  # noqa: E402
-from trainer.configs.data import DataConfig
-from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy  # noqa: E402
+from trainer.configs.data import DataConfig  # noqa: E402
+from trainer.data.features import encode_npy  # noqa: E402
+from trainer.data.manifest import FEATURE_FORMAT  # noqa: E402
 from trainer.eval.encode import (  # noqa: E402
     LabelledFeatures, encode_modality, encode_split, load_pretrained, model_config_from_dict, read_shard_features,
     split_indices,
@@ -41,8 +42,7 @@ from trainer.models.fccid import FCCIDModel
 CLASSES, SEGMENTS, CLIPS = 3, 4, 30
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-__all__ = ["no_ambient_mlflow_env"]   # autouse pytest fixture (tests/support/tracking_utils.py)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_ambient_mlflow_env")   # tests/conftest.py, tracking_utils.py
 
 
 TINY_ENCODER = EncoderConfig(semantic_dim=8, specific_dim=4, ff_dim=16, heads=2, se_reduction=4, pool_hidden=4,
@@ -78,7 +78,7 @@ def _write_run(run, model, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     ckpt = run / "checkpoints" / "step_00000008"
     ckpt.mkdir(parents=True)
     torch.save(model.state_dict(), ckpt / "model.pt")
-    (ckpt / "meta.json").write_text(json.dumps({"step": 8, "mlflow_run_id": None, **meta}))
+    (ckpt / "meta.json").write_text(json.dumps({"step": 8, "world_size": 1, "mlflow_run_id": None, **meta}))
     write_manifest(ckpt)
     (run / "checkpoints" / "latest").write_text(ckpt.name)
     np.savez(run / "public.npz", **arrays)
@@ -304,7 +304,7 @@ def test_unlabelled_evaluation_data_are_refused_naming_shard_and_key(checkpoint,
                                                  "audio_labels": [0] * SEGMENTS}).encode()
                 sink.write(sample)
     (tmp_path / "manifest.json").write_text(json.dumps({
-        "format": FEATURE_MANIFEST_FORMAT, "feature_shapes": {"audio": [6], "video": [4, 8]},
+        "format": FEATURE_FORMAT, "feature_shapes": {"audio": [6], "video": [4, 8]},
         "decode": {"seconds": SEGMENTS}, "shards": [{"name": f"f-{i:06d}.tar", "samples": 2} for i in range(2)]}))
     urls = str(tmp_path / "f-{000000..000001}.tar")
     expected = rf"{tmp_path}/f-000001.tar:c11.json.*must be labelled \(--data <labelled shards>\)"
@@ -330,7 +330,7 @@ def _feature_shard(root, modality: str, shape: tuple[int, ...], labels: list[int
                         "json": json.dumps({"clip_label": label, "audio_labels": per_second,
                                             "video_labels": per_second}).encode()})
     (root / "manifest.json").write_text(json.dumps({
-        "format": FEATURE_MANIFEST_FORMAT, "feature_shapes": {modality: list(shape)}, "decode": {"seconds": SEGMENTS},
+        "format": FEATURE_FORMAT, "feature_shapes": {modality: list(shape)}, "decode": {"seconds": SEGMENTS},
         "shards": [{"name": "f-000000.tar", "samples": len(labels)}], "released": {"classes": classes}}))
     return str(root / "f-000000.tar")
 

@@ -1,5 +1,5 @@
 """FCCID (seed 003 §3.1): model shapes, loss terms of eq. 10, InfoNCE by hand, Table 5 switches, the coarse path
-per segment, config and state. The 2-rank exactness of the quantizer state is in tests/dist/test_fccid_dist.py, the
+per segment, config and state. The 2-rank exactness of the quantizer state is in tests/dist/test_codebook_dist.py, the
 real job with ``task: fccid`` in tests/system/test_fccid_job.py."""
 
 import math

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 import yaml  # noqa: E402
 from feature_utils import (  # noqa: E402
-    CLIP_URLS, DECODE, FEATURE_URLS, SECONDS, TINY_YAML, clip_shards, feature_shards,
+    CLIP_URLS, DECODE, FEATURE_URLS, SECONDS, TINY_YAML,
 )
 
 from shards.extract import extract  # noqa: E402
@@ -32,12 +32,12 @@ from trainer.config import ConfigError, load_config  # noqa: E402
 from trainer.data import COUNTER_NAMES, ClipStream, CorruptSample, feature_batches
 from trainer.configs.data import DataConfig
 from trainer.data.decode import ClipLabels  # noqa: E402
+from trainer.data.manifest import FEATURE_FORMAT, ShardManifest  # noqa: E402
 from trainer.data.features import (  # noqa: E402
-    FEATURE_MANIFEST_FORMAT, FeatureClip, FeatureError, FeatureLayout, PublicFeatureConfig, PublicFeatureDataset,
+    FeatureClip, FeatureError, FeatureLayout, PublicFeatureConfig, PublicFeatureDataset,
     collate_feature_clips, decode_feature_sample, decode_npy, encode_npy, feature_layout,
 )
 
-__all__ = ["clip_shards", "feature_shards"]   # pytest fixtures (tests/support/feature_utils.py), used by name
 
 LAYOUT = FeatureLayout(seconds=2, dims={"video": (4, 8), "audio": (3,)})
 
@@ -99,16 +99,21 @@ def test_feature_sample_decodes_against_the_manifest_layout():
 
 
 def test_feature_layout_comes_from_an_extract_manifest():
-    manifest = {"format": FEATURE_MANIFEST_FORMAT, "feature_shapes": {"video": [16, 32], "audio": [32], "text": [32]},
-                "decode": {"seconds": 10}}
-    layout = feature_layout(manifest, ["audio", "video"], "m.json")
+    manifest = {"format": FEATURE_FORMAT, "feature_shapes": {"video": [16, 32], "audio": [32], "text": [32]},
+                "decode": {"seconds": 10}, "shards": []}
+
+    def read(contents: dict, where: str = "m.json") -> ShardManifest:
+        return dataclasses.replace(ShardManifest.from_json(contents, where), path=Path(where))
+
+    layout = feature_layout(read(manifest), ["audio", "video"])
     assert layout == FeatureLayout(10, {"audio": (32,), "video": (16, 32)})
-    with pytest.raises(ValueError, match=r"manifest clips/manifest.json has format None, not 'cmg-trainer-features/1'"):
-        feature_layout({"shards": []}, ["audio"], "clips/manifest.json")
+    with pytest.raises(ValueError, match=r"manifest clips/manifest.json has format 'cmg-trainer-shards/1', not "
+                                         r"'cmg-trainer-features/1'"):
+        feature_layout(read({"shards": []}, "clips/manifest.json"), ["audio"])   # no format: clip shards
     with pytest.raises(ValueError, match=r"feature_modalities asks for \['text'\].* hold only \['audio'\]"):
-        feature_layout(manifest | {"feature_shapes": {"audio": [32]}}, ["audio", "text"], "m.json")
+        feature_layout(read(manifest | {"feature_shapes": {"audio": [32]}}), ["audio", "text"])
     with pytest.raises(ValueError, match="m.json: expected feature_shapes"):
-        feature_layout({"format": FEATURE_MANIFEST_FORMAT, "feature_shapes": {"audio": [32]}}, ["audio"], "m.json")
+        feature_layout(read({"format": FEATURE_FORMAT, "feature_shapes": {"audio": [32]}, "shards": []}), ["audio"])
 
 
 def test_collate_pads_text_to_the_longest_caption():
@@ -205,7 +210,7 @@ def _assert_same_features(got: dict, want: dict) -> None:
 def test_extract_then_feature_stream_equals_on_the_fly_features(clip_shards, feature_shards):
     manifest = json.loads((feature_shards / "manifest.json").read_text())
     assert [s["samples"] for s in manifest["shards"]] == [2, 2, 1] and manifest["total"] == 5
-    assert manifest["format"] == FEATURE_MANIFEST_FORMAT and manifest["decode"]["seconds"] == SECONDS
+    assert manifest["format"] == FEATURE_FORMAT and manifest["decode"]["seconds"] == SECONDS
     assert manifest["feature_shapes"] == {"video": [16, 32], "audio": [32], "text": [32]}
     assert manifest["backbones"]["audio"]["model_class"] == "ASTModel"
     # the same stream settings over clip shards (+ backbones) and over their feature shards: feature shard i

@@ -22,8 +22,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from backbone_utils import no_network, random_audio, random_video  # noqa: E402
-from feature_utils import DECODE, SECONDS, clip_shards  # noqa: E402
+from backbone_utils import random_audio, random_video  # noqa: E402
+from feature_utils import DECODE, SECONDS  # noqa: E402
 
 from shards.extract import extract  # noqa: E402
 from trainer.backbones import BackboneConfig, FrozenBackbones, load_backbone, load_backbones_config  # noqa: E402
@@ -33,7 +33,7 @@ from trainer.backbones.vgg import VGG, VGGConfig, VGGish, VGGishConfig  # noqa: 
 from trainer.data import ClipStream
 from trainer.configs.data import DataConfig
 
-__all__ = ["clip_shards", "no_network"]   # pytest fixtures (tests/support/), used by name
+pytestmark = pytest.mark.usefixtures("no_network")   # connections refused (tests/support/backbone_utils.py)
 
 PAPER_RANDOM = "launch/configs/backbones/paper-random.yaml"
 # a narrow VGGish (same front end and framing, 8-d embeddings) for the tests that only look at the audio path

@@ -125,10 +125,10 @@ def test_save_pretrained_round_trip_gives_identical_codes_from_safetensors_and_j
             assert torch.equal(getattr(before[m], name), getattr(after[m], name)), (m, name)
     config = json.loads((tmp_path / "export" / CONFIG_FILE).read_text())
     assert config["format"] == EXPORT_FORMAT and config["task"] == task
-    assert config["model_config"] == load_pretrained(runs[task]).meta["model_config"]
+    assert config["model_config"] == load_pretrained(runs[task]).meta.model_config
     assert config["codebook"] == {"tensor": "quantizer.codebook", "num_codes": 8, "dim": 16}
     assert {s: r["weights_sha256"] for s, r in config["backbones"].items()} == \
-        {s: r["weights_sha256"] for s, r in load_pretrained(runs[task]).meta["backbones"].items()}
+        {s: r["weights_sha256"] for s, r in load_pretrained(runs[task]).meta.backbones.items()}
     state = safetensors.torch.load_file(tmp_path / "export" / WEIGHTS_FILE)
     assert torch.equal(state["quantizer.codebook"], model.codebook)
     if "text" in config["backbones"]:   # the local vocabulary travels with the export

@@ -92,7 +92,7 @@ def shape_shards(request, tmp_path_factory) -> tuple[str, tuple[str, ...], dict]
     root = tmp_path_factory.mktemp(request.param.replace("+", "_"))
     src = write_folder(root / "src", suffixes)
     manifest = write_shards(src, f"{root}/out/train-%06d.tar", max_count=2, progress=False, modalities=modalities)
-    return f"{root}/out/train-{{000000..000003}}.tar", modalities, manifest
+    return f"{root}/out/train-{{000000..000003}}.tar", modalities, manifest.to_json()
 
 
 def test_each_shape_goes_through_the_stream_once_per_sample_on_2_ranks_x_2_workers(shape_shards):
@@ -259,7 +259,8 @@ def test_writer_pairs_stems_refuses_unpaired_ones_by_name_and_skips_them_with_sk
         write_shards(src, out, progress=False, modalities=("audio", "text"), captions=table)
     assert "3 stems do not pair audio+text: ghost (captions but no file), item02 (no text), lonely (no audio or " \
            "text)" in str(info.value)
-    manifest = write_shards(src, out, progress=False, modalities=("audio", "text"), captions=table, skip_bad=True)
+    manifest = write_shards(src, out, progress=False, modalities=("audio", "text"), captions=table,
+                            skip_bad=True).to_json()
     assert manifest["total"] == 2 and manifest["captions"] == 3 and manifest["modalities"] == {"audio+text": 2}
     assert [(s["key"], s["reason"]) for s in manifest["skipped"]] == [("ghost", "unpaired"), ("item02", "unpaired"),
                                                                         ("lonely", "unpaired")]
@@ -318,7 +319,7 @@ def test_synthetic_pairs_carry_the_clip_worlds_events_and_pack_as_their_modaliti
         segments = 1 if set(modalities) <= {"image", "text"} else SECONDS
         assert len(meta["video_labels"]) == len(meta["audio_labels"]) == segments
     manifest = write_shards(tmp_path / "items", f"{tmp_path}/out/train-%06d.tar", progress=False,
-                            modalities=tuple(modalities))
+                            modalities=tuple(modalities)).to_json()
     assert manifest["total"] == 4 and manifest["labelled"] == 4
 
 

@@ -10,6 +10,7 @@ import sys
 import os
 import pickle
 import signal
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,10 @@ from shards.write import write_shards  # noqa: E402
 from trainer.data import COUNTER_NAMES, ClipStream, CorruptSample, batches_per_rank, decode_sample
 from trainer.configs.data import DataConfig, DecodeConfig
 from trainer.data import stream as stream_module  # noqa: E402
+from trainer.data.batch import Batch  # noqa: E402
 from trainer.data.decode import decode_audio  # noqa: E402
-from trainer.data.features import FEATURE_MANIFEST_FORMAT, encode_npy  # noqa: E402
+from trainer.data.features import encode_npy  # noqa: E402
+from trainer.data.manifest import FEATURE_FORMAT  # noqa: E402
 
 SECONDS, SIZE, SR = 2, 32, 16000
 DECODE = DecodeConfig(seconds=SECONDS, frames_per_segment=2, frame_size=SIZE, sample_rate=SR)
@@ -128,7 +131,7 @@ def _feature_members(src: Path, key: str, index: int) -> dict[str, bytes]:
 def _feature_manifest(counts: dict[str, int]) -> str:
     """What ``shards.extract`` writes, as far as the stream reads it."""
     shards = [{"name": name, "samples": count} for name, count in counts.items()]
-    return json.dumps({"format": FEATURE_MANIFEST_FORMAT, "feature_shapes": FEATURE_SHAPES,
+    return json.dumps({"format": FEATURE_FORMAT, "feature_shapes": FEATURE_SHAPES,
                        "decode": {"seconds": SECONDS}, "shards": shards})
 
 
@@ -174,6 +177,31 @@ def _epoch(stream: ClipStream, stop: int | None = None) -> list[dict]:
         if stop is not None and len(out) == stop:
             break
     return out
+
+
+def assert_is_batch(batch: dict, kind: str) -> None:
+    """``batch`` is a ``Batch`` of a shard stream: only its keys, each value of the type it declares, b rows."""
+    declared = typing.get_type_hints(Batch)
+    assert set(batch) <= set(declared), f"keys outside Batch: {sorted(set(batch) - set(declared))}"
+    annotations = {"caption", "video_labels", "audio_labels", "clip_label", "labelled", "key", "url", "is_pad",
+                   "skipped"}
+    assert annotations <= set(batch)
+    media = {"video", "audio"} | ({"text", "text_mask"} if kind == "features" else set())
+    assert media <= set(batch)
+    rows = len(batch["key"])
+    for name, value in batch.items():
+        assert isinstance(value, typing.get_origin(declared[name]) or declared[name]), name
+        if name != "skipped":
+            assert len(value) == rows, name
+
+
+def test_every_batch_of_either_kind_is_a_typed_batch(bad_shards_of_each_kind):
+    shards = bad_shards_of_each_kind
+    cfg = DataConfig(urls=shards["urls"], kind=shards["kind"], batch_size=2, num_workers=1, decode=DECODE)
+    batches = _epoch(ClipStream(cfg, rank=0, world_size=1))
+    assert batches
+    for batch in batches:
+        assert_is_batch(batch, shards["kind"])
 
 
 def _non_pad_keys(batches: list[dict]) -> list[str]:

@@ -245,6 +245,6 @@ def test_a_fourth_task_is_one_module_and_a_line_in_each_registry(tmp_path, monke
     assert isinstance(job.model, UniCodeConfig)                        # typed by the new task's registry entry
     checkpoint = train_in_memory(job, features)
     pretrained = load_pretrained(checkpoint)                           # evaluation reads it like any other task's
-    assert pretrained.meta["task"] == "reconstruction_only" and pretrained.step == 3
+    assert pretrained.meta.task == "reconstruction_only" and pretrained.step == 3
     codes, _ = pretrained.model.segment_codes({"audio": features["audio"][:2]}, "audio")
     assert codes.shape == (2, T)

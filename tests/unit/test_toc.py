@@ -81,7 +81,7 @@ def _fake_checkpoint(root, codebook):
     ckpt = root / "checkpoints" / "step_00000007"
     ckpt.mkdir(parents=True)
     write_model_state(ckpt, {"quantizer.codebook": codebook, "quantizer.ema_count": torch.ones(len(codebook))})
-    (ckpt / "meta.json").write_text(json.dumps({"step": 7}))
+    (ckpt / "meta.json").write_text(json.dumps({"step": 7, "world_size": 1}))
     write_manifest(ckpt)
     (root / "checkpoints" / "latest").write_text(ckpt.name)
     return ckpt

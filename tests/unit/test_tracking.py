@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from dist_utils import free_port  # noqa: E402
 from tracking_utils import (  # noqa: E402
-    PNG_SIGNATURE, metric_history, mlflow_client, no_ambient_mlflow_env, tracking_warnings,
+    PNG_SIGNATURE, metric_history, mlflow_client, tracking_warnings,
 )
 
 from trainer.code_usage import classify_code_usage, plot_code_usage  # noqa: E402
@@ -36,7 +36,7 @@ from trainer.tracking import (
 )
 from trainer.configs.tracking import TrackingConfig
 
-__all__ = ["no_ambient_mlflow_env"]   # autouse pytest fixture (tests/support/tracking_utils.py)
+pytestmark = pytest.mark.usefixtures("no_ambient_mlflow_env")   # tests/support/tracking_utils.py
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_fewer_than_two_shared_items_are_refused_naming_the_pair():
 
 def test_retrieval_sets_are_named_explicitly_by_their_manifest_or_by_their_folder(tmp_path):
     (tmp_path / "conv").mkdir()
-    (tmp_path / "conv" / "manifest.json").write_text('{"released": {"set": "clotho"}}')
+    (tmp_path / "conv" / "manifest.json").write_text('{"shards": [], "released": {"set": "clotho"}}')
     spec = f"coco=a/x-{{0..1}}.tar::{tmp_path}/conv/eval-0.tar::{tmp_path}/flickr/test-0.tar"
     assert retrieval_sets(spec) == [("coco", "a/x-{0..1}.tar"), ("clotho", f"{tmp_path}/conv/eval-0.tar"),
                                     ("flickr", f"{tmp_path}/flickr/test-0.tar")]

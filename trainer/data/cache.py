@@ -2,7 +2,8 @@
 (``data.decode_cache``), the format of which this module alone reads and writes.
 
 A training job reads every clip once per epoch, and decoding it is most of the CPU a small model costs: at the demo's
-settings a training process consumes what two decoding cores supply (``python -m shards.bench``, "Supply and demand").
+settings a training process consumes what more than one decoding core supplies (docs/performance.md, "Decoding and
+data supply", written by ``python -m shards.bench``).
 The decode of a clip is deterministic (no random crop or augmentation: ``trainer.data.decode.decode_sample``), so the
 arrays of its first decode are kept and later epochs read them back: the batches, and so the run, are bit for bit
 those of a job without the cache (tests/unit/test_stream.py checks it). What is kept is the whole clip, every second

@@ -1,4 +1,4 @@
-"""Stacking decoded samples into the batch dict documented in ``trainer/data/__init__.py``."""
+"""Stacking decoded samples into the ``Batch`` of trainer/data/batch.py."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from trainer.data.decode import BACKGROUND, SKIP_REASONS, TIMED_MODALITIES, Deco
 from trainer.models.inputs import SEGMENT_MASK
 
 if TYPE_CHECKING:
+    from trainer.data.batch import Batch
     from trainer.data.features import FeatureClip
 
 # Counters carried by every batch of the stream ("skipped"), in this order. The SKIP_REASONS entries
@@ -24,7 +25,7 @@ COUNTER_NAMES = SKIP_REASONS + ("unreadable", "ignored_member")
 COUNTER_INDEX = {name: i for i, name in enumerate(COUNTER_NAMES)}
 
 
-def collate_annotations(clips: Sequence[DecodedSample | FeatureClip]) -> dict:
+def collate_annotations(clips: Sequence[DecodedSample | FeatureClip]) -> Batch:
     """The entries clip and feature batches share: key, url, caption, the labels and ``labelled``."""
     return {
         "key": [c.key for c in clips],
@@ -37,7 +38,7 @@ def collate_annotations(clips: Sequence[DecodedSample | FeatureClip]) -> dict:
     }
 
 
-def collate_samples(samples: Sequence[DecodedSample], is_pad: Sequence[bool], segment_mask: bool = False) -> dict:
+def collate_samples(samples: Sequence[DecodedSample], is_pad: Sequence[bool], segment_mask: bool = False) -> Batch:
     """Decoded ``samples`` of one batch (the same media modalities) -> tensors (the stream adds the batch's "skipped"
     counters). Video, audio and labels are zero-padded (BACKGROUND for labels) to the longest sample's seconds
     (whole clips of any length; training windows all have the window's). ``segment_mask``: add ``segment_mask``

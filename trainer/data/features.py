@@ -9,8 +9,8 @@ released features, trainer/data/released.py):
                 shards.convert also num_classes and, for AVVP, audio_events / video_events: every class per second);
                 absent for an unlabelled clip (then: no labels, as for clip shards, see trainer/data/decode.py)
     txt         the caption; absent for a clip without one (text.npy holds the encoded caption when text is used)
-plus ``manifest.json`` (format ``FEATURE_MANIFEST_FORMAT``) with the per-shard sample counts, the feature
-shapes and the extraction's ``DecodeConfig``. ``ClipStream`` reads them with ``DataConfig(kind="features")``:
+plus ``manifest.json`` (``trainer.data.manifest``, format ``FEATURE_FORMAT``) with the per-shard sample counts, the
+feature shapes and the extraction's ``DecodeConfig``. ``ClipStream`` reads them with ``DataConfig(kind="features")``:
 ``decode_feature_sample`` is its per-sample decoder and ``collate_feature_clips`` its collate function.
 ``.npy`` members are decoded with ``numpy.load(allow_pickle=False)``; an object array (which would need
 unpickling), an unreadable member or one whose shape disagrees with the manifest is a ``CorruptSample``
@@ -36,12 +36,13 @@ import numpy as np
 import torch
 
 from trainer.configs.data import FEATURE_MODALITIES
+from trainer.data.batch import Batch
 from trainer.data.collate import collate_annotations
+from trainer.data.manifest import FEATURE_FORMAT, ShardManifest
 from trainer.data.decode import (
     META_KEYS, OPTIONAL_MEMBERS, ClipLabels, CorruptSample, check_member, member_where, sample_caption, sample_labels,
 )
 
-FEATURE_MANIFEST_FORMAT = "cmg-trainer-features/1"   # manifest.json "format" of shards.extract's output
 KNOWN_FEATURE_MEMBERS = frozenset({f"{m}.npy" for m in FEATURE_MODALITIES} | set(OPTIONAL_MEMBERS))
 
 
@@ -87,16 +88,17 @@ class FeatureLayout:
                                 f"({', '.join([leading, *map(str, self.dims[modality])])})")
 
 
-def feature_layout(manifest: Mapping[str, Any], modalities: Sequence[str], where: str) -> FeatureLayout:
-    """The layout of ``modalities`` in the feature shards that manifest ``where`` (already parsed) describes."""
-    if manifest.get("format") != FEATURE_MANIFEST_FORMAT:
-        raise ValueError(f"manifest {where} has format {manifest.get('format')!r}, not {FEATURE_MANIFEST_FORMAT!r}: "
+def feature_layout(manifest: ShardManifest, modalities: Sequence[str]) -> FeatureLayout:
+    """The layout of ``modalities`` in the feature shards that ``manifest`` describes."""
+    where = manifest.where
+    if not manifest.is_features:
+        raise ValueError(f"manifest {where} has format {manifest.format!r}, not {FEATURE_FORMAT!r}: "
                          "DataConfig.kind='features' reads feature shards written by `python -m shards.extract` "
                          "or `python -m shards.convert`")
     try:
-        shapes = {str(m): tuple(int(v) for v in shape) for m, shape in manifest["feature_shapes"].items()}
-        seconds = int(manifest["decode"]["seconds"])
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        shapes = {str(m): tuple(int(v) for v in shape) for m, shape in (manifest.feature_shapes or {}).items()}
+        seconds = int(manifest.decode["seconds"])
+    except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"manifest {where}: expected feature_shapes {{modality: [dims]}} and decode.seconds "
                          f"({err!r})") from err
     missing = [m for m in modalities if m not in shapes]
@@ -147,13 +149,13 @@ def pad_tokens(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor
     return tokens, mask
 
 
-def collate_feature_clips(clips: Sequence[FeatureClip], is_pad: Sequence[bool] | None = None) -> dict[str, Any]:
+def collate_feature_clips(clips: Sequence[FeatureClip], is_pad: Sequence[bool] | None = None) -> Batch:
     """Feature clips -> the feature batch: ``video (b t d)|(b t p d)``, ``audio (b t d)``, ``text (b l d)`` +
     ``text_mask (b l)`` (zero-padded to the longest caption), and the clip batch's other entries (key, url,
     caption, labels, labelled, is_pad), features instead of media."""
     if is_pad is not None and len(clips) != len(is_pad):
         raise ValueError(f"{len(clips)} clips but {len(is_pad)} pad flags")
-    batch: dict[str, Any] = collate_annotations(clips)
+    batch = collate_annotations(clips)
     for modality in clips[0].features:
         arrays = [c.features[modality] for c in clips]
         if modality == "text":

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor
 
+from trainer.data.batch import Batch
 from trainer.data.collate import COUNTER_NAMES
 from trainer.data.stream import stable_seed
 
@@ -51,7 +52,7 @@ class MemoryStream:
     def __len__(self) -> int:
         return self.clips // (self.batch_size * self.world_size)
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Batch]:
         total = len(self)
         order = torch.randperm(self.clips, generator=torch.Generator().manual_seed(stable_seed(self.seed, self.epoch)))
         while self.position < total:

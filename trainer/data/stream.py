@@ -52,14 +52,11 @@ import functools
 import glob
 import hashlib
 import itertools
-import json
 import random
-import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,19 +66,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer import distributed
 from trainer.configs.data import DataConfig
+from trainer.data.batch import Batch
 from trainer.data.cache import DecodeCache
 from trainer.data.collate import COUNTER_INDEX, COUNTER_NAMES, collate_samples
 from trainer.data.decode import (
     CLIP_MODALITIES, MEDIA_MODALITIES, SKIP_REASONS, TIMED_MODALITIES, CorruptSample, check_modalities, decode_sample,
 )
-from trainer.data.features import (
-    FEATURE_MANIFEST_FORMAT, collate_feature_clips, decode_feature_sample, feature_layout,
-)
+from trainer.data.features import collate_feature_clips, decode_feature_sample, feature_layout
+from trainer.data.manifest import ShardManifest
 
 if TYPE_CHECKING:
     from trainer.backbones import FrozenBackbones
 
-MANIFEST_NAME = "manifest.json"
 
 
 def data_source(cfg: DataConfig) -> dict[str, str | int | bool]:
@@ -104,14 +100,6 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-def shard_name(url: str) -> str:
-    """The ``*.tar`` file name inside a local path or a ``pipe:`` command (the manifest's key)."""
-    names = re.findall(r"[^/\s'\"]+\.tar\b", url)
-    if not names:
-        raise ValueError(f"shard URL {url!r} names no .tar file")
-    return names[-1]
-
-
 def expand_shard_urls(urls: str) -> list[str]:
     """Brace patterns and local globs (``'::'``-separated) -> the list of shard URLs.
 
@@ -125,42 +113,6 @@ def expand_shard_urls(urls: str) -> list[str]:
         else:
             shards.extend(wds.shardlists.expand_urls(part))
     return shards
-
-
-def read_manifest(urls: list[str], manifest: str) -> tuple[str, dict[str, Any]]:
-    """(path, parsed contents) of ``manifest``, or of manifest.json next to the first local shard of ``urls``."""
-    if not manifest:
-        if ":" in urls[0].split("/")[0]:
-            raise ValueError(f"cannot locate a manifest for {urls[0]!r}: set DataConfig.manifest")
-        manifest = str(Path(urls[0]).parent / MANIFEST_NAME)
-    try:
-        contents = json.loads(Path(manifest).read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ValueError(f"manifest {manifest} not found (it gives the per-shard sample counts and, for feature "
-                         "shards, their shapes: write shards with `python -m shards.write` or `python -m "
-                         "shards.extract`, or set DataConfig.manifest)") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"manifest {manifest}: not valid JSON ({err!r})") from err
-    if not isinstance(contents, dict):
-        raise ValueError(f"manifest {manifest}: expected a JSON object, got {type(contents).__name__}")
-    return manifest, contents
-
-
-def manifest_counts(urls: list[str], manifest: str, contents: Mapping[str, Any]) -> list[int]:
-    """Samples per shard of ``urls`` from the parsed manifest ``contents`` (read from ``manifest``)."""
-    try:
-        counts = {entry["name"]: int(entry["samples"]) for entry in contents["shards"]}
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"manifest {manifest}: expected {{'shards': [{{'name', 'samples'}}, ...]}} ({err!r})") from err
-    missing = [url for url in urls if shard_name(url) not in counts]
-    if missing:
-        raise ValueError(f"manifest {manifest} lists no sample count for {missing[:3]} ({len(missing)} shards)")
-    return [counts[shard_name(url)] for url in urls]
-
-
-def load_manifest_counts(urls: list[str], manifest: str) -> list[int]:
-    """Samples per shard of ``urls`` from the manifest written by ``shards.write`` / ``shards.extract``."""
-    return manifest_counts(urls, *read_manifest(urls, manifest))
 
 
 def batches_per_rank(samples: list[list[int]], batch_size: int, finished_ok: bool = False) -> int:
@@ -387,8 +339,8 @@ def _worker_init(_: int) -> None:
 class ClipStream:
     """The rank's batches, one epoch per ``iter()``; stateful (seed, epoch, position) and resumable.
 
-    ``cfg.kind`` picks the shards' decoder and collate function (clip or feature batches, see
-    ``trainer/data/__init__.py``). ``transform``, if given, maps each batch in this process after the
+    ``cfg.kind`` picks the shards' decoder and collate function (clip or feature ``Batch``es,
+    trainer/data/batch.py). ``transform``, if given, maps each batch in this process after the
     stream's bookkeeping (e.g. frozen backbones on the GPU, see ``feature_batches``). ``modalities`` (kind "clips"):
     those decoded into each batch (``trainer.data.decode.SAMPLE_MODALITIES``; a sample lacking one is skipped as
     "missing_member"); without ``text`` among them a caption is read where present (None otherwise). json and txt
@@ -405,7 +357,7 @@ class ClipStream:
     """
 
     def __init__(self, cfg: DataConfig, rank: int | None = None, world_size: int | None = None,
-                 transform: Callable[[dict], dict] | None = None, modalities: Sequence[str] = CLIP_MODALITIES,
+                 transform: Callable[[Batch], Batch] | None = None, modalities: Sequence[str] = CLIP_MODALITIES,
                  whole_clips: bool = False):
         cfg.validate()
         self.cfg, self.transform = cfg, transform
@@ -421,16 +373,16 @@ class ClipStream:
                              "or use fewer workers")
         # counts for the epoch plan (non-resampled); feature shapes for kind "features" (any mode)
         needs_manifest = cfg.kind == "features" or not cfg.resampled
-        manifest, contents = read_manifest(self.urls, cfg.manifest) if needs_manifest else ("", {})
-        self.counts = None if cfg.resampled else manifest_counts(self.urls, manifest, contents)
+        manifest = ShardManifest.of_shards(self.urls, cfg.manifest) if needs_manifest else None
+        self.counts = None if manifest is None or cfg.resampled else manifest.counts(self.urls)
         self.numbering = None if cfg.resampled else SampleNumbering.of(self.urls, self.counts)
         # picklable (module-level functions and partials), should a DataLoader ever spawn its workers
         if cfg.kind == "features":
-            layout = feature_layout(contents, cfg.feature_modalities, manifest)
+            layout = feature_layout(manifest, cfg.feature_modalities)
             self.decode, self.collate = functools.partial(decode_feature_sample, layout=layout), collate_feature_clips
         else:
-            if contents.get("format") == FEATURE_MANIFEST_FORMAT:
-                raise ValueError(f"manifest {manifest} describes feature shards (format {FEATURE_MANIFEST_FORMAT!r}), "
+            if manifest is not None and manifest.is_features:
+                raise ValueError(f"manifest {manifest.where} describes feature shards (format {manifest.format!r}), "
                                  "but DataConfig.kind is 'clips': set DataConfig.kind='features'")
             cache = DecodeCache(cfg.decode_cache, cfg.decode) if cfg.decode_cache else None
             modalities = check_modalities(modalities, "the stream's modalities")
@@ -477,7 +429,7 @@ class ClipStream:
     def __len__(self) -> int:
         return self.plan(self.epoch)[0]
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Batch]:
         total, plans = self.plan(self.epoch)
         source = _EpochSource(self.cfg, self.decode, self.collate, self.seed, self.epoch, self.rank, plans, total,
                               self.position, [list(c) for c in self.cursors], self.numbering, self.excluded)
@@ -590,7 +542,7 @@ def saved_counters(saved: Mapping[str, int] | list[int]) -> np.ndarray:
     return np.array([int(saved.get(name, 0)) for name in COUNTER_NAMES], np.int64)
 
 
-def _media_to_features(backbones: FrozenBackbones, batch: dict, window: int | None = None) -> dict:
+def _media_to_features(backbones: FrozenBackbones, batch: Batch, window: int | None = None) -> Batch:
     """A clip batch with its decoded media replaced by the backbones' features (the feature-shard keys). ``window``:
     video and audio longer than that many seconds (whole clips) go through the backbones in consecutive windows of
     it, zero-padded past the end, as training gave them its windows (a backbone that attends across seconds, e.g. an

@@ -30,7 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainer.checkpoint import MODEL_FILE, CheckpointManager, read_model_state, resolve_checkpoint
+from trainer.checkpoint import (
+    META, MODEL_FILE, CheckpointMeta, read_meta, read_model_state, resolve_checkpoint,
+)
 from trainer.config import ConfigError, build_config
 from trainer.data.features import PublicFeatureConfig, PublicFeatureDataset, collate_feature_clips
 from trainer.configs.data import DataConfig, FEATURE_MODALITIES
@@ -59,7 +61,7 @@ def model_config_from_dict(data: Mapping[str, Any], source: str, task: str = "un
 @dataclass
 class Pretrained:
     model: nn.Module                     # the task's model (with segment_codes), frozen: eval mode, no grads
-    meta: dict[str, Any]                 # the checkpoint's meta.json
+    meta: CheckpointMeta                 # the checkpoint's meta.json
     checkpoint: Path
 
     @property
@@ -69,7 +71,7 @@ class Pretrained:
 
     @property
     def step(self) -> int:
-        return int(self.meta["step"])
+        return self.meta.step
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -99,11 +101,11 @@ def load_pretrained(path: str | Path) -> Pretrained:
     """Rebuild the model of ``meta.json["task"]`` (default "unicode") from ``meta.json["model_config"]``
     and load ``model.pt`` (weights only)."""
     ckpt = resolve_checkpoint(path)
-    meta = CheckpointManager.read_meta(ckpt)
-    if "model_config" not in meta:
-        raise KeyError(f"{ckpt / 'meta.json'} has no model_config (keys: {sorted(meta)})")
-    model = frozen_model(meta.get("task", "unicode"), meta["model_config"], read_model_state(ckpt),
-                         str(ckpt / "meta.json"), str(ckpt / MODEL_FILE))
+    meta = read_meta(ckpt)
+    if meta.model_config is None:
+        raise KeyError(f"{ckpt / META} has no model_config")
+    model = frozen_model(meta.task, meta.model_config, read_model_state(ckpt), str(ckpt / META),
+                         str(ckpt / MODEL_FILE))
     return Pretrained(model, meta, ckpt)
 
 

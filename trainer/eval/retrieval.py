@@ -34,7 +34,8 @@ from shards.extract import ShardBatches, raw_samples, skip_record
 from trainer.data.decode import CorruptSample, decode_whole_sample, member_where, sample_captions
 from trainer.data.features import decode_npy
 from trainer.eval.encode import encode_segments
-from trainer.data.stream import expand_shard_urls, read_manifest
+from trainer.data.manifest import ShardManifest
+from trainer.data.stream import expand_shard_urls
 from trainer.eval.metrics import recall_at_k
 from trainer.pretrained import CMGModel, Codes
 
@@ -233,7 +234,7 @@ def retrieval_sets(spec: str) -> list[tuple[str, str]]:
         if not name:
             shards = expand_shard_urls(urls)
             try:
-                name = read_manifest(shards, "")[1].get("released", {}).get("set", "")
+                name = ShardManifest.of_shards(shards).released_value("set") or ""
             except ValueError:
                 name = ""
             name = name or (Path(shards[0]).parent.name if shards else urls)

@@ -178,7 +178,8 @@ class MMEMAQuantizer(nn.Module):
     def quantize(self, z: Tensor) -> QuantizeOutput:
         """Nearest code of every vector of ``z (... d)``; no state change (CMG eq. 2, straight-through)."""
         dist = self.distances(z)
-        codes = dist.min(-1).indices    # = argmin (first minimum on ties), but torch's CPU min(dim) is ~2.5x faster
+        # = argmin (first minimum on ties), but torch's CPU min(dim) is faster (docs/performance.md, Training step)
+        codes = dist.min(-1).indices
         codewords = F.embedding(codes, self.codebook).detach()
         quantized = _StraightThrough.apply(z.float(), codewords)
         return QuantizeOutput(quantized=quantized, codes=codes, codewords=codewords, distances=dist)

@@ -2,13 +2,13 @@
 
 A video feature at the paper's shapes is a 7×7×512 map per segment: 80 clips × 10 segments × 49 patches × 512
 channels = 20 M floats (80 MB) per batch. Written as plain autograd ops, every elementwise step over a tensor of
-that size (gating, pooling weights, the decoder's patch activations, their gradients) is a pass through main
-memory, and those passes, not the matrix products, were most of the training step on a CPU (profile in the
-README's Performance section). The two functions below give the same values and gradients as the plain
+that size (gating, pooling weights, the decoder's patch activations, their gradients) is a pass through main memory,
+and those passes, not the matrix products, were most of the training step on a CPU (profile in docs/performance.md,
+"Where the rest of the AV step goes"). The two functions below give the same values and gradients as the plain
 compositions written in their docstrings, but walk the batch in chunks of rows (``chunk_rows``: about
 ``CHUNK_BYTES`` of the map each), so each intermediate of one chunk is made, used and dropped while it is still in
-cache: the (rows p c) tensors are read from memory
-once per forward and once per backward, and the matrix products are the same products, cut along rows.
+cache: the (rows p c) tensors are read from memory once per forward and once per backward, and the matrix products
+are the same products, cut along rows.
 
 Both are ``torch.autograd.Function``s with a hand-written backward; ``tests/unit/test_spatial.py`` checks values
 and every gradient against the plain composition (float64 ``gradcheck`` and fp32 against autograd). Under a

@@ -34,7 +34,7 @@ from typing import Any
 
 from shards.synth import SynthConfig, clip_key, synthesise
 from shards.write import write_shards
-from trainer.data.stream import MANIFEST_NAME
+from trainer.data.manifest import MANIFEST_NAME, ShardManifest
 from trainer.programs.harness import REPO, Target, free_port, print_targets
 from trainer.programs.config import DemoConfig
 
@@ -56,16 +56,15 @@ def prepare_clips(synth: SynthConfig, clips: Path) -> Path:
 
 def prepare_shards(clips: Path, out: Path, total: int, max_count: int) -> str:
     """Write shards unless a manifest of this source with the right total exists; returns the shard URLs."""
-    manifest_path = out / MANIFEST_NAME
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = ShardManifest.read(out) if (out / MANIFEST_NAME).is_file() else None
     # the same folder however it is named (relative or absolute): rewriting shards that a run reads would break it
-    same_source = "source" in manifest and Path(manifest["source"]).resolve() == clips.resolve()
-    if same_source and manifest.get("total") == total:
-        print(f"shards: reusing {len(manifest['shards'])} shards in {out}")
+    source = manifest.details.get("source") if manifest is not None else None
+    if source is not None and Path(source).resolve() == clips.resolve() and manifest.total == total:
+        print(f"shards: reusing {len(manifest.shards)} shards in {out}")
     else:
         manifest = write_shards(clips, str(out / SHARD_PATTERN), max_count=max_count)
-        print(f"shards: wrote {manifest['total']} samples into {len(manifest['shards'])} shards in {out}")
-    return str(out / f"train-{{000000..{len(manifest['shards']) - 1:06d}}}.tar")
+        print(f"shards: wrote {manifest.total} samples into {len(manifest.shards)} shards in {out}")
+    return str(out / f"train-{{000000..{len(manifest.shards) - 1:06d}}}.tar")
 
 
 def run_product_command(what: str, cmd: list[str], quiet: bool, env: Mapping[str, str] | None = None) -> int:

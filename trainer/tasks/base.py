@@ -70,6 +70,7 @@ from trainer.models.inputs import SEGMENT_MASK, mask_key, repeat_single_segments
 
 if TYPE_CHECKING:
     from trainer.checkpoint import InitSource
+    from trainer.data.batch import Batch
 
 
 @runtime_checkable
@@ -81,8 +82,7 @@ class Task(Protocol):
     def to(self, device: torch.device | str) -> Task: ...
     def attach_engine_(self, module: Callable[[Mapping[str, Tensor]], dict]) -> None: ...
     def compile_(self) -> None: ...
-    def prepare_batch(self, batch: Mapping[str, Any], device: torch.device | str | None = None
-                      ) -> dict[str, Tensor]: ...
+    def prepare_batch(self, batch: Batch, device: torch.device | str | None = None) -> dict[str, Tensor]: ...
     def forward(self, features: Mapping[str, Tensor]) -> dict: ...
     def loss_terms(self, features: Mapping[str, Tensor], out: Mapping[str, Any], step: int
                    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]: ...
@@ -94,7 +94,7 @@ class Task(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
     def begin_phase_(self, init: InitSource, model_cfg: Any) -> Any: ...
-    def end_phase_(self, batches: Iterator[Mapping[str, Any]], device: torch.device | str) -> dict[str, float]: ...
+    def end_phase_(self, batches: Iterator[Batch], device: torch.device | str) -> dict[str, float]: ...
     def extra_state(self) -> dict[str, Any]: ...
 
 
@@ -220,8 +220,8 @@ class CodebookTask(abc.ABC):
             self.club.to(device)
         return self
 
-    def prepare_batch(self, batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Tensor]:
-        """Pick this task's features (and optional masks) from a loader batch, checked, fp32/bool, on ``device``.
+    def prepare_batch(self, batch: Batch, device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """Pick this task's features (and optional masks) from a loader ``Batch``, checked, fp32/bool, on ``device``.
 
         Runs before the training step, on the loader's (CPU) tensors, so it may inspect values: a mask row
         without any real token is an error here (attention over no keys would give NaN later).
@@ -357,7 +357,7 @@ class CodebookTask(abc.ABC):
         del init
         return model_cfg
 
-    def end_phase_(self, batches: Iterator[Mapping[str, Any]], device: torch.device | str) -> dict[str, float]:
+    def end_phase_(self, batches: Iterator[Batch], device: torch.device | str) -> dict[str, float]:
         del batches, device
         return {}
 

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from trainer import distributed
-from trainer.checkpoint import MODEL_FILE, InitSource
+from trainer.checkpoint import META, MODEL_FILE, InitSource
 from trainer.config import build_config
 from trainer.models.comet import (
     COMETModel, cumulative_fisher, ewc_penalty, fisher_from_gradients, gate_balance_loss, normalized_fisher,
@@ -43,6 +43,9 @@ from trainer.configs.model import COMETConfig
 from trainer.models.eager import eager_under_compile
 from trainer.models.inputs import SEGMENT_MASK, mask_key
 from trainer.tasks.unicode import UniCodeTask
+
+if TYPE_CHECKING:
+    from trainer.data.batch import Batch
 
 
 class COMETTask(UniCodeTask):
@@ -73,18 +76,18 @@ class COMETTask(UniCodeTask):
         self.ewc_fisher = {n: v.to(device) for n, v in self.ewc_fisher.items()}
         return self
 
-    def prepare_batch(self, batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Tensor]:
+    def prepare_batch(self, batch: Batch, device: torch.device | str | None = None) -> dict[str, Tensor]:
         """UniCodeTask's checks after renaming data streams to model modalities (``rename``, e.g. video -> image).
         Clips padded to the window are refused (the job refuses ``data.decode.min_seconds`` for COMET up front)."""
         if SEGMENT_MASK in batch:
             raise ValueError(f"COMET trains on whole windows: its gate balance, pseudo-modality Cross-CPC and Fisher "
                              f"take no padded seconds, and the batch has a '{SEGMENT_MASK}'")
-        renamed = dict(batch)
+        renamed: dict[str, Any] = dict(batch)   # data streams under the model's modality names
         for source, name in self.cfg.rename.items():
             for old, new in ((source, name), (mask_key(source), mask_key(name))):
                 if old in renamed:
                     renamed[new] = renamed.pop(old)
-        return super().prepare_batch(renamed, device)
+        return super().prepare_batch(cast("Batch", renamed), device)
 
     # ------------------------------------------------------------------ loss
     def loss_terms(self, features: Mapping[str, Tensor], out: Mapping[str, Any], step: int
@@ -138,11 +141,11 @@ class COMETTask(UniCodeTask):
         (the job's) is this task's config before the phase; the returned one adds the carried modalities."""
         del model_cfg
         meta, previous, extra = init.meta, init.checkpoint, init.extra
-        source = str(previous / "meta.json")
-        if meta.get("task") != "comet":
-            raise ValueError(f"{source}: task {meta.get('task')!r}; a COMET phase continues a COMET phase "
+        source = str(previous / META)
+        if meta.task != "comet":
+            raise ValueError(f"{source}: task {meta.task!r}; a COMET phase continues a COMET phase "
                              "(train the first phase with task=comet too)")
-        before = build_config(COMETConfig, meta["model_config"], "model_config", source)
+        before = build_config(COMETConfig, meta.model_config, "model_config", source)
         if before.use_adapter != self.cfg.use_adapter:
             raise ValueError(f"{source}: use_adapter={before.use_adapter}, this phase {self.cfg.use_adapter}: "
                              "phases of one chain must agree")
@@ -204,7 +207,7 @@ class COMETTask(UniCodeTask):
         self.model.load_state_dict(wanted, strict=False)
 
     @torch.no_grad()
-    def end_phase_(self, batches: Iterator[Mapping[str, Any]], device: torch.device | str) -> dict[str, float]:
+    def end_phase_(self, batches: Iterator[Batch], device: torch.device | str) -> dict[str, float]:
         """Fisher of this phase's EWC parameters and the snapshot θ*, kept for ``extra_state``; returns metrics."""
         if not (self.cfg.use_ewc and self.model.adapter is not None):
             return {}

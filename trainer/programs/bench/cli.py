@@ -78,6 +78,10 @@ def core_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="also time each config with run.compile (torch.compile)")
     p.add_argument("--default-malloc", action="store_true",
                    help="also time each config with glibc's default malloc (run.keep_freed_host_memory=false)")
+    p.add_argument("--json", default=None, help="also write every row to this JSON file")
+    p.add_argument("--markdown", default=None, help="also write the table as a generated docs page")
+    p.add_argument("--from-json", default=None, metavar="FILE",
+                   help="measure nothing: render FILE (written by --json) again, to --markdown")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-mode", default="eager", help=argparse.SUPPRESS)
     return p

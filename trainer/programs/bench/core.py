@@ -1,7 +1,7 @@
 """Benchmark of one Uni-Code training step at the paper's shapes (CPU, fp32). Prints a table.
 
     python -m trainer.programs.bench.core [--steps 5] [--warmup 2] [--threads 0] [--configs av,avt,av-baseline]
-                                          [--compile] [--default-malloc]
+                                          [--compile] [--default-malloc] [--json out.json] [--markdown page.md]
 
 Shapes (seed 001 / appendix B.1): B=80 clips, T=10 segments, M=400 codes, D=256; audio 128-d, video a
 7×7×512 VGG-19 pool5 map per segment, text 10 BERT tokens × 768 (AVT). One step =
@@ -28,15 +28,20 @@ inside compiled kernels.
 Every row keeps freed memory in the process as the job does (``run.keep_freed_host_memory``, on by default:
 ``trainer.runtime.keep_freed_host_memory``); ``--default-malloc`` adds a row per configuration with glibc's
 default malloc, which unmaps the step's large freed blocks so that the next step page-faults them in again.
+
+``--json`` writes every row with the command and the load; ``--markdown`` writes the table as a generated docs page
+(docs/performance/core.md); ``--from-json FILE --markdown PAGE`` renders a saved JSON again without measuring.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -161,9 +166,39 @@ def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, mode: s
     }
 
 
+def markdown(result: dict) -> str:
+    """The generated docs page of a result as ``--json`` writes it: one row per configuration and mode."""
+    command, load = result["command"], result["load"]
+    rows = result["rows"]
+    out = [f"<!-- written by `{command}`; re-run it to update this page, do not edit by hand -->",
+           "# One Uni-Code training step at the paper's shapes", "", f"Command: `{command}`", "",
+           f"B={BATCH}, T={SEGMENTS}, M=400, D=256, audio 128-d, video 7×7×512, AVT text {TEXT_TOKENS}×768; CPU fp32, "
+           f"{rows[0]['threads']} threads, median of {result['steps']} steps after {result['warmup']} warm-up; every "
+           f"row from this one invocation, load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end. "
+           "Step = forward, every loss term, the 5 CLUB inner updates, backward, Adam, MM-EMA and reset. Quantizer "
+           "ratios: the quantizer step over the bare nearest-neighbour search (addmm + min), and over (z@eᵀ).argmin. "
+           "The FLOPs are torch's FLOP counter on one untimed eager step; the matmul is a "
+           f"{result['matmul_size']}³ fp32 matmul in the same process right after the steps, which itself varies by "
+           "a few % between children: compare step ms within a configuration, and ratios across runs.", "",
+           "| config | params | step ms | peak RSS MiB | quantizer step / bare NN | same / (z@eᵀ).argmin | "
+           "GFLOP per step | step GFLOP/s | matmul GFLOP/s | step / matmul |", "|---" * 10 + "|"]
+    for r in rows:
+        club = f" + {r['club_params'] / 1e3:.0f} k CLUB" if r["club_params"] else ""
+        params = f"{r['model_params'] / 1e6:.2f} M{club}"
+        out.append(f"| {r['name']} | {params} | {r['step_ms']:.0f} | {r['peak_rss_mib']:.0f} | {r['ratio']:.2f} | "
+                   f"{r['ratio_matmul_argmin']:.2f} | {r['step_gflop']:.1f} | {r['step_gflops']:.1f} | "
+                   f"{r['matmul_gflops']:.1f} | {r['step_gflops'] / r['matmul_gflops']:.2f} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = core_parser()   # torch-free, for `cmg bench core --help`
     args = parser.parse_args(argv)
+    if args.from_json:
+        if not args.markdown:
+            parser.error("--from-json needs --markdown")
+        Path(args.markdown).write_text(markdown(json.loads(Path(args.from_json).read_text())))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
@@ -174,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in CORE_CONFIGS]
     if unknown:
         parser.error(f"unknown configs {unknown}; choose from {list(CORE_CONFIGS)}")
+    load_start = os.getloadavg()[0]
     rows = []
     modes = ["eager", *(["compiled"] if args.compile else []), *(["default malloc"] if args.default_malloc else [])]
     for name in names:
@@ -210,6 +246,13 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(f"{r['name']:<26}{r['step_gflop']:>11.1f}{r['step_gflops']:>13.1f}{r['matmul_gflops']:>15.1f}"
               f"{r['step_gflops'] / r['matmul_gflops']:>7.2f}")
+    command = "python -m trainer.programs.bench.core " + shlex.join(argv if argv is not None else sys.argv[1:])
+    result = {"command": command, "load": [load_start, os.getloadavg()[0]], "steps": args.steps, "warmup": args.warmup,
+              "matmul_size": args.matmul_size, "rows": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result))
 
 
 if __name__ == "__main__":

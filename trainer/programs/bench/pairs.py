@@ -30,7 +30,7 @@ from typing import Any
 
 from shards.synth import SynthConfig, synthesise
 from shards.write import write_shards
-from trainer.data.stream import MANIFEST_NAME
+from trainer.data.manifest import MANIFEST_NAME, ShardManifest
 from trainer.programs.bench.cli import pairs_parser
 from trainer.programs.demo import SHARD_PATTERN, launch_training, run_evaluation
 from trainer.programs.config import DemoConfig
@@ -51,16 +51,16 @@ def pair_corpus(kind: str, synth: SynthConfig, folder: Path, max_count: int) -> 
     """Synthesise ``synth`` as ``kind`` pairs into ``folder/items`` and pack them into ``folder/shards`` (both kept
     and reused while their manifest says so); returns the shard URLs."""
     items, shards = folder / "items", folder / "shards"
-    manifest_path = shards / MANIFEST_NAME
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    if manifest.get("total") != synth.num_clips or manifest.get("synth") != dataclasses.asdict(synth):
+    manifest = ShardManifest.read(shards) if (shards / MANIFEST_NAME).is_file() else None
+    if manifest is None or manifest.total != synth.num_clips or \
+            manifest.details.get("synth") != dataclasses.asdict(synth):
         shutil.rmtree(folder, ignore_errors=True)
         synthesise(synth, items, progress=False)
         manifest = write_shards(items, str(shards / SHARD_PATTERN), max_count=max_count, progress=False,
                                 modalities=tuple(kind.split("+")))
-        manifest["synth"] = dataclasses.asdict(synth)   # what the reuse check compares
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return str(shards / f"train-{{000000..{len(manifest['shards']) - 1:06d}}}.tar")
+        manifest.details["synth"] = dataclasses.asdict(synth)   # what the reuse check compares
+        manifest.write(shards)
+    return str(shards / f"train-{{000000..{len(manifest.shards) - 1:06d}}}.tar")
 
 
 def run_pair(kind: str, demo: DemoConfig, data_dir: Path, run_dir: Path, overrides: tuple[str, ...]) -> dict[str, Any]:

@@ -6,7 +6,8 @@
     nearest code by squared distance (||z||² does not change the argmin), one matmul and one reduction, with
     ||e||² computed once outside the timing,
   - and, for comparison with earlier tables, ``(z @ codebook.T).argmin(-1)``: what this benchmark called the bare
-    search before (not a nearest-neighbour search without ||e||², and torch's CPU argmin is ~2.5x slower than min),
+    search before (not a nearest-neighbour search without ||e||², and torch's CPU argmin is slower than min:
+    docs/performance.md, "Training step"),
 and returns the median times and their ratio (target <= 2.0 at B=80, T=10, M=400, D=256, 2 modalities).
 The CPU is shared, so the ratio is taken per repeat from two adjacent measurements and its median is
 reported; the ratio of the fastest repeats (``min_ratio``) is a second, load-insensitive estimate.

@@ -113,8 +113,7 @@ def write_feature_shards(out_dir: Path, clips: int, clips_per_shard: int, seed: 
 
     from shards.extract import output_samples
     from trainer.configs.data import DecodeConfig
-    from trainer.data.features import FEATURE_MANIFEST_FORMAT
-    from trainer.data.stream import MANIFEST_NAME
+    from trainer.data.manifest import FEATURE_FORMAT, ShardEntry, ShardManifest
 
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
@@ -131,12 +130,11 @@ def write_feature_shards(out_dir: Path, clips: int, clips_per_shard: int, seed: 
         with wds.TarWriter(str(out_dir / name)) as sink:
             for sample in output_samples(batch, feats, np.dtype(np.float16)):
                 sink.write(sample)
-        shards.append({"name": name, "samples": count})
-    manifest = {"format": FEATURE_MANIFEST_FORMAT, "shards": shards, "total": clips, "skipped": 0,
-                "backbones": "none: Gaussian features written by trainer.programs.bench.scaling",
-                "feature_shapes": {m: list(s) for m, s in shapes.items()},
-                "decode": dataclasses.asdict(DecodeConfig(seconds=segments)), "dtype": "float16"}
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        shards.append(ShardEntry(name, count))
+    ShardManifest(FEATURE_FORMAT, shards, clips, feature_shapes={m: list(s) for m, s in shapes.items()},
+                  decode=dataclasses.asdict(DecodeConfig(seconds=segments)),
+                  backbones="none: Gaussian features written by trainer.programs.bench.scaling",
+                  details={"skipped": 0, "dtype": "float16"}).write(out_dir)
     return str(out_dir / f"train-{{000000..{len(shards) - 1:06d}}}.tar")
 
 

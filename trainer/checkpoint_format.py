@@ -1,0 +1,252 @@
+"""The files of one checkpoint directory: their names, ``meta.json`` (``CheckpointMeta``), ``manifest.json``
+(written last, verified by every reader) and the weights-only load of its ``.pt`` files.
+
+trainer/checkpoint.py publishes, finds, prunes and restores checkpoints with these (its module docstring has the
+layout and the rules); every reader and writer of these files goes through the two modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import distributed as dist
+
+META = "meta.json"
+MANIFEST = "manifest.json"           # every other file of a checkpoint with its size and sha256; written last
+_MANIFEST_FORMAT = 1
+_HASH_CHUNK = 1 << 20                # bytes read per step while hashing (files are streamed, never read whole)
+_HASH_THREADS = 4                    # files hashed concurrently (hashlib releases the GIL)
+MODEL_FILE = "model.pt"              # consolidated fp32 model state (evaluation, export, the next phase's init)
+TASK_EXTRA_FILE = "task_extra.pt"    # a task's optional hand-over to the next phase (trainer/tasks/base.py)
+OPTIMIZER_FILE = "optimizer.pt"      # optimizer state by parameter name (trainer/engine.py: optimizer_state)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is incomplete, damaged or unreadable. The message names the checkpoint and the file;
+    ``checkpoint`` and ``file`` hold them (``None`` where not known). A ``ValueError``, so the command-line
+    tools that report bad input as ``error: ...`` (evaluate, toc) report these the same way."""
+
+    def __init__(self, message: str, checkpoint: Path | None = None, file: Path | None = None):
+        super().__init__(message)
+        self.checkpoint, self.file = checkpoint, file
+
+
+META_VERSION = 1   # meta.json's layout; one without "version" (written before it had one) is version 1
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """A checkpoint's ``meta.json``: what wrote it and what rebuilds its model. ``CheckpointManager.save`` sets
+    ``step``, ``world_size`` and ``manifest``; the defaults are what a meta.json written before a key existed
+    means. Keys this version does not know (an older trainer's) are ignored; a newer ``version`` is refused."""
+
+    step: int                                     # the optimizer steps taken
+    world_size: int                               # the ranks that wrote it (one rank_*.pt each)
+    zero_stage: int | None = None                 # its engine (0 = plain torch); None: before elastic resumes
+    task: str = "unicode"                         # the registered task (trainer/tasks); Uni-Code's before others
+    model_config: dict[str, Any] | None = None    # the resolved model config: rebuilds the model
+    backbones: dict[str, Any] | None = None       # the frozen backbones' records by modality (clip shards)
+    phase: str = ""                               # run.phase
+    mlflow_run_id: str | None = None              # the run in the tracking store (the evaluation's parent)
+    samples_seen: int = 0
+    data_kind: str = ""                           # data.kind of the run ("" before it was recorded)
+    data_source: dict[str, Any] | None = None     # trainer.data.stream.data_source (None: in-memory, or older)
+    manifest: str | None = None                   # the promise that manifest.json was written (None: older)
+    version: int = META_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, contents: Any, ckpt: Path) -> CheckpointMeta:
+        """The parsed meta.json of ``ckpt``, checked: a ``CheckpointError`` naming the file and the key."""
+        path = ckpt / META
+
+        def bad(message: str) -> CheckpointError:
+            return CheckpointError(f"checkpoint {ckpt}: {META}: {message}", ckpt, path)
+
+        if not isinstance(contents, dict):
+            raise bad(f"expected a JSON object, got {type(contents).__name__}")
+        version = contents.get("version", 1)
+        if not isinstance(version, int) or version > META_VERSION:
+            raise bad(f"version {version!r}, written by a newer trainer (this one reads up to {META_VERSION}): "
+                      "read it with that version")
+        for name in ("step", "world_size"):
+            if not isinstance(contents.get(name), int):
+                raise bad(f"{name!r} must be an integer, got {contents.get(name)!r}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in contents.items() if k in known}
+        for name, value in values.items():
+            kinds = _META_KINDS[name]
+            if not isinstance(value, kinds):
+                raise bad(f"{name!r} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+        return cls(**values)
+
+
+_META_KINDS: dict[str, tuple[type, ...]] = {
+    "step": (int,), "world_size": (int,), "zero_stage": (int, type(None)), "task": (str,),
+    "model_config": (dict, type(None)), "backbones": (dict, type(None)), "phase": (str,),
+    "mlflow_run_id": (str, type(None)), "samples_seen": (int,), "data_kind": (str,),
+    "data_source": (dict, type(None)), "manifest": (str, type(None)), "version": (int,),
+}
+
+
+def read_meta(ckpt_dir: str | Path) -> CheckpointMeta:
+    """The ``meta.json`` of ``ckpt_dir``; a ``CheckpointError`` naming it if it is missing, unreadable or bad."""
+    ckpt = Path(ckpt_dir)
+    return CheckpointMeta.from_json(read_json(ckpt, META), ckpt)
+
+
+def write_meta(ckpt_dir: Path, meta: CheckpointMeta) -> None:
+    (Path(ckpt_dir) / META).write_text(json.dumps(meta.to_json(), indent=1))
+
+
+def write_manifest(ckpt_dir: str | Path) -> Path:
+    """Write ``ckpt_dir/manifest.json``: every other file under ``ckpt_dir`` with its size and sha256 (streamed
+    in chunks). Written last, it marks the checkpoint complete (the file itself is fsynced; the caller fsyncs the
+    directory before publishing it)."""
+    ckpt = Path(ckpt_dir)
+    files = _files_of(ckpt)
+    digests = _sha256_all([ckpt / f for f in files])
+    entries = [{"path": f, "size": (ckpt / f).stat().st_size, "sha256": d} for f, d in zip(files, digests)]
+    target = ckpt / MANIFEST
+    with open(target, "w") as out:
+        json.dump({"format": _MANIFEST_FORMAT, "hash": "sha256", "files": entries}, out, indent=1)
+        out.flush()
+        os.fsync(out.fileno())
+    return target
+
+
+def verify_checkpoint(ckpt_dir: str | Path) -> None:
+    """Check that ``ckpt_dir`` is complete and undamaged; a ``CheckpointError`` naming it and the file if not.
+
+    The manifest must be readable and every file it lists (meta.json among them) present with its size and
+    sha256 (sizes are checked for all files before anything is hashed). Files the manifest does not list are not
+    looked at. A directory with a meta.json that promises no manifest (written before checkpoints carried one)
+    passes with a warning: there is nothing to check it against.
+    """
+    ckpt = Path(ckpt_dir)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"checkpoint {ckpt}: not a directory", ckpt)
+    if not (ckpt / MANIFEST).is_file():
+        if not (ckpt / META).is_file():
+            raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} missing (and {META} too): not a complete "
+                                  "checkpoint", ckpt, ckpt / MANIFEST)
+        if read_meta(ckpt).manifest is not None:
+            raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} missing ({META} says one was written)",
+                                  ckpt, ckpt / MANIFEST)
+        report(f"checkpoint {ckpt}: no {MANIFEST} (written before checkpoints carried one): its files are not "
+               "verified")
+        return
+    entries = _read_manifest(ckpt)
+    if META not in {e["path"] for e in entries}:
+        raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} does not list {META}", ckpt, ckpt / MANIFEST)
+    for entry in entries:
+        path = ckpt / entry["path"]
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {ckpt}: {entry['path']}: missing (listed in {MANIFEST})", ckpt, path)
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"checkpoint {ckpt}: {entry['path']}: {size} bytes, {MANIFEST} says "
+                                  f"{entry['size']} (truncated or rewritten)", ckpt, path)
+    for entry, digest in zip(entries, _sha256_all([ckpt / e["path"] for e in entries])):
+        if digest != entry["sha256"]:
+            raise CheckpointError(f"checkpoint {ckpt}: {entry['path']}: sha256 {digest[:16]}… differs from "
+                                  f"{MANIFEST}'s {entry['sha256'][:16]}… (damaged)", ckpt, ckpt / entry["path"])
+
+
+def _read_manifest(ckpt: Path) -> list[dict[str, Any]]:
+    """The manifest's file entries, checked for shape; a ``CheckpointError`` naming manifest.json if it is bad."""
+    data = read_json(ckpt, MANIFEST)
+    entries = data.get("files") if isinstance(data, dict) else None
+
+    def good(e: Any) -> bool:
+        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)
+                and isinstance(e.get("size"), int)):
+            return False
+        rel = Path(e["path"])
+        return not rel.is_absolute() and ".." not in rel.parts and e["path"] != MANIFEST
+
+    if not isinstance(entries, list) or not all(good(e) for e in entries):
+        raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST}: malformed (expected {{\"files\": [{{\"path\", "
+                              "\"size\", \"sha256\"}, ...]}, relative paths inside the checkpoint)",
+                              ckpt, ckpt / MANIFEST)
+    return entries
+
+
+def read_json(ckpt: Path, name: str) -> Any:
+    path = ckpt / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise CheckpointError(f"checkpoint {ckpt}: {name}: missing", ckpt, path) from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {ckpt}: {name}: unreadable ({type(err).__name__}: {err}; truncated or "
+                              "damaged)", ckpt, path) from err
+
+
+def _files_of(ckpt: Path) -> list[str]:
+    """Every file under ``ckpt`` but the manifest, as sorted relative POSIX paths."""
+    found = (p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file())
+    return sorted(f for f in found if f != MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    digest, buffer = hashlib.sha256(), bytearray(_HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def _sha256_all(paths: list[Path]) -> list[str]:
+    if len(paths) <= 1:
+        return [_sha256(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, len(paths))) as pool:
+        return list(pool.map(_sha256, paths))
+
+
+def report(message: str) -> None:
+    if dist.rank() == 0:
+        print(f"[cmg] {message}", file=sys.stderr, flush=True)
+
+
+def load_file(ckpt: Path, name: str, holds: str) -> Any:
+    """``torch.load(weights_only=True)`` of ``ckpt/name``; any failure a ``CheckpointError`` naming both.
+
+    A file that holds anything but ``holds`` (tensors, numbers, strings and containers of them) is refused,
+    never unpickled; that message does not repeat torch's advice to load it with ``weights_only`` off.
+    """
+    path = Path(ckpt) / name
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        text = str(err)
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f"it holds a pickled object ({found.group(1)})" if found else "it holds pickled objects"
+            refusal = CheckpointError(f"checkpoint {ckpt}: {name}: not {holds}: {what}; refused, never unpickled",
+                                      Path(ckpt), path)
+            raise refusal from None   # torch's text (still in __context__) suggests loading it unsafely
+        raise CheckpointError(f"checkpoint {ckpt}: {name}: cannot be loaded ({brief(err)}); truncated or "
+                              "damaged?", Path(ckpt), path) from err
+
+
+def brief(err: BaseException) -> str:
+    """``Type: first sentence`` of an error (torch's messages run on for lines)."""
+    lines = str(err).strip().splitlines()
+    first = lines[0].split(". ")[0][:200] if lines else ""
+    return f"{type(err).__name__}: {first}" if first and "weights_only" not in first else type(err).__name__
