@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -86,7 +87,7 @@ from trainer.job import read_run_config
 from trainer.configs.job import JobConfig
 from trainer.pretrained import CMGModel, frozen_backbones
 from trainer.toc import toc_scores
-from trainer.tracking import Tracker, log_metrics_to_run
+from trainer.tracking import Tracker, mlflow_environment, resolve_tracking_uri
 from trainer.configs.eval import SourceConfig, TASKS
 
 LABELLED_MODALITIES = ("audio", "video")   # the modalities that carry per-segment event labels
@@ -545,9 +546,9 @@ def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, m
     """A child run of the pretraining run in the run's tracking store, and the same numbers on the pretraining run
     itself at the checkpoint's step (``eval/toc<Q>/...`` with ``--toc Q``), where they sit beside its training curves
     and compare across its checkpoints; returns the child run's id (None if not created)."""
-    tracking = dataclasses.replace(job.tracking, run_name=f"evaluate-{files[0].parent.name}", flush_interval_s=0.0,
-                                   system_metrics=False)
-    tracker = Tracker(tracking, pretrained.run_dir)
+    tracking = dataclasses.replace(job.tracking, tracking_uri=resolve_tracking_uri(job.tracking, pretrained.run_dir),
+                                   run_name=f"evaluate-{files[0].parent.name}", system_metrics=False)
+    tracker = Tracker(tracking, files[0].parent)
     parent = pretrained.meta.mlflow_run_id
     tags = {"phase": "evaluate", "checkpoint": str(pretrained.checkpoint), "checkpoint_step": pretrained.step}
     if parent:
@@ -557,11 +558,10 @@ def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, m
     tracker.log_metrics(metrics, pretrained.step)
     for path in files:
         tracker.log_artifact(path, "evaluation")
-    tracker.end("FINISHED")
     if parent:
         variant = f"/toc{cfg.toc.dims}/" if cfg.toc is not None else "/"
-        log_metrics_to_run(tracking, pretrained.run_dir, parent,
-                           {k.replace("/", variant, 1): v for k, v in metrics.items()}, pretrained.step)
+        tracker.log_metrics({k.replace("/", variant, 1): v for k, v in metrics.items()}, pretrained.step, run_id=parent)
+    tracker.end("FINISHED")
     return tracker.run_id
 
 
@@ -628,9 +628,10 @@ def main(argv: list[str] | None = None) -> int:
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1))
     if cfg.tracking:
+        os.environ.update(mlflow_environment(job.tracking, pretrained.run_dir))   # MLflow's settings, once
         run_id = log_to_mlflow(pretrained, job, cfg, metrics, files)
         print(f"MLflow run {run_id} (parent {pretrained.meta.mlflow_run_id}) in "
-              f"{Tracker(job.tracking, pretrained.run_dir).tracking_uri}")
+              f"{resolve_tracking_uri(job.tracking, pretrained.run_dir)}")
     return 0
 
 

@@ -156,17 +156,15 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
     # ---- what a checkpoint holds per rank: one registry of stateful parts (the engine saves model + optimizer)
     tracker = create_tracker(cfg.tracking, run_dir, is_main=is_main)
     counter = StepCounter()
-    parts = {"counter": counter, "task": task, "scheduler": engine.scheduler, "stream": stream, "tracker": tracker,
-             "rng": ProcessRNG()}
+    parts = {"counter": counter, "task": task, "scheduler": engine.scheduler, "stream": stream, "rng": ProcessRNG()}
     if backbones is not None:
         parts["backbones"] = backbones
     checkpoints = RunCheckpoints(run_dir / "checkpoints", cfg.run.keep_last, engine, parts, task)
     resume_from = checkpoints.restore(cfg.run.resume)
     saved = resume_from   # the run's newest checkpoint (a resumed run that is already done saves no other)
-    if is_main:
-        trim_metrics_log(run_dir, counter.step)
-    tracker.start(tags={"phase": cfg.run.phase, "world_size": world,
-                        "resumed_from_step": counter.step if resume_from is not None else None})
+    logged = trim_metrics_log(run_dir, counter.step) if is_main else []
+    tracker.start(tags={"phase": cfg.run.phase, "world_size": world},
+                  resumed_from_step=counter.step if resume_from is not None else None, logged=logged)
     tracker.log_config(job.to_dict())
 
     def save_checkpoint() -> Path:
@@ -295,13 +293,16 @@ def run_probe(probe: TrainingProbe, checkpoint: Path) -> dict[str, float]:
         set_rng_state(state)
 
 
-def trim_metrics_log(run_dir: Path, step: int) -> None:
+def trim_metrics_log(run_dir: Path, step: int) -> list[dict[str, float]]:
     """Drop the lines of ``metrics.jsonl`` past ``step``, where this run continues from: steps a crashed run
-    logged after its last checkpoint are trained (and logged) again, and a fresh run (step 0) starts empty."""
+    logged after its last checkpoint are trained (and logged) again, and a fresh run (step 0) starts empty. Returns
+    the rows kept (the tracker re-delivers those its MLflow run lacks)."""
     path = run_dir / METRICS_FILE
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    kept = [row for row in rows if row["step"] <= step]
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    return kept
 
 
 def last_logged(run_dir: str | os.PathLike) -> dict[str, float]:

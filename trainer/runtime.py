@@ -31,6 +31,7 @@ import torch
 from accelerate.utils import parse_flag_from_env
 
 from trainer import distributed as dist
+from trainer.tracking import mlflow_environment
 
 if TYPE_CHECKING:
     from trainer.configs.job import JobConfig
@@ -70,8 +71,11 @@ def keep_freed_host_memory() -> bool:
 
 
 def prepare_process_environment(cfg: JobConfig) -> None:
-    """Environment defaults and the host allocator (``run.keep_freed_host_memory``); must run before
-    deepspeed/accelerate create a process group."""
+    """Environment defaults, MLflow's settings (``trainer.tracking.mlflow_environment``: read per request, so set
+    here once) and the host allocator (``run.keep_freed_host_memory``); must run before deepspeed/accelerate create
+    a process group."""
+    if cfg.tracking.enabled:
+        os.environ.update(mlflow_environment(cfg.tracking, cfg.run.dir))
     if cfg.run.keep_freed_host_memory:
         keep_freed_host_memory()
     on_gpu = torch.cuda.is_available()

@@ -13,11 +13,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 from job_utils import REPO, job_env, make_clip_shards, run_job  # noqa: E402
+from tracking_utils import local_artifact_paths  # noqa: E402
 
 from trainer.evaluate import main  # noqa: E402
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# no_ambient_mlflow_env (tests/support/tracking_utils.py) undoes the MLflow settings evaluate's start-up makes
+pytestmark = pytest.mark.usefixtures("one_thread", "no_ambient_mlflow_env")
 
 
 @pytest.mark.slow
@@ -52,7 +54,7 @@ def test_command_on_a_checkpoint_of_the_main_job_logs_a_child_mlflow_run(tmp_pat
     assert parent.data.metrics["eval/classification/V_to_A/cross"] == pytest.approx(cell["cross"])
     assert [m.step for m in client.get_metric_history(parent.info.run_id, "eval/classification/V_to_A/cross")] == [4]
     assert parent.info.status == "FINISHED"
-    assert {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")} == \
+    assert local_artifact_paths(f"sqlite:///{run / 'mlflow.db'}", child.info.run_id, "evaluation") == \
         {"evaluation/report.json", "evaluation/table.txt"}
 
     # the same clips as feature shards (shards.extract with the same backbones) give the very same numbers

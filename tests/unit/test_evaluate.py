@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
-from tracking_utils import mlflow_client  # noqa: E402
+from tracking_utils import local_artifact_paths, mlflow_client  # noqa: E402
 
 from trainer.programs.bench.jobs import bench_job, pretrain
 from trainer.programs.bench.config import PretrainConfig
@@ -480,5 +480,5 @@ def test_suite_paper_prints_the_seed_tables_and_logs_them_to_mlflow(checkpoint, 
     assert metrics["paper/seed003_table1/ours/Avg"] == pytest.approx(100 * sum(cross.values()) / 8)
     assert metrics["eval/ucf_vgg/A_to_V/cross"] == pytest.approx(cross[("ucf_vgg", "A→V")])
     assert child.data.params["suite"] == "paper" and child.data.params["heads.localisation.epochs"] == "2"
-    assert {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")} == \
+    assert local_artifact_paths(f"sqlite:///{run / 'mlflow.db'}", child.info.run_id, "evaluation") == \
         {"evaluation/report.json", "evaluation/table.txt", "evaluation/paper_tables.txt"}

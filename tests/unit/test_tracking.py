@@ -1,21 +1,18 @@
-"""trainer/tracking.py without a server: metric names, params, config, the null tracker, failure handling when the
-server is down or silent, a real sqlite store and moving it; and the code-usage classes and figure
-(trainer/code_usage.py). Against a real ``mlflow server``: tests/system/test_tracking_server.py.
+"""trainer/tracking.py without a server: metric names, params, config, the inactive tracker, failure handling when
+the server is down or silent, a real sqlite store, re-delivery on resume and moving the store; and the code-usage
+classes and figure (trainer/code_usage.py). Against a real ``mlflow server``: tests/system/test_tracking_server.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import json
 import os
 import shutil
 import socket
 import time
-import urllib.parse
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,13 +22,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from dist_utils import free_port  # noqa: E402
 from tracking_utils import (  # noqa: E402
-    PNG_SIGNATURE, metric_history, mlflow_client, tracking_warnings,
+    PNG_SIGNATURE, metric_history, mlflow_client, mlflow_settings, tracking_warnings,
 )
 
 from trainer.code_usage import classify_code_usage, plot_code_usage  # noqa: E402
 from trainer.config import ConfigError, load_config  # noqa: E402
 from trainer.tracking import (
-    NullTracker, Tracker, clean_key, create_local_store, create_tracker, mlflow_metric_key, mlflow_params,
+    Tracker, clean_key, create_tracker, mlflow_metric_key, mlflow_params,
     resolve_tracking_uri,
 )
 from trainer.configs.tracking import TrackingConfig
@@ -184,65 +181,56 @@ def test_config_validation():
         load_config(TrackingConfig, overrides=["flush_every=3"])
 
 
-def test_null_tracker_has_the_same_api_and_does_nothing(tmp_path):
-    public = {n for n in dir(Tracker) if not n.startswith("_")}
-    assert public == {n for n in dir(NullTracker) if not n.startswith("_")}
-    for name in public:
-        real, null = getattr(Tracker, name), getattr(NullTracker, name)
-        if callable(real):
-            assert inspect.signature(real) == inspect.signature(null), name
-
+def test_an_inactive_tracker_does_nothing(tmp_path):
     cfg = TrackingConfig(log_every=3, plot_every=4)
-    assert isinstance(create_tracker(cfg, tmp_path, is_main=True), Tracker)
-    assert isinstance(create_tracker(TrackingConfig(enabled=False), tmp_path, is_main=True), NullTracker)
+    assert create_tracker(cfg, tmp_path, is_main=True).active
+    assert not create_tracker(TrackingConfig(enabled=False), tmp_path, is_main=True).active
     null = create_tracker(cfg, tmp_path, is_main=False)
-    assert type(null) is NullTracker
     # same schedule on every rank, so collectives done only on logging steps stay matched
-    real = Tracker(cfg, tmp_path)
-    for tracker in (null, real):
+    for tracker in (null, Tracker(cfg, tmp_path)):
         assert [s for s in range(13) if tracker.should_log(s)] == [0, 3, 6, 9, 12]
         assert [s for s in range(13) if tracker.should_plot(s)] == [0, 4, 8, 12]
-    null.start(tags={"phase": "x"})
+    null.start(tags={"phase": "x"})                    # no MLflow settings needed: it never opens a run
     null.log_config(TrackingConfig())
     null.log_metrics({"loss": 1.0}, 1)
     null.log_code_usage({"audio": [1], "video": [1]}, 1, plot=True)
     null.log_tensor(torch.ones(2), "t.npy")
     null.end("FINISHED")
-    assert list(tmp_path.iterdir()) == [] and null.state_dict() == {} and null.flush()
+    assert list(tmp_path.iterdir()) == [] and null.run_id is None and null.flush()
 
 
 # ----------------------------------------------------------------------------------------------------
 # failure handling without a server
 
-def test_backoff_keeps_calls_cheap_and_flush_forces_a_retry(tmp_path):
-    cfg = TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}", retry_interval_s=600.0)
+def test_a_down_server_warns_once_and_costs_one_attempt(tmp_path, monkeypatch):
+    cfg = TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}")
+    mlflow_settings(monkeypatch, cfg, tmp_path)
+    environment = dict(os.environ)
     tracker = Tracker(cfg, tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        t0 = time.monotonic()
         tracker.start()
+        t0 = time.monotonic()
+        tracker.log_config({"lr": 1})
         for step in range(50):
             tracker.log_metrics({"loss": 1.0 / (step + 1)}, step)
-        elapsed = time.monotonic() - t0
-        assert tracker.stats.failed_attempts == 1        # the other 50 calls only queued
-        assert tracker.stats.pending_metrics == 50 and tracker.run_id is None
-        assert not tracker.flush()                       # forced attempt, still down
-        assert tracker.stats.failed_attempts == 2
+        tracker.log_code_usage({"audio": [1, 0], "video": [0, 1]}, 50, plot=True)
         tracker.end("KILLED")
-    assert elapsed < 30.0
-    assert len(tracking_warnings(caught, "is unavailable")) == 1
-    assert len(tracking_warnings(caught, "ended with undelivered data: 50 metric points")) == 1
+        elapsed = time.monotonic() - t0
+    assert elapsed < 5.0 and tracker.run_id is None    # off after the failed start: the calls make no request
+    assert len(tracking_warnings(caught, "training goes on")) == 1 and len(caught) == 1
+    assert dict(os.environ) == environment              # no MLflow setting toggled around its calls
+    assert (tmp_path / "tracking" / "code_usage" / "step_00000050.png").is_file()   # the figure is still written
 
 
 def test_unresponsive_server_is_bounded_by_the_http_timeout(tmp_path, monkeypatch):
     # A socket that listens but never answers: connections succeed, requests wait for a reply that
     # never comes. MLflow's defaults (120 s timeout, 7 retries) would block for many minutes.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
-        cfg = TrackingConfig(tracking_uri=f"http://127.0.0.1:{silent.getsockname()[1]}", http_timeout_s=1,
-                             retry_interval_s=600.0)
+        cfg = TrackingConfig(tracking_uri=f"http://127.0.0.1:{silent.getsockname()[1]}", http_timeout_s=1)
+        mlflow_settings(monkeypatch, cfg, tmp_path)
         tracker = Tracker(cfg, tmp_path)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -250,24 +238,24 @@ def test_unresponsive_server_is_bounded_by_the_http_timeout(tmp_path, monkeypatc
             tracker.start()
             for step in range(20):
                 tracker.log_metrics({"loss": float(step)}, step)
+            tracker.end("KILLED")
             elapsed = time.monotonic() - t0
     assert 1.0 <= elapsed < 6.0, elapsed   # one attempt of ~1 s; MLflow defaults: minutes
-    assert tracker.stats.failed_attempts == 1 and tracker.stats.pending_metrics == 20
-    assert len(tracking_warnings(caught, "is unavailable")) == 1
-    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"    # the caller's setting is restored
+    assert len(tracking_warnings(caught, "training goes on")) == 1
 
 
 @pytest.mark.slow   # ~5 s: MLflow creates and migrates a fresh sqlite database
-def test_sqlite_default_works_without_a_server(tmp_path):
+def test_sqlite_default_works_without_a_server(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    tracker = Tracker(TrackingConfig(experiment="local", system_metrics=False), run_dir)
-    tracker.start(tags={"phase": "demo", "resumed_from_step": None})
+    cfg = TrackingConfig(experiment="local", system_metrics=False)
+    mlflow_settings(monkeypatch, cfg, run_dir)
+    tracker = Tracker(cfg, run_dir)
+    tracker.start(tags={"phase": "demo"})
     for step in range(1, 4):
         tracker.log_metrics({"loss": step / 4}, step)
     codebook = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     tracker.log_tensor(codebook, "codebook/final.npy")
     tracker.end("FINISHED")
-    assert tracker.stats.connected and tracker.stats.pending_metrics == 0
 
     client = mlflow_client(f"sqlite:///{run_dir.resolve()}/mlflow.db")
     run = client.get_run(tracker.run_id)
@@ -276,33 +264,52 @@ def test_sqlite_default_works_without_a_server(tmp_path):
     assert "resumed_from_step" not in run.data.tags                  # None means no tag, not the text "None"
     assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
     assert metric_history(client, tracker.run_id, "1 loss/total") == [(1, 0.25), (2, 0.5), (3, 0.75)]
-    assert run.info.artifact_uri.startswith((run_dir.resolve() / "mlartifacts").as_uri())
-    stored = Path(urllib.parse.unquote(urllib.parse.urlparse(run.info.artifact_uri).path)) / "codebook" / "final.npy"
-    assert stored.is_relative_to(run_dir.resolve() / "mlartifacts")
+    # recorded relative to the store's artifact destination, mlartifacts/ beside it (nothing names the run dir)
+    assert run.info.artifact_uri == f"mlflow-artifacts:/local/{tracker.run_id}/artifacts"
+    stored = run_dir / "mlartifacts" / "local" / tracker.run_id / "artifacts" / "codebook" / "final.npy"
     assert np.array_equal(np.load(stored, allow_pickle=False), codebook.numpy())
 
 
-def test_a_new_local_store_is_a_copy_of_one_migrated_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    first, second = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
-    create_local_store(first)
-    [template] = (tmp_path / "cache" / "cmg-trainer").glob("mlflow-*-empty.db")
-    migrated_at = template.stat().st_mtime_ns
-    create_local_store(second)
-    assert template.stat().st_mtime_ns == migrated_at                   # migrated once, copied since
-    assert first.read_bytes() == second.read_bytes() == template.read_bytes()
-    assert not list(second.parent.glob("*.tmp")) and not list(template.parent.glob("*.tmp"))
-    client = mlflow_client(f"sqlite:///{second}")                     # MLflow refuses a store behind its schema
-    run = client.create_run(client.create_experiment("x"))
-    client.log_metric(run.info.run_id, "m", 1.0, step=1)
-    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "m")] == [(1, 1.0)]
+@pytest.mark.slow   # ~10 s: three trackers on a sqlite store
+def test_a_resume_re_delivers_what_the_run_lacks_and_skips_what_it_has(tmp_path, monkeypatch):
+    """A kill -9 loses what MLflow's async queue held (here: steps 4-6 never sent) and leaves what the crashed job
+    logged after its last checkpoint (steps 7-8; the checkpoint is at 6): the resumed job makes the run's history
+    equal metrics.jsonl, each step once."""
+    cfg = TrackingConfig(experiment="local", system_metrics=False)
+    mlflow_settings(monkeypatch, cfg, tmp_path)
+    crashed = Tracker(cfg, tmp_path)
+    crashed.start()
+    for step in (1, 2, 3, 7, 8):
+        crashed.log_metrics({"loss": step / 8, "cpc": step}, step)
+    crashed.end("FAILED")
+    rows = [{"step": step, "loss": step / 8, "cpc": step} for step in range(1, 7)]   # metrics.jsonl, trimmed to 6
+
+    resumed = Tracker(cfg, tmp_path)
+    resumed.start(resumed_from_step=6, logged=rows)
+    for step in range(7, 11):
+        resumed.log_metrics({"loss": step / 8, "cpc": step}, step)
+    resumed.end("FINISHED")
+    assert resumed.run_id == crashed.run_id
+    client = mlflow_client(resolve_tracking_uri(cfg, tmp_path))
+    assert metric_history(client, resumed.run_id, "1 loss/total") == [(s, s / 8) for s in range(1, 11)]
+    assert metric_history(client, resumed.run_id, "1 loss/terms/cpc") == [(s, s) for s in range(1, 11)]
+    assert client.get_run(resumed.run_id).data.tags["resume_count"] == "1"
+
+    fresh = Tracker(cfg, tmp_path)                    # not a resume: a new run
+    fresh.start()
+    fresh.end("FINISHED")
+    assert fresh.run_id != resumed.run_id
 
 
 @pytest.mark.slow   # ~8 s: two trackers on a sqlite store
-def test_a_moved_or_copied_run_directory_still_opens(tmp_path):
-    """MLflow stores absolute artifact paths; the tracker (or `python -m trainer.programs.mlflow_ui`) re-points them."""
+def test_a_moved_or_copied_run_directory_still_opens(tmp_path, monkeypatch, capsys):
+    """Nothing in the store names the run directory: a job resuming it at its new place logs its artifacts there,
+    and `python -m trainer.programs.mlflow_ui` serves them from there (the server: tests/system/test_tracking_server.py
+    ``test_a_short_run_reads_as_a_training_run_in_the_mlflow_ui``)."""
     first = tmp_path / "first"
-    tracker = Tracker(TrackingConfig(experiment="local", system_metrics=False), first)
+    cfg = TrackingConfig(experiment="local", system_metrics=False)
+    mlflow_settings(monkeypatch, cfg, first)
+    tracker = Tracker(cfg, first)
     tracker.start()
     tracker.log_tensor(torch.ones(2), "codebook/final.npy")
     tracker.end("FINISHED")
@@ -312,29 +319,25 @@ def test_a_moved_or_copied_run_directory_still_opens(tmp_path):
     shutil.copytree(first, tmp_path / "copy")
     first.rename(moved)
 
-    # a job resuming the moved run directory logs next to its database again. That job is a new process: forget
-    # the artifact location this one's MLflow cached per run id (mlflow/tracking/_tracking_service/client.py)
-    from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
-
-    mlflow_tracking_utils._artifact_repos_cache.clear()
-    resumed = Tracker(TrackingConfig(experiment="local", system_metrics=False), moved)
-    resumed.load_state_dict({"run_id": run_id, "metrics": [], "artifacts": []})
-    resumed.start()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")         # a new process: the environment of the first job is gone
+    mlflow_settings(monkeypatch, cfg, moved)
+    resumed = Tracker(cfg, moved)
+    resumed.start(resumed_from_step=1)
     resumed.log_tensor(torch.zeros(2), "codebook/resumed.npy")
     resumed.end("FINISHED")
-    client = mlflow_client(f"sqlite:///{moved / 'mlflow.db'}")
-    run = client.get_run(run_id)
-    assert run.info.artifact_uri == (moved / "mlartifacts").as_uri() + f"/{run_id}/artifacts"
-    out = Path(client.download_artifacts(run_id, "codebook", str(tmp_path / "download")))
-    assert sorted(p.name for p in out.iterdir()) == ["final.npy", "resumed.npy"]
+    assert resumed.run_id == run_id
+    artifacts = moved / "mlartifacts" / "local" / run_id / "artifacts" / "codebook"
+    assert sorted(p.name for p in artifacts.iterdir()) == ["final.npy", "resumed.npy"]
 
-    # the untouched copy: the ui command re-points it and prints the run page in the training UI
+    # the untouched copy: the ui command serves its own mlartifacts/ and prints the run page in the training UI
     from trainer.programs.mlflow_ui import main as ui_main
 
-    assert ui_main([str(tmp_path / "copy"), "--port", "5999", "--print-only"]) == 0
-    copy_client = mlflow_client(f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}")
-    assert copy_client.get_run(run_id).info.artifact_uri.startswith((tmp_path / "copy" / "mlartifacts").as_uri())
-    assert np.array_equal(np.load(copy_client.download_artifacts(run_id, "codebook/final.npy", str(tmp_path / "c"))),
+    copy = tmp_path / "copy"
+    assert ui_main([str(copy), "--port", "5999", "--print-only"]) == 0
+    printed = capsys.readouterr().out
+    assert f"--artifacts-destination {copy.resolve() / 'mlartifacts'}" in printed
+    assert f"/runs/{run_id}/model-metrics?workflowType=machine_learning" in printed
+    assert np.array_equal(np.load(copy / "mlartifacts" / "local" / run_id / "artifacts" / "codebook" / "final.npy"),
                           np.ones(2))
 
 

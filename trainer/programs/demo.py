@@ -162,8 +162,8 @@ def print_pointers(run_dir: Path) -> None:
     print(f"checkpoint:        {run_dir / 'checkpoints' / latest}")
     if figures:
         print(f"code-usage figure: {figures[-1]}  (seed 001 Fig. 4: purple = codes both modalities use)")
-    # trainer/programs/mlflow_ui.py re-points a moved run directory's store, prints the run page's address in
-    # MLflow's "Model training" mode, and runs `mlflow ui` on the store
+    # trainer/programs/mlflow_ui.py prints the run page's address in MLflow's "Model training" mode and runs
+    # `mlflow ui` on the store, serving its artifacts from the run directory
     print(f"MLflow UI:         {sys.executable} -m trainer.programs.mlflow_ui {run_dir} --port 5000   # prints the run "
           "page to open (experiment cmg-demo: the training run, with the evaluation's numbers, and its child run)")
 

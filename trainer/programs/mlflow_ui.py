@@ -3,10 +3,11 @@
     python -m trainer.programs.mlflow_ui runs/demo [--port 5000] [--host 127.0.0.1] [mlflow ui options]
     # open http://127.0.0.1:5000/#/experiments/1/runs/<run id>/model-metrics?workflowType=machine_learning
 
-For a run directory with the default store (``<run_dir>/mlflow.db``, artifacts in ``<run_dir>/mlartifacts``):
-re-points the store's artifact paths when the directory was moved or copied (``trainer.tracking.relocate_local_store``:
-MLflow records absolute paths), prints the address of the newest training run's charts in MLflow's "Model training"
-mode and the ``mlflow ui`` command, then runs that command in this process (exec). Options this program does not
+For a run directory with the default store (``<run_dir>/mlflow.db``, artifacts in ``<run_dir>/mlartifacts``): prints
+the address of the newest training run's charts in MLflow's "Model training" mode and the ``mlflow ui`` command, then
+runs that command in this process (exec). The store records its artifacts as ``mlflow-artifacts:/...``, which the
+server resolves against ``--artifacts-destination <run_dir>/mlartifacts`` (trainer/tracking.py): a moved or copied
+run directory opens as it is. Options this program does not
 know (``--workers 1``, ...) go to ``mlflow ui``; ``--print-only`` prints and exits. Exit 2 when RUN_DIR has no store
 (a run that logged to a server: open the server).
 """
@@ -14,13 +15,11 @@ know (``--workers 1``, ...) go to ``mlflow ui``; ``--print-only`` prints and exi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import sqlite3
 import sys
 from pathlib import Path
 
-from trainer.tracking import LOCAL_ARTIFACTS, relocate_local_store
+from trainer.tracking import local_artifacts
 
 
 def ui_url(base: str, experiment_id: str, run_id: str | None = None, tab: str = "model-metrics") -> str:
@@ -34,18 +33,20 @@ def ui_url(base: str, experiment_id: str, run_id: str | None = None, tab: str = 
     return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
 
 
-def latest_run(db: Path) -> tuple[str, str] | None:
-    """(experiment id, run id) of the newest top-level run in a sqlite store (a training run, not an evaluation's
-    child run), or None."""
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-        row = conn.execute("SELECT experiment_id, run_uuid FROM runs WHERE lifecycle_stage = 'active' AND run_uuid "
-                           "NOT IN (SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId') "
-                           "ORDER BY start_time DESC LIMIT 1").fetchone()
-    return (str(row[0]), row[1]) if row else None
+def latest_run(tracking_uri: str) -> tuple[str, str] | None:
+    """(experiment id, run id) of the newest top-level run in a store (a training run, not an evaluation's child
+    run), or None."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              order_by=["attributes.start_time DESC"])
+    run = next((r for r in runs if "mlflow.parentRunId" not in r.data.tags), None)
+    return (run.info.experiment_id, run.info.run_id) if run else None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Re-point RUN_DIR's store, print the run page's address, exec ``mlflow ui`` (see the module docstring)."""
+    """Print the run page's address, exec ``mlflow ui`` on RUN_DIR's store (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m trainer.programs.mlflow_ui", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run directory with the default store (mlflow.db, mlartifacts/)")
@@ -58,11 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no MLflow store {db} (did the run log to a server? MLFLOW_TRACKING_URI or "
               "tracking.tracking_uri in its config.yaml)", file=sys.stderr)
         return 2
-    if relocate_local_store(db):
-        print(f"re-pointed the artifact paths of {db} to {db.parent / LOCAL_ARTIFACTS} (the directory was moved)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}",
-               "--host", a.host, "--port", str(a.port), *ui_options]
-    found = latest_run(db)
+    uri = f"sqlite:///{db}"
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--artifacts-destination",
+               str(local_artifacts(uri)), "--host", a.host, "--port", str(a.port), *ui_options]
+    found = latest_run(uri)
     base = f"http://{a.host}:{a.port}"
     print(f"open {ui_url(base, *found) if found else base}")
     print(" ".join(command), flush=True)

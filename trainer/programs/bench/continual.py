@@ -45,6 +45,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -202,14 +203,15 @@ def run_method(method: Method, cfg: ContinualConfig, mlflow_dir: str | None = No
     phase number) are also logged to MLflow (sqlite store in that directory)."""
     tracker, mlflow_uri = None, ""
     if mlflow_dir:
-        from trainer.tracking import Tracker
+        from trainer.tracking import Tracker, mlflow_environment
         from trainer.configs.tracking import TrackingConfig
 
         root = Path(mlflow_dir).resolve()
         mlflow_uri = f"sqlite:///{root / 'mlflow.db'}"
-        tracker = Tracker(TrackingConfig(tracking_uri=mlflow_uri, experiment="cmg-continual-bench",
-                                         run_name=f"{method.name}-seed{cfg.train.seed}", flush_interval_s=0.0),
-                          root / f"{method.name}-seed{cfg.train.seed}")
+        tracking = TrackingConfig(tracking_uri=mlflow_uri, experiment="cmg-continual-bench",
+                                  run_name=f"{method.name}-seed{cfg.train.seed}", flush_interval_s=0)
+        os.environ.update(mlflow_environment(tracking, root))   # MLflow's settings (each phase's job sets them again)
+        tracker = Tracker(tracking, root / f"{method.name}-seed{cfg.train.seed}")
         tracker.start(tags={"method": method.name, "seed": cfg.train.seed, "order": ",".join(cfg.order)})
         tracker.log_config(cfg)
     start = time.perf_counter()
