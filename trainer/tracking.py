@@ -22,6 +22,7 @@ import json
 import os
 import posixpath
 import re
+import shutil
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -55,6 +56,29 @@ def local_artifacts(tracking_uri: str) -> Path | None:
     """Where a ``sqlite:///`` store's ``mlflow-artifacts:/`` live (``mlartifacts`` beside it); None for a server."""
     sqlite = tracking_uri.startswith("sqlite:///")
     return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / LOCAL_ARTIFACTS if sqlite else None
+
+
+def create_local_store(tracking_uri: str) -> None:
+    """A new sqlite store: a copy of an empty one migrated once per machine and MLflow version. MLflow brings a new
+    database to its schema by running each of its migrations (alembic; about 2 s of CPU a job here); the copy is
+    the same database, written atomically (several jobs may start at once). An existing store is left as it is."""
+    import mlflow
+
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not tracking_uri.startswith("sqlite:///") or db.exists():
+        return
+    template = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cmg-trainer" / \
+        f"mlflow-{mlflow.__version__}-empty.db"
+    if not template.is_file():
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        template.parent.mkdir(parents=True, exist_ok=True)
+        scratch = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+        SqlAlchemyStore(f"sqlite:///{scratch}", template.parent.as_uri()).engine.dispose()
+        os.replace(scratch, template)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, scratch := db.with_name(f"{db.name}.{os.getpid()}.tmp"))
+    os.replace(scratch, db)
 
 
 def mlflow_environment(cfg: TrackingConfig, run_dir: str | Path) -> dict[str, str]:
@@ -114,6 +138,7 @@ class Tracker:
         try:
             run_id = json.loads(saved.read_text())["run_id"] if resumed_from_step is not None and saved.is_file() \
                 else None
+            create_local_store(self.tracking_uri)
             self._client = mlflow.MlflowClient(self.tracking_uri)
             if run_id is not None and not self._resumable(run_id):   # another store now, or a deleted run
                 tags["resumed_from_missing_run"], run_id = run_id, None
