@@ -53,11 +53,11 @@ import webdataset as wds
 from shards.synth import SynthConfig, synthesise
 from shards.write import write_shards
 from trainer.backbones.frozen import FrozenBackbones
-from trainer.config import load_config
+from trainer.configs.load import load_config
 from trainer.data import ClipStream, decode_sample
 from trainer.configs.data import DataConfig, DecodeConfig
 from trainer.data.collate import collate_samples
-from trainer.data.decode import decode_audio, decode_video
+from trainer.data.media_decoders import decode_audio, decode_video
 from trainer.job import job_backbones, resolve_job
 from trainer.configs.job import JobConfig
 from trainer.tasks import task_class

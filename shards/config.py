@@ -1,4 +1,4 @@
-"""Configs of the shard programs that their command lines document (shards/cli.py), torch-free: importing
+"""Configs of the shard programs that their command lines document (shards/parsers.py), torch-free: importing
 ``shards.synth`` imports torch (through webdataset), and ``--help`` must answer at once."""
 
 from __future__ import annotations

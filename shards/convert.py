@@ -67,7 +67,7 @@ import torch
 import webdataset as wds
 from tqdm import tqdm
 
-from shards.cli import convert_parser
+from shards.parsers import convert_parser
 from shards.extract import output_samples
 from trainer.configs.data import DecodeConfig
 from trainer.data.features import FeatureError, PublicFeatureConfig
@@ -444,7 +444,7 @@ def summary(manifest: ShardManifest, out: str) -> str:
         lines.append(f"  {'every':<6} {manifest.total:>7} clips  data.urls='{'::'.join(urls.values())}'")
     modalities = ",".join(manifest.feature_shapes)
     if manifest.decode is None:     # a retrieval set (trainer/data/released_pairs.py)
-        lines.append(f"rank it: python -m trainer.evaluate RUN --tasks zero_shot_retrieval --retrieval-data "
+        lines.append(f"rank it: python -m trainer.programs.evaluate RUN --tasks zero_shot_retrieval --retrieval-data "
                      f"'{released['set']}={'::'.join(urls.values())}'")
     else:
         train = urls.get("train", next(iter(urls.values())))

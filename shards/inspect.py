@@ -29,8 +29,9 @@ from pathlib import Path
 
 import webdataset as wds
 
-from shards.cli import inspect_parser
-from trainer.data.decode import CorruptSample, member_set, probe_sample, unknown_members
+from shards.parsers import inspect_parser
+from trainer.data.decode import member_set, probe_sample, unknown_members
+from trainer.data.media_decoders import CorruptSample
 from trainer.data.manifest import MANIFEST_NAME, ShardManifest, shard_name
 
 

@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from shards.cli import synth_parser
+from shards.parsers import synth_parser
 from shards.config import PAIR_KINDS, SynthConfig
 from shards.media import encode_mp4, encode_wav
 from trainer.data.decode import BACKGROUND

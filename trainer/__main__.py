@@ -1,7 +1,7 @@
-"""``python -m trainer``: the ``cmg`` command (trainer/cli.py)."""
+"""``python -m trainer``: the ``cmg`` command (trainer/programs/cmg.py)."""
 
 import sys
 
-from trainer.cli import main
+from trainer.programs.cmg import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """The checks that make a bad job config fail before any work starts, and the job resolved against its data.
 
 The config itself (``JobConfig`` and its sections, documented there) is trainer/configs/job.py, torch-free, so
-that a bad key or value fails at once (trainer/config.py); the checks here read the filesystem (shard manifests,
+that a bad key or value fails at once (trainer/configs/load.py); the checks here read the filesystem (shard manifests,
 backbones file, checkpoints) and import the modules that own those formats only when they run.
 
 ``resolve_job`` turns a ``JobConfig`` into the one object the job runs from (``ResolvedJob``): the config with
@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from trainer.config import ConfigError, load_config, to_dict
+from trainer.configs.load import ConfigError, load_config, to_dict
 from trainer.configs.backbones import BackbonesConfig, load_backbones_config
 from trainer.configs.job import JobConfig
 from trainer.configs.model import ModelConfig

@@ -26,7 +26,7 @@ from trainer.checkpoint import (
     CheckpointManager, CheckpointMeta, ProcessRNG, RunCheckpoints, load_init_state_, read_init_source, rng_state,
     set_rng_state,
 )
-from trainer.config import to_dict
+from trainer.configs.load import to_dict
 from trainer.data.memory import MemoryStream
 from trainer.data.stream import data_source, feature_batches
 from trainer.engine import TrainEngine

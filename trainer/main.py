@@ -1,14 +1,14 @@
 """Entry point of the main job.
 
-    python -m trainer.launch --config_file launch/accelerate/cpu_zero2.yaml trainer/main.py \\
+    python -m trainer.programs.supervisor --config_file launch/accelerate/cpu_zero2.yaml trainer/main.py \\
         --config launch/configs/pretrain_av.yaml [key=value ...]     # accelerate launch under a supervisor
     accelerate launch --config_file launch/accelerate/cpu_zero2.yaml trainer/main.py ...     # works too
     python trainer/main.py --config launch/configs/demo.yaml run.max_steps=50      # one process
 
 Exit codes: 0 finished; 75 stopped on request (SIGUSR1/SIGTERM or <run_dir>/STOP) after writing a
 checkpoint: run the same command again to resume; 2 bad config (nothing was started); 1 crashed. Under
-``accelerate launch`` torch elastic turns any non-zero rank exit into 1; ``python -m trainer.launch`` keeps
-these codes (see trainer/launch.py).
+``accelerate launch`` torch elastic turns any non-zero rank exit into 1; ``python -m trainer.programs.supervisor`` keeps
+these codes (see trainer/programs/supervisor.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     # Run as a script (accelerate launch trainer/main.py): Python put trainer/ itself on sys.path, where its
-    # modules (config, data, ...) would shadow top-level packages of the same names. Use the repo root.
+    # modules (data, eval, ...) would shadow top-level packages of the same names. Use the repo root.
     _here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
@@ -27,14 +27,14 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import traceback  # noqa: E402
 
-from trainer.cli import train_parser  # noqa: E402
-from trainer.config import ConfigError, load_config  # noqa: E402
+from trainer.programs.cmg import train_parser  # noqa: E402
+from trainer.configs.load import ConfigError, load_config  # noqa: E402
 from trainer.job import resolve_job, validate_job
 from trainer.configs.job import JobConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    return train_parser().parse_args(argv)   # torch-free, for `cmg train --help` (trainer/cli.py)
+    return train_parser().parse_args(argv)   # torch-free, for `cmg train --help` (trainer/programs/cmg.py)
 
 
 def load_job(args: argparse.Namespace) -> JobConfig:
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(1)
     if code == EXIT_RESUME and os.environ.get(SUPERVISED_ENV) == "1":
-        code = 0   # python -m trainer.launch exits 75 itself (status.json); torch elastic would call 75 a failure
+        # python -m trainer.programs.supervisor exits 75 itself (status.json); torch elastic would call 75 a failure
+        code = 0
     shutdown(accelerator, code)
     return code
 

@@ -10,13 +10,13 @@ export format, which this module alone reads and writes.
     model.save_pretrained("exports/demo")                     # model.safetensors + config.json, movable
 
 Any registered task works (Uni-Code, FCCID, COMET: ``trainer.tasks.TASKS``): codes come from the model's
-``segment_encoding`` through ``trainer.eval.encode.encode_features``, the path evaluation encodes with, so a clip gets
-the codes evaluation gives it. Media are decoded with the run's ``data.decode`` settings (frames per segment, frame
-size, sample rate) and go through the frozen backbones the checkpoint names, rebuilt from its record and refused
+``segment_encoding`` through ``trainer.eval.frozen_codes.encode_features``, the path evaluation encodes with, so a
+clip gets the codes evaluation gives it. Media are decoded with the run's ``data.decode`` settings (frames per segment,
+frame size, sample rate) and go through the frozen backbones the checkpoint names, rebuilt from its record and refused
 unless their weights' fingerprints match it (``FrozenBackbones.load_state_dict``).
 
-Every second of a clip is coded, whatever its length (``trainer.data.decode.clip_seconds``: a 3-s clip gives 3 codes,
-a 95-s one 95). The encoders were trained on windows of ``data.decode.seconds`` (T), and they attend across the
+Every second of a clip is coded, whatever its length (``trainer.data.media_decoders.clip_seconds``: a 3-s clip gives 3
+codes, a 95-s one 95). The encoders were trained on windows of ``data.decode.seconds`` (T), and they attend across the
 seconds of their input, so a longer clip is coded as consecutive windows of T seconds, the last one shorter, each
 encoded on its own as in training, and their codes are concatenated (``encode_windows``); a clip of at most T seconds
 is one window. Clips of several lengths come back padded to the longest: code -1 and zero vectors past a clip's end,
@@ -61,9 +61,10 @@ import torch
 from torch import Tensor, nn
 
 from trainer.backbones import FrozenBackbones, backbones_config_from_dict, load_backbones_config
-from trainer.data.decode import WholeClip, decode_image, decode_whole_audio, decode_whole_video
+from trainer.data.decode import WholeClip
+from trainer.data.media_decoders import decode_image, decode_whole_audio, decode_whole_video
 from trainer.configs.data import DecodeConfig
-from trainer.eval.encode import encode_features, frozen_model, load_pretrained
+from trainer.eval.frozen_codes import encode_features, frozen_model, load_pretrained
 from trainer.models.inputs import mask_key
 
 EXPORT_FORMAT = "cmg-trainer-pretrained/1"
@@ -103,7 +104,7 @@ class CMGModel:
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
                         backbones: str | Path | None = None) -> CMGModel:
         """The model of an export directory (``save_pretrained``), or of a checkpoint: a run, checkpoints or step
-        directory, or a ``model.pt`` (as ``trainer.eval.encode.load_pretrained`` resolves them).
+        directory, or a ``model.pt`` (as ``trainer.eval.frozen_codes.load_pretrained`` resolves them).
 
         ``backbones``: a backbones YAML to load the frozen backbones from instead of the recorded specs (weights
         moved, or a model trained on feature shards that names none); recorded fingerprints are still enforced.

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trainer.config import flatten, to_dict
+from trainer.configs.load import flatten, to_dict
 
 MAX_PARAM_VALUE_CHARS, MAX_TAG_VALUE_CHARS, MAX_KEY_CHARS = 6000, 8000, 250   # mlflow/utils/validation.py (3.x)
 

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 # Exit code that means "checkpoint written after a stop request: requeue/resume me" (sysexits EX_TEMPFAIL).
 EXIT_RESUME = 75
-# Set by `python -m trainer.launch` for its ranks: a stopped rank exits 0 and the launcher exits 75 (trainer/launch.py).
+# Set by `python -m trainer.programs.supervisor` for its ranks: a stopped rank exits 0 and the launcher exits 75
+# (trainer/programs/supervisor.py).
 SUPERVISED_ENV = "CMG_SUPERVISED"
 
 

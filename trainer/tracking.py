@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.config import to_dict
+from trainer.configs.load import to_dict
 from trainer.configs.tracking import TrackingConfig
 from trainer.run_page import (
     MAX_TAG_VALUE_CHARS, clean_key, git_tags, mlflow_metric_key, mlflow_params, run_description, shard_dataset, shorten,

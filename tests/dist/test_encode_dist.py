@@ -13,14 +13,14 @@ import pytest
 from encode_utils import clip_corpus, train_run
 from job_utils import REPO
 
-from trainer.encode import read_codes
+from trainer.programs.encode import read_codes
 
 
 @pytest.mark.slow
 def test_two_ranks_split_the_units_and_write_what_one_rank_writes(tmp_path):
     corpus = clip_corpus(tmp_path / "data")
     run = train_run(tmp_path / "run", corpus, "unicode")
-    base = [sys.executable, "-m", "trainer.encode", str(run), str(corpus.clips), "--clips-per-shard", "3",
+    base = [sys.executable, "-m", "trainer.programs.encode", str(run), str(corpus.clips), "--clips-per-shard", "3",
             "--num-workers", "1", "--no-progress", "--merge-timeout", "120"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     one = subprocess.run([*base, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=180)

@@ -56,7 +56,7 @@ def clip_corpus(root: Path, num_clips: int = 8, clips_per_shard: int = 4) -> Cor
 def train_run(run_dir: Path, corpus: Corpus, task: str, steps: int = 2) -> Path:
     """``task`` trained for ``steps`` by the main job's loop on the corpus's clip shards through the tiny backbones
     (one process, plain torch, no tracking); returns the run directory."""
-    from trainer.config import build_config
+    from trainer.configs.load import build_config
     from trainer.job import validate_job
     from trainer.configs.job import JobConfig
     from trainer.loop import train

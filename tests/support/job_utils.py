@@ -1,5 +1,5 @@
 """Run the real main job from tests: tiny synthetic shards; `python trainer/main.py` on one process, on several
-`python -m trainer.launch` (accelerate launch under the project's supervisor) or bare `accelerate launch`.
+`python -m trainer.programs.supervisor` (accelerate launch under the project's supervisor) or bare `accelerate launch`.
 
     shards = make_clip_shards(tmp_path / "data", num_clips=16, seconds=4, clips_per_shard=4)
     proc = run_job(tmp_path / "run", shards, processes=2, zero=2, overrides=["run.max_steps=6"])
@@ -37,11 +37,11 @@ def make_clip_shards(root: Path, num_clips: int = 16, seconds: int = 4, clips_pe
 
 
 def job_command(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
-                seconds: int = 4, config: Path = DEMO_CONFIG, launcher: str = "trainer.launch",
+                seconds: int = 4, config: Path = DEMO_CONFIG, launcher: str = "trainer.programs.supervisor",
                 plain: bool = True) -> list[str]:
     """The main job on ``config`` (default: the demo config), shrunk for tests (logs every step, no progress bar).
 
-    ``launcher``: for several processes, the module that launches them: ``trainer.launch`` or
+    ``launcher``: for several processes, the module that launches them: ``trainer.programs.supervisor`` or
     ``accelerate.commands.launch`` (what ``accelerate launch`` runs). One process runs as ``python trainer/main.py``
     (plain torch), or, with ``plain=False``, through ``launcher`` with the DeepSpeed config as well.
     """
@@ -65,7 +65,7 @@ def job_env() -> dict[str, str]:
 
 def run_job(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
             timeout: float = 300, check: bool = True, config: Path = DEMO_CONFIG,
-            launcher: str = "trainer.launch", plain: bool = True) -> subprocess.CompletedProcess:
+            launcher: str = "trainer.programs.supervisor", plain: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(job_command(run_dir, urls, processes, zero, overrides, config=config, launcher=launcher,
                                       plain=plain),
                           cwd=REPO,

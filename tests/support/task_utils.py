@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from trainer.checkpoint import CheckpointManager, CheckpointMeta, save_rank_state, write_model_state, write_task_extra
-from trainer.config import to_dict
+from trainer.configs.load import to_dict
 
 
 def write_phase(run_dir: Path, task, model_cfg, step: int) -> Path:

@@ -1,5 +1,5 @@
 """COMET through whole programs: two continual phases of the real main job (trainer/main.py on synthetic clip
-shards, then trainer.evaluate on the second), and the continual bench's two-phase run."""
+shards, then trainer.programs.evaluate on the second), and the continual bench's two-phase run."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from job_utils import REPO, make_clip_shards, read_metrics, run_job  # noqa: E402
 
-from trainer.eval.encode import load_pretrained  # noqa: E402
-from trainer.evaluate import main as evaluate_main  # noqa: E402
+from trainer.eval.frozen_codes import load_pretrained  # noqa: E402
+from trainer.programs.evaluate import main as evaluate_main  # noqa: E402
 from trainer.checkpoint import read_model_state, read_task_extra  # noqa: E402
 from trainer.configs.eval import ProbeConfig
 
@@ -67,10 +67,10 @@ def test_two_phases_through_the_main_job(tmp_path):
     logged = read_metrics(tmp_path / "at")
     assert {"pm", "ewc", "gate", "pm_old_share"} <= set(logged[-1]), second.stdout[-2000:]
     assert logged[0]["ewc"] == pytest.approx(0.0, abs=1e-9)        # the first step starts at the phase-1 snapshot
-    pretrained = load_pretrained(tmp_path / "at")                   # what trainer.evaluate loads
+    pretrained = load_pretrained(tmp_path / "at")                   # what trainer.programs.evaluate loads
     assert pretrained.model.downstream_modalities == ("audio", "text", "video")
     assert set(meta["backbones"]) == {"audio", "text", "video"}     # the carried video's backbone is named too
-    # the unseen pair: trainer.evaluate probes video <-> audio with phase 1's (carried) video encoder
+    # the unseen pair: trainer.programs.evaluate probes video <-> audio with phase 1's (carried) video encoder
     assert evaluate_main([str(tmp_path / "at"), "--epochs", "1", "--split", "0.5,0.25,0.25", "--no-tracking"]) == 0
     report = json.loads((tmp_path / "at" / "evaluation" / "step_00000003" / "report.json").read_text())
     assert {(p["task"], p["direction"]) for p in report["probes"]} == \
@@ -82,7 +82,7 @@ def test_two_phases_through_the_main_job(tmp_path):
 
 @pytest.mark.slow
 def test_continual_bench_runs_two_phases_and_prints_both_tables():
-    from trainer.programs.bench.continual import format_tables, run_method
+    from trainer.programs.bench.continual_features import format_tables, run_method
     from trainer.programs.bench.config import METHODS, ContinualConfig
     from trainer.programs.bench.config import PretrainConfig
 

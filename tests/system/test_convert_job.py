@@ -62,8 +62,8 @@ def test_paper_suite_ranks_the_converted_retrieval_sets_and_prints_seed_003_tabl
         sets[kind] = (release, str(tmp_path / f"{kind}_feats" / "test-000000.tar"))
     report_path = tmp_path / "report.json"
     done = subprocess.run(
-        [sys.executable, "-m", "trainer.evaluate", str(run_dir), "--suite", "paper", "--epochs", "1", "--no-tracking",
-         "--retrieval-data", "::".join(urls for _, urls in sets.values()), "--json", str(report_path)],
+        [sys.executable, "-m", "trainer.programs.evaluate", str(run_dir), "--suite", "paper", "--epochs", "1",
+         "--no-tracking", "--retrieval-data", "::".join(urls for _, urls in sets.values()), "--json", str(report_path)],
         cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     datasets = json.loads(report_path.read_text())["zero_shot_retrieval"]["datasets"]

@@ -1,6 +1,6 @@
 """The product path end to end on a world the demo does not use: unlabelled clips -> shards -> 2-process ZeRO-2
 ``trainer/main.py`` with the demo's config (its codebook sized for this world's 4 events, as the recipe sizes it:
-``trainer.programs.bench.e2e.world_codes``) -> ``python -m trainer.evaluate`` on held-out labelled clips.
+``trainer.programs.bench.e2e.world_codes``) -> ``python -m trainer.programs.evaluate`` on held-out labelled clips.
 
 It checks the margin the demo's recipe keeps on every run of its sweep (``trainer.programs.demo.MARGIN``;
 docs/recipe_sweep.md): the e2e world, one of the sweep's seeds at one of its CPU kernel levels, pinned so that the

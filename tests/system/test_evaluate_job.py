@@ -1,6 +1,6 @@
-"""trainer.evaluate end to end on checkpoints written by the real main job (trainer/main.py on synthetic clip
-shards): the report, a child MLflow run, feature shards giving the same numbers, and `python -m trainer.evaluate`
-on an FCCID run with and without TOC."""
+"""trainer.programs.evaluate end to end on checkpoints written by the real main job (trainer/main.py on synthetic clip
+shards): the report, a child MLflow run, feature shards giving the same numbers, and
+`python -m trainer.programs.evaluate` on an FCCID run with and without TOC."""
 
 import hashlib
 import json
@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from job_utils import REPO, job_env, make_clip_shards, run_job  # noqa: E402
 from tracking_utils import local_artifact_paths  # noqa: E402
 
-from trainer.evaluate import main  # noqa: E402
+from trainer.programs.evaluate import main  # noqa: E402
 
 
 # no_ambient_mlflow_env (tests/support/tracking_utils.py) undoes the MLflow settings evaluate's start-up makes
@@ -72,14 +72,14 @@ def test_command_on_a_checkpoint_of_the_main_job_logs_a_child_mlflow_run(tmp_pat
 
 @pytest.mark.slow
 def test_command_on_an_fccid_checkpoint_of_the_main_job_with_and_without_toc(tmp_path):
-    """trainer/main.py with launch/configs/demo_fccid.yaml, then `python -m trainer.evaluate` on its run."""
+    """trainer/main.py with launch/configs/demo_fccid.yaml, then `python -m trainer.programs.evaluate` on its run."""
     shards = make_clip_shards(tmp_path / "data", num_clips=16, seconds=4, clips_per_shard=4)
     run = tmp_path / "run"
     run_job(run, shards, config=REPO / "launch" / "configs" / "demo_fccid.yaml", overrides=["run.max_steps=3"])
     model = hashlib.sha256((run / "checkpoints" / "step_00000003" / "model.pt").read_bytes()).hexdigest()
     for toc, out_dir in ((None, "step_00000003"), (32, "step_00000003-toc32")):
-        command = [sys.executable, "-m", "trainer.evaluate", str(run), "--epochs", "3", "--split", "0.5,0.25,0.25",
-                   "--no-tracking", *(["--toc", str(toc)] if toc else [])]
+        command = [sys.executable, "-m", "trainer.programs.evaluate", str(run), "--epochs", "3", "--split",
+                   "0.5,0.25,0.25", "--no-tracking", *(["--toc", str(toc)] if toc else [])]
         done = subprocess.run(command, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-4000:]
         assert "classification  V→A" in done.stdout and "localisation    A→V" in done.stdout

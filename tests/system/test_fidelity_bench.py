@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_fccid_row_and_its_toc_row_share_one_pretraining(tmp_path):
     """run_rows end to end at toy sizes: one FCCID pretraining through the main job's loop (a checkpoint in the
-    run directory, read back as trainer.evaluate reads it), probed on all code dims and on TOC's Q."""
+    run directory, read back as trainer.programs.evaluate reads it), probed on all code dims and on TOC's Q."""
     cfg = FidelityConfig(pretrain_clips=96, downstream_clips=80, pretrain=PretrainConfig(steps=3, batch_size=32),
                          probe=ProbeConfig(epochs=1))
     plain, toc = run_rows(["fccid", "fccid_toc"], cfg, tmp_path / "run")

@@ -1,5 +1,5 @@
 """The main job end to end: `python trainer/main.py`, and 2 CPU ranks (gloo, DeepSpeed) through
-`python -m trainer.launch` and bare `accelerate launch`.
+`python -m trainer.programs.supervisor` and bare `accelerate launch`.
 
 - a bad config fails before any work, naming the key;
 - ZeRO-2 and ZeRO-3 through trainer/main.py keep the quantizer buffers and CLUB estimators bit-identical on
@@ -10,7 +10,7 @@
 - a stop request checkpoints and exits 75 ("resume me"); the resumed job continues the same MLflow run; after a
   kill -9 and a resume the run's history equals metrics.jsonl (no gap, no duplicate);
 - through the real launcher, SIGTERM to the launcher or SIGUSR1 to rank 1 alone is one agreed stop: a complete
-  checkpoint and exit 75 from `trainer.launch`; bare `accelerate launch` checkpoints too but exits 1;
+  checkpoint and exit 75 from `trainer.programs.supervisor`; bare `accelerate launch` checkpoints too but exits 1;
 - an elastic resume (2 ranks -> 1 process -> 2 ranks, ZeRO-2 / plain torch / ZeRO-3) continues the run: the step
   counter, the MLflow run, the LR schedule, the codebook and CLUB state, and AdamW's moments and step;
 - a real `mlflow server` receives params, metrics and the code-usage PNG.
@@ -268,7 +268,7 @@ def stop_through_the_launcher(tmp_path, shards, launcher: str, send) -> tuple[su
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_checkpoints_and_exits_75(tmp_path, shards):
     proc, _, err, run_dir = stop_through_the_launcher(
-        tmp_path, shards, "trainer.launch", lambda proc, _: proc.send_signal(signal.SIGTERM))
+        tmp_path, shards, "trainer.programs.supervisor", lambda proc, _: proc.send_signal(signal.SIGTERM))
     assert proc.returncode == 75, err[-3000:]
     assert "[cmg launch] SIGTERM: asking the job to checkpoint and stop" in err
     assert "FAILED" not in err and "Traceback" not in err, err[-3000:]    # a stop is not reported as a crash
@@ -278,7 +278,8 @@ def test_sigterm_to_the_launcher_checkpoints_and_exits_75(tmp_path, shards):
 @pytest.mark.slow
 def test_sigusr1_to_rank_1_alone_stops_every_rank_and_the_launcher_exits_75(tmp_path, shards):
     proc, out, err, _ = stop_through_the_launcher(
-        tmp_path, shards, "trainer.launch", lambda _, run_dir: os.kill(_rank_pid(run_dir, 1), signal.SIGUSR1))
+        tmp_path, shards, "trainer.programs.supervisor",
+        lambda _, run_dir: os.kill(_rank_pid(run_dir, 1), signal.SIGUSR1))
     assert proc.returncode == 75, err[-3000:]
     # rank 0 (which logs) did not get the signal, and says so
     assert "stop requested (a signal or stop file seen by another rank)" in out + err
@@ -287,8 +288,8 @@ def test_sigusr1_to_rank_1_alone_stops_every_rank_and_the_launcher_exits_75(tmp_
 @pytest.mark.slow
 def test_sigterm_to_bare_accelerate_launch_checkpoints_but_reports_a_failure(tmp_path, shards):
     """The documented limit of torch elastic: it forwards SIGTERM to the ranks, which stop and checkpoint, but it
-    reports their exit as a failure (use `python -m trainer.launch` for exit 75). The code is torch's: 1 (its
-    SignalException's traceback) in every run here; one CI run got 143 with no traceback, from no line of torch
+    reports their exit as a failure (use `python -m trainer.programs.supervisor` for exit 75). The code is torch's: 1
+    (its SignalException's traceback) in every run here; one CI run got 143 with no traceback, from no line of torch
     elastic's or accelerate's Python that we could find."""
     proc, _, err, _ = stop_through_the_launcher(
         tmp_path, shards, "accelerate.commands.launch", lambda proc, _: proc.send_signal(signal.SIGTERM))
@@ -321,9 +322,9 @@ def assert_one_adamw_step(before: dict, after: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.numerics
 def test_elastic_resume_2_ranks_then_1_process_then_2_ranks_continues_the_run(tmp_path, shards):
-    """2 ZeRO-2 ranks (trainer.launch) to step 3, mid-epoch; `python trainer/main.py` (plain torch) to step 5;
-    `trainer.launch --num_processes 1` (DeepSpeed ZeRO-2) to step 6; 2 ZeRO-3 ranks to step 8. A checkpoint every
-    step, so that every step's optimizer state can be compared with the one before."""
+    """2 ZeRO-2 ranks (trainer.programs.supervisor) to step 3, mid-epoch; `python trainer/main.py` (plain torch) to
+    step 5; `trainer.programs.supervisor --num_processes 1` (DeepSpeed ZeRO-2) to step 6; 2 ZeRO-3 ranks to step 8. A
+    checkpoint every step, so that every step's optimizer state can be compared with the one before."""
     run_dir = tmp_path / "elastic"
     legs = [(2, True, 2, 3), (1, True, 0, 5), (1, False, 2, 6), (2, True, 3, 8)]   # processes, plain, ZeRO, last step
     engines = {0: "plain torch", 2: "ZeRO-2", 3: "ZeRO-3"}

@@ -37,14 +37,15 @@ def feature_urls(tmp_path_factory) -> str:
 
 
 def train(run_dir: Path, urls: str, processes: int, negatives: str) -> list[dict]:
-    """The demo config on the feature shards through `python -m trainer.launch` (cpu_zero2.yaml, ZeRO-2)."""
+    """The demo config on the feature shards through `python -m trainer.programs.supervisor` (cpu_zero2.yaml,
+    ZeRO-2)."""
     args = ["--config", str(DEMO_CONFIG), f"run.dir={run_dir}", f"run.max_steps={STEPS}", "run.progress=false",
             "data.kind=features", "data.feature_modalities=[audio,video]", f"data.urls={urls}",
             f"data.batch_size={GLOBAL_BATCH // processes}", "data.num_workers=0", "data.shuffle_buffer=0",
             "tracking.log_every=1", "tracking.flush_interval_s=0", f"model.negatives={negatives}",
             "model.encoder.dropout=0.0",          # dropout masks come from per-rank RNG streams
             "model.quantizer.reset_steps=2"]      # resets within the 4 steps: they draw from the global batch too
-    run_child([sys.executable, "-m", "trainer.launch", "--config_file",
+    run_child([sys.executable, "-m", "trainer.programs.supervisor", "--config_file",
                str(REPO / "launch" / "accelerate" / "cpu_zero2.yaml"), "--num_processes", str(processes),
                "--main_process_port", str(free_port()), str(REPO / "trainer" / "main.py"), *args],
               f"{processes}-process job", cwd=REPO, env=job_env(), timeout=300)

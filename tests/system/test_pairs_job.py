@@ -1,8 +1,8 @@
 """The real job on pair shards (trainer/main.py on ``shards.synth --pairs`` items packed by ``shards.write``): an
 image-text and an audio-text job train through the product's path, the image through its own backbone as one
 segment repeated along its caption's tokens, and resume exactly; ``cmg encode`` then codes the same shards (an image
-as one segment, a 10-s audio as 10), as the API does, and ``trainer.evaluate --tasks zero_shot_retrieval`` ranks
-them (every caption of an item, both directions) as the API's codes rank them. Whether such runs learn is measured
+as one segment, a 10-s audio as 10), as the API does, and ``trainer.programs.evaluate --tasks zero_shot_retrieval``
+ranks them (every caption of an item, both directions) as the API's codes rank them. Whether such runs learn is measured
 by ``python -m trainer.programs.bench.pairs`` (docs/results/pairs.md)."""
 
 import json
@@ -14,11 +14,11 @@ import torch
 import webdataset as wds
 from job_utils import REPO, read_metrics, run_job
 
-from trainer.encode import EXIT_OK
-from trainer.encode import main as encode_main
+from trainer.programs.encode import EXIT_OK
+from trainer.programs.encode import main as encode_main
 from trainer.eval.metrics import recall_at_k
 from trainer.eval.retrieval import pooled
-from trainer.evaluate import main as evaluate_main
+from trainer.programs.evaluate import main as evaluate_main
 from trainer.pretrained import CMGModel
 
 from shards.synth import SynthConfig, synthesise
@@ -77,8 +77,8 @@ def test_a_pair_job_trains_on_its_two_modalities_and_resumes_exactly(tmp_path, k
     for m in (first, second):
         assert np.array_equal(from_files[f"{m}.codes"][np.argsort(from_files["key"])], table[f"{m}.codes"][order])
 
-    # zero-shot retrieval on the same items through trainer.evaluate: both captions of every item are queries and
-    # relevant gallery rows, and the numbers are those of the API's codes pooled and ranked here
+    # zero-shot retrieval on the same items through trainer.programs.evaluate: both captions of every item are queries
+    # and relevant gallery rows, and the numbers are those of the API's codes pooled and ranked here
     report = tmp_path / "retrieval.json"
     assert evaluate_main([str(reference), "--tasks", "zero_shot_retrieval", "--data", urls, "--no-tracking",
                           "--json", str(report)]) == 0

@@ -34,7 +34,7 @@ from tracking_utils import (  # noqa: E402
     PNG_SIGNATURE, metric_history, mlflow_client, mlflow_settings, tracking_warnings,
 )
 
-from trainer.config import flatten, to_dict  # noqa: E402
+from trainer.configs.load import flatten, to_dict  # noqa: E402
 from trainer.tracking import Tracker, create_tracker, mlflow_metric_key
 from trainer.configs.tracking import TrackingConfig
 

@@ -1,6 +1,7 @@
-"""The ``cmg`` command (trainer/cli.py): every command's ``--help`` runs without importing torch and lists its options
-with their defaults, ``train``'s every config key; the parsers' defaults are the configs' own (the torch-free config
-modules: trainer/configs/, shards/config.py, trainer/programs/config.py, trainer/programs/bench/config.py, which the
+"""The ``cmg`` command (trainer/programs/cmg.py): every command's ``--help`` runs without importing torch and lists
+its options with their defaults, ``train``'s every config key; the parsers' defaults are the configs' own (the
+torch-free config modules: trainer/configs/, shards/config.py, trainer/programs/config.py,
+trainer/programs/bench/config.py, which the
 programs import too); commands reach their programs. How fast the help answers is a measurement (README), not a test:
 here it is only checked that torch stays out, which is what makes it fast."""
 
@@ -14,15 +15,15 @@ from pathlib import Path
 import pytest
 from job_utils import REPO
 
-from trainer.cli import COMMANDS, main
+from trainer.programs.cmg import COMMANDS, main
 
-HELPS = [["train"], ["eval"], ["encode"], ["continual"], *(["shards", n] for n in COMMANDS["shards"]),
+HELPS = [["train"], ["launch"], ["eval"], ["encode"], ["continual"], *(["shards", n] for n in COMMANDS["shards"]),
          ["shards", "convert", "ave"], *(["bench", n] for n in COMMANDS["bench"])]
 
 
 HELP_SCRIPT = """
 import contextlib, io, sys
-from trainer.cli import main
+from trainer.programs.cmg import main
 for args in HELPS:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -66,7 +67,7 @@ def test_train_help_lists_every_config_key_with_its_default_and_doc(capsys):
 def test_config_reference_is_the_job_configs_defaults(capsys):
     """``cmg train --help`` lists the imported (torch-free) dataclasses: every key with its default, once per task
     for the model section, and a field's comment as its doc."""
-    from trainer.cli import config_reference, field_docs
+    from trainer.programs.cmg import config_reference, field_docs
     from trainer.configs.job import JobConfig, RunConfig
     from trainer.configs.model import TASK_CONFIGS
 
@@ -89,13 +90,13 @@ def test_config_reference_is_the_job_configs_defaults(capsys):
 
 def test_parser_defaults_are_the_programs_configs():
     """The parsers built without torch take their defaults and choices from the configs the programs run with."""
-    from shards.cli import extract_parser, synth_parser
+    from shards.parsers import extract_parser, synth_parser
     from shards.config import SynthConfig
-    from trainer.cli import evaluate_parser
+    from trainer.programs.cmg import evaluate_parser
     from trainer.configs.data import DecodeConfig
     from trainer.configs.eval import PRETRAIN_SETS, ProbeConfig, SourceConfig, TOCConfig
-    from trainer.programs.bench import cli as bench
-    from trainer.programs.bench import continual, core, e2e, fidelity, synthetic_features
+    from trainer.programs.bench import parsers as bench
+    from trainer.programs.bench import continual_features, core, e2e, fidelity, synthetic_features
     from trainer.programs.bench.config import ContinualConfig, PretrainConfig
     from trainer.programs.config import DemoConfig
 
@@ -107,18 +108,19 @@ def test_parser_defaults_are_the_programs_configs():
     evaluate = evaluate_parser().parse_args(["run"])
     assert (evaluate.split, evaluate.split_seed) == (SourceConfig().split, SourceConfig().split_seed)
     assert evaluate.toc_lambda == TOCConfig().balance and evaluate.pretrain_set in PRETRAIN_SETS
-    assert bench.continual_parser().parse_args([]).new_codes == ContinualConfig().new_codes
-    assert bench.continual_parser().parse_args([]).probe_epochs == ProbeConfig().epochs
+    assert bench.continual_features_parser().parse_args([]).new_codes == ContinualConfig().new_codes
+    assert bench.continual_features_parser().parse_args([]).probe_epochs == ProbeConfig().epochs
     assert bench.fidelity_parser().parse_args([]).steps == PretrainConfig().steps
     assert bench.e2e_parser().parse_args([]).classes == DemoConfig().pretrain.classes
     assert bench.core_parser().parse_args([]).configs.split(",") == list(core.CORE_CONFIGS)
     # the programs read the very objects the parsers list
-    assert continual.METHODS is bench.METHODS and fidelity.ROWS is bench.ROWS and e2e.E2E_ROWS is bench.E2E_ROWS
+    assert continual_features.METHODS is bench.METHODS and fidelity.ROWS is bench.ROWS
+    assert e2e.E2E_ROWS is bench.E2E_ROWS
     assert synthetic_features.WORLDS is bench.WORLDS
 
 
 def test_a_field_doc_is_its_trailing_comment_else_the_comments_above(tmp_path, monkeypatch):
-    from trainer.cli import field_docs
+    from trainer.programs.cmg import field_docs
 
     (tmp_path / "docmod.py").write_text(
         "from dataclasses import dataclass, field\n\n\n"
@@ -153,7 +155,7 @@ def test_python_dash_m_trainer_and_the_console_script():
 
 
 def test_every_command_names_a_program_that_exists():
-    from trainer.cli import module_file
+    from trainer.help_text import module_file
 
     for command in [c for c in COMMANDS.values() if not isinstance(c, dict)] + \
             [c for group in COMMANDS.values() if isinstance(group, dict) for c in group.values()]:

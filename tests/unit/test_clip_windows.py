@@ -13,10 +13,10 @@ import torch
 import webdataset as wds
 
 from shards.media import encode_mp4, encode_wav
-from trainer.config import ConfigError, load_config
+from trainer.configs.load import ConfigError, load_config
 from trainer.data import ClipStream, CorruptSample, decode_sample
 from trainer.configs.data import DataConfig, DecodeConfig
-from trainer.data.decode import decode_whole_audio, decode_whole_video
+from trainer.data.media_decoders import decode_whole_audio, decode_whole_video
 from trainer.job import job_backbones
 from trainer.configs.job import JobConfig
 from trainer.models.inputs import SEGMENT_MASK

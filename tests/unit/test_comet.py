@@ -345,7 +345,7 @@ def test_continual_comet_phases_file_checks_and_chains_three_phase_configs(capsy
 # ---------------------------------------------------------------- the continual bench
 
 def test_continual_world_adds_a_still_image_and_spoken_captions():
-    from trainer.programs.bench.continual import ContinualWorld
+    from trainer.programs.bench.continual_features import ContinualWorld
     from trainer.programs.bench.config import ContinualWorldConfig
 
     world = ContinualWorld(ContinualWorldConfig())
@@ -362,7 +362,7 @@ def test_continual_world_adds_a_still_image_and_spoken_captions():
 
 def _bench_row(method: str, unseen: tuple[float, float], video_text: tuple[float, float, float]) -> dict:
     """A continual-bench row whose every Table 1 cell after phase 2 / 3 is ``unseen``, video↔text per phase."""
-    from trainer.programs.bench.continual import TABLE1_TASKS
+    from trainer.programs.bench.continual_features import TABLE1_TASKS
 
     def phase(i: int) -> dict:
         cells = {f"{t}/{d}": {"cross": unseen[i - 1]} for t in TABLE1_TASKS for d in ("V→A", "A→V")} if i else {}
@@ -373,7 +373,7 @@ def _bench_row(method: str, unseen: tuple[float, float], video_text: tuple[float
 
 
 def test_continual_bench_checks_the_targets_on_the_mean_over_seeds():
-    from trainer.programs.bench.continual import check_targets
+    from trainer.programs.bench.continual_features import check_targets
     from trainer.programs.bench.config import ContinualConfig
 
     runs = [[_bench_row("dcid", (0.8, 0.7), (0.9, 0.8, 0.7)), _bench_row("comet", (0.7, 0.8), (0.9, 0.9, 0.8))],

@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from trainer.config import ConfigError, flatten, load_config, parse_override, to_dict
+from trainer.configs.load import ConfigError, flatten, load_config, parse_override, to_dict
 
 
 @dataclass

@@ -13,7 +13,7 @@ from job_utils import job_command, make_clip_shards
 from task_utils import write_phases
 
 from trainer.checkpoint import CheckpointManager, CheckpointMeta, save_rank_state, write_model_state
-from trainer.config import ConfigError, load_config
+from trainer.configs.load import ConfigError, load_config
 from trainer.configs.data import DataConfig
 from trainer.data.stream import data_source
 from trainer.job import check_batch_size, validate_job
@@ -225,18 +225,19 @@ def test_continual_launcher_leaves_chained_init_from_and_shards_to_the_phase_job
     assert f"run.init_from={tmp_path / 'runs' / 'a' / 'checkpoints'}" in capsys.readouterr().out
 
 
-# ---------------------------------------------------------------------------------------------- trainer.launch
+# ------------------------------------------------------------------------------------- trainer.programs.supervisor
 def launcher_argv(run_dir: Path, shards: str, *overrides: str) -> list[str]:
-    """``python -m trainer.launch``'s arguments for 2 processes (accelerate launch options, then the job)."""
+    """``python -m trainer.programs.supervisor``'s arguments for 2 processes (accelerate launch options, then the
+    job)."""
     command = job_command(run_dir, shards, processes=2, overrides=list(overrides))
-    assert command[1:3] == ["-m", "trainer.launch"]
+    assert command[1:3] == ["-m", "trainer.programs.supervisor"]
     return command[3:]
 
 
 def test_the_launcher_refuses_a_bad_config_before_starting_any_process(tmp_path, shards, capsys):
     """Exit 2 naming the key, with no run directory and no `accelerate launch` (which would print a torch elastic
     traceback and exit 1 after starting every rank)."""
-    from trainer.launch import launch
+    from trainer.programs.supervisor import launch
 
     run_dir = tmp_path / "run"
     assert launch(launcher_argv(run_dir, shards, "data.decode.seconds=0")) == 2
@@ -246,7 +247,7 @@ def test_the_launcher_refuses_a_bad_config_before_starting_any_process(tmp_path,
 
 
 def test_the_launcher_runs_the_main_job_only(tmp_path, shards, capsys):
-    from trainer.launch import launch
+    from trainer.programs.supervisor import launch
 
     argv = launcher_argv(tmp_path / "run", shards)
     script = next(i for i, a in enumerate(argv) if a.endswith("trainer/main.py"))
@@ -270,7 +271,7 @@ data:
 CHECK_SCRIPT = """
 import sys, time
 start = time.perf_counter()
-from trainer.launch import launch
+from trainer.programs.supervisor import launch
 code = launch(sys.argv[1:])
 print(code, round(time.perf_counter() - start, 3), sorted(m for m in ("torch", "webdataset", "accelerate")
                                                              if m in sys.modules))
@@ -278,9 +279,10 @@ print(code, round(time.perf_counter() - start, 3), sorted(m for m in ("torch", "
 
 
 def test_a_config_with_three_mistakes_lists_all_three_at_once_without_torch(tmp_path):
-    """``python -m trainer.launch --check`` (what slurm/submit.sh runs before it queues a job) on a config with an
-    unknown key, a value of the wrong type and one out of range: exit 2 naming all three with their file, the
-    unknown key with the close one, before anything imports torch (which alone takes longer than the 2 s allowed)."""
+    """``python -m trainer.programs.supervisor --check`` (what slurm/submit.sh runs before it queues a job) on a
+    config with an unknown key, a value of the wrong type and one out of range: exit 2 naming all three with their
+    file, the unknown key with the close one, before anything imports torch (which alone takes longer than the 2 s
+    allowed)."""
     import subprocess
     import sys
 
@@ -319,7 +321,8 @@ def test_errors_of_the_file_and_of_each_override_are_listed_with_their_source(tm
 
 def test_relative_paths_of_a_config_file_are_read_from_the_repository_root(tmp_path, monkeypatch):
     """A config file's relative paths (and the defaults') name paths under the repository root, an override's are read
-    from the current directory, absolute paths and pipe: commands are kept (trainer/config.py, "Relative paths")."""
+    from the current directory, absolute paths and pipe: commands are kept (trainer/configs/load.py, "Relative
+    paths")."""
     from job_utils import REPO
 
     config = tmp_path / "c.yaml"

@@ -230,7 +230,7 @@ def test_code_agreement_per_class_over_cells_where_both_carry_the_event():
                       {"audio": labels_audio, "video": labels_video}, torch.tensor([0]))
     per_class, overall = code_agreement(split, "audio", "video", 3)
     assert per_class[:2] == [0.5, 1.0] and math.isnan(per_class[2]) and overall == pytest.approx(2 / 3)
-    # evaluate.py scores every split together: cells add up over the clips of both
+    # the evaluation (trainer/eval/downstream.py) scores every split together: cells add up over the clips of both
     agreeing = CodeSplit({}, {"audio": torch.tensor([[3, 3, 4, 4]]), "video": torch.tensor([[3, 3, 4, 4]])},
                          {"audio": torch.tensor([[2, 2, -1, -1]]), "video": torch.tensor([[2, 2, -1, -1]])},
                          torch.tensor([2]))

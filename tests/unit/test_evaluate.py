@@ -1,5 +1,5 @@
-"""Downstream evaluation of a checkpoint (trainer/evaluate.py, trainer/eval/encode.py): frozen encoder and
-codebook, the public-layout path, checkpoints of every task (Uni-Code, FCCID), the command on checkpoints in the
+"""Downstream evaluation of a checkpoint (trainer/programs/evaluate.py, trainer/eval/frozen_codes.py): frozen encoder
+and codebook, the public-layout path, checkpoints of every task (Uni-Code, FCCID), the command on checkpoints in the
 main job's layout written here, its protocols' data options and `--suite paper` with its MLflow run. The command on
 checkpoints written by trainer/main.py itself is in tests/system/test_evaluate_job.py."""
 
@@ -20,11 +20,11 @@ from tracking_utils import local_artifact_paths, mlflow_client  # noqa: E402
 from trainer.programs.bench.jobs import bench_job, pretrain
 from trainer.programs.bench.config import PretrainConfig
 from trainer.checkpoint import write_manifest
-from trainer.config import ConfigError, to_dict  # noqa: E402
+from trainer.configs.load import ConfigError, to_dict  # noqa: E402
 from trainer.configs.data import DataConfig  # noqa: E402
 from trainer.data.features import encode_npy  # noqa: E402
 from trainer.data.manifest import FEATURE_FORMAT  # noqa: E402
-from trainer.eval.encode import (  # noqa: E402
+from trainer.eval.frozen_codes import (  # noqa: E402
     LabelledFeatures, encode_modality, encode_split, load_pretrained, model_config_from_dict, read_shard_features,
     split_indices,
 )
@@ -32,10 +32,10 @@ from trainer.eval.probes import classification_probe, localisation_probe
 from trainer.configs.eval import ProbeConfig
 from trainer.data.released import AVE_CLASSES, AVVP_CLASSES  # noqa: E402
 from trainer.eval.probes import CodeSplit  # noqa: E402
-from trainer.evaluate import (  # noqa: E402
-    EncodedDataset, EvaluateConfig, datasets_needed, head_settings, main, parse_args, run_retrieval, selected_tasks,
-    shared_classes,
+from trainer.eval.downstream import (  # noqa: E402
+    EncodedDataset, EvaluateConfig, datasets_needed, run_retrieval, selected_tasks, shared_classes,
 )
+from trainer.programs.evaluate import head_settings, main, parse_args  # noqa: E402
 from trainer.configs.model import CLUBConfig, CoarseConfig, EncoderConfig, FCCIDConfig, QuantizerConfig, UniCodeConfig
 from trainer.models.fccid import FCCIDModel
 

@@ -9,7 +9,7 @@ import torch
 from fccid_utils import B, DIMS, L, SWITCHES, T, small_cfg
 from job_utils import REPO
 
-from trainer.config import ConfigError, load_config
+from trainer.configs.load import ConfigError, load_config
 from trainer.configs.job import JobConfig
 from trainer.models.fccid import mean_over_time
 from trainer.configs.model import CoarseConfig, FCCIDConfig, FCCIDLossConfig, QuantizerConfig

@@ -28,7 +28,7 @@ from shards.extract import extract  # noqa: E402
 from shards.synth import SynthConfig, synthesise  # noqa: E402
 from shards.write import write_shards  # noqa: E402
 from trainer.backbones import FrozenBackbones, load_backbones_config  # noqa: E402
-from trainer.config import ConfigError, load_config  # noqa: E402
+from trainer.configs.load import ConfigError, load_config  # noqa: E402
 from trainer.data import COUNTER_NAMES, ClipStream, CorruptSample, feature_batches
 from trainer.configs.data import DataConfig
 from trainer.data.decode import ClipLabels  # noqa: E402

@@ -11,7 +11,7 @@ from job_utils import REPO
 from released_utils import make_vggsound_avel
 
 from shards.convert import main as convert_main
-from trainer.config import load_config
+from trainer.configs.load import load_config
 from trainer.data.stream import expand_shard_urls
 from trainer.job import validate_job
 from trainer.configs.job import JobConfig
@@ -58,9 +58,10 @@ def test_local_globs_expand_to_their_sorted_matches(tmp_path):
 @pytest.mark.parametrize("name", ["av_vggsound24k", "av_vggsound40k"])
 def test_a_paper_config_is_a_valid_job_on_the_converted_release(tmp_path, monkeypatch, name):
     files = make_vggsound_avel(tmp_path / "released", ["train"] * 4 + ["val", "test"])
-    # the configs name feats/vggsound40k/... under the repository root (trainer/config.py): tmp_path stands in for it
+    # the configs name feats/vggsound40k/... under the repository root (trainer/configs/load.py): tmp_path
+    # stands in for it
     (tmp_path / "launch").mkdir()
-    monkeypatch.setattr("trainer.config.REPO_ROOT", tmp_path)
+    monkeypatch.setattr("trainer.configs.load.REPO_ROOT", tmp_path)
     monkeypatch.chdir(tmp_path)
     assert convert_main(["vggsound-avel", "--meta", str(files.meta), "--categories", str(files.categories),
                          "--audio-dir", str(files.audio_dir), "--video-dir", str(files.video_dir),
@@ -77,7 +78,7 @@ def test_print_config_works_without_data_and_says_what_the_data_decides(tmp_path
     from trainer.main import main
 
     (tmp_path / "launch").mkdir()
-    monkeypatch.setattr("trainer.config.REPO_ROOT", tmp_path)        # a stand-in repository root (as above)
+    monkeypatch.setattr("trainer.configs.load.REPO_ROOT", tmp_path)        # a stand-in repository root (as above)
     monkeypatch.chdir(tmp_path)                                      # no feats/ here: the release is not converted
     assert main(["--config", str(PAPER / "avt_vggsound40k.yaml"), "--print-config"]) == 0
     out = capsys.readouterr().out

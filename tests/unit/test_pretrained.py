@@ -1,8 +1,8 @@
-"""Codes out (trainer/pretrained.py, trainer/encode.py): a checkpoint of every task, written by the main job's loop
-on clip shards, encodes clips through ``CMGModel.encode`` and ``cmg encode`` to exactly the codes evaluation gives the
-same clips; ``save_pretrained`` -> ``from_pretrained`` keeps them, loading safetensors and JSON only, without the run
-directory; ``cmg encode`` writes shards or a table, resumes, and splits its work over DataLoader workers. Over two
-ranks: tests/dist/test_encode_dist.py."""
+"""Codes out (trainer/pretrained.py, trainer/programs/encode.py): a checkpoint of every task, written by the main
+job's loop on clip shards, encodes clips through ``CMGModel.encode`` and ``cmg encode`` to exactly the codes evaluation
+gives the same clips; ``save_pretrained`` -> ``from_pretrained`` keeps them, loading safetensors and JSON only, without
+the run directory; ``cmg encode`` writes shards or a table, resumes, and splits its work over DataLoader workers. Over
+two ranks: tests/dist/test_encode_dist.py."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from job_utils import REPO
 
 from trainer import CMGModel
 from trainer.data.features import decode_npy
-from trainer.encode import main as encode_main
-from trainer.encode import read_codes
-from trainer.eval.encode import encode_split, load_pretrained, read_shard_features
-from trainer.evaluate import _backbones, data_config
+from trainer.programs.encode import main as encode_main
+from trainer.programs.encode import read_codes
+from trainer.eval.frozen_codes import encode_split, load_pretrained, read_shard_features
+from trainer.eval.downstream import _backbones, data_config
 from trainer.configs.eval import SourceConfig
 from trainer.job import read_run_config
 from trainer.pretrained import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE
@@ -48,8 +48,8 @@ def runs(corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluation_codes(runs):
-    """Per task: {modality: (n t) codes} as ``python -m trainer.evaluate`` encodes the run's own (labelled) shards,
-    clips in key order, with -1 past a caption's end."""
+    """Per task: {modality: (n t) codes} as ``python -m trainer.programs.evaluate`` encodes the run's own (labelled)
+    shards, clips in key order, with -1 past a caption's end."""
     out = {}
     for task, run in runs.items():
         pretrained, job = load_pretrained(run), read_run_config(run)
@@ -84,7 +84,7 @@ def test_api_encodes_paths_bytes_and_tensors_to_the_codes_evaluation_gives(task,
     # raw mp4 bytes and decoded tensors give the same codes as the files
     audio = [p.read_bytes() for p in corpus.mp4s()[:2]]
     assert torch.equal(model.encode(audio=audio)["audio"].codes, expected["audio"][:2])
-    from trainer.data.decode import decode_audio
+    from trainer.data.media_decoders import decode_audio
     decoded = torch.stack([torch.from_numpy(decode_audio(b, model.decode, "x")) for b in audio])
     assert torch.equal(model.encode(audio=decoded)["audio"].codes, expected["audio"][:2])
     assert torch.equal(model.encode(audio=decoded[0])["audio"].codes, expected["audio"][:1])
@@ -192,7 +192,7 @@ def test_cli_shards_hold_codes_semantic_vectors_and_the_clips_labels(runs, corpu
     out = tmp_path / "codes"
     assert encode_main([str(runs["fccid"]), str(corpus.clips), "--out", str(out), "--num-workers", "0",
                         "--no-progress"]) == 0
-    from shards.extract import raw_samples
+    from trainer.data.raw_batches import raw_samples
 
     sample = next(raw_samples(str(out / "codes-000000.tar")))
     assert sorted(sample) == sorted(["__key__", "__url__", "json", "txt", *(f"{m}.{kind}.npy" for m in
@@ -287,7 +287,7 @@ def test_clips_of_any_length_give_a_code_per_second_through_the_cli_the_api_and_
         audio = loaded.encode(audio=with_audio)["audio"]
         assert torch.equal(audio.codes, torch.from_numpy(table["audio.codes"][[0, 1, 3]]))
     # the 95-s clip: windows of the training's 10 s, each coded on its own (its first 10 s alone give its first codes)
-    from trainer.data.decode import decode_whole_video
+    from trainer.data.media_decoders import decode_whole_video
 
     decoded = torch.from_numpy(decode_whole_video(paths["d95"].read_bytes(), model.decode, "d95"))
     assert decoded.shape[0] == 95 and model.decode.seconds == 10

@@ -2,7 +2,7 @@
 events (``world_codes``), and ``launch/configs/demo.yaml`` holds that size for ``make demo``'s world, so the demo and
 the sweep's pages train the same recipe."""
 
-from trainer.config import load_config
+from trainer.configs.load import load_config
 from trainer.configs.job import JobConfig
 from trainer.programs.bench.e2e import E2E_WORLD, world_classes, world_codes
 from trainer.programs.config import DemoConfig

@@ -338,7 +338,7 @@ def test_a_single_segment_modality_is_repeated_along_its_partners_segments_in_tr
 
 
 def test_clip_label_probes_run_between_audio_and_video_or_else_between_every_pair():
-    from trainer.evaluate import clip_directions
+    from trainer.eval.downstream import clip_directions
 
     assert clip_directions(("audio", "video", "text")) == [("audio", "video"), ("video", "audio")]
     assert clip_directions(("image", "text")) == [("image", "text"), ("text", "image")]
@@ -346,7 +346,7 @@ def test_clip_label_probes_run_between_audio_and_video_or_else_between_every_pai
 
 
 def test_a_job_whose_paired_modalities_have_different_segment_counts_fails_at_config_time():
-    from trainer.config import ConfigError, load_config
+    from trainer.configs.load import ConfigError, load_config
     from trainer.job import job_backbones
     from trainer.configs.job import JobConfig
 

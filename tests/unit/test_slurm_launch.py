@@ -14,7 +14,7 @@ from task_utils import write_phases
 
 from trainer.programs.continual import main as continual_main
 from trainer.backbones import load_backbones_config
-from trainer.config import load_config
+from trainer.configs.load import load_config
 from trainer.configs.job import JobConfig
 
 
@@ -81,8 +81,8 @@ def _outside_any_environment(**extra: str) -> dict[str, str]:
 
 
 def test_check_validates_the_job_from_anywhere_without_an_active_environment(tmp_path):
-    """`bash slurm/pretrain_av.sh --check`: the job's own start-up validation (trainer.launch --check), nothing
-    started; the scripts find the repository's .venv (slurm/env.sh) like every script in slurm/."""
+    """`bash slurm/pretrain_av.sh --check`: the job's own start-up validation (trainer.programs.supervisor --check),
+    nothing started; the scripts find the repository's .venv (slurm/env.sh) like every script in slurm/."""
     shards = make_clip_shards(tmp_path / "data")
     script = str(REPO / "slurm" / "pretrain_av.sh")
     env = _outside_any_environment(CONFIG="launch/configs/demo.yaml", RUN_DIR=str(tmp_path / "run"))

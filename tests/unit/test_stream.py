@@ -29,7 +29,7 @@ from trainer.data import COUNTER_NAMES, ClipStream, CorruptSample, batches_per_r
 from trainer.configs.data import DataConfig, DecodeConfig
 from trainer.data import stream as stream_module  # noqa: E402
 from trainer.data.batch import Batch  # noqa: E402
-from trainer.data.decode import decode_audio  # noqa: E402
+from trainer.data.media_decoders import decode_audio  # noqa: E402
 from trainer.data.features import encode_npy  # noqa: E402
 from trainer.data.manifest import FEATURE_FORMAT  # noqa: E402
 
@@ -466,8 +466,8 @@ def test_a_decode_cache_gives_the_same_batches_and_decodes_each_clip_once(bad_sh
     from trainer.data import decode as decode_module
 
     decoded = []
-    real_open_video = decode_module._open_video
-    monkeypatch.setattr(decode_module, "_open_video", lambda data, where, size=None: decoded.append(where) or
+    real_open_video = decode_module.open_video
+    monkeypatch.setattr(decode_module, "open_video", lambda data, where, size=None: decoded.append(where) or
                         real_open_video(data, where, size))
     runs = {}
     for cache in ("", str(tmp_path / "cache")):

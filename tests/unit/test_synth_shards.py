@@ -15,7 +15,8 @@ from shards import inspect as shard_inspect  # noqa: E402
 from shards import write as shard_write  # noqa: E402
 from shards import synth as shard_synth  # noqa: E402
 from shards.synth import KINDS, SynthConfig, event_classes, hue_rgb, plan_clip, synthesise  # noqa: E402
-from trainer.data.decode import BACKGROUND, decode_audio, decode_video
+from trainer.data.decode import BACKGROUND
+from trainer.data.media_decoders import decode_audio, decode_video
 from trainer.configs.data import DecodeConfig
 
 SECONDS, SIZE, SR = 4, 32, 16000

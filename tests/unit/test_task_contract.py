@@ -19,9 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.config import to_dict
+from trainer.configs.load import to_dict
 from trainer.configs.data import DataConfig
-from trainer.eval.encode import load_pretrained
+from trainer.eval.frozen_codes import load_pretrained
 from trainer.configs.job import JobConfig, OptimConfig, RunConfig
 from trainer.loop import train_in_memory
 from trainer.configs.model import (

@@ -1,4 +1,5 @@
-"""TOC (trainer/toc.py): the closed form against ALGORITHMS.md §6 and against brute force; the command."""
+"""TOC (trainer/eval/toc.py): the closed form against ALGORITHMS.md §6 and against brute force; the command
+(trainer/programs/toc_report.py)."""
 
 import itertools
 import json
@@ -8,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from trainer.checkpoint import write_manifest, write_model_state
-from trainer.toc import cosine_summary, main, toc_scores
+from trainer.eval.toc import cosine_summary, toc_scores
 from trainer.configs.eval import TOCConfig
+from trainer.programs.toc_report import main
 
 
 def test_spec_numbers_without_normalisation():

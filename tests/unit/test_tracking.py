@@ -26,7 +26,7 @@ from tracking_utils import (  # noqa: E402
 )
 
 from trainer.code_usage import classify_code_usage, plot_code_usage  # noqa: E402
-from trainer.config import ConfigError, load_config  # noqa: E402
+from trainer.configs.load import ConfigError, load_config  # noqa: E402
 from trainer.tracking import (
     Tracker, clean_key, create_tracker, mlflow_metric_key, mlflow_params,
     resolve_tracking_uri,

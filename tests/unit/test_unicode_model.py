@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trainer.config import ConfigError, load_config
+from trainer.configs.load import ConfigError, load_config
 from trainer.configs.model import CLUBConfig, CPCConfig, EncoderConfig, LossConfig, QuantizerConfig, UniCodeConfig
 from trainer.models.encoders import AttentionPool, ChannelGate, sinusoidal_table
 from trainer.models.losses import commitment_losses
@@ -136,7 +136,7 @@ def test_text_mask_hides_padding_from_real_tokens():
 
 
 def test_segment_codes_are_the_forward_codes_of_one_modality():
-    """The downstream contract shared with FCCID (trainer.eval.encode calls only segment_codes)."""
+    """The downstream contract shared with FCCID (trainer.eval.frozen_codes calls only segment_codes)."""
     modalities = ("audio", "video", "text")
     task = make_task(small_cfg(modalities))
     feats = features(modalities)

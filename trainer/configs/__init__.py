@@ -10,5 +10,5 @@ library, PyYAML and each other; tests/unit/test_layering.py): a config file and 
     eval       the probe during pretraining (TrainingProbeConfig), heads, probes, TOC, evaluation sources
     tracking   TrackingConfig (MLflow)
 
-The loader (defaults <- YAML <- overrides, every error at once, relative paths) is trainer/config.py.
+The loader (defaults <- YAML <- overrides, every error at once, relative paths) is trainer/configs/load.py.
 """

@@ -1,6 +1,6 @@
 """Configs of evaluation: the job's probe during pretraining (its ``eval`` section), the downstream heads and
-probes, TOC, and where ``python -m trainer.evaluate`` reads a dataset from (torch-free; the code that runs them is
-trainer/eval/, trainer/toc.py and trainer/evaluate.py).
+probes, TOC, and where ``python -m trainer.programs.evaluate`` reads a dataset from (torch-free; the code that runs
+them is trainer/eval/, trainer/eval/toc.py and trainer/programs/evaluate.py).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-# the protocols of python -m trainer.evaluate (--tasks)
+# the protocols of python -m trainer.programs.evaluate (--tasks)
 TASKS = ("classification", "localisation", "cross_dataset", "ucf_vgg", "retrieval", "class_retrieval",
          "zero_shot_retrieval")
 PRETRAIN_SETS = ("24K", "40K", "81K")       # the VGGSound-AVEL pretraining subsets of seed 001 Table 1

@@ -16,7 +16,7 @@ Global batch = data.batch_size (per rank) x world size x run.grad_accum.
 
 Relative paths (the fields declared ``metadata={"path": True}``: run.dir, data.urls, backbones, ...) written in a
 config file are read from the repository root, those given as ``key=value`` overrides from the current directory
-(trainer/config.py, "Relative paths"; docs/data.md).
+(trainer/configs/load.py, "Relative paths"; docs/data.md).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trainer.config import build_config, to_dict
+from trainer.configs.load import build_config, to_dict
 from trainer.configs.data import DataConfig
 from trainer.configs.eval import TrainingProbeConfig
 from trainer.configs.model import TASK_CONFIGS, ModelConfig, model_config_class

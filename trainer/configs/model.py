@@ -379,9 +379,9 @@ class ReplayConfig:
     match_threshold: float = 0.5
     new_code_weight: float = 0.1     # weight of pseudo-modality positions quantised to new codes (old: 1)
     # True: inherited codes are never reset (no data of this phase keeps a carried modality's codes in use). Off
-    # by default: in the continual bench trainer/programs/bench/continual.py it kept the carried video on codes the new
-    # pair never used, and the unseen pair's Avg after phases 2 / 3 fell from 80.8 / 73.4 to 68.8 / 60.4 (seed 0)
-    # and from 83.2 / 79.3 to 60.6 / 56.0 (seed 1)
+    # by default: in the continual bench trainer/programs/bench/continual_features.py it kept the carried video on
+    # codes the new pair never used, and the unseen pair's Avg after phases 2 / 3 fell from 80.8 / 73.4 to 68.8 / 60.4
+    # (seed 0) and from 83.2 / 79.3 to 60.6 / 56.0 (seed 1)
     protect_inherited: bool = False
     # Where the appended codes start. "data": at the phase's first training step, on the mediator's vectors of
     # the global batch farthest from every inherited code (greedy farthest-point selection), so they stand for

@@ -13,9 +13,10 @@ frozen backbones on each clip batch in the training process.
 from trainer.data.batch import Batch
 from trainer.data.collate import COUNTER_NAMES, collate_samples
 from trainer.data.decode import (
-    BACKGROUND, SAMPLE_MODALITIES, SKIP_REASONS, CorruptSample, DecodedSample, SampleInfo, WholeClip, clip_seconds,
-    decode_sample, decode_whole_sample, probe_sample,
+    BACKGROUND, SAMPLE_MODALITIES, DecodedSample, SampleInfo, WholeClip, decode_sample, decode_whole_sample,
+    probe_sample
 )
+from trainer.data.media_decoders import SKIP_REASONS, CorruptSample, clip_seconds
 from trainer.configs.data import DATA_KINDS, DataConfig, DecodeConfig
 from trainer.data.features import FeatureClip, collate_feature_clips, decode_feature_sample
 from trainer.data.stream import ClipStream, WorkerPlan, batches_per_rank, feature_batches

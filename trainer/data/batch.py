@@ -14,8 +14,8 @@ modalities; default video and audio), for feature shards ``DataConfig.feature_mo
 
 Pretraining needs neither labels nor captions: json (labels) and txt (caption) members are optional. A caption is
 required only where it is encoded (the frozen backbones include text: ``feature_batches`` skips a clip without one
-as "missing_member"); labels only for downstream evaluation (``trainer.eval.encode``). Labels are class indices (one
-event per modality per second in our data; AVVP-style per-modality): a multi-hot target for a sigmoid head is
+as "missing_member"); labels only for downstream evaluation (``trainer.eval.frozen_codes``). Labels are class indices
+(one event per modality per second in our data; AVVP-style per-modality): a multi-hot target for a sigmoid head is
 ``F.one_hot(labels + 1, K + 1)[..., 1:]`` (background -> all zeros). The trainer sums ``skipped`` over the batches
 it consumed and all-reduces it for logging (``ClipStream.skip_totals(all_reduce_fn=...)``); padded clips can be
 dropped from evaluation with ``is_pad``.

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from trainer.data.decode import BACKGROUND, SKIP_REASONS, TIMED_MODALITIES, DecodedSample
+from trainer.data.decode import BACKGROUND, TIMED_MODALITIES, DecodedSample
+from trainer.data.media_decoders import SKIP_REASONS
 from trainer.models.inputs import SEGMENT_MASK
 
 if TYPE_CHECKING:

@@ -27,36 +27,31 @@ second is to the model); below that it is skipped as ``too_short``. Windows star
 seconds a job trains on are the very seconds ``cmg encode`` codes (every second from 0).
 
 A sample that cannot be decoded raises ``CorruptSample`` whose ``reason`` is one of ``SKIP_REASONS``
-and whose message names the shard, the key and the member; the stream counts these by reason.
+and whose message names the shard, the key and the member; the stream counts these by reason. The decoders of one
+member's bytes (mp4, wav/flac, images) and ``CorruptSample`` are in trainer/data/media_decoders.py; this module reads
+a sample: its members, labels and captions, the window of seconds, and the decoded sample.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import io
 import json
 import math
-import os
-import sys
-import tempfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import decord
 import numpy as np
-from decord import AudioReader, VideoReader
-from PIL import Image
 
 from trainer.configs.data import DecodeConfig
+from trainer.data.media_decoders import (
+    NO_AUDIO_STREAM, CorruptSample, clip_seconds, decode_image, decode_whole_audio, decode_whole_video, open_video,
+    read_audio, read_frames, read_image, read_seconds, video_length,
+)
 
 if TYPE_CHECKING:
     from trainer.data.cache import DecodeCache
-
-# ffmpeg inside decord logs every corrupt input to stderr; the stream reports corrupt samples itself
-decord.logging.set_level(decord.logging.QUIET)
 
 BACKGROUND = -1  # label of a second without an event in that modality
 VIDEO, AUDIO, IMAGE, TEXT = "video", "audio", "image", "text"
@@ -64,17 +59,9 @@ MEDIA_MODALITIES = (VIDEO, AUDIO, IMAGE)       # decoded to arrays (the batch's 
 SAMPLE_MODALITIES = (*MEDIA_MODALITIES, TEXT)  # text: the caption, a string the text backbone tokenises
 CLIP_MODALITIES = (VIDEO, AUDIO)               # what a clip job reads unless it names others
 TIMED_MODALITIES = (VIDEO, AUDIO)              # decoded as a window of one-second segments; an image is one
-# too_short: a clip shorter than decode.min_seconds, or an audio track that stops more than audio_shortfall_s
-# before its clip's video; conflicting_members: members that
-# disagree about the modality a job reads (an image member and an mp4, or two image members, where the job
-# reads an image); bad_feature: a feature-shard ``.npy`` member that is unreadable or has the wrong shape
-# (trainer/data/features.py)
-SKIP_REASONS = ("missing_member", "empty_member", "bad_video", "bad_audio", "bad_image", "bad_json", "bad_text",
-                "bad_feature", "too_short", "conflicting_members")
 VIDEO_MEMBER, LABEL_MEMBER, CAPTION_MEMBER = "mp4", "json", "txt"
 AUDIO_MEMBERS = ("wav", "flac")  # separate audio, in order of preference
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")   # what Pillow may read an image member as (never GIF, TIFF, ...)
 OPTIONAL_MEMBERS = (LABEL_MEMBER, CAPTION_MEMBER)
 # every member the stream reads, in the order member sets are written ("mp4+wav+json+txt", "jpg+txt")
 MEMBER_ORDER = (VIDEO_MEMBER, *AUDIO_MEMBERS, *IMAGE_MEMBERS, *OPTIONAL_MEMBERS)
@@ -95,16 +82,6 @@ def segments_of(modalities: Collection[str], cfg: DecodeConfig) -> int:
     """The one-second segments a sample of ``modalities`` is decoded to: ``decode.seconds`` with video or audio, one
     for an image alone (with or without its caption). Its per-segment labels have that length."""
     return cfg.seconds if any(m in modalities for m in TIMED_MODALITIES) else 1
-
-
-class CorruptSample(ValueError):
-    """A sample the pipeline skips; ``reason`` is one of ``SKIP_REASONS``."""
-
-    def __init__(self, reason: str, where: str, detail: str):
-        if reason not in SKIP_REASONS:
-            raise ValueError(f"unknown skip reason {reason!r}")
-        super().__init__(f"{where}: {reason}: {detail}")
-        self.reason, self.where, self.detail = reason, where, detail
 
 
 @dataclass
@@ -302,16 +279,6 @@ def sample_caption(sample: Mapping[str, Any], seed: int | None = None) -> str | 
     return pick_caption(captions, str(sample.get("__key__")), seed) if captions else None
 
 
-def segment_frame_indices(fps: float, seconds: int, per_segment: int, start: int = 0) -> list[int]:
-    """Frame indices, segment-major, of the seconds [start, start + seconds): frame j of segment t is
-    floor((t + (j + 0.5)/F)·fps).
-
-    The F samples sit at the centres of F equal slices of the second, so F = fps picks every frame.
-    """
-    return [int(math.floor((t + (j + 0.5) / per_segment) * fps))
-            for t in range(start, start + seconds) for j in range(per_segment)]
-
-
 def window_start(choices: int, key: str, seed: int | None) -> int:
     """The first second of a training window, of ``choices`` possible ones: 0 with ``seed`` None, else the one a
     digest of (``seed``, ``key``) picks (independent of ``pick_caption``'s)."""
@@ -330,132 +297,6 @@ def clip_window(seconds: int, where: str, cfg: DecodeConfig, key: str, seed: int
                                                 f"({hint})")
     count = min(seconds, cfg.seconds)
     return window_start(seconds - count + 1, key, seed), count
-
-
-@contextlib.contextmanager
-def _fd2_captured(lines: list[str]):
-    """File descriptor 2 into ``lines`` for the block. decord's C++ VideoReader writes why it cannot open a file
-    ("ERROR opening: ..., Invalid data found ...") to fd 2 whatever ``decord.logging``'s level, and raises with
-    less ("Error reading N bytes"): the reason goes into the ``CorruptSample`` instead of the job's stderr.
-    (Other threads of this process lose their stderr for the ~ms of an open; the decoding workers have none.)"""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        try:
-            os.dup2(captured.fileno(), 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines.extend(captured.read().decode(errors="replace").splitlines())
-
-
-def _open_video(data: bytes, where: str, size: int | None = None) -> VideoReader:
-    logged: list[str] = []
-    try:
-        with _fd2_captured(logged):
-            if size is None:
-                return VideoReader(io.BytesIO(data), num_threads=1)
-            return VideoReader(io.BytesIO(data), num_threads=1, width=size, height=size)
-    except Exception as err:  # decord raises RuntimeError / DECORDError on anything it cannot open
-        # decord's line is "ERROR opening: <its name for the input>, <ffmpeg's reason>"; the name of an in-memory input
-        # is its first bytes, binary: only the reason is kept
-        reason = logged[-1].rsplit(", ", 1)[-1] if logged else str(err).splitlines()[0]
-        reason = "".join(c for c in reason if c.isprintable())[-200:]
-        raise CorruptSample("bad_video", where, f"decord cannot open it ({reason})") from err
-
-
-def _read_frames(reader: VideoReader, indices: list[int], where: str) -> np.ndarray:
-    if indices and indices[-1] >= len(reader):
-        raise CorruptSample("bad_video", where, f"{len(reader)} frames, need frame {indices[-1]}")
-    try:
-        return reader.get_batch(indices).asnumpy()
-    except Exception as err:  # truncated streams fail here, after a successful open
-        raise CorruptSample("bad_video", where, f"frame decoding failed ({str(err).splitlines()[0]})") from err
-
-
-def _video_length(reader: VideoReader, where: str) -> tuple[float, int]:
-    """(fps, frames) of an opened video that has frames."""
-    fps, frames = reader.get_avg_fps(), len(reader)
-    if frames == 0 or not fps > 0:
-        raise CorruptSample("bad_video", where, f"no frames to decode ({frames} frames at {fps} fps)")
-    return fps, frames
-
-
-def _read_seconds(reader: VideoReader, fps: float, frames: int, start: int, count: int, cfg: DecodeConfig,
-                  where: str) -> np.ndarray:
-    """``(count f h w 3)`` uint8: the seconds [start, start + count) (indices past the last frame read the last one:
-    the end of a last partial second)."""
-    indices = [min(i, frames - 1) for i in segment_frame_indices(fps, count, cfg.frames_per_segment, start)]
-    return _read_frames(reader, indices, where).reshape(count, cfg.frames_per_segment, cfg.frame_size,
-                                                        cfg.frame_size, 3)
-
-
-def decode_video(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
-    """mp4 bytes -> (t f h w 3) uint8, t = cfg.seconds from the start, f = cfg.frames_per_segment, h = w =
-    cfg.frame_size; a clip of fewer seconds (``clip_seconds``) is "too_short"."""
-    reader = _open_video(data, where, cfg.frame_size)
-    fps, frames = _video_length(reader, where)
-    if clip_seconds(frames / fps) < cfg.seconds:
-        raise CorruptSample("too_short", where, f"the clip lasts {frames / fps:.2f} s ({frames} frames at {fps:g} "
-                                                f"fps), {cfg.seconds} s are decoded (decode.seconds)")
-    return _read_seconds(reader, fps, frames, 0, cfg.seconds, cfg, where)
-
-
-def _read_audio(data: bytes, sample_rate: int, where: str) -> np.ndarray:
-    logged: list[str] = []
-    try:
-        with _fd2_captured(logged):   # as for the video: decord's own report of a bad input stays off the terminal
-            reader = AudioReader(io.BytesIO(data), sample_rate=sample_rate, mono=True)
-    except Exception as err:  # no audio stream, undecodable codec, garbage bytes
-        raise CorruptSample("bad_audio", where, f"decord cannot read audio ({str(err).splitlines()[0]})") from err
-    # AudioReader decodes the whole track into ``_array`` (channels, samples) when it opens. The public
-    # ``reader[:]`` rebuilds it through a Python list of every sample index: 14.6 of 18 ms per 10-s
-    # clip measured here. tests/unit/test_stream.py checks that both give the same array.
-    wave = reader._array[0]
-    if len(wave) == 0:   # a 0-s file, or a header with no samples
-        raise CorruptSample("bad_audio", where, "the audio holds no samples")
-    return wave
-
-
-def decode_audio(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
-    """mp4/wav/flac bytes -> (t s) float32 mono, s = cfg.sample_rate; resampled by decord."""
-    wave = _read_audio(data, cfg.sample_rate, where)
-    need = cfg.seconds * cfg.sample_rate
-    if len(wave) < need - cfg.audio_shortfall_s * cfg.sample_rate:
-        raise CorruptSample("too_short", where, f"{len(wave) / cfg.sample_rate:.2f} s of audio, "
-                                                f"{cfg.seconds} s are decoded (decode.seconds)")
-    # AAC adds encoder padding at the end (decord returns ~0.05 s extra): keep the first T seconds
-    wave = np.pad(wave[:need], (0, max(0, need - len(wave))))
-    return wave.reshape(cfg.seconds, cfg.sample_rate).astype(np.float32, copy=False)
-
-
-def clip_seconds(duration: float) -> int:
-    """The one-second segments a whole clip of ``duration`` seconds is coded as: its whole seconds, and a last partial
-    second from half a second on (a 7.4-s clip gives 7, a 7.5-s one 8); at least 1."""
-    return max(1, math.floor(duration + 0.5))
-
-
-def decode_whole_video(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
-    """mp4 bytes -> ``(t f h w 3)`` uint8 for every second of the clip, t = ``clip_seconds`` of its duration (frame
-    indices past the last frame read the last frame: the end of a last partial second)."""
-    reader = _open_video(data, where, cfg.frame_size)
-    fps, frames = _video_length(reader, where)
-    return _read_seconds(reader, fps, frames, 0, clip_seconds(frames / fps), cfg, where)
-
-
-def decode_whole_audio(data: bytes, cfg: DecodeConfig, where: str, seconds: int | None = None) -> np.ndarray:
-    """mp4/wav/flac bytes -> ``(t s)`` float32 mono for every second of the track (t = ``clip_seconds`` of its
-    duration), or for ``seconds`` seconds (those of the clip's video): cut, or zero-padded past the track's end."""
-    wave = _read_audio(data, cfg.sample_rate, where)
-    seconds = clip_seconds(len(wave) / cfg.sample_rate) if seconds is None else seconds
-    need = seconds * cfg.sample_rate
-    wave = np.pad(wave[:need], (0, max(0, need - len(wave))))
-    return wave.reshape(seconds, cfg.sample_rate).astype(np.float32, copy=False)
-
-
-NO_AUDIO_STREAM = "Can't find audio stream"   # decord's message for a container without an audio track
 
 
 @dataclass
@@ -524,26 +365,6 @@ def _fitted_labels(labels: ClipLabels | None, seconds: int) -> ClipLabels:
     return ClipLabels(fit[0], fit[1], labels.clip, labels.num_classes)
 
 
-def _read_image(data: bytes, where: str) -> Image.Image:
-    """The member's image, decoded whole, as RGB; Pillow reads JPEG, PNG and WebP only, whatever the suffix."""
-    try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            size = image.size
-            if 0 not in size:
-                image.load()   # a truncated or corrupt stream fails here, after the header
-                return image.convert("RGB")
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:   # UnidentifiedImageError is an OSError
-        raise CorruptSample("bad_image", where, f"Pillow cannot decode it ({err})") from err
-    raise CorruptSample("bad_image", where, f"{size[0]}x{size[1]} pixels")
-
-
-def decode_image(data: bytes, cfg: DecodeConfig, where: str) -> np.ndarray:
-    """jpg/png/webp bytes -> ``(h w 3)`` uint8 RGB, h = w = ``cfg.frame_size`` (resized bilinearly, aspect not kept, as
-    the video's frames are)."""
-    rgb = _read_image(data, where).resize((cfg.frame_size, cfg.frame_size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
-
-
 # (clip seconds S, where) -> (start, count): the seconds of a clip that ``_decode_media`` decodes
 SecondsPick = Callable[[int, str], tuple[int, int]]
 
@@ -564,14 +385,14 @@ def _decode_media(sample: Mapping[str, Any], members: Mapping[str, str], cfg: De
         media[IMAGE] = decode_image(sample[members[IMAGE]], cfg, member_where(sample, members[IMAGE]))
     if VIDEO in members:
         where = member_where(sample, members[VIDEO])
-        reader = _open_video(sample[members[VIDEO]], where, cfg.frame_size)
-        fps, frames = _video_length(reader, where)
+        reader = open_video(sample[members[VIDEO]], where, cfg.frame_size)
+        fps, frames = video_length(reader, where)
         duration = frames / fps
         start, count = pick(clip_seconds(duration), where)
-        media[VIDEO] = _read_seconds(reader, fps, frames, start, count, cfg, where)
+        media[VIDEO] = read_seconds(reader, fps, frames, start, count, cfg, where)
     if AUDIO in members:
         where, rate = member_where(sample, members[AUDIO]), cfg.sample_rate
-        wave = _read_audio(sample[members[AUDIO]], rate, where)
+        wave = read_audio(sample[members[AUDIO]], rate, where)
         if duration is None:
             start, count = pick(clip_seconds(len(wave) / rate), where)
         elif len(wave) < (duration - cfg.audio_shortfall_s) * rate:
@@ -638,13 +459,13 @@ def _probe_video(sample: Mapping[str, Any]) -> tuple[float, float, int, int]:
     """(seconds, fps, width, height) of the mp4: opened at its native size, one frame per second and the last one
     decoded (a truncated stream fails there)."""
     where = member_where(sample, VIDEO_MEMBER)
-    reader = _open_video(sample[VIDEO_MEMBER], where)
+    reader = open_video(sample[VIDEO_MEMBER], where)
     fps, frames = reader.get_avg_fps(), len(reader)
     if frames == 0 or not fps > 0:
         raise CorruptSample("bad_video", where, f"{frames} frames at {fps} fps")
     seconds = frames / fps
     indices = sorted({min(frames - 1, int((t + 0.5) * fps)) for t in range(math.ceil(seconds))} | {frames - 1})
-    height, width = _read_frames(reader, indices, where).shape[1:3]
+    height, width = read_frames(reader, indices, where).shape[1:3]
     return seconds, fps, int(width), int(height)
 
 
@@ -668,11 +489,11 @@ def probe_sample(sample: Mapping[str, Any], sample_rate: int = DecodeConfig.samp
         seconds, fps, width, height = _probe_video(sample)
     if IMAGE in named:
         member = _image_member(sample, beside_video=True)
-        width, height = _read_image(sample[member], member_where(sample, member)).size
+        width, height = read_image(sample[member], member_where(sample, member)).size
     audio_member = _audio_member(sample)
     try:
         if AUDIO in named:
-            wave = _read_audio(sample[audio_member], sample_rate, member_where(sample, audio_member))
+            wave = read_audio(sample[audio_member], sample_rate, member_where(sample, audio_member))
             audio_seconds = len(wave) / sample_rate
     except CorruptSample as err:
         if audio_member != VIDEO_MEMBER or NO_AUDIO_STREAM not in err.detail:

@@ -1,7 +1,7 @@
 """The shard manifest: ``manifest.json`` next to a set of WebDataset shards, the one home of its name and layout.
 
 Every writer builds a ``ShardManifest`` and ``write``s it (``shards.write``: clip shards; ``shards.extract``,
-``shards.convert`` and the scaling bench: feature shards; ``trainer.encode``: code shards); every reader
+``shards.convert`` and the scaling bench: feature shards; ``trainer.programs.encode``: code shards); every reader
 (the stream, the job's checks, evaluation, ``shards.inspect``, the tracker's dataset digest) gets one from
 ``ShardManifest.read`` or ``ShardManifest.of_shards``. The JSON layout::
 
@@ -16,10 +16,10 @@ Every writer builds a ``ShardManifest`` and ``write``s it (``shards.write``: cli
      ...}                                                            # each writer's own description (``details``)
 
 A shard entry's keys besides ``name`` and ``samples`` (``bytes`` from shards.write, ``split`` from shards.convert,
-trainer.encode's unit record) are its ``details``. ``format`` names the layout and its version; a manifest without
-one (hand-written, e.g. in tests) is read as clip shards, and ``total`` defaults to the sum of the shards' samples.
-Reading validates every key it types and names the file and the key in its error (``ManifestError``); writing goes
-through a temporary file and ``os.replace``, so a reader never sees half a manifest.
+trainer.programs.encode's unit record) are its ``details``. ``format`` names the layout and its version; a manifest
+without one (hand-written, e.g. in tests) is read as clip shards, and ``total`` defaults to the sum of the shards'
+samples. Reading validates every key it types and names the file and the key in its error (``ManifestError``); writing
+goes through a temporary file and ``os.replace``, so a reader never sees half a manifest.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 MANIFEST_NAME = "manifest.json"
 CLIP_FORMAT = "cmg-trainer-shards/1"        # shards.write
 FEATURE_FORMAT = "cmg-trainer-features/1"   # shards.extract, shards.convert
-CODES_FORMAT = "cmg-trainer-codes/1"        # trainer.encode
+CODES_FORMAT = "cmg-trainer-codes/1"        # trainer.programs.encode
 FORMATS = (CLIP_FORMAT, FEATURE_FORMAT, CODES_FORMAT)
 _TYPED = ("format", "shards", "total", "feature_shapes", "decode", "backbones", "released", "modalities")
 

@@ -554,7 +554,7 @@ AVE_AVVP_SHARED_CLASSES = (
 
 
 def shared_class_map(shared: Sequence[SharedClass], first: Sequence[str], second: Sequence[str]) -> dict[int, int]:
-    """{class index in ``first``: class index in ``second``} of the shared classes (what ``trainer.evaluate``'s
+    """{class index in ``first``: class index in ``second``} of the shared classes (what ``trainer.programs.evaluate``'s
     ``--class-map`` takes), by name, so it holds for any class order the two datasets' files give."""
     missing = [s.first for s in shared if s.first not in first] + [s.second for s in shared if s.second not in second]
     if missing:
@@ -572,8 +572,8 @@ def read_shared_classes(first: str | Path, second: str | Path) -> tuple[SharedCl
     This is how the authors pair UCF101 and VGGSound (``ucf_vggsound.py``): one 16-way head trained on UCF101 labels
     indexed by ``UCF101sameVGGSound.txt`` is tested on VGGSound labels indexed by ``VGGSoundsameUCF101.txt``, so the
     two files list the 16 shared classes in the same order, and sets converted with them share class indices
-    (``trainer.evaluate``'s default identity ``--class-map``). The files ship with the authors' data, not with their
-    code; their public OSCMG subsets (``ICCV25-OSCMG/data/UCF_VGG_OSCMG/*.csv``) show 12 of the classes, e.g.
+    (``trainer.programs.evaluate``'s default identity ``--class-map``). The files ship with the authors' data, not
+    with their code; their public OSCMG subsets (``ICCV25-OSCMG/data/UCF_VGG_OSCMG/*.csv``) show 12 of the classes, e.g.
     PlayingCello / playing cello, JumpRope / rope skipping, Typing / typing on typewriter."""
     a, b = read_categories(first), read_categories(second)
     if len(a) != len(b):

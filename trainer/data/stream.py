@@ -69,9 +69,8 @@ from trainer.configs.data import DataConfig
 from trainer.data.batch import Batch
 from trainer.data.cache import DecodeCache
 from trainer.data.collate import COUNTER_INDEX, COUNTER_NAMES, collate_samples
-from trainer.data.decode import (
-    CLIP_MODALITIES, MEDIA_MODALITIES, SKIP_REASONS, TIMED_MODALITIES, CorruptSample, check_modalities, decode_sample,
-)
+from trainer.data.decode import CLIP_MODALITIES, MEDIA_MODALITIES, TIMED_MODALITIES, check_modalities, decode_sample
+from trainer.data.media_decoders import SKIP_REASONS, CorruptSample
 from trainer.data.features import collate_feature_clips, decode_feature_sample, feature_layout
 from trainer.data.manifest import ShardManifest
 

@@ -7,5 +7,5 @@
 - ``paper``: the seeds' head settings and result tables, filled with one checkpoint's numbers;
 - ``encode``: a pretraining checkpoint -> frozen model; features -> frozen quantised codes.
 
-``python -m trainer.evaluate`` runs it on a checkpoint and logs to MLflow.
+``python -m trainer.programs.evaluate`` runs it on a checkpoint and logs to MLflow.
 """

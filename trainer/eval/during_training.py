@@ -2,7 +2,7 @@
 
 The CMG authors choose the pretraining checkpoint by a downstream score: the best one appears early (seed 001
 §5 and their released logs pick an early epoch). So every ``eval.every`` steps the job writes a checkpoint and
-rank 0 probes it the way ``python -m trainer.evaluate`` does (ALGORITHMS.md §5): the checkpoint's frozen model
+rank 0 probes it the way ``python -m trainer.programs.evaluate`` does (ALGORITHMS.md §5): the checkpoint's frozen model
 encodes a labelled validation set, a classifier head is trained on one modality's codes (its epoch chosen on that
 modality's validation part) and scored on the other modality's test part. Only the cross-modal accuracies are
 computed (``eval/accuracy_<source>_to_<target>`` for each ordered pair of audio and video the model encodes, and
@@ -24,7 +24,7 @@ from trainer.configs.eval import TrainingProbeConfig
 
 if TYPE_CHECKING:   # the job config (trainer/job.py) holds TrainingProbeConfig: keep this module light to import
     from trainer.configs.data import DataConfig
-    from trainer.eval.encode import LabelledFeatures
+    from trainer.eval.frozen_codes import LabelledFeatures
 
 PROBED_MODALITIES = ("audio", "video")
 METRIC_PREFIX = "eval/accuracy_"
@@ -48,7 +48,7 @@ class TrainingProbe:
         self._parts: dict[str, LabelledFeatures] | None = None
 
     def _validation_parts(self, modalities: tuple[str, ...]) -> dict[str, LabelledFeatures]:
-        from trainer.eval.encode import read_shard_features, split_indices
+        from trainer.eval.frozen_codes import read_shard_features, split_indices
 
         if self._parts is None:
             clips = read_shard_features(self.data, modalities, self.backbones)
@@ -58,7 +58,7 @@ class TrainingProbe:
 
     def __call__(self, checkpoint: Path) -> dict[str, float]:
         """The probe metrics (accuracy, %) of ``checkpoint``."""
-        from trainer.eval.encode import encode_split, load_pretrained
+        from trainer.eval.frozen_codes import encode_split, load_pretrained
         from trainer.eval.probes import classification_probe
         from trainer.configs.eval import ProbeConfig
 

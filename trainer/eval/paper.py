@@ -6,8 +6,8 @@
   continual stage of the checkpoint (``paper_tables``); ``render_table`` appends this checkpoint's rows ("—" where
   its protocol's data was not given) and ``table_metrics`` gives those numbers as flat metrics.
 
-A table column reads one number of the evaluation report (``trainer.evaluate``): a probe's task and direction (the
-``cross`` number, the target modality's test split, in the checkpoint's row and the ``in_modality`` number in the
+A table column reads one number of the evaluation report (``trainer.programs.evaluate``): a probe's task and direction
+(the ``cross`` number, the target modality's test split, in the checkpoint's row and the ``in_modality`` number in the
 "labelled modality" row of seed 001 Table 3), or a zero-shot retrieval R@k of one evaluation set (``--retrieval-data``,
 named as ``shards.convert`` names the released sets: mscoco, clotho, flickrsound, msvd): the mean of its pair's two
 directions ("clotho"), or text→X / X→text ("msvd:text→*", "msvd:*→text"), whatever the model calls X (the authors feed

@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shards.extract import ShardBatches, raw_samples, skip_record
-from trainer.data.decode import CorruptSample, decode_whole_sample, member_where, sample_captions
+from trainer.data.raw_batches import ShardBatches, raw_samples, skip_record
+from trainer.data.decode import decode_whole_sample, member_where, sample_captions
+from trainer.data.media_decoders import CorruptSample
 from trainer.data.features import decode_npy
-from trainer.eval.encode import encode_segments
+from trainer.eval.frozen_codes import encode_segments
 from trainer.data.manifest import ShardManifest
 from trainer.data.stream import expand_shard_urls
 from trainer.eval.metrics import recall_at_k
@@ -62,12 +63,13 @@ class RetrievalItems:
 
     keys: list[str]
     rows: dict[str, ModalityRows]
-    skipped: list[dict[str, str]] = field(default_factory=list)    # corrupt samples (trainer.data.decode.skip_record)
+    # corrupt samples (trainer.data.raw_batches.skip_record)
+    skipped: list[dict[str, str]] = field(default_factory=list)
     # modality -> (M) how often each code was chosen over every real segment or token (the code-usage figure)
     code_counts: dict[str, Tensor] = field(default_factory=dict)
 
     def select_dims(self, dims: Tensor) -> RetrievalItems:
-        """The same items with only the code dimensions ``dims`` (TOC, trainer/toc.py)."""
+        """The same items with only the code dimensions ``dims`` (TOC, trainer/eval/toc.py)."""
         return RetrievalItems(self.keys, {m: ModalityRows(r.vectors[:, dims], r.items) for m, r in self.rows.items()},
                               self.skipped, self.code_counts)
 

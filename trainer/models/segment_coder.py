@@ -12,7 +12,7 @@ A ``SegmentCoder`` is an ``nn.Module`` with
 - ``segment_codes(features, modality)``: their nearest codes (CMG eq. 2);
 - ``segment_encoding(features, modality)``: codes, code vectors and the semantic vectors together (one pass).
 
-Evaluation (``trainer.eval.encode``), the TOC relabelling (``trainer.toc``) and the checkpoint format
+Evaluation (``trainer.eval.frozen_codes``), the TOC relabelling (``trainer.eval.toc``) and the checkpoint format
 (``trainer.checkpoint``) rely on these names and nothing else of a model.
 """
 

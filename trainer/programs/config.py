@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shards.config import SynthConfig
-from trainer.config import REPO_ROOT
+from trainer.configs.load import REPO_ROOT
 
 @dataclass
 class DemoConfig:

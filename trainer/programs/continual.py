@@ -47,7 +47,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.config import ConfigError, load_config
+from trainer.configs.load import ConfigError, load_config
 from trainer.programs.harness import REPO
 
 # Overrides the launcher owns: a phase that set them itself would silently disagree with the chain.

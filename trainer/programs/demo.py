@@ -8,7 +8,7 @@ that transfer across modalities.
    on the fly (each clip once: later epochs read its decoded arrays from ``demo_data/decode_cache``,
    ``data.decode_cache``) and encoded by tiny random-init frozen backbones (``accelerate launch --config_file
    launch/accelerate/cpu_zero2.yaml trainer/main.py --config launch/configs/demo.yaml``), logging to MLflow;
-3. evaluate the checkpoint on the held-out labelled clips (``python -m trainer.evaluate``): heads trained on
+3. evaluate the checkpoint on the held-out labelled clips (``python -m trainer.programs.evaluate``): heads trained on
    one modality's codes, tested on the other's;
 4. print one table (V→A and A→V classification and localisation, the in-modality scores, chance, the
    same-code share) with the demo's targets, and where the code-usage figure and the MLflow run are.
@@ -99,11 +99,12 @@ def launch_training(job_config: str, urls: str, run_dir: str, processes: int, ac
 
 def run_evaluation(run_dir: str, urls: str, quiet: bool = False,
                    env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """``python -m trainer.evaluate`` of ``run_dir`` on labelled shards; its JSON report (None if it failed)."""
+    """``python -m trainer.programs.evaluate`` of ``run_dir`` on labelled shards; its JSON report (None if it
+    failed)."""
     report = Path(run_dir) / "evaluation" / "report-heldout.json"
     # the project's head settings (ProbeConfig's defaults), not the seeds' (trainer/eval/paper.py PAPER_HEADS): seed
     # 000 §B.2's batch of 256 would be a single step per epoch on the demo's 72 training clips
-    cmd = [sys.executable, "-m", "trainer.evaluate", run_dir, "--data", urls, "--epochs", "30", "--lr", "1e-3",
+    cmd = [sys.executable, "-m", "trainer.programs.evaluate", run_dir, "--data", urls, "--epochs", "30", "--lr", "1e-3",
            "--batch-size", "64", "--json", str(report)]
     return json.loads(report.read_text()) if run_product_command("evaluate", cmd, quiet, env) == 0 else None
 
@@ -125,7 +126,7 @@ MARGIN = DemoBounds(chance_points=50.0, of_in_modality=0.9, same_code=35.0)
 
 
 def summary(report: dict[str, Any], bounds: DemoBounds = TARGETS) -> tuple[str, list[Target]]:
-    """The demo's table and its targets (``bounds``), from a ``trainer.evaluate`` report."""
+    """The demo's table and its targets (``bounds``), from a ``trainer.programs.evaluate`` report."""
     probes = {(p["task"], p["direction"]): p for p in report["probes"]}
     classes = report["classes"]
     chance = {"classification": 100.0 / classes, "localisation": 100.0 * report["positive_rate"]}

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from trainer import distributed
 from trainer.checkpoint import META, MODEL_FILE, InitSource
-from trainer.config import build_config
+from trainer.configs.load import build_config
 from trainer.models.comet import (
     COMETModel, cumulative_fisher, ewc_penalty, fisher_from_gradients, gate_balance_loss, normalized_fisher,
     pseudo_cpc_losses,

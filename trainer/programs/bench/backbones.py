@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.programs.bench.cli import backbones_parser
+from trainer.programs.bench.parsers import backbones_parser
 from trainer.programs.harness import REPO
 
 CONFIG_DIR = REPO / "launch" / "configs" / "backbones"

@@ -1,4 +1,4 @@
-"""Configs and named choices of the benchmarks that their command lines document (trainer/programs/bench/cli.py),
+"""Configs and named choices of the benchmarks that their command lines document (trainer/programs/bench/parsers.py),
 torch-free: the benchmarks' modules import torch, and ``cmg bench ... --help`` must answer at once."""
 
 from __future__ import annotations

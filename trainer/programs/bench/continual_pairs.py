@@ -2,7 +2,7 @@
 DCID+COMET, each stage evaluated by zero-shot retrieval on seen and unseen pairs (seed 004 Tables 1-4's protocol on
 synthetic pairs).
 
-    python -m trainer.programs.bench.continual --raw [--methods dcid,comet] [--steps 300] [--seeds 0]
+    python -m trainer.programs.bench.continual_features --raw [--methods dcid,comet] [--steps 300] [--seeds 0]
                                                      [--data-dir pairs_data] [--runs runs/continual_pairs]
                                                      [--set KEY=VALUE] [--json out.json] [--markdown docs/x.md]
 
@@ -16,7 +16,7 @@ runs them: every phase is ``trainer/main.py`` under ``accelerate launch`` (2 pro
 previous phase's final checkpoint (``run.init_from``). ``comet`` trains the configs as written (CMoE-Adapter, gate
 loss, EWC, pseudo-modality replay of the text mediator); ``dcid`` turns the adapter, replay, gate and EWC off
 (Uni-Code fine-tuned sequentially, carrying earlier encoders for evaluation). After every phase ``python -m
-trainer.evaluate --tasks zero_shot_retrieval`` ranks every held-out set whose two modalities the stage encodes:
+trainer.programs.evaluate --tasks zero_shot_retrieval`` ranks every held-out set whose two modalities the stage encodes:
 R@1/5/10, each the mean of the two directions (docs/evaluation.md). A pair is seen when the model trained it together
 or through the text mediator (``SegmentCoder.trained_pairs``).
 
@@ -78,10 +78,11 @@ def eval_sets(demo: DemoConfig, data_dir: Path) -> dict[str, str]:
 
 
 def evaluate_stage(run_dir: Path, sets: dict[str, str]) -> dict[str, Any] | None:
-    """``trainer.evaluate --tasks zero_shot_retrieval`` of a phase's final checkpoint on every set; its report."""
+    """``trainer.programs.evaluate --tasks zero_shot_retrieval`` of a phase's final checkpoint on every set; its
+    report."""
     report = run_dir / "evaluation" / "report-retrieval.json"
     spec = "::".join(f"{name}={urls}" for name, urls in sets.items())
-    cmd = [sys.executable, "-m", "trainer.evaluate", str(run_dir), "--tasks", "zero_shot_retrieval",
+    cmd = [sys.executable, "-m", "trainer.programs.evaluate", str(run_dir), "--tasks", "zero_shot_retrieval",
            "--retrieval-data", spec, "--json", str(report)]
     return json.loads(report.read_text()) if run_product_command("evaluate", cmd, True) == 0 else None
 
@@ -184,8 +185,8 @@ def markdown(results: dict[str, list[dict[str, Any]]], title: str, command: str,
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
-    """``python -m trainer.programs.bench.continual --raw ...``: ``args`` parsed by ``continual_parser``, ``argv`` the
-    command line (for the pages it writes)."""
+    """``python -m trainer.programs.bench.continual_features --raw ...``: ``args`` parsed by
+    ``continual_features_parser``, ``argv`` the command line (for the pages it writes)."""
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in METHOD_OVERRIDES]
     if unknown:
@@ -203,12 +204,12 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     results = {m: run_method(m, demo, data_dir, runs, overrides, sets) for m in methods}
     steps = args.steps or "the configs'"
     title = (f"COMET's chain from raw pair shards (demo world, seed {seed}, {steps} steps per phase): "
-             "shards -> trainer/main.py per phase -> trainer.evaluate --tasks zero_shot_retrieval")
+             "shards -> trainer/main.py per phase -> trainer.programs.evaluate --tasks zero_shot_retrieval")
     print("\n".join(format_table(results, title)))
     checks = targets(results)
     print_targets(checks)
     print(f"\nwall time {time.perf_counter() - start:.0f} s")
-    command = "python -m trainer.programs.bench.continual " + shlex.join(argv)
+    command = "python -m trainer.programs.bench.continual_features " + shlex.join(argv)
     if args.json:
         Path(args.json).write_text(json.dumps({"command": command, "results": results}, indent=1))
     if args.markdown:

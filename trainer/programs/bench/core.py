@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.programs.bench.cli import core_parser
+from trainer.programs.bench.parsers import core_parser
 from trainer.programs.bench.config import CORE_CONFIGS
 from trainer.programs.harness import run_json_child
 

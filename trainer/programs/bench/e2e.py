@@ -13,7 +13,7 @@ unlabelled pretraining corpus (mp4 only) and a labelled downstream corpus of the
 (``launch/configs/demo.yaml``, with the codebook size of the world's event count, ``world_codes``: decord decoding
 and tiny frozen backbones on the fly) in one plain process or in two
 (``accelerate launch``, DeepSpeed ZeRO-2 over gloo), both at the demo's global batch (32 clips), and
-``python -m trainer.evaluate`` probes the checkpoint on the labelled clips. Each seed sets ``run.seed`` and
+``python -m trainer.programs.evaluate`` probes the checkpoint on the labelled clips. Each seed sets ``run.seed`` and
 ``data.seed`` (model init, batch order); each kernel level (``trainer.programs.kernels``) runs every process of the
 run with the CPU kernels of another kind of machine, which is how the same recipe rounds elsewhere. Rows: full
 Uni-Code and the seed 001 §4.1 baseline (``model.variant=baseline``: reconstruction + EMA VQ + commitment).
@@ -40,9 +40,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trainer.config import load_config
+from trainer.configs.load import load_config
 from trainer.configs.job import JobConfig
-from trainer.programs.bench.cli import e2e_parser
+from trainer.programs.bench.parsers import e2e_parser
 from trainer.programs.bench.config import E2E_ROWS
 from trainer.programs.demo import MARGIN, launch_training, prepare_clips, prepare_shards, run_evaluation, summary
 from trainer.programs.config import DemoConfig
@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{v:.1f}" for v in runs[-1]["cells"]) + f"; same code {runs[-1]['same_code']:.1f} %", flush=True)
     wall = time.perf_counter() - start
     title = (f"End to end on raw clips: world {args.world} ({classes} event classes), seeds {seeds}, kernels "
-             f"{kernels}; synth -> shards -> trainer/main.py (decord + tiny frozen backbones) -> trainer.evaluate on "
-             "held-out labelled clips")
+             f"{kernels}; synth -> shards -> trainer/main.py (decord + tiny frozen backbones) -> "
+             "trainer.programs.evaluate on held-out labelled clips")
     print(format_table(results, title))
     print_targets(check_targets(results))
     print(f"\nwall time {wall:.0f} s for {len(seeds) * len(results)} runs (one at a time; synthesis included)")

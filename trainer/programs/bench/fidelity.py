@@ -8,12 +8,12 @@ and do the papers' claims hold on more than one world?
 Each row is one pretraining through the main job's loop (``trainer.programs.bench.jobs``: a ``JobConfig`` with
 ``data.kind = "memory"`` run by ``trainer.loop.train_in_memory``; the registered task of the row's model:
 ``UniCodeTask`` or ``FCCIDTask``) on the features of ``trainer.programs.bench.synthetic_features`` (a pretraining
-corpus). Its checkpoint is read back frozen (``trainer.eval.encode.load_pretrained``) and probed with
+corpus). Its checkpoint is read back frozen (``trainer.eval.frozen_codes.load_pretrained``) and probed with
 ``trainer.eval.probes`` on a separate labelled corpus of the same world (train / val / test clips): AVE-style
 classification (accuracy) and AVVP-style localisation (micro F1), V→A and A→V, with the epoch chosen on the
 source modality's validation split and the in-modality score of the same heads. Codes come from
 ``model.segment_codes`` (Uni-Code: z^m per segment; FCCID: every segment through the coarse path), exactly as
-``python -m trainer.evaluate`` gets them.
+``python -m trainer.programs.evaluate`` gets them.
 
 Two tables per world:
 - seed 001 Table 2 (``--rows table2``): the rows of Table 2 plus the §4.1 baseline, audio-visual Uni-Code
@@ -22,7 +22,7 @@ Two tables per world:
   text, so the comparison row ``unicode_avt`` pretrains Uni-Code on the same audio, video and text (the
   generator's prompts, zero-padded to T tokens: Uni-Code pairs token l with segment l, seed 001's AVT
   setting); ``full`` (audio-visual Uni-Code) is shown for reference. A "+TOC" row trains nothing: it reads
-  the codes of its base row's model, keeping the Q = D/2 dimensions TOC selects (``trainer.toc``; the paper
+  the codes of its base row's model, keeping the Q = D/2 dimensions TOC selects (``trainer.eval.toc``; the paper
   keeps 128 of 256), and its heads are trained on those. Two FCCID variants show where FCCID's numbers come
   from: ``fccid_fine_club`` (the Table 5 row with A_CLUB and V_CLUB only) and ``fccid_tau1`` (InfoNCE τ = 1.0,
   the value seed 003's text gives; the default 0.1 is what the authors' code ran, docs/diagnosis.md §3).
@@ -30,7 +30,7 @@ Two tables per world:
 Claims (``claims``; checked per world and, with ``--worlds``, on the mean over worlds): full ≥ baseline + 25,
 full ≥ 0.8 × in-modality, w/o Cross-CPC < full, w/o CLUB ≤ full, FCCID ≥ Uni-Code (AVT), and with
 ``--worlds`` (unless ``--no-continual``) COMET > DCID on the unseen pair after phases 2 and 3, from
-``trainer.programs.bench.continual`` run on the same world. ``--worlds`` sweeps the grid of ``WORLDS``.
+``trainer.programs.bench.continual_features`` run on the same world. ``--worlds`` sweeps the grid of ``WORLDS``.
 
 Bench model (documented choice, smaller than the paper's D=256, M=400 so a row trains in about half a minute
 on one CPU core): D = 64, M = 64 codes, d̄ = 32, the paper's 2-layer 4-head post-LN transformer with
@@ -67,16 +67,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainer.eval.encode import encode_split, split_indices
+from trainer.eval.frozen_codes import encode_split, split_indices
 from trainer.eval.probes import CodeSplit, classification_probe, code_agreement, localisation_probe
 from trainer.configs.eval import ProbeConfig, TOCConfig
 from trainer.configs.model import CLUBConfig, CoarseConfig, EncoderConfig, FCCIDConfig, QuantizerConfig, UniCodeConfig
-from trainer.programs.bench.cli import fidelity_parser
+from trainer.programs.bench.parsers import fidelity_parser
 from trainer.programs.bench.jobs import bench_job, pretrain, with_club_lr, with_overrides
 from trainer.programs.bench.config import PretrainConfig, ROWS, ROW_GROUPS, Row, SyntheticFeatureConfig, TABLE1, WORLDS
 from trainer.programs.bench.synthetic_features import SyntheticSet, SyntheticWorld, world_config
 from trainer.programs.harness import Target, fan_out, half_range, mean, print_targets, run_json_child, verdict
-from trainer.toc import toc_scores
+from trainer.eval.toc import toc_scores
 
 MODALITIES = ("audio", "video")     # the labelled modalities: the probes' sources and targets
 TEXT = "text"
@@ -389,8 +389,8 @@ def claims(rows: list[dict[str, Any]], continual: dict[str, dict[str, float]] | 
     """The claims the selected ``rows`` (from ``merge_seeds``) and ``continual`` numbers can check, one ``Target``
     each (its value in points, a ratio for the in-modality claim).
 
-    ``continual``: {method: ``trainer.programs.bench.continual.target_numbers`` averaged over seeds} with "dcid" and
-    "comet". Cells are the four cross-modal scores (AVE and AVVP, both directions); "mean" is over them.
+    ``continual``: {method: ``trainer.programs.bench.continual_features.target_numbers`` averaged over seeds} with
+    "dcid" and "comet". Cells are the four cross-modal scores (AVE and AVVP, both directions); "mean" is over them.
     """
     by_name = {r["row"]: r for r in rows}
     out = []
@@ -476,8 +476,8 @@ def _fidelity_child(names: list[str], world: str, seed: int, args: argparse.Name
 
 
 def _continual_child(method: str, world: str, seed: int, args: argparse.Namespace) -> Any:
-    """One continual method (phases VT -> AT -> IT) in a subprocess of ``trainer.programs.bench.continual``."""
-    cmd = [sys.executable, "-m", "trainer.programs.bench.continual", "--child", method, "--steps",
+    """One continual method (phases VT -> AT -> IT) in a subprocess of ``trainer.programs.bench.continual_features``."""
+    cmd = [sys.executable, "-m", "trainer.programs.bench.continual_features", "--child", method, "--steps",
            str(args.continual_steps)]
     return run_json_child(cmd + _common(args, world, seed), f"continual method {method} (world {world}, seed {seed})")
 
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(rows, cfg)
         continual, method_runs = {}, []
         if sweep and not args.no_continual:
-            from trainer.programs.bench.continual import mean_target_numbers
+            from trainer.programs.bench.continual_features import mean_target_numbers
             from trainer.programs.bench.config import ContinualConfig
 
             method_runs = [(job_args[0], out) for (fn, job_args), out in zip(jobs, done)

@@ -1,10 +1,10 @@
 """The synthetic benchmarks' pretrainings as main jobs: a bench model config in, a frozen checkpoint out.
 
-Every pretraining of ``trainer.programs.bench.fidelity`` and ``trainer.programs.bench.continual`` is a
+Every pretraining of ``trainer.programs.bench.fidelity`` and ``trainer.programs.bench.continual_features`` is a
 ``JobConfig`` with ``data.kind = "memory"`` run by ``trainer.loop.train_in_memory``: the loop of
 ``trainer/main.py`` (AdamW, LR schedule, gradient clipping, the task's post-step codebook update, checkpoints,
 continual phase hooks), fed the generator's tensors instead of shards. The frozen model comes back through
-``trainer.eval.encode.load_pretrained``, as ``python -m trainer.evaluate`` reads a checkpoint.
+``trainer.eval.frozen_codes.load_pretrained``, as ``python -m trainer.programs.evaluate`` reads a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 from torch import Tensor
 
-from trainer.config import build_config, parse_override, to_dict
+from trainer.configs.load import build_config, parse_override, to_dict
 from trainer.configs.data import DataConfig
-from trainer.eval.encode import Pretrained, load_pretrained
+from trainer.eval.frozen_codes import Pretrained, load_pretrained
 from trainer.configs.job import JobConfig, OptimConfig, RunConfig
 from trainer.loop import last_logged, train_in_memory
 from trainer.configs.model import TASK_CONFIGS

@@ -9,8 +9,8 @@ For each pair kind, ``shards.synth --pairs`` writes a pretraining corpus (256 it
 and a labelled downstream corpus (120 other items) of the demo's world (its 5 events: the clip world's colours and
 chords), ``shards.write --modalities`` packs both, ``trainer/main.py`` pretrains on the first with the demo's job
 config (``launch/configs/demo.yaml``, 2 processes, DeepSpeed ZeRO-2) on the pair's two modalities (``PAIR_JOBS``),
-and ``python -m trainer.evaluate`` probes the checkpoint on the second: a classifier of the events trained on one
-modality's codes and tested on the other's (AVE's protocol between the pair), and zero-shot class retrieval between
+and ``python -m trainer.programs.evaluate`` probes the checkpoint on the second: a classifier of the events trained on
+one modality's codes and tested on the other's (AVE's protocol between the pair), and zero-shot class retrieval between
 them (class-level precision@1: a hit is an item of the query's event).
 
 Targets, per pair kind: cross-modal accuracy and precision@1 above chance (1/5) by 20 points in both directions.
@@ -31,7 +31,7 @@ from typing import Any
 from shards.synth import SynthConfig, synthesise
 from shards.write import write_shards
 from trainer.data.manifest import MANIFEST_NAME, ShardManifest
-from trainer.programs.bench.cli import pairs_parser
+from trainer.programs.bench.parsers import pairs_parser
 from trainer.programs.demo import SHARD_PATTERN, launch_training, run_evaluation
 from trainer.programs.config import DemoConfig
 from trainer.programs.harness import Target, print_targets
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                                 (f"run.seed={args.seed}", f"data.seed={args.seed}", *args.overrides)))
         print(f"{kind}: accuracy {results[-1]['accuracy']}, P@1 {results[-1]['precision_at_1']}", flush=True)
     title = (f"Pair corpora of the demo's world (seed {args.seed}): shards.synth --pairs -> shards.write -> "
-             "trainer/main.py -> trainer.evaluate on held-out labelled pairs")
+             "trainer/main.py -> trainer.programs.evaluate on held-out labelled pairs")
     print(format_table(results, title))
     checks = targets(results)
     print_targets(checks)

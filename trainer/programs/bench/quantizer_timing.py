@@ -25,7 +25,7 @@ import torch
 
 from trainer.models.quantizer import MMEMAQuantizer
 from trainer.configs.model import QuantizerConfig
-from trainer.programs.bench.cli import quantizer_timing_parser
+from trainer.programs.bench.parsers import quantizer_timing_parser
 
 
 @dataclass

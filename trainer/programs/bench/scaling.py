@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.programs.bench.cli import scaling_parser
+from trainer.programs.bench.parsers import scaling_parser
 from trainer.programs.harness import REPO, free_port, run_child
 
 MAIN_SCRIPT = REPO / "trainer" / "main.py"
@@ -336,7 +336,7 @@ def instrumented_trainer(record_dir: Path, main_args: list[str], probe_repeats: 
     recorder = CollectiveRecorder().install()
     # Imported only now: DeepSpeed and accelerate must find the recorder's wrappers when they bind collectives.
     from trainer import distributed
-    from trainer.config import load_config
+    from trainer.configs.load import load_config
     from trainer.job import validate_job
     from trainer.configs.job import JobConfig
     from trainer.loop import train
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--steps {a.steps} must be >= 2 x --log-every {a.log_every} (the first window is dropped)")
     if any(n < 1 for n in ranks):
         p.error(f"--ranks {a.ranks}: every count must be >= 1")
-    from trainer.config import load_config
+    from trainer.configs.load import load_config
     from trainer.configs.job import JobConfig
 
     batch = a.batch or load_config(JobConfig, REPO / a.config).data.batch_size

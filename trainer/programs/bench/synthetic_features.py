@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from trainer.eval.encode import LabelledFeatures
+from trainer.eval.frozen_codes import LabelledFeatures
 from trainer.programs.bench.config import KINDS, PROMPT_TEMPLATES, SyntheticFeatureConfig, WORLDS
 
 BACKGROUND = -1

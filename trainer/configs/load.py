@@ -35,7 +35,7 @@ import yaml
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent   # the directory holding launch/ (a checkout of the repository)
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the directory holding launch/ (a checkout of the repository)
 
 
 class ConfigError(ValueError):

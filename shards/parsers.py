@@ -1,7 +1,7 @@
 """The command lines of the shards programs (``cmg shards synth|write|inspect|convert|extract``, ``python -m
 shards.<name>``), built without importing them: their modules import torch (webdataset does), and ``--help`` must
-answer at once (trainer/cli.py). Each program parses its arguments with its parser here; defaults are those of the
-programs' torch-free configs (shards/config.py, trainer/configs/data.py).
+answer at once (trainer/programs/cmg.py). Each program parses its arguments with its parser here; defaults are those
+of the programs' torch-free configs (shards/config.py, trainer/configs/data.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from shards.config import PAIR_KINDS, SynthConfig
-from trainer.cli import HelpFormatter, module_docstring
+from trainer.help_text import HelpFormatter, module_docstring
 from trainer.configs.data import DecodeConfig
 
 

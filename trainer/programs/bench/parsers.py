@@ -1,5 +1,5 @@
 """The command lines of the benchmarks (``cmg bench <name>``, ``python -m trainer.programs.bench.<name>``), built
-without importing them: their modules import torch, and ``--help`` must answer at once (trainer/cli.py). Each
+without importing them: their modules import torch, and ``--help`` must answer at once (trainer/programs/cmg.py). Each
 benchmark parses its arguments with its parser here; the defaults and names are those of the torch-free configs
 (trainer/programs/bench/config.py, trainer/programs/config.py, trainer/configs/).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.cli import HelpFormatter, module_docstring
+from trainer.help_text import HelpFormatter, module_docstring
 from trainer.configs.eval import ProbeConfig
 from trainer.programs.bench.config import (
     CORE_CONFIGS, DEFAULT_ACCELERATE_CONFIG, DEFAULT_JOB_CONFIG, E2E_ROWS, E2E_WORLDS, METHODS, PAIR_NAMES, PAIRS,
@@ -35,9 +35,9 @@ def backbones_parser() -> argparse.ArgumentParser:
     return p
 
 
-def continual_parser() -> argparse.ArgumentParser:
+def continual_features_parser() -> argparse.ArgumentParser:
     d = ContinualConfig()
-    p = _parser("continual")
+    p = _parser("continual_features")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per phase (default {d.train.steps}; "
                    "--raw: the phase configs' run.max_steps)")
     p.add_argument("--world", default="default",
@@ -59,8 +59,8 @@ def continual_parser() -> argparse.ArgumentParser:
                    help="also log every phase's evaluation to MLflow (sqlite store DIR/mlflow.db, a run per method)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--raw", action="store_true", help="the chain from raw pair shards through trainer/main.py and "
-                   "trainer.evaluate (trainer/programs/bench/continual_pairs.py; methods dcid and comet, --set as "
-                   "model.KEY=VALUE job overrides, one seed)")
+                   "trainer.programs.evaluate (trainer/programs/bench/continual_pairs.py; methods dcid and comet, "
+                   "--set as model.KEY=VALUE job overrides, one seed)")
     p.add_argument("--data-dir", default="pairs_data", help="--raw: the pair corpora (kept and reused)")
     p.add_argument("--runs", default="runs/continual_pairs", help="--raw: run directories (replaced)")
     p.add_argument("--markdown", default=None, help="--raw: also write the table and targets as a generated docs page")

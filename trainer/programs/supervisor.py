@@ -1,8 +1,9 @@
 """The launcher to run the main job on several processes: ``accelerate launch`` under a supervisor that gives the
 shell and Slurm one agreed stop and a distinguishable exit code.
 
-    python -m trainer.launch [accelerate launch options] trainer/main.py --config JOB.yaml [key=value ...]
-    python -m trainer.launch --check [the same arguments]       # validate as below and start nothing: exit 0 or 2
+    python -m trainer.programs.supervisor [accelerate launch options] trainer/main.py --config JOB.yaml [key=value ...]
+    python -m trainer.programs.supervisor --check [the same arguments]   # validate as below, start nothing: exit 0 or 2
+    cmg launch [the same arguments]                                      # the same program
 
 It takes exactly ``accelerate launch``'s arguments and runs the real ``accelerate launch`` as its child. What it
 adds, because torch elastic (the agent inside ``accelerate launch``) cannot do it:
@@ -39,7 +40,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-MAIN_SCRIPT = Path(__file__).resolve().parent / "main.py"
+MAIN_SCRIPT = Path(__file__).resolve().parents[1] / "main.py"   # trainer/main.py
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1   # linux/prctl.h
 
@@ -107,14 +108,14 @@ def launch(argv: list[str]) -> int:
 
     The job's config is loaded and checked before anything imports torch (accelerate's parser does): a bad key or
     value exits 2 at once."""
-    from trainer.config import ConfigError
+    from trainer.configs.load import ConfigError
     from trainer.main import load_job, parse_args
 
     check_only = argv[:1] == ["--check"]
     accelerate_argv = argv[1:] if check_only else argv
     found = training_script_args(accelerate_argv)
     if found is None:
-        print(f"trainer.launch: the training script must be {MAIN_SCRIPT} (arguments: {' '.join(accelerate_argv)}); "
+        print(f"cmg launch: the training script must be {MAIN_SCRIPT} (arguments: {' '.join(accelerate_argv)}); "
               "use accelerate launch for other scripts", file=sys.stderr)
         return 2
     script, script_args = found
@@ -131,7 +132,7 @@ def launch(argv: list[str]) -> int:
 
     launch_args = launch_command_parser().parse_args(accelerate_argv)   # accelerate's own options (exit 2 if bad)
     if Path(launch_args.training_script).resolve() != Path(script).resolve():
-        print(f"trainer.launch: accelerate reads {launch_args.training_script} as the training script, not {script}",
+        print(f"cmg launch: accelerate reads {launch_args.training_script} as the training script, not {script}",
               file=sys.stderr)
         return 2
     if check_only:
@@ -165,5 +166,16 @@ def launch(argv: list[str]) -> int:
     return code if code not in (0, EXIT_RESUME) else 1
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``cmg launch`` / ``python -m trainer.programs.supervisor``: :func:`launch` on the command line's arguments;
+    ``--help`` (or nothing) prints this module's usage (the arguments are ``accelerate launch``'s own)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: cmg launch [--check] [accelerate launch options] trainer/main.py [--config JOB.yaml] "
+              f"[key=value ...]\n\n{__doc__}", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    return launch(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(launch(sys.argv[1:]))
+    sys.exit(main())

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from trainer.checkpoint import (
     META, MODEL_FILE, CheckpointMeta, read_meta, read_model_state, resolve_checkpoint,
 )
-from trainer.config import ConfigError, build_config
+from trainer.configs.load import ConfigError, build_config
 from trainer.data.features import PublicFeatureConfig, PublicFeatureDataset, collate_feature_clips
 from trainer.configs.data import DataConfig, FEATURE_MODALITIES
 from trainer.data.stream import expand_shard_urls, feature_batches
@@ -242,7 +242,7 @@ def encode_segments(model: nn.Module, modality: str, x: Tensor, mask: Tensor | N
     its own and windows of one length together, as ``CMGModel.encode_windows`` does; padded seconds get code -1 and
     zero vectors."""
     if model.training:
-        raise RuntimeError("encoding needs a frozen model in eval mode (trainer.eval.encode.freeze)")
+        raise RuntimeError("encoding needs a frozen model in eval mode (trainer.eval.frozen_codes.freeze)")
     if real is None and (window is None or x.shape[1] <= window):
         parts = []
         for start in range(0, x.shape[0], batch_size):

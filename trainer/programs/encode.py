@@ -1,9 +1,10 @@
-"""Encode clips into codes with a trained model (``cmg encode``, ``python -m trainer.encode``).
+"""Encode clips into codes with a trained model (``cmg encode``, ``python -m trainer.programs.encode``).
 
     cmg encode MODEL INPUT [INPUT ...] --out OUT [--batch-size 16] [--num-workers 2] [--device cuda]
     cmg encode runs/demo 'my_clips/*.mp4' --out codes.npz               # one table
     cmg encode exports/demo 'clips/train-{000000..000015}.tar' --out codes/     # WebDataset shards
-    accelerate launch --num_processes 2 -m trainer.encode MODEL INPUT --out OUT    # or torchrun: ranks split the input
+    accelerate launch --num_processes 2 -m trainer.programs.encode MODEL INPUT --out OUT
+                                                  # or torchrun: ranks split the input
 
 MODEL: a run directory (its latest checkpoint), a checkpoints directory, step_N, a model.pt, or an export directory
 (``CMGModel.save_pretrained``). Clips are decoded as the model's training decoded them and go through the frozen
@@ -47,8 +48,8 @@ shards (kept in ``OUT.parts/`` until then). Prints each rank's throughput in cli
 
 Bad inputs: a clip that does not decode is skipped, never fatal. Each skipped clip is named with its reason as it
 happens (``[cmg] skipping shard:key.member: reason: detail``), listed under ``skipped_inputs`` (``where``, ``reason``
-one of ``trainer.data.decode.SKIP_REASONS``, ``detail``) in the manifest (a directory's ``manifest.json``; a table's
-``OUT.manifest.json`` next to it) and counted by reason in the last line. Exit codes (``EXIT_*``):
+one of ``trainer.data.media_decoders.SKIP_REASONS``, ``detail``) in the manifest (a directory's ``manifest.json``; a
+table's ``OUT.manifest.json`` next to it) and counted by reason in the last line. Exit codes (``EXIT_*``):
 - 0: every input was encoded;
 - 3: the output is written, and some inputs were skipped (the manifest lists them);
 - 2: nothing was written: a bad argument or model, or every input skipped; one line on stderr says why, and no
@@ -76,10 +77,11 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from shards.extract import ClipFiles, ShardBatches, default_device, launch_rank, one_thread, raw_samples, wait_for_files
+from shards.extract import default_device, launch_rank, wait_for_files
+from trainer.data.raw_batches import ClipFiles, ShardBatches, one_thread, raw_samples
 from shards.inspect import expand_shard_args
 from shards.write import collect_clips
-from trainer.cli import encode_parser
+from trainer.programs.cmg import encode_parser
 from trainer.data.decode import AUDIO_MEMBERS, IMAGE_MEMBERS, VIDEO_MEMBER, WholeClip, decode_whole_sample
 from trainer.data.features import decode_npy, encode_npy
 from trainer.data.manifest import CODES_FORMAT, MANIFEST_NAME, ShardEntry, ShardManifest

@@ -1,7 +1,7 @@
 """Synthetic "seed 004 Table 1": continual phases VT -> AT -> IT, DCID fine-tuned sequentially vs DCID+COMET.
 
-    python -m trainer.programs.bench.continual [--seeds 0,1,2,3] [--methods dcid,comet] [--steps 800] [--jobs 2]
-                                               [--world default] [--set adapter.freeze_carried=false]
+    python -m trainer.programs.bench.continual_features [--seeds 0,1,2,3] [--methods dcid,comet] [--steps 800]
+                                               [--jobs 2] [--world default] [--set adapter.freeze_carried=false]
                                                [--json out.json] [--mlflow DIR]
 
 Data: the fidelity generator's world (``trainer.programs.bench.synthetic_features``: K event classes shared by every
@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.config import to_dict
-from trainer.eval.encode import LabelledFeatures, encode_split, split_indices
+from trainer.configs.load import to_dict
+from trainer.eval.frozen_codes import LabelledFeatures, encode_split, split_indices
 from trainer.eval.probes import (
     CodeSplit, class_retrieval, classification_probe, code_agreement, cross_dataset_probe, localisation_probe,
 )
@@ -66,7 +66,7 @@ from trainer.configs.eval import ProbeConfig
 from trainer.configs.model import AdapterConfig, CLUBConfig, COMETConfig, EncoderConfig, QuantizerConfig, ReplayConfig
 from trainer.models.comet import COMETModel
 from trainer.loop import last_logged
-from trainer.programs.bench.cli import continual_parser
+from trainer.programs.bench.parsers import continual_features_parser
 from trainer.programs.bench.jobs import bench_job, pretrain, with_club_lr, with_overrides
 from trainer.programs.bench.synthetic_features import SyntheticSet, SyntheticWorld, world_config
 from trainer.programs.harness import fan_out, mean, run_json_child, verdict
@@ -354,16 +354,16 @@ def _config_from_args(args: argparse.Namespace, seed: int) -> ContinualConfig:
 
 
 def _run_child(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "trainer.programs.bench.continual", "--child", name, "--steps", str(args.steps),
-           "--seeds", str(seed), "--probe-epochs", str(args.probe_epochs), "--threads", str(args.threads),
-           "--order", args.order, "--new-codes", str(args.new_codes), "--world", args.world] + \
+    cmd = [sys.executable, "-m", "trainer.programs.bench.continual_features", "--child", name, "--steps",
+           str(args.steps), "--seeds", str(seed), "--probe-epochs", str(args.probe_epochs), "--threads",
+           str(args.threads), "--order", args.order, "--new-codes", str(args.new_codes), "--world", args.world] + \
         [f"--set={text}" for text in args.set] + \
         (["--mlflow", args.mlflow] if args.mlflow else [])
     return run_json_child(cmd, f"continual method '{name}'")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = continual_parser()   # torch-free, for `cmg bench continual --help`
+    parser = continual_features_parser()   # torch-free, for `cmg bench continual --help`
     args = parser.parse_args(argv)
     if args.raw:
         from trainer.programs.bench.continual_pairs import main as raw_main

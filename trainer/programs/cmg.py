@@ -1,6 +1,8 @@
 """``cmg``: one command for every program of the project (also ``python -m trainer``).
 
     cmg train --config launch/configs/demo.yaml run.max_steps=50      # = python trainer/main.py (same arguments)
+    cmg launch --config_file launch/accelerate/cpu_zero2.yaml trainer/main.py --config JOB.yaml
+                                                                      # = python -m trainer.programs.supervisor
     cmg eval runs/demo --data 'demo_data/eval_shards/train-{000000..000007}.tar'
     cmg encode runs/demo 'clips/*.mp4' --out codes.npz
     cmg shards synth|write|inspect|convert|extract ...                  # = python -m shards.<name>
@@ -8,24 +10,22 @@
     cmg bench backbones|continual|core|e2e|fidelity|quantizer_timing|scaling ...
     cmg [COMMAND ...] --help
 
-Each command runs its program's ``main(argv)`` with the remaining arguments; ``accelerate launch trainer/main.py``,
-``python -m trainer.launch`` and every ``python -m <program>`` keep working as before. The dispatcher imports a
-program only to run it: ``--help`` builds the command's parser alone, and every parser is built without torch (the
-programs' modules import it, which takes seconds). So a program whose module imports torch gets its parser from a
-``cli`` module (this one for train, eval and encode; ``shards/cli.py``; ``trainer/programs/bench/cli.py``), which it
-parses with too, and whose defaults are the torch-free config dataclasses' own (trainer/configs/). Programs are named
-here by string, so the library never imports them (tests/unit/test_layering.py).
+Each command runs its program's ``main(argv)`` with the remaining arguments; ``accelerate launch trainer/main.py``
+and every ``python -m <program>`` keep working as before. The dispatcher imports a program only to run it:
+``--help`` builds the command's parser alone, and every parser is built without torch (the programs' modules
+import it, which takes seconds). So a program whose module imports torch gets its parser from a torch-free module
+(this one for train, eval and encode; ``shards/parsers.py``; ``trainer/programs/bench/parsers.py``), which it
+parses with too, and whose defaults are the torch-free config dataclasses' own (trainer/configs/). Programs are
+named here by string; the library never imports them (tests/unit/test_layering.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import dataclasses
 import functools
 import importlib
-import importlib.util
 import inspect
 import io
 import textwrap
@@ -33,13 +33,13 @@ import sys
 import tokenize
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trainer.config import to_dict
+from trainer.configs.load import to_dict
 from trainer.configs.eval import PRETRAIN_SETS, TASKS, SourceConfig, TOCConfig
+from trainer.help_text import HelpFormatter, module_docstring
 
 
 @dataclass(frozen=True)
@@ -57,48 +57,30 @@ class Command:
         return textwrap.shorten(self.summary or first, 100, placeholder=" ...")
 
 
-def _bench(name: str) -> Command:
-    return Command(f"trainer.programs.bench.{name}:main", f"trainer.programs.bench.cli:{name}_parser")
+def _bench(module: str) -> Command:
+    return Command(f"trainer.programs.bench.{module}:main", f"trainer.programs.bench.parsers:{module}_parser")
 
 
 def _shards(name: str) -> Command:
-    return Command(f"shards.{name}:main", f"shards.cli:{name}_parser")
+    return Command(f"shards.{name}:main", f"shards.parsers:{name}_parser")
 
 
+BENCH_MODULES = {"continual": "continual_features"}   # command -> module where they differ (its --raw: continual_pairs)
 COMMANDS: dict[str, Command | dict[str, Command]] = {
-    "train": Command("trainer.main:main", "trainer.cli:train_parser",
-                     "Train a model: the main job (trainer/main.py; accelerate / trainer.launch for several ranks)"),
-    "eval": Command("trainer.evaluate:main", "trainer.cli:evaluate_parser"),
-    "encode": Command("trainer.encode:main", "trainer.cli:encode_parser"),
+    "train": Command("trainer.main:main", "trainer.programs.cmg:train_parser",
+                     "Train a model: the main job in this process (trainer/main.py; cmg launch for several ranks)"),
+    "launch": Command("trainer.programs.supervisor:main", None, "Run the main job on several processes: accelerate "
+                      "launch under a supervisor (stop signals, exit codes 0/75/2; trainer/programs/supervisor.py)"),
+    "eval": Command("trainer.programs.evaluate:main", "trainer.programs.cmg:evaluate_parser"),
+    "encode": Command("trainer.programs.encode:main", "trainer.programs.cmg:encode_parser"),
     "shards": {name: _shards(name) for name in ("synth", "write", "inspect", "convert", "extract")},
     "continual": Command("trainer.programs.continual:main"),
     "ui": Command("trainer.programs.mlflow_ui:main"),
-    "bench": {name: _bench(name) for name in
+    "bench": {name: _bench(BENCH_MODULES.get(name, name)) for name in
               ("backbones", "continual", "core", "e2e", "fidelity", "pairs", "quantizer_timing", "scaling")},
 }
 GROUPS = {"shards": "make, check and convert WebDataset shards (python -m shards.<name>)",
           "bench": "benchmarks that print tables (python -m trainer.programs.bench.<name>)"}
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions as written, and every option's default after its help (options without help too), unless the
-    help says it already, the option is a flag or it has no default."""
-
-    @staticmethod
-    def _note(action: argparse.Action) -> str:
-        if action.default in (None, argparse.SUPPRESS) or action.nargs == 0 or not action.option_strings:
-            return ""
-        return f"(default: {'%(default)r' if action.default == '' else '%(default)s'})"
-
-    def _format_action(self, action: argparse.Action) -> str:
-        if action.help is None and self._note(action):
-            action = copy.copy(action)
-            action.help = self._note(action)
-        return super()._format_action(action)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        return text if "default" in text or not self._note(action) else f"{text} {self._note(action)}"
 
 
 def _resolve(target: str) -> Callable:
@@ -150,26 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
 
 
-# ---------------------------------------------------------------------- module docstrings and config keys
-def module_file(name: str) -> Path:
-    """The source file of module ``name``, found from its top-level package alone (importing ``a.b.c`` would run
-    the ``__init__`` of ``a.b``, which may import torch)."""
-    top, *rest = name.split(".")
-    spec = importlib.util.find_spec(top)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"no package {top!r}")
-    base = Path(next(iter(spec.submodule_search_locations))).joinpath(*rest)
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    raise ModuleNotFoundError(f"no source for module {name!r} (looked for {base}.py and {base}/__init__.py)")
-
-
-def module_docstring(name: str) -> str:
-    """The docstring of module ``name``, read from its file without importing it (its module may import torch)."""
-    return ast.get_docstring(ast.parse(module_file(name).read_text(encoding="utf-8"))) or ""
-
-
+# ---------------------------------------------------------------------- config keys
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Field name -> its comment in the class's source: the comment on its line, else the comment lines right above
@@ -283,11 +246,12 @@ def _class_map(text: str) -> dict[str, int]:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    """``python -m trainer.evaluate``'s options (trainer/evaluate.py turns them into an ``EvaluateConfig``)."""
-    doc = module_docstring("trainer.evaluate")
+    """``python -m trainer.programs.evaluate``'s options (trainer/programs/evaluate.py turns them into an
+    ``EvaluateConfig``)."""
+    doc = module_docstring("trainer.programs.evaluate")
     source = SourceConfig()
     tasks = list(TASKS)
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=doc.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m trainer.programs.evaluate", description=doc.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="run directory, checkpoints directory, step_N or its model.pt")
     p.add_argument("--data", default="", help="clip or feature shard URLs, AVE's role (default: the pretraining data)")
@@ -333,8 +297,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------- cmg encode
 def encode_parser() -> argparse.ArgumentParser:
-    """``python -m trainer.encode``'s options (trainer/encode.py)."""
-    p = argparse.ArgumentParser(prog="python -m trainer.encode", description=module_docstring("trainer.encode"),
+    """``python -m trainer.programs.encode``'s options (trainer/programs/encode.py)."""
+    p = argparse.ArgumentParser(prog="python -m trainer.programs.encode",
+                                description=module_docstring("trainer.programs.encode"),
                                 formatter_class=HelpFormatter)
     p.add_argument("model", help="a run directory, checkpoints directory, step_N, model.pt, or an export directory "
                    "(CMGModel.save_pretrained)")
