@@ -7,7 +7,8 @@
 #
 # `bash slurm/pretrain_av.sh --check [key=value ...]` (outside a job) checks the job as it would start, and starts
 # nothing: the config and its overrides, the shards' manifest, the backbones file, RUN_DIR's checkpoints
-# (`python -m trainer.launch --check`); exit 0, or 2 naming the problem. slurm/submit.sh runs it before sbatch.
+# (`python -m trainer.programs.supervisor --check`, i.e. `cmg launch --check`); exit 0, or 2 naming the problem.
+# slurm/submit.sh runs it before sbatch.
 #
 #   CONFIG             job YAML for trainer/main.py (default: the calling script's)
 #   RUN_DIR            run directory (default runs/<job name>-<job id>; a requeued job keeps its id, so it
@@ -64,8 +65,8 @@ overrides+=("$@")
 if (( check_only )); then
     # What the job's launcher validates before it starts any process, with the same parser; RUN_DIR when given
     # (its checkpoints decide what a resume would take), else the config's run.dir.
-    exec "$CMG_PYTHON" -m trainer.launch --check --config_file "${ACCELERATE_CONFIG:-launch/accelerate/cpu_zero2.yaml}" \
-        trainer/main.py --config "$CONFIG" "${overrides[@]}" ${RUN_DIR:+"run.dir=$(realpath -m "$RUN_DIR")"}
+    exec "$CMG_PYTHON" -m trainer.programs.supervisor --check \
+        --config_file "${ACCELERATE_CONFIG:-launch/accelerate/cpu_zero2.yaml}" trainer/main.py --config "$CONFIG" "${overrides[@]}" ${RUN_DIR:+"run.dir=$(realpath -m "$RUN_DIR")"}
 fi
 
 RUN_DIR="$(realpath -m "${RUN_DIR:-runs/${SLURM_JOB_NAME}-${SLURM_JOB_ID}}")"
@@ -120,13 +121,13 @@ request_stop() {
 }
 trap request_stop USR1
 
-# One task per node, each running accelerate launch under the project's supervisor (trainer/launch.py: signals
-# become one agreed stop, exit 75 after a stop); SLURM_NODEID is expanded by the bash on each node (single
-# quotes), not here.
+# One task per node, each running accelerate launch under the project's supervisor (trainer/programs/supervisor.py,
+# `cmg launch`: signals become one agreed stop, exit 75 after a stop); SLURM_NODEID is expanded by the bash on each
+# node (single quotes), not here.
 srun_cpus=()
 [[ -n "${SLURM_CPUS_PER_TASK:-}" ]] && srun_cpus=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
 srun --nodes="$num_machines" --ntasks-per-node=1 "${srun_cpus[@]}" --kill-on-bad-exit=1 \
-    bash -c 'exec python -m trainer.launch --config_file "$ACCELERATE_CONFIG" \
+    bash -c 'exec python -m trainer.programs.supervisor --config_file "$ACCELERATE_CONFIG" \
         --num_machines "$CMG_NUM_MACHINES" --num_processes "$CMG_NUM_PROCESSES" --machine_rank "$SLURM_NODEID" \
         --main_process_ip "$CMG_MAIN_ADDR" --main_process_port "$CMG_MAIN_PORT" \
         --deepspeed_multinode_launcher standard \
