@@ -46,10 +46,11 @@ from tqdm import tqdm
 from shards.parsers import write_parser
 from trainer.data.decode import (
     AUDIO, AUDIO_MEMBERS, CAPTION_MEMBER, CLIP_MODALITIES, KNOWN_MEMBERS, LABEL_MEMBER, TEXT, SampleInfo,
-    check_modalities, media_members, member_set, probe_sample, sample_modalities
+    check_modalities, media_members, member_set, probe_sample, sample_modalities,
 )
 from trainer.data.media_decoders import CorruptSample
 from trainer.data.manifest import CLIP_FORMAT, ShardEntry, ShardManifest
+
 UNPAIRED = "unpaired"   # the manifest's reason for a stem left out because it lacks a modality (--skip-bad)
 LISTED = 20             # stems an error message lists before it says how many more there are
 

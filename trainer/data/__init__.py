@@ -14,7 +14,7 @@ from trainer.data.batch import Batch
 from trainer.data.collate import COUNTER_NAMES, collate_samples
 from trainer.data.decode import (
     BACKGROUND, SAMPLE_MODALITIES, DecodedSample, SampleInfo, WholeClip, decode_sample, decode_whole_sample,
-    probe_sample
+    probe_sample,
 )
 from trainer.data.media_decoders import SKIP_REASONS, CorruptSample, clip_seconds
 from trainer.configs.data import DATA_KINDS, DataConfig, DecodeConfig

@@ -40,7 +40,7 @@ from trainer.data.batch import Batch
 from trainer.data.collate import collate_annotations
 from trainer.data.manifest import FEATURE_FORMAT, ShardManifest
 from trainer.data.decode import (
-    META_KEYS, OPTIONAL_MEMBERS, ClipLabels, check_member, member_where, sample_caption, sample_labels
+    META_KEYS, OPTIONAL_MEMBERS, ClipLabels, check_member, member_where, sample_caption, sample_labels,
 )
 from trainer.data.media_decoders import CorruptSample
 

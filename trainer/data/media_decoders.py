@@ -30,8 +30,6 @@ decord.logging.set_level(decord.logging.QUIET)
 # (trainer/data/features.py)
 SKIP_REASONS = ("missing_member", "empty_member", "bad_video", "bad_audio", "bad_image", "bad_json", "bad_text",
                 "bad_feature", "too_short", "conflicting_members")
-
-
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")   # what Pillow may read an image member as (never GIF, TIFF, ...)
 
 

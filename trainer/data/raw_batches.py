@@ -17,15 +17,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from trainer.configs.data import DecodeConfig
 from trainer.data.collate import collate_samples
-from trainer.data.decode import (
-    decode_sample
-)
-
+from trainer.data.decode import decode_sample
+from trainer.data.media_decoders import CorruptSample
 
 # The clips of one input unit given as files rather than a shard: (KEY, {member suffix: file}) in order, as
-from trainer.data.media_decoders import (
-    CorruptSample
-)
 # shards.write.collect_clips finds them (``trainer.programs.encode`` reads media files this way).
 ClipFiles = Sequence[tuple[str, Mapping[str, Path]]]
 

@@ -22,8 +22,7 @@ from trainer.data.released import AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLA
 from trainer.data.stream import expand_shard_urls
 from trainer.configs.data import DataConfig
 from trainer.eval.frozen_codes import (
-    LabelledFeatures, Pretrained, encode_split, read_public_features, read_shard_features,
-    split_indices,
+    LabelledFeatures, Pretrained, encode_split, read_public_features, read_shard_features, split_indices,
 )
 from trainer.eval.paper import PAPER_HEADS, checkpoint_stage, checkpoint_switches
 from trainer.eval.probes import (
