@@ -54,7 +54,8 @@ from shards.synth import SynthConfig, synthesise
 from shards.write import write_shards
 from trainer.backbones.frozen import FrozenBackbones
 from trainer.configs.load import load_config
-from trainer.data import ClipStream, decode_sample
+from trainer.data.stream import ClipStream
+from trainer.data.decode import decode_sample
 from trainer.configs.data import DataConfig, DecodeConfig
 from trainer.data.collate import collate_samples
 from trainer.data.media_decoders import decode_audio, decode_video

@@ -1,8 +1,11 @@
-"""The files of one checkpoint directory: their names, ``meta.json`` (``CheckpointMeta``), ``manifest.json``
-(written last, verified by every reader) and the weights-only load of its ``.pt`` files.
+"""The checkpoint directories of a run on disk: the files of one checkpoint (their names, ``meta.json``
+(``CheckpointMeta``), ``manifest.json``, written last and verified by every reader, the weights-only load of its
+``.pt`` files), and ``CheckpointManager``: publishing, finding, pruning and resolving checkpoints.
 
-trainer/checkpoint.py publishes, finds, prunes and restores checkpoints with these (its module docstring has the
-layout and the rules); every reader and writer of these files goes through the two modules.
+trainer/checkpoint.py restores and saves a run's state with these (its module docstring has the layout and the
+rules); every reader and writer of these files goes through the two modules. This one is torch-free at import (torch
+and the collectives are imported where a function needs them), so that the job's checks read checkpoints in the
+supervisor without the training stack (trainer/job.py).
 """
 
 from __future__ import annotations
@@ -13,15 +16,15 @@ import json
 import os
 import pickle
 import re
+import shutil
 import sys
+import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from trainer import distributed as dist
 
 META = "meta.json"
 MANIFEST = "manifest.json"           # every other file of a checkpoint with its size and sha256; written last
@@ -220,6 +223,8 @@ def _sha256_all(paths: list[Path]) -> list[str]:
 
 
 def report(message: str) -> None:
+    from trainer import distributed as dist
+
     if dist.rank() == 0:
         print(f"[cmg] {message}", file=sys.stderr, flush=True)
 
@@ -230,6 +235,8 @@ def load_file(ckpt: Path, name: str, holds: str) -> Any:
     A file that holds anything but ``holds`` (tensors, numbers, strings and containers of them) is refused,
     never unpickled; that message does not repeat torch's advice to load it with ``weights_only`` off.
     """
+    import torch
+
     path = Path(ckpt) / name
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -250,3 +257,209 @@ def brief(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     first = lines[0].split(". ")[0][:200] if lines else ""
     return f"{type(err).__name__}: {first}" if first and "weights_only" not in first else type(err).__name__
+
+
+# ---------------------------------------------------------------------- the checkpoints of a run directory
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+LATEST = "latest"
+BEST = "best.json"   # in the checkpoints root: the checkpoint run.keep_best keeps, with its metric (record_best_)
+
+
+def rank_file(ckpt_dir: Path, rank: int) -> Path:
+    return Path(ckpt_dir) / f"rank_{rank:05d}.pt"
+
+
+class CheckpointManager:
+    def __init__(self, root: str | Path, keep_last: int = 2):
+        if keep_last < 1:
+            raise ValueError(f"checkpoint keep_last must be >= 1, got {keep_last}")
+        self.root = Path(root)
+        self.keep_last = keep_last
+
+    # ------------------------------------------------------------------ discovery
+    def step_dirs(self) -> list[Path]:
+        """Every ``step_N`` directory, complete or not, oldest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)), key=_step)
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints (a manifest, or an older checkpoint's meta.json), oldest first; not verified."""
+        return [p for p in self.step_dirs() if (p / MANIFEST).is_file() or (p / META).is_file()]
+
+    def latest(self) -> Path | None:
+        """The newest checkpoint that verifies: the one ``latest`` names, else the newest by step that does.
+
+        Every checkpoint tried and skipped is reported with the failing file (``[cmg]`` on stderr, rank 0).
+        """
+        tried: set[Path] = set()
+        pointer = self.root / LATEST
+        if pointer.is_file():
+            name = pointer.read_text().strip()
+            candidate = self.root / name
+            if _STEP_DIR.match(name) and candidate.is_dir():
+                if _verifies(candidate):
+                    return candidate
+                tried.add(candidate)
+            else:
+                report(f"{pointer} names {name!r}, not a checkpoint directory; looking for the newest one")
+        for candidate in reversed(self.step_dirs()):
+            if candidate not in tried and _verifies(candidate):
+                return candidate
+        return None
+
+    def named_latest(self) -> Path | None:
+        """The checkpoint ``latest`` names, unverified (None without a pointer): a cheap look before any work at
+        what ``run.resume=auto`` will most likely take (the resume itself verifies, and may fall back)."""
+        pointer = self.root / LATEST
+        name = pointer.read_text().strip() if pointer.is_file() else ""
+        return self.root / name if _STEP_DIR.match(name) else None
+
+    def resolve(self, resume: str | None) -> Path | None:
+        """``None``/"" -> no resume; "auto" -> the newest checkpoint that verifies (``latest``; None if there is
+        no step directory; an error if there are some and none verifies); else a checkpoint directory, which must
+        verify (or a checkpoints root: its newest checkpoint that verifies)."""
+        if not resume:
+            return None
+        if resume == "auto":
+            return self._newest_verified(required=False)
+        path = Path(resume)
+        if path.is_dir() and (path / LATEST).is_file():  # a checkpoints root was given
+            return CheckpointManager(path)._newest_verified(required=True)
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            raise CheckpointError(f"run.resume={resume!r}: {err}", err.checkpoint, err.file) from err
+        return path
+
+    def _newest_verified(self, required: bool) -> Path | None:
+        found = self.latest()
+        if found is None and (required or self.step_dirs()):
+            dirs = [p.name for p in self.step_dirs()]
+            raise CheckpointError(f"no checkpoint under {self.root} verifies (step directories: {dirs or 'none'}; "
+                                  "each one's failing file is reported above): repair or remove them, or start over "
+                                  "with run.resume=''", self.root)
+        return found
+
+    def clean_partial(self) -> None:
+        """Remove temp dirs left by a crash mid-save (rank 0 only; called before training starts)."""
+        from trainer import distributed as dist
+        if dist.rank() == 0 and self.root.is_dir():
+            for p in self.root.iterdir():
+                if p.name.startswith((".tmp-", ".token-")):
+                    shutil.rmtree(p, ignore_errors=True)
+        dist.barrier()
+
+    # ------------------------------------------------------------------ saving
+    def save(self, step: int, write: Callable[[Path], None], meta: CheckpointMeta | None = None) -> Path:
+        """Collective: every rank calls it. ``write(tmp_dir)`` writes this rank's part of the checkpoint; ``meta``
+        goes into its meta.json with this ``step``, this world size and the manifest's promise."""
+        from trainer import distributed as dist
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"step_{step:08d}"
+        # all ranks must agree on the temp name: derive it from the step and a token broadcast via the fs
+        token_file = self.root / f".token-{step:08d}"
+        if dist.rank() == 0:
+            token_file.write_text(uuid.uuid4().hex[:8])
+        dist.barrier()
+        tmp = self.root / f".tmp-step_{step:08d}-{token_file.read_text()}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        dist.barrier()
+        if dist.rank() == 0:
+            missing = [r for r in range(dist.world_size()) if not rank_file(tmp, r).is_file()]
+            if missing:
+                raise RuntimeError(f"checkpoint {tmp}: ranks {missing} wrote no state; not publishing it")
+            write_meta(tmp, dataclasses.replace(meta or CheckpointMeta(step, dist.world_size()), step=step,
+                                                world_size=dist.world_size(), manifest=MANIFEST))
+            write_manifest(tmp)   # last: it lists (and so vouches for) every other file, meta.json included
+            _fsync_dir(tmp)
+            if final.exists():  # re-saving the same step (e.g. a stop signal right after a periodic save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            pointer_tmp = self.root / f".{LATEST}.tmp"
+            pointer_tmp.write_text(final.name)
+            os.replace(pointer_tmp, self.root / LATEST)
+            _fsync_dir(self.root)
+            token_file.unlink(missing_ok=True)
+            self._prune(final)
+        dist.barrier()
+        return final
+
+    def _prune(self, newest: Path) -> None:
+        """Keep-last-k once ``newest`` is published: it and the k-1 newest complete checkpoints before it stay;
+        every older step directory goes (complete or not), except the best one (``best.json``, run.keep_best).
+        Newer step directories (an earlier attempt's, that a resume fell back from) stay until the run overwrites
+        them: ``newest`` is never pruned."""
+        older = [p for p in self.step_dirs() if _step(p) < _step(newest)]
+        complete = [p for p in older if (p / MANIFEST).is_file() or (p / META).is_file()]
+        keep = set(complete[-(self.keep_last - 1):]) if self.keep_last > 1 else set()
+        best = self.best()
+        if best is not None:
+            keep.add(self.root / best["checkpoint"])
+        for old in older:
+            if old not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------------ the best checkpoint (run.keep_best)
+    def best(self) -> dict[str, Any] | None:
+        """``{"metric", "value", "step", "checkpoint"}`` of the best checkpoint so far, or None."""
+        path = self.root / BEST
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def record_best_(self, ckpt: Path, metric: str, value: float) -> bool:
+        """Rank 0, after ``ckpt`` was published and probed: make it the best if ``value`` of ``metric`` (higher is
+        better) beats the recorded one, then prune the previous best unless keep-last still holds it. A best.json
+        of another metric (a rerun that changed run.keep_best) is replaced. Returns whether ``ckpt`` is the best."""
+        best = self.best()
+        if best is not None and best["metric"] == metric and best["value"] >= value:
+            return False
+        record = {"metric": metric, "value": value, "step": _step(ckpt), "checkpoint": ckpt.name}
+        tmp = self.root / f".{BEST}.tmp"
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, self.root / BEST)
+        latest = self.named_latest()
+        if latest is not None:
+            self._prune(latest)
+        return True
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory meant by ``path``, verified: itself (a step directory, or one with a manifest or
+    meta.json: it must verify), a ``model.pt`` inside one, a checkpoints directory or a run directory (then its
+    newest checkpoint that verifies, as ``run.resume=auto`` picks it)."""
+    path = Path(path)
+    if path.is_file() and path.name == MODEL_FILE:
+        path = path.parent
+    if _STEP_DIR.match(path.name) or (path / MANIFEST).is_file() or (path / META).is_file():
+        verify_checkpoint(path)
+        return path
+    for root in (path, path / "checkpoints"):
+        found = CheckpointManager(root)._newest_verified(required=False)
+        if found is not None:
+            return found
+    raise CheckpointError(f"{path}: not a checkpoint (no {MANIFEST} or {META}), and no checkpoint under "
+                          f"{path} or {path / 'checkpoints'}", path)
+
+
+def _verifies(ckpt: Path) -> bool:
+    """Whether ``ckpt`` verifies; if not, reports it (with the failing file) as skipped."""
+    try:
+        verify_checkpoint(ckpt)
+    except CheckpointError as err:
+        report(f"skipping {err}")
+        return False
+    return True
+
+
+def _step(path: Path) -> int:
+    return int(_STEP_DIR.match(path.name).group(1))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

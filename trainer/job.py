@@ -143,7 +143,7 @@ def source_feature_shapes(cfg: JobConfig, backbones: BackbonesConfig | None) -> 
     """
     if cfg.data.kind == "features":
         from trainer.data.manifest import ShardManifest
-        from trainer.data.stream import expand_shard_urls
+        from trainer.data.sources import expand_shard_urls
 
         urls = expand_shard_urls(cfg.data.urls)
         if not urls:
@@ -213,8 +213,8 @@ def check_resume_data(cfg: JobConfig, ckpt: Path) -> None:
     """``cfg`` must read the data that ``ckpt``'s stream position refers to (meta.json's ``data_source``): the same
     shards, shuffled the same way. Another world size, number of workers or batch size per rank is fine: that
     resume is elastic (trainer/checkpoint.py, rule 6)."""
-    from trainer.checkpoint import CheckpointError, read_meta
-    from trainer.data.stream import data_source
+    from trainer.checkpoint_format import CheckpointError, read_meta
+    from trainer.data.sources import data_source
 
     try:
         saved = read_meta(ckpt).data_source
@@ -233,7 +233,7 @@ def check_resume_data(cfg: JobConfig, ckpt: Path) -> None:
 def check_checkpoint_paths(cfg: JobConfig, init_from: bool = True) -> None:
     """An explicit ``run.resume`` path and (``init_from``) ``run.init_from`` must name checkpoints that exist; the
     checkpoint a resume takes must be of the data ``cfg`` reads (``check_resume_data``)."""
-    from trainer.checkpoint import MODEL_FILE, CheckpointManager, resolve_checkpoint
+    from trainer.checkpoint_format import MODEL_FILE, CheckpointManager, resolve_checkpoint
 
     resume = cfg.run.resume
     if resume == "auto":
@@ -272,7 +272,7 @@ def validate_job(cfg: JobConfig, *, data_files: bool = True, init_from: bool = T
     checkpoint the previous phase has yet to write (``trainer/programs/continual.py``).
     """
     from trainer.data.manifest import ShardManifest
-    from trainer.data.stream import expand_shard_urls
+    from trainer.data.sources import expand_shard_urls
 
     try:
         cfg.data.validate()
@@ -317,7 +317,7 @@ def check_training_probe(cfg: JobConfig, data_files: bool = True) -> None:
                               "through the job's own frozen backbones, validation features must match the job's")
         if data_files:
             from trainer.data.manifest import ShardManifest
-            from trainer.data.stream import expand_shard_urls
+            from trainer.data.sources import expand_shard_urls
 
             try:
                 urls = expand_shard_urls(probe.urls)

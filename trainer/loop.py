@@ -22,23 +22,21 @@ import torch
 
 from trainer import distributed as dist
 from trainer.backbones import FrozenBackbones
-from trainer.checkpoint import (
-    CheckpointManager, CheckpointMeta, ProcessRNG, RunCheckpoints, load_init_state_, read_init_source, rng_state,
-    set_rng_state,
-)
+from trainer.checkpoint_format import CheckpointManager, CheckpointMeta
+from trainer.checkpoint import ProcessRNG, RunCheckpoints, load_init_state_, read_init_source, rng_state, set_rng_state
 from trainer.configs.load import to_dict
 from trainer.data.memory import MemoryStream
-from trainer.data.stream import data_source, feature_batches
+from trainer.data.sources import data_source
+from trainer.data.stream import feature_batches
 from trainer.engine import TrainEngine
 from trainer.eval.during_training import TrainingProbe
 from trainer.job import job_backbones, resolve_job
 from trainer.configs.job import JobConfig
-from trainer.runtime import EXIT_RESUME, StopRequest
+from trainer.run_control import EXIT_RESUME, STATUS_FILE, STOP_FILE, write_status
+from trainer.runtime import StopRequest
 from trainer.tasks import Task, task_class
 from trainer.tracking import create_tracker
 
-STOP_FILE = "STOP"            # `touch <run_dir>/STOP` asks a running job to checkpoint and exit (Slurm uses it)
-STATUS_FILE = "status.json"   # rank 0 writes {"state": "finished"|"stopped", "step": N} on the way out
 METRICS_FILE = "metrics.jsonl"   # rank 0 appends every logged step's metrics
 
 
@@ -175,7 +173,7 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
 
     def finish(state: str, status: str) -> None:
         if is_main:
-            (run_dir / STATUS_FILE).write_text(json.dumps({"state": state, "step": counter.step}) + "\n")
+            write_status(run_dir, state, counter.step)
         tracker.end(status)
 
     # ---- the downstream probe during pretraining (eval.every; rank 0 probes the checkpoint of its step)
@@ -311,7 +309,3 @@ def last_logged(run_dir: str | os.PathLike) -> dict[str, float]:
     return json.loads(lines[-1]) if lines else {}
 
 
-def status_of(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """What the last job in ``run_dir`` said on its way out (None if it crashed or is still running)."""
-    path = Path(run_dir) / STATUS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from trainer.loop import train
-    from trainer.runtime import EXIT_RESUME, SUPERVISED_ENV, create_accelerator, prepare_process_environment, shutdown
+    from trainer.run_control import EXIT_RESUME, SUPERVISED_ENV
+    from trainer.runtime import create_accelerator, prepare_process_environment, shutdown
 
     prepare_process_environment(cfg)
     accelerator = create_accelerator(cfg)

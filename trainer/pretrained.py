@@ -339,7 +339,7 @@ def _training_media(pretrained: Any) -> tuple[dict[str, Any] | None, DecodeConfi
     """(backbone records, DecodeConfig) of the run that wrote ``pretrained``: the checkpoint's meta.json and the
     run's config.yaml; for a run on feature shards, what their manifest says the extraction used."""
     from trainer.data.manifest import ShardManifest
-    from trainer.data.stream import expand_shard_urls
+    from trainer.data.sources import expand_shard_urls
     from trainer.job import RESOLVED_CONFIG_FILE, read_run_config
 
     if not (pretrained.run_dir / RESOLVED_CONFIG_FILE).is_file():

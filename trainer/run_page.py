@@ -112,7 +112,7 @@ def shard_dataset(job: Mapping[str, Any]):
     from mlflow.entities import Dataset
 
     from trainer.data.manifest import ShardManifest
-    from trainer.data.stream import expand_shard_urls
+    from trainer.data.sources import expand_shard_urls
 
     data = job.get("data") if isinstance(job.get("data"), Mapping) else None
     if not data or data.get("kind") not in ("clips", "features") or not data.get("urls"):

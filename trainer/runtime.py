@@ -36,11 +36,6 @@ from trainer.tracking import mlflow_environment
 if TYPE_CHECKING:
     from trainer.configs.job import JobConfig
 
-# Exit code that means "checkpoint written after a stop request: requeue/resume me" (sysexits EX_TEMPFAIL).
-EXIT_RESUME = 75
-# Set by `python -m trainer.programs.supervisor` for its ranks: a stopped rank exits 0 and the launcher exits 75
-# (trainer/programs/supervisor.py).
-SUPERVISED_ENV = "CMG_SUPERVISED"
 
 
 # mallopt parameters of glibc's <malloc.h>

@@ -14,7 +14,7 @@ from feature_utils import CLIP_URLS, DECODE, FEATURE_URLS, TINY_YAML
 from numerics import assert_reordered_close
 
 from shards.extract import extract
-from trainer.data import ClipStream
+from trainer.data.stream import ClipStream
 from trainer.configs.data import DataConfig
 
 

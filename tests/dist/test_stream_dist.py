@@ -18,7 +18,8 @@ from shards.extract import extract  # noqa: E402
 from shards.synth import SynthConfig, synthesise  # noqa: E402
 from shards.write import write_shards  # noqa: E402
 from trainer import distributed  # noqa: E402
-from trainer.data import COUNTER_NAMES, ClipStream
+from trainer.data.collate import COUNTER_NAMES
+from trainer.data.stream import ClipStream
 from trainer.configs.data import DataConfig, DecodeConfig
 
 WORLD, WORKERS, BATCH, EPOCHS = 2, 2, 2, 2

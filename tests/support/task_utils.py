@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from trainer.checkpoint import CheckpointManager, CheckpointMeta, save_rank_state, write_model_state, write_task_extra
+from trainer.checkpoint_format import CheckpointManager, CheckpointMeta
+from trainer.checkpoint import save_rank_state, write_model_state, write_task_extra
 from trainer.configs.load import to_dict
 
 

@@ -18,7 +18,7 @@ from fccid_utils import small_cfg as small_fccid_config
 from numerics import COMPOUNDED_ULPS, assert_reordered_close
 from unicode_utils import small_unicode_config, unicode_batch
 
-from trainer.checkpoint import MODEL_FILE, CheckpointManager
+from trainer.checkpoint_format import MODEL_FILE, CheckpointManager
 from trainer.configs.data import DataConfig
 from trainer.configs.job import JobConfig, OptimConfig, RunConfig
 from trainer.loop import METRICS_FILE, train_in_memory

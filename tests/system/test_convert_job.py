@@ -14,7 +14,7 @@ from job_utils import REPO, job_env, read_metrics, run_job
 from released_utils import make_pair_release, make_vggsound_avel
 
 from shards.convert import main as convert_main
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint_format import CheckpointManager
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import torch
 from fccid_utils import SWITCHES
 from job_utils import REPO, make_clip_shards, read_metrics, run_job
 
-from trainer.checkpoint import CheckpointManager, read_meta
+from trainer.checkpoint_format import CheckpointManager, read_meta
 from trainer.configs.load import build_config
 from trainer.models.fccid import FCCIDModel
 from trainer.configs.model import FCCIDConfig

@@ -31,7 +31,7 @@ import yaml
 from job_utils import DEMO_CONFIG, REPO, job_command, job_env, make_clip_shards, read_metrics, run_job
 from numerics import COMPOUNDED_ULPS, assert_reordered_close
 
-from trainer.checkpoint import CheckpointManager, read_meta
+from trainer.checkpoint_format import CheckpointManager, read_meta
 from trainer.tracking import mlflow_metric_key
 
 STEPS = 8

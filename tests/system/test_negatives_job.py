@@ -20,7 +20,7 @@ import torch
 from job_utils import DEMO_CONFIG, REPO, job_env, read_metrics
 from numerics import COMPOUNDED_ULPS, assert_reordered_close
 
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint_format import CheckpointManager
 from trainer.programs.bench.scaling import write_feature_shards
 from trainer.programs.harness import free_port, run_child
 

@@ -23,7 +23,7 @@ from trainer.pretrained import CMGModel
 
 from shards.synth import SynthConfig, synthesise
 from shards.write import write_shards
-from trainer.checkpoint import CheckpointManager, read_meta
+from trainer.checkpoint_format import CheckpointManager, read_meta
 from trainer.programs.bench.pairs import PAIR_JOBS
 
 ITEMS = 8

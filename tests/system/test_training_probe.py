@@ -14,7 +14,7 @@ import pytest
 from job_utils import make_clip_shards, read_metrics, run_job
 from tracking_utils import metric_history, mlflow_client
 
-from trainer.checkpoint import CheckpointManager, verify_checkpoint
+from trainer.checkpoint_format import CheckpointManager, verify_checkpoint
 
 STEPS = 6
 METRIC = "eval/accuracy_cross_mean"

@@ -64,7 +64,7 @@ def test_read_throughput_drops_the_first_window(tmp_path):
 
 
 def test_feature_shards_read_back_through_the_stream(tmp_path):
-    from trainer.data import ClipStream
+    from trainer.data.stream import ClipStream
     from trainer.configs.data import DataConfig
 
     urls = write_feature_shards(tmp_path, clips=6, clips_per_shard=4)

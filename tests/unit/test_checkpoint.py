@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpoint import (MANIFEST, MODEL_FILE, OPTIMIZER_FILE, CheckpointError, CheckpointManager,
-                                CheckpointMeta, RunCheckpoints, load_rank_state, rank_file, read_init_source, read_meta,
-                                read_model_state, read_task_extra, resolve_checkpoint, rng_state, save_rank_state,
-                                set_rng_state, verify_checkpoint, write_manifest, write_model_state, write_task_extra)
-from trainer.checkpoint_format import META_VERSION, write_meta
+from trainer.checkpoint import (
+    RunCheckpoints, load_rank_state, read_init_source, read_model_state, read_task_extra, rng_state, save_rank_state,
+    set_rng_state, write_model_state, write_task_extra,
+)
+from trainer.checkpoint_format import (
+    MANIFEST, META_VERSION, MODEL_FILE, OPTIMIZER_FILE, CheckpointError, CheckpointManager, CheckpointMeta, rank_file,
+    read_meta, resolve_checkpoint, verify_checkpoint, write_manifest, write_meta,
+)
 
 
 def _writer(value):

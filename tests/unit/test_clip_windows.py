@@ -14,7 +14,9 @@ import webdataset as wds
 
 from shards.media import encode_mp4, encode_wav
 from trainer.configs.load import ConfigError, load_config
-from trainer.data import ClipStream, CorruptSample, decode_sample
+from trainer.data.stream import ClipStream
+from trainer.data.media_decoders import CorruptSample
+from trainer.data.decode import decode_sample
 from trainer.configs.data import DataConfig, DecodeConfig
 from trainer.data.media_decoders import decode_whole_audio, decode_whole_video
 from trainer.job import job_backbones

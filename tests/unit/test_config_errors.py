@@ -12,10 +12,11 @@ import torch
 from job_utils import job_command, make_clip_shards
 from task_utils import write_phases
 
-from trainer.checkpoint import CheckpointManager, CheckpointMeta, save_rank_state, write_model_state
+from trainer.checkpoint_format import CheckpointManager, CheckpointMeta
+from trainer.checkpoint import save_rank_state, write_model_state
 from trainer.configs.load import ConfigError, load_config
 from trainer.configs.data import DataConfig
-from trainer.data.stream import data_source
+from trainer.data.sources import data_source
 from trainer.job import check_batch_size, validate_job
 from trainer.configs.job import JobConfig
 from trainer.main import main

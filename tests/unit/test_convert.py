@@ -24,7 +24,7 @@ from released_utils import (  # noqa: E402
 )
 
 from shards.convert import MANIFEST_NAME, STATE_NAME, main  # noqa: E402
-from trainer.data import ClipStream
+from trainer.data.stream import ClipStream
 from trainer.configs.data import DataConfig
 from trainer.data.decode import BACKGROUND  # noqa: E402
 from trainer.data.features import decode_feature_sample, feature_layout  # noqa: E402

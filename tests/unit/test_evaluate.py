@@ -19,7 +19,7 @@ from tracking_utils import local_artifact_paths, mlflow_client  # noqa: E402
 
 from trainer.programs.bench.jobs import bench_job, pretrain
 from trainer.programs.bench.config import PretrainConfig
-from trainer.checkpoint import write_manifest
+from trainer.checkpoint_format import write_manifest
 from trainer.configs.load import ConfigError, to_dict  # noqa: E402
 from trainer.configs.data import DataConfig  # noqa: E402
 from trainer.data.features import encode_npy  # noqa: E402

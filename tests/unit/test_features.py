@@ -29,7 +29,9 @@ from shards.synth import SynthConfig, synthesise  # noqa: E402
 from shards.write import write_shards  # noqa: E402
 from trainer.backbones import FrozenBackbones, load_backbones_config  # noqa: E402
 from trainer.configs.load import ConfigError, load_config  # noqa: E402
-from trainer.data import COUNTER_NAMES, ClipStream, CorruptSample, feature_batches
+from trainer.data.collate import COUNTER_NAMES
+from trainer.data.stream import ClipStream, feature_batches
+from trainer.data.media_decoders import CorruptSample
 from trainer.configs.data import DataConfig
 from trainer.data.decode import ClipLabels  # noqa: E402
 from trainer.data.manifest import FEATURE_FORMAT, ShardManifest  # noqa: E402

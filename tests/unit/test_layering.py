@@ -385,7 +385,7 @@ def test_models_check_lets_models_import_the_library():
     "import torch",
     "from torch import nn",
     "from trainer.models.unicode import UniCodeModel",
-    "def f():\n    from trainer.data.stream import expand_shard_urls",
+    "def f():\n    from trainer.data.sources import expand_shard_urls",
     "import numpy as np",
 ])
 def test_config_check_catches_imports_beyond_the_configs(source):

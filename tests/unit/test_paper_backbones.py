@@ -30,7 +30,7 @@ from trainer.backbones import BackboneConfig, FrozenBackbones, load_backbone, lo
 from trainer.backbones.audio import AudioBackbone, vggish_examples, vggish_log_mel  # noqa: E402
 from trainer.backbones.video import VideoBackbone  # noqa: E402
 from trainer.backbones.vgg import VGG, VGGConfig, VGGish, VGGishConfig  # noqa: E402
-from trainer.data import ClipStream
+from trainer.data.stream import ClipStream
 from trainer.configs.data import DataConfig
 
 pytestmark = pytest.mark.usefixtures("no_network")   # connections refused (tests/support/backbone_utils.py)

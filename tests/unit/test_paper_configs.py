@@ -12,7 +12,7 @@ from released_utils import make_vggsound_avel
 
 from shards.convert import main as convert_main
 from trainer.configs.load import load_config
-from trainer.data.stream import expand_shard_urls
+from trainer.data.sources import expand_shard_urls
 from trainer.job import validate_job
 from trainer.configs.job import JobConfig
 

@@ -23,7 +23,10 @@ from shards import inspect as shard_inspect  # noqa: E402
 from shards.media import encode_mp4, encode_wav  # noqa: E402
 from shards.write import BadClip, read_captions, write_shards  # noqa: E402
 from trainer.backbones import BackboneConfig, BackbonesConfig, FrozenBackbones, backbones_config_from_dict  # noqa: E402
-from trainer.data import COUNTER_NAMES, ClipStream, CorruptSample, decode_sample
+from trainer.data.collate import COUNTER_NAMES
+from trainer.data.stream import ClipStream
+from trainer.data.media_decoders import CorruptSample
+from trainer.data.decode import decode_sample
 from trainer.configs.data import DataConfig, DecodeConfig
 from trainer.data.decode import MEMBER_ORDER, pick_caption, probe_sample  # noqa: E402
 from trainer.data.stream import saved_counters  # noqa: E402

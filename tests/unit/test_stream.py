@@ -25,7 +25,10 @@ from shards import inspect as shard_inspect  # noqa: E402
 from shards.media import encode_mp4, encode_wav  # noqa: E402
 from shards.synth import SynthConfig, synthesise  # noqa: E402
 from shards.write import write_shards  # noqa: E402
-from trainer.data import COUNTER_NAMES, ClipStream, CorruptSample, batches_per_rank, decode_sample
+from trainer.data.collate import COUNTER_NAMES
+from trainer.data.stream import ClipStream, batches_per_rank
+from trainer.data.media_decoders import CorruptSample
+from trainer.data.decode import decode_sample
 from trainer.configs.data import DataConfig, DecodeConfig
 from trainer.data import stream as stream_module  # noqa: E402
 from trainer.data.batch import Batch  # noqa: E402

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.checkpoint import write_manifest, write_model_state
+from trainer.checkpoint_format import write_manifest
+from trainer.checkpoint import write_model_state
 from trainer.eval.toc import cosine_summary, toc_scores
 from trainer.configs.eval import TOCConfig
 from trainer.programs.toc_report import main

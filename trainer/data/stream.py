@@ -49,7 +49,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import glob
 import hashlib
 import itertools
 import random
@@ -73,18 +72,11 @@ from trainer.data.decode import CLIP_MODALITIES, MEDIA_MODALITIES, TIMED_MODALIT
 from trainer.data.media_decoders import SKIP_REASONS, CorruptSample
 from trainer.data.features import collate_feature_clips, decode_feature_sample, feature_layout
 from trainer.data.manifest import ShardManifest
+from trainer.data.sources import data_source, expand_shard_urls
 
 if TYPE_CHECKING:
     from trainer.backbones import FrozenBackbones
 
-
-
-def data_source(cfg: DataConfig) -> dict[str, str | int | bool]:
-    """The data settings a saved stream position refers to, by the config key (``urls`` as a digest of the
-    expanded shard list). A resume must keep them; one with another layout re-splits the epoch's rest."""
-    urls = hashlib.sha256("\n".join(expand_shard_urls(cfg.urls)).encode()).hexdigest()[:16]
-    return {"urls": urls, "shuffle_buffer": cfg.shuffle_buffer, "shuffle_shards": cfg.shuffle_shards,
-            "resampled": cfg.resampled, "epoch_batches": cfg.epoch_batches}
 
 
 @dataclass
@@ -97,21 +89,6 @@ class WorkerPlan:
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed from ``parts`` that is the same in every process and Python run (fits an int64)."""
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
-
-
-def expand_shard_urls(urls: str) -> list[str]:
-    """Brace patterns and local globs (``'::'``-separated) -> the list of shard URLs.
-
-    A part with a glob character (``*?[``) that is a local path is replaced by its matches, sorted (so the paper
-    configs can name ``feats/vggsound40k/train-*.tar`` whatever shard count the conversion wrote); every other
-    part is webdataset's brace expansion."""
-    shards: list[str] = []
-    for part in urls.split("::"):
-        if any(c in part for c in "*?[") and "://" not in part and not part.startswith("pipe:"):
-            shards.extend(sorted(glob.glob(part)))
-        else:
-            shards.extend(wds.shardlists.expand_urls(part))
-    return shards
 
 
 def batches_per_rank(samples: list[list[int]], batch_size: int, finished_ok: bool = False) -> int:

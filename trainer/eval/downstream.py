@@ -19,7 +19,7 @@ from torch import Tensor
 from trainer.data.features import FeatureError, PublicFeatureConfig
 from trainer.data.manifest import ShardManifest
 from trainer.data.released import AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLASSES, shared_class_map
-from trainer.data.stream import expand_shard_urls
+from trainer.data.sources import expand_shard_urls
 from trainer.configs.data import DataConfig
 from trainer.eval.frozen_codes import (
     LabelledFeatures, Pretrained, encode_split, read_public_features, read_shard_features, split_indices,

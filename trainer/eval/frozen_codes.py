@@ -30,13 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainer.checkpoint import (
-    META, MODEL_FILE, CheckpointMeta, read_meta, read_model_state, resolve_checkpoint,
-)
+from trainer.checkpoint_format import META, MODEL_FILE, CheckpointMeta, read_meta, resolve_checkpoint
+from trainer.checkpoint import read_model_state
 from trainer.configs.load import ConfigError, build_config
 from trainer.data.features import PublicFeatureConfig, PublicFeatureDataset, collate_feature_clips
 from trainer.configs.data import DataConfig, FEATURE_MODALITIES
-from trainer.data.stream import expand_shard_urls, feature_batches
+from trainer.data.sources import expand_shard_urls
+from trainer.data.stream import feature_batches
 from trainer.eval.probes import CodeSplit
 from trainer.data.decode import BACKGROUND, TIMED_MODALITIES
 from trainer.models.inputs import SEGMENT_MASK, mask_key

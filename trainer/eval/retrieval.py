@@ -36,7 +36,7 @@ from trainer.data.media_decoders import CorruptSample
 from trainer.data.features import decode_npy
 from trainer.eval.frozen_codes import encode_segments
 from trainer.data.manifest import ShardManifest
-from trainer.data.stream import expand_shard_urls
+from trainer.data.sources import expand_shard_urls
 from trainer.eval.metrics import recall_at_k
 from trainer.pretrained import CMGModel, Codes
 

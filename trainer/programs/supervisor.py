@@ -60,7 +60,7 @@ class Supervisor:
         self.forwarded = False
 
     def _on_signal(self, signum, _frame) -> None:
-        from trainer.loop import STOP_FILE
+        from trainer.run_control import STOP_FILE
 
         name = signal.Signals(signum).name
         if not self.stop_signal:
@@ -74,7 +74,7 @@ class Supervisor:
             self.child.terminate()
 
     def _request_stop(self) -> None:
-        from trainer.loop import STOP_FILE
+        from trainer.run_control import STOP_FILE
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / STOP_FILE).touch()
@@ -128,21 +128,23 @@ def launch(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    from accelerate.commands.launch import launch_command_parser
-
-    launch_args = launch_command_parser().parse_args(accelerate_argv)   # accelerate's own options (exit 2 if bad)
-    if Path(launch_args.training_script).resolve() != Path(script).resolve():
-        print(f"cmg launch: accelerate reads {launch_args.training_script} as the training script, not {script}",
-              file=sys.stderr)
-        return 2
     if check_only:
+        # accelerate's own options, as accelerate launch will read them (exit 2 if bad). Only here: a launch leaves
+        # them to accelerate launch itself a moment later, so that the supervisor, alive for the whole job, never
+        # imports torch (accelerate's parser does)
+        from accelerate.commands.launch import launch_command_parser
+
+        launch_args = launch_command_parser().parse_args(accelerate_argv)
+        if Path(launch_args.training_script).resolve() != Path(script).resolve():
+            print(f"cmg launch: accelerate reads {launch_args.training_script} as the training script, not {script}",
+                  file=sys.stderr)
+            return 2
         print(f"[cmg launch] check passed: {job_args.config or 'the default config'} (phase {cfg.run.phase}, "
               f"{cfg.run.max_steps} steps, run dir {cfg.run.dir}; data {cfg.data.urls or cfg.data.kind}): config "
               "and overrides, shard manifest, backbones file and checkpoints are as the job needs them", flush=True)
         return 0
 
-    from trainer.loop import STATUS_FILE, STOP_FILE, status_of
-    from trainer.runtime import EXIT_RESUME, SUPERVISED_ENV
+    from trainer.run_control import EXIT_RESUME, STATUS_FILE, STOP_FILE, SUPERVISED_ENV, status_of
 
     run_dir = Path(cfg.run.dir)
     (run_dir / STATUS_FILE).unlink(missing_ok=True)   # only this job's outcome may be read below

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from trainer import distributed
-from trainer.checkpoint import META, MODEL_FILE, InitSource
+from trainer.checkpoint_format import META, MODEL_FILE
+from trainer.checkpoint import InitSource
 from trainer.configs.load import build_config
 from trainer.models.comet import (
     COMETModel, cumulative_fisher, ewc_penalty, fisher_from_gradients, gate_balance_loss, normalized_fisher,
