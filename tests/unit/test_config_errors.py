@@ -338,3 +338,29 @@ def test_relative_paths_of_a_config_file_are_read_from_the_repository_root(tmp_p
     assert elsewhere.data.urls == f"{Path(REPO) / 'data/a-{0..1}.tar'}::pipe:cat b.tar::/abs/c.tar"
     assert elsewhere.run.init_from == "ckpt/step_4"      # an override: from the current directory, as given
     assert elsewhere.run.resume == "auto"                # a word, not a path
+
+
+VALID_CHECK_SCRIPT = """
+import sys
+from trainer.main import load_job, parse_args
+load_job(parse_args(sys.argv[1:]))
+print(sorted(m for m in ("torch", "webdataset", "accelerate", "mlflow", "transformers") if m in sys.modules))
+"""
+
+
+def test_a_valid_job_is_checked_without_the_training_stack(tmp_path, shards):
+    """Every check of a valid job (its config, the shard manifest, the backbones file, the checkpoint a resume
+    takes and its data, an init_from checkpoint) imports no torch: the supervisor, alive for the whole job, runs
+    them (trainer/programs/supervisor.py)."""
+    import subprocess
+    import sys
+
+    from job_utils import REPO
+
+    run_dir = tmp_path / "run"
+    checkpoint(run_dir)
+    source = checkpoint(tmp_path / "other")
+    args = job_args(run_dir, shards, f"run.init_from={source}")
+    proc = subprocess.run([sys.executable, "-c", VALID_CHECK_SCRIPT, *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", (proc.stdout, proc.stderr)
