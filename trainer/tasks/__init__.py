@@ -9,6 +9,7 @@ contract).
 
 from __future__ import annotations
 
+from trainer.configs.model import model_config_class
 from trainer.tasks.base import Task
 from trainer.tasks.comet import COMETTask
 from trainer.tasks.fccid import FCCIDTask
@@ -22,8 +23,7 @@ TASKS: dict[str, type[Task]] = {
 
 
 def task_class(name: str) -> type[Task]:
-    if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    model_config_class(name)   # an unknown task: the KeyError naming the known ones (the two registries list the same)
     return TASKS[name]
 
 
