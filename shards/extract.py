@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from shards.parsers import extract_parser
 from trainer.backbones import FrozenBackbones, config_to_dict, load_backbones_config
 from trainer.configs.data import DecodeConfig
 from trainer.data.features import encode_npy
-from trainer.data.raw_batches import ShardBatches, one_thread
+from trainer.data.raw_batches import ShardBatches, decoding_loader
 from trainer.data.manifest import FEATURE_FORMAT, ShardEntry, ShardManifest
 
 
@@ -106,8 +105,7 @@ def extract(src: str, backbones_yaml: str, out: str, batch_size: int = 16, num_w
         expected = None
     backbones = FrozenBackbones(load_backbones_config(backbones_yaml), device or default_device())
     shard_batches = ShardBatches(mine, decode, batch_size, backbones.modalities)
-    loader = DataLoader(shard_batches, batch_size=None,
-                        num_workers=min(num_workers, len(mine)), worker_init_fn=one_thread)
+    loader = decoding_loader(shard_batches, min(num_workers, len(mine)))
     writers: dict[int, wds.TarWriter] = {}
     counts = {i: 0 for i, _ in mine}
     skipped = 0

@@ -10,6 +10,7 @@ import sys
 import os
 import pickle
 import signal
+import subprocess
 import typing
 from pathlib import Path
 
@@ -669,3 +670,42 @@ def test_a_resume_with_other_shards_is_refused_and_the_same_layout_needs_no_resp
         other.needs_resplit(state)
     with pytest.raises(ValueError, match="shards_fingerprint"):
         other.load_resplit([state])
+
+
+# What the test below runs in a process of its own: a VideoReader (and its decoding thread) that only an unreachable
+# reference cycle holds when the epoch forks its worker, as an exception's traceback leaves one behind; the young
+# cycle is the worker's garbage collector's first prey.
+_READER_IN_A_CYCLE_AT_THE_FORK = """
+import gc, io, sys
+from decord import VideoReader
+from trainer.configs.data import DataConfig, DecodeConfig
+from trainer.data.stream import ClipStream
+urls, mp4, seconds, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+decode = DecodeConfig(seconds=seconds, frames_per_segment=2, frame_size=size)
+stream = ClipStream(DataConfig(urls=urls, batch_size=2, num_workers=1, shuffle_buffer=0, decode=decode))
+gc.disable()
+cycle = [VideoReader(io.BytesIO(open(mp4, "rb").read()), num_threads=1)]
+cycle.append(cycle)
+del cycle
+gc.enable()
+print(sum(int((~batch["is_pad"]).sum()) for batch in stream))
+"""
+
+
+@pytest.mark.slow
+def test_an_epoch_forks_its_workers_with_no_decoder_thread_left_to_garbage(good_shards, clips):
+    """Without ``free_unreachable_readers`` before the fork this hung until the timeout (a segfault in CI's
+    worker): the worker's copy of the reader joined a thread that only the parent has."""
+    urls, keys = good_shards
+    src, _ = clips
+    child = subprocess.Popen([sys.executable, "-c", _READER_IN_A_CYCLE_AT_THE_FORK, urls, str(src / f"{keys[0]}.mp4"),
+                              str(SECONDS), str(SIZE)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        out, err = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)   # the hung worker too
+        child.communicate()
+        pytest.fail("the epoch hung: its worker froze on a decord reader left to garbage in the parent")
+    assert child.returncode == 0, err[-2000:]
+    assert out.split()[-1] == str(len(keys))

@@ -7,6 +7,7 @@ trainer/data/decode.py, which calls these.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import math
 import os
@@ -70,6 +71,17 @@ def _fd2_captured(lines: list[str]):
             os.close(saved)
             captured.seek(0)
             lines.extend(captured.read().decode(errors="replace").splitlines())
+
+
+def free_unreachable_readers() -> None:
+    """Call before forking workers that decode. A decord ``VideoReader`` runs a decoding thread of its own, which it
+    joins when it is freed. A reader that only a reference cycle still holds (an exception's traceback keeps its
+    frames and their readers, and a frame that keeps the exception closes the cycle) waits for the garbage collector.
+    A forked worker inherits such a reader but not its thread: when the worker's collector frees its copy, the join
+    waits for a thread that does not exist there, and the worker hangs or dies ("Unexpected segmentation fault
+    encountered in worker"; tests/unit/test_stream.py reproduces it). Collected here, in the process that owns the
+    threads, the readers stop them."""
+    gc.collect()
 
 
 def open_video(data: bytes, where: str, size: int | None = None) -> VideoReader:

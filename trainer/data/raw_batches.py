@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer.configs.data import DecodeConfig
 from trainer.data.collate import collate_samples
 from trainer.data.decode import decode_sample
-from trainer.data.media_decoders import CorruptSample
+from trainer.data.media_decoders import CorruptSample, free_unreachable_readers
 
 # The clips of one input unit given as files rather than a shard: (KEY, {member suffix: file}) in order, as
 # shards.write.collect_clips finds them (``trainer.programs.encode`` reads media files this way).
@@ -82,5 +82,13 @@ class ShardBatches(IterableDataset):
             yield index, self.collate(clips) if clips else None, skips, True
 
 
-def one_thread(_: int) -> None:
+def _one_thread(_: int) -> None:
     torch.set_num_threads(1)
+
+
+def decoding_loader(batches: ShardBatches, num_workers: int) -> DataLoader:
+    """A DataLoader whose ``num_workers`` workers (one thread each) produce ``batches``; make it where the loop over it
+    starts, since the loop forks the workers (``free_unreachable_readers`` runs here, first)."""
+    if num_workers > 0:
+        free_unreachable_readers()
+    return DataLoader(batches, batch_size=None, num_workers=num_workers, worker_init_fn=_one_thread)

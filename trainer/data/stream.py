@@ -69,7 +69,7 @@ from trainer.data.batch import Batch
 from trainer.data.cache import DecodeCache
 from trainer.data.collate import COUNTER_INDEX, COUNTER_NAMES, collate_samples
 from trainer.data.decode import CLIP_MODALITIES, MEDIA_MODALITIES, TIMED_MODALITIES, check_modalities, decode_sample
-from trainer.data.media_decoders import SKIP_REASONS, CorruptSample
+from trainer.data.media_decoders import SKIP_REASONS, CorruptSample, free_unreachable_readers
 from trainer.data.features import collate_feature_clips, decode_feature_sample, feature_layout
 from trainer.data.manifest import ShardManifest
 from trainer.data.sources import data_source, expand_shard_urls
@@ -414,6 +414,8 @@ class ClipStream:
         generator = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch, self.rank, "loader"))
         loader = DataLoader(source, batch_size=None, num_workers=self.cfg.num_workers, worker_init_fn=_worker_init,
                             generator=generator)
+        if self.cfg.num_workers > 0:
+            free_unreachable_readers()
         with _stop_signals_held():
             batches = iter(loader)   # forks the workers
         for batch in batches:

@@ -74,11 +74,10 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from shards.extract import default_device, launch_rank, wait_for_files
-from trainer.data.raw_batches import ClipFiles, ShardBatches, one_thread, raw_samples
+from trainer.data.raw_batches import ClipFiles, ShardBatches, decoding_loader, raw_samples
 from shards.inspect import expand_shard_args
 from shards.write import collect_clips
 from trainer.programs.cmg import encode_parser
@@ -272,8 +271,7 @@ def encode_units(model: CMGModel, units: list[Unit], out: Path, batch_size: int 
         streams = sorted({model.streams[m] for m in model.modalities})   # with text, captions are encoded
         batches = ShardBatches([(u.index, u.source) for u in todo], model.decode, batch_size, streams,
                                decoder=decode_whole_sample, collate=list)
-        loader = DataLoader(batches, batch_size=None, num_workers=min(num_workers, len(todo)),
-                            worker_init_fn=one_thread)
+        loader = decoding_loader(batches, min(num_workers, len(todo)))
         bar = tqdm(total=_expected_clips(todo), desc=f"encode rank {rank}/{world_size}", unit="clip",
                    disable=not progress)
         # per unit in progress: its writer, temporary file, clip count, skipped inputs and absent modalities
