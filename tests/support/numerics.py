@@ -24,12 +24,17 @@ a relative error of at most u = eps/2, and each rounding is carried by at most �
 by at most about 2·(n − 1)·u·Σ|x_i|, and by about √n·u·Σ|x_i| in practice, since the roundings are independent. The
 longest reductions in these tests have n ≤ 256 (feature dims, batch × time), so one pass stays within
 ``ONE_PASS_ULPS`` = 64 ulps of the magnitude (4 × the √n estimate, a quarter of the worst case). ``COMPOUNDED_ULPS``
-allows 16 times more where differences compound: a quantity several training steps downstream of a reordered pass
+allows 64 times more where differences compound: a quantity several training steps downstream of a reordered pass
 carries it through every update (SGD's momentum, the EMA, Adam's normalisation of near-zero gradients), and a
 compiled step also evaluates exp, log and tanh with inductor's own vectorised code (1-2 ulps off ATen's per call),
-through every layer of the forward and the backward. Both are checked against
-what the three kernel levels give on one machine: set ``CMG_TOLERANCE_LOG=file.jsonl`` and every comparison appends
-the ulps it used; tests/README.md holds the largest values measured.
+through every layer of the forward and the backward. The difference grows with the steps, and most where a
+tensor's own magnitude understates that of the terms its update sums: a bias that starts at zero, and an attention
+key bias, whose gradient is zero in exact arithmetic and rounding noise of the activations' magnitude in practice.
+The largest measured, Uni-Code's 2 ranks against 1 process on padded clips at the ``avx2`` level, climbs about
+200 ulps a step (420 after one step, 1296 after the test's 6, 1925 after 8), where the same run at the other levels
+stays under 10: the budget is 3 times the test's value. Both budgets are checked against what the three kernel
+levels give on one machine: set ``CMG_TOLERANCE_LOG=file.jsonl`` and every comparison appends the ulps it used;
+tests/README.md holds the largest values measured.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from typing import Any
 import torch
 
 ONE_PASS_ULPS = 64        # the same forward/backward pass in two orders
-COMPOUNDED_ULPS = 1024    # after a few training steps from a reordered pass, or compiled against eager
+COMPOUNDED_ULPS = 4096    # after a few training steps from a reordered pass, or compiled against eager
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
