@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# DEMO_ARGS: the demo's options and job overrides (python -m trainer.programs.demo --help), e.g. a quick look:
+# make demo DEMO_ARGS="--pretrain-clips 64 --eval-clips 60 run.max_steps=20"
+DEMO_ARGS ?=
 demo: install
-	$(BIN)/python -m trainer.programs.demo
+	$(BIN)/python -m trainer.programs.demo $(DEMO_ARGS)
 
 # KERNELS=avx2 or KERNELS=default runs the tests on the CPU kernels of a machine without AVX-512, or of any x86-64
 # (trainer/programs/kernels.py; tests/README.md "Numerics")

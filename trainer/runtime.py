@@ -31,6 +31,7 @@ import torch
 from accelerate.utils import parse_flag_from_env
 
 from trainer import distributed as dist
+from trainer.configs.load import from_root
 from trainer.tracking import mlflow_environment
 
 if TYPE_CHECKING:
@@ -106,6 +107,12 @@ def create_accelerator(cfg: JobConfig):
         handlers.append(InitProcessGroupKwargs(backend="nccl" if torch.cuda.is_available() else "gloo",
                                                timeout=timeout))
         dist.set_new_group_timeout(timeout)   # DeepSpeed's own groups too, not only the world group
+    # the accelerate config's ``deepspeed_config_file`` (launch/accelerate/*.yaml) is a path of a config file: read
+    # from the repository root, as the job config's are (trainer/configs/load.py, "Relative paths"), so a job
+    # launched from another directory finds launch/deepspeed/*.json
+    ds_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if ds_file and not Path(ds_file).exists():
+        os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = from_root(ds_file)
     accelerator = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=handlers)
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:

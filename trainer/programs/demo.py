@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,11 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=d.data_dir)
     p.add_argument("--run-dir", default=d.run_dir)
     p.add_argument("--processes", type=int, default=d.processes)
+    p.add_argument("--pretrain-clips", type=int, default=d.pretrain.num_clips,
+                   help="unlabelled clips to synthesise and pretrain on (a quick look: fewer)")
+    p.add_argument("--eval-clips", type=int, default=d.downstream.num_clips,
+                   help="labelled clips to synthesise for the evaluation (split 60/20/20 into train/val/test)")
     p.add_argument("--fresh", action="store_true", help="delete the run directory first (else resume it)")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="job config overrides, e.g. run.max_steps=100")
     a = p.parse_args(argv)
-    cfg = DemoConfig(data_dir=a.data_dir, run_dir=a.run_dir, processes=a.processes, overrides=tuple(a.overrides))
+    cfg = DemoConfig(data_dir=a.data_dir, run_dir=a.run_dir, processes=a.processes, overrides=tuple(a.overrides),
+                     pretrain=replace(d.pretrain, num_clips=a.pretrain_clips),
+                     downstream=replace(d.downstream, num_clips=a.eval_clips))
     data = Path(cfg.data_dir)
     pretrain_urls = prepare_shards(prepare_clips(cfg.pretrain, data / "pretrain_clips"), data / "pretrain_shards",
                                    cfg.pretrain.num_clips, cfg.shard_max_count)
