@@ -269,6 +269,23 @@ def test_submit_refuses_a_bad_job_before_anything_is_queued(slurm_cluster, tiny_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
+def test_submit_refused_by_sbatch_leaves_no_run_dir(slurm_cluster, tiny_config, tmp_path):
+    """The check passes and sbatch refuses the job (an unknown partition): sbatch's exit status, and the RUN_DIR
+    made for the job is gone again with the parents made for it; a RUN_DIR that existed before is kept."""
+    script = str(REPO / "slurm" / "pretrain_av.sh")
+    done = _submit(slurm_cluster, tmp_path, tiny_config, "--partition=no-such-partition", script,
+                   run_dir=tmp_path / "new" / "run", timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "[cmg launch] check passed" in done.stdout and "Invalid partition" in done.stderr
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "existing").mkdir()
+    done = _submit(slurm_cluster, tmp_path, tiny_config, "--partition=no-such-partition", script,
+                   run_dir=tmp_path / "existing", timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (tmp_path / "existing").is_dir()
+
+
 def _submit_chain(phases_file: Path) -> dict[str, int]:
     """`slurm/continual.sh PHASES` from another directory; the job id of each phase, from its output."""
     result = subprocess.run([str(REPO / "slurm" / "continual.sh"), str(phases_file)], cwd=phases_file.parent,
@@ -364,3 +381,4 @@ def test_continual_cancels_submitted_phases_when_sbatch_refuses_a_later_one(job_
     assert "sbatch refused phase 'nowhere'" in result.stderr and "Invalid partition" in result.stderr
     assert f"cancelled the phases already submitted (jobs {held.group(1)})" in result.stderr
     assert job_env.wait_job(int(held.group(1)), "CANCELLED", timeout=30) == "CANCELLED"
+    assert not (tmp_path / "chain").exists()   # made for the job logs; no job ran, so none was written

@@ -8,8 +8,10 @@ here it is only checked that torch stays out, which is what makes it fast."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -51,39 +53,105 @@ def test_help_lists_every_option_with_its_default(args, capsys):
         assert "clips per backbone and model batch (default: 16)" in text
 
 
-def test_train_help_lists_every_config_key_with_its_default_and_doc(capsys):
-    assert main(["train", "--help"]) == 0
+def _keys(cfg, prefix=""):
+    """Every dotted key of the config ``cfg``, nested sections flattened."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        yield from _keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+
+
+# the ways to pick the task whose model section the help shows: the default, an override, a job file's task
+HELP_TASKS = [([], "unicode"), (["task=fccid"], "fccid"),
+              (["--config", str(REPO / "launch" / "configs" / "comet_demo_vt.yaml")], "comet")]
+
+
+@pytest.mark.parametrize("args, task", HELP_TASKS, ids=lambda v: v if isinstance(v, str) else None)
+def test_train_help_lists_every_config_key_with_its_default_and_doc_and_one_task(capsys, args, task):
+    from trainer.configs.job import JobConfig
+    from trainer.configs.model import TASK_CONFIGS
+
+    assert main(["train", *args, "--help"]) == 0
     text = capsys.readouterr().out
     for line in ("run.max_steps=1000", "data.decode.seconds=10", "backbones=launch/configs/backbones/tiny.yaml",
-                 "model.quantizer.num_codes=400", "model.coarse.temperature=0.1", "model.adapter.experts=6",
-                 "model.club.nonnegative=true", "optim.lr=0.0004", "tracking.experiment=cmg-trainer"):
+                 "model.quantizer.num_codes=400", "optim.lr=0.0004", "tracking.experiment=cmg-trainer"):
         assert f"  {line}" in text, line
     assert "optimizer steps of the whole run (a resumed run continues to it)" in text
-    for task in ("unicode", "fccid", "comet"):
-        assert f"model (task={task}:" in text
     assert "spatial_patches are *derived* from the data source" in text   # the job's own docstring
+    # the model section once, the chosen task's, with every key of its config; the others are named, not listed
+    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("model (")] == [f"model (task={task}"]
+    model_keys = [key for key in _keys(TASK_CONFIGS[task](), "model.")]
+    for key in [*(k for k in _keys(JobConfig()) if not k.startswith("model.")), *model_keys]:
+        assert f"\n  {key}=" in text, key
+    assert sum(line.startswith("  model.") for line in text.splitlines()) == len(model_keys)
+    others = [name for name in TASK_CONFIGS if name != task]
+    assert f"cmg train task=NAME --help, NAME one of {', '.join(others)}" in " ".join(text.split())
+    extra = {"fccid": "model.coarse.temperature=0.1", "comet": "model.club.nonnegative=true"}
+    for name, line in extra.items():
+        assert (f"  {line}" in text) == (name == task), line
 
 
-def test_config_reference_is_the_job_configs_defaults(capsys):
-    """``cmg train --help`` lists the imported (torch-free) dataclasses: every key with its default, once per task
-    for the model section, and a field's comment as its doc."""
+def _enumerated_keys(cls, prefix=""):
+    """(dotted key, allowed values) of every key of ``cls`` whose values are a fixed set: a ``Literal`` annotation
+    (alone, in ``X | None`` or as a list's items) or a set named in its field's ``metadata["choices"]``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, key = hints[f.name], prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            yield from _enumerated_keys(tp, key + ".")
+        elif "choices" in f.metadata:
+            yield key, tuple(f.metadata["choices"])
+        else:
+            for literal in (tp, *typing.get_args(tp)):
+                if typing.get_origin(literal) is typing.Literal:
+                    yield key, typing.get_args(literal)
+
+
+def _entry(text: str, key: str) -> str:
+    """The help's entry of ``key``: its ``  key=default`` line and the doc lines under it, whitespace collapsed."""
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(f"  {key}="))
+    rest = itertools.takewhile(lambda line: line.startswith(" " * 47), lines[first + 1:])
+    return " ".join(" ".join([lines[first], *rest]).split())
+
+
+@pytest.mark.parametrize("task", ["unicode", "fccid", "comet"])
+def test_train_help_shows_the_choices_of_every_enumerated_key(capsys, task):
+    """Every key of the job config and of the task's model section whose values are a fixed set (found here from the
+    config classes, so a new one is checked too) shows them: ``{a, b}`` after its default."""
+    from trainer.configs.job import JobConfig
+    from trainer.configs.model import TASK_CONFIGS
+
+    assert main(["train", f"task={task}", "--help"]) == 0
+    text = capsys.readouterr().out
+    keys = [*_enumerated_keys(JobConfig), *_enumerated_keys(TASK_CONFIGS[task], "model.")]
+    assert {"task", "data.kind", "optim.schedule", "model.negatives", "model.quantizer.ema_mode"} <= dict(keys).keys()
+    assert task != "unicode" or {"model.variant", "model.encoder.positional"} <= dict(keys).keys()
+    for key, values in keys:
+        shown = "{" + ", ".join("''" if v == "" else str(v) for v in values) + "}"
+        assert shown in _entry(text, key), (key, _entry(text, key))
+
+
+def test_train_help_refuses_an_unknown_task_or_config(capsys, tmp_path):
+    assert main(["train", "task=fcid", "--help"]) == 2
+    assert "unknown task 'fcid' (config key 'task'); did you mean 'fccid'?" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml"), "--help"]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_config_reference_is_the_job_configs_defaults():
+    """``cmg train --help`` lists the imported (torch-free) dataclasses: every key with its default, the model
+    section of one task, and a field's comment as its doc."""
     from trainer.programs.cmg import config_reference, field_docs
     from trainer.configs.job import JobConfig, RunConfig
     from trainer.configs.model import TASK_CONFIGS
 
-    def keys(cfg, prefix=""):
-        for f in dataclasses.fields(cfg):
-            value = getattr(cfg, f.name)
-            yield from keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
-
-    text = config_reference()
-    for key in keys(JobConfig()):
-        assert f"  {key}=" in text, key
     for task, config in TASK_CONFIGS.items():
-        for key in keys(config(), "model."):
+        text = config_reference(task)
+        for key in [*(k for k in _keys(JobConfig()) if not k.startswith("model.")), *_keys(config(), "model.")]:
             assert f"  {key}=" in text, (task, key)
-    assert text.count("model.quantizer.num_codes=400") == len(TASK_CONFIGS)
-    assert "model.feature_dims={audio: 128, image: 512, text: 768, video: 512}" in text   # the default, not its code
+        assert text.count("model.quantizer.num_codes=400") == 1
+    assert config_reference() == config_reference("unicode")   # the job's default task
+    assert "model.feature_dims={audio: 128, image: 512, text: 768, video: 512}" in config_reference()   # not its code
     assert field_docs(RunConfig)["max_steps"] == "optimizer steps of the whole run (a resumed run continues to it)"
     assert field_docs(RunConfig)["keep_best"].startswith("a probe metric (eval.every;")     # the lines above it
 

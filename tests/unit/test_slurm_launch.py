@@ -6,6 +6,7 @@ Against the real local Slurm: tests/system/test_slurm_jobs.py."""
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,71 @@ def test_check_validates_the_job_from_anywhere_without_an_active_environment(tmp
     no_python = subprocess.run(["bash", script, "--check"], cwd=tmp_path, env={**env, "PYTHON": "no-such-python"},
                                capture_output=True, text=True, timeout=60)
     assert no_python.returncode == 2 and "PYTHON=no-such-python: no such program" in no_python.stderr
+
+
+def _path_without(program: str, bin_dir: Path, path: str = "/usr/bin:/bin") -> str:
+    """A PATH holding every program of ``path`` but ``program`` (links in ``bin_dir``): a host without Slurm's
+    commands, whether or not this one has them."""
+    bin_dir.mkdir()
+    for directory in path.split(":"):
+        for exe in Path(directory).iterdir():
+            if exe.name != program and not (bin_dir / exe.name).exists() and os.access(exe, os.X_OK):
+                (bin_dir / exe.name).symlink_to(exe)
+    return str(bin_dir)
+
+
+def _job_body_variables() -> list[str]:
+    """The environment variables slurm/job_body.sh documents (its comment lines ``#   NAME   what it is``)."""
+    return re.findall(r"^#   ([A-Z][A-Z_]+) ", (REPO / "slurm" / "job_body.sh").read_text(), re.M)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--partition=gpu", "--help"]], ids=" ".join)
+def test_submit_help_prints_the_usage_and_exits_0(tmp_path, args):
+    """The usage (the script's header comment) needs neither sbatch nor Python, and names what the job reads."""
+    env = _outside_any_environment(PATH=_path_without("sbatch", tmp_path / "bin"))
+    done = subprocess.run([str(REPO / "slurm" / "submit.sh"), *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    usage = done.stdout
+    assert usage.startswith("usage: slurm/submit.sh [sbatch options] SCRIPT [key=value ...]\n")
+    assert not any(line.startswith("#") for line in usage.splitlines())
+    assert len(_job_body_variables()) >= 8
+    for name in _job_body_variables():
+        assert name in usage, name
+    assert "127    no sbatch on PATH" in usage and "2      the check failed" in usage
+
+
+def test_submit_without_sbatch_fails_before_the_check_and_creates_nothing(tmp_path):
+    """No sbatch: exit 127 at once. The environment is one the check would run in (a Python, a config): it prints
+    "[submit] checking" before it starts that Python, so an empty stdout says it never ran."""
+    run_dir = tmp_path / "runs" / "av1"
+    env = _outside_any_environment(PATH=_path_without("sbatch", tmp_path / "bin"), PYTHON=sys.executable,
+                                   CONFIG="launch/configs/demo.yaml", RUN_DIR=str(run_dir))
+    done = subprocess.run([str(REPO / "slurm" / "submit.sh"), "--time=10", str(REPO / "slurm" / "pretrain_av.sh"),
+                           "run.max_steps=5"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 127, done.stdout + done.stderr
+    assert "no sbatch on PATH" in done.stderr and "Nothing was checked or created" in done.stderr
+    assert done.stdout == ""
+    assert not (tmp_path / "runs").exists()
+
+
+def test_continual_without_sbatch_fails_before_the_check_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    """A phases file the check refuses (exit 2): without sbatch the launcher stops first, with 127; a dry run needs
+    no sbatch and checks it."""
+    phases = write_phases(tmp_path / "phases.yaml", [], run_root=str(tmp_path / "chain"))
+    monkeypatch.setenv("PATH", _path_without("sbatch", tmp_path / "bin"))
+    assert continual_main([str(phases)]) == 127
+    assert "no sbatch on PATH" in capsys.readouterr().err
+    assert not (tmp_path / "chain").exists()
+    assert continual_main([str(phases), "--dry-run"]) == 2
+    assert "'phases' is empty" in capsys.readouterr().err
+
+
+def test_continual_help_exits_0_and_names_the_exit_codes():
+    done = subprocess.run([str(REPO / "slurm" / "continual.sh"), "--help"], cwd=REPO, env=_outside_any_environment(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m trainer.programs.continual") and "127 no ``sbatch``" in done.stdout
 
 
 def test_continual_dry_run_works_without_an_active_environment():

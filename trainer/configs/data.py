@@ -60,7 +60,8 @@ class DataConfig:
     # "memory": in-memory tensors passed by a program to trainer.loop.train (the synthetic benchmarks)
     kind: Literal["clips", "features", "memory"] = "clips"
     # kind "features": the modalities whose {modality}.npy members are read (and batched under that key)
-    feature_modalities: list[str] = field(default_factory=lambda: list(FEATURE_MODALITIES))
+    feature_modalities: list[str] = field(default_factory=lambda: list(FEATURE_MODALITIES),
+                                          metadata={"choices": FEATURE_MODALITIES})
     # the shards' manifest.json (per-shard counts; feature shapes for kind "features"); default: next to
     # the first local shard. Not read for kind "clips" in resampled mode.
     manifest: str = field(default="", metadata={"path": True})

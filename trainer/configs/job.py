@@ -104,7 +104,8 @@ class JobConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     backbones: str = field(default="launch/configs/backbones/tiny.yaml", metadata={"path": True})
-    task: str = "unicode"
+    # which task trains: it fixes the keys of the model section (its name is looked up in TASK_CONFIGS)
+    task: str = field(default="unicode", metadata={"choices": TASK_CONFIGS})
     # typed by the task: TASK_CONFIGS[task] (a mapping given to the constructor is typed in __post_init__)
     model: ModelConfig = field(default_factory=dict, metadata={"schema": lambda job: model_config_class(job["task"])})
     optim: OptimConfig = field(default_factory=OptimConfig)

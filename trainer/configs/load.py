@@ -10,7 +10,10 @@ Rules (torchtitan style):
   the dotted key and the file or override it came from (an unknown key with the known keys closest to it);
 - ``to_dict`` gives the resolved config back (saved in the run directory, flattened for MLflow params);
 - a section whose type depends on sibling keys (the job's ``model``, typed by its ``task``) declares
-  ``metadata={"schema": f}``: ``f(values)`` gets the sibling values (given or default) and returns the type.
+  ``metadata={"schema": f}``: ``f(values)`` gets the sibling values (given or default) and returns the type;
+- a key whose values are a fixed set is a ``Literal[...]``; one checked against a fixed set elsewhere (by its
+  class's ``__post_init__``, a registry's lookup) names that set in ``metadata={"choices": collection}``. Either
+  way ``key_choices`` reads them, and ``cmg train --help`` lists them from there.
 
 Relative paths. A field declared with ``metadata={"path": True}`` holds a path (``data.urls``: several, '::'-joined;
 a ``pipe:`` command or a URL is left alone). Written in a config file, or left at its default, a relative path names
@@ -127,6 +130,30 @@ def _coerce(value: Any, tp: Any, key: str, source: str, errors: list[str] | None
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Choices:
+    values: tuple[Any, ...]
+    items: bool   # the key holds a list, and each item is one of the values
+
+
+def key_choices(cls: type, f: dataclasses.Field) -> Choices | None:
+    """The values config key ``f`` (a field of ``cls``) accepts when they are a fixed set, from what checks them:
+    ``f.metadata["choices"]`` (a set checked outside ``_coerce``), else the ``Literal[...]`` of its annotation,
+    which ``_coerce`` enforces, also inside ``X | None`` and as the items of a list; None for any other key."""
+    tp = get_type_hints(cls)[f.name]
+    if get_origin(tp) in (Union, types.UnionType):
+        options = [option for option in get_args(tp) if option is not type(None)]
+        tp = options[0] if len(options) == 1 else tp
+    items = get_origin(tp) in (list, tuple, Sequence)
+    if items:
+        tp = get_args(tp)[0] if get_args(tp) else Any
+    if "choices" in f.metadata:
+        return Choices(tuple(f.metadata["choices"]), items)
+    if get_origin(tp) is Literal:
+        return Choices(get_args(tp), items)
+    return None
 
 
 def build_config(cls: type[T], data: Mapping[str, Any], prefix: str = "", source: str = "a mapping") -> T:

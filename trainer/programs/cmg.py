@@ -37,7 +37,8 @@ from typing import Any
 
 import yaml
 
-from trainer.configs.load import to_dict
+from trainer.configs.load import ConfigError, key_choices, parse_override, read_yaml, to_dict
+from trainer.configs.model import TASK_CONFIGS, model_config_class
 from trainer.configs.eval import PRETRAIN_SETS, TASKS, SourceConfig, TOCConfig
 from trainer.help_text import HelpFormatter, module_docstring
 
@@ -164,8 +165,19 @@ def _text(value: Any) -> str:
     return yaml.safe_dump(to_dict(value), default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
 
+def _choices_text(cls: type, f: dataclasses.Field) -> str:
+    """The values key ``f`` of ``cls`` accepts, when they are a fixed set (trainer.configs.load.key_choices):
+    ``{a, b}``, or ``items from {a, b}`` for a list."""
+    choices = key_choices(cls, f)
+    if choices is None:
+        return ""
+    values = "{" + ", ".join(_text(v) for v in choices.values) + "}"
+    return f"items from {values}" if choices.items else values
+
+
 def _key_lines(cfg: Any, prefix: str, width: int, only: str = "") -> list[str]:
-    """``key=default`` and its doc for every field of ``cfg`` (``only``: that field), nested sections flattened."""
+    """``key=default``, its choices and its doc for every field of ``cfg`` (``only``: that field), nested sections
+    flattened."""
     lines = []
     docs = field_docs(type(cfg))
     for f in dataclasses.fields(cfg):
@@ -175,7 +187,8 @@ def _key_lines(cfg: Any, prefix: str, width: int, only: str = "") -> list[str]:
         if dataclasses.is_dataclass(value):
             lines += _key_lines(value, key + ".", width)
             continue
-        head, doc = f"  {key}={_text(value)}", docs.get(f.name, "")
+        head = f"  {key}={_text(value)}"
+        doc = "  ".join(text for text in (_choices_text(type(cfg), f), docs.get(f.name, "")) if text)
         if doc and len(head) < 46:
             lines += textwrap.wrap(doc, width, initial_indent=head.ljust(47), subsequent_indent=" " * 47)
         else:
@@ -184,20 +197,22 @@ def _key_lines(cfg: Any, prefix: str, width: int, only: str = "") -> list[str]:
     return lines
 
 
-def config_reference(width: int = 118) -> str:
-    """Every key of the job config (trainer.configs.job.JobConfig) with its default and doc: one block per section;
-    the ``model`` section once per registered task (trainer.configs.model.TASK_CONFIGS), since the task types it."""
+def config_reference(task: str = "", width: int = 118, note: str = "") -> str:
+    """Every key of the job config (trainer.configs.job.JobConfig) with its default, choices and doc: one block per
+    section; the ``model`` section of ``task`` (trainer.configs.model.TASK_CONFIGS; "": the default task), since
+    the task types it, with ``note`` under its heading."""
     from trainer.configs.job import JobConfig
-    from trainer.configs.model import TASK_CONFIGS
 
     job, docs, blocks = JobConfig(), field_docs(JobConfig), []
+    task = task or job.task
     for f in dataclasses.fields(job):
         value = getattr(job, f.name)
         if "schema" in f.metadata:
-            for task, config in TASK_CONFIGS.items():
-                summary = (config.__doc__ or "").split("\n\n")[0].replace("\n", " ")
-                blocks.append(f"{f.name} (task={task}: {config.__name__}, {config.__module__})  {summary}".rstrip())
-                blocks += _key_lines(config(), f.name + ".", width)
+            config = model_config_class(task)
+            summary = (config.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+            blocks.append(f"{f.name} (task={task}: {config.__name__}, {config.__module__})  {summary}".rstrip())
+            blocks += textwrap.wrap(note, width, initial_indent="  ", subsequent_indent="  ") if note else []
+            blocks += _key_lines(config(), f.name + ".", width)
         elif dataclasses.is_dataclass(value):
             blocks.append(f"{f.name} ({type(value).__name__}, {type(value).__module__})  {docs.get(f.name, '')}"
                           .rstrip())
@@ -209,25 +224,62 @@ def config_reference(width: int = 118) -> str:
 
 
 # ---------------------------------------------------------------------- cmg train
-class _TrainParser(argparse.ArgumentParser):
-    """The config reference is read from the source only when the help is printed, not at every job start."""
-
-    def format_help(self) -> str:
-        sections = module_docstring("trainer.configs.job").split("\n\n")[1]
-        self.epilog = ("config sections (of --config YAML files; key=value overrides, e.g. run.max_steps=200):\n"
-                       f"{sections}\n\nconfig keys and their defaults:\n{config_reference()}")
-        return super().format_help()
-
-
-def train_parser() -> argparse.ArgumentParser:
-    parser = _TrainParser(prog="trainer/main.py", description=module_docstring("trainer.main"),
-                          formatter_class=HelpFormatter)
+def _train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="experiment YAML (launch/configs/*.yaml); defaults if omitted")
     parser.add_argument("--resume", help="'auto' (default: latest complete checkpoint of run.dir), '' or a path")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved job (model dims from the data source, backbones) and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. run.max_steps=200 data.batch_size=16")
     return parser
+
+
+def help_task(argv: Sequence[str]) -> tuple[str, str]:
+    """The task whose ``model`` keys ``cmg train ARGV --help`` lists, and where it comes from: the last override
+    ``task=NAME``, else the ``task`` of the ``--config`` file, else the job's default. ``ConfigError`` (an
+    unreadable file or override) or ``KeyError`` (an unknown task, with the known ones) otherwise."""
+    from trainer.configs.job import JobConfig
+
+    scan = _train_arguments(argparse.ArgumentParser(add_help=False))
+    args, _ = scan.parse_known_intermixed_args([a for a in argv if a not in ("-h", "--help")])
+    task, origin = JobConfig().task, "the default task"
+    if args.config and "task" in (data := read_yaml(args.config)):
+        task, origin = data["task"], f"the task of --config {args.config}"
+    for text in args.overrides:
+        if "task" in (tree := parse_override(text)):
+            task, origin = tree["task"], f"from the override {text}"
+    model_config_class(task)
+    return task, origin
+
+
+class _TrainParser(argparse.ArgumentParser):
+    """The config reference is read from the source only when the help is printed, not at every job start; its
+    ``model`` section is the one of the task the command line names (``help_task``), the other tasks' are a
+    ``task=NAME --help`` away."""
+
+    argv: Sequence[str] = ()
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.argv = list(sys.argv[1:] if args is None else args)   # what --help reads the task from
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        try:
+            task, origin = help_task(self.argv)
+        except (ConfigError, KeyError) as err:
+            self.error(str(err.args[0] if isinstance(err, KeyError) else err))
+        others = ", ".join(name for name in TASK_CONFIGS if name != task)
+        note = (f"(the model keys of task {task}, {origin}; another task's: {self.prog} task=NAME --help, NAME one "
+                f"of {others}; or --config JOB.yaml --help for the task of a job file)")
+        sections = module_docstring("trainer.configs.job").split("\n\n")[1]
+        self.epilog = ("config sections (of --config YAML files; key=value overrides, e.g. run.max_steps=200):\n"
+                       f"{sections}\n\nconfig keys, their defaults and {{choices}}:\n"
+                       f"{config_reference(task, note=note)}")
+        return super().format_help()
+
+
+def train_parser() -> argparse.ArgumentParser:
+    return _train_arguments(_TrainParser(prog="trainer/main.py", description=module_docstring("trainer.main"),
+                                         formatter_class=HelpFormatter))
 
 
 # ---------------------------------------------------------------------- cmg eval

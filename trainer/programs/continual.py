@@ -32,7 +32,12 @@ exit code 2, not hours later in phase 3), and checked as the job checks it at st
 (``trainer.job.validate_job``: the batch size, the backbones file, an explicit ``run.resume`` and the first
 phase's ``init_from``), but for the shards, which each phase's job checks when it starts (they need not be
 visible, or staged yet, at submission). If sbatch refuses a phase, the phases already submitted are
-cancelled and the exit code is 1.
+cancelled, the directories made for the job logs are removed again if they are still empty, and the exit code is 1.
+
+Exit codes: 0 submitted (or, with --dry-run, checked); 2 a bad phases file or job config, nothing submitted;
+1 sbatch refused a phase; 127 no ``sbatch`` on PATH (without --dry-run): found before anything is checked or
+created, and kept apart from 2 because the phases may be fine: this host cannot submit (the shell's status for a
+command not found; slurm/submit.sh answers the same).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import dataclasses
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -161,13 +167,16 @@ def plan(cfg: ContinualConfig, source: str) -> list[PhaseJob]:
 def submit(jobs: list[PhaseJob]) -> list[str]:
     """sbatch every phase after the previous one; on a refusal cancel what was submitted and raise."""
     ids: list[str] = []
-    jobs[0].run_dir.parent.mkdir(parents=True, exist_ok=True)   # the job logs go there
+    logs = jobs[0].run_dir.parent   # the job logs go there; Slurm opens them before a job starts
+    made = [d for d in (logs, *logs.parents) if not d.exists()]   # deepest first
+    logs.mkdir(parents=True, exist_ok=True)
     for job in jobs:
         result = subprocess.run(job.command(ids[-1] if ids else None), cwd=REPO, env={**os.environ, **job.env},
                                 capture_output=True, text=True)
         if result.returncode != 0:
             if ids:
                 subprocess.run(["scancel", *ids], capture_output=True)
+            _remove_empty(made)
             cancelled = f"; cancelled the phases already submitted (jobs {', '.join(ids)})" if ids else ""
             raise RuntimeError(f"sbatch refused phase {job.name!r} (exit {result.returncode}): "
                                f"{result.stderr.strip()}{cancelled}")
@@ -176,12 +185,26 @@ def submit(jobs: list[PhaseJob]) -> list[str]:
     return ids
 
 
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove ``dirs`` (deepest first) while they are empty: a job that did start keeps its log."""
+    for directory in dirs:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.programs.continual", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("phases", help="phases YAML, e.g. launch/configs/continual_vt_at_it.yaml")
     parser.add_argument("--dry-run", action="store_true", help="check everything and print the sbatch commands")
     args = parser.parse_args(argv)
+    if not args.dry_run and shutil.which("sbatch") is None:
+        print("error: no sbatch on PATH: this host cannot submit Slurm jobs; run this where Slurm's commands are "
+              "(a login node of the cluster, or after loading its Slurm module), or check the phases with --dry-run. "
+              "Nothing was checked or created (exit 127)", file=sys.stderr)
+        return 127
     try:
         jobs = plan(load_config(ContinualConfig, args.phases), args.phases)
     except ConfigError as err:
