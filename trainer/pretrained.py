@@ -41,6 +41,7 @@ Export format (``EXPORT_FORMAT``), a directory:
 
 The backbones' weights are not copied: a hub id is fetched as in training, a local path must exist where the record
 says (or ``from_pretrained(..., backbones=YAML)`` points elsewhere; the fingerprints are checked all the same).
+Every file is written atomically with the mode the umask gives a new file (``trainer.atomic_write``).
 """
 
 from __future__ import annotations
