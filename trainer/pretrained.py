@@ -41,6 +41,7 @@ Export format (``EXPORT_FORMAT``), a directory:
 
 The backbones' weights are not copied: a hub id is fetched as in training, a local path must exist where the record
 says (or ``from_pretrained(..., backbones=YAML)`` points elsewhere; the fingerprints are checked all the same).
+Every file is written atomically with the mode the umask gives a new file (``trainer.atomic_write``).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ from trainer.backbones import FrozenBackbones, backbones_config_from_dict, load_
 from trainer.data.decode import WholeClip
 from trainer.data.media_decoders import decode_image, decode_whole_audio, decode_whole_video
 from trainer.configs.data import DecodeConfig
-from trainer.eval.frozen_codes import encode_features, frozen_model, load_pretrained
+from trainer.atomic_write import write_atomic
+from trainer.eval.frozen_codes import compute_dtype, encode_features, frozen_model, load_pretrained
 from trainer.models.inputs import mask_key
 
 EXPORT_FORMAT = "cmg-trainer-pretrained/1"
@@ -73,6 +75,8 @@ WEIGHTS_FILE = "model.safetensors"
 CODEBOOK_TENSOR = "quantizer.codebook"
 # batch key of each data stream (trainer/data/collate.py)
 STREAM_INPUT = {"video": "video", "audio": "audio", "image": "image", "text": "caption"}
+# what the task model may compute in (``CMGModel``'s docstring)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # What ``encode`` takes for a video, an audio track or an image: a file path, the file's bytes (mp4; wav/flac for
 # audio; jpg/png/webp for an image), a decoded clip (video (t f h w 3) uint8, audio (t s) float) or image
@@ -85,31 +89,49 @@ class Codes:
     """One modality's encoding of a batch of clips (CPU tensors)."""
 
     codes: Tensor                 # (b t) int64: the code of each segment (text: each token); -1 past a clip's end
-    quantized: Tensor             # (b t D) the codes' vectors e[codes]
-    semantic: Tensor              # (b t D) the semantic vectors z^m the codes were chosen for
+    quantized: Tensor             # (b t D) float32: the codes' vectors e[codes]
+    semantic: Tensor              # (b t D) float32: the semantic vectors z^m the codes were chosen for
     mask: Tensor | None = None    # (b t) bool, True = a real segment or token; None: every segment is real
 
 
 class CMGModel:
-    """A frozen codebook model and its frozen backbones; build it with ``from_pretrained``."""
+    """A frozen codebook model and its frozen backbones; build it with ``from_pretrained``.
+
+    Inference only: the weights are frozen and the model is always in eval mode (``eval()`` returns it as it is);
+    ``train()`` refuses, since training it further means the trainer's loop, optimizer and codebook updates (a new run
+    from its checkpoint: ``run.init_from``, docs/training.md). Codes are computed under ``torch.no_grad``, not
+    ``inference_mode``: the vectors it returns are ordinary tensors a probe trained on them may use in autograd.
+
+    ``to(device)`` / ``to(dtype)`` / ``to(device, dtype)`` move or cast it in place and return it, as
+    ``nn.Module.to`` does. The dtype (``dtype``; float32 by default, or ``from_pretrained(..., dtype=)``) is the one the
+    task model's encoders compute in; the codebook and the nearest-code search stay float32 whatever it is, as in
+    bf16 training (``MMEMAQuantizer.distances``). bfloat16 and float16 round the semantic vectors, so a vector nearly
+    equidistant from two codes may get the other one: float32 gives exactly the codes evaluation gives, a lower
+    dtype mostly the same (docs/codes.md, "Devices and dtypes"). A cast is lossy: casting back to float32 does not
+    bring the weights back (load the model again). The backbones keep the dtype they were loaded in, which their
+    recorded fingerprint covers (``BackboneConfig.dtype``); a move loads them on the new device in that dtype.
+    """
 
     def __init__(self, model: nn.Module, task: str, model_config: dict[str, Any], decode: DecodeConfig,
-                 backbones: FrozenBackbones | None, source: dict[str, Any]):
+                 backbones: FrozenBackbones | None, source: dict[str, Any], loaded_from: Path | None = None):
         self.model, self.task, self.model_config = model, task, model_config
-        self.decode, self.backbones, self.source = decode, backbones, source
+        self.decode, self.backbones, self.source, self.loaded_from = decode, backbones, source, loaded_from
         self.streams = modality_streams(model, model_config)
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
-                        backbones: str | Path | None = None) -> CMGModel:
+                        backbones: str | Path | None = None, dtype: torch.dtype | str = torch.float32) -> CMGModel:
         """The model of an export directory (``save_pretrained``), or of a checkpoint: a run, checkpoints or step
         directory, or a ``model.pt`` (as ``trainer.eval.frozen_codes.load_pretrained`` resolves them).
 
+        ``device``: where it runs, refused before anything is read unless this machine has it (``ValueError``).
         ``backbones``: a backbones YAML to load the frozen backbones from instead of the recorded specs (weights
         moved, or a model trained on feature shards that names none); recorded fingerprints are still enforced.
+        ``dtype``: what the task model computes in (``DTYPES``; the class docstring says what it changes). Named
+        as transformers names it since 4.56 (``dtype``, formerly ``torch_dtype``) and as ``BackboneConfig.dtype``.
         """
-        path, device = Path(path), torch.device(device)
+        path, device, dtype = Path(path), available_device(device), model_dtype(dtype)
         if is_export(path):
             config = read_export_config(path)
             state = safetensors.torch.load_file(path / WEIGHTS_FILE)
@@ -124,15 +146,17 @@ class CMGModel:
             source = {"checkpoint": str(pretrained.checkpoint.resolve()), "step": pretrained.step}
             base_dir = None
         streams = sorted(set(modality_streams(model, model_config).values()))
-        return cls(model.to(device), task, model_config, decode,
-                   frozen_backbones(records, streams, backbones, base_dir, device), source)
+        return cls(_cast(model, dtype).to(device), task, model_config, decode,
+                   frozen_backbones(records, streams, backbones, base_dir, device), source, path)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the export directory (module docstring): ``model.safetensors`` and ``config.json``."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         state = {name: t.detach().cpu().contiguous() for name, t in self.model.state_dict().items()}
-        safetensors.torch.save_file(state, out / WEIGHTS_FILE, metadata={"format": EXPORT_FORMAT})
+        # bytes, written by write_atomic: safetensors' save_file leaves the file 0o600 whatever the umask
+        # (trainer/atomic_write.py); the task model is small, the backbones' weights are not in it
+        write_atomic(out / WEIGHTS_FILE, safetensors.torch.save(state, metadata={"format": EXPORT_FORMAT}))
         records = None if self.backbones is None else _portable(self.backbones.describe(), out)
         codebook = self.codebook
         config = {
@@ -142,13 +166,61 @@ class CMGModel:
             "codebook": {"tensor": CODEBOOK_TENSOR, "num_codes": codebook.shape[0], "dim": codebook.shape[1]},
             "source": self.source,
         }
-        (out / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+        write_atomic(out / CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode())
         return out
 
-    # ------------------------------------------------------------------ what it is
+    # ------------------------------------------------------------------ where it runs, and how
+    def to(self, *args: str | torch.device | torch.dtype, device: str | torch.device | None = None,
+           dtype: torch.dtype | str | None = None) -> CMGModel:
+        """Move it to ``device`` and/or cast the task model to ``dtype``, in place, like ``nn.Module.to``:
+        ``to("cuda")``, ``to(torch.bfloat16)``, ``to("cuda", torch.bfloat16)``. The backbones move with it, in their
+        own dtype (class docstring). An unavailable device is refused (``ValueError``) before anything moves."""
+        dtypes = [a for a in args if isinstance(a, torch.dtype)]
+        devices = [a for a in args if not isinstance(a, torch.dtype)]
+        if len(dtypes) + (dtype is not None) > 1 or len(devices) + (device is not None) > 1:
+            raise TypeError(f"to() takes one device and/or one dtype, got {args}, device={device}, dtype={dtype}")
+        device, dtype = next(iter(devices), device), next(iter(dtypes), dtype)
+        if device is not None:
+            device = available_device(device)
+            backbones = None if self.backbones is None else self.backbones.on(device)
+            self.model.to(device)
+            self.backbones = backbones
+        if dtype is not None:
+            _cast(self.model, model_dtype(dtype))
+        return self
+
+    def eval(self) -> CMGModel:
+        """It as it is: a CMGModel is always in eval mode (class docstring)."""
+        return self
+
+    def train(self, mode: bool = True) -> CMGModel:
+        """``train(False)`` is ``eval()``; ``train()`` refuses: a CMGModel is inference-only (class docstring)."""
+        if mode:
+            raise RuntimeError(f"a CMGModel is inference-only (frozen weights, always in eval mode): to train it "
+                               f"further, start a run from its checkpoint ({self.source.get('checkpoint')}) with "
+                               "run.init_from=<checkpoint> (docs/training.md)")
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.model.quantizer.codebook.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the task model's encoders compute in (the codebook stays float32)."""
+        return compute_dtype(self.model)
+
+    # ------------------------------------------------------------------ what it is
+    def __repr__(self) -> str:
+        codebook = self.codebook
+        backbones = {} if self.backbones is None else {
+            s: f"{e.cfg.family} {e.cfg.name_or_path or f'(random init, seed {e.cfg.seed})'} "
+               f"{str(e.dtype).removeprefix('torch.')}" for s, e in self.backbones.encoders.items()}
+        return (f"CMGModel(task={self.task!r}, modalities={self.modalities}, "
+                f"codebook={codebook.shape[0]} codes x {codebook.shape[1]} dims, backbones={backbones}, "
+                f"device={self.device}, dtype={str(self.dtype).removeprefix('torch.')}, "
+                f"loaded_from={None if self.loaded_from is None else str(self.loaded_from)!r}, "
+                f"checkpoint={self.source.get('checkpoint')!r}, step={self.source.get('step')})")
 
     @property
     def codebook(self) -> Tensor:
@@ -283,7 +355,8 @@ class CMGModel:
         for m, e in encoded.items():
             mask = inputs.get(mask_key(m))
             codes = e.codes if mask is None else e.codes.masked_fill(~mask, -1)
-            out[m] = Codes(codes.cpu(), e.quantized.cpu(), e.semantic.cpu(), None if mask is None else mask.cpu())
+            out[m] = Codes(codes.cpu(), e.quantized.float().cpu(), e.semantic.float().cpu(),
+                           None if mask is None else mask.cpu())
         return out
 
 
@@ -292,6 +365,51 @@ def modality_streams(model: nn.Module, model_config: Mapping[str, Any]) -> dict[
     a COMET phase trained a stream under another name (``rename``, e.g. video -> image)."""
     renamed = {name: stream for stream, name in model_config.get("rename", {}).items()}
     return {m: renamed.get(m, m) for m in model.downstream_modalities}
+
+
+# ---------------------------------------------------------------------- devices and dtypes
+def available_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, refused (``ValueError``, one line naming what this machine has) unless it is
+    here: the CPU, or an index of this machine's accelerator (CUDA, ...). An accelerator without an index is its
+    current one (``cuda`` -> ``cuda:0``), so that one device has one name."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device torch knows: {err}") from None
+    if device.type == "cpu":
+        return device
+    accelerator = torch.accelerator.current_accelerator()
+    count = torch.accelerator.device_count() if accelerator is not None and accelerator.type == device.type else 0
+    if count == 0:
+        backend = getattr(torch, device.type, None)
+        why = f"torch.{device.type}.is_available() is False" if hasattr(backend, "is_available") else \
+            f"no {device.type} device"
+        have = "" if accelerator is None else f", {accelerator.type}"
+        raise ValueError(f"device '{device}' is not available here ({why}; this machine has cpu{have}); "
+                         f"use device='cpu'" + (f" or '{accelerator.type}'" if accelerator is not None else ""))
+    index = torch.accelerator.current_device_index() if device.index is None else device.index
+    if index >= count:
+        raise ValueError(f"device '{device}' is not available here: this machine has {count} {device.type} "
+                         f"device(s), {device.type}:0 to {device.type}:{count - 1}")
+    return torch.device(device.type, index)
+
+
+def model_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``dtype`` (a torch dtype or its name, ``"bfloat16"``) if the task model may compute in it (``DTYPES``)."""
+    found = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if found not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: a CMGModel computes in one of {[str(d) for d in DTYPES]}")
+    return found
+
+
+def _cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``model`` with every submodule but the quantizer cast to ``dtype``, in place: the codebook and its statistics
+    stay float32, as a bf16 engine leaves them (``CodebookTask.attach_engine_``); casting them too would round the
+    codebook. (A task model keeps its tensors in submodules: tests/unit/test_pretrained.py checks every task.)"""
+    for child in model.children():
+        if child is not model.quantizer:
+            child.to(dtype)
+    return model
 
 
 # ---------------------------------------------------------------------- the export format
@@ -326,10 +444,11 @@ def _portable(records: dict[str, Any], out: Path) -> dict[str, Any]:
             continue   # none, or a hub id
         target = out / "backbones" / stream / Path(tokenizer).name
         target.parent.mkdir(parents=True, exist_ok=True)
+        # copyfile: a new file gets the mode the umask gives (trainer/atomic_write.py), not the source's
         if Path(tokenizer).is_dir():
-            shutil.copytree(tokenizer, target, dirs_exist_ok=True)
+            shutil.copytree(tokenizer, target, copy_function=shutil.copyfile, dirs_exist_ok=True)
         else:
-            shutil.copy2(tokenizer, target)
+            shutil.copyfile(tokenizer, target)
         record["backbone_config"]["tokenizer"] = "./" + target.relative_to(out).as_posix()
     return records
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -143,6 +144,111 @@ def test_from_pretrained_refuses_backbones_that_differ_from_the_recorded_ones(ru
     (tmp_path / "export" / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ValueError, match="audio backbone differs in weights_sha256"):
         CMGModel.from_pretrained(tmp_path / "export")
+
+
+# ---------------------------------------------------------------------- devices, dtypes, modes, repr, file modes
+def test_to_and_eval_return_the_model_and_float32_gives_the_codes_evaluation_gives(runs, corpus, evaluation_codes):
+    model = CMGModel.from_pretrained(runs["unicode"], dtype=torch.float32)
+    assert model.to("cpu") is model and model.to(torch.float32) is model and model.to("cpu", torch.float32) is model
+    assert model.eval() is model and model.train(False) is model
+    assert model.device == torch.device("cpu") and model.dtype == torch.float32
+    out = model.encode(**_inputs(model, corpus))
+    for m, codes in out.items():
+        assert torch.equal(codes.codes, evaluation_codes["unicode"][m]), m
+    with pytest.raises(RuntimeError, match=r"inference-only .* run\.init_from"):
+        model.train()
+    with pytest.raises(TypeError, match="one device and/or one dtype"):
+        model.to(torch.float16, torch.bfloat16)
+    with pytest.raises(ValueError, match="computes in one of"):
+        CMGModel.from_pretrained(runs["unicode"], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("task", TASKS)
+def test_a_lower_dtype_gives_codes_of_the_same_shape_mostly_equal_from_the_float32_codebook(task, dtype, runs, corpus,
+                                                                                         evaluation_codes):
+    model = CMGModel.from_pretrained(runs[task], dtype=dtype)
+    assert model.dtype == dtype
+    for name, tensor in [*model.model.named_parameters(), *model.model.named_buffers()]:
+        if tensor.is_floating_point():   # the codebook and its statistics stay float32; every other tensor is cast
+            assert tensor.dtype == (torch.float32 if name.startswith("quantizer.") else dtype), name
+    out = model.encode(**_inputs(model, corpus))
+    for m, codes in out.items():
+        expected = evaluation_codes[task][m]
+        real = expected >= 0
+        assert codes.codes.shape == expected.shape and torch.equal(codes.codes >= 0, real), m
+        assert codes.semantic.dtype == codes.quantized.dtype == torch.float32
+        assert torch.equal(codes.quantized[real], model.codebook[codes.codes[real]])
+        # measured on these clips: docs/codes.md, "Devices and dtypes"; a broken cast agrees about 1 time in 8
+        assert (codes.codes[real] == expected[real]).float().mean() >= 0.9, m
+    # a float32 model cast afterwards is the same model
+    cast = CMGModel.from_pretrained(runs[task]).to(dtype)
+    assert all(torch.equal(c.codes, out[m].codes) for m, c in cast.encode(**_inputs(cast, corpus)).items())
+
+
+def test_repr_names_task_modalities_codebook_backbones_device_dtype_and_source(runs, tmp_path):
+    model = CMGModel.from_pretrained(runs["fccid"])
+    checkpoint = str(load_pretrained(runs["fccid"]).checkpoint.resolve())
+    assert repr(model) == (
+        "CMGModel(task='fccid', modalities=['audio', 'video', 'text'], codebook=8 codes x 16 dims, "
+        "backbones={'video': 'clip_vision (random init, seed 0) float32', 'audio': 'ast (random init, seed 0) "
+        f"float32', 'text': 'bert (random init, seed 0) float32'}}, device=cpu, dtype=float32, "
+        f"loaded_from={str(runs['fccid'])!r}, checkpoint={checkpoint!r}, step=2)")
+    model.save_pretrained(tmp_path / "export")
+    again = CMGModel.from_pretrained(tmp_path / "export", dtype="bfloat16")
+    assert f"dtype=bfloat16, loaded_from={str(tmp_path / 'export')!r}, checkpoint={checkpoint!r}, step=2)" in \
+        repr(again)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the device error needs a machine without CUDA")
+def test_an_unavailable_device_is_refused_naming_it_before_anything_is_read(runs, corpus, tmp_path, capsys):
+    refused = r"device 'cuda' is not available here \(torch\.cuda\.is_available\(\) is False; this machine has " \
+              r"cpu\); use device='cpu'"
+    with pytest.raises(ValueError, match=refused):    # before the path is read: it does not exist
+        CMGModel.from_pretrained(tmp_path / "no-such-run", device="cuda")
+    model = CMGModel.from_pretrained(runs["unicode"])
+    with pytest.raises(ValueError, match=refused.replace("'cuda'", "'cuda:1'")):
+        model.to("cuda:1")
+    assert model.device == torch.device("cpu") and model.backbones.device == torch.device("cpu")
+    out = tmp_path / "codes.npz"
+    assert encode_main([str(runs["unicode"]), str(corpus.mp4s()[0]), "--out", str(out), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(refused, err) and not out.exists(), err
+
+
+def test_a_device_torch_does_not_know_is_refused_by_the_api_and_cmg_encode(runs, corpus, tmp_path, capsys):
+    with pytest.raises(ValueError, match="device 'gpu' is not a device torch knows"):
+        CMGModel.from_pretrained(runs["unicode"], device="gpu")
+    assert encode_main([str(runs["unicode"]), str(corpus.mp4s()[0]), "--out", str(tmp_path / "c.npz"),
+                        "--device", "gpu"]) == 2
+    assert "is not a device torch knows" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_cuda_moves_the_model_and_the_backbones_in_their_dtype(runs, corpus, evaluation_codes):
+    model = CMGModel.from_pretrained(runs["unicode"])
+    assert model.to("cuda") is model and model.device == torch.device("cuda", torch.cuda.current_device())
+    assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in model.backbones.parameters())
+    out = model.encode(**_inputs(model, corpus))
+    assert all(codes.codes.shape == evaluation_codes["unicode"][m].shape for m, codes in out.items())
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_exports_and_codes_are_created_with_the_mode_the_umask_gives(umask, mode, runs, corpus, tmp_path):
+    """Not safetensors' 0o600 whatever the umask: teammates on a shared cluster read the export (atomic_write.py)."""
+    before = os.umask(umask)
+    try:
+        export = CMGModel.from_pretrained(runs["comet"]).save_pretrained(tmp_path / "export")
+        out = tmp_path / "codes.npz"
+        assert encode_main([str(export), str(corpus.clips), "--out", str(out), "--num-workers", "0",
+                            "--no-progress"]) == 0
+    finally:
+        os.umask(before)
+    written = [p for p in [*export.rglob("*"), *tmp_path.glob("codes*")] if p.is_file()]
+    assert {p.name for p in written} >= {WEIGHTS_FILE, CONFIG_FILE, "tiny-wordpiece-vocab.txt", "codes.npz",
+                                         "codes.manifest.json"}
+    assert {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in written} == \
+        {p.relative_to(tmp_path).as_posix(): oct(mode) for p in written}
 
 
 def _cli_codes(path: Path, modalities) -> dict[str, dict[str, np.ndarray]]:

@@ -50,6 +50,20 @@ class FrozenBackbones:
         self.device = torch.device(device)
         self.encoders: dict[str, FrozenEncoder] = {m: load_backbone(c, self.device, m) for m, c in cfg.items()}
 
+    def on(self, device: torch.device | str) -> FrozenBackbones:
+        """These backbones on ``device`` (``self`` if they are there): the same weights in the same dtype, each
+        encoder's resolved dtype pinned in its config (``auto`` would resolve anew on the device: bf16 on CUDA, fp32
+        on the CPU, and the fingerprint covers the dtype), loaded once per process there as every encoder is (the
+        shared instances here are left where they are), and refused unless their fingerprints match these."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        pinned = dataclasses.replace(self.config, **{
+            m: dataclasses.replace(e.cfg, dtype=str(e.dtype).removeprefix("torch.")) for m, e in self.encoders.items()})
+        moved = FrozenBackbones(pinned, device)
+        moved.load_state_dict(self.state_dict())
+        return moved
+
     @property
     def modalities(self) -> list[str]:
         return list(self.encoders)

@@ -81,6 +81,13 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the model's encoders compute in, and take features in: their parameters' (float32 unless cast, as
+    ``CMGModel.to(dtype)`` does). The quantizer holds buffers only, and its codebook and distances stay float32
+    whatever this is (``MMEMAQuantizer.distances``)."""
+    return next(model.parameters()).dtype
+
+
 def frozen_model(task: str, model_config: Mapping[str, Any], state: Mapping[str, Tensor], config_source: str,
                  weights_source: str) -> nn.Module:
     """The model of ``task`` rebuilt from a resolved ``model_config`` (as meta.json holds it) through the task
@@ -243,11 +250,12 @@ def encode_segments(model: nn.Module, modality: str, x: Tensor, mask: Tensor | N
     zero vectors."""
     if model.training:
         raise RuntimeError("encoding needs a frozen model in eval mode (trainer.eval.frozen_codes.freeze)")
+    dtype = compute_dtype(model)
     if real is None and (window is None or x.shape[1] <= window):
         parts = []
         for start in range(0, x.shape[0], batch_size):
             part = slice(start, start + batch_size)
-            features = {modality: x[part].float()}
+            features = {modality: x[part].to(dtype)}
             if mask is not None:
                 features[mask_key(modality)] = mask[part].bool()
             parts.append(model.segment_encoding(features, modality))
@@ -263,7 +271,7 @@ def encode_segments(model: nn.Module, modality: str, x: Tensor, mask: Tensor | N
     for length, pieces in by_length.items():
         for first in range(0, len(pieces), batch_size):
             chunk = pieces[first:first + batch_size]
-            windows = torch.stack([x[i, start:start + length] for i, start in chunk]).float()
+            windows = torch.stack([x[i, start:start + length] for i, start in chunk]).to(dtype)
             encoded = model.segment_encoding({modality: windows}, modality)
             if quantized is None:
                 quantized = encoded.quantized.new_zeros(*x.shape[:2], encoded.quantized.shape[-1])

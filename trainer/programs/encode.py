@@ -72,7 +72,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import webdataset as wds
 from tqdm import tqdm
 
@@ -81,6 +80,7 @@ from trainer.data.raw_batches import ClipFiles, ShardBatches, decoding_loader, r
 from shards.inspect import expand_shard_args
 from shards.write import collect_clips
 from trainer.programs.cmg import encode_parser
+from trainer.atomic_write import write_atomic
 from trainer.data.decode import AUDIO_MEMBERS, IMAGE_MEMBERS, VIDEO_MEMBER, WholeClip, decode_whole_sample
 from trainer.data.features import decode_npy, encode_npy
 from trainer.data.manifest import CODES_FORMAT, MANIFEST_NAME, ShardEntry, ShardManifest
@@ -246,12 +246,6 @@ def _remove_outputs(work: Path, units: list[Unit]) -> None:
             folder.rmdir()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def encode_units(model: CMGModel, units: list[Unit], out: Path, batch_size: int = 16, num_workers: int = 2,
                  rank: int = 0, world_size: int = 1, progress: bool = True) -> dict[str, Any]:
     """Encode this rank's units that are not done yet; returns this rank's counts and seconds."""
@@ -298,7 +292,7 @@ def encode_units(model: CMGModel, units: list[Unit], out: Path, batch_size: int 
                 writer.close()
                 record = {"name": unit.name, "samples": counts[0], "skipped": len(unit_skips),
                           "skipped_inputs": unit_skips, "absent": unit_absent, "source": unit.describe()}
-                _write_atomic(work / UNITS_DIR / f"{index:06d}.json", json.dumps(record).encode())
+                write_atomic(work / UNITS_DIR / f"{index:06d}.json", json.dumps(record).encode())
                 os.replace(tmp, work / unit.name)   # the unit is done once its shard has its name
                 del writers[index]
         bar.close()
@@ -331,7 +325,7 @@ def finish(model: CMGModel, units: list[Unit], out: Path, timeout_s: float = 360
         return manifest
     rows = list(read_codes([str(work / u.name) for u in units], model.modalities))
     table = manifest.to_json() | {"shards": None}   # a table's manifest: no shards
-    _write_atomic(table_manifest(out), (json.dumps(table, indent=1) + "\n").encode())
+    write_atomic(table_manifest(out), (json.dumps(table, indent=1) + "\n").encode())
     write_table(rows, out, model.modalities, model.codebook.numpy(), table)
     shutil.rmtree(work)
     return manifest
@@ -416,8 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.suffix in TABLES and out.is_file():
             print(f"{out} exists: nothing to encode (remove it to encode again)")
             return 0
-        model = CMGModel.from_pretrained(a.model, torch.device(a.device) if a.device else default_device(),
-                                         a.backbones)
+        model = CMGModel.from_pretrained(a.model, a.device or default_device(), a.backbones)   # checks the device
         done = encode_units(model, units, out, a.batch_size, a.num_workers, rank, world_size, not a.no_progress)
         print(f"rank {rank}/{world_size}: {done['clips']} clips in {done['seconds']:.1f} s = "
               f"{done['clips_per_s']:.2f} clips/s (decode in {min(a.num_workers, done['units'])} worker(s), backbones "
