@@ -9,10 +9,11 @@ training" mode once the server answers (``GET /health``): the address works when
 (Ctrl-C, SIGTERM). The store records its artifacts as ``mlflow-artifacts:/...``, which the server resolves against
 ``--artifacts-destination <run_dir>/mlartifacts`` (trainer/tracking.py): a moved or copied run directory opens as it
 is. The server is ``mlflow ui --workers 1`` with ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: MLflow's defaults, 4
-uvicorn workers and a huey consumer process per job queue (GenAI scorers, trace rollups: nothing a training run uses),
-took about a minute to answer on a 2-core machine. Options this program does not know (``--workers 4``, ...) go to
-``mlflow ui``; the variable set in the environment wins. ``--print-only`` prints the command and the address and
-exits. Exit 2 when RUN_DIR has no store (a run that logged to a server: open the server).
+uvicorn workers and a job runner with a huey consumer process per job queue (GenAI scorers, trace rollups: nothing a
+training run uses), took 90 s to answer on a shared 2-core machine, this 22 to 27 s (docs/mlflow.md). Options this
+program does not know (``--workers 4``, ...) go to ``mlflow ui``; the variable set in the environment wins.
+``--print-only`` prints the command and the address and exits. Exit 2 when RUN_DIR has no store (a run that logged
+to a server: open the server).
 """
 
 from __future__ import annotations
