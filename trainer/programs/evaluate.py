@@ -47,7 +47,8 @@ this checkpoint's numbers ("—" where a protocol's data was not given).
 Defaults come from the pretraining run's ``config.yaml`` (shard URLs, decoding, backbones, MLflow store and
 experiment). Results are printed as a table and logged as a child MLflow run of the pretraining run (tag
 ``mlflow.parentRunId`` = ``meta.json["mlflow_run_id"]``) in the run's own tracking store, with the tables and a
-JSON of every number written to ``<run>/evaluation/<checkpoint>[-toc<Q>]/`` and logged as artifacts.
+JSON of every number written to ``<run>/evaluation/<checkpoint>[-toc<Q>]/`` and logged as artifacts, and every number
+as MLflow tables (``results_tables``); the pretraining run gets them as metrics at the checkpoint's step.
 Exit codes: 0 done, 2 bad arguments or data (nothing evaluated).
 """
 
