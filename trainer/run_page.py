@@ -99,10 +99,11 @@ def run_description(job: Mapping[str, Any]) -> str | None:
             "the param `model.loss.<term>`) and its parts per modality or modality pair.\n"
             f"- **{METRIC_SECTIONS['codebook']}/step**: codes used by this optimizer step's assignments, perplexity, "
             "resets; **…/window**: codes classed by the modalities that used them since the previous code-usage "
-            "figure (every `tracking.plot_every` steps; the figures are in Artifacts, `code_usage/`).\n"
+            "figure (every `tracking.plot_every` steps: the image `code_usage`, with a step slider).\n"
             f"- **{METRIC_SECTIONS['data']}**, **{METRIC_SECTIONS['perf']}**, **{METRIC_SECTIONS['optim']}**: samples "
             "seen and skipped, throughput, learning rate and the CLUB estimators' log-likelihood (trained apart from "
-            "the loss). `eval/…`: downstream evaluations of this run's checkpoints.\n\nCPU, memory and GPU are in the "
+            "the loss). `eval/…`: downstream evaluations of this run's checkpoints (each one's table: its child run "
+            "`evaluate-step_N`, Artifacts, `evaluation/results.json`).\n\nCPU, memory and GPU are in the "
             "System metrics tab. <run dir>/metrics.jsonl has the same numbers under the loop's names.")
 
 

@@ -58,6 +58,41 @@ def local_artifacts(tracking_uri: str) -> Path | None:
     return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / LOCAL_ARTIFACTS if sqlite else None
 
 
+def store_client(tracking_uri: str):
+    """MLflow's client of a store. For a sqlite store, one whose run artifacts (``mlflow-artifacts:/...``) are read
+    and written in ``mlartifacts/`` beside it, where ``cmg ui`` serves them from: MLflow's own client resolves that
+    scheme only through a server. Its ``log_image``/``log_table`` build on the three artifact methods overridden here
+    (mlflow/tracking/client.py)."""
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if (root := local_artifacts(tracking_uri)) is None:
+        return MlflowClient(tracking_uri)
+
+    class LocalStoreClient(MlflowClient):
+        def _local_repository(self, run_id: str):
+            uri = self.get_run(run_id).info.artifact_uri
+            if not uri.startswith("mlflow-artifacts:"):   # an older run's own location: MLflow resolves it
+                return None
+            return get_artifact_repository((root / uri.removeprefix("mlflow-artifacts:").lstrip("/")).as_uri())
+
+        def log_artifact(self, run_id, local_path, artifact_path=None):
+            repository = self._local_repository(run_id)
+            return repository.log_artifact(local_path, artifact_path) if repository else \
+                super().log_artifact(run_id, local_path, artifact_path)
+
+        def list_artifacts(self, run_id, path=None):
+            repository = self._local_repository(run_id)
+            return repository.list_artifacts(path) if repository else super().list_artifacts(run_id, path)
+
+        def download_artifacts(self, run_id, path, dst_path=None):
+            repository = self._local_repository(run_id)
+            return repository.download_artifacts(path, dst_path) if repository else \
+                super().download_artifacts(run_id, path, dst_path)
+
+    return LocalStoreClient(tracking_uri)
+
+
 def create_local_store(tracking_uri: str) -> None:
     """A new sqlite store: a copy of an empty one migrated once per machine and MLflow version. MLflow brings a new
     database to its schema by running each of its migrations (alembic; about 2 s of CPU a job here); the copy is
@@ -101,7 +136,7 @@ class Tracker:
         self.cfg, self.active = cfg, active
         self.run_dir, self.local_dir = Path(run_dir), Path(run_dir) / "tracking"   # the artifacts' files
         self.tracking_uri = resolve_tracking_uri(cfg, run_dir)
-        self._run = self._client = self._upload = None   # MLflow's run, client and artifact upload, once started
+        self._run = self._client = None                 # MLflow's run and client, once started
         self._open = self._on = False                    # the run is open / and MLflow answered so far
         self._pending: list[Any] = []                    # RunOperations of the async batches
         self._have: dict[str, set[int]] = {}             # per key, the steps the run had past the resume step
@@ -139,7 +174,7 @@ class Tracker:
             run_id = json.loads(saved.read_text())["run_id"] if resumed_from_step is not None and saved.is_file() \
                 else None
             create_local_store(self.tracking_uri)
-            self._client = mlflow.MlflowClient(self.tracking_uri)
+            self._client = store_client(self.tracking_uri)
             if run_id is not None and not self._resumable(run_id):   # another store now, or a deleted run
                 tags["resumed_from_missing_run"], run_id = run_id, None
             self._run = mlflow.start_run(run_id, None if run_id else self._experiment_id(), nested=True,
@@ -158,14 +193,6 @@ class Tracker:
             self._have = {k: {s for s in steps if s > (resumed_from_step or 0)} for k, steps in self._have.items()}
             self.local_dir.mkdir(parents=True, exist_ok=True)
             (self.local_dir / RUN_FILE).write_text(json.dumps({"run_id": self.run_id}) + "\n")
-            root, artifact_uri = local_artifacts(self.tracking_uri), self._run.info.artifact_uri
-            if root is not None and artifact_uri.startswith("mlflow-artifacts:"):   # no server here: its files
-                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-                path = artifact_uri.removeprefix("mlflow-artifacts:").lstrip("/")
-                self._upload = get_artifact_repository((root / path).as_uri()).log_artifact
-            else:
-                self._upload = lambda path, artifact_dir: self._client.log_artifact(self.run_id, path, artifact_dir)
         except Exception as err:  # noqa: BLE001 - whatever MLflow raises, training goes on
             self._fail(err)
 
@@ -255,7 +282,13 @@ class Tracker:
         """Upload an existing file into ``artifact_dir`` of the run."""
         if self.active and not Path(local_path).is_file():
             raise ValueError(f"artifact file not found: {local_path}")
-        self._call(self._upload, str(local_path), artifact_dir)
+        self._call(lambda: self._client.log_artifact(self.run_id, str(local_path), artifact_dir))
+
+    def log_table(self, columns: Mapping[str, Sequence[Any]], artifact_file: str) -> None:
+        """A table (column name -> values) as MLflow's table artifact (``mlflow.log_table``: JSON that the
+        Artifacts tab shows as a table)."""
+        if self.active:
+            self._call(lambda: self._client.log_table(self.run_id, dict(columns), artifact_file))
 
     def log_tensor(self, tensor: Any, artifact_file: str) -> None:
         """A tensor as float32 ``.npy`` (loads without pickle)."""
@@ -267,7 +300,8 @@ class Tracker:
 
     def log_code_usage(self, counts: Mapping[str, Any], step: int, plot: bool = False) -> None:
         """``codebook/window/<class>`` and ``…/active`` from per-modality counts since the previous call; with
-        ``plot`` the figure, artifact ``code_usage/step_<N>.png`` (and the file in ``<run_dir>/tracking/``)."""
+        ``plot`` the figure, written to ``<run_dir>/tracking/code_usage/step_<N>.png`` and logged as MLflow's image
+        ``code_usage`` at ``step`` (``mlflow.log_image``: the run page's Model metrics show it with a step slider)."""
         from trainer.code_usage import classify_code_usage, plot_code_usage
 
         if not self.active:
@@ -278,21 +312,34 @@ class Tracker:
         self._usage_since = step
         if plot:
             title = f"{self.cfg.run_name or self.run_dir.name}: code usage over {window} (step {step})"
-            self._save(f"code_usage/step_{step:08d}.png", lambda path: plot_code_usage(usage, path, title=title))
+            path = self._write(f"code_usage/step_{step:08d}.png", lambda path: plot_code_usage(usage, path,
+                                                                                              title=title))
+            if path is not None and self._on:
+                from PIL import Image
+
+                with Image.open(path) as image:
+                    self._call(lambda: self._client.log_image(self.run_id, image, key="code_usage", step=step,
+                                                              synchronous=True))
         self.log_metrics({**{f"codebook/window/{name}": n for name, n in summary.items()},
                           "codebook/window/active": usage.code_class.size - summary["unused"]}, step)
 
     def _save(self, artifact_file: str, write: Any) -> None:
         """``write(path)`` the file into ``<run_dir>/tracking/`` and upload it as ``artifact_file``."""
+        if (path := self._write(artifact_file, write)) is not None:
+            self._call(lambda: self._client.log_artifact(self.run_id, str(path),
+                                                         posixpath.dirname(artifact_file) or None))
+
+    def _write(self, local_file: str, write: Any) -> Path | None:
+        """``write(path)`` the file ``<run_dir>/tracking/<local_file>``; its path, None if inactive or not written."""
         if not self.active:
-            return
-        path = self.local_dir / artifact_file
+            return None
+        path = self.local_dir / local_file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write(path)
         except OSError as err:
             return self._warn(f"write:{path.parent}", f"could not write tracking file {path}: {err}; skipped")
-        self._call(self._upload, str(path), posixpath.dirname(artifact_file) or None)
+        return path
 
     def flush(self) -> bool:
         """Send MLflow's async queue now and wait for it; True if every batch so far was delivered."""

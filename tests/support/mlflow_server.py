@@ -14,15 +14,17 @@
 - the server runs in its own session, so ``stop`` ends it and its uvicorn worker together by killing
   the process group (SIGTERM, then SIGKILL after ``stop_timeout``);
 - ``start`` waits for ``GET /health`` and fails with the tail of the server log if the server exits
-  or is not ready within ``timeout`` seconds;
-- ``command`` replaces the ``mlflow server`` command line (e.g. ``python -m trainer.programs.mlflow_ui RUN_DIR``); it
-  must listen on ``port``. Its output is in ``log_path``.
+  or is not ready within ``timeout`` seconds (``start(wait=False)``: returns at once; ``wait_healthy`` and
+  ``wait_for_output`` wait for an answer or a line of output);
+- ``command`` replaces the ``mlflow server`` command line (e.g. ``python -m trainer.programs.mlflow_ui RUN_DIR``),
+  without the settings above (its own); it must listen on ``port``. Its output is in ``log_path``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,10 +50,12 @@ class MlflowServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> MlflowServer:
+    def start(self, timeout: float = 120.0, wait: bool = True) -> MlflowServer:
+        """Start the server; with ``wait``, return once it answers (``wait_healthy``)."""
         self.root.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        if self.command is None:
+            env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         cmd = self.command or [sys.executable, "-m", "mlflow", "server",
                                "--backend-store-uri", f"sqlite:///{(self.root / 'mlflow.db').resolve()}",
                                "--artifacts-destination", str((self.root / "artifacts").resolve()),
@@ -59,14 +63,25 @@ class MlflowServer:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                           cwd=self.root, start_new_session=True)
+        return self.wait_healthy(timeout) if wait else self
+
+    def wait_healthy(self, timeout: float = 120.0) -> MlflowServer:
+        return self._wait(self.healthy, timeout, "healthy")
+
+    def wait_for_output(self, pattern: str, timeout: float = 120.0) -> re.Match:
+        """The first match of ``pattern`` (a multi-line regex) in the server's output, once it is there."""
+        self._wait(lambda: re.search(pattern, self.log_tail(1_000_000), re.M), timeout, f"printing {pattern!r}")
+        return re.search(pattern, self.log_tail(1_000_000), re.M)
+
+    def _wait(self, done, timeout: float, what: str) -> MlflowServer:
         deadline = time.monotonic() + timeout
-        while not self._healthy():
+        while not done():
             if self._proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited with code {self._proc.returncode}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"mlflow server not healthy after {timeout:.0f}s:\n{self.log_tail()}")
-            time.sleep(0.2)
+                raise TimeoutError(f"mlflow server not {what} after {timeout:.0f}s:\n{self.log_tail()}")
+            time.sleep(0.05)
         return self
 
     def stop(self, stop_timeout: float = 15.0) -> None:
@@ -89,15 +104,15 @@ class MlflowServer:
         except OSError:
             return "(no server log)"
 
-    def _healthy(self) -> bool:
+    def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=1.0) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
 
-    def __enter__(self) -> MlflowServer:
-        return self.start()
+    def __enter__(self) -> MlflowServer:   # a server started with start(wait=False) is not started again
+        return self.start() if self._proc is None else self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()

@@ -8,9 +8,12 @@ in with ``pytestmark = pytest.mark.usefixtures("no_ambient_mlflow_env")``: no ML
 
 from __future__ import annotations
 
+import json
+import posixpath
+
 import pytest
 
-from trainer.tracking import TrackingConfig, TrackingWarning, local_artifacts, mlflow_environment
+from trainer.tracking import TrackingConfig, TrackingWarning, mlflow_environment, store_client
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MLFLOW_VARIABLES = (*mlflow_environment(TrackingConfig(), "."), "SLURM_JOB_ID")
@@ -35,13 +38,27 @@ def mlflow_client(uri):
 
 
 def local_artifact_paths(tracking_uri, run_id, path):
-    """What ``client.list_artifacts(run_id, path)`` gives through a server, for a run of a sqlite store: its
-    ``mlflow-artifacts:/`` are in ``mlartifacts/`` beside the database (trainer/tracking.py)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    """What ``client.list_artifacts(run_id, path)`` gives through a server, for a run of a sqlite store (whose
+    ``mlflow-artifacts:/`` are in ``mlartifacts/`` beside the database: trainer.tracking.store_client)."""
+    return {a.path for a in store_client(tracking_uri).list_artifacts(run_id, path)}
 
-    uri = mlflow_client(tracking_uri).get_run(run_id).info.artifact_uri
-    root = local_artifacts(tracking_uri) / uri.removeprefix("mlflow-artifacts:").lstrip("/")
-    return {a.path for a in get_artifact_repository(root.as_uri()).list_artifacts(path)}
+
+def logged_images(paths, key):
+    """{step: artifact path} of the full-size images ``key`` among a run's artifact paths under ``images/``:
+    ``mlflow.log_image(image, key=key, step=step)`` names them ``images/<key>+step+<step>+timestamp+<ms>+<uuid>.png``,
+    beside a ``...+compressed.webp`` (mlflow/tracking/client.py), which is what the run page reads."""
+    images = {}
+    for path in paths:
+        name = posixpath.basename(path)
+        if name.startswith(f"{key}+step+") and name.endswith(".png"):
+            images[int(name.split("+")[2])] = path
+    return dict(sorted(images.items()))
+
+
+def table_rows(text):
+    """The rows of an ``mlflow.log_table`` artifact (pandas' JSON "split" orientation) as dicts."""
+    table = json.loads(text)
+    return [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
 
 
 def metric_history(client, run_id, key):

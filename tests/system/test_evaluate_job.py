@@ -7,15 +7,17 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 from job_utils import REPO, job_env, make_clip_shards, run_job  # noqa: E402
-from tracking_utils import local_artifact_paths  # noqa: E402
+from tracking_utils import local_artifact_paths, table_rows  # noqa: E402
 
 from trainer.programs.evaluate import main  # noqa: E402
+from trainer.tracking import store_client  # noqa: E402
 
 
 # no_ambient_mlflow_env (tests/support/tracking_utils.py) undoes the MLflow settings evaluate's start-up makes
@@ -49,13 +51,18 @@ def test_command_on_a_checkpoint_of_the_main_job_logs_a_child_mlflow_run(tmp_pat
     child = children[0]
     assert child.data.tags["mlflow.parentRunId"] == meta["mlflow_run_id"]
     cell = next(p for p in report["probes"] if p["task"] == "classification" and p["direction"] == "V→A")
-    assert child.data.metrics["eval/classification/V_to_A/cross"] == pytest.approx(cell["cross"])
+    # the child run's numbers are its table (mlflow.log_table); through a server: tests/system/test_tracking_server.py
+    table = table_rows(Path(store_client(f"sqlite:///{run / 'mlflow.db'}").download_artifacts(
+        child.info.run_id, "evaluation/results.json", str(tmp_path))).read_text())
+    row = {"task": "classification", "direction": "V_to_A", "measure": "cross", "value": pytest.approx(cell["cross"])}
+    assert row in table
+    assert child.data.metrics == {}
     # the same numbers on the pretraining run, at the checkpoint's step, and its status left alone
     assert parent.data.metrics["eval/classification/V_to_A/cross"] == pytest.approx(cell["cross"])
     assert [m.step for m in client.get_metric_history(parent.info.run_id, "eval/classification/V_to_A/cross")] == [4]
     assert parent.info.status == "FINISHED"
     assert local_artifact_paths(f"sqlite:///{run / 'mlflow.db'}", child.info.run_id, "evaluation") == \
-        {"evaluation/report.json", "evaluation/table.txt"}
+        {"evaluation/report.json", "evaluation/table.txt", "evaluation/results.json"}
 
     # the same clips as feature shards (shards.extract with the same backbones) give the very same numbers
     features = tmp_path / "features"

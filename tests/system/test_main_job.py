@@ -30,6 +30,7 @@ import torch
 import yaml
 from job_utils import DEMO_CONFIG, REPO, job_command, job_env, make_clip_shards, read_metrics, run_job
 from numerics import COMPOUNDED_ULPS, assert_reordered_close
+from tracking_utils import logged_images
 
 from trainer.checkpoint_format import CheckpointManager, read_meta
 from trainer.tracking import mlflow_metric_key
@@ -387,9 +388,9 @@ def test_training_logs_to_a_real_mlflow_server(tmp_path, shards):
             # MLflow has the loop's names grouped for its run page (trainer.tracking.mlflow_metric_key)
             history = client.get_metric_history(run_id, mlflow_metric_key(name))
             assert [m.step for m in history] == list(range(1, 7)), name
-        pngs = [a.path for a in client.list_artifacts(run_id, "code_usage")]
-        assert pngs, "no code-usage plot"
-        local = client.download_artifacts(run_id, pngs[-1], str(tmp_path))
+        pngs = logged_images([a.path for a in client.list_artifacts(run_id, "images")], "code_usage")
+        assert list(pngs) == [3, 6], "no code-usage image at each plot_every step"
+        local = client.download_artifacts(run_id, pngs[6], str(tmp_path))
         assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert [a.path for a in client.list_artifacts(run_id, "codebook")] == ["codebook/final.npy"]
 

@@ -31,7 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from dist_utils import free_port  # noqa: E402
 from mlflow_server import MlflowServer  # noqa: E402
 from tracking_utils import (  # noqa: E402
-    PNG_SIGNATURE, metric_history, mlflow_client, mlflow_settings, tracking_warnings,
+    PNG_SIGNATURE, logged_images, metric_history, mlflow_client, mlflow_settings, table_rows,
+    tracking_warnings,
 )
 
 from trainer.configs.load import flatten, to_dict  # noqa: E402
@@ -101,9 +102,12 @@ def test_training_loop_logs_everything(mlflow_server, tmp_path, monkeypatch):
     assert tags["phase"] == "pretrain_av" and tags["world_size"] == "1" and tags["slurm_job_id"] == "4242"
     assert tags["mlflow.source.git.commit"] == head and tags["git_dirty"] in ("true", "false")
 
-    assert [a.path for a in client.list_artifacts(tracker.run_id, "code_usage")] == ["code_usage/step_00000030.png"]
+    # the figure as MLflow's image "code_usage" at its step (the run page's image chart), the file in the run dir
+    figures = logged_images([a.path for a in client.list_artifacts(tracker.run_id, "images")], "code_usage")
+    assert list(figures) == [30] and tags["mlflow.loggedImages"] == "True"
+    assert (run_dir / "tracking" / "code_usage" / "step_00000030.png").read_bytes().startswith(PNG_SIGNATURE)
     out = Path(client.download_artifacts(tracker.run_id, "", str(tmp_path / "download")))
-    png = (out / "code_usage" / "step_00000030.png").read_bytes()
+    png = (out / figures[30]).read_bytes()
     assert png.startswith(PNG_SIGNATURE)
     from PIL import Image
     with Image.open(io.BytesIO(png)) as image:
@@ -215,32 +219,43 @@ def test_a_job_that_found_mlflow_down_is_delivered_by_its_resume(tmp_path, monke
 
 
 def _rest(base: str, endpoint: str, **query: str):
-    """GET ``base/endpoint?query`` from the MLflow server: parsed JSON, or the bytes of a file."""
+    """GET ``base/endpoint?query`` from the MLflow server: the parsed JSON of an ``api/`` endpoint, else the bytes."""
     url = f"{base}/{endpoint}?{urllib.parse.urlencode(query)}"
     with urllib.request.urlopen(url, timeout=30) as response:
         body = response.read()
-        return json.loads(body) if response.headers.get_content_type() == "application/json" else body
+        return json.loads(body) if endpoint.startswith("api/") else body
 
 
-@pytest.mark.slow   # ~60 s: a 12-step job (1 process), then `mlflow ui` on its moved run directory
-def test_a_short_run_reads_as_a_training_run_in_the_mlflow_ui(tmp_path):
-    """What a browser gets from `python -m trainer.programs.mlflow_ui RUN_DIR`, through MLflow's REST API: the training
-    kind, grouped metric sections, system metrics, the code-usage figures, the dataset and description, served
+@pytest.mark.slow   # ~90 s: a 12-step job (1 process), an evaluation of it, then `cmg ui` on its moved run directory
+@pytest.mark.usefixtures("one_thread")
+def test_a_short_run_reads_as_a_training_run_in_the_mlflow_ui(tmp_path, capsys):
+    """What a browser gets from `python -m trainer.programs.mlflow_ui RUN_DIR`, through MLflow's REST API: an address
+    that answers as it is printed, the training kind, grouped metric sections, system metrics, the code-usage figure
+    as the run's image, the dataset and description, the evaluation's child run with its numbers as a table, served
     from a run directory that was moved after training."""
     from job_utils import make_clip_shards, run_job
+
+    from trainer.programs.evaluate import main as evaluate
 
     shards = make_clip_shards(tmp_path / "data")
     trained = tmp_path / "run"
     run_job(trained, shards, overrides=["run.max_steps=12", "tracking.plot_every=6",
                                         "tracking.system_metrics_interval_s=1"])
+    assert evaluate([str(trained), "--epochs", "1", "--split", "0.5,0.25,0.25"]) == 0
+    evaluation_id = re.search(r"^MLflow run (\w+) \(parent", capsys.readouterr().out, re.M).group(1)
+    report = json.loads((trained / "evaluation" / "step_00000012" / "report.json").read_text())
     run_dir = tmp_path / "moved" / "run"
     run_dir.parent.mkdir()
     trained.rename(run_dir)
 
     port = free_port()
-    command = [sys.executable, "-m", "trainer.programs.mlflow_ui", str(run_dir), "--port", str(port), "--workers", "1"]
-    with MlflowServer(tmp_path / "ui", port=port, command=command) as ui:
-        page = re.search(r"^open (\S+)", ui.log_tail(100_000), re.M).group(1)
+    command = [sys.executable, "-m", "trainer.programs.mlflow_ui", str(run_dir), "--port", str(port)]   # its defaults
+    with MlflowServer(tmp_path / "ui", port=port, command=command).start(wait=False) as ui:
+        page = ui.wait_for_output(r"^open (\S+)", timeout=300).group(1)
+        printed = time.monotonic()
+        while not ui.healthy() and time.monotonic() < printed + 10:
+            time.sleep(0.1)
+        assert ui.healthy(), f"{ui.url} did not answer within 10 s of its address being printed:\n{ui.log_tail()}"
         experiment_id, run_id = re.search(r"#/experiments/(\d+)/runs/(\w+)/model-metrics", page).groups()
         assert page.endswith("?workflowType=machine_learning")    # MLflow 3.17: the UI's mode switch, not the tag
         experiment = _rest(ui.url, "api/2.0/mlflow/experiments/get", experiment_id=experiment_id)["experiment"]
@@ -248,11 +263,11 @@ def test_a_short_run_reads_as_a_training_run_in_the_mlflow_ui(tmp_path):
             "custom_model_development"
         run = _rest(ui.url, "api/2.0/mlflow/runs/get", run_id=run_id)["run"]
         metrics = {m["key"] for m in run["data"]["metrics"]}
-        sections = sorted({key.rsplit("/", 1)[0] for key in metrics if not key.startswith("system/")})
+        sections = sorted({key.rsplit("/", 1)[0] for key in metrics if not key.startswith(("system/", "eval/"))})
         assert sections == ["1 loss", "1 loss/terms", "2 codebook/step", "2 codebook/window", "3 data", "4 perf",
                             "5 optim"], sections
         assert {"1 loss/total", "1 loss/terms/cpc", "2 codebook/step/perplexity", "2 codebook/window/shared",
-                "4 perf/clips_per_s", "5 optim/lr"} <= metrics
+                "4 perf/clips_per_s", "5 optim/lr", "eval/classification/V_to_A/cross"} <= metrics
         assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= metrics
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
         assert tags["mlflow.note.content"].startswith("**unicode** pretraining, phase `demo`")
@@ -261,8 +276,26 @@ def test_a_short_run_reads_as_a_training_run_in_the_mlflow_ui(tmp_path):
         manifest = Path(shards).parent / "manifest.json"
         assert dataset["dataset"]["digest"] == hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
 
-        figures = [f["path"] for f in _rest(ui.url, "api/2.0/mlflow/artifacts/list", run_id=run_id,
-                                             path="code_usage")["files"]]
-        assert figures == ["code_usage/step_00000006.png", "code_usage/step_00000012.png"]
-        # served from the moved directory: the store records them relative to the ui's --artifacts-destination
-        assert _rest(ui.url, "get-artifact", path=figures[-1], run_uuid=run_id).startswith(PNG_SIGNATURE)
+        # the code-usage figures: MLflow's image "code_usage" at steps 6 and 12 (the run page's image chart), served
+        # from the moved directory (the store records them relative to the ui's --artifacts-destination)
+        images = [f["path"] for f in _rest(ui.url, "api/2.0/mlflow/artifacts/list", run_id=run_id,
+                                            path="images")["files"]]
+        figures = logged_images(images, "code_usage")
+        assert list(figures) == [6, 12] and tags["mlflow.loggedImages"] == "True"
+        assert _rest(ui.url, "get-artifact", path=figures[12], run_uuid=run_id).startswith(PNG_SIGNATURE)
+        assert sorted(p.name for p in (run_dir / "tracking" / "code_usage").iterdir()) == \
+            ["step_00000006.png", "step_00000012.png"]
+
+        # the evaluation: a child run named after the checkpoint, its numbers as a table (mlflow.log_table)
+        child = _rest(ui.url, "api/2.0/mlflow/runs/get", run_id=evaluation_id)["run"]
+        child_tags = {t["key"]: t["value"] for t in child["data"]["tags"]}
+        assert child["info"]["run_name"] == "evaluate-step_00000012" and child_tags["mlflow.parentRunId"] == run_id
+        assert {"path": "evaluation/results.json", "type": "table"} in json.loads(child_tags["mlflow.loggedArtifacts"])
+        assert "evaluation/results.json" in [f["path"] for f in _rest(
+            ui.url, "api/2.0/mlflow/artifacts/list", run_id=evaluation_id, path="evaluation")["files"]]
+        rows = {(r["task"], r["direction"], r["measure"]): r["value"] for r in table_rows(_rest(
+            ui.url, "get-artifact", path="evaluation/results.json", run_uuid=evaluation_id))}
+        cells = {(p["task"], p["direction"].replace("→", "_to_"), key): p[key] for p in report["probes"]
+                 for key in ("cross", "in_modality", "val")}
+        assert cells and {cell: rows[cell] for cell in cells} == pytest.approx(cells, rel=1e-9)
+        assert child["data"].get("metrics", []) == []   # no one-point charts: the numbers compare on the parent run

@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -15,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
-from tracking_utils import local_artifact_paths, mlflow_client  # noqa: E402
+from tracking_utils import local_artifact_paths, mlflow_client, table_rows  # noqa: E402
 
 from trainer.programs.bench.jobs import bench_job, pretrain
 from trainer.programs.bench.config import PretrainConfig
@@ -36,6 +37,7 @@ from trainer.eval.downstream import (  # noqa: E402
     EncodedDataset, EvaluateConfig, datasets_needed, run_retrieval, selected_tasks, shared_classes,
 )
 from trainer.programs.evaluate import head_settings, main, parse_args  # noqa: E402
+from trainer.tracking import store_client
 from trainer.configs.model import CLUBConfig, CoarseConfig, EncoderConfig, FCCIDConfig, QuantizerConfig, UniCodeConfig
 from trainer.models.fccid import FCCIDModel
 
@@ -474,11 +476,18 @@ def test_suite_paper_prints_the_seed_tables_and_logs_them_to_mlflow(checkpoint, 
     [child] = client.search_runs([client.get_experiment_by_name("cmg-trainer").experiment_id],
                                  filter_string="tags.phase = 'evaluate'")
     cross = {(p["task"], p["direction"]): p["cross"] for p in report["probes"]}
-    metrics = child.data.metrics
-    assert metrics["paper/seed003_table1/ours/UCF_VGG/V_to_A"] == pytest.approx(100 * cross[("ucf_vgg", "V→A")])
-    assert metrics["paper/seed001_table1/ours/40K/AVVP/A_to_V"] == pytest.approx(100 * cross[("localisation", "A→V")])
-    assert metrics["paper/seed003_table1/ours/Avg"] == pytest.approx(100 * sum(cross.values()) / 8)
-    assert metrics["eval/ucf_vgg/A_to_V/cross"] == pytest.approx(cross[("ucf_vgg", "A→V")])
+    # the numbers as the child run's tables (mlflow.log_table), not as one-point metrics
+    store = store_client(f"sqlite:///{run / 'mlflow.db'}")
+    paper = {(r["table"], r["row"], r["column"]): r["value"] for r in table_rows(Path(store.download_artifacts(
+        child.info.run_id, "evaluation/paper_tables.json", str(tmp_path))).read_text())}
+    assert paper["seed003_table1", "ours", "UCF_VGG/V_to_A"] == pytest.approx(100 * cross[("ucf_vgg", "V→A")])
+    assert paper["seed001_table1", "ours", "40K/AVVP/A_to_V"] == pytest.approx(100 * cross[("localisation", "A→V")])
+    assert paper["seed003_table1", "ours", "Avg"] == pytest.approx(100 * sum(cross.values()) / 8)
+    results = {(r["task"], r["direction"], r["measure"]): r["value"] for r in table_rows(Path(
+        store.download_artifacts(child.info.run_id, "evaluation/results.json", str(tmp_path))).read_text())}
+    assert results["ucf_vgg", "A_to_V", "cross"] == pytest.approx(cross[("ucf_vgg", "A→V")])
+    assert child.data.metrics == {}
     assert child.data.params["suite"] == "paper" and child.data.params["heads.localisation.epochs"] == "2"
     assert local_artifact_paths(f"sqlite:///{run / 'mlflow.db'}", child.info.run_id, "evaluation") == \
-        {"evaluation/report.json", "evaluation/table.txt", "evaluation/paper_tables.txt"}
+        {"evaluation/report.json", "evaluation/table.txt", "evaluation/paper_tables.txt",
+         "evaluation/results.json", "evaluation/paper_tables.json"}

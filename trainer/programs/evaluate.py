@@ -47,7 +47,8 @@ this checkpoint's numbers ("—" where a protocol's data was not given).
 Defaults come from the pretraining run's ``config.yaml`` (shard URLs, decoding, backbones, MLflow store and
 experiment). Results are printed as a table and logged as a child MLflow run of the pretraining run (tag
 ``mlflow.parentRunId`` = ``meta.json["mlflow_run_id"]``) in the run's own tracking store, with the tables and a
-JSON of every number written to ``<run>/evaluation/<checkpoint>[-toc<Q>]/`` and logged as artifacts.
+JSON of every number written to ``<run>/evaluation/<checkpoint>[-toc<Q>]/`` and logged as artifacts, and every number
+as MLflow tables (``results_tables``); the pretraining run gets them as metrics at the checkpoint's step.
 Exit codes: 0 done, 2 bad arguments or data (nothing evaluated).
 """
 
@@ -86,11 +87,36 @@ def code_usage_figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
     return figures
 
 
+# The child run's numbers as MLflow table artifacts: (artifact file, metric-name prefix, columns of the name's parts)
+RESULTS_TABLES = (("evaluation/results.json", "eval/", ("task", "direction", "measure")),
+                  ("evaluation/paper_tables.json", "paper/", ("table", "row", "column")))
+
+
+def results_tables(metrics: dict[str, float]) -> dict[str, dict[str, list]]:
+    """The numbers of ``report_metrics`` (``eval/<task>/<direction>/<measure>``; task ``zero_shot_retrieval/<set>``)
+    and ``table_metrics`` (``paper/<table>/<row>/<column>``; a column such as ``40K/AVVP/A_to_V``) as tables, artifact
+    file -> columns, one row per number; ``eval/same_code_share`` has no direction or measure. Tables without
+    rows are left out."""
+    tables = {}
+    for artifact_file, prefix, names in RESULTS_TABLES:
+        rows = []
+        for key, value in metrics.items():
+            if key.startswith(prefix):
+                name = key.removeprefix(prefix)
+                parts = name.rsplit("/", 2) if prefix == "eval/" else name.split("/", 2)
+                rows.append((*(parts if len(parts) == 3 else (name, "", "")), float(value)))
+        if rows:
+            tables[artifact_file] = {column: [row[i] for row in rows] for i, column in enumerate((*names, "value"))}
+    return tables
+
+
 def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, metrics: dict[str, float],
                   files: list[Path]) -> str | None:
-    """A child run of the pretraining run in the run's tracking store, and the same numbers on the pretraining run
-    itself at the checkpoint's step (``eval/toc<Q>/...`` with ``--toc Q``), where they sit beside its training curves
-    and compare across its checkpoints; returns the child run's id (None if not created)."""
+    """A child run of the pretraining run in the run's tracking store, its numbers as tables (``results_tables``),
+    and the same numbers as metrics on the pretraining run itself at the checkpoint's step (``eval/toc<Q>/...`` with
+    ``--toc Q``), where they sit beside its training curves and compare across its checkpoints and across runs; returns
+    the child run's id (None if not created). The child run has no metrics: one value per name would be a page of
+    single-point charts."""
     tracking = dataclasses.replace(job.tracking, tracking_uri=resolve_tracking_uri(job.tracking, pretrained.run_dir),
                                    run_name=f"evaluate-{files[0].parent.name}", system_metrics=False)
     tracker = Tracker(tracking, files[0].parent)
@@ -100,7 +126,8 @@ def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, m
         tags |= {"mlflow.parentRunId": parent, "pretrain_run_id": parent}
     tracker.start(tags=tags)
     tracker.log_params(to_dict(cfg))
-    tracker.log_metrics(metrics, pretrained.step)
+    for artifact_file, columns in results_tables(metrics).items():
+        tracker.log_table(columns, artifact_file)
     for path in files:
         tracker.log_artifact(path, "evaluation")
     if parent:

@@ -4,19 +4,28 @@
     # open http://127.0.0.1:5000/#/experiments/1/runs/<run id>/model-metrics?workflowType=machine_learning
 
 For a run directory with the default store (``<run_dir>/mlflow.db``, artifacts in ``<run_dir>/mlartifacts``): prints
-the address of the newest training run's charts in MLflow's "Model training" mode and the ``mlflow ui`` command, then
-runs that command in this process (exec). The store records its artifacts as ``mlflow-artifacts:/...``, which the
-server resolves against ``--artifacts-destination <run_dir>/mlartifacts`` (trainer/tracking.py): a moved or copied
-run directory opens as it is. Options this program does not
-know (``--workers 1``, ...) go to ``mlflow ui``; ``--print-only`` prints and exits. Exit 2 when RUN_DIR has no store
-(a run that logged to a server: open the server).
+the ``mlflow ui`` command, starts it, and prints the address of the newest training run's charts in MLflow's "Model
+training" mode once the server answers (``GET /health``): the address works when it appears. Stops with the server
+(Ctrl-C, SIGTERM). The store records its artifacts as ``mlflow-artifacts:/...``, which the server resolves against
+``--artifacts-destination <run_dir>/mlartifacts`` (trainer/tracking.py): a moved or copied run directory opens as it
+is. The server is ``mlflow ui --workers 1`` with ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: MLflow's defaults, 4
+uvicorn workers and a job runner with a huey consumer process per job queue (GenAI scorers, trace rollups: nothing a
+training run uses), took 90 s to answer on a shared 2-core machine, this 22 to 27 s (docs/mlflow.md). Options this
+program does not know (``--workers 4``, ...) go to ``mlflow ui``; the variable set in the environment wins.
+``--print-only`` prints the command and the address and exits. Exit 2 when RUN_DIR has no store (a run that logged
+to a server: open the server).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from trainer.tracking import local_artifacts
@@ -45,8 +54,20 @@ def latest_run(tracking_uri: str) -> tuple[str, str] | None:
     return (run.info.experiment_id, run.info.run_id) if run else None
 
 
+JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"   # mlflow/environment_variables.py; read by `mlflow ui`
+
+
+def answers(base: str) -> bool:
+    """Whether the MLflow server at ``base`` answers ``GET /health`` with 200."""
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=1.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the run page's address, exec ``mlflow ui`` on RUN_DIR's store (see the module docstring)."""
+    """Start ``mlflow ui`` on RUN_DIR's store, print the run page's address once it answers (module docstring)."""
     p = argparse.ArgumentParser(prog="python -m trainer.programs.mlflow_ui", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run directory with the default store (mlflow.db, mlartifacts/)")
@@ -60,15 +81,32 @@ def main(argv: list[str] | None = None) -> int:
               "tracking.tracking_uri in its config.yaml)", file=sys.stderr)
         return 2
     uri = f"sqlite:///{db}"
+    workers = [] if any(o in ("-w", "--workers") or o.startswith("--workers=") for o in ui_options) else \
+        ["--workers", "1"]
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--artifacts-destination",
-               str(local_artifacts(uri)), "--host", a.host, "--port", str(a.port), *ui_options]
-    found = latest_run(uri)
+               str(local_artifacts(uri)), "--host", a.host, "--port", str(a.port), *workers, *ui_options]
+    env = {**os.environ, JOB_EXECUTION: os.environ.get(JOB_EXECUTION, "false")}
+    print(f"{JOB_EXECUTION}={env[JOB_EXECUTION]} {' '.join(command)}", flush=True)
     base = f"http://{a.host}:{a.port}"
-    print(f"open {ui_url(base, *found) if found else base}")
-    print(" ".join(command), flush=True)
     if a.print_only:
+        found = latest_run(uri)
+        print(f"open {ui_url(base, *found) if found else base}")
         return 0
-    os.execv(sys.executable, command)
+    server = subprocess.Popen(command, env=env)
+    for signum in (signal.SIGINT, signal.SIGTERM):   # the server shuts down, then this program returns
+        signal.signal(signum, lambda signum, _frame: server.poll() is None and server.send_signal(signum))
+    try:
+        found = latest_run(uri)   # while the server starts
+    except BaseException:
+        server.terminate()
+        raise
+    local = base.replace("://0.0.0.0:", "://127.0.0.1:")   # where to ask a server that listens everywhere
+    while server.poll() is None and not answers(local):
+        time.sleep(0.1)
+    if server.poll() is None:
+        print(f"open {ui_url(base, *found) if found else base}", flush=True)
+    code = server.wait()
+    return code if code >= 0 else 128 - code   # killed by a signal: the shell's convention
 
 
 if __name__ == "__main__":
