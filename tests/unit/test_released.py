@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import pickletools
 import zipfile
 
 import numpy as np
 import pytest
 from released_utils import (
     AVVP_EVENTS, VGG_CLASSES, VGG_PROMPTS, OpensAFileWhenUnpickled, fitted_audio, make_ave, make_avvp, make_ucf_side,
-    make_vggsound_avel, pickle_bytes_zip, pickle_zip,
+    make_vggsound_avel, numpy1_pickle, pickle_bytes_zip, pickle_zip,
 )
 
 from trainer.data.decode import BACKGROUND
@@ -36,13 +37,38 @@ def test_arrays_of_every_protocol_and_numeric_dtype_load(protocol, dtype):
     assert np.array_equal(unpickle_array(pickle.dumps(fortran, protocol=protocol), "f"), fortran)
 
 
-def test_numpy_1_pickles_load():
-    """numpy 1.x names its reconstructor numpy.core.multiarray (numpy 2 writes numpy._core): both are admitted."""
+def _global_opcodes(data: bytes) -> set[str]:
+    """The ``module name`` of every GLOBAL opcode of a pickle (protocols 0-3 name their globals that way)."""
+    return {arg for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"}
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_numpy_1_pickles_load(protocol):
+    """A release written by Python 3.7 with numpy 1.x names numpy.core.multiarray (numpy 2 writes numpy._core): the
+    fixture's bytes (``numpy1_pickle``) name the numpy-1 modules only, and they load."""
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
-    data = pickle.dumps(array, protocol=2)
-    assert b"numpy._core.multiarray" in data
-    old = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-    assert np.array_equal(unpickle_array(old, "old.pkl"), array)
+    data = numpy1_pickle(array, protocol)
+    assert b"numpy.core.multiarray" in data and b"_reconstruct" in data and b"numpy._core" not in data
+    if protocol < 4:
+        assert _global_opcodes(data) == {"numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"} | \
+            ({"_codecs encode"} if protocol == 2 else set())
+    assert np.array_equal(unpickle_array(data, "old.pkl"), array)
+
+
+@pytest.mark.parametrize("write", [numpy1_pickle, lambda obj: pickle.dumps(obj, protocol=3)], ids=["numpy1", "numpy2"])
+def test_a_pickled_scalar_is_reported_as_what_it_holds(write):
+    data = write(np.float64(2.5))
+    assert {"numpy.core.multiarray scalar", "numpy._core.multiarray scalar"} & _global_opcodes(data)
+    with pytest.raises(ReleasedFormatError, match="s.pkl: holds a float64, not a numpy array"):
+        unpickle_array(data, "s.pkl")
+
+
+@pytest.mark.parametrize("module", ["numpy.core.multiarray", "numpy._core.multiarray", "numpy"])
+def test_other_numpy_globals_are_refused(module):
+    """Only the reconstructors are admitted: numpy's file readers (``fromfile``, ``load``) are not."""
+    data = b"\x80\x02c" + module.encode() + b"\nfromfile\nX\x08\x00\x00\x00/etc/foo\x85R."
+    with pytest.raises(ReleasedFormatError, match=rf"refused global {module}.fromfile"):
+        unpickle_array(data, "f.pkl")
 
 
 def test_a_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path):

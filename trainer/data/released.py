@@ -78,7 +78,9 @@ def _latin1(text: str, encoding: str) -> bytes:
 
 
 def _array_globals() -> dict[tuple[str, str], Any]:
-    """The globals an ndarray pickle names (numpy 1.x writes ``numpy.core``, numpy 2 ``numpy._core``)."""
+    """The globals an ndarray pickle names (numpy 1.x writes ``numpy.core``, numpy 2 ``numpy._core``; a release
+    written by Python 3.7 names ``numpy.core.multiarray._reconstruct``), and ``scalar``, which rebuilds a numpy
+    scalar from its dtype and bytes: a pickled scalar is then reported as what it holds, not as a refused global."""
     try:
         from numpy._core import multiarray, numeric
     except ImportError:   # older numpy 1.x has no numpy._core
@@ -87,6 +89,7 @@ def _array_globals() -> dict[tuple[str, str], Any]:
                                            ("_codecs", "encode"): _latin1}
     for package in ("numpy.core", "numpy._core"):
         allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct   # protocols 0-4
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
         allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer          # protocol 5
     return allowed
 
