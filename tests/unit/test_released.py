@@ -21,7 +21,7 @@ from trainer.data.decode import BACKGROUND
 from trainer.data.released import (
     AVE_AVVP_CLASS_MAP, AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLASSES, AVEConfig, AVESet, AVVPConfig, AVVPSet,
     ReleasedFormatError, SharedClass, ZipSet, ZipSetConfig, feature_array, fit_seconds, read_annotations,
-    read_categories, read_shared_classes, read_zip_array, shared_class_map, unpickle_array,
+    read_categories, read_prompts, read_shared_classes, read_zip_array, shared_class_map, unpickle_array,
 )
 
 # --- the restricted unpickler ---
@@ -225,6 +225,41 @@ def test_metadata_problems(tmp_path):
         read_categories(tmp_path / "cats.txt")
     (tmp_path / "ok.txt").write_text(" a \nb\n\n")
     assert read_categories(tmp_path / "ok.txt") == ["a", "b"]
+
+
+def test_metadata_csvs_as_spreadsheets_write_them(tmp_path):
+    """A UTF-8 BOM (Excel's "CSV UTF-8") is dropped and quoted commas are kept; an unquoted comma inside a category
+    name is refused with the file and line, not reported as a bad id three fields later."""
+    files = make_vggsound_avel(tmp_path, ["train"] * 2)
+    ids = list(files.clips)
+    rows = files.meta.read_text(encoding="utf-8").splitlines()
+    files.meta.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")
+    assert files.meta.read_bytes().startswith(b"\xef\xbb\xbf")
+    source = ZipSet(vgg_config(files, prompts=""), "vggsound-avel")
+    assert source.splits() == {"train": ids}
+    files.categories.write_text("Male speech, man speaking\ndog barking\n", encoding="utf-8")
+    files.meta.write_text(f'category,video_id,split\n"Male speech, man speaking",{ids[0]},train\n'
+                          f"dog barking,{ids[1]},train,\n", encoding="utf-8-sig")     # a trailing empty field
+    source = ZipSet(vgg_config(files, prompts=""), "vggsound-avel")
+    assert source.read("train", ids[0]).labels.clip == 0 and source.read("train", ids[1]).labels.clip == 1
+    files.meta.write_text(f"category,video_id,split\ndog barking,{ids[1]},train\n"
+                          f"Male speech, man speaking,{ids[0]},train\n", encoding="utf-8-sig")
+    with pytest.raises(ReleasedFormatError, match=rf"{files.meta}:3: 4 fields, expected 3 \(category, video_id, "
+                                                  r"split\) \(a comma inside a value needs quotes\)"):
+        ZipSet(vgg_config(files, prompts=""), "vggsound-avel")
+    files.meta.write_text(f"category,video_id,split\ndog barking,{ids[1]}\n")
+    with pytest.raises(ReleasedFormatError, match=rf"{files.meta}:2: 2 fields, expected 3 \(category, video_id, "
+                                                  r"split\)$"):
+        ZipSet(vgg_config(files, prompts=""), "vggsound-avel")
+    files.prompts.write_text("\ufefflabel,prompt\ndog barking,A dog barks, then again.\n", encoding="utf-8")
+    with pytest.raises(ReleasedFormatError, match=r"Prompts.csv:2: 3 fields, expected 2 .*a comma inside a value"):
+        read_prompts(files.prompts)
+    files.prompts.write_text('label,prompt\ndog barking,"A dog barks, then again."\n', encoding="utf-8")
+    assert read_prompts(files.prompts) == {"dog barking": "A dog barks, then again."}
+    annotations = tmp_path / "audio.tsv"
+    annotations.write_text("filename\tonset\toffset\tevent_labels\nIgN7v8nWmx8_30_40\t0\t1\tSpeech\tDog\n")
+    with pytest.raises(ReleasedFormatError, match=rf"{annotations}:2: 5 fields, expected 4 .*a tab inside a value"):
+        read_annotations(annotations)
 
 
 def test_the_81k_list_gives_unlabelled_clips(tmp_path):
