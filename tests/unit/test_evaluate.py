@@ -453,6 +453,22 @@ def test_ucf_vgg_and_the_built_in_class_lists_from_the_command(checkpoint, ucf_v
     assert "ucf_vgg         V→A" in out and "retrieval       A→V" in out and "class retrieval A↔V" in out
 
 
+def test_a_re_evaluation_replaces_the_directory_of_the_earlier_one(checkpoint, tmp_path, capsys):
+    """<run>/evaluation/<checkpoint>/ holds one evaluation's outputs: re-evaluating without --suite paper leaves no
+    paper_tables.txt of the earlier run, nor any other file of it."""
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run, ignore=shutil.ignore_patterns("evaluation"))
+    args = [str(run), "--public", str(run / "public.npz"), "--epochs", "1", "--no-tracking"]
+    assert main([*args, "--suite", "paper"]) == 0, capsys.readouterr().err
+    out_dir = run / "evaluation" / "step_00000008"
+    assert {p.name for p in out_dir.iterdir()} == {"report.json", "table.txt", "paper_tables.txt"}
+    (out_dir / "code_usage_valor32k.png").write_bytes(b"an earlier evaluation's figure")
+    (out_dir / "notes.txt").write_text("an earlier evaluation's file")
+    assert main(args) == 0, capsys.readouterr().err
+    assert {p.name for p in out_dir.iterdir()} == {"report.json", "table.txt"}
+    assert sorted(p.name for p in out_dir.parent.iterdir()) == ["step_00000008"]   # nothing left beside it
+
+
 @pytest.mark.slow
 def test_suite_paper_prints_the_seed_tables_and_logs_them_to_mlflow(checkpoint, ucf_vgg, tmp_path, capsys):
     run = tmp_path / "run"

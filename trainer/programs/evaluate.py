@@ -47,7 +47,8 @@ this checkpoint's numbers ("—" where a protocol's data was not given).
 Defaults come from the pretraining run's ``config.yaml`` (shard URLs, decoding, backbones, MLflow store and
 experiment). Results are printed as a table and logged as a child MLflow run of the pretraining run (tag
 ``mlflow.parentRunId`` = ``meta.json["mlflow_run_id"]``) in the run's own tracking store, with the tables and a
-JSON of every number written to ``<run>/evaluation/<checkpoint>[-toc<Q>]/`` and logged as artifacts.
+JSON of every number written to ``<run>/evaluation/<checkpoint>[-toc<Q>]/`` and logged as artifacts; a re-evaluation
+replaces that directory whole (written beside it, then renamed into place), so it never mixes two evaluations' files.
 Exit codes: 0 done, 2 bad arguments or data (nothing evaluated).
 """
 
@@ -56,6 +57,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,18 @@ def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, m
     return tracker.run_id
 
 
+def replace_directory(staging: Path, out_dir: Path) -> None:
+    """``staging`` (one evaluation's complete outputs) becomes ``out_dir``: the earlier evaluation's directory is
+    renamed aside first and then removed, so ``out_dir`` holds one evaluation's files, never two runs' (a re-evaluation
+    without ``--suite paper`` leaves no older ``paper_tables.txt``, one of fewer retrieval sets no older figure)."""
+    replaced = out_dir.with_name(out_dir.name + ".replaced")
+    shutil.rmtree(replaced, ignore_errors=True)
+    if out_dir.exists():
+        os.replace(out_dir, replaced)
+    os.replace(staging, out_dir)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------- command line
 
 def head_settings(epochs: int | None, lr: float | None, batch_size: int | None, hidden: int,
@@ -156,20 +170,22 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     out_dir = pretrained.run_dir / "evaluation" / (pretrained.checkpoint.name +
                                                    (f"-toc{cfg.toc.dims}" if cfg.toc is not None else ""))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (*out_dir.glob("code_usage_*.png"), out_dir / "paper_tables.txt"):   # an earlier evaluation's
-        stale.unlink(missing_ok=True)
-    figures = code_usage_figures(report, out_dir)
-    files = [out_dir / "report.json", out_dir / "table.txt", *figures]
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)       # an evaluation that stopped while writing
+    staging.mkdir(parents=True)
+    figures = code_usage_figures(report, staging)
+    files = [staging / "report.json", staging / "table.txt", *figures]
     files[0].write_text(json.dumps(report, indent=1))
     files[1].write_text(table + "\n")
     metrics = report_metrics(report)
     if cfg.suite == "paper":
         tables = render_tables(report, cfg.pretrain_set)
         print("\n" + tables)
-        files.append(out_dir / "paper_tables.txt")
+        files.append(staging / "paper_tables.txt")
         files[-1].write_text(tables + "\n")
         metrics |= table_metrics(report, cfg.pretrain_set)
+    replace_directory(staging, out_dir)
+    files = [out_dir / path.name for path in files]
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1))
     if cfg.tracking:
