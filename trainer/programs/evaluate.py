@@ -4,7 +4,7 @@
                                [--public ROOT] [--cross-data URLS | --cross-public ROOT] [--class-map 2:3,4:1]
                                [--ucf-data URLS --vgg-data URLS] [--ucf-vgg-map 0:0,1:1]
                                [--tasks classification,localisation,...] [--suite paper] [--pretrain-set 40K]
-                               [--toc Q] [--toc-lambda 0.3] [--epochs N] [--lr LR] [--batch-size B]
+                               [--toc Q] [--toc-lambda 0.3] [--epochs N] [--lr LR] [--batch-size B] [--exact-head-batch]
                                [--json PATH] [--no-tracking]
     cmg eval CHECKPOINT [the same options]
 
@@ -36,7 +36,10 @@ Datasets and the protocols (``--tasks``; trainer/eval/probes.py) that read them:
   modality and tested on the other dataset's other modality; accuracy; ``--ucf-vgg-map`` overrides).
 Without ``--tasks``, every protocol whose data is given runs; a protocol named in ``--tasks`` without its data is
 refused (exit 2, naming the option). Heads train as seed 000 §B.2 says (trainer/eval/paper.py ``PAPER_HEADS``:
-lr 2.5e-4, batch 256, 30 or 50 epochs); ``--epochs/--lr/--batch-size`` override every protocol.
+lr 2.5e-4, batch 256, 30 or 50 epochs); ``--epochs/--lr/--batch-size`` override every protocol. A train split too
+small for 10 steps an epoch at batch 256 (under 2,560 clips) trains at the batch that gives 10, and the table and the
+report (``probes[].head``) say so; ``--exact-head-batch`` keeps 256 (the seeds' setting whatever the set's size) and
+warns instead, as it does for a ``--batch-size`` that gives fewer than 10 steps an epoch.
 ``--toc Q`` keeps the Q codebook dimensions TOC selects (closed form, trainer/eval/toc.py) and every head reads
 only those.
 
@@ -127,11 +130,14 @@ def replace_directory(staging: Path, out_dir: Path) -> None:
 # ---------------------------------------------------------------------- command line
 
 def head_settings(epochs: int | None, lr: float | None, batch_size: int | None, hidden: int,
-                  seed: int) -> dict[str, ProbeConfig]:
-    """``PAPER_HEADS`` with the command line's overrides (None: the protocol's own setting)."""
+                  seed: int, exact_batch: bool = False) -> dict[str, ProbeConfig]:
+    """``PAPER_HEADS`` with the command line's overrides (None: the protocol's own setting). The seeds' batch is cut
+    on a small train split (``ProbeConfig.min_steps_per_epoch``); a batch given on the command line, or any batch with
+    ``exact_batch`` (``--exact-head-batch``), is kept, with a warning in the report where an epoch is that short."""
     return {task: dataclasses.replace(cfg, epochs=epochs or cfg.epochs, lr=lr or cfg.lr,
                                       batch_size=batch_size or cfg.batch_size, seed=seed,
-                                      head=dataclasses.replace(cfg.head, hidden_dim=hidden))
+                                      head=dataclasses.replace(cfg.head, hidden_dim=hidden),
+                                      adapt_batch=not exact_batch and batch_size is None)
             for task, cfg in PAPER_HEADS.items()}
 
 
@@ -153,7 +159,7 @@ def parse_args(argv: list[str] | None) -> tuple[str, EvaluateConfig, str | None]
         source(a.cross_data, a.cross_kind, a.cross_public), source(a.ucf_data, a.ucf_kind),
         source(a.vgg_data, a.vgg_kind), source(a.retrieval_data, "clips"), a.class_map, a.ucf_vgg_map, tasks,
         a.suite, a.pretrain_set, a.classes,
-        head_settings(a.epochs, a.lr, a.batch_size, a.hidden, a.seed), toc, not a.no_tracking)
+        head_settings(a.epochs, a.lr, a.batch_size, a.hidden, a.seed, a.exact_head_batch), toc, not a.no_tracking)
     return a.checkpoint, cfg, a.json
 
 
