@@ -33,8 +33,11 @@ Every modality is fitted to ``SECONDS`` the way the authors fit audio (and UCF10
 last row, longer ones are cut (``fit_seconds``); a clip reports what was fitted. Video (t, 7, 7, 512) becomes
 (t, 49, 512), the row-major patch grid that a video backbone with ``pooling: patch`` gives (``FEATURE_SHAPES``).
 
-The pickles are read by ``ArrayUnpickler``, which reconstructs numpy arrays and nothing else: every other global a
-pickle names is refused, so a crafted member cannot run code. Any unusable input (a missing or corrupt zip, a refused
+The pickles are read by ``ArrayUnpickler``, which reconstructs numpy arrays (and scalars, then refused as not arrays)
+and nothing else, as numpy 1.x (a release written by Python 3.7: ``numpy.core.multiarray``) and numpy 2
+(``numpy._core``) name them: every other global a pickle names is refused, so a crafted member cannot run code. The
+metadata CSVs are read by the csv module (``read_table``: a UTF-8 BOM dropped, quoting honoured, a row of the wrong
+width refused as ``file:line``). Any unusable input (a missing or corrupt zip, a refused
 pickle, a wrong shape, a class the categories file lacks) raises ``ReleasedFormatError`` naming the file and member.
 """
 

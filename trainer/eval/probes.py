@@ -245,8 +245,8 @@ def classification_probe(splits: Mapping[str, CodeSplit], source: str, target: s
         return accuracy(head(split.vectors[modality], split.real(modality)), split.clip_label)
 
     head, epoch, val_score, schedule = _train_head(lambda: EventClassifier(in_dim, num_classes, cfg.head),
-                                         train.vectors[source], train.clip_label, _clip_cross_entropy,
-                                         lambda h: score(h, val, source), cfg, train.real(source))
+                                                   train.vectors[source], train.clip_label, _clip_cross_entropy,
+                                                   lambda h: score(h, val, source), cfg, train.real(source))
     with torch.no_grad():
         return ProbeResult("classification", source, target, "accuracy", score(head, test, target),
                            score(head, test, source), val_score, epoch, head=schedule)
@@ -272,8 +272,8 @@ def localisation_probe(splits: Mapping[str, CodeSplit], source: str, target: str
 
     targets = multi_hot(train.segment_labels[source], num_classes).float()
     head, epoch, val_score, schedule = _train_head(lambda: SegmentTagger(in_dim, num_classes, cfg.head),
-                                         train.vectors[source], targets, _segment_bce,
-                                         lambda h: prf(h, val, source).f1, cfg, train.real(source))
+                                                   train.vectors[source], targets, _segment_bce,
+                                                   lambda h: prf(h, val, source).f1, cfg, train.real(source))
     with torch.no_grad():
         cross, own = prf(head, test, target), prf(head, test, source)
     return ProbeResult("localisation", source, target, "f1", cross.f1, own.f1, val_score, epoch,
@@ -318,8 +318,8 @@ def cross_dataset_probe(first: Mapping[str, CodeSplit], second_test: CodeSplit, 
         return micro_prf(predicted, multi_hot(val.clip_label, num_classes)).f1
 
     head, epoch, val_score, schedule = _train_head(lambda: EventClassifier(in_dim, num_classes, cfg.head),
-                                         train.vectors[source], train.clip_label, weak_loss, weak_f1, cfg,
-                                         train.real(source))
+                                                   train.vectors[source], train.clip_label, weak_loss, weak_f1, cfg,
+                                                   train.real(source))
 
     def prf(modality: str):
         if modality not in second_test.vectors:
@@ -372,8 +372,8 @@ def cross_dataset_classification(first: Mapping[str, CodeSplit], second_test: Co
         return accuracy(head(split.vectors[modality], split.real(modality)), split.clip_label)
 
     head, epoch, val_score, schedule = _train_head(lambda: EventClassifier(in_dim, len(firsts), cfg.head),
-                                         train.vectors[source], train.clip_label, _clip_cross_entropy,
-                                         lambda h: score(h, val, source), cfg, train.real(source))
+                                                   train.vectors[source], train.clip_label, _clip_cross_entropy,
+                                                   lambda h: score(h, val, source), cfg, train.real(source))
     with torch.no_grad():
         return ProbeResult("ucf_vgg", source, target, "accuracy", score(head, other, target),
                            score(head, test, source), val_score, epoch, head=schedule)
