@@ -44,7 +44,8 @@ listed with its error in the manifest (``skipped``, ``released.skipped_clips``) 
 shorter or longer than 10 s is fitted as the authors fit audio (last row repeated / cut) and counted per modality.
 
 Exit codes: 0 converted (or stopped by --max-shards: run it again to continue); 2 bad arguments, nothing written;
-1 failed (the finished shards are kept: fix the input, or add --skip-bad, and run the same command again).
+1 failed, 130 interrupted (Ctrl-C): the last line says how many shards were finished and are kept (fix the input,
+or add --skip-bad, and run the same command again; the rerun says how many finished shards it keeps).
 """
 
 from __future__ import annotations
@@ -97,6 +98,20 @@ SetConfig = ZipSetConfig | AVVPConfig | AVEConfig | PairSetConfig
 
 class ConvertError(Exception):
     """Arguments, or an output directory, that forbid converting (exit 2; nothing written)."""
+
+
+class ConvertStopped(Exception):
+    """A conversion stopped before its last shard by ``cause`` (a bad clip, or Ctrl-C). The ``finished`` shards (this
+    run's and earlier runs') stay in ``out``; the shard being written is discarded; the same command resumes."""
+
+    def __init__(self, cause: BaseException, finished: int, total: int, out: Path):
+        super().__init__(str(cause))
+        self.cause, self.finished, self.total, self.out = cause, finished, total, out
+
+    def kept(self) -> str:
+        if not self.finished:
+            return f"no shard of {self.total} was finished"
+        return f"{self.finished} of {self.total} shards finished, kept in {self.out}"
 
 
 @dataclass
@@ -237,11 +252,17 @@ def item_shapes(clip: ReleasedClip, expected: dict[str, list[int]]) -> dict[str,
     return shapes
 
 
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
 def write_shard(source: ReleasedSet, plan: ShardPlan, path: Path, cfg: ConvertConfig, text: PromptEncoder | None,
                 bar: tqdm, shapes: dict[str, list[int]]) -> dict[str, Any]:
-    """Read the plan's clips and write them to ``path`` (through ``path.partial``); returns the ledger record.
-    ``shapes``: the items' shapes after the time axis so far (filled from this shard's first item when empty)."""
-    partial = path.with_name(path.name + ".partial")
+    """Read the plan's clips and write them to ``path.partial`` (removed if anything, Ctrl-C included, stops it);
+    returns the ledger record. The caller records the shard, then renames it to ``path``: a shard file is always
+    one the ledger lists. ``shapes``: the items' shapes after the time axis so far (filled from this shard's first
+    item when empty)."""
+    partial = partial_path(path)
     samples, skipped, fitted = 0, [], Counter()
     try:
         # mtime fixed: a shard's bytes depend on its clips only, so a resumed conversion equals an uninterrupted one
@@ -261,11 +282,10 @@ def write_shard(source: ReleasedSet, plan: ShardPlan, path: Path, cfg: ConvertCo
                     samples += 1
                     fitted.update(f"{m}/{how}" for m, how in clip.fitted.items())
                 bar.update(1)
-        os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return {"split": plan.split, "samples": samples, "bytes": path.stat().st_size, "skipped": skipped,
+    return {"split": plan.split, "samples": samples, "bytes": partial.stat().st_size, "skipped": skipped,
             "fitted": dict(sorted(fitted.items())), "shapes": dict(shapes)}
 
 
@@ -342,17 +362,26 @@ def convert_locked(source: ReleasedSet, plans: list[ShardPlan], arguments: dict[
     for stale in out_dir.glob("*.tar.partial"):   # a shard an interrupted run was writing
         stale.unlink()
     todo = [p for p in plans if ledger.finished(p) is None]
+    kept = len(plans) - len(todo)
+    if kept and todo:
+        print(f"[shards.convert] kept {kept} finished shard{'s' * (kept != 1)} from an earlier run in {out_dir}; "
+              f"{len(todo)} to write", file=sys.stderr)
     done = sum(len(p.keys) for p in plans) - sum(len(p.keys) for p in todo)
     written = 0
     # the items' shapes after the time axis, as the finished shards recorded them (a resumed run checks against them)
     shapes = next((dict(e["shapes"]) for e in ledger.state["shards"].values() if e.get("shapes")), {})
-    with tqdm(total=sum(len(p.keys) for p in plans), initial=done, desc=f"convert {source.kind}", unit="clip",
-              disable=not cfg.progress) as bar:
-        for plan in todo:
-            if cfg.max_shards is not None and written >= cfg.max_shards:
-                break
-            ledger.record(plan, write_shard(source, plan, out_dir / plan.name, cfg, text, bar, shapes))
-            written += 1
+    try:
+        with tqdm(total=sum(len(p.keys) for p in plans), initial=done, desc=f"convert {source.kind}", unit="clip",
+                  disable=not cfg.progress) as bar:
+            for plan in todo:
+                if cfg.max_shards is not None and written >= cfg.max_shards:
+                    break
+                path = out_dir / plan.name
+                ledger.record(plan, write_shard(source, plan, path, cfg, text, bar, shapes))
+                os.replace(partial_path(path), path)   # stopped before this line: the shard is redone
+                written += 1
+    except (FeatureError, KeyboardInterrupt) as err:   # a bad clip (without --skip-bad), or Ctrl-C
+        raise ConvertStopped(err, kept + written, len(plans), out_dir) from err
     remaining = len(todo) - written
     manifest = None
     if remaining == 0:
@@ -461,21 +490,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         source = open_set(set_config, kind)
+        result = convert(source, set_config, cfg)
+    except ConvertError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ConvertStopped as stop:
+        if isinstance(stop.cause, KeyboardInterrupt):
+            print(f"\ninterrupted: {stop.kept()}; run the same command again to resume", file=sys.stderr)
+            return 130
+        print(f"error: {stop.cause}\n({stop.kept()}: fix the input or add --skip-bad, then run the same command "
+              "again)", file=sys.stderr)
+        return 1
     except FeatureError as err:   # the metadata files (CSV, categories, annotations, h5 order files)
         print(f"error: {err}", file=sys.stderr)
         return 1
     except ValueError as err:     # arguments the metadata does not fit (e.g. --categories for a CSV without any)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    try:
-        result = convert(source, set_config, cfg)
-    except ConvertError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except FeatureError as err:   # a clip
-        print(f"error: {err}\n(finished shards are kept in {cfg.out}: fix the input or add --skip-bad, then run "
-              "the same command again to continue)", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:     # before the first clip: reading or hashing the metadata, loading a text backbone
+        print(f"\ninterrupted before any clip was converted; nothing written to {cfg.out}", file=sys.stderr)
+        return 130
     if result["manifest"] is None:
         print(f"stopped after {result['written']} new shards (--max-shards); {result['remaining']} remain: run the "
               "same command again to continue")

@@ -9,6 +9,7 @@ should find.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import pickle
 import zipfile
@@ -26,11 +27,53 @@ VGG_PROMPTS = {"playing cello": ["The deep, warm sound of a cello being played."
                "dog barking": ["A dog barks loudly, then again.", "The dog is barking at the door."]}
 
 
-def pickle_zip(path: Path, array: np.ndarray, protocol: int = 3, member: str | None = None) -> None:
-    """``path`` = a zip holding one pickled array, as the authors release every feature and label."""
+# numpy 2's modules of the array reconstructors -> the names numpy 1.x gave them (numpy 1.x's numpy/core/multiarray.py
+# sets ``_reconstruct.__module__ = scalar.__module__ = 'numpy.core.multiarray'`` so that pickles name that module)
+NUMPY1_MODULES = {"numpy._core.multiarray": "numpy.core.multiarray", "numpy._core.numeric": "numpy.core.numeric"}
+
+
+class Numpy1Pickler(pickle._Pickler):
+    """Pickles as Python 3.7 with numpy 1.x did: the pure-Python pickler (whose opcodes the C pickler of 3.7 writes
+    too) with numpy's reconstructors named by their numpy-1 modules (``NUMPY1_MODULES``). Nothing else of an array's
+    pickle differs between numpy 1.x and 2 (``ndarray.__reduce__`` gives ``_reconstruct``, ``(ndarray, (0,), b'b')``
+    and the state ``(1, shape, dtype, fortran, raw bytes)`` in both), so the bytes are what such a release holds:
+    GLOBAL ``numpy.core.multiarray _reconstruct`` (protocols 2 and 3; 3 is Python 3.7's default), STACK_GLOBAL of the
+    same strings (protocol 4, Python 3.7's highest), ``numpy ndarray``, ``numpy dtype``, and for protocol 2 the raw
+    bytes as ``_codecs encode``."""
+
+    def save_global(self, obj, name=None):
+        module = NUMPY1_MODULES.get(getattr(obj, "__module__", ""))
+        if module is None:
+            return super().save_global(obj, name)
+        name = name or obj.__qualname__
+        if self.proto >= 4:
+            self.save(module)
+            self.save(name)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + f"{module}\n{name}\n".encode())
+        self.memoize(obj)
+
+
+def numpy1_pickle(obj: object, protocol: int = 3) -> bytes:
+    """``obj`` pickled as Python 3.7 with numpy 1.x pickled it (``Numpy1Pickler``; protocols 2-4, 3.7 had no 5)."""
+    if not 2 <= protocol <= 4:
+        raise ValueError(f"Python 3.7 pickles with protocols up to 4, not {protocol}")
+    out = io.BytesIO()
+    Numpy1Pickler(out, protocol).dump(obj)
+    data = out.getvalue()
+    assert b"numpy._core" not in data, "a numpy-2 module name left in a numpy-1 pickle"
+    return data
+
+
+def pickle_zip(path: Path, array: np.ndarray, protocol: int = 3, member: str | None = None,
+               numpy1: bool = False) -> None:
+    """``path`` = a zip holding one pickled array, as the authors release every feature and label; ``numpy1``: as
+    Python 3.7 with numpy 1.x pickled it (``numpy1_pickle``), else as this numpy does."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = numpy1_pickle(array, protocol) if numpy1 else pickle.dumps(array, protocol=protocol)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(member or f"{path.stem}.pkl", pickle.dumps(array, protocol=protocol))
+        archive.writestr(member or f"{path.stem}.pkl", data)
 
 
 def pickle_bytes_zip(path: Path, data: bytes, member: str) -> None:
@@ -76,7 +119,7 @@ def _write_lines(path: Path, lines: list[str]) -> Path:
 
 def make_vggsound_avel(root: Path, splits: list[str], seed: int = 0) -> ZipSetFiles:
     """VGGSound-AVEL: one CSV row per entry of ``splits`` (its split), audio of 7..10 s, video (10, 7, 7, 512),
-    AVC labels (10, 1); pickles of protocols 2..5 in turn."""
+    AVC labels (10, 1); pickles of protocols 2..5 in turn, 2..4 as Python 3.7 with numpy 1.x wrote them."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     files = ZipSetFiles(root, root / "vggsound-avel40k.csv", _write_lines(root / "VggsoundAVEL40kCategories.txt",
@@ -99,9 +142,10 @@ def make_vggsound_avel(root: Path, splits: list[str], seed: int = 0) -> ZipSetFi
                         video=rng.random((10, 7, 7, 512), dtype=np.float32),
                         avc=(rng.random((10, 1)) < 0.6).astype(np.int64))
             protocol = 2 + n % 4
-            pickle_zip(files.audio_dir / f"{video_id}.zip", clip.audio, protocol)
-            pickle_zip(files.video_dir / f"{video_id}.zip", clip.video, protocol)
-            pickle_zip(files.label_dir / f"{video_id}.zip", clip.avc, protocol)
+            numpy1 = protocol <= 4      # as Python 3.7 with numpy 1.x wrote them; protocol 5 as numpy 2 does
+            pickle_zip(files.audio_dir / f"{video_id}.zip", clip.audio, protocol, numpy1=numpy1)
+            pickle_zip(files.video_dir / f"{video_id}.zip", clip.video, protocol, numpy1=numpy1)
+            pickle_zip(files.label_dir / f"{video_id}.zip", clip.avc, protocol, numpy1=numpy1)
             writer.writerow([clip.category, video_id, split])
             files.clips[video_id] = clip
     return files
@@ -169,8 +213,8 @@ def make_avvp(root: Path, seed: int = 2) -> AVVPFiles:
         youtube_id = filename[:11]
         files.audio[youtube_id] = rng.standard_normal((9, 128)).astype(np.float64)
         files.video[youtube_id] = rng.random((10, 7, 7, 512), dtype=np.float32)
-        pickle_zip(files.audio_dir / f"{youtube_id}.zip", files.audio[youtube_id])
-        pickle_zip(files.video_dir / f"{youtube_id}.zip", files.video[youtube_id])
+        pickle_zip(files.audio_dir / f"{youtube_id}.zip", files.audio[youtube_id], numpy1=True)   # Python 3.7's way
+        pickle_zip(files.video_dir / f"{youtube_id}.zip", files.video[youtube_id], numpy1=True)
     _write_lines(files.audio_annotations, audio_rows)
     _write_lines(files.visual_annotations, visual_rows)
     return files
@@ -227,14 +271,6 @@ class PairRelease:
 PAIR_WORDS = ("a dog barks", "rain falls on a roof", "a cello plays", "a car passes by", "children are laughing")
 
 
-def numpy1_pickle(array: np.ndarray) -> bytes:
-    """``array`` pickled as numpy 1 (and a release written by Python 3.7) names it: ``numpy.core.multiarray``, protocol
-    2, whose GLOBAL opcodes spell module names as text."""
-    data = pickle.dumps(array, protocol=2)
-    assert b"numpy._core" in data or b"numpy.core" in data
-    return data.replace(b"numpy._core", b"numpy.core")
-
-
 def make_pair_release(root: Path, kind: str, items: int = 6, seed: int = 0) -> PairRelease:
     """A tiny retrieval set ``kind`` in the authors' layout: arrays of random length (1-4 steps), video as the 7x7x512
     grid, audio (t 128), an image as one (7 7 512) grid; captions as the set has them (Clotho and MSCOCO 5 each)."""
@@ -260,7 +296,7 @@ def make_pair_release(root: Path, kind: str, items: int = 6, seed: int = 0) -> P
             else:
                 arrays[m] = rng.normal(size=(length, 7, 7, 512)).astype(np.float32)
             if n == 0:   # the first item as a Python 3.7 / numpy 1 release pickles it
-                pickle_bytes_zip(dirs[m] / f"{key}.zip", numpy1_pickle(arrays[m]), f"{key}.pkl")
+                pickle_zip(dirs[m] / f"{key}.zip", arrays[m], 2, numpy1=True)
             else:
                 pickle_zip(dirs[m] / f"{key}.zip", arrays[m])
         release.features[key] = arrays

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from job_utils import REPO, job_env, read_metrics, run_job
@@ -37,6 +39,36 @@ def test_main_trains_on_converted_vggsound_avel_features(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["loss"]) for m in metrics)
     checkpoint = CheckpointManager(run_dir / "checkpoints").latest()
     assert checkpoint is not None and json.loads((checkpoint / "meta.json").read_text())["step"] == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_shards_says_so_and_the_rerun_resumes(tmp_path):
+    """SIGINT to a running ``python -m shards.convert``: no traceback, one line saying how many shards were finished
+    (exactly the whole shards on disk), exit 130; the same command then keeps them and finishes."""
+    clips = 60
+    files = make_vggsound_avel(tmp_path / "released", ["train"] * clips)
+    out = tmp_path / "feats"
+    command = [sys.executable, "-m", "shards.convert", "vggsound-avel", "--meta", str(files.meta), "--categories",
+               str(files.categories), "--video-dir", str(files.video_dir), "--out", str(out), "--clips-per-shard",
+               "1", "--no-progress"]
+    running = subprocess.Popen(command, cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.tar")) and running.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    running.send_signal(signal.SIGINT)
+    _, err = running.communicate(timeout=60)
+    assert running.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    finished = sorted(out.glob("*.tar"))
+    assert 1 <= len(finished) < clips and not list(out.glob("*.partial")) and not (out / "manifest.json").exists()
+    assert err.rstrip().splitlines()[-1] == (f"interrupted: {len(finished)} of {clips} shards finished, kept in {out}; "
+                                             "run the same command again to resume")
+    rerun = subprocess.run(command, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"kept {len(finished)} finished shard{'s' * (len(finished) != 1)} from an earlier run in {out}; " \
+        f"{clips - len(finished)} to write" in rerun.stderr
+    assert len(list(out.glob("*.tar"))) == clips and (out / "manifest.json").is_file()
 
 
 @pytest.mark.slow

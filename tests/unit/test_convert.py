@@ -124,11 +124,13 @@ def test_a_run_stopped_by_a_bad_clip_resumes_to_what_an_uninterrupted_run_writes
         assert main(vgg_args(released, out)) == 1
     finally:
         shutil.move(hidden, missing)
-    assert f"error: {missing}: file not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: {missing}: file not found\n(2 of 5 shards finished, kept in {out}: fix the input" in err
     assert sorted(tar_bytes(out)) == ["train-000000.tar", "train-000001.tar"]    # whole shards only, no manifest
     assert not (out / MANIFEST_NAME).exists() and not list(out.glob("*.partial"))
     first = (out / "train-000000.tar").stat()
     assert main(vgg_args(released, out)) == 0                      # the same command continues
+    assert f"kept 2 finished shards from an earlier run in {out}; 3 to write" in capsys.readouterr().err
     assert (out / "train-000000.tar").stat().st_mtime_ns == first.st_mtime_ns   # finished shards were kept
     assert tar_bytes(out) == tar_bytes(reference)
     assert json.loads((out / MANIFEST_NAME).read_text()) == json.loads((reference / MANIFEST_NAME).read_text())
@@ -189,6 +191,7 @@ def test_bad_clips_fail_naming_file_and_member_or_are_skipped_and_listed(tmp_pat
     assert main(vgg_args(files, tmp_path / "strict")) == 1
     err = capsys.readouterr().err
     assert f"error: {trap}:{ids[1]}.pkl: not a pickled numpy array (UnpicklingError: refused global" in err
+    assert "\n(no shard of 3 was finished: fix the input" in err and "kept" not in err   # the first shard failed
     assert main(vgg_args(files, tmp_path / "lenient", "--skip-bad")) == 0
     assert not marker.exists()
     summary = capsys.readouterr()

@@ -3,6 +3,7 @@ and codebook, the public-layout path, checkpoints of every task (Uni-Code, FCCID
 main job's layout written here, its protocols' data options and `--suite paper` with its MLflow run. The command on
 checkpoints written by trainer/main.py itself is in tests/system/test_evaluate_job.py."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -242,6 +243,10 @@ def test_command_on_public_npz_with_toc(checkpoint, capsys):
     rows = {(p["task"], p["direction"]) for p in report["probes"]}
     assert rows == {(t, d) for t in ("classification", "localisation", "cross_dataset") for d in ("A→V", "V→A")}
     assert "TOC: 4 dims" in out and "retrieval" in out
+    # 18 training clips: every head's batch is cut from the seeds' 256 so that an epoch is more than one step
+    assert ("note: localisation head: batch cut from 256 (1 step an epoch) to give 10 steps an epoch: 18 training "
+            "clips at batch 1: 18 steps an epoch, 36 in 2 epochs; --exact-head-batch keeps the batch") in out
+    assert {p["head"]["batch_size"] for p in report["probes"]} == {1}
     assert (checkpoint / "evaluation" / "step_00000008-toc4" / "table.txt").is_file()
     assert hashlib.sha256((checkpoint / "checkpoints/step_00000008/model.pt").read_bytes()).hexdigest() == before
 
@@ -382,6 +387,41 @@ def test_heads_train_as_seed_000_says_unless_overridden(checkpoint):
     heads = head_settings(epochs=3, lr=None, batch_size=16, hidden=32, seed=5)
     assert {(h.epochs, h.lr, h.batch_size, h.head.hidden_dim, h.seed) for h in heads.values()} == \
         {(3, 2.5e-4, 16, 32, 5)}
+    assert {(h.min_steps_per_epoch, h.adapt_batch) for h in cfg.heads.values()} == {(10, True)}
+    assert not any(h.adapt_batch for h in heads.values())            # a batch given on the command line is kept
+    _, exact, _ = parse_args([str(checkpoint), "--exact-head-batch"])
+    assert {(h.batch_size, h.adapt_batch) for h in exact.heads.values()} == {(256, False)}
+
+
+def _learnable_split(clips: int, seed: int, classes: int = 5) -> CodeSplit:
+    """Per-segment events a head can learn: each class's segments near its own unit vector, background near 0."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(-1, classes, (clips, 10), generator=g)
+    centres = torch.cat([torch.eye(classes, 16), torch.zeros(1, 16)])        # row -1: background
+    vectors = {m: centres[labels] + 0.3 * torch.randn(clips, 10, 16, generator=g) for m in ("audio", "video")}
+    return CodeSplit(vectors, {m: torch.zeros(clips, 10, dtype=torch.int64) for m in vectors},
+                     {"audio": labels, "video": labels}, labels.max(1).values)
+
+
+def test_a_small_train_split_gets_ten_steps_an_epoch_and_leaves_chance():
+    """The seeds' localisation head (batch 256, 50 epochs, lr 2.5e-4) on a 200-clip train split takes one step an
+    epoch and stays at chance (the positive rate, about 17% here); its batch cut to 20 (10 steps an epoch) learns. With
+    --exact-head-batch the batch stays 256 and the result says why its numbers may be at chance."""
+    splits = {"train": _learnable_split(200, 0), "val": _learnable_split(40, 1), "test": _learnable_split(40, 2)}
+    paper = head_settings(None, None, None, 128, 0)["localisation"]
+    cut = localisation_probe(splits, "audio", "video", 5, paper)
+    assert (cut.head["batch_size"], cut.head["steps_per_epoch"], cut.head["steps"]) == (20, 10, 500)
+    assert cut.head["note"] == ("batch cut from 256 (1 step an epoch) to give 10 steps an epoch: 200 training clips "
+                                "at batch 20: 10 steps an epoch, 500 in 50 epochs; --exact-head-batch keeps the batch")
+    exact_heads = head_settings(None, None, None, 128, 0, exact_batch=True)
+    exact = localisation_probe(splits, "audio", "video", 5, exact_heads["localisation"])
+    assert (exact.head["batch_size"], exact.head["steps"]) == (256, 50)
+    assert "1 step an epoch, 50 in 50 epochs, fewer than 10 steps an epoch: the head may stay at chance" in \
+        exact.head["note"]
+    assert exact.cross < 0.25 and cut.cross > 0.4, (exact.cross, cut.cross)      # measured: 0.227 and 0.470
+    large = localisation_probe({s: CodeSplit.concat([splits[s]] * 13) for s in splits}, "audio", "video", 5,
+                               dataclasses.replace(paper, epochs=1))            # 2,600 clips: 11 steps at 256
+    assert (large.head["batch_size"], large.head["note"]) == (256, None)
 
 
 SEED_000_SHARED = ["dog", "car", "helicopter", "violin fiddle", "frying food", "motorcycle", "acoustic guitar",
@@ -453,6 +493,22 @@ def test_ucf_vgg_and_the_built_in_class_lists_from_the_command(checkpoint, ucf_v
     assert set(report["retrieval"]["video"]) == {"to_audio", "from_audio"}
     assert report["class_retrieval"]["audio↔video"]["seen"] is True
     assert "ucf_vgg         V→A" in out and "retrieval       A→V" in out and "class retrieval A↔V" in out
+
+
+def test_a_re_evaluation_replaces_the_directory_of_the_earlier_one(checkpoint, tmp_path, capsys):
+    """<run>/evaluation/<checkpoint>/ holds one evaluation's outputs: re-evaluating without --suite paper leaves no
+    paper_tables.txt of the earlier run, nor any other file of it."""
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run, ignore=shutil.ignore_patterns("evaluation"))
+    args = [str(run), "--public", str(run / "public.npz"), "--epochs", "1", "--no-tracking"]
+    assert main([*args, "--suite", "paper"]) == 0, capsys.readouterr().err
+    out_dir = run / "evaluation" / "step_00000008"
+    assert {p.name for p in out_dir.iterdir()} == {"report.json", "table.txt", "paper_tables.txt"}
+    (out_dir / "code_usage_valor32k.png").write_bytes(b"an earlier evaluation's figure")
+    (out_dir / "notes.txt").write_text("an earlier evaluation's file")
+    assert main(args) == 0, capsys.readouterr().err
+    assert {p.name for p in out_dir.iterdir()} == {"report.json", "table.txt"}
+    assert sorted(p.name for p in out_dir.parent.iterdir()) == ["step_00000008"]   # nothing left beside it
 
 
 @pytest.mark.slow

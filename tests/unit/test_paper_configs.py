@@ -67,11 +67,17 @@ def test_a_paper_config_is_a_valid_job_on_the_converted_release(tmp_path, monkey
                          "--audio-dir", str(files.audio_dir), "--video-dir", str(files.video_dir),
                          "--label-dir", str(files.label_dir), "--prompts", str(files.prompts),
                          "--out", "feats/vggsound40k", "--clips-per-shard", "2"]) == 0
-    cfg = load_config(JobConfig, PAPER / f"{name}.yaml")
-    validate_job(cfg)
-    shards = expand_shard_urls(cfg.data.urls)
-    assert [Path(s).name.split("-")[0] for s in shards] == (
-        ["train", "train"] if name.endswith("24k") else ["test", "train", "train", "val"])
+    for cwd in (tmp_path, tmp_path / "released"):   # from the root, and from elsewhere (docs/data.md "Paths in ...")
+        monkeypatch.chdir(cwd)
+        cfg = load_config(JobConfig, PAPER / f"{name}.yaml")
+        validate_job(cfg)
+        shards = expand_shard_urls(cfg.data.urls)
+        assert [Path(s).name.split("-")[0] for s in shards] == (
+            ["train", "train"] if name.endswith("24k") else ["test", "train", "train", "val"])
+        assert (Path(cfg.data.urls).parent.resolve(), (cwd / cfg.run.dir).resolve()) == \
+            (tmp_path / "feats" / "vggsound40k", tmp_path / "runs" / "paper" / name)
+    override = load_config(JobConfig, PAPER / f"{name}.yaml", ["data.urls=feats/x-{000000..000001}.tar"])
+    assert override.data.urls == "feats/x-{000000..000001}.tar"   # an override: read from the current directory
 
 
 def test_print_config_works_without_data_and_says_what_the_data_decides(tmp_path, capsys, monkeypatch):

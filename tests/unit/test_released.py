@@ -7,20 +7,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import pickletools
 import zipfile
 
 import numpy as np
 import pytest
 from released_utils import (
     AVVP_EVENTS, VGG_CLASSES, VGG_PROMPTS, OpensAFileWhenUnpickled, fitted_audio, make_ave, make_avvp, make_ucf_side,
-    make_vggsound_avel, pickle_bytes_zip, pickle_zip,
+    make_vggsound_avel, numpy1_pickle, pickle_bytes_zip, pickle_zip,
 )
 
 from trainer.data.decode import BACKGROUND
 from trainer.data.released import (
     AVE_AVVP_CLASS_MAP, AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLASSES, AVEConfig, AVESet, AVVPConfig, AVVPSet,
     ReleasedFormatError, SharedClass, ZipSet, ZipSetConfig, feature_array, fit_seconds, read_annotations,
-    read_categories, read_shared_classes, read_zip_array, shared_class_map, unpickle_array,
+    read_categories, read_prompts, read_shared_classes, read_zip_array, shared_class_map, unpickle_array,
 )
 
 # --- the restricted unpickler ---
@@ -36,13 +37,38 @@ def test_arrays_of_every_protocol_and_numeric_dtype_load(protocol, dtype):
     assert np.array_equal(unpickle_array(pickle.dumps(fortran, protocol=protocol), "f"), fortran)
 
 
-def test_numpy_1_pickles_load():
-    """numpy 1.x names its reconstructor numpy.core.multiarray (numpy 2 writes numpy._core): both are admitted."""
+def _global_opcodes(data: bytes) -> set[str]:
+    """The ``module name`` of every GLOBAL opcode of a pickle (protocols 0-3 name their globals that way)."""
+    return {arg for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"}
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_numpy_1_pickles_load(protocol):
+    """A release written by Python 3.7 with numpy 1.x names numpy.core.multiarray (numpy 2 writes numpy._core): the
+    fixture's bytes (``numpy1_pickle``) name the numpy-1 modules only, and they load."""
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
-    data = pickle.dumps(array, protocol=2)
-    assert b"numpy._core.multiarray" in data
-    old = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-    assert np.array_equal(unpickle_array(old, "old.pkl"), array)
+    data = numpy1_pickle(array, protocol)
+    assert b"numpy.core.multiarray" in data and b"_reconstruct" in data and b"numpy._core" not in data
+    if protocol < 4:
+        assert _global_opcodes(data) == {"numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"} | \
+            ({"_codecs encode"} if protocol == 2 else set())
+    assert np.array_equal(unpickle_array(data, "old.pkl"), array)
+
+
+@pytest.mark.parametrize("write", [numpy1_pickle, lambda obj: pickle.dumps(obj, protocol=3)], ids=["numpy1", "numpy2"])
+def test_a_pickled_scalar_is_reported_as_what_it_holds(write):
+    data = write(np.float64(2.5))
+    assert {"numpy.core.multiarray scalar", "numpy._core.multiarray scalar"} & _global_opcodes(data)
+    with pytest.raises(ReleasedFormatError, match="s.pkl: holds a float64, not a numpy array"):
+        unpickle_array(data, "s.pkl")
+
+
+@pytest.mark.parametrize("module", ["numpy.core.multiarray", "numpy._core.multiarray", "numpy"])
+def test_other_numpy_globals_are_refused(module):
+    """Only the reconstructors are admitted: numpy's file readers (``fromfile``, ``load``) are not."""
+    data = b"\x80\x02c" + module.encode() + b"\nfromfile\nX\x08\x00\x00\x00/etc/foo\x85R."
+    with pytest.raises(ReleasedFormatError, match=rf"refused global {module}.fromfile"):
+        unpickle_array(data, "f.pkl")
 
 
 def test_a_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path):
@@ -199,6 +225,41 @@ def test_metadata_problems(tmp_path):
         read_categories(tmp_path / "cats.txt")
     (tmp_path / "ok.txt").write_text(" a \nb\n\n")
     assert read_categories(tmp_path / "ok.txt") == ["a", "b"]
+
+
+def test_metadata_csvs_as_spreadsheets_write_them(tmp_path):
+    """A UTF-8 BOM (Excel's "CSV UTF-8") is dropped and quoted commas are kept; an unquoted comma inside a category
+    name is refused with the file and line, not reported as a bad id three fields later."""
+    files = make_vggsound_avel(tmp_path, ["train"] * 2)
+    ids = list(files.clips)
+    rows = files.meta.read_text(encoding="utf-8").splitlines()
+    files.meta.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")
+    assert files.meta.read_bytes().startswith(b"\xef\xbb\xbf")
+    source = ZipSet(vgg_config(files, prompts=""), "vggsound-avel")
+    assert source.splits() == {"train": ids}
+    files.categories.write_text("Male speech, man speaking\ndog barking\n", encoding="utf-8")
+    files.meta.write_text(f'category,video_id,split\n"Male speech, man speaking",{ids[0]},train\n'
+                          f"dog barking,{ids[1]},train,\n", encoding="utf-8-sig")     # a trailing empty field
+    source = ZipSet(vgg_config(files, prompts=""), "vggsound-avel")
+    assert source.read("train", ids[0]).labels.clip == 0 and source.read("train", ids[1]).labels.clip == 1
+    files.meta.write_text(f"category,video_id,split\ndog barking,{ids[1]},train\n"
+                          f"Male speech, man speaking,{ids[0]},train\n", encoding="utf-8-sig")
+    with pytest.raises(ReleasedFormatError, match=rf"{files.meta}:3: 4 fields, expected 3 \(category, video_id, "
+                                                  r"split\) \(a comma inside a value needs quotes\)"):
+        ZipSet(vgg_config(files, prompts=""), "vggsound-avel")
+    files.meta.write_text(f"category,video_id,split\ndog barking,{ids[1]}\n")
+    with pytest.raises(ReleasedFormatError, match=rf"{files.meta}:2: 2 fields, expected 3 \(category, video_id, "
+                                                  r"split\)$"):
+        ZipSet(vgg_config(files, prompts=""), "vggsound-avel")
+    files.prompts.write_text("\ufefflabel,prompt\ndog barking,A dog barks, then again.\n", encoding="utf-8")
+    with pytest.raises(ReleasedFormatError, match=r"Prompts.csv:2: 3 fields, expected 2 .*a comma inside a value"):
+        read_prompts(files.prompts)
+    files.prompts.write_text('label,prompt\ndog barking,"A dog barks, then again."\n', encoding="utf-8")
+    assert read_prompts(files.prompts) == {"dog barking": "A dog barks, then again."}
+    annotations = tmp_path / "audio.tsv"
+    annotations.write_text("filename\tonset\toffset\tevent_labels\nIgN7v8nWmx8_30_40\t0\t1\tSpeech\tDog\n")
+    with pytest.raises(ReleasedFormatError, match=rf"{annotations}:2: 5 fields, expected 4 .*a tab inside a value"):
+        read_annotations(annotations)
 
 
 def test_the_81k_list_gives_unlabelled_clips(tmp_path):

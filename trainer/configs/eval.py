@@ -56,10 +56,15 @@ class ProbeConfig:
     threshold: float = 0.5            # sigmoid threshold of the multi-label heads
     seed: int = 0                     # head init, batch order and dropout (the caller's RNG is left alone)
     head: HeadConfig = field(default_factory=HeadConfig)
+    # the fewest optimizer steps an epoch should take (0: no minimum). A small train split at a large batch gives a
+    # step or two an epoch, and such a head can stay at chance (trainer/eval/probes.py ``head_schedule``)
+    min_steps_per_epoch: int = 0
+    adapt_batch: bool = True          # below it: a smaller batch; False: batch_size as set, and a warning
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"ProbeConfig needs epochs >= 1, batch_size >= 1, lr > 0; got {self}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.min_steps_per_epoch < 0:
+            raise ValueError(f"ProbeConfig needs epochs >= 1, batch_size >= 1, lr > 0, min_steps_per_epoch >= 0; "
+                             f"got {self}")
 
 
 @dataclass

@@ -33,8 +33,11 @@ Every modality is fitted to ``SECONDS`` the way the authors fit audio (and UCF10
 last row, longer ones are cut (``fit_seconds``); a clip reports what was fitted. Video (t, 7, 7, 512) becomes
 (t, 49, 512), the row-major patch grid that a video backbone with ``pooling: patch`` gives (``FEATURE_SHAPES``).
 
-The pickles are read by ``ArrayUnpickler``, which reconstructs numpy arrays and nothing else: every other global a
-pickle names is refused, so a crafted member cannot run code. Any unusable input (a missing or corrupt zip, a refused
+The pickles are read by ``ArrayUnpickler``, which reconstructs numpy arrays (and scalars, then refused as not arrays)
+and nothing else, as numpy 1.x (a release written by Python 3.7: ``numpy.core.multiarray``) and numpy 2
+(``numpy._core``) name them: every other global a pickle names is refused, so a crafted member cannot run code. The
+metadata CSVs are read by the csv module (``read_table``: a UTF-8 BOM dropped, quoting honoured, a row of the wrong
+width refused as ``file:line``). Any unusable input (a missing or corrupt zip, a refused
 pickle, a wrong shape, a class the categories file lacks) raises ``ReleasedFormatError`` naming the file and member.
 """
 
@@ -78,7 +81,9 @@ def _latin1(text: str, encoding: str) -> bytes:
 
 
 def _array_globals() -> dict[tuple[str, str], Any]:
-    """The globals an ndarray pickle names (numpy 1.x writes ``numpy.core``, numpy 2 ``numpy._core``)."""
+    """The globals an ndarray pickle names (numpy 1.x writes ``numpy.core``, numpy 2 ``numpy._core``; a release
+    written by Python 3.7 names ``numpy.core.multiarray._reconstruct``), and ``scalar``, which rebuilds a numpy
+    scalar from its dtype and bytes: a pickled scalar is then reported as what it holds, not as a refused global."""
     try:
         from numpy._core import multiarray, numeric
     except ImportError:   # older numpy 1.x has no numpy._core
@@ -87,6 +92,7 @@ def _array_globals() -> dict[tuple[str, str], Any]:
                                            ("_codecs", "encode"): _latin1}
     for package in ("numpy.core", "numpy._core"):
         allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct   # protocols 0-4
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
         allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer          # protocol 5
     return allowed
 
@@ -192,15 +198,41 @@ def read_categories(path: str | Path) -> list[str]:
     return lines
 
 
-def _table(path: str | Path, delimiter: str, columns: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) of a CSV/TSV with a header holding ``columns``; values stripped."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ReleasedFormatError(f"{path}: no column {missing} in the header {reader.fieldnames}")
-        return [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None})
-                for row in reader]
+def read_table(path: str | Path, columns: Sequence[str] = (), delimiter: str = ",") -> tuple[
+        list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and the (line, row) of a CSV (TSV: ``delimiter="\\t"``) with a header row, read by the csv module:
+    a UTF-8 BOM dropped (spreadsheets write one), quoted fields as written, names and values stripped, blank lines
+    skipped. The header must hold ``columns``; a row with more fields than the header (an unquoted comma inside a
+    category name) or fewer is refused with its line number, as is one the csv module cannot parse. Empty fields past
+    the header's (``a,b,c,``) are dropped. ``line``: the line the row starts on."""
+    separator = "a comma" if delimiter == "," else "a tab" if delimiter == "\t" else repr(delimiter)
+    line = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            header = [name.strip() for name in next(reader, [])]
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise ReleasedFormatError(f"{path}: no column {missing} in the header {header}")
+            rows, line = [], reader.line_num
+            for fields in reader:
+                start, line = line + 1, reader.line_num
+                while len(fields) > len(header) and not fields[-1].strip():
+                    fields.pop()
+                if not fields:
+                    continue
+                if len(fields) != len(header):
+                    hint = f" ({separator} inside a value needs quotes)" if len(fields) > len(header) else ""
+                    raise ReleasedFormatError(f"{path}:{start}: {len(fields)} fields, expected {len(header)} "
+                                              f"({', '.join(header)}){hint}")
+                rows.append((start, {k: v.strip() for k, v in zip(header, fields)}))
+    except FileNotFoundError:
+        raise ReleasedFormatError(f"{path}: file not found") from None
+    except UnicodeDecodeError as err:
+        raise ReleasedFormatError(f"{path}: not UTF-8 ({err})") from None
+    except csv.Error as err:
+        raise ReleasedFormatError(f"{path}:{line + 1}: {err}") from None
+    return header, rows
 
 
 @dataclass(frozen=True)
@@ -214,13 +246,12 @@ def read_meta(path: str | Path, split: str) -> list[MetaRow]:
     """A ``category, video_id[, split]`` CSV -> its rows in file order; ``split`` for rows of a CSV without a split
     column (ucf2vggsound.csv has none). The 81K list (``video_name_vggsound81k_checked.csv``) has an ``id`` column
     holding the video's file name instead, and no category: its ids drop ``.mp4`` (``VGGSOUND_dataset179k.py``)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        header = [name.strip() for name in next(csv.reader(handle), [])]
+    header, table = read_table(path)
     if "video_id" not in header and "id" not in header:
         raise ReleasedFormatError(f"{path}: no column video_id (or id) in the header {header}")
     column = "video_id" if "video_id" in header else "id"
     rows = []
-    for line, row in _table(path, ",", (column,)):
+    for line, row in table:
         video_id = row[column].removesuffix(".mp4") if column == "id" else row[column]
         rows.append(MetaRow(row["category"] if "category" in header else None, video_id, row.get("split") or split))
         if not video_id or rows[-1].category == "":
@@ -232,16 +263,15 @@ def read_meta(path: str | Path, split: str) -> list[MetaRow]:
 
 def read_prompts(path: str | Path) -> dict[str, str]:
     """``label, <prompt>`` CSV -> {label: its first prompt} (the authors read ``.values[0][1]``)."""
+    header, rows = read_table(path)
+    if not header or header[0] != "label" or len(header) < 2:
+        raise ReleasedFormatError(f"{path}: expected a header 'label,<prompt>', got {header}")
     prompts: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header or header[0].strip() != "label" or len(header) < 2:
-            raise ReleasedFormatError(f"{path}: expected a header 'label,<prompt>', got {header}")
-        for row in reader:
-            if len(row) < 2 or not row[1].strip():
-                raise ReleasedFormatError(f"{path}:{reader.line_num}: no prompt in {row}")
-            prompts.setdefault(row[0].strip(), row[1].strip())
+    for line, row in rows:
+        label, prompt = row[header[0]], row[header[1]]
+        if not prompt:
+            raise ReleasedFormatError(f"{path}:{line}: no prompt for {label!r}")
+        prompts.setdefault(label, prompt)
     return prompts
 
 
@@ -256,7 +286,7 @@ def read_annotations(path: str | Path) -> dict[str, list[Event]]:
     """AVVP annotations (``filename onset offset event_labels``, tab-separated, one row per video with
     comma-separated lists or one row per event) -> {filename: its events in file order}."""
     events: dict[str, list[Event]] = {}
-    for line, row in _table(path, "\t", ("filename", "onset", "offset", "event_labels")):
+    for line, row in read_table(path, ("filename", "onset", "offset", "event_labels"), "\t")[1]:
         labels, onsets, offsets = (row[c].split(",") for c in ("event_labels", "onset", "offset"))
         if not (len(labels) == len(onsets) == len(offsets)):
             raise ReleasedFormatError(f"{path}:{line}: {len(labels)} labels, {len(onsets)} onsets, "

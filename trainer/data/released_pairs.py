@@ -28,7 +28,6 @@ vector (d) -> one segment). Every item of a set must have the same shape after t
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Mapping
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from trainer.data.decode import ClipLabels
-from trainer.data.released import ReleasedClip, ReleasedFormatError, _check_keys, read_zip_array
+from trainer.data.released import ReleasedClip, ReleasedFormatError, _check_keys, read_table, read_zip_array
 
 PAIR_SETS = ("mscoco", "clotho", "flickrsound", "msvd", "valor32k")
 GRID = (7, 7)     # VGG-19 pool5 per frame, as the authors' audio-visual features
@@ -68,21 +67,6 @@ def _json(path: str) -> Any:
         raise ReleasedFormatError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ReleasedFormatError(f"{path}: not valid JSON ({err})") from None
-
-
-def _csv_rows(path: str, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    """(line, row) of a CSV with a header (a UTF-8 BOM and quoted fields as the csv module reads them)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in columns if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ReleasedFormatError(f"{path}: no column {missing} (header: {reader.fieldnames})")
-            return [(reader.line_num, row) for row in reader]
-    except FileNotFoundError:
-        raise ReleasedFormatError(f"{path}: file not found") from None
-    except UnicodeDecodeError as err:
-        raise ReleasedFormatError(f"{path}: not UTF-8 ({err})") from None
 
 
 def _stem(name: str) -> str:
@@ -131,17 +115,17 @@ def read_items(kind: str, cfg: PairSetConfig) -> dict[str, list[str]]:
         _check_keys([shard_key(i) for i in ids], cfg.captions)
     elif kind == "clotho":
         columns = ("file_name", *(f"caption_{n}" for n in range(1, 6)))
-        rows = _csv_rows(cfg.captions, columns)
+        rows = read_table(cfg.captions, columns)[1]
         ids = [_stem(_field(row, "file_name", cfg.captions, line)) for line, row in rows]
         _check_keys([shard_key(i) for i in ids], cfg.captions)
         for key, (line, row) in zip(ids, rows):
             items[key] = [_field(row, c, cfg.captions, line) for c in columns[1:]]
     elif kind == "msvd":
-        for line, row in _csv_rows(cfg.captions, ("video_name", "caption")):
+        for line, row in read_table(cfg.captions, ("video_name", "caption"))[1]:
             items.setdefault(_field(row, "video_name", cfg.captions, line), []).append(
                 _field(row, "caption", cfg.captions, line))
     elif kind == "flickrsound":
-        rows = _csv_rows(cfg.meta, ("filename",))
+        rows = read_table(cfg.meta, ("filename",))[1]
         ids = [_stem(_field(row, "filename", cfg.meta, line)) for line, row in rows]
         _check_keys([shard_key(i) for i in ids], cfg.meta)
         items = {key: [] for key in ids}

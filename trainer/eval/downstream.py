@@ -399,6 +399,8 @@ def format_table(report: dict[str, Any]) -> str:
                  if "precision" in p["details"] else "")
         lines.append(f"{p['task']:<16}{p['direction']:<6}{p['metric']:<10}{100 * p['cross']:>8.1f}"
                      f"{100 * p['in_modality']:>13.1f}{100 * p['val']:>8.1f}{p['epoch']:>7}{extra}")
+    notes = dict.fromkeys(f"{p['task']} head: {p['head']['note']}" for p in report["probes"] if p["head"].get("note"))
+    lines += [f"note: {note}" for note in notes]     # once per protocol (both directions train on one split's size)
     for m, scores in report["retrieval"].items():
         for direction, recall in scores.items():
             name = _initials(f"{m}→audio" if direction == "to_audio" else f"audio→{m}")

@@ -30,8 +30,10 @@ Heads only ever see precomputed code tensors: nothing here can reach the encoder
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +99,7 @@ class ProbeResult:
     val: float                   # the source validation score of the chosen epoch
     epoch: int                   # the chosen epoch (1-based)
     details: dict[str, float] = field(default_factory=dict)   # precision / recall of the F1 tasks
+    head: dict[str, Any] = field(default_factory=dict)        # how the head was trained: ``HeadSchedule.report``
 
     @property
     def direction(self) -> str:
@@ -153,16 +156,66 @@ def _fit(head: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: ProbeLoss, v
     return best_epoch, best_score
 
 
+@dataclass(frozen=True)
+class HeadSchedule:
+    """How a head trains on ``clips`` training clips: at ``batch_size`` (``configured`` unless cut), ``epochs``."""
+
+    clips: int
+    batch_size: int
+    configured: int
+    epochs: int
+    min_steps_per_epoch: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.clips / self.batch_size)
+
+    def note(self) -> str | None:
+        """What a reader of the head's numbers must know: its batch was cut, or its epochs are a handful of steps."""
+        plan = (f"{self.clips} training clips at batch {self.batch_size}: {_steps(self.steps_per_epoch)} an epoch, "
+                f"{self.steps_per_epoch * self.epochs} in {self.epochs} epochs")
+        few = self.steps_per_epoch < self.min_steps_per_epoch
+        if self.batch_size != self.configured:
+            return (f"batch cut from {self.configured} ({_steps(math.ceil(self.clips / self.configured))} an epoch) to "
+                    f"give {self.min_steps_per_epoch} steps an epoch: {plan}"
+                    + (" (too few clips for more)" if few else "") + "; --exact-head-batch keeps the batch")
+        if few:
+            return (f"{plan}, fewer than {self.min_steps_per_epoch} steps an epoch: the head may stay at chance "
+                    "(a smaller --batch-size gives more)")
+        return None
+
+    def report(self) -> dict[str, Any]:
+        return {"clips": self.clips, "batch_size": self.batch_size, "configured_batch_size": self.configured,
+                "steps_per_epoch": self.steps_per_epoch, "steps": self.steps_per_epoch * self.epochs,
+                "note": self.note()}
+
+
+def _steps(n: int) -> str:
+    return f"{n} step{'s' * (n != 1)}"
+
+
+def head_schedule(clips: int, cfg: ProbeConfig) -> HeadSchedule:
+    """``cfg``'s batch, or with ``cfg.adapt_batch`` the largest batch that gives ``cfg.min_steps_per_epoch`` steps an
+    epoch where ``cfg.batch_size`` gives fewer (one clip a step at the least)."""
+    batch = cfg.batch_size
+    if cfg.adapt_batch and math.ceil(clips / batch) < cfg.min_steps_per_epoch:
+        batch = max(1, clips // cfg.min_steps_per_epoch)
+    return HeadSchedule(clips, batch, cfg.batch_size, cfg.epochs, cfg.min_steps_per_epoch)
+
+
 def _train_head(make_head: Callable[[], nn.Module], inputs: Tensor, targets: Tensor, loss_fn: ProbeLoss,
                 validate: Callable[[nn.Module], float], cfg: ProbeConfig,
-                real: Tensor | None = None) -> tuple[nn.Module, int, float]:
-    """Build and fit a head under ``cfg.seed`` without touching the caller's global RNG."""
+                real: Tensor | None = None) -> tuple[nn.Module, int, float, dict[str, Any]]:
+    """Build and fit a head under ``cfg.seed`` without touching the caller's global RNG, at ``head_schedule``'s
+    batch; returns the head, its epoch and validation score, and the schedule's report."""
+    schedule = head_schedule(inputs.shape[0], cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         head = make_head()
-        epoch, score = _fit(head, inputs, targets, loss_fn, validate, cfg, torch.Generator().manual_seed(cfg.seed),
-                            real)
-    return head, epoch, score
+        epoch, score = _fit(head, inputs, targets, loss_fn, validate,
+                            dataclasses.replace(cfg, batch_size=schedule.batch_size),
+                            torch.Generator().manual_seed(cfg.seed), real)
+    return head, epoch, score, schedule.report()
 
 
 def _clip_cross_entropy(logits: Tensor, labels: Tensor, real: Tensor | None) -> Tensor:
@@ -191,12 +244,12 @@ def classification_probe(splits: Mapping[str, CodeSplit], source: str, target: s
     def score(head: nn.Module, split: CodeSplit, modality: str) -> float:
         return accuracy(head(split.vectors[modality], split.real(modality)), split.clip_label)
 
-    head, epoch, val_score = _train_head(lambda: EventClassifier(in_dim, num_classes, cfg.head),
-                                         train.vectors[source], train.clip_label, _clip_cross_entropy,
-                                         lambda h: score(h, val, source), cfg, train.real(source))
+    head, epoch, val_score, schedule = _train_head(lambda: EventClassifier(in_dim, num_classes, cfg.head),
+                                                   train.vectors[source], train.clip_label, _clip_cross_entropy,
+                                                   lambda h: score(h, val, source), cfg, train.real(source))
     with torch.no_grad():
         return ProbeResult("classification", source, target, "accuracy", score(head, test, target),
-                           score(head, test, source), val_score, epoch)
+                           score(head, test, source), val_score, epoch, head=schedule)
 
 
 def _tag_f1(logits: Tensor, labels: Tensor, num_classes: int, threshold: float, real: Tensor | None = None):
@@ -218,14 +271,14 @@ def localisation_probe(splits: Mapping[str, CodeSplit], source: str, target: str
                        split.real(modality))
 
     targets = multi_hot(train.segment_labels[source], num_classes).float()
-    head, epoch, val_score = _train_head(lambda: SegmentTagger(in_dim, num_classes, cfg.head),
-                                         train.vectors[source], targets, _segment_bce,
-                                         lambda h: prf(h, val, source).f1, cfg, train.real(source))
+    head, epoch, val_score, schedule = _train_head(lambda: SegmentTagger(in_dim, num_classes, cfg.head),
+                                                   train.vectors[source], targets, _segment_bce,
+                                                   lambda h: prf(h, val, source).f1, cfg, train.real(source))
     with torch.no_grad():
         cross, own = prf(head, test, target), prf(head, test, source)
     return ProbeResult("localisation", source, target, "f1", cross.f1, own.f1, val_score, epoch,
                        {"precision": cross.precision, "recall": cross.recall,
-                        "in_modality_precision": own.precision, "in_modality_recall": own.recall})
+                        "in_modality_precision": own.precision, "in_modality_recall": own.recall}, schedule)
 
 
 def map_classes(labels: Tensor, class_map: Mapping[int, int]) -> Tensor:
@@ -264,9 +317,9 @@ def cross_dataset_probe(first: Mapping[str, CodeSplit], second_test: CodeSplit, 
         predicted = torch.sigmoid(head(val.vectors[source], val.real(source))) > cfg.threshold
         return micro_prf(predicted, multi_hot(val.clip_label, num_classes)).f1
 
-    head, epoch, val_score = _train_head(lambda: EventClassifier(in_dim, num_classes, cfg.head),
-                                         train.vectors[source], train.clip_label, weak_loss, weak_f1, cfg,
-                                         train.real(source))
+    head, epoch, val_score, schedule = _train_head(lambda: EventClassifier(in_dim, num_classes, cfg.head),
+                                                   train.vectors[source], train.clip_label, weak_loss, weak_f1, cfg,
+                                                   train.real(source))
 
     def prf(modality: str):
         if modality not in second_test.vectors:
@@ -282,7 +335,7 @@ def cross_dataset_probe(first: Mapping[str, CodeSplit], second_test: CodeSplit, 
     with torch.no_grad():
         cross, own = prf(target), prf(source)
     return ProbeResult("cross_dataset", source, target, "f1", cross.f1, own.f1, val_score, epoch,
-                       {"precision": cross.precision, "recall": cross.recall})
+                       {"precision": cross.precision, "recall": cross.recall}, schedule)
 
 
 def cross_dataset_classification(first: Mapping[str, CodeSplit], second_test: CodeSplit, source: str, target: str,
@@ -318,12 +371,12 @@ def cross_dataset_classification(first: Mapping[str, CodeSplit], second_test: Co
     def score(head: nn.Module, split: CodeSplit, modality: str) -> float:
         return accuracy(head(split.vectors[modality], split.real(modality)), split.clip_label)
 
-    head, epoch, val_score = _train_head(lambda: EventClassifier(in_dim, len(firsts), cfg.head),
-                                         train.vectors[source], train.clip_label, _clip_cross_entropy,
-                                         lambda h: score(h, val, source), cfg, train.real(source))
+    head, epoch, val_score, schedule = _train_head(lambda: EventClassifier(in_dim, len(firsts), cfg.head),
+                                                   train.vectors[source], train.clip_label, _clip_cross_entropy,
+                                                   lambda h: score(h, val, source), cfg, train.real(source))
     with torch.no_grad():
         return ProbeResult("ucf_vgg", source, target, "accuracy", score(head, other, target),
-                           score(head, test, source), val_score, epoch)
+                           score(head, test, source), val_score, epoch, head=schedule)
 
 
 def paired_clip_retrieval(split: CodeSplit, query: str, gallery: str = "audio",

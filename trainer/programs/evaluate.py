@@ -4,7 +4,7 @@
                                [--public ROOT] [--cross-data URLS | --cross-public ROOT] [--class-map 2:3,4:1]
                                [--ucf-data URLS --vgg-data URLS] [--ucf-vgg-map 0:0,1:1]
                                [--tasks classification,localisation,...] [--suite paper] [--pretrain-set 40K]
-                               [--toc Q] [--toc-lambda 0.3] [--epochs N] [--lr LR] [--batch-size B]
+                               [--toc Q] [--toc-lambda 0.3] [--epochs N] [--lr LR] [--batch-size B] [--exact-head-batch]
                                [--json PATH] [--no-tracking]
     cmg eval CHECKPOINT [the same options]
 
@@ -36,7 +36,10 @@ Datasets and the protocols (``--tasks``; trainer/eval/probes.py) that read them:
   modality and tested on the other dataset's other modality; accuracy; ``--ucf-vgg-map`` overrides).
 Without ``--tasks``, every protocol whose data is given runs; a protocol named in ``--tasks`` without its data is
 refused (exit 2, naming the option). Heads train as seed 000 §B.2 says (trainer/eval/paper.py ``PAPER_HEADS``:
-lr 2.5e-4, batch 256, 30 or 50 epochs); ``--epochs/--lr/--batch-size`` override every protocol.
+lr 2.5e-4, batch 256, 30 or 50 epochs); ``--epochs/--lr/--batch-size`` override every protocol. A train split too
+small for 10 steps an epoch at batch 256 (under 2,560 clips) trains at the batch that gives 10, and the table and the
+report (``probes[].head``) say so; ``--exact-head-batch`` keeps 256 (the seeds' setting whatever the set's size) and
+warns instead, as it does for a ``--batch-size`` that gives fewer than 10 steps an epoch.
 ``--toc Q`` keeps the Q codebook dimensions TOC selects (closed form, trainer/eval/toc.py) and every head reads
 only those.
 
@@ -48,7 +51,9 @@ Defaults come from the pretraining run's ``config.yaml`` (shard URLs, decoding, 
 experiment). Results are printed as a table and logged as a child MLflow run of the pretraining run (tag
 ``mlflow.parentRunId`` = ``meta.json["mlflow_run_id"]``) in the run's own tracking store, with the tables and a
 JSON of every number written to ``<run>/evaluation/<checkpoint>[-toc<Q>]/`` and logged as artifacts, and every number
-as MLflow tables (``results_tables``); the pretraining run gets them as metrics at the checkpoint's step.
+as MLflow tables (``results_tables``); the pretraining run gets them as metrics at the checkpoint's step. A
+re-evaluation replaces that directory whole (written beside it, then renamed into place), so it never mixes two
+evaluations' files.
 Exit codes: 0 done, 2 bad arguments or data (nothing evaluated).
 """
 
@@ -57,6 +62,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -137,14 +143,29 @@ def log_to_mlflow(pretrained: Pretrained, job: JobConfig, cfg: EvaluateConfig, m
     return tracker.run_id
 
 
+def replace_directory(staging: Path, out_dir: Path) -> None:
+    """``staging`` (one evaluation's complete outputs) becomes ``out_dir``: the earlier evaluation's directory is
+    renamed aside first and then removed, so ``out_dir`` holds one evaluation's files, never two runs' (a re-evaluation
+    without ``--suite paper`` leaves no older ``paper_tables.txt``, one of fewer retrieval sets no older figure)."""
+    replaced = out_dir.with_name(out_dir.name + ".replaced")
+    shutil.rmtree(replaced, ignore_errors=True)
+    if out_dir.exists():
+        os.replace(out_dir, replaced)
+    os.replace(staging, out_dir)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------- command line
 
 def head_settings(epochs: int | None, lr: float | None, batch_size: int | None, hidden: int,
-                  seed: int) -> dict[str, ProbeConfig]:
-    """``PAPER_HEADS`` with the command line's overrides (None: the protocol's own setting)."""
+                  seed: int, exact_batch: bool = False) -> dict[str, ProbeConfig]:
+    """``PAPER_HEADS`` with the command line's overrides (None: the protocol's own setting). The seeds' batch is cut
+    on a small train split (``ProbeConfig.min_steps_per_epoch``); a batch given on the command line, or any batch with
+    ``exact_batch`` (``--exact-head-batch``), is kept, with a warning in the report where an epoch is that short."""
     return {task: dataclasses.replace(cfg, epochs=epochs or cfg.epochs, lr=lr or cfg.lr,
                                       batch_size=batch_size or cfg.batch_size, seed=seed,
-                                      head=dataclasses.replace(cfg.head, hidden_dim=hidden))
+                                      head=dataclasses.replace(cfg.head, hidden_dim=hidden),
+                                      adapt_batch=not exact_batch and batch_size is None)
             for task, cfg in PAPER_HEADS.items()}
 
 
@@ -166,7 +187,7 @@ def parse_args(argv: list[str] | None) -> tuple[str, EvaluateConfig, str | None]
         source(a.cross_data, a.cross_kind, a.cross_public), source(a.ucf_data, a.ucf_kind),
         source(a.vgg_data, a.vgg_kind), source(a.retrieval_data, "clips"), a.class_map, a.ucf_vgg_map, tasks,
         a.suite, a.pretrain_set, a.classes,
-        head_settings(a.epochs, a.lr, a.batch_size, a.hidden, a.seed), toc, not a.no_tracking)
+        head_settings(a.epochs, a.lr, a.batch_size, a.hidden, a.seed, a.exact_head_batch), toc, not a.no_tracking)
     return a.checkpoint, cfg, a.json
 
 
@@ -183,20 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     out_dir = pretrained.run_dir / "evaluation" / (pretrained.checkpoint.name +
                                                    (f"-toc{cfg.toc.dims}" if cfg.toc is not None else ""))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (*out_dir.glob("code_usage_*.png"), out_dir / "paper_tables.txt"):   # an earlier evaluation's
-        stale.unlink(missing_ok=True)
-    figures = code_usage_figures(report, out_dir)
-    files = [out_dir / "report.json", out_dir / "table.txt", *figures]
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)       # an evaluation that stopped while writing
+    staging.mkdir(parents=True)
+    figures = code_usage_figures(report, staging)
+    files = [staging / "report.json", staging / "table.txt", *figures]
     files[0].write_text(json.dumps(report, indent=1))
     files[1].write_text(table + "\n")
     metrics = report_metrics(report)
     if cfg.suite == "paper":
         tables = render_tables(report, cfg.pretrain_set)
         print("\n" + tables)
-        files.append(out_dir / "paper_tables.txt")
+        files.append(staging / "paper_tables.txt")
         files[-1].write_text(tables + "\n")
         metrics |= table_metrics(report, cfg.pretrain_set)
+    replace_directory(staging, out_dir)
+    files = [out_dir / path.name for path in files]
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1))
     if cfg.tracking:
