@@ -74,9 +74,9 @@ from trainer.configs.data import DecodeConfig
 from trainer.data.features import FeatureError, PublicFeatureConfig
 from trainer.data.manifest import FEATURE_FORMAT, MANIFEST_NAME, ShardEntry, ShardManifest
 from trainer.data.released import (
-    FEATURE_SHAPES, SECONDS, AVEConfig, AVESet, AVVPConfig, AVVPSet, ReleasedClip, ReleasedFormatError, ReleasedSet,
-    ZipSet, ZipSetConfig,
+    FEATURE_SHAPES, SECONDS, AVEConfig, AVESet, AVVPConfig, AVVPSet, ReleasedClip, ReleasedSet, ZipSet, ZipSetConfig,
 )
+from trainer.data.released_files import ReleasedFormatError
 from trainer.data.released_pairs import PAIR_SETS, PairSet, PairSetConfig
 
 STATE_NAME = "convert-state.json"

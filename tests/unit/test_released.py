@@ -20,9 +20,10 @@ from released_utils import (
 from trainer.data.decode import BACKGROUND
 from trainer.data.released import (
     AVE_AVVP_CLASS_MAP, AVE_AVVP_SHARED_CLASSES, AVE_CLASSES, AVVP_CLASSES, AVEConfig, AVESet, AVVPConfig, AVVPSet,
-    ReleasedFormatError, SharedClass, ZipSet, ZipSetConfig, feature_array, fit_seconds, read_annotations,
-    read_categories, read_prompts, read_shared_classes, read_zip_array, shared_class_map, unpickle_array,
+    SharedClass, ZipSet, ZipSetConfig, feature_array, fit_seconds, read_annotations, read_categories, read_prompts,
+    read_shared_classes, shared_class_map,
 )
+from trainer.data.released_files import ReleasedFormatError, read_zip_array, unpickle_array
 
 # --- the restricted unpickler ---
 

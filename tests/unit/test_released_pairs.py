@@ -12,7 +12,7 @@ from released_utils import OpensAFileWhenUnpickled, make_pair_release, pickle_by
 
 from shards.convert import main as convert_main
 from trainer.data.features import decode_npy
-from trainer.data.released import ReleasedFormatError
+from trainer.data.released_files import ReleasedFormatError
 from trainer.data.released_pairs import PAIR_SETS, PairSet, PairSetConfig, pair_feature
 
 

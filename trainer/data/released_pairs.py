@@ -4,8 +4,8 @@ Tables 1-4; docs/data.md "Released retrieval sets").
 
 The layouts are those of haihuangcode/CMG ``ACL25-FCID&TOC/src/dataset/{MSCOCO,Clotho,FlickrSound,MSVD,VALOR32K}_
 dataset.py``: one zip per item, ``<dir>/<id>.zip``, whose ``.pkl`` member holds one numpy array, time first, of any
-length (read by ``trainer.data.released.read_zip_array``: a restricted unpickler that admits numpy arrays only), and
-the captions in a JSON or CSV file:
+length (read by ``trainer.data.released_files.read_zip_array``: a restricted unpickler that admits numpy arrays
+only), and the captions in a JSON or CSV file:
 
     mscoco       --captions val_part_1.json   {"annotations": [{"image_id": 139, "caption": "..."}, ...]}; an image has
                                               several annotations (its captions); id = f"{image_id:012}"
@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from trainer.data.decode import ClipLabels
-from trainer.data.released import ReleasedClip, ReleasedFormatError, _check_keys, read_table, read_zip_array
+from trainer.data.released import ReleasedClip, _check_keys
+from trainer.data.released_files import ReleasedFormatError, read_table, read_zip_array
 
 PAIR_SETS = ("mscoco", "clotho", "flickrsound", "msvd", "valor32k")
 GRID = (7, 7)     # VGG-19 pool5 per frame, as the authors' audio-visual features
