@@ -15,6 +15,7 @@ Handles the known CPU traps (shared/notes/env_feasibility.md §2) in the product
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -117,6 +118,21 @@ def create_accelerator(cfg: JobConfig):
         if ds.get("bf16", {}).get("enabled") == "auto":   # launch/deepspeed/*.json: bf16 on GPU, fp32 on CPU
             ds["bf16"]["enabled"] = torch.cuda.is_available()
     return accelerator
+
+
+def training_precision(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The precision of a single-process training step on ``device`` (the benchmarks' steps): bf16 autocast on CUDA,
+    which the DeepSpeed JSONs' ``bf16: auto`` also picks there (``create_accelerator``), fp32 on the CPU. The quantizer
+    computes its distances and statistics in fp32 under it (trainer/models/quantizer.py)."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for ``device``'s queued kernels (a timer around GPU work reads the clock after them); no-op on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @dataclass

@@ -331,7 +331,8 @@ def test_fingerprint_names_the_weights_not_the_compute_dtype(vocab_file):
     bf16 = FrozenBackbones(bf16_cfg)
     assert {m: next(e.model.parameters()).dtype for m, e in bf16.encoders.items()} == dict.fromkeys(bf16.modalities,
                                                                                                   torch.bfloat16)
-    assert {m: e.fingerprint() for m, e in bf16.encoders.items()} == {m: e.fingerprint() for m, e in fp32.encoders.items()}
+    fingerprints = {m: e.fingerprint() for m, e in fp32.encoders.items()}
+    assert {m: e.fingerprint() for m, e in bf16.encoders.items()} == fingerprints
     bf16.load_state_dict(json.loads(json.dumps(fp32.state_dict())))
     fp32.load_state_dict(json.loads(json.dumps(bf16.state_dict())))
     features = bf16.encode({"video": random_video(), "audio": random_audio(), "caption": CAPTIONS})
