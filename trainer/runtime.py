@@ -69,12 +69,17 @@ def keep_freed_host_memory() -> bool:
 
 def prepare_process_environment(cfg: JobConfig) -> None:
     """Environment defaults, MLflow's settings (``trainer.tracking.mlflow_environment``: read per request, so set
-    here once) and the host allocator (``run.keep_freed_host_memory``); must run before deepspeed/accelerate create
-    a process group."""
+    here once), the host allocator (``run.keep_freed_host_memory``) and torch's deterministic kernels
+    (``run.deterministic``); must run before deepspeed/accelerate create a process group and before any CUDA work."""
     if cfg.tracking.enabled:
         os.environ.update(mlflow_environment(cfg.tracking, cfg.run.dir))
     if cfg.run.keep_freed_host_memory:
         keep_freed_host_memory()
+    if cfg.run.deterministic:
+        # cuBLAS reads this when it creates its handle: a fixed workspace, so its reductions keep one order
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: an op without a deterministic kernel warns (naming itself) instead of failing the job
+        torch.use_deterministic_algorithms(True, warn_only=True)
     on_gpu = torch.cuda.is_available()
     # accelerate launch with a DeepSpeed config says so in this variable; a plain-torch job never imports deepspeed
     # (about 2 s of start-up)
