@@ -29,7 +29,7 @@ def gpu_report(gpu_report_dir):
     report = {"device": torch.cuda.get_device_name(0), "device_count": torch.cuda.device_count(),
               "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
               "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
-                           "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+                           "nccl": str(torch.cuda.nccl.version()),
                            **{name: version(name) for name in ("deepspeed", "accelerate", "transformers")}},
               "sections": sections}
     (gpu_report_dir / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")

@@ -90,7 +90,7 @@ def test_bf16_autocast_step_equals_the_fp32_step_and_keeps_mm_ema_fp32(gpu_repor
 
     _, loss32, grads32 = one_step("cpu")          # the CPU's precision (fp32) on the GPU's tensors
     task16, loss16, grads16 = one_step(device)    # bf16 autocast
-    figures = {}
+    figures = gpu_report["bf16 autocast step vs fp32 step (Uni-Code AV, B=16, T=10)"] = {}   # kept if an assert fails
     for what, actual, expected in (("loss", loss16, loss32), ("gradients", grads16, grads32)):
         used, diff = _used_ulps(actual, expected)
         figures[f"{what}: max difference"] = f"{diff:.3g}"
@@ -110,7 +110,6 @@ def test_bf16_autocast_step_equals_the_fp32_step_and_keeps_mm_ema_fp32(gpu_repor
     quantizer = task16.model.quantizer
     dtypes = {name: buf.dtype for name, buf in quantizer.named_buffers() if buf.is_floating_point()}
     figures["quantizer float buffers after 4 bf16 steps"] = ", ".join(f"{n}: {d}" for n, d in sorted(dtypes.items()))
-    gpu_report["bf16 autocast step vs fp32 step (Uni-Code AV, B=16, T=10)"] = figures
     assert {"codebook", "ema_count", "ema_sum", "stats_accumulator"} <= set(dtypes)
     assert set(dtypes.values()) == {torch.float32}, dtypes
 
@@ -140,6 +139,8 @@ def test_main_job_zero2_nccl_sigusr1_resume_is_bit_exact(tmp_path, shards, proce
     last = max(STEPS, stopped["step"] + RESUMED_STEPS)
     optimizer = re.search(r"\[cmg\] optimizer: (.*)", out + err)
     assert optimizer is not None, out[-2000:]
+    figures = gpu_report[f"main job, DeepSpeed ZeRO-2, nccl, {processes} process(es)"] = {
+        "optimizer": optimizer.group(1), "stopped by SIGUSR1 at step": stopped["step"]}
     # DeepSpeed steps the loop's torch AdamW inside its ZeRO-2 optimizer (docs/performance.md, "GPU check")
     assert re.fullmatch(r"DeepSpeedZeroOptimizer over AdamW \(fused=\w+\) on cuda(:\d+)?", optimizer.group(1)), \
         optimizer.group(1)
@@ -153,8 +154,7 @@ def test_main_job_zero2_nccl_sigusr1_resume_is_bit_exact(tmp_path, shards, proce
     assert losses(stopped_dir) == losses(reference)          # every step, bit for bit
     assert_same_tensors(final_model(stopped_dir), final_model(reference))
     step_s = [r["perf/step_s"] for r in read_metrics(reference)[2:]]
-    gpu_report[f"main job, DeepSpeed ZeRO-2, nccl, {processes} process(es)"] = {
-        "optimizer": optimizer.group(1), "stopped by SIGUSR1 at step": stopped["step"],
+    figures |= {
         "resumed to step": last, "losses equal the uninterrupted run's": "bit for bit",
         "uninterrupted run wall s (start-up included)": f"{wall:.1f}",
         "median step s after the first 2": f"{sorted(step_s)[len(step_s) // 2]:.4f}" if step_s else "n/a",
@@ -174,7 +174,7 @@ def test_tiny_backbones_on_the_gpu_encode_decoded_clips_as_the_cpu_does(shards, 
     assert {e.dtype for e in gpu.encoders.values()} == {torch.bfloat16}
     assert gpu.describe() == cpu.describe()                # the same fingerprints: the same weights
     on_gpu, on_cpu = gpu.encode(batch), cpu.encode(batch)
-    figures = {}
+    figures = gpu_report["tiny backbones, bf16 on the GPU vs fp32 on the CPU"] = {}
     for name, expected in on_cpu.items():
         if not expected.is_floating_point():
             assert torch.equal(on_gpu[name].cpu(), expected), name
@@ -182,7 +182,6 @@ def test_tiny_backbones_on_the_gpu_encode_decoded_clips_as_the_cpu_does(shards, 
         used, diff = _used_ulps(on_gpu[name].cpu(), expected)
         figures[f"{name}: bf16 ulps used (budget {BF16_STEP_ULPS})"] = f"{used:.2f}"
         assert on_gpu[name].dtype == torch.float32 and used <= BF16_STEP_ULPS, (name, used)
-    gpu_report["tiny backbones, bf16 on the GPU vs fp32 on the CPU"] = figures
 
 
 def test_cpu_trained_export_loads_and_encodes_on_the_gpu(tmp_path, shards, gpu_report):
@@ -202,12 +201,11 @@ def test_cpu_trained_export_loads_and_encodes_on_the_gpu(tmp_path, shards, gpu_r
     inputs = {stream: clips for stream in set(cpu.streams.values()) if stream != "text"}
     on_cpu, on_gpu = cpu.encode(**inputs), gpu.encode(**inputs)
     assert on_gpu.keys() == on_cpu.keys()
-    figures = {}
+    figures = gpu_report["CPU-trained export encoding on the GPU (bf16 backbones)"] = {}
     for modality, codes in on_gpu.items():
         assert codes.codes.shape == on_cpu[modality].codes.shape
         same = (codes.codes == on_cpu[modality].codes).float().mean().item()
         figures[f"{modality}: share of segments with the CPU's code"] = f"{same:.3f}"
-    gpu_report["CPU-trained export encoding on the GPU (bf16 backbones)"] = figures
 
 
 # ---------------------------------------------------------------------------------------------- benchmarks
