@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# the index torch is installed from (empty: pip's own, where PyPI's Linux x86-64 wheel is a CUDA build), e.g.
+# TORCH_INDEX=https://download.pytorch.org/whl/cu128 for a named CUDA build (docs/performance.md, "GPU check")
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cmg-installed
 export HF_HUB_OFFLINE ?= 1
@@ -10,14 +13,14 @@ export TRANSFORMERS_OFFLINE ?= 1
 export DS_ACCELERATOR ?= cpu
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test test-numerics test-dist-default test-fast bench clean
+.PHONY: install demo test test-numerics test-dist-default test-fast bench gpu-check clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, from the exact spec: nothing later may pull another build of it
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
@@ -55,6 +58,17 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m shards.bench
+
+# the GPU check (tests/gpu, marker gpu; docs/performance.md, "GPU check"): one command on a fresh GPU machine, its
+# report under GPU_REPORT. DeepSpeed must pick its CUDA accelerator, so the recipe runs without DS_ACCELERATOR=cpu;
+# it refuses to run (rather than skip every test) where torch sees no GPU.
+GPU_REPORT ?= gpu_report
+gpu-check: install
+	@$(BIN)/python -c "import sys, torch; sys.exit(None if torch.cuda.is_available() else \
+		'gpu-check: torch ' + torch.__version__ + ' sees no CUDA GPU (a CPU build? make clean, then ' \
+		'make gpu-check TORCH_INDEX=https://download.pytorch.org/whl/cu128)')"
+	env -u DS_ACCELERATOR CMG_GPU_REPORT=$(GPU_REPORT) $(BIN)/python -m pytest -q -ra -m gpu --durations=0 tests/gpu
+	@echo "gpu-check: report in $(GPU_REPORT)/report.md and report.json"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -24,6 +24,8 @@ clips/s on one core (one DataLoader worker), and a full PyAV decode of the same 
 rounds that interleave the two). Their
 quotient is the number of decoding cores one training process needs. The paper's backbones are not in its demand:
 VGG-19 and VGGish run once, offline, in ``shards.extract`` (their cost: ``trainer.programs.bench.backbones``).
+``--device cuda`` runs the demand's training step under bf16 autocast and the backbones at their ``dtype`` (auto: bf16)
+on the GPU, as a GPU training process does; the supply stays one CPU core's.
 
 ``--json FILE`` writes every figure, with the command and the machine's load; ``--markdown FILE`` writes both tables
 as a generated docs page (docs/performance/decode.md), and ``--from-json FILE --markdown PAGE`` renders a saved JSON
@@ -61,6 +63,7 @@ from trainer.data.collate import collate_samples
 from trainer.data.media_decoders import decode_audio, decode_video
 from trainer.job import job_backbones, resolve_job
 from trainer.configs.job import JobConfig
+from trainer.runtime import synchronize, training_precision
 from trainer.tasks import task_class
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,38 +119,43 @@ WORKLOADS = {
 }
 
 
-def _median_seconds(work: Callable[[], object], repeats: int) -> float:
+def _median_seconds(work: Callable[[], object], repeats: int, device: str = "cpu") -> float:
     work()                                                     # warm-up (allocations, first-call paths)
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         work()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def training_demand(job: JobConfig, feature_shapes: dict[str, tuple[int, ...]], segments: int, steps: int) -> float:
+def training_demand(job: JobConfig, feature_shapes: dict[str, tuple[int, ...]], segments: int, steps: int,
+                    device: str = "cpu") -> float:
     """Seconds of one training step of ``job``'s task and model on a per-rank batch of random features: forward,
-    every loss term, backward, AdamW step and ``after_optimizer_step_``, in this process, one process."""
+    every loss term, backward, AdamW step and ``after_optimizer_step_``, in this process, one process; on ``device``
+    at its training precision (``trainer.runtime.training_precision``: bf16 autocast on a GPU)."""
     torch.manual_seed(0)
-    task = task_class(job.task)(resolve_job(job, feature_shapes).model)
+    task = task_class(job.task)(resolve_job(job, feature_shapes).model).to(device)
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=job.optim.lr)
     generator = torch.Generator().manual_seed(0)
-    features = {m: torch.randn(job.data.batch_size, segments, *shape, generator=generator)
+    features = {m: torch.randn(job.data.batch_size, segments, *shape, generator=generator).to(device)
                 for m, shape in feature_shapes.items()}
     counter = iter(range(1 << 30))
 
     def step() -> None:
-        loss, _ = task.compute_loss(features, next(counter))
+        with training_precision(device):
+            loss, _ = task.compute_loss(features, next(counter))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         task.after_optimizer_step_()
 
-    return _median_seconds(step, steps)
+    return _median_seconds(step, steps, device)
 
 
-def supply_and_demand(name: str, workload: Workload, tmp: Path, steps: int, threads: int) -> dict:
+def supply_and_demand(name: str, workload: Workload, tmp: Path, steps: int, threads: int, device: str = "cpu") -> dict:
     """One row of the supply/demand table (see the module docstring)."""
     job = load_config(JobConfig, workload.job_config)
     decode_cfg = workload.decode or job.data.decode
@@ -167,15 +175,16 @@ def supply_and_demand(name: str, workload: Workload, tmp: Path, steps: int, thre
     backbones_s = 0.0
     shapes = workload.feature_shapes
     if shapes is None:                                         # clip shards: the backbones run in the trainer
-        backbones = FrozenBackbones(job_backbones(job), "cpu")
+        backbones = FrozenBackbones(job_backbones(job), device)
         shapes = backbones.feature_shapes()
         decoded = [decode_sample(samples[i % len(samples)], decode_cfg) for i in range(job.data.batch_size)]
         batch = collate_samples(decoded, [False] * len(decoded))
-        backbones_s = _median_seconds(lambda: backbones.encode(batch), steps)
-    step_s = training_demand(job, shapes, decode_cfg.seconds, steps)
+        backbones_s = _median_seconds(lambda: backbones.encode(batch), steps, device)
+    step_s = training_demand(job, shapes, decode_cfg.seconds, steps, device)
     demand = job.data.batch_size / (step_s + backbones_s)
     src = workload.source
-    return {"name": name, "source": f"{src.seconds} s {src.fps} fps {src.size} px",
+    return {"name": name, "device": torch.cuda.get_device_name(device) if device == "cuda" else "cpu",
+            "source": f"{src.seconds} s {src.fps} fps {src.size} px",
             "decode": f"{decode_cfg.seconds} x {decode_cfg.frames_per_segment} @ {decode_cfg.frame_size}",
             "batch": job.data.batch_size, "step_s": step_s, "backbones_s": backbones_s, "demand": demand,
             "decode_per_core": 1 / decode_s, "pyav_per_core": 1 / pyav_s, "cores": demand * decode_s}
@@ -197,8 +206,10 @@ def supply_table(result: dict) -> list[str]:
     """The supply/demand table (markdown lines); none when no workload ran."""
     if not result["supply"]:
         return []
-    lines = [f"Supply and demand: clips/s one training process consumes (per-rank batch / main-process time per step, "
-             f"{result['threads']} torch threads) vs clips/s one core decodes", "",
+    # a JSON written before --device existed trained on the CPU
+    on = ", ".join(sorted({r.get("device", "cpu") for r in result["supply"]}))
+    lines = [f"Supply and demand: clips/s one training process on {on} consumes (per-rank batch / main-process time "
+             f"per step, {result['threads']} torch threads) vs clips/s one core decodes", "",
              "| workload | source clips | decode T x F @ px | batch | step s | backbones s | consumes clips/s | "
              "decode clips/s per core | PyAV full decode per core | decoding cores per training process |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -239,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help=f"comma list of {list(WORKLOADS)} for the supply/demand table ('' = none)")
     p.add_argument("--steps", type=int, default=3, help="timed training steps per workload (after one warm-up)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the training step and backbones of the demand run (cuda: bf16)")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     p.add_argument("--markdown", default=None, help="also write both tables as a generated docs page")
     p.add_argument("--from-json", default=None, metavar="FILE",
@@ -290,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     supply = []
     if workloads:
         with tempfile.TemporaryDirectory(prefix="cmg-bench-") as tmp:
-            supply = [supply_and_demand(w, WORKLOADS[w], Path(tmp), a.steps, threads) for w in workloads]
+            supply = [supply_and_demand(w, WORKLOADS[w], Path(tmp), a.steps, threads, a.device) for w in workloads]
     command = "python -m shards.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = {"command": command, "load": [load_start, os.getloadavg()[0]], "threads": threads,
               "cores": len(os.sched_getaffinity(0)), "workers": a.workers, "stream_row": stream_name,

@@ -11,13 +11,16 @@ SHARED_RUNS = frozenset({"zero2_reference", "runs", "first_phase", "mlflow_serve
 
 
 def pytest_collection_modifyitems(items):
-    """Every test of ``tests/dist`` compares ranks with one process: mark it ``numerics``. Every test on the local
+    """Every test of ``tests/dist`` compares ranks with one process: mark it ``numerics``; every test of ``tests/gpu``
+    needs a GPU: mark it ``gpu``. Every test on the local
     Slurm runs in one pytest-xdist worker (group ``slurm``): one cluster, whose jobs queue for its CPUs anyway. The
     tests that read one module-scoped training run (``SHARED_RUNS``) run in one worker too, so that it is built once
     (tests/README.md, "Running")."""
     for item in items:
         if item.path.parent.name == "dist":
             item.add_marker(pytest.mark.numerics)
+        if item.path.parent.name == "gpu":
+            item.add_marker(pytest.mark.gpu)
         fixtures = getattr(item, "fixturenames", ())
         if "slurm_cluster" in fixtures:
             item.add_marker(pytest.mark.xdist_group("slurm"))

@@ -77,6 +77,13 @@ class TrainEngine:
             self.optimizer.zero_grad(set_to_none=True)
         return boundary
 
+    def optimizer_name(self) -> str:
+        """What steps the parameters, for the log: under DeepSpeed its ZeRO optimizer over the torch optimizer the loop
+        built (DeepSpeed keeps a client optimizer instead of its own FusedAdam: docs/performance.md, "GPU check")."""
+        inner = self.model.optimizer.optimizer if self.deepspeed else self.optimizer.optimizer
+        name = f"{type(inner).__name__} (fused={bool(inner.defaults.get('fused'))})"
+        return f"{type(self.model.optimizer).__name__} over {name}" if self.deepspeed else name
+
     def learning_rate(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 

@@ -149,6 +149,8 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
     if cfg.run.compile:
         task.compile_()
     engine = TrainEngine(accelerator, model, optimizer, scheduler, task.model, cfg.optim.grad_clip)
+    if is_main:
+        print(f"[cmg] optimizer: {engine.optimizer_name()} on {device}", flush=True)
     torch.manual_seed(cfg.run.seed + 1 + rank)
 
     # ---- what a checkpoint holds per rank: one registry of stateful parts (the engine saves model + optimizer)

@@ -15,6 +15,7 @@ Handles the known CPU traps (shared/notes/env_feasibility.md §2) in the product
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -69,12 +70,17 @@ def keep_freed_host_memory() -> bool:
 
 def prepare_process_environment(cfg: JobConfig) -> None:
     """Environment defaults, MLflow's settings (``trainer.tracking.mlflow_environment``: read per request, so set
-    here once) and the host allocator (``run.keep_freed_host_memory``); must run before deepspeed/accelerate create
-    a process group."""
+    here once), the host allocator (``run.keep_freed_host_memory``) and torch's deterministic kernels
+    (``run.deterministic``); must run before deepspeed/accelerate create a process group and before any CUDA work."""
     if cfg.tracking.enabled:
         os.environ.update(mlflow_environment(cfg.tracking, cfg.run.dir))
     if cfg.run.keep_freed_host_memory:
         keep_freed_host_memory()
+    if cfg.run.deterministic:
+        # cuBLAS reads this when it creates its handle: a fixed workspace, so its reductions keep one order
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: an op without a deterministic kernel warns (naming itself) instead of failing the job
+        torch.use_deterministic_algorithms(True, warn_only=True)
     on_gpu = torch.cuda.is_available()
     # accelerate launch with a DeepSpeed config says so in this variable; a plain-torch job never imports deepspeed
     # (about 2 s of start-up)
@@ -124,6 +130,21 @@ def create_accelerator(cfg: JobConfig):
         if ds.get("bf16", {}).get("enabled") == "auto":   # launch/deepspeed/*.json: bf16 on GPU, fp32 on CPU
             ds["bf16"]["enabled"] = torch.cuda.is_available()
     return accelerator
+
+
+def training_precision(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The precision of a single-process training step on ``device`` (the benchmarks' steps): bf16 autocast on CUDA,
+    which the DeepSpeed JSONs' ``bf16: auto`` also picks there (``create_accelerator``), fp32 on the CPU. The quantizer
+    computes its distances and statistics in fp32 under it (trainer/models/quantizer.py)."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for ``device``'s queued kernels (a timer around GPU work reads the clock after them); no-op on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @dataclass

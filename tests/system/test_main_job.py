@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -28,7 +27,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from job_utils import DEMO_CONFIG, REPO, job_command, job_env, make_clip_shards, read_metrics, run_job
+from job_utils import (
+    DEMO_CONFIG, REPO, assert_same_tensors, final_model, job_command, job_env, losses, make_clip_shards, read_metrics,
+    run_job, status, wait_for_steps,
+)
 from numerics import COMPOUNDED_ULPS, assert_reordered_close
 from tracking_utils import logged_images
 
@@ -51,39 +53,9 @@ def shards(tmp_path_factory) -> str:
     return make_clip_shards(tmp_path_factory.mktemp("data"))
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    rows = read_metrics(run_dir)
-    steps = [r["step"] for r in rows]
-    assert len(steps) == len(set(steps)), f"a step was logged twice: {steps}"
-    return {r["step"]: r["loss"] for r in rows}
-
-
-def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    ckpt = CheckpointManager(Path(run_dir) / "checkpoints").latest()
-    return torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
-
-
-def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"tensors differ: {different[:10]}"
-
-
 def rank_states(run_dir: Path) -> list[dict]:
     ckpt = CheckpointManager(Path(run_dir) / "checkpoints").latest()
     return [torch.load(p, map_location="cpu", weights_only=True) for p in sorted(ckpt.glob("rank_*.pt"))]
-
-
-def status(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "status.json").read_text())
-
-
-def wait_for_steps(run_dir: Path, proc: subprocess.Popen, steps: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while len(read_metrics(run_dir)) < steps:
-        assert proc.poll() is None, f"job ended early with {proc.returncode}: {proc.communicate()[1][-3000:]}"
-        assert time.monotonic() < deadline, "job made no progress"
-        time.sleep(0.2)
 
 
 # ---------------------------------------------------------------------------------------------- config errors

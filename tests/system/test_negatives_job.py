@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from job_utils import DEMO_CONFIG, REPO, job_env, read_metrics
+from job_utils import DEMO_CONFIG, REPO, final_model, job_env, read_metrics
 from numerics import COMPOUNDED_ULPS, assert_reordered_close
 
-from trainer.checkpoint_format import CheckpointManager
 from trainer.programs.bench.scaling import write_feature_shards
 from trainer.programs.harness import free_port, run_child
 
@@ -50,11 +49,6 @@ def train(run_dir: Path, urls: str, processes: int, negatives: str) -> list[dict
                "--main_process_port", str(free_port()), str(REPO / "trainer" / "main.py"), *args],
               f"{processes}-process job", cwd=REPO, env=job_env(), timeout=300)
     return read_metrics(run_dir)
-
-
-def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    ckpt = CheckpointManager(run_dir / "checkpoints").latest()
-    return torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
 
 
 @pytest.mark.slow

@@ -320,6 +320,28 @@ def test_describe_state_dict_round_trip_and_mismatch(vocab_file):
         FrozenBackbones(other_cfg).load_state_dict(state)
 
 
+def test_fingerprint_names_the_weights_not_the_compute_dtype(vocab_file):
+    """Backbones computing in bf16 (``dtype: auto`` on a GPU) accept the record of a run on fp32 backbones (the CPU),
+    and the other way round: the fingerprint is of the fp32 weights, taken before the cast (trainer/backbones/base.py).
+    Other weights are still refused."""
+    fp32 = FrozenBackbones(tiny_backbones(vocab_file))
+    bf16_cfg = tiny_backbones(vocab_file)
+    for modality, cfg in bf16_cfg.items():
+        setattr(bf16_cfg, modality, dataclasses.replace(cfg, dtype="bfloat16"))
+    bf16 = FrozenBackbones(bf16_cfg)
+    assert {m: next(e.model.parameters()).dtype for m, e in bf16.encoders.items()} == dict.fromkeys(bf16.modalities,
+                                                                                                  torch.bfloat16)
+    fingerprints = {m: e.fingerprint() for m, e in fp32.encoders.items()}
+    assert {m: e.fingerprint() for m, e in bf16.encoders.items()} == fingerprints
+    bf16.load_state_dict(json.loads(json.dumps(fp32.state_dict())))
+    fp32.load_state_dict(json.loads(json.dumps(bf16.state_dict())))
+    features = bf16.encode({"video": random_video(), "audio": random_audio(), "caption": CAPTIONS})
+    assert all(f.dtype in (torch.float32, torch.bool) and torch.isfinite(f.float()).all() for f in features.values())
+    other_cfg = dataclasses.replace(bf16_cfg, audio=dataclasses.replace(bf16_cfg.audio, seed=1))
+    with pytest.raises(ValueError, match="audio backbone differs in weights_sha256"):
+        FrozenBackbones(other_cfg).load_state_dict(fp32.state_dict())
+
+
 def test_pretrained_local_directory_uses_its_processor_settings(tmp_path):
     src = VideoBackbone(tiny_config("vit", pooling="cls"))
     src.model.save_pretrained(tmp_path)

@@ -251,6 +251,24 @@ def test_exports_and_codes_are_created_with_the_mode_the_umask_gives(umask, mode
         {p.relative_to(tmp_path).as_posix(): oct(mode) for p in written}
 
 
+def test_export_of_fp32_backbones_loads_with_bf16_backbones(runs, corpus, tmp_path):
+    """A CPU export (backbones computed in fp32) loads where its backbones compute in bf16 (``dtype: auto`` on a GPU;
+    set explicitly here): the recorded fingerprints name the weights, not the compute dtype. The codes are not compared:
+    bf16 features may round across a codebook boundary (tests/gpu/test_gpu_check.py compares them on a GPU)."""
+    model = CMGModel.from_pretrained(runs["unicode"])
+    model.save_pretrained(tmp_path / "export")
+    config = json.loads((tmp_path / "export" / CONFIG_FILE).read_text())
+    for record in config["backbones"].values():
+        assert record["backbone_config"]["dtype"] in ("auto", "float32")
+        record["backbone_config"]["dtype"] = "bfloat16"
+    (tmp_path / "export" / CONFIG_FILE).write_text(json.dumps(config))
+    again = CMGModel.from_pretrained(tmp_path / "export")
+    assert {e.dtype for e in again.backbones.encoders.values()} == {torch.bfloat16}
+    assert again.describe()["backbones"] == model.describe()["backbones"]
+    codes = again.encode(**_inputs(again, corpus))
+    assert codes.keys() == set(model.modalities)
+
+
 def _cli_codes(path: Path, modalities) -> dict[str, dict[str, np.ndarray]]:
     """{key: {modality: codes}} of a cmg encode output (a directory of shards, or a table)."""
     if path.suffix == ".npz":

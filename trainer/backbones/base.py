@@ -120,14 +120,14 @@ def load_native_model(cfg: BackboneConfig) -> nn.Module:
     return model
 
 
-def load_model(cfg: BackboneConfig, dtype: torch.dtype) -> nn.Module:
-    """``from_pretrained`` (honours HF_HUB_OFFLINE, ``revision``) or a seeded random init from ``config``."""
+def load_model(cfg: BackboneConfig) -> nn.Module:
+    """``from_pretrained`` (honours HF_HUB_OFFLINE, ``revision``) or a seeded random init from ``config``, in fp32."""
     if cfg.family in NATIVE_FAMILIES:
-        return load_native_model(cfg).to(dtype)
+        return load_native_model(cfg).float()
     pretrained_cls, config_cls_model, config_cls = _MODEL_CLASSES[cfg.family]
     if cfg.name_or_path is not None:
         model = _model_class(pretrained_cls).from_pretrained(
-            resolve_model_path(cfg.name_or_path), revision=cfg.revision, dtype=dtype)
+            resolve_model_path(cfg.name_or_path), revision=cfg.revision, dtype=torch.float32)
         if cfg.family == "whisper":
             model = model.get_encoder()
     else:
@@ -136,7 +136,7 @@ def load_model(cfg: BackboneConfig, dtype: torch.dtype) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = _model_class(config_cls_model)(model_config)
-        model = model.to(dtype)
+        model = model.float()
     return model
 
 
@@ -153,6 +153,16 @@ def load_processor_settings(cfg: BackboneConfig) -> dict[str, Any]:
     return settings
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over all weights of ``model`` (names, shapes, dtypes and bytes). ``FrozenEncoder`` takes it at fp32, the
+    precision a checkpoint's weights are read at: a half-precision file's values are exact in fp32."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class FrozenEncoder(nn.Module):
     """Shared machinery of the video/audio/text backbones: freezing, layer choice, chunked forwards."""
 
@@ -162,10 +172,14 @@ class FrozenEncoder(nn.Module):
         self.cfg = cfg
         self.device = torch.device(device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        self.model = load_model(cfg, self.dtype).to(self.device)
+        # the fingerprint names the weights, not the compute dtype: it is taken of the fp32 weights before the cast
+        # (bf16 rounds them), so a model trained on fp32 backbones on the CPU loads for encoding with bf16/auto
+        # backbones on a GPU and the other way round (docs/performance.md, "GPU check")
+        model = load_model(cfg)
+        self._fingerprint = weights_fingerprint(model)
+        self.model = model.to(self.device, self.dtype)
         self.model.eval()
         self.model.requires_grad_(False)
-        self._fingerprint: str | None = None
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         # a parent module calling .train() must not re-enable dropout in a frozen encoder
@@ -201,13 +215,7 @@ class FrozenEncoder(nn.Module):
         return features.float().clone()
 
     def fingerprint(self) -> str:
-        """sha256 over all weights (names, shapes and bytes); computed once."""
-        if self._fingerprint is None:
-            h = hashlib.sha256()
-            for name, tensor in sorted(self.model.state_dict().items()):
-                h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-                h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._fingerprint = h.hexdigest()
+        """sha256 of the weights as loaded in fp32 (``weights_fingerprint``), whatever ``dtype`` computes with."""
         return self._fingerprint
 
     def describe(self) -> dict[str, Any]:

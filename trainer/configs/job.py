@@ -61,6 +61,10 @@ class RunConfig:
     # glibc malloc keeps freed memory for the next step instead of unmapping it (runtime.keep_freed_host_memory):
     # 1.03-1.13x faster steps on the CPU at the paper's shapes, peak RSS 2-7 % higher
     keep_freed_host_memory: bool = True
+    # torch's deterministic kernels (runtime.prepare_process_environment): on a GPU, scatter-adds such as the MM-EMA's
+    # index_add_ otherwise sum in the order their atomics land, and a resumed run is not bit-identical to an
+    # uninterrupted one (docs/training.md, "Devices and precision"); the CPU's kernels are deterministic already
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "grad_accum", "ckpt_every", "keep_last"):

@@ -1,7 +1,8 @@
-"""Benchmark of one Uni-Code training step at the paper's shapes (CPU, fp32). Prints a table.
+"""Benchmark of one Uni-Code training step at the paper's shapes (CPU fp32, or a GPU in bf16). Prints a table.
 
     python -m trainer.programs.bench.core [--steps 5] [--warmup 2] [--threads 0] [--configs av,avt,av-baseline]
-                                          [--compile] [--default-malloc] [--json out.json] [--markdown page.md]
+                                          [--compile] [--default-malloc] [--device cpu|cuda]
+                                          [--json out.json] [--markdown page.md]
 
 Shapes (seed 001 / appendix B.1): B=80 clips, T=10 segments, M=400 codes, D=256; audio 128-d, video a
 7×7×512 VGG-19 pool5 map per segment, text 10 BERT tokens × 768 (AVT). One step =
@@ -29,6 +30,11 @@ Every row keeps freed memory in the process as the job does (``run.keep_freed_ho
 ``trainer.runtime.keep_freed_host_memory``); ``--default-malloc`` adds a row per configuration with glibc's
 default malloc, which unmaps the step's large freed blocks so that the next step page-faults them in again.
 
+``--device cuda`` runs the step on the GPU under bf16 autocast (``trainer.runtime.training_precision``), times it with
+the device synchronised, reports the peak GPU memory of the steps (``torch.cuda.max_memory_allocated``, reset after the
+model and inputs are built) and compares the achieved FLOP/s with a bf16 matmul of ``--matmul-size``³ on the same GPU;
+the quantizer ratio (a CPU measurement) is left out there.
+
 ``--json`` writes every row with the command and the load; ``--markdown`` writes the table as a generated docs page
 (docs/performance/core.md); ``--from-json FILE --markdown PAGE`` renders a saved JSON again without measuring.
 """
@@ -48,6 +54,7 @@ import torch
 from trainer.programs.bench.parsers import core_parser
 from trainer.programs.bench.config import CORE_CONFIGS
 from trainer.programs.harness import run_json_child
+from trainer.runtime import keep_freed_host_memory, synchronize, training_precision
 
 BATCH, SEGMENTS, TEXT_TOKENS = 80, 10, 10
 
@@ -76,28 +83,33 @@ def counted_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a ``size``³ fp32 matmul in this process (best of ``repeats``, after one warm-up)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_flops_per_s(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """FLOP/s of a ``size``³ matmul in this process (best of ``repeats``, after one warm-up): fp32 on the CPU, bf16 on
+    a GPU (the precision the step runs at there)."""
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    best = min(_timed(lambda: torch.mm(a, b), device) for _ in range(repeats))
     return 2 * size ** 3 / best
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: str = "cpu") -> float:
+    synchronize(device)
     start = time.perf_counter()
     fn()
+    synchronize(device)
     return time.perf_counter() - start
 
 
-def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, mode: str = "eager") -> dict:
-    """Build the configuration ``name``, time ``warmup + steps`` training steps and the quantizer ratio.
+def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, mode: str = "eager",
+            device: str = "cpu") -> dict:
+    """Build the configuration ``name``, time ``warmup + steps`` training steps and the quantizer ratio (CPU only).
 
     ``mode``: "eager" as the job runs by default; "compiled" with ``run.compile``; "default malloc"
-    with ``run.keep_freed_host_memory=false`` (every other mode keeps freed memory, as the job does)."""
+    with ``run.keep_freed_host_memory=false`` (every other mode keeps freed memory, as the job does).
+    ``device``: "cpu" (fp32) or "cuda" (bf16 autocast, ``trainer.runtime.training_precision``)."""
     from trainer.programs.bench.quantizer_timing import time_quantizer_step
     from trainer.configs.model import UniCodeConfig
-    from trainer.runtime import keep_freed_host_memory
     from trainer.tasks import UniCodeTask
 
     compiled = mode == "compiled"
@@ -105,13 +117,15 @@ def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, mode: s
         keep_freed_host_memory()
     modalities, variant = CORE_CONFIGS[name]
     torch.manual_seed(0)
-    task = UniCodeTask(UniCodeConfig(modalities=modalities, variant=variant))
+    on_gpu = torch.device(device).type == "cuda"
+    task = UniCodeTask(UniCodeConfig(modalities=modalities, variant=variant)).to(device)
     optimizer = torch.optim.Adam(task.model.parameters(), lr=4e-4)
     generator = torch.Generator().manual_seed(0)
-    batches = [_paper_features(modalities, generator) for _ in range(2)]
+    batches = [{m: x.to(device) for m, x in _paper_features(modalities, generator).items()} for _ in range(2)]
 
     def one_step(step: int) -> None:
-        loss, _ = task.compute_loss(batches[0], step)
+        with training_precision(device):
+            loss, _ = task.compute_loss(batches[0], step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
 
@@ -122,42 +136,50 @@ def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, mode: s
     rss_before_kib = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")                                   # reset VmHWM to the current RSS
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
 
     phases = {"forward+losses": [], "backward": [], "optimizer": [], "ema+reset": [], "step": []}
     last_stats = {}
     for i in range(warmup + steps):
         features = batches[i % len(batches)]
+        synchronize(device)
         t0 = time.perf_counter()
-        loss, _ = task.compute_loss(features, i)
+        with training_precision(device):
+            loss, _ = task.compute_loss(features, i)
+        synchronize(device)
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        synchronize(device)
         t2 = time.perf_counter()
         optimizer.step()
+        synchronize(device)
         t3 = time.perf_counter()
         last_stats = task.after_optimizer_step_()
+        synchronize(device)
         t4 = time.perf_counter()
         if i >= warmup:
             for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
                 phases[key].append(value * 1e3)
     peak_kib = _status_kib("VmHWM")
+    peak_gpu_mib = torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else None
     if not compiled:   # untimed; the optimizer does not step, the next timing does not follow
         step_flops = counted_flops(lambda: one_step(warmup + steps))
-    matmul = matmul_flops_per_s(matmul_size)
-
-    timing = time_quantizer_step(BATCH, SEGMENTS, task.cfg.quantizer.num_codes, task.cfg.quantizer.dim,
-                                 modalities, task.cfg.quantizer)
-    return {
+    matmul = matmul_flops_per_s(matmul_size, device=device)
+    row = {"device": torch.cuda.get_device_name(device) if on_gpu else "cpu", "peak_gpu_mib": peak_gpu_mib}
+    if not on_gpu:
+        timing = time_quantizer_step(BATCH, SEGMENTS, task.cfg.quantizer.num_codes, task.cfg.quantizer.dim,
+                                     modalities, task.cfg.quantizer)
+        row |= {"quantizer_step_ms": timing.quantizer_step_ms, "nearest_neighbour_ms": timing.nearest_neighbour_ms,
+                "ratio": timing.ratio, "ratio_matmul_argmin": timing.ratio_matmul_argmin}
+    return row | {
         "name": name + ("" if mode == "eager" else f" {mode}"),
         "model_params": sum(p.numel() for p in task.model.parameters()),
         "club_params": sum(p.numel() for p in task.club.parameters()) if task.club is not None else 0,
         **{f"{k}_ms": statistics.median(v) for k, v in phases.items()},
         "rss_before_mib": rss_before_kib / 1024,
         "peak_rss_mib": peak_kib / 1024,
-        "quantizer_step_ms": timing.quantizer_step_ms,
-        "nearest_neighbour_ms": timing.nearest_neighbour_ms,
-        "ratio": timing.ratio,
-        "ratio_matmul_argmin": timing.ratio_matmul_argmin,
         "resets_last_step": int(last_stats["codebook/resets"]),
         "step_gflop": step_flops / 1e9,
         "step_gflops": step_flops / 1e9 / (statistics.median(phases["step"]) / 1e3),
@@ -166,10 +188,31 @@ def run_one(name: str, steps: int, warmup: int, matmul_size: int = 2048, mode: s
     }
 
 
+def gpu_markdown(result: dict) -> str:
+    """The page of a ``--device cuda`` result: step time, achieved TFLOP/s against a bf16 matmul, peak GPU memory."""
+    rows = result["rows"]
+    out = [f"<!-- written by `{result['command']}`; re-run it to update this page, do not edit by hand -->",
+           "# One Uni-Code training step at the paper's shapes on a GPU", "", f"Command: `{result['command']}`", "",
+           f"{rows[0]['device']}, bf16 autocast, median of {result['steps']} steps after {result['warmup']} warm-up. "
+           "The FLOPs are torch's FLOP counter on one untimed eager step; the matmul is a "
+           f"{result['matmul_size']}³ bf16 matmul in the same process right after the steps; peak GPU memory is "
+           "torch.cuda.max_memory_allocated over the steps.", "",
+           "| config | step ms | fwd+loss ms | backward ms | adam ms | ema+reset ms | GFLOP per step | step TFLOP/s | "
+           "bf16 matmul TFLOP/s | step / matmul | peak GPU MiB |", "|---" * 11 + "|"]
+    for r in rows:
+        out.append(f"| {r['name']} | {r['step_ms']:.1f} | {r['forward+losses_ms']:.1f} | {r['backward_ms']:.1f} | "
+                   f"{r['optimizer_ms']:.1f} | {r['ema+reset_ms']:.1f} | {r['step_gflop']:.1f} | "
+                   f"{r['step_gflops'] / 1e3:.2f} | {r['matmul_gflops'] / 1e3:.1f} | "
+                   f"{r['step_gflops'] / r['matmul_gflops']:.3f} | {r['peak_gpu_mib']:.0f} |")
+    return "\n".join(out) + "\n"
+
+
 def markdown(result: dict) -> str:
     """The generated docs page of a result as ``--json`` writes it: one row per configuration and mode."""
     command, load = result["command"], result["load"]
     rows = result["rows"]
+    if rows[0].get("device", "cpu") != "cpu":    # pages written before --device existed hold CPU rows
+        return gpu_markdown(result)
     out = [f"<!-- written by `{command}`; re-run it to update this page, do not edit by hand -->",
            "# One Uni-Code training step at the paper's shapes", "", f"Command: `{command}`", "",
            f"B={BATCH}, T={SEGMENTS}, M=400, D=256, audio 128-d, video 7×7×512, AVT text {TEXT_TOKENS}×768; CPU fp32, "
@@ -202,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(run_one(args.child, args.steps, args.warmup, args.matmul_size, args.child_mode)))
+        print(json.dumps(run_one(args.child, args.steps, args.warmup, args.matmul_size, args.child_mode,
+                                 args.device)))
         return
 
     names = args.configs.split(",")
@@ -216,9 +260,24 @@ def main(argv: list[str] | None = None) -> None:
         for mode in modes:
             cmd = [sys.executable, "-m", "trainer.programs.bench.core", "--child", name, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--threads", str(args.threads), "--matmul-size", str(args.matmul_size),
-                   "--child-mode", mode]
+                   "--child-mode", mode, "--device", args.device]
             rows.append(run_json_child(cmd, f"benchmark child '{name}' ({mode})"))
 
+    command = "python -m trainer.programs.bench.core " + shlex.join(argv if argv is not None else sys.argv[1:])
+    result = {"command": command, "load": [load_start, os.getloadavg()[0]], "steps": args.steps, "warmup": args.warmup,
+              "matmul_size": args.matmul_size, "rows": rows}
+    if args.device != "cpu":
+        print(gpu_markdown(result))
+    else:
+        print_cpu_tables(args, rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result))
+
+
+def print_cpu_tables(args, rows: list[dict]) -> None:
+    """The two tables of a CPU run on stdout: the phases and the quantizer ratio, then the achieved FLOP/s."""
     print(f"Uni-Code training step, B={BATCH} T={SEGMENTS} M=400 D=256, audio 128, video 7x7x512, "
           f"text {TEXT_TOKENS}x768; CPU fp32, {rows[0]['threads']} threads, median of {args.steps} steps "
           f"after {args.warmup} warm-up")
@@ -246,13 +305,6 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(f"{r['name']:<26}{r['step_gflop']:>11.1f}{r['step_gflops']:>13.1f}{r['matmul_gflops']:>15.1f}"
               f"{r['step_gflops'] / r['matmul_gflops']:>7.2f}")
-    command = "python -m trainer.programs.bench.core " + shlex.join(argv if argv is not None else sys.argv[1:])
-    result = {"command": command, "load": [load_start, os.getloadavg()[0]], "steps": args.steps, "warmup": args.warmup,
-              "matmul_size": args.matmul_size, "rows": rows}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    if args.markdown:
-        Path(args.markdown).write_text(markdown(result))
 
 
 if __name__ == "__main__":

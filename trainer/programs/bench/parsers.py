@@ -74,7 +74,10 @@ def core_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--configs", default=",".join(configs), help=f"comma list of {configs}")
-    p.add_argument("--matmul-size", type=int, default=2048, help="n of the n³ fp32 matmul the step is compared with")
+    p.add_argument("--matmul-size", type=int, default=2048,
+                   help="n of the n³ matmul the step is compared with (fp32 on the CPU, bf16 on a GPU)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the step runs: cpu (fp32) or cuda (bf16 autocast; peak GPU memory)")
     p.add_argument("--compile", action="store_true", help="also time each config with run.compile (torch.compile)")
     p.add_argument("--default-malloc", action="store_true",
                    help="also time each config with glibc's default malloc (run.keep_freed_host_memory=false)")
