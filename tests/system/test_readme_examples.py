@@ -159,7 +159,15 @@ def scratch(tmp_path_factory) -> Path:
         if name and (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
+    # The venv is this suite's own, linked: `make` in the copy must find it installed (the stamp of `make install`
+    # newer than the copy's pyproject.toml), or it would reinstall the package into it from the copy, and every
+    # console script would then run the copy's code once the copy is gone.
+    stamp = Path(sys.prefix) / ".cmg-installed"
+    if not stamp.is_file():
+        pytest.skip(f"{sys.prefix} was not made by `make install` (no {stamp.name}): `make` in a copy would reinstall")
     (root / ".venv").symlink_to(Path(sys.prefix))
+    for name in ("pyproject.toml", "constraints.txt"):
+        os.utime(root / name, (stamp.stat().st_mtime - 1,) * 2)
     synthesise(SynthConfig(num_clips=8, classes=4, seconds=10, size=64, seed=3, unlabelled=True), root / "my_clips",
                progress=False)
     shutil.copy(sorted((root / "my_clips").glob("*.mp4"))[0], root / "a.mp4")
