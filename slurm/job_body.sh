@@ -106,8 +106,9 @@ echo "[slurm] job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JO
      "$nproc_per_node process(es), $ACCELERATE_CONFIG, main $CMG_MAIN_ADDR:$CMG_MAIN_PORT"
 echo "[slurm] config $CONFIG, run dir $RUN_DIR, overrides: ${overrides[*]:-none}"
 
-# Only this run's trainer may answer below: a status.json left by an earlier run must not be read as its.
-rm -f "$RUN_DIR/status.json"
+# Only this run's trainer may answer below: a status.json left by an earlier run must not be read as its, so it
+# says "running" (with the run's last checkpoint step) until the trainer or its launcher says how the job ended.
+python -c 'import sys; from trainer.run_control import mark_running; mark_running(sys.argv[1])' "$RUN_DIR"
 
 preempted=0
 trap_fired=0

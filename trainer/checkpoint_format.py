@@ -60,6 +60,9 @@ class CheckpointMeta:
     zero_stage: int | None = None                 # its engine (0 = plain torch); None: before elastic resumes
     task: str = "unicode"                         # the registered task (trainer/tasks); Uni-Code's before others
     model_config: dict[str, Any] | None = None    # the resolved model config: rebuilds the model
+    # the resolved job config that trained it (config.yaml's; None: written before meta.json recorded it): what a
+    # resume compares its own config with (trainer/job.py, run_start)
+    job_config: dict[str, Any] | None = None
     backbones: dict[str, Any] | None = None       # the frozen backbones' records by modality (clip shards)
     phase: str = ""                               # run.phase
     mlflow_run_id: str | None = None              # the run in the tracking store (the evaluation's parent)
@@ -100,7 +103,8 @@ class CheckpointMeta:
 
 _META_KINDS: dict[str, tuple[type, ...]] = {
     "step": (int,), "world_size": (int,), "zero_stage": (int, type(None)), "task": (str,),
-    "model_config": (dict, type(None)), "backbones": (dict, type(None)), "phase": (str,),
+    "model_config": (dict, type(None)), "job_config": (dict, type(None)), "backbones": (dict, type(None)),
+    "phase": (str,),
     "mlflow_run_id": (str, type(None)), "samples_seen": (int,), "data_kind": (str,),
     "data_source": (dict, type(None)), "manifest": (str, type(None)), "version": (int,),
 }

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from trainer.configs.load import ConfigError, load_config, to_dict
+from trainer.configs.load import ConfigError, flatten, load_config, to_dict
 from trainer.configs.backbones import BackbonesConfig, load_backbones_config
 from trainer.configs.job import JobConfig
 from trainer.configs.model import ModelConfig
@@ -230,16 +230,15 @@ def check_resume_data(cfg: JobConfig, ckpt: Path) -> None:
                               "new run from its model (run.resume='' run.init_from=<checkpoint>)")
 
 
-def check_checkpoint_paths(cfg: JobConfig, init_from: bool = True) -> None:
+def check_checkpoint_paths(cfg: JobConfig, init_from: bool = True, data_files: bool = True) -> RunStart:
     """An explicit ``run.resume`` path and (``init_from``) ``run.init_from`` must name checkpoints that exist; the
-    checkpoint a resume takes must be of the data ``cfg`` reads (``check_resume_data``)."""
+    checkpoint a resume takes must be of the data ``cfg`` reads (``check_resume_data``) and of its model's shapes
+    (``run_start``, which says what this start does with it)."""
     from trainer.checkpoint_format import MODEL_FILE, CheckpointManager, resolve_checkpoint
 
-    resume = cfg.run.resume
+    resume, found = cfg.run.resume, None
     if resume == "auto":
-        latest = CheckpointManager(Path(cfg.run.dir) / "checkpoints").named_latest()
-        if latest is not None:
-            check_resume_data(cfg, latest)
+        found = CheckpointManager(Path(cfg.run.dir) / "checkpoints").named_latest()
     elif resume:
         try:
             found = CheckpointManager(Path(cfg.run.dir) / "checkpoints").resolve(resume)
@@ -253,6 +252,7 @@ def check_checkpoint_paths(cfg: JobConfig, init_from: bool = True) -> None:
         if found is None:
             raise ConfigError(f"run.resume={resume!r}: no complete checkpoint under {resume} (its 'latest' names "
                               "none); give a step_N directory, 'auto' or ''")
+    if found is not None:
         check_resume_data(cfg, found)
     if init_from and cfg.run.init_from:
         try:
@@ -262,10 +262,155 @@ def check_checkpoint_paths(cfg: JobConfig, init_from: bool = True) -> None:
         if not (ckpt / MODEL_FILE).is_file():
             raise ConfigError(f"run.init_from={cfg.run.init_from!r}: checkpoint {ckpt} has no {MODEL_FILE} "
                               "(the model state a run starts from)")
+    return run_start(cfg, found, data_files=data_files)
 
 
-def validate_job(cfg: JobConfig, *, data_files: bool = True, init_from: bool = True) -> None:
-    """Checks that need the filesystem but no model: run them before any process group or model exists.
+# ---------------------------------------------------------------------- what a start does with its run directory
+# Keys a resume may not compare: how this start found the checkpoint, and what resolve_job derives from the data
+# (compared as shapes instead, ``check_resume_shapes``).
+NOT_COMPARED = ("run.resume", "model.feature_dims", "model.spatial_patches")
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a start of the job does with the run directory it finds (``run_start``; docs/training.md, "New run,
+    resume, extension or nothing to do")."""
+
+    run_dir: str
+    max_steps: int                                # run.max_steps of this start
+    checkpoint: Path | None = None                # the checkpoint it continues from (None: a new run)
+    step: int = 0                                 # that checkpoint's step
+    # key -> (the checkpoint's value, this config's) of the job config keys that changed since the checkpoint
+    changes: Mapping[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """The run already reached run.max_steps: the start exits 0 at once."""
+        return self.checkpoint is not None and self.step >= self.max_steps
+
+    def done_line(self) -> str:
+        return (f"{self.run_dir}: finished at step {self.step} (run.max_steps={self.max_steps}; checkpoint "
+                f"{self.checkpoint}): nothing to do")
+
+
+def config_changes(saved: Mapping[str, Any] | None, cfg: JobConfig) -> dict[str, tuple[Any, Any]]:
+    """The keys of ``cfg`` whose values differ from ``saved`` (a checkpoint's ``job_config``; {} if it has none),
+    as ``key -> (saved value, cfg's value)``, but those in ``NOT_COMPARED``."""
+    if not saved:
+        return {}
+    old, new = flatten(dict(saved)), flatten(to_dict(cfg))
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k) and not k.startswith(NOT_COMPARED)}
+
+
+def describe_changes(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    """``optim.lr 0.001 -> 0.0002, ...``"""
+    return ", ".join(f"{k} {old!r} -> {new!r}" if isinstance(old, str) or isinstance(new, str) else
+                     f"{k} {old} -> {new}" for k, (old, new) in changes.items())
+
+
+def resume_line(cfg: JobConfig, ckpt: Path, world_size: int) -> str:
+    """Rank 0's one line when a job resumes from ``ckpt`` on ``world_size`` ranks: its step, the ranks that wrote
+    it, an extension of a finished run, and the keys changed since the checkpoint."""
+    from trainer.checkpoint_format import read_meta
+
+    meta = read_meta(ckpt)
+    line = f"resumed from step {meta.step} (checkpoint {ckpt}), {meta.world_size}->{world_size} ranks"
+    changes = config_changes(meta.job_config, cfg)
+    finished_at = (meta.job_config or {}).get("run", {}).get("max_steps")
+    if finished_at == meta.step:
+        line += f"; extends the run that finished at step {meta.step} to run.max_steps={cfg.run.max_steps}"
+        changes.pop("run.max_steps", None)
+    return line + (f"; changed since the checkpoint: {describe_changes(changes)}" if changes else "")
+
+
+def run_start(cfg: JobConfig, ckpt: Path | None, data_files: bool = True) -> RunStart:
+    """What this start does with the checkpoint ``ckpt`` that its ``run.resume`` takes (None: a new run).
+
+    A checkpoint at ``run.max_steps``: nothing to do. Past it: a ``ConfigError`` (a resume cannot train a run back
+    to fewer steps; a new run needs a new ``run.dir``). Before it: a resume (of a run stopped early, or an extension
+    of a finished one), which ``check_resume_shapes`` refuses when the model's shapes changed."""
+    from trainer.checkpoint_format import CheckpointError, read_meta
+
+    start = RunStart(cfg.run.dir, cfg.run.max_steps)
+    if ckpt is None:
+        return start
+    try:
+        meta = read_meta(ckpt)
+    except CheckpointError:
+        return start   # the resume reports it (run.resume=auto falls back to an older checkpoint)
+    if meta.step > cfg.run.max_steps:
+        raise ConfigError(f"run.max_steps={cfg.run.max_steps}: {cfg.run.dir} holds a run at step {meta.step} "
+                          f"(checkpoint {ckpt}), past it, and a resume cannot go back. For a new run give a new "
+                          f"run.dir (to start it from this run's weights: run.init_from={ckpt}); to continue this one "
+                          f"give run.max_steps >= {meta.step}")
+    changes = config_changes(meta.job_config, cfg)
+    if meta.step < cfg.run.max_steps:
+        check_resume_shapes(cfg, ckpt, meta, changes, data_files)
+    return dataclasses.replace(start, checkpoint=ckpt, step=meta.step, changes=changes)
+
+
+def check_resume_shapes(cfg: JobConfig, ckpt: Path, meta: Any, changes: Mapping[str, tuple[Any, Any]],
+                        data_files: bool) -> None:
+    """A ``ConfigError`` naming every changed key of the model (and backbones) sections with both values when the
+    model of ``cfg`` has other tensor shapes than the one checkpoint ``ckpt`` (meta.json ``meta``) holds.
+
+    Only when something that could change them did: a key of ``model`` or ``task``, the feature shapes of the data
+    (feature shards: their manifest, unless ``data_files`` is off) or the backbones of the trained modalities (clip
+    shards: then the backbones are built, as for ``--print-config``, for their output shapes). Both models are built
+    on the meta device (no memory, no weights) and their state dicts compared."""
+    if meta.job_config is None:
+        return   # written before meta.json recorded the job config: the resume reports what does not load
+    saved_model = meta.job_config["model"]
+    suspects = {k: v for k, v in changes.items() if k.startswith("model.") or k == "task"}
+    backbone_changes = {}
+    if cfg.data.kind == "clips" and meta.backbones:
+        current = job_backbones(cfg)
+        for m, record in meta.backbones.items():
+            spec = getattr(current, m, None)
+            old, new = flatten(record.get("backbone_config") or {}), flatten(to_dict(spec) if spec else {})
+            backbone_changes |= {f"{m}.{k}": (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+                                 if old.get(k) != new.get(k)}
+    derived = {"feature_dims": saved_model.get("feature_dims"), "spatial_patches": saved_model.get("spatial_patches")}
+    if backbone_changes or (data_files and cfg.data.kind == "features"):
+        resolved = resolve_job(cfg).model
+        for key in derived:
+            new = dict(getattr(resolved, key))
+            if new != derived[key]:
+                suspects[f"model.{key} (derived from the data)"] = (derived[key], new)
+                derived[key] = new
+    if not suspects and not backbone_changes:
+        return
+    old_shapes = model_shapes(meta.job_config["task"], saved_model)
+    new_shapes = model_shapes(cfg.task, to_dict(cfg.model) | derived)
+    differ = sorted(k for k in old_shapes.keys() | new_shapes.keys() if old_shapes.get(k) != new_shapes.get(k))
+    if not differ:
+        return
+    keys = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} here" for k, (old, new) in
+                     {**suspects, **{f"{cfg.backbones}: {k}": v for k, v in backbone_changes.items()}}.items())
+    tensors = ", ".join(f"{k} {old_shapes.get(k)} -> {new_shapes.get(k)}" for k in differ[:3])
+    raise ConfigError(f"{cfg.run.dir}: this config's model has other shapes than checkpoint {ckpt}'s, which a resume "
+                      f"continues: {keys} ({len(differ)} tensors differ, e.g. {tensors}). Resume with the "
+                      "checkpoint's values, or give a new run.dir for a new run")
+
+
+def model_shapes(task: str, model: Mapping[str, Any]) -> dict[str, tuple[int, ...] | None]:
+    """The tensor shapes of the model (and CLUB estimators) that ``task`` builds from the resolved ``model``
+    section, built on the meta device (no memory, no weights)."""
+    import torch
+
+    from trainer.tasks import task_class
+
+    built = JobConfig(task=task, model=dict(model)).model
+    with torch.device("meta"):
+        trained = task_class(task)(built)
+    modules = {"": trained.model} | ({"club.": trained.club} if getattr(trained, "club", None) is not None else {})
+    return {prefix + k: tuple(v.shape) for prefix, module in modules.items() for k, v in module.state_dict().items()}
+
+
+def validate_job(cfg: JobConfig, *, data_files: bool = True, init_from: bool = True) -> RunStart:
+    """Checks that need the filesystem but no model: run them before any process group or model exists. Returns what
+    this start does with the run directory (``RunStart``: a new run, a resume, or nothing to do).
 
     ``data_files=False`` skips the shards' manifest; ``init_from=False`` skips ``run.init_from``. The continual
     launcher passes both for a phase whose data the compute nodes read later, or whose ``init_from`` is a
@@ -301,9 +446,10 @@ def validate_job(cfg: JobConfig, *, data_files: bool = True, init_from: bool = T
             except ValueError as err:
                 raise ConfigError(f"data.urls: {err} (every shard of data.urls must be listed in the manifest "
                                   "written with the shards: check the brace range, or data.manifest)") from None
-    check_checkpoint_paths(cfg, init_from=init_from)
+    start = check_checkpoint_paths(cfg, init_from=init_from, data_files=data_files)
     check_training_probe(cfg, data_files=data_files)
     json.dumps(dataclasses.asdict(cfg))  # every value must be serialisable for the run directory and MLflow
+    return start
 
 
 def check_training_probe(cfg: JobConfig, data_files: bool = True) -> None:

@@ -30,9 +30,10 @@ from trainer.data.sources import data_source
 from trainer.data.stream import feature_batches
 from trainer.engine import TrainEngine
 from trainer.eval.during_training import TrainingProbe
-from trainer.job import job_backbones, resolve_job
+from trainer.job import job_backbones, resolve_job, resume_line
 from trainer.configs.job import JobConfig
-from trainer.run_control import EXIT_RESUME, STATUS_FILE, STOP_FILE, write_status
+from trainer.run_control import EXIT_RESUME, STOP_FILE, mark_running, write_status
+from trainer.run_page import METRIC_SECTIONS, mlflow_metric_key
 from trainer.runtime import StopRequest
 from trainer.tasks import Task, task_class
 from trainer.tracking import create_tracker
@@ -99,6 +100,7 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
     the source of programs that generate their data (the synthetic benchmarks); the shards of ``data.urls``
     otherwise.
     """
+    started = time.perf_counter()
     rank, world = accelerator.process_index, accelerator.num_processes
     if (cfg.data.kind == "memory") != (memory is not None):
         raise ValueError(f"data.kind={cfg.data.kind!r}: in-memory features are given exactly with kind 'memory'")
@@ -108,7 +110,7 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
     is_main = accelerator.is_main_process
     if is_main:
         (run_dir / STOP_FILE).unlink(missing_ok=True)   # a stale request from a previous job must not stop this one
-        (run_dir / STATUS_FILE).unlink(missing_ok=True)
+        mark_running(run_dir)   # in place of the previous job's word, until this one says how it ended
     dist.barrier()
 
     # ---- data and frozen backbones (never trained, never checkpointed), then the job resolved against them
@@ -162,6 +164,9 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
     checkpoints = RunCheckpoints(run_dir / "checkpoints", cfg.run.keep_last, engine, parts, task)
     resume_from = checkpoints.restore(cfg.run.resume)
     saved = resume_from   # the run's newest checkpoint (a resumed run that is already done saves no other)
+    start_step, start_samples = counter.step, counter.samples_seen
+    if is_main and resume_from is not None:
+        print(f"[cmg] {resume_line(cfg, resume_from, world)}", flush=True)
     logged = trim_metrics_log(run_dir, counter.step) if is_main else []
     tracker.start(tags={"phase": cfg.run.phase, "world_size": world},
                   resumed_from_step=counter.step if resume_from is not None else None, logged=logged)
@@ -170,13 +175,19 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
     def save_checkpoint() -> Path:
         return checkpoints.save(counter.step, CheckpointMeta(
             counter.step, world, phase=cfg.run.phase, mlflow_run_id=tracker.run_id, samples_seen=counter.samples_seen,
-            task=cfg.task, model_config=to_dict(model_cfg), data_kind=cfg.data.kind,
+            task=cfg.task, model_config=to_dict(model_cfg), job_config=job.to_dict(), data_kind=cfg.data.kind,
             data_source=data_source(cfg.data) if memory is None else None, backbones=backbones_used))
 
-    def finish(state: str, status: str) -> None:
+    def finish(state: str, status: str, headline: str) -> None:
         if is_main:
             write_status(run_dir, state, counter.step)
         tracker.end(status)
+        if is_main:
+            now = time.perf_counter()
+            print(run_summary(headline, (start_step, counter.step), now - started,
+                              (counter.samples_seen - start_samples) / (now - training_since),
+                              last_logged(run_dir) if (run_dir / METRICS_FILE).is_file() else {}, saved,
+                              tracker.address()), flush=True)
 
     # ---- the downstream probe during pretraining (eval.every; rank 0 probes the checkpoint of its step)
     probe = TrainingProbe(cfg.eval, cfg.data, backbones) if cfg.eval.every and is_main else None
@@ -188,6 +199,7 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
     window: dict[str, torch.Tensor] = {}
     window_steps, window_start = 0, time.perf_counter()
     progress = None
+    training_since = time.perf_counter()
     if is_main and cfg.run.progress:
         from tqdm import tqdm
 
@@ -246,10 +258,9 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
                     print(f"[cmg] step {counter.step}: best {cfg.run.keep_best} = {probed[cfg.run.keep_best]:.2f} "
                           f"so far ({saved.name}, kept apart from pruning)", flush=True)
             if stop_requested and counter.step < cfg.run.max_steps:
-                if is_main:
-                    print(f"[cmg] stop requested ({stop.reason(run_dir / STOP_FILE)}): checkpoint at step "
-                          f"{counter.step} written; exiting with {EXIT_RESUME} (resume me)", flush=True)
-                finish("stopped", "KILLED")
+                reason = stop.reason(run_dir / STOP_FILE) if is_main else ""
+                finish("stopped", "KILLED", f"stop requested ({reason}): stopped at step {counter.step} of "
+                       f"{cfg.run.max_steps}; exiting with {EXIT_RESUME}: run the same command to resume")
                 return EXIT_RESUME
     except BaseException:
         tracker.end("FAILED")
@@ -260,10 +271,28 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
         batches.close()
 
     tracker.log_tensor(task.codebook().cpu(), "codebook/final.npy")
-    finish("finished", "FINISHED")
-    if is_main:
-        print(f"[cmg] finished {counter.step} steps; checkpoint {saved}; run dir {run_dir}", flush=True)
+    finish("finished", "FINISHED", f"finished at step {counter.step} (run.max_steps={cfg.run.max_steps})")
     return 0
+
+
+def run_summary(headline: str, steps: tuple[int, int], wall_s: float, clips_per_s: float, last: Mapping[str, float],
+                checkpoint: Path | None, mlflow_address: str | None) -> str:
+    """Rank 0's lines at the end of a job (finished or stopped): ``headline``, then the steps of this job (from, to),
+    its wall time (start-up included) and the clips per second of its training loop, the loss and its terms at the
+    last logging step (``last``, a row of metrics.jsonl), the checkpoint and where the MLflow run is."""
+    section = METRIC_SECTIONS["loss"] + "/"
+    losses = {k: v for k, v in last.items() if k != "step" and mlflow_metric_key(k).startswith(section)}
+    # a term's parts (cmcm_audio_video of cmcm, recon_audio of recon) are in metrics.jsonl and MLflow, not here
+    losses = {k: v for k, v in losses.items() if not any(k.startswith(f"{term}_") for term in losses)}
+    minutes, seconds = divmod(round(wall_s), 60)
+    lines = [f"[cmg] {headline}",
+             f"[cmg]   this job: steps {steps[0]} -> {steps[1]} ({steps[1] - steps[0]} steps), wall time "
+             f"{minutes}m{seconds:02d}s, {clips_per_s:.1f} clips/s while training",
+             f"[cmg]   losses at step {last.get('step', '-')}: " + (", ".join(
+                 f"{k} {v:.4g}" for k, v in sorted(losses.items(), key=lambda kv: kv[0] != "loss")) or "none logged"),
+             f"[cmg]   checkpoint: {checkpoint}",
+             f"[cmg]   MLflow: {mlflow_address or 'off (no run opened)'}"]
+    return "\n".join(lines)
 
 
 def train_in_memory(cfg: JobConfig, features: Mapping[str, torch.Tensor]) -> Path:

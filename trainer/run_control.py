@@ -2,8 +2,11 @@
 (trainer/programs/supervisor.py) and Slurm's scripts read it without importing the training stack.
 
 - ``<run_dir>/STOP``: ``touch`` it and a running job checkpoints and exits (the supervisor and Slurm use it);
-- ``<run_dir>/status.json``: rank 0 writes ``{"state": "finished"|"stopped", "step": N}`` on the way out
-  (none: it crashed, or it is still running);
+- ``<run_dir>/status.json``: the last word on the run, ``{"state": ..., "step": N}`` with N its last checkpoint's step.
+  ``running``: a job started (written by the launchers before they start it, and by rank 0 at the start, in place of
+  the last job's word: a launcher never reads an earlier job's outcome as this one's); ``finished`` / ``stopped``:
+  rank 0 on the way out; ``failed``: the job raised (rank 0, with ``"error"``) or its launcher saw it end otherwise
+  (``"error"``: the exit code). A ``running`` left behind: the job was killed without a word, or still runs;
 - exit code ``EXIT_RESUME`` (75, sysexits' EX_TEMPFAIL): a checkpoint was written after a stop request, requeue or
   resume the run; ``SUPERVISED_ENV=1`` tells the ranks that the supervisor maps their exit codes.
 """
@@ -22,10 +25,36 @@ SUPERVISED_ENV = "CMG_SUPERVISED"
 
 
 def status_of(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """What the last job in ``run_dir`` said on its way out (None if it crashed or is still running)."""
+    """The last word on the run in ``run_dir`` (None if it has none: no job ever started there)."""
     path = Path(run_dir) / STATUS_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_status(run_dir: str | os.PathLike, state: str, step: int) -> None:
-    (Path(run_dir) / STATUS_FILE).write_text(json.dumps({"state": state, "step": step}) + "\n")
+def write_status(run_dir: str | os.PathLike, state: str, step: int, **detail: Any) -> None:
+    """Replace the status atomically (a reader never sees half a file, one writer never half of another's)."""
+    path = Path(run_dir) / STATUS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"state": state, "step": step, **detail}) + "\n")
+    os.replace(tmp, path)
+
+
+def last_checkpoint_step(run_dir: str | os.PathLike) -> int:
+    """The step of the checkpoint ``<run_dir>/checkpoints/latest`` names (0 if none, or if it is unreadable)."""
+    from trainer.checkpoint_format import CheckpointError, CheckpointManager, read_meta
+
+    latest = CheckpointManager(Path(run_dir) / "checkpoints").named_latest()
+    try:
+        return read_meta(latest).step if latest is not None else 0
+    except CheckpointError:
+        return 0
+
+
+def mark_running(run_dir: str | os.PathLike) -> None:
+    """A job starts in ``run_dir``: ``running`` until it says how it ended."""
+    write_status(run_dir, "running", last_checkpoint_step(run_dir))
+
+
+def mark_failed(run_dir: str | os.PathLike, error: str) -> None:
+    """The job ended without saying how (``running``) or raised: ``failed``, with ``error``."""
+    write_status(run_dir, "failed", last_checkpoint_step(run_dir), error=error)

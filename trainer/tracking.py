@@ -127,6 +127,17 @@ def mlflow_environment(cfg: TrackingConfig, run_dir: str | Path) -> dict[str, st
             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}   # keeps the progress bar clean
 
 
+def ui_url(base: str, experiment_id: str, run_id: str | None = None, tab: str = "model-metrics") -> str:
+    """The UI page of a run (its ``tab``) or of an experiment's runs, in MLflow's "Model training" mode.
+
+    MLflow 3.17's UI takes the experiment kind from its "GenAI | Model training" switch (the URL's ``workflowType``,
+    else the browser's last choice, GenAI by default), not from the ``mlflow.experimentKind`` tag: a first visit
+    without it lands on the GenAI overview. The link carries the switch.
+    """
+    page = f"experiments/{experiment_id}/runs/{run_id}/{tab}" if run_id else f"experiments/{experiment_id}/runs"
+    return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
+
+
 class Tracker:
     """MLflow tracking of one run (the module docstring has the delivery and failure policy). An inactive tracker
     (ranks other than 0, ``enabled: false``) does nothing; ``should_log``/``should_plot`` answer the same on every
@@ -146,6 +157,17 @@ class Tracker:
     @property
     def run_id(self) -> str | None:
         return self._run.info.run_id if self._run is not None else None
+
+    def address(self) -> str | None:
+        """Where to look at the run: its page on an MLflow server, else its id, its store and how to open it (None:
+        no run was opened)."""
+        if self._run is None:
+            return None
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return ui_url(self.tracking_uri, self._run.info.experiment_id, self.run_id)
+        in_run_dir = self.tracking_uri == f"sqlite:///{self.run_dir.resolve()}/mlflow.db"   # the default store
+        opener = f"; open it: cmg ui {self.run_dir}" if in_run_dir else ""
+        return f"run {self.run_id} in {self.tracking_uri}{opener}"
 
     def should_log(self, step: int) -> bool:
         return step % self.cfg.log_every == 0

@@ -28,18 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from trainer.tracking import local_artifacts
-
-
-def ui_url(base: str, experiment_id: str, run_id: str | None = None, tab: str = "model-metrics") -> str:
-    """The UI page of a run (its ``tab``) or of an experiment's runs, in MLflow's "Model training" mode.
-
-    MLflow 3.17's UI takes the experiment kind from its "GenAI | Model training" switch (the URL's ``workflowType``,
-    else the browser's last choice, GenAI by default), not from the ``mlflow.experimentKind`` tag: a first visit
-    without it lands on the GenAI overview. The link carries the switch.
-    """
-    page = f"experiments/{experiment_id}/runs/{run_id}/{tab}" if run_id else f"experiments/{experiment_id}/runs"
-    return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
+from trainer.tracking import local_artifacts, ui_url
 
 
 def latest_run(tracking_uri: str) -> tuple[str, str] | None:

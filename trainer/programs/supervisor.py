@@ -20,9 +20,10 @@ adds, because torch elastic (the agent inside ``accelerate launch``) cannot do i
   torch elastic stops them: SIGTERM to each, SIGKILL after ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``, which defaults
   here to ``run.collective_timeout_s``).
 - **Exit codes that mean something.** Under this launcher the ranks exit 0 after a stop (``CMG_SUPERVISED``),
-  so torch elastic prints no "FAILED" banner for it; ``<run_dir>/status.json`` (written by rank 0, removed here
-  before the start) tells the outcome, and this process exits 0 (finished), 75 (stopped after a checkpoint:
-  run the same command to resume) or the child's non-zero code (crashed; never 75).
+  so torch elastic prints no "FAILED" banner for it; ``<run_dir>/status.json`` (set to ``running`` here before the
+  start, then written by rank 0; trainer/run_control.py) tells the outcome, and this process exits 0 (finished, or
+  nothing to do: the run is already at ``run.max_steps``, and no process starts), 75 (stopped after a checkpoint:
+  run the same command to resume) or the child's non-zero code (crashed; never 75; status ``failed``).
 
 A signal that reaches only some ranks directly (not through this launcher) stops all of them at the same step
 as well: the stop flag is agreed by an all-reduce every step (``trainer.runtime.StopRequest``).
@@ -109,7 +110,7 @@ def launch(argv: list[str]) -> int:
     The job's config is loaded and checked before anything imports torch (accelerate's parser does): a bad key or
     value exits 2 at once."""
     from trainer.configs.load import ConfigError
-    from trainer.main import load_job, parse_args
+    from trainer.main import load_job, nothing_to_do, parse_args
 
     check_only = argv[:1] == ["--check"]
     accelerate_argv = argv[1:] if check_only else argv
@@ -124,10 +125,12 @@ def launch(argv: list[str]) -> int:
         from trainer.main import main
         return main(script_args)
     try:
-        cfg = load_job(job_args)
+        cfg, start = load_job(job_args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if start.nothing_to_do and not check_only:   # no process to start
+        return nothing_to_do(start)
     if check_only:
         # accelerate's own options, as accelerate launch will read them (exit 2 if bad). Only here: a launch leaves
         # them to accelerate launch itself a moment later, so that the supervisor, alive for the whole job, never
@@ -142,12 +145,14 @@ def launch(argv: list[str]) -> int:
         print(f"[cmg launch] check passed: {job_args.config or 'the default config'} (phase {cfg.run.phase}, "
               f"{cfg.run.max_steps} steps, run dir {cfg.run.dir}; data {cfg.data.urls or cfg.data.kind}): config "
               "and overrides, shard manifest, backbones file and checkpoints are as the job needs them", flush=True)
+        if start.nothing_to_do:
+            print(f"[cmg launch] {start.done_line()}", flush=True)
         return 0
 
-    from trainer.run_control import EXIT_RESUME, STATUS_FILE, STOP_FILE, SUPERVISED_ENV, status_of
+    from trainer.run_control import EXIT_RESUME, STOP_FILE, SUPERVISED_ENV, mark_failed, mark_running, status_of
 
     run_dir = Path(cfg.run.dir)
-    (run_dir / STATUS_FILE).unlink(missing_ok=True)   # only this job's outcome may be read below
+    mark_running(run_dir)   # only this job's outcome may be read below
     env = {**os.environ, SUPERVISED_ENV: "1"}
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(int(cfg.run.collective_timeout_s)))
     supervisor = Supervisor(argv, run_dir, env)
@@ -163,6 +168,8 @@ def launch(argv: list[str]) -> int:
         return EXIT_RESUME
     if state == "finished" and code == 0:
         return 0
+    if state == "running":   # the ranks said nothing (killed, or a rank but 0 failed): say it here
+        mark_failed(run_dir, f"accelerate launch exited {code}")
     print(f"[cmg launch] the job failed: accelerate launch exited {code}, "
           f"{'status ' + repr(state) if state else 'no status.json'} in {run_dir}", file=sys.stderr, flush=True)
     return code if code not in (0, EXIT_RESUME) else 1
