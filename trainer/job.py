@@ -266,9 +266,9 @@ def check_checkpoint_paths(cfg: JobConfig, init_from: bool = True, data_files: b
 
 
 # ---------------------------------------------------------------------- what a start does with its run directory
-# Keys a resume may not compare: how this start found the checkpoint, and what resolve_job derives from the data
-# (compared as shapes instead, ``check_resume_shapes``).
-NOT_COMPARED = ("run.resume", "model.feature_dims", "model.spatial_patches")
+# Keys a resume does not compare: where the run lives (a moved run directory is the same run) and how this start found
+# the checkpoint, and what resolve_job derives from the data (compared as shapes instead, ``check_resume_shapes``).
+NOT_COMPARED = ("run.dir", "run.resume", "model.feature_dims", "model.spatial_patches")
 
 
 @dataclass(frozen=True)

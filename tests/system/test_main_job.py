@@ -13,14 +13,20 @@
   checkpoint and exit 75 from `trainer.programs.supervisor`; bare `accelerate launch` checkpoints too but exits 1;
 - an elastic resume (2 ranks -> 1 process -> 2 ranks, ZeRO-2 / plain torch / ZeRO-3) continues the run: the step
   counter, the MLflow run, the LR schedule, the codebook and CLUB state, and AdamW's moments and step;
-- a real `mlflow server` receives params, metrics and the code-usage PNG.
+- a real `mlflow server` receives params, metrics and the code-usage PNG;
+- the same command after a run finished does nothing (exit 0, one line, before any work); a smaller run.max_steps and
+  a model of other shapes are refused (exit 2) with status.json kept; a larger one extends the run, which says so in
+  its resume line, and every job ends with a summary (steps, wall time, clips/s, losses, checkpoint, MLflow run).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -428,4 +434,105 @@ def test_a_stalled_rank_fails_the_job_within_the_collective_timeout_and_keeps_th
     manager = CheckpointManager(run_dir / "checkpoints")
     latest = manager.resolve("auto")                                       # verified against its manifest
     assert latest is not None and read_meta(latest).step >= 2
-    assert not (run_dir / "status.json").exists()                          # neither finished nor stopped
+    failed = status(run_dir)                                               # neither finished nor stopped, and said so
+    assert failed["state"] == "failed" and failed["step"] == read_meta(latest).step and failed["error"], failed
+
+
+# ---------------------------------------------------------------------------------------------- what a start does
+FINISHED_STEPS = 2
+
+
+def summary(out: str) -> dict[str, str]:
+    """The end-of-job summary in ``out``: its headline and its indented lines by their label."""
+    out = "\n" + out
+    lines = out[out.rindex("\n[cmg] ", 0, out.index("[cmg]   this job: ")) + 1:].splitlines()
+    block = {"headline": lines[0].removeprefix("[cmg] ")}
+    for line in lines[1:]:
+        if not line.startswith("[cmg]   "):
+            break
+        label, _, value = line.removeprefix("[cmg]   ").partition(": ")
+        block[label] = value
+    return block
+
+
+def assert_summary(out: str, run_dir: Path, first_step: int, last_step: int) -> None:
+    block = summary(out)
+    assert block["headline"] == f"finished at step {last_step} (run.max_steps={last_step})", block
+    this_job = re.fullmatch(r"steps (\d+) -> (\d+) \((\d+) steps\), wall time \d+m\d\ds, ([\d.]+) clips/s while "
+                            r"training", block["this job"])
+    assert this_job and this_job.groups()[:3] == (str(first_step), str(last_step), str(last_step - first_step))
+    assert float(this_job.group(4)) > 0
+    last = read_metrics(run_dir)[-1]
+    assert block[f"losses at step {last_step}"] == ", ".join(
+        f"{k} {last[k]:.4g}" for k in ("loss", "cmcm", "commit", "cpc", "mi", "recon")), block
+    assert block["checkpoint"] == str(CheckpointManager(run_dir / "checkpoints").latest())
+    run_id = json.loads((run_dir / "tracking" / "run.json").read_text())["run_id"]
+    assert block["MLflow"] == f"run {run_id} in sqlite:///{run_dir.resolve()}/mlflow.db; open it: cmg ui {run_dir}"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, shards) -> Path:
+    """A run that finished at step FINISHED_STEPS; the tests copy it before they train on."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    proc = run_job(run_dir, shards, overrides=[f"run.max_steps={FINISHED_STEPS}"])
+    assert_summary(proc.stdout, run_dir, 0, FINISHED_STEPS)
+    assert "resumed from" not in proc.stdout
+    return run_dir
+
+
+def snapshot(run_dir: Path) -> dict[str, object]:
+    """What a start that does nothing must leave as it is: every file's size and mtime but the status, the MLflow
+    run's status and end time."""
+    from mlflow.tracking import MlflowClient
+
+    files = {str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(run_dir.rglob("*"))
+             if p.is_file() and p.name != "status.json"}
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cmg-demo").experiment_id])
+    return {"files": files, "runs": [(r.info.run_id, r.info.status, r.info.end_time) for r in runs]}
+
+
+def test_the_same_command_after_the_end_does_nothing_and_other_runs_are_refused(finished_run, shards):
+    before = snapshot(finished_run)
+    start = time.monotonic()
+    proc = run_job(finished_run, shards, overrides=[f"run.max_steps={FINISHED_STEPS}"])
+    took = time.monotonic() - start
+    ckpt = CheckpointManager(finished_run / "checkpoints").latest()
+    assert proc.stdout == (f"[cmg] {finished_run}: finished at step {FINISHED_STEPS} (run.max_steps={FINISHED_STEPS}; "
+                           f"checkpoint {ckpt}): nothing to do\n"), proc.stdout + proc.stderr
+    assert took < 20, f"doing nothing took {took:.0f} s"       # the finished run above took longer, with its start-up
+    assert snapshot(finished_run) == before
+    assert status(finished_run) == {"state": "finished", "step": FINISHED_STEPS}
+
+    # a smaller run.max_steps: a new run would silently be this one; refused, the directory as it was
+    proc = run_job(finished_run, shards, overrides=[f"run.max_steps={FINISHED_STEPS - 1}"], check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"config error: run.max_steps={FINISHED_STEPS - 1}: {finished_run} holds a run at step {FINISHED_STEPS}" \
+        in proc.stderr and "give a new run.dir" in proc.stderr, proc.stderr[-3000:]
+
+    # a model of other shapes, through the job and through the launcher's check: each key with both values
+    changed = ["model.quantizer.num_codes=16", "model.encoder.ff_dim=96", "optim.lr=0.0005", "run.max_steps=4"]
+    for command in (job_command(finished_run, shards, overrides=changed),
+                    [sys.executable, "-m", "trainer.programs.supervisor", "--check",
+                     *job_command(finished_run, shards, processes=2, overrides=changed)[3:]]):
+        proc = subprocess.run(command, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stdout + proc.stderr[-3000:]
+        assert "model.quantizer.num_codes: 12 in the checkpoint, 16 here" in proc.stderr, proc.stderr[-3000:]
+        assert "model.encoder.ff_dim: 128 in the checkpoint, 96 here" in proc.stderr
+        assert "optim.lr" not in proc.stderr                   # not a shape: a resume may change it
+    assert snapshot(finished_run) == before
+    assert status(finished_run) == {"state": "finished", "step": FINISHED_STEPS}
+
+
+def test_a_larger_max_steps_extends_the_finished_run_and_says_so(finished_run, shards, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)   # a moved run directory opens as it is (trainer/tracking.py)
+    last = FINISHED_STEPS + 1
+    proc = run_job(run_dir, shards, overrides=[f"run.max_steps={last}", "optim.lr=0.0005"])
+    ckpt = checkpoint_dir(run_dir, FINISHED_STEPS)
+    assert f"[cmg] resumed from step {FINISHED_STEPS} (checkpoint {ckpt}), 1->1 ranks; extends the run that " \
+           f"finished at step {FINISHED_STEPS} to run.max_steps={last}; changed since the checkpoint: optim.lr " \
+           "0.001 -> 0.0005\n" in proc.stdout, proc.stdout
+    assert_summary(proc.stdout, run_dir, FINISHED_STEPS, last)
+    assert status(run_dir) == {"state": "finished", "step": last}
+    assert snapshot(run_dir)["runs"][0][:2] == snapshot(finished_run)["runs"][0][:2]   # the same MLflow run, FINISHED
