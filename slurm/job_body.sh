@@ -156,6 +156,11 @@ fi
 
 state="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["state"])' "$RUN_DIR/status.json" \
          2> /dev/null || echo none)"
+if [[ "$state" == running ]]; then   # no one said how it ended (refused before it started, killed): say it here
+    python -c 'import sys; from trainer.run_control import mark_failed; mark_failed(*sys.argv[1:])' "$RUN_DIR" \
+        "srun exit code $rc"
+    state=failed
+fi
 if [[ "$rc" == 75 ]]; then   # srun reports every non-zero exit as "error: ... Exited with exit code 75"
     echo "[slurm] srun exit code 75: the trainer stopped after writing a checkpoint (not a failure)"
 fi

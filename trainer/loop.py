@@ -259,8 +259,9 @@ def train(cfg: JobConfig, accelerator, memory: Mapping[str, torch.Tensor] | None
                           f"so far ({saved.name}, kept apart from pruning)", flush=True)
             if stop_requested and counter.step < cfg.run.max_steps:
                 reason = stop.reason(run_dir / STOP_FILE) if is_main else ""
-                finish("stopped", "KILLED", f"stop requested ({reason}): stopped at step {counter.step} of "
-                       f"{cfg.run.max_steps}; exiting with {EXIT_RESUME}: run the same command to resume")
+                finish("stopped", "KILLED", f"stop requested ({reason}): checkpoint at step {counter.step} written "
+                       f"({cfg.run.max_steps - counter.step} steps to run.max_steps={cfg.run.max_steps}); exiting "
+                       f"with {EXIT_RESUME}: run the same command to resume")
                 return EXIT_RESUME
     except BaseException:
         tracker.end("FAILED")
@@ -286,7 +287,8 @@ def run_summary(headline: str, steps: tuple[int, int], wall_s: float, clips_per_
     losses = {k: v for k, v in losses.items() if not any(k.startswith(f"{term}_") for term in losses)}
     minutes, seconds = divmod(round(wall_s), 60)
     lines = [f"[cmg] {headline}",
-             f"[cmg]   this job: steps {steps[0]} -> {steps[1]} ({steps[1] - steps[0]} steps), wall time "
+             f"[cmg]   this job: steps {steps[0]} -> {steps[1]} ({steps[1] - steps[0]} step"
+             f"{'' if steps[1] - steps[0] == 1 else 's'}), wall time "
              f"{minutes}m{seconds:02d}s, {clips_per_s:.1f} clips/s while training",
              f"[cmg]   losses at step {last.get('step', '-')}: " + (", ".join(
                  f"{k} {v:.4g}" for k, v in sorted(losses.items(), key=lambda kv: kv[0] != "loss")) or "none logged"),

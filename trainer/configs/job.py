@@ -43,7 +43,8 @@ class RunConfig:
     grad_accum: int = 1                # micro-batches per optimizer step
     ckpt_every: int = 500              # steps between checkpoints (also one at the end and on a stop request)
     keep_last: int = 2                 # complete checkpoints kept
-    # "auto": latest complete checkpoint of this run if any | "" | a path
+    # "auto": latest complete checkpoint of this run if any | "" | a path. A checkpoint at max_steps: nothing to do
+    # (exit 0); past it, or of a model with other shapes: refused (exit 2; docs/training.md, "New run, resume, ...")
     resume: str = field(default="auto", metadata={"path": True})
     # a checkpoint (or checkpoints dir) whose model.pt starts the model
     init_from: str = field(default="", metadata={"path": True})

@@ -226,7 +226,8 @@ def config_reference(task: str = "", width: int = 118, note: str = "") -> str:
 # ---------------------------------------------------------------------- cmg train
 def _train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="experiment YAML (launch/configs/*.yaml); defaults if omitted")
-    parser.add_argument("--resume", help="'auto' (default: latest complete checkpoint of run.dir), '' or a path")
+    parser.add_argument("--resume", help="'auto' (default: latest complete checkpoint of run.dir; already at "
+                        "run.max_steps: nothing to do, exit 0; past it: refused, exit 2), '' or a path")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved job (model dims from the data source, backbones) and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. run.max_steps=200 data.batch_size=16")
