@@ -257,9 +257,12 @@ def load_file(ckpt: Path, name: str, holds: str) -> Any:
 
 
 def brief(err: BaseException) -> str:
-    """``Type: first sentence`` of an error (torch's messages run on for lines)."""
-    lines = str(err).strip().splitlines()
+    """``Type: first sentence`` of an error (torch's messages run on for lines); a first line that ends in ":" (torch's
+    "Error(s) in loading state_dict for X:") with the first sentence of the next."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     first = lines[0].split(". ")[0][:200] if lines else ""
+    if first.endswith(":") and len(lines) > 1:
+        first = f"{first} {lines[1].split('. ')[0][:200]}"
     return f"{type(err).__name__}: {first}" if first and "weights_only" not in first else type(err).__name__
 
 

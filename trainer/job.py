@@ -280,8 +280,6 @@ class RunStart:
     max_steps: int                                # run.max_steps of this start
     checkpoint: Path | None = None                # the checkpoint it continues from (None: a new run)
     step: int = 0                                 # that checkpoint's step
-    # key -> (the checkpoint's value, this config's) of the job config keys that changed since the checkpoint
-    changes: Mapping[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def nothing_to_do(self) -> bool:
@@ -291,6 +289,14 @@ class RunStart:
     def done_line(self) -> str:
         return (f"{self.run_dir}: finished at step {self.step} (run.max_steps={self.max_steps}; checkpoint "
                 f"{self.checkpoint}): nothing to do")
+
+    def describe(self) -> str:
+        """One line: what the start does (``cmg launch --check``)."""
+        if self.nothing_to_do:
+            return self.done_line()
+        if self.checkpoint is None:
+            return f"{self.run_dir}: a new run to step {self.max_steps}"
+        return f"{self.run_dir}: resumes from step {self.step} (checkpoint {self.checkpoint}) to step {self.max_steps}"
 
 
 def config_changes(saved: Mapping[str, Any] | None, cfg: JobConfig) -> dict[str, tuple[Any, Any]]:
@@ -344,10 +350,9 @@ def run_start(cfg: JobConfig, ckpt: Path | None, data_files: bool = True) -> Run
                           f"(checkpoint {ckpt}), past it, and a resume cannot go back. For a new run give a new "
                           f"run.dir (to start it from this run's weights: run.init_from={ckpt}); to continue this one "
                           f"give run.max_steps >= {meta.step}")
-    changes = config_changes(meta.job_config, cfg)
     if meta.step < cfg.run.max_steps:
-        check_resume_shapes(cfg, ckpt, meta, changes, data_files)
-    return dataclasses.replace(start, checkpoint=ckpt, step=meta.step, changes=changes)
+        check_resume_shapes(cfg, ckpt, meta, config_changes(meta.job_config, cfg), data_files)
+    return dataclasses.replace(start, checkpoint=ckpt, step=meta.step)
 
 
 def check_resume_shapes(cfg: JobConfig, ckpt: Path, meta: Any, changes: Mapping[str, tuple[Any, Any]],

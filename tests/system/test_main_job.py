@@ -95,9 +95,16 @@ def test_single_process_signal_checkpoints_exits_75_and_resumes_exactly(tmp_path
     assert stopped_at["state"] == "stopped" and 2 <= stopped_at["step"] < STOPPED_RUN_STEPS
     ckpt = CheckpointManager(run_dir / "checkpoints").latest()
     assert read_meta(ckpt).step == stopped_at["step"]
+    stop_summary, step = summary(out), stopped_at["step"]
+    assert stop_summary["headline"] == (
+        f"stop requested (SIGUSR1): checkpoint at step {step} written ({STOPPED_RUN_STEPS - step} steps to "
+        f"run.max_steps={STOPPED_RUN_STEPS}); exiting with 75: run the same command to resume"), stop_summary
+    assert stop_summary["checkpoint"] == str(ckpt)
 
     last = stopped_at["step"] + RESUMED_STEPS
-    run_job(run_dir, shards, overrides=[f"run.max_steps={last}"])
+    resumed = run_job(run_dir, shards, overrides=[f"run.max_steps={last}"])
+    assert f"[cmg] resumed from step {stopped_at['step']} (checkpoint {ckpt}), 1->1 ranks; changed since the " \
+           f"checkpoint: run.max_steps {STOPPED_RUN_STEPS} -> {last}\n" in resumed.stdout, resumed.stdout
     assert status(run_dir) == {"state": "finished", "step": last}
     reference = tmp_path / "reference"
     run_job(reference, shards, overrides=[f"run.max_steps={last}"])

@@ -16,8 +16,8 @@ from trainer.checkpoint import (
     set_rng_state, write_model_state, write_task_extra,
 )
 from trainer.checkpoint_format import (
-    MANIFEST, META_VERSION, MODEL_FILE, OPTIMIZER_FILE, CheckpointError, CheckpointManager, CheckpointMeta, rank_file,
-    read_meta, resolve_checkpoint, verify_checkpoint, write_manifest, write_meta,
+    MANIFEST, META_VERSION, MODEL_FILE, OPTIMIZER_FILE, CheckpointError, CheckpointManager, CheckpointMeta, brief,
+    rank_file, read_meta, resolve_checkpoint, verify_checkpoint, write_manifest, write_meta,
 )
 
 
@@ -389,3 +389,13 @@ def test_a_bad_or_future_meta_json_is_refused_naming_the_file_and_key(tmp_path, 
     with pytest.raises(CheckpointError, match=rf"checkpoint {tmp_path}: meta.json: {error}") as info:
         read_meta(tmp_path)
     assert info.value.file == tmp_path / "meta.json"
+
+
+def test_a_load_error_in_brief_keeps_what_torch_puts_after_its_colon():
+    """torch's first line "Error(s) in loading state_dict for X:" says nothing; the next says which tensor differs."""
+    try:
+        torch.nn.Linear(2, 3).load_state_dict({"weight": torch.zeros(4, 2), "bias": torch.zeros(4)})
+    except RuntimeError as err:
+        text = brief(err)
+    assert text.startswith("RuntimeError: Error(s) in loading state_dict for Linear: size mismatch for ")
+    assert "torch.Size([4, 2]) from checkpoint" in text, text

@@ -145,8 +145,7 @@ def launch(argv: list[str]) -> int:
         print(f"[cmg launch] check passed: {job_args.config or 'the default config'} (phase {cfg.run.phase}, "
               f"{cfg.run.max_steps} steps, run dir {cfg.run.dir}; data {cfg.data.urls or cfg.data.kind}): config "
               "and overrides, shard manifest, backbones file and checkpoints are as the job needs them", flush=True)
-        if start.nothing_to_do:
-            print(f"[cmg launch] {start.done_line()}", flush=True)
+        print(f"[cmg launch] {start.describe()}", flush=True)
         return 0
 
     from trainer.run_control import EXIT_RESUME, STOP_FILE, SUPERVISED_ENV, mark_failed, mark_running, status_of
