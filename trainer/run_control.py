@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from trainer.atomic_write import write_atomic
+
 STOP_FILE = "STOP"
 STATUS_FILE = "status.json"
 EXIT_RESUME = 75
@@ -31,12 +33,9 @@ def status_of(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def write_status(run_dir: str | os.PathLike, state: str, step: int, **detail: Any) -> None:
-    """Replace the status atomically (a reader never sees half a file, one writer never half of another's)."""
-    path = Path(run_dir) / STATUS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"state": state, "step": step, **detail}) + "\n")
-    os.replace(tmp, path)
+    """Replace the status atomically: a reader (the launchers, several of them on several nodes) never sees half."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(run_dir) / STATUS_FILE, (json.dumps({"state": state, "step": step, **detail}) + "\n").encode())
 
 
 def last_checkpoint_step(run_dir: str | os.PathLike) -> int:
