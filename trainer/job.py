@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -26,6 +26,9 @@ from trainer.configs.job import JobConfig
 from trainer.configs.model import ModelConfig
 from trainer.eval.during_training import probe_metric_names
 
+
+if TYPE_CHECKING:
+    from trainer.checkpoint_format import CheckpointMeta
 
 RESOLVED_CONFIG_FILE = "config.yaml"   # in the run directory: the resolved job config (``ResolvedJob.write``)
 
@@ -301,12 +304,13 @@ class RunStart:
 
 def config_changes(saved: Mapping[str, Any] | None, cfg: JobConfig) -> dict[str, tuple[Any, Any]]:
     """The keys of ``cfg`` whose values differ from ``saved`` (a checkpoint's ``job_config``; {} if it has none),
-    as ``key -> (saved value, cfg's value)``, but those in ``NOT_COMPARED``."""
+    as ``key -> (saved value, cfg's value)``, but those in ``NOT_COMPARED`` and those only one of them has (a key
+    that the trainer which wrote the checkpoint did not have yet, or no longer has)."""
     if not saved:
         return {}
     old, new = flatten(dict(saved)), flatten(to_dict(cfg))
-    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
-            if old.get(k) != new.get(k) and not k.startswith(NOT_COMPARED)}
+    return {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys())
+            if old[k] != new[k] and not k.startswith(NOT_COMPARED)}
 
 
 def describe_changes(changes: Mapping[str, tuple[Any, Any]]) -> str:
@@ -355,7 +359,7 @@ def run_start(cfg: JobConfig, ckpt: Path | None, data_files: bool = True) -> Run
     return dataclasses.replace(start, checkpoint=ckpt, step=meta.step)
 
 
-def check_resume_shapes(cfg: JobConfig, ckpt: Path, meta: Any, changes: Mapping[str, tuple[Any, Any]],
+def check_resume_shapes(cfg: JobConfig, ckpt: Path, meta: CheckpointMeta, changes: Mapping[str, tuple[Any, Any]],
                         data_files: bool) -> None:
     """A ``ConfigError`` naming every changed key of the model (and backbones) sections with both values when the
     model of ``cfg`` has other tensor shapes than the one checkpoint ``ckpt`` (meta.json ``meta``) holds.
@@ -386,7 +390,10 @@ def check_resume_shapes(cfg: JobConfig, ckpt: Path, meta: Any, changes: Mapping[
                 derived[key] = new
     if not suspects and not backbone_changes:
         return
-    old_shapes = model_shapes(meta.job_config["task"], saved_model)
+    try:
+        old_shapes = model_shapes(meta.job_config["task"], saved_model)
+    except (ConfigError, ValueError):
+        return   # a model config of another trainer version: the resume reports what does not load
     new_shapes = model_shapes(cfg.task, to_dict(cfg.model) | derived)
     differ = sorted(k for k in old_shapes.keys() | new_shapes.keys() if old_shapes.get(k) != new_shapes.get(k))
     if not differ:
@@ -399,7 +406,7 @@ def check_resume_shapes(cfg: JobConfig, ckpt: Path, meta: Any, changes: Mapping[
                       "checkpoint's values, or give a new run.dir for a new run")
 
 
-def model_shapes(task: str, model: Mapping[str, Any]) -> dict[str, tuple[int, ...] | None]:
+def model_shapes(task: str, model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """The tensor shapes of the model (and CLUB estimators) that ``task`` builds from the resolved ``model``
     section, built on the meta device (no memory, no weights)."""
     import torch
