@@ -38,12 +38,15 @@ def make_clip_shards(root: Path, num_clips: int = 16, seconds: int = 4, clips_pe
 
 def job_command(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
                 seconds: int = 4, config: Path = DEMO_CONFIG, launcher: str = "trainer.programs.supervisor",
-                plain: bool = True) -> list[str]:
+                plain: bool = True, machine: tuple[int, int, int] | None = None) -> list[str]:
     """The main job on ``config`` (default: the demo config), shrunk for tests (logs every step, no progress bar).
 
     ``launcher``: for several processes, the module that launches them: ``trainer.programs.supervisor`` or
     ``accelerate.commands.launch`` (what ``accelerate launch`` runs). One process runs as ``python trainer/main.py``
     (plain torch), or, with ``plain=False``, through ``launcher`` with the DeepSpeed config as well.
+    ``machine``: (machine rank, number of machines, port): this machine's launcher of a job on several machines,
+    all on this host (main process at 127.0.0.1:port), with the arguments slurm/job_body.sh gives each node's;
+    ``processes`` is then the job's total.
     """
     args = ["--config", str(config), f"run.dir={run_dir}", f"data.urls={urls}",
             f"data.decode.seconds={seconds}", "data.batch_size=2", "data.num_workers=1", "data.shuffle_buffer=4",
@@ -51,9 +54,16 @@ def job_command(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, ove
     main = str(REPO / "trainer" / "main.py")
     if processes == 1 and plain:
         return [sys.executable, main, *args]
+    if machine is None:
+        placement = ["--main_process_port", str(free_port())]
+    else:
+        machine_rank, machines, port = machine
+        placement = ["--num_machines", str(machines), "--machine_rank", str(machine_rank),
+                     "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+                     "--deepspeed_multinode_launcher", "standard"]
     return [sys.executable, "-m", launcher,
             "--config_file", str(REPO / "launch" / "accelerate" / f"cpu_zero{zero}.yaml"),
-            "--num_processes", str(processes), "--main_process_port", str(free_port()), main, *args]
+            "--num_processes", str(processes), *placement, main, *args]
 
 
 def job_env() -> dict[str, str]:
