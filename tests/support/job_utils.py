@@ -36,6 +36,14 @@ def make_clip_shards(root: Path, num_clips: int = 16, seconds: int = 4, clips_pe
     return str(root / "shards" / f"train-{{000000..{count - 1:06d}}}.tar")
 
 
+def shrunk_job_overrides(urls: str, seconds: int = 4, overrides: list[str] = ()) -> list[str]:
+    """What shrinks a job for tests: the shards ``urls``, tiny batches, every step logged, no progress bar; then
+    ``overrides``."""
+    return [f"data.urls={urls}", f"data.decode.seconds={seconds}", "data.batch_size=2", "data.num_workers=1",
+            "data.shuffle_buffer=4", "run.progress=false", "tracking.log_every=1", "tracking.flush_interval_s=0",
+            *overrides]
+
+
 def job_command(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
                 seconds: int = 4, config: Path = DEMO_CONFIG, launcher: str = "trainer.programs.supervisor",
                 plain: bool = True, machine: tuple[int, int, int] | None = None) -> list[str]:
@@ -48,9 +56,7 @@ def job_command(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, ove
     all on this host (main process at 127.0.0.1:port), with the arguments slurm/job_body.sh gives each node's;
     ``processes`` is then the job's total.
     """
-    args = ["--config", str(config), f"run.dir={run_dir}", f"data.urls={urls}",
-            f"data.decode.seconds={seconds}", "data.batch_size=2", "data.num_workers=1", "data.shuffle_buffer=4",
-            "run.progress=false", "tracking.log_every=1", "tracking.flush_interval_s=0", *overrides]
+    args = ["--config", str(config), f"run.dir={run_dir}", *shrunk_job_overrides(urls, seconds, overrides)]
     main = str(REPO / "trainer" / "main.py")
     if processes == 1 and plain:
         return [sys.executable, main, *args]

@@ -6,7 +6,9 @@ one run directory, as slurm/job_body.sh starts them on two nodes with a shared f
 - SIGTERM to one machine's launcher stops both machines at one step with a complete checkpoint, and both launchers
   exit 75; every logged value but the timings is bit-equal to one machine with 2 processes run to that step;
 - a dead machine (its launcher, torch elastic and its rank SIGKILLed at once) fails the other one within
-  ``run.collective_timeout_s``: non-zero, not 75, the last checkpoint intact.
+  ``run.collective_timeout_s``: non-zero, not 75, the last checkpoint intact;
+- `sbatch --nodes=2 slurm/pretrain_av.sh` on a local Slurm of two nodes (two slurmd on this host, fixture
+  ``slurm_two_nodes``) runs the job across both: srun starts one launcher per node, machine rank $SLURM_NODEID.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from dist_utils import free_port
-from job_utils import REPO, job_command, job_env, make_clip_shards, read_metrics, run_job
+from job_utils import (DEMO_CONFIG, REPO, job_command, job_env, make_clip_shards, read_metrics, run_job,
+                       shrunk_job_overrides)
+from slurm_cluster import SlurmClusterError
 
 from trainer.checkpoint_format import CheckpointManager, read_meta
 
@@ -134,3 +139,31 @@ def test_a_dead_machine_fails_the_other_within_the_collective_timeout_and_keeps_
     latest = CheckpointManager(run_dir / "checkpoints").resolve("auto")     # verified against its manifest
     assert latest is not None and read_meta(latest).step >= 2
     assert not (run_dir / "status.json").exists()                          # neither finished nor stopped
+
+
+@pytest.mark.slow
+def test_sbatch_nodes_2_runs_the_job_on_both_nodes(slurm_two_nodes, shards, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    monkeypatch.chdir(REPO)        # the submit directory: the job finds slurm/job_body.sh and the configs there
+    for key, value in job_env().items():                    # sbatch hands the environment on to the job
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    for key in ("CONFIG", "RUN_DIR", "EXTRA", "ACCELERATE_CONFIG", "NPROC_PER_NODE"):
+        monkeypatch.delenv(key, raising=False)
+    job = slurm_two_nodes.sbatch(
+        "--time=5", "--nodes=2", "--cpus-per-task=1", "--gpus-per-node=0", "--job-name=two-nodes",
+        f"--output={tmp_path}/two-nodes-%j.out", f"--export=ALL,CONFIG={DEMO_CONFIG},RUN_DIR={run_dir}",
+        "slurm/pretrain_av.sh", *shrunk_job_overrides(shards, overrides=["run.max_steps=2"]))
+    log = tmp_path / f"two-nodes-{job}.out"
+    try:
+        slurm_two_nodes.wait_job(job, "COMPLETED", timeout=240, poll_s=0.5)   # sbatch --wait polls every few s
+    except SlurmClusterError as err:
+        slurm_two_nodes.run("scancel", str(job), check=False)
+        raise AssertionError(log.read_text()[-3000:] if log.exists() else "no job log") from err
+    out = log.read_text()
+    assert slurm_two_nodes.job_info(job)["ExitCode"] == "0:0", out[-3000:]
+    first, second = slurm_two_nodes.nodes
+    assert f"on {first},{second}: 2 node(s) x 1 process(es), launch/accelerate/cpu_zero2.yaml, main {first}:" in out
+    assert json.loads((run_dir / "status.json").read_text()) == {"state": "finished", "step": 2}
+    latest = CheckpointManager(run_dir / "checkpoints").resolve("auto")
+    assert (read_meta(latest).step, read_meta(latest).world_size) == (2, 2)     # one rank on each node
