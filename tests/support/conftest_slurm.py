@@ -15,7 +15,7 @@ from slurm_cluster import LocalSlurm, LocalSlurmConfig
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A running single-node Slurm; its SLURM_CONF is exported to this process for the session, so every
+    """A running one-node Slurm; its SLURM_CONF is exported to this process for the session, so every
     `sbatch`/`scontrol` the tests start, and every job (sbatch exports the environment), uses it.
     Stopped at the end of the session, unless another pytest session on this machine still uses it."""
     cluster = LocalSlurm(LocalSlurmConfig.from_env())

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A real single-node Slurm cluster (munged + slurmctld + slurmd) on 127.0.0.1, for tests and CI.
+"""A real Slurm cluster (munged + slurmctld + one slurmd per node, one node by default) on 127.0.0.1, for tests
+and CI.
 
 This is the project's only implementation; ``slurm/local_cluster.sh`` just runs this file. Standard
 library only, so the system ``python3`` can run it before any virtualenv exists.
@@ -141,9 +142,12 @@ class LocalSlurmConfig:
             return raw in ("1", "true", "yes")
 
         port = number("LOCAL_SLURM_PORT", int, cfg.ctld_port)
+        nodes = number("LOCAL_SLURM_NODES", int, cfg.nodes)
+        if nodes < 1:
+            raise SlurmClusterError(f"LOCAL_SLURM_NODES={nodes}: a cluster needs at least one node")
         return cls(
             state_dir=env.get("LOCAL_SLURM_DIR", "").strip() or cfg.state_dir,
-            nodes=max(1, number("LOCAL_SLURM_NODES", int, cfg.nodes)),
+            nodes=nodes,
             cpus=number("LOCAL_SLURM_CPUS", int, cfg.cpus),
             gpus=number("LOCAL_SLURM_GPUS", int, cfg.gpus),
             mem_mb=number("LOCAL_SLURM_MEM_MB", int, cfg.mem_mb),
@@ -734,7 +738,7 @@ def _bench(config: LocalSlurmConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="A real single-node Slurm cluster on 127.0.0.1 (knobs: LOCAL_SLURM_*)")
+    parser = argparse.ArgumentParser(description="A real Slurm cluster on 127.0.0.1 (knobs: LOCAL_SLURM_*)")
     parser.add_argument("command", choices=("up", "down", "status", "env", "bench"))
     command = parser.parse_args(argv).command
     try:
