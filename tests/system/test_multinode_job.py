@@ -1,14 +1,13 @@
-"""The main job on two machines, played on this host: one `python -m trainer.programs.supervisor` per machine
-(`--num_machines 2 --machine_rank 0|1 --main_process_ip 127.0.0.1`, one gloo rank each, DeepSpeed ZeRO-2), both on
-one run directory, as slurm/job_body.sh starts them on two nodes with a shared file system (docs/training.md,
-"Several nodes").
+"""The main job on two machines, played on this host (docs/training.md, "Slurm", several nodes).
 
-- SIGTERM to one machine's launcher stops both machines at one step with a complete checkpoint, and both launchers
-  exit 75; every logged value but the timings is bit-equal to one machine with 2 processes run to that step;
-- a dead machine (its launcher, torch elastic and its rank SIGKILLed at once) fails the other one within
+- one `python -m trainer.programs.supervisor` per machine (`--num_machines 2 --machine_rank 0|1 --main_process_ip
+  127.0.0.1`, the arguments slurm/job_body.sh gives each node's), one gloo rank each, DeepSpeed ZeRO-2, one run
+  directory: every logged value but the timings is bit-equal to one machine with 2 processes; a dead machine (its
+  launcher, torch elastic, its rank and its data worker SIGKILLed at once) fails the other within
   ``run.collective_timeout_s``: non-zero, not 75, the last checkpoint intact;
 - `sbatch --nodes=2 slurm/pretrain_av.sh` on a local Slurm of two nodes (two slurmd on this host, fixture
-  ``slurm_two_nodes``) runs the job across both: srun starts one launcher per node, machine rank $SLURM_NODEID.
+  ``slurm_two_nodes``): srun starts one launcher per node (machine rank $SLURM_NODEID); SIGTERM to one node's
+  launcher stops both nodes at one step with a complete checkpoint, both launchers exit 75, and so does the job.
 """
 
 from __future__ import annotations
@@ -29,10 +28,9 @@ from slurm_cluster import SlurmClusterError
 
 from trainer.checkpoint_format import CheckpointManager, read_meta
 
-STEPS = 40   # never reached: the tests stop or kill the job after a few steps
+STEPS = 40   # never reached: the tests stop or kill the job after a few steps (lr warmup: 20 steps of the demo's)
 COLLECTIVE_TIMEOUT_S = 15
-# the surviving machine's torch elastic agent stops its rank after the failure (TORCH_ELASTIC_SHUTDOWN_TIMEOUT,
-# run.collective_timeout_s under the supervisor) and process start-up and teardown on a busy 2-core machine
+# after the failed collective: the rank's exit, torch elastic's and the supervisor's report, on a busy 2-core machine
 FAILURE_SLACK_S = 45
 
 
@@ -97,34 +95,10 @@ def without_timings(rows: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_machine_stops_both_with_exit_75_and_equals_one_machine_with_2_processes(tmp_path, shards):
+def test_two_machines_equal_one_and_a_dead_machine_fails_the_other_within_the_collective_timeout(tmp_path, shards):
+    overrides = ["run.ckpt_every=2", f"run.collective_timeout_s={COLLECTIVE_TIMEOUT_S}"]
     run_dir = tmp_path / "two-machines"
-    machines = start_machines(run_dir, shards, [])
-    wait_for_steps(run_dir, machines, 2)
-    machines[1].send_signal(signal.SIGTERM)          # the machine that does not host rank 0
-    outcomes = finish(machines, timeout=180)
-    for machine, (code, _, err) in enumerate(outcomes):
-        assert code == 75, f"machine {machine} exited {code}\n{err[-3000:]}"
-        assert "FAILED" not in err and "Traceback" not in err, err[-3000:]
-    assert "[cmg launch] SIGTERM: asking the job to checkpoint and stop" in outcomes[1][2]
-    stopped = json.loads((run_dir / "status.json").read_text())
-    assert stopped["state"] == "stopped", stopped
-    latest = CheckpointManager(run_dir / "checkpoints").resolve("auto")     # verified against its manifest
-    assert read_meta(latest).step == stopped["step"] and read_meta(latest).world_size == 2
-    assert not (run_dir / "STOP").exists()
-
-    # the same rank layout on one machine: rank 0 and rank 1 see the same data and reduce in the same order
-    reference = tmp_path / "one-machine"
-    run_job(reference, shards, processes=2, overrides=[f"run.max_steps={stopped['step']}"])
-    two_machines, one_machine = without_timings(read_metrics(run_dir)), without_timings(read_metrics(reference))
-    assert [row["step"] for row in two_machines] == list(range(1, stopped["step"] + 1))
-    assert two_machines == one_machine                                       # every value, bit for bit
-
-
-@pytest.mark.slow
-def test_a_dead_machine_fails_the_other_within_the_collective_timeout_and_keeps_the_checkpoint(tmp_path, shards):
-    run_dir = tmp_path / "dead-machine"
-    machines = start_machines(run_dir, shards, ["run.ckpt_every=2", f"run.collective_timeout_s={COLLECTIVE_TIMEOUT_S}"])
+    machines = start_machines(run_dir, shards, overrides)
     wait_for_steps(run_dir, machines, 3)
     dead = descendants(machines[1].pid)              # its supervisor, torch elastic, the rank, its data worker
     for sig in (signal.SIGSTOP, signal.SIGKILL):     # frozen first: none of them sees the others die
@@ -137,12 +111,38 @@ def test_a_dead_machine_fails_the_other_within_the_collective_timeout_and_keeps_
     assert waited < COLLECTIVE_TIMEOUT_S + FAILURE_SLACK_S, f"machine 0 took {waited:.0f} s to fail\n{err[-3000:]}"
     assert "[cmg launch] the job failed" in err, err[-3000:]
     latest = CheckpointManager(run_dir / "checkpoints").resolve("auto")     # verified against its manifest
-    assert latest is not None and read_meta(latest).step >= 2
+    assert latest is not None and read_meta(latest).step >= 2 and read_meta(latest).world_size == 2
     assert not (run_dir / "status.json").exists()                          # neither finished nor stopped
+
+    # every row rank 0 logged took an all-reduce with machine 1 alive. One machine with 2 processes has the same rank
+    # layout (each rank reads the same data, the reductions add in the same order): the same values, bit for bit
+    two_machines = without_timings(read_metrics(run_dir))
+    logged = len(two_machines)
+    assert [row["step"] for row in two_machines] == list(range(1, logged + 1))
+    reference = tmp_path / "one-machine"
+    run_job(reference, shards, processes=2, overrides=[*overrides, f"run.max_steps={logged}"])
+    assert two_machines == without_timings(read_metrics(reference))
+
+
+def node_supervisor(run_dir: Path, node_id: int) -> int:
+    """The pid of the launcher srun started on node ``node_id`` for the job of ``run_dir``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[1:3] == [b"-m", b"trainer.programs.supervisor"] and f"RUN_DIR={run_dir}".encode() in environ \
+                and f"SLURM_NODEID={node_id}".encode() in environ:
+            found.append(int(entry.name))
+    assert len(found) == 1, f"launchers of node {node_id}: {found}"
+    return found[0]
 
 
 @pytest.mark.slow
-def test_sbatch_nodes_2_runs_the_job_on_both_nodes(slurm_two_nodes, shards, tmp_path, monkeypatch):
+def test_sbatch_nodes_2_sigterm_to_one_node_stops_both_nodes_with_exit_75(slurm_two_nodes, shards, tmp_path,
+                                                                           monkeypatch):
     run_dir = tmp_path / "run"
     monkeypatch.chdir(REPO)        # the submit directory: the job finds slurm/job_body.sh and the configs there
     for key, value in job_env().items():                    # sbatch hands the environment on to the job
@@ -153,17 +153,27 @@ def test_sbatch_nodes_2_runs_the_job_on_both_nodes(slurm_two_nodes, shards, tmp_
     job = slurm_two_nodes.sbatch(
         "--time=5", "--nodes=2", "--cpus-per-task=1", "--gpus-per-node=0", "--job-name=two-nodes",
         f"--output={tmp_path}/two-nodes-%j.out", f"--export=ALL,CONFIG={DEMO_CONFIG},RUN_DIR={run_dir}",
-        "slurm/pretrain_av.sh", *shrunk_job_overrides(shards, overrides=["run.max_steps=2"]))
+        "slurm/pretrain_av.sh", *shrunk_job_overrides(shards, overrides=[f"run.max_steps={STEPS}"]))
     log = tmp_path / f"two-nodes-{job}.out"
     try:
-        slurm_two_nodes.wait_job(job, "COMPLETED", timeout=240, poll_s=0.5)   # sbatch --wait polls every few s
-    except SlurmClusterError as err:
+        deadline = time.monotonic() + 180
+        while len(read_metrics(run_dir)) < 2:
+            assert slurm_two_nodes.job_state(job) in ("PENDING", "RUNNING"), "the job ended before step 2"
+            assert time.monotonic() < deadline, "the job made no progress"
+            time.sleep(0.2)
+        os.kill(node_supervisor(run_dir, 1), signal.SIGTERM)    # the node without rank 0
+        state = slurm_two_nodes.wait_job(job, ("COMPLETED", "FAILED"), timeout=180, poll_s=0.5)
+    except (AssertionError, SlurmClusterError) as err:
         slurm_two_nodes.run("scancel", str(job), check=False)
         raise AssertionError(log.read_text()[-3000:] if log.exists() else "no job log") from err
     out = log.read_text()
-    assert slurm_two_nodes.job_info(job)["ExitCode"] == "0:0", out[-3000:]
     first, second = slurm_two_nodes.nodes
     assert f"on {first},{second}: 2 node(s) x 1 process(es), launch/accelerate/cpu_zero2.yaml, main {first}:" in out
-    assert json.loads((run_dir / "status.json").read_text()) == {"state": "finished", "step": 2}
-    latest = CheckpointManager(run_dir / "checkpoints").resolve("auto")
-    assert (read_meta(latest).step, read_meta(latest).world_size) == (2, 2)     # one rank on each node
+    # both nodes' launchers exit 75; a stop without a preemption signal is not requeued: the job exits 75
+    assert f"{first}: task 0: Exited with exit code 75" in out and f"{second}: task 1: Exited with exit code 75" in out
+    assert (state, slurm_two_nodes.job_info(job)["ExitCode"]) == ("FAILED", "75:0"), out[-3000:]
+    stopped = json.loads((run_dir / "status.json").read_text())
+    assert stopped["state"] == "stopped", stopped
+    latest = CheckpointManager(run_dir / "checkpoints").resolve("auto")     # verified against its manifest
+    assert (read_meta(latest).step, read_meta(latest).world_size) == (stopped["step"], 2)   # a rank on each node
+    assert not (run_dir / "STOP").exists()
