@@ -40,7 +40,7 @@ def shards(tmp_path_factory) -> str:
 
 
 def start_machines(run_dir: Path, shards: str, overrides: list[str]) -> list[subprocess.Popen]:
-    """Machine 0 (ranks 0, which logs metrics.jsonl) and machine 1, one process each, each in its own session."""
+    """Machine 0 (rank 0, which logs metrics.jsonl) and machine 1, one process each, each in its own session."""
     port = free_port()
     return [subprocess.Popen(job_command(run_dir, shards, processes=2, overrides=[f"run.max_steps={STEPS}", *overrides],
                                          machine=(rank, 2, port)),
@@ -148,7 +148,7 @@ def test_sbatch_nodes_2_sigterm_to_one_node_stops_both_nodes_with_exit_75(slurm_
     for key, value in job_env().items():                    # sbatch hands the environment on to the job
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    for key in ("CONFIG", "RUN_DIR", "EXTRA", "ACCELERATE_CONFIG", "NPROC_PER_NODE"):
+    for key in ("CONFIG", "RUN_DIR", "EXTRA", "ACCELERATE_CONFIG", "NPROC_PER_NODE", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(key, raising=False)
     job = slurm_two_nodes.sbatch(
         "--time=5", "--nodes=2", "--cpus-per-task=1", "--gpus-per-node=0", "--job-name=two-nodes",
