@@ -44,25 +44,41 @@ def make_clip_shards(root: Path, num_clips: int = 16, seconds: int = 4, clips_pe
     return str(root / "shards" / f"train-{{000000..{count - 1:06d}}}.tar")
 
 
+def shrunk_job_overrides(urls: str, seconds: int = 4, overrides: list[str] = ()) -> list[str]:
+    """What shrinks a job for tests: the shards ``urls``, tiny batches, every step logged, no progress bar; then
+    ``overrides``."""
+    return [f"data.urls={urls}", f"data.decode.seconds={seconds}", "data.batch_size=2", "data.num_workers=1",
+            "data.shuffle_buffer=4", "run.progress=false", "tracking.log_every=1", "tracking.flush_interval_s=0",
+            *overrides]
+
+
 def job_command(run_dir: Path, urls: str, processes: int = 1, zero: int = 2, overrides: list[str] = (),
                 seconds: int = 4, config: Path = DEMO_CONFIG, launcher: str = "trainer.programs.supervisor",
-                plain: bool = True, machine: str = "cpu") -> list[str]:
+                plain: bool = True, machine: str = "cpu", node: tuple[int, int, int] | None = None) -> list[str]:
     """The main job on ``config`` (default: the demo config), shrunk for tests (logs every step, no progress bar).
 
     ``launcher``: for several processes, the module that launches them: ``trainer.programs.supervisor`` or
     ``accelerate.commands.launch`` (what ``accelerate launch`` runs). One process runs as ``python trainer/main.py``
     (plain torch), or, with ``plain=False``, through ``launcher`` with the DeepSpeed config as well.
     ``machine``: which launch/accelerate/<machine>_zero<zero>.yaml: "cpu" (gloo) or "gpu" (nccl, bf16).
+    ``node``: (machine rank, number of machines, port): this machine's launcher of a job on several machines,
+    all on this host (main process at 127.0.0.1:port), with the arguments slurm/job_body.sh gives each node's;
+    ``processes`` is then the job's total.
     """
-    args = ["--config", str(config), f"run.dir={run_dir}", f"data.urls={urls}",
-            f"data.decode.seconds={seconds}", "data.batch_size=2", "data.num_workers=1", "data.shuffle_buffer=4",
-            "run.progress=false", "tracking.log_every=1", "tracking.flush_interval_s=0", *overrides]
+    args = ["--config", str(config), f"run.dir={run_dir}", *shrunk_job_overrides(urls, seconds, overrides)]
     main = str(REPO / "trainer" / "main.py")
     if processes == 1 and plain:
         return [sys.executable, main, *args]
+    if node is None:
+        placement = ["--main_process_port", str(free_port())]
+    else:
+        machine_rank, machines, port = node
+        placement = ["--num_machines", str(machines), "--machine_rank", str(machine_rank),
+                     "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+                     "--deepspeed_multinode_launcher", "standard"]
     return [sys.executable, "-m", launcher,
             "--config_file", str(REPO / "launch" / "accelerate" / f"{machine}_zero{zero}.yaml"),
-            "--num_processes", str(processes), "--main_process_port", str(free_port()), main, *args]
+            "--num_processes", str(processes), *placement, main, *args]
 
 
 def job_env(machine: str = "cpu") -> dict[str, str]:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A real single-node Slurm cluster (munged + slurmctld + slurmd) on 127.0.0.1, for tests and CI.
+"""A real Slurm cluster (munged + slurmctld + one slurmd per node, one node by default) on 127.0.0.1, for tests
+and CI.
 
 This is the project's only implementation; ``slurm/local_cluster.sh`` just runs this file. Standard
 library only, so the system ``python3`` can run it before any virtualenv exists.
@@ -24,12 +25,15 @@ From Python (pytest uses the ``slurm_cluster`` fixture in ``conftest_slurm.py``)
 Knobs (environment variables, read by ``LocalSlurmConfig.from_env``):
 
     LOCAL_SLURM_DIR      state dir (default /tmp/cmg-local-slurm); holds conf, munge key/socket, logs, spool
-    LOCAL_SLURM_CPUS     CPUs the node advertises (default: this machine's count). More than the machine
+    LOCAL_SLURM_NODES    nodes (default 1), each its own slurmd on this host (Debian builds Slurm with
+                         --enable-multiple-slurmd: `scontrol show config` says MULTIPLE_SLURMD = Yes): the first is
+                         named after this host, the others <host>-1, <host>-2...; slurmd ports follow each other
+    LOCAL_SLURM_CPUS     CPUs each node advertises (default: this machine's count). More than the machine
                          has is fine (SlurmdParameters=config_overrides): e.g. 8 lets 8 one-CPU jobs run at once
     LOCAL_SLURM_GPUS     fake GPUs per node (default 0): GRES backed by /dev/null-like char devices, so
                          production `--gpus-per-node` headers are accepted; jobs see CUDA_VISIBLE_DEVICES
     LOCAL_SLURM_MEM_MB   RealMemory of the node (default: MemTotal - 1024 MB)
-    LOCAL_SLURM_PORT     SlurmctldPort (default 6817); slurmd listens on the next port
+    LOCAL_SLURM_PORT     SlurmctldPort (default 6817); the slurmds listen on the next ports
     LOCAL_SLURM_INSTALL  1 (default): apt-get install the Debian packages when missing; 0: fail instead
     LOCAL_SLURM_KEEP     1: `down` keeps the state dir (logs) for debugging; default 0
     LOCAL_SLURM_TIMEOUT  seconds for readiness and for each client call (default 30)
@@ -96,10 +100,11 @@ class SlurmClusterError(RuntimeError):
 
 @dataclass
 class LocalSlurmConfig:
-    """Where the cluster lives and what its single node advertises (0 = taken from this machine).
+    """Where the cluster lives, how many nodes it has and what each advertises (0 = taken from this machine).
     Every directory above ``state_dir`` must be searchable by all: munged refuses its socket otherwise."""
 
     state_dir: str = "/tmp/cmg-local-slurm"
+    nodes: int = 1
     cpus: int = 0
     gpus: int = 0
     mem_mb: int = 0
@@ -137,8 +142,12 @@ class LocalSlurmConfig:
             return raw in ("1", "true", "yes")
 
         port = number("LOCAL_SLURM_PORT", int, cfg.ctld_port)
+        nodes = number("LOCAL_SLURM_NODES", int, cfg.nodes)
+        if nodes < 1:
+            raise SlurmClusterError(f"LOCAL_SLURM_NODES={nodes}: a cluster needs at least one node")
         return cls(
             state_dir=env.get("LOCAL_SLURM_DIR", "").strip() or cfg.state_dir,
+            nodes=nodes,
             cpus=number("LOCAL_SLURM_CPUS", int, cfg.cpus),
             gpus=number("LOCAL_SLURM_GPUS", int, cfg.gpus),
             mem_mb=number("LOCAL_SLURM_MEM_MB", int, cfg.mem_mb),
@@ -264,11 +273,15 @@ class LocalSlurm:
         self.log_dir = self.dir / "log"
         self.run_dir = self.dir / "run"
         # The controller refuses to start unless SlurmctldHost is this host's short name (`hostname -s`).
+        # The first node is this host's (and the controller's) name, and the one its jobs' first step runs on.
         self.node = socket.gethostname().split(".")[0]
+        self.nodes = [self.node] + [f"{self.node}-{i}" for i in range(1, self.config.nodes)]
+        # one slurmd per node (`slurmd -N <node>`): "slurmd" is the first node's, "slurmd@<node>" another's
+        self.slurmds = {("slurmd" if i == 0 else f"slurmd@{node}"): node for i, node in enumerate(self.nodes)}
         self.pidfiles = {
             "munged": self.run_dir / "munged.pid",
             "slurmctld": self.run_dir / "slurmctld.pid",
-            "slurmd": self.run_dir / f"slurmd-{self.node}.pid",
+            **{name: self.run_dir / f"slurmd-{node}.pid" for name, node in self.slurmds.items()},
         }
 
     # ---- public API ----
@@ -287,7 +300,9 @@ class LocalSlurm:
         if self.is_up() and self.conf_path.read_text() == conf:
             return False
         self.down()
-        for port, role in ((self.config.ctld_port, "SlurmctldPort"), (self.config.slurmd_port, "SlurmdPort")):
+        ports = [(self.config.ctld_port, "SlurmctldPort")] + [
+            (self.slurmd_port(node), f"slurmd port of node {node}") for node in self.nodes]
+        for port, role in ports:
             if port_in_use(port):
                 raise SlurmClusterError(
                     f"port {port} ({role}) is already in use on this machine (see `ss -ltnp`): another Slurm or "
@@ -298,7 +313,8 @@ class LocalSlurm:
         try:
             self._start_munged()
             self._start_daemon("slurmctld", ["slurmctld", "-f", str(self.conf_path)])
-            self._start_daemon("slurmd", ["slurmd", "-f", str(self.conf_path), "-N", self.node])
+            for name, node in self.slurmds.items():
+                self._start_daemon(name, ["slurmd", "-f", str(self.conf_path), "-N", node])
             self._wait_ready()
         except BaseException as exc:
             logs = self._log_tails()
@@ -312,7 +328,7 @@ class LocalSlurm:
         """Cancel every job, stop every process of this cluster by PID, remove the state dir. Idempotent."""
         if self.daemon_pid("slurmctld") is not None:
             self._drain_queue()
-        for name in ("slurmd", "slurmctld"):
+        for name in (*self.slurmds, "slurmctld"):
             self._stop_daemon(name)
         terminate(self.processes(names=("slurmstepd",)), grace_s=2.0)
         self._stop_daemon("munged")
@@ -322,11 +338,11 @@ class LocalSlurm:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def is_up(self) -> bool:
-        """Every daemon alive by pidfile, the controller answers, and the node can run jobs."""
+        """Every daemon alive by pidfile, the controller answers, and every node can run jobs."""
         if not self.conf_path.is_file() or any(self.daemon_pid(name) is None for name in self.pidfiles):
             return False
         try:
-            return self._controller_up() and self.node_state() in HEALTHY_NODE_STATES
+            return self._controller_up() and all(self.node_state(node) in HEALTHY_NODE_STATES for node in self.nodes)
         except SlurmClusterError:
             return False
 
@@ -423,17 +439,22 @@ class LocalSlurm:
                 )
             time.sleep(poll_s)
 
-    def node_state(self) -> str:
-        return self.run("sinfo", "-h", "-N", "-n", self.node, "-o", "%T").stdout.strip()
+    def node_state(self, node: str | None = None) -> str:
+        """sinfo's state of ``node`` (default: the first)."""
+        return self.run("sinfo", "-h", "-N", "-n", node or self.node, "-o", "%T").stdout.strip()
+
+    def slurmd_port(self, node: str) -> int:
+        return self.config.slurmd_port + self.nodes.index(node)
 
     def daemon_pid(self, name: str) -> int | None:
-        """The PID in the daemon's pidfile if that process is alive, is that program, and is ours (a PID
-        can be reused by anything, including the same daemon of another local cluster)."""
+        """The PID in the daemon's pidfile (``name``: a key of ``pidfiles``) if that process is alive, is that
+        program, and is ours (a PID can be reused by anything, including the same daemon of another local cluster)."""
         try:
             pid = int(self.pidfiles[name].read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        if process_alive(pid) and process_exe(pid) == program_path(name) and self._environ_if_ours(pid) is not None:
+        program = program_path(name.partition("@")[0])
+        if process_alive(pid) and process_exe(pid) == program and self._environ_if_ours(pid) is not None:
             return pid
         return None
 
@@ -471,7 +492,7 @@ class LocalSlurm:
             raise SlurmClusterError(f"apt-get install {' '.join(DEBIAN_PACKAGES)} left missing: {', '.join(still)}")
 
     def render_conf(self) -> str:
-        """slurm.conf for one node on 127.0.0.1, tuned for tests: jobs start ~1 s after submit
+        """slurm.conf for the nodes on 127.0.0.1, tuned for tests: jobs start ~1 s after submit
         (batch_sched_delay=0; the default 3 s delays every start), records kept 24 h for scontrol."""
         c, d = self.config, self.dir
         cpus = c.cpus or os.cpu_count() or 1
@@ -517,10 +538,10 @@ class LocalSlurm:
         if c.gpus:
             lines.append("GresTypes=gpu")
         lines += [
-            f"NodeName={self.node} NodeHostname={self.node} NodeAddr=127.0.0.1 Port={c.slurmd_port} CPUs={cpus} "
-            f"RealMemory={mem_mb}{gres} State=UNKNOWN",
-            f"PartitionName={c.partition} Nodes={self.node} Default=YES MaxTime=INFINITE OverSubscribe=NO State=UP",
-        ]
+            f"NodeName={node} NodeHostname={self.node} NodeAddr=127.0.0.1 Port={self.slurmd_port(node)} CPUs={cpus} "
+            f"RealMemory={mem_mb}{gres} State=UNKNOWN" for node in self.nodes]
+        lines.append(f"PartitionName={c.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE "
+                     "OverSubscribe=NO State=UP")
         return "\n".join(lines) + "\n"
 
     # ---- internals ----
@@ -537,7 +558,7 @@ class LocalSlurm:
 
     def _prepare_dir(self, conf: str) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)  # stale job state would resume old job ids
-        for sub in ("munge", "state", f"spool/{self.node}", "log", "run"):
+        for sub in ("munge", "state", *(f"spool/{node}" for node in self.nodes), "log", "run"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         # munged refuses a socket dir that is not executable by all ("Socket is inaccessible").
         for path in (self.dir, self.dir / "munge"):
@@ -550,7 +571,8 @@ class LocalSlurm:
                 os.mknod(self.dir / "gpu" / f"nvidia{i}", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
             gres_files = f"{self.dir}/gpu/nvidia[0-{self.config.gpus - 1}]"
             # slurmd reads gres.conf from the directory of slurm.conf.
-            (self.dir / "gres.conf").write_text(f"NodeName={self.node} Name=gpu File={gres_files}\n")
+            (self.dir / "gres.conf").write_text("".join(f"NodeName={node} Name=gpu File={gres_files}\n"
+                                                        for node in self.nodes))
 
     def _daemon_env(self) -> dict[str, str]:
         return {**os.environ, **self.env(), "PATH": SYSTEM_PATH}
@@ -611,7 +633,8 @@ class LocalSlurm:
 
     def _wait_ready(self) -> None:
         self._wait_for(self._controller_up, f"`scontrol ping` to report slurmctld UP (port {self.config.ctld_port})")
-        self._wait_for(lambda: self.node_state() == "idle", f"node {self.node} to be idle in sinfo")
+        for node in self.nodes:
+            self._wait_for(lambda node=node: self.node_state(node) == "idle", f"node {node} to be idle in sinfo")
 
     def _wait_for(self, ready, what: str) -> None:
         deadline = time.monotonic() + self.config.timeout_s
@@ -715,7 +738,7 @@ def _bench(config: LocalSlurmConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="A real single-node Slurm cluster on 127.0.0.1 (knobs: LOCAL_SLURM_*)")
+    parser = argparse.ArgumentParser(description="A real Slurm cluster on 127.0.0.1 (knobs: LOCAL_SLURM_*)")
     parser.add_argument("command", choices=("up", "down", "status", "env", "bench"))
     command = parser.parse_args(argv).command
     try:
@@ -732,7 +755,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"local slurm ({cluster.dir}): down")
                 return 1
             pids = {name: cluster.daemon_pid(name) for name in cluster.pidfiles}
-            print(f"local slurm ({cluster.dir}): up, node {cluster.node} {cluster.node_state()}, pids {pids}")
+            nodes = ", ".join(f"{node} {cluster.node_state(node)}" for node in cluster.nodes)
+            print(f"local slurm ({cluster.dir}): up, node {nodes}, pids {pids}")
         elif command == "bench":
             _bench(cluster.config)
     except SlurmClusterError as exc:

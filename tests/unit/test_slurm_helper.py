@@ -3,6 +3,7 @@ LOCAL_SLURM_* knobs, and the port check that runs before anything is created. Ag
 munged: tests/system/test_slurm_cluster.py."""
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,23 @@ def test_config_from_env_reads_knobs_and_names_a_bad_one():
         LocalSlurmConfig.from_env({"LOCAL_SLURM_CPUS": "eight"})
     with pytest.raises(SlurmClusterError, match="LOCAL_SLURM_INSTALL='maybe'"):
         LocalSlurmConfig.from_env({"LOCAL_SLURM_INSTALL": "maybe"})
+    assert LocalSlurmConfig.from_env({"LOCAL_SLURM_NODES": "2"}).nodes == 2
+    with pytest.raises(SlurmClusterError, match="LOCAL_SLURM_NODES=0: a cluster needs at least one node"):
+        LocalSlurmConfig.from_env({"LOCAL_SLURM_NODES": "0"})
+
+
+def test_two_nodes_are_two_slurmd_on_this_host_with_their_own_ports():
+    cluster = LocalSlurm(LocalSlurmConfig(state_dir="/tmp/x", nodes=2, cpus=1, mem_mb=2048, ctld_port=7000,
+                                          slurmd_port=7001))
+    host = cluster.node
+    assert cluster.nodes == [host, f"{host}-1"]
+    conf = cluster.render_conf().splitlines()
+    assert [line for line in conf if line.startswith(("NodeName=", "PartitionName="))] == [
+        f"NodeName={host} NodeHostname={host} NodeAddr=127.0.0.1 Port=7001 CPUs=1 RealMemory=2048 State=UNKNOWN",
+        f"NodeName={host}-1 NodeHostname={host} NodeAddr=127.0.0.1 Port=7002 CPUs=1 RealMemory=2048 State=UNKNOWN",
+        f"PartitionName=debug Nodes={host},{host}-1 Default=YES MaxTime=INFINITE OverSubscribe=NO State=UP"]
+    assert "SlurmdSpoolDir=/tmp/x/spool/%n" in conf                  # one spool directory per slurmd
+    assert cluster.pidfiles[f"slurmd@{host}-1"] == Path("/tmp/x/run") / f"slurmd-{host}-1.pid"
 
 
 def test_port_conflict_fails_clearly_before_creating_anything(tmp_path):

@@ -29,7 +29,8 @@ A signal that reaches only some ranks directly (not through this launcher) stops
 as well: the stop flag is agreed by an all-reduce every step (``trainer.runtime.StopRequest``).
 
 On several nodes, run one of these per node (``slurm/job_body.sh`` does, through ``srun``); the run directory
-must be on storage every node sees, as it must for checkpoints.
+must be on storage every node sees, as it must for checkpoints: each node's supervisor writes ``STOP`` there and reads
+the ``status.json`` of rank 0, so that a stop on any node ends every node with 75 (tests/system/test_multinode_job.py).
 """
 
 from __future__ import annotations
