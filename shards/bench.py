@@ -9,9 +9,11 @@ and times, single-threaded, each stage on the same bytes: decord video at the de
 (``shards.synth --pairs``: a JPEG of the clips' frame size and its captions, a 16-bit PCM wav of the clips' length
 and its captions; per item), a full PyAV decode (every frame to RGB at
 native size + all audio resampled to 16 kHz mono), and the ClipStream end to end (tar reading, shuffle,
-decode, collate, DataLoader transfer) with ``--workers`` processes. Each figure is the median of
+decode, collate, DataLoader transfer) with ``--workers`` processes, over the whole epoch and in its steady state
+(from the moment every worker has delivered a batch: ``steady_rate``). Each figure is the median of
 ``--repeats`` interleaved rounds; the ratio column divides by the PyAV row, so the table means something
-on any machine.
+on any machine. Below the table, the stream's clips/s per worker against ``decode_sample``'s, the figure the
+stream is held to (docs/performance.md).
 
 A second table sets the decoders' supply against what training consumes, per workload (``--workloads``):
 ``demo`` (launch/configs/demo.yaml: its decode settings, tiny backbones and model, clips like ``make demo``'s) and
@@ -82,6 +84,31 @@ def pyav_full_decode(data: bytes, sample_rate: int) -> tuple[np.ndarray, np.ndar
         chunks = [r.to_ndarray()[0] for f in container.decode(audio=0) for r in resampler.resample(f)]
         chunks += [r.to_ndarray()[0] for r in resampler.resample(None)]
     return frames, np.concatenate(chunks)
+
+
+STREAM_BATCH = 4   # clips per batch of the bench's ClipStream
+
+
+def default_workers() -> int:
+    """Two workers where each of them and the main process has a usable core of its own, else as many as do (at least
+    one): workers that share cores with each other measure the sharing, not the stream, per worker."""
+    return max(1, min(2, len(os.sched_getaffinity(0)) - 1))
+
+
+def steady_row(workers: int) -> str:
+    return f"ClipStream steady state, {workers} workers (after every worker's first batch)"
+
+
+def steady_rate(arrivals: list[tuple[float, int]], workers: int) -> float | None:
+    """Clips/s of a stream epoch once every worker is up: from the arrival of the ``workers``-th batch (the DataLoader
+    hands batches out round-robin, so by then each worker has delivered one) to that of the last, over the clips
+    delivered in between. ``arrivals``: (time, clips) per batch. The whole epoch's rate also counts what each epoch
+    pays once (the collection before the fork, forking the workers, filling their shuffle buffers, shutting them down),
+    which a short epoch's few batches cannot amortise. None when a worker delivers fewer than two batches."""
+    if len(arrivals) < 2 * workers:
+        return None
+    start = arrivals[workers - 1][0]
+    return sum(clips for _, clips in arrivals[workers:]) / (arrivals[-1][0] - start)
 
 
 def _median_rates(n: int, rows: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
@@ -196,10 +223,26 @@ def decode_table(result: dict) -> list[str]:
     lines = [result["setting"], "", "| path | clips/s | ms/clip | vs PyAV full decode |", "|---|---|---|---|"]
     lines += [f"| {name} | {rate:.1f} | {1000 / rate:.1f} | {rate / reference:.2f}x |"
               for name, rate in result["rates"].items()]
-    per_worker = result["rates"][result["stream_row"]] / max(1, result["workers"])
-    lines += ["", f"ClipStream per worker: {per_worker:.1f} clips/s ({per_worker / reference:.2f}x PyAV full decode), "
-              f"{result['cores']} usable cores"]
+    lines += [""] + stream_per_worker(result)
     return lines
+
+
+def stream_per_worker(result: dict) -> list[str]:
+    """The stream's clips/s per worker against ``decode_sample``'s (one worker's work on one core), whole epoch and
+    steady state (``steady_rate``; absent from a JSON written before it was measured, or from too short an epoch)."""
+    workers = max(1, result["workers"])
+    decode = result["rates"]["decode_sample (one worker's work)"]
+    lines = []
+    for what, row in (("whole epoch", result["stream_row"]), ("steady state", result.get("steady_row"))):
+        if row in result["rates"]:
+            per_worker = result["rates"][row] / workers
+            lines.append(f"ClipStream per worker, {what}: {per_worker:.1f} clips/s = {per_worker / decode:.2f} x "
+                         f"decode_sample's {decode:.1f}")
+        elif row is not None:
+            lines.append(f"ClipStream per worker, {what}: not measured (every worker needs two batches of "
+                         f"{STREAM_BATCH} clips: --clips >= {2 * STREAM_BATCH * workers})")
+    shared = " (sharing cores: per worker, this measures the sharing too)" if workers + 1 > result["cores"] else ""
+    return lines + [f"{workers} workers and the main process on {result['cores']} usable cores{shared}"]
 
 
 def supply_table(result: dict) -> list[str]:
@@ -245,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--size", type=int, default=96)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the end-to-end row")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="DataLoader workers for the end-to-end rows (default: 2, fewer where the machine has no core "
+                        "for each of them and the main process)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help=f"comma list of {list(WORKLOADS)} for the supply/demand table ('' = none)")
@@ -282,10 +327,14 @@ def main(argv: list[str] | None = None) -> int:
         pairs = {kind: pair_samples(replace(synth, pairs=kind), Path(tmp) / kind) for kind in ("image+text",
                                                                                                  "audio+text")}
 
+        steady: list[float] = []   # each round's steady-state clips/s of the stream (stream_epoch)
+
         def stream_epoch() -> None:
-            cfg = DataConfig(urls=urls, batch_size=4, num_workers=a.workers, decode=decode_cfg)
-            for _ in ClipStream(cfg):
-                pass
+            cfg = DataConfig(urls=urls, batch_size=STREAM_BATCH, num_workers=a.workers, decode=decode_cfg)
+            arrivals = [(time.perf_counter(), len(batch["key"])) for batch in ClipStream(cfg)]
+            rate = steady_rate(arrivals, max(1, a.workers))
+            if rate is not None:
+                steady.append(rate)
 
         stream_name = f"ClipStream end to end, {a.workers} workers"
         rows = {
@@ -300,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             stream_name: stream_epoch,
         }
         rates = _median_rates(n, rows, a.repeats)
+        if steady:
+            rates[steady_row(a.workers)] = statistics.median(steady)
     supply = []
     if workloads:
         with tempfile.TemporaryDirectory(prefix="cmg-bench-") as tmp:
@@ -307,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m shards.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = {"command": command, "load": [load_start, os.getloadavg()[0]], "threads": threads,
               "cores": len(os.sched_getaffinity(0)), "workers": a.workers, "stream_row": stream_name,
+              "steady_row": steady_row(a.workers),
               "setting": f"clips: {n} x {a.seconds} s, {a.fps} fps, {a.size}x{a.size}, AAC 16 kHz; decode "
                          f"T={decode_cfg.seconds} F={decode_cfg.frames_per_segment} size={decode_cfg.frame_size} "
                          f"sr={decode_cfg.sample_rate}; median of {a.repeats} interleaved rounds; 1 thread per process",
