@@ -102,14 +102,8 @@ export CMG_NUM_PROCESSES="$(( num_machines * nproc_per_node ))"
 export CMG_MAIN_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
 export CMG_MAIN_PORT="${MAIN_PROCESS_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}"
 
-echo "[slurm] job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST: $num_machines node(s) x" \
-     "$nproc_per_node process(es), $ACCELERATE_CONFIG, main $CMG_MAIN_ADDR:$CMG_MAIN_PORT"
-echo "[slurm] config $CONFIG, run dir $RUN_DIR, overrides: ${overrides[*]:-none}"
-
-# Only this run's trainer may answer below: a status.json left by an earlier run must not be read as its, so it
-# says "running" (with the run's last checkpoint step) until the trainer or its launcher says how the job ended.
-python -c 'import sys; from trainer.run_control import mark_running; mark_running(sys.argv[1])' "$RUN_DIR"
-
+# The trap first: a USR1 before it would end this script (bash's default for the signal), and the test's
+# scancel --signal=USR1 lands as soon as the lines below are printed (tests/system/test_slurm_jobs.py).
 preempted=0
 trap_fired=0
 
@@ -121,6 +115,14 @@ request_stop() {
     touch "$RUN_DIR/STOP"
 }
 trap request_stop USR1
+
+echo "[slurm] job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST: $num_machines node(s) x" \
+     "$nproc_per_node process(es), $ACCELERATE_CONFIG, main $CMG_MAIN_ADDR:$CMG_MAIN_PORT"
+echo "[slurm] config $CONFIG, run dir $RUN_DIR, overrides: ${overrides[*]:-none}"
+
+# Only this run's trainer may answer below: a status.json left by an earlier run must not be read as its, so it
+# says "running" (with the run's last checkpoint step) until the trainer or its launcher says how the job ended.
+python -c 'import sys; from trainer.run_control import mark_running; mark_running(sys.argv[1])' "$RUN_DIR"
 
 # One task per node, each running accelerate launch under the project's supervisor (trainer/programs/supervisor.py,
 # `cmg launch`: signals become one agreed stop, exit 75 after a stop); SLURM_NODEID is expanded by the bash on each
