@@ -51,8 +51,10 @@ def test_ctrl_c_keeps_the_finished_shards_says_so_and_the_rerun_resumes(tmp_path
     command = [sys.executable, "-m", "shards.convert", "vggsound-avel", "--meta", str(files.meta), "--categories",
                str(files.categories), "--video-dir", str(files.video_dir), "--out", str(out), "--clips-per-shard",
                "1", "--no-progress"]
+    # started as from a terminal: a pytest-xdist worker ignores SIGINT, and Python keeps an inherited SIG_IGN (no
+    # KeyboardInterrupt: the converter ran to its end, exit 0, in CI)
     running = subprocess.Popen(command, cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # run it 20 ms at a time, stopped in between, until a shard is finished: on a busy machine a converter polled
     # from here had finished every shard before the signal came (exit 0). The SIGINT waits while it is stopped.
     deadline = time.monotonic() + 120
